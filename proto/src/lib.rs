@@ -1,0 +1,23 @@
+//! Totoro's wire formats and protocol logic, sans-IO.
+//!
+//! Nothing in this crate touches a socket, a clock or a runtime: every piece
+//! takes bytes (and, where time matters, an explicit `now`) and hands bytes
+//! and events back. The fastpath feeds these state machines from io_uring;
+//! tests and fuzzers feed them plain slices.
+//!
+//! - [`msg`]: frp control messages (the JSON bodies) and their type bytes.
+//! - [`frame`]: frp's v1 framing (type byte, 8-byte length, JSON), 10 KiB cap.
+//! - [`auth`]: frp token auth (privilege key) and constant-time checks.
+//! - [`cfb`]: the AES-128-CFB stream cipher frp wraps control and work
+//!   connections in, with its PBKDF2 key derivation.
+//! - [`snappy`]: the snappy framing format frp uses for `useCompression`.
+//! - [`yamux`]: a yamux session state machine compatible with hashicorp/yamux.
+//! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
+
+pub mod auth;
+pub mod cfb;
+pub mod frame;
+pub mod msg;
+pub mod snappy;
+pub mod wire_v2;
+pub mod yamux;
