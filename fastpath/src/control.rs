@@ -1,0 +1,343 @@
+//! A client session ("control"): login, the encrypted control channel,
+//! heartbeats, proxy registration and the work-connection pool.
+//!
+//! A control and everything that belongs to it lives on the worker that
+//! accepted its Login. Steps: **authorize** (token) → **register** (run_id in
+//! the server directory, replacing an older session with the same run_id)
+//! → **serve** (messages until the channel ends or the heartbeat lapses) →
+//! **close** (proxies, pool, directory entry).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use local_sync::{mpsc, oneshot};
+use proto::msg::{Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn};
+
+use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
+use crate::handoff::WorkerMsg;
+use crate::msgio::{self, MsgError, MsgReader, MsgWriter};
+use crate::proxy::Proxy;
+use crate::shared::SessionRef;
+use crate::stats::WorkerStats;
+use crate::worker::WorkerCtx;
+
+/// Server version reported in LoginResp.
+pub const SERVER_VERSION: &str = concat!("totoro-", env!("CARGO_PKG_VERSION"));
+
+/// One logged-in frpc.
+pub struct Control {
+    /// Process-unique id.
+    pub id: u64,
+    /// frp's run_id for this session.
+    pub run_id: String,
+    /// Login details (user, version, metas).
+    pub login: Login,
+    /// The client's address.
+    pub peer: SocketAddr,
+    ctx: Rc<WorkerCtx>,
+    tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
+    pool: RefCell<VecDeque<Conn>>,
+    waiters: RefCell<VecDeque<oneshot::Sender<Conn>>>,
+    pool_cap: usize,
+    pool_count: usize,
+    proxies: RefCell<HashMap<String, Rc<Proxy>>>,
+    closed: Cell<bool>,
+    aborter: Aborter,
+    last_ping: Cell<Instant>,
+}
+
+/// Serve a connection whose first message was Login.
+pub async fn run(ctx: Rc<WorkerCtx>, mut conn: Conn, reader: MsgReader, login: Login, peer: SocketAddr, muxed: bool) {
+    let shared = ctx.shared.clone();
+    let cfg = &shared.config;
+
+    // Authorize.
+    if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
+        let reason = "token in login doesn't match token from configuration";
+        tracing::info!(%peer, user = %login.user, %reason, "login refused");
+        let error = if cfg.detailed_errors_to_client { reason.to_string() } else { "register control error".into() };
+        let resp = Message::LoginResp(LoginResp { version: SERVER_VERSION.into(), run_id: String::new(), error });
+        let _ = msgio::write_plain(&mut conn, &resp).await;
+        return;
+    }
+
+    // Register.
+    let run_id = if login.run_id.is_empty() { proto::auth::new_run_id() } else { login.run_id.clone() };
+    let id = ctx.next_control_id();
+    let me = SessionRef { worker: ctx.id, control_id: id };
+    if let Some(old) = shared.directory.insert_session(&run_id, me) {
+        if old.worker == ctx.id {
+            if let Some(c) = ctx.control_by_id(old.control_id) {
+                c.close("replaced by a new login with the same run_id");
+            }
+        } else {
+            let _ = shared.inboxes[old.worker].send(WorkerMsg::Kick { control_id: old.control_id });
+        }
+    }
+    let resp = Message::LoginResp(LoginResp { version: SERVER_VERSION.into(), run_id: run_id.clone(), error: String::new() });
+    if let Err(e) = msgio::write_plain(&mut conn, &resp).await {
+        tracing::debug!(%peer, error = %e, "could not send LoginResp");
+        shared.directory.remove_session(&run_id, me);
+        return;
+    }
+
+    let (tx, rx) = mpsc::unbounded::channel();
+    let pool_count = (login.pool_count.max(0) as usize).min(cfg.transport.max_pool_count as usize);
+    let control = Rc::new(Control {
+        id,
+        run_id: run_id.clone(),
+        login,
+        peer,
+        ctx: ctx.clone(),
+        tx: RefCell::new(Some(tx)),
+        pool: RefCell::new(VecDeque::new()),
+        waiters: RefCell::new(VecDeque::new()),
+        pool_cap: pool_count + 10,
+        pool_count,
+        proxies: RefCell::new(HashMap::new()),
+        closed: Cell::new(false),
+        aborter: conn.aborter(),
+        last_ping: Cell::new(Instant::now()),
+    });
+    ctx.controls.borrow_mut().insert(run_id.clone(), control.clone());
+    WorkerStats::add(&ctx.stats().sessions, 1);
+    tracing::info!(
+        session = %run_id, %peer, user = %control.login.user, version = %control.login.version,
+        transport = conn.kind(), worker = ctx.id, "client logged in"
+    );
+
+    // Serve.
+    let (r, w) = conn.into_split();
+    let writer = monoio::spawn(write_loop(w, rx, shared.token_key));
+    for _ in 0..pool_count {
+        control.send(Message::ReqWorkConn(ReqWorkConn {}));
+    }
+    if let Some(limit) = cfg.heartbeat_timeout(muxed) {
+        monoio::spawn(heartbeat_watch(control.clone(), limit));
+    }
+    let reason = read_loop(&control, r, reader).await;
+
+    // Close.
+    control.close(&reason);
+    let _ = writer.await;
+}
+
+async fn write_loop(mut w: ConnWriter, mut rx: mpsc::unbounded::Rx<Message>, key: [u8; 16]) {
+    let mut out = MsgWriter::new(key);
+    while let Some(msg) = rx.recv().await {
+        out.push(&msg);
+        // Batch whatever else is queued into the same write.
+        while let Ok(m) = rx.try_recv() {
+            out.push(&m);
+        }
+        if out.flush(&mut w).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn heartbeat_watch(control: Rc<Control>, limit: Duration) {
+    let tick = (limit / 4).max(Duration::from_millis(250));
+    while !control.closed.get() {
+        monoio::time::sleep(tick).await;
+        if control.last_ping.get().elapsed() > limit {
+            control.close("heartbeat timeout");
+            break;
+        }
+    }
+}
+
+async fn read_loop(control: &Rc<Control>, mut r: ConnReader, mut reader: MsgReader) -> String {
+    reader.set_cipher(control.ctx.shared.token_key);
+    loop {
+        let msg = match reader.next(&mut r).await {
+            Ok(m) => m,
+            Err(MsgError::Closed) => return "client closed the control connection".into(),
+            Err(MsgError::Frame(e)) => {
+                WorkerStats::bump(&control.ctx.stats().protocol_errors, 1);
+                let reason = format!("malformed control message: {e}");
+                tracing::warn!(session = %control.run_id, %reason, "closing session");
+                return reason;
+            }
+            Err(e) => return e.to_string(),
+        };
+        if control.closed.get() {
+            return "closed".into();
+        }
+        control.handle(msg);
+    }
+}
+
+impl Control {
+    fn send(&self, msg: Message) {
+        if let Some(tx) = &*self.tx.borrow() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: Message) {
+        match msg {
+            Message::NewProxy(np) => {
+                let name = np.proxy_name.clone();
+                let resp = match Proxy::register(self, np) {
+                    Ok(proxy) => {
+                        let remote_addr = proxy.remote_addr();
+                        self.proxies.borrow_mut().insert(name.clone(), proxy);
+                        NewProxyResp { proxy_name: name, remote_addr, error: String::new() }
+                    }
+                    Err(reason) => {
+                        tracing::info!(session = %self.run_id, proxy = %name, %reason, "proxy refused");
+                        let error = if self.ctx.shared.config.detailed_errors_to_client {
+                            reason
+                        } else {
+                            format!("new proxy [{name}] error")
+                        };
+                        NewProxyResp { proxy_name: name, remote_addr: String::new(), error }
+                    }
+                };
+                self.send(Message::NewProxyResp(resp));
+            }
+            Message::CloseProxy(cp) => {
+                let p = self.proxies.borrow_mut().remove(&cp.proxy_name);
+                if let Some(p) = p {
+                    p.close("client closed the proxy");
+                }
+            }
+            Message::Ping(ping) => {
+                let cfg = &self.ctx.shared.config;
+                let error = if cfg.auth_heartbeats()
+                    && !proto::auth::verify_privilege_key(&cfg.auth.token, ping.timestamp, &ping.privilege_key)
+                {
+                    "token in heartbeat doesn't match token from configuration".to_string()
+                } else {
+                    self.last_ping.set(Instant::now());
+                    String::new()
+                };
+                self.send(Message::Pong(Pong { error }));
+            }
+            other => {
+                tracing::debug!(session = %self.run_id, msg = other.name(), "ignoring unsupported control message");
+            }
+        }
+    }
+
+    /// The worker this control lives on.
+    pub fn ctx(&self) -> &Rc<WorkerCtx> {
+        &self.ctx
+    }
+
+    /// Check NewWorkConn auth when the `NewWorkConns` scope is on.
+    pub fn check_work_conn_auth(&self, msg: &NewWorkConn) -> Result<(), String> {
+        let cfg = &self.ctx.shared.config;
+        if cfg.auth_work_conns()
+            && !proto::auth::verify_privilege_key(&cfg.auth.token, msg.timestamp, &msg.privilege_key)
+        {
+            return Err("token in NewWorkConn doesn't match token from configuration".into());
+        }
+        Ok(())
+    }
+
+    /// A work connection arrived for this session.
+    pub fn put_work_conn(&self, conn: Conn) {
+        if self.closed.get() {
+            return;
+        }
+        let mut conn = conn;
+        loop {
+            let waiter = self.waiters.borrow_mut().pop_front();
+            match waiter {
+                Some(tx) => match tx.send(conn) {
+                    Ok(()) => return,
+                    Err(back) => conn = back,
+                },
+                None => break,
+            }
+        }
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() >= self.pool_cap {
+            tracing::debug!(session = %self.run_id, "work connection pool is full, discarding");
+            return;
+        }
+        pool.push_back(conn);
+    }
+
+    /// Take a work connection for a user connection and start it with
+    /// `start`. Follows frps: use a pooled one or ask for one and wait,
+    /// then ask for another to refill the pool; retry over stale ones.
+    pub async fn take_work_conn(&self, start: &StartWorkConn) -> Option<Conn> {
+        let timeout = Duration::from_secs(self.ctx.shared.config.user_conn_timeout as u64);
+        let frame = msgio::encode(&Message::StartWorkConn(start.clone()));
+        for _ in 0..=self.pool_count {
+            if self.closed.get() {
+                return None;
+            }
+            let pooled = self.pool.borrow_mut().pop_front();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    self.waiters.borrow_mut().push_back(tx);
+                    self.send(Message::ReqWorkConn(ReqWorkConn {}));
+                    match monoio::time::timeout(timeout, rx).await {
+                        Ok(Ok(c)) => c,
+                        _ => {
+                            tracing::info!(session = %self.run_id, proxy = %start.proxy_name, "no work connection arrived in time");
+                            return None;
+                        }
+                    }
+                }
+            };
+            self.send(Message::ReqWorkConn(ReqWorkConn {}));
+            let (r, _) = conn.write_all(frame.clone()).await;
+            if r.is_ok() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Number of public ports this session's proxies hold.
+    pub fn ports_in_use(&self) -> usize {
+        self.proxies.borrow().values().filter(|p| p.port() != 0).count()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// End the session: close proxies and pooled connections, leave the
+    /// directory, abort the control connection. Idempotent.
+    pub fn close(&self, reason: &str) {
+        if self.closed.replace(true) {
+            return;
+        }
+        let ctx = &self.ctx;
+        let proxies: Vec<_> = self.proxies.borrow_mut().drain().map(|(_, p)| p).collect();
+        for p in proxies {
+            p.close("session closed");
+        }
+        self.pool.borrow_mut().clear();
+        // Dropping the sender ends the writer task.
+        self.tx.borrow_mut().take();
+        self.waiters.borrow_mut().clear();
+        ctx.shared.directory.remove_session(&self.run_id, SessionRef { worker: ctx.id, control_id: self.id });
+        {
+            let mut controls = ctx.controls.borrow_mut();
+            if controls.get(&self.run_id).is_some_and(|c| c.id == self.id) {
+                controls.remove(&self.run_id);
+            }
+        }
+        // With yamux the whole session goes: frpc reconnects on its own,
+        // and its work streams must not outlive the control.
+        match &self.aborter {
+            Aborter::Mux(conn, _) => conn.close(),
+            a => a.abort(),
+        }
+        WorkerStats::add(&ctx.stats().sessions, -1);
+        tracing::info!(session = %self.run_id, peer = %self.peer, %reason, "session closed");
+    }
+}

@@ -1,0 +1,36 @@
+//! Messages between workers.
+//!
+//! The only cross-thread traffic in the fastpath: a connection that landed
+//! on the wrong worker moves to its owner as a file descriptor (plus, for
+//! TLS, the rustls session state), and a session that was replaced on
+//! another worker is told to close. Bytes are never relayed across threads.
+
+use std::net::SocketAddr;
+
+use proto::msg::NewWorkConn;
+use rustls::ServerConnection;
+
+/// A message to a worker's inbox.
+pub enum WorkerMsg {
+    /// A non-multiplexed work connection for a session this worker owns.
+    WorkConn(Box<MovedConn>),
+    /// Close the control with this id (its run_id was taken over by a
+    /// new login elsewhere).
+    Kick { control_id: u64 },
+    /// The process is stopping: close everything.
+    Stop,
+}
+
+/// A connection in transit between workers.
+pub struct MovedConn {
+    /// The socket, detached from the sending worker's runtime.
+    pub socket: std::net::TcpStream,
+    /// TLS session state when the connection is TLS.
+    pub tls: Option<ServerConnection>,
+    /// Plaintext already read past the first message (normally empty).
+    pub pending: Vec<u8>,
+    /// The NewWorkConn that identified it.
+    pub msg: NewWorkConn,
+    /// The client's address.
+    pub peer: SocketAddr,
+}

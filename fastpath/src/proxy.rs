@@ -1,0 +1,235 @@
+//! TCP proxies: a public listener owned by the session's worker. Each user
+//! connection takes a work connection from the session's pool, announces
+//! itself with StartWorkConn and is relayed.
+//!
+//! Port rules follow frps: `remotePort` must be inside `allowPorts`, free
+//! server-wide (a lock-free bitmap shared by all workers) and bindable;
+//! `0` lets the server pick one; `maxPortsPerClient` caps a session.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use monoio::io::Canceller;
+use monoio::net::{TcpListener, TcpStream};
+use proto::msg::{NewProxy, StartWorkConn};
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::relay::{self, RelayOpts};
+use crate::stats::WorkerStats;
+
+/// A registered proxy.
+pub struct Proxy {
+    /// Full proxy name (with the `user.` prefix frpc adds).
+    pub name: String,
+    port: u16,
+    use_encryption: bool,
+    use_compression: bool,
+    canceller: RefCell<Canceller>,
+    closed: Cell<bool>,
+    control: std::rc::Weak<Control>,
+}
+
+impl Proxy {
+    /// Validate a NewProxy and open its listener. The error string is what
+    /// the client reads in NewProxyResp.
+    pub fn register(control: &Rc<Control>, np: NewProxy) -> Result<Rc<Proxy>, String> {
+        let ctx = control.ctx();
+        let shared = &ctx.shared;
+        let cfg = &shared.config;
+        let name = np.proxy_name.clone();
+        if name.is_empty() {
+            return Err("proxy name is empty".into());
+        }
+        match np.proxy_type.as_str() {
+            "" | "tcp" => {}
+            other => return Err(format!("proxy type [{other}] is not supported by this server yet")),
+        }
+        if np.remote_port < 0 || np.remote_port > 65535 {
+            return Err(format!("remote port {} is out of range", np.remote_port));
+        }
+        if cfg.max_ports_per_client > 0 && control.ports_in_use() >= cfg.max_ports_per_client as usize {
+            return Err("exceed the max_ports_per_client".into());
+        }
+        if !shared.directory.claim_proxy(&name) {
+            return Err(format!("proxy [{name}] already exists"));
+        }
+        let ip = cfg.proxy_ip();
+        let bound = if np.remote_port == 0 {
+            allocate_port(cfg, &shared.ports, ip)
+        } else {
+            let port = np.remote_port as u16;
+            if !port_allowed(cfg, port) {
+                Err("port not allowed".to_string())
+            } else if !shared.ports.claim(port) {
+                Err("port already used".to_string())
+            } else {
+                bind(ip, port).map(|l| (port, l)).map_err(|e| {
+                    shared.ports.release(port);
+                    format!("port unavailable: {e}")
+                })
+            }
+        };
+        let (port, listener) = match bound {
+            Ok(x) => x,
+            Err(e) => {
+                shared.directory.release_proxy(&name);
+                return Err(e);
+            }
+        };
+        let proxy = Rc::new(Proxy {
+            name,
+            port,
+            use_encryption: np.use_encryption,
+            use_compression: np.use_compression,
+            canceller: RefCell::new(Canceller::new()),
+            closed: Cell::new(false),
+            control: Rc::downgrade(control),
+        });
+        WorkerStats::add(&ctx.stats().proxies, 1);
+        tracing::info!(session = %control.run_id, proxy = %proxy.name, port, "proxy registered");
+        monoio::spawn(accept_loop(proxy.clone(), control.clone(), listener));
+        Ok(proxy)
+    }
+
+    /// The public port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// NewProxyResp.remote_addr, as frps writes it.
+    pub fn remote_addr(&self) -> String {
+        format!(":{}", self.port)
+    }
+
+    /// Stop listening and free the port and the name.
+    pub fn close(&self, reason: &str) {
+        if self.closed.replace(true) {
+            return;
+        }
+        // The accept loop sees the cancel, drops the listener, then frees
+        // the port in the shared table (in that order, so a new owner can
+        // bind it as soon as it can claim it).
+        let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
+        let _ = c.cancel();
+        if let Some(c) = self.control.upgrade() {
+            let ctx = c.ctx();
+            ctx.shared.directory.release_proxy(&self.name);
+            WorkerStats::add(&ctx.stats().proxies, -1);
+            tracing::info!(session = %c.run_id, proxy = %self.name, %reason, "proxy closed");
+        }
+    }
+}
+
+fn port_allowed(cfg: &Config, port: u16) -> bool {
+    cfg.allow_ports.is_empty()
+        || cfg.allow_ports.iter().any(|r| {
+            let (a, b) = r.bounds();
+            a <= port && port <= b
+        })
+}
+
+fn allocate_port(cfg: &Config, ports: &crate::shared::PortTable, ip: IpAddr) -> Result<(u16, std::net::TcpListener), String> {
+    let ranges: Vec<(u16, u16)> = if cfg.allow_ports.is_empty() {
+        vec![(10000, 60000)]
+    } else {
+        cfg.allow_ports.iter().map(|r| r.bounds()).collect()
+    };
+    let total: u64 = ranges.iter().map(|(a, b)| (*b - *a) as u64 + 1).sum();
+    let start = rand_u64() % total.max(1);
+    // Walk the allowed set from a random point; try every port at most once
+    // but give up after a bounded number of bind attempts.
+    let mut attempts = 0;
+    for i in 0..total {
+        let mut k = (start + i) % total;
+        let mut port = 0;
+        for (a, b) in &ranges {
+            let n = (*b - *a) as u64 + 1;
+            if k < n {
+                port = *a + k as u16;
+                break;
+            }
+            k -= n;
+        }
+        if port == 0 || !ports.claim(port) {
+            continue;
+        }
+        match bind(ip, port) {
+            Ok(l) => return Ok((port, l)),
+            Err(_) => {
+                ports.release(port);
+                attempts += 1;
+                if attempts > 64 {
+                    break;
+                }
+            }
+        }
+    }
+    Err("no available port".into())
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::TcpListener> {
+    crate::listener::bind_tcp(SocketAddr::new(ip, port), false)
+}
+
+async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net::TcpListener) {
+    let ctx = control.ctx().clone();
+    let port = proxy.port;
+    match TcpListener::from_std(listener) {
+        Ok(listener) => {
+            let handle = proxy.canceller.borrow().handle();
+            while !proxy.closed.get() {
+                match listener.cancelable_accept(handle.clone()).await {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        monoio::spawn(serve_user(proxy.clone(), control.clone(), stream, peer));
+                    }
+                    Err(_) if proxy.closed.get() => break,
+                    Err(e) => {
+                        tracing::warn!(proxy = %proxy.name, error = %e, "accept failed");
+                        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(proxy = %proxy.name, error = %e, "cannot register proxy listener"),
+    }
+    // The listener is dropped (closed) by now.
+    ctx.shared.ports.release(port);
+    drop(control);
+}
+
+async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, peer: SocketAddr) {
+    let ctx = control.ctx().clone();
+    let stats = ctx.stats();
+    WorkerStats::bump(&stats.conns_total, 1);
+    WorkerStats::add(&stats.conns, 1);
+    let local = user.local_addr().ok();
+    let start = StartWorkConn {
+        proxy_name: proxy.name.clone(),
+        src_addr: peer.ip().to_string(),
+        src_port: peer.port(),
+        dst_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+        dst_port: local.map(|a| a.port()).unwrap_or_default(),
+        error: String::new(),
+    };
+    if let Some(work) = control.take_work_conn(&start).await {
+        let key = ctx.shared.token_key;
+        let opts = RelayOpts {
+            encryption_key: proxy.use_encryption.then_some(key),
+            compression: proxy.use_compression,
+            buffer: ctx.shared.config.fastpath.relay_buffer,
+            splice: ctx.shared.config.fastpath.splice,
+        };
+        drop(control);
+        relay::run(&ctx, user, work, opts).await;
+    }
+    WorkerStats::add(&stats.conns, -1);
+}

@@ -1,0 +1,105 @@
+//! Starting and stopping a fastpath process: bind listeners, spawn one
+//! worker thread per core, wait for a signal, stop within 5 s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::handoff::WorkerMsg;
+use crate::listener::bind_tcp;
+use crate::shared::{Directory, PortTable, Shared};
+use crate::stats::{StatsSnapshot, WorkerStats};
+use crate::worker;
+
+/// A running fastpath.
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Bind the bind port on every worker and start the workers.
+    pub fn start(config: Config) -> anyhow::Result<Server> {
+        let workers = config.worker_count();
+        let ip: IpAddr = config.bind_addr.parse().context("bindAddr")?;
+        let addr = SocketAddr::new(ip, config.bind_port);
+        let tls = crate::tls::server_config(&config.transport.tls)?;
+        let mut listeners = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            listeners.push(bind_tcp(addr, true).with_context(|| format!("cannot listen on {addr} (bindAddr/bindPort)"))?);
+        }
+        let addr = listeners[0].local_addr()?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| flume::unbounded()).unzip();
+        let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
+        let pin = config.fastpath.cpu_pinning;
+        let shared = Arc::new(Shared {
+            config,
+            token_key,
+            ports: PortTable::default(),
+            directory: Directory::default(),
+            inboxes: senders,
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            stopping: Default::default(),
+            tls,
+        });
+        // Our own listening port must never be handed to a proxy.
+        shared.ports.claim(addr.port());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut threads = Vec::with_capacity(workers);
+        for (id, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+            let shared = shared.clone();
+            let t = std::thread::Builder::new().name(format!("fastpath-w{id}")).spawn(move || {
+                if pin {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
+                        tracing::warn!(worker = id, error = ?e, "cpu pinning failed");
+                    }
+                }
+                worker::run(id, shared, listener, inbox)
+            })?;
+            threads.push(t);
+        }
+        tracing::info!(%addr, workers, "fastpath listening");
+        Ok(Server { shared, threads, addr })
+    }
+
+    /// The bind address actually in use (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters of every worker.
+    pub fn stats(&self) -> Vec<StatsSnapshot> {
+        self.shared.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// The shared state (for the stats writer).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stop accepting, close sessions, and wait for the workers, at most
+    /// `limit`. Returns whether every worker finished in time.
+    pub fn stop(self, limit: Duration) -> bool {
+        self.shared.stopping.store(true, Ordering::Release);
+        for inbox in &self.shared.inboxes {
+            let _ = inbox.send(WorkerMsg::Stop);
+        }
+        let deadline = Instant::now() + limit;
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !t.is_finished() {
+                return false;
+            }
+            let _ = t.join();
+        }
+        true
+    }
+}

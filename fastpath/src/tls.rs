@@ -1,0 +1,285 @@
+//! TLS on the bind port: the server configuration (a configured certificate
+//! or a self-signed one made at start, as frps does) and a TLS stream driven
+//! by hand over monoio.
+//!
+//! We drive rustls ourselves rather than through an adapter crate because a
+//! TLS work connection that lands on the wrong worker must move to its
+//! owner: [`TlsStream::into_parts`] gives back the socket and the rustls
+//! session state, both of which can cross threads, and the owner rebuilds
+//! the stream around them. No bytes are relayed across threads.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConnection;
+
+use crate::config::TlsConfig;
+
+/// Build the rustls server configuration for the bind port.
+pub fn server_config(cfg: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (certs, key) = if cfg.cert_file.is_empty() {
+        self_signed()?
+    } else {
+        load_pem(&cfg.cert_file, &cfg.key_file)?
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    // frpc never resumes; tickets would only cost a write per handshake.
+    sc.send_tls13_tickets = 0;
+    Ok(Arc::new(sc))
+}
+
+fn self_signed() -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "totoro".to_string()])?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    Ok((vec![ck.cert.der().clone()], key))
+}
+
+fn load_pem(cert: &str, key: &str) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    use anyhow::Context;
+    let mut r = io::BufReader::new(std::fs::File::open(cert).with_context(|| format!("transport.tls.certFile {cert}"))?);
+    let certs = rustls_pemfile::certs(&mut r).collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("transport.tls.certFile {cert}: not PEM certificates"))?;
+    let mut r = io::BufReader::new(std::fs::File::open(key).with_context(|| format!("transport.tls.keyFile {key}"))?);
+    let key = rustls_pemfile::private_key(&mut r)
+        .with_context(|| format!("transport.tls.keyFile {key}: unreadable"))?
+        .ok_or_else(|| anyhow::anyhow!("transport.tls.keyFile {key}: no private key found"))?;
+    Ok((certs, key))
+}
+
+fn tls_err(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Feed ciphertext into the session and process it.
+fn absorb(conn: &mut ServerConnection, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        conn.read_tls(&mut data)?;
+        conn.process_new_packets().map_err(tls_err)?;
+    }
+    Ok(())
+}
+
+/// Read decrypted bytes into the spare part of `buf`. `None` means rustls
+/// needs more ciphertext first.
+fn take_plain(conn: &mut ServerConnection, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+    let start = buf.len();
+    if buf.capacity() == start {
+        buf.reserve(16 * 1024);
+    }
+    let cap = buf.capacity();
+    buf.resize(cap, 0);
+    let r = conn.reader().read(&mut buf[start..]);
+    match r {
+        Ok(n) => {
+            buf.truncate(start + n);
+            Some(Ok(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            buf.truncate(start);
+            None
+        }
+        Err(e) => {
+            buf.truncate(start);
+            // A peer that closes without close_notify is an ordinary EOF for us.
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Some(Ok(0))
+            } else {
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Move everything rustls wants to send into `out`.
+fn drain_tls(conn: &mut ServerConnection, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        if conn.write_tls(out).is_err() {
+            break;
+        }
+    }
+}
+
+/// A server-side TLS stream over a monoio socket, not yet split.
+pub struct TlsStream {
+    io: TcpStream,
+    conn: ServerConnection,
+    cbuf: Vec<u8>,
+}
+
+impl TlsStream {
+    /// Run the handshake. `prefix` holds ciphertext already read from the
+    /// socket (the peeked first bytes).
+    pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>, prefix: &[u8]) -> io::Result<Self> {
+        let mut conn = ServerConnection::new(config).map_err(tls_err)?;
+        // We flush after every write, so rustls's own plaintext cap would
+        // only turn a large relay chunk into a spurious WriteZero.
+        conn.set_buffer_limit(None);
+        let mut s = TlsStream { io, conn, cbuf: Vec::with_capacity(16 * 1024) };
+        absorb(&mut s.conn, prefix)?;
+        while s.conn.is_handshaking() {
+            s.flush_tls().await?;
+            if !s.conn.is_handshaking() {
+                break;
+            }
+            if s.conn.wants_read() && s.read_tls().await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
+            }
+        }
+        s.flush_tls().await?;
+        Ok(s)
+    }
+
+    /// Rebuild a stream from parts moved from another worker.
+    pub fn from_parts(io: TcpStream, conn: ServerConnection) -> Self {
+        TlsStream { io, conn, cbuf: Vec::with_capacity(16 * 1024) }
+    }
+
+    /// Take the stream apart so it can move to another thread.
+    pub fn into_parts(self) -> (TcpStream, ServerConnection) {
+        (self.io, self.conn)
+    }
+
+    /// The socket underneath.
+    pub fn socket(&self) -> &TcpStream {
+        &self.io
+    }
+
+    async fn read_tls(&mut self) -> io::Result<usize> {
+        let buf = std::mem::take(&mut self.cbuf);
+        let (r, mut buf) = self.io.read(buf).await;
+        let n = r?;
+        let res = absorb(&mut self.conn, &buf);
+        buf.clear();
+        self.cbuf = buf;
+        res.map(|_| n)
+    }
+
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        if !self.conn.wants_write() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        drain_tls(&mut self.conn, &mut out);
+        let (r, _) = self.io.write_all(out).await;
+        r.map(|_| ())
+    }
+
+    /// Append decrypted bytes to `buf`; 0 means EOF.
+    pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Some(r) = take_plain(&mut self.conn, &mut buf) {
+                return (r, buf);
+            }
+            match self.read_tls().await {
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+            if let Err(e) = self.flush_tls().await {
+                return (Err(e), buf);
+            }
+        }
+    }
+
+    /// Encrypt and send all of `buf`.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        if let Err(e) = self.conn.writer().write_all(&buf) {
+            return (Err(e), buf);
+        }
+        (self.flush_tls().await, buf)
+    }
+
+    /// Split into independently usable halves sharing the TLS session.
+    pub fn into_split(self) -> (TlsReader, TlsWriter) {
+        let (r, w) = self.io.into_split();
+        let conn = Rc::new(RefCell::new(self.conn));
+        (
+            TlsReader { io: r, conn: conn.clone(), cbuf: self.cbuf },
+            TlsWriter { io: w, conn, out: Vec::with_capacity(16 * 1024 + 64) },
+        )
+    }
+}
+
+/// Reading half of a split [`TlsStream`].
+pub struct TlsReader {
+    io: OwnedReadHalf<TcpStream>,
+    conn: Rc<RefCell<ServerConnection>>,
+    cbuf: Vec<u8>,
+}
+
+impl TlsReader {
+    /// Append decrypted bytes to `buf`; 0 means EOF.
+    pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Some(r) = take_plain(&mut self.conn.borrow_mut(), &mut buf) {
+                return (r, buf);
+            }
+            let cbuf = std::mem::take(&mut self.cbuf);
+            let (r, mut cbuf) = self.io.read(cbuf).await;
+            match r {
+                Ok(0) => {
+                    self.cbuf = cbuf;
+                    return (Ok(0), buf);
+                }
+                Ok(_) => {
+                    let res = absorb(&mut self.conn.borrow_mut(), &cbuf);
+                    cbuf.clear();
+                    self.cbuf = cbuf;
+                    // Anything rustls wants to say back (alerts, key updates)
+                    // goes out with the writer's next flush.
+                    if let Err(e) = res {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => {
+                    self.cbuf = cbuf;
+                    return (Err(e), buf);
+                }
+            }
+        }
+    }
+}
+
+/// Writing half of a split [`TlsStream`].
+pub struct TlsWriter {
+    io: OwnedWriteHalf<TcpStream>,
+    conn: Rc<RefCell<ServerConnection>>,
+    out: Vec<u8>,
+}
+
+impl TlsWriter {
+    /// Encrypt and send all of `data`.
+    pub async fn write_slice(&mut self, data: &[u8]) -> io::Result<()> {
+        {
+            let mut c = self.conn.borrow_mut();
+            c.writer().write_all(data)?;
+            drain_tls(&mut c, &mut self.out);
+        }
+        let out = std::mem::take(&mut self.out);
+        let (r, mut out) = self.io.write_all(out).await;
+        out.clear();
+        self.out = out;
+        r.map(|_| ())
+    }
+
+    /// Send close_notify and half-close the socket.
+    pub async fn shutdown(&mut self) {
+        {
+            let mut c = self.conn.borrow_mut();
+            c.send_close_notify();
+            drain_tls(&mut c, &mut self.out);
+        }
+        let out = std::mem::take(&mut self.out);
+        let _ = self.io.write_all(out).await;
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.io).await;
+    }
+}
