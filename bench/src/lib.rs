@@ -1,1 +1,12 @@
-//! placeholder
+//! Totoro's load generators and the frp-protocol client they and the tests
+//! share.
+//!
+//! - [`client`]: an frp client that speaks to the server exactly as upstream
+//!   frpc does on the wire (same JSON key order, same yamux window grant,
+//!   same CFB and snappy layering), built on std threads.
+//! - [`backend`]: local services to tunnel to (echo, sink, source).
+//! - [`proc`]: launching the real binaries and reading their /proc figures.
+
+pub mod backend;
+pub mod client;
+pub mod proc;

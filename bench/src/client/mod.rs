@@ -1,0 +1,15 @@
+//! An frp client that matches upstream frpc on the wire.
+//!
+//! Blocking, thread-based on purpose: it is the measuring and testing side,
+//! so it must be obviously correct rather than clever. The pieces:
+//! [`transport`] (TCP, TLS with or without frp's 0x17 byte), [`mux`] (a
+//! yamux client session over the sans-IO `proto::yamux`), [`session`]
+//! (login, control channel, proxies, work connections) and [`codec`]
+//! (useEncryption / useCompression wrappers).
+
+pub mod codec;
+pub mod mux;
+pub mod session;
+pub mod transport;
+
+pub use session::{Client, ClientOpts, ClientError, ProxySpec};

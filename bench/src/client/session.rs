@@ -1,0 +1,453 @@
+//! frp client sessions: login, the encrypted control channel, proxies and
+//! work connections, as upstream frpc does them.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::cfb::{CfbStreamReader, CfbStreamWriter};
+use proto::frame;
+use proto::msg::{ClientSpec, Login, Message, NewProxy, NewProxyResp, NewWorkConn, Ping};
+
+use super::codec::{DecodeReader, EncodeWriter};
+use super::mux::MuxClient;
+use super::transport::{BoxRead, BoxWrite, Dial, WriteHalf};
+
+/// Settings of a client, named after frpc.toml's.
+#[derive(Debug, Clone)]
+pub struct ClientOpts {
+    /// serverAddr:serverPort.
+    pub server: SocketAddr,
+    /// auth.token.
+    pub token: String,
+    /// transport.tls.enable.
+    pub tls: bool,
+    /// !transport.tls.disableCustomTLSFirstByte.
+    pub tls_custom_byte: bool,
+    /// transport.tcpMux.
+    pub mux: bool,
+    /// transport.poolCount.
+    pub pool_count: i64,
+    /// user.
+    pub user: String,
+    /// Version string sent in Login.
+    pub version: String,
+    /// Hostname sent in Login (frpc 0.67+).
+    pub hostname: String,
+    /// Timestamp override (tests); None = now.
+    pub timestamp: Option<i64>,
+    /// run_id to reclaim.
+    pub run_id: String,
+    /// App-level Ping interval; frpc 0.58+ uses 30 s without tcpMux, none with it.
+    pub heartbeat: Option<Duration>,
+}
+
+impl ClientOpts {
+    /// frpc 0.70.1 defaults for a server at `server` with `token`.
+    pub fn new(server: SocketAddr, token: &str) -> Self {
+        ClientOpts {
+            server,
+            token: token.to_string(),
+            tls: true,
+            tls_custom_byte: false,
+            mux: true,
+            pool_count: 1,
+            user: String::new(),
+            version: "0.70.1".into(),
+            hostname: String::new(),
+            timestamp: None,
+            run_id: String::new(),
+            heartbeat: None,
+        }
+    }
+}
+
+/// One proxy to register.
+#[derive(Debug, Clone)]
+pub struct ProxySpec {
+    /// Proxy name (the `user.` prefix is added like frpc does).
+    pub name: String,
+    /// remotePort; 0 = server picks.
+    pub remote_port: i64,
+    /// localIP:localPort.
+    pub local: SocketAddr,
+    /// transport.useEncryption.
+    pub use_encryption: bool,
+    /// transport.useCompression.
+    pub use_compression: bool,
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("refused by server: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Reads v1 frames from a byte stream, optionally inside AES-CFB.
+pub struct MsgStream<R> {
+    inner: R,
+    buf: Vec<u8>,
+    cipher: Option<CfbStreamReader>,
+}
+
+impl<R: Read> MsgStream<R> {
+    /// Plaintext reader.
+    pub fn new(inner: R) -> Self {
+        MsgStream { inner, buf: Vec::new(), cipher: None }
+    }
+
+    /// Switch to AES-CFB (IV first) with `key`.
+    pub fn encrypt(&mut self, key: [u8; 16]) {
+        let mut c = CfbStreamReader::new(key);
+        let plain = c.decrypt_in_place(&mut self.buf).to_vec();
+        self.buf = plain;
+        self.cipher = Some(c);
+    }
+
+    /// Read one message.
+    pub fn next(&mut self) -> Result<Message, ClientError> {
+        let mut tmp = [0u8; 16 * 1024];
+        loop {
+            match frame::decode(&self.buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
+                Some((m, used)) => {
+                    self.buf.drain(..used);
+                    return Ok(m);
+                }
+                None => {
+                    let n = self.inner.read(&mut tmp)?;
+                    if n == 0 {
+                        return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    match &mut self.cipher {
+                        Some(c) => {
+                            let p = c.decrypt_in_place(&mut tmp[..n]);
+                            self.buf.extend_from_slice(p);
+                        }
+                        None => self.buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes buffered past the last message, and the reader.
+    pub fn into_parts(self) -> (Vec<u8>, R) {
+        (self.buf, self.inner)
+    }
+}
+
+fn write_msg(w: &mut dyn Write, msg: &Message) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256);
+    frame::encode(msg, &mut out);
+    w.write_all(&out)
+}
+
+struct ControlWriter {
+    w: BoxWrite,
+    cipher: CfbStreamWriter,
+}
+
+impl ControlWriter {
+    fn send(&mut self, msg: &Message) -> io::Result<()> {
+        let mut plain = Vec::with_capacity(256);
+        frame::encode(msg, &mut plain);
+        let mut out = Vec::with_capacity(plain.len() + 16);
+        self.cipher.encrypt_into(&plain, &mut out);
+        self.w.write_all(&out)
+    }
+}
+
+struct Inner {
+    opts: ClientOpts,
+    run_id: String,
+    key: [u8; 16],
+    dial: Dial,
+    mux: Option<MuxClient>,
+    ctl: Mutex<ControlWriter>,
+    proxies: Mutex<HashMap<String, ProxySpec>>,
+    resps: Mutex<HashMap<String, NewProxyResp>>,
+    resp_cond: Condvar,
+    closed: AtomicBool,
+    work_conns: AtomicU64,
+    pongs: AtomicU64,
+}
+
+/// A logged-in client.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Inner {
+    fn open_conn(&self) -> io::Result<(BoxRead, BoxWrite)> {
+        match &self.mux {
+            Some(m) => {
+                let s = m.open()?;
+                Ok((Box::new(s.clone()), Box::new(s)))
+            }
+            None => self.dial.connect(),
+        }
+    }
+}
+
+impl Client {
+    /// Connect and log in. A LoginResp with an error is `ClientError::Refused`.
+    pub fn login(opts: ClientOpts) -> Result<Client, ClientError> {
+        let dial = Dial { addr: opts.server, tls: opts.tls, tls_custom_byte: opts.tls_custom_byte };
+        let (r, w) = dial.connect()?;
+        let (mux, mut r, mut w): (Option<MuxClient>, BoxRead, BoxWrite) = if opts.mux {
+            let m = MuxClient::start(r, w);
+            let s = m.open()?;
+            (Some(m), Box::new(s.clone()), Box::new(s))
+        } else {
+            (None, r, w)
+        };
+        let ts = opts.timestamp.unwrap_or_else(now_secs);
+        let login = Login {
+            version: opts.version.clone(),
+            hostname: opts.hostname.clone(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            user: opts.user.clone(),
+            privilege_key: proto::auth::privilege_key(&opts.token, ts),
+            timestamp: ts,
+            run_id: opts.run_id.clone(),
+            client_spec: ClientSpec::default(),
+            pool_count: opts.pool_count,
+            ..Default::default()
+        };
+        write_msg(&mut w, &Message::Login(login))?;
+        let mut ms = MsgStream::new(&mut r);
+        let resp = match ms.next()? {
+            Message::LoginResp(r) => r,
+            other => return Err(ClientError::Protocol(format!("expected LoginResp, got {}", other.name()))),
+        };
+        if !resp.error.is_empty() {
+            if let Some(m) = &mux {
+                m.close();
+            }
+            return Err(ClientError::Refused(resp.error));
+        }
+        let key = proto::cfb::derive_key(opts.token.as_bytes());
+        let (pending, _) = ms.into_parts();
+        let inner = Arc::new(Inner {
+            run_id: resp.run_id,
+            key,
+            dial,
+            mux,
+            ctl: Mutex::new(ControlWriter { w, cipher: CfbStreamWriter::new(key) }),
+            proxies: Mutex::new(HashMap::new()),
+            resps: Mutex::new(HashMap::new()),
+            resp_cond: Condvar::new(),
+            closed: AtomicBool::new(false),
+            work_conns: AtomicU64::new(0),
+            pongs: AtomicU64::new(0),
+            opts,
+        });
+        let rd = inner.clone();
+        std::thread::Builder::new().name("frpc-control".into()).stack_size(256 * 1024).spawn(move || {
+            let mut ms = MsgStream { inner: r, buf: pending, cipher: None };
+            ms.encrypt(rd.key);
+            while let Ok(msg) = ms.next() {
+                match msg {
+                    Message::ReqWorkConn(_) => {
+                        let c = rd.clone();
+                        let _ = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || work_conn(c));
+                    }
+                    Message::NewProxyResp(r) => {
+                        rd.resps.lock().unwrap_or_else(|e| e.into_inner()).insert(r.proxy_name.clone(), r);
+                        rd.resp_cond.notify_all();
+                    }
+                    Message::Pong(_) => {
+                        rd.pongs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+            rd.closed.store(true, Ordering::Release);
+            rd.resp_cond.notify_all();
+        })?;
+        if let Some(every) = inner.opts.heartbeat {
+            let hb = Arc::downgrade(&inner);
+            std::thread::Builder::new().stack_size(64 * 1024).spawn(move || loop {
+                let Some(c) = hb.upgrade() else { break };
+                if c.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                let r = c.ctl.lock().unwrap_or_else(|e| e.into_inner()).send(&Message::Ping(Ping::default()));
+                drop(c);
+                if r.is_err() {
+                    break;
+                }
+                std::thread::sleep(every);
+            })?;
+        }
+        Ok(Client { inner })
+    }
+
+    /// The run_id the server assigned.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    /// Register a proxy and wait for NewProxyResp. Ok(remote_addr) or the
+    /// server's error string.
+    pub fn add_proxy(&self, spec: ProxySpec) -> Result<String, ClientError> {
+        let name = if self.inner.opts.user.is_empty() { spec.name.clone() } else { format!("{}.{}", self.inner.opts.user, spec.name) };
+        self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), spec.clone());
+        let np = NewProxy {
+            proxy_name: name.clone(),
+            proxy_type: "tcp".into(),
+            use_encryption: spec.use_encryption,
+            use_compression: spec.use_compression,
+            remote_port: spec.remote_port,
+            ..Default::default()
+        };
+        self.send(&Message::NewProxy(np))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut resps = self.inner.resps.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = resps.remove(&name) {
+                if r.error.is_empty() {
+                    return Ok(r.remote_addr);
+                }
+                self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                return Err(ClientError::Refused(r.error));
+            }
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Io(io::ErrorKind::ConnectionAborted.into()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Protocol("no NewProxyResp within 10 s".into()));
+            }
+            resps = self.inner.resp_cond.wait_timeout(resps, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Send CloseProxy.
+    pub fn close_proxy(&self, name: &str) -> Result<(), ClientError> {
+        self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.send(&Message::CloseProxy(proto::msg::CloseProxy { proxy_name: name.to_string() }))
+    }
+
+    /// Send any control message (encrypted).
+    pub fn send(&self, msg: &Message) -> Result<(), ClientError> {
+        Ok(self.inner.ctl.lock().unwrap_or_else(|e| e.into_inner()).send(msg)?)
+    }
+
+    /// Pongs received so far.
+    pub fn pongs(&self) -> u64 {
+        self.inner.pongs.load(Ordering::Relaxed)
+    }
+
+    /// Work connections opened so far.
+    pub fn work_conns(&self) -> u64 {
+        self.inner.work_conns.load(Ordering::Relaxed)
+    }
+
+    /// Whether the control channel has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Drop the connection abruptly, like a killed frpc.
+    pub fn kill(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        match &self.inner.mux {
+            Some(m) => m.close(),
+            None => self.inner.ctl.lock().unwrap_or_else(|e| e.into_inner()).w.abort(),
+        }
+    }
+}
+
+fn work_conn(c: Arc<Inner>) {
+    let _ = (|| -> Result<(), ClientError> {
+        let (mut r, mut w) = c.open_conn()?;
+        c.work_conns.fetch_add(1, Ordering::Relaxed);
+        write_msg(&mut w, &Message::NewWorkConn(NewWorkConn { run_id: c.run_id.clone(), ..Default::default() }))?;
+        let mut ms = MsgStream::new(&mut r);
+        let start = match ms.next()? {
+            Message::StartWorkConn(s) => s,
+            other => return Err(ClientError::Protocol(format!("expected StartWorkConn, got {}", other.name()))),
+        };
+        if !start.error.is_empty() {
+            w.abort();
+            return Err(ClientError::Refused(start.error));
+        }
+        let (pending, _) = ms.into_parts();
+        if !pending.is_empty() {
+            return Err(ClientError::Protocol("data before the payload wrapper".into()));
+        }
+        let spec = c.proxies.lock().unwrap_or_else(|e| e.into_inner()).get(&start.proxy_name).cloned();
+        let Some(spec) = spec else {
+            w.abort();
+            return Err(ClientError::Protocol(format!("unknown proxy {}", start.proxy_name)));
+        };
+        let local = TcpStream::connect(spec.local)?;
+        local.set_nodelay(true)?;
+        let key = spec.use_encryption.then_some(c.key);
+        join(local, r, w, key, spec.use_compression);
+        Ok(())
+    })();
+}
+
+/// Relay like frp's `Join`: copy both ways; when either direction ends,
+/// close both connections.
+fn join(local: TcpStream, r: BoxRead, w: BoxWrite, key: Option<[u8; 16]>, compress: bool) {
+    let mut work_r = DecodeReader::new(r, key, compress);
+    let mut work_w = EncodeWriter::new(w, key, compress);
+    let mut local_r = match local.try_clone() {
+        Ok(l) => l,
+        Err(_) => return,
+    };
+    let mut local_w = local;
+    let done = Arc::new(AtomicBool::new(false));
+    let local_shut = match local_w.try_clone() {
+        Ok(l) => l,
+        Err(_) => return,
+    };
+    let d2 = done.clone();
+    let t = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match local_r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if work_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        work_w.shutdown_write();
+        d2.store(true, Ordering::Release);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match work_r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if local_w.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = local_shut.shutdown(Shutdown::Both);
+    if let Ok(t) = t {
+        let _ = t.join();
+    }
+}

@@ -1,0 +1,217 @@
+//! Dialing the server: plain TCP or TLS, split into a reader and a writer
+//! that can live on different threads.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+
+/// A boxed reading half.
+pub type BoxRead = Box<dyn Read + Send>;
+/// A boxed writing half.
+pub type BoxWrite = Box<dyn WriteHalf>;
+
+/// A writing half that can also half-close and abort.
+pub trait WriteHalf: Write + Send {
+    /// Half-close (FIN / close_notify).
+    fn shutdown_write(&mut self);
+    /// Abort the whole connection.
+    fn abort(&mut self);
+}
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Wrap in TLS.
+    pub tls: bool,
+    /// Send frp's 0x17 byte before the ClientHello (disableCustomTLSFirstByte=false).
+    pub tls_custom_byte: bool,
+}
+
+impl Dial {
+    /// Connect and return the two halves.
+    pub fn connect(&self) -> io::Result<(BoxRead, BoxWrite)> {
+        let sock = TcpStream::connect(self.addr)?;
+        sock.set_nodelay(true)?;
+        if !self.tls {
+            let r = sock.try_clone()?;
+            return Ok((Box::new(r), Box::new(TcpWrite(sock))));
+        }
+        if self.tls_custom_byte {
+            (&sock).write_all(&[0x17])?;
+        }
+        let conn = ClientConnection::new(tls_config(), ServerName::try_from("localhost").expect("static name"))
+            .map_err(io::Error::other)?;
+        let mut tls = TlsShared { conn: Mutex::new(conn), sock: sock.try_clone()? };
+        tls.handshake()?;
+        let tls = Arc::new(tls);
+        Ok((Box::new(TlsRead(tls.clone(), sock.try_clone()?)), Box::new(TlsWrite(tls, sock))))
+    }
+}
+
+/// Plain TCP writing half.
+pub struct TcpWrite(pub TcpStream);
+
+impl Write for TcpWrite {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WriteHalf for TcpWrite {
+    fn shutdown_write(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+    fn abort(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+struct TlsShared {
+    conn: Mutex<ClientConnection>,
+    sock: TcpStream,
+}
+
+impl TlsShared {
+    fn handshake(&mut self) -> io::Result<()> {
+        let conn = self.conn.get_mut().map_err(|_| io::Error::other("poisoned"))?;
+        let mut sock = &self.sock;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut sock)?;
+        }
+        Ok(())
+    }
+}
+
+struct TlsRead(Arc<TlsShared>, TcpStream);
+
+impl Read for TlsRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cbuf = [0u8; 16 * 1024];
+        loop {
+            {
+                let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
+                match c.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = self.1.read(&mut cbuf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
+            let mut data = &cbuf[..n];
+            while !data.is_empty() {
+                c.read_tls(&mut data)?;
+                c.process_new_packets().map_err(io::Error::other)?;
+            }
+            let mut out = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut out)?;
+            }
+            drop(c);
+            if !out.is_empty() {
+                (&self.0.sock).write_all(&out)?;
+            }
+        }
+    }
+}
+
+struct TlsWrite(Arc<TlsShared>, TcpStream);
+
+impl Write for TlsWrite {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let mut out = Vec::with_capacity(b.len() + 64);
+        {
+            let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
+            c.writer().write_all(b)?;
+            while c.wants_write() {
+                c.write_tls(&mut out)?;
+            }
+        }
+        (&self.0.sock).write_all(&out)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WriteHalf for TlsWrite {
+    fn shutdown_write(&mut self) {
+        let mut out = Vec::new();
+        if let Ok(mut c) = self.0.conn.lock() {
+            c.send_close_notify();
+            while c.wants_write() {
+                if c.write_tls(&mut out).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = (&self.1).write_all(&out);
+        let _ = self.1.shutdown(Shutdown::Write);
+    }
+    fn abort(&mut self) {
+        let _ = self.1.shutdown(Shutdown::Both);
+    }
+}
+
+/// frpc without `trustedCaFile` accepts any certificate; so do we.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,296 @@
+//! End-to-end: the real fastpath binary, real sockets, the in-repo frp
+//! client (which matches frpc on the wire).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bench::backend::Backend;
+use bench::client::{Client, ClientError};
+use common::*;
+
+#[test]
+fn login_accepted_and_bad_token_refused() {
+    let fp = Fastpath::start("", 1);
+    let c = Client::login(fp.opts()).expect("login with the right token");
+    assert_eq!(c.run_id().len(), 16);
+
+    let mut bad = fp.opts();
+    bad.token = "wrong".into();
+    match Client::login(bad) {
+        Err(ClientError::Refused(msg)) => assert!(msg.contains("token"), "{msg}"),
+        Err(e) => panic!("expected a LoginResp error, got {e}"),
+        Ok(_) => panic!("login with a wrong token succeeded"),
+    }
+    assert!(fp.daemon.wait_log("login refused", Duration::from_secs(2)));
+}
+
+fn integrity_case(mux: bool, tls: bool) {
+    let fp = Fastpath::start("", 2);
+    let echo = Backend::echo().unwrap();
+    let mut o = fp.opts();
+    o.mux = mux;
+    o.tls = tls;
+    let c = Client::login(o).expect("login");
+    let len = 64 << 20;
+    for (i, (enc, comp)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate() {
+        let port = tcp_proxy(&c, &format!("p{i}"), 0, echo.addr(), enc, comp);
+        let (sent, got) = echo_integrity(port, len, 0x9e3779b97f4a7c15 + i as u64);
+        assert_eq!(sent, got, "mux={mux} tls={tls} enc={enc} comp={comp}: data differs");
+    }
+}
+
+#[test]
+fn integrity_mux_tls() {
+    integrity_case(true, true);
+}
+
+#[test]
+fn integrity_mux_plain() {
+    integrity_case(true, false);
+}
+
+#[test]
+fn integrity_nomux_tls() {
+    integrity_case(false, true);
+}
+
+#[test]
+fn integrity_nomux_plain() {
+    integrity_case(false, false);
+}
+
+#[test]
+fn legacy_tls_first_byte_is_accepted() {
+    let fp = Fastpath::start("", 1);
+    let echo = Backend::echo().unwrap();
+    let mut o = fp.opts();
+    o.tls_custom_byte = true;
+    let c = Client::login(o).expect("login with the 0x17 byte");
+    let port = tcp_proxy(&c, "p", 0, echo.addr(), false, false);
+    let (a, b) = echo_integrity(port, 1 << 20, 7);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn remote_port_zero_and_conflicts() {
+    let fp = Fastpath::start("allowPorts = [{ start = 21000, end = 21009 }]\nmaxPortsPerClient = 5", 2);
+    let echo = Backend::echo().unwrap();
+    let c = Client::login(fp.opts()).unwrap();
+    let p = tcp_proxy(&c, "auto", 0, echo.addr(), false, false);
+    assert!((21000..=21009).contains(&p), "allocated {p} outside allowPorts");
+    // The same port for another proxy, from another client: refused.
+    let c2 = Client::login(fp.opts()).unwrap();
+    let spec = |name: &str, port: i64| bench::client::ProxySpec {
+        name: name.into(),
+        remote_port: port,
+        local: echo.addr(),
+        use_encryption: false,
+        use_compression: false,
+    };
+    match c2.add_proxy(spec("clash", p as i64)) {
+        Err(ClientError::Refused(m)) => assert!(m.contains("port already used"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match c2.add_proxy(spec("outside", 30000)) {
+        Err(ClientError::Refused(m)) => assert!(m.contains("port not allowed"), "{m}"),
+        other => panic!("expected not allowed, got {other:?}"),
+    }
+    match c2.add_proxy(spec("auto", 0)) {
+        Err(ClientError::Refused(m)) => assert!(m.contains("already exists"), "{m}"),
+        other => panic!("expected a name clash, got {other:?}"),
+    }
+    // maxPortsPerClient = 5: the sixth is refused.
+    for i in 0..4 {
+        tcp_proxy(&c2, &format!("n{i}"), 0, echo.addr(), false, false);
+    }
+    tcp_proxy(&c2, "n4", 0, echo.addr(), false, false);
+    match c2.add_proxy(spec("n5", 0)) {
+        Err(ClientError::Refused(m)) => assert!(m.contains("max_ports_per_client"), "{m}"),
+        other => panic!("expected max ports, got {other:?}"),
+    }
+    // CloseProxy frees the port for someone else.
+    c.close_proxy("auto").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match c2.add_proxy(spec("again", p as i64)) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("port {p} not freed after CloseProxy: {e}"),
+        }
+    }
+}
+
+#[test]
+fn thousand_concurrent_user_connections() {
+    let fp = Fastpath::start("", 2);
+    let echo = Backend::echo().unwrap();
+    let mut o = fp.opts();
+    o.pool_count = 5;
+    let c = Client::login(o).unwrap();
+    let port = tcp_proxy(&c, "many", 0, echo.addr(), false, false);
+    let mut conns = Vec::new();
+    for _ in 0..1000 {
+        conns.push(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    // All 1000 open at once; each does a round trip.
+    let mut threads = Vec::new();
+    for (i, mut s) in conns.into_iter().enumerate() {
+        threads.push(
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let msg = format!("hello {i:05}\n");
+                    s.write_all(msg.as_bytes()).unwrap();
+                    let mut got = vec![0u8; msg.len()];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got, msg.as_bytes());
+                    s
+                })
+                .unwrap(),
+        );
+    }
+    let open: Vec<TcpStream> = threads.into_iter().map(|t| t.join().expect("round trip")).collect();
+    assert_eq!(open.len(), 1000);
+}
+
+#[test]
+fn killed_client_frees_its_ports() {
+    for mux in [true, false] {
+        let fp = Fastpath::start("", 2);
+        let echo = Backend::echo().unwrap();
+        let mut o = fp.opts();
+        o.mux = mux;
+        let c = Client::login(o.clone()).unwrap();
+        let port = tcp_proxy(&c, "victim", 0, echo.addr(), false, false);
+        // Mid-transfer: a connection is relaying when the client dies.
+        let mut user = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        user.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        user.read_exact(&mut one).unwrap();
+        c.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let c2 = Client::login(o).unwrap();
+        loop {
+            match c2.add_proxy(bench::client::ProxySpec {
+                name: "victim".into(),
+                remote_port: port as i64,
+                local: echo.addr(),
+                use_encryption: false,
+                use_compression: false,
+            }) {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("mux={mux}: port {port} not freed after the client died: {e}"),
+            }
+        }
+        // The old user connection was closed.
+        user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = user.read(&mut one);
+        assert!(matches!(r, Ok(0) | Err(_)), "user connection still open after its client died");
+    }
+}
+
+#[test]
+fn malformed_frames_close_only_that_connection() {
+    let fp = Fastpath::start("transport.tls.force = false", 2);
+    let echo = Backend::echo().unwrap();
+    let mut o = fp.opts();
+    o.tls = false;
+    let c = Client::login(o).unwrap();
+    let port = tcp_proxy(&c, "keep", 0, echo.addr(), false, false);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized length", {
+            let mut v = vec![b'o'];
+            v.extend_from_slice(&(1_000_000i64).to_be_bytes());
+            v
+        }),
+        ("negative length", {
+            let mut v = vec![b'o'];
+            v.extend_from_slice(&(-5i64).to_be_bytes());
+            v
+        }),
+        ("unknown type", {
+            let mut v = vec![b'Z'];
+            v.extend_from_slice(&2i64.to_be_bytes());
+            v.extend_from_slice(b"{}");
+            v
+        }),
+        ("bad json", {
+            let mut v = vec![b'o'];
+            v.extend_from_slice(&5i64.to_be_bytes());
+            v.extend_from_slice(b"{nope");
+            v
+        }),
+        ("bad yamux version", vec![0, 9, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]),
+    ];
+    for (what, bytes) in cases {
+        let mut s = TcpStream::connect(fp.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut buf = [0u8; 64];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break true,
+                Ok(_) => continue,
+            }
+        };
+        assert!(closed, "{what}: connection not closed");
+    }
+    assert!(fp.daemon.wait_log("malformed", Duration::from_secs(2)) || fp.daemon.wait_log("bad first message", Duration::from_secs(2)));
+    // The good session still serves.
+    let (a, b) = echo_integrity(port, 1 << 20, 3);
+    assert_eq!(a, b);
+    let mut fp = fp;
+    assert!(fp.daemon.alive());
+}
+
+#[test]
+fn two_workers_spread_sessions_and_hand_off() {
+    let fp = Fastpath::start("", 2);
+    let echo = Backend::echo().unwrap();
+    let mut clients = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..16 {
+        let mut o = fp.opts();
+        o.mux = false;
+        o.tls = i % 2 == 0;
+        let c = Client::login(o).unwrap();
+        ports.push(tcp_proxy(&c, &format!("s{i}"), 0, echo.addr(), false, false));
+        clients.push(c);
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let (a, b) = echo_integrity(*p, 256 << 10, i as u64);
+        assert_eq!(a, b);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = fp.stats();
+    let workers = stats["workers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(workers.len(), 2, "{stats}");
+    for (i, w) in workers.iter().enumerate() {
+        assert!(w["sessions"].as_i64().unwrap_or(0) > 0, "worker {i} owns no session: {stats}");
+    }
+    let handoffs: i64 = workers.iter().map(|w| w["handoffs_in"].as_i64().unwrap_or(0)).sum();
+    assert!(handoffs > 0, "no work connection was handed between workers: {stats}");
+}
+
+#[test]
+fn sigterm_stops_within_five_seconds() {
+    let mut fp = Fastpath::start("", 2);
+    let _c = Client::login(fp.opts()).unwrap();
+    let t = Instant::now();
+    fp.daemon.signal(15);
+    let code = fp.daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "exit within 5 s with status 0");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
