@@ -152,25 +152,23 @@ async fn identify(ctx: Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, peer: So
 
 /// Send a work connection to the worker that owns its session.
 async fn route_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, msg: NewWorkConn, peer: SocketAddr) {
-    let owner = ctx.shared.directory.find_session(&msg.run_id);
-    match owner {
-        Some(at) if at.worker != ctx.id && !matches!(conn, Conn::Mux(_)) => {
-            let (socket, tls) = match conn {
-                Conn::Tcp(s) => (detach(s), None),
-                Conn::Tls(t) => {
-                    let (s, state) = t.into_parts();
-                    (detach(s), Some(state))
-                }
-                Conn::Mux(_) => unreachable!("guarded above"),
-            };
-            let moved = MovedConn { socket, tls, pending, msg, peer };
-            match ctx.shared.inboxes[at.worker].send(WorkerMsg::WorkConn(Box::new(moved))) {
-                Ok(()) => WorkerStats::bump(&ctx.stats().handoffs_out, 1),
-                Err(_) => tracing::warn!(%peer, "owner worker is gone; dropping work connection"),
-            }
+    let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
+        return refuse_work_conn(&mut conn, &msg.run_id, peer).await;
+    };
+    // yamux streams always belong to the session that carries them, which
+    // lives here; only separate connections can land on the wrong worker.
+    let (socket, tls) = match conn {
+        Conn::Tcp(s) if owner.worker != ctx.id => (detach(s), None),
+        Conn::Tls(t) if owner.worker != ctx.id => {
+            let (s, state) = t.into_parts();
+            (detach(s), Some(state))
         }
-        Some(_) => deliver_work_conn(ctx, conn, pending, msg, peer).await,
-        None => refuse_work_conn(&mut conn, &msg.run_id, peer).await,
+        local => return deliver_work_conn(ctx, local, pending, msg, peer).await,
+    };
+    let moved = MovedConn { socket, tls, pending, msg, peer };
+    match ctx.shared.inboxes[owner.worker].send(WorkerMsg::WorkConn(Box::new(moved))) {
+        Ok(()) => WorkerStats::bump(&ctx.stats().handoffs_out, 1),
+        Err(_) => tracing::warn!(%peer, "owner worker is gone; dropping work connection"),
     }
 }
 
