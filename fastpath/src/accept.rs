@@ -160,8 +160,8 @@ async fn route_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, 
     let (socket, tls) = match conn {
         Conn::Tcp(s) if owner.worker != ctx.id => (detach(s), None),
         Conn::Tls(t) if owner.worker != ctx.id => {
-            let (s, state) = t.into_parts();
-            (detach(s), Some(state))
+            let (s, state, ciphertext) = t.into_parts();
+            (detach(s), Some((state, ciphertext)))
         }
         local => return deliver_work_conn(ctx, local, pending, msg, peer).await,
     };

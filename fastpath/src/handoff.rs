@@ -25,8 +25,9 @@ pub enum WorkerMsg {
 pub struct MovedConn {
     /// The socket, detached from the sending worker's runtime.
     pub socket: std::net::TcpStream,
-    /// TLS session state when the connection is TLS.
-    pub tls: Option<ServerConnection>,
+    /// TLS session state when the connection is TLS, and ciphertext
+    /// already read from the socket but not yet processed.
+    pub tls: Option<(ServerConnection, Vec<u8>)>,
     /// Plaintext already read past the first message (normally empty).
     pub pending: Vec<u8>,
     /// The NewWorkConn that identified it.

@@ -12,6 +12,7 @@ use proto::msg::Message;
 use crate::conn::{Conn, ConnReader, ConnWriter};
 
 /// Something we can read bytes from, owned-buffer style.
+#[allow(async_fn_in_trait)]
 pub trait ByteRead {
     /// Append received bytes to `buf`; 0 is EOF.
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);

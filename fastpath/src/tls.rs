@@ -59,13 +59,61 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Feed ciphertext into the session and process it.
-fn absorb(conn: &mut ServerConnection, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        conn.read_tls(&mut data)?;
-        conn.process_new_packets().map_err(tls_err)?;
+/// Ciphertext read from the socket and not yet taken by rustls.
+///
+/// rustls refuses more ciphertext while too much decrypted data is waiting
+/// ("received plaintext buffer full"), so ciphertext is fed one `read_tls`
+/// at a time, and plaintext drained in between.
+#[derive(Default)]
+pub struct CipherIn {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl CipherIn {
+    fn with_capacity(n: usize) -> Self {
+        CipherIn { buf: Vec::with_capacity(n), pos: 0 }
     }
-    Ok(())
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let mut c = CipherIn::with_capacity(b.len().max(16 * 1024));
+        c.buf.extend_from_slice(b);
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Give rustls as much as it takes in one call, and process it.
+    fn feed(&mut self, conn: &mut ServerConnection) -> io::Result<()> {
+        let mut slice = &self.buf[self.pos..];
+        let n = conn.read_tls(&mut slice)?;
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        conn.process_new_packets().map_err(tls_err)?;
+        Ok(())
+    }
+
+    /// What is left, for a connection moving to another worker.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.drain(..self.pos);
+        self.buf
+    }
+
+    /// Take the buffer for a socket read (it is empty when this is called).
+    fn take_for_read(&mut self) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.buf);
+        b.clear();
+        self.pos = 0;
+        if b.capacity() < 16 * 1024 {
+            b.reserve(16 * 1024);
+        }
+        b
+    }
 }
 
 /// Read decrypted bytes into the spare part of `buf`. `None` means rustls
@@ -112,7 +160,7 @@ fn drain_tls(conn: &mut ServerConnection, out: &mut Vec<u8>) {
 pub struct TlsStream {
     io: TcpStream,
     conn: ServerConnection,
-    cbuf: Vec<u8>,
+    cin: CipherIn,
 }
 
 impl TlsStream {
@@ -123,14 +171,18 @@ impl TlsStream {
         // We flush after every write, so rustls's own plaintext cap would
         // only turn a large relay chunk into a spurious WriteZero.
         conn.set_buffer_limit(None);
-        let mut s = TlsStream { io, conn, cbuf: Vec::with_capacity(16 * 1024) };
-        absorb(&mut s.conn, prefix)?;
+        let mut s = TlsStream { io, conn, cin: CipherIn::from_bytes(prefix) };
         while s.conn.is_handshaking() {
+            if !s.cin.is_empty() {
+                s.cin.feed(&mut s.conn)?;
+                s.flush_tls().await?;
+                continue;
+            }
             s.flush_tls().await?;
             if !s.conn.is_handshaking() {
                 break;
             }
-            if s.conn.wants_read() && s.read_tls().await? == 0 {
+            if s.read_tls().await? == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
             }
         }
@@ -139,13 +191,14 @@ impl TlsStream {
     }
 
     /// Rebuild a stream from parts moved from another worker.
-    pub fn from_parts(io: TcpStream, conn: ServerConnection) -> Self {
-        TlsStream { io, conn, cbuf: Vec::with_capacity(16 * 1024) }
+    pub fn from_parts(io: TcpStream, conn: ServerConnection, ciphertext: Vec<u8>) -> Self {
+        TlsStream { io, conn, cin: CipherIn::from_bytes(&ciphertext) }
     }
 
-    /// Take the stream apart so it can move to another thread.
-    pub fn into_parts(self) -> (TcpStream, ServerConnection) {
-        (self.io, self.conn)
+    /// Take the stream apart so it can move to another thread: the socket,
+    /// the session state and any ciphertext read but not yet processed.
+    pub fn into_parts(self) -> (TcpStream, ServerConnection, Vec<u8>) {
+        (self.io, self.conn, self.cin.into_vec())
     }
 
     /// The socket underneath.
@@ -153,14 +206,12 @@ impl TlsStream {
         &self.io
     }
 
+    /// Read ciphertext from the socket into `cin` (which must be empty).
     async fn read_tls(&mut self) -> io::Result<usize> {
-        let buf = std::mem::take(&mut self.cbuf);
-        let (r, mut buf) = self.io.read(buf).await;
-        let n = r?;
-        let res = absorb(&mut self.conn, &buf);
-        buf.clear();
-        self.cbuf = buf;
-        res.map(|_| n)
+        let buf = self.cin.take_for_read();
+        let (r, buf) = self.io.read(buf).await;
+        self.cin.buf = buf;
+        r
     }
 
     async fn flush_tls(&mut self) -> io::Result<()> {
@@ -178,6 +229,12 @@ impl TlsStream {
         loop {
             if let Some(r) = take_plain(&mut self.conn, &mut buf) {
                 return (r, buf);
+            }
+            if !self.cin.is_empty() {
+                if let Err(e) = self.cin.feed(&mut self.conn) {
+                    return (Err(e), buf);
+                }
+                continue;
             }
             match self.read_tls().await {
                 Ok(0) => return (Ok(0), buf),
@@ -203,7 +260,7 @@ impl TlsStream {
         let (r, w) = self.io.into_split();
         let conn = Rc::new(RefCell::new(self.conn));
         (
-            TlsReader { io: r, conn: conn.clone(), cbuf: self.cbuf },
+            TlsReader { io: r, conn: conn.clone(), cin: self.cin },
             TlsWriter { io: w, conn, out: Vec::with_capacity(16 * 1024 + 64) },
         )
     }
@@ -213,7 +270,7 @@ impl TlsStream {
 pub struct TlsReader {
     io: OwnedReadHalf<TcpStream>,
     conn: Rc<RefCell<ServerConnection>>,
-    cbuf: Vec<u8>,
+    cin: CipherIn,
 }
 
 impl TlsReader {
@@ -223,27 +280,21 @@ impl TlsReader {
             if let Some(r) = take_plain(&mut self.conn.borrow_mut(), &mut buf) {
                 return (r, buf);
             }
-            let cbuf = std::mem::take(&mut self.cbuf);
-            let (r, mut cbuf) = self.io.read(cbuf).await;
-            match r {
-                Ok(0) => {
-                    self.cbuf = cbuf;
-                    return (Ok(0), buf);
-                }
-                Ok(_) => {
-                    let res = absorb(&mut self.conn.borrow_mut(), &cbuf);
-                    cbuf.clear();
-                    self.cbuf = cbuf;
-                    // Anything rustls wants to say back (alerts, key updates)
-                    // goes out with the writer's next flush.
-                    if let Err(e) = res {
-                        return (Err(e), buf);
-                    }
-                }
-                Err(e) => {
-                    self.cbuf = cbuf;
+            if !self.cin.is_empty() {
+                // Anything rustls wants to say back (alerts, key updates)
+                // goes out with the writer's next flush.
+                if let Err(e) = self.cin.feed(&mut self.conn.borrow_mut()) {
                     return (Err(e), buf);
                 }
+                continue;
+            }
+            let cbuf = self.cin.take_for_read();
+            let (r, cbuf) = self.io.read(cbuf).await;
+            self.cin.buf = cbuf;
+            match r {
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
             }
         }
     }

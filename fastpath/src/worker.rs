@@ -138,7 +138,7 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                     }
                 };
                 let conn = match tls {
-                    Some(state) => Conn::Tls(Box::new(TlsStream::from_parts(stream, state))),
+                    Some((state, ciphertext)) => Conn::Tls(Box::new(TlsStream::from_parts(stream, state, ciphertext))),
                     None => Conn::Tcp(stream),
                 };
                 accept::deliver_work_conn(&ctx, conn, pending, msg, peer).await;

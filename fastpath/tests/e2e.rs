@@ -113,9 +113,10 @@ fn remote_port_zero_and_conflicts() {
     }
     // CloseProxy frees the port for someone else.
     c.close_proxy("auto").unwrap();
+    let c3 = Client::login(fp.opts()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match c2.add_proxy(spec("again", p as i64)) {
+        match c3.add_proxy(spec("again", p as i64)) {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

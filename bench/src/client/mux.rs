@@ -83,7 +83,11 @@ impl MuxClient {
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     let n = match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) => break,
+                        Err(e) => {
+                            eprintln!("DEBUG mux read err {e}");
+                            break;
+                        }
                         Ok(n) => n,
                     };
                     input.extend_from_slice(&buf[..n]);
@@ -115,6 +119,7 @@ impl MuxClient {
                     drop(st);
                     rd.cond.notify_all();
                     if r.is_err() || rd.flush().is_err() {
+                        eprintln!("DEBUG mux recv/flush err {r:?}");
                         break;
                     }
                 }

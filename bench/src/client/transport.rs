@@ -49,7 +49,7 @@ impl Dial {
         let mut tls = TlsShared { conn: Mutex::new(conn), sock: sock.try_clone()? };
         tls.handshake()?;
         let tls = Arc::new(tls);
-        Ok((Box::new(TlsRead(tls.clone(), sock.try_clone()?)), Box::new(TlsWrite(tls, sock))))
+        Ok((Box::new(TlsRead(tls.clone(), sock.try_clone()?, Vec::new(), 0)), Box::new(TlsWrite(tls, sock))))
     }
 }
 
@@ -93,12 +93,12 @@ impl TlsShared {
     }
 }
 
-struct TlsRead(Arc<TlsShared>, TcpStream);
+struct TlsRead(Arc<TlsShared>, TcpStream, Vec<u8>, usize);
 
 impl Read for TlsRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut cbuf = [0u8; 16 * 1024];
         loop {
+            let mut out = Vec::new();
             {
                 let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
                 match c.reader().read(buf) {
@@ -107,24 +107,30 @@ impl Read for TlsRead {
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                     Err(e) => return Err(e),
                 }
+                // rustls takes more ciphertext only once its plaintext is
+                // drained: feed one read_tls at a time.
+                if self.3 < self.2.len() {
+                    let mut slice = &self.2[self.3..];
+                    let n = c.read_tls(&mut slice)?;
+                    self.3 += n;
+                    c.process_new_packets().map_err(io::Error::other)?;
+                    while c.wants_write() {
+                        c.write_tls(&mut out)?;
+                    }
+                }
             }
-            let n = self.1.read(&mut cbuf)?;
-            if n == 0 {
-                return Ok(0);
-            }
-            let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
-            let mut data = &cbuf[..n];
-            while !data.is_empty() {
-                c.read_tls(&mut data)?;
-                c.process_new_packets().map_err(io::Error::other)?;
-            }
-            let mut out = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut out)?;
-            }
-            drop(c);
             if !out.is_empty() {
                 (&self.0.sock).write_all(&out)?;
+            }
+            if self.3 < self.2.len() {
+                continue;
+            }
+            self.2.resize(64 * 1024, 0);
+            let n = self.1.read(&mut self.2)?;
+            self.2.truncate(n);
+            self.3 = 0;
+            if n == 0 {
+                return Ok(0);
             }
         }
     }
@@ -213,5 +219,14 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl WriteHalf for Box<dyn WriteHalf> {
+    fn shutdown_write(&mut self) {
+        (**self).shutdown_write()
+    }
+    fn abort(&mut self) {
+        (**self).abort()
     }
 }
