@@ -41,17 +41,21 @@ impl Backend {
         let addr = l.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        std::thread::Builder::new().name("backend".into()).spawn(move || {
-            for s in l.incoming() {
-                if st.load(Ordering::Acquire) {
-                    break;
+        std::thread::Builder::new()
+            .name("backend".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if st.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if let Ok(s) = s {
+                        let _ = s.set_nodelay(true);
+                        let _ = std::thread::Builder::new()
+                            .stack_size(256 * 1024)
+                            .spawn(move || handler(s));
+                    }
                 }
-                if let Ok(s) = s {
-                    let _ = s.set_nodelay(true);
-                    let _ = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || handler(s));
-                }
-            }
-        })?;
+            })?;
         Ok(Backend { addr, stop })
     }
 

@@ -44,7 +44,10 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
     serve_conn(ctx, conn, pending, peer).await;
 }
 
-async fn detect_transport(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>), String> {
+async fn detect_transport(
+    ctx: &WorkerCtx,
+    mut stream: TcpStream,
+) -> Result<(Conn, Vec<u8>), String> {
     let buf = Vec::with_capacity(4096);
     let (r, buf) = match monoio::time::timeout(FIRST_MSG_TIMEOUT, stream.read(buf)).await {
         Ok(x) => x,
@@ -66,13 +69,20 @@ async fn detect_transport(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Con
                 Err(_) => Err("TLS handshake timed out".into()),
             }
         }
-        _ if ctx.shared.config.transport.tls.force => Err("plain connection refused: transport.tls.force is on".into()),
+        _ if ctx.shared.config.transport.tls.force => {
+            Err("plain connection refused: transport.tls.force is on".into())
+        }
         _ => Ok((Conn::Tcp(stream), buf)),
     }
 }
 
 /// Steps 2 and 3 for a connection whose transport is known.
-pub async fn serve_conn(ctx: Rc<WorkerCtx>, mut conn: Conn, mut pending: Vec<u8>, peer: SocketAddr) {
+pub async fn serve_conn(
+    ctx: Rc<WorkerCtx>,
+    mut conn: Conn,
+    mut pending: Vec<u8>,
+    peer: SocketAddr,
+) {
     // Step 2: we need at least one plaintext byte to tell yamux from v1.
     while pending.is_empty() {
         pending.reserve(4096);
@@ -94,7 +104,13 @@ pub async fn serve_conn(ctx: Rc<WorkerCtx>, mut conn: Conn, mut pending: Vec<u8>
         let cfg = mux_config(&ctx);
         let sctx = ctx.clone();
         MuxConn::start(r, w, pending, cfg, move |stream| {
-            monoio::spawn(identify(sctx.clone(), Conn::Mux(stream), Vec::new(), peer, true));
+            monoio::spawn(identify(
+                sctx.clone(),
+                Conn::Mux(stream),
+                Vec::new(),
+                peer,
+                true,
+            ));
         });
         return;
     }
@@ -115,7 +131,13 @@ fn mux_config(ctx: &WorkerCtx) -> proto::yamux::Config {
 }
 
 /// Step 3: read the first message of a connection or stream and hand it on.
-async fn identify(ctx: Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, peer: SocketAddr, muxed: bool) {
+async fn identify(
+    ctx: Rc<WorkerCtx>,
+    mut conn: Conn,
+    pending: Vec<u8>,
+    peer: SocketAddr,
+    muxed: bool,
+) {
     let mut reader = MsgReader::new(pending);
     let first = match reader.next_within(&mut conn, FIRST_MSG_TIMEOUT).await {
         Ok(m) => m,
@@ -151,7 +173,13 @@ async fn identify(ctx: Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, peer: So
 }
 
 /// Send a work connection to the worker that owns its session.
-async fn route_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, msg: NewWorkConn, peer: SocketAddr) {
+async fn route_work_conn(
+    ctx: &Rc<WorkerCtx>,
+    mut conn: Conn,
+    pending: Vec<u8>,
+    msg: NewWorkConn,
+    peer: SocketAddr,
+) {
     let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
         return refuse_work_conn(&mut conn, &msg.run_id, peer).await;
     };
@@ -165,7 +193,13 @@ async fn route_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, 
         }
         local => return deliver_work_conn(ctx, local, pending, msg, peer).await,
     };
-    let moved = MovedConn { socket, tls, pending, msg, peer };
+    let moved = MovedConn {
+        socket,
+        tls,
+        pending,
+        msg,
+        peer,
+    };
     match ctx.shared.inboxes[owner.worker].send(WorkerMsg::WorkConn(Box::new(moved))) {
         Ok(()) => WorkerStats::bump(&ctx.stats().handoffs_out, 1),
         Err(_) => tracing::warn!(%peer, "owner worker is gone; dropping work connection"),
@@ -175,19 +209,31 @@ async fn route_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, 
 async fn refuse_work_conn(conn: &mut Conn, run_id: &str, peer: SocketAddr) {
     let error = format!("no client control found for run id [{run_id}]");
     tracing::info!(%peer, reason = %error, "work connection refused");
-    let resp = Message::StartWorkConn(StartWorkConn { error, ..Default::default() });
+    let resp = Message::StartWorkConn(StartWorkConn {
+        error,
+        ..Default::default()
+    });
     let _ = msgio::write_plain(conn, &resp).await;
 }
 
 /// Put a work connection into a local control's pool.
-pub async fn deliver_work_conn(ctx: &Rc<WorkerCtx>, mut conn: Conn, pending: Vec<u8>, msg: NewWorkConn, peer: SocketAddr) {
+pub async fn deliver_work_conn(
+    ctx: &Rc<WorkerCtx>,
+    mut conn: Conn,
+    pending: Vec<u8>,
+    msg: NewWorkConn,
+    peer: SocketAddr,
+) {
     let Some(control) = ctx.control(&msg.run_id) else {
         refuse_work_conn(&mut conn, &msg.run_id, peer).await;
         return;
     };
     if let Err(reason) = control.check_work_conn_auth(&msg) {
         tracing::info!(%peer, session = %msg.run_id, %reason, "work connection refused");
-        let resp = Message::StartWorkConn(StartWorkConn { error: reason, ..Default::default() });
+        let resp = Message::StartWorkConn(StartWorkConn {
+            error: reason,
+            ..Default::default()
+        });
         let _ = msgio::write_plain(&mut conn, &resp).await;
         return;
     }

@@ -49,18 +49,12 @@ pub struct AuthConfig {
 }
 
 /// One `allowPorts` entry: `{ start = 2000, end = 3000 }` or `{ single = 3001 }`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct PortRange {
     pub start: u32,
     pub end: u32,
     pub single: u32,
-}
-
-impl Default for PortRange {
-    fn default() -> Self {
-        PortRange { start: 0, end: 0, single: 0 }
-    }
 }
 
 impl PortRange {
@@ -159,7 +153,11 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { method: "token".into(), token: String::new(), additional_scopes: Vec::new() }
+        AuthConfig {
+            method: "token".into(),
+            token: String::new(),
+            additional_scopes: Vec::new(),
+        }
     }
 }
 
@@ -178,7 +176,12 @@ impl Default for TransportConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { to: "console".into(), level: "info".into(), max_days: 3, disable_print_color: false }
+        LogConfig {
+            to: "console".into(),
+            level: "info".into(),
+            max_days: 3,
+            disable_print_color: false,
+        }
     }
 }
 
@@ -198,7 +201,10 @@ impl Default for FastpathConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -206,7 +212,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -215,30 +224,43 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
-        let cfg: Config = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let cfg: Config =
+            serde_ignored::deserialize(de, |p| unknown.push(p.to_string())).map_err(|e| {
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                }
+            })?;
         cfg.validate()?;
         Ok((cfg, unknown))
     }
 
     /// Read and parse a config file.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text, path)
     }
 
     /// Check every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.bind_addr
-            .parse::<IpAddr>()
-            .map_err(|_| invalid("bindAddr", format!("{:?} is not an IP address", self.bind_addr)))?;
+        self.bind_addr.parse::<IpAddr>().map_err(|_| {
+            invalid(
+                "bindAddr",
+                format!("{:?} is not an IP address", self.bind_addr),
+            )
+        })?;
         if let Some(a) = &self.proxy_bind_addr {
             a.parse::<IpAddr>()
                 .map_err(|_| invalid("proxyBindAddr", format!("{a:?} is not an IP address")))?;
         }
         if self.auth.method != "token" {
-            return Err(invalid("auth.method", format!("{:?} is not supported (only \"token\")", self.auth.method)));
+            return Err(invalid(
+                "auth.method",
+                format!("{:?} is not supported (only \"token\")", self.auth.method),
+            ));
         }
         for s in &self.auth.additional_scopes {
             if s != "HeartBeats" && s != "NewWorkConns" {
@@ -262,35 +284,59 @@ impl Config {
             }
         }
         if self.user_conn_timeout <= 0 || self.user_conn_timeout > 3600 {
-            return Err(invalid("userConnTimeout", "must be between 1 and 3600 seconds"));
+            return Err(invalid(
+                "userConnTimeout",
+                "must be between 1 and 3600 seconds",
+            ));
         }
         if self.transport.max_pool_count > 1000 {
-            return Err(invalid("transport.maxPoolCount", "must be between 0 and 1000"));
+            return Err(invalid(
+                "transport.maxPoolCount",
+                "must be between 0 and 1000",
+            ));
         }
         if let Some(t) = self.transport.heartbeat_timeout {
             if t == 0 || t < -1 {
-                return Err(invalid("transport.heartbeatTimeout", "must be -1 (off) or a positive number of seconds"));
+                return Err(invalid(
+                    "transport.heartbeatTimeout",
+                    "must be -1 (off) or a positive number of seconds",
+                ));
             }
         }
         let tls = &self.transport.tls;
         if tls.cert_file.is_empty() != tls.key_file.is_empty() {
-            return Err(invalid("transport.tls.certFile", "certFile and keyFile must be set together"));
+            return Err(invalid(
+                "transport.tls.certFile",
+                "certFile and keyFile must be set together",
+            ));
         }
         match self.log.level.as_str() {
             "trace" | "debug" | "info" | "warn" | "error" => {}
             other => {
-                return Err(invalid("log.level", format!("{other:?} is not one of trace, debug, info, warn, error")))
+                return Err(invalid(
+                    "log.level",
+                    format!("{other:?} is not one of trace, debug, info, warn, error"),
+                ))
             }
         }
         let fp = &self.fastpath;
         if fp.workers > 1024 {
-            return Err(invalid("fastpath.workers", "must be between 0 (one per core) and 1024"));
+            return Err(invalid(
+                "fastpath.workers",
+                "must be between 0 (one per core) and 1024",
+            ));
         }
         if fp.yamux_window < 256 * 1024 || fp.yamux_window > 1 << 30 {
-            return Err(invalid("fastpath.yamuxWindow", "must be between 262144 and 1073741824 bytes"));
+            return Err(invalid(
+                "fastpath.yamuxWindow",
+                "must be between 262144 and 1073741824 bytes",
+            ));
         }
         if fp.relay_buffer < 4096 || fp.relay_buffer > 16 << 20 {
-            return Err(invalid("fastpath.relayBuffer", "must be between 4096 and 16777216 bytes"));
+            return Err(invalid(
+                "fastpath.relayBuffer",
+                "must be between 4096 and 16777216 bytes",
+            ));
         }
         Ok(())
     }
@@ -306,7 +352,9 @@ impl Config {
         if self.fastpath.workers > 0 {
             self.fastpath.workers
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 
@@ -328,12 +376,18 @@ impl Config {
 
     /// Whether `HeartBeats` is among the extra auth scopes.
     pub fn auth_heartbeats(&self) -> bool {
-        self.auth.additional_scopes.iter().any(|s| s == "HeartBeats")
+        self.auth
+            .additional_scopes
+            .iter()
+            .any(|s| s == "HeartBeats")
     }
 
     /// Whether `NewWorkConns` is among the extra auth scopes.
     pub fn auth_work_conns(&self) -> bool {
-        self.auth.additional_scopes.iter().any(|s| s == "NewWorkConns")
+        self.auth
+            .additional_scopes
+            .iter()
+            .any(|s| s == "NewWorkConns")
     }
 }
 
@@ -376,8 +430,12 @@ workers = 2
 
     #[test]
     fn unknown_keys_are_reported_not_fatal() {
-        let (_, unknown) = parse("bindPort = 7000\nwebServer.port = 7500\nnoSuchKey = 1\n").unwrap();
-        assert_eq!(unknown, vec!["webServer".to_string(), "noSuchKey".to_string()]);
+        let (_, unknown) =
+            parse("bindPort = 7000\nwebServer.port = 7500\nnoSuchKey = 1\n").unwrap();
+        assert_eq!(
+            unknown,
+            vec!["webServer".to_string(), "noSuchKey".to_string()]
+        );
     }
 
     #[test]
@@ -386,11 +444,15 @@ workers = 2
         assert!(e.contains("bindPort"), "{e}");
         let e = parse("bindAddr = \"nope\"").unwrap_err().to_string();
         assert!(e.contains("bindAddr"), "{e}");
-        let e = parse("allowPorts = [{ start = 5, end = 1 }]").unwrap_err().to_string();
+        let e = parse("allowPorts = [{ start = 5, end = 1 }]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allowPorts"), "{e}");
         let e = parse("log.level = \"loud\"").unwrap_err().to_string();
         assert!(e.contains("log.level"), "{e}");
-        let e = parse("[fastpath]\nyamuxWindow = 5").unwrap_err().to_string();
+        let e = parse("[fastpath]\nyamuxWindow = 5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fastpath.yamuxWindow"), "{e}");
     }
 

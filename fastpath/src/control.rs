@@ -14,7 +14,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use local_sync::{mpsc, oneshot};
-use proto::msg::{Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn};
+use proto::msg::{
+    Login, LoginResp, Message, NewProxyResp, NewWorkConn, Pong, ReqWorkConn, StartWorkConn,
+};
 
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::handoff::WorkerMsg;
@@ -50,7 +52,14 @@ pub struct Control {
 }
 
 /// Serve a connection whose first message was Login.
-pub async fn run(ctx: Rc<WorkerCtx>, mut conn: Conn, reader: MsgReader, login: Login, peer: SocketAddr, muxed: bool) {
+pub async fn run(
+    ctx: Rc<WorkerCtx>,
+    mut conn: Conn,
+    reader: MsgReader,
+    login: Login,
+    peer: SocketAddr,
+    muxed: bool,
+) {
     let shared = ctx.shared.clone();
     let cfg = &shared.config;
 
@@ -58,26 +67,47 @@ pub async fn run(ctx: Rc<WorkerCtx>, mut conn: Conn, reader: MsgReader, login: L
     if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
         let reason = "token in login doesn't match token from configuration";
         tracing::info!(%peer, user = %login.user, %reason, "login refused");
-        let error = if cfg.detailed_errors_to_client { reason.to_string() } else { "register control error".into() };
-        let resp = Message::LoginResp(LoginResp { version: SERVER_VERSION.into(), run_id: String::new(), error });
+        let error = if cfg.detailed_errors_to_client {
+            reason.to_string()
+        } else {
+            "register control error".into()
+        };
+        let resp = Message::LoginResp(LoginResp {
+            version: SERVER_VERSION.into(),
+            run_id: String::new(),
+            error,
+        });
         let _ = msgio::write_plain(&mut conn, &resp).await;
         return;
     }
 
     // Register.
-    let run_id = if login.run_id.is_empty() { proto::auth::new_run_id() } else { login.run_id.clone() };
+    let run_id = if login.run_id.is_empty() {
+        proto::auth::new_run_id()
+    } else {
+        login.run_id.clone()
+    };
     let id = ctx.next_control_id();
-    let me = SessionRef { worker: ctx.id, control_id: id };
+    let me = SessionRef {
+        worker: ctx.id,
+        control_id: id,
+    };
     if let Some(old) = shared.directory.insert_session(&run_id, me) {
         if old.worker == ctx.id {
             if let Some(c) = ctx.control_by_id(old.control_id) {
                 c.close("replaced by a new login with the same run_id");
             }
         } else {
-            let _ = shared.inboxes[old.worker].send(WorkerMsg::Kick { control_id: old.control_id });
+            let _ = shared.inboxes[old.worker].send(WorkerMsg::Kick {
+                control_id: old.control_id,
+            });
         }
     }
-    let resp = Message::LoginResp(LoginResp { version: SERVER_VERSION.into(), run_id: run_id.clone(), error: String::new() });
+    let resp = Message::LoginResp(LoginResp {
+        version: SERVER_VERSION.into(),
+        run_id: run_id.clone(),
+        error: String::new(),
+    });
     if let Err(e) = msgio::write_plain(&mut conn, &resp).await {
         tracing::debug!(%peer, error = %e, "could not send LoginResp");
         shared.directory.remove_session(&run_id, me);
@@ -102,7 +132,9 @@ pub async fn run(ctx: Rc<WorkerCtx>, mut conn: Conn, reader: MsgReader, login: L
         aborter: conn.aborter(),
         last_ping: Cell::new(Instant::now()),
     });
-    ctx.controls.borrow_mut().insert(run_id.clone(), control.clone());
+    ctx.controls
+        .borrow_mut()
+        .insert(run_id.clone(), control.clone());
     WorkerStats::add(&ctx.stats().sessions, 1);
     tracing::info!(
         session = %run_id, %peer, user = %control.login.user, version = %control.login.version,
@@ -186,7 +218,11 @@ impl Control {
                     Ok(proxy) => {
                         let remote_addr = proxy.remote_addr();
                         self.proxies.borrow_mut().insert(name.clone(), proxy);
-                        NewProxyResp { proxy_name: name, remote_addr, error: String::new() }
+                        NewProxyResp {
+                            proxy_name: name,
+                            remote_addr,
+                            error: String::new(),
+                        }
                     }
                     Err(reason) => {
                         tracing::info!(session = %self.run_id, proxy = %name, %reason, "proxy refused");
@@ -195,7 +231,11 @@ impl Control {
                         } else {
                             format!("new proxy [{name}] error")
                         };
-                        NewProxyResp { proxy_name: name, remote_addr: String::new(), error }
+                        NewProxyResp {
+                            proxy_name: name,
+                            remote_addr: String::new(),
+                            error,
+                        }
                     }
                 };
                 self.send(Message::NewProxyResp(resp));
@@ -209,8 +249,11 @@ impl Control {
             Message::Ping(ping) => {
                 let cfg = &self.ctx.shared.config;
                 let error = if cfg.auth_heartbeats()
-                    && !proto::auth::verify_privilege_key(&cfg.auth.token, ping.timestamp, &ping.privilege_key)
-                {
+                    && !proto::auth::verify_privilege_key(
+                        &cfg.auth.token,
+                        ping.timestamp,
+                        &ping.privilege_key,
+                    ) {
                     "token in heartbeat doesn't match token from configuration".to_string()
                 } else {
                     self.last_ping.set(Instant::now());
@@ -233,7 +276,11 @@ impl Control {
     pub fn check_work_conn_auth(&self, msg: &NewWorkConn) -> Result<(), String> {
         let cfg = &self.ctx.shared.config;
         if cfg.auth_work_conns()
-            && !proto::auth::verify_privilege_key(&cfg.auth.token, msg.timestamp, &msg.privilege_key)
+            && !proto::auth::verify_privilege_key(
+                &cfg.auth.token,
+                msg.timestamp,
+                &msg.privilege_key,
+            )
         {
             return Err("token in NewWorkConn doesn't match token from configuration".into());
         }
@@ -301,7 +348,11 @@ impl Control {
 
     /// Number of public ports this session's proxies hold.
     pub fn ports_in_use(&self) -> usize {
-        self.proxies.borrow().values().filter(|p| p.port() != 0).count()
+        self.proxies
+            .borrow()
+            .values()
+            .filter(|p| p.port() != 0)
+            .count()
     }
 
     /// Whether the session has ended.
@@ -324,7 +375,13 @@ impl Control {
         // Dropping the sender ends the writer task.
         self.tx.borrow_mut().take();
         self.waiters.borrow_mut().clear();
-        ctx.shared.directory.remove_session(&self.run_id, SessionRef { worker: ctx.id, control_id: self.id });
+        ctx.shared.directory.remove_session(
+            &self.run_id,
+            SessionRef {
+                worker: ctx.id,
+                control_id: self.id,
+            },
+        );
         {
             let mut controls = ctx.controls.borrow_mut();
             if controls.get(&self.run_id).is_some_and(|c| c.id == self.id) {

@@ -29,8 +29,11 @@ struct Cli {
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if cfg.log.to == "console" || cfg.log.to.is_empty() {
         builder.with_writer(std::io::stderr).init();
     } else {
@@ -39,7 +42,10 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
             .append(true)
             .open(&cfg.log.to)
             .map_err(|e| anyhow::anyhow!("log.to {}: {e}", cfg.log.to))?;
-        builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+        builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init();
     }
     Ok(())
 }
@@ -58,7 +64,10 @@ fn block_signals() -> libc::sigset_t {
 
 /// Wait up to `wait` for SIGINT/SIGTERM; returns the signal number.
 fn wait_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
-    let ts = libc::timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
     // SAFETY: sigtimedwait with a valid set and timespec.
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
@@ -116,7 +125,10 @@ fn main() -> ExitCode {
             break sig;
         }
     };
-    tracing::info!(signal = sig, "stopping: no new connections, closing sessions");
+    tracing::info!(
+        signal = sig,
+        "stopping: no new connections, closing sessions"
+    );
     let totals = server.stats();
     if let Some(path) = &cli.stats_file {
         write_stats(&server, path);

@@ -55,7 +55,11 @@ impl MsgReader {
     pub fn new(pending: Vec<u8>) -> Self {
         let mut buf = pending;
         buf.reserve(4096);
-        MsgReader { buf, start: 0, cipher: None }
+        MsgReader {
+            buf,
+            start: 0,
+            cipher: None,
+        }
     }
 
     /// From now on the stream is AES-CFB with this key (IV first). Bytes
@@ -132,7 +136,11 @@ impl MsgReader {
     }
 
     /// [`next`](Self::next) with a deadline.
-    pub async fn next_within<R: ByteRead>(&mut self, r: &mut R, limit: Duration) -> Result<Message, MsgError> {
+    pub async fn next_within<R: ByteRead>(
+        &mut self,
+        r: &mut R,
+        limit: Duration,
+    ) -> Result<Message, MsgError> {
         match monoio::time::timeout(limit, self.next(r)).await {
             Ok(r) => r,
             Err(_) => Err(MsgError::Timeout),
@@ -162,7 +170,11 @@ pub struct MsgWriter {
 impl MsgWriter {
     /// An encrypting writer with the control key.
     pub fn new(key: [u8; 16]) -> Self {
-        MsgWriter { cipher: CfbStreamWriter::new(key), plain: Vec::with_capacity(512), out: Vec::with_capacity(512) }
+        MsgWriter {
+            cipher: CfbStreamWriter::new(key),
+            plain: Vec::with_capacity(512),
+            out: Vec::with_capacity(512),
+        }
     }
 
     /// Queue one message (encrypted) for the next flush.

@@ -112,8 +112,17 @@ impl MuxConn {
             let Some(ev) = ev else { break };
             match ev {
                 Event::StreamOpened(id) => {
-                    self.slots.borrow_mut().insert(id, Slot { handles: 1, ..Slot::default() });
-                    on_stream(MuxStream { conn: self.clone(), id });
+                    self.slots.borrow_mut().insert(
+                        id,
+                        Slot {
+                            handles: 1,
+                            ..Slot::default()
+                        },
+                    );
+                    on_stream(MuxStream {
+                        conn: self.clone(),
+                        id,
+                    });
                 }
                 Event::Data(id, data) => {
                     let mut slots = self.slots.borrow_mut();
@@ -164,12 +173,20 @@ fn wake(w: &mut Option<Waker>) {
     }
 }
 
-async fn read_loop(conn: Rc<MuxConn>, mut reader: ConnReader, pending: Vec<u8>, on_stream: impl Fn(MuxStream)) {
+async fn read_loop(
+    conn: Rc<MuxConn>,
+    mut reader: ConnReader,
+    pending: Vec<u8>,
+    on_stream: impl Fn(MuxStream),
+) {
     let mut input = BytesMut::from(&pending[..]);
     let mut buf = Vec::with_capacity(64 * 1024);
     let reason: String = loop {
         if !input.is_empty() {
-            let r = conn.session.borrow_mut().receive(&mut input, Instant::now());
+            let r = conn
+                .session
+                .borrow_mut()
+                .receive(&mut input, Instant::now());
             conn.dispatch(&on_stream);
             if let Err(e) = r {
                 // The session queued a GoAway; give the writer a moment to send it.
@@ -265,7 +282,17 @@ impl MuxStream {
         }
         // `self` is dropped here, releasing its own handle count.
         drop(self);
-        (MuxReader { conn: conn.clone(), id }, MuxWriter { conn, id, shut: false })
+        (
+            MuxReader {
+                conn: conn.clone(),
+                id,
+            },
+            MuxWriter {
+                conn,
+                id,
+                shut: false,
+            },
+        )
     }
 
     /// Append received bytes to `buf`; 0 means the peer half-closed.
@@ -311,7 +338,9 @@ fn reset_stream(conn: &MuxConn, id: u32) {
 /// already finished.
 fn release(conn: &MuxConn, id: u32, abort: bool) {
     let mut slots = conn.slots.borrow_mut();
-    let Some(slot) = slots.get_mut(&id) else { return };
+    let Some(slot) = slots.get_mut(&id) else {
+        return;
+    };
     slot.handles = slot.handles.saturating_sub(1);
     if slot.handles > 0 {
         return;
@@ -331,11 +360,18 @@ fn release(conn: &MuxConn, id: u32, abort: bool) {
     conn.kick_writer();
 }
 
-async fn read_stream(conn: &Rc<MuxConn>, id: u32, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+async fn read_stream(
+    conn: &Rc<MuxConn>,
+    id: u32,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
     let r = poll_fn(|cx| {
         let mut slots = conn.slots.borrow_mut();
         let Some(slot) = slots.get_mut(&id) else {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "stream gone")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "stream gone",
+            )));
         };
         if let Some(front) = slot.recv.front_mut() {
             let want = (buf.capacity() - buf.len()).max(1);
@@ -351,13 +387,19 @@ async fn read_stream(conn: &Rc<MuxConn>, id: u32, mut buf: Vec<u8>) -> (io::Resu
             return Poll::Ready(Ok(n));
         }
         if slot.reset {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "stream reset",
+            )));
         }
         if slot.fin {
             return Poll::Ready(Ok(0));
         }
         if conn.closed.get() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "yamux session closed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "yamux session closed",
+            )));
         }
         slot.read_waker = Some(cx.waker().clone());
         Poll::Pending
@@ -380,14 +422,23 @@ async fn write_stream(conn: &Rc<MuxConn>, id: u32, mut data: &[u8]) -> io::Resul
         .await;
         let n = poll_fn(|cx| {
             if conn.closed.get() {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "yamux session closed")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "yamux session closed",
+                )));
             }
             let mut slots = conn.slots.borrow_mut();
             let Some(slot) = slots.get_mut(&id) else {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "stream gone")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "stream gone",
+                )));
             };
             if slot.reset {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                )));
             }
             match conn.session.borrow_mut().write_data(id, data) {
                 Ok(0) => {
@@ -395,7 +446,10 @@ async fn write_stream(conn: &Rc<MuxConn>, id: u32, mut data: &[u8]) -> io::Resul
                     Poll::Pending
                 }
                 Ok(n) => Poll::Ready(Ok(n)),
-                Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))),
+                Err(e) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    e.to_string(),
+                ))),
             }
         })
         .await?;

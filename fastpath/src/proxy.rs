@@ -44,12 +44,18 @@ impl Proxy {
         }
         match np.proxy_type.as_str() {
             "" | "tcp" => {}
-            other => return Err(format!("proxy type [{other}] is not supported by this server yet")),
+            other => {
+                return Err(format!(
+                    "proxy type [{other}] is not supported by this server yet"
+                ))
+            }
         }
         if np.remote_port < 0 || np.remote_port > 65535 {
             return Err(format!("remote port {} is out of range", np.remote_port));
         }
-        if cfg.max_ports_per_client > 0 && control.ports_in_use() >= cfg.max_ports_per_client as usize {
+        if cfg.max_ports_per_client > 0
+            && control.ports_in_use() >= cfg.max_ports_per_client as usize
+        {
             return Err("exceed the max_ports_per_client".into());
         }
         if !shared.directory.claim_proxy(&name) {
@@ -130,7 +136,11 @@ fn port_allowed(cfg: &Config, port: u16) -> bool {
         })
 }
 
-fn allocate_port(cfg: &Config, ports: &crate::shared::PortTable, ip: IpAddr) -> Result<(u16, std::net::TcpListener), String> {
+fn allocate_port(
+    cfg: &Config,
+    ports: &crate::shared::PortTable,
+    ip: IpAddr,
+) -> Result<(u16, std::net::TcpListener), String> {
     let ranges: Vec<(u16, u16)> = if cfg.allow_ports.is_empty() {
         vec![(10000, 60000)]
     } else {

@@ -93,7 +93,10 @@ async fn splice_pump(
             while n > 0 {
                 let m = dst.splice_from_pipe(&mut pr, n).await?;
                 if m == 0 {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting data"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer stopped accepting data",
+                    ));
                 }
                 n -= m;
             }
@@ -109,13 +112,25 @@ async fn splice_pump(
 }
 
 /// What a direction does to the bytes between read and write.
+// One per relay direction, built once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Transform {
     /// Nothing: write what was read.
     None,
     /// Towards frpc: compress, then encrypt.
-    Encode { snappy: Option<SnappyEncoder>, cipher: Option<CfbStreamWriter>, tmp: Vec<u8>, out: Vec<u8> },
+    Encode {
+        snappy: Option<SnappyEncoder>,
+        cipher: Option<CfbStreamWriter>,
+        tmp: Vec<u8>,
+        out: Vec<u8>,
+    },
     /// From frpc: decrypt, then decompress.
-    Decode { cipher: Option<CfbStreamReader>, snappy: Option<SnappyDecoder>, carry: Vec<u8>, out: Vec<u8> },
+    Decode {
+        cipher: Option<CfbStreamReader>,
+        snappy: Option<SnappyDecoder>,
+        carry: Vec<u8>,
+        out: Vec<u8>,
+    },
 }
 
 impl Transform {
@@ -169,7 +184,12 @@ async fn pump(
                     buf = b;
                     res?;
                 }
-                Transform::Encode { snappy, cipher, tmp, out } => {
+                Transform::Encode {
+                    snappy,
+                    cipher,
+                    tmp,
+                    out,
+                } => {
                     WorkerStats::bump(counter, n as u64);
                     let mut data: &[u8] = &buf;
                     if let Some(s) = snappy {
@@ -186,7 +206,12 @@ async fn pump(
                     *out = o;
                     res?;
                 }
-                Transform::Decode { cipher, snappy, carry, out } => {
+                Transform::Decode {
+                    cipher,
+                    snappy,
+                    carry,
+                    out,
+                } => {
                     // Decrypt in place; the first bytes of the stream are the
                     // IV, which the reader swallows.
                     let plain_len = match cipher {
@@ -198,9 +223,9 @@ async fn pump(
                         Some(s) => {
                             carry.extend_from_slice(&buf[iv_bytes..]);
                             out.clear();
-                            let used = s
-                                .decode(carry, out)
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                            let used = s.decode(carry, out).map_err(|e| {
+                                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+                            })?;
                             carry.drain(..used);
                             if out.is_empty() {
                                 continue;

@@ -32,10 +32,14 @@ impl Server {
         let tls = crate::tls::server_config(&config.transport.tls)?;
         let mut listeners = Vec::with_capacity(workers);
         for _ in 0..workers {
-            listeners.push(bind_tcp(addr, true).with_context(|| format!("cannot listen on {addr} (bindAddr/bindPort)"))?);
+            listeners.push(
+                bind_tcp(addr, true)
+                    .with_context(|| format!("cannot listen on {addr} (bindAddr/bindPort)"))?,
+            );
         }
         let addr = listeners[0].local_addr()?;
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| flume::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
         let pin = config.fastpath.cpu_pinning;
         let shared = Arc::new(Shared {
@@ -50,22 +54,30 @@ impl Server {
         });
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut threads = Vec::with_capacity(workers);
         for (id, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
-            let t = std::thread::Builder::new().name(format!("fastpath-w{id}")).spawn(move || {
-                if pin {
-                    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
-                        tracing::warn!(worker = id, error = ?e, "cpu pinning failed");
+            let t = std::thread::Builder::new()
+                .name(format!("fastpath-w{id}"))
+                .spawn(move || {
+                    if pin {
+                        if let Err(e) = monoio::utils::bind_to_cpu_set([id % cores]) {
+                            tracing::warn!(worker = id, error = ?e, "cpu pinning failed");
+                        }
                     }
-                }
-                worker::run(id, shared, listener, inbox)
-            })?;
+                    worker::run(id, shared, listener, inbox)
+                })?;
             threads.push(t);
         }
         tracing::info!(%addr, workers, "fastpath listening");
-        Ok(Server { shared, threads, addr })
+        Ok(Server {
+            shared,
+            threads,
+            addr,
+        })
     }
 
     /// The bind address actually in use (port 0 resolved).

@@ -26,7 +26,9 @@ pub struct PortTable {
 
 impl Default for PortTable {
     fn default() -> Self {
-        PortTable { bits: (0..1024).map(|_| AtomicU64::new(0)).collect() }
+        PortTable {
+            bits: (0..1024).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 
@@ -151,8 +153,14 @@ mod tests {
     #[test]
     fn replaced_session_is_not_removed_by_its_predecessor() {
         let d = Directory::default();
-        let a = SessionRef { worker: 0, control_id: 1 };
-        let b = SessionRef { worker: 1, control_id: 2 };
+        let a = SessionRef {
+            worker: 0,
+            control_id: 1,
+        };
+        let b = SessionRef {
+            worker: 1,
+            control_id: 2,
+        };
         assert_eq!(d.insert_session("r", a), None);
         assert_eq!(d.insert_session("r", b), Some(a));
         d.remove_session("r", a);

@@ -38,17 +38,26 @@ pub fn server_config(cfg: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig
 }
 
 fn self_signed() -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "totoro".to_string()])?;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "totoro".to_string()])?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
     Ok((vec![ck.cert.der().clone()], key))
 }
 
-fn load_pem(cert: &str, key: &str) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+fn load_pem(
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     use anyhow::Context;
-    let mut r = io::BufReader::new(std::fs::File::open(cert).with_context(|| format!("transport.tls.certFile {cert}"))?);
-    let certs = rustls_pemfile::certs(&mut r).collect::<Result<Vec<_>, _>>()
+    let mut r = io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("transport.tls.certFile {cert}"))?,
+    );
+    let certs = rustls_pemfile::certs(&mut r)
+        .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("transport.tls.certFile {cert}: not PEM certificates"))?;
-    let mut r = io::BufReader::new(std::fs::File::open(key).with_context(|| format!("transport.tls.keyFile {key}"))?);
+    let mut r = io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("transport.tls.keyFile {key}"))?,
+    );
     let key = rustls_pemfile::private_key(&mut r)
         .with_context(|| format!("transport.tls.keyFile {key}: unreadable"))?
         .ok_or_else(|| anyhow::anyhow!("transport.tls.keyFile {key}: no private key found"))?;
@@ -72,7 +81,10 @@ pub struct CipherIn {
 
 impl CipherIn {
     fn with_capacity(n: usize) -> Self {
-        CipherIn { buf: Vec::with_capacity(n), pos: 0 }
+        CipherIn {
+            buf: Vec::with_capacity(n),
+            pos: 0,
+        }
     }
 
     fn from_bytes(b: &[u8]) -> Self {
@@ -166,12 +178,20 @@ pub struct TlsStream {
 impl TlsStream {
     /// Run the handshake. `prefix` holds ciphertext already read from the
     /// socket (the peeked first bytes).
-    pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>, prefix: &[u8]) -> io::Result<Self> {
+    pub async fn accept(
+        io: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        prefix: &[u8],
+    ) -> io::Result<Self> {
         let mut conn = ServerConnection::new(config).map_err(tls_err)?;
         // We flush after every write, so rustls's own plaintext cap would
         // only turn a large relay chunk into a spurious WriteZero.
         conn.set_buffer_limit(None);
-        let mut s = TlsStream { io, conn, cin: CipherIn::from_bytes(prefix) };
+        let mut s = TlsStream {
+            io,
+            conn,
+            cin: CipherIn::from_bytes(prefix),
+        };
         while s.conn.is_handshaking() {
             if !s.cin.is_empty() {
                 s.cin.feed(&mut s.conn)?;
@@ -183,7 +203,10 @@ impl TlsStream {
                 break;
             }
             if s.read_tls().await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during TLS handshake",
+                ));
             }
         }
         s.flush_tls().await?;
@@ -192,7 +215,11 @@ impl TlsStream {
 
     /// Rebuild a stream from parts moved from another worker.
     pub fn from_parts(io: TcpStream, conn: ServerConnection, ciphertext: Vec<u8>) -> Self {
-        TlsStream { io, conn, cin: CipherIn::from_bytes(&ciphertext) }
+        TlsStream {
+            io,
+            conn,
+            cin: CipherIn::from_bytes(&ciphertext),
+        }
     }
 
     /// Take the stream apart so it can move to another thread: the socket,
@@ -260,8 +287,16 @@ impl TlsStream {
         let (r, w) = self.io.into_split();
         let conn = Rc::new(RefCell::new(self.conn));
         (
-            TlsReader { io: r, conn: conn.clone(), cin: self.cin },
-            TlsWriter { io: w, conn, out: Vec::with_capacity(16 * 1024 + 64) },
+            TlsReader {
+                io: r,
+                conn: conn.clone(),
+                cin: self.cin,
+            },
+            TlsWriter {
+                io: w,
+                conn,
+                out: Vec::with_capacity(16 * 1024 + 64),
+            },
         )
     }
 }

@@ -50,12 +50,21 @@ impl WorkerCtx {
 
     /// Find a local control by id.
     pub fn control_by_id(&self, id: u64) -> Option<Rc<Control>> {
-        self.controls.borrow().values().find(|c| c.id == id).cloned()
+        self.controls
+            .borrow()
+            .values()
+            .find(|c| c.id == id)
+            .cloned()
     }
 }
 
 /// Run a worker until told to stop. Called on the worker's own thread.
-pub fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener, inbox: flume::Receiver<WorkerMsg>) {
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    inbox: flume::Receiver<WorkerMsg>,
+) {
     let uring = monoio::utils::detect_uring();
     let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -68,7 +77,11 @@ pub fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener, inbo
             return;
         }
     };
-    tracing::info!(worker = id, driver = if uring { "io_uring" } else { "epoll" }, "worker started");
+    tracing::info!(
+        worker = id,
+        driver = if uring { "io_uring" } else { "epoll" },
+        "worker started"
+    );
     rt.block_on(async move {
         let ctx = Rc::new(WorkerCtx {
             id,
@@ -108,7 +121,9 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, cancel: monoio::
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(accept::serve(ctx.clone(), stream, peer));
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => break,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => {
+                break
+            }
             Err(e) => {
                 tracing::warn!(worker = ctx.id, error = %e, "accept failed");
                 // Out of descriptors or similar: back off instead of spinning.
@@ -129,7 +144,13 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
             }
             WorkerMsg::WorkConn(moved) => {
                 WorkerStats::bump(&ctx.stats().handoffs_in, 1);
-                let MovedConn { socket, tls, pending, msg, peer } = *moved;
+                let MovedConn {
+                    socket,
+                    tls,
+                    pending,
+                    msg,
+                    peer,
+                } = *moved;
                 let stream = match TcpStream::from_std(socket) {
                     Ok(s) => s,
                     Err(e) => {
@@ -138,7 +159,9 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                     }
                 };
                 let conn = match tls {
-                    Some((state, ciphertext)) => Conn::Tls(Box::new(TlsStream::from_parts(stream, state, ciphertext))),
+                    Some((state, ciphertext)) => {
+                        Conn::Tls(Box::new(TlsStream::from_parts(stream, state, ciphertext)))
+                    }
                     None => Conn::Tcp(stream),
                 };
                 accept::deliver_work_conn(&ctx, conn, pending, msg, peer).await;

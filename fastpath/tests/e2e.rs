@@ -35,10 +35,16 @@ fn integrity_case(mux: bool, tls: bool) {
     o.tls = tls;
     let c = Client::login(o).expect("login");
     let len = 64 << 20;
-    for (i, (enc, comp)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate() {
+    for (i, (enc, comp)) in [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
         let port = tcp_proxy(&c, &format!("p{i}"), 0, echo.addr(), enc, comp);
         let (sent, got) = echo_integrity(port, len, 0x9e3779b97f4a7c15 + i as u64);
-        assert_eq!(sent, got, "mux={mux} tls={tls} enc={enc} comp={comp}: data differs");
+        assert_eq!(
+            sent, got,
+            "mux={mux} tls={tls} enc={enc} comp={comp}: data differs"
+        );
     }
 }
 
@@ -76,11 +82,17 @@ fn legacy_tls_first_byte_is_accepted() {
 
 #[test]
 fn remote_port_zero_and_conflicts() {
-    let fp = Fastpath::start("allowPorts = [{ start = 21000, end = 21009 }]\nmaxPortsPerClient = 5", 2);
+    let fp = Fastpath::start(
+        "allowPorts = [{ start = 21000, end = 21009 }]\nmaxPortsPerClient = 5",
+        2,
+    );
     let echo = Backend::echo().unwrap();
     let c = Client::login(fp.opts()).unwrap();
     let p = tcp_proxy(&c, "auto", 0, echo.addr(), false, false);
-    assert!((21000..=21009).contains(&p), "allocated {p} outside allowPorts");
+    assert!(
+        (21000..=21009).contains(&p),
+        "allocated {p} outside allowPorts"
+    );
     // The same port for another proxy, from another client: refused.
     let c2 = Client::login(fp.opts()).unwrap();
     let spec = |name: &str, port: i64| bench::client::ProxySpec {
@@ -157,7 +169,10 @@ fn thousand_concurrent_user_connections() {
                 .unwrap(),
         );
     }
-    let open: Vec<TcpStream> = threads.into_iter().map(|t| t.join().expect("round trip")).collect();
+    let open: Vec<TcpStream> = threads
+        .into_iter()
+        .map(|t| t.join().expect("round trip"))
+        .collect();
     assert_eq!(open.len(), 1000);
 }
 
@@ -197,7 +212,10 @@ fn killed_client_frees_its_ports() {
         // The old user connection was closed.
         user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let r = user.read(&mut one);
-        assert!(matches!(r, Ok(0) | Err(_)), "user connection still open after its client died");
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "user connection still open after its client died"
+        );
     }
 }
 
@@ -233,7 +251,10 @@ fn malformed_frames_close_only_that_connection() {
             v.extend_from_slice(b"{nope");
             v
         }),
-        ("bad yamux version", vec![0, 9, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]),
+        (
+            "bad yamux version",
+            vec![0, 9, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        ),
     ];
     for (what, bytes) in cases {
         let mut s = TcpStream::connect(fp.addr).unwrap();
@@ -248,7 +269,12 @@ fn malformed_frames_close_only_that_connection() {
         };
         assert!(closed, "{what}: connection not closed");
     }
-    assert!(fp.daemon.wait_log("malformed", Duration::from_secs(2)) || fp.daemon.wait_log("bad first message", Duration::from_secs(2)));
+    assert!(
+        fp.daemon.wait_log("malformed", Duration::from_secs(2))
+            || fp
+                .daemon
+                .wait_log("bad first message", Duration::from_secs(2))
+    );
     // The good session still serves.
     let (a, b) = echo_integrity(port, 1 << 20, 3);
     assert_eq!(a, b);
@@ -267,7 +293,14 @@ fn two_workers_spread_sessions_and_hand_off() {
         o.mux = false;
         o.tls = i % 2 == 0;
         let c = Client::login(o).unwrap();
-        ports.push(tcp_proxy(&c, &format!("s{i}"), 0, echo.addr(), false, false));
+        ports.push(tcp_proxy(
+            &c,
+            &format!("s{i}"),
+            0,
+            echo.addr(),
+            false,
+            false,
+        ));
         clients.push(c);
     }
     for (i, p) in ports.iter().enumerate() {
@@ -279,10 +312,19 @@ fn two_workers_spread_sessions_and_hand_off() {
     let workers = stats["workers"].as_array().cloned().unwrap_or_default();
     assert_eq!(workers.len(), 2, "{stats}");
     for (i, w) in workers.iter().enumerate() {
-        assert!(w["sessions"].as_i64().unwrap_or(0) > 0, "worker {i} owns no session: {stats}");
+        assert!(
+            w["sessions"].as_i64().unwrap_or(0) > 0,
+            "worker {i} owns no session: {stats}"
+        );
     }
-    let handoffs: i64 = workers.iter().map(|w| w["handoffs_in"].as_i64().unwrap_or(0)).sum();
-    assert!(handoffs > 0, "no work connection was handed between workers: {stats}");
+    let handoffs: i64 = workers
+        .iter()
+        .map(|w| w["handoffs_in"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(
+        handoffs > 0,
+        "no work connection was handed between workers: {stats}"
+    );
 }
 
 #[test]

@@ -105,7 +105,9 @@ impl<R: Read> Read for DecodeReader<R> {
             match &mut self.snappy {
                 Some(s) => {
                     self.carry.extend_from_slice(data);
-                    let used = s.decode(&self.carry, &mut self.plain).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    let used = s
+                        .decode(&self.carry, &mut self.plain)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                     self.carry.drain(..used);
                 }
                 None => self.plain.extend_from_slice(data),

@@ -12,4 +12,4 @@ pub mod mux;
 pub mod session;
 pub mod transport;
 
-pub use session::{Client, ClientOpts, ClientError, ProxySpec};
+pub use session::{Client, ClientError, ClientOpts, ProxySpec};

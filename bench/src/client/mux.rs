@@ -52,7 +52,10 @@ impl Inner {
     fn close(&self) {
         self.lock().closed = true;
         self.cond.notify_all();
-        self.writer.lock().unwrap_or_else(|e| e.into_inner()).abort();
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort();
     }
 }
 
@@ -70,7 +73,11 @@ impl MuxClient {
         cfg.max_stream_window = FRPC_WINDOW;
         cfg.keepalive_interval = Some(Duration::from_secs(30));
         let inner = Arc::new(Inner {
-            state: Mutex::new(State { session: Session::new(cfg, Instant::now()), streams: HashMap::new(), closed: false }),
+            state: Mutex::new(State {
+                session: Session::new(cfg, Instant::now()),
+                streams: HashMap::new(),
+                closed: false,
+            }),
             cond: Condvar::new(),
             writer: Mutex::new(writer),
         });
@@ -83,11 +90,7 @@ impl MuxClient {
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     let n = match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Err(e) => {
-                            eprintln!("DEBUG mux read err {e}");
-                            break;
-                        }
+                        Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
                     input.extend_from_slice(&buf[..n]);
@@ -119,7 +122,6 @@ impl MuxClient {
                     drop(st);
                     rd.cond.notify_all();
                     if r.is_err() || rd.flush().is_err() {
-                        eprintln!("DEBUG mux recv/flush err {r:?}");
                         break;
                     }
                 }
@@ -154,14 +156,23 @@ impl MuxClient {
         let id = {
             let mut st = self.inner.lock();
             if st.closed {
-                return Err(io::Error::new(io::ErrorKind::NotConnected, "session closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "session closed",
+                ));
             }
-            let id = st.session.open_stream().map_err(|e| io::Error::other(e.to_string()))?;
+            let id = st
+                .session
+                .open_stream()
+                .map_err(|e| io::Error::other(e.to_string()))?;
             st.streams.insert(id, StreamState::default());
             id
         };
         self.inner.flush()?;
-        Ok(MuxStream { inner: self.inner.clone(), id })
+        Ok(MuxStream {
+            inner: self.inner.clone(),
+            id,
+        })
     }
 
     /// Close the whole session (like killing frpc's connection).
@@ -187,7 +198,9 @@ impl Read for MuxStream {
         let mut st = self.inner.lock();
         loop {
             let closed = st.closed;
-            let Some(s) = st.streams.get_mut(&self.id) else { return Ok(0) };
+            let Some(s) = st.streams.get_mut(&self.id) else {
+                return Ok(0);
+            };
             if let Some(front) = s.data.front_mut() {
                 let n = buf.len().min(front.len());
                 buf[..n].copy_from_slice(&front[..n]);
@@ -201,7 +214,10 @@ impl Read for MuxStream {
                 return Ok(n);
             }
             if s.reset {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                ));
             }
             if s.fin || closed {
                 return Ok(0);
@@ -219,15 +235,26 @@ impl Write for MuxStream {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "session closed"));
             }
             if st.streams.get(&self.id).is_some_and(|s| s.reset) {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                ));
             }
-            let n = st.session.write_data(self.id, buf).map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+            let n = st
+                .session
+                .write_data(self.id, buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
             if n > 0 {
                 drop(st);
                 self.inner.flush()?;
                 return Ok(n);
             }
-            st = self.inner.cond.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .inner
+                .cond
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
     fn flush(&mut self) -> io::Result<()> {

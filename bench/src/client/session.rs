@@ -101,7 +101,11 @@ pub struct MsgStream<R> {
 impl<R: Read> MsgStream<R> {
     /// Plaintext reader.
     pub fn new(inner: R) -> Self {
-        MsgStream { inner, buf: Vec::new(), cipher: None }
+        MsgStream {
+            inner,
+            buf: Vec::new(),
+            cipher: None,
+        }
     }
 
     /// Switch to AES-CFB (IV first) with `key`.
@@ -113,7 +117,7 @@ impl<R: Read> MsgStream<R> {
     }
 
     /// Read one message.
-    pub fn next(&mut self) -> Result<Message, ClientError> {
+    pub fn next_msg(&mut self) -> Result<Message, ClientError> {
         let mut tmp = [0u8; 16 * 1024];
         loop {
             match frame::decode(&self.buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
@@ -141,6 +145,24 @@ impl<R: Read> MsgStream<R> {
     /// Bytes buffered past the last message, and the reader.
     pub fn into_parts(self) -> (Vec<u8>, R) {
         (self.buf, self.inner)
+    }
+}
+
+/// Read exactly one plaintext message and not a byte more, as frpc does on
+/// work connections (the payload that follows belongs to the relay).
+pub fn read_msg_exact(r: &mut dyn Read) -> Result<Message, ClientError> {
+    let mut head = [0u8; frame::HEADER_LEN];
+    r.read_exact(&mut head)?;
+    let len = i64::from_be_bytes(head[1..9].try_into().unwrap_or([0; 8]));
+    if !(0..=frame::MAX_MSG_LEN as i64).contains(&len) {
+        return Err(ClientError::Protocol(format!("bad message length {len}")));
+    }
+    let mut whole = head.to_vec();
+    whole.resize(frame::HEADER_LEN + len as usize, 0);
+    r.read_exact(&mut whole[frame::HEADER_LEN..])?;
+    match frame::decode(&whole).map_err(|e| ClientError::Protocol(e.to_string()))? {
+        Some((m, _)) => Ok(m),
+        None => Err(ClientError::Protocol("short message".into())),
     }
 }
 
@@ -187,7 +209,10 @@ pub struct Client {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Inner {
@@ -205,7 +230,11 @@ impl Inner {
 impl Client {
     /// Connect and log in. A LoginResp with an error is `ClientError::Refused`.
     pub fn login(opts: ClientOpts) -> Result<Client, ClientError> {
-        let dial = Dial { addr: opts.server, tls: opts.tls, tls_custom_byte: opts.tls_custom_byte };
+        let dial = Dial {
+            addr: opts.server,
+            tls: opts.tls,
+            tls_custom_byte: opts.tls_custom_byte,
+        };
         let (r, w) = dial.connect()?;
         let (mux, mut r, mut w): (Option<MuxClient>, BoxRead, BoxWrite) = if opts.mux {
             let m = MuxClient::start(r, w);
@@ -230,9 +259,14 @@ impl Client {
         };
         write_msg(&mut w, &Message::Login(login))?;
         let mut ms = MsgStream::new(&mut r);
-        let resp = match ms.next()? {
+        let resp = match ms.next_msg()? {
             Message::LoginResp(r) => r,
-            other => return Err(ClientError::Protocol(format!("expected LoginResp, got {}", other.name()))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected LoginResp, got {}",
+                    other.name()
+                )))
+            }
         };
         if !resp.error.is_empty() {
             if let Some(m) = &mux {
@@ -247,7 +281,10 @@ impl Client {
             key,
             dial,
             mux,
-            ctl: Mutex::new(ControlWriter { w, cipher: CfbStreamWriter::new(key) }),
+            ctl: Mutex::new(ControlWriter {
+                w,
+                cipher: CfbStreamWriter::new(key),
+            }),
             proxies: Mutex::new(HashMap::new()),
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
@@ -257,42 +294,60 @@ impl Client {
             opts,
         });
         let rd = inner.clone();
-        std::thread::Builder::new().name("frpc-control".into()).stack_size(256 * 1024).spawn(move || {
-            let mut ms = MsgStream { inner: r, buf: pending, cipher: None };
-            ms.encrypt(rd.key);
-            while let Ok(msg) = ms.next() {
-                match msg {
-                    Message::ReqWorkConn(_) => {
-                        let c = rd.clone();
-                        let _ = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || work_conn(c));
+        std::thread::Builder::new()
+            .name("frpc-control".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut ms = MsgStream {
+                    inner: r,
+                    buf: pending,
+                    cipher: None,
+                };
+                ms.encrypt(rd.key);
+                while let Ok(msg) = ms.next_msg() {
+                    match msg {
+                        Message::ReqWorkConn(_) => {
+                            let c = rd.clone();
+                            let _ = std::thread::Builder::new()
+                                .stack_size(256 * 1024)
+                                .spawn(move || work_conn(c));
+                        }
+                        Message::NewProxyResp(r) => {
+                            rd.resps
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(r.proxy_name.clone(), r);
+                            rd.resp_cond.notify_all();
+                        }
+                        Message::Pong(_) => {
+                            rd.pongs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
-                    Message::NewProxyResp(r) => {
-                        rd.resps.lock().unwrap_or_else(|e| e.into_inner()).insert(r.proxy_name.clone(), r);
-                        rd.resp_cond.notify_all();
-                    }
-                    Message::Pong(_) => {
-                        rd.pongs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
                 }
-            }
-            rd.closed.store(true, Ordering::Release);
-            rd.resp_cond.notify_all();
-        })?;
+                rd.closed.store(true, Ordering::Release);
+                rd.resp_cond.notify_all();
+            })?;
         if let Some(every) = inner.opts.heartbeat {
             let hb = Arc::downgrade(&inner);
-            std::thread::Builder::new().stack_size(64 * 1024).spawn(move || loop {
-                let Some(c) = hb.upgrade() else { break };
-                if c.closed.load(Ordering::Acquire) {
-                    break;
-                }
-                let r = c.ctl.lock().unwrap_or_else(|e| e.into_inner()).send(&Message::Ping(Ping::default()));
-                drop(c);
-                if r.is_err() {
-                    break;
-                }
-                std::thread::sleep(every);
-            })?;
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || loop {
+                    let Some(c) = hb.upgrade() else { break };
+                    if c.closed.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let r = c
+                        .ctl
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .send(&Message::Ping(Ping::default()));
+                    drop(c);
+                    if r.is_err() {
+                        break;
+                    }
+                    std::thread::sleep(every);
+                })?;
         }
         Ok(Client { inner })
     }
@@ -305,8 +360,16 @@ impl Client {
     /// Register a proxy and wait for NewProxyResp. Ok(remote_addr) or the
     /// server's error string.
     pub fn add_proxy(&self, spec: ProxySpec) -> Result<String, ClientError> {
-        let name = if self.inner.opts.user.is_empty() { spec.name.clone() } else { format!("{}.{}", self.inner.opts.user, spec.name) };
-        self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), spec.clone());
+        let name = if self.inner.opts.user.is_empty() {
+            spec.name.clone()
+        } else {
+            format!("{}.{}", self.inner.opts.user, spec.name)
+        };
+        self.inner
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), spec.clone());
         let np = NewProxy {
             proxy_name: name.clone(),
             proxy_type: "tcp".into(),
@@ -323,7 +386,11 @@ impl Client {
                 if r.error.is_empty() {
                     return Ok(r.remote_addr);
                 }
-                self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                self.inner
+                    .proxies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
                 return Err(ClientError::Refused(r.error));
             }
             if self.inner.closed.load(Ordering::Acquire) {
@@ -333,19 +400,35 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Protocol("no NewProxyResp within 10 s".into()));
             }
-            resps = self.inner.resp_cond.wait_timeout(resps, left).unwrap_or_else(|e| e.into_inner()).0;
+            resps = self
+                .inner
+                .resp_cond
+                .wait_timeout(resps, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Send CloseProxy.
     pub fn close_proxy(&self, name: &str) -> Result<(), ClientError> {
-        self.inner.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.send(&Message::CloseProxy(proto::msg::CloseProxy { proxy_name: name.to_string() }))
+        self.inner
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.send(&Message::CloseProxy(proto::msg::CloseProxy {
+            proxy_name: name.to_string(),
+        }))
     }
 
     /// Send any control message (encrypted).
     pub fn send(&self, msg: &Message) -> Result<(), ClientError> {
-        Ok(self.inner.ctl.lock().unwrap_or_else(|e| e.into_inner()).send(msg)?)
+        Ok(self
+            .inner
+            .ctl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(msg)?)
     }
 
     /// Pongs received so far.
@@ -368,7 +451,13 @@ impl Client {
         self.inner.closed.store(true, Ordering::Release);
         match &self.inner.mux {
             Some(m) => m.close(),
-            None => self.inner.ctl.lock().unwrap_or_else(|e| e.into_inner()).w.abort(),
+            None => self
+                .inner
+                .ctl
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .w
+                .abort(),
         }
     }
 }
@@ -377,24 +466,38 @@ fn work_conn(c: Arc<Inner>) {
     let _ = (|| -> Result<(), ClientError> {
         let (mut r, mut w) = c.open_conn()?;
         c.work_conns.fetch_add(1, Ordering::Relaxed);
-        write_msg(&mut w, &Message::NewWorkConn(NewWorkConn { run_id: c.run_id.clone(), ..Default::default() }))?;
-        let mut ms = MsgStream::new(&mut r);
-        let start = match ms.next()? {
+        write_msg(
+            &mut w,
+            &Message::NewWorkConn(NewWorkConn {
+                run_id: c.run_id.clone(),
+                ..Default::default()
+            }),
+        )?;
+        let start = match read_msg_exact(&mut r)? {
             Message::StartWorkConn(s) => s,
-            other => return Err(ClientError::Protocol(format!("expected StartWorkConn, got {}", other.name()))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected StartWorkConn, got {}",
+                    other.name()
+                )))
+            }
         };
         if !start.error.is_empty() {
             w.abort();
             return Err(ClientError::Refused(start.error));
         }
-        let (pending, _) = ms.into_parts();
-        if !pending.is_empty() {
-            return Err(ClientError::Protocol("data before the payload wrapper".into()));
-        }
-        let spec = c.proxies.lock().unwrap_or_else(|e| e.into_inner()).get(&start.proxy_name).cloned();
+        let spec = c
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&start.proxy_name)
+            .cloned();
         let Some(spec) = spec else {
             w.abort();
-            return Err(ClientError::Protocol(format!("unknown proxy {}", start.proxy_name)));
+            return Err(ClientError::Protocol(format!(
+                "unknown proxy {}",
+                start.proxy_name
+            )));
         };
         let local = TcpStream::connect(spec.local)?;
         local.set_nodelay(true)?;
@@ -420,21 +523,23 @@ fn join(local: TcpStream, r: BoxRead, w: BoxWrite, key: Option<[u8; 16]>, compre
         Err(_) => return,
     };
     let d2 = done.clone();
-    let t = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match local_r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if work_w.write_all(&buf[..n]).is_err() {
-                        break;
+    let t = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match local_r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if work_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
                 }
             }
-        }
-        work_w.shutdown_write();
-        d2.store(true, Ordering::Release);
-    });
+            work_w.shutdown_write();
+            d2.store(true, Ordering::Release);
+        });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match work_r.read(&mut buf) {

@@ -44,12 +44,25 @@ impl Dial {
         if self.tls_custom_byte {
             (&sock).write_all(&[0x17])?;
         }
-        let conn = ClientConnection::new(tls_config(), ServerName::try_from("localhost").expect("static name"))
-            .map_err(io::Error::other)?;
-        let mut tls = TlsShared { conn: Mutex::new(conn), sock: sock.try_clone()? };
+        let conn = ClientConnection::new(
+            tls_config(),
+            ServerName::try_from("localhost").expect("static name"),
+        )
+        .map_err(io::Error::other)?;
+        // We write everything rustls produces right away; its own cap on
+        // buffered output would only cut large writes short.
+        let mut conn = conn;
+        conn.set_buffer_limit(None);
+        let mut tls = TlsShared {
+            conn: Mutex::new(conn),
+            sock: sock.try_clone()?,
+        };
         tls.handshake()?;
         let tls = Arc::new(tls);
-        Ok((Box::new(TlsRead(tls.clone(), sock.try_clone()?, Vec::new(), 0)), Box::new(TlsWrite(tls, sock))))
+        Ok((
+            Box::new(TlsRead(tls.clone(), sock.try_clone()?, Vec::new(), 0)),
+            Box::new(TlsWrite(tls, sock)),
+        ))
     }
 }
 
@@ -81,7 +94,10 @@ struct TlsShared {
 
 impl TlsShared {
     fn handshake(&mut self) -> io::Result<()> {
-        let conn = self.conn.get_mut().map_err(|_| io::Error::other("poisoned"))?;
+        let conn = self
+            .conn
+            .get_mut()
+            .map_err(|_| io::Error::other("poisoned"))?;
         let mut sock = &self.sock;
         while conn.is_handshaking() {
             conn.complete_io(&mut sock)?;
@@ -99,8 +115,12 @@ impl Read for TlsRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut out = Vec::new();
-            {
-                let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
+            let fed = {
+                let mut c = self
+                    .0
+                    .conn
+                    .lock()
+                    .map_err(|_| io::Error::other("poisoned"))?;
                 match c.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -117,12 +137,15 @@ impl Read for TlsRead {
                     while c.wants_write() {
                         c.write_tls(&mut out)?;
                     }
+                    true
+                } else {
+                    false
                 }
-            }
+            };
             if !out.is_empty() {
                 (&self.0.sock).write_all(&out)?;
             }
-            if self.3 < self.2.len() {
+            if fed {
                 continue;
             }
             self.2.resize(64 * 1024, 0);
@@ -142,7 +165,11 @@ impl Write for TlsWrite {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         let mut out = Vec::with_capacity(b.len() + 64);
         {
-            let mut c = self.0.conn.lock().map_err(|_| io::Error::other("poisoned"))?;
+            let mut c = self
+                .0
+                .conn
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
             c.writer().write_all(b)?;
             while c.wants_write() {
                 c.write_tls(&mut out)?;

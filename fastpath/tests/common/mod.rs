@@ -34,10 +34,22 @@ impl Fastpath {
         )
         .unwrap();
         let stats = dir.join("stats.json");
-        let daemon = Daemon::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_fastpath")), &["-c", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap()])
-            .expect("start fastpath");
+        let daemon = Daemon::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_fastpath")),
+            &[
+                "-c",
+                cfg.to_str().unwrap(),
+                "--stats-file",
+                stats.to_str().unwrap(),
+            ],
+        )
+        .expect("start fastpath");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(wait_listening(addr, Duration::from_secs(10)), "fastpath did not start: {:?}", daemon.log());
+        assert!(
+            wait_listening(addr, Duration::from_secs(10)),
+            "fastpath did not start: {:?}",
+            daemon.log()
+        );
         Fastpath { daemon, addr, dir }
     }
 
@@ -60,11 +72,26 @@ impl Drop for Fastpath {
 }
 
 /// Register a TCP proxy to `local` and return its public port.
-pub fn tcp_proxy(c: &Client, name: &str, remote_port: i64, local: SocketAddr, enc: bool, comp: bool) -> u16 {
+pub fn tcp_proxy(
+    c: &Client,
+    name: &str,
+    remote_port: i64,
+    local: SocketAddr,
+    enc: bool,
+    comp: bool,
+) -> u16 {
     let addr = c
-        .add_proxy(ProxySpec { name: name.into(), remote_port, local, use_encryption: enc, use_compression: comp })
+        .add_proxy(ProxySpec {
+            name: name.into(),
+            remote_port,
+            local,
+            use_encryption: enc,
+            use_compression: comp,
+        })
         .unwrap_or_else(|e| panic!("proxy {name}: {e}"));
-    addr.trim_start_matches(':').parse().expect("remote_addr is :port")
+    addr.trim_start_matches(':')
+        .parse()
+        .expect("remote_addr is :port")
 }
 
 /// Send `len` pseudo-random bytes through an echo tunnel at `port` and check
