@@ -4,10 +4,12 @@
 //!    dropped) or `0x16` (a TLS ClientHello) → TLS; anything else → plain
 //!    (refused when `transport.tls.force`).
 //! 2. **detect framing** — first plaintext byte `0x00` → a yamux session
-//!    (tcpMux on); `FRP\0` → wire protocol v2; else one v1 message per
-//!    connection (tcpMux off). Detected per connection, so clients with
-//!    and without tcpMux share one port.
-//! 3. **identify** — the first message on each connection or stream:
+//!    (tcpMux on); else one frp connection (tcpMux off). Detected per
+//!    connection, so clients with and without tcpMux share one port.
+//! 3. **detect wire protocol** — per connection or yamux stream: the magic
+//!    `FRP\0\x02\r\n` → wire protocol v2 (a control then starts with a
+//!    ClientHello); anything else → v1.
+//! 4. **identify** — the first message on each connection or stream:
 //!    `Login` → a new control ([`control`](crate::control)); `NewWorkConn`
 //!    → into the owning session's pool, moving to the owner worker when it
 //!    lives elsewhere; `NewVisitorConn` → refused (visitors come later).
@@ -19,11 +21,12 @@ use std::time::Duration;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 use proto::msg::{Message, NewVisitorConnResp, NewWorkConn, StartWorkConn};
+use proto::wire_v2::{self, FrameType};
 
 use crate::conn::Conn;
-use crate::control;
+use crate::control::{self, ControlWire};
 use crate::handoff::{MovedConn, WorkerMsg};
-use crate::msgio::{self, MsgReader};
+use crate::msgio::{self, MsgError, MsgReader, Wire};
 use crate::mux::MuxConn;
 use crate::stats::WorkerStats;
 use crate::tls::TlsStream;
@@ -114,11 +117,6 @@ pub async fn serve_conn(
         });
         return;
     }
-    if pending.starts_with(b"FRP\0") {
-        tracing::info!(%peer, "wire protocol v2 client refused: not supported yet");
-        WorkerStats::bump(&ctx.stats().protocol_errors, 1);
-        return;
-    }
     identify(ctx, conn, pending, peer, false).await;
 }
 
@@ -130,21 +128,52 @@ fn mux_config(ctx: &WorkerCtx) -> proto::yamux::Config {
     c
 }
 
-/// Step 3: read the first message of a connection or stream and hand it on.
+/// Steps 3 and 4: tell v1 from v2, read the first message of a connection
+/// or stream and hand it on.
 async fn identify(
     ctx: Rc<WorkerCtx>,
     mut conn: Conn,
-    pending: Vec<u8>,
+    mut pending: Vec<u8>,
     peer: SocketAddr,
     muxed: bool,
 ) {
-    let mut reader = MsgReader::new(pending);
-    let first = match reader.next_within(&mut conn, FIRST_MSG_TIMEOUT).await {
+    // Step 3: v2 announces itself with a 7-byte magic; v1 has no preamble.
+    let wire = loop {
+        match wire_v2::detect_magic(&pending) {
+            Some(true) => {
+                pending.drain(..wire_v2::MAGIC.len());
+                break Wire::V2;
+            }
+            Some(false) => break Wire::V1,
+            None => {
+                pending.reserve(4096);
+                let (r, b) =
+                    match monoio::time::timeout(FIRST_MSG_TIMEOUT, conn.read(pending)).await {
+                        Ok(x) => x,
+                        Err(_) => return,
+                    };
+                pending = b;
+                if !matches!(r, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        }
+    };
+    let mut reader = MsgReader::new(pending, wire);
+    let first = if wire == Wire::V2 {
+        v2_first(&ctx, &mut conn, &mut reader, peer).await
+    } else {
+        reader
+            .next_within(&mut conn, FIRST_MSG_TIMEOUT)
+            .await
+            .map(|m| (m, ControlWire::V1))
+    };
+    let (first, control_wire) = match first {
         Ok(m) => m,
         Err(e) => {
-            if matches!(e, msgio::MsgError::Frame(_)) {
+            if e.is_malformed() {
                 WorkerStats::bump(&ctx.stats().protocol_errors, 1);
-                tracing::warn!(%peer, transport = conn.kind(), reason = %e, "closing connection: bad first message");
+                tracing::warn!(%peer, transport = conn.kind(), wire = wire.name(), reason = %e, "closing connection: bad first message");
             } else {
                 tracing::debug!(%peer, reason = %e, "connection ended before its first message");
             }
@@ -152,17 +181,19 @@ async fn identify(
         }
     };
     match first {
-        Message::Login(login) => control::run(ctx, conn, reader, login, peer, muxed).await,
+        Message::Login(login) => {
+            control::run(ctx, conn, reader, login, peer, muxed, control_wire).await
+        }
         Message::NewWorkConn(msg) => {
             let pending = reader.into_pending();
-            route_work_conn(&ctx, conn, pending, msg, peer).await;
+            route_work_conn(&ctx, conn, pending, msg, wire, peer).await;
         }
         Message::NewVisitorConn(v) => {
             let resp = Message::NewVisitorConnResp(NewVisitorConnResp {
                 proxy_name: v.proxy_name.clone(),
                 error: "visitor connections are not supported by this server yet".into(),
             });
-            let _ = msgio::write_plain(&mut conn, &resp).await;
+            let _ = msgio::write_plain(&mut conn, &resp, wire).await;
             tracing::info!(%peer, proxy = %v.proxy_name, reason = "visitors not supported", "visitor connection refused");
         }
         other => {
@@ -172,16 +203,58 @@ async fn identify(
     }
 }
 
+/// v2: a control opens with ClientHello then Login (pipelined); work and
+/// visitor connections go straight to their message.
+async fn v2_first(
+    ctx: &WorkerCtx,
+    conn: &mut Conn,
+    reader: &mut MsgReader,
+    peer: SocketAddr,
+) -> Result<(Message, ControlWire), MsgError> {
+    let frame = reader.next_frame_within(conn, FIRST_MSG_TIMEOUT).await?;
+    match frame.ty {
+        FrameType::Message => Ok((wire_v2::decode_message(&frame.payload)?, ControlWire::V1)),
+        FrameType::ClientHello => {
+            let hello = wire_v2::ClientHello::parse(&frame.payload)?;
+            let login = reader.next_within(conn, FIRST_MSG_TIMEOUT).await?;
+            let random = wire_v2::random_bytes::<{ wire_v2::RANDOM_LEN }>()?;
+            let reply = wire_v2::server_hello(&hello, random);
+            let mut hello_frame = Vec::with_capacity(reply.payload.len() + 8);
+            wire_v2::encode_frame(FrameType::ServerHello, &reply.payload, &mut hello_frame)?;
+            let keys = match reply.outcome {
+                Ok(alg) => {
+                    let transcript = wire_v2::transcript_hash(&frame.payload, &reply.payload);
+                    Ok((
+                        alg,
+                        wire_v2::derive_keys(
+                            ctx.shared.config.auth.token.as_bytes(),
+                            &transcript,
+                            alg,
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    tracing::info!(%peer, reason = %e, "v2 hello negotiation failed");
+                    Err(e.to_string())
+                }
+            };
+            Ok((login, ControlWire::V2 { hello_frame, keys }))
+        }
+        other => Err(MsgError::UnexpectedFrame(other)),
+    }
+}
+
 /// Send a work connection to the worker that owns its session.
 async fn route_work_conn(
     ctx: &Rc<WorkerCtx>,
     mut conn: Conn,
     pending: Vec<u8>,
     msg: NewWorkConn,
+    wire: Wire,
     peer: SocketAddr,
 ) {
     let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
-        return refuse_work_conn(&mut conn, &msg.run_id, peer).await;
+        return refuse_work_conn(&mut conn, &msg.run_id, wire, peer).await;
     };
     // yamux streams always belong to the session that carries them, which
     // lives here; only separate connections can land on the wrong worker.
@@ -191,13 +264,14 @@ async fn route_work_conn(
             let (s, state, ciphertext) = t.into_parts();
             (detach(s), Some((state, ciphertext)))
         }
-        local => return deliver_work_conn(ctx, local, pending, msg, peer).await,
+        local => return deliver_work_conn(ctx, local, pending, msg, wire, peer).await,
     };
     let moved = MovedConn {
         socket,
         tls,
         pending,
         msg,
+        wire,
         peer,
     };
     match ctx.shared.inboxes[owner.worker].send(WorkerMsg::WorkConn(Box::new(moved))) {
@@ -206,14 +280,14 @@ async fn route_work_conn(
     }
 }
 
-async fn refuse_work_conn(conn: &mut Conn, run_id: &str, peer: SocketAddr) {
+async fn refuse_work_conn(conn: &mut Conn, run_id: &str, wire: Wire, peer: SocketAddr) {
     let error = format!("no client control found for run id [{run_id}]");
     tracing::info!(%peer, reason = %error, "work connection refused");
     let resp = Message::StartWorkConn(StartWorkConn {
         error,
         ..Default::default()
     });
-    let _ = msgio::write_plain(conn, &resp).await;
+    let _ = msgio::write_plain(conn, &resp, wire).await;
 }
 
 /// Put a work connection into a local control's pool.
@@ -222,10 +296,11 @@ pub async fn deliver_work_conn(
     mut conn: Conn,
     pending: Vec<u8>,
     msg: NewWorkConn,
+    wire: Wire,
     peer: SocketAddr,
 ) {
     let Some(control) = ctx.control(&msg.run_id) else {
-        refuse_work_conn(&mut conn, &msg.run_id, peer).await;
+        refuse_work_conn(&mut conn, &msg.run_id, wire, peer).await;
         return;
     };
     if let Err(reason) = control.check_work_conn_auth(&msg) {
@@ -234,12 +309,12 @@ pub async fn deliver_work_conn(
             error: reason,
             ..Default::default()
         });
-        let _ = msgio::write_plain(&mut conn, &resp).await;
+        let _ = msgio::write_plain(&mut conn, &resp, wire).await;
         return;
     }
     if !pending.is_empty() {
         tracing::warn!(%peer, session = %msg.run_id, "work connection sent data before StartWorkConn; closing it");
         return;
     }
-    control.put_work_conn(conn);
+    control.put_work_conn(conn, wire);
 }

@@ -20,14 +20,27 @@ use proto::msg::{
 
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::handoff::WorkerMsg;
-use crate::msgio::{self, MsgError, MsgReader, MsgWriter};
+use crate::msgio::{self, MsgError, MsgReader, MsgWriter, Wire};
 use crate::proxy::Proxy;
 use crate::shared::SessionRef;
 use crate::stats::WorkerStats;
 use crate::worker::WorkerCtx;
+use proto::wire_v2::{AeadAlgorithm, ControlKeys};
 
 /// Server version reported in LoginResp.
 pub const SERVER_VERSION: &str = concat!("totoro-", env!("CARGO_PKG_VERSION"));
+
+/// How the control channel is protected after Login.
+pub enum ControlWire {
+    /// v1: AES-CFB keyed by the token.
+    V1,
+    /// v2: the ServerHello frame to send before LoginResp, and the
+    /// negotiated AEAD keys (or why negotiation failed).
+    V2 {
+        hello_frame: Vec<u8>,
+        keys: Result<(AeadAlgorithm, ControlKeys), String>,
+    },
+}
 
 /// One logged-in frpc.
 pub struct Control {
@@ -41,8 +54,8 @@ pub struct Control {
     pub peer: SocketAddr,
     ctx: Rc<WorkerCtx>,
     tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
-    pool: RefCell<VecDeque<Conn>>,
-    waiters: RefCell<VecDeque<oneshot::Sender<Conn>>>,
+    pool: RefCell<VecDeque<(Conn, Wire)>>,
+    waiters: RefCell<VecDeque<oneshot::Sender<(Conn, Wire)>>>,
     pool_cap: usize,
     pool_count: usize,
     proxies: RefCell<HashMap<String, Rc<Proxy>>>,
@@ -59,14 +72,22 @@ pub async fn run(
     login: Login,
     peer: SocketAddr,
     muxed: bool,
+    cwire: ControlWire,
 ) {
     let shared = ctx.shared.clone();
     let cfg = &shared.config;
-
-    // Authorize.
-    if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
-        let reason = "token in login doesn't match token from configuration";
-        tracing::info!(%peer, user = %login.user, %reason, "login refused");
+    let wire = reader.wire();
+    // v2 answers the hello first, in the same write as LoginResp.
+    let (mut preface, keys) = match cwire {
+        ControlWire::V1 if wire == Wire::V2 => {
+            WorkerStats::bump(&ctx.stats().protocol_errors, 1);
+            tracing::warn!(%peer, reason = "v2 Login without ClientHello", "closing connection");
+            return;
+        }
+        ControlWire::V1 => (Vec::new(), None),
+        ControlWire::V2 { hello_frame, keys } => (hello_frame, Some(keys)),
+    };
+    let refuse = |reason: &str, preface: &mut Vec<u8>| {
         let error = if cfg.detailed_errors_to_client {
             reason.to_string()
         } else {
@@ -77,7 +98,25 @@ pub async fn run(
             run_id: String::new(),
             error,
         });
-        let _ = msgio::write_plain(&mut conn, &resp).await;
+        msgio::encode_into(&resp, wire, preface);
+        std::mem::take(preface)
+    };
+
+    // Authorize.
+    let v2_keys = match keys {
+        Some(Err(reason)) => {
+            let out = refuse(&reason, &mut preface);
+            let _ = conn.write_all(out).await;
+            return;
+        }
+        Some(Ok(k)) => Some(k),
+        None => None,
+    };
+    if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
+        let reason = "token in login doesn't match token from configuration";
+        tracing::info!(%peer, user = %login.user, %reason, "login refused");
+        let out = refuse(reason, &mut preface);
+        let _ = conn.write_all(out).await;
         return;
     }
 
@@ -108,11 +147,34 @@ pub async fn run(
         run_id: run_id.clone(),
         error: String::new(),
     });
-    if let Err(e) = msgio::write_plain(&mut conn, &resp).await {
+    msgio::encode_into(&resp, wire, &mut preface);
+    if let Err(e) = conn.write_all(preface).await.0 {
         tracing::debug!(%peer, error = %e, "could not send LoginResp");
         shared.directory.remove_session(&run_id, me);
         return;
     }
+    let (writer_cipher, mut reader) = match v2_keys {
+        None => {
+            let mut reader = reader;
+            reader.set_cfb(shared.token_key);
+            (MsgWriter::cfb(shared.token_key), reader)
+        }
+        Some((alg, keys)) => {
+            let mut reader = reader;
+            match (
+                reader.set_aead(alg, keys.c2s),
+                MsgWriter::aead(alg, keys.s2c),
+            ) {
+                (Ok(()), Ok(w)) => (w, reader),
+                _ => {
+                    tracing::warn!(%peer, "cannot set up the v2 control cipher");
+                    shared.directory.remove_session(&run_id, me);
+                    return;
+                }
+            }
+        }
+    };
+    let _ = &mut reader;
 
     let (tx, rx) = mpsc::unbounded::channel();
     let pool_count = (login.pool_count.max(0) as usize).min(cfg.transport.max_pool_count as usize);
@@ -138,12 +200,12 @@ pub async fn run(
     WorkerStats::add(&ctx.stats().sessions, 1);
     tracing::info!(
         session = %run_id, %peer, user = %control.login.user, version = %control.login.version,
-        transport = conn.kind(), worker = ctx.id, "client logged in"
+        transport = conn.kind(), wire = wire.name(), worker = ctx.id, "client logged in"
     );
 
     // Serve.
     let (r, w) = conn.into_split();
-    let writer = monoio::spawn(write_loop(w, rx, shared.token_key));
+    let writer = monoio::spawn(write_loop(w, rx, writer_cipher));
     for _ in 0..pool_count {
         control.send(Message::ReqWorkConn(ReqWorkConn {}));
     }
@@ -157,8 +219,7 @@ pub async fn run(
     let _ = writer.await;
 }
 
-async fn write_loop(mut w: ConnWriter, mut rx: mpsc::unbounded::Rx<Message>, key: [u8; 16]) {
-    let mut out = MsgWriter::new(key);
+async fn write_loop(mut w: ConnWriter, mut rx: mpsc::unbounded::Rx<Message>, mut out: MsgWriter) {
     while let Some(msg) = rx.recv().await {
         out.push(&msg);
         // Batch whatever else is queued into the same write.
@@ -183,12 +244,11 @@ async fn heartbeat_watch(control: Rc<Control>, limit: Duration) {
 }
 
 async fn read_loop(control: &Rc<Control>, mut r: ConnReader, mut reader: MsgReader) -> String {
-    reader.set_cipher(control.ctx.shared.token_key);
     loop {
         let msg = match reader.next(&mut r).await {
             Ok(m) => m,
             Err(MsgError::Closed) => return "client closed the control connection".into(),
-            Err(MsgError::Frame(e)) => {
+            Err(e) if e.is_malformed() => {
                 WorkerStats::bump(&control.ctx.stats().protocol_errors, 1);
                 let reason = format!("malformed control message: {e}");
                 tracing::warn!(session = %control.run_id, %reason, "closing session");
@@ -288,11 +348,11 @@ impl Control {
     }
 
     /// A work connection arrived for this session.
-    pub fn put_work_conn(&self, conn: Conn) {
+    pub fn put_work_conn(&self, conn: Conn, wire: Wire) {
         if self.closed.get() {
             return;
         }
-        let mut conn = conn;
+        let mut conn = (conn, wire);
         loop {
             let waiter = self.waiters.borrow_mut().pop_front();
             match waiter {
@@ -316,13 +376,13 @@ impl Control {
     /// then ask for another to refill the pool; retry over stale ones.
     pub async fn take_work_conn(&self, start: &StartWorkConn) -> Option<Conn> {
         let timeout = Duration::from_secs(self.ctx.shared.config.user_conn_timeout as u64);
-        let frame = msgio::encode(&Message::StartWorkConn(start.clone()));
+        let start = Message::StartWorkConn(start.clone());
         for _ in 0..=self.pool_count {
             if self.closed.get() {
                 return None;
             }
             let pooled = self.pool.borrow_mut().pop_front();
-            let mut conn = match pooled {
+            let (mut conn, wire) = match pooled {
                 Some(c) => c,
                 None => {
                     let (tx, rx) = oneshot::channel();
@@ -331,14 +391,14 @@ impl Control {
                     match monoio::time::timeout(timeout, rx).await {
                         Ok(Ok(c)) => c,
                         _ => {
-                            tracing::info!(session = %self.run_id, proxy = %start.proxy_name, "no work connection arrived in time");
+                            tracing::info!(session = %self.run_id, "no work connection arrived in time");
                             return None;
                         }
                     }
                 }
             };
             self.send(Message::ReqWorkConn(ReqWorkConn {}));
-            let (r, _) = conn.write_all(frame.clone()).await;
+            let (r, _) = conn.write_all(msgio::encode(&start, wire)).await;
             if r.is_ok() {
                 return Some(conn);
             }

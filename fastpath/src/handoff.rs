@@ -32,6 +32,8 @@ pub struct MovedConn {
     pub pending: Vec<u8>,
     /// The NewWorkConn that identified it.
     pub msg: NewWorkConn,
+    /// The wire protocol it speaks.
+    pub wire: crate::msgio::Wire,
     /// The client's address.
     pub peer: SocketAddr,
 }

@@ -1,6 +1,11 @@
-//! Reading and writing frp v1 messages over a [`Conn`](crate::conn::Conn)
-//! or one of its halves, optionally inside the control channel's AES-CFB
-//! stream.
+//! Reading and writing frp messages over a [`Conn`](crate::conn::Conn) or
+//! one of its halves, in either wire protocol, optionally inside the
+//! control channel's cipher:
+//!
+//! | wire | framing                          | control channel after Login |
+//! |------|----------------------------------|-----------------------------|
+//! | v1   | type u8, length i64, JSON        | AES-128-CFB, IV first       |
+//! | v2   | magic, then type u16, flags, length u32, payload | AEAD records (hello-negotiated) |
 
 use std::io;
 use std::time::Duration;
@@ -8,8 +13,28 @@ use std::time::Duration;
 use proto::cfb::{CfbStreamReader, CfbStreamWriter};
 use proto::frame::{self, FrameError};
 use proto::msg::Message;
+use proto::wire_v2::{self, AeadAlgorithm, AeadReader, AeadWriter, FrameType, V2Error};
 
 use crate::conn::{Conn, ConnReader, ConnWriter};
+
+/// Which frp wire protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The classic framing (every frpc).
+    V1,
+    /// frp 0.69+'s opt-in `transport.wireProtocol = "v2"`.
+    V2,
+}
+
+impl Wire {
+    /// For logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::V1 => "v1",
+            Wire::V2 => "v2",
+        }
+    }
+}
 
 /// Something we can read bytes from, owned-buffer style.
 #[allow(async_fn_in_trait)]
@@ -41,35 +66,90 @@ pub enum MsgError {
     Io(#[from] io::Error),
     #[error("malformed frame: {0}")]
     Frame(#[from] FrameError),
+    #[error("malformed v2 frame: {0}")]
+    V2(#[from] V2Error),
+    #[error("unexpected v2 {0:?} frame")]
+    UnexpectedFrame(FrameType),
 }
 
-/// Accumulates bytes and yields complete v1 messages.
+impl MsgError {
+    /// Whether the peer sent bytes we refuse (as opposed to going away).
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            MsgError::Frame(_) | MsgError::V2(_) | MsgError::UnexpectedFrame(_)
+        )
+    }
+}
+
+/// The control channel's decryption, once Login is done.
+enum Decrypt {
+    None,
+    Cfb(CfbStreamReader),
+    Aead(Box<AeadReader>, Vec<u8>),
+}
+
+/// A v2 frame that is not a message (a hello).
+pub struct RawFrame {
+    /// Its type.
+    pub ty: FrameType,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// Accumulates bytes and yields complete messages.
 pub struct MsgReader {
     buf: Vec<u8>,
     start: usize,
-    cipher: Option<CfbStreamReader>,
+    wire: Wire,
+    decrypt: Decrypt,
 }
 
 impl MsgReader {
-    /// A reader that starts with `pending` plaintext bytes already received.
-    pub fn new(pending: Vec<u8>) -> Self {
+    /// A reader that starts with `pending` plaintext bytes already received
+    /// (after the v2 magic, for v2).
+    pub fn new(pending: Vec<u8>, wire: Wire) -> Self {
         let mut buf = pending;
         buf.reserve(4096);
         MsgReader {
             buf,
             start: 0,
-            cipher: None,
+            wire,
+            decrypt: Decrypt::None,
         }
     }
 
-    /// From now on the stream is AES-CFB with this key (IV first). Bytes
-    /// already buffered past the last message are ciphertext too.
-    pub fn set_cipher(&mut self, key: [u8; 16]) {
+    /// The wire protocol in use.
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// From now on the stream is AES-CFB with this key (v1 control).
+    /// Bytes already buffered past the last message are ciphertext too.
+    pub fn set_cfb(&mut self, key: [u8; 16]) {
         let mut c = CfbStreamReader::new(key);
         self.compact();
         let plain = c.decrypt_in_place(&mut self.buf).to_vec();
         self.buf = plain;
-        self.cipher = Some(c);
+        self.decrypt = Decrypt::Cfb(c);
+    }
+
+    /// From now on the stream is AEAD records (v2 control).
+    pub fn set_aead(&mut self, alg: AeadAlgorithm, key: [u8; 32]) -> Result<(), V2Error> {
+        let reader = AeadReader::new(alg, key)?;
+        self.compact();
+        let cipher = std::mem::take(&mut self.buf);
+        self.decrypt = Decrypt::Aead(Box::new(reader), Vec::new());
+        self.absorb_aead(&cipher)
+    }
+
+    fn absorb_aead(&mut self, data: &[u8]) -> Result<(), V2Error> {
+        if let Decrypt::Aead(r, carry) = &mut self.decrypt {
+            carry.extend_from_slice(data);
+            let used = r.open(carry, &mut self.buf)?;
+            carry.drain(..used);
+        }
+        Ok(())
     }
 
     /// Bytes received but not consumed as messages (plaintext).
@@ -85,19 +165,84 @@ impl MsgReader {
         }
     }
 
-    /// Try to take one complete message from what is buffered.
-    pub fn try_next(&mut self) -> Result<Option<Message>, FrameError> {
-        match frame::decode(&self.buf[self.start..])? {
-            Some((msg, used)) => {
-                self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
-                Ok(Some(msg))
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Try to take one complete v2 frame of any type from what is buffered.
+    fn try_frame_v2(&mut self) -> Result<Option<RawFrame>, MsgError> {
+        match wire_v2::decode_frame(&self.buf[self.start..])? {
+            Some((ty, range, used)) => {
+                let payload = self.buf[self.start + range.start..self.start + range.end].to_vec();
+                self.consume(used);
+                Ok(Some(RawFrame { ty, payload }))
             }
             None => Ok(None),
         }
+    }
+
+    /// Try to take one complete message from what is buffered.
+    pub fn try_next(&mut self) -> Result<Option<Message>, MsgError> {
+        match self.wire {
+            Wire::V1 => match frame::decode(&self.buf[self.start..])? {
+                Some((msg, used)) => {
+                    self.consume(used);
+                    Ok(Some(msg))
+                }
+                None => Ok(None),
+            },
+            Wire::V2 => match self.try_frame_v2()? {
+                Some(RawFrame {
+                    ty: FrameType::Message,
+                    payload,
+                }) => Ok(Some(wire_v2::decode_message(&payload)?)),
+                Some(RawFrame { ty, .. }) => Err(MsgError::UnexpectedFrame(ty)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    async fn fill<R: ByteRead>(&mut self, r: &mut R) -> Result<(), MsgError> {
+        self.compact();
+        let mut buf = if matches!(self.decrypt, Decrypt::Aead(..)) {
+            Vec::with_capacity(16 * 1024)
+        } else {
+            std::mem::take(&mut self.buf)
+        };
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let before = buf.len();
+        let (res, mut buf) = r.read_into(buf).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                if !matches!(self.decrypt, Decrypt::Aead(..)) {
+                    self.buf = buf;
+                }
+                return Err(e.into());
+            }
+        };
+        match &mut self.decrypt {
+            Decrypt::None => self.buf = buf,
+            Decrypt::Cfb(c) => {
+                // The reader swallows the IV: keep only the plaintext.
+                let plain_len = c.decrypt_in_place(&mut buf[before..before + n]).len();
+                if plain_len < n {
+                    buf.drain(before..before + (n - plain_len));
+                }
+                self.buf = buf;
+            }
+            Decrypt::Aead(..) => self.absorb_aead(&buf[before..before + n])?,
+        }
+        if n == 0 {
+            return Err(MsgError::Closed);
+        }
+        Ok(())
     }
 
     /// Read until one whole message is here.
@@ -106,32 +251,7 @@ impl MsgReader {
             if let Some(m) = self.try_next()? {
                 return Ok(m);
             }
-            self.compact();
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            let before = self.buf.len();
-            let (res, mut buf) = r.read_into(std::mem::take(&mut self.buf)).await;
-            let n = match res {
-                Ok(0) => {
-                    self.buf = buf;
-                    return Err(MsgError::Closed);
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf = buf;
-                    return Err(e.into());
-                }
-            };
-            if let Some(c) = &mut self.cipher {
-                // The reader may swallow the IV: keep only the plaintext.
-                let plain_len = c.decrypt_in_place(&mut buf[before..before + n]).len();
-                if plain_len < n {
-                    let skip = n - plain_len;
-                    buf.drain(before..before + skip);
-                }
-            }
-            self.buf = buf;
+            self.fill(r).await?;
         }
     }
 
@@ -146,42 +266,107 @@ impl MsgReader {
             Err(_) => Err(MsgError::Timeout),
         }
     }
+
+    /// v2 only: read one frame of any type (the hellos), with a deadline.
+    pub async fn next_frame_within<R: ByteRead>(
+        &mut self,
+        r: &mut R,
+        limit: Duration,
+    ) -> Result<RawFrame, MsgError> {
+        let fut = async {
+            loop {
+                if let Some(f) = self.try_frame_v2()? {
+                    return Ok(f);
+                }
+                self.fill(r).await?;
+            }
+        };
+        match monoio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(MsgError::Timeout),
+        }
+    }
 }
 
-/// Encode `msg` as a plaintext v1 frame.
-pub fn encode(msg: &Message) -> Vec<u8> {
+/// Append `msg` as one plaintext frame of the given wire protocol.
+pub fn encode_into(msg: &Message, wire: Wire, out: &mut Vec<u8>) {
+    match wire {
+        Wire::V1 => frame::encode(msg, out),
+        Wire::V2 => {
+            // Our messages are far below the 64 KiB frame limit; a failure
+            // here would be a bug, and writes nothing.
+            if let Err(e) = wire_v2::encode_message(msg, out) {
+                tracing::error!(error = %e, msg = msg.name(), "cannot encode v2 message");
+            }
+        }
+    }
+}
+
+/// Encode `msg` as one plaintext frame.
+pub fn encode(msg: &Message, wire: Wire) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
-    frame::encode(msg, &mut out);
+    encode_into(msg, wire, &mut out);
     out
 }
 
 /// Write one plaintext message to an unsplit connection.
-pub async fn write_plain(conn: &mut Conn, msg: &Message) -> io::Result<()> {
-    conn.write_all(encode(msg)).await.0
+pub async fn write_plain(conn: &mut Conn, msg: &Message, wire: Wire) -> io::Result<()> {
+    conn.write_all(encode(msg, wire)).await.0
+}
+
+enum Encrypt {
+    Cfb(CfbStreamWriter),
+    Aead(Box<AeadWriter>),
 }
 
 /// Writes messages on the control channel, encrypted after login.
 pub struct MsgWriter {
-    cipher: CfbStreamWriter,
+    wire: Wire,
+    cipher: Encrypt,
     plain: Vec<u8>,
     out: Vec<u8>,
 }
 
 impl MsgWriter {
-    /// An encrypting writer with the control key.
-    pub fn new(key: [u8; 16]) -> Self {
+    /// v1: AES-CFB with the token key.
+    pub fn cfb(key: [u8; 16]) -> Self {
         MsgWriter {
-            cipher: CfbStreamWriter::new(key),
+            wire: Wire::V1,
+            cipher: Encrypt::Cfb(CfbStreamWriter::new(key)),
             plain: Vec::with_capacity(512),
             out: Vec::with_capacity(512),
         }
     }
 
+    /// v2: AEAD records with the negotiated algorithm and server-to-client key.
+    pub fn aead(alg: AeadAlgorithm, key: [u8; 32]) -> Result<Self, V2Error> {
+        Ok(MsgWriter {
+            wire: Wire::V2,
+            cipher: Encrypt::Aead(Box::new(AeadWriter::new(alg, key)?)),
+            plain: Vec::with_capacity(512),
+            out: Vec::with_capacity(512),
+        })
+    }
+
     /// Queue one message (encrypted) for the next flush.
     pub fn push(&mut self, msg: &Message) {
         self.plain.clear();
-        frame::encode(msg, &mut self.plain);
-        self.cipher.encrypt_into(&self.plain, &mut self.out);
+        encode_into(msg, self.wire, &mut self.plain);
+        match &mut self.cipher {
+            Encrypt::Cfb(c) => c.encrypt_into(&self.plain, &mut self.out),
+            Encrypt::Aead(a) => {
+                // frpc's record layout: header and payload sealed separately,
+                // as Go writes them in two calls.
+                let split = wire_v2::FRAME_HEADER_LEN.min(self.plain.len());
+                let (head, body) = self.plain.split_at(split);
+                if a.seal(head, &mut self.out)
+                    .and_then(|_| a.seal(body, &mut self.out))
+                    .is_err()
+                {
+                    tracing::warn!("v2 control stream cannot seal more records");
+                }
+            }
+        }
     }
 
     /// Write everything queued.

@@ -149,6 +149,7 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                     tls,
                     pending,
                     msg,
+                    wire,
                     peer,
                 } = *moved;
                 let stream = match TcpStream::from_std(socket) {
@@ -164,7 +165,7 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                     }
                     None => Conn::Tcp(stream),
                 };
-                accept::deliver_work_conn(&ctx, conn, pending, msg, peer).await;
+                accept::deliver_work_conn(&ctx, conn, pending, msg, wire, peer).await;
             }
         }
     }

@@ -337,3 +337,70 @@ fn sigterm_stops_within_five_seconds() {
     assert_eq!(code, Some(0), "exit within 5 s with status 0");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+fn v2_case(mux: bool, tls: bool) {
+    let fp = Fastpath::start("", 2);
+    let echo = Backend::echo().unwrap();
+    let mut o = fp.opts();
+    o.mux = mux;
+    o.tls = tls;
+    o.wire_v2 = true;
+    let c = Client::login(o).expect("v2 login");
+    for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
+        let port = tcp_proxy(&c, &format!("v{i}"), 0, echo.addr(), enc, comp);
+        let (a, b) = echo_integrity(port, 16 << 20, 11 + i as u64);
+        assert_eq!(a, b, "v2 mux={mux} tls={tls} enc={enc} comp={comp}");
+    }
+}
+
+#[test]
+fn wire_v2_mux_tls() {
+    v2_case(true, true);
+}
+
+#[test]
+fn wire_v2_nomux_plain() {
+    v2_case(false, false);
+}
+
+#[test]
+fn wire_v2_xchacha_and_bad_token() {
+    let fp = Fastpath::start("", 1);
+    let mut o = fp.opts();
+    o.wire_v2 = true;
+    o.v2_algorithms = vec![proto::wire_v2::AeadAlgorithm::XChaCha20Poly1305];
+    let echo = Backend::echo().unwrap();
+    let c = Client::login(o.clone()).expect("v2 login with xchacha20-poly1305");
+    let port = tcp_proxy(&c, "x", 0, echo.addr(), false, false);
+    let (a, b) = echo_integrity(port, 1 << 20, 5);
+    assert_eq!(a, b);
+    o.token = "wrong".into();
+    match Client::login(o) {
+        Err(ClientError::Refused(m)) => assert!(m.contains("token"), "{m}"),
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn heartbeat_timeout_closes_silent_sessions() {
+    let fp = Fastpath::start("transport.heartbeatTimeout = 2", 1);
+    let echo = Backend::echo().unwrap();
+    let mut quiet = fp.opts();
+    quiet.mux = false;
+    let c = Client::login(quiet.clone()).unwrap();
+    let port = tcp_proxy(&c, "quiet", 0, echo.addr(), false, false);
+    let mut chatty = quiet.clone();
+    chatty.heartbeat = Some(Duration::from_millis(500));
+    let c2 = Client::login(chatty).unwrap();
+    tcp_proxy(&c2, "chatty", 0, echo.addr(), false, false);
+    assert!(
+        fp.daemon
+            .wait_log("heartbeat timeout", Duration::from_secs(6)),
+        "silent session not closed"
+    );
+    // Its port is free again; the pinging one is still served.
+    let c3 = Client::login(quiet).unwrap();
+    tcp_proxy(&c3, "reuse", port as i64, echo.addr(), false, false);
+    assert!(c2.pongs() > 0);
+    assert!(!c2.is_closed());
+}

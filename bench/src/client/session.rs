@@ -11,6 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use proto::cfb::{CfbStreamReader, CfbStreamWriter};
 use proto::frame;
 use proto::msg::{ClientSpec, Login, Message, NewProxy, NewProxyResp, NewWorkConn, Ping};
+use proto::wire_v2::{
+    self, AeadAlgorithm, AeadReader, AeadWriter, BootstrapInfo, ClientHello, FrameType, ServerHello,
+};
 
 use super::codec::{DecodeReader, EncodeWriter};
 use super::mux::MuxClient;
@@ -43,6 +46,10 @@ pub struct ClientOpts {
     pub run_id: String,
     /// App-level Ping interval; frpc 0.58+ uses 30 s without tcpMux, none with it.
     pub heartbeat: Option<Duration>,
+    /// transport.wireProtocol = "v2" (frpc 0.69+).
+    pub wire_v2: bool,
+    /// AEAD algorithms offered in the v2 ClientHello, in preference order.
+    pub v2_algorithms: Vec<AeadAlgorithm>,
 }
 
 impl ClientOpts {
@@ -61,6 +68,8 @@ impl ClientOpts {
             timestamp: None,
             run_id: String::new(),
             heartbeat: None,
+            wire_v2: false,
+            v2_algorithms: vec![AeadAlgorithm::Aes256Gcm, AeadAlgorithm::XChaCha20Poly1305],
         }
     }
 }
@@ -91,20 +100,36 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// Reads v1 frames from a byte stream, optionally inside AES-CFB.
+/// Reads frames (v1, or v2 after the magic) from a byte stream, optionally
+/// inside the control channel's cipher.
 pub struct MsgStream<R> {
     inner: R,
     buf: Vec<u8>,
     cipher: Option<CfbStreamReader>,
+    aead: Option<(AeadReader, Vec<u8>)>,
+    v2: bool,
 }
 
 impl<R: Read> MsgStream<R> {
-    /// Plaintext reader.
+    /// Plaintext v1 reader.
     pub fn new(inner: R) -> Self {
         MsgStream {
             inner,
             buf: Vec::new(),
             cipher: None,
+            aead: None,
+            v2: false,
+        }
+    }
+
+    /// Plaintext v2 reader (the magic has been sent, not read).
+    pub fn new_v2(inner: R) -> Self {
+        MsgStream {
+            inner,
+            buf: Vec::new(),
+            cipher: None,
+            aead: None,
+            v2: true,
         }
     }
 
@@ -116,28 +141,73 @@ impl<R: Read> MsgStream<R> {
         self.cipher = Some(c);
     }
 
+    /// Switch to v2 AEAD records.
+    pub fn encrypt_aead(&mut self, alg: AeadAlgorithm, key: [u8; 32]) -> Result<(), ClientError> {
+        let r = AeadReader::new(alg, key).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let carry = std::mem::take(&mut self.buf);
+        self.aead = Some((r, Vec::new()));
+        self.absorb(&carry)
+    }
+
+    fn absorb(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        match (&mut self.cipher, &mut self.aead) {
+            (Some(c), _) => {
+                let mut d = data.to_vec();
+                let p = c.decrypt_in_place(&mut d);
+                self.buf.extend_from_slice(p);
+            }
+            (None, Some((r, carry))) => {
+                carry.extend_from_slice(data);
+                let used = r
+                    .open(carry, &mut self.buf)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                carry.drain(..used);
+            }
+            (None, None) => self.buf.extend_from_slice(data),
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self) -> Result<(), ClientError> {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = self.inner.read(&mut tmp)?;
+        if n == 0 {
+            return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.absorb(&tmp[..n])
+    }
+
+    /// Read one v2 frame of any type.
+    pub fn next_frame(&mut self) -> Result<(FrameType, Vec<u8>), ClientError> {
+        loop {
+            if let Some((ty, range, used)) = wire_v2::decode_frame(&self.buf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                let payload = self.buf[range].to_vec();
+                self.buf.drain(..used);
+                return Ok((ty, payload));
+            }
+            self.fill()?;
+        }
+    }
+
     /// Read one message.
     pub fn next_msg(&mut self) -> Result<Message, ClientError> {
-        let mut tmp = [0u8; 16 * 1024];
+        if self.v2 {
+            let (ty, payload) = self.next_frame()?;
+            if ty != FrameType::Message {
+                return Err(ClientError::Protocol(format!("unexpected v2 {ty:?} frame")));
+            }
+            return wire_v2::decode_message(&payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()));
+        }
         loop {
             match frame::decode(&self.buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
                 Some((m, used)) => {
                     self.buf.drain(..used);
                     return Ok(m);
                 }
-                None => {
-                    let n = self.inner.read(&mut tmp)?;
-                    if n == 0 {
-                        return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    match &mut self.cipher {
-                        Some(c) => {
-                            let p = c.decrypt_in_place(&mut tmp[..n]);
-                            self.buf.extend_from_slice(p);
-                        }
-                        None => self.buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
+                None => self.fill()?,
             }
         }
     }
@@ -150,7 +220,19 @@ impl<R: Read> MsgStream<R> {
 
 /// Read exactly one plaintext message and not a byte more, as frpc does on
 /// work connections (the payload that follows belongs to the relay).
-pub fn read_msg_exact(r: &mut dyn Read) -> Result<Message, ClientError> {
+pub fn read_msg_exact(r: &mut dyn Read, v2: bool) -> Result<Message, ClientError> {
+    let proto_err = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+    if v2 {
+        let mut head = [0u8; wire_v2::FRAME_HEADER_LEN];
+        r.read_exact(&mut head)?;
+        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if len > wire_v2::MAX_FRAME_PAYLOAD {
+            return Err(ClientError::Protocol(format!("bad v2 frame length {len}")));
+        }
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload)?;
+        return wire_v2::decode_message(&payload).map_err(|e| proto_err(&e));
+    }
     let mut head = [0u8; frame::HEADER_LEN];
     r.read_exact(&mut head)?;
     let len = i64::from_be_bytes(head[1..9].try_into().unwrap_or([0; 8]));
@@ -160,29 +242,46 @@ pub fn read_msg_exact(r: &mut dyn Read) -> Result<Message, ClientError> {
     let mut whole = head.to_vec();
     whole.resize(frame::HEADER_LEN + len as usize, 0);
     r.read_exact(&mut whole[frame::HEADER_LEN..])?;
-    match frame::decode(&whole).map_err(|e| ClientError::Protocol(e.to_string()))? {
+    match frame::decode(&whole).map_err(|e| proto_err(&e))? {
         Some((m, _)) => Ok(m),
         None => Err(ClientError::Protocol("short message".into())),
     }
 }
 
-fn write_msg(w: &mut dyn Write, msg: &Message) -> io::Result<()> {
+fn encode_msg(msg: &Message, v2: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    frame::encode(msg, &mut out);
-    w.write_all(&out)
+    if v2 {
+        let _ = wire_v2::encode_message(msg, &mut out);
+    } else {
+        frame::encode(msg, &mut out);
+    }
+    out
+}
+
+enum ControlCipher {
+    Cfb(CfbStreamWriter),
+    Aead(Box<AeadWriter>),
 }
 
 struct ControlWriter {
     w: BoxWrite,
-    cipher: CfbStreamWriter,
+    cipher: ControlCipher,
 }
 
 impl ControlWriter {
     fn send(&mut self, msg: &Message) -> io::Result<()> {
-        let mut plain = Vec::with_capacity(256);
-        frame::encode(msg, &mut plain);
-        let mut out = Vec::with_capacity(plain.len() + 16);
-        self.cipher.encrypt_into(&plain, &mut out);
+        let mut out = Vec::with_capacity(256);
+        match &mut self.cipher {
+            ControlCipher::Cfb(c) => c.encrypt_into(&encode_msg(msg, false), &mut out),
+            ControlCipher::Aead(a) => {
+                // Like Go: header and payload are two writes, two records.
+                let plain = encode_msg(msg, true);
+                let (h, b) = plain.split_at(wire_v2::FRAME_HEADER_LEN.min(plain.len()));
+                a.seal(h, &mut out)
+                    .and_then(|_| a.seal(b, &mut out))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+        }
         self.w.write_all(&out)
     }
 }
@@ -257,8 +356,50 @@ impl Client {
             pool_count: opts.pool_count,
             ..Default::default()
         };
-        write_msg(&mut w, &Message::Login(login))?;
-        let mut ms = MsgStream::new(&mut r);
+        let v2 = opts.wire_v2;
+        let mut hello_payload = Vec::new();
+        let mut first = Vec::new();
+        if v2 {
+            let random = wire_v2::random_bytes::<{ wire_v2::RANDOM_LEN }>()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let boot = BootstrapInfo {
+                transport: "tcp".into(),
+                tls: opts.tls,
+                tcp_mux: opts.mux,
+            };
+            let hello = ClientHello::new(boot, &opts.v2_algorithms, random);
+            hello_payload = hello.to_payload();
+            first.extend_from_slice(&wire_v2::MAGIC);
+            wire_v2::encode_frame(FrameType::ClientHello, &hello_payload, &mut first)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        }
+        first.extend_from_slice(&encode_msg(&Message::Login(login), v2));
+        w.write_all(&first)?;
+        let mut ms = if v2 {
+            MsgStream::new_v2(&mut r)
+        } else {
+            MsgStream::new(&mut r)
+        };
+        let mut v2_keys = None;
+        if v2 {
+            let (ty, server_payload) = ms.next_frame()?;
+            if ty != FrameType::ServerHello {
+                return Err(ClientError::Protocol(format!(
+                    "expected ServerHello, got {ty:?}"
+                )));
+            }
+            let server = ServerHello::parse(&server_payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let client = ClientHello::parse(&hello_payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            match wire_v2::check_server_hello(&client, &server) {
+                Ok(alg) => {
+                    let t = wire_v2::transcript_hash(&hello_payload, &server_payload);
+                    v2_keys = Some((alg, wire_v2::derive_keys(opts.token.as_bytes(), &t, alg)));
+                }
+                Err(e) => return Err(ClientError::Refused(e.to_string())),
+            }
+        }
         let resp = match ms.next_msg()? {
             Message::LoginResp(r) => r,
             other => {
@@ -276,15 +417,19 @@ impl Client {
         }
         let key = proto::cfb::derive_key(opts.token.as_bytes());
         let (pending, _) = ms.into_parts();
+        let cipher = match &v2_keys {
+            Some((alg, keys)) => ControlCipher::Aead(Box::new(
+                AeadWriter::new(*alg, keys.c2s)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            )),
+            None => ControlCipher::Cfb(CfbStreamWriter::new(key)),
+        };
         let inner = Arc::new(Inner {
             run_id: resp.run_id,
             key,
             dial,
             mux,
-            ctl: Mutex::new(ControlWriter {
-                w,
-                cipher: CfbStreamWriter::new(key),
-            }),
+            ctl: Mutex::new(ControlWriter { w, cipher }),
             proxies: Mutex::new(HashMap::new()),
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
@@ -302,8 +447,19 @@ impl Client {
                     inner: r,
                     buf: pending,
                     cipher: None,
+                    aead: None,
+                    v2,
                 };
-                ms.encrypt(rd.key);
+                match &v2_keys {
+                    Some((alg, keys)) => {
+                        if ms.encrypt_aead(*alg, keys.s2c).is_err() {
+                            rd.closed.store(true, Ordering::Release);
+                            rd.resp_cond.notify_all();
+                            return;
+                        }
+                    }
+                    None => ms.encrypt(rd.key),
+                }
                 while let Ok(msg) = ms.next_msg() {
                     match msg {
                         Message::ReqWorkConn(_) => {
@@ -466,14 +622,18 @@ fn work_conn(c: Arc<Inner>) {
     let _ = (|| -> Result<(), ClientError> {
         let (mut r, mut w) = c.open_conn()?;
         c.work_conns.fetch_add(1, Ordering::Relaxed);
-        write_msg(
-            &mut w,
-            &Message::NewWorkConn(NewWorkConn {
-                run_id: c.run_id.clone(),
-                ..Default::default()
-            }),
-        )?;
-        let start = match read_msg_exact(&mut r)? {
+        let v2 = c.opts.wire_v2;
+        let mut hello = Vec::new();
+        if v2 {
+            hello.extend_from_slice(&wire_v2::MAGIC);
+        }
+        let nwc = Message::NewWorkConn(NewWorkConn {
+            run_id: c.run_id.clone(),
+            ..Default::default()
+        });
+        hello.extend_from_slice(&encode_msg(&nwc, v2));
+        w.write_all(&hello)?;
+        let start = match read_msg_exact(&mut r, v2)? {
             Message::StartWorkConn(s) => s,
             other => {
                 return Err(ClientError::Protocol(format!(
