@@ -227,7 +227,10 @@ async fn write_loop(conn: Rc<MuxConn>, mut writer: ConnWriter) {
         })
         .await;
         let Some(out) = out else { break };
-        let (r, _) = writer.write_all(out.to_vec()).await;
+        // The session's outbound buffer goes to the socket as it is; once
+        // written and dropped, the session's next split reuses the memory.
+        let (r, out) = writer.write_all(out).await;
+        drop(out);
         for w in conn.drain_wakers.borrow_mut().drain(..) {
             w.wake();
         }
