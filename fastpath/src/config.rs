@@ -131,6 +131,9 @@ pub struct FastpathConfig {
     pub relay_buffer: usize,
     /// Use splice(2) for plain relays where the path allows.
     pub splice: bool,
+    /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
+    /// "io_uring" or "epoll".
+    pub driver: String,
 }
 
 impl Default for Config {
@@ -193,6 +196,7 @@ impl Default for FastpathConfig {
             yamux_window: 16 * 1024 * 1024,
             relay_buffer: 64 * 1024,
             splice: true,
+            driver: "auto".into(),
         }
     }
 }
@@ -330,6 +334,12 @@ impl Config {
             return Err(invalid(
                 "fastpath.yamuxWindow",
                 "must be between 262144 and 1073741824 bytes",
+            ));
+        }
+        if !matches!(fp.driver.as_str(), "auto" | "io_uring" | "epoll") {
+            return Err(invalid(
+                "fastpath.driver",
+                format!("{:?} is not one of auto, io_uring, epoll", fp.driver),
             ));
         }
         if fp.relay_buffer < 4096 || fp.relay_buffer > 16 << 20 {

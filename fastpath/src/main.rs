@@ -35,7 +35,9 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_target(false);
     if cfg.log.to == "console" || cfg.log.to.is_empty() {
-        builder.with_writer(std::io::stderr).init();
+        let color =
+            !cfg.log.disable_print_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder.with_ansi(color).with_writer(std::io::stderr).init();
     } else {
         let f = std::fs::OpenOptions::new()
             .create(true)

@@ -65,50 +65,63 @@ pub fn run(
     listener: std::net::TcpListener,
     inbox: flume::Receiver<WorkerMsg>,
 ) {
-    let uring = monoio::utils::detect_uring();
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(4096)
-        .build()
-    {
-        Ok(rt) => rt,
+    let uring = match shared.config.fastpath.driver.as_str() {
+        "epoll" => false,
+        "io_uring" => true,
+        _ => monoio::utils::detect_uring(),
+    };
+    let name = if uring { "io_uring" } else { "epoll" };
+    let main = serve(id, shared, listener, inbox, name);
+    let started = if uring {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build()
+            .map(|mut rt| rt.block_on(main))
+    } else {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main))
+    };
+    if let Err(e) = started {
+        tracing::error!(worker = id, driver = name, error = %e, "cannot start worker runtime");
+    }
+    tracing::debug!(worker = id, "worker stopped");
+}
+
+async fn serve(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    inbox: flume::Receiver<WorkerMsg>,
+    driver: &'static str,
+) {
+    tracing::info!(worker = id, driver, "worker started");
+    let ctx = Rc::new(WorkerCtx {
+        id,
+        shared,
+        controls: RefCell::new(HashMap::new()),
+        next_control: Cell::new(0),
+    });
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
         Err(e) => {
-            tracing::error!(worker = id, error = %e, "cannot start worker runtime");
+            tracing::error!(worker = id, error = %e, "cannot register bind listener");
             return;
         }
     };
-    tracing::info!(
-        worker = id,
-        driver = if uring { "io_uring" } else { "epoll" },
-        "worker started"
-    );
-    rt.block_on(async move {
-        let ctx = Rc::new(WorkerCtx {
-            id,
-            shared,
-            controls: RefCell::new(HashMap::new()),
-            next_control: Cell::new(0),
-        });
-        let listener = match TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(worker = id, error = %e, "cannot register bind listener");
-                return;
-            }
-        };
-        let canceller = monoio::io::Canceller::new();
-        let accept_task = monoio::spawn(accept_loop(ctx.clone(), listener, canceller.handle()));
-        inbox_loop(ctx.clone(), inbox).await;
-        // Stop: no new connections, close every session we own.
-        let _ = canceller.cancel();
-        let _ = accept_task.await;
-        let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
-        for c in controls {
-            c.close("server shutting down");
-        }
-        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-    });
-    tracing::debug!(worker = id, "worker stopped");
+    let canceller = monoio::io::Canceller::new();
+    let accept_task = monoio::spawn(accept_loop(ctx.clone(), listener, canceller.handle()));
+    inbox_loop(ctx.clone(), inbox).await;
+    // Stop: no new connections, close every session we own.
+    let _ = canceller.cancel();
+    let _ = accept_task.await;
+    let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
+    for c in controls {
+        c.close("server shutting down");
+    }
+    monoio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, cancel: monoio::io::CancelHandle) {

@@ -20,20 +20,30 @@ fn help_and_version() {
     let out = Command::new(bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("--config") && text.contains("--workers"), "{text}");
+    assert!(
+        text.contains("--config") && text.contains("--workers"),
+        "{text}"
+    );
     let out = Command::new(bin()).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
 fn run_with(config: &str) -> (Option<i32>, String) {
-    let dir = std::env::temp_dir().join(format!("totoro-cli-{}-{}", std::process::id(), config.len()));
+    let dir = std::env::temp_dir().join(format!(
+        "totoro-cli-{}-{}",
+        std::process::id(),
+        config.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(bin()).arg("-c").arg(&path).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -43,14 +53,20 @@ fn invalid_values_exit_2_naming_the_key() {
         ("bindAddr = \"not-an-ip\"", "bindAddr"),
         ("auth.method = \"oidc\"", "auth.method"),
         ("allowPorts = [{ start = 10, end = 1 }]", "allowPorts"),
-        ("transport.heartbeatTimeout = 0", "transport.heartbeatTimeout"),
+        (
+            "transport.heartbeatTimeout = 0",
+            "transport.heartbeatTimeout",
+        ),
         ("log.level = \"chatty\"", "log.level"),
         ("[fastpath]\nworkers = 5000", "fastpath.workers"),
         ("bindPort = \"seven\"", "bindPort"),
     ] {
         let (code, err) = run_with(cfg);
         assert_eq!(code, Some(2), "{cfg}: {err}");
-        assert!(err.contains(key), "{cfg}: message does not name {key}: {err}");
+        assert!(
+            err.contains(key),
+            "{cfg}: message does not name {key}: {err}"
+        );
     }
     let (code, err) = run_with("this is = = not toml");
     assert_eq!(code, Some(2), "{err}");
@@ -59,7 +75,9 @@ fn invalid_values_exit_2_naming_the_key() {
 #[test]
 fn unknown_keys_are_warned_about() {
     let fp = Fastpath::start("webServer.port = 7500\nnoSuchKey = true", 1);
-    assert!(fp.daemon.wait_log("unknown config keys", Duration::from_secs(5)));
+    assert!(fp
+        .daemon
+        .wait_log("unknown config keys", Duration::from_secs(5)));
     assert!(fp.daemon.log().iter().any(|l| l.contains("noSuchKey")));
 }
 
@@ -74,5 +92,9 @@ fn pool_is_capped_by_max_pool_count() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.work_conns(), 3, "frpc asked for 50; the server must request only maxPoolCount");
+    assert_eq!(
+        c.work_conns(),
+        3,
+        "frpc asked for 50; the server must request only maxPoolCount"
+    );
 }

@@ -404,3 +404,25 @@ fn heartbeat_timeout_closes_silent_sessions() {
     assert!(c2.pongs() > 0);
     assert!(!c2.is_closed());
 }
+
+#[test]
+fn epoll_driver_serves_too() {
+    let fp = Fastpath::start("fastpath.driver = \"epoll\"", 0);
+    assert!(
+        fp.daemon
+            .wait_log("driver=\"epoll\"", Duration::from_secs(5))
+            || fp.daemon.wait_log("driver=epoll", Duration::from_secs(1))
+    );
+    let echo = Backend::echo().unwrap();
+    for (mux, tls) in [(true, true), (false, false)] {
+        let mut o = fp.opts();
+        o.mux = mux;
+        o.tls = tls;
+        let c = Client::login(o).unwrap();
+        for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
+            let port = tcp_proxy(&c, &format!("e{mux}{i}"), 0, echo.addr(), enc, comp);
+            let (a, b) = echo_integrity(port, 8 << 20, 21 + i as u64);
+            assert_eq!(a, b, "epoll mux={mux} tls={tls} enc={enc}");
+        }
+    }
+}

@@ -30,7 +30,7 @@ impl Fastpath {
         let cfg = dir.join("fastpath.toml");
         std::fs::write(
             &cfg,
-            format!("bindAddr = \"127.0.0.1\"\nbindPort = {port}\nauth.token = \"{TOKEN}\"\nlog.level = \"debug\"\n{extra}\n[fastpath]\nworkers = {workers}\n"),
+            format!("bindAddr = \"127.0.0.1\"\nbindPort = {port}\nauth.token = \"{TOKEN}\"\nlog.level = \"debug\"\n{extra}\nfastpath.workers = {workers}\n"),
         )
         .unwrap();
         let stats = dir.join("stats.json");
