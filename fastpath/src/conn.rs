@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use monoio::buf::IoBuf;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
@@ -22,6 +22,25 @@ fn init_slice<B: IoBuf>(buf: &B) -> &[u8] {
     // SAFETY: IoBuf guarantees read_ptr..read_ptr+bytes_init is initialized
     // and lives as long as `buf`.
     unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+}
+
+/// Read into the spare capacity of `buf`, keeping what it holds.
+///
+/// monoio's own `read` on a `Vec` fills it from the start and sets its
+/// length to what was read; every reader here appends instead (the TLS and
+/// yamux readers do so naturally), so callers can accumulate partial frames.
+async fn read_append<R: AsyncReadRent>(
+    r: &mut R,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    if buf.capacity() - len < 1024 {
+        // An empty slice would read 0 bytes, indistinguishable from EOF.
+        buf.reserve(16 * 1024);
+    }
+    let cap = buf.capacity();
+    let (r, slice) = r.read(buf.slice_mut(len..cap)).await;
+    (r, slice.into_inner())
 }
 
 /// A byte stream, not yet split.
@@ -47,7 +66,7 @@ impl Conn {
     /// Append received bytes to `buf` (into its spare capacity); 0 is EOF.
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            Conn::Tcp(s) => s.read(buf).await,
+            Conn::Tcp(s) => read_append(s, buf).await,
             Conn::Tls(s) => s.read(buf).await,
             Conn::Mux(s) => s.read(buf).await,
         }
@@ -106,7 +125,7 @@ impl ConnReader {
     /// Append received bytes to `buf`; 0 is EOF.
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            ConnReader::Tcp(s, _) => s.read(buf).await,
+            ConnReader::Tcp(s, _) => read_append(s, buf).await,
             ConnReader::Tls(s, _) => s.read(buf).await,
             ConnReader::Mux(s) => s.read(buf).await,
         }

@@ -67,20 +67,42 @@ fn split_control(s2c: &[u8]) -> (Message, Vec<u8>) {
     (resp, plain)
 }
 
+/// Write `data` in pieces of `chunk` bytes with a pause between them, so
+/// that frames straddle the server's reads (0: all at once).
+fn write_in_pieces(s: &mut TcpStream, data: &[u8], chunk: usize) {
+    if chunk == 0 {
+        return s.write_all(data).unwrap();
+    }
+    s.set_nodelay(true).unwrap();
+    for piece in data.chunks(chunk) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
 #[test]
 fn nomux_capture_replays() {
+    nomux_replay(0);
+}
+
+#[test]
+fn nomux_capture_replays_in_small_pieces() {
+    nomux_replay(7);
+}
+
+fn nomux_replay(chunk: usize) {
     let _port = PORT_16000.lock().unwrap_or_else(|e| e.into_inner());
     let fp = Fastpath::start("", 2);
     let c2s = vector("nomux.tcp0.c2s.hex");
     let split = login_len(&c2s);
     let mut s = connect(&fp);
     // frpc waits for LoginResp before anything else; do the same.
-    s.write_all(&c2s[..split]).unwrap();
+    write_in_pieces(&mut s, &c2s[..split], chunk);
     let mut got = Vec::new();
     read_until(&mut s, &mut got, |b| {
         matches!(frame::decode(b), Ok(Some(_)))
     });
-    s.write_all(&c2s[split..]).unwrap();
+    write_in_pieces(&mut s, &c2s[split..], chunk);
     read_until(&mut s, &mut got, |b| {
         let (_, plain) = split_control(b);
         messages(&plain)
