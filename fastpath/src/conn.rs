@@ -131,6 +131,35 @@ impl ConnReader {
         }
     }
 
+    /// Append received bytes to a `BytesMut` (the yamux driver's input).
+    /// Plain TCP reads straight into it; the others go through `scratch`.
+    pub async fn read_bytes(
+        &mut self,
+        mut buf: bytes::BytesMut,
+        scratch: Vec<u8>,
+    ) -> (io::Result<usize>, bytes::BytesMut, Vec<u8>) {
+        match self {
+            ConnReader::Tcp(s, _) => {
+                let len = buf.len();
+                if buf.capacity() - len < 16 * 1024 {
+                    buf.reserve(256 * 1024);
+                }
+                let cap = buf.capacity();
+                let (r, slice) = s.read(buf.slice_mut(len..cap)).await;
+                (r, slice.into_inner(), scratch)
+            }
+            other => {
+                let mut scratch = scratch;
+                scratch.clear();
+                let (r, scratch) = other.read(scratch).await;
+                if matches!(r, Ok(n) if n > 0) {
+                    buf.extend_from_slice(&scratch);
+                }
+                (r, buf, scratch)
+            }
+        }
+    }
+
     /// The socket descriptor underneath (-1 for yamux streams).
     pub fn raw_fd(&self) -> i32 {
         match self {

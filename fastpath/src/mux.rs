@@ -179,8 +179,9 @@ async fn read_loop(
     pending: Vec<u8>,
     on_stream: impl Fn(MuxStream),
 ) {
-    let mut input = BytesMut::from(&pending[..]);
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut input = BytesMut::with_capacity(256 * 1024);
+    input.extend_from_slice(&pending);
+    let mut scratch = Vec::with_capacity(64 * 1024);
     let reason: String = loop {
         if !input.is_empty() {
             let r = conn
@@ -198,12 +199,12 @@ async fn read_loop(
         if conn.closed.get() {
             break "closed".into();
         }
-        buf.clear();
-        let (r, b) = reader.read(buf).await;
-        buf = b;
+        let (r, i, s) = reader.read_bytes(input, scratch).await;
+        input = i;
+        scratch = s;
         match r {
             Ok(0) => break "peer closed the connection".into(),
-            Ok(_) => input.extend_from_slice(&buf),
+            Ok(_) => {}
             Err(e) => break format!("read error: {e}"),
         }
     };
@@ -469,6 +470,47 @@ pub struct MuxReader {
 }
 
 impl MuxReader {
+    /// Take the next received chunk as it arrived, without copying; `None`
+    /// means the peer half-closed. The credit goes back to the peer at once:
+    /// the caller holds at most this one chunk.
+    pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        let conn = &self.conn;
+        let id = self.id;
+        poll_fn(|cx| {
+            let mut slots = conn.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(&id) else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "stream gone",
+                )));
+            };
+            if let Some(chunk) = slot.recv.pop_front() {
+                drop(slots);
+                conn.session.borrow_mut().consumed(id, chunk.len());
+                conn.kick_writer();
+                return Poll::Ready(Ok(Some(chunk)));
+            }
+            if slot.reset {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                )));
+            }
+            if slot.fin {
+                return Poll::Ready(Ok(None));
+            }
+            if conn.closed.get() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "yamux session closed",
+                )));
+            }
+            slot.read_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Append received bytes to `buf`; 0 means the peer half-closed.
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         read_stream(&self.conn, self.id, buf).await

@@ -61,6 +61,22 @@ pub async fn run(ctx: &WorkerCtx, user: TcpStream, work: Conn, opts: RelayOpts) 
     }
     let (ur, uw) = Conn::Tcp(user).into_split();
     let (wr, ww) = work.into_split();
+    if opts.plain() {
+        if let ConnReader::Mux(mr) = wr {
+            // yamux → user without a copy: received chunks go out as they are.
+            let up = pump(
+                ur,
+                ww,
+                Transform::None,
+                &stats.bytes_in,
+                &aborters,
+                opts.buffer,
+            );
+            let down = mux_pump(mr, uw, &stats.bytes_out, &aborters);
+            monoio::join!(up, down);
+            return;
+        }
+    }
     let up_t = Transform::encoder(&opts);
     let down_t = Transform::decoder(&opts);
     let up = pump(ur, ww, up_t, &stats.bytes_in, &aborters, opts.buffer);
@@ -107,6 +123,26 @@ async fn splice_pump(
         Ok(()) => {
             let _ = dst.shutdown().await;
         }
+        Err(_) => abort_all(aborters),
+    }
+}
+
+async fn mux_pump(
+    mut r: crate::mux::MuxReader,
+    mut w: ConnWriter,
+    counter: &AtomicU64,
+    aborters: &[Aborter; 2],
+) {
+    let result: io::Result<()> = async {
+        while let Some(chunk) = r.read_chunk().await? {
+            WorkerStats::bump(counter, chunk.len() as u64);
+            w.write_all(chunk).await.0?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => w.shutdown().await,
         Err(_) => abort_all(aborters),
     }
 }
