@@ -193,7 +193,7 @@ async fn identify(
                 proxy_name: v.proxy_name.clone(),
                 error: "visitor connections are not supported by this server yet".into(),
             });
-            let _ = msgio::write_plain(&mut conn, &resp, wire).await;
+            msgio::refuse(conn, &resp, wire).await;
             tracing::info!(%peer, proxy = %v.proxy_name, reason = "visitors not supported", "visitor connection refused");
         }
         other => {
@@ -247,14 +247,14 @@ async fn v2_first(
 /// Send a work connection to the worker that owns its session.
 async fn route_work_conn(
     ctx: &Rc<WorkerCtx>,
-    mut conn: Conn,
+    conn: Conn,
     pending: Vec<u8>,
     msg: NewWorkConn,
     wire: Wire,
     peer: SocketAddr,
 ) {
     let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
-        return refuse_work_conn(&mut conn, &msg.run_id, wire, peer).await;
+        return refuse_work_conn(conn, &msg.run_id, wire, peer).await;
     };
     // yamux streams always belong to the session that carries them, which
     // lives here; only separate connections can land on the wrong worker.
@@ -280,27 +280,27 @@ async fn route_work_conn(
     }
 }
 
-async fn refuse_work_conn(conn: &mut Conn, run_id: &str, wire: Wire, peer: SocketAddr) {
+async fn refuse_work_conn(conn: Conn, run_id: &str, wire: Wire, peer: SocketAddr) {
     let error = format!("no client control found for run id [{run_id}]");
     tracing::info!(%peer, reason = %error, "work connection refused");
     let resp = Message::StartWorkConn(StartWorkConn {
         error,
         ..Default::default()
     });
-    let _ = msgio::write_plain(conn, &resp, wire).await;
+    msgio::refuse(conn, &resp, wire).await;
 }
 
 /// Put a work connection into a local control's pool.
 pub async fn deliver_work_conn(
     ctx: &Rc<WorkerCtx>,
-    mut conn: Conn,
+    conn: Conn,
     pending: Vec<u8>,
     msg: NewWorkConn,
     wire: Wire,
     peer: SocketAddr,
 ) {
     let Some(control) = ctx.control(&msg.run_id) else {
-        refuse_work_conn(&mut conn, &msg.run_id, wire, peer).await;
+        refuse_work_conn(conn, &msg.run_id, wire, peer).await;
         return;
     };
     if let Err(reason) = control.check_work_conn_auth(&msg) {
@@ -309,7 +309,7 @@ pub async fn deliver_work_conn(
             error: reason,
             ..Default::default()
         });
-        let _ = msgio::write_plain(&mut conn, &resp, wire).await;
+        msgio::refuse(conn, &resp, wire).await;
         return;
     }
     if !pending.is_empty() {

@@ -84,6 +84,31 @@ impl Conn {
         }
     }
 
+    /// Send `last` (a refusal), half-close, and wait up to 2 s for the peer
+    /// to close its side before dropping the connection.
+    ///
+    /// Dropping a yamux stream the peer has not finished resets it, and Go's
+    /// yamux fails reads on a reset stream even when the refusal is already
+    /// buffered: frpc would report "connection reset" instead of our reason.
+    /// frps closes with FIN; so do we.
+    pub async fn finish(mut self, last: Vec<u8>) {
+        let _ = self.write_all(last).await;
+        let (mut r, mut w) = self.into_split();
+        w.shutdown().await;
+        let _ = monoio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut buf = Vec::with_capacity(1024);
+            loop {
+                buf.clear();
+                let (res, b) = r.read(buf).await;
+                buf = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Split into halves that can be used concurrently.
     pub fn into_split(self) -> (ConnReader, ConnWriter) {
         match self {

@@ -106,7 +106,7 @@ pub async fn run(
     let v2_keys = match keys {
         Some(Err(reason)) => {
             let out = refuse(&reason, &mut preface);
-            let _ = conn.write_all(out).await;
+            conn.finish(out).await;
             return;
         }
         Some(Ok(k)) => Some(k),
@@ -116,7 +116,7 @@ pub async fn run(
         let reason = "token in login doesn't match token from configuration";
         tracing::info!(%peer, user = %login.user, %reason, "login refused");
         let out = refuse(reason, &mut preface);
-        let _ = conn.write_all(out).await;
+        conn.finish(out).await;
         return;
     }
 

@@ -312,9 +312,10 @@ pub fn encode(msg: &Message, wire: Wire) -> Vec<u8> {
     out
 }
 
-/// Write one plaintext message to an unsplit connection.
-pub async fn write_plain(conn: &mut Conn, msg: &Message, wire: Wire) -> io::Result<()> {
-    conn.write_all(encode(msg, wire)).await.0
+/// Answer with one last plaintext message (a refusal) and close the
+/// connection in order; see [`Conn::finish`].
+pub async fn refuse(conn: Conn, msg: &Message, wire: Wire) {
+    conn.finish(encode(msg, wire)).await
 }
 
 // One per control channel; boxing the common (CFB) case would only add
