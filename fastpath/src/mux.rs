@@ -364,12 +364,15 @@ fn release(conn: &MuxConn, id: u32, abort: bool) {
     conn.kick_writer();
 }
 
-async fn read_stream(
+/// Take received data from a stream: `take` gets the queue when it is not
+/// empty and returns how many bytes it took (credit goes back to the peer).
+/// Ok(None) once the peer has half-closed and everything was taken.
+async fn recv_with<T>(
     conn: &Rc<MuxConn>,
     id: u32,
-    mut buf: Vec<u8>,
-) -> (io::Result<usize>, Vec<u8>) {
-    let r = poll_fn(|cx| {
+    mut take: impl FnMut(&mut VecDeque<Bytes>) -> (usize, T),
+) -> io::Result<Option<T>> {
+    poll_fn(|cx| {
         let mut slots = conn.slots.borrow_mut();
         let Some(slot) = slots.get_mut(&id) else {
             return Poll::Ready(Err(io::Error::new(
@@ -377,18 +380,12 @@ async fn read_stream(
                 "stream gone",
             )));
         };
-        if let Some(front) = slot.recv.front_mut() {
-            let want = (buf.capacity() - buf.len()).max(1);
-            let n = want.min(front.len());
-            buf.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                slot.recv.pop_front();
-            }
+        if !slot.recv.is_empty() {
+            let (n, out) = take(&mut slot.recv);
             drop(slots);
             conn.session.borrow_mut().consumed(id, n);
             conn.kick_writer();
-            return Poll::Ready(Ok(n));
+            return Poll::Ready(Ok(Some(out)));
         }
         if slot.reset {
             return Poll::Ready(Err(io::Error::new(
@@ -397,7 +394,7 @@ async fn read_stream(
             )));
         }
         if slot.fin {
-            return Poll::Ready(Ok(0));
+            return Poll::Ready(Ok(None));
         }
         if conn.closed.get() {
             return Poll::Ready(Err(io::Error::new(
@@ -408,8 +405,29 @@ async fn read_stream(
         slot.read_waker = Some(cx.waker().clone());
         Poll::Pending
     })
+    .await
+}
+
+/// Copy received bytes into the spare capacity of `buf`; 0 is EOF.
+async fn read_stream(
+    conn: &Rc<MuxConn>,
+    id: u32,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let r = recv_with(conn, id, |q| {
+        let Some(front) = q.front_mut() else {
+            return (0, 0);
+        };
+        let n = (buf.capacity() - buf.len()).max(1).min(front.len());
+        buf.extend_from_slice(&front[..n]);
+        front.advance(n);
+        if front.is_empty() {
+            q.pop_front();
+        }
+        (n, n)
+    })
     .await;
-    (r, buf)
+    (r.map(|n| n.unwrap_or(0)), buf)
 }
 
 async fn write_stream(conn: &Rc<MuxConn>, id: u32, mut data: &[u8]) -> io::Result<()> {
@@ -474,39 +492,9 @@ impl MuxReader {
     /// means the peer half-closed. The credit goes back to the peer at once:
     /// the caller holds at most this one chunk.
     pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let conn = &self.conn;
-        let id = self.id;
-        poll_fn(|cx| {
-            let mut slots = conn.slots.borrow_mut();
-            let Some(slot) = slots.get_mut(&id) else {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "stream gone",
-                )));
-            };
-            if let Some(chunk) = slot.recv.pop_front() {
-                drop(slots);
-                conn.session.borrow_mut().consumed(id, chunk.len());
-                conn.kick_writer();
-                return Poll::Ready(Ok(Some(chunk)));
-            }
-            if slot.reset {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "stream reset",
-                )));
-            }
-            if slot.fin {
-                return Poll::Ready(Ok(None));
-            }
-            if conn.closed.get() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "yamux session closed",
-                )));
-            }
-            slot.read_waker = Some(cx.waker().clone());
-            Poll::Pending
+        recv_with(&self.conn, self.id, |q| {
+            let chunk = q.pop_front().unwrap_or_default();
+            (chunk.len(), chunk)
         })
         .await
     }
