@@ -16,8 +16,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 
-use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::io::{AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use proto::cfb::{CfbStreamReader, CfbStreamWriter};
 use proto::snappy::{SnappyDecoder, SnappyEncoder};
@@ -51,10 +49,8 @@ pub async fn run(ctx: &WorkerCtx, user: TcpStream, work: Conn, opts: RelayOpts) 
     let aborters = [Aborter::Fd(user.as_raw_fd()), work.aborter()];
     if opts.splice && opts.plain() {
         if let Conn::Tcp(work) = work {
-            let (ur, uw) = user.into_split();
-            let (wr, ww) = work.into_split();
-            let up = splice_pump(ur, ww, &stats.bytes_in, &aborters);
-            let down = splice_pump(wr, uw, &stats.bytes_out, &aborters);
+            let up = splice_pump(&user, &work, &stats.bytes_in, &aborters);
+            let down = splice_pump(&work, &user, &stats.bytes_out, &aborters);
             monoio::join!(up, down);
             return;
         }
@@ -90,39 +86,112 @@ fn abort_all(aborters: &[Aborter; 2]) {
     }
 }
 
+/// A pipe for splice, closed on drop.
+struct Pipe([i32; 2]);
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A bigger pipe moves more per call; the kernel may refuse, which is fine.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
+        Ok(Pipe(fds))
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: closing descriptors we own, once.
+        unsafe {
+            libc::close(self.0[0]);
+            libc::close(self.0[1]);
+        }
+    }
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a live socket descriptor.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
+    // SAFETY: splice(2) between descriptors we own, no offsets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One direction of a zero-copy relay: socket → pipe → socket with
+/// nonblocking splice(2), waiting for readiness when a side would block.
+///
+/// Not io_uring's own splice op: measured on loopback, the ring punts
+/// socket splices to its worker threads, costing about twice the CPU per GB
+/// of a buffered copy. Readiness plus a direct syscall is what Go does.
 async fn splice_pump(
-    mut src: OwnedReadHalf<TcpStream>,
-    mut dst: OwnedWriteHalf<TcpStream>,
+    src: &TcpStream,
+    dst: &TcpStream,
     counter: &AtomicU64,
     aborters: &[Aborter; 2],
 ) {
+    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+    set_nonblocking(sfd);
+    set_nonblocking(dfd);
     let r: io::Result<()> = async {
-        // monoio does not expose the pipe's descriptor, so the pipe keeps
-        // its default 64 KiB capacity; ask for no more than that per splice.
-        let (mut pr, mut pw) = monoio::net::unix::new_pipe()?;
+        let pipe = Pipe::new()?;
         loop {
-            let mut n = src.splice_to_pipe(&mut pw, 1 << 16).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            WorkerStats::bump(counter, n as u64);
-            while n > 0 {
-                let m = dst.splice_from_pipe(&mut pr, n).await?;
-                if m == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "peer stopped accepting data",
-                    ));
+            let n = match splice(sfd, pipe.0[1], 1 << 20) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src.readable(false).await?;
+                    continue;
                 }
-                n -= m;
+                Err(e) => return Err(e),
+            };
+            WorkerStats::bump(counter, n as u64);
+            let mut left = n;
+            while left > 0 {
+                match splice(pipe.0[0], dfd, left) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "peer stopped accepting data",
+                        ))
+                    }
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
     .await;
     match r {
-        Ok(()) => {
-            let _ = dst.shutdown().await;
-        }
+        // SAFETY: half-close the write side of a socket we still own.
+        Ok(()) => unsafe {
+            libc::shutdown(dfd, libc::SHUT_WR);
+        },
         Err(_) => abort_all(aborters),
     }
 }
