@@ -99,7 +99,8 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key for `certFile`.
     pub key_file: String,
-    /// CA for client certificates (accepted, not yet enforced).
+    /// CA for client certificates. Not implemented yet: setting it is a
+    /// config error rather than a silently unenforced mTLS.
     pub trusted_ca_file: String,
 }
 
@@ -308,6 +309,12 @@ impl Config {
             }
         }
         let tls = &self.transport.tls;
+        if !tls.trusted_ca_file.is_empty() {
+            return Err(invalid(
+                "transport.tls.trustedCaFile",
+                "client certificate verification is not supported yet; remove the key (frps would require client certificates)",
+            ));
+        }
         if tls.cert_file.is_empty() != tls.key_file.is_empty() {
             return Err(invalid(
                 "transport.tls.certFile",
@@ -381,6 +388,12 @@ impl Config {
     /// yamux keepalive interval, if enabled.
     pub fn mux_keepalive(&self) -> Option<Duration> {
         let s = self.transport.tcp_mux_keepalive_interval;
+        (s > 0).then(|| Duration::from_secs(s as u64))
+    }
+
+    /// TCP keepalive idle time for accepted connections, if enabled.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        let s = self.transport.tcp_keepalive;
         (s > 0).then(|| Duration::from_secs(s as u64))
     }
 

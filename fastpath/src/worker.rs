@@ -132,6 +132,9 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, cancel: monoio::
                     break;
                 }
                 let _ = stream.set_nodelay(true);
+                if let Some(idle) = ctx.shared.config.tcp_keepalive() {
+                    let _ = stream.set_tcp_keepalive(Some(idle), None, None);
+                }
                 monoio::spawn(accept::serve(ctx.clone(), stream, peer));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => {

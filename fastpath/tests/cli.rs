@@ -60,6 +60,10 @@ fn invalid_values_exit_2_naming_the_key() {
         ("log.level = \"chatty\"", "log.level"),
         ("[fastpath]\nworkers = 5000", "fastpath.workers"),
         ("bindPort = \"seven\"", "bindPort"),
+        (
+            "transport.tls.trustedCaFile = \"/etc/ca.pem\"",
+            "transport.tls.trustedCaFile",
+        ),
     ] {
         let (code, err) = run_with(cfg);
         assert_eq!(code, Some(2), "{cfg}: {err}");
