@@ -281,10 +281,12 @@ impl MuxStream {
     pub fn into_split(self) -> (MuxReader, MuxWriter) {
         let conn = self.conn.clone();
         let id = self.id;
+        // Two halves will each hold a handle; `self` gives its own back when
+        // dropped here. (Counting one would let the first half to go take the
+        // stream away from the other, e.g. after a half-close.)
         if let Some(slot) = conn.slots.borrow_mut().get_mut(&id) {
-            slot.handles += 1;
+            slot.handles += 2;
         }
-        // `self` is dropped here, releasing its own handle count.
         drop(self);
         (
             MuxReader {
