@@ -157,7 +157,8 @@ impl ConnReader {
     }
 
     /// Append received bytes to a `BytesMut` (the yamux driver's input).
-    /// Plain TCP reads straight into it; the others go through `scratch`.
+    /// Plain TCP reads and TLS decrypts straight into it; anything else
+    /// goes through `scratch`.
     pub async fn read_bytes(
         &mut self,
         mut buf: bytes::BytesMut,
@@ -172,6 +173,10 @@ impl ConnReader {
                 let cap = buf.capacity();
                 let (r, slice) = s.read(buf.slice_mut(len..cap)).await;
                 (r, slice.into_inner(), scratch)
+            }
+            ConnReader::Tls(t, _) => {
+                let r = t.read_into(&mut buf).await;
+                (r, buf, scratch)
             }
             other => {
                 let mut scratch = scratch;

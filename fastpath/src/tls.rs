@@ -134,9 +134,9 @@ impl CipherIn {
 /// Copies straight out of rustls's own buffers (`BufRead`), so nothing is
 /// zeroed first: with a 64 KiB relay buffer and 16 KiB records, zeroing the
 /// spare room on every call was the hottest function of the TLS path.
-fn take_plain(conn: &mut ServerConnection, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<io::Result<usize>> {
     use std::io::BufRead;
-    let room = (buf.capacity() - buf.len()).max(16 * 1024);
+    let room = buf.room().max(16 * 1024);
     let mut reader = conn.reader();
     let mut got = 0;
     loop {
@@ -158,6 +158,32 @@ fn take_plain(conn: &mut ServerConnection, buf: &mut Vec<u8>) -> Option<io::Resu
         if got >= room {
             return Some(Ok(got));
         }
+    }
+}
+
+/// Where decrypted bytes go: a relay buffer or the yamux driver's input.
+pub trait PlainSink {
+    /// Bytes that fit without growing.
+    fn room(&self) -> usize;
+    /// Append.
+    fn extend_from_slice(&mut self, data: &[u8]);
+}
+
+impl PlainSink for Vec<u8> {
+    fn room(&self) -> usize {
+        self.capacity() - self.len()
+    }
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        Vec::extend_from_slice(self, data)
+    }
+}
+
+impl PlainSink for bytes::BytesMut {
+    fn room(&self) -> usize {
+        self.capacity() - self.len()
+    }
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        bytes::BytesMut::extend_from_slice(self, data)
     }
 }
 
@@ -313,25 +339,28 @@ pub struct TlsReader {
 impl TlsReader {
     /// Append decrypted bytes to `buf`; 0 means EOF.
     pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let r = self.read_into(&mut buf).await;
+        (r, buf)
+    }
+
+    /// Append decrypted bytes to any sink (the yamux driver reads straight
+    /// into its frame buffer this way, with no intermediate copy).
+    pub async fn read_into<S: PlainSink>(&mut self, buf: &mut S) -> io::Result<usize> {
         loop {
-            if let Some(r) = take_plain(&mut self.conn.borrow_mut(), &mut buf) {
-                return (r, buf);
+            if let Some(r) = take_plain(&mut self.conn.borrow_mut(), buf) {
+                return r;
             }
             if !self.cin.is_empty() {
                 // Anything rustls wants to say back (alerts, key updates)
                 // goes out with the writer's next flush.
-                if let Err(e) = self.cin.feed(&mut self.conn.borrow_mut()) {
-                    return (Err(e), buf);
-                }
+                self.cin.feed(&mut self.conn.borrow_mut())?;
                 continue;
             }
             let cbuf = self.cin.take_for_read();
             let (r, cbuf) = self.io.read(cbuf).await;
             self.cin.buf = cbuf;
-            match r {
-                Ok(0) => return (Ok(0), buf),
-                Ok(_) => {}
-                Err(e) => return (Err(e), buf),
+            if r? == 0 {
+                return Ok(0);
             }
         }
     }
