@@ -20,6 +20,15 @@ struct StreamState {
     data: VecDeque<Bytes>,
     fin: bool,
     reset: bool,
+    /// We sent FIN.
+    local_closed: bool,
+}
+
+impl StreamState {
+    /// Both sides are done and everything was read: the entry can go.
+    fn finished(&self) -> bool {
+        self.reset || (self.fin && self.local_closed && self.data.is_empty())
+    }
 }
 
 struct State {
@@ -214,12 +223,16 @@ impl Read for MuxStream {
                 return Ok(n);
             }
             if s.reset {
+                st.streams.remove(&self.id);
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "stream reset",
                 ));
             }
             if s.fin || closed {
+                if s.finished() {
+                    st.streams.remove(&self.id);
+                }
                 return Ok(0);
             }
             st = self.inner.cond.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -264,15 +277,23 @@ impl Write for MuxStream {
 
 impl WriteHalf for MuxStream {
     fn shutdown_write(&mut self) {
-        self.inner.lock().session.close_stream(self.id);
+        {
+            let mut st = self.inner.lock();
+            st.session.close_stream(self.id);
+            if let Some(s) = st.streams.get_mut(&self.id) {
+                s.local_closed = true;
+                if s.finished() {
+                    st.streams.remove(&self.id);
+                }
+            }
+        }
         let _ = self.inner.flush();
     }
     fn abort(&mut self) {
         self.inner.lock().session.reset_stream(self.id);
         let _ = self.inner.flush();
-        if let Some(s) = self.inner.lock().streams.get_mut(&self.id) {
-            s.reset = true;
-        }
+        // Readers of this stream see "gone" (EOF) from now on.
+        self.inner.lock().streams.remove(&self.id);
         self.inner.cond.notify_all();
     }
 }
