@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,17 +171,4 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// The fastpath binary built by cargo for this workspace.
-pub fn fastpath_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("FASTPATH_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut dir = std::env::current_exe().unwrap_or_default();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("fastpath")
 }

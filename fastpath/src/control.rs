@@ -132,6 +132,9 @@ pub async fn run(
         control_id: id,
     };
     if let Some(old) = shared.directory.insert_session(&run_id, me) {
+        // Same worker: close it now, before the new control takes its place
+        // in this worker's run_id map (a Kick arriving later would not find
+        // it there). Elsewhere: its owner closes it on the Kick.
         if old.worker == ctx.id {
             if let Some(c) = ctx.control_by_id(old.control_id) {
                 c.close("replaced by a new login with the same run_id");

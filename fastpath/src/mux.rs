@@ -311,11 +311,6 @@ impl MuxStream {
         let r = write_stream(&self.conn, self.id, &buf).await;
         (r, buf)
     }
-
-    /// Abort the stream (RST).
-    pub fn reset(&self) {
-        reset_stream(&self.conn, self.id);
-    }
 }
 
 impl Drop for MuxStream {
@@ -326,10 +321,6 @@ impl Drop for MuxStream {
 
 /// Abort a stream (RST) by id, waking whoever waits on it.
 pub fn abort_stream(conn: &MuxConn, id: u32) {
-    reset_stream(conn, id);
-}
-
-fn reset_stream(conn: &MuxConn, id: u32) {
     if let Some(slot) = conn.slots.borrow_mut().get_mut(&id) {
         slot.reset = true;
         wake(&mut slot.read_waker);
@@ -505,11 +496,6 @@ impl MuxReader {
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         read_stream(&self.conn, self.id, buf).await
     }
-
-    /// Abort the stream (RST), waking both halves.
-    pub fn reset(&self) {
-        reset_stream(&self.conn, self.id);
-    }
 }
 
 impl Drop for MuxReader {
@@ -538,11 +524,6 @@ impl MuxWriter {
             self.conn.session.borrow_mut().close_stream(self.id);
             self.conn.kick_writer();
         }
-    }
-
-    /// Abort the stream (RST), waking both halves.
-    pub fn reset(&self) {
-        reset_stream(&self.conn, self.id);
     }
 }
 

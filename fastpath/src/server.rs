@@ -90,11 +90,6 @@ impl Server {
         self.shared.stats.iter().map(|s| s.snapshot()).collect()
     }
 
-    /// The shared state (for the stats writer).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Stop accepting, close sessions, and wait for the workers, at most
     /// `limit`. Returns whether every worker finished in time.
     pub fn stop(self, limit: Duration) -> bool {
