@@ -226,7 +226,6 @@ enum Transform {
     Encode {
         snappy: Option<SnappyEncoder>,
         cipher: Option<CfbStreamWriter>,
-        tmp: Vec<u8>,
         out: Vec<u8>,
     },
     /// From frpc: decrypt, then decompress.
@@ -246,7 +245,6 @@ impl Transform {
         Transform::Encode {
             snappy: o.compression.then(SnappyEncoder::new),
             cipher: o.encryption_key.map(CfbStreamWriter::new),
-            tmp: Vec::new(),
             out: Vec::with_capacity(o.buffer + 64),
         }
     }
@@ -292,24 +290,30 @@ async fn pump(
                 Transform::Encode {
                     snappy,
                     cipher,
-                    tmp,
                     out,
                 } => {
                     WorkerStats::bump(counter, n as u64);
-                    let mut data: &[u8] = &buf;
+                    // Compress into `out`, or keep the read buffer; then
+                    // encrypt whichever holds the bytes in place.
+                    let compressed = snappy.is_some();
                     if let Some(s) = snappy {
-                        tmp.clear();
-                        s.encode(data, tmp);
-                        data = tmp;
+                        out.clear();
+                        s.encode(&buf, out);
                     }
-                    out.clear();
-                    match cipher {
-                        Some(c) => c.encrypt_into(data, out),
-                        None => out.extend_from_slice(data),
+                    let data = if compressed { &mut *out } else { &mut buf };
+                    if let Some(iv) = cipher.as_mut().and_then(|c| c.encrypt_in_place(data)) {
+                        // Once per connection: the IV goes ahead of the first bytes.
+                        w.write_all(iv.to_vec()).await.0?;
                     }
-                    let (res, o) = w.write_all(std::mem::take(out)).await;
-                    *out = o;
-                    res?;
+                    if compressed {
+                        let (res, o) = w.write_all(std::mem::take(out)).await;
+                        *out = o;
+                        res?;
+                    } else {
+                        let (res, b) = w.write_all(buf).await;
+                        buf = b;
+                        res?;
+                    }
                 }
                 Transform::Decode {
                     cipher,
