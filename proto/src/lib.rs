@@ -13,11 +13,14 @@
 //! - [`snappy`]: the snappy framing format frp uses for `useCompression`.
 //! - [`yamux`]: a yamux session state machine compatible with hashicorp/yamux.
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
+//! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
+//!   frpc: signing, key-id peek, signature check, expiry and node binding.
 
 pub mod auth;
 pub mod cfb;
 pub mod frame;
 pub mod msg;
 pub mod snappy;
+pub mod ticket;
 pub mod wire_v2;
 pub mod yamux;
