@@ -13,11 +13,19 @@
 //! - [`snappy`]: the snappy framing format frp uses for `useCompression`.
 //! - [`yamux`]: a yamux session state machine compatible with hashicorp/yamux.
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
+//! - [`policy`]: the policy table (node, invites, ticket keys) the slowpath
+//!   compiles and the fastpath reads in place, and the port/type set math.
+//! - [`events`]: typed data-plane events and their binary record form.
+//! - [`ring`]: the single-producer, single-consumer shared-memory ring that
+//!   carries event records from a fastpath worker to the slowpath.
 
 pub mod auth;
 pub mod cfb;
 pub mod frame;
+pub mod events;
 pub mod msg;
+pub mod policy;
+pub mod ring;
 pub mod snappy;
 pub mod wire_v2;
 pub mod yamux;
