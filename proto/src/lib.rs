@@ -15,11 +15,19 @@
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
 //! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
 //!   frpc: signing, key-id peek, signature check, expiry and node binding.
+//! - [`policy`]: the policy table (node, invites, ticket keys) the slowpath
+//!   compiles and the fastpath reads in place, and the port/type set math.
+//! - [`events`]: typed data-plane events and their binary record form.
+//! - [`ring`]: the single-producer, single-consumer shared-memory ring that
+//!   carries event records from a fastpath worker to the slowpath.
 
 pub mod auth;
 pub mod cfb;
 pub mod frame;
+pub mod events;
 pub mod msg;
+pub mod policy;
+pub mod ring;
 pub mod snappy;
 pub mod ticket;
 pub mod wire_v2;

@@ -1,0 +1,494 @@
+//! Typed events the data plane reports to the control plane, and their
+//! compact binary form (what goes through a [`crate::ring::Ring`]).
+//!
+//! Record: `ts_ms u64, worker u16, kind u8`, then the kind's fields in
+//! order. Strings are `u16 length + UTF-8`, an optional invite is `u8 flag`
+//! (+16 bytes), numbers are little-endian. New kinds get new numbers; a
+//! decoder meeting a kind it does not know says so instead of guessing.
+
+use crate::policy::InviteId;
+
+/// Something that happened on a worker that the control plane records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A frpc logged in.
+    SessionOpen {
+        /// frp run id.
+        run_id: String,
+        /// The invite whose ticket it used, if any.
+        invite: Option<InviteId>,
+        /// Login's `user`.
+        user: String,
+        /// frpc version.
+        version: String,
+        /// Client address.
+        peer: String,
+    },
+    /// A session ended.
+    SessionClose {
+        /// frp run id.
+        run_id: String,
+        /// The session's invite.
+        invite: Option<InviteId>,
+        /// Why it ended.
+        reason: String,
+    },
+    /// A proxy was registered.
+    ProxyRegistered {
+        /// Owning session.
+        run_id: String,
+        /// The session's invite.
+        invite: Option<InviteId>,
+        /// Proxy name.
+        proxy: String,
+        /// Proxy type.
+        proxy_type: String,
+        /// Public port.
+        remote_port: u16,
+    },
+    /// A proxy was refused.
+    ProxyRejected {
+        /// Owning session.
+        run_id: String,
+        /// The session's invite.
+        invite: Option<InviteId>,
+        /// Proxy name.
+        proxy: String,
+        /// Proxy type.
+        proxy_type: String,
+        /// Why.
+        reason: String,
+    },
+    /// A proxy went away.
+    ProxyClosed {
+        /// Owning session.
+        run_id: String,
+        /// The session's invite.
+        invite: Option<InviteId>,
+        /// Proxy name.
+        proxy: String,
+        /// Why.
+        reason: String,
+    },
+    /// A login was refused.
+    AuthFailed {
+        /// Client address.
+        peer: String,
+        /// The invite the ticket named, if it could be read.
+        invite: Option<InviteId>,
+        /// Why.
+        reason: String,
+    },
+    /// Bytes a proxy relayed since its previous sample.
+    Traffic {
+        /// Owning session.
+        run_id: String,
+        /// The session's invite.
+        invite: Option<InviteId>,
+        /// Proxy name.
+        proxy: String,
+        /// Bytes from visitors towards frpc.
+        bytes_in: u64,
+        /// Bytes from frpc towards visitors.
+        bytes_out: u64,
+    },
+}
+
+impl Event {
+    /// The audit name of this kind of event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::SessionOpen { .. } => "session.open",
+            Event::SessionClose { .. } => "session.close",
+            Event::ProxyRegistered { .. } => "proxy.registered",
+            Event::ProxyRejected { .. } => "proxy.rejected",
+            Event::ProxyClosed { .. } => "proxy.closed",
+            Event::AuthFailed { .. } => "auth.failed",
+            Event::Traffic { .. } => "proxy.traffic",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Event::SessionOpen { .. } => 1,
+            Event::SessionClose { .. } => 2,
+            Event::ProxyRegistered { .. } => 3,
+            Event::ProxyRejected { .. } => 4,
+            Event::ProxyClosed { .. } => 5,
+            Event::AuthFailed { .. } => 6,
+            Event::Traffic { .. } => 7,
+        }
+    }
+
+    /// The invite this event concerns, if any.
+    pub fn invite(&self) -> Option<InviteId> {
+        match self {
+            Event::SessionOpen { invite, .. }
+            | Event::SessionClose { invite, .. }
+            | Event::ProxyRegistered { invite, .. }
+            | Event::ProxyRejected { invite, .. }
+            | Event::ProxyClosed { invite, .. }
+            | Event::AuthFailed { invite, .. }
+            | Event::Traffic { invite, .. } => *invite,
+        }
+    }
+}
+
+/// An event with where and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Wall-clock time, ms since the epoch.
+    pub ts_ms: u64,
+    /// Worker that saw it.
+    pub worker: u16,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The record ended early.
+    #[error("event record truncated")]
+    Truncated,
+    /// A kind this build does not know.
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    /// A string that is not UTF-8.
+    #[error("event string is not UTF-8")]
+    Utf8,
+    /// An invite flag that is neither 0 nor 1.
+    #[error("bad invite flag in event")]
+    BadFlag,
+    /// Bytes after the last field.
+    #[error("trailing bytes after event")]
+    Trailing,
+}
+
+struct W<'a>(&'a mut Vec<u8>);
+
+impl W<'_> {
+    fn str(&mut self, s: &str) {
+        // Longer strings are cut at a char boundary: an event is a record,
+        // not a transport.
+        let mut end = s.len().min(u16::MAX as usize);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.extend_from_slice(&(end as u16).to_le_bytes());
+        self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    fn invite(&mut self, i: &Option<InviteId>) {
+        match i {
+            Some(id) => {
+                self.0.push(1);
+                self.0.extend_from_slice(&id.0);
+            }
+            None => self.0.push(0),
+        }
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl R<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], EventError> {
+        if self.0.len() < n {
+            return Err(EventError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, EventError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, EventError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Result<u64, EventError> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, EventError> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| EventError::Utf8)
+    }
+    fn invite(&mut self) -> Result<Option<InviteId>, EventError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let mut id = [0; 16];
+                id.copy_from_slice(self.take(16)?);
+                Ok(Some(InviteId(id)))
+            }
+            _ => Err(EventError::BadFlag),
+        }
+    }
+}
+
+impl EventRecord {
+    /// Append the binary form to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        w.u64(self.ts_ms);
+        w.0.extend_from_slice(&self.worker.to_le_bytes());
+        w.0.push(self.event.code());
+        match &self.event {
+            Event::SessionOpen {
+                run_id,
+                invite,
+                user,
+                version,
+                peer,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(user);
+                w.str(version);
+                w.str(peer);
+            }
+            Event::SessionClose {
+                run_id,
+                invite,
+                reason,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(reason);
+            }
+            Event::ProxyRegistered {
+                run_id,
+                invite,
+                proxy,
+                proxy_type,
+                remote_port,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(proxy);
+                w.str(proxy_type);
+                w.0.extend_from_slice(&remote_port.to_le_bytes());
+            }
+            Event::ProxyRejected {
+                run_id,
+                invite,
+                proxy,
+                proxy_type,
+                reason,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(proxy);
+                w.str(proxy_type);
+                w.str(reason);
+            }
+            Event::ProxyClosed {
+                run_id,
+                invite,
+                proxy,
+                reason,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(proxy);
+                w.str(reason);
+            }
+            Event::AuthFailed {
+                peer,
+                invite,
+                reason,
+            } => {
+                w.str(peer);
+                w.invite(invite);
+                w.str(reason);
+            }
+            Event::Traffic {
+                run_id,
+                invite,
+                proxy,
+                bytes_in,
+                bytes_out,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(proxy);
+                w.u64(*bytes_in);
+                w.u64(*bytes_out);
+            }
+        }
+    }
+
+    /// The binary form as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decode one record (the whole slice).
+    pub fn decode(bytes: &[u8]) -> Result<EventRecord, EventError> {
+        let mut r = R(bytes);
+        let ts_ms = r.u64()?;
+        let worker = r.u16()?;
+        let code = r.u8()?;
+        let event = match code {
+            1 => Event::SessionOpen {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                user: r.str()?,
+                version: r.str()?,
+                peer: r.str()?,
+            },
+            2 => Event::SessionClose {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                reason: r.str()?,
+            },
+            3 => Event::ProxyRegistered {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                proxy: r.str()?,
+                proxy_type: r.str()?,
+                remote_port: r.u16()?,
+            },
+            4 => Event::ProxyRejected {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                proxy: r.str()?,
+                proxy_type: r.str()?,
+                reason: r.str()?,
+            },
+            5 => Event::ProxyClosed {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                proxy: r.str()?,
+                reason: r.str()?,
+            },
+            6 => Event::AuthFailed {
+                peer: r.str()?,
+                invite: r.invite()?,
+                reason: r.str()?,
+            },
+            7 => Event::Traffic {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                proxy: r.str()?,
+                bytes_in: r.u64()?,
+                bytes_out: r.u64()?,
+            },
+            k => return Err(EventError::UnknownKind(k)),
+        };
+        if !r.0.is_empty() {
+            return Err(EventError::Trailing);
+        }
+        Ok(EventRecord {
+            ts_ms,
+            worker,
+            event,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Event> {
+        let inv = Some(InviteId::from_u128(42));
+        vec![
+            Event::SessionOpen {
+                run_id: "r1".into(),
+                invite: inv,
+                user: "u".into(),
+                version: "0.61.1".into(),
+                peer: "1.2.3.4:5".into(),
+            },
+            Event::SessionClose {
+                run_id: "r1".into(),
+                invite: None,
+                reason: "invite revoked".into(),
+            },
+            Event::ProxyRegistered {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "ssh".into(),
+                proxy_type: "tcp".into(),
+                remote_port: 10022,
+            },
+            Event::ProxyRejected {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "web".into(),
+                proxy_type: "http".into(),
+                reason: "proxy type http not allowed".into(),
+            },
+            Event::ProxyClosed {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "ssh".into(),
+                reason: "client closed it".into(),
+            },
+            Event::AuthFailed {
+                peer: "[::1]:9".into(),
+                invite: None,
+                reason: "ticket expired".into(),
+            },
+            Event::Traffic {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "ssh".into(),
+                bytes_in: 1 << 40,
+                bytes_out: 7,
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_kind_and_refuse_every_cut() {
+        for (i, event) in all().into_iter().enumerate() {
+            let rec = EventRecord {
+                ts_ms: 1_700_000_000_000 + i as u64,
+                worker: i as u16,
+                event,
+            };
+            let b = rec.to_bytes();
+            assert_eq!(EventRecord::decode(&b).unwrap(), rec);
+            for cut in 0..b.len() {
+                assert!(EventRecord::decode(&b[..cut]).is_err());
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert_eq!(EventRecord::decode(&longer), Err(EventError::Trailing));
+        }
+        let mut b = vec![0; 10];
+        b.push(99);
+        assert_eq!(EventRecord::decode(&b), Err(EventError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_a_char_boundary() {
+        let rec = EventRecord {
+            ts_ms: 0,
+            worker: 0,
+            event: Event::SessionClose {
+                run_id: "é".repeat(40_000),
+                invite: None,
+                reason: String::new(),
+            },
+        };
+        let back = EventRecord::decode(&rec.to_bytes()).unwrap();
+        match back.event {
+            Event::SessionClose { run_id, .. } => assert!(run_id.len() <= u16::MAX as usize),
+            _ => unreachable!(),
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! The policy table's binary layout: a builder ([`PolicySpec::encode`]) and
+//! a zero-copy reader ([`PolicyTable`]).
+//!
+//! The slowpath writes a table into a file in shared memory; the fastpath
+//! maps that file and reads it in place. So the layout is
+//! position-independent (offsets, never pointers), little-endian, and
+//! validated **once**, when a generation is mapped: after
+//! [`PolicyTable::parse`] succeeds every offset in the table is known to be
+//! in bounds, every string is UTF-8 and every sorted array is sorted, so the
+//! lookups on the login path are plain binary searches with no checks left
+//! to fail.
+//!
+//! ```text
+//! header (64 bytes)
+//!   0  magic "TOTOPOL\0"        8  version u32 (1)     12 header_len u32 (64)
+//!  16  generation u64          24  total_len u64      32 created_ms u64
+//!  40  section_count u32       44  reserved u32       48 checksum u64 (crc32c)
+//!  56  reserved [8]
+//! section directory: section_count x { kind u32, reserved u32, offset u64, len u64 }
+//! sections (8-byte aligned):
+//!   NODE    (1) one 48-byte record: node_id str, region str, flags u32 (bit 0
+//!               public), proxy_types u32, max_proxies_per_session u32, pad u32,
+//!               port_pool ports-ref, pad [8]
+//!   KEYS    (2) 48-byte records: kid str, pad [8], Ed25519 public key [32]
+//!   INVITES (3) 64-byte records sorted by id: id [16], flags u32 (bit 0
+//!               revoked), proxy_types u32, max_conns u32, max_proxies u32,
+//!               expires_ms u64, port_pool ports-ref, domain_suffix str, pad [8]
+//!   PORTS   (4) (lo u16, hi u16) pairs; a ports-ref is { first u32, count u32 }
+//!   STRINGS (5) UTF-8 bytes; a str is { offset u32, len u32 }
+//! ```
+//!
+//! The checksum is CRC-32C of the whole file with the checksum field read as
+//! zero. Section kinds this reader does not know are skipped, so later
+//! generations of the format can add sections (tenants, routes, mesh) without
+//! breaking older fastpaths.
+
+use std::fmt;
+
+use super::{InviteId, PortSet, ProxyTypes};
+
+/// First eight bytes of every table.
+pub const MAGIC: &[u8; 8] = b"TOTOPOL\0";
+/// Layout version this code writes and reads.
+pub const VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+const DIR_ENTRY: usize = 24;
+const NODE_REC: usize = 48;
+const KEY_REC: usize = 48;
+const INVITE_REC: usize = 64;
+const CHECKSUM_AT: usize = 48;
+
+const SEC_NODE: u32 = 1;
+const SEC_KEYS: u32 = 2;
+const SEC_INVITES: u32 = 3;
+const SEC_PORTS: u32 = 4;
+const SEC_STRINGS: u32 = 5;
+
+/// The node this table governs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePolicy {
+    /// Node id as the slowpath knows it (tickets are bound to it).
+    pub node_id: String,
+    /// Region label.
+    pub region: String,
+    /// Public nodes accept logins with the frp token alone; private nodes
+    /// require a ticket.
+    pub public: bool,
+    /// Ports any session on this node may use.
+    pub port_pool: PortSet,
+    /// Proxy types any session on this node may register.
+    pub proxy_types: ProxyTypes,
+    /// Cap on proxies per session without a ticket (0 = none).
+    pub max_proxies_per_session: u32,
+}
+
+/// One invite's limits, as the data plane enforces them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitePolicy {
+    /// Invite id (tickets name it).
+    pub id: InviteId,
+    /// Revoked invites refuse logins and end their live sessions.
+    pub revoked: bool,
+    /// When the invite stops resolving (ms since the epoch); informational
+    /// for the data plane, which goes by the ticket's own expiry.
+    pub expires_ms: u64,
+    /// Concurrent frpc sessions under this invite (0 = no cap).
+    pub max_conns: u32,
+    /// Proxies across all of the invite's sessions (0 = no cap).
+    pub max_proxies: u32,
+    /// Proxy types the invite may register.
+    pub proxy_types: ProxyTypes,
+    /// Ports the invite may use (a subset of the node's pool).
+    pub port_pool: PortSet,
+    /// Domain suffix for HTTP proxies (empty = none).
+    pub domain_suffix: String,
+}
+
+/// A ticket verification key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketKey {
+    /// Key id, the JWT header's `kid` (at most 64 bytes).
+    pub kid: String,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// Everything a table holds, in owned form: what the slowpath compiles its
+/// state into before encoding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// Monotonic generation number; the fastpath refuses a table that is not
+    /// newer than the one it runs on.
+    pub generation: u64,
+    /// When the table was compiled (ms since the epoch).
+    pub created_ms: u64,
+    /// The node.
+    pub node: NodePolicy,
+    /// Ticket verification keys.
+    pub keys: Vec<TicketKey>,
+    /// Invites (any order; the encoder sorts them).
+    pub invites: Vec<InvitePolicy>,
+}
+
+/// Why a table was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// Shorter than its header or its own total length.
+    #[error("table truncated: {0}")]
+    Truncated(&'static str),
+    /// Not a policy table.
+    #[error("not a policy table (bad magic)")]
+    BadMagic,
+    /// A layout version this build does not read.
+    #[error("unsupported table version {0}")]
+    Version(u32),
+    /// Bytes do not match the checksum.
+    #[error("table checksum mismatch")]
+    Checksum,
+    /// An offset, string or order that cannot hold.
+    #[error("corrupt table: {0}")]
+    Corrupt(&'static str),
+}
+
+struct Strings {
+    buf: Vec<u8>,
+}
+
+impl Strings {
+    fn add(&mut self, s: &str) -> (u32, u32) {
+        let off = self.buf.len() as u32;
+        self.buf.extend_from_slice(s.as_bytes());
+        (off, s.len() as u32)
+    }
+}
+
+fn put_ref(out: &mut Vec<u8>, r: (u32, u32)) {
+    out.extend_from_slice(&r.0.to_le_bytes());
+    out.extend_from_slice(&r.1.to_le_bytes());
+}
+
+fn add_ports(ports: &mut Vec<u8>, set: &PortSet) -> (u32, u32) {
+    let first = (ports.len() / 4) as u32;
+    for &(lo, hi) in set.ranges() {
+        ports.extend_from_slice(&lo.to_le_bytes());
+        ports.extend_from_slice(&hi.to_le_bytes());
+    }
+    (first, set.ranges().len() as u32)
+}
+
+impl PolicySpec {
+    /// Encode the table. Invites are sorted by id; duplicate ids keep the
+    /// last one given.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut strings = Strings { buf: Vec::new() };
+        let mut ports = Vec::new();
+
+        let mut node = Vec::with_capacity(NODE_REC);
+        put_ref(&mut node, strings.add(&self.node.node_id));
+        put_ref(&mut node, strings.add(&self.node.region));
+        node.extend_from_slice(&(self.node.public as u32).to_le_bytes());
+        node.extend_from_slice(&self.node.proxy_types.0.to_le_bytes());
+        node.extend_from_slice(&self.node.max_proxies_per_session.to_le_bytes());
+        node.extend_from_slice(&0u32.to_le_bytes());
+        put_ref(&mut node, add_ports(&mut ports, &self.node.port_pool));
+        node.extend_from_slice(&[0; 8]);
+
+        let mut keys = Vec::with_capacity(self.keys.len() * KEY_REC);
+        for k in &self.keys {
+            put_ref(&mut keys, strings.add(&k.kid));
+            keys.extend_from_slice(&[0; 8]);
+            keys.extend_from_slice(&k.public_key);
+        }
+
+        let mut sorted: Vec<&InvitePolicy> = self.invites.iter().collect();
+        sorted.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+        // Keep the last of equal ids: walk backwards, skip repeats.
+        let mut uniq: Vec<&InvitePolicy> = Vec::with_capacity(sorted.len());
+        for inv in sorted.into_iter().rev() {
+            if uniq.last().is_none_or(|l| l.id != inv.id) {
+                uniq.push(inv);
+            }
+        }
+        uniq.reverse();
+        let mut invites = Vec::with_capacity(uniq.len() * INVITE_REC);
+        for inv in uniq {
+            invites.extend_from_slice(&inv.id.0);
+            invites.extend_from_slice(&(inv.revoked as u32).to_le_bytes());
+            invites.extend_from_slice(&inv.proxy_types.0.to_le_bytes());
+            invites.extend_from_slice(&inv.max_conns.to_le_bytes());
+            invites.extend_from_slice(&inv.max_proxies.to_le_bytes());
+            invites.extend_from_slice(&inv.expires_ms.to_le_bytes());
+            put_ref(&mut invites, add_ports(&mut ports, &inv.port_pool));
+            put_ref(&mut invites, strings.add(&inv.domain_suffix));
+            invites.extend_from_slice(&[0; 8]);
+        }
+
+        let sections: [(u32, &[u8]); 5] = [
+            (SEC_NODE, &node),
+            (SEC_KEYS, &keys),
+            (SEC_INVITES, &invites),
+            (SEC_PORTS, &ports),
+            (SEC_STRINGS, &strings.buf),
+        ];
+        let mut out = vec![0u8; HEADER_LEN + DIR_ENTRY * sections.len()];
+        let mut dir = Vec::with_capacity(DIR_ENTRY * sections.len());
+        for (kind, body) in sections {
+            while out.len() % 8 != 0 {
+                out.push(0);
+            }
+            dir.extend_from_slice(&kind.to_le_bytes());
+            dir.extend_from_slice(&0u32.to_le_bytes());
+            dir.extend_from_slice(&(out.len() as u64).to_le_bytes());
+            dir.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            out.extend_from_slice(body);
+        }
+        out[HEADER_LEN..HEADER_LEN + dir.len()].copy_from_slice(&dir);
+        let total = out.len() as u64;
+        out[0..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        out[24..32].copy_from_slice(&total.to_le_bytes());
+        out[32..40].copy_from_slice(&self.created_ms.to_le_bytes());
+        out[40..44].copy_from_slice(&(sections.len() as u32).to_le_bytes());
+        let sum = checksum(&out) as u64;
+        out[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    let c = crc32c::crc32c(&bytes[..CHECKSUM_AT]);
+    let c = crc32c::crc32c_append(c, &[0; 8]);
+    crc32c::crc32c_append(c, &bytes[CHECKSUM_AT + 8..])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    let mut a = [0; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        a.copy_from_slice(s);
+    }
+    u16::from_le_bytes(a)
+}
+
+/// A validated table, read in place.
+#[derive(Clone, Copy)]
+pub struct PolicyTable<'a> {
+    bytes: &'a [u8],
+    node: &'a [u8],
+    keys: &'a [u8],
+    invites: &'a [u8],
+    ports: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl fmt::Debug for PolicyTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyTable")
+            .field("generation", &self.generation())
+            .field("node", &self.node().node_id())
+            .field("invites", &self.invite_count())
+            .finish()
+    }
+}
+
+impl<'a> PolicyTable<'a> {
+    /// Validate `bytes` as a table. Everything a lookup will touch is
+    /// checked here, once.
+    pub fn parse(bytes: &'a [u8]) -> Result<PolicyTable<'a>, TableError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(TableError::Truncated("shorter than the header"));
+        }
+        if &bytes[0..8] != MAGIC {
+            return Err(TableError::BadMagic);
+        }
+        let version = u32_at(bytes, 8);
+        if version != VERSION {
+            return Err(TableError::Version(version));
+        }
+        let header_len = u32_at(bytes, 12) as usize;
+        if header_len < HEADER_LEN {
+            return Err(TableError::Corrupt("header length"));
+        }
+        let total = u64_at(bytes, 24);
+        if total > bytes.len() as u64 {
+            return Err(TableError::Truncated("shorter than its stated length"));
+        }
+        let bytes = &bytes[..total as usize];
+        if header_len > bytes.len() {
+            return Err(TableError::Truncated("shorter than the header"));
+        }
+        if checksum(bytes) as u64 != u64_at(bytes, CHECKSUM_AT) {
+            return Err(TableError::Checksum);
+        }
+        let count = u32_at(bytes, 40) as usize;
+        let dir_end = count
+            .checked_mul(DIR_ENTRY)
+            .and_then(|d| d.checked_add(header_len))
+            .filter(|&e| e <= bytes.len())
+            .ok_or(TableError::Corrupt("section directory out of bounds"))?;
+        let mut found: [Option<&'a [u8]>; 6] = [None; 6];
+        for at in (header_len..dir_end).step_by(DIR_ENTRY) {
+            let kind = u32_at(bytes, at);
+            let off = u64_at(bytes, at + 8);
+            let len = u64_at(bytes, at + 16);
+            let end = off
+                .checked_add(len)
+                .filter(|&e| e <= bytes.len() as u64)
+                .ok_or(TableError::Corrupt("section out of bounds"))?;
+            if (off as usize) < dir_end {
+                return Err(TableError::Corrupt("section overlaps the header"));
+            }
+            if let Some(slot) = found.get_mut(kind as usize) {
+                if kind == 0 {
+                    continue;
+                }
+                if slot.is_some() {
+                    return Err(TableError::Corrupt("section appears twice"));
+                }
+                *slot = Some(&bytes[off as usize..end as usize]);
+            }
+        }
+        let need = |k: u32, what| found[k as usize].ok_or(TableError::Corrupt(what));
+        let t = PolicyTable {
+            bytes,
+            node: need(SEC_NODE, "no node section")?,
+            keys: need(SEC_KEYS, "no keys section")?,
+            invites: need(SEC_INVITES, "no invites section")?,
+            ports: need(SEC_PORTS, "no ports section")?,
+            strings: need(SEC_STRINGS, "no strings section")?,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    fn validate(&self) -> Result<(), TableError> {
+        if self.node.len() != NODE_REC {
+            return Err(TableError::Corrupt("node section size"));
+        }
+        if self.keys.len() % KEY_REC != 0 {
+            return Err(TableError::Corrupt("keys section size"));
+        }
+        if self.invites.len() % INVITE_REC != 0 {
+            return Err(TableError::Corrupt("invites section size"));
+        }
+        if self.ports.len() % 4 != 0 {
+            return Err(TableError::Corrupt("ports section size"));
+        }
+        self.check_str(self.node, 0)?;
+        self.check_str(self.node, 8)?;
+        self.check_ports(self.node, 32)?;
+        for rec in self.keys.chunks_exact(KEY_REC) {
+            self.check_str(rec, 0)?;
+        }
+        let mut prev: Option<&[u8]> = None;
+        for rec in self.invites.chunks_exact(INVITE_REC) {
+            let id = &rec[..16];
+            if prev.is_some_and(|p| p >= id) {
+                return Err(TableError::Corrupt("invites not sorted by id"));
+            }
+            prev = Some(id);
+            self.check_ports(rec, 40)?;
+            self.check_str(rec, 48)?;
+        }
+        Ok(())
+    }
+
+    fn check_str(&self, rec: &[u8], at: usize) -> Result<(), TableError> {
+        let (off, len) = (u32_at(rec, at) as usize, u32_at(rec, at + 4) as usize);
+        let s = self
+            .strings
+            .get(off..off.saturating_add(len))
+            .ok_or(TableError::Corrupt("string out of bounds"))?;
+        std::str::from_utf8(s).map_err(|_| TableError::Corrupt("string is not UTF-8"))?;
+        Ok(())
+    }
+
+    fn check_ports(&self, rec: &[u8], at: usize) -> Result<(), TableError> {
+        let set = self
+            .ports_raw(rec, at)
+            .ok_or(TableError::Corrupt("port set out of bounds"))?;
+        let mut prev_hi: Option<u16> = None;
+        for pair in set.chunks_exact(4) {
+            let (lo, hi) = (u16_at(pair, 0), u16_at(pair, 2));
+            if lo > hi || prev_hi.is_some_and(|p| p >= lo) {
+                return Err(TableError::Corrupt("port set not sorted"));
+            }
+            prev_hi = Some(hi);
+        }
+        Ok(())
+    }
+
+    fn ports_raw(&self, rec: &[u8], at: usize) -> Option<&'a [u8]> {
+        let first = (u32_at(rec, at) as usize).checked_mul(4)?;
+        let len = (u32_at(rec, at + 4) as usize).checked_mul(4)?;
+        self.ports.get(first..first.checked_add(len)?)
+    }
+
+    fn str_at(&self, rec: &[u8], at: usize) -> &'a str {
+        let (off, len) = (u32_at(rec, at) as usize, u32_at(rec, at + 4) as usize);
+        // Validated in parse(); the fallback is unreachable.
+        self.strings
+            .get(off..off + len)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("")
+    }
+
+    /// The generation number.
+    pub fn generation(&self) -> u64 {
+        u64_at(self.bytes, 16)
+    }
+
+    /// When the slowpath compiled it (ms since the epoch).
+    pub fn created_ms(&self) -> u64 {
+        u64_at(self.bytes, 32)
+    }
+
+    /// The table's bytes (as validated).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The node this table governs.
+    pub fn node(&self) -> NodeView<'a> {
+        NodeView {
+            node_id: self.str_at(self.node, 0),
+            region: self.str_at(self.node, 8),
+            flags: u32_at(self.node, 16),
+            proxy_types: ProxyTypes(u32_at(self.node, 20)),
+            max_proxies_per_session: u32_at(self.node, 24),
+            port_pool: PortsView(self.ports_raw(self.node, 32).unwrap_or(&[])),
+        }
+    }
+
+    /// The verification key with this `kid`.
+    pub fn ticket_key(&self, kid: &str) -> Option<[u8; 32]> {
+        self.keys.chunks_exact(KEY_REC).find_map(|rec| {
+            (self.str_at(rec, 0) == kid).then(|| {
+                let mut k = [0; 32];
+                k.copy_from_slice(&rec[16..48]);
+                k
+            })
+        })
+    }
+
+    /// Number of invites.
+    pub fn invite_count(&self) -> usize {
+        self.invites.len() / INVITE_REC
+    }
+
+    /// Look an invite up by id (binary search in place).
+    pub fn invite(&self, id: &InviteId) -> Option<InviteView<'a>> {
+        let n = self.invite_count();
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let rec = &self.invites[mid * INVITE_REC..(mid + 1) * INVITE_REC];
+            match rec[..16].cmp(&id.0[..]) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(self.invite_view(rec)),
+            }
+        }
+        None
+    }
+
+    /// Every invite, in id order.
+    pub fn invites(&self) -> impl Iterator<Item = InviteView<'a>> + '_ {
+        self.invites
+            .chunks_exact(INVITE_REC)
+            .map(move |rec| self.invite_view(rec))
+    }
+
+    fn invite_view(&self, rec: &'a [u8]) -> InviteView<'a> {
+        let mut id = [0; 16];
+        id.copy_from_slice(&rec[..16]);
+        InviteView {
+            id: InviteId(id),
+            flags: u32_at(rec, 16),
+            proxy_types: ProxyTypes(u32_at(rec, 20)),
+            max_conns: u32_at(rec, 24),
+            max_proxies: u32_at(rec, 28),
+            expires_ms: u64_at(rec, 32),
+            port_pool: PortsView(self.ports_raw(rec, 40).unwrap_or(&[])),
+            domain_suffix: self.str_at(rec, 48),
+        }
+    }
+}
+
+/// A port set inside a mapped table.
+#[derive(Debug, Clone, Copy)]
+pub struct PortsView<'a>(&'a [u8]);
+
+impl<'a> PortsView<'a> {
+    fn pair(&self, i: usize) -> (u16, u16) {
+        (u16_at(self.0, i * 4), u16_at(self.0, i * 4 + 2))
+    }
+
+    fn len_ranges(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// Whether `port` is in the set (binary search).
+    pub fn contains(&self, port: u16) -> bool {
+        let (mut lo, mut hi) = (0, self.len_ranges());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (a, b) = self.pair(mid);
+            if b < port {
+                lo = mid + 1;
+            } else if a > port {
+                hi = mid;
+            } else {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every port in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
+        let me = *self;
+        (0..me.len_ranges()).flat_map(move |i| {
+            let (lo, hi) = me.pair(i);
+            lo..=hi
+        })
+    }
+
+    /// An owned copy.
+    pub fn to_set(&self) -> PortSet {
+        PortSet::from_ranges((0..self.len_ranges()).map(|i| self.pair(i)).collect())
+    }
+}
+
+/// The node record of a mapped table.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    node_id: &'a str,
+    region: &'a str,
+    flags: u32,
+    proxy_types: ProxyTypes,
+    max_proxies_per_session: u32,
+    port_pool: PortsView<'a>,
+}
+
+impl<'a> NodeView<'a> {
+    /// Node id.
+    pub fn node_id(&self) -> &'a str {
+        self.node_id
+    }
+    /// Region label.
+    pub fn region(&self) -> &'a str {
+        self.region
+    }
+    /// Whether token-only logins are allowed.
+    pub fn public(&self) -> bool {
+        self.flags & 1 != 0
+    }
+    /// Proxy types allowed on the node.
+    pub fn proxy_types(&self) -> ProxyTypes {
+        self.proxy_types
+    }
+    /// Cap on proxies per ticketless session (0 = none).
+    pub fn max_proxies_per_session(&self) -> u32 {
+        self.max_proxies_per_session
+    }
+    /// The node's port pool.
+    pub fn port_pool(&self) -> PortsView<'a> {
+        self.port_pool
+    }
+}
+
+/// An invite record of a mapped table.
+#[derive(Debug, Clone, Copy)]
+pub struct InviteView<'a> {
+    id: InviteId,
+    flags: u32,
+    proxy_types: ProxyTypes,
+    max_conns: u32,
+    max_proxies: u32,
+    expires_ms: u64,
+    port_pool: PortsView<'a>,
+    domain_suffix: &'a str,
+}
+
+impl<'a> InviteView<'a> {
+    /// Invite id.
+    pub fn id(&self) -> InviteId {
+        self.id
+    }
+    /// Whether the invite was revoked.
+    pub fn revoked(&self) -> bool {
+        self.flags & 1 != 0
+    }
+    /// When the invite stops resolving (ms since the epoch).
+    pub fn expires_ms(&self) -> u64 {
+        self.expires_ms
+    }
+    /// Concurrent sessions allowed (0 = no cap).
+    pub fn max_conns(&self) -> u32 {
+        self.max_conns
+    }
+    /// Proxies allowed across the invite's sessions (0 = no cap).
+    pub fn max_proxies(&self) -> u32 {
+        self.max_proxies
+    }
+    /// Proxy types allowed.
+    pub fn proxy_types(&self) -> ProxyTypes {
+        self.proxy_types
+    }
+    /// Ports allowed.
+    pub fn port_pool(&self) -> PortsView<'a> {
+        self.port_pool
+    }
+    /// Domain suffix for HTTP proxies.
+    pub fn domain_suffix(&self) -> &'a str {
+        self.domain_suffix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n: usize) -> PolicySpec {
+        PolicySpec {
+            generation: 7,
+            created_ms: 1_700_000_000_000,
+            node: NodePolicy {
+                node_id: "node_1".into(),
+                region: "eu".into(),
+                public: false,
+                port_pool: PortSet::parse("10000-20000").unwrap(),
+                proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
+                max_proxies_per_session: 5,
+            },
+            keys: vec![TicketKey {
+                kid: "k1".into(),
+                public_key: [9; 32],
+            }],
+            invites: (0..n)
+                .map(|i| InvitePolicy {
+                    id: InviteId::from_u128(i as u128 * 7919 % 1_000_003),
+                    revoked: i % 3 == 0,
+                    expires_ms: i as u64,
+                    max_conns: 2,
+                    max_proxies: 3,
+                    proxy_types: ProxyTypes::parse("tcp").unwrap(),
+                    port_pool: PortSet::from_ranges(vec![(10000 + i as u16 % 100, 10005 + i as u16 % 100)]),
+                    domain_suffix: format!("d{i}.example"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = spec(1000);
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        assert_eq!(t.generation(), 7);
+        assert_eq!(t.node().node_id(), "node_1");
+        assert_eq!(t.node().region(), "eu");
+        assert!(!t.node().public());
+        assert!(t.node().port_pool().contains(15000));
+        assert!(!t.node().port_pool().contains(9999));
+        assert_eq!(t.node().max_proxies_per_session(), 5);
+        assert_eq!(t.ticket_key("k1"), Some([9; 32]));
+        assert_eq!(t.ticket_key("k2"), None);
+        assert_eq!(t.invite_count(), 1000);
+        for inv in &s.invites {
+            let v = t.invite(&inv.id).expect("present");
+            assert_eq!(v.revoked(), inv.revoked);
+            assert_eq!(v.expires_ms(), inv.expires_ms);
+            assert_eq!(v.port_pool().to_set(), inv.port_pool);
+            assert_eq!(v.domain_suffix(), inv.domain_suffix);
+            assert!(v.proxy_types().allows("tcp"));
+        }
+        assert!(t.invite(&InviteId::from_u128(u128::MAX)).is_none());
+        let ids: Vec<_> = t.invites().map(|v| v.id().0).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn every_flipped_byte_or_cut_is_refused() {
+        let bytes = spec(20).encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x41;
+            assert!(PolicyTable::parse(&b).is_err(), "flip at {i} accepted");
+        }
+        for cut in 0..bytes.len() {
+            assert!(PolicyTable::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_keep_the_last() {
+        let mut s = spec(0);
+        let id = InviteId::from_u128(5);
+        for revoked in [false, true] {
+            s.invites.push(InvitePolicy {
+                id,
+                revoked,
+                expires_ms: 0,
+                max_conns: 0,
+                max_proxies: 0,
+                proxy_types: ProxyTypes::ALL,
+                port_pool: PortSet::default(),
+                domain_suffix: String::new(),
+            });
+        }
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        assert_eq!(t.invite_count(), 1);
+        assert!(t.invite(&id).unwrap().revoked());
+    }
+}

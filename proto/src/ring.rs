@@ -1,0 +1,354 @@
+//! A single-producer, single-consumer byte ring in shared memory: how a
+//! fastpath worker hands events to the slowpath without ever waiting for it.
+//!
+//! The ring lives in memory both processes map (a file under /dev/shm). The
+//! producer (one fastpath worker) only advances `head`; the consumer (the
+//! slowpath) only advances `tail`. Both are monotonic byte counters, so
+//! `head - tail` is the fill level and neither side ever writes the other's
+//! index. A record is a `u32` length and its bytes, padded to 8; a record
+//! that does not fit is **dropped and counted**, never waited for — a slow
+//! or absent consumer cannot stall forwarding.
+//!
+//! ```text
+//! 0    magic u64 "TOTORNG1"     8   capacity u64 (data bytes, power of two)
+//! 16   dropped u64              24  pushed u64
+//! 32   applied_generation u64   40  producer pid u64
+//! 64   head u64 (own cache line)
+//! 128  tail u64 (own cache line)
+//! 256  data[capacity]
+//! ```
+//!
+//! `applied_generation` is not part of the queue: it is where a worker says
+//! which policy generation it enforces, read by the slowpath to measure how
+//! long a change takes to reach every worker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes before the data area.
+pub const RING_HEADER: usize = 256;
+const MAGIC: u64 = u64::from_le_bytes(*b"TOTORNG1");
+const OFF_CAP: usize = 8;
+const OFF_DROPPED: usize = 16;
+const OFF_PUSHED: usize = 24;
+const OFF_APPLIED: usize = 32;
+const OFF_PID: usize = 40;
+const OFF_HEAD: usize = 64;
+const OFF_TAIL: usize = 128;
+
+/// Why a region cannot be used as a ring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// Too small for the header and a data area.
+    #[error("ring region too small")]
+    TooSmall,
+    /// Not initialized by a producer (or not a ring).
+    #[error("not an event ring (bad magic)")]
+    BadMagic,
+    /// The stated capacity does not fit the region.
+    #[error("ring capacity does not match the region")]
+    BadCapacity,
+}
+
+/// A view of a ring in memory owned by someone else (a mapping).
+pub struct Ring {
+    base: *mut u8,
+    cap: u64,
+}
+
+// SAFETY: the ring only touches its memory through atomics (indices,
+// counters) and through byte copies of regions that the SPSC protocol gives
+// to one side at a time. Which thread produces and which consumes is the
+// caller's contract (one of each).
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+/// The data capacity a region of `len` bytes can hold.
+pub fn capacity_for(len: usize) -> Option<u64> {
+    let data = len.checked_sub(RING_HEADER)?;
+    if data < 64 {
+        return None;
+    }
+    // Largest power of two that fits.
+    Some(1u64 << (63 - (data as u64).leading_zeros()))
+}
+
+impl Ring {
+    /// Initialize a ring in `len` bytes at `ptr` (producer side), zeroing
+    /// its indices and counters.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes, 8-byte
+    /// aligned, and stay mapped for the life of the returned value.
+    pub unsafe fn create(ptr: *mut u8, len: usize) -> Result<Ring, RingError> {
+        let cap = capacity_for(len).ok_or(RingError::TooSmall)?;
+        let r = Ring { base: ptr, cap };
+        for off in [OFF_DROPPED, OFF_PUSHED, OFF_APPLIED, OFF_HEAD, OFF_TAIL] {
+            r.atomic(off).store(0, Ordering::Relaxed);
+        }
+        r.atomic(OFF_PID).store(std::process::id() as u64, Ordering::Relaxed);
+        r.atomic(OFF_CAP).store(cap, Ordering::Relaxed);
+        r.atomic(0).store(MAGIC, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Use a ring a producer initialized (consumer side).
+    ///
+    /// # Safety
+    /// As for [`Ring::create`].
+    pub unsafe fn attach(ptr: *mut u8, len: usize) -> Result<Ring, RingError> {
+        if len < RING_HEADER + 64 {
+            return Err(RingError::TooSmall);
+        }
+        let probe = Ring { base: ptr, cap: 0 };
+        if probe.atomic(0).load(Ordering::Acquire) != MAGIC {
+            return Err(RingError::BadMagic);
+        }
+        let cap = probe.atomic(OFF_CAP).load(Ordering::Relaxed);
+        if !cap.is_power_of_two() || cap > (len - RING_HEADER) as u64 || cap < 64 {
+            return Err(RingError::BadCapacity);
+        }
+        Ok(Ring { base: ptr, cap })
+    }
+
+    fn atomic(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: `off` is one of the header offsets, 8-aligned inside the
+        // header, and the region is 8-aligned and mapped (constructor
+        // contract).
+        unsafe { &*(self.base.add(off) as *const AtomicU64) }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data area starts right after the header.
+        unsafe { self.base.add(RING_HEADER) }
+    }
+
+    /// Copy `src` into the data area at logical position `pos`, wrapping.
+    fn write_at(&self, pos: u64, src: &[u8]) {
+        let at = (pos & (self.cap - 1)) as usize;
+        let first = src.len().min(self.cap as usize - at);
+        // SAFETY: both parts stay inside the data area; the producer owns
+        // [head, head + free) until it publishes head.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(at), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+        }
+    }
+
+    /// Copy from logical position `pos` into `dst`, wrapping.
+    fn read_at(&self, pos: u64, dst: &mut [u8]) {
+        let at = (pos & (self.cap - 1)) as usize;
+        let first = dst.len().min(self.cap as usize - at);
+        // SAFETY: inside the data area; the consumer owns [tail, head).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data().add(at), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data(), dst.as_mut_ptr().add(first), dst.len() - first);
+        }
+    }
+
+    /// Data capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.cap
+    }
+
+    /// Append a record (producer). False when it did not fit: the record is
+    /// dropped and the drop counter says so.
+    pub fn push(&self, rec: &[u8]) -> bool {
+        let need = padded(rec.len());
+        let head = self.atomic(OFF_HEAD).load(Ordering::Relaxed);
+        let tail = self.atomic(OFF_TAIL).load(Ordering::Acquire);
+        let used = head.wrapping_sub(tail);
+        if rec.len() > u32::MAX as usize || used > self.cap || self.cap - used < need {
+            self.atomic(OFF_DROPPED).fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.write_at(head, &(rec.len() as u32).to_le_bytes());
+        self.write_at(head + 4, rec);
+        self.atomic(OFF_HEAD).store(head + need, Ordering::Release);
+        self.atomic(OFF_PUSHED).fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Take the oldest record into `out` (consumer); false when empty. A
+    /// length that cannot be right (a producer that died mid-write, or
+    /// memory someone scribbled on) discards everything up to `head`.
+    pub fn pop(&self, out: &mut Vec<u8>) -> bool {
+        let tail = self.atomic(OFF_TAIL).load(Ordering::Relaxed);
+        let head = self.atomic(OFF_HEAD).load(Ordering::Acquire);
+        let avail = head.wrapping_sub(tail);
+        if avail == 0 {
+            return false;
+        }
+        let mut len = [0; 4];
+        self.read_at(tail, &mut len);
+        let len = u32::from_le_bytes(len) as usize;
+        let need = padded(len);
+        if avail > self.cap || need > avail {
+            self.atomic(OFF_TAIL).store(head, Ordering::Release);
+            self.atomic(OFF_DROPPED).fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        out.clear();
+        out.resize(len, 0);
+        self.read_at(tail + 4, out);
+        self.atomic(OFF_TAIL).store(tail + need, Ordering::Release);
+        true
+    }
+
+    /// Records dropped because the ring was full (or found corrupt).
+    pub fn dropped(&self) -> u64 {
+        self.atomic(OFF_DROPPED).load(Ordering::Relaxed)
+    }
+
+    /// Records pushed since the producer created the ring.
+    pub fn pushed(&self) -> u64 {
+        self.atomic(OFF_PUSHED).load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting to be consumed.
+    pub fn pending_bytes(&self) -> u64 {
+        let head = self.atomic(OFF_HEAD).load(Ordering::Acquire);
+        head.wrapping_sub(self.atomic(OFF_TAIL).load(Ordering::Acquire))
+    }
+
+    /// Say which policy generation this worker enforces (producer).
+    pub fn set_applied_generation(&self, generation: u64) {
+        self.atomic(OFF_APPLIED).store(generation, Ordering::Release);
+    }
+
+    /// The policy generation the producer enforces.
+    pub fn applied_generation(&self) -> u64 {
+        self.atomic(OFF_APPLIED).load(Ordering::Acquire)
+    }
+
+    /// Process id of the producer that created the ring.
+    pub fn producer_pid(&self) -> u64 {
+        self.atomic(OFF_PID).load(Ordering::Relaxed)
+    }
+}
+
+fn padded(len: usize) -> u64 {
+    ((len as u64 + 4) + 7) & !7
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(len: usize) -> Vec<u64> {
+        vec![0u64; len / 8]
+    }
+
+    #[test]
+    fn fifo_wraps_and_drops_when_full() {
+        let mut mem = region(RING_HEADER + 256);
+        let p = mem.as_mut_ptr() as *mut u8;
+        let prod = unsafe { Ring::create(p, RING_HEADER + 256) }.unwrap();
+        let cons = unsafe { Ring::attach(p, RING_HEADER + 256) }.unwrap();
+        assert_eq!(prod.capacity(), 256);
+        let mut out = Vec::new();
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        for round in 0..200 {
+            // Fill until it refuses.
+            loop {
+                let rec = vec![next_in as u8; (next_in % 37) as usize];
+                let mut r = next_in.to_le_bytes().to_vec();
+                r.extend_from_slice(&rec);
+                if !prod.push(&r) {
+                    break;
+                }
+                next_in += 1;
+            }
+            // Drain some (all on even rounds).
+            let take = if round % 2 == 0 { usize::MAX } else { 2 };
+            for _ in 0..take {
+                if !cons.pop(&mut out) {
+                    break;
+                }
+                assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()), next_out);
+                assert!(out[4..].iter().all(|&b| b == next_out as u8));
+                next_out += 1;
+            }
+        }
+        assert!(prod.dropped() >= 200);
+        while cons.pop(&mut out) {
+            next_out += 1;
+        }
+        assert_eq!(next_in, next_out);
+        assert_eq!(prod.pushed(), next_in as u64);
+    }
+
+    #[test]
+    fn oversized_record_is_dropped() {
+        let mut mem = region(RING_HEADER + 128);
+        let p = mem.as_mut_ptr() as *mut u8;
+        let r = unsafe { Ring::create(p, RING_HEADER + 128) }.unwrap();
+        assert!(!r.push(&[0; 200]));
+        assert_eq!(r.dropped(), 1);
+        assert!(r.push(&[1; 50]));
+    }
+
+    #[test]
+    fn attach_refuses_garbage() {
+        let mut mem = region(RING_HEADER + 128);
+        let p = mem.as_mut_ptr() as *mut u8;
+        assert_eq!(
+            unsafe { Ring::attach(p, RING_HEADER + 128) }.err(),
+            Some(RingError::BadMagic)
+        );
+        assert_eq!(unsafe { Ring::create(p, 100) }.err(), Some(RingError::TooSmall));
+    }
+
+    #[test]
+    fn corrupt_length_discards_instead_of_reading_out_of_bounds() {
+        let mut mem = region(RING_HEADER + 128);
+        let p = mem.as_mut_ptr() as *mut u8;
+        let r = unsafe { Ring::create(p, RING_HEADER + 128) }.unwrap();
+        assert!(r.push(b"hello"));
+        // Scribble a huge length over the record.
+        unsafe { std::ptr::write_bytes(p.add(RING_HEADER), 0xff, 4) };
+        let mut out = Vec::new();
+        assert!(!r.pop(&mut out));
+        assert_eq!(r.pending_bytes(), 0);
+        assert!(r.push(b"again"));
+        assert!(r.pop(&mut out));
+        assert_eq!(out, b"again");
+    }
+
+    #[test]
+    fn two_threads() {
+        let mut mem = region(RING_HEADER + 4096);
+        let addr = mem.as_mut_ptr() as usize;
+        let prod = unsafe { Ring::create(addr as *mut u8, RING_HEADER + 4096) }.unwrap();
+        let cons = unsafe { Ring::attach(addr as *mut u8, RING_HEADER + 4096) }.unwrap();
+        let n = 200_000u64;
+        let t = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let mut i = 0u64;
+            while i < n {
+                if prod.push(&i.to_le_bytes()) {
+                    sent += 1;
+                }
+                i += 1;
+            }
+            (sent, prod.dropped())
+        });
+        let mut out = Vec::new();
+        let mut got = 0u64;
+        let mut last: Option<u64> = None;
+        loop {
+            if cons.pop(&mut out) {
+                let v = u64::from_le_bytes(out[..8].try_into().unwrap());
+                assert!(last.is_none_or(|l| v > l), "order");
+                last = Some(v);
+                got += 1;
+            } else if t.is_finished() && cons.pending_bytes() == 0 {
+                break;
+            }
+        }
+        let (sent, dropped) = t.join().unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(sent + dropped, n);
+        drop(mem);
+    }
+}
