@@ -1,0 +1,55 @@
+//! Anonymous endpoints: health, the public node directory, invite resolve.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::{ApiError, JsonBody};
+use super::AppState;
+use crate::invites::{self, Resolved};
+use crate::nodes::{self, NodeInfo};
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
+}
+
+/// `GET /api/v1/public/nodes`.
+pub async fn nodes(State(app): State<AppState>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
+    let list = nodes::list(&app.db, true).await?;
+    Ok(Json(list.iter().map(|n| n.info(false)).collect()))
+}
+
+/// Resolve request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The invite code.
+    pub code: String,
+}
+
+/// `POST /api/v1/invites/resolve`.
+pub async fn resolve(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(req): JsonBody<ResolveRequest>,
+) -> Result<Json<Resolved>, ApiError> {
+    if let Err(wait) = app.limiter.check(peer.ip()) {
+        let secs = wait.as_secs() + 1;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many resolve attempts from {}; retry in {secs} s",
+                peer.ip()
+            ),
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
+    let resolved =
+        invites::resolve(&app.db, &app.signer, &req.code, &peer.ip().to_string()).await?;
+    Ok(Json(resolved))
+}

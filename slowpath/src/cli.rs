@@ -1,0 +1,232 @@
+//! Command-line interface: the daemon verbs (`up`, `serve`) and the operator
+//! verbs that call a running slowpath's HTTP API with the admin key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Totoro control plane.
+#[derive(Debug, Parser)]
+#[command(
+    name = "slowpath",
+    version,
+    about = "Totoro control plane: API, invites, tickets, policy tables, audit"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start everything: database, API, this host as a node, a demo invite,
+    /// and the fastpath; prints a ready frpc.toml.
+    Up(UpArgs),
+    /// Start the API and policy publisher without launching the fastpath.
+    Serve(ServeArgs),
+    /// Nodes (admin).
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Invites (admin).
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// Query the audit log (admin).
+    Audit(AuditArgs),
+    /// Show counts, traffic and policy propagation (admin).
+    Stats(ClientArgs),
+}
+
+/// Flags shared by `up` and `serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Data directory (SQLite database, admin.key, fastpath.toml).
+    #[arg(long, default_value = "./totoro-data")]
+    pub data_dir: PathBuf,
+    /// API listen address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (postgres://…); default: SQLite in the data directory.
+    #[arg(long, env = "TOTORO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Instance name: policy tables and event rings live in /dev/shm/totoro-<instance>.
+    #[arg(long, default_value = "default")]
+    pub instance: String,
+    /// Shared-memory directory (overrides --instance).
+    #[arg(long)]
+    pub shm_dir: Option<PathBuf>,
+    /// Address frpc should dial for this host's node.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub public_addr: String,
+    /// frp port of this host's node (used when no --fastpath-config says otherwise).
+    #[arg(long, default_value_t = 7000)]
+    pub frp_port: u16,
+    /// Resolve requests allowed per client IP per minute (also the burst).
+    #[arg(long, default_value_t = 30)]
+    pub resolve_rate: u32,
+}
+
+/// Flags of `up`.
+#[derive(Debug, Args, Clone)]
+pub struct UpArgs {
+    /// Everything `serve` takes.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// fastpath TOML to run with; default: DATA_DIR/fastpath.toml, written from the node.
+    #[arg(long)]
+    pub fastpath_config: Option<PathBuf>,
+    /// fastpath binary; default: `fastpath` next to this executable.
+    #[arg(long)]
+    pub fastpath_bin: Option<PathBuf>,
+}
+
+/// How operator verbs reach the API.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// slowpath API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
+    pub api: String,
+    /// Admin key; default: ADMIN_API_KEY, else DATA_DIR/admin.key.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Data directory to read admin.key from.
+    #[arg(long, default_value = "./totoro-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `slowpath node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    List(ClientArgs),
+    /// Register a node; prints its node key once.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Address frpc dials.
+        #[arg(long)]
+        server_addr: String,
+        /// frp port.
+        #[arg(long, default_value_t = 7000)]
+        server_port: u16,
+        /// Region label.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// List it publicly.
+        #[arg(long)]
+        public: bool,
+        /// Port pool, e.g. 2000-3000,4000.
+        #[arg(long)]
+        port_pool: Option<String>,
+        /// Proxy types, e.g. tcp,udp.
+        #[arg(long)]
+        proxy_types: Option<String>,
+    },
+    /// Change a node.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id.
+        id: String,
+        /// Make it public (true) or private (false).
+        #[arg(long)]
+        public: Option<bool>,
+        /// New port pool.
+        #[arg(long)]
+        port_pool: Option<String>,
+        /// New proxy types, e.g. tcp,udp.
+        #[arg(long)]
+        proxy_types: Option<String>,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New dial address.
+        #[arg(long)]
+        server_addr: Option<String>,
+    },
+}
+
+/// `slowpath invite …`.
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Create an invite on a node (default: the local node); prints its code once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id (default: the slowpath's local node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Invite lifetime, seconds.
+        #[arg(long)]
+        ttl_s: Option<u64>,
+        /// Resolves allowed (0 = unlimited).
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Ticket lifetime, seconds (600-3600).
+        #[arg(long)]
+        ticket_ttl_s: Option<u64>,
+        /// Port pool (subset of the node's).
+        #[arg(long)]
+        port_pool: Option<String>,
+        /// Proxy types, e.g. tcp.
+        #[arg(long)]
+        proxy_types: Option<String>,
+        /// Concurrent sessions (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_conns: u32,
+        /// Proxies (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_proxies: u32,
+        /// Note.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List invites.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Revoke an invite.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Invite id.
+        id: String,
+    },
+    /// Resolve a code (as a client would) and print the frpc.toml.
+    Resolve {
+        /// slowpath API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        api: String,
+        /// Invite code.
+        code: String,
+        /// Print the whole JSON answer instead of the frpc.toml.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `slowpath audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    /// API access.
+    pub client: ClientArgs,
+    /// Only this kind (e.g. invite.resolved, session.open).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this invite.
+    #[arg(long)]
+    pub invite: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}

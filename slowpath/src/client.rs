@@ -1,0 +1,248 @@
+//! Operator verbs: small HTTP calls to a running slowpath with the admin key.
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::cli::{AuditArgs, ClientArgs, InviteCommand, NodeCommand};
+
+fn admin_key(c: &ClientArgs) -> Result<String> {
+    if let Some(k) = &c.admin_key {
+        return Ok(k.clone());
+    }
+    slowpath::admin_key::read(&c.data_dir)?.with_context(|| {
+        format!(
+            "no admin key: pass --admin-key, set ADMIN_API_KEY, or point --data-dir at a directory with admin.key (tried {})",
+            slowpath::admin_key::path(&c.data_dir).display()
+        )
+    })
+}
+
+/// Sends one request; a non-2xx answer becomes an error carrying the API's message.
+fn call(method: &str, url: &str, key: Option<&str>, body: Option<Value>) -> Result<Value> {
+    let mut req = ureq::request(method, url);
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => {
+            let text = r.into_string()?;
+            Ok(if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text)?
+            })
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{method} {url}: HTTP {code}: {msg}")
+        }
+        Err(e) => bail!("{method} {url}: {e} (is `slowpath up` running? see --api)"),
+    }
+}
+
+fn admin(c: &ClientArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let key = admin_key(c)?;
+    call(
+        method,
+        &format!("{}{path}", c.api.trim_end_matches('/')),
+        Some(&key),
+        body,
+    )
+}
+
+fn print(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn list(text: &Option<String>) -> Option<Vec<String>> {
+    text.as_ref().map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+/// `slowpath node …`.
+pub fn node(cmd: NodeCommand) -> Result<()> {
+    match cmd {
+        NodeCommand::List(c) => print(&admin(&c, "GET", "/api/v1/admin/nodes", None)?),
+        NodeCommand::Add {
+            client,
+            name,
+            server_addr,
+            server_port,
+            region,
+            public,
+            port_pool,
+            proxy_types,
+        } => {
+            let mut body = json!({
+                "name": name, "server_addr": server_addr, "server_port": server_port,
+                "region": region, "public": public,
+            });
+            if let Some(p) = port_pool {
+                body["port_pool"] = json!(p);
+            }
+            if let Some(t) = list(&proxy_types) {
+                body["proxy_types"] = json!(t);
+            }
+            let v = admin(&client, "POST", "/api/v1/admin/nodes", Some(body))?;
+            print(&v)?;
+            eprintln!("The node_key above is shown only now; give it to the node's agent.");
+            Ok(())
+        }
+        NodeCommand::Set {
+            client,
+            id,
+            public,
+            port_pool,
+            proxy_types,
+            name,
+            server_addr,
+        } => {
+            let mut body = json!({});
+            if let Some(v) = public {
+                body["public"] = json!(v);
+            }
+            if let Some(v) = port_pool {
+                body["port_pool"] = json!(v);
+            }
+            if let Some(v) = list(&proxy_types) {
+                body["proxy_types"] = json!(v);
+            }
+            if let Some(v) = name {
+                body["name"] = json!(v);
+            }
+            if let Some(v) = server_addr {
+                body["server_addr"] = json!(v);
+            }
+            print(&admin(
+                &client,
+                "PATCH",
+                &format!("/api/v1/admin/nodes/{id}"),
+                Some(body),
+            )?)
+        }
+    }
+}
+
+/// `slowpath invite …`.
+pub fn invite(cmd: InviteCommand) -> Result<()> {
+    match cmd {
+        InviteCommand::Create {
+            client,
+            node,
+            ttl_s,
+            max_uses,
+            ticket_ttl_s,
+            port_pool,
+            proxy_types,
+            max_conns,
+            max_proxies,
+            note,
+        } => {
+            let node = match node {
+                Some(n) => n,
+                None => admin(&client, "GET", "/api/v1/admin/stats", None)?
+                    .get("local_node_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .context("the slowpath reported no local node; pass --node")?,
+            };
+            let mut scope = json!({ "max_conns": max_conns, "max_proxies": max_proxies });
+            if let Some(p) = port_pool {
+                scope["port_pool"] = json!(p);
+            }
+            if let Some(t) = list(&proxy_types) {
+                scope["proxy_types"] = json!(t);
+            }
+            let mut body = json!({ "scope": scope, "note": note });
+            if let Some(v) = ttl_s {
+                body["ttl_s"] = json!(v);
+            }
+            if let Some(v) = max_uses {
+                body["max_uses"] = json!(v);
+            }
+            if let Some(v) = ticket_ttl_s {
+                body["ticket_ttl_s"] = json!(v);
+            }
+            let v = admin(
+                &client,
+                "POST",
+                &format!("/api/v1/admin/nodes/{node}/invites"),
+                Some(body),
+            )?;
+            print(&v)?;
+            eprintln!("The code above is shown only now.");
+            Ok(())
+        }
+        InviteCommand::List { client, node } => {
+            let path = match node {
+                Some(n) => format!("/api/v1/admin/invites?node_id={n}"),
+                None => "/api/v1/admin/invites".to_owned(),
+            };
+            print(&admin(&client, "GET", &path, None)?)
+        }
+        InviteCommand::Revoke { client, id } => print(&admin(
+            &client,
+            "POST",
+            &format!("/api/v1/admin/invites/{id}/revoke"),
+            None,
+        )?),
+        InviteCommand::Resolve { api, code, json } => {
+            let url = format!("{}/api/v1/invites/resolve", api.trim_end_matches('/'));
+            let v = call("POST", &url, None, Some(json!({ "code": code })))?;
+            if json {
+                print(&v)
+            } else {
+                print!(
+                    "{}",
+                    v.get("frpc_toml")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or_default()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `slowpath audit`.
+pub fn audit(a: AuditArgs) -> Result<()> {
+    let mut path = format!("/api/v1/admin/audit?limit={}", a.limit);
+    if let Some(k) = &a.kind {
+        path.push_str(&format!("&kind={k}"));
+    }
+    if let Some(i) = &a.invite {
+        path.push_str(&format!("&invite_id={i}"));
+    }
+    let rows = admin(&a.client, "GET", &path, None)?;
+    for row in rows.as_array().into_iter().flatten() {
+        let s = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        println!(
+            "{}  {:<17} {:<24} {:<38} {:<16} {}",
+            s("ts"),
+            s("kind"),
+            s("node_id"),
+            s("invite_id"),
+            s("proxy"),
+            s("reason")
+        );
+    }
+    Ok(())
+}
+
+/// `slowpath stats`.
+pub fn stats(c: ClientArgs) -> Result<()> {
+    print(&admin(&c, "GET", "/api/v1/admin/stats", None)?)
+}

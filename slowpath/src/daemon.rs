@@ -1,0 +1,393 @@
+//! Start-up of `slowpath up` and `slowpath serve`: database, admin key,
+//! signing key, the local node, the first policy table, the event drain, the
+//! API, and (for `up`) the demo invite and the fastpath child.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use slowpath::api::{self, App};
+use slowpath::db::{self, Backend, Db};
+use slowpath::events_drain::EventDrain;
+use slowpath::invites::{self, NewInvite};
+use slowpath::nodes::{self, NewNode, Node, NodePatch};
+use slowpath::policy_publish::Publisher;
+use slowpath::rate_limit::RateLimiter;
+use slowpath::{admin_key, credentials, tickets};
+use tokio::sync::watch;
+
+use crate::cli::{ServeArgs, UpArgs};
+use crate::supervisor::{self, Fastpath};
+
+const LOCAL_NODE_KEY: &str = "local_node_id";
+const DEMO_INVITE_KEY: &str = "demo_invite_id";
+
+/// What a fastpath config says about the node it serves.
+#[derive(Debug, Default)]
+struct FastpathSettings {
+    bind_port: Option<u16>,
+    token: Option<String>,
+    allow_ports: Option<String>,
+    policy_dir: Option<PathBuf>,
+}
+
+/// Reads the keys the node row must agree with from a fastpath TOML.
+fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--fastpath-config {}: cannot read", path.display()))?;
+    let v: toml::Value = toml::from_str(&text)
+        .with_context(|| format!("--fastpath-config {}: not valid TOML", path.display()))?;
+    let mut s = FastpathSettings::default();
+    if let Some(p) = v.get("bindPort").and_then(|p| p.as_integer()) {
+        s.bind_port = Some(u16::try_from(p).with_context(|| {
+            format!(
+                "--fastpath-config {}: bindPort must be 1-65535",
+                path.display()
+            )
+        })?);
+    }
+    s.token = v
+        .get("auth")
+        .and_then(|a| a.get("token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    if let Some(ranges) = v.get("allowPorts").and_then(|a| a.as_array()) {
+        let mut parts = Vec::new();
+        for r in ranges {
+            let get = |k: &str| r.get(k).and_then(|x| x.as_integer());
+            match (get("single"), get("start"), get("end")) {
+                (Some(p), _, _) => parts.push(p.to_string()),
+                (None, Some(a), Some(b)) => parts.push(format!("{a}-{b}")),
+                _ => bail!(
+                    "--fastpath-config {}: allowPorts entries need start/end or single",
+                    path.display()
+                ),
+            }
+        }
+        if !parts.is_empty() {
+            s.allow_ports = Some(parts.join(","));
+        }
+    }
+    s.policy_dir = v
+        .get("fastpath")
+        .and_then(|f| f.get("policyDir"))
+        .and_then(|d| d.as_str())
+        .map(PathBuf::from);
+    Ok(s)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+/// Registers this host as a node on first start (remembered in `meta`), and
+/// brings it in line with the fastpath config on later ones.
+async fn ensure_local_node(
+    db: &Db,
+    args: &ServeArgs,
+    data_dir: &Path,
+    fp: &FastpathSettings,
+) -> Result<Node> {
+    let port = fp.bind_port.unwrap_or(args.frp_port);
+    if let Some(id) = db::meta_get(db, LOCAL_NODE_KEY).await? {
+        if let Ok(node) = nodes::get(db, &id).await {
+            let mut patch = NodePatch::default();
+            if node.server_port != port {
+                patch.server_port = Some(port);
+            }
+            if node.server_addr != args.public_addr {
+                patch.server_addr = Some(args.public_addr.clone());
+            }
+            if let Some(t) = fp.token.as_ref().filter(|t| **t != node.frp_token) {
+                patch.token = Some(t.clone());
+            }
+            if let Some(p) = fp
+                .allow_ports
+                .as_ref()
+                .filter(|p| **p != node.port_pool.to_string())
+            {
+                patch.port_pool = Some(p.clone());
+            }
+            return Ok(nodes::update(db, &id, patch).await?);
+        }
+    }
+    let (node, key) = nodes::register(
+        db,
+        NewNode {
+            name: hostname(),
+            server_addr: args.public_addr.clone(),
+            server_port: port,
+            region: String::new(),
+            tags: vec!["local".to_owned()],
+            public: false,
+            port_pool: fp.allow_ports.clone(),
+            proxy_types: None,
+            max_proxies_per_session: 0,
+            token: fp.token.clone(),
+        },
+    )
+    .await?;
+    db::meta_set(db, LOCAL_NODE_KEY, &node.id).await?;
+    let key_path = data_dir.join("node.key");
+    write_private(&key_path, &format!("{key}\n"))?;
+    println!(
+        "Registered this host as node {} (node key in {})",
+        node.id,
+        key_path.display()
+    );
+    Ok(node)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The fastpath config `up` writes when none is given.
+fn fastpath_toml(node: &Node, shm_dir: &Path) -> String {
+    let ranges: Vec<String> = node
+        .port_pool
+        .ranges()
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                format!("{{ single = {a} }}")
+            } else {
+                format!("{{ start = {a}, end = {b} }}")
+            }
+        })
+        .collect();
+    format!(
+        "# Written by `slowpath up` for node {id}; it is rewritten at every start.\n\
+         # Pass --fastpath-config to run with your own file instead.\n\
+         bindAddr = \"0.0.0.0\"\n\
+         bindPort = {port}\n\
+         auth.token = {token:?}\n\
+         allowPorts = [{ranges}]\n\
+         \n\
+         [fastpath]\n\
+         policyDir = {dir:?}\n",
+        id = node.id,
+        port = node.server_port,
+        token = node.frp_token,
+        ranges = ranges.join(", "),
+        dir = shm_dir.display().to_string(),
+    )
+}
+
+/// A usable demo invite on the local node (reused across starts).
+async fn ensure_demo_invite(db: &Db, node: &Node) -> Result<(String, Option<String>)> {
+    if let Some(id) = db::meta_get(db, DEMO_INVITE_KEY).await? {
+        if let Ok(inv) = invites::get(db, &id).await {
+            if inv.node_id == node.id && inv.unusable_reason(slowpath::clock::now_ms()).is_none() {
+                return Ok((id, None));
+            }
+        }
+    }
+    let (inv, code) = invites::create(
+        db,
+        node,
+        NewInvite {
+            ttl_s: Some(invites::MAX_TTL_S),
+            max_uses: Some(0),
+            note: "demo invite created by slowpath up".to_owned(),
+            ..NewInvite::default()
+        },
+    )
+    .await?;
+    let id = inv.id.to_string();
+    db::meta_set(db, DEMO_INVITE_KEY, &id).await?;
+    Ok((id, Some(code)))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the slowpath");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs `serve` (when `up` is None) or `up`.
+pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create", args.data_dir.display()))?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| args.data_dir.clone());
+    let url = match &args.database_url {
+        Some(u) => {
+            Backend::of_url(u)?;
+            u.clone()
+        }
+        None => db::sqlite_url(&data_dir),
+    };
+    if args.resolve_rate == 0 {
+        bail!("--resolve-rate must be at least 1 per minute");
+    }
+    if args.instance.is_empty() || args.instance.contains('/') {
+        bail!("--instance must be a plain name (no '/')");
+    }
+    let db = db::open(&url)
+        .await
+        .context("opening the database (--database-url)")?;
+    let (admin, generated) = admin_key::ensure(&data_dir)?;
+    if generated {
+        println!(
+            "Generated the admin key: {}",
+            admin_key::path(&data_dir).display()
+        );
+    }
+    let signer = tickets::ensure_signer(&db).await?;
+
+    let fp_settings = match up.as_ref().and_then(|u| u.fastpath_config.as_ref()) {
+        Some(p) => read_fastpath_config(p)?,
+        None => FastpathSettings::default(),
+    };
+    let node = ensure_local_node(&db, &args, &data_dir, &fp_settings).await?;
+    let shm_dir = args
+        .shm_dir
+        .clone()
+        .or_else(|| fp_settings.policy_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/totoro-{}", args.instance)));
+
+    let publisher = Publisher::new(db.clone(), shm_dir.clone(), node.id.clone());
+    publisher
+        .publish(true)
+        .await
+        .with_context(|| format!("publishing the first policy table to {}", shm_dir.display()))?;
+    tokio::spawn(Arc::clone(&publisher).run());
+
+    let drain = EventDrain::new(db.clone(), shm_dir.clone(), node.id.clone());
+    let drain_status = drain.status_handle();
+    tokio::spawn(drain.run());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let app = Arc::new(App {
+        db: db.clone(),
+        signer,
+        admin_key_hash: credentials::sha256_hex(&admin),
+        limiter: RateLimiter::new(args.resolve_rate, args.resolve_rate),
+        local_node_id: node.id.clone(),
+        publisher: Arc::clone(&publisher),
+        drain: drain_status,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut child_task = None;
+    if let Some(up) = up {
+        let config = match &up.fastpath_config {
+            Some(p) => p.clone(),
+            None => {
+                let p = data_dir.join("fastpath.toml");
+                std::fs::write(&p, fastpath_toml(&node, &shm_dir))
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                p
+            }
+        };
+        let bin = match &up.fastpath_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .context("cannot find this executable to look for fastpath next to it")?
+                .with_file_name("fastpath"),
+        };
+        if !bin.is_file() {
+            bail!(
+                "--fastpath-bin {}: no such file (build it with `cargo build -p totoro-fastpath`)",
+                bin.display()
+            );
+        }
+        let (demo_id, code) = ensure_demo_invite(&db, &node).await?;
+        publisher.publish(false).await?;
+        let resolved = invites::resolve_id(&db, &app.signer, &demo_id, "slowpath up").await?;
+        let frpc_path = data_dir.join("frpc-demo.toml");
+        std::fs::write(&frpc_path, &resolved.frpc_toml)
+            .with_context(|| format!("cannot write {}", frpc_path.display()))?;
+        let fp = Arc::new(Fastpath {
+            bin,
+            config: config.clone(),
+        });
+        child_task = Some(tokio::spawn(supervisor::run(
+            fp,
+            db.clone(),
+            node.id.clone(),
+            stop_rx.clone(),
+        )));
+        println!("Totoro is up.");
+        println!(
+            "  API        http://{}  (admin key: {})",
+            args.listen,
+            admin_key::path(&data_dir).display()
+        );
+        println!(
+            "  node       {} at {}:{} (ports {}; private)",
+            node.id, node.server_addr, node.server_port, node.port_pool
+        );
+        println!(
+            "  fastpath   {} -c {}",
+            up.fastpath_bin
+                .as_deref()
+                .unwrap_or(Path::new("fastpath"))
+                .display(),
+            config.display()
+        );
+        println!("  policy     {}", shm_dir.display());
+        if let Some(code) = code {
+            println!("  demo invite code (shown once): {code}");
+        }
+        println!(
+            "  demo invite {demo_id}; frpc.toml below is also in {}",
+            frpc_path.display()
+        );
+        println!(
+            "----- frpc.toml -----\n{}---------------------",
+            resolved.frpc_toml
+        );
+    } else {
+        println!(
+            "slowpath serving on http://{} (node {}, policy {})",
+            args.listen,
+            node.id,
+            shm_dir.display()
+        );
+    }
+
+    let router = api::router(app);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("API server failed")?;
+    let _ = stop_tx.send(true);
+    if let Some(t) = child_task {
+        let _ = t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Drains the fastpath's per-worker event rings (`events-<worker>.ring` in
+//! the shm directory) into the audit log and the traffic table.
+//!
+//! Every tick (20 ms) the directory is listed; a ring not mapped yet, or
+//! whose inode or size changed (the fastpath restarted and made a new one),
+//! is (re)mapped. Each tick's records are written in one transaction. The
+//! rings' headers also say which policy generation each worker enforces and
+//! how many events it dropped; [`DrainStatus`] carries both to the stats API.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::events::{Event, EventRecord};
+use proto::ring::Ring;
+use serde::Serialize;
+
+use crate::audit::{self, Entry};
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::error::Result;
+
+/// How often the rings are drained.
+const TICK: Duration = Duration::from_millis(20);
+/// Records taken from one ring per tick, so one busy worker cannot starve the rest.
+const MAX_PER_RING: usize = 4096;
+
+/// One worker's ring as last seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// Worker index (from the file name).
+    pub worker: u32,
+    /// Policy generation the worker enforces.
+    pub applied_generation: u64,
+    /// Events the worker dropped because the ring was full.
+    pub dropped: u64,
+    /// Events the worker pushed since its ring was created.
+    pub pushed: u64,
+    /// Fastpath process id.
+    pub pid: u64,
+}
+
+/// What the drain has seen, for the stats endpoint.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrainStatus {
+    /// Per-worker ring state, by worker index.
+    pub workers: Vec<WorkerStatus>,
+    /// Events written to the database by this process.
+    pub events_ingested: u64,
+    /// Records that did not decode.
+    pub undecodable: u64,
+}
+
+/// A mapped ring file.
+struct Mapped {
+    inode: u64,
+    size: u64,
+    addr: usize,
+    len: usize,
+    ring: Ring,
+    worker: u32,
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: addr/len are exactly what mmap returned for this mapping,
+        // and the Ring that points into it is dropped with it.
+        unsafe {
+            libc::munmap(self.addr as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<Mapped> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = usize::try_from(size).map_err(std::io::Error::other)?;
+    if len < proto::ring::RING_HEADER + 64 {
+        return Err(std::io::Error::other("ring file too small"));
+    }
+    // SAFETY: mapping a file we opened read-write, shared, for its current
+    // length; the fastpath replaces rings with new files rather than
+    // truncating them, and a size change is noticed and remapped.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is page-aligned, `len` bytes long, and lives as
+    // long as the Mapped that owns both it and the Ring.
+    match unsafe { Ring::attach(addr.cast::<u8>(), len) } {
+        Ok(ring) => Ok(Mapped {
+            inode,
+            size,
+            addr: addr as usize,
+            len,
+            ring,
+            worker,
+        }),
+        Err(e) => {
+            // SAFETY: unmapping what was just mapped.
+            unsafe {
+                libc::munmap(addr, len);
+            }
+            Err(std::io::Error::other(e))
+        }
+    }
+}
+
+/// Drains rings in `dir` for the local node.
+pub struct EventDrain {
+    db: Db,
+    dir: PathBuf,
+    node_id: String,
+    rings: HashMap<PathBuf, Mapped>,
+    status: Arc<Mutex<DrainStatus>>,
+}
+
+impl EventDrain {
+    /// A drain over `dir`, attributing events to `node_id`.
+    pub fn new(db: Db, dir: PathBuf, node_id: String) -> EventDrain {
+        EventDrain {
+            db,
+            dir,
+            node_id,
+            rings: HashMap::new(),
+            status: Arc::new(Mutex::new(DrainStatus::default())),
+        }
+    }
+
+    /// A handle to the drain's status.
+    pub fn status_handle(&self) -> Arc<Mutex<DrainStatus>> {
+        Arc::clone(&self.status)
+    }
+
+    /// Runs forever.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.rescan();
+            if let Err(e) = self.drain_once().await {
+                tracing::warn!(error = %e, "event drain failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Maps new rings and remaps replaced ones.
+    fn rescan(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            self.rings.clear();
+            return;
+        };
+        let mut seen = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(worker) = name
+                .strip_prefix("events-")
+                .and_then(|s| s.strip_suffix(".ring"))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            seen.push(path.clone());
+            if let Some(m) = self.rings.get(&path) {
+                if m.inode == meta.ino() && m.size == meta.len() {
+                    continue;
+                }
+            }
+            match map_ring(&path, worker, meta.ino(), meta.len()) {
+                Ok(m) => {
+                    tracing::info!(worker, path = %path.display(), "mapped event ring");
+                    self.rings.insert(path, m);
+                }
+                Err(e) => {
+                    // A ring the producer has not initialized yet: try next tick.
+                    tracing::debug!(worker, error = %e, "event ring not usable yet");
+                    self.rings.remove(&path);
+                }
+            }
+        }
+        self.rings.retain(|p, _| seen.contains(p));
+    }
+
+    /// Takes what is in every ring and writes it down.
+    async fn drain_once(&mut self) -> Result<()> {
+        let mut records = Vec::new();
+        let mut undecodable = 0u64;
+        let mut buf = Vec::with_capacity(512);
+        let mut workers = Vec::with_capacity(self.rings.len());
+        for m in self.rings.values() {
+            for _ in 0..MAX_PER_RING {
+                if !m.ring.pop(&mut buf) {
+                    break;
+                }
+                match EventRecord::decode(&buf) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        undecodable += 1;
+                        tracing::warn!(worker = m.worker, error = %e, "undecodable event record");
+                    }
+                }
+            }
+            workers.push(WorkerStatus {
+                worker: m.worker,
+                applied_generation: m.ring.applied_generation(),
+                dropped: m.ring.dropped(),
+                pushed: m.ring.pushed(),
+                pid: m.ring.producer_pid(),
+            });
+        }
+        workers.sort_by_key(|w| w.worker);
+        let n = records.len() as u64;
+        if !records.is_empty() {
+            self.write(&records).await?;
+        }
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.workers = workers;
+        status.events_ingested += n;
+        status.undecodable += undecodable;
+        Ok(())
+    }
+
+    async fn write(&self, records: &[EventRecord]) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        for r in records {
+            let ts_ms = i64::try_from(r.ts_ms).unwrap_or_else(|_| now_ms());
+            let invite_id = r.event.invite().map(|i| i.to_string()).unwrap_or_default();
+            let mut entry = Entry {
+                ts_ms,
+                kind: r.event.kind(),
+                node_id: self.node_id.clone(),
+                invite_id,
+                ..Entry::default()
+            };
+            match &r.event {
+                Event::SessionOpen {
+                    run_id,
+                    user,
+                    version,
+                    peer,
+                    ..
+                } => {
+                    entry.run_id = run_id.clone();
+                    entry.detail = serde_json::json!({
+                        "user": user, "version": version, "peer": peer, "worker": r.worker,
+                    });
+                }
+                Event::SessionClose { run_id, reason, .. } => {
+                    entry.run_id = run_id.clone();
+                    entry.reason = reason.clone();
+                    entry.detail = serde_json::json!({ "worker": r.worker });
+                }
+                Event::ProxyRegistered {
+                    run_id,
+                    proxy,
+                    proxy_type,
+                    remote_port,
+                    ..
+                } => {
+                    entry.run_id = run_id.clone();
+                    entry.proxy = proxy.clone();
+                    entry.detail = serde_json::json!({
+                        "proxy_type": proxy_type, "remote_port": remote_port, "worker": r.worker,
+                    });
+                }
+                Event::ProxyRejected {
+                    run_id,
+                    proxy,
+                    proxy_type,
+                    reason,
+                    ..
+                } => {
+                    entry.run_id = run_id.clone();
+                    entry.proxy = proxy.clone();
+                    entry.reason = reason.clone();
+                    entry.detail =
+                        serde_json::json!({ "proxy_type": proxy_type, "worker": r.worker });
+                }
+                Event::ProxyClosed {
+                    run_id,
+                    proxy,
+                    reason,
+                    ..
+                } => {
+                    entry.run_id = run_id.clone();
+                    entry.proxy = proxy.clone();
+                    entry.reason = reason.clone();
+                    entry.detail = serde_json::json!({ "worker": r.worker });
+                }
+                Event::AuthFailed { peer, reason, .. } => {
+                    entry.reason = reason.clone();
+                    entry.detail = serde_json::json!({ "peer": peer, "worker": r.worker });
+                }
+                Event::Traffic {
+                    proxy,
+                    bytes_in,
+                    bytes_out,
+                    ..
+                } => {
+                    // Samples go to the per-proxy totals, not the audit log:
+                    // one row per proxy per sample would drown the rest.
+                    sqlx::query(
+                        "INSERT INTO proxy_traffic (node_id, invite_id, proxy, bytes_in, bytes_out, updated_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (node_id, invite_id, proxy) DO UPDATE SET \
+                         bytes_in = proxy_traffic.bytes_in + excluded.bytes_in, \
+                         bytes_out = proxy_traffic.bytes_out + excluded.bytes_out, \
+                         updated_ms = excluded.updated_ms",
+                    )
+                    .bind(&entry.node_id)
+                    .bind(&entry.invite_id)
+                    .bind(proxy)
+                    .bind(i64::try_from(*bytes_in).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(*bytes_out).unwrap_or(i64::MAX))
+                    .bind(ts_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    continue;
+                }
+            }
+            audit::record(&mut *tx, &entry).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

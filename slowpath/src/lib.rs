@@ -1,0 +1,33 @@
+//! Totoro's control plane ("slowpath"): decides and records, never sits on
+//! the per-connection path.
+//!
+//! - [`db`]: the `sqlx::Any` pool (SQLite by default, PostgreSQL by URL) and
+//!   the embedded migrations both share.
+//! - [`nodes`], [`invites`], [`tickets`], [`audit`]: the domain, each over
+//!   its own tables; every multi-step change is one transaction.
+//! - [`policy_publish`]: compiles the local node's state into a
+//!   `proto::policy` table and publishes it to the shm directory the
+//!   fastpath maps; [`events_drain`] reads the fastpath's event rings back
+//!   into the audit log.
+//! - [`api`]: the axum REST API built from one route table, which also
+//!   yields the OpenAPI document.
+//! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
+//!   [`admin_key`]: small pieces the above share.
+//!
+//! The `slowpath` binary adds the CLI, the daemon start-up and the fastpath
+//! child supervisor on top.
+
+pub mod admin_key;
+pub mod api;
+pub mod audit;
+pub mod clock;
+pub mod credentials;
+pub mod db;
+pub mod error;
+pub mod events_drain;
+pub mod frpc_config;
+pub mod invites;
+pub mod nodes;
+pub mod policy_publish;
+pub mod rate_limit;
+pub mod tickets;

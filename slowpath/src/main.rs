@@ -1,0 +1,44 @@
+//! `slowpath`: the Totoro control-plane daemon and its operator CLI.
+
+mod cli;
+mod client;
+mod daemon;
+mod supervisor;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Up(up) => serve(up.serve.clone(), Some(up)),
+        Command::Serve(args) => serve(args, None),
+        Command::Node(cmd) => client::node(cmd),
+        Command::Invite(cmd) => client::invite(cmd),
+        Command::Audit(args) => client::audit(args),
+        Command::Stats(args) => client::stats(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slowpath: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: cli::ServeArgs, up: Option<cli::UpArgs>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(args, up))
+}

@@ -1,0 +1,509 @@
+//! Relay nodes: registration by the admin (which hands out the node key
+//! once), edits, heartbeats, and the public directory.
+//!
+//! A node's port pool and proxy types bound everything its invites may
+//! grant; the policy publisher compiles the local node's row into the table.
+
+use std::collections::BTreeMap;
+
+use proto::policy::{PortSet, ProxyTypes};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+
+use crate::clock::{now_ms, rfc3339};
+use crate::credentials;
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// A node is "online" when its last heartbeat is at most this old.
+pub const ONLINE_WINDOW_MS: i64 = 30_000;
+
+/// Default port pool for a node registered without one.
+pub const DEFAULT_PORT_POOL: &str = "10000-10999";
+
+/// A node as stored.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `node_<hex>`.
+    pub id: String,
+    /// Operator-chosen name.
+    pub name: String,
+    /// Address frpc dials.
+    pub server_addr: String,
+    /// frp bind port frpc dials.
+    pub server_port: u16,
+    /// Region label.
+    pub region: String,
+    /// Free-form labels.
+    pub tags: Vec<String>,
+    /// Listed in the public directory and open to token-only logins.
+    pub public: bool,
+    /// frp `auth.token` of the node.
+    pub frp_token: String,
+    /// Ports proxies on this node may take.
+    pub port_pool: PortSet,
+    /// Proxy types this node allows.
+    pub proxy_types: ProxyTypes,
+    /// Cap on proxies per token-only session (0 = none).
+    pub max_proxies_per_session: u32,
+    /// Last heartbeat, ms (0 = never).
+    pub last_heartbeat_ms: i64,
+    /// Last heartbeat body.
+    pub heartbeat: serde_json::Value,
+    /// Registration time, ms.
+    pub created_ms: i64,
+}
+
+/// Registration request (admin).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    /// Name.
+    pub name: String,
+    /// Address frpc dials.
+    pub server_addr: String,
+    /// frp bind port.
+    #[serde(default = "default_server_port")]
+    pub server_port: u16,
+    /// Region label.
+    #[serde(default)]
+    pub region: String,
+    /// Labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Public or private.
+    #[serde(default)]
+    pub public: bool,
+    /// Port pool text, e.g. `"2000-3000,4000"`.
+    #[serde(default)]
+    pub port_pool: Option<String>,
+    /// Allowed proxy types; default tcp and udp.
+    #[serde(default)]
+    pub proxy_types: Option<Vec<String>>,
+    /// Cap on proxies per token-only session (0 = none).
+    #[serde(default)]
+    pub max_proxies_per_session: u32,
+    /// frp token; generated when absent.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_server_port() -> u16 {
+    7000
+}
+
+/// Partial update (admin); absent fields stay as they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New dial address.
+    pub server_addr: Option<String>,
+    /// New frp bind port.
+    pub server_port: Option<u16>,
+    /// New region.
+    pub region: Option<String>,
+    /// New labels.
+    pub tags: Option<Vec<String>>,
+    /// Public or private.
+    pub public: Option<bool>,
+    /// New port pool.
+    pub port_pool: Option<String>,
+    /// New proxy types.
+    pub proxy_types: Option<Vec<String>>,
+    /// New per-session proxy cap.
+    pub max_proxies_per_session: Option<u32>,
+    /// New frp token.
+    pub token: Option<String>,
+}
+
+/// Heartbeat body a node agent sends.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Component versions, e.g. `{"fastpath": "0.1.0"}`.
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+    /// CPU use, percent.
+    #[serde(default)]
+    pub cpu_percent: f64,
+    /// Memory in use, bytes.
+    #[serde(default)]
+    pub mem_bytes: u64,
+    /// Inbound bandwidth, bits per second.
+    #[serde(default)]
+    pub bandwidth_in_bps: u64,
+    /// Outbound bandwidth, bits per second.
+    #[serde(default)]
+    pub bandwidth_out_bps: u64,
+    /// Open frpc sessions.
+    #[serde(default)]
+    pub connections: u64,
+    /// Registered proxies.
+    #[serde(default)]
+    pub proxies: u64,
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Address frpc dials.
+    pub server_addr: String,
+    /// frp bind port.
+    pub server_port: u16,
+    /// Region.
+    pub region: String,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Public or private.
+    pub public: bool,
+    /// Port pool text.
+    pub port_pool: String,
+    /// Allowed proxy types.
+    pub proxy_types: Vec<&'static str>,
+    /// Per-session proxy cap (0 = none).
+    pub max_proxies_per_session: u32,
+    /// "online" or "offline".
+    pub status: &'static str,
+    /// Last heartbeat, ms (0 = never).
+    pub last_heartbeat_ms: i64,
+    /// Last heartbeat, RFC 3339, or null.
+    pub last_heartbeat: Option<String>,
+    /// frp token: public nodes publish it; admins always see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Last heartbeat body (admin views only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<serde_json::Value>,
+    /// The node key, present only in the registration response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<String>,
+}
+
+impl Node {
+    /// "online" when a heartbeat arrived within [`ONLINE_WINDOW_MS`].
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.last_heartbeat_ms > 0 && now - self.last_heartbeat_ms <= ONLINE_WINDOW_MS {
+            "online"
+        } else {
+            "offline"
+        }
+    }
+
+    /// The API view; `admin` adds the token and the heartbeat body.
+    pub fn info(&self, admin: bool) -> NodeInfo {
+        let now = now_ms();
+        NodeInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            server_addr: self.server_addr.clone(),
+            server_port: self.server_port,
+            region: self.region.clone(),
+            tags: self.tags.clone(),
+            public: self.public,
+            port_pool: self.port_pool.to_string(),
+            proxy_types: self.proxy_types.names(),
+            max_proxies_per_session: self.max_proxies_per_session,
+            status: self.status(now),
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            last_heartbeat: (self.last_heartbeat_ms > 0).then(|| rfc3339(self.last_heartbeat_ms)),
+            token: (admin || self.public).then(|| self.frp_token.clone()),
+            heartbeat: admin.then(|| self.heartbeat.clone()),
+            node_key: None,
+        }
+    }
+}
+
+const NODE_COLUMNS: &str =
+    "id, name, server_addr, server_port, region, tags, is_public, frp_token, \
+     port_pool, proxy_types, max_proxies_per_session, last_heartbeat_ms, heartbeat, created_ms";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("stored node {what} is unreadable: {e}"))
+}
+
+fn node_from_row(row: &AnyRow) -> Result<Node> {
+    let tags: String = row.try_get("tags")?;
+    let heartbeat: String = row.try_get("heartbeat")?;
+    let port_pool: String = row.try_get("port_pool")?;
+    let proxy_types: String = row.try_get("proxy_types")?;
+    let server_port: i64 = row.try_get("server_port")?;
+    Ok(Node {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        server_addr: row.try_get("server_addr")?,
+        server_port: u16::try_from(server_port).map_err(|e| corrupt("server_port", e))?,
+        region: row.try_get("region")?,
+        tags: serde_json::from_str(&tags).map_err(|e| corrupt("tags", e))?,
+        public: row.try_get::<i64, _>("is_public")? != 0,
+        frp_token: row.try_get("frp_token")?,
+        port_pool: PortSet::parse(&port_pool).map_err(|e| corrupt("port_pool", e))?,
+        proxy_types: ProxyTypes::parse(&proxy_types).map_err(|e| corrupt("proxy_types", e))?,
+        max_proxies_per_session: u32::try_from(row.try_get::<i64, _>("max_proxies_per_session")?)
+            .unwrap_or(0),
+        last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+        heartbeat: serde_json::from_str(&heartbeat).unwrap_or(serde_json::Value::Null),
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+/// Parses a port pool field; empty or outside 1–65535 is refused naming `field`.
+pub fn parse_port_pool(field: &str, text: &str) -> Result<PortSet> {
+    let set = PortSet::parse(text).map_err(|e| Error::invalid(field, format!("{field}: {e}")))?;
+    if set.is_empty() {
+        return Err(Error::invalid(field, format!("{field} must not be empty")));
+    }
+    Ok(set)
+}
+
+/// Parses a proxy type list; unknown names are refused naming `field`.
+pub fn parse_proxy_types(field: &str, names: &[String]) -> Result<ProxyTypes> {
+    let types = ProxyTypes::parse_list(names)
+        .map_err(|e| Error::invalid(field, format!("{field}: {e}")))?;
+    if types == ProxyTypes::NONE {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must name at least one type"),
+        ));
+    }
+    Ok(types)
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, format!("{field} must not be empty")));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_token(token: &str) -> Result<()> {
+    check_text("token", token, 256)?;
+    if token.contains(['"', '\\', '\n', '\r']) {
+        return Err(Error::invalid(
+            "token",
+            "token must not contain quotes, backslashes or newlines",
+        ));
+    }
+    Ok(())
+}
+
+fn check_server_port(port: u16) -> Result<()> {
+    if port == 0 {
+        return Err(Error::invalid("server_port", "server_port must be 1-65535"));
+    }
+    Ok(())
+}
+
+/// Registers a node; returns it and its node key (shown only here).
+pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
+    check_text("name", &req.name, 128)?;
+    check_text("server_addr", &req.server_addr, 255)?;
+    check_server_port(req.server_port)?;
+    let port_pool = parse_port_pool(
+        "port_pool",
+        req.port_pool.as_deref().unwrap_or(DEFAULT_PORT_POOL),
+    )?;
+    let proxy_types = match &req.proxy_types {
+        Some(names) => parse_proxy_types("proxy_types", names)?,
+        None => ProxyTypes::parse("tcp,udp").map_err(Error::Internal)?,
+    };
+    let frp_token = match req.token {
+        Some(t) => {
+            check_token(&t)?;
+            t
+        }
+        None => credentials::new_frp_token(),
+    };
+    let now = now_ms();
+    let node = Node {
+        id: credentials::new_node_id(),
+        name: req.name.trim().to_owned(),
+        server_addr: req.server_addr.trim().to_owned(),
+        server_port: req.server_port,
+        region: req.region,
+        tags: req.tags,
+        public: req.public,
+        frp_token,
+        port_pool,
+        proxy_types,
+        max_proxies_per_session: req.max_proxies_per_session,
+        last_heartbeat_ms: 0,
+        heartbeat: serde_json::json!({}),
+        created_ms: now,
+    };
+    let node_key = credentials::new_node_key();
+    sqlx::query(
+        "INSERT INTO nodes (id, name, server_addr, server_port, region, tags, is_public, frp_token, \
+         node_key_hash, port_pool, proxy_types, max_proxies_per_session, last_heartbeat_ms, \
+         heartbeat, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&node.id)
+    .bind(&node.name)
+    .bind(&node.server_addr)
+    .bind(i64::from(node.server_port))
+    .bind(&node.region)
+    .bind(serde_json::to_string(&node.tags).unwrap_or_else(|_| "[]".into()))
+    .bind(i64::from(node.public))
+    .bind(&node.frp_token)
+    .bind(credentials::sha256_hex(&node_key))
+    .bind(node.port_pool.to_string())
+    .bind(node.proxy_types.to_string())
+    .bind(i64::from(node.max_proxies_per_session))
+    .bind(0i64)
+    .bind("{}")
+    .bind(now)
+    .bind(now)
+    .execute(db)
+    .await?;
+    tracing::info!(node = %node.id, name = %node.name, public = node.public, "node registered");
+    Ok((node, node_key))
+}
+
+/// Looks a node up by id.
+pub async fn get(db: &Db, id: &str) -> Result<Node> {
+    let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    match row {
+        Some(row) => node_from_row(&row),
+        None => Err(Error::NotFound(format!("node {id} not found"))),
+    }
+}
+
+/// The node a node key belongs to, if any.
+pub async fn by_key(db: &Db, node_key: &str) -> Result<Option<Node>> {
+    let row = sqlx::query(&format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE node_key_hash = $1"
+    ))
+    .bind(credentials::sha256_hex(node_key))
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(node_from_row).transpose()
+}
+
+/// All nodes, or only the public ones, oldest first.
+pub async fn list(db: &Db, public_only: bool) -> Result<Vec<Node>> {
+    let sql = if public_only {
+        format!("SELECT {NODE_COLUMNS} FROM nodes WHERE is_public = 1 ORDER BY created_ms, id")
+    } else {
+        format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_ms, id")
+    };
+    let rows = sqlx::query(&sql).fetch_all(db).await?;
+    rows.iter().map(node_from_row).collect()
+}
+
+/// Applies a patch. Narrowing the pool or types is allowed; invites keep
+/// their scope and the data plane intersects both.
+pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let mut node = match row {
+        Some(row) => node_from_row(&row)?,
+        None => return Err(Error::NotFound(format!("node {id} not found"))),
+    };
+    if let Some(v) = patch.name {
+        check_text("name", &v, 128)?;
+        node.name = v.trim().to_owned();
+    }
+    if let Some(v) = patch.server_addr {
+        check_text("server_addr", &v, 255)?;
+        node.server_addr = v.trim().to_owned();
+    }
+    if let Some(v) = patch.server_port {
+        check_server_port(v)?;
+        node.server_port = v;
+    }
+    if let Some(v) = patch.region {
+        node.region = v;
+    }
+    if let Some(v) = patch.tags {
+        node.tags = v;
+    }
+    if let Some(v) = patch.public {
+        node.public = v;
+    }
+    if let Some(v) = patch.port_pool {
+        node.port_pool = parse_port_pool("port_pool", &v)?;
+    }
+    if let Some(v) = patch.proxy_types {
+        node.proxy_types = parse_proxy_types("proxy_types", &v)?;
+    }
+    if let Some(v) = patch.max_proxies_per_session {
+        node.max_proxies_per_session = v;
+    }
+    if let Some(v) = patch.token {
+        check_token(&v)?;
+        node.frp_token = v;
+    }
+    sqlx::query(
+        "UPDATE nodes SET name = $1, server_addr = $2, server_port = $3, region = $4, tags = $5, \
+         is_public = $6, port_pool = $7, proxy_types = $8, max_proxies_per_session = $9, \
+         frp_token = $10, updated_ms = $11 WHERE id = $12",
+    )
+    .bind(&node.name)
+    .bind(&node.server_addr)
+    .bind(i64::from(node.server_port))
+    .bind(&node.region)
+    .bind(serde_json::to_string(&node.tags).unwrap_or_else(|_| "[]".into()))
+    .bind(i64::from(node.public))
+    .bind(node.port_pool.to_string())
+    .bind(node.proxy_types.to_string())
+    .bind(i64::from(node.max_proxies_per_session))
+    .bind(&node.frp_token)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(node = %node.id, public = node.public, port_pool = %node.port_pool, "node updated");
+    Ok(node)
+}
+
+/// Deletes a node and (by cascade, and explicitly for SQLite files opened
+/// without foreign keys) its invites.
+pub async fn delete(db: &Db, id: &str) -> Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM invites WHERE node_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("node {id} not found")));
+    }
+    tx.commit().await?;
+    tracing::info!(node = %id, "node deleted");
+    Ok(())
+}
+
+/// Records a heartbeat.
+pub async fn heartbeat(db: &Db, id: &str, body: &Heartbeat) -> Result<i64> {
+    let now = now_ms();
+    sqlx::query("UPDATE nodes SET last_heartbeat_ms = $1, heartbeat = $2 WHERE id = $3")
+        .bind(now)
+        .bind(serde_json::to_string(body).unwrap_or_else(|_| "{}".into()))
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(now)
+}
