@@ -30,7 +30,7 @@ pub const MAX_TTL_S: u64 = 365 * 86_400;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvite {
-    /// Lifetime in seconds (60 s to 365 days; default 7 days).
+    /// Lifetime in seconds (1 s to 365 days; default 7 days).
     pub ttl_s: Option<u64>,
     /// Resolves allowed (0 = unlimited; default 1).
     pub max_uses: Option<u32>,
@@ -271,10 +271,10 @@ fn invite_from_row(row: &AnyRow) -> Result<Invite> {
 /// Checks a create request against the node and turns it into an invite.
 fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
     let ttl_s = req.ttl_s.unwrap_or(DEFAULT_TTL_S);
-    if !(60..=MAX_TTL_S).contains(&ttl_s) {
+    if !(1..=MAX_TTL_S).contains(&ttl_s) {
         return Err(Error::invalid(
             "ttl_s",
-            format!("ttl_s must be 60-{MAX_TTL_S} seconds, got {ttl_s}"),
+            format!("ttl_s must be 1-{MAX_TTL_S} seconds, got {ttl_s}"),
         ));
     }
     let ticket_ttl_s = req.ticket_ttl_s.unwrap_or(tickets::DEFAULT_TICKET_TTL_S);

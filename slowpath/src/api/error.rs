@@ -103,8 +103,9 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
     }
     let path = e.path().to_string();
     let parent = if path == "." { String::new() } else { path };
-    // Missing and unknown fields are reported at the parent; name the field itself.
-    let field = if message.starts_with("missing field") || message.starts_with("unknown field") {
+    // A missing field is reported at its parent; name the field itself (an
+    // unknown field's path already ends with its name).
+    let field = if message.starts_with("missing field") {
         match quoted_name(message) {
             Some(name) if parent.is_empty() => name.to_owned(),
             Some(name) => format!("{parent}.{name}"),

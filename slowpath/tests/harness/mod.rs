@@ -1,0 +1,225 @@
+//! Test harness: starts the real `slowpath serve` on a free port against a
+//! fresh SQLite file or a fresh PostgreSQL schema, and talks HTTP to it.
+//!
+//! `TOTORO_TEST_DATABASE_URL` (postgres://…) enables the PostgreSQL runs;
+//! without it they print a skip line.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Which database a run uses.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// SQLite file in the data directory.
+    Sqlite,
+    /// A fresh schema on this server.
+    Postgres(String),
+}
+
+/// Runs `f` once per available backend.
+pub fn each_backend(name: &str, f: impl Fn(Backend)) {
+    eprintln!("[{name}] sqlite");
+    f(Backend::Sqlite);
+    match std::env::var("TOTORO_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            eprintln!("[{name}] postgres");
+            f(Backend::Postgres(url));
+        }
+        _ => eprintln!("[{name}] postgres: SKIPPED (TOTORO_TEST_DATABASE_URL not set)"),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}_{n}_{nanos}", std::process::id())
+}
+
+/// Creates a schema for one test and returns a URL whose search_path is it.
+fn fresh_schema(base: &str) -> String {
+    let schema = unique("t_");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection as _;
+        use sqlx::Executor as _;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
+        conn.execute(format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .unwrap();
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `slowpath serve`.
+pub struct Slowpath {
+    child: Child,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Shared-memory directory (a plain temp directory in tests).
+    pub shm: PathBuf,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// Admin key.
+    pub admin: String,
+    /// The local node id.
+    pub local_node: String,
+}
+
+impl Slowpath {
+    /// Starts one with extra flags.
+    pub fn start(backend: &Backend, extra: &[&str]) -> Slowpath {
+        let dir = std::env::temp_dir().join(unique("totoro-sp-"));
+        let shm = dir.join("shm");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slowpath"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--shm-dir")
+            .arg(&shm)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env_remove("ADMIN_API_KEY")
+            .env_remove("TOTORO_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("slowpath.log")).unwrap(),
+            ));
+        if let Backend::Postgres(base) = backend {
+            cmd.arg("--database-url").arg(fresh_schema(base));
+        }
+        let child = cmd.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ureq::get(&format!("{base}/healthz")).call().is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slowpath did not come up; log:\n{}",
+                std::fs::read_to_string(dir.join("slowpath.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let admin = std::fs::read_to_string(dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut sp = Slowpath {
+            child,
+            dir,
+            shm,
+            base,
+            admin,
+            local_node: String::new(),
+        };
+        let (status, stats) = sp.admin_call("GET", "/api/v1/admin/stats", None);
+        assert_eq!(status, 200, "{stats}");
+        sp.local_node = stats["local_node_id"].as_str().unwrap().to_owned();
+        sp
+    }
+
+    /// A request with an optional bearer key and JSON body; returns status and JSON.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        call(&format!("{}{path}", self.base), method, key, body).0
+    }
+
+    /// A request with the admin key.
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        self.call(method, path, Some(&self.admin), body.as_deref())
+    }
+
+    /// Registers a node; returns (node json, node key).
+    pub fn node(&self, body: Value) -> (Value, String) {
+        let (status, v) = self.admin_call("POST", "/api/v1/admin/nodes", Some(body));
+        assert_eq!(status, 201, "{v}");
+        let key = v["node_key"].as_str().unwrap().to_owned();
+        (v, key)
+    }
+
+    /// Creates an invite with a node key; returns the response.
+    pub fn invite(&self, node_key: &str, body: Value) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/api/v1/nodes/invites",
+            Some(node_key),
+            Some(&body.to_string()),
+        )
+    }
+
+    /// Resolves a code.
+    pub fn resolve(&self, code: &str) -> (u16, Value) {
+        let body = serde_json::json!({ "code": code }).to_string();
+        self.call("POST", "/api/v1/invites/resolve", None, Some(&body))
+    }
+}
+
+/// One HTTP request; returns ((status, json), Retry-After).
+pub fn call(
+    url: &str,
+    method: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> ((u16, Value), Option<String>) {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let resp = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let retry = resp.header("Retry-After").map(str::to_owned);
+    let text = resp.into_string().unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    ((status, json), retry)
+}
+
+impl Drop for Slowpath {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
