@@ -687,7 +687,10 @@ mod tests {
                     max_conns: 2,
                     max_proxies: 3,
                     proxy_types: ProxyTypes::parse("tcp").unwrap(),
-                    port_pool: PortSet::from_ranges(vec![(10000 + i as u16 % 100, 10005 + i as u16 % 100)]),
+                    port_pool: PortSet::from_ranges(vec![(
+                        10000 + i as u16 % 100,
+                        10005 + i as u16 % 100,
+                    )]),
                     domain_suffix: format!("d{i}.example"),
                 })
                 .collect(),

@@ -73,7 +73,7 @@ async fn node_for(app: &AppState, q: &PluginQuery) -> Result<Node, Error> {
     nodes::get(&app.db, q.node_id.as_deref().unwrap_or(&app.local_node_id)).await
 }
 
-fn ticket_in<'a>(metas: Option<&'a serde_json::Value>) -> Option<&'a str> {
+fn ticket_in(metas: Option<&serde_json::Value>) -> Option<&str> {
     metas?.get("ticket")?.as_str().filter(|t| !t.is_empty())
 }
 

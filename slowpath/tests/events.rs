@@ -1,0 +1,148 @@
+//! The event drain: a ring file made the way a fastpath worker makes one is
+//! mapped by `slowpath serve`, its records land in the audit log and the
+//! traffic totals, and the worker's applied generation shows in the stats.
+
+mod harness;
+
+use std::os::fd::AsRawFd as _;
+use std::time::{Duration, Instant};
+
+use harness::{each_backend, Slowpath};
+use proto::events::{Event, EventRecord};
+use proto::policy::InviteId;
+use proto::ring::Ring;
+
+/// A producer-side ring in a file, as the fastpath creates it.
+struct Producer {
+    _file: std::fs::File,
+    addr: *mut libc::c_void,
+    len: usize,
+    ring: Ring,
+}
+
+impl Producer {
+    fn create(path: &std::path::Path) -> Producer {
+        let len = proto::ring::RING_HEADER + 64 * 1024;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        file.set_len(len as u64).unwrap();
+        // SAFETY: a fresh shared mapping of a file of `len` bytes.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping outlives the ring (both dropped together).
+        let ring = unsafe { Ring::create(addr.cast(), len) }.unwrap();
+        Producer {
+            _file: file,
+            addr,
+            len,
+            ring,
+        }
+    }
+
+    fn push(&self, event: Event) {
+        let rec = EventRecord {
+            ts_ms: 1_700_000_000_000,
+            worker: 0,
+            event,
+        };
+        assert!(self.ring.push(&rec.to_bytes()));
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe {
+            libc::munmap(self.addr, self.len);
+        }
+    }
+}
+
+fn wait_for(
+    sp: &Slowpath,
+    path: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, v) = sp.admin_call("GET", path, None);
+        assert_eq!(status, 200, "{v}");
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path} never matched; last: {v}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn ring_events_reach_audit_and_stats() {
+    each_backend("event_drain", |b| {
+        let sp = Slowpath::start(&b, &[]);
+        let invite = Some(InviteId::from_u128(7));
+        let producer = Producer::create(&sp.shm.join("events-0.ring"));
+        producer.ring.set_applied_generation(42);
+        producer.push(Event::SessionOpen {
+            run_id: "run1".into(),
+            invite,
+            user: "u".into(),
+            version: "0.61.0".into(),
+            peer: "127.0.0.1:5555".into(),
+        });
+        producer.push(Event::ProxyRejected {
+            run_id: "run1".into(),
+            invite,
+            proxy: "ssh".into(),
+            proxy_type: "tcp".into(),
+            reason: "port 9999 is not in the invite's pool".into(),
+        });
+        producer.push(Event::Traffic {
+            run_id: "run1".into(),
+            invite,
+            proxy: "ssh".into(),
+            bytes_in: 100,
+            bytes_out: 250,
+        });
+        let rows = wait_for(
+            &sp,
+            "/api/v1/admin/audit?invite_id=inv_00000000000000000000000000000007",
+            |v| v.as_array().is_some_and(|a| a.len() == 2),
+        );
+        assert_eq!(rows[0]["kind"], "proxy.rejected");
+        assert_eq!(rows[0]["reason"], "port 9999 is not in the invite's pool");
+        assert_eq!(rows[1]["kind"], "session.open");
+        assert_eq!(rows[1]["run_id"], "run1");
+        assert_eq!(rows[1]["node_id"], sp.local_node.as_str());
+        let stats = wait_for(&sp, "/api/v1/admin/stats", |v| {
+            v["traffic"]["bytes_out"] == 250
+        });
+        assert_eq!(stats["traffic"]["bytes_in"], 100);
+        assert_eq!(stats["sessions_open"], 1);
+        assert_eq!(stats["workers"][0]["applied_generation"], 42);
+
+        // A restarted fastpath makes a new ring file (new inode): it is remapped.
+        drop(producer);
+        std::fs::remove_file(sp.shm.join("events-0.ring")).unwrap();
+        let producer = Producer::create(&sp.shm.join("events-0.ring"));
+        producer.push(Event::SessionClose {
+            run_id: "run1".into(),
+            invite,
+            reason: "client closed".into(),
+        });
+        wait_for(&sp, "/api/v1/admin/stats", |v| v["sessions_open"] == 0);
+    });
+}
