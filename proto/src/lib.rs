@@ -13,6 +13,8 @@
 //! - [`snappy`]: the snappy framing format frp uses for `useCompression`.
 //! - [`yamux`]: a yamux session state machine compatible with hashicorp/yamux.
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
+//! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
+//!   frpc: signing, key-id peek, signature check, expiry and node binding.
 //! - [`policy`]: the policy table (node, invites, ticket keys) the slowpath
 //!   compiles and the fastpath reads in place, and the port/type set math.
 //! - [`events`]: typed data-plane events and their binary record form.
@@ -27,5 +29,6 @@ pub mod msg;
 pub mod policy;
 pub mod ring;
 pub mod snappy;
+pub mod ticket;
 pub mod wire_v2;
 pub mod yamux;
