@@ -23,8 +23,8 @@
 
 pub mod auth;
 pub mod cfb;
-pub mod frame;
 pub mod events;
+pub mod frame;
 pub mod msg;
 pub mod policy;
 pub mod ring;

@@ -85,7 +85,8 @@ impl Ring {
         for off in [OFF_DROPPED, OFF_PUSHED, OFF_APPLIED, OFF_HEAD, OFF_TAIL] {
             r.atomic(off).store(0, Ordering::Relaxed);
         }
-        r.atomic(OFF_PID).store(std::process::id() as u64, Ordering::Relaxed);
+        r.atomic(OFF_PID)
+            .store(std::process::id() as u64, Ordering::Relaxed);
         r.atomic(OFF_CAP).store(cap, Ordering::Relaxed);
         r.atomic(0).store(MAGIC, Ordering::Release);
         Ok(r)
@@ -141,7 +142,11 @@ impl Ring {
         // SAFETY: inside the data area; the consumer owns [tail, head).
         unsafe {
             std::ptr::copy_nonoverlapping(self.data().add(at), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data(), dst.as_mut_ptr().add(first), dst.len() - first);
+            std::ptr::copy_nonoverlapping(
+                self.data(),
+                dst.as_mut_ptr().add(first),
+                dst.len() - first,
+            );
         }
     }
 
@@ -212,7 +217,8 @@ impl Ring {
 
     /// Say which policy generation this worker enforces (producer).
     pub fn set_applied_generation(&self, generation: u64) {
-        self.atomic(OFF_APPLIED).store(generation, Ordering::Release);
+        self.atomic(OFF_APPLIED)
+            .store(generation, Ordering::Release);
     }
 
     /// The policy generation the producer enforces.
@@ -296,7 +302,10 @@ mod tests {
             unsafe { Ring::attach(p, RING_HEADER + 128) }.err(),
             Some(RingError::BadMagic)
         );
-        assert_eq!(unsafe { Ring::create(p, 100) }.err(), Some(RingError::TooSmall));
+        assert_eq!(
+            unsafe { Ring::create(p, 100) }.err(),
+            Some(RingError::TooSmall)
+        );
     }
 
     #[test]

@@ -137,8 +137,8 @@ fn decode_header(part: &str) -> Result<Header, TicketError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TicketError::Malformed("header is not base64url"))?;
-    let header: Header =
-        serde_json::from_slice(&bytes).map_err(|_| TicketError::Malformed("header is not JWT JSON"))?;
+    let header: Header = serde_json::from_slice(&bytes)
+        .map_err(|_| TicketError::Malformed("header is not JWT JSON"))?;
     if header.alg != "EdDSA" {
         return Err(TicketError::Malformed("alg is not EdDSA"));
     }
@@ -252,9 +252,15 @@ mod tests {
         let mut future = claims();
         future.iat = 10_000;
         future.exp = 20_000;
-        assert_eq!(check(&future, 1_000, "node_01"), Err(TicketError::NotYetValid));
+        assert_eq!(
+            check(&future, 1_000, "node_01"),
+            Err(TicketError::NotYetValid)
+        );
         assert_eq!(TicketError::Expired.to_string(), "ticket expired");
-        assert_eq!(TicketError::WrongNode.to_string(), "ticket is for another node");
+        assert_eq!(
+            TicketError::WrongNode.to_string(),
+            "ticket is for another node"
+        );
     }
 
     #[test]
@@ -336,6 +342,8 @@ mod tests {
             verify(&t, &public),
             Err(TicketError::Malformed("signature is not 64 bytes"))
         );
-        assert!(TicketError::Malformed("x").to_string().starts_with("malformed ticket: "));
+        assert!(TicketError::Malformed("x")
+            .to_string()
+            .starts_with("malformed ticket: "));
     }
 }

@@ -13,8 +13,8 @@ use std::fmt;
 
 pub use ports::PortSet;
 pub use table::{
-    InvitePolicy, InviteView, NodePolicy, NodeView, PolicySpec, PolicyTable, PortsView,
-    TableError, TicketKey,
+    InvitePolicy, InviteView, NodePolicy, NodeView, PolicySpec, PolicyTable, PortsView, TableError,
+    TicketKey,
 };
 pub use types::ProxyTypes;
 

@@ -122,7 +122,9 @@ pub(crate) fn contains_in(ranges: &[(u16, u16)], port: u16) -> bool {
 
 fn parse_port(s: &str, item: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("{item:?} is not a port or range of ports (1-65535)")),
+        Ok(0) | Err(_) => Err(format!(
+            "{item:?} is not a port or range of ports (1-65535)"
+        )),
         Ok(p) => Ok(p),
     }
 }
@@ -175,6 +177,9 @@ mod tests {
         let out = PortSet::parse("9990-10005").unwrap();
         assert!(!out.is_subset_of(&node));
         assert_eq!(out.intersect(&node).to_string(), "10000-10005");
-        assert_eq!(inv.iter().take(3).collect::<Vec<_>>(), vec![10000, 10001, 10002]);
+        assert_eq!(
+            inv.iter().take(3).collect::<Vec<_>>(),
+            vec![10000, 10001, 10002]
+        );
     }
 }

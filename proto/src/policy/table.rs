@@ -192,7 +192,7 @@ impl PolicySpec {
         }
 
         let mut sorted: Vec<&InvitePolicy> = self.invites.iter().collect();
-        sorted.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+        sorted.sort_by_key(|a| a.id.0);
         // Keep the last of equal ids: walk backwards, skip repeats.
         let mut uniq: Vec<&InvitePolicy> = Vec::with_capacity(sorted.len());
         for inv in sorted.into_iter().rev() {
@@ -224,7 +224,7 @@ impl PolicySpec {
         let mut out = vec![0u8; HEADER_LEN + DIR_ENTRY * sections.len()];
         let mut dir = Vec::with_capacity(DIR_ENTRY * sections.len());
         for (kind, body) in sections {
-            while out.len() % 8 != 0 {
+            while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
             dir.extend_from_slice(&kind.to_le_bytes());
@@ -373,13 +373,13 @@ impl<'a> PolicyTable<'a> {
         if self.node.len() != NODE_REC {
             return Err(TableError::Corrupt("node section size"));
         }
-        if self.keys.len() % KEY_REC != 0 {
+        if !self.keys.len().is_multiple_of(KEY_REC) {
             return Err(TableError::Corrupt("keys section size"));
         }
-        if self.invites.len() % INVITE_REC != 0 {
+        if !self.invites.len().is_multiple_of(INVITE_REC) {
             return Err(TableError::Corrupt("invites section size"));
         }
-        if self.ports.len() % 4 != 0 {
+        if !self.ports.len().is_multiple_of(4) {
             return Err(TableError::Corrupt("ports section size"));
         }
         self.check_str(self.node, 0)?;
@@ -687,7 +687,10 @@ mod tests {
                     max_conns: 2,
                     max_proxies: 3,
                     proxy_types: ProxyTypes::parse("tcp").unwrap(),
-                    port_pool: PortSet::from_ranges(vec![(10000 + i as u16 % 100, 10005 + i as u16 % 100)]),
+                    port_pool: PortSet::from_ranges(vec![(
+                        10000 + i as u16 % 100,
+                        10005 + i as u16 % 100,
+                    )]),
                     domain_suffix: format!("d{i}.example"),
                 })
                 .collect(),

@@ -7,7 +7,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProxyTypes(pub u32);
 
-const NAMES: [&str; 8] = ["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp", "tcpmux"];
+const NAMES: [&str; 8] = [
+    "tcp", "udp", "http", "https", "stcp", "sudp", "xtcp", "tcpmux",
+];
 
 impl ProxyTypes {
     /// Every type frp knows.
@@ -25,9 +27,8 @@ impl ProxyTypes {
         let mut bits = 0;
         for n in names {
             let n = n.as_ref().trim();
-            bits |= Self::bit(n).ok_or_else(|| {
-                format!("unknown proxy type {n:?} (known: {})", NAMES.join(", "))
-            })?;
+            bits |= Self::bit(n)
+                .ok_or_else(|| format!("unknown proxy type {n:?} (known: {})", NAMES.join(", ")))?;
         }
         Ok(ProxyTypes(bits))
     }
