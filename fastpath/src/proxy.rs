@@ -49,14 +49,6 @@ impl Proxy {
         if name.is_empty() {
             return Err("proxy name is empty".into());
         }
-        match np.proxy_type.as_str() {
-            "" | "tcp" => {}
-            other => {
-                return Err(format!(
-                    "proxy type [{other}] is not supported by this server yet"
-                ))
-            }
-        }
         if np.remote_port < 0 || np.remote_port > 65535 {
             return Err(format!("remote port {} is out of range", np.remote_port));
         }
@@ -72,6 +64,15 @@ impl Proxy {
             np.remote_port as u16,
             control.proxy_count(),
         )?;
+        // Policy first, so that a type the invite forbids is refused as
+        // such rather than as not implemented.
+        if !matches!(np.proxy_type.as_str(), "" | "tcp") {
+            shared.policy.release_proxy(grant);
+            return Err(format!(
+                "proxy type [{}] is not supported by this server yet",
+                np.proxy_type
+            ));
+        }
         if !shared.directory.claim_proxy(&name) {
             shared.policy.release_proxy(grant);
             return Err(format!("proxy [{name}] already exists"));
