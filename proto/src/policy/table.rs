@@ -248,6 +248,15 @@ impl PolicySpec {
     }
 }
 
+/// Recompute the checksum of a table edited by hand (fuzzing and tests
+/// that need structurally bad tables to get past the checksum).
+pub fn seal(bytes: &mut [u8]) {
+    if bytes.len() >= HEADER_LEN {
+        let sum = checksum(bytes) as u64;
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
 fn checksum(bytes: &[u8]) -> u32 {
     let c = crc32c::crc32c(&bytes[..CHECKSUM_AT]);
     let c = crc32c::crc32c_append(c, &[0; 8]);
@@ -736,6 +745,39 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(PolicyTable::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn sealed_but_inconsistent_tables_are_refused() {
+        let bytes = spec(4).encode();
+        let dir = |i: usize| HEADER_LEN + i * DIR_ENTRY;
+        // Invites section (third entry) pointing past the end.
+        let mut b = bytes.clone();
+        b[dir(2) + 8..dir(2) + 16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        seal(&mut b);
+        assert!(matches!(
+            PolicyTable::parse(&b),
+            Err(TableError::Corrupt(_))
+        ));
+        // Two invite records swapped: no longer sorted.
+        let mut b = bytes.clone();
+        let off = u64_at(&bytes, dir(2) + 8) as usize;
+        let (first, second) = b[off..off + 2 * INVITE_REC].split_at_mut(INVITE_REC);
+        first.swap_with_slice(second);
+        seal(&mut b);
+        assert_eq!(
+            PolicyTable::parse(&b).unwrap_err(),
+            TableError::Corrupt("invites not sorted by id")
+        );
+        // A string reference past the strings section.
+        let mut b = bytes.clone();
+        let node = u64_at(&bytes, dir(0) + 8) as usize;
+        b[node..node + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        seal(&mut b);
+        assert_eq!(
+            PolicyTable::parse(&b).unwrap_err(),
+            TableError::Corrupt("string out of bounds")
+        );
     }
 
     #[test]
