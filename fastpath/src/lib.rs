@@ -12,6 +12,7 @@
 //! and [`events`] reports back through shared-memory rings ([`shm`]).
 
 pub mod accept;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod control;
