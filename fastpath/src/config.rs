@@ -135,6 +135,13 @@ pub struct FastpathConfig {
     /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub driver: String,
+    /// Shared-memory directory of a slowpath (`/dev/shm/totoro-<instance>`):
+    /// when set, logins and proxies are decided by the policy table the
+    /// slowpath publishes there, and events go back through per-worker
+    /// rings in the same directory. Empty: run alone on this file's keys.
+    pub policy_dir: String,
+    /// Ring size per worker for events to the slowpath, bytes.
+    pub event_ring_bytes: usize,
 }
 
 impl Default for Config {
@@ -198,6 +205,8 @@ impl Default for FastpathConfig {
             relay_buffer: 64 * 1024,
             splice: true,
             driver: "auto".into(),
+            policy_dir: String::new(),
+            event_ring_bytes: 1 << 20,
         }
     }
 }
@@ -347,6 +356,12 @@ impl Config {
             return Err(invalid(
                 "fastpath.driver",
                 format!("{:?} is not one of auto, io_uring, epoll", fp.driver),
+            ));
+        }
+        if fp.event_ring_bytes < 4096 || fp.event_ring_bytes > 1 << 30 {
+            return Err(invalid(
+                "fastpath.eventRingBytes",
+                format!("{} is outside 4096..=1073741824", fp.event_ring_bytes),
             ));
         }
         if fp.relay_buffer < 4096 || fp.relay_buffer > 16 << 20 {

@@ -21,10 +21,12 @@ use proto::msg::{
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::handoff::WorkerMsg;
 use crate::msgio::{self, MsgError, MsgReader, MsgWriter, Wire};
+use crate::policy::Grant;
 use crate::proxy::Proxy;
 use crate::shared::SessionRef;
 use crate::stats::WorkerStats;
 use crate::worker::WorkerCtx;
+use proto::events::Event;
 use proto::wire_v2::{AeadAlgorithm, ControlKeys};
 
 /// Server version reported in LoginResp.
@@ -52,6 +54,8 @@ pub struct Control {
     pub login: Login,
     /// The client's address.
     pub peer: SocketAddr,
+    /// What the session was let in on (decides its proxy rules).
+    pub grant: Grant,
     ctx: Rc<WorkerCtx>,
     tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
     pool: RefCell<VecDeque<(Conn, Wire)>>,
@@ -115,10 +119,31 @@ pub async fn run(
     if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
         let reason = "token in login doesn't match token from configuration";
         tracing::info!(%peer, user = %login.user, %reason, "login refused");
+        ctx.events.emit(Event::AuthFailed {
+            peer: peer.to_string(),
+            invite: None,
+            reason: reason.into(),
+        });
         let out = refuse(reason, &mut preface);
         conn.finish(out).await;
         return;
     }
+    let replacing =
+        !login.run_id.is_empty() && shared.directory.find_session(&login.run_id).is_some();
+    let grant = match shared.policy.authorize_login(&login, now_s(), replacing) {
+        Ok(g) => g,
+        Err(r) => {
+            tracing::info!(%peer, user = %login.user, invite = ?r.invite, reason = %r.reason, "login refused");
+            let out = refuse(&r.reason, &mut preface);
+            ctx.events.emit(Event::AuthFailed {
+                peer: peer.to_string(),
+                invite: r.invite,
+                reason: r.reason,
+            });
+            conn.finish(out).await;
+            return;
+        }
+    };
 
     // Register.
     let run_id = if login.run_id.is_empty() {
@@ -154,6 +179,7 @@ pub async fn run(
     if let Err(e) = conn.write_all(preface).await.0 {
         tracing::debug!(%peer, error = %e, "could not send LoginResp");
         shared.directory.remove_session(&run_id, me);
+        shared.policy.release_session(grant);
         return;
     }
     let (writer_cipher, mut reader) = match v2_keys {
@@ -172,6 +198,7 @@ pub async fn run(
                 _ => {
                     tracing::warn!(%peer, "cannot set up the v2 control cipher");
                     shared.directory.remove_session(&run_id, me);
+                    shared.policy.release_session(grant);
                     return;
                 }
             }
@@ -186,6 +213,7 @@ pub async fn run(
         run_id: run_id.clone(),
         login,
         peer,
+        grant,
         ctx: ctx.clone(),
         tx: RefCell::new(Some(tx)),
         pool: RefCell::new(VecDeque::new()),
@@ -203,8 +231,16 @@ pub async fn run(
     WorkerStats::add(&ctx.stats().sessions, 1);
     tracing::info!(
         session = %run_id, %peer, user = %control.login.user, version = %control.login.version,
-        transport = conn.kind(), wire = wire.name(), worker = ctx.id, "client logged in"
+        invite = ?grant.invite(), transport = conn.kind(), wire = wire.name(), worker = ctx.id,
+        "client logged in"
     );
+    ctx.events.emit(Event::SessionOpen {
+        run_id: run_id.clone(),
+        invite: grant.invite(),
+        user: control.login.user.clone(),
+        version: control.login.version.clone(),
+        peer: peer.to_string(),
+    });
 
     // Serve.
     let (r, w) = conn.into_split();
@@ -277,6 +313,7 @@ impl Control {
         match msg {
             Message::NewProxy(np) => {
                 let name = np.proxy_name.clone();
+                let proxy_type = np.proxy_type.clone();
                 let resp = match Proxy::register(self, np) {
                     Ok(proxy) => {
                         let remote_addr = proxy.remote_addr();
@@ -288,7 +325,14 @@ impl Control {
                         }
                     }
                     Err(reason) => {
-                        tracing::info!(session = %self.run_id, proxy = %name, %reason, "proxy refused");
+                        tracing::info!(session = %self.run_id, proxy = %name, invite = ?self.grant.invite(), %reason, "proxy refused");
+                        self.ctx.events.emit(Event::ProxyRejected {
+                            run_id: self.run_id.clone(),
+                            invite: self.grant.invite(),
+                            proxy: name.clone(),
+                            proxy_type,
+                            reason: reason.clone(),
+                        });
                         let error = if self.ctx.shared.config.detailed_errors_to_client {
                             reason
                         } else {
@@ -458,6 +502,28 @@ impl Control {
             a => a.abort(),
         }
         WorkerStats::add(&ctx.stats().sessions, -1);
+        ctx.shared.policy.release_session(self.grant);
+        ctx.events.emit(Event::SessionClose {
+            run_id: self.run_id.clone(),
+            invite: self.grant.invite(),
+            reason: reason.to_string(),
+        });
         tracing::info!(session = %self.run_id, peer = %self.peer, %reason, "session closed");
     }
+
+    /// Number of proxies the session holds.
+    pub fn proxy_count(&self) -> usize {
+        self.proxies.borrow().len()
+    }
+
+    /// Report the bytes each proxy relayed since the last report.
+    pub fn report_traffic(&self) {
+        for p in self.proxies.borrow().values() {
+            p.report_traffic(self);
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    crate::events::now_ms() / 1000
 }

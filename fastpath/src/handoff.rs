@@ -17,6 +17,9 @@ pub enum WorkerMsg {
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },
+    /// A new policy table is in force: end the sessions it no longer
+    /// allows, then report the generation as applied.
+    PolicyChanged { generation: u64 },
     /// The process is stopping: close everything.
     Stop,
 }

@@ -16,8 +16,10 @@ use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::policy::PortRule;
 use crate::relay::{self, RelayOpts};
 use crate::stats::WorkerStats;
+use proto::events::Event;
 
 /// A registered proxy.
 pub struct Proxy {
@@ -26,9 +28,14 @@ pub struct Proxy {
     port: u16,
     use_encryption: bool,
     use_compression: bool,
+    proxy_type: String,
     canceller: RefCell<Canceller>,
     closed: Cell<bool>,
     control: std::rc::Weak<Control>,
+    /// Bytes relayed visitor → frpc and frpc → visitor.
+    bytes: [Cell<u64>; 2],
+    /// What of `bytes` has been reported already.
+    reported: [Cell<u64>; 2],
 }
 
 impl Proxy {
@@ -42,14 +49,6 @@ impl Proxy {
         if name.is_empty() {
             return Err("proxy name is empty".into());
         }
-        match np.proxy_type.as_str() {
-            "" | "tcp" => {}
-            other => {
-                return Err(format!(
-                    "proxy type [{other}] is not supported by this server yet"
-                ))
-            }
-        }
         if np.remote_port < 0 || np.remote_port > 65535 {
             return Err(format!("remote port {} is out of range", np.remote_port));
         }
@@ -58,15 +57,37 @@ impl Proxy {
         {
             return Err("exceed the max_ports_per_client".into());
         }
+        let grant = control.grant;
+        let rule = shared.policy.authorize_proxy(
+            grant,
+            &np.proxy_type,
+            np.remote_port as u16,
+            control.proxy_count(),
+        )?;
+        // Policy first, so that a type the invite forbids is refused as
+        // such rather than as not implemented.
+        if !matches!(np.proxy_type.as_str(), "" | "tcp") {
+            shared.policy.release_proxy(grant);
+            return Err(format!(
+                "proxy type [{}] is not supported by this server yet",
+                np.proxy_type
+            ));
+        }
         if !shared.directory.claim_proxy(&name) {
+            shared.policy.release_proxy(grant);
             return Err(format!("proxy [{name}] already exists"));
         }
+        let ranges: Vec<(u16, u16)> = match &rule {
+            PortRule::Config if cfg.allow_ports.is_empty() => vec![(10000, 60000)],
+            PortRule::Config => cfg.allow_ports.iter().map(|r| r.bounds()).collect(),
+            PortRule::Pool(pool) => pool.ranges().to_vec(),
+        };
         let ip = cfg.proxy_ip();
         let bound = if np.remote_port == 0 {
-            allocate_port(cfg, &shared.ports, ip)
+            allocate_port(&ranges, &shared.ports, ip)
         } else {
             let port = np.remote_port as u16;
-            if !port_allowed(cfg, port) {
+            if matches!(rule, PortRule::Config) && !port_allowed(cfg, port) {
                 Err("port not allowed".to_string())
             } else if !shared.ports.claim(port) {
                 Err("port already used".to_string())
@@ -81,20 +102,36 @@ impl Proxy {
             Ok(x) => x,
             Err(e) => {
                 shared.directory.release_proxy(&name);
+                shared.policy.release_proxy(grant);
                 return Err(e);
             }
+        };
+        let proxy_type = if np.proxy_type.is_empty() {
+            "tcp".to_string()
+        } else {
+            np.proxy_type
         };
         let proxy = Rc::new(Proxy {
             name,
             port,
+            proxy_type,
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
             canceller: RefCell::new(Canceller::new()),
             closed: Cell::new(false),
             control: Rc::downgrade(control),
+            bytes: Default::default(),
+            reported: Default::default(),
         });
         WorkerStats::add(&ctx.stats().proxies, 1);
-        tracing::info!(session = %control.run_id, proxy = %proxy.name, port, "proxy registered");
+        tracing::info!(session = %control.run_id, proxy = %proxy.name, port, invite = ?grant.invite(), "proxy registered");
+        ctx.events.emit(Event::ProxyRegistered {
+            run_id: control.run_id.clone(),
+            invite: grant.invite(),
+            proxy: proxy.name.clone(),
+            proxy_type: proxy.proxy_type.clone(),
+            remote_port: port,
+        });
         monoio::spawn(accept_loop(proxy.clone(), control.clone(), listener));
         Ok(proxy)
     }
@@ -122,9 +159,38 @@ impl Proxy {
         if let Some(c) = self.control.upgrade() {
             let ctx = c.ctx();
             ctx.shared.directory.release_proxy(&self.name);
+            ctx.shared.policy.release_proxy(c.grant);
             WorkerStats::add(&ctx.stats().proxies, -1);
+            self.report_traffic(&c);
+            ctx.events.emit(Event::ProxyClosed {
+                run_id: c.run_id.clone(),
+                invite: c.grant.invite(),
+                proxy: self.name.clone(),
+                reason: reason.to_string(),
+            });
             tracing::info!(session = %c.run_id, proxy = %self.name, %reason, "proxy closed");
         }
+    }
+
+    /// Report the bytes relayed since the last report, if any.
+    pub fn report_traffic(&self, control: &Control) {
+        let now = [self.bytes[0].get(), self.bytes[1].get()];
+        let delta = [
+            now[0] - self.reported[0].get(),
+            now[1] - self.reported[1].get(),
+        ];
+        if delta == [0, 0] {
+            return;
+        }
+        self.reported[0].set(now[0]);
+        self.reported[1].set(now[1]);
+        control.ctx().events.emit(Event::Traffic {
+            run_id: control.run_id.clone(),
+            invite: control.grant.invite(),
+            proxy: self.name.clone(),
+            bytes_in: delta[0],
+            bytes_out: delta[1],
+        });
     }
 }
 
@@ -137,15 +203,10 @@ fn port_allowed(cfg: &Config, port: u16) -> bool {
 }
 
 fn allocate_port(
-    cfg: &Config,
+    ranges: &[(u16, u16)],
     ports: &crate::shared::PortTable,
     ip: IpAddr,
 ) -> Result<(u16, std::net::TcpListener), String> {
-    let ranges: Vec<(u16, u16)> = if cfg.allow_ports.is_empty() {
-        vec![(10000, 60000)]
-    } else {
-        cfg.allow_ports.iter().map(|r| r.bounds()).collect()
-    };
     let total: u64 = ranges.iter().map(|(a, b)| (*b - *a) as u64 + 1).sum();
     let start = rand_u64() % total.max(1);
     // Walk the allowed set from a random point; try every port at most once
@@ -154,7 +215,7 @@ fn allocate_port(
     for i in 0..total {
         let mut k = (start + i) % total;
         let mut port = 0;
-        for (a, b) in &ranges {
+        for (a, b) in ranges {
             let n = (*b - *a) as u64 + 1;
             if k < n {
                 port = *a + k as u16;
@@ -239,7 +300,7 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
             splice: ctx.shared.config.fastpath.splice,
         };
         drop(control);
-        relay::run(&ctx, user, work, opts).await;
+        relay::run(&ctx, user, work, opts, &proxy.bytes).await;
     }
     WorkerStats::add(&stats.conns, -1);
 }

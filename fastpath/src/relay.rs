@@ -12,6 +12,7 @@
 //! TCP proxy should; an error in either direction aborts both connections
 //! so that the other direction's pending I/O wakes up and the relay ends.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
@@ -43,14 +44,43 @@ impl RelayOpts {
     }
 }
 
+/// Counts relayed bytes for the worker (process stats) and for the proxy
+/// (traffic events). The proxy side is a plain cell: it never leaves the
+/// worker.
+pub struct Meter<'a> {
+    worker: &'a AtomicU64,
+    proxy: &'a Cell<u64>,
+}
+
+impl Meter<'_> {
+    fn add(&self, n: u64) {
+        WorkerStats::bump(self.worker, n);
+        self.proxy.set(self.proxy.get() + n);
+    }
+}
+
 /// Relay until both directions are done.
-pub async fn run(ctx: &WorkerCtx, user: TcpStream, work: Conn, opts: RelayOpts) {
+pub async fn run(
+    ctx: &WorkerCtx,
+    user: TcpStream,
+    work: Conn,
+    opts: RelayOpts,
+    proxy_bytes: &[Cell<u64>; 2],
+) {
     let stats = ctx.stats();
+    let meter_in = Meter {
+        worker: &stats.bytes_in,
+        proxy: &proxy_bytes[0],
+    };
+    let meter_out = Meter {
+        worker: &stats.bytes_out,
+        proxy: &proxy_bytes[1],
+    };
     let aborters = [Aborter::Fd(user.as_raw_fd()), work.aborter()];
     if opts.splice && opts.plain() {
         if let Conn::Tcp(work) = work {
-            let up = splice_pump(&user, &work, &stats.bytes_in, &aborters);
-            let down = splice_pump(&work, &user, &stats.bytes_out, &aborters);
+            let up = splice_pump(&user, &work, &meter_in, &aborters);
+            let down = splice_pump(&work, &user, &meter_out, &aborters);
             monoio::join!(up, down);
             return;
         }
@@ -60,23 +90,16 @@ pub async fn run(ctx: &WorkerCtx, user: TcpStream, work: Conn, opts: RelayOpts) 
     if opts.plain() {
         if let ConnReader::Mux(mr) = wr {
             // yamux → user without a copy: received chunks go out as they are.
-            let up = pump(
-                ur,
-                ww,
-                Transform::None,
-                &stats.bytes_in,
-                &aborters,
-                opts.buffer,
-            );
-            let down = mux_pump(mr, uw, &stats.bytes_out, &aborters);
+            let up = pump(ur, ww, Transform::None, &meter_in, &aborters, opts.buffer);
+            let down = mux_pump(mr, uw, &meter_out, &aborters);
             monoio::join!(up, down);
             return;
         }
     }
     let up_t = Transform::encoder(&opts);
     let down_t = Transform::decoder(&opts);
-    let up = pump(ur, ww, up_t, &stats.bytes_in, &aborters, opts.buffer);
-    let down = pump(wr, uw, down_t, &stats.bytes_out, &aborters, opts.buffer);
+    let up = pump(ur, ww, up_t, &meter_in, &aborters, opts.buffer);
+    let down = pump(wr, uw, down_t, &meter_out, &aborters, opts.buffer);
     monoio::join!(up, down);
 }
 
@@ -151,7 +174,7 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 async fn splice_pump(
     src: &TcpStream,
     dst: &TcpStream,
-    counter: &AtomicU64,
+    counter: &Meter<'_>,
     aborters: &[Aborter; 2],
 ) {
     let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
@@ -169,7 +192,7 @@ async fn splice_pump(
                 }
                 Err(e) => return Err(e),
             };
-            WorkerStats::bump(counter, n as u64);
+            counter.add(n as u64);
             let mut left = n;
             while left > 0 {
                 match splice(pipe.0[0], dfd, left) {
@@ -199,12 +222,12 @@ async fn splice_pump(
 async fn mux_pump(
     mut r: crate::mux::MuxReader,
     mut w: ConnWriter,
-    counter: &AtomicU64,
+    counter: &Meter<'_>,
     aborters: &[Aborter; 2],
 ) {
     let result: io::Result<()> = async {
         while let Some(chunk) = r.read_chunk().await? {
-            WorkerStats::bump(counter, chunk.len() as u64);
+            counter.add(chunk.len() as u64);
             w.write_all(chunk).await.0?;
         }
         Ok(())
@@ -266,7 +289,7 @@ async fn pump(
     mut r: ConnReader,
     mut w: ConnWriter,
     mut t: Transform,
-    counter: &AtomicU64,
+    counter: &Meter<'_>,
     aborters: &[Aborter; 2],
     bufsize: usize,
 ) {
@@ -282,7 +305,7 @@ async fn pump(
             }
             match &mut t {
                 Transform::None => {
-                    WorkerStats::bump(counter, n as u64);
+                    counter.add(n as u64);
                     let (res, b) = w.write_all(buf).await;
                     buf = b;
                     res?;
@@ -292,7 +315,7 @@ async fn pump(
                     cipher,
                     out,
                 } => {
-                    WorkerStats::bump(counter, n as u64);
+                    counter.add(n as u64);
                     // Compress into `out`, or keep the read buffer; then
                     // encrypt whichever holds the bytes in place.
                     let compressed = snappy.is_some();
@@ -339,7 +362,7 @@ async fn pump(
                             if out.is_empty() {
                                 continue;
                             }
-                            WorkerStats::bump(counter, out.len() as u64);
+                            counter.add(out.len() as u64);
                             let (res, o) = w.write_all(std::mem::take(out)).await;
                             *out = o;
                             res?;
@@ -351,7 +374,7 @@ async fn pump(
                             if buf.is_empty() {
                                 continue;
                             }
-                            WorkerStats::bump(counter, buf.len() as u64);
+                            counter.add(buf.len() as u64);
                             let (res, b) = w.write_all(buf).await;
                             buf = b;
                             res?;

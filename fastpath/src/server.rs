@@ -12,9 +12,14 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::handoff::WorkerMsg;
 use crate::listener::bind_tcp;
+use crate::policy::Policy;
 use crate::shared::{Directory, PortTable, Shared};
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::worker;
+
+/// How often the policy directory is checked for a new table. A stat of
+/// one tmpfs file: cheap, and it bounds how late a revocation lands.
+const POLICY_POLL: Duration = Duration::from_millis(10);
 
 /// A running fastpath.
 pub struct Server {
@@ -42,6 +47,22 @@ impl Server {
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
         let pin = config.fastpath.cpu_pinning;
+        let policy = Arc::new(Policy::new(&config.fastpath.policy_dir));
+        if let Some(dir) = policy.dir() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {} (fastpath.policyDir)", dir.display()))?;
+            // Load what is there before accepting, so the first logins are
+            // decided by the table rather than refused for want of one.
+            let path = dir.join(crate::policy::TABLE_FILE);
+            if path.exists() {
+                match policy.try_load(&path) {
+                    Ok(generation) => tracing::info!(generation, "policy table in force"),
+                    Err(reason) => {
+                        tracing::warn!(%reason, path = %path.display(), "policy table refused")
+                    }
+                }
+            }
+        }
         let shared = Arc::new(Shared {
             config,
             token_key,
@@ -50,8 +71,23 @@ impl Server {
             inboxes: senders,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             stopping: Default::default(),
+            policy,
             tls,
         });
+        if shared.policy.dir().is_some() {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("fastpath-policy".into())
+                .spawn(move || {
+                    let stop = || s.is_stopping();
+                    let notify = |generation| {
+                        for inbox in &s.inboxes {
+                            let _ = inbox.send(WorkerMsg::PolicyChanged { generation });
+                        }
+                    };
+                    crate::policy::watch(s.policy.clone(), POLICY_POLL, stop, notify)
+                })?;
+        }
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
         let cores = std::thread::available_parallelism()

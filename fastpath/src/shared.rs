@@ -118,6 +118,8 @@ pub struct Shared {
     pub stats: Vec<WorkerStats>,
     /// Set when the process is shutting down.
     pub stopping: AtomicBool,
+    /// The slowpath's policy (or standalone rules).
+    pub policy: Arc<crate::policy::Policy>,
     /// TLS server configuration for the bind port.
     pub tls: Arc<rustls::ServerConfig>,
 }

@@ -14,6 +14,7 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::accept;
 use crate::conn::Conn;
 use crate::control::Control;
+use crate::events::EventSink;
 use crate::handoff::{MovedConn, WorkerMsg};
 use crate::shared::Shared;
 use crate::stats::WorkerStats;
@@ -27,6 +28,8 @@ pub struct WorkerCtx {
     pub shared: Arc<Shared>,
     /// Controls owned by this worker, by run_id.
     pub controls: RefCell<HashMap<String, Rc<Control>>>,
+    /// Where this worker reports events for the slowpath.
+    pub events: EventSink,
     next_control: Cell<u64>,
 }
 
@@ -98,10 +101,16 @@ async fn serve(
     driver: &'static str,
 ) {
     tracing::info!(worker = id, driver, "worker started");
+    let events = match shared.policy.dir() {
+        Some(dir) => EventSink::create(dir, id, shared.config.fastpath.event_ring_bytes),
+        None => EventSink::none(id),
+    };
+    events.set_applied_generation(shared.policy.generation());
     let ctx = Rc::new(WorkerCtx {
         id,
         shared,
         controls: RefCell::new(HashMap::new()),
+        events,
         next_control: Cell::new(0),
     });
     let listener = match TcpListener::from_std(listener) {
@@ -113,6 +122,9 @@ async fn serve(
     };
     let canceller = monoio::io::Canceller::new();
     let accept_task = monoio::spawn(accept_loop(ctx.clone(), listener, canceller.handle()));
+    if ctx.shared.policy.dir().is_some() {
+        monoio::spawn(traffic_sampler(ctx.clone()));
+    }
     inbox_loop(ctx.clone(), inbox).await;
     // Stop: no new connections, close every session we own.
     let _ = canceller.cancel();
@@ -158,6 +170,15 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                     c.close("replaced by a new login with the same run_id");
                 }
             }
+            WorkerMsg::PolicyChanged { generation } => {
+                let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
+                for c in controls {
+                    if let Err(reason) = ctx.shared.policy.still_allowed(c.grant) {
+                        c.close(&reason);
+                    }
+                }
+                ctx.events.set_applied_generation(generation);
+            }
             WorkerMsg::WorkConn(moved) => {
                 WorkerStats::bump(&ctx.stats().handoffs_in, 1);
                 let MovedConn {
@@ -183,6 +204,20 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                 };
                 accept::deliver_work_conn(&ctx, conn, pending, msg, wire, peer).await;
             }
+        }
+    }
+}
+
+/// How often each proxy's relayed bytes are reported (deltas; the rest is
+/// reported when the proxy closes).
+const TRAFFIC_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn traffic_sampler(ctx: Rc<WorkerCtx>) {
+    while !ctx.shared.is_stopping() {
+        monoio::time::sleep(TRAFFIC_SAMPLE).await;
+        let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
+        for c in controls {
+            c.report_traffic();
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct ClientOpts {
     pub wire_v2: bool,
     /// AEAD algorithms offered in the v2 ClientHello, in preference order.
     pub v2_algorithms: Vec<AeadAlgorithm>,
+    /// metadatas (sent as Login.metas), e.g. `ticket` for a Totoro invite.
+    pub metas: std::collections::BTreeMap<String, String>,
+    /// Proxy type sent in NewProxy (frpc.toml `type`); only tcp carries data.
+    pub proxy_type: String,
 }
 
 impl ClientOpts {
@@ -70,6 +74,8 @@ impl ClientOpts {
             heartbeat: None,
             wire_v2: false,
             v2_algorithms: vec![AeadAlgorithm::Aes256Gcm, AeadAlgorithm::XChaCha20Poly1305],
+            metas: Default::default(),
+            proxy_type: "tcp".into(),
         }
     }
 }
@@ -357,6 +363,7 @@ impl Client {
             run_id: opts.run_id.clone(),
             client_spec: ClientSpec::default(),
             pool_count: opts.pool_count,
+            metas: opts.metas.clone(),
             ..Default::default()
         };
         let v2 = opts.wire_v2;
@@ -531,7 +538,7 @@ impl Client {
             .insert(name.clone(), spec.clone());
         let np = NewProxy {
             proxy_name: name.clone(),
-            proxy_type: "tcp".into(),
+            proxy_type: self.inner.opts.proxy_type.clone(),
             use_encryption: spec.use_encryption,
             use_compression: spec.use_compression,
             remote_port: spec.remote_port,

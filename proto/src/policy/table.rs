@@ -192,7 +192,7 @@ impl PolicySpec {
         }
 
         let mut sorted: Vec<&InvitePolicy> = self.invites.iter().collect();
-        sorted.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+        sorted.sort_by_key(|a| a.id.0);
         // Keep the last of equal ids: walk backwards, skip repeats.
         let mut uniq: Vec<&InvitePolicy> = Vec::with_capacity(sorted.len());
         for inv in sorted.into_iter().rev() {
@@ -224,7 +224,7 @@ impl PolicySpec {
         let mut out = vec![0u8; HEADER_LEN + DIR_ENTRY * sections.len()];
         let mut dir = Vec::with_capacity(DIR_ENTRY * sections.len());
         for (kind, body) in sections {
-            while out.len() % 8 != 0 {
+            while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
             dir.extend_from_slice(&kind.to_le_bytes());
@@ -245,6 +245,15 @@ impl PolicySpec {
         let sum = checksum(&out) as u64;
         out[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
         out
+    }
+}
+
+/// Recompute the checksum of a table edited by hand (fuzzing and tests
+/// that need structurally bad tables to get past the checksum).
+pub fn seal(bytes: &mut [u8]) {
+    if bytes.len() >= HEADER_LEN {
+        let sum = checksum(bytes) as u64;
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
     }
 }
 
@@ -373,13 +382,13 @@ impl<'a> PolicyTable<'a> {
         if self.node.len() != NODE_REC {
             return Err(TableError::Corrupt("node section size"));
         }
-        if self.keys.len() % KEY_REC != 0 {
+        if !self.keys.len().is_multiple_of(KEY_REC) {
             return Err(TableError::Corrupt("keys section size"));
         }
-        if self.invites.len() % INVITE_REC != 0 {
+        if !self.invites.len().is_multiple_of(INVITE_REC) {
             return Err(TableError::Corrupt("invites section size"));
         }
-        if self.ports.len() % 4 != 0 {
+        if !self.ports.len().is_multiple_of(4) {
             return Err(TableError::Corrupt("ports section size"));
         }
         self.check_str(self.node, 0)?;
@@ -736,6 +745,39 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(PolicyTable::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn sealed_but_inconsistent_tables_are_refused() {
+        let bytes = spec(4).encode();
+        let dir = |i: usize| HEADER_LEN + i * DIR_ENTRY;
+        // Invites section (third entry) pointing past the end.
+        let mut b = bytes.clone();
+        b[dir(2) + 8..dir(2) + 16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        seal(&mut b);
+        assert!(matches!(
+            PolicyTable::parse(&b),
+            Err(TableError::Corrupt(_))
+        ));
+        // Two invite records swapped: no longer sorted.
+        let mut b = bytes.clone();
+        let off = u64_at(&bytes, dir(2) + 8) as usize;
+        let (first, second) = b[off..off + 2 * INVITE_REC].split_at_mut(INVITE_REC);
+        first.swap_with_slice(second);
+        seal(&mut b);
+        assert_eq!(
+            PolicyTable::parse(&b).unwrap_err(),
+            TableError::Corrupt("invites not sorted by id")
+        );
+        // A string reference past the strings section.
+        let mut b = bytes.clone();
+        let node = u64_at(&bytes, dir(0) + 8) as usize;
+        b[node..node + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        seal(&mut b);
+        assert_eq!(
+            PolicyTable::parse(&b).unwrap_err(),
+            TableError::Corrupt("string out of bounds")
+        );
     }
 
     #[test]

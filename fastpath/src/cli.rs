@@ -1,0 +1,164 @@
+//! The `fastpath` command line: config loading, logging, signals, stats
+//! file. A library module so that `slowpath up` can run the same data plane
+//! as its own child process from one binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use crate::config::Config;
+use crate::server::Server;
+
+/// Totoro fastpath: an io_uring, thread-per-core frp server (drop-in frps).
+#[derive(Parser, Debug)]
+#[command(name = "fastpath", version, about)]
+struct Cli {
+    /// Config file (frps.toml keys plus a [fastpath] table). Without it,
+    /// built-in defaults are used.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Worker threads (overrides fastpath.workers; 0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pin worker i to CPU i (overrides fastpath.cpuPinning).
+    #[arg(long)]
+    pin_cpus: bool,
+    /// Write per-worker counters as JSON to this file every second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if cfg.log.to == "console" || cfg.log.to.is_empty() {
+        let color =
+            !cfg.log.disable_print_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder.with_ansi(color).with_writer(std::io::stderr).init();
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log.to)
+            .map_err(|e| anyhow::anyhow!("log.to {}: {e}", cfg.log.to))?;
+        builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init();
+    }
+    Ok(())
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a local sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Wait up to `wait` for SIGINT/SIGTERM; returns the signal number.
+fn wait_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    // SAFETY: sigtimedwait with a valid set and timespec.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+/// Run the fastpath with these command-line arguments (argv\[0\] first)
+/// until SIGINT/SIGTERM; the exit code follows the binary's conventions
+/// (2 = bad config or flags).
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let (mut cfg, unknown) = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("fastpath: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (Config::default(), Vec::new()),
+    };
+    if let Some(w) = cli.workers {
+        cfg.fastpath.workers = w;
+    }
+    if cli.pin_cpus {
+        cfg.fastpath.cpu_pinning = true;
+    }
+    if let Err(e) = cfg.validate() {
+        eprintln!("fastpath: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("fastpath: {e}");
+        return ExitCode::from(2);
+    }
+    if !unknown.is_empty() {
+        tracing::warn!(keys = ?unknown, "unknown config keys ignored");
+    }
+    if cli.config.is_none() {
+        tracing::info!("no config file given (-c): running on built-in defaults");
+    }
+    if cfg.auth.token.is_empty() {
+        tracing::warn!("auth.token is empty: any client can log in");
+    }
+    let signals = block_signals();
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fastpath: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let sig = loop {
+        if let Some(path) = &cli.stats_file {
+            write_stats(&server, path);
+        }
+        if let Some(sig) = wait_signal(&signals, Duration::from_secs(1)) {
+            break sig;
+        }
+    };
+    tracing::info!(
+        signal = sig,
+        "stopping: no new connections, closing sessions"
+    );
+    let totals = server.stats();
+    if let Some(path) = &cli.stats_file {
+        write_stats(&server, path);
+    }
+    let clean = server.stop(Duration::from_millis(4500));
+    tracing::info!(stats = ?totals, clean, "stopped");
+    ExitCode::SUCCESS
+}
+
+fn write_stats(server: &Server, path: &std::path::Path) {
+    let json = serde_json::json!({ "workers": server.stats() });
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, json.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

@@ -1,0 +1,490 @@
+//! The fastpath under a policy table, with this test standing in for the
+//! slowpath: it signs tickets, publishes tables into the policy directory the
+//! way the slowpath does (write aside, rename), and drains the event rings.
+//! The fastpath is the real binary; the client speaks frp on real sockets.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bench::backend::Backend;
+use bench::client::{Client, ClientError, ClientOpts, ProxySpec};
+use bench::proc::free_port;
+use common::{echo_integrity, Fastpath};
+use proto::events::{Event, EventRecord};
+use proto::policy::{
+    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, TicketKey,
+};
+use proto::ring::Ring;
+use proto::ticket::{self, TicketClaims};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+const NODE: &str = "node_test";
+
+struct Control {
+    dir: PathBuf,
+    key: Ed25519KeyPair,
+    generation: u64,
+    pool: PortSet,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Control {
+    fn new() -> Control {
+        let dir = PathBuf::from("/dev/shm").join(format!(
+            "totoro-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let dir = if Path::new("/dev/shm").is_dir() {
+            dir
+        } else {
+            std::env::temp_dir().join(dir.file_name().unwrap())
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let pk8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let key = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
+        // A run of ports that were free a moment ago.
+        let base = free_port().clamp(20000, 60000);
+        Control {
+            dir,
+            key,
+            generation: 0,
+            pool: PortSet::from_ranges(vec![(base, base + 40)]),
+        }
+    }
+
+    fn spec(&self, public: bool, invites: Vec<InvitePolicy>) -> PolicySpec {
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(self.key.public_key().as_ref());
+        PolicySpec {
+            generation: 0,
+            created_ms: 0,
+            node: NodePolicy {
+                node_id: NODE.into(),
+                region: "test".into(),
+                public,
+                port_pool: self.pool.clone(),
+                proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
+                max_proxies_per_session: 3,
+            },
+            keys: vec![TicketKey {
+                kid: "k1".into(),
+                public_key: pk,
+            }],
+            invites,
+        }
+    }
+
+    fn publish(&mut self, mut spec: PolicySpec) -> u64 {
+        self.generation += 1;
+        spec.generation = self.generation;
+        self.write_raw(&spec.encode());
+        self.generation
+    }
+
+    fn write_raw(&self, bytes: &[u8]) {
+        let tmp = self.dir.join("policy.tbl.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, self.dir.join("policy.tbl")).unwrap();
+    }
+
+    fn invite(
+        &self,
+        id: InviteId,
+        max_conns: u32,
+        max_proxies: u32,
+        ports: &PortSet,
+    ) -> InvitePolicy {
+        InvitePolicy {
+            id,
+            revoked: false,
+            expires_ms: u64::MAX,
+            max_conns,
+            max_proxies,
+            proxy_types: ProxyTypes::parse("tcp").unwrap(),
+            port_pool: ports.clone(),
+            domain_suffix: String::new(),
+        }
+    }
+
+    fn ticket_for(&self, node: &str, inv: InviteId, exp: u64, kid: &str) -> String {
+        let claims = TicketClaims {
+            iss: ticket::ISSUER.into(),
+            node: node.into(),
+            inv: inv.to_string(),
+            iat: now_s(),
+            exp,
+            jti: "t".into(),
+        };
+        ticket::sign(&claims, kid, &self.key)
+    }
+
+    fn ticket(&self, inv: InviteId) -> String {
+        self.ticket_for(NODE, inv, now_s() + 600, "k1")
+    }
+
+    fn start(&self, workers: usize) -> Fastpath {
+        Fastpath::start(
+            &format!("fastpath.policyDir = \"{}\"", self.dir.display()),
+            workers,
+        )
+    }
+
+    /// Every event in every worker's ring so far.
+    fn drain(&self, rings: &mut Vec<(PathBuf, fastpath::shm::Mapping, Ring)>) -> Vec<EventRecord> {
+        if rings.is_empty() {
+            for e in std::fs::read_dir(&self.dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "ring") {
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&p)
+                        .unwrap();
+                    let len = f.metadata().unwrap().len() as usize;
+                    let m = fastpath::shm::Mapping::read_write(&f, len).unwrap();
+                    let r = unsafe { Ring::attach(m.as_mut_ptr(), len) }.unwrap();
+                    rings.push((p, m, r));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (_, _, r) in rings.iter() {
+            while r.pop(&mut buf) {
+                out.push(EventRecord::decode(&buf).expect("fastpath writes valid records"));
+            }
+        }
+        out
+    }
+
+    fn applied(&self, rings: &[(PathBuf, fastpath::shm::Mapping, Ring)]) -> Vec<u64> {
+        rings
+            .iter()
+            .map(|(_, _, r)| r.applied_generation())
+            .collect()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn opts_with_ticket(fp: &Fastpath, ticket: &str) -> ClientOpts {
+    let mut o = fp.opts();
+    o.metas.insert("ticket".into(), ticket.into());
+    o
+}
+
+fn refused(r: Result<Client, ClientError>) -> String {
+    match r {
+        Ok(_) => panic!("login was accepted"),
+        Err(ClientError::Refused(reason)) => reason,
+        Err(e) => panic!("expected a refusal, got {e}"),
+    }
+}
+
+fn proxy(c: &Client, name: &str, port: u16, local: std::net::SocketAddr) -> Result<u16, String> {
+    c.add_proxy(ProxySpec {
+        name: name.into(),
+        remote_port: port as i64,
+        local,
+        use_encryption: false,
+        use_compression: false,
+    })
+    .map(|a| a.trim_start_matches(':').parse().unwrap())
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn private_node_enforces_invite_scope_and_limits() {
+    let mut ctl = Control::new();
+    let inv = InviteId::random();
+    let lo = ctl.pool.ranges()[0].0;
+    let inv_pool = PortSet::from_ranges(vec![(lo, lo + 9)]);
+    let spec = ctl.spec(false, vec![ctl.invite(inv, 2, 2, &inv_pool)]);
+    ctl.publish(spec);
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+
+    // No ticket on a private node.
+    let r = refused(Client::login(fp.opts()));
+    assert!(r.contains("private"), "{r}");
+
+    // A ticket: in, and a tunnel from the invite's pool carries data.
+    let t = ctl.ticket(inv);
+    let a = Client::login(opts_with_ticket(&fp, &t)).expect("ticket login");
+    let port = proxy(&a, "p1", 0, echo.addr()).expect("port 0 from the pool");
+    assert!(inv_pool.contains(port), "{port} not in {inv_pool}");
+    let (sent, got) = echo_integrity(port, 2 << 20, 1);
+    assert_eq!(sent, got);
+
+    // A port outside the invite's pool.
+    let e = proxy(&a, "p-out", lo + 20, echo.addr()).unwrap_err();
+    assert!(e.contains("not in the port pool"), "{e}");
+
+    // max_proxies = 2, counted across the invite's sessions.
+    let b = Client::login(opts_with_ticket(&fp, &t)).expect("second session");
+    proxy(&b, "p2", 0, echo.addr()).expect("second proxy");
+    let e = proxy(&b, "p3", 0, echo.addr()).unwrap_err();
+    assert!(e.contains("max_proxies"), "{e}");
+
+    // max_conns = 2.
+    let r = refused(Client::login(opts_with_ticket(&fp, &t)));
+    assert!(r.contains("max_conns"), "{r}");
+
+    // A type the invite does not allow.
+    b.kill();
+    let mut o = opts_with_ticket(&fp, &t);
+    o.proxy_type = "udp".into();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        match Client::login(o.clone()) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("slot not freed after the session ended: {e}"),
+        }
+    };
+    let e = proxy(&c, "u1", 0, echo.addr()).unwrap_err();
+    assert!(e.contains("proxy type udp is not allowed by invite"), "{e}");
+
+    // The first tunnel still works after all those refusals.
+    let (sent, got) = echo_integrity(port, 1 << 20, 2);
+    assert_eq!(sent, got);
+}
+
+#[test]
+fn each_bad_ticket_has_its_own_reason() {
+    let mut ctl = Control::new();
+    let (good, revoked, missing) = (InviteId::random(), InviteId::random(), InviteId::random());
+    let pool = ctl.pool.clone();
+    let mut r = ctl.invite(revoked, 0, 0, &pool);
+    r.revoked = true;
+    let spec = ctl.spec(false, vec![ctl.invite(good, 0, 0, &pool), r]);
+    ctl.publish(spec);
+    let fp = ctl.start(1);
+
+    let cases = [
+        (
+            ctl.ticket_for(NODE, good, now_s() - 1, "k1"),
+            "ticket expired",
+        ),
+        (
+            ctl.ticket_for("node_other", good, now_s() + 600, "k1"),
+            "another node",
+        ),
+        (
+            ctl.ticket_for(NODE, good, now_s() + 600, "k9"),
+            "unknown key",
+        ),
+        (ctl.ticket(revoked), "revoked"),
+        (ctl.ticket(missing), "unknown to this node"),
+        ("not-a-ticket".to_string(), "malformed ticket"),
+    ];
+    for (t, want) in &cases {
+        let r = refused(Client::login(opts_with_ticket(&fp, t)));
+        assert!(r.contains(want), "want {want:?}, got {r:?}");
+    }
+    // Tampered: change one character of the claims.
+    let t = ctl.ticket(good);
+    let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+    let mut claims: Vec<u8> = parts[1].clone().into_bytes();
+    claims[10] = if claims[10] == b'A' { b'B' } else { b'A' };
+    parts[1] = String::from_utf8(claims).unwrap();
+    let r = refused(Client::login(opts_with_ticket(&fp, &parts.join("."))));
+    assert!(r.contains("signature") || r.contains("malformed"), "{r}");
+    // And the good one works.
+    Client::login(opts_with_ticket(&fp, &t)).expect("good ticket");
+}
+
+#[test]
+fn revocation_ends_live_sessions_within_a_second_on_every_worker() {
+    let mut ctl = Control::new();
+    let inv = InviteId::random();
+    let pool = ctl.pool.clone();
+    let spec = ctl.spec(false, vec![ctl.invite(inv, 0, 0, &pool)]);
+    ctl.publish(spec);
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+    let t = ctl.ticket(inv);
+    // Several sessions so that both workers hold some.
+    let clients: Vec<Client> = (0..6)
+        .map(|_| Client::login(opts_with_ticket(&fp, &t)).expect("login"))
+        .collect();
+    let port = proxy(&clients[0], "live", 0, echo.addr()).unwrap();
+    let (sent, got) = echo_integrity(port, 1 << 20, 3);
+    assert_eq!(sent, got);
+
+    let mut rings = Vec::new();
+    ctl.drain(&mut rings);
+    assert_eq!(rings.len(), 2, "one ring per worker");
+
+    let mut revoked = ctl.invite(inv, 0, 0, &pool);
+    revoked.revoked = true;
+    let spec = ctl.spec(false, vec![revoked]);
+    let t0 = Instant::now();
+    let gen = ctl.publish(spec);
+    while !clients.iter().all(Client::is_closed) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "sessions still open after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    while ctl.applied(&rings).iter().any(|&g| g < gen) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            ctl.applied(&rings)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "revocation: sessions closed after {took:?}, all workers at generation {gen} after {:?}",
+        t0.elapsed()
+    );
+    let events = ctl.drain(&mut rings);
+    let closes = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::SessionClose { reason, invite, .. } if reason.contains("revoked") && *invite == Some(inv)))
+        .count();
+    assert_eq!(closes, 6, "{events:?}");
+    let r = refused(Client::login(opts_with_ticket(&fp, &t)));
+    assert!(r.contains("revoked"), "{r}");
+}
+
+#[test]
+fn corrupt_or_stale_tables_are_refused_and_the_last_good_one_stays() {
+    let mut ctl = Control::new();
+    let inv = InviteId::random();
+    let pool = ctl.pool.clone();
+    let good = ctl.spec(false, vec![ctl.invite(inv, 0, 0, &pool)]);
+    ctl.publish(good.clone());
+    let fp = ctl.start(1);
+    let t = ctl.ticket(inv);
+    Client::login(opts_with_ticket(&fp, &t)).expect("login under generation 1");
+
+    // Garbage, then a truncated table, then a table with a flipped byte.
+    let mut next = good.clone();
+    next.generation = 5;
+    next.invites.clear();
+    let bytes = next.encode();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 1;
+    for bad in [
+        b"garbage".to_vec(),
+        bytes[..bytes.len() - 3].to_vec(),
+        flipped,
+    ] {
+        ctl.write_raw(&bad);
+        std::thread::sleep(Duration::from_millis(100));
+        Client::login(opts_with_ticket(&fp, &t)).expect("still generation 1");
+    }
+    // A stale generation (0 < 1) is refused too.
+    let mut stale = good.clone();
+    stale.generation = 0;
+    stale.invites.clear();
+    ctl.write_raw(&stale.encode());
+    std::thread::sleep(Duration::from_millis(100));
+    Client::login(opts_with_ticket(&fp, &t)).expect("stale table ignored");
+    let log = fp.daemon.log().join("\n");
+    assert!(log.contains("policy table refused"), "{log}");
+    assert!(
+        log.contains("checksum") || log.contains("truncated"),
+        "{log}"
+    );
+
+    // A good newer generation without the invite: refused from then on.
+    ctl.generation = 1;
+    let mut newer = good.clone();
+    newer.invites.clear();
+    ctl.publish(newer);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match Client::login(opts_with_ticket(&fp, &t)) {
+            Err(ClientError::Refused(r)) => {
+                assert!(r.contains("unknown to this node"), "{r}");
+                break;
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => panic!("newer generation not applied"),
+        }
+    }
+}
+
+#[test]
+fn public_node_takes_token_logins_and_events_reach_the_rings() {
+    let mut ctl = Control::new();
+    let spec = ctl.spec(true, vec![]);
+    ctl.publish(spec);
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+    let c = Client::login(fp.opts()).expect("token login on a public node");
+    let port = proxy(&c, "pub1", 0, echo.addr()).unwrap();
+    assert!(ctl.pool.contains(port));
+    let (sent, got) = echo_integrity(port, 3 << 20, 4);
+    assert_eq!(sent, got);
+    let outside = ctl.pool.ranges()[0].1 + 1;
+    let e = proxy(&c, "pub-out", outside, echo.addr()).unwrap_err();
+    assert!(e.contains("not in this node's port pool"), "{e}");
+    let mut bad = fp.opts();
+    bad.token = "wrong".into();
+    refused(Client::login(bad));
+    c.close_proxy("pub1").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.kill();
+
+    let mut rings = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut events = Vec::new();
+    loop {
+        events.extend(ctl.drain(&mut rings));
+        let kinds: Vec<&str> = events.iter().map(|e| e.event.kind()).collect();
+        let done = [
+            "session.open",
+            "proxy.registered",
+            "proxy.rejected",
+            "auth.failed",
+            "proxy.traffic",
+            "proxy.closed",
+            "session.close",
+        ]
+        .iter()
+        .all(|k| kinds.contains(k));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing events: {kinds:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (bytes_in, bytes_out) = events.iter().fold((0, 0), |acc, e| match &e.event {
+        Event::Traffic {
+            bytes_in,
+            bytes_out,
+            ..
+        } => (acc.0 + bytes_in, acc.1 + bytes_out),
+        _ => acc,
+    });
+    assert_eq!(
+        (bytes_in, bytes_out),
+        (3 << 20, 3 << 20),
+        "traffic counts every relayed byte"
+    );
+    let rejected = events.iter().find_map(|e| match &e.event {
+        Event::ProxyRejected { reason, proxy, .. } => Some((proxy.clone(), reason.clone())),
+        _ => None,
+    });
+    assert_eq!(rejected.map(|r| r.0), Some("pub-out".to_string()));
+}
