@@ -1,5 +1,5 @@
 //! Test harness: starts the real `slowpath serve` on a free port against a
-//! fresh SQLite file or a fresh PostgreSQL schema, and talks HTTP to it.
+//! fresh SQLite file or a fresh PostgreSQL database, and talks HTTP to it.
 //!
 //! `TOTORO_TEST_DATABASE_URL` (postgres://…) enables the PostgreSQL runs;
 //! without it they print a skip line.
@@ -47,9 +47,18 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}_{n}_{nanos}", std::process::id())
 }
 
-/// Creates a schema for one test and returns a URL whose search_path is it.
-fn fresh_schema(base: &str) -> String {
-    let schema = unique("t_");
+/// `base` with its database name replaced by `db`.
+fn with_database(base: &str, db: &str) -> String {
+    let (url, query) = match base.split_once('?') {
+        Some((u, q)) => (u, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let prefix = url.rsplit_once('/').map(|(p, _)| p).unwrap_or(url);
+    format!("{prefix}/{db}{query}")
+}
+
+/// Runs one statement on `base` (outside a transaction).
+fn admin_sql(base: &str, sql: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,12 +68,17 @@ fn fresh_schema(base: &str) -> String {
         use sqlx::Executor as _;
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
-        conn.execute(format!("CREATE SCHEMA {schema}").as_str())
-            .await
-            .unwrap();
+        conn.execute(sql).await.unwrap();
     });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Creates a database for one test; returns its name and URL. The role in
+/// `base` needs CREATEDB (.ci/postgres.sh makes it so).
+fn fresh_database(base: &str) -> (String, String) {
+    let name = unique("totoro_t_");
+    admin_sql(base, &format!("CREATE DATABASE {name}"));
+    let url = with_database(base, &name);
+    (name, url)
 }
 
 fn free_port() -> u16 {
@@ -88,6 +102,8 @@ pub struct Slowpath {
     pub admin: String,
     /// The local node id.
     pub local_node: String,
+    /// PostgreSQL server URL and the per-test database to drop afterwards.
+    pg: Option<(String, String)>,
 }
 
 impl Slowpath {
@@ -112,8 +128,11 @@ impl Slowpath {
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("slowpath.log")).unwrap(),
             ));
+        let mut pg = None;
         if let Backend::Postgres(base) = backend {
-            cmd.arg("--database-url").arg(fresh_schema(base));
+            let (name, url) = fresh_database(base);
+            cmd.arg("--database-url").arg(url);
+            pg = Some((base.clone(), name));
         }
         let child = cmd.spawn().unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -140,6 +159,7 @@ impl Slowpath {
             base,
             admin,
             local_node: String::new(),
+            pg,
         };
         let (status, stats) = sp.admin_call("GET", "/api/v1/admin/stats", None);
         assert_eq!(status, 200, "{stats}");
@@ -221,5 +241,11 @@ impl Drop for Slowpath {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((base, name)) = &self.pg {
+            admin_sql(
+                base,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
     }
 }
