@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use crate::config::Config;
 use crate::server::Server;
+use clap::Parser;
 
 /// Totoro fastpath: an io_uring, thread-per-core frp server (drop-in frps).
 #[derive(Parser, Debug)]

@@ -24,6 +24,8 @@ const POLICY_POLL: Duration = Duration::from_millis(10);
 /// A running fastpath.
 pub struct Server {
     shared: Arc<Shared>,
+    /// Held while we run (see [`crate::shm::lock_instance`]).
+    _instance_lock: Option<std::fs::File>,
     threads: Vec<JoinHandle<()>>,
     addr: SocketAddr,
 }
@@ -31,6 +33,25 @@ pub struct Server {
 impl Server {
     /// Bind the bind port on every worker and start the workers.
     pub fn start(config: Config) -> anyhow::Result<Server> {
+        let policy = Arc::new(Policy::new(&config.fastpath.policy_dir));
+        let mut instance_lock = None;
+        if let Some(dir) = policy.dir() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {} (fastpath.policyDir)", dir.display()))?;
+            instance_lock =
+                Some(crate::shm::lock_instance(dir).context("fastpath.policyDir is taken")?);
+            // Load what is there before accepting, so the first logins are
+            // decided by the table rather than refused for want of one.
+            let path = dir.join(crate::policy::TABLE_FILE);
+            if path.exists() {
+                match policy.try_load(&path) {
+                    Ok(generation) => tracing::info!(generation, "policy table in force"),
+                    Err(reason) => {
+                        tracing::warn!(%reason, path = %path.display(), "policy table refused")
+                    }
+                }
+            }
+        }
         let workers = config.worker_count();
         let ip: IpAddr = config.bind_addr.parse().context("bindAddr")?;
         let addr = SocketAddr::new(ip, config.bind_port);
@@ -47,22 +68,6 @@ impl Server {
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
         let pin = config.fastpath.cpu_pinning;
-        let policy = Arc::new(Policy::new(&config.fastpath.policy_dir));
-        if let Some(dir) = policy.dir() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {} (fastpath.policyDir)", dir.display()))?;
-            // Load what is there before accepting, so the first logins are
-            // decided by the table rather than refused for want of one.
-            let path = dir.join(crate::policy::TABLE_FILE);
-            if path.exists() {
-                match policy.try_load(&path) {
-                    Ok(generation) => tracing::info!(generation, "policy table in force"),
-                    Err(reason) => {
-                        tracing::warn!(%reason, path = %path.display(), "policy table refused")
-                    }
-                }
-            }
-        }
         let shared = Arc::new(Shared {
             config,
             token_key,
@@ -111,6 +116,7 @@ impl Server {
         tracing::info!(%addr, workers, "fastpath listening");
         Ok(Server {
             shared,
+            _instance_lock: instance_lock,
             threads,
             addr,
         })

@@ -90,6 +90,42 @@ impl Drop for Mapping {
     }
 }
 
+/// File in the policy directory that the running fastpath holds locked.
+pub const LOCK_FILE: &str = "fastpath.lock";
+
+/// Claim the policy directory for this process: an exclusive `flock` on
+/// `dir/fastpath.lock`, which holds our pid. Two fastpaths on one directory
+/// would both bind the frp port (SO_REUSEPORT) and split the clients between
+/// them; the second one stops here instead. The kernel drops the lock when
+/// the process dies, however it dies.
+pub fn lock_instance(dir: &Path) -> io::Result<File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another fastpath (pid {}) serves {}",
+                holder.trim(),
+                dir.display()
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 /// Create `path` with `len` zero bytes by writing a sibling and renaming it
 /// over `path`, so that a process still mapping the old file keeps its
 /// (now unlinked) copy instead of seeing it truncated.

@@ -37,6 +37,14 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show counts, traffic and policy propagation (admin).
     Stats(ClientArgs),
+    /// Run the data plane (the fastpath) in this process, with fastpath's own
+    /// flags (`slowpath fastpath --help`); `up` starts it this way as a child.
+    #[command(disable_help_flag = true)]
+    Fastpath {
+        /// fastpath flags, e.g. `-c fastpath.toml`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Flags shared by `up` and `serve`.
@@ -77,7 +85,8 @@ pub struct UpArgs {
     /// fastpath TOML to run with; default: DATA_DIR/fastpath.toml, written from the node.
     #[arg(long)]
     pub fastpath_config: Option<PathBuf>,
-    /// fastpath binary; default: `fastpath` next to this executable.
+    /// A separate fastpath binary to run; default: this executable's own
+    /// `fastpath` subcommand.
     #[arg(long)]
     pub fastpath_bin: Option<PathBuf>,
 }

@@ -310,17 +310,15 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
                 p
             }
         };
-        let bin = match &up.fastpath_bin {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()
-                .context("cannot find this executable to look for fastpath next to it")?
-                .with_file_name("fastpath"),
+        let (bin, prefix) = match &up.fastpath_bin {
+            Some(b) => (b.clone(), Vec::new()),
+            None => (
+                std::env::current_exe().context("cannot find this executable")?,
+                vec!["fastpath".to_string()],
+            ),
         };
         if !bin.is_file() {
-            bail!(
-                "--fastpath-bin {}: no such file (build it with `cargo build -p totoro-fastpath`)",
-                bin.display()
-            );
+            bail!("--fastpath-bin {}: no such file", bin.display());
         }
         let (demo_id, code) = ensure_demo_invite(&db, &node).await?;
         publisher.publish(false).await?;
@@ -330,7 +328,9 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             .with_context(|| format!("cannot write {}", frpc_path.display()))?;
         let fp = Arc::new(Fastpath {
             bin,
+            prefix,
             config: config.clone(),
+            shm_dir: shm_dir.clone(),
         });
         child_task = Some(tokio::spawn(supervisor::run(
             fp,
@@ -352,7 +352,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             "  fastpath   {} -c {}",
             up.fastpath_bin
                 .as_deref()
-                .unwrap_or(Path::new("fastpath"))
+                .unwrap_or(Path::new("slowpath fastpath"))
                 .display(),
             config.display()
         );

@@ -11,12 +11,20 @@ use clap::Parser as _;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The data plane runs from this same binary (`up` starts it as a child
+    // process): hand its flags to it untouched, before anything of the
+    // control plane (logging, tokio) exists in this process.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "fastpath") {
+        return fastpath::cli::main(std::iter::once("fastpath".into()).chain(args));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
@@ -26,6 +34,7 @@ fn main() -> ExitCode {
         Command::Invite(cmd) => client::invite(cmd),
         Command::Audit(args) => client::audit(args),
         Command::Stats(args) => client::stats(args),
+        Command::Fastpath { .. } => unreachable!("dispatched before parsing"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

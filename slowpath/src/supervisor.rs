@@ -1,7 +1,7 @@
 //! Runs the fastpath as a child: restarts it when it dies (with backoff),
 //! stops it on shutdown, and heartbeats the local node while it runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,84 @@ use tokio::sync::watch;
 pub struct Fastpath {
     /// Binary.
     pub bin: PathBuf,
+    /// Arguments before `-c` (`fastpath` when the binary is this one).
+    pub prefix: Vec<String>,
     /// Config file passed with `-c`.
     pub config: PathBuf,
+    /// The instance's shared-memory directory (holds the fastpath's lock).
+    pub shm_dir: PathBuf,
+}
+
+/// The pid of a fastpath that holds the instance lock in `dir`, if any.
+/// A fastpath outlives a slowpath that was killed (the data plane must keep
+/// serving); the next `up` finds it here and supervises it instead of
+/// starting a second one.
+pub fn running_fastpath(dir: &Path) -> Option<i32> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(dir.join(fastpath::shm::LOCK_FILE))
+        .ok()?;
+    // SAFETY: flock on a descriptor we own; released at once if we got it.
+    unsafe {
+        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            return None;
+        }
+    }
+    let mut pid = String::new();
+    file.read_to_string(&mut pid).ok()?;
+    pid.trim().parse().ok()
+}
+
+fn local_heartbeat() -> Heartbeat {
+    Heartbeat {
+        versions: [("slowpath".to_owned(), env!("CARGO_PKG_VERSION").to_owned())].into(),
+        ..Heartbeat::default()
+    }
+}
+
+/// Watch an adopted fastpath until it exits (Some) or we are told to stop
+/// (None, after stopping it).
+async fn adopt(
+    pid: i32,
+    fp: &Fastpath,
+    db: &Db,
+    node_id: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<()> {
+    tracing::info!(pid, dir = %fp.shm_dir.display(), "a fastpath already serves this instance; supervising it");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut beats = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if running_fastpath(&fp.shm_dir).is_none() {
+                    tracing::warn!(pid, "adopted fastpath exited; starting a new one");
+                    return Some(());
+                }
+                beats += 1;
+                if beats % 20 == 1 {
+                    if let Err(e) = nodes::heartbeat(db, node_id, &local_heartbeat()).await {
+                        tracing::warn!(error = %e, "local heartbeat failed");
+                    }
+                }
+            }
+            _ = stop.changed() => {
+                // SAFETY: signalling the pid that holds our instance lock.
+                unsafe { libc::kill(pid, libc::SIGTERM); }
+                for _ in 0..60 {
+                    if running_fastpath(&fp.shm_dir).is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tracing::info!(pid, "fastpath stopped");
+                return None;
+            }
+        }
+    }
 }
 
 /// Supervises the child until `stop` turns true.
@@ -25,7 +101,14 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
         if *stop.borrow() {
             return;
         }
+        if let Some(pid) = running_fastpath(&fp.shm_dir) {
+            match adopt(pid, &fp, &db, &node_id, &mut stop).await {
+                Some(()) => continue,
+                None => return,
+            }
+        }
         let child = Command::new(&fp.bin)
+            .args(&fp.prefix)
             .arg("-c")
             .arg(&fp.config)
             .kill_on_drop(true)
@@ -48,11 +131,7 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
             tokio::select! {
                 status = child.wait() => break Some(status),
                 _ = beat.tick() => {
-                    let hb = Heartbeat {
-                        versions: [("slowpath".to_owned(), env!("CARGO_PKG_VERSION").to_owned())].into(),
-                        ..Heartbeat::default()
-                    };
-                    if let Err(e) = nodes::heartbeat(&db, &node_id, &hb).await {
+                    if let Err(e) = nodes::heartbeat(&db, &node_id, &local_heartbeat()).await {
                         tracing::warn!(error = %e, "local heartbeat failed");
                     }
                 }
@@ -79,7 +158,8 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
     }
 }
 
-/// SIGTERM, then SIGKILL if it has not gone within 3 s.
+/// SIGTERM, then SIGKILL if it has not gone within 6 s (the fastpath
+/// itself gives sessions 4.5 s to close).
 async fn terminate(child: &mut tokio::process::Child, pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         if pid > 0 {
@@ -89,7 +169,7 @@ async fn terminate(child: &mut tokio::process::Child, pid: u32) {
             }
         }
     }
-    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+    if tokio::time::timeout(Duration::from_secs(6), child.wait())
         .await
         .is_err()
     {
