@@ -58,6 +58,9 @@ pub struct Publisher {
     /// The last encoded table with generation and time zeroed: a recompile
     /// that yields the same content is not published again.
     last_content: Mutex<Option<Vec<u8>>>,
+    /// One publish at a time: two at once could pick the same generation,
+    /// and the fastpath would refuse the second as stale.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Publisher {
@@ -70,6 +73,7 @@ impl Publisher {
             wake: Notify::new(),
             status: Mutex::new(PublishStatus::default()),
             last_content: Mutex::new(None),
+            serial: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -91,6 +95,30 @@ impl Publisher {
             .clone()
     }
 
+    /// Publish the change an API call just made and wait (at most
+    /// [`ENFORCE_WAIT`]) until every live fastpath worker on this host
+    /// enforces it, so that when the call returns, the change holds: a
+    /// fresh invite's ticket logs in, a revoked invite's sessions are gone.
+    /// Returns how long enforcement took, or None if it did not finish in
+    /// time (the change still lands; the call does not fail for it).
+    pub async fn sync(&self) -> Result<Option<Duration>> {
+        let started = Instant::now();
+        let generation = self.publish(false).await?;
+        loop {
+            if applied_everywhere(&self.dir, generation) {
+                return Ok(Some(started.elapsed()));
+            }
+            if started.elapsed() > ENFORCE_WAIT {
+                tracing::warn!(
+                    generation,
+                    "fastpath workers did not confirm the new policy in time"
+                );
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Runs forever: publishes on request (debounced) and every [`REFRESH`].
     pub async fn run(self: Arc<Self>) {
         loop {
@@ -107,6 +135,7 @@ impl Publisher {
     /// Compiles and publishes now; `force` publishes even when nothing changed.
     /// Returns the generation on disk afterwards.
     pub async fn publish(&self, force: bool) -> Result<u64> {
+        let _one_at_a_time = self.serial.lock().await;
         let started = Instant::now();
         let result = self.publish_inner(force, started).await;
         if let Err(e) = &result {
@@ -173,6 +202,43 @@ impl Publisher {
         );
         Ok(generation)
     }
+}
+
+/// How long an API call waits for the fastpath to enforce its change.
+pub const ENFORCE_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether every live fastpath worker whose ring is in `dir` reports
+/// `generation` (or later) as applied. Rings of dead producers (a stopped
+/// fastpath's leftovers) do not count; no rings at all means nothing to
+/// wait for (a `serve` without a local fastpath).
+pub fn applied_everywhere(dir: &Path, generation: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "ring") {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let Ok(map) = fastpath::shm::Mapping::read_only(&file) else {
+            continue;
+        };
+        // SAFETY: a read-only mapping that outlives `ring`; only the
+        // header's atomics are read (no push or pop on this handle).
+        let Ok(ring) = (unsafe { proto::ring::Ring::attach(map.as_mut_ptr(), map.len()) }) else {
+            continue;
+        };
+        let pid = ring.producer_pid() as i32;
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+        if alive && ring.applied_generation() < generation {
+            return false;
+        }
+    }
+    true
 }
 
 /// The node's state as a policy spec (generation and time left at 0).

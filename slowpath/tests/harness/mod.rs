@@ -89,9 +89,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running `slowpath serve`.
+/// A running `slowpath serve` (or `up`, see [`Slowpath::up`]).
 pub struct Slowpath {
     child: Child,
+    cmd_args: Vec<std::ffi::OsString>,
+    /// frp port of the fastpath `up` started (0 for `serve`).
+    pub frp_port: u16,
     /// Data directory.
     pub dir: PathBuf,
     /// Shared-memory directory (a plain temp directory in tests).
@@ -109,33 +112,66 @@ pub struct Slowpath {
 impl Slowpath {
     /// Starts one with extra flags.
     pub fn start(backend: &Backend, extra: &[&str]) -> Slowpath {
+        Self::launch("serve", backend, extra)
+    }
+
+    /// `slowpath up` on a free frp port: the fastpath runs as its child.
+    pub fn up(backend: &Backend, extra: &[&str]) -> Slowpath {
+        let frp = free_port().to_string();
+        let mut args = vec!["--frp-port", frp.as_str(), "--public-addr", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        let mut sp = Self::launch("up", backend, &args);
+        sp.frp_port = frp.parse().unwrap();
+        sp
+    }
+
+    fn launch(mode: &str, backend: &Backend, extra: &[&str]) -> Slowpath {
         let dir = std::env::temp_dir().join(unique("totoro-sp-"));
         let shm = dir.join("shm");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slowpath"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--shm-dir")
-            .arg(&shm)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(extra)
-            .env_remove("ADMIN_API_KEY")
-            .env_remove("TOTORO_DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("slowpath.log")).unwrap(),
-            ));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            mode.into(),
+            "--data-dir".into(),
+            dir.clone().into(),
+            "--shm-dir".into(),
+            shm.clone().into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
         let mut pg = None;
         if let Backend::Postgres(base) = backend {
             let (name, url) = fresh_database(base);
-            cmd.arg("--database-url").arg(url);
+            args.push("--database-url".into());
+            args.push(url.into());
             pg = Some((base.clone(), name));
         }
-        let child = cmd.spawn().unwrap();
+        let child = spawn(&args, &dir);
         let base = format!("http://127.0.0.1:{port}");
+        Self::wait_healthy(&base, &dir);
+        let admin = std::fs::read_to_string(dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut sp = Slowpath {
+            child,
+            cmd_args: args,
+            frp_port: 0,
+            dir,
+            shm,
+            base,
+            admin,
+            local_node: String::new(),
+            pg,
+        };
+        let (status, stats) = sp.admin_call("GET", "/api/v1/admin/stats", None);
+        assert_eq!(status, 200, "{stats}");
+        sp.local_node = stats["local_node_id"].as_str().unwrap().to_owned();
+        sp
+    }
+
+    fn wait_healthy(base: &str, dir: &std::path::Path) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if ureq::get(&format!("{base}/healthz")).call().is_ok() {
@@ -148,23 +184,24 @@ impl Slowpath {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let admin = std::fs::read_to_string(dir.join("admin.key"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        let mut sp = Slowpath {
-            child,
-            dir,
-            shm,
-            base,
-            admin,
-            local_node: String::new(),
-            pg,
-        };
-        let (status, stats) = sp.admin_call("GET", "/api/v1/admin/stats", None);
-        assert_eq!(status, 200, "{stats}");
-        sp.local_node = stats["local_node_id"].as_str().unwrap().to_owned();
-        sp
+    }
+
+    /// SIGKILL the slowpath process (not its fastpath child, which must go
+    /// on serving).
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again with the same flags, data directory and database.
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.cmd_args, &self.dir);
+        Self::wait_healthy(&self.base, &self.dir);
+    }
+
+    /// The slowpath's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("slowpath.log")).unwrap_or_default()
     }
 
     /// A request with an optional bearer key and JSON body; returns status and JSON.
@@ -236,10 +273,40 @@ pub fn call(
     ((status, json), retry)
 }
 
+fn spawn(args: &[std::ffi::OsString], dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("slowpath.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_slowpath"))
+        .args(args)
+        .env_remove("ADMIN_API_KEY")
+        .env_remove("TOTORO_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
 impl Drop for Slowpath {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A fastpath child (from `up`) outlives a killed slowpath by design;
+        // stop the one holding this instance's lock.
+        if let Ok(pid) = std::fs::read_to_string(self.shm.join("fastpath.lock")) {
+            let pid = pid.trim().parse::<i32>().ok().filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("fastpath"))
+            });
+            if let Some(pid) = pid {
+                // SAFETY: signalling the test's own grandchild by pid.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((base, name)) = &self.pg {
             admin_sql(

@@ -1,0 +1,345 @@
+//! Seed 001 §1.3, the MVP acceptance, end to end: the real `slowpath up`
+//! (which runs the real fastpath as its child) on SQLite and on PostgreSQL,
+//! an frp-protocol client that matches frpc on the wire, real sockets.
+//!
+//! public list → public node login → invite → resolve → ticket login →
+//! tunnel → max_conns / max_proxies / port pool refusals → audit with
+//! reasons → revocation ends live sessions → slowpath killed mid-transfer,
+//! data plane carries on and takes new logins → slowpath back, events resume.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bench::backend::Backend as Echo;
+use bench::client::{Client, ClientError, ClientOpts, ProxySpec};
+use harness::{each_backend, Backend, Slowpath};
+use serde_json::{json, Value};
+
+fn frp_addr(sp: &Slowpath) -> SocketAddr {
+    format!("127.0.0.1:{}", sp.frp_port).parse().unwrap()
+}
+
+fn wait_frp(sp: &Slowpath) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(frp_addr(sp)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "fastpath did not start:\n{}",
+            sp.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Options for a client that follows a resolved frpc.toml.
+fn ticket_opts(sp: &Slowpath, resolved: &Value) -> ClientOpts {
+    let toml_text = resolved["frpc_toml"].as_str().unwrap();
+    let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses as TOML");
+    let token = cfg["auth"]["token"].as_str().unwrap();
+    let ticket = cfg["metadatas"]["ticket"].as_str().unwrap();
+    assert_eq!(ticket, resolved["connection_ticket"].as_str().unwrap());
+    assert_eq!(cfg["serverPort"].as_integer().unwrap() as u16, sp.frp_port);
+    let mut o = ClientOpts::new(frp_addr(sp), token);
+    o.metas.insert("ticket".into(), ticket.into());
+    o
+}
+
+fn login(o: &ClientOpts) -> Result<Client, String> {
+    Client::login(o.clone()).map_err(|e| match e {
+        ClientError::Refused(r) => r,
+        e => format!("error: {e}"),
+    })
+}
+
+/// The refusal reason of a login that must fail.
+fn refusal(o: &ClientOpts) -> String {
+    match login(o) {
+        Ok(_) => panic!("login accepted"),
+        Err(r) => r,
+    }
+}
+
+fn proxy(c: &Client, name: &str, port: u16, local: SocketAddr) -> Result<u16, String> {
+    c.add_proxy(ProxySpec {
+        name: name.into(),
+        remote_port: port as i64,
+        local,
+        use_encryption: false,
+        use_compression: false,
+    })
+    .map(|a| a.trim_start_matches(':').parse().unwrap())
+    .map_err(|e| e.to_string())
+}
+
+/// Push `len` bytes through the tunnel at `port` and check they echo back.
+fn echo(port: u16, len: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut got = vec![0u8; len];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert!(got == data, "echoed bytes differ");
+}
+
+fn audit(sp: &Slowpath, query: &str) -> Vec<Value> {
+    let (status, v) = sp.admin_call(
+        "GET",
+        &format!("/api/v1/admin/audit?limit=500{query}"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Wait until the audit log has a row of `kind` matching `pred`.
+fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(row) = audit(sp, &format!("&kind={kind}"))
+            .into_iter()
+            .find(|r| pred(r))
+        {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} row; audit: {:#?}",
+            audit(sp, "")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mvp(backend: Backend) {
+    let mut sp = Slowpath::up(&backend, &[]);
+    wait_frp(&sp);
+    let node = sp.local_node.clone();
+    let echo_srv = Echo::echo().unwrap();
+    let local = echo_srv.addr();
+    // A pool of ports that were free a moment ago, for this run alone.
+    let base = bench::proc::free_port().clamp(20000, 60000);
+    let pool = format!("{}-{}", base, base + 19);
+    let (st, v) = sp.admin_call(
+        "PATCH",
+        &format!("/api/v1/admin/nodes/{node}"),
+        Some(json!({ "public": true, "port_pool": pool, "proxy_types": ["tcp", "udp"] })),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    // 1. Public node: the list shows it; its token alone logs in.
+    let (st, list) = sp.call("GET", "/api/v1/public/nodes", None, None);
+    assert_eq!(st, 200);
+    let entry = list
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["id"] == node.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("local node not listed: {list}"));
+    assert_eq!(entry["server_port"].as_u64().unwrap() as u16, sp.frp_port);
+    let token = entry["token"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let public = loop {
+        // The fastpath needs the table that says "public".
+        match login(&ClientOpts::new(frp_addr(&sp), &token)) {
+            Ok(c) => break c,
+            Err(r) if Instant::now() < deadline && r.contains("private") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(r) => panic!("public login: {r}"),
+        }
+    };
+    let port = proxy(&public, "pub-web", 0, local).expect("proxy on the public node");
+    echo(port, 256 << 10);
+    public.kill();
+
+    // 2. Private node: token alone is refused, invites are the way in.
+    let (st, v) = sp.admin_call(
+        "PATCH",
+        &format!("/api/v1/admin/nodes/{node}"),
+        Some(json!({ "public": false })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let inv_pool = format!("{}-{}", base, base + 4);
+    let (st, inv) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/admin/nodes/{node}/invites"),
+        Some(json!({
+            "max_uses": 5,
+            "ttl_s": 3600,
+            "scope": { "proxy_types": ["tcp"], "port_pool": inv_pool, "max_conns": 2, "max_proxies": 2 },
+        })),
+    );
+    assert_eq!(st, 201, "{inv}");
+    let code = inv["code"].as_str().unwrap().to_owned();
+    let invite_id = inv["id"].as_str().unwrap().to_owned();
+    let (st, resolved) = sp.resolve(&code);
+    assert_eq!(st, 200, "{resolved}");
+    assert_eq!(resolved["node_id"], node.as_str());
+    let opts = ticket_opts(&sp, &resolved);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match login(&ClientOpts::new(frp_addr(&sp), &token)) {
+            Err(r) if r.contains("private") => break,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!(
+                "token-only login on a private node: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    let a = login(&opts).expect("ticket login");
+    let p1 = proxy(&a, "inv-1", 0, local).expect("first proxy");
+    assert!((base..base + 5).contains(&p1), "{p1} outside {inv_pool}");
+    echo(p1, 1 << 20);
+    let outside = proxy(&a, "inv-out", base + 10, local).unwrap_err();
+    assert!(outside.contains("not in the port pool"), "{outside}");
+    let b = login(&opts).expect("second session");
+    proxy(&b, "inv-2", 0, local).expect("second proxy");
+    let over = proxy(&b, "inv-3", 0, local).unwrap_err();
+    assert!(over.contains("max_proxies"), "{over}");
+    let third = refusal(&opts);
+    assert!(third.contains("max_conns"), "{third}");
+
+    // 3. The audit trail says all of it, with reasons.
+    wait_audit(&sp, "invite.resolved", |r| {
+        r["invite_id"] == invite_id.as_str()
+    });
+    wait_audit(&sp, "session.open", |r| {
+        r["invite_id"] == invite_id.as_str()
+    });
+    wait_audit(&sp, "proxy.registered", |r| r["proxy"] == "inv-1");
+    let rej = wait_audit(&sp, "proxy.rejected", |r| r["proxy"] == "inv-out");
+    assert!(
+        rej["reason"].as_str().unwrap().contains("port pool"),
+        "{rej}"
+    );
+    let rej = wait_audit(&sp, "proxy.rejected", |r| r["proxy"] == "inv-3");
+    assert!(
+        rej["reason"].as_str().unwrap().contains("max_proxies"),
+        "{rej}"
+    );
+    let af = wait_audit(&sp, "auth.failed", |r| r["invite_id"] == invite_id.as_str());
+    assert!(af["reason"].as_str().unwrap().contains("max_conns"), "{af}");
+    b.kill();
+    wait_audit(&sp, "session.close", |r| {
+        r["invite_id"] == invite_id.as_str()
+    });
+    wait_audit(&sp, "proxy.closed", |r| r["proxy"] == "inv-2");
+
+    // 4. A tampered ticket and a ticket of another node: own reasons.
+    let mut tampered = opts.clone();
+    let t = tampered.metas["ticket"].clone();
+    let (head, sig) = t.rsplit_once('.').unwrap();
+    let flipped = match sig.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &sig[1..]),
+    };
+    tampered
+        .metas
+        .insert("ticket".into(), format!("{head}.{flipped}"));
+    let r = refusal(&tampered);
+    assert!(r.contains("signature"), "{r}");
+    let (other, other_key) =
+        sp.node(json!({ "name": "elsewhere", "server_addr": "10.0.0.9", "public": false }));
+    let (st, oinv) = sp.invite(&other_key, json!({ "max_uses": 1 }));
+    assert_eq!(st, 201, "{oinv}; other node {other}");
+    let (st, ores) = sp.resolve(oinv["code"].as_str().unwrap());
+    assert_eq!(st, 200, "{ores}");
+    let mut wrong = opts.clone();
+    wrong.metas.insert(
+        "ticket".into(),
+        ores["connection_ticket"].as_str().unwrap().into(),
+    );
+    let r = refusal(&wrong);
+    assert!(r.contains("another node"), "{r}");
+
+    // 5. Kill the slowpath while a tunnel carries data: the data plane goes
+    //    on, and a still-valid ticket still logs in.
+    let (st, inv2) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/admin/nodes/{node}/invites"),
+        Some(json!({ "max_uses": 1, "scope": { "port_pool": format!("{}-{}", base + 5, base + 9) } })),
+    );
+    assert_eq!(st, 201, "{inv2}");
+    let (st, res2) = sp.resolve(inv2["code"].as_str().unwrap());
+    assert_eq!(st, 200, "{res2}");
+    let opts2 = ticket_opts(&sp, &res2);
+    let c = login(&opts2).expect("login under the second invite");
+    let p2 = proxy(&c, "long", 0, local).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", p2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64 << 10];
+    let mut round = |s: &mut TcpStream| {
+        s.write_all(&buf).unwrap();
+        let mut got = 0;
+        let mut tmp = [0u8; 64 << 10];
+        while got < buf.len() {
+            let n = s.read(&mut tmp).unwrap();
+            assert!(n > 0, "tunnel closed");
+            got += n;
+        }
+        buf[0] = buf[0].wrapping_add(1);
+    };
+    round(&mut s);
+    sp.kill_hard();
+    let down_since = Instant::now();
+    while down_since.elapsed() < Duration::from_millis(500) {
+        round(&mut s);
+    }
+    let d = login(&opts2).expect("new login while the slowpath is down");
+    let run_id_while_down = d.run_id().to_owned();
+    round(&mut s);
+    echo(p1, 256 << 10);
+
+    // 6. Slowpath back: it adopts the running fastpath and the events of
+    //    the outage arrive.
+    sp.restart();
+    let row = wait_audit(&sp, "session.open", |r| {
+        r["run_id"] == run_id_while_down.as_str()
+    });
+    assert_eq!(row["invite_id"], inv2["id"]);
+    assert!(sp.log().contains("supervising it"), "{}", sp.log());
+    round(&mut s);
+
+    // 7. Revoking an invite ends its live sessions within a second.
+    let t0 = Instant::now();
+    let (st, v) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/admin/invites/{invite_id}/revoke"),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    while !a.is_closed() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "session alive 1 s after revocation"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("revoked → session closed in {:?}", t0.elapsed());
+    let r = refusal(&opts);
+    assert!(r.contains("revoked"), "{r}");
+    let close = wait_audit(&sp, "session.close", |r| {
+        r["invite_id"] == invite_id.as_str()
+            && r["reason"].as_str().unwrap_or("").contains("revoked")
+    });
+    assert!(close["reason"].as_str().unwrap().contains("revoked"));
+    wait_audit(&sp, "invite.revoked", |r| {
+        r["invite_id"] == invite_id.as_str()
+    });
+    // The other invite's tunnel is untouched.
+    round(&mut s);
+    drop(c);
+    drop(d);
+}
+
+#[test]
+fn seed_001_mvp_acceptance() {
+    each_backend("mvp", mvp);
+}
