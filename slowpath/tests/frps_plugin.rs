@@ -1,0 +1,113 @@
+//! The frps server-plugin hooks (seed 001's `/api/v1/frps/auth/*`): a stock
+//! frps configured with `httpPlugins` posting Login and NewProxy bodies gets
+//! the same verdicts the fastpath reaches from its table.
+
+mod harness;
+
+use harness::{each_backend, Slowpath};
+use serde_json::{json, Value};
+
+fn hook(sp: &Slowpath, path: &str, body: Value) -> Value {
+    let (status, v) = sp.call("POST", path, None, Some(&body.to_string()));
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn login(sp: &Slowpath, ticket: Option<&str>) -> Value {
+    let mut content =
+        json!({ "version": "0.61.1", "user": "", "privilege_key": "x", "timestamp": 1 });
+    if let Some(t) = ticket {
+        content["metas"] = json!({ "ticket": t });
+    }
+    hook(
+        sp,
+        "/api/v1/frps/auth/handshake",
+        json!({ "version": "0.1.0", "op": "Login", "content": content }),
+    )
+}
+
+fn new_proxy(sp: &Slowpath, ticket: &str, proxy_type: &str, port: u16) -> Value {
+    hook(
+        sp,
+        "/api/v1/frps/auth/proxy",
+        json!({ "version": "0.1.0", "op": "NewProxy", "content": {
+            "user": { "user": "", "metas": { "ticket": ticket }, "run_id": "r1" },
+            "proxy_name": "p", "proxy_type": proxy_type, "remote_port": port,
+        }}),
+    )
+}
+
+#[test]
+fn plugin_hooks_decide_like_the_fastpath() {
+    each_backend("frps_plugin", |b| {
+        let sp = Slowpath::start(&b, &[]);
+        let node = sp.local_node.clone();
+        let (st, inv) = sp.admin_call(
+            "POST",
+            &format!("/api/v1/admin/nodes/{node}/invites"),
+            Some(json!({ "max_uses": 2, "scope": { "port_pool": "10000-10009", "proxy_types": ["tcp"] } })),
+        );
+        assert_eq!(st, 201, "{inv}");
+        let (st, r) = sp.resolve(inv["code"].as_str().unwrap());
+        assert_eq!(st, 200, "{r}");
+        let ticket = r["connection_ticket"].as_str().unwrap().to_owned();
+
+        // Private node: no ticket, no entry; a good ticket gets in.
+        let v = login(&sp, None);
+        assert_eq!(v["reject"], true);
+        assert!(
+            v["reject_reason"].as_str().unwrap().contains("private"),
+            "{v}"
+        );
+        let v = login(&sp, Some(&ticket));
+        assert_eq!(v["reject"], false, "{v}");
+        assert_eq!(v["unchange"], true);
+        let v = login(&sp, Some("a.b.c"));
+        assert_eq!(v["reject"], true, "{v}");
+
+        // Proxies: the invite's pool and types.
+        assert_eq!(new_proxy(&sp, &ticket, "tcp", 10005)["reject"], false);
+        let v = new_proxy(&sp, &ticket, "tcp", 10010);
+        assert!(
+            v["reject_reason"]
+                .as_str()
+                .unwrap()
+                .contains("not in the allowed pool"),
+            "{v}"
+        );
+        let v = new_proxy(&sp, &ticket, "udp", 10001);
+        assert!(
+            v["reject_reason"]
+                .as_str()
+                .unwrap()
+                .contains("proxy type udp"),
+            "{v}"
+        );
+
+        // Revoked: refused with that reason.
+        let id = inv["id"].as_str().unwrap();
+        let (st, _) = sp.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
+        assert_eq!(st, 200);
+        let v = login(&sp, Some(&ticket));
+        assert!(
+            v["reject_reason"].as_str().unwrap().contains("revoked"),
+            "{v}"
+        );
+
+        // A wrong op is refused, a malformed body is a 400 naming the field.
+        let v = hook(
+            &sp,
+            "/api/v1/frps/auth/handshake",
+            json!({ "op": "NewProxy", "content": {} }),
+        );
+        assert_eq!(v["reject"], true);
+        let (st, v) = sp.call(
+            "POST",
+            "/api/v1/frps/auth/handshake",
+            None,
+            Some("{\"op\": 5}"),
+        );
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["field"], "op", "{v}");
+    });
+}
