@@ -331,11 +331,16 @@ impl Policy {
     /// Whether a live session may go on under the table in force; the
     /// reason to end it otherwise.
     pub fn still_allowed(&self, grant: Grant) -> Result<(), String> {
-        let Grant::Invite(id) = grant else {
-            return Ok(());
-        };
         let Some(loaded) = self.current() else {
             return Ok(());
+        };
+        let id = match grant {
+            Grant::Standalone => return Ok(()),
+            Grant::Node if loaded.get().node().public() => return Ok(()),
+            Grant::Node => {
+                return Err("the node was made private: log in with a ticket from an invite".into())
+            }
+            Grant::Invite(id) => id,
         };
         match loaded.get().invite(&id) {
             None => Err(format!("invite {id} was removed from this node")),

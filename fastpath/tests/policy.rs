@@ -442,6 +442,7 @@ fn public_node_takes_token_logins_and_events_reach_the_rings() {
     let mut bad = fp.opts();
     bad.token = "wrong".into();
     refused(Client::login(bad));
+    let other = Client::login(fp.opts()).expect("second token session");
     c.close_proxy("pub1").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     c.kill();
@@ -487,4 +488,18 @@ fn public_node_takes_token_logins_and_events_reach_the_rings() {
         _ => None,
     });
     assert_eq!(rejected.map(|r| r.0), Some("pub-out".to_string()));
+
+    // Made private: token-only sessions end, token-only logins are refused.
+    let spec = ctl.spec(false, vec![]);
+    ctl.publish(spec);
+    let t0 = Instant::now();
+    while !other.is_closed() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "token session survived going private"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = refused(Client::login(fp.opts()));
+    assert!(r.contains("private"), "{r}");
 }

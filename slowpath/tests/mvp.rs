@@ -335,6 +335,13 @@ fn mvp(backend: Backend) {
     });
     // The other invite's tunnel is untouched.
     round(&mut s);
+
+    // The local node heartbeats with what its fastpath reports.
+    let (st, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+    assert_eq!(st, 200, "{n}");
+    assert_eq!(n["status"], "online", "{n}");
+    assert!(n["heartbeat"]["versions"]["fastpath"].is_string(), "{n}");
+    assert!(n["heartbeat"]["mem_bytes"].as_u64().unwrap_or(0) > 0, "{n}");
     drop(c);
     drop(d);
 }
