@@ -9,11 +9,12 @@
 //! slowpath (or a fresh database next to a running fastpath) never publishes
 //! a generation the fastpath would refuse as stale.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto::policy::{InvitePolicy, NodePolicy, PolicySpec, PolicyTable, TicketKey};
+use proto::policy::{table, InviteId, InvitePolicy, NodePolicy, PolicySpec, TicketKey};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -42,8 +43,12 @@ pub struct PublishStatus {
     pub invites: usize,
     /// Size, bytes.
     pub bytes: usize,
-    /// Compile + write time, µs.
+    /// Compile + encode + write time, µs.
     pub publish_us: u64,
+    /// Of which: reading the state (a full query, or one invite row), µs.
+    pub compile_us: u64,
+    /// Of which: encoding the table, µs.
+    pub encode_us: u64,
     /// Last publish error, if the latest attempt failed.
     pub last_error: Option<String>,
 }
@@ -58,6 +63,9 @@ pub struct Publisher {
     /// The last encoded table with generation and time zeroed: a recompile
     /// that yields the same content is not published again.
     last_content: Mutex<Option<Vec<u8>>>,
+    /// The state of the last full compile, kept up to date by per-invite
+    /// publishes.
+    compiled: Mutex<Option<Compiled>>,
     /// One publish at a time: two at once could pick the same generation,
     /// and the fastpath would refuse the second as stale.
     serial: tokio::sync::Mutex<()>,
@@ -73,6 +81,7 @@ impl Publisher {
             wake: Notify::new(),
             status: Mutex::new(PublishStatus::default()),
             last_content: Mutex::new(None),
+            compiled: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
         })
     }
@@ -104,19 +113,7 @@ impl Publisher {
     pub async fn sync(&self) -> Result<Option<Duration>> {
         let started = Instant::now();
         let generation = self.publish(false).await?;
-        loop {
-            if applied_everywhere(&self.dir, generation) {
-                return Ok(Some(started.elapsed()));
-            }
-            if started.elapsed() > ENFORCE_WAIT {
-                tracing::warn!(
-                    generation,
-                    "fastpath workers did not confirm the new policy in time"
-                );
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.wait_applied(generation, started).await
     }
 
     /// Runs forever: publishes on request (debounced) and every [`REFRESH`].
@@ -132,50 +129,122 @@ impl Publisher {
         }
     }
 
-    /// Compiles and publishes now; `force` publishes even when nothing changed.
-    /// Returns the generation on disk afterwards.
+    /// Compiles everything from the database and publishes now; `force`
+    /// publishes even when nothing changed. Returns the generation on disk
+    /// afterwards.
     pub async fn publish(&self, force: bool) -> Result<u64> {
         let _one_at_a_time = self.serial.lock().await;
         let started = Instant::now();
-        let result = self.publish_inner(force, started).await;
-        if let Err(e) = &result {
+        let result = async {
+            let spec = compile(&self.db, &self.node_id, now_ms()).await?;
+            let compiled = Compiled {
+                node: spec.node,
+                keys: spec.keys,
+                invites: spec.invites.into_iter().map(|i| (i.id, i)).collect(),
+            };
+            let compile_us = elapsed_us(started);
+            *self.compiled.lock().unwrap_or_else(|p| p.into_inner()) = Some(compiled);
+            self.write(force, started, compile_us).await
+        }
+        .await;
+        self.note_error(&result);
+        result
+    }
+
+    /// Publishes the change to one invite (created, revoked): the invite is
+    /// re-read and replaced in the compiled state kept from the last full
+    /// compile, so a change costs one row and one encode, not a query of
+    /// every invite. Falls back to a full compile when there is no state yet.
+    pub async fn publish_invite(&self, id: InviteId) -> Result<u64> {
+        if self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return self.publish(false).await;
+        }
+        let _one_at_a_time = self.serial.lock().await;
+        let started = Instant::now();
+        let result = async {
+            let now = now_ms();
+            let row = match invites::get(&self.db, &id.to_string()).await {
+                Ok(inv) => Some(inv),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let horizon = now - i64::try_from(tickets::MAX_TICKET_TTL_S * 1000).unwrap_or(0);
+            {
+                let mut guard = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(compiled) = guard.as_mut() else {
+                    return Err(Error::Internal("compiled policy state vanished".into()));
+                };
+                match row {
+                    Some(inv) if inv.node_id == self.node_id && inv.expires_ms > horizon => {
+                        compiled.invites.insert(inv.id, invite_policy(inv));
+                    }
+                    _ => {
+                        compiled.invites.remove(&id);
+                    }
+                }
+            }
+            let compile_us = elapsed_us(started);
+            self.write(false, started, compile_us).await
+        }
+        .await;
+        self.note_error(&result);
+        result
+    }
+
+    /// Like [`Publisher::sync`] for a change to one invite.
+    pub async fn sync_invite(&self, id: InviteId) -> Result<Option<Duration>> {
+        let started = Instant::now();
+        let generation = self.publish_invite(id).await?;
+        self.wait_applied(generation, started).await
+    }
+
+    fn note_error(&self, result: &Result<u64>) {
+        if let Err(e) = result {
             self.status
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .last_error = Some(e.to_string());
         }
-        result
     }
 
-    async fn publish_inner(&self, force: bool, started: Instant) -> Result<u64> {
+    /// Encode the compiled state, and write it unless it equals what was
+    /// last written (and `force` is off). Called with `serial` held.
+    async fn write(&self, force: bool, started: Instant, compile_us: u64) -> Result<u64> {
         let now = now_ms();
-        let mut spec = compile(&self.db, &self.node_id, now).await?;
-        let content = spec.encode();
+        let (mut bytes, invites) = {
+            let guard = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(c) = guard.as_ref() else {
+                return Err(Error::Internal("no compiled policy state".into()));
+            };
+            let bytes =
+                table::encode_parts(0, 0, &c.node, &c.keys, c.invites.len(), c.invites.values());
+            (bytes, c.invites.len())
+        };
+        let encode_us = elapsed_us(started) - compile_us;
         {
             let last = self.last_content.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && last.as_deref() == Some(&content[..]) {
+            if !force && last.as_deref() == Some(&bytes[..]) {
                 return Ok(self.status().generation);
             }
         }
+        let content = bytes.clone();
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", self.dir.display())))?;
         let path = self.dir.join(TABLE_FILE);
-        let on_disk = match tokio::fs::read(&path).await {
-            Ok(bytes) => PolicyTable::parse(&bytes)
-                .map(|t| t.generation())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
+        let on_disk = disk_generation(&path).await;
         let counted = db::meta_get(&self.db, GENERATION_KEY)
             .await?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         let generation = on_disk.max(counted).max(self.status().generation) + 1;
         db::meta_set(&self.db, GENERATION_KEY, &generation.to_string()).await?;
-        spec.generation = generation;
-        spec.created_ms = u64::try_from(now).unwrap_or(0);
-        let bytes = spec.encode();
+        table::stamp(&mut bytes, generation, u64::try_from(now).unwrap_or(0));
         let tmp = self.dir.join(format!("{TABLE_FILE}.tmp-{generation}"));
         tokio::fs::write(&tmp, &bytes)
             .await
@@ -183,24 +252,82 @@ impl Publisher {
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(|e| Error::Internal(format!("cannot rename onto {}: {e}", path.display())))?;
-        let publish_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let publish_us = elapsed_us(started);
         *self.last_content.lock().unwrap_or_else(|p| p.into_inner()) = Some(content);
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = PublishStatus {
             generation,
             published_ms: now,
-            invites: spec.invites.len(),
+            invites,
             bytes: bytes.len(),
             publish_us,
+            compile_us,
+            encode_us,
             last_error: None,
         };
         tracing::info!(
             generation,
-            invites = spec.invites.len(),
+            invites,
             bytes = bytes.len(),
+            compile_us,
+            encode_us,
             publish_us,
             "policy table published"
         );
         Ok(generation)
+    }
+
+    async fn wait_applied(&self, generation: u64, started: Instant) -> Result<Option<Duration>> {
+        loop {
+            if applied_everywhere(&self.dir, generation) {
+                return Ok(Some(started.elapsed()));
+            }
+            if started.elapsed() > ENFORCE_WAIT {
+                tracing::warn!(
+                    generation,
+                    "fastpath workers did not confirm the new policy in time"
+                );
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// The generation of the table at `path` (0 when absent or unreadable).
+/// Only the header is read: the file may be megabytes.
+async fn disk_generation(path: &Path) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return 0;
+    };
+    let mut head = [0u8; 24];
+    if f.read_exact(&mut head).await.is_err() || &head[..8] != table::MAGIC {
+        return 0;
+    }
+    u64::from_le_bytes(head[16..24].try_into().unwrap_or([0; 8]))
+}
+
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The compiled state kept between publishes.
+struct Compiled {
+    node: NodePolicy,
+    keys: Vec<TicketKey>,
+    invites: BTreeMap<InviteId, InvitePolicy>,
+}
+
+fn invite_policy(i: invites::Invite) -> InvitePolicy {
+    InvitePolicy {
+        id: i.id,
+        revoked: i.revoked,
+        expires_ms: u64::try_from(i.expires_ms).unwrap_or(0),
+        max_conns: i.max_conns,
+        max_proxies: i.max_proxies,
+        proxy_types: i.proxy_types,
+        port_pool: i.port_pool,
+        domain_suffix: i.domain_suffix,
     }
 }
 
@@ -264,18 +391,6 @@ pub async fn compile(db: &Db, node_id: &str, now: i64) -> Result<PolicySpec> {
                 public_key: k.public_key,
             })
             .collect(),
-        invites: invites
-            .into_iter()
-            .map(|i| InvitePolicy {
-                id: i.id,
-                revoked: i.revoked,
-                expires_ms: u64::try_from(i.expires_ms).unwrap_or(0),
-                max_conns: i.max_conns,
-                max_proxies: i.max_proxies,
-                proxy_types: i.proxy_types,
-                port_pool: i.port_pool,
-                domain_suffix: i.domain_suffix,
-            })
-            .collect(),
+        invites: invites.into_iter().map(invite_policy).collect(),
     })
 }

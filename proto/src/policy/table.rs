@@ -171,26 +171,6 @@ impl PolicySpec {
     /// Encode the table. Invites are sorted by id; duplicate ids keep the
     /// last one given.
     pub fn encode(&self) -> Vec<u8> {
-        let mut strings = Strings { buf: Vec::new() };
-        let mut ports = Vec::new();
-
-        let mut node = Vec::with_capacity(NODE_REC);
-        put_ref(&mut node, strings.add(&self.node.node_id));
-        put_ref(&mut node, strings.add(&self.node.region));
-        node.extend_from_slice(&(self.node.public as u32).to_le_bytes());
-        node.extend_from_slice(&self.node.proxy_types.0.to_le_bytes());
-        node.extend_from_slice(&self.node.max_proxies_per_session.to_le_bytes());
-        node.extend_from_slice(&0u32.to_le_bytes());
-        put_ref(&mut node, add_ports(&mut ports, &self.node.port_pool));
-        node.extend_from_slice(&[0; 8]);
-
-        let mut keys = Vec::with_capacity(self.keys.len() * KEY_REC);
-        for k in &self.keys {
-            put_ref(&mut keys, strings.add(&k.kid));
-            keys.extend_from_slice(&[0; 8]);
-            keys.extend_from_slice(&k.public_key);
-        }
-
         let mut sorted: Vec<&InvitePolicy> = self.invites.iter().collect();
         sorted.sort_by_key(|a| a.id.0);
         // Keep the last of equal ids: walk backwards, skip repeats.
@@ -201,51 +181,106 @@ impl PolicySpec {
             }
         }
         uniq.reverse();
-        let mut invites = Vec::with_capacity(uniq.len() * INVITE_REC);
-        for inv in uniq {
-            invites.extend_from_slice(&inv.id.0);
-            invites.extend_from_slice(&(inv.revoked as u32).to_le_bytes());
-            invites.extend_from_slice(&inv.proxy_types.0.to_le_bytes());
-            invites.extend_from_slice(&inv.max_conns.to_le_bytes());
-            invites.extend_from_slice(&inv.max_proxies.to_le_bytes());
-            invites.extend_from_slice(&inv.expires_ms.to_le_bytes());
-            put_ref(&mut invites, add_ports(&mut ports, &inv.port_pool));
-            put_ref(&mut invites, strings.add(&inv.domain_suffix));
-            invites.extend_from_slice(&[0; 8]);
-        }
-
-        let sections: [(u32, &[u8]); 5] = [
-            (SEC_NODE, &node),
-            (SEC_KEYS, &keys),
-            (SEC_INVITES, &invites),
-            (SEC_PORTS, &ports),
-            (SEC_STRINGS, &strings.buf),
-        ];
-        let mut out = vec![0u8; HEADER_LEN + DIR_ENTRY * sections.len()];
-        let mut dir = Vec::with_capacity(DIR_ENTRY * sections.len());
-        for (kind, body) in sections {
-            while !out.len().is_multiple_of(8) {
-                out.push(0);
-            }
-            dir.extend_from_slice(&kind.to_le_bytes());
-            dir.extend_from_slice(&0u32.to_le_bytes());
-            dir.extend_from_slice(&(out.len() as u64).to_le_bytes());
-            dir.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            out.extend_from_slice(body);
-        }
-        out[HEADER_LEN..HEADER_LEN + dir.len()].copy_from_slice(&dir);
-        let total = out.len() as u64;
-        out[0..8].copy_from_slice(MAGIC);
-        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        out[16..24].copy_from_slice(&self.generation.to_le_bytes());
-        out[24..32].copy_from_slice(&total.to_le_bytes());
-        out[32..40].copy_from_slice(&self.created_ms.to_le_bytes());
-        out[40..44].copy_from_slice(&(sections.len() as u32).to_le_bytes());
-        let sum = checksum(&out) as u64;
-        out[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
-        out
+        encode_parts(
+            self.generation,
+            self.created_ms,
+            &self.node,
+            &self.keys,
+            uniq.len(),
+            uniq.into_iter(),
+        )
     }
+}
+
+/// Set the generation and creation time of an encoded table and reseal it:
+/// a publisher encodes once, compares with what it last published, and only
+/// then stamps the generation.
+pub fn stamp(bytes: &mut [u8], generation: u64, created_ms: u64) {
+    if bytes.len() >= HEADER_LEN {
+        bytes[16..24].copy_from_slice(&generation.to_le_bytes());
+        bytes[32..40].copy_from_slice(&created_ms.to_le_bytes());
+        seal(bytes);
+    }
+}
+
+/// Encode a table from parts. `invites` must come sorted by id with no
+/// repeats (a `BTreeMap<InviteId, _>`'s values are); `count` is how many.
+/// Publishers that keep their invites in such a map encode without copying
+/// or sorting 100k records per change.
+pub fn encode_parts<'a>(
+    generation: u64,
+    created_ms: u64,
+    node: &NodePolicy,
+    keys: &[TicketKey],
+    count: usize,
+    invite_iter: impl Iterator<Item = &'a InvitePolicy>,
+) -> Vec<u8> {
+    let mut strings = Strings { buf: Vec::new() };
+    let mut ports = Vec::new();
+
+    let node_rec = node;
+    let mut node = Vec::with_capacity(NODE_REC);
+    put_ref(&mut node, strings.add(&node_rec.node_id));
+    put_ref(&mut node, strings.add(&node_rec.region));
+    node.extend_from_slice(&(node_rec.public as u32).to_le_bytes());
+    node.extend_from_slice(&node_rec.proxy_types.0.to_le_bytes());
+    node.extend_from_slice(&node_rec.max_proxies_per_session.to_le_bytes());
+    node.extend_from_slice(&0u32.to_le_bytes());
+    put_ref(&mut node, add_ports(&mut ports, &node_rec.port_pool));
+    node.extend_from_slice(&[0; 8]);
+
+    let key_list = keys;
+    let mut keys = Vec::with_capacity(key_list.len() * KEY_REC);
+    for k in key_list {
+        put_ref(&mut keys, strings.add(&k.kid));
+        keys.extend_from_slice(&[0; 8]);
+        keys.extend_from_slice(&k.public_key);
+    }
+
+    let mut invites = Vec::with_capacity(count * INVITE_REC);
+    for inv in invite_iter {
+        invites.extend_from_slice(&inv.id.0);
+        invites.extend_from_slice(&(inv.revoked as u32).to_le_bytes());
+        invites.extend_from_slice(&inv.proxy_types.0.to_le_bytes());
+        invites.extend_from_slice(&inv.max_conns.to_le_bytes());
+        invites.extend_from_slice(&inv.max_proxies.to_le_bytes());
+        invites.extend_from_slice(&inv.expires_ms.to_le_bytes());
+        put_ref(&mut invites, add_ports(&mut ports, &inv.port_pool));
+        put_ref(&mut invites, strings.add(&inv.domain_suffix));
+        invites.extend_from_slice(&[0; 8]);
+    }
+
+    let sections: [(u32, &[u8]); 5] = [
+        (SEC_NODE, &node),
+        (SEC_KEYS, &keys),
+        (SEC_INVITES, &invites),
+        (SEC_PORTS, &ports),
+        (SEC_STRINGS, &strings.buf),
+    ];
+    let mut out = vec![0u8; HEADER_LEN + DIR_ENTRY * sections.len()];
+    let mut dir = Vec::with_capacity(DIR_ENTRY * sections.len());
+    for (kind, body) in sections {
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+        dir.extend_from_slice(&kind.to_le_bytes());
+        dir.extend_from_slice(&0u32.to_le_bytes());
+        dir.extend_from_slice(&(out.len() as u64).to_le_bytes());
+        dir.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+    out[HEADER_LEN..HEADER_LEN + dir.len()].copy_from_slice(&dir);
+    let total = out.len() as u64;
+    out[0..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&generation.to_le_bytes());
+    out[24..32].copy_from_slice(&total.to_le_bytes());
+    out[32..40].copy_from_slice(&created_ms.to_le_bytes());
+    out[40..44].copy_from_slice(&(sections.len() as u32).to_le_bytes());
+    let sum = checksum(&out) as u64;
+    out[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+    out
 }
 
 /// Recompute the checksum of a table edited by hand (fuzzing and tests

@@ -90,7 +90,7 @@ pub async fn create_invite(
     auth::admin(&app, &headers)?;
     let node = nodes::get(&app.db, &id).await?;
     let (invite, code) = invites::create(&app.db, &node, req).await?;
-    app.publisher.sync().await?;
+    app.publisher.sync_invite(invite.id).await?;
     Ok((StatusCode::CREATED, Json(invite.info(Some(code)))))
 }
 
@@ -126,7 +126,7 @@ pub async fn revoke_invite(
 ) -> Result<Json<InviteInfo>, ApiError> {
     auth::admin(&app, &headers)?;
     let invite = invites::revoke(&app.db, &id, None, "admin").await?;
-    app.publisher.sync().await?;
+    app.publisher.sync_invite(invite.id).await?;
     Ok(Json(invite.info(None)))
 }
 

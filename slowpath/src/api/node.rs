@@ -31,7 +31,7 @@ pub async fn create_invite(
 ) -> Result<(StatusCode, Json<InviteInfo>), ApiError> {
     let node = auth::node(&app, &headers).await?;
     let (invite, code) = invites::create(&app.db, &node, req).await?;
-    app.publisher.sync().await?;
+    app.publisher.sync_invite(invite.id).await?;
     Ok((StatusCode::CREATED, Json(invite.info(Some(code)))))
 }
 
@@ -53,6 +53,6 @@ pub async fn revoke_invite(
 ) -> Result<Json<InviteInfo>, ApiError> {
     let node = auth::node(&app, &headers).await?;
     let invite = invites::revoke(&app.db, &id, Some(&node.id), "node").await?;
-    app.publisher.sync().await?;
+    app.publisher.sync_invite(invite.id).await?;
     Ok(Json(invite.info(None)))
 }
