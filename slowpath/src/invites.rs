@@ -7,7 +7,7 @@
 //! resolves of an N-use invite succeed exactly N times on SQLite (one
 //! writer) and on PostgreSQL (the row lock re-checks the condition).
 
-use proto::policy::{InviteId, PortSet, ProxyTypes};
+use proto::policy::{InviteId, InvitePolicy, PortSet, ProxyTypes};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -425,22 +425,45 @@ pub async fn list(db: &Db, node_id: Option<&str>) -> Result<Vec<Invite>> {
     rows.iter().map(invite_from_row).collect()
 }
 
-/// Invites the policy table must carry for `node_id` at `now`: every invite
-/// a still-valid ticket may name (not expired longer ago than the longest
-/// ticket lifetime), revoked ones included so the data plane can say why.
-pub async fn for_policy<'c, E>(exec: E, node_id: &str, now: i64) -> Result<Vec<Invite>>
+/// The columns [`for_policy`] reads, in the order it decodes them: only what
+/// the policy table carries (reading every column of 100k rows through
+/// sqlx's `Any` driver is most of a full compile's time on SQLite).
+pub const POLICY_COLUMNS: &str =
+    "id, revoked, expires_ms, max_conns, max_proxies, proxy_types, port_pool, domain_suffix";
+
+/// The node's invites a live ticket may still name (expired less than the
+/// longest ticket lifetime ago), as policy-table records; revoked ones are
+/// included so the data plane can say why it refuses them.
+pub async fn for_policy<'c, E>(exec: E, node_id: &str, now: i64) -> Result<Vec<InvitePolicy>>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     let horizon = now - i64::try_from(tickets::MAX_TICKET_TTL_S * 1000).unwrap_or(0);
     let rows = sqlx::query(&format!(
-        "SELECT {INVITE_COLUMNS} FROM invites WHERE node_id = $1 AND expires_ms > $2"
+        "SELECT {POLICY_COLUMNS} FROM invites WHERE node_id = $1 AND expires_ms > $2"
     ))
     .bind(node_id)
     .bind(horizon)
     .fetch_all(exec)
     .await?;
-    rows.iter().map(invite_from_row).collect()
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0)?;
+            let proxy_types: String = row.try_get(5)?;
+            let port_pool: String = row.try_get(6)?;
+            Ok(InvitePolicy {
+                id: InviteId::parse(&id).ok_or_else(|| corrupt("id", &id))?,
+                revoked: row.try_get::<i64, _>(1)? != 0,
+                expires_ms: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+                max_conns: small(row.try_get(3)?),
+                max_proxies: small(row.try_get(4)?),
+                proxy_types: ProxyTypes::parse(&proxy_types)
+                    .map_err(|e| corrupt("proxy_types", e))?,
+                port_pool: PortSet::parse(&port_pool).map_err(|e| corrupt("port_pool", e))?,
+                domain_suffix: row.try_get(7)?,
+            })
+        })
+        .collect()
 }
 
 /// Revokes an invite; `node_id` restricts it to one node's invites (node-key
