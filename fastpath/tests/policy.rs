@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bench::backend::Backend;
-use bench::client::{Client, ClientError, ClientOpts, ProxySpec};
+use bench::client::{Client, ClientError, ClientOpts};
 use bench::proc::free_port;
 use common::{echo_integrity, Fastpath};
 use proto::events::{Event, EventRecord};
@@ -196,15 +196,8 @@ fn refused(r: Result<Client, ClientError>) -> String {
 }
 
 fn proxy(c: &Client, name: &str, port: u16, local: std::net::SocketAddr) -> Result<u16, String> {
-    c.add_proxy(ProxySpec {
-        name: name.into(),
-        remote_port: port as i64,
-        local,
-        use_encryption: false,
-        use_compression: false,
-    })
-    .map(|a| a.trim_start_matches(':').parse().unwrap())
-    .map_err(|e| e.to_string())
+    c.add_plain_proxy(name, port, local)
+        .map_err(|e| e.to_string())
 }
 
 #[test]

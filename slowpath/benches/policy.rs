@@ -34,6 +34,11 @@ use slowpath::nodes::{self, NewNode};
 use slowpath::policy_publish::{self, Publisher};
 use slowpath::{credentials, invites, tickets};
 
+// The tests' helpers for per-run PostgreSQL databases.
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+use harness::{admin_sql, with_database};
+
 /// The port pool of the node the library run registers.
 const BENCH_POOL: (u16, u16) = (10000, 19999);
 /// The default pool of the node `slowpath up` registers for itself.
@@ -264,32 +269,6 @@ fn backends() -> Vec<Backend> {
         _ => eprintln!("PostgreSQL: SKIPPED (TOTORO_TEST_DATABASE_URL not set)"),
     }
     v
-}
-
-/// `base` with its database name replaced by `db`.
-fn with_database(base: &str, db: &str) -> String {
-    let (url, query) = match base.split_once('?') {
-        Some((u, q)) => (u, format!("?{q}")),
-        None => (base, String::new()),
-    };
-    let prefix = url.rsplit_once('/').map(|(p, _)| p).unwrap_or(url);
-    format!("{prefix}/{db}{query}")
-}
-
-/// Runs one statement on `base` outside a transaction (own runtime: call it
-/// outside `block_on`).
-fn admin_sql(base: &str, sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection as _;
-        use sqlx::Executor as _;
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
-        conn.execute(sql).await.unwrap();
-    });
 }
 
 /// A fresh PostgreSQL database, dropped with this value.

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
-use bench::client::{Client, ClientError, ClientOpts, ProxySpec};
+use bench::client::{Client, ClientError, ClientOpts};
 use harness::{each_backend, Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -62,16 +62,9 @@ fn refusal(o: &ClientOpts) -> String {
     }
 }
 
-fn proxy(c: &Client, name: &str, port: u16, local: SocketAddr) -> Result<u16, String> {
-    c.add_proxy(ProxySpec {
-        name: name.into(),
-        remote_port: port as i64,
-        local,
-        use_encryption: false,
-        use_compression: false,
-    })
-    .map(|a| a.trim_start_matches(':').parse().unwrap())
-    .map_err(|e| e.to_string())
+fn proxy(c: &Client, name: &str, port: u16, local: std::net::SocketAddr) -> Result<u16, String> {
+    c.add_plain_proxy(name, port, local)
+        .map_err(|e| e.to_string())
 }
 
 /// Push `len` bytes through the tunnel at `port` and check they echo back.

@@ -575,6 +575,26 @@ impl Client {
         }
     }
 
+    /// Register a plain proxy (no encryption or compression) to `local` and
+    /// return the public port the server gave it.
+    pub fn add_plain_proxy(
+        &self,
+        name: &str,
+        remote_port: u16,
+        local: std::net::SocketAddr,
+    ) -> Result<u16, ClientError> {
+        let addr = self.add_proxy(ProxySpec {
+            name: name.into(),
+            remote_port: remote_port as i64,
+            local,
+            use_encryption: false,
+            use_compression: false,
+        })?;
+        addr.trim_start_matches(':')
+            .parse()
+            .map_err(|_| ClientError::Protocol(format!("remote_addr {addr:?} is not :port")))
+    }
+
     /// Send CloseProxy.
     pub fn close_proxy(&self, name: &str) -> Result<(), ClientError> {
         self.inner

@@ -48,7 +48,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// `base` with its database name replaced by `db`.
-fn with_database(base: &str, db: &str) -> String {
+pub fn with_database(base: &str, db: &str) -> String {
     let (url, query) = match base.split_once('?') {
         Some((u, q)) => (u, format!("?{q}")),
         None => (base, String::new()),
@@ -58,7 +58,7 @@ fn with_database(base: &str, db: &str) -> String {
 }
 
 /// Runs one statement on `base` (outside a transaction).
-fn admin_sql(base: &str, sql: &str) {
+pub fn admin_sql(base: &str, sql: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
