@@ -6,7 +6,10 @@
 //!   same CFB and snappy layering), built on std threads.
 //! - [`backend`]: local services to tunnel to (echo, sink, source).
 //! - [`proc`]: launching the real binaries and reading their /proc figures.
+//! - [`load`]: the latency (open- and closed-loop) and connection-rate
+//!   generators.
 
 pub mod backend;
 pub mod client;
+pub mod load;
 pub mod proc;

@@ -1,0 +1,70 @@
+//! Load generators measured against a target address (a tunnel's public
+//! port, or a backend directly for the loopback baseline).
+//!
+//! - [`latency`]: request/response latency, open-loop at a fixed rate or
+//!   closed-loop (sequential RTT).
+//! - [`connrate`]: new connections per second, each doing one small echo.
+//!
+//! # Open loop and coordinated omission
+//!
+//! A closed-loop generator sends the next request only after the previous
+//! answer, so when the target stalls it simply stops sending: the stall costs
+//! one slow sample and the requests that *should* have been sent meanwhile
+//! never exist ("coordinated omission"). The open-loop generator instead
+//! fixes a schedule up front — request `i` of a connection is due at
+//! `t0 + i * C / R` — and records each latency from that *intended* send time
+//! to the arrival of the full echo. If the sender falls behind (because the
+//! previous answer was late) it sends the overdue requests back to back, and
+//! each of them carries the time it spent waiting to be sent, as a real user
+//! arriving on that schedule would have seen (the method of wrk2).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::time::Duration;
+
+pub mod connrate;
+pub mod latency;
+
+/// Largest latency a histogram holds (60 s, in µs); larger values saturate.
+const MAX_US: u64 = 60_000_000;
+
+/// A latency histogram in microseconds with 3 significant digits.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // Constant bounds that hdrhistogram accepts (low >= 1, high >= 2 * low,
+    // sigfig <= 5): this is not an I/O result and cannot fail.
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records `d` in µs, clamped to the histogram's range.
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_US);
+    h.saturating_record(us);
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    /// Reads the percentiles off a histogram (all zero when it is empty).
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
