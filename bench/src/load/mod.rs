@@ -46,10 +46,15 @@ pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {
+    /// Median.
     pub p50_us: u64,
+    /// 90th percentile.
     pub p90_us: u64,
+    /// 99th percentile.
     pub p99_us: u64,
+    /// 99.9th percentile.
     pub p999_us: u64,
+    /// Largest sample.
     pub max_us: u64,
 }
 
