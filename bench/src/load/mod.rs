@@ -4,6 +4,8 @@
 //! - [`latency`]: request/response latency, open-loop at a fixed rate or
 //!   closed-loop (sequential RTT).
 //! - [`connrate`]: new connections per second, each doing one small echo.
+//! - [`bulk`]: bulk throughput over N parallel streams, up, down or echo.
+//! - [`idle`]: many idle connections held open, and their cost in RSS.
 //!
 //! # Open loop and coordinated omission
 //!
@@ -22,7 +24,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::Duration;
 
+pub mod bulk;
 pub mod connrate;
+pub mod idle;
 pub mod latency;
 
 /// Largest latency a histogram holds (60 s, in µs); larger values saturate.

@@ -1,0 +1,308 @@
+//! Bulk throughput: `N` parallel TCP streams push bytes through the target
+//! for a warm-up and then a measured window. The direction decides who
+//! writes: [`Direction::Up`] the client (the far side is a
+//! [sink](crate::backend::Backend::sink)), [`Direction::Down`] the far side
+//! (a [source](crate::backend::Backend::source)), [`Direction::Echo`] both
+//! (an [echo](crate::backend::Backend::echo); the client writes and reads
+//! on separate threads).
+//!
+//! What counts: bytes written by the client for `Up` (on loopback the sink
+//! keeps up, so written ≈ delivered), bytes read by the client for `Down`
+//! and `Echo`. Each stream keeps a running total; the totals are read at
+//! the end of the warm-up and at the end of the window, and the difference
+//! is the figure.
+
+use serde::Serialize;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who sends the bulk bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Client writes, the far side discards.
+    Up,
+    /// Far side writes, the client reads.
+    Down,
+    /// Client writes, the far side echoes, the client reads.
+    Echo,
+}
+
+/// How many streams, which way, for how long.
+#[derive(Debug, Clone)]
+pub struct BulkOpts {
+    /// Parallel TCP streams.
+    pub streams: usize,
+    /// Which way the bytes go.
+    pub direction: Direction,
+    /// Measured window.
+    pub duration: Duration,
+    /// Time before the measured window whose bytes are not counted.
+    pub warmup: Duration,
+    /// Size of each read/write call in bytes.
+    pub buffer: usize,
+}
+
+impl Default for BulkOpts {
+    /// One stream up, 5 s after 1 s of warm-up, 128 KiB calls.
+    fn default() -> Self {
+        BulkOpts {
+            streams: 1,
+            direction: Direction::Up,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            buffer: 128 * 1024,
+        }
+    }
+}
+
+/// Outcome of one bulk run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkResult {
+    pub streams: usize,
+    pub direction: Direction,
+    pub buffer: usize,
+    /// Length of the measured window actually observed, in seconds.
+    pub duration_s: f64,
+    /// Bytes moved by all streams in the measured window.
+    pub bytes: u64,
+    /// `bytes * 8 / duration_s / 1e9`.
+    pub gbit_per_s: f64,
+    /// Slowest stream's Gbit/s in the window.
+    pub stream_gbit_min: f64,
+    /// Fastest stream's Gbit/s in the window.
+    pub stream_gbit_max: f64,
+    /// Streams that hit an I/O error (other than a timeout) or an early
+    /// close before the end of the window.
+    pub errors: u64,
+}
+
+/// How often a blocked read or write wakes up to check for the end.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Sets the stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+struct Stream {
+    count: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// Opens `opts.streams` connections to `target`, moves bytes for
+/// `opts.warmup + opts.duration`, and reports the measured window.
+/// Fails only if a connection cannot be opened or set up (or a thread
+/// cannot be started); I/O errors during the run are counted in `errors`.
+pub fn run(target: SocketAddr, opts: BulkOpts) -> io::Result<BulkResult> {
+    let buffer = opts.buffer.max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut conns = Vec::with_capacity(opts.streams);
+    for _ in 0..opts.streams {
+        let s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(POLL))?;
+        s.set_write_timeout(Some(POLL))?;
+        conns.push(s);
+    }
+    let mut stats = Vec::with_capacity(opts.streams);
+    let mut handles = Vec::new();
+    // Stops the threads on every way out, early errors included.
+    let _guard = StopOnDrop(stop.clone());
+    for (k, s) in conns.into_iter().enumerate() {
+        let st = Arc::new(Stream {
+            count: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        });
+        stats.push(st.clone());
+        let write_side = matches!(opts.direction, Direction::Up | Direction::Echo);
+        let read_side = matches!(opts.direction, Direction::Down | Direction::Echo);
+        if write_side {
+            let w = s.try_clone()?;
+            let (st, stop) = (st.clone(), stop.clone());
+            // For Echo the writer's bytes are not the figure; reads are.
+            let counts = opts.direction == Direction::Up;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("bulk-w{k}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || writer(w, buffer, k, &st, counts, &stop))?,
+            );
+        }
+        if read_side {
+            let (st, stop) = (st.clone(), stop.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("bulk-r{k}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || reader(s, buffer, &st, &stop))?,
+            );
+        }
+    }
+    std::thread::sleep(opts.warmup);
+    let t0 = Instant::now();
+    let before: Vec<u64> = stats
+        .iter()
+        .map(|s| s.count.load(Ordering::Relaxed))
+        .collect();
+    std::thread::sleep(opts.duration);
+    let after: Vec<u64> = stats
+        .iter()
+        .map(|s| s.count.load(Ordering::Relaxed))
+        .collect();
+    let duration_s = t0.elapsed().as_secs_f64();
+    let errors = stats
+        .iter()
+        .filter(|s| s.failed.load(Ordering::Acquire))
+        .count() as u64;
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    let gbit = |b: u64| {
+        if duration_s > 0.0 {
+            b as f64 * 8.0 / duration_s / 1e9
+        } else {
+            0.0
+        }
+    };
+    let per: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let bytes: u64 = per.iter().sum();
+    Ok(BulkResult {
+        streams: opts.streams,
+        direction: opts.direction,
+        buffer,
+        duration_s,
+        bytes,
+        gbit_per_s: gbit(bytes),
+        stream_gbit_min: per.iter().copied().min().map(gbit).unwrap_or(0.0),
+        stream_gbit_max: per.iter().copied().max().map(gbit).unwrap_or(0.0),
+        errors,
+    })
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn writer(mut s: TcpStream, buffer: usize, k: usize, st: &Stream, counts: bool, stop: &AtomicBool) {
+    let buf: Vec<u8> = (0..buffer)
+        .map(|i| (i.wrapping_add(k) % 251) as u8)
+        .collect();
+    while !stop.load(Ordering::Acquire) {
+        match s.write(&buf) {
+            Ok(0) => {
+                st.failed.store(true, Ordering::Release);
+                break;
+            }
+            Ok(n) => {
+                if counts {
+                    st.count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                st.failed.store(true, Ordering::Release);
+                break;
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+fn reader(mut s: TcpStream, buffer: usize, st: &Stream, stop: &AtomicBool) {
+    let mut buf = vec![0u8; buffer];
+    while !stop.load(Ordering::Acquire) {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                st.failed.store(true, Ordering::Release);
+                break;
+            }
+            Ok(n) => {
+                st.count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                st.failed.store(true, Ordering::Release);
+                break;
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+
+    fn check(b: &Backend, direction: Direction, streams: usize) {
+        let r = run(
+            b.addr(),
+            BulkOpts {
+                streams,
+                direction,
+                duration: Duration::from_millis(500),
+                warmup: Duration::from_millis(100),
+                buffer: 64 * 1024,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert!(r.gbit_per_s > 0.1, "{r:?}");
+        assert!(
+            r.stream_gbit_min > 0.0 && r.stream_gbit_min <= r.stream_gbit_max,
+            "{r:?}"
+        );
+        assert!(r.duration_s >= 0.5 && r.duration_s < 1.5, "{r:?}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["bytes"], r.bytes);
+        assert_eq!(json["streams"], streams);
+    }
+
+    #[test]
+    fn up_into_sink_one_and_four_streams() {
+        let b = Backend::sink().unwrap();
+        check(&b, Direction::Up, 1);
+        check(&b, Direction::Up, 4);
+        assert!(b.bytes() > 0);
+    }
+
+    #[test]
+    fn down_from_source_one_and_four_streams() {
+        let b = Backend::source().unwrap();
+        check(&b, Direction::Down, 1);
+        check(&b, Direction::Down, 4);
+        assert!(b.bytes() > 0);
+    }
+
+    #[test]
+    fn echo_both_ways_one_and_four_streams() {
+        let b = Backend::echo().unwrap();
+        check(&b, Direction::Echo, 1);
+        check(&b, Direction::Echo, 4);
+        assert!(b.bytes() > 0);
+    }
+
+    #[test]
+    fn direction_serializes_lowercase() {
+        assert_eq!(serde_json::to_value(Direction::Down).unwrap(), "down");
+    }
+
+    #[test]
+    fn closed_port_is_an_error() {
+        let port = crate::proc::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        assert!(run(addr, BulkOpts::default()).is_err());
+    }
+}

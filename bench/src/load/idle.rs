@@ -1,0 +1,220 @@
+//! Idle connections: open `N` TCP connections to the target, optionally at a
+//! fixed ramp rate, send one byte on each (so a tunnel has to set up the
+//! work connection behind it) and, when the target echoes, read that byte
+//! back; then keep them all open for a while and see what they cost in the
+//! resident memory of a given process (the tunnel under test).
+//!
+//! The soft `RLIMIT_NOFILE` of this process is raised to its hard limit
+//! first, since tens of thousands of sockets need as many descriptors.
+
+use serde::Serialize;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How many connections, how fast, whose memory.
+#[derive(Debug, Clone)]
+pub struct IdleOpts {
+    /// Connections to open and keep open.
+    pub conns: usize,
+    /// Connections opened per second; 0 opens them as fast as possible.
+    pub ramp_per_sec: u32,
+    /// How long all of them stay open after the last one is opened; the
+    /// "after" memory is read at its end.
+    pub hold: Duration,
+    /// Process whose resident set is measured (`None`: no memory figures).
+    pub pid_to_measure: Option<u32>,
+    /// Whether the target echoes, so each connection reads its byte back.
+    pub expect_echo: bool,
+    /// Limit on each connect and on the read of the echoed byte.
+    pub timeout: Duration,
+}
+
+impl Default for IdleOpts {
+    /// The "10 000 idle connections" case, as fast as possible.
+    fn default() -> Self {
+        IdleOpts {
+            conns: 10_000,
+            ramp_per_sec: 0,
+            hold: Duration::from_secs(2),
+            pid_to_measure: None,
+            expect_echo: true,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Outcome of one idle-connection run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    /// Connections asked for.
+    pub conns: usize,
+    /// Connections that opened (and, with `expect_echo`, echoed their byte).
+    pub opened: u64,
+    /// Connections that failed to open, to send, or to echo in time.
+    pub failed: u64,
+    /// Seconds spent opening them all.
+    pub open_s: f64,
+    /// Soft `RLIMIT_NOFILE` of this process after raising it.
+    pub nofile_limit: u64,
+    /// Measured process's VmRSS in KiB before the first connection.
+    pub rss_before_kib: Option<u64>,
+    /// Measured process's VmRSS in KiB with all connections open, at the end
+    /// of the hold.
+    pub rss_after_kib: Option<u64>,
+    /// `(rss_after - rss_before) / opened`, in bytes (may be negative).
+    pub bytes_per_conn: Option<f64>,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft
+/// limit in force afterwards.
+pub fn raise_nofile() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+fn open_one(target: SocketAddr, opts: &IdleOpts) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&target, opts.timeout)?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(opts.timeout))?;
+    s.write_all(b"i")?;
+    if opts.expect_echo {
+        s.set_read_timeout(Some(opts.timeout))?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        if b != *b"i" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "echo differs"));
+        }
+    }
+    Ok(s)
+}
+
+/// Opens the connections, holds them, measures, and closes them all.
+/// Fails only if the descriptor limit cannot be read; every connection
+/// problem counts in `failed`.
+pub fn run(target: SocketAddr, opts: IdleOpts) -> io::Result<IdleResult> {
+    let nofile_limit = raise_nofile()?;
+    let rss = |pid: Option<u32>| pid.map(crate::proc::rss_kib).filter(|&k| k > 0);
+    let rss_before_kib = rss(opts.pid_to_measure);
+    let mut open = Vec::with_capacity(opts.conns);
+    let mut failed = 0u64;
+    let start = Instant::now();
+    for i in 0..opts.conns {
+        if opts.ramp_per_sec > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(opts.ramp_per_sec));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        match open_one(target, &opts) {
+            Ok(s) => open.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    let open_s = start.elapsed().as_secs_f64();
+    std::thread::sleep(opts.hold);
+    let rss_after_kib = rss(opts.pid_to_measure);
+    let opened = open.len() as u64;
+    drop(open);
+    let bytes_per_conn = match (rss_before_kib, rss_after_kib) {
+        (Some(b), Some(a)) if opened > 0 => Some((a as f64 - b as f64) * 1024.0 / opened as f64),
+        _ => None,
+    };
+    Ok(IdleResult {
+        conns: opts.conns,
+        opened,
+        failed,
+        open_s,
+        nofile_limit,
+        rss_before_kib,
+        rss_after_kib,
+        bytes_per_conn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+
+    #[test]
+    fn two_hundred_idle_conns_to_echo_all_open() {
+        let b = Backend::echo().unwrap();
+        let r = run(
+            b.addr(),
+            IdleOpts {
+                conns: 200,
+                hold: Duration::from_millis(100),
+                pid_to_measure: Some(std::process::id()),
+                ..IdleOpts::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.opened, 200, "{r:?}");
+        assert_eq!(r.failed, 0, "{r:?}");
+        assert!(
+            r.rss_before_kib.is_some() && r.rss_after_kib.is_some(),
+            "{r:?}"
+        );
+        assert!(r.bytes_per_conn.is_some(), "{r:?}");
+        assert!(r.nofile_limit >= 256, "{r:?}");
+        assert_eq!(b.bytes(), 200);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["opened"], 200);
+    }
+
+    #[test]
+    fn ramp_paces_the_opening() {
+        let b = Backend::echo().unwrap();
+        let r = run(
+            b.addr(),
+            IdleOpts {
+                conns: 10,
+                ramp_per_sec: 50,
+                hold: Duration::ZERO,
+                ..IdleOpts::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((r.opened, r.failed), (10, 0), "{r:?}");
+        // The 10th is due at 9/50 s.
+        assert!(r.open_s >= 0.17, "{r:?}");
+        assert_eq!(r.rss_before_kib, None);
+        assert_eq!(r.bytes_per_conn, None);
+    }
+
+    #[test]
+    fn closed_port_counts_failures() {
+        let port = crate::proc::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let r = run(
+            addr,
+            IdleOpts {
+                conns: 5,
+                hold: Duration::ZERO,
+                ..IdleOpts::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((r.opened, r.failed), (0, 5), "{r:?}");
+    }
+}
