@@ -729,20 +729,7 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The fastpath child outlives a killed slowpath by design; stop the
-        // one holding this instance's lock.
-        if let Ok(pid) = std::fs::read_to_string(self.shm.join("fastpath.lock")) {
-            let pid = pid.trim().parse::<i32>().ok().filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("fastpath"))
-            });
-            if let Some(pid) = pid {
-                // SAFETY: signalling this bench's own grandchild by pid.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
+        harness::kill_instance_fastpath(&self.shm);
         self.rings.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.shm);

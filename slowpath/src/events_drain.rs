@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fastpath::shm::Mapping;
 use proto::events::{Event, EventRecord};
 use proto::ring::Ring;
 use serde::Serialize;
@@ -57,24 +58,13 @@ pub struct DrainStatus {
 struct Mapped {
     inode: u64,
     size: u64,
-    addr: usize,
-    len: usize,
+    // The ring points into the mapping: declared first, dropped first.
     ring: Ring,
+    _map: Mapping,
     worker: u32,
 }
 
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: addr/len are exactly what mmap returned for this mapping,
-        // and the Ring that points into it is dropped with it.
-        unsafe {
-            libc::munmap(self.addr as *mut libc::c_void, self.len);
-        }
-    }
-}
-
 fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<Mapped> {
-    use std::os::fd::AsRawFd as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -83,41 +73,19 @@ fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<
     if len < proto::ring::RING_HEADER + 64 {
         return Err(std::io::Error::other("ring file too small"));
     }
-    // SAFETY: mapping a file we opened read-write, shared, for its current
-    // length; the fastpath replaces rings with new files rather than
-    // truncating them, and a size change is noticed and remapped.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
+    // The fastpath replaces rings with new files rather than truncating
+    // them, and a size change is noticed and remapped.
+    let map = Mapping::read_write(&file, len)?;
     // SAFETY: the mapping is page-aligned, `len` bytes long, and lives as
     // long as the Mapped that owns both it and the Ring.
-    match unsafe { Ring::attach(addr.cast::<u8>(), len) } {
-        Ok(ring) => Ok(Mapped {
-            inode,
-            size,
-            addr: addr as usize,
-            len,
-            ring,
-            worker,
-        }),
-        Err(e) => {
-            // SAFETY: unmapping what was just mapped.
-            unsafe {
-                libc::munmap(addr, len);
-            }
-            Err(std::io::Error::other(e))
-        }
-    }
+    let ring = unsafe { Ring::attach(map.as_mut_ptr(), len) }.map_err(std::io::Error::other)?;
+    Ok(Mapped {
+        inode,
+        size,
+        ring,
+        _map: map,
+        worker,
+    })
 }
 
 /// Drains rings in `dir` for the local node.

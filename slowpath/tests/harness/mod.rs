@@ -289,24 +289,28 @@ fn spawn(args: &[std::ffi::OsString], dir: &std::path::Path) -> Child {
         .unwrap()
 }
 
+/// SIGKILL the fastpath holding the instance lock in `shm`, if any: a
+/// fastpath child (from `up`) outlives a killed slowpath by design.
+pub fn kill_instance_fastpath(shm: &std::path::Path) {
+    if let Ok(pid) = std::fs::read_to_string(shm.join("fastpath.lock")) {
+        let pid = pid.trim().parse::<i32>().ok().filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("fastpath"))
+        });
+        if let Some(pid) = pid {
+            // SAFETY: signalling the caller's own grandchild by pid.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 impl Drop for Slowpath {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A fastpath child (from `up`) outlives a killed slowpath by design;
-        // stop the one holding this instance's lock.
-        if let Ok(pid) = std::fs::read_to_string(self.shm.join("fastpath.lock")) {
-            let pid = pid.trim().parse::<i32>().ok().filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("fastpath"))
-            });
-            if let Some(pid) = pid {
-                // SAFETY: signalling the test's own grandchild by pid.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
+        kill_instance_fastpath(&self.shm);
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((base, name)) = &self.pg {
             admin_sql(
