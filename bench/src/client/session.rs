@@ -54,6 +54,12 @@ pub struct ClientOpts {
     pub metas: std::collections::BTreeMap<String, String>,
     /// Proxy type sent in NewProxy (frpc.toml `type`); only tcp carries data.
     pub proxy_type: String,
+    /// Limit on each step of the login: the TCP connect, each read and
+    /// write of the TLS handshake, and the wait for LoginResp (a login
+    /// that runs out fails with `io::ErrorKind::TimedOut`). Also applies to
+    /// the connects of work connections without tcpMux. None: no limit, as
+    /// frpc (whose dialServerTimeout covers only the connect).
+    pub timeout: Option<Duration>,
 }
 
 impl ClientOpts {
@@ -76,6 +82,7 @@ impl ClientOpts {
             v2_algorithms: vec![AeadAlgorithm::Aes256Gcm, AeadAlgorithm::XChaCha20Poly1305],
             metas: Default::default(),
             proxy_type: "tcp".into(),
+            timeout: None,
         }
     }
 }
@@ -295,6 +302,82 @@ impl ControlWriter {
     }
 }
 
+/// Shuts a socket down unless disarmed within a time limit: bounds a
+/// login's wait for the server, whichever thread is blocked reading the
+/// connection (the login itself, or the mux session's reader).
+struct Deadline(Arc<(Mutex<DeadlineState>, Condvar)>);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DeadlineState {
+    Armed,
+    Disarmed,
+    Fired,
+}
+
+impl Deadline {
+    fn arm(sock: TcpStream, limit: Duration) -> io::Result<Deadline> {
+        let shared = Arc::new((Mutex::new(DeadlineState::Armed), Condvar::new()));
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("frpc-deadline".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let (m, cond) = &*sh;
+                let st = m.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut st, _) = cond
+                    .wait_timeout_while(st, limit, |s| *s == DeadlineState::Armed)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *st == DeadlineState::Armed {
+                    *st = DeadlineState::Fired;
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+            })?;
+        Ok(Deadline(shared))
+    }
+
+    /// Stops the watchdog; false if it has already shut the socket down.
+    fn disarm(&self) -> bool {
+        let (m, cond) = &*self.0;
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        if *st == DeadlineState::Fired {
+            return false;
+        }
+        *st = DeadlineState::Disarmed;
+        cond.notify_all();
+        true
+    }
+
+    /// Whether the watchdog has shut the socket down.
+    fn fired(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) == DeadlineState::Fired
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// Closes a mux session when dropped, unless disarmed: a login that fails
+/// after the session started must not leave its reader thread (and the
+/// connection) behind until the server hangs up.
+struct CloseOnFail(Option<MuxClient>);
+
+impl CloseOnFail {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnFail {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            m.close();
+        }
+    }
+}
+
 struct Inner {
     opts: ClientOpts,
     run_id: String,
@@ -337,20 +420,45 @@ impl Inner {
 
 impl Client {
     /// Connect and log in. A LoginResp with an error is `ClientError::Refused`.
+    ///
+    /// The returned client keeps background threads (control reader, mux
+    /// session) until its connection ends: end it with [`Client::kill`]
+    /// rather than just dropping the handle. A failed login leaves nothing
+    /// running (bar a mux timer that notices within half a second).
     pub fn login(opts: ClientOpts) -> Result<Client, ClientError> {
         let dial = Dial {
             addr: opts.server,
             tls: opts.tls,
             tls_custom_byte: opts.tls_custom_byte,
+            timeout: opts.timeout,
         };
-        let (r, w) = dial.connect()?;
+        let (r, w, sock) = dial.connect_with_handle()?;
+        let deadline = match opts.timeout {
+            Some(t) => Some(Deadline::arm(sock, t)?),
+            None => None,
+        };
+        // An error once the deadline has shut the socket is its doing.
+        let timed_out = |e: ClientError| -> ClientError {
+            if deadline.as_ref().is_some_and(Deadline::fired) {
+                ClientError::Io(io::Error::new(io::ErrorKind::TimedOut, "login timed out"))
+            } else {
+                e
+            }
+        };
         let (mux, mut r, mut w): (Option<MuxClient>, BoxRead, BoxWrite) = if opts.mux {
             let m = MuxClient::start(r, w);
-            let s = m.open()?;
+            let s = match m.open() {
+                Ok(s) => s,
+                Err(e) => {
+                    m.close();
+                    return Err(e.into());
+                }
+            };
             (Some(m), Box::new(s.clone()), Box::new(s))
         } else {
             (None, r, w)
         };
+        let mux_guard = CloseOnFail(mux.clone());
         let ts = opts.timestamp.unwrap_or_else(now_secs);
         let login = Login {
             version: opts.version.clone(),
@@ -384,7 +492,7 @@ impl Client {
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
         first.extend_from_slice(&encode_msg(&Message::Login(login), v2));
-        w.write_all(&first)?;
+        w.write_all(&first).map_err(|e| timed_out(e.into()))?;
         let mut ms = if v2 {
             MsgStream::new_v2(&mut r)
         } else {
@@ -392,7 +500,7 @@ impl Client {
         };
         let mut v2_keys = None;
         if v2 {
-            let (ty, server_payload) = ms.next_frame()?;
+            let (ty, server_payload) = ms.next_frame().map_err(timed_out)?;
             if ty != FrameType::ServerHello {
                 return Err(ClientError::Protocol(format!(
                     "expected ServerHello, got {ty:?}"
@@ -410,7 +518,7 @@ impl Client {
                 Err(e) => return Err(ClientError::Refused(e.to_string())),
             }
         }
-        let resp = match ms.next_msg()? {
+        let resp = match ms.next_msg().map_err(timed_out)? {
             Message::LoginResp(r) => r,
             other => {
                 return Err(ClientError::Protocol(format!(
@@ -420,10 +528,13 @@ impl Client {
             }
         };
         if !resp.error.is_empty() {
-            if let Some(m) = &mux {
-                m.close();
-            }
             return Err(ClientError::Refused(resp.error));
+        }
+        if let Some(d) = &deadline {
+            if !d.disarm() {
+                // Fired just as the answer came: the connection is gone.
+                return Err(timed_out(ClientError::Protocol(String::new())));
+            }
         }
         let key = proto::cfb::derive_key(opts.token.as_bytes());
         let (pending, _) = ms.into_parts();
@@ -515,6 +626,7 @@ impl Client {
                     std::thread::sleep(every);
                 })?;
         }
+        mux_guard.disarm();
         Ok(Client { inner })
     }
 
@@ -744,5 +856,50 @@ fn join(local: TcpStream, r: BoxRead, w: BoxWrite, key: Option<[u8; 16]>, compre
     let _ = local_shut.shutdown(Shutdown::Both);
     if let Ok(t) = t {
         let _ = t.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Logs in to a server that accepts (through its backlog) and never
+    /// says a word, with a 200 ms limit.
+    fn login_silent(tls: bool, mux: bool) -> (Result<Client, ClientError>, Duration) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut opts = ClientOpts::new(l.local_addr().unwrap(), "t");
+        opts.tls = tls;
+        opts.mux = mux;
+        opts.timeout = Some(Duration::from_millis(200));
+        let t = Instant::now();
+        let r = Client::login(opts);
+        (r, t.elapsed())
+    }
+
+    fn assert_timed_out(r: Result<Client, ClientError>, took: Duration) {
+        match r {
+            Err(ClientError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}"),
+            Err(e) => panic!("expected a timeout, got {e}"),
+            Ok(_) => panic!("logged in to a silent server"),
+        }
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn login_timeout_bounds_the_wait_for_login_resp() {
+        for mux in [false, true] {
+            let (r, took) = login_silent(false, mux);
+            assert_timed_out(r, took);
+        }
+    }
+
+    #[test]
+    fn login_timeout_bounds_the_tls_handshake() {
+        let (r, took) = login_silent(true, true);
+        assert_timed_out(r, took);
     }
 }

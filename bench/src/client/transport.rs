@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
@@ -30,17 +31,35 @@ pub struct Dial {
     pub tls: bool,
     /// Send frp's 0x17 byte before the ClientHello (disableCustomTLSFirstByte=false).
     pub tls_custom_byte: bool,
+    /// Limit on the TCP connect and on each read and write of the TLS
+    /// handshake; None leaves both to the OS.
+    pub timeout: Option<Duration>,
 }
 
 impl Dial {
     /// Connect and return the two halves.
     pub fn connect(&self) -> io::Result<(BoxRead, BoxWrite)> {
-        let sock = TcpStream::connect(self.addr)?;
+        self.connect_with_handle().map(|(r, w, _)| (r, w))
+    }
+
+    /// Connect and return the two halves and a handle on the socket under
+    /// them, through which another thread can shut the connection down
+    /// (e.g. when a deadline passes) whoever is blocked on it.
+    pub fn connect_with_handle(&self) -> io::Result<(BoxRead, BoxWrite, TcpStream)> {
+        let sock = match self.timeout {
+            Some(t) => TcpStream::connect_timeout(&self.addr, t)?,
+            None => TcpStream::connect(self.addr)?,
+        };
         sock.set_nodelay(true)?;
+        let handle = sock.try_clone()?;
         if !self.tls {
             let r = sock.try_clone()?;
-            return Ok((Box::new(r), Box::new(TcpWrite(sock))));
+            return Ok((Box::new(r), Box::new(TcpWrite(sock)), handle));
         }
+        // Only this thread uses the socket until the handshake is over, so
+        // the timeouts can be lifted again before anyone else reads it.
+        sock.set_read_timeout(self.timeout)?;
+        sock.set_write_timeout(self.timeout)?;
         if self.tls_custom_byte {
             (&sock).write_all(&[0x17])?;
         }
@@ -57,11 +76,21 @@ impl Dial {
             conn: Mutex::new(conn),
             sock: sock.try_clone()?,
         };
-        tls.handshake()?;
+        tls.handshake().map_err(|e| {
+            // A socket timeout reads as EAGAIN; say what it is.
+            if e.kind() == io::ErrorKind::WouldBlock {
+                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+            } else {
+                e
+            }
+        })?;
+        sock.set_read_timeout(None)?;
+        sock.set_write_timeout(None)?;
         let tls = Arc::new(tls);
         Ok((
             Box::new(TlsRead(tls.clone(), sock.try_clone()?, Vec::new(), 0)),
             Box::new(TlsWrite(tls, sock)),
+            handle,
         ))
     }
 }
