@@ -1,7 +1,8 @@
 //! Local services that tunnels point at: an echo server (every byte back),
 //! a sink (reads and discards) and a source (writes as fast as it can), the
-//! last two for one-way bulk. Thread per connection; they are the far side
-//! of a benchmark, not the thing measured.
+//! last two for one-way bulk, and a minimal HTTP/1.1 keep-alive server for
+//! request-rate runs. Thread per connection; they are the far side of a
+//! benchmark, not the thing measured.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,12 +17,16 @@ pub struct Backend {
 }
 
 /// A connection handler; the counter is the backend's byte total.
-type Handler = fn(TcpStream, &AtomicU64);
+type Handler = Arc<dyn Fn(TcpStream, &AtomicU64) + Send + Sync>;
+
+/// Longest request head [`Backend::http`] buffers before giving up on the
+/// connection.
+const MAX_HTTP_HEAD: usize = 64 * 1024;
 
 impl Backend {
     /// Echo server on 127.0.0.1 (ephemeral port). Counts bytes received to echo.
     pub fn echo() -> std::io::Result<Backend> {
-        Self::spawn(|mut s: TcpStream, bytes: &AtomicU64| {
+        Self::spawn(Arc::new(|mut s: TcpStream, bytes: &AtomicU64| {
             let mut r = match s.try_clone() {
                 Ok(r) => r,
                 Err(_) => return,
@@ -41,13 +46,13 @@ impl Backend {
                 }
             }
             let _ = s.shutdown(std::net::Shutdown::Write);
-        })
+        }))
     }
 
     /// Sink on 127.0.0.1: reads and discards everything, counting the bytes
     /// (see [`Backend::bytes`]), until the peer closes.
     pub fn sink() -> std::io::Result<Backend> {
-        Self::spawn(|mut s: TcpStream, bytes: &AtomicU64| {
+        Self::spawn(Arc::new(|mut s: TcpStream, bytes: &AtomicU64| {
             let mut buf = vec![0u8; 256 * 1024];
             loop {
                 match s.read(&mut buf) {
@@ -57,13 +62,13 @@ impl Backend {
                     }
                 }
             }
-        })
+        }))
     }
 
     /// Source on 127.0.0.1: writes a repeating byte pattern as fast as it
     /// can until the peer closes (a write fails), counting the bytes.
     pub fn source() -> std::io::Result<Backend> {
-        Self::spawn(|mut s: TcpStream, bytes: &AtomicU64| {
+        Self::spawn(Arc::new(|mut s: TcpStream, bytes: &AtomicU64| {
             let buf: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
             loop {
                 match s.write(&buf) {
@@ -73,7 +78,54 @@ impl Backend {
                     }
                 }
             }
-        })
+        }))
+    }
+
+    /// HTTP/1.1 server on 127.0.0.1 that answers every request with
+    /// `200 OK`, `Content-Length: body_len`, `Content-Type: text/plain` and
+    /// `body_len` bytes, keeping the connection open. A request is whatever
+    /// ends with an empty line: request bodies are not expected (send GETs).
+    /// Pipelined requests get their answers in order, written together. A
+    /// head over 64 KiB closes the connection.
+    ///
+    /// Here [`Backend::bytes`] counts *requests answered*, not bytes; each is
+    /// counted before its response is written.
+    pub fn http(body_len: usize) -> std::io::Result<Backend> {
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\nContent-Type: text/plain\r\n\r\n"
+        )
+        .into_bytes();
+        resp.extend((0..body_len).map(|i| b'a' + (i % 26) as u8));
+        let resp: Arc<[u8]> = resp.into();
+        Self::spawn(Arc::new(move |mut s: TcpStream, requests: &AtomicU64| {
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = vec![0u8; 16 * 1024];
+            let mut out = Vec::new();
+            loop {
+                let n = match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                // Answer every complete head in the buffer, in order.
+                let mut used = 0;
+                while let Some(end) = find_head_end(&buf[used..]) {
+                    used += end;
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(&resp);
+                }
+                buf.drain(..used);
+                if buf.len() > MAX_HTTP_HEAD {
+                    break;
+                }
+                if !out.is_empty() {
+                    if s.write_all(&out).is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+            }
+        }))
     }
 
     fn spawn(handler: Handler) -> std::io::Result<Backend> {
@@ -93,6 +145,7 @@ impl Backend {
                     if let Ok(s) = s {
                         let _ = s.set_nodelay(true);
                         let by = by.clone();
+                        let handler = handler.clone();
                         let _ = std::thread::Builder::new()
                             .stack_size(256 * 1024)
                             .spawn(move || handler(s, &by));
@@ -108,7 +161,8 @@ impl Backend {
     }
 
     /// Bytes handled so far over all connections: echoed (echo), read and
-    /// discarded (sink) or written (source).
+    /// discarded (sink) or written (source); for [`Backend::http`], the
+    /// requests answered.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -119,5 +173,69 @@ impl Drop for Backend {
         self.stop.store(true, Ordering::Release);
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Length of the HTTP head at the start of `buf` (through its `\r\n\r\n`),
+/// if it is complete.
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Reads `n` whole responses of `body` bytes each off `s`.
+    fn read_responses(s: &mut TcpStream, n: usize, body: usize) -> Vec<u8> {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {body}\r\nContent-Type: text/plain\r\n\r\n"
+        );
+        let mut got = vec![0u8; n * (head.len() + body)];
+        s.read_exact(&mut got).unwrap();
+        for k in 0..n {
+            let one = &got[k * (head.len() + body)..][..head.len() + body];
+            assert!(
+                one.starts_with(head.as_bytes()),
+                "{:?}",
+                String::from_utf8_lossy(one)
+            );
+            assert!(one[head.len()..].iter().all(u8::is_ascii_lowercase));
+        }
+        got
+    }
+
+    #[test]
+    fn http_answers_keep_alive_and_pipelined_requests() {
+        let b = Backend::http(100).unwrap();
+        let mut s = TcpStream::connect(b.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..3 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            read_responses(&mut s, 1, 100);
+        }
+        // Two at once, the second split across writes.
+        s.write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"\r\n").unwrap();
+        read_responses(&mut s, 2, 100);
+        assert_eq!(b.bytes(), 5);
+        // Nothing more was sent.
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut extra = [0u8; 1];
+        assert!(s.read(&mut extra).is_err());
+    }
+
+    #[test]
+    fn http_empty_body() {
+        let b = Backend::http(0).unwrap();
+        let mut s = TcpStream::connect(b.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        read_responses(&mut s, 1, 0);
+        assert_eq!(b.bytes(), 1);
     }
 }
