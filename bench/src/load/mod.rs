@@ -6,6 +6,8 @@
 //! - [`connrate`]: new connections per second, each doing one small echo.
 //! - [`bulk`]: bulk throughput over N parallel streams, up, down or echo.
 //! - [`idle`]: many idle connections held open, and their cost in RSS.
+//! - [`http`]: HTTP/1.1 keep-alive request rate (what wrk against nginx
+//!   gives), closed loop, one request in flight per connection.
 //!
 //! # Open loop and coordinated omission
 //!
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 pub mod bulk;
 pub mod connrate;
+pub mod http;
 pub mod idle;
 pub mod latency;
 
