@@ -6,8 +6,9 @@
 //!   same CFB and snappy layering), built on std threads.
 //! - [`backend`]: local services to tunnel to (echo, sink, source).
 //! - [`proc`]: launching the real binaries and reading their /proc figures.
-//! - [`load`]: the latency (open- and closed-loop) and connection-rate
-//!   generators.
+//! - [`load`]: the load generators: latency (open- and closed-loop),
+//!   connection rate, bulk, idle connections, HTTP request rate, frp login
+//!   rate and registered-proxy cost.
 
 pub mod backend;
 pub mod client;

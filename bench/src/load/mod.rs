@@ -8,6 +8,9 @@
 //! - [`idle`]: many idle connections held open, and their cost in RSS.
 //! - [`http`]: HTTP/1.1 keep-alive request rate (what wrk against nginx
 //!   gives), closed loop, one request in flight per connection.
+//! - [`login`]: frp logins per second, each a fresh session that is then
+//!   dropped.
+//! - [`proxies`]: many registered (idle) proxies, and their cost in RSS.
 //!
 //! # Open loop and coordinated omission
 //!
@@ -31,6 +34,8 @@ pub mod connrate;
 pub mod http;
 pub mod idle;
 pub mod latency;
+pub mod login;
+pub mod proxies;
 
 /// Largest latency a histogram holds (60 s, in µs); larger values saturate.
 const MAX_US: u64 = 60_000_000;
