@@ -37,12 +37,16 @@ pub struct Daemon {
 impl Daemon {
     /// Start `bin` with `args`, capturing stderr (and stdout).
     pub fn spawn(bin: &Path, args: &[&str]) -> std::io::Result<Daemon> {
+        let level = std::env::var("TOTORO_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Daemon::spawn_logging(bin, args, &level)
+    }
+
+    /// Like [`Daemon::spawn`] with `RUST_LOG` set to `level` (benchmarks
+    /// run servers at `warn` so that logging is not what they measure).
+    pub fn spawn_logging(bin: &Path, args: &[&str], level: &str) -> std::io::Result<Daemon> {
         let mut child = Command::new(bin)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("TOTORO_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
