@@ -12,5 +12,6 @@
 
 pub mod backend;
 pub mod client;
+pub mod harness;
 pub mod load;
 pub mod proc;

@@ -1,0 +1,120 @@
+//! `totoro-bench`: runs a suite of load generators against the systems in a
+//! systems TOML and writes run.json, results.md and SVG plots.
+
+use bench::harness::{report, runner};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "totoro-bench",
+    about = "Side-by-side benchmark harness: fastpath vs frps vs rathole vs direct loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a suite and write run.json, results.md and plots into --out.
+    Run {
+        /// smoke (under a minute), full (the side-by-side table) or scaling
+        /// (fastpath at several worker counts).
+        #[arg(long, default_value = "full")]
+        suite: String,
+        /// The systems file.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/systems.toml"))]
+        systems: PathBuf,
+        /// Output directory (default: bench/runs/<suite>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only these systems (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Workers for servers that take a count (default: the cores here).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Worker counts for the scaling suite; counts above the cores here
+        /// are left out with a note.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        scale_workers: Vec<usize>,
+        /// Override the suite's repeat count.
+        #[arg(long)]
+        repeats: Option<usize>,
+    },
+    /// Rewrite results.md and the plots from a run directory's run.json.
+    Report {
+        /// A directory holding run.json.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run {
+            suite,
+            systems,
+            out,
+            only,
+            workers,
+            scale_workers,
+            repeats,
+        } => (|| -> anyhow::Result<()> {
+            let mut suite = runner::Suite::named(&suite).ok_or_else(|| {
+                anyhow::anyhow!("--suite {suite:?}: expected smoke, full or scaling")
+            })?;
+            if let Some(n) = repeats {
+                if n == 0 {
+                    anyhow::bail!("--repeats must be at least 1");
+                }
+                suite.repeats = n;
+            }
+            let out = out.unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("runs")
+                    .join(format!("{}-{t}", suite.name))
+            });
+            let opts = runner::RunOpts {
+                suite,
+                systems_file: systems,
+                out: out.clone(),
+                only,
+                workers: workers.unwrap_or_else(runner::cores).max(1),
+                scale_workers,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let record = runner::run(&opts)?;
+            for p in report::write(&out, &record)? {
+                eprintln!("wrote {}", p.display());
+            }
+            print!("{}", report::markdown(&record));
+            Ok(())
+        })(),
+        Cmd::Report { dir } => (|| -> anyhow::Result<()> {
+            let p = dir.join("run.json");
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let record: runner::RunRecord =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            for p in report::write(&dir, &record)? {
+                eprintln!("wrote {}", p.display());
+            }
+            print!("{}", report::markdown(&record));
+            Ok(())
+        })(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The scenario runner: a named suite of metrics, run against every
+//! available system, systems alternating within each repeat
+//! (A B C, A B C, …), each system started fresh for each repeat.
+
+use super::systems::{self, Backends, Running, SystemSpec, SystemsFile};
+use crate::load::{self, bulk, connrate, http, idle, latency, login, proxies};
+use crate::proc;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The shared secret every system is started with.
+pub const TOKEN: &str = "totoro-bench-token";
+
+/// What a suite measures and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Suite {
+    pub name: String,
+    /// Repeats of the whole round of systems.
+    pub repeats: usize,
+    /// Bulk runs: (streams, direction).
+    pub bulk: Vec<(usize, bulk::Direction)>,
+    pub bulk_secs: f64,
+    pub bulk_warmup_secs: f64,
+    /// Sequential 64 B echo (closed loop, one connection).
+    pub rtt_secs: f64,
+    /// Open-loop 64 B echo at these total rates (requests/s).
+    pub open_rates: Vec<f64>,
+    pub open_conns: usize,
+    pub open_secs: f64,
+    pub connrate_threads: usize,
+    pub connrate_secs: f64,
+    pub http_conns: usize,
+    pub http_secs: f64,
+    /// Idle connections held open (0: not measured).
+    pub idle_conns: usize,
+    /// Registered proxies: (clients, proxies per client); frp servers only.
+    pub proxies: (usize, usize),
+    pub login_threads: usize,
+    pub login_secs: f64,
+    /// Only bulk and connection rate, once per worker count (the scaling
+    /// suite).
+    pub scaling: bool,
+}
+
+impl Suite {
+    /// The built-in suites: `smoke` (CI, under a minute), `full` (the
+    /// side-by-side table) and `scaling` (fastpath at several worker counts).
+    pub fn named(name: &str) -> Option<Suite> {
+        use bulk::Direction::{Down, Up};
+        let full = Suite {
+            name: "full".into(),
+            repeats: 3,
+            bulk: vec![(1, Up), (1, Down), (8, Up), (8, Down)],
+            bulk_secs: 4.0,
+            bulk_warmup_secs: 1.0,
+            rtt_secs: 3.0,
+            open_rates: vec![2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0],
+            open_conns: 16,
+            open_secs: 2.0,
+            connrate_threads: 32,
+            connrate_secs: 4.0,
+            http_conns: 64,
+            http_secs: 4.0,
+            idle_conns: 10_000,
+            proxies: (10, 100),
+            login_threads: 8,
+            login_secs: 3.0,
+            scaling: false,
+        };
+        match name {
+            "full" => Some(full),
+            "smoke" => Some(Suite {
+                name: "smoke".into(),
+                repeats: 1,
+                bulk: vec![(1, Up), (2, Down)],
+                bulk_secs: 1.0,
+                bulk_warmup_secs: 0.3,
+                rtt_secs: 1.0,
+                open_rates: vec![500.0, 2_000.0],
+                open_conns: 4,
+                open_secs: 1.0,
+                connrate_threads: 4,
+                connrate_secs: 1.0,
+                http_conns: 4,
+                http_secs: 1.0,
+                idle_conns: 200,
+                proxies: (2, 10),
+                login_threads: 2,
+                login_secs: 1.0,
+                scaling: false,
+            }),
+            "scaling" => Some(Suite {
+                name: "scaling".into(),
+                bulk: vec![(8, Up)],
+                scaling: true,
+                ..full
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The machine a run was made on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub mem_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads /proc.
+    pub fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|x| x.1.trim().to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpu,
+            cores: cores(),
+            mem_gib: (mem_kib / 1048576.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+/// CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// One measurement of one metric on one system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub system: String,
+    pub workers: usize,
+    pub repeat: usize,
+    pub metric: String,
+    /// Named numbers (the report's cells), e.g. `gbit_s`, `p99_us`.
+    pub figures: BTreeMap<String, f64>,
+    /// The generator's full result.
+    pub detail: serde_json::Value,
+    /// Why the metric produced no figures.
+    pub error: Option<String>,
+}
+
+/// Everything a run produced; `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub suite: Suite,
+    /// Seconds since the epoch at the start.
+    pub started: u64,
+    /// UTC date, YYYY-MM-DD.
+    pub date: String,
+    pub machine: Machine,
+    /// The command line as given.
+    pub command: String,
+    /// `git describe` of the harness's source tree, when available.
+    pub commit: Option<String>,
+    /// Systems that ran.
+    pub systems: Vec<SystemSpec>,
+    /// Systems skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Worker counts the run used (`{workers}`).
+    pub workers: Vec<usize>,
+    /// `--version` of each program that ran, keyed by path.
+    pub versions: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+    /// Wall time of the whole run in seconds.
+    pub wall_s: f64,
+}
+
+/// How the runner was asked to run.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    pub suite: Suite,
+    pub systems_file: PathBuf,
+    pub out: PathBuf,
+    /// Only these systems (all when empty).
+    pub only: Vec<String>,
+    /// `{workers}` for the side-by-side suites.
+    pub workers: usize,
+    /// Worker counts for the scaling suite (filtered to the cores here).
+    pub scale_workers: Vec<usize>,
+    pub command: String,
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn date_of(secs: u64) -> String {
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn version_of(path: &str) -> String {
+    for flag in ["--version", "-v"] {
+        if let Ok(o) = std::process::Command::new(path).arg(flag).output() {
+            let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if o.status.success() && !text.is_empty() {
+                return text.lines().next().unwrap_or_default().to_string();
+            }
+        }
+    }
+    "unknown".into()
+}
+
+/// Runs the suite and writes `run.json` into `opts.out`; returns the record.
+pub fn run(opts: &RunOpts) -> anyhow::Result<RunRecord> {
+    let file = SystemsFile::load(&opts.systems_file)?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t0 = std::time::Instant::now();
+    let mut skipped = Vec::new();
+    let mut chosen = Vec::new();
+    for s in file.systems {
+        if !opts.only.is_empty() && !opts.only.contains(&s.name) {
+            continue;
+        }
+        if !s.in_suite(&opts.suite.name) {
+            continue;
+        }
+        if opts.suite.scaling && !s.scales && s.kind != "direct" {
+            continue;
+        }
+        if let Some(why) = s.unavailable() {
+            eprintln!("skipped: {} ({why})", s.name);
+            skipped.push((s.name.clone(), why));
+            continue;
+        }
+        chosen.push(s);
+    }
+    if chosen.is_empty() {
+        anyhow::bail!("no system can run (see the skipped lines above)");
+    }
+    let mut versions = BTreeMap::new();
+    for s in &chosen {
+        let cmds = s
+            .server
+            .iter()
+            .chain(s.client.iter().filter_map(|c| c.command.as_ref()));
+        for c in cmds {
+            if let Ok(p) = systems::expand_env(&c.cmd) {
+                versions.entry(p.clone()).or_insert_with(|| version_of(&p));
+            }
+        }
+    }
+    let nofile = load::idle::raise_nofile().unwrap_or(0);
+    if opts.suite.idle_conns > 0 && nofile < (opts.suite.idle_conns as u64) * 3 + 1000 {
+        eprintln!(
+            "note: open-file limit is {nofile}; {} idle connections may not all open",
+            opts.suite.idle_conns
+        );
+    }
+    std::fs::create_dir_all(&opts.out)?;
+    let scratch = opts.out.join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let backends = Backends::start()?;
+    let workers: Vec<usize> = if opts.suite.scaling {
+        let here = cores();
+        let w: Vec<usize> = opts
+            .scale_workers
+            .iter()
+            .copied()
+            .filter(|&w| w >= 1 && w <= here)
+            .collect();
+        if w.len() < opts.scale_workers.len() {
+            eprintln!("note: this machine has {here} cores; scaling runs with workers {w:?} only");
+        }
+        w
+    } else {
+        vec![opts.workers]
+    };
+    let mut samples = Vec::new();
+    for repeat in 0..opts.suite.repeats {
+        for &w in &workers {
+            for s in &chosen {
+                if opts.suite.scaling && s.kind == "direct" && w != workers[0] {
+                    continue; // the loopback limit does not depend on workers
+                }
+                eprintln!(
+                    "== {} (workers {w}, repeat {}/{})",
+                    s.name,
+                    repeat + 1,
+                    opts.suite.repeats
+                );
+                let got = run_system(&opts.suite, s, &backends, w, repeat, &scratch);
+                for x in &got {
+                    eprintln!("   {:<18} {}", x.metric, brief(x));
+                }
+                samples.extend(got);
+            }
+        }
+    }
+    let record = RunRecord {
+        suite: opts.suite.clone(),
+        started,
+        date: date_of(started),
+        machine: Machine::here(),
+        command: opts.command.clone(),
+        commit: git_describe(),
+        systems: chosen,
+        skipped,
+        workers,
+        versions,
+        samples,
+        wall_s: t0.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&record)?;
+    std::fs::write(opts.out.join("run.json"), json)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(record)
+}
+
+fn git_describe() -> Option<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn brief(s: &Sample) -> String {
+    if let Some(e) = &s.error {
+        return format!("error: {e}");
+    }
+    s.figures
+        .iter()
+        .map(|(k, v)| format!("{k}={}", super::report::num(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Starts one system and runs every metric of the suite on it.
+fn run_system(
+    suite: &Suite,
+    spec: &SystemSpec,
+    backends: &Backends,
+    workers: usize,
+    repeat: usize,
+    scratch: &Path,
+) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut push = |metric: &str, r: anyhow::Result<(BTreeMap<String, f64>, serde_json::Value)>| {
+        let (figures, detail, error) = match r {
+            Ok((f, d)) => (f, d, None),
+            Err(e) => (
+                BTreeMap::new(),
+                serde_json::Value::Null,
+                Some(format!("{e:#}")),
+            ),
+        };
+        out.push(Sample {
+            system: spec.name.clone(),
+            workers,
+            repeat,
+            metric: metric.into(),
+            figures,
+            detail,
+            error,
+        });
+    };
+    let running = match systems::start(spec, backends, workers, scratch, TOKEN) {
+        Ok(r) => r,
+        Err(e) => {
+            push("start", Err(e));
+            return out;
+        }
+    };
+    let m = Measure {
+        running: &running,
+        backends,
+    };
+    if let Some(pid) = running.server_pid() {
+        push(
+            "server",
+            Ok((
+                figs(&[("rss_start_kib", proc::rss_kib(pid) as f64)]),
+                serde_json::Value::Null,
+            )),
+        );
+    }
+    for &(streams, dir) in &suite.bulk {
+        let name = format!(
+            "bulk{streams}_{}",
+            match dir {
+                bulk::Direction::Up => "up",
+                bulk::Direction::Down => "down",
+                bulk::Direction::Echo => "echo",
+            }
+        );
+        push(&name, m.bulk(suite, streams, dir));
+    }
+    if !suite.scaling {
+        push("rtt", m.latency(None, 1, suite.rtt_secs));
+        for &rate in &suite.open_rates {
+            push(
+                &format!("open@{}", rate as u64),
+                m.latency(Some(rate), suite.open_conns, suite.open_secs),
+            );
+        }
+    }
+    push("connrate", m.connrate(suite));
+    if suite.scaling {
+        return out;
+    }
+    push("http", m.http(suite));
+    if let Some(pid) = running.server_pid() {
+        // Peak RSS under load: after throughput and latency, before the
+        // idle-connection and proxy counts (which are memory tests).
+        push(
+            "server",
+            Ok((
+                figs(&[("peak_rss_kib", proc::peak_rss_kib(pid) as f64)]),
+                serde_json::Value::Null,
+            )),
+        );
+        if suite.idle_conns > 0 {
+            push("idle", m.idle(suite, pid));
+        }
+        if let Some(frp) = running.targets.frp {
+            push("proxies", m.proxies(suite, frp, pid));
+            push("login", m.login(suite, frp));
+        }
+    }
+    out
+}
+
+fn figs(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+struct Measure<'a> {
+    running: &'a Running,
+    backends: &'a Backends,
+}
+
+type Measured = anyhow::Result<(BTreeMap<String, f64>, serde_json::Value)>;
+
+impl Measure<'_> {
+    fn cpu(&self) -> (f64, f64) {
+        (
+            self.running
+                .server_pid()
+                .map(proc::cpu_seconds)
+                .unwrap_or(0.0),
+            self.running
+                .client_pid()
+                .map(proc::cpu_seconds)
+                .unwrap_or(0.0),
+        )
+    }
+
+    /// Adds server (and external client) CPU-seconds per GB relayed.
+    fn cpu_per_gb(&self, f: &mut BTreeMap<String, f64>, before: (f64, f64), bytes: u64) {
+        let after = self.cpu();
+        let gb = bytes as f64 / 1e9;
+        if gb <= 0.0 {
+            return;
+        }
+        if self.running.server_pid().is_some() {
+            f.insert("server_cpu_s_per_gb".into(), (after.0 - before.0) / gb);
+        }
+        if self.running.client_pid().is_some() {
+            f.insert("client_cpu_s_per_gb".into(), (after.1 - before.1) / gb);
+        }
+    }
+
+    fn bulk(&self, suite: &Suite, streams: usize, dir: bulk::Direction) -> Measured {
+        let (target, counter) = match dir {
+            bulk::Direction::Down => (self.running.targets.source, &self.backends.source),
+            _ => (self.running.targets.sink, &self.backends.sink),
+        };
+        let cpu0 = self.cpu();
+        let bytes0 = counter.bytes();
+        let r = bulk::run(
+            target,
+            bulk::BulkOpts {
+                streams,
+                direction: dir,
+                duration: secs(suite.bulk_secs),
+                warmup: secs(suite.bulk_warmup_secs),
+                ..Default::default()
+            },
+        )?;
+        // CPU over the whole call (warm-up included) against every byte the
+        // backend handled in that time, so both cover the same interval.
+        let relayed = counter.bytes().saturating_sub(bytes0);
+        let mut f = figs(&[("gbit_s", r.gbit_per_s), ("errors", r.errors as f64)]);
+        self.cpu_per_gb(&mut f, cpu0, relayed);
+        if r.errors > 0 {
+            anyhow::bail!("{} of {streams} streams failed", r.errors);
+        }
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn latency(&self, rate: Option<f64>, conns: usize, secs_: f64) -> Measured {
+        let r = latency::run(
+            self.running.targets.echo,
+            latency::LatencyOpts {
+                connections: conns,
+                payload: 64,
+                rate,
+                duration: secs(secs_),
+                warmup: secs((secs_ / 4.0).min(1.0)),
+                timeout: Duration::from_secs(5),
+            },
+        )?;
+        let p = r.latency;
+        let f = figs(&[
+            ("p50_us", p.p50_us as f64),
+            ("p99_us", p.p99_us as f64),
+            ("p999_us", p.p999_us as f64),
+            ("max_us", p.max_us as f64),
+            ("achieved_per_s", r.achieved_rate),
+            ("errors", r.errors as f64),
+        ]);
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn connrate(&self, suite: &Suite) -> Measured {
+        let r = connrate::run(
+            self.running.targets.echo,
+            connrate::ConnRateOpts {
+                threads: suite.connrate_threads,
+                duration: secs(suite.connrate_secs),
+                ..Default::default()
+            },
+        );
+        let f = figs(&[
+            ("conns_per_s", r.conns_per_sec),
+            ("failures", r.failures as f64),
+            ("p99_us", r.latency.p99_us as f64),
+        ]);
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn http(&self, suite: &Suite) -> Measured {
+        let r = http::run(
+            self.running.targets.http,
+            http::HttpOpts {
+                connections: suite.http_conns,
+                duration: secs(suite.http_secs),
+                warmup: secs((suite.http_secs / 4.0).min(1.0)),
+                timeout: Duration::from_secs(5),
+            },
+        )?;
+        let f = figs(&[
+            ("req_per_s", r.req_per_sec),
+            ("errors", r.errors as f64),
+            ("p99_us", r.latency.p99_us as f64),
+        ]);
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn idle(&self, suite: &Suite, pid: u32) -> Measured {
+        let r = idle::run(
+            self.running.targets.echo,
+            idle::IdleOpts {
+                conns: suite.idle_conns,
+                pid_to_measure: Some(pid),
+                ..Default::default()
+            },
+        )?;
+        let mut f = figs(&[("opened", r.opened as f64), ("failed", r.failed as f64)]);
+        if let Some(b) = r.bytes_per_conn {
+            f.insert("bytes_per_conn".into(), b);
+        }
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn proxies(&self, suite: &Suite, frp: std::net::SocketAddr, pid: u32) -> Measured {
+        let r = proxies::run(
+            frp,
+            proxies::ProxiesOpts {
+                clients: suite.proxies.0,
+                proxies_per_client: suite.proxies.1,
+                token: TOKEN.into(),
+                tls: false,
+                mux: true,
+                local: self.backends.echo.addr(),
+                pid_to_measure: Some(pid),
+                settle: Duration::from_millis(500),
+            },
+        )?;
+        let mut f = figs(&[
+            ("registered", r.registered as f64),
+            ("failed", r.failed as f64),
+        ]);
+        if let Some(b) = r.bytes_per_proxy {
+            f.insert("bytes_per_proxy".into(), b);
+        }
+        Ok((f, serde_json::to_value(&r)?))
+    }
+
+    fn login(&self, suite: &Suite, frp: std::net::SocketAddr) -> Measured {
+        let r = login::run(
+            frp,
+            login::LoginOpts {
+                threads: suite.login_threads,
+                duration: secs(suite.login_secs),
+                token: TOKEN.into(),
+                ..Default::default()
+            },
+        );
+        let f = figs(&[
+            ("logins_per_s", r.logins_per_sec),
+            ("failures", r.failures as f64),
+            ("p99_us", r.latency.p99_us as f64),
+        ]);
+        Ok((f, serde_json::to_value(&r)?))
+    }
+}

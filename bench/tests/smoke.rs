@@ -1,0 +1,156 @@
+//! The harness's smoke mode, run by CI so that it never rots: the real
+//! `totoro-bench` binary runs the `smoke` suite against direct loopback and
+//! the real fastpath (with the bench's frp client), and every metric must
+//! produce figures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fastpath_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FASTPATH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_totoro-bench"));
+    let p = exe.with_file_name("fastpath");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (`cargo build -p totoro-fastpath`; `cargo test --workspace` does)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn smoke_suite_measures_every_metric_on_fastpath_and_direct() {
+    let out = std::env::temp_dir().join(format!("totoro-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let t0 = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
+        .args(["run", "--suite", "smoke", "--workers", "2", "--out"])
+        .arg(&out)
+        .env("FASTPATH_BIN", fastpath_bin())
+        .output()
+        .expect("run totoro-bench");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "totoro-bench failed:\n{stderr}\n{stdout}"
+    );
+    eprintln!(
+        "{stderr}\n{stdout}\nsmoke run took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("run.json parses");
+    let samples = record["samples"].as_array().expect("samples");
+    let errors: Vec<String> = samples
+        .iter()
+        .filter(|s| !s["error"].is_null())
+        .map(|s| format!("{} {}: {}", s["system"], s["metric"], s["error"]))
+        .collect();
+    assert!(errors.is_empty(), "metrics failed: {errors:#?}");
+    let fig = |system: &str, metric: &str, name: &str| -> f64 {
+        samples
+            .iter()
+            .find(|s| {
+                s["system"] == system && s["metric"] == metric && !s["figures"][name].is_null()
+            })
+            .and_then(|s| s["figures"][name].as_f64())
+            .unwrap_or_else(|| panic!("no {metric}.{name} for {system}"))
+    };
+    for system in ["direct", "fastpath+bench"] {
+        assert!(fig(system, "bulk1_up", "gbit_s") > 0.0);
+        assert!(fig(system, "bulk2_down", "gbit_s") > 0.0);
+        assert!(fig(system, "rtt", "p50_us") > 0.0);
+        assert!(fig(system, "open@2000", "achieved_per_s") > 0.0);
+        assert!(fig(system, "connrate", "conns_per_s") > 0.0);
+        assert_eq!(fig(system, "connrate", "failures"), 0.0);
+        assert!(fig(system, "http", "req_per_s") > 0.0);
+    }
+    // Server-side figures exist only where there is a server process.
+    assert!(fig("fastpath+bench", "bulk1_up", "server_cpu_s_per_gb") > 0.0);
+    assert!(fig("fastpath+bench", "server", "peak_rss_kib") > 0.0);
+    assert_eq!(fig("fastpath+bench", "idle", "failed"), 0.0);
+    assert_eq!(fig("fastpath+bench", "idle", "opened"), 200.0);
+    assert_eq!(fig("fastpath+bench", "proxies", "registered"), 20.0);
+    assert!(fig("fastpath+bench", "login", "logins_per_s") > 0.0);
+    assert_eq!(fig("fastpath+bench", "login", "failures"), 0.0);
+
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(md.contains("| metric | direct | fastpath+bench |"), "{md}");
+    assert!(md.contains("fastpath+bench vs direct"), "{md}");
+    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+
+    // `report` regenerates the same table from run.json alone.
+    let again = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
+        .arg("report")
+        .arg(&out)
+        .output()
+        .expect("run totoro-bench report");
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.md")).expect("results.md"),
+        md
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_system_whose_binary_variable_is_unset_is_skipped_with_a_line() {
+    let dir = std::env::temp_dir().join(format!("totoro-bench-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let systems = dir.join("systems.toml");
+    std::fs::write(
+        &systems,
+        r#"
+[[system]]
+name = "direct"
+kind = "direct"
+
+[[system]]
+name = "nothing"
+[system.server]
+cmd = "${TOTORO_BENCH_SURELY_UNSET_BIN}"
+[system.client]
+kind = "command"
+[system.client.command]
+cmd = "/bin/true"
+"#,
+    )
+    .expect("write systems");
+    let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
+        .args(["run", "--suite", "smoke", "--only", "nothing", "--systems"])
+        .arg(&systems)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .expect("run totoro-bench");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("skipped: nothing (TOTORO_BENCH_SURELY_UNSET_BIN not set)"),
+        "{stderr}"
+    );
+    // Nothing left to run is an error, not an empty report.
+    assert!(!o.status.success());
+    assert!(stderr.contains("no system can run"), "{stderr}");
+
+    // A typo in the systems file names the key.
+    std::fs::write(
+        &systems,
+        "[[system]]\nname = \"x\"\nkind = \"direct\"\ncompre = \"y\"\n",
+    )
+    .expect("write systems");
+    let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
+        .args(["run", "--suite", "smoke", "--systems"])
+        .arg(&systems)
+        .output()
+        .expect("run totoro-bench");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("compre"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
