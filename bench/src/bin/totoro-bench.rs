@@ -43,6 +43,10 @@ enum Cmd {
         /// Override the suite's repeat count.
         #[arg(long)]
         repeats: Option<usize>,
+        /// Override the idle-connection count (e.g. 10000, 50000; needs an
+        /// open-file limit of about eight per connection).
+        #[arg(long)]
+        idle_conns: Option<usize>,
     },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
             workers,
             scale_workers,
             repeats,
+            idle_conns,
         } => (|| -> anyhow::Result<()> {
             let mut suite = runner::Suite::named(&suite).ok_or_else(|| {
                 anyhow::anyhow!("--suite {suite:?}: expected smoke, full or scaling")
@@ -71,6 +76,9 @@ fn main() -> ExitCode {
                     anyhow::bail!("--repeats must be at least 1");
                 }
                 suite.repeats = n;
+            }
+            if let Some(n) = idle_conns {
+                suite.idle_conns = n;
             }
             let out = out.unwrap_or_else(|| {
                 let t = std::time::SystemTime::now()
