@@ -381,9 +381,19 @@ fn run_system(
     scratch: &Path,
 ) -> Vec<Sample> {
     let mut out = Vec::new();
+    // Each metric also records the server's peak RSS so far, so a jump
+    // in memory can be traced to the load that caused it.
+    let server_pid = std::cell::Cell::new(None::<u32>);
     let mut push = |metric: &str, r: anyhow::Result<(BTreeMap<String, f64>, serde_json::Value)>| {
         let (figures, detail, error) = match r {
-            Ok((f, d)) => (f, d, None),
+            Ok((mut f, d)) => {
+                if let Some(pid) = server_pid.get() {
+                    if metric != "server" {
+                        f.insert("server_hwm_kib".into(), proc::peak_rss_kib(pid) as f64);
+                    }
+                }
+                (f, d, None)
+            }
             Err(e) => (
                 BTreeMap::new(),
                 serde_json::Value::Null,
@@ -407,6 +417,7 @@ fn run_system(
             return out;
         }
     };
+    server_pid.set(running.server_pid());
     let m = Measure {
         running: &running,
         backends,
