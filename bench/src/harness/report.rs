@@ -159,6 +159,31 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// An axis label: whole numbers without decimals.
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        num(v)
+    }
+}
+
+/// A round step (1, 2 or 5 × 10^k) giving about five intervals over `span`.
+fn nice_step(span: f64) -> f64 {
+    let raw = (span / 5.0).max(1e-12);
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    mag * if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -464,8 +489,8 @@ pub fn line_chart(
     log_y: bool,
     series: &[Series],
 ) -> String {
-    let (w, h) = (760.0, 460.0);
-    let (l, r, top, b) = (80.0, 220.0, 40.0, 60.0);
+    let (w, h) = (860.0, 460.0);
+    let (l, r, top, b) = (80.0, 300.0, 40.0, 60.0);
     let pts = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -497,8 +522,10 @@ pub fn line_chart(
         }
         (a, b)
     } else {
-        let hi = if y1 <= 0.0 { 1.0 } else { y1 * 1.1 };
-        (0.0f64.min(y0), hi)
+        let lo = 0.0f64.min(y0);
+        let hi = if y1 <= 0.0 { 1.0 } else { y1 * 1.05 };
+        let step = nice_step(hi - lo);
+        (lo, (hi / step).ceil() * step)
     };
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let py = |y: f64| {
@@ -517,9 +544,9 @@ pub fn line_chart(
     let yticks: Vec<f64> = if log_y {
         (ty0 as i32..=ty1 as i32).map(|e| 10f64.powi(e)).collect()
     } else {
-        (0..=5)
-            .map(|i| ty0 + (ty1 - ty0) * i as f64 / 5.0)
-            .collect()
+        let step = nice_step(ty1 - ty0);
+        let n = ((ty1 - ty0) / step).round() as i64;
+        (0..=n).map(|i| ty0 + step * i as f64).collect()
     };
     for y in yticks {
         let yy = py(y);
@@ -529,7 +556,7 @@ pub fn line_chart(
             w - r,
             l - 6.0,
             yy + 4.0,
-            num(y)
+            tick(y)
         );
     }
     let mut xs: Vec<f64> = series
@@ -545,7 +572,7 @@ pub fn line_chart(
             "<line x1=\"{xx:.1}\" y1=\"{top}\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{xx:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             h - b,
             h - b + 16.0,
-            num(x)
+            tick(x)
         );
     }
     let _ = writeln!(
@@ -616,25 +643,43 @@ pub fn plots(r: &RunRecord) -> Vec<(String, String)> {
                 ("connrate", "conns_per_s", "conns/s ÷ 1000", true),
             ] {
                 let scale = if fig == "conns_per_s" { 1e-3 } else { 1.0 };
-                let points = r
+                let points: Vec<(f64, f64)> = r
                     .workers
                     .iter()
                     .filter_map(|&w| {
                         cell(&t, &s.name, w, metric, fig).map(|c| (w as f64, c.median * scale))
                     })
                     .collect();
+                // Linear scaling from the smallest worker count, for reference.
+                let first = r.workers.first().copied().unwrap_or(1) as f64;
+                let ideal: Vec<(f64, f64)> = match points.first() {
+                    Some(&(w0, v0)) if w0 == first => r
+                        .workers
+                        .iter()
+                        .map(|&w| (w as f64, v0 * w as f64 / first))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 series.push(Series {
                     name: format!("{} {label}", s.name),
                     points,
-                    dashed,
-                    color: i,
+                    dashed: false,
+                    color: 2 * i + usize::from(dashed),
                 });
+                if ideal.len() > 1 {
+                    series.push(Series {
+                        name: format!("linear, {label}"),
+                        points: ideal,
+                        dashed: true,
+                        color: 2 * i + usize::from(dashed),
+                    });
+                }
             }
         }
         out.push((
             "scaling.svg".into(),
             line_chart(
-                "Throughput and connection rate vs workers",
+                "Throughput and connection rate vs workers (dashed: linear)",
                 "fastpath workers",
                 "Gbit/s, or thousands of conns/s",
                 false,
