@@ -4,7 +4,7 @@
 //! error, write error, short or wrong echo, timeout); successes record the
 //! time from the start of the connect to the last byte of the echo.
 
-use super::{new_histogram, record, Percentiles};
+use super::{new_histogram, record, run_workers, Percentiles};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -71,26 +71,20 @@ struct Counts {
 pub fn run(target: SocketAddr, opts: ConnRateOpts) -> ConnRateResult {
     let start = Instant::now();
     let end = start + opts.duration;
-    let handles: Vec<_> = (0..opts.threads)
-        .filter_map(|k| {
-            let opts = opts.clone();
-            std::thread::Builder::new()
-                .name(format!("connrate-{k}"))
-                .stack_size(256 * 1024)
-                .spawn(move || worker(target, k, &opts, end))
-                .ok()
+    let results = {
+        let opts = opts.clone();
+        run_workers("connrate", opts.threads, move |k| {
+            worker(target, k, &opts, end)
         })
-        .collect();
+    };
     let mut hist = new_histogram();
     let mut c = Counts::default();
-    for h in handles {
-        if let Ok((wc, wh)) = h.join() {
-            c.successes += wc.successes;
-            c.connect_failures += wc.connect_failures;
-            c.exchange_failures += wc.exchange_failures;
-            // Same bounds on both sides, so adding cannot overflow the range.
-            let _ = hist.add(&wh);
-        }
+    for (wc, wh) in results {
+        c.successes += wc.successes;
+        c.connect_failures += wc.connect_failures;
+        c.exchange_failures += wc.exchange_failures;
+        // Same bounds on both sides, so adding cannot overflow the range.
+        let _ = hist.add(&wh);
     }
     let duration_s = start.elapsed().as_secs_f64();
     ConnRateResult {

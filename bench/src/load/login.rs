@@ -10,7 +10,7 @@
 //! with tcpMux the session's reader and timer, plus a deadline watchdog):
 //! a few tens of microseconds per attempt that the figures include.
 
-use super::{new_histogram, record, Percentiles};
+use super::{new_histogram, record, run_workers, Percentiles};
 use crate::client::{Client, ClientError, ClientOpts};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -81,26 +81,18 @@ struct Counts {
 pub fn run(server: SocketAddr, opts: LoginOpts) -> LoginResult {
     let start = Instant::now();
     let end = start + opts.duration;
-    let handles: Vec<_> = (0..opts.threads)
-        .filter_map(|k| {
-            let opts = opts.clone();
-            std::thread::Builder::new()
-                .name(format!("login-{k}"))
-                .stack_size(256 * 1024)
-                .spawn(move || worker(server, &opts, end))
-                .ok()
-        })
-        .collect();
+    let results = {
+        let opts = opts.clone();
+        run_workers("login", opts.threads, move |_k| worker(server, &opts, end))
+    };
     let mut hist = new_histogram();
     let mut c = Counts::default();
-    for h in handles {
-        if let Ok((wc, wh)) = h.join() {
-            c.logins += wc.logins;
-            c.failures += wc.failures;
-            c.refused += wc.refused;
-            // Same bounds on both sides, so adding cannot overflow the range.
-            let _ = hist.add(&wh);
-        }
+    for (wc, wh) in results {
+        c.logins += wc.logins;
+        c.failures += wc.failures;
+        c.refused += wc.refused;
+        // Same bounds on both sides, so adding cannot overflow the range.
+        let _ = hist.add(&wh);
     }
     let duration_s = start.elapsed().as_secs_f64();
     LoginResult {

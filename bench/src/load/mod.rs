@@ -55,6 +55,28 @@ pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(us);
 }
 
+/// Starts `threads` worker threads named `name-k` (256 KiB stacks), each
+/// running `work(k)`, and returns the results of those that ran to the end
+/// (a thread that cannot be started or that panics is absent).
+pub(crate) fn run_workers<T, F>(name: &str, threads: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> T + Send + Sync + 'static,
+{
+    let work = std::sync::Arc::new(work);
+    let handles: Vec<_> = (0..threads)
+        .filter_map(|k| {
+            let work = work.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{k}"))
+                .stack_size(256 * 1024)
+                .spawn(move || work(k))
+                .ok()
+        })
+        .collect();
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {
