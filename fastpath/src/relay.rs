@@ -85,21 +85,39 @@ pub async fn run(
             return;
         }
     }
+    // The copying relay's state (transforms, cipher and compressor state)
+    // is large; boxing it keeps every connection's task the size of the
+    // splice relay unless it actually copies.
+    Box::pin(copy_relay(
+        user, work, opts, &meter_in, &meter_out, &aborters,
+    ))
+    .await;
+}
+
+/// The copying relay: yamux, TLS, encryption or compression on a side.
+async fn copy_relay(
+    user: TcpStream,
+    work: Conn,
+    opts: RelayOpts,
+    meter_in: &Meter<'_>,
+    meter_out: &Meter<'_>,
+    aborters: &[Aborter; 2],
+) {
     let (ur, uw) = Conn::Tcp(user).into_split();
     let (wr, ww) = work.into_split();
     if opts.plain() {
         if let ConnReader::Mux(mr) = wr {
             // yamux → user without a copy: received chunks go out as they are.
-            let up = pump(ur, ww, Transform::None, &meter_in, &aborters, opts.buffer);
-            let down = mux_pump(mr, uw, &meter_out, &aborters);
+            let up = pump(ur, ww, Transform::None, meter_in, aborters, opts.buffer);
+            let down = mux_pump(mr, uw, meter_out, aborters);
             monoio::join!(up, down);
             return;
         }
     }
     let up_t = Transform::encoder(&opts);
     let down_t = Transform::decoder(&opts);
-    let up = pump(ur, ww, up_t, &meter_in, &aborters, opts.buffer);
-    let down = pump(wr, uw, down_t, &meter_out, &aborters, opts.buffer);
+    let up = pump(ur, ww, up_t, meter_in, aborters, opts.buffer);
+    let down = pump(wr, uw, down_t, meter_out, aborters, opts.buffer);
     monoio::join!(up, down);
 }
 
