@@ -264,18 +264,25 @@ enum Transform {
     /// Nothing: write what was read.
     None,
     /// Towards frpc: compress, then encrypt.
-    Encode {
-        snappy: Option<SnappyEncoder>,
-        cipher: Option<CfbStreamWriter>,
-        out: Vec<u8>,
-    },
+    Encode(Box<Encoder>),
     /// From frpc: decrypt, then decompress.
-    Decode {
-        cipher: Option<CfbStreamReader>,
-        snappy: Option<SnappyDecoder>,
-        carry: Vec<u8>,
-        out: Vec<u8>,
-    },
+    Decode(Box<Decoder>),
+}
+
+/// Compressor and cipher state (kilobytes: boxed so that a relay without
+/// a transform does not carry it in its future).
+struct Encoder {
+    snappy: Option<SnappyEncoder>,
+    cipher: Option<CfbStreamWriter>,
+    out: Vec<u8>,
+}
+
+/// Decipher and decompressor state.
+struct Decoder {
+    cipher: Option<CfbStreamReader>,
+    snappy: Option<SnappyDecoder>,
+    carry: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl Transform {
@@ -283,23 +290,23 @@ impl Transform {
         if o.plain() {
             return Transform::None;
         }
-        Transform::Encode {
+        Transform::Encode(Box::new(Encoder {
             snappy: o.compression.then(SnappyEncoder::new),
             cipher: o.encryption_key.map(CfbStreamWriter::new),
             out: Vec::with_capacity(o.buffer + 64),
-        }
+        }))
     }
 
     fn decoder(o: &RelayOpts) -> Self {
         if o.plain() {
             return Transform::None;
         }
-        Transform::Decode {
+        Transform::Decode(Box::new(Decoder {
             cipher: o.encryption_key.map(CfbStreamReader::new),
             snappy: o.compression.then(SnappyDecoder::new),
             carry: Vec::new(),
             out: Vec::with_capacity(o.buffer),
-        }
+        }))
     }
 }
 
@@ -328,11 +335,12 @@ async fn pump(
                     buf = b;
                     res?;
                 }
-                Transform::Encode {
-                    snappy,
-                    cipher,
-                    out,
-                } => {
+                Transform::Encode(e) => {
+                    let Encoder {
+                        snappy,
+                        cipher,
+                        out,
+                    } = &mut **e;
                     counter.add(n as u64);
                     // Compress into `out`, or keep the read buffer; then
                     // encrypt whichever holds the bytes in place.
@@ -356,12 +364,13 @@ async fn pump(
                         res?;
                     }
                 }
-                Transform::Decode {
-                    cipher,
-                    snappy,
-                    carry,
-                    out,
-                } => {
+                Transform::Decode(d) => {
+                    let Decoder {
+                        cipher,
+                        snappy,
+                        carry,
+                        out,
+                    } = &mut **d;
                     // Decrypt in place; the first bytes of the stream are the
                     // IV, which the reader swallows.
                     let plain_len = match cipher {
