@@ -7,7 +7,7 @@
 //! `cargo build -p totoro-fastpath` first, same profile and target dir).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,18 +28,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// `target/<profile>/fastpath`, from this test's `target/<profile>/deps/…`.
 fn fastpath_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("fastpath"));
-    match bin {
-        Some(b) if b.is_file() => b,
-        _ => panic!(
-            "the fastpath binary is not at {bin:?}: run `cargo build -p totoro-fastpath` \
-             (same profile and CARGO_TARGET_DIR as the tests) first"
-        ),
-    }
+    bench::harness::systems::sibling_binary("fastpath").unwrap_or_else(|| {
+        panic!(
+            "the fastpath binary is not next to {:?}: run `cargo build -p totoro-fastpath` \
+             (same profile and CARGO_TARGET_DIR as the tests) first",
+            std::env::current_exe().ok()
+        )
+    })
 }
 
 /// A fastpath on 127.0.0.1 with one worker; removes its files on drop.

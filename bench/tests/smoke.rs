@@ -10,14 +10,12 @@ fn fastpath_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FASTPATH_BIN") {
         return PathBuf::from(p);
     }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_totoro-bench"));
-    let p = exe.with_file_name("fastpath");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first (`cargo build -p totoro-fastpath`; `cargo test --workspace` does)",
-        p.display()
-    );
-    p
+    bench::harness::systems::sibling_binary("fastpath").unwrap_or_else(|| {
+        panic!(
+            "the fastpath binary is missing next to {}: build it first (`cargo build -p totoro-fastpath`; `cargo test --workspace` does)",
+            env!("CARGO_BIN_EXE_totoro-bench")
+        )
+    })
 }
 
 #[test]

@@ -166,8 +166,8 @@ impl SystemsFile {
     }
 }
 
-/// The `fastpath` binary next to `current_exe` (or one directory up, for
-/// test executables in `deps/`).
+/// The binary `name` next to `current_exe` (or one directory up, for test
+/// executables in `deps/`), if it exists.
 pub fn sibling_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
@@ -332,7 +332,7 @@ impl Drop for Running {
 }
 
 /// Fills `{placeholder}`s from `vars` (anything else in braces is left).
-pub fn fill(template: &str, vars: &BTreeMap<&str, String>) -> String {
+pub fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
     let mut out = template.to_string();
     for (k, v) in vars {
         out = out.replace(&format!("{{{k}}}"), v);
@@ -371,11 +371,11 @@ pub fn start(
     ));
     std::fs::create_dir_all(&dir)?;
     let bind_port = free_port();
-    let mut vars: BTreeMap<&str, String> = BTreeMap::new();
-    vars.insert("dir", dir.display().to_string());
-    vars.insert("bind_port", bind_port.to_string());
-    vars.insert("token", token.to_string());
-    vars.insert("workers", workers.to_string());
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    vars.insert("dir".into(), dir.display().to_string());
+    vars.insert("bind_port".into(), bind_port.to_string());
+    vars.insert("token".into(), token.to_string());
+    vars.insert("workers".into(), workers.to_string());
     let mut remotes = BTreeMap::new();
     let mut frpc = String::new();
     let mut rs = String::new();
@@ -383,8 +383,8 @@ pub fn start(
     for (name, addr) in backends.names() {
         let remote = free_port();
         remotes.insert(name, remote);
-        vars.insert(port_key(name, "port"), addr.port().to_string());
-        vars.insert(port_key(name, "remote"), remote.to_string());
+        vars.insert(format!("{name}_port"), addr.port().to_string());
+        vars.insert(format!("{name}_remote"), remote.to_string());
         frpc.push_str(&format!(
             "\n[[proxies]]\nname = \"{name}\"\ntype = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {}\nremotePort = {remote}\n",
             addr.port()
@@ -396,9 +396,9 @@ pub fn start(
             "\n[client.services.{name}]\nlocal_addr = \"{addr}\"\n"
         ));
     }
-    vars.insert("frpc_proxies", frpc);
-    vars.insert("rathole_server_services", rs);
-    vars.insert("rathole_client_services", rc);
+    vars.insert("frpc_proxies".into(), frpc);
+    vars.insert("rathole_server_services".into(), rs);
+    vars.insert("rathole_client_services".into(), rc);
 
     let server_spec = spec
         .server
@@ -476,26 +476,13 @@ pub fn start(
     Ok(running)
 }
 
-fn port_key(name: &str, suffix: &str) -> &'static str {
-    match (name, suffix) {
-        ("echo", "port") => "echo_port",
-        ("sink", "port") => "sink_port",
-        ("source", "port") => "source_port",
-        ("http", "port") => "http_port",
-        ("echo", _) => "echo_remote",
-        ("sink", _) => "sink_remote",
-        ("source", _) => "source_remote",
-        _ => "http_remote",
-    }
-}
-
 fn next_seq() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-fn launch(c: &CommandSpec, vars: &BTreeMap<&str, String>, dir: &Path) -> anyhow::Result<Daemon> {
+fn launch(c: &CommandSpec, vars: &BTreeMap<String, String>, dir: &Path) -> anyhow::Result<Daemon> {
     for (file, template) in &c.files {
         std::fs::write(dir.join(file), fill(template, vars))?;
     }
@@ -531,7 +518,7 @@ mod tests {
     #[test]
     fn fill_replaces_known_placeholders_only() {
         let mut v = BTreeMap::new();
-        v.insert("bind_port", "7000".to_string());
+        v.insert("bind_port".to_string(), "7000".to_string());
         let t = "bindPort = {bind_port}\nallowPorts = [{ start = 1, end = 2 }]\n{unknown}";
         assert_eq!(
             fill(t, &v),
