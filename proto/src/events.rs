@@ -92,6 +92,24 @@ pub enum Event {
         /// Bytes from frpc towards visitors.
         bytes_out: u64,
     },
+    /// Bytes a tenant's proxy relayed since its previous sample (sessions
+    /// logged in with a tenant token). The sample taken when the proxy
+    /// closes has `closed` set: nothing more will follow for it, so a
+    /// traffic report can send the remainder.
+    TenantTraffic {
+        /// Owning session.
+        run_id: String,
+        /// The tenant's token.
+        token: String,
+        /// Proxy name.
+        proxy: String,
+        /// Bytes from visitors towards frpc.
+        bytes_in: u64,
+        /// Bytes from frpc towards visitors.
+        bytes_out: u64,
+        /// Whether this is the proxy's last sample.
+        closed: bool,
+    },
 }
 
 impl Event {
@@ -105,6 +123,7 @@ impl Event {
             Event::ProxyClosed { .. } => "proxy.closed",
             Event::AuthFailed { .. } => "auth.failed",
             Event::Traffic { .. } => "proxy.traffic",
+            Event::TenantTraffic { .. } => "tenant.traffic",
         }
     }
 
@@ -117,6 +136,7 @@ impl Event {
             Event::ProxyClosed { .. } => 5,
             Event::AuthFailed { .. } => 6,
             Event::Traffic { .. } => 7,
+            Event::TenantTraffic { .. } => 8,
         }
     }
 
@@ -130,6 +150,7 @@ impl Event {
             | Event::ProxyClosed { invite, .. }
             | Event::AuthFailed { invite, .. }
             | Event::Traffic { invite, .. } => *invite,
+            Event::TenantTraffic { .. } => None,
         }
     }
 }
@@ -157,8 +178,8 @@ pub enum EventError {
     /// A string that is not UTF-8.
     #[error("event string is not UTF-8")]
     Utf8,
-    /// An invite flag that is neither 0 nor 1.
-    #[error("bad invite flag in event")]
+    /// An invite or closed flag that is neither 0 nor 1.
+    #[error("bad flag in event")]
     BadFlag,
     /// Bytes after the last field.
     #[error("trailing bytes after event")]
@@ -324,6 +345,21 @@ impl EventRecord {
                 w.u64(*bytes_in);
                 w.u64(*bytes_out);
             }
+            Event::TenantTraffic {
+                run_id,
+                token,
+                proxy,
+                bytes_in,
+                bytes_out,
+                closed,
+            } => {
+                w.str(run_id);
+                w.str(token);
+                w.str(proxy);
+                w.u64(*bytes_in);
+                w.u64(*bytes_out);
+                w.0.push(*closed as u8);
+            }
         }
     }
 
@@ -384,6 +420,18 @@ impl EventRecord {
                 proxy: r.str()?,
                 bytes_in: r.u64()?,
                 bytes_out: r.u64()?,
+            },
+            8 => Event::TenantTraffic {
+                run_id: r.str()?,
+                token: r.str()?,
+                proxy: r.str()?,
+                bytes_in: r.u64()?,
+                bytes_out: r.u64()?,
+                closed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(EventError::BadFlag),
+                },
             },
             k => return Err(EventError::UnknownKind(k)),
         };
@@ -448,6 +496,14 @@ mod tests {
                 proxy: "ssh".into(),
                 bytes_in: 1 << 40,
                 bytes_out: 7,
+            },
+            Event::TenantTraffic {
+                run_id: "r1".into(),
+                token: "user1_chengdu".into(),
+                proxy: "web".into(),
+                bytes_in: 52_428_800,
+                bytes_out: 3,
+                closed: true,
             },
         ]
     }

@@ -306,6 +306,9 @@ impl EventDrain {
                     .await?;
                     continue;
                 }
+                // Tenant samples feed traffic reports and quotas, not the
+                // audit log.
+                Event::TenantTraffic { .. } => continue,
             }
             audit::record(&mut *tx, &entry).await?;
         }
