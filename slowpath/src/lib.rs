@@ -30,4 +30,5 @@ pub mod invites;
 pub mod nodes;
 pub mod policy_publish;
 pub mod rate_limit;
+pub mod tenants;
 pub mod tickets;

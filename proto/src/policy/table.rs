@@ -95,6 +95,31 @@ pub struct InvitePolicy {
     pub domain_suffix: String,
 }
 
+/// A tenant (seed 002): a token with its own region, ports, bandwidth and
+/// quota state. frpc logs in with `auth.token = <token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// The frp token (also the tenant's name; unique).
+    pub token: String,
+    /// The only region whose nodes accept the token.
+    pub region: String,
+    /// Disabled tenants refuse logins and end their live sessions.
+    pub enabled: bool,
+    /// Remote ports TCP and UDP proxies may use (empty = any port of the
+    /// node's pool).
+    pub allow_ports: PortSet,
+    /// Proxies with a remote port per frpc session (0 = no cap).
+    pub max_ports_per_client: u32,
+    /// Bytes per second across all of the tenant's traffic on this node
+    /// (0 = unlimited).
+    pub bandwidth_bps: u64,
+    /// The traffic quota of the current period is used up.
+    pub over_quota: bool,
+    /// Over quota: 0 = refuse new connections and end live ones; otherwise
+    /// throttle the tenant to this many bytes per second.
+    pub throttle_bps: u64,
+}
+
 /// A ticket verification key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketKey {

@@ -1,0 +1,437 @@
+//! Tenants (seed 002): frp tokens with their own region, port ranges,
+//! bandwidth, port cap, traffic reports and traffic quota.
+//!
+//! A tenant record is the JSON seed 002 stores in etcd under
+//! `{prefix}{token}`; the same record is what the tenants API takes, and
+//! what the database keeps for operators without etcd. [`Tenant::parse_json`]
+//! reads it (errors name the field); [`Tenant::policy`] compiles it into
+//! the policy table's form.
+//!
+//! Beyond the seed's fields, a record may carry a traffic quota:
+//! `trafficQuota` ("100GB"), `quotaPeriod` ("day", "month", or a length such
+//! as "12h" or "7d"), `overQuota` ("close", the default, or "throttle") and
+//! `throttleLimit` (the rate while throttled, e.g. "64KB").
+
+use proto::policy::{PortSet, TenantPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Bytes in frp's "KB" (frp's BandwidthQuantity counts in powers of 1024).
+pub const KB: u64 = 1024;
+/// Bytes in frp's "MB".
+pub const MB: u64 = 1024 * 1024;
+
+/// One port range of `allowPorts`: `{"single": 8080}` or
+/// `{"start": 9000, "end": 9100}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// One port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<u16>,
+    /// First port of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u16>,
+    /// Last port of a range (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u16>,
+}
+
+/// How a quota period is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// A UTC calendar day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+    /// Fixed windows of this many seconds, counted from the Unix epoch.
+    Every(u64),
+}
+
+/// What happens to a tenant over its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverQuota {
+    /// Refuse new logins, proxies and visitor connections; end live sessions.
+    Close,
+    /// Keep serving at this many bytes per second.
+    Throttle(u64),
+}
+
+/// A traffic quota: bytes (both directions) per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes allowed per period.
+    pub bytes: u64,
+    /// The period.
+    pub period: QuotaPeriod,
+    /// What happens beyond it.
+    pub over: OverQuota,
+}
+
+/// The JSON record, as seed 002 writes it (camelCase), plus the quota
+/// extension. Unknown fields are refused so that a typo does not silently
+/// drop a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantRecord {
+    /// The frp token.
+    #[serde(default)]
+    pub token: String,
+    /// Region whose nodes accept the token.
+    #[serde(default)]
+    pub region: String,
+    /// Ports TCP/UDP proxies may use (empty = any).
+    #[serde(default)]
+    pub allow_ports: Vec<PortRange>,
+    /// "10MB", "1024KB"; empty = unlimited.
+    #[serde(default)]
+    pub bandwidth_limit: String,
+    /// Proxies with a port per frpc session; 0 = unlimited.
+    #[serde(default)]
+    pub max_ports_per_client: u32,
+    /// Whether the token may be used.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Report every this many MB per proxy; 0 = no reports.
+    #[serde(default, rename = "trafficReportIntervalMB")]
+    pub traffic_report_interval_mb: u64,
+    /// Traffic quota per period, e.g. "100GB"; empty = none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic_quota: String,
+    /// "day", "month", or a length like "12h", "7d", "3600s".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quota_period: String,
+    /// "close" (default) or "throttle".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub over_quota: String,
+    /// Rate while throttled, e.g. "64KB".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub throttle_limit: String,
+}
+
+/// A validated tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The record as given (normalized: token filled in).
+    pub record: TenantRecord,
+    /// `allowPorts` as a set.
+    pub allow_ports: PortSet,
+    /// `bandwidthLimit` in bytes per second (0 = unlimited).
+    pub bandwidth_bps: u64,
+    /// The quota, if any.
+    pub quota: Option<Quota>,
+}
+
+/// Parse a frp bandwidth quantity: a decimal number followed by `MB` or
+/// `KB` (powers of 1024, as frp's BandwidthQuantity); empty = 0.
+pub fn parse_bandwidth(field: &str, text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(0);
+    }
+    let (num, unit) = if let Some(n) = t.strip_suffix("MB") {
+        (n, MB)
+    } else if let Some(n) = t.strip_suffix("KB") {
+        (n, KB)
+    } else {
+        return Err(format!(
+            "{field}: {text:?} needs a unit, MB or KB (e.g. \"10MB\", \"1024KB\")"
+        ));
+    };
+    let f: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{field}: {text:?} is not a number followed by MB or KB"))?;
+    if !f.is_finite() || f < 0.0 {
+        return Err(format!("{field}: {text:?} must be a positive amount"));
+    }
+    Ok((f * unit as f64) as u64)
+}
+
+/// Parse a byte amount with KB/MB/GB/TB (powers of 1024); empty = 0.
+pub fn parse_bytes(field: &str, text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(0);
+    }
+    let units = [
+        ("TB", MB * MB),
+        ("GB", MB * KB),
+        ("MB", MB),
+        ("KB", KB),
+        ("B", 1),
+    ];
+    for (suffix, unit) in units {
+        if let Some(n) = t.strip_suffix(suffix) {
+            let f: f64 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("{field}: {text:?} is not a number followed by a unit"))?;
+            if !f.is_finite() || f < 0.0 {
+                return Err(format!("{field}: {text:?} must be a positive amount"));
+            }
+            return Ok((f * unit as f64) as u64);
+        }
+    }
+    Err(format!(
+        "{field}: {text:?} needs a unit: B, KB, MB, GB or TB (e.g. \"100GB\")"
+    ))
+}
+
+/// Parse `quotaPeriod`.
+pub fn parse_period(field: &str, text: &str) -> Result<QuotaPeriod, String> {
+    let t = text.trim();
+    match t {
+        "" | "month" => return Ok(QuotaPeriod::Month),
+        "day" => return Ok(QuotaPeriod::Day),
+        _ => {}
+    }
+    let bad = || {
+        format!("{field}: {text:?} must be \"day\", \"month\" or a length like \"12h\", \"7d\", \"3600s\"")
+    };
+    let (num, unit) = t.split_at(t.len() - 1);
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = n.checked_mul(mult).filter(|&s| s > 0).ok_or_else(bad)?;
+    Ok(QuotaPeriod::Every(secs))
+}
+
+impl Tenant {
+    /// Read a JSON record. `key_token`, when the record came from etcd, is
+    /// the token in the key (`{prefix}{token}`): the record's own `token`
+    /// may be left out, and must match when given.
+    pub fn parse_json(bytes: &[u8], key_token: Option<&str>) -> Result<Tenant, String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let record: TenantRecord = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("not a tenant record: {}", e.inner())
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?;
+        Tenant::from_record(record, key_token)
+    }
+
+    /// Validate a record.
+    pub fn from_record(
+        mut record: TenantRecord,
+        key_token: Option<&str>,
+    ) -> Result<Tenant, String> {
+        if let Some(k) = key_token {
+            if record.token.is_empty() {
+                record.token = k.to_owned();
+            } else if record.token != k {
+                return Err(format!(
+                    "token: {:?} does not match the token in the key ({k:?})",
+                    record.token
+                ));
+            }
+        }
+        if record.token.is_empty() {
+            return Err("token: must not be empty".into());
+        }
+        if record.token.len() > 256 || record.token.chars().any(|c| c.is_control()) {
+            return Err("token: at most 256 characters, no control characters".into());
+        }
+        if record.region.is_empty() {
+            return Err("region: must not be empty".into());
+        }
+        let mut ranges = Vec::with_capacity(record.allow_ports.len());
+        for (i, r) in record.allow_ports.iter().enumerate() {
+            match (r.single, r.start, r.end) {
+                (Some(p), None, None) if p > 0 => ranges.push((p, p)),
+                (None, Some(a), Some(b)) if a > 0 && a <= b => ranges.push((a, b)),
+                _ => {
+                    return Err(format!(
+                        "allowPorts[{i}]: give {{\"single\": port}} or {{\"start\": a, \"end\": b}} with 1 <= a <= b <= 65535"
+                    ))
+                }
+            }
+        }
+        let bandwidth_bps = parse_bandwidth("bandwidthLimit", &record.bandwidth_limit)?;
+        let quota_bytes = parse_bytes("trafficQuota", &record.traffic_quota)?;
+        let quota = if quota_bytes == 0 {
+            if !record.quota_period.is_empty()
+                || !record.over_quota.is_empty()
+                || !record.throttle_limit.is_empty()
+            {
+                return Err(
+                    "trafficQuota: quotaPeriod, overQuota and throttleLimit need a trafficQuota"
+                        .into(),
+                );
+            }
+            None
+        } else {
+            let period = parse_period("quotaPeriod", &record.quota_period)?;
+            let over = match record.over_quota.trim() {
+                "" | "close" => {
+                    if !record.throttle_limit.is_empty() {
+                        return Err("throttleLimit: only with overQuota = \"throttle\"".into());
+                    }
+                    OverQuota::Close
+                }
+                "throttle" => {
+                    let bps = parse_bandwidth("throttleLimit", &record.throttle_limit)?;
+                    if bps == 0 {
+                        return Err(
+                            "throttleLimit: overQuota = \"throttle\" needs a rate, e.g. \"64KB\""
+                                .into(),
+                        );
+                    }
+                    OverQuota::Throttle(bps)
+                }
+                other => {
+                    return Err(format!(
+                        "overQuota: {other:?} must be \"close\" or \"throttle\""
+                    ))
+                }
+            };
+            Some(Quota {
+                bytes: quota_bytes,
+                period,
+                over,
+            })
+        };
+        Ok(Tenant {
+            allow_ports: PortSet::from_ranges(ranges),
+            bandwidth_bps,
+            quota,
+            record,
+        })
+    }
+
+    /// The token.
+    pub fn token(&self) -> &str {
+        &self.record.token
+    }
+
+    /// Report threshold in bytes (0 = no reports).
+    pub fn report_interval_bytes(&self) -> u64 {
+        self.record.traffic_report_interval_mb.saturating_mul(MB)
+    }
+
+    /// The policy-table form; `over_quota` comes from the quota tracker.
+    pub fn policy(&self, over_quota: bool) -> TenantPolicy {
+        let throttle_bps = match self.quota.map(|q| q.over) {
+            Some(OverQuota::Throttle(bps)) => bps,
+            _ => 0,
+        };
+        TenantPolicy {
+            token: self.record.token.clone(),
+            region: self.record.region.clone(),
+            enabled: self.record.enabled,
+            allow_ports: self.allow_ports.clone(),
+            max_ports_per_client: self.record.max_ports_per_client,
+            bandwidth_bps: self.bandwidth_bps,
+            over_quota: over_quota && self.quota.is_some(),
+            throttle_bps,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{
+      "token": "abc123xyz",
+      "region": "chengdu",
+      "allowPorts": [{"single": 8080}, {"start": 9000, "end": 9100}],
+      "bandwidthLimit": "10MB",
+      "maxPortsPerClient": 5,
+      "enabled": true,
+      "description": "用户A的成都节点token",
+      "trafficReportIntervalMB": 50
+    }"#;
+
+    #[test]
+    fn the_seed_record_parses() {
+        let t = Tenant::parse_json(SEED.as_bytes(), Some("abc123xyz")).unwrap();
+        assert_eq!(t.token(), "abc123xyz");
+        assert_eq!(t.bandwidth_bps, 10 * MB);
+        assert!(t.allow_ports.contains(8080) && t.allow_ports.contains(9050));
+        assert!(!t.allow_ports.contains(8081));
+        assert_eq!(t.report_interval_bytes(), 50 * MB);
+        let p = t.policy(true);
+        assert!(p.enabled && !p.over_quota, "no quota: never over it");
+    }
+
+    #[test]
+    fn bandwidth_follows_frp() {
+        assert_eq!(parse_bandwidth("b", "1024KB").unwrap(), MB);
+        assert_eq!(parse_bandwidth("b", "1.5MB").unwrap(), 3 * MB / 2);
+        assert_eq!(parse_bandwidth("b", "").unwrap(), 0);
+        assert!(parse_bandwidth("b", "10mb")
+            .unwrap_err()
+            .contains("MB or KB"));
+        assert!(parse_bandwidth("b", "10GB").is_err());
+        assert!(parse_bandwidth("b", "xMB").is_err());
+        assert!(parse_bandwidth("b", "-1MB").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e =
+            Tenant::parse_json(br#"{"token":"t","region":"r","enabled":"yes"}"#, None).unwrap_err();
+        assert!(e.starts_with("enabled"), "{e}");
+        let e =
+            Tenant::parse_json(br#"{"token":"t","region":"r","allowPort":[]}"#, None).unwrap_err();
+        assert!(e.contains("allowPort"), "{e}");
+        let e = Tenant::parse_json(
+            br#"{"token":"t","region":"r","allowPorts":[{"start":9,"end":2}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("allowPorts[0]"), "{e}");
+        let e = Tenant::parse_json(br#"{"token":"a","region":"r"}"#, Some("b")).unwrap_err();
+        assert!(e.starts_with("token"), "{e}");
+        let e = Tenant::parse_json(b"not json", None).unwrap_err();
+        assert!(
+            e.contains("not a tenant record") || e.contains("expected"),
+            "{e}"
+        );
+        let e = Tenant::parse_json(br#"{"token":"t"}"#, None).unwrap_err();
+        assert!(e.starts_with("region"), "{e}");
+    }
+
+    #[test]
+    fn quotas() {
+        let t = Tenant::parse_json(
+            br#"{"token":"t","region":"r","enabled":true,"trafficQuota":"2GB","quotaPeriod":"day","overQuota":"throttle","throttleLimit":"64KB"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.quota,
+            Some(Quota {
+                bytes: 2 * 1024 * MB,
+                period: QuotaPeriod::Day,
+                over: OverQuota::Throttle(64 * KB)
+            })
+        );
+        let p = t.policy(true);
+        assert!(p.over_quota && p.throttle_bps == 64 * KB);
+        assert_eq!(parse_period("p", "12h").unwrap(), QuotaPeriod::Every(43200));
+        assert_eq!(parse_period("p", "").unwrap(), QuotaPeriod::Month);
+        assert!(parse_period("p", "0d").is_err());
+        assert!(parse_period("p", "week").is_err());
+        let e = Tenant::parse_json(br#"{"token":"t","region":"r","quotaPeriod":"day"}"#, None)
+            .unwrap_err();
+        assert!(e.starts_with("trafficQuota"), "{e}");
+        let e = Tenant::parse_json(
+            br#"{"token":"t","region":"r","trafficQuota":"1GB","overQuota":"throttle"}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("throttleLimit"), "{e}");
+    }
+}
