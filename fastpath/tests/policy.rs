@@ -81,6 +81,7 @@ impl Control {
                 public_key: pk,
             }],
             invites,
+            tenants: vec![],
         }
     }
 

@@ -9,18 +9,21 @@
 //! slowpath (or a fresh database next to a running fastpath) never publishes
 //! a generation the fastpath would refuse as stale.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto::policy::{table, InviteId, InvitePolicy, NodePolicy, PolicySpec, TicketKey};
+use proto::policy::{
+    table, InviteId, InvitePolicy, NodePolicy, PolicySpec, TenantPolicy, TicketKey,
+};
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
+use crate::tenants::Tenant;
 use crate::{invites, nodes, tickets};
 
 /// File name of the published table inside the shm directory.
@@ -41,6 +44,8 @@ pub struct PublishStatus {
     pub published_ms: i64,
     /// Invites it carries.
     pub invites: usize,
+    /// Tenants it carries.
+    pub tenants: usize,
     /// Size, bytes.
     pub bytes: usize,
     /// Compile + encode + write time, µs.
@@ -69,7 +74,19 @@ pub struct Publisher {
     /// One publish at a time: two at once could pick the same generation,
     /// and the fastpath would refuse the second as stale.
     serial: tokio::sync::Mutex<()>,
+    /// Tenants from etcd (None: no etcd source).
+    etcd_tenants: Mutex<Option<Arc<BTreeMap<String, Tenant>>>>,
+    /// Tokens over their traffic quota.
+    over_quota: Mutex<HashSet<String>>,
+    /// Set when a tenant source changed; the next pass recompiles tenants.
+    tenants_dirty: std::sync::atomic::AtomicBool,
+    /// Called with every tenant after each compile of tenants (traffic
+    /// report thresholds and quotas follow the table).
+    on_tenants: Mutex<Option<TenantHook>>,
 }
+
+/// See [`Publisher::on_tenants`].
+pub type TenantHook = Box<dyn Fn(&[Tenant]) + Send + Sync>;
 
 impl Publisher {
     /// A publisher for `node_id` into `dir` (created if missing).
@@ -83,7 +100,83 @@ impl Publisher {
             last_content: Mutex::new(None),
             compiled: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
+            etcd_tenants: Mutex::new(None),
+            over_quota: Mutex::new(HashSet::new()),
+            tenants_dirty: std::sync::atomic::AtomicBool::new(false),
+            on_tenants: Mutex::new(None),
         })
+    }
+
+    /// Replace the tenants that came from etcd, and publish soon.
+    pub fn set_etcd_tenants(&self, tenants: Arc<BTreeMap<String, Tenant>>) {
+        *self.etcd_tenants.lock().unwrap_or_else(|p| p.into_inner()) = Some(tenants);
+        self.tenants_changed();
+    }
+
+    /// Replace the set of tokens over quota, and publish soon if it changed.
+    pub fn set_over_quota(&self, tokens: HashSet<String>) {
+        let mut cur = self.over_quota.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != tokens {
+            *cur = tokens;
+            drop(cur);
+            self.tenants_changed();
+        }
+    }
+
+    /// Register a function called with every tenant after each compile.
+    pub fn on_tenants(&self, hook: TenantHook) {
+        *self.on_tenants.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// A tenant source changed: recompile tenants on the next pass.
+    pub fn tenants_changed(&self) {
+        self.tenants_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.request();
+    }
+
+    /// Every tenant from every source: database tenants, then etcd's (a
+    /// token in both is taken from etcd).
+    async fn all_tenants(&self) -> Result<Vec<Tenant>> {
+        let mut by_token: BTreeMap<String, Tenant> = BTreeMap::new();
+        // MERGE-ETCD: database tenants go here.
+        let etcd = self
+            .etcd_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(etcd) = etcd {
+            for (token, t) in etcd.iter() {
+                if by_token.insert(token.clone(), t.clone()).is_some() {
+                    tracing::debug!(token = %token, "tenant in both etcd and the database; etcd's record wins");
+                }
+            }
+        }
+        Ok(by_token.into_values().collect())
+    }
+
+    /// Compile every tenant into its table form.
+    async fn compile_tenants(&self) -> Result<Vec<TenantPolicy>> {
+        self.tenants_dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        let all = self.all_tenants().await?;
+        if let Some(hook) = self
+            .on_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            hook(&all);
+        }
+        let over = self
+            .over_quota
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(all
+            .iter()
+            .map(|t| t.policy(over.contains(t.token())))
+            .collect())
     }
 
     /// The shm directory.
@@ -137,10 +230,12 @@ impl Publisher {
         let started = Instant::now();
         let result = async {
             let spec = compile(&self.db, &self.node_id, now_ms()).await?;
+            let tenants = self.compile_tenants().await?;
             let compiled = Compiled {
                 node: spec.node,
                 keys: spec.keys,
                 invites: spec.invites.into_iter().map(|i| (i.id, i)).collect(),
+                tenants,
             };
             let compile_us = elapsed_us(started);
             *self.compiled.lock().unwrap_or_else(|p| p.into_inner()) = Some(compiled);
@@ -156,6 +251,37 @@ impl Publisher {
     /// any more from the kept state — no query, so a 100k-invite node does
     /// not stall its API (SQLite has one connection) every [`REFRESH`].
     async fn refresh(&self) -> Result<u64> {
+        if self
+            .tenants_dirty
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let has_state = self
+                .compiled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !has_state {
+                return self.publish(false).await;
+            }
+            let _one_at_a_time = self.serial.lock().await;
+            let started = Instant::now();
+            let result = async {
+                let tenants = self.compile_tenants().await?;
+                if let Some(c) = self
+                    .compiled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    c.tenants = tenants;
+                }
+                let compile_us = elapsed_us(started);
+                self.write(false, started, compile_us).await
+            }
+            .await;
+            self.note_error(&result);
+            return result;
+        }
         let pruned = {
             let mut guard = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_mut() {
@@ -249,14 +375,21 @@ impl Publisher {
     /// last written (and `force` is off). Called with `serial` held.
     async fn write(&self, force: bool, started: Instant, compile_us: u64) -> Result<u64> {
         let now = now_ms();
-        let (mut bytes, invites) = {
+        let (mut bytes, invites, tenants) = {
             let guard = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
             let Some(c) = guard.as_ref() else {
                 return Err(Error::Internal("no compiled policy state".into()));
             };
-            let bytes =
-                table::encode_parts(0, 0, &c.node, &c.keys, c.invites.len(), c.invites.values());
-            (bytes, c.invites.len())
+            let bytes = table::encode_parts(
+                0,
+                0,
+                &c.node,
+                &c.keys,
+                c.invites.len(),
+                c.invites.values(),
+                &c.tenants,
+            );
+            (bytes, c.invites.len(), c.tenants.len())
         };
         let encode_us = elapsed_us(started) - compile_us;
         {
@@ -291,6 +424,7 @@ impl Publisher {
             generation,
             published_ms: now,
             invites,
+            tenants,
             bytes: bytes.len(),
             publish_us,
             compile_us,
@@ -300,6 +434,7 @@ impl Publisher {
         tracing::info!(
             generation,
             invites,
+            tenants,
             bytes = bytes.len(),
             compile_us,
             encode_us,
@@ -353,6 +488,7 @@ struct Compiled {
     node: NodePolicy,
     keys: Vec<TicketKey>,
     invites: BTreeMap<InviteId, InvitePolicy>,
+    tenants: Vec<TenantPolicy>,
 }
 
 fn invite_policy(i: invites::Invite) -> InvitePolicy {
@@ -429,5 +565,6 @@ pub async fn compile(db: &Db, node_id: &str, now: i64) -> Result<PolicySpec> {
             })
             .collect(),
         invites,
+        tenants: Vec::new(),
     })
 }

@@ -14,7 +14,7 @@ use std::fmt;
 pub use ports::PortSet;
 pub use table::{
     InvitePolicy, InviteView, NodePolicy, NodeView, PolicySpec, PolicyTable, PortsView, TableError,
-    TenantPolicy, TicketKey,
+    TenantPolicy, TenantView, TicketKey,
 };
 pub use types::ProxyTypes;
 

@@ -27,6 +27,10 @@
 //!               expires_ms u64, port_pool ports-ref, domain_suffix str, pad [8]
 //!   PORTS   (4) (lo u16, hi u16) pairs; a ports-ref is { first u32, count u32 }
 //!   STRINGS (5) UTF-8 bytes; a str is { offset u32, len u32 }
+//!   TENANTS (6) 64-byte records sorted by token bytes (optional section):
+//!               token str, region str, flags u32 (bit 0 enabled, bit 1 over
+//!               quota), max_ports_per_client u32, bandwidth_bps u64,
+//!               throttle_bps u64, allow_ports ports-ref, pad [16]
 //! ```
 //!
 //! The checksum is CRC-32C of the whole file with the checksum field read as
@@ -47,6 +51,7 @@ const DIR_ENTRY: usize = 24;
 const NODE_REC: usize = 48;
 const KEY_REC: usize = 48;
 const INVITE_REC: usize = 64;
+const TENANT_REC: usize = 64;
 const CHECKSUM_AT: usize = 48;
 
 const SEC_NODE: u32 = 1;
@@ -54,6 +59,7 @@ const SEC_KEYS: u32 = 2;
 const SEC_INVITES: u32 = 3;
 const SEC_PORTS: u32 = 4;
 const SEC_STRINGS: u32 = 5;
+const SEC_TENANTS: u32 = 6;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +150,8 @@ pub struct PolicySpec {
     pub keys: Vec<TicketKey>,
     /// Invites (any order; the encoder sorts them).
     pub invites: Vec<InvitePolicy>,
+    /// Tenants (any order; the encoder sorts them by token).
+    pub tenants: Vec<TenantPolicy>,
 }
 
 /// Why a table was refused.
@@ -213,6 +221,7 @@ impl PolicySpec {
             &self.keys,
             uniq.len(),
             uniq.into_iter(),
+            &self.tenants,
         )
     }
 }
@@ -231,7 +240,8 @@ pub fn stamp(bytes: &mut [u8], generation: u64, created_ms: u64) {
 /// Encode a table from parts. `invites` must come sorted by id with no
 /// repeats (a `BTreeMap<InviteId, _>`'s values are); `count` is how many.
 /// Publishers that keep their invites in such a map encode without copying
-/// or sorting 100k records per change.
+/// or sorting 100k records per change. Tenants may come in any order; of
+/// two with the same token the last one given is kept.
 pub fn encode_parts<'a>(
     generation: u64,
     created_ms: u64,
@@ -239,6 +249,7 @@ pub fn encode_parts<'a>(
     keys: &[TicketKey],
     count: usize,
     invite_iter: impl Iterator<Item = &'a InvitePolicy>,
+    tenant_list: &[TenantPolicy],
 ) -> Vec<u8> {
     let mut strings = Strings { buf: Vec::new() };
     let mut ports = Vec::new();
@@ -275,10 +286,30 @@ pub fn encode_parts<'a>(
         invites.extend_from_slice(&[0; 8]);
     }
 
-    let sections: [(u32, &[u8]); 5] = [
+    let mut sorted: Vec<&TenantPolicy> = tenant_list.iter().collect();
+    // Stable: equal tokens stay in the order given, so the last one wins.
+    sorted.sort_by(|a, b| a.token.as_bytes().cmp(b.token.as_bytes()));
+    let mut tenants = Vec::with_capacity(sorted.len() * TENANT_REC);
+    for (i, t) in sorted.iter().enumerate() {
+        if sorted.get(i + 1).is_some_and(|n| n.token == t.token) {
+            continue;
+        }
+        put_ref(&mut tenants, strings.add(&t.token));
+        put_ref(&mut tenants, strings.add(&t.region));
+        let flags = t.enabled as u32 | (t.over_quota as u32) << 1;
+        tenants.extend_from_slice(&flags.to_le_bytes());
+        tenants.extend_from_slice(&t.max_ports_per_client.to_le_bytes());
+        tenants.extend_from_slice(&t.bandwidth_bps.to_le_bytes());
+        tenants.extend_from_slice(&t.throttle_bps.to_le_bytes());
+        put_ref(&mut tenants, add_ports(&mut ports, &t.allow_ports));
+        tenants.extend_from_slice(&[0; 16]);
+    }
+
+    let sections: [(u32, &[u8]); 6] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
+        (SEC_TENANTS, &tenants),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -354,6 +385,7 @@ pub struct PolicyTable<'a> {
     node: &'a [u8],
     keys: &'a [u8],
     invites: &'a [u8],
+    tenants: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -403,7 +435,7 @@ impl<'a> PolicyTable<'a> {
             .and_then(|d| d.checked_add(header_len))
             .filter(|&e| e <= bytes.len())
             .ok_or(TableError::Corrupt("section directory out of bounds"))?;
-        let mut found: [Option<&'a [u8]>; 6] = [None; 6];
+        let mut found: [Option<&'a [u8]>; 7] = [None; 7];
         for at in (header_len..dir_end).step_by(DIR_ENTRY) {
             let kind = u32_at(bytes, at);
             let off = u64_at(bytes, at + 8);
@@ -431,6 +463,8 @@ impl<'a> PolicyTable<'a> {
             node: need(SEC_NODE, "no node section")?,
             keys: need(SEC_KEYS, "no keys section")?,
             invites: need(SEC_INVITES, "no invites section")?,
+            // Tables from before tenants have none.
+            tenants: found[SEC_TENANTS as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -447,6 +481,9 @@ impl<'a> PolicyTable<'a> {
         }
         if !self.invites.len().is_multiple_of(INVITE_REC) {
             return Err(TableError::Corrupt("invites section size"));
+        }
+        if !self.tenants.len().is_multiple_of(TENANT_REC) {
+            return Err(TableError::Corrupt("tenants section size"));
         }
         if !self.ports.len().is_multiple_of(4) {
             return Err(TableError::Corrupt("ports section size"));
@@ -466,6 +503,17 @@ impl<'a> PolicyTable<'a> {
             prev = Some(id);
             self.check_ports(rec, 40)?;
             self.check_str(rec, 48)?;
+        }
+        let mut prev: Option<&str> = None;
+        for rec in self.tenants.chunks_exact(TENANT_REC) {
+            self.check_str(rec, 0)?;
+            self.check_str(rec, 8)?;
+            self.check_ports(rec, 40)?;
+            let token = self.str_at(rec, 0);
+            if prev.is_some_and(|p| p.as_bytes() >= token.as_bytes()) {
+                return Err(TableError::Corrupt("tenants not sorted by token"));
+            }
+            prev = Some(token);
         }
         Ok(())
     }
@@ -576,6 +624,52 @@ impl<'a> PolicyTable<'a> {
             .map(move |rec| self.invite_view(rec))
     }
 
+    /// Number of tenants.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len() / TENANT_REC
+    }
+
+    /// Look a tenant up by token (binary search in place).
+    pub fn tenant(&self, token: &str) -> Option<TenantView<'a>> {
+        let (mut lo, mut hi) = (0, self.tenant_count());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let rec = &self.tenants[mid * TENANT_REC..(mid + 1) * TENANT_REC];
+            match self.str_at(rec, 0).as_bytes().cmp(token.as_bytes()) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(self.tenant_view(rec)),
+            }
+        }
+        None
+    }
+
+    /// The tenant at position `i` in token order.
+    pub fn tenant_at(&self, i: usize) -> Option<TenantView<'a>> {
+        self.tenants
+            .get(i * TENANT_REC..(i + 1) * TENANT_REC)
+            .map(|rec| self.tenant_view(rec))
+    }
+
+    /// Every tenant, in token order.
+    pub fn tenants(&self) -> impl Iterator<Item = TenantView<'a>> + '_ {
+        self.tenants
+            .chunks_exact(TENANT_REC)
+            .map(move |rec| self.tenant_view(rec))
+    }
+
+    fn tenant_view(&self, rec: &'a [u8]) -> TenantView<'a> {
+        TenantView {
+            token: self.str_at(rec, 0),
+            region: self.str_at(rec, 8),
+            flags: u32_at(rec, 16),
+            max_ports_per_client: u32_at(rec, 20),
+            bandwidth_bps: u64_at(rec, 24),
+            throttle_bps: u64_at(rec, 32),
+            allow_ports: PortsView(self.ports_raw(rec, 40).unwrap_or(&[])),
+        }
+    }
+
     fn invite_view(&self, rec: &'a [u8]) -> InviteView<'a> {
         let mut id = [0; 16];
         id.copy_from_slice(&rec[..16]);
@@ -589,6 +683,70 @@ impl<'a> PolicyTable<'a> {
             port_pool: PortsView(self.ports_raw(rec, 40).unwrap_or(&[])),
             domain_suffix: self.str_at(rec, 48),
         }
+    }
+}
+
+/// A tenant record of a mapped table.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantView<'a> {
+    token: &'a str,
+    region: &'a str,
+    flags: u32,
+    max_ports_per_client: u32,
+    bandwidth_bps: u64,
+    throttle_bps: u64,
+    allow_ports: PortsView<'a>,
+}
+
+impl<'a> TenantView<'a> {
+    /// The token.
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+    /// The region whose nodes accept it.
+    pub fn region(&self) -> &'a str {
+        self.region
+    }
+    /// Whether the token may be used.
+    pub fn enabled(&self) -> bool {
+        self.flags & 1 != 0
+    }
+    /// Whether the period's traffic quota is used up.
+    pub fn over_quota(&self) -> bool {
+        self.flags & 2 != 0
+    }
+    /// Proxies with a remote port per session (0 = no cap).
+    pub fn max_ports_per_client(&self) -> u32 {
+        self.max_ports_per_client
+    }
+    /// Configured bytes per second (0 = unlimited).
+    pub fn bandwidth_bps(&self) -> u64 {
+        self.bandwidth_bps
+    }
+    /// Rate while over quota (0 = over quota means closed).
+    pub fn throttle_bps(&self) -> u64 {
+        self.throttle_bps
+    }
+    /// The rate in force now: the throttle rate when over a throttling
+    /// quota (or the configured rate if that is lower), else the
+    /// configured rate (0 = unlimited).
+    pub fn effective_bps(&self) -> u64 {
+        if self.over_quota() && self.throttle_bps > 0 {
+            match self.bandwidth_bps {
+                0 => self.throttle_bps,
+                b => b.min(self.throttle_bps),
+            }
+        } else {
+            self.bandwidth_bps
+        }
+    }
+    /// Over a quota that closes: nothing may be served.
+    pub fn quota_closed(&self) -> bool {
+        self.over_quota() && self.throttle_bps == 0
+    }
+    /// Ports allowed for TCP/UDP proxies (empty = any).
+    pub fn allow_ports(&self) -> PortsView<'a> {
+        self.allow_ports
     }
 }
 
@@ -763,6 +921,18 @@ mod tests {
                     domain_suffix: format!("d{i}.example"),
                 })
                 .collect(),
+            tenants: (0..n)
+                .map(|i| TenantPolicy {
+                    token: format!("tok{}", (i * 7919) % 1_000_003),
+                    region: if i % 2 == 0 { "eu" } else { "us" }.into(),
+                    enabled: i % 5 != 0,
+                    allow_ports: PortSet::from_ranges(vec![(8080, 8080), (9000, 9100)]),
+                    max_ports_per_client: i as u32 % 4,
+                    bandwidth_bps: i as u64 * 1024,
+                    over_quota: i % 7 == 0,
+                    throttle_bps: if i % 2 == 0 { 65536 } else { 0 },
+                })
+                .collect(),
         }
     }
 
@@ -792,6 +962,72 @@ mod tests {
         assert!(t.invite(&InviteId::from_u128(u128::MAX)).is_none());
         let ids: Vec<_> = t.invites().map(|v| v.id().0).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(t.tenant_count(), 1000);
+        for tp in &s.tenants {
+            let v = t.tenant(&tp.token).expect("tenant present");
+            assert_eq!(v.token(), tp.token);
+            assert_eq!(v.region(), tp.region);
+            assert_eq!(v.enabled(), tp.enabled);
+            assert_eq!(v.over_quota(), tp.over_quota);
+            assert_eq!(v.max_ports_per_client(), tp.max_ports_per_client);
+            assert_eq!(v.bandwidth_bps(), tp.bandwidth_bps);
+            assert_eq!(v.throttle_bps(), tp.throttle_bps);
+            assert_eq!(v.allow_ports().to_set(), tp.allow_ports);
+        }
+        assert!(t.tenant("nope").is_none());
+        assert_eq!(
+            t.tenant_at(0).unwrap().token(),
+            t.tenants().next().unwrap().token()
+        );
+        assert!(t.tenant_at(1000).is_none());
+    }
+
+    #[test]
+    fn tenant_rates_and_duplicates() {
+        let mut s = spec(0);
+        let base = TenantPolicy {
+            token: "a".into(),
+            region: "eu".into(),
+            enabled: true,
+            allow_ports: PortSet::default(),
+            max_ports_per_client: 0,
+            bandwidth_bps: 1000,
+            over_quota: false,
+            throttle_bps: 100,
+        };
+        s.tenants.push(base.clone());
+        s.tenants.push(TenantPolicy {
+            over_quota: true,
+            ..base.clone()
+        });
+        s.tenants.push(TenantPolicy {
+            token: "b".into(),
+            over_quota: true,
+            throttle_bps: 0,
+            ..base
+        });
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        assert_eq!(t.tenant_count(), 2);
+        let a = t.tenant("a").unwrap();
+        assert!(a.over_quota() && !a.quota_closed());
+        assert_eq!(a.effective_bps(), 100);
+        let b = t.tenant("b").unwrap();
+        assert!(b.quota_closed());
+    }
+
+    #[test]
+    fn tables_without_a_tenant_section_still_parse() {
+        // A table whose directory lists the tenant section with kind 0
+        // (ignored) reads as one with no tenants.
+        let bytes = spec(3).encode();
+        let dir = |i: usize| HEADER_LEN + i * DIR_ENTRY;
+        let mut b = bytes.clone();
+        b[dir(3)..dir(3) + 4].copy_from_slice(&0u32.to_le_bytes());
+        seal(&mut b);
+        let t = PolicyTable::parse(&b).unwrap();
+        assert_eq!(t.tenant_count(), 0);
+        assert_eq!(t.invite_count(), 3);
     }
 
     #[test]
@@ -828,6 +1064,16 @@ mod tests {
         assert_eq!(
             PolicyTable::parse(&b).unwrap_err(),
             TableError::Corrupt("invites not sorted by id")
+        );
+        // Two tenant records swapped.
+        let mut b = bytes.clone();
+        let off = u64_at(&bytes, dir(3) + 8) as usize;
+        let (first, second) = b[off..off + 2 * TENANT_REC].split_at_mut(TENANT_REC);
+        first.swap_with_slice(second);
+        seal(&mut b);
+        assert_eq!(
+            PolicyTable::parse(&b).unwrap_err(),
+            TableError::Corrupt("tenants not sorted by token")
         );
         // A string reference past the strings section.
         let mut b = bytes.clone();
