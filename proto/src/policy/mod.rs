@@ -5,6 +5,7 @@
 //! and reads them in place through [`PolicyTable`]. [`ports`] and [`types`]
 //! are the set math both sides share.
 
+pub mod bandwidth;
 pub mod ports;
 pub mod table;
 pub mod types;
