@@ -161,7 +161,7 @@ async fn identify(
     };
     let mut reader = MsgReader::new(pending, wire);
     let first = if wire == Wire::V2 {
-        v2_first(&ctx, &mut conn, &mut reader, peer).await
+        v2_first(&mut conn, &mut reader, peer).await
     } else {
         reader
             .next_within(&mut conn, FIRST_MSG_TIMEOUT)
@@ -206,7 +206,6 @@ async fn identify(
 /// v2: a control opens with ClientHello then Login (pipelined); work and
 /// visitor connections go straight to their message.
 async fn v2_first(
-    ctx: &WorkerCtx,
     conn: &mut Conn,
     reader: &mut MsgReader,
     peer: SocketAddr,
@@ -222,17 +221,11 @@ async fn v2_first(
             let mut hello_frame = Vec::with_capacity(reply.payload.len() + 8);
             wire_v2::encode_frame(FrameType::ServerHello, &reply.payload, &mut hello_frame)?;
             let keys = match reply.outcome {
-                Ok(alg) => {
-                    let transcript = wire_v2::transcript_hash(&frame.payload, &reply.payload);
-                    Ok((
-                        alg,
-                        wire_v2::derive_keys(
-                            ctx.shared.config.auth.token.as_bytes(),
-                            &transcript,
-                            alg,
-                        ),
-                    ))
-                }
+                // Keys are derived once the Login says whose token it is.
+                Ok(alg) => Ok((
+                    alg,
+                    wire_v2::transcript_hash(&frame.payload, &reply.payload),
+                )),
                 Err(e) => {
                     tracing::info!(%peer, reason = %e, "v2 hello negotiation failed");
                     Err(e.to_string())

@@ -116,6 +116,16 @@ where
         eprintln!("fastpath: {e}");
         return ExitCode::from(2);
     }
+    // seed 002's [etcd] section lives in the same frps-style file; the
+    // slowpath reads it (the data plane never talks to etcd).
+    let (etcd, unknown): (Vec<String>, Vec<String>) = unknown
+        .into_iter()
+        .partition(|k| k == "etcd" || k.starts_with("etcd."));
+    if !etcd.is_empty() {
+        tracing::info!(
+            "[etcd] is read by the slowpath, which compiles etcd's tenants into the policy table"
+        );
+    }
     if !unknown.is_empty() {
         tracing::warn!(keys = ?unknown, "unknown config keys ignored");
     }

@@ -21,13 +21,13 @@ use proto::msg::{
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::handoff::WorkerMsg;
 use crate::msgio::{self, MsgError, MsgReader, MsgWriter, Wire};
-use crate::policy::Grant;
+use crate::policy::{Grant, TenantLive};
 use crate::proxy::Proxy;
 use crate::shared::SessionRef;
 use crate::stats::WorkerStats;
 use crate::worker::WorkerCtx;
 use proto::events::Event;
-use proto::wire_v2::{AeadAlgorithm, ControlKeys};
+use proto::wire_v2::AeadAlgorithm;
 
 /// Server version reported in LoginResp.
 pub const SERVER_VERSION: &str = concat!("totoro-", env!("CARGO_PKG_VERSION"));
@@ -37,10 +37,11 @@ pub enum ControlWire {
     /// v1: AES-CFB keyed by the token.
     V1,
     /// v2: the ServerHello frame to send before LoginResp, and the
-    /// negotiated AEAD keys (or why negotiation failed).
+    /// negotiated AEAD and handshake transcript the keys derive from with
+    /// the session's token (or why negotiation failed).
     V2 {
         hello_frame: Vec<u8>,
-        keys: Result<(AeadAlgorithm, ControlKeys), String>,
+        keys: Result<(AeadAlgorithm, [u8; 32]), String>,
     },
 }
 
@@ -56,6 +57,13 @@ pub struct Control {
     pub peer: SocketAddr,
     /// What the session was let in on (decides its proxy rules).
     pub grant: Grant,
+    /// The frp token the session proved (the node's, or its tenant's):
+    /// heartbeats and work connections are checked against it.
+    pub token: String,
+    /// The control and `useEncryption` key derived from `token`.
+    pub token_key: [u8; 16],
+    /// The tenant, for tenant-token sessions.
+    pub tenant: Option<std::sync::Arc<TenantLive>>,
     ctx: Rc<WorkerCtx>,
     tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
     pool: RefCell<VecDeque<(Conn, Wire)>>,
@@ -116,22 +124,37 @@ pub async fn run(
         Some(Ok(k)) => Some(k),
         None => None,
     };
-    if !proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
-        let reason = "token in login doesn't match token from configuration";
-        tracing::info!(%peer, user = %login.user, %reason, "login refused");
-        ctx.events.emit(Event::AuthFailed {
-            peer: peer.to_string(),
-            invite: None,
-            reason: reason.into(),
-        });
-        let out = refuse(reason, &mut preface);
-        conn.finish(out).await;
-        return;
-    }
     let replacing =
         !login.run_id.is_empty() && shared.directory.find_session(&login.run_id).is_some();
-    let grant = match shared.policy.authorize_login(&login, now_s(), replacing) {
-        Ok(g) => g,
+    let node_token =
+        proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key);
+    let authorized = if node_token {
+        shared
+            .policy
+            .authorize_login(&login, now_s(), replacing)
+            .map(|g| Some((g, cfg.auth.token.clone(), shared.token_key, None)))
+    } else {
+        shared.policy.authorize_tenant(&login).map(|t| {
+            t.map(|(g, live)| {
+                let key = proto::cfb::derive_key(live.token.as_bytes());
+                (g, live.token.clone(), key, Some(live))
+            })
+        })
+    };
+    let (grant, token, token_key, tenant) = match authorized {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            let reason = "token in login doesn't match token from configuration";
+            tracing::info!(%peer, user = %login.user, %reason, "login refused");
+            ctx.events.emit(Event::AuthFailed {
+                peer: peer.to_string(),
+                invite: None,
+                reason: reason.into(),
+            });
+            let out = refuse(reason, &mut preface);
+            conn.finish(out).await;
+            return;
+        }
         Err(r) => {
             tracing::info!(%peer, user = %login.user, invite = ?r.invite, reason = %r.reason, "login refused");
             let out = refuse(&r.reason, &mut preface);
@@ -185,10 +208,11 @@ pub async fn run(
     let (writer_cipher, mut reader) = match v2_keys {
         None => {
             let mut reader = reader;
-            reader.set_cfb(shared.token_key);
-            (MsgWriter::cfb(shared.token_key), reader)
+            reader.set_cfb(token_key);
+            (MsgWriter::cfb(token_key), reader)
         }
-        Some((alg, keys)) => {
+        Some((alg, transcript)) => {
+            let keys = proto::wire_v2::derive_keys(token.as_bytes(), &transcript, alg);
             let mut reader = reader;
             match (
                 reader.set_aead(alg, keys.c2s),
@@ -214,6 +238,9 @@ pub async fn run(
         login,
         peer,
         grant,
+        token,
+        token_key,
+        tenant,
         ctx: ctx.clone(),
         tx: RefCell::new(Some(tx)),
         pool: RefCell::new(VecDeque::new()),
@@ -357,7 +384,7 @@ impl Control {
                 let cfg = &self.ctx.shared.config;
                 let error = if cfg.auth_heartbeats()
                     && !proto::auth::verify_privilege_key(
-                        &cfg.auth.token,
+                        &self.token,
                         ping.timestamp,
                         &ping.privilege_key,
                     ) {
@@ -383,11 +410,7 @@ impl Control {
     pub fn check_work_conn_auth(&self, msg: &NewWorkConn) -> Result<(), String> {
         let cfg = &self.ctx.shared.config;
         if cfg.auth_work_conns()
-            && !proto::auth::verify_privilege_key(
-                &cfg.auth.token,
-                msg.timestamp,
-                &msg.privilege_key,
-            )
+            && !proto::auth::verify_privilege_key(&self.token, msg.timestamp, &msg.privilege_key)
         {
             return Err("token in NewWorkConn doesn't match token from configuration".into());
         }
@@ -467,6 +490,16 @@ impl Control {
         self.closed.get()
     }
 
+    /// End the session because the policy no longer allows it: like
+    /// [`Control::close`], and the visitor connections its proxies are
+    /// relaying end too (a deleted token's transfers stop mid-way).
+    pub fn close_for_policy(&self, reason: &str) {
+        for p in self.proxies.borrow().values() {
+            p.abort_relays();
+        }
+        self.close(reason);
+    }
+
     /// End the session: close proxies and pooled connections, leave the
     /// directory, abort the control connection. Idempotent.
     pub fn close(&self, reason: &str) {
@@ -519,7 +552,7 @@ impl Control {
     /// Report the bytes each proxy relayed since the last report.
     pub fn report_traffic(&self) {
         for p in self.proxies.borrow().values() {
-            p.report_traffic(self);
+            p.report_traffic(&self.ctx.events, false);
         }
     }
 }

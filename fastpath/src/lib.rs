@@ -28,5 +28,6 @@ pub mod server;
 pub mod shared;
 pub mod shm;
 pub mod stats;
+pub mod tenants;
 pub mod tls;
 pub mod worker;

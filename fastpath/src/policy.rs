@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use proto::policy::{InviteId, PolicyTable, PortSet};
 use proto::ticket;
 
 use crate::shm::Mapping;
+use crate::tenants::{Bucket, Finder, Found};
 
 /// The table file's name inside the policy directory.
 pub const TABLE_FILE: &str = "policy.tbl";
@@ -67,6 +69,9 @@ pub enum Grant {
     Node,
     /// Ticket login: the invite's scope.
     Invite(InviteId),
+    /// Tenant token login (seed 002): the tenant's rules; the id is this
+    /// process's handle for the tenant ([`TenantLive`]).
+    Tenant(u64),
 }
 
 impl Grant {
@@ -103,11 +108,34 @@ struct Usage {
     proxies: u32,
 }
 
+/// A tenant with live sessions in this process.
+pub struct TenantLive {
+    /// Handle used in [`Grant::Tenant`].
+    pub id: u64,
+    /// The tenant's token (the session's frp token).
+    pub token: String,
+    /// The tenant's bandwidth budget, shared by all its relays on every
+    /// worker; its rate follows the table.
+    pub bucket: Arc<Bucket>,
+    /// Live sessions (changed under the tenants lock).
+    sessions: std::sync::atomic::AtomicU32,
+}
+
+#[derive(Default)]
+struct Tenants {
+    by_token: HashMap<String, Arc<TenantLive>>,
+    by_id: HashMap<u64, String>,
+}
+
 /// The policy state of one fastpath process.
 pub struct Policy {
     dir: Option<PathBuf>,
     current: RwLock<Option<Arc<LoadedTable>>>,
     usage: Mutex<HashMap<InviteId, Usage>>,
+    /// Finds the tenant a Login's privilege key belongs to.
+    pub finder: Finder,
+    tenants: Mutex<Tenants>,
+    next_tenant: AtomicU64,
 }
 
 impl Policy {
@@ -117,6 +145,9 @@ impl Policy {
             dir: (!dir.is_empty()).then(|| PathBuf::from(dir)),
             current: RwLock::new(None),
             usage: Mutex::new(HashMap::new()),
+            finder: Finder::default(),
+            tenants: Mutex::new(Tenants::default()),
+            next_tenant: AtomicU64::new(1),
         }
     }
 
@@ -144,8 +175,92 @@ impl Policy {
         if gen <= cur {
             return Err(format!("generation {gen} is not newer than {cur} in force"));
         }
-        *self.current.write() = Some(Arc::new(loaded));
+        let loaded = Arc::new(loaded);
+        *self.current.write() = Some(loaded.clone());
+        // Bandwidth follows the new table at once (a throttled tenant slows
+        // down, a raised limit applies); everything else about a tenant
+        // applies to what is created from now on.
+        let table = loaded.get();
+        for t in self.tenants.lock().by_token.values() {
+            if let Some(v) = table.tenant(&t.token) {
+                t.bucket.set_rate(v.effective_bps());
+            }
+        }
         Ok(gen)
+    }
+
+    /// Find and admit the tenant whose token signed `login` (seed 002):
+    /// Ok(None) when no tenant's token matches (the caller refuses as a
+    /// wrong token); a refusal when the tenant may not log in here.
+    pub fn authorize_tenant(
+        &self,
+        login: &Login,
+    ) -> Result<Option<(Grant, Arc<TenantLive>)>, LoginRefusal> {
+        if self.dir.is_none() {
+            return Ok(None);
+        }
+        let Some(loaded) = self.current() else {
+            return Ok(None);
+        };
+        let table = loaded.get();
+        let refuse = |reason: String| {
+            Err(LoginRefusal {
+                reason,
+                invite: None,
+            })
+        };
+        let token = match self
+            .finder
+            .find(&table, login.timestamp, &login.privilege_key)
+        {
+            Found::Tenant(t) => t,
+            Found::None => return Ok(None),
+            Found::Busy => {
+                return refuse(
+                    "the server is busy checking logins whose timestamp is far from its clock; retry shortly"
+                        .into(),
+                )
+            }
+        };
+        let Some(view) = table.tenant(&token) else {
+            return Ok(None);
+        };
+        let region = table.node().region();
+        if view.region() != region {
+            return refuse(format!(
+                "token is for region {:?}; this node serves region {region:?}",
+                view.region()
+            ));
+        }
+        if !view.enabled() {
+            return refuse("token is disabled".into());
+        }
+        if view.quota_closed() {
+            return refuse("token has used up its traffic quota for this period".into());
+        }
+        let mut tenants = self.tenants.lock();
+        let live = match tenants.by_token.get(&token) {
+            Some(t) => t.clone(),
+            None => {
+                let id = self.next_tenant.fetch_add(1, Ordering::Relaxed);
+                let t = Arc::new(TenantLive {
+                    id,
+                    token: token.clone(),
+                    bucket: Arc::new(Bucket::new(view.effective_bps())),
+                    sessions: Default::default(),
+                });
+                tenants.by_id.insert(id, token.clone());
+                tenants.by_token.insert(token, t.clone());
+                t
+            }
+        };
+        live.sessions.fetch_add(1, Ordering::Relaxed);
+        Ok(Some((Grant::Tenant(live.id), live)))
+    }
+
+    /// The token of a live tenant handle.
+    pub fn tenant_token(&self, id: u64) -> Option<String> {
+        self.tenants.lock().by_id.get(&id).cloned()
     }
 
     /// Decide a login whose token already checked out.
@@ -221,6 +336,21 @@ impl Policy {
 
     /// A session granted by [`Policy::authorize_login`] ended.
     pub fn release_session(&self, grant: Grant) {
+        if let Grant::Tenant(id) = grant {
+            let mut tenants = self.tenants.lock();
+            let Some(token) = tenants.by_id.get(&id).cloned() else {
+                return;
+            };
+            let last = tenants
+                .by_token
+                .get(&token)
+                .is_none_or(|t| t.sessions.fetch_sub(1, Ordering::Relaxed) <= 1);
+            if last {
+                tenants.by_token.remove(&token);
+                tenants.by_id.remove(&id);
+            }
+            return;
+        }
         if let Grant::Invite(id) = grant {
             let mut usage = self.usage.lock();
             if let Some(u) = usage.get_mut(&id) {
@@ -241,6 +371,7 @@ impl Policy {
         proxy_type: &str,
         remote_port: u16,
         session_proxies: usize,
+        session_ports: usize,
     ) -> Result<PortRule, String> {
         let proxy_type = if proxy_type.is_empty() {
             "tcp"
@@ -262,6 +393,45 @@ impl Policy {
         }
         let pool = match grant {
             Grant::Standalone => return Ok(PortRule::Config),
+            Grant::Tenant(id) => {
+                let token = self
+                    .tenant_token(id)
+                    .ok_or_else(|| "the session's token is no longer known".to_string())?;
+                let Some(t) = table.tenant(&token) else {
+                    return Err("token was deleted".into());
+                };
+                if !t.enabled() {
+                    return Err("token is disabled".into());
+                }
+                if t.quota_closed() {
+                    return Err("token has used up its traffic quota for this period".into());
+                }
+                let node_pool = node.port_pool().to_set();
+                // Seed 002: allowPorts and maxPortsPerClient concern the
+                // proxies that take a port, TCP and UDP.
+                if !matches!(proxy_type, "tcp" | "udp") {
+                    return Ok(PortRule::Pool(node_pool));
+                }
+                let cap = t.max_ports_per_client();
+                if cap > 0 && session_ports >= cap as usize {
+                    return Err(format!(
+                        "token allows {cap} ports per client (maxPortsPerClient) and this client has {session_ports}"
+                    ));
+                }
+                let allowed = t.allow_ports();
+                let pool = if allowed.is_empty() {
+                    node_pool
+                } else {
+                    let set = allowed.to_set();
+                    if remote_port != 0 && !set.contains(remote_port) {
+                        return Err(format!(
+                            "port {remote_port} is not in the token's allowPorts ({set})"
+                        ));
+                    }
+                    set.intersect(&node_pool)
+                };
+                pool
+            }
             Grant::Node => {
                 let cap = node.max_proxies_per_session();
                 if cap > 0 && session_proxies >= cap as usize {
@@ -336,6 +506,23 @@ impl Policy {
         };
         let id = match grant {
             Grant::Standalone => return Ok(()),
+            Grant::Tenant(id) => {
+                let table = loaded.get();
+                let Some(token) = self.tenant_token(id) else {
+                    return Ok(());
+                };
+                return match table.tenant(&token) {
+                    None => Err("token was deleted".into()),
+                    Some(t) if !t.enabled() => Err("token was disabled".into()),
+                    Some(t) if t.region() != table.node().region() => {
+                        Err(format!("token was moved to region {:?}", t.region()))
+                    }
+                    Some(t) if t.quota_closed() => {
+                        Err("token has used up its traffic quota for this period".into())
+                    }
+                    Some(_) => Ok(()),
+                };
+            }
             Grant::Node if loaded.get().node().public() => return Ok(()),
             Grant::Node => {
                 return Err("the node was made private: log in with a ticket from an invite".into())

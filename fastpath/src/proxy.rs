@@ -7,18 +7,24 @@
 //! `0` lets the server pick one; `maxPortsPerClient` caps a session.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
+use crate::conn::Aborter;
 use crate::control::Control;
-use crate::policy::PortRule;
+use crate::events::EventSink as Events;
+use crate::policy::{Grant, PortRule};
 use crate::relay::{self, RelayOpts};
 use crate::stats::WorkerStats;
+use crate::tenants::{Bucket, Limits};
 use proto::events::Event;
 
 /// A registered proxy.
@@ -36,6 +42,16 @@ pub struct Proxy {
     bytes: [Cell<u64>; 2],
     /// What of `bytes` has been reported already.
     reported: [Cell<u64>; 2],
+    /// Owning session's run_id and invite, and its tenant's token.
+    run_id: String,
+    invite: Option<proto::policy::InviteId>,
+    tenant_token: Option<String>,
+    /// The relays' limits: the tenant's shared budget, and the proxy's own
+    /// `bandwidthLimit` when frpc asked for `bandwidthLimitMode = "server"`.
+    limits: Limits,
+    /// Live visitor relays, so that a policy close can end them.
+    relays: RefCell<HashMap<u64, [Aborter; 2]>>,
+    next_relay: Cell<u64>,
 }
 
 impl Proxy {
@@ -52,17 +68,36 @@ impl Proxy {
         if np.remote_port < 0 || np.remote_port > 65535 {
             return Err(format!("remote port {} is out of range", np.remote_port));
         }
+        let grant = control.grant;
+        // A tenant's maxPortsPerClient replaces the server's.
         if cfg.max_ports_per_client > 0
+            && !matches!(grant, Grant::Tenant(_))
             && control.ports_in_use() >= cfg.max_ports_per_client as usize
         {
             return Err("exceed the max_ports_per_client".into());
         }
-        let grant = control.grant;
+        let proxy_bucket = match np.bandwidth_limit_mode.as_str() {
+            "server" => {
+                let bps = proto::policy::bandwidth::parse_bandwidth(
+                    "transport.bandwidthLimit",
+                    &np.bandwidth_limit,
+                )?;
+                (bps > 0).then(|| Arc::new(Bucket::new(bps)))
+            }
+            // "client" (frpc limits itself) or unset.
+            "" | "client" => None,
+            other => {
+                return Err(format!(
+                    "transport.bandwidthLimitMode {other:?} must be \"client\" or \"server\""
+                ))
+            }
+        };
         let rule = shared.policy.authorize_proxy(
             grant,
             &np.proxy_type,
             np.remote_port as u16,
             control.proxy_count(),
+            control.ports_in_use(),
         )?;
         // Policy first, so that a type the invite forbids is refused as
         // such rather than as not implemented.
@@ -122,6 +157,15 @@ impl Proxy {
             control: Rc::downgrade(control),
             bytes: Default::default(),
             reported: Default::default(),
+            run_id: control.run_id.clone(),
+            invite: grant.invite(),
+            tenant_token: control.tenant.as_ref().map(|t| t.token.clone()),
+            limits: Limits {
+                tenant: control.tenant.as_ref().map(|t| t.bucket.clone()),
+                proxy: proxy_bucket,
+            },
+            relays: RefCell::new(HashMap::new()),
+            next_relay: Cell::new(0),
         });
         WorkerStats::add(&ctx.stats().proxies, 1);
         tracing::info!(session = %control.run_id, proxy = %proxy.name, port, invite = ?grant.invite(), "proxy registered");
@@ -161,7 +205,7 @@ impl Proxy {
             ctx.shared.directory.release_proxy(&self.name);
             ctx.shared.policy.release_proxy(c.grant);
             WorkerStats::add(&ctx.stats().proxies, -1);
-            self.report_traffic(&c);
+            self.report_traffic(&ctx.events, true);
             ctx.events.emit(Event::ProxyClosed {
                 run_id: c.run_id.clone(),
                 invite: c.grant.invite(),
@@ -172,8 +216,10 @@ impl Proxy {
         }
     }
 
-    /// Report the bytes relayed since the last report, if any.
-    pub fn report_traffic(&self, control: &Control) {
+    /// Report the bytes relayed since the last report, if any; `closed`
+    /// marks a tenant proxy's last report (the proxy is gone; relays
+    /// that outlive it report their remainder the same way).
+    pub fn report_traffic(&self, events: &Events, closed: bool) {
         let now = [self.bytes[0].get(), self.bytes[1].get()];
         let delta = [
             now[0] - self.reported[0].get(),
@@ -184,13 +230,32 @@ impl Proxy {
         }
         self.reported[0].set(now[0]);
         self.reported[1].set(now[1]);
-        control.ctx().events.emit(Event::Traffic {
-            run_id: control.run_id.clone(),
-            invite: control.grant.invite(),
-            proxy: self.name.clone(),
-            bytes_in: delta[0],
-            bytes_out: delta[1],
-        });
+        match &self.tenant_token {
+            Some(token) => events.emit(Event::TenantTraffic {
+                run_id: self.run_id.clone(),
+                token: token.clone(),
+                proxy: self.name.clone(),
+                bytes_in: delta[0],
+                bytes_out: delta[1],
+                closed,
+            }),
+            None => events.emit(Event::Traffic {
+                run_id: self.run_id.clone(),
+                invite: self.invite,
+                proxy: self.name.clone(),
+                bytes_in: delta[0],
+                bytes_out: delta[1],
+            }),
+        }
+    }
+
+    /// End every visitor connection this proxy is relaying.
+    pub fn abort_relays(&self) {
+        for a in self.relays.borrow().values() {
+            for x in a {
+                x.abort();
+            }
+        }
     }
 }
 
@@ -292,7 +357,7 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
         error: String::new(),
     };
     if let Some(work) = control.take_work_conn(&start).await {
-        let key = ctx.shared.token_key;
+        let key = control.token_key;
         let opts = RelayOpts {
             encryption_key: proxy.use_encryption.then_some(key),
             compression: proxy.use_compression,
@@ -300,7 +365,18 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
             splice: ctx.shared.config.fastpath.splice,
         };
         drop(control);
-        relay::run(&ctx, user, work, opts, &proxy.bytes).await;
+        let id = proxy.next_relay.get();
+        proxy.next_relay.set(id + 1);
+        proxy
+            .relays
+            .borrow_mut()
+            .insert(id, [Aborter::Fd(user.as_raw_fd()), work.aborter()]);
+        relay::run(&ctx, user, work, opts, &proxy.bytes, &proxy.limits).await;
+        proxy.relays.borrow_mut().remove(&id);
+        if proxy.closed.get() {
+            // Bytes moved after the proxy's last report.
+            proxy.report_traffic(&ctx.events, true);
+        }
     }
     WorkerStats::add(&stats.conns, -1);
 }

@@ -23,6 +23,7 @@ use proto::snappy::{SnappyDecoder, SnappyEncoder};
 
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::stats::WorkerStats;
+use crate::tenants::Limits;
 use crate::worker::WorkerCtx;
 
 /// How a work connection's payload is wrapped.
@@ -45,17 +46,40 @@ impl RelayOpts {
 }
 
 /// Counts relayed bytes for the worker (process stats) and for the proxy
-/// (traffic events). The proxy side is a plain cell: it never leaves the
-/// worker.
+/// (traffic events), and paces them when bandwidth is limited. The proxy
+/// side is a plain cell: it never leaves the worker.
 pub struct Meter<'a> {
     worker: &'a AtomicU64,
     proxy: &'a Cell<u64>,
+    limits: Option<&'a Limits>,
 }
 
 impl Meter<'_> {
     fn add(&self, n: u64) {
         WorkerStats::bump(self.worker, n);
         self.proxy.set(self.proxy.get() + n);
+    }
+
+    /// Count `n` bytes and, when a budget is in debt, wait until it is
+    /// paid off before the caller moves more.
+    async fn add_paced(&self, n: usize) {
+        self.add(n as u64);
+        self.pace(n).await;
+    }
+
+    /// Wait as [`Meter::add_paced`] would for `n` bytes already counted.
+    async fn pace(&self, n: usize) {
+        if let Some(l) = self.limits {
+            let wait = l.take(n);
+            if !wait.is_zero() {
+                monoio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// The most bytes to move in one step.
+    fn chunk(&self, default: usize) -> usize {
+        self.limits.map_or(default, |l| l.chunk().min(default))
     }
 }
 
@@ -66,15 +90,19 @@ pub async fn run(
     work: Conn,
     opts: RelayOpts,
     proxy_bytes: &[Cell<u64>; 2],
+    limits: &Limits,
 ) {
     let stats = ctx.stats();
+    let limits = (!limits.is_none()).then_some(limits);
     let meter_in = Meter {
         worker: &stats.bytes_in,
         proxy: &proxy_bytes[0],
+        limits,
     };
     let meter_out = Meter {
         worker: &stats.bytes_out,
         proxy: &proxy_bytes[1],
+        limits,
     };
     let aborters = [Aborter::Fd(user.as_raw_fd()), work.aborter()];
     if opts.splice && opts.plain() {
@@ -201,7 +229,7 @@ async fn splice_pump(
     let r: io::Result<()> = async {
         let pipe = Pipe::new()?;
         loop {
-            let n = match splice(sfd, pipe.0[1], 1 << 20) {
+            let n = match splice(sfd, pipe.0[1], counter.chunk(1 << 20)) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -210,7 +238,6 @@ async fn splice_pump(
                 }
                 Err(e) => return Err(e),
             };
-            counter.add(n as u64);
             let mut left = n;
             while left > 0 {
                 match splice(pipe.0[0], dfd, left) {
@@ -225,6 +252,7 @@ async fn splice_pump(
                     Err(e) => return Err(e),
                 }
             }
+            counter.add_paced(n).await;
         }
     }
     .await;
@@ -245,8 +273,9 @@ async fn mux_pump(
 ) {
     let result: io::Result<()> = async {
         while let Some(chunk) = r.read_chunk().await? {
-            counter.add(chunk.len() as u64);
+            let n = chunk.len();
             w.write_all(chunk).await.0?;
+            counter.add_paced(n).await;
         }
         Ok(())
     }
@@ -318,7 +347,8 @@ async fn pump(
     aborters: &[Aborter; 2],
     bufsize: usize,
 ) {
-    let mut buf = Vec::with_capacity(bufsize);
+    // A limited relay reads at most a pacing step at a time.
+    let mut buf = Vec::with_capacity(counter.chunk(bufsize));
     let result: io::Result<()> = async {
         loop {
             buf.clear();
@@ -328,14 +358,16 @@ async fn pump(
             if n == 0 {
                 return Ok(());
             }
+            let mut defer_pace = 0;
             match &mut t {
                 Transform::None => {
-                    counter.add(n as u64);
                     let (res, b) = w.write_all(buf).await;
                     buf = b;
                     res?;
+                    counter.add_paced(n).await;
                 }
                 Transform::Encode(e) => {
+                    defer_pace = n;
                     let Encoder {
                         snappy,
                         cipher,
@@ -365,6 +397,8 @@ async fn pump(
                     }
                 }
                 Transform::Decode(d) => {
+                    // Paced by what came off the wire (before decompression).
+                    counter.pace(n).await;
                     let Decoder {
                         cipher,
                         snappy,
@@ -408,6 +442,9 @@ async fn pump(
                         }
                     }
                 }
+            }
+            if defer_pace > 0 {
+                counter.pace(defer_pace).await;
             }
         }
     }

@@ -21,6 +21,8 @@ use crate::worker;
 /// one tmpfs file (500 a second cost nothing measurable), and it bounds how
 /// late a revocation lands.
 const POLICY_POLL: Duration = Duration::from_millis(2);
+/// How often the tenant login index catches up with the table and clock.
+const TENANT_INDEX_TICK: Duration = Duration::from_millis(100);
 
 /// A running fastpath.
 pub struct Server {
@@ -92,6 +94,21 @@ impl Server {
                         }
                     };
                     crate::policy::watch(s.policy.clone(), POLICY_POLL, stop, notify)
+                })?;
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("fastpath-tenants".into())
+                .spawn(move || {
+                    // Keeps the tenant login index on the table in force and
+                    // its window on the clock (see tenants.rs).
+                    while !s.is_stopping() {
+                        let loaded = s.policy.current();
+                        let now = (crate::events::now_ms() / 1000) as i64;
+                        s.policy
+                            .finder
+                            .refresh(loaded.as_ref().map(|l| l.get()).as_ref(), now);
+                        std::thread::sleep(TENANT_INDEX_TICK);
+                    }
                 })?;
         }
         // Our own listening port must never be handed to a proxy.

@@ -174,7 +174,7 @@ async fn inbox_loop(ctx: Rc<WorkerCtx>, inbox: flume::Receiver<WorkerMsg>) {
                 let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
                 for c in controls {
                     if let Err(reason) = ctx.shared.policy.still_allowed(c.grant) {
-                        c.close(&reason);
+                        c.close_for_policy(&reason);
                     }
                 }
                 ctx.events.set_applied_generation(generation);

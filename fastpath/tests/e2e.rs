@@ -101,6 +101,7 @@ fn remote_port_zero_and_conflicts() {
         local: echo.addr(),
         use_encryption: false,
         use_compression: false,
+        server_bandwidth_limit: String::new(),
     };
     match c2.add_proxy(spec("clash", p as i64)) {
         Err(ClientError::Refused(m)) => assert!(m.contains("port already used"), "{m}"),
@@ -200,6 +201,7 @@ fn killed_client_frees_its_ports() {
                 local: echo.addr(),
                 use_encryption: false,
                 use_compression: false,
+                server_bandwidth_limit: String::new(),
             }) {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {

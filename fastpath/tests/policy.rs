@@ -14,7 +14,7 @@ use bench::proc::free_port;
 use common::{echo_integrity, Fastpath};
 use proto::events::{Event, EventRecord};
 use proto::policy::{
-    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, TicketKey,
+    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, TenantPolicy, TicketKey,
 };
 use proto::ring::Ring;
 use proto::ticket::{self, TicketClaims};
@@ -180,6 +180,37 @@ impl Drop for Control {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn tenant(
+    token: &str,
+    region: &str,
+    ports: &[(u16, u16)],
+    max_ports: u32,
+    bps: u64,
+) -> TenantPolicy {
+    TenantPolicy {
+        token: token.into(),
+        region: region.into(),
+        enabled: true,
+        allow_ports: PortSet::from_ranges(ports.to_vec()),
+        max_ports_per_client: max_ports,
+        bandwidth_bps: bps,
+        over_quota: false,
+        throttle_bps: 0,
+    }
+}
+
+/// Client options for a tenant token; `plain`: no TLS, no yamux (work
+/// connections are separate TCP connections and relay by splice).
+fn tenant_opts(fp: &Fastpath, token: &str, plain: bool) -> ClientOpts {
+    let mut o = fp.opts();
+    o.token = token.into();
+    if plain {
+        o.tls = false;
+        o.mux = false;
+    }
+    o
 }
 
 fn opts_with_ticket(fp: &Fastpath, ticket: &str) -> ClientOpts {
@@ -496,4 +527,256 @@ fn public_node_takes_token_logins_and_events_reach_the_rings() {
     }
     let r = refused(Client::login(fp.opts()));
     assert!(r.contains("private"), "{r}");
+}
+
+#[test]
+fn tenant_tokens_log_in_where_their_region_matches_and_follow_their_rules() {
+    let mut ctl = Control::new();
+    let base = ctl.pool.ranges()[0].0;
+    let mut spec = ctl.spec(false, vec![]);
+    spec.tenants = vec![
+        tenant(
+            "user1_test",
+            "test",
+            &[(base, base), (base + 10, base + 12)],
+            2,
+            0,
+        ),
+        tenant("user1_elsewhere", "shanghai", &[], 0, 0),
+        TenantPolicy {
+            enabled: false,
+            ..tenant("user2_off", "test", &[], 0, 0)
+        },
+        TenantPolicy {
+            over_quota: true,
+            ..tenant("user3_spent", "test", &[], 0, 0)
+        },
+    ];
+    ctl.publish(spec);
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+    for plain in [false, true] {
+        // frpc defaults (TLS + yamux), then plain TCP work connections,
+        // which also prove NewWorkConn is checked against the tenant token.
+        let c = Client::login(tenant_opts(&fp, "user1_test", plain)).expect("tenant login");
+        let e = proxy(&c, "out", base + 5, echo.addr()).unwrap_err();
+        assert!(e.contains("allowPorts"), "{e}");
+        assert_eq!(proxy(&c, "a", base, echo.addr()).unwrap(), base);
+        let p2 = proxy(&c, "b", 0, echo.addr()).unwrap();
+        assert!((base + 10..=base + 12).contains(&p2), "{p2}");
+        let e = proxy(&c, "c", base + 11, echo.addr()).unwrap_err();
+        assert!(e.contains("maxPortsPerClient"), "{e}");
+        let (sent, got) = echo_integrity(p2, 1 << 20, 9);
+        assert_eq!(sent, got);
+        c.kill();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = refused(Client::login(tenant_opts(&fp, "user1_elsewhere", false)));
+    assert!(
+        r.contains("region \"shanghai\"") && r.contains("\"test\""),
+        "{r}"
+    );
+    let r = refused(Client::login(tenant_opts(&fp, "user2_off", false)));
+    assert!(r.contains("disabled"), "{r}");
+    let r = refused(Client::login(tenant_opts(&fp, "user3_spent", false)));
+    assert!(r.contains("quota"), "{r}");
+    let r = refused(Client::login(tenant_opts(&fp, "nobody", false)));
+    assert!(r.contains("doesn't match"), "{r}");
+    // A clock far off the server's: found by the fallback scan.
+    let mut skewed = tenant_opts(&fp, "user1_test", true);
+    skewed.timestamp = Some(now_s() as i64 - 3600);
+    Client::login(skewed).expect("tenant login with a skewed clock");
+    // The node's own token still works on a node with tenants (here a
+    // private node: it needs a ticket, and says so).
+    let r = refused(Client::login(fp.opts()));
+    assert!(r.contains("private"), "{r}");
+}
+
+#[test]
+fn deleting_or_disabling_a_tenant_ends_its_transfers_at_once() {
+    let mut ctl = Control::new();
+    let mut spec = ctl.spec(false, vec![]);
+    spec.tenants = vec![
+        tenant("del", "test", &[], 0, 0),
+        tenant("dis", "test", &[], 0, 0),
+        tenant("keep", "test", &[], 0, 0),
+    ];
+    ctl.publish(spec.clone());
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+    let mut rings = Vec::new();
+    for (victim, plain) in [("del", true), ("dis", false)] {
+        let c = Client::login(tenant_opts(&fp, victim, plain)).expect("login");
+        let keep = Client::login(tenant_opts(&fp, "keep", plain)).expect("login");
+        let port = proxy(&c, &format!("{victim}-p"), 0, echo.addr()).unwrap();
+        let kport = proxy(&keep, &format!("{victim}-keep"), 0, echo.addr()).unwrap();
+        // A transfer in flight: the visitor sends, reads the echo, and
+        // keeps going until the tunnel ends.
+        let mut v = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        v.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![7u8; 64 * 1024];
+        use std::io::{Read, Write};
+        v.write_all(&buf).unwrap();
+        let mut got = 0;
+        while got < buf.len() {
+            got += v.read(&mut buf[got..]).unwrap();
+        }
+        let ended = std::thread::spawn(move || loop {
+            if v.write_all(&[1u8; 4096]).is_err() {
+                return Instant::now();
+            }
+            let mut b = [0u8; 4096];
+            match v.read(&mut b) {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        match victim {
+            "del" => spec.tenants.retain(|t| t.token != "del"),
+            _ => {
+                for t in spec.tenants.iter_mut().filter(|t| t.token == "dis") {
+                    t.enabled = false;
+                }
+            }
+        }
+        let t0 = Instant::now();
+        ctl.publish(spec.clone());
+        let end = ended.join().unwrap();
+        let took = end.saturating_duration_since(t0);
+        assert!(
+            took < Duration::from_secs(1),
+            "{victim}: transfer went on for {took:?}"
+        );
+        while !c.is_closed() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "{victim}: session survived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!(
+            "{victim}: transfer ended {took:?} and session closed {:?} after the publish",
+            t0.elapsed()
+        );
+        // The other tenant is untouched.
+        let (sent, back) = echo_integrity(kport, 256 * 1024, 2);
+        assert_eq!(sent, back);
+        assert!(!keep.is_closed());
+        let r = refused(Client::login(tenant_opts(&fp, victim, plain)));
+        assert!(
+            r.contains(if victim == "del" {
+                "doesn't match"
+            } else {
+                "disabled"
+            }),
+            "{r}"
+        );
+        keep.kill();
+    }
+    let events = ctl.drain(&mut rings);
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::SessionClose { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "token was deleted"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "token was disabled"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn tenant_bandwidth_is_enforced_and_tenant_traffic_is_reported() {
+    let mut ctl = Control::new();
+    let mut spec = ctl.spec(false, vec![]);
+    // 1 MiB/s for the tenant, both directions together.
+    spec.tenants = vec![tenant("slow", "test", &[], 0, 1 << 20)];
+    ctl.publish(spec);
+    let fp = ctl.start(2);
+    let echo = Backend::echo().unwrap();
+    let mut rings = Vec::new();
+    for plain in [true, false] {
+        let c = Client::login(tenant_opts(&fp, "slow", plain)).expect("login");
+        let name = format!("bw-{plain}");
+        let port = proxy(&c, &name, 0, echo.addr()).unwrap();
+        // 768 KiB each way through two visitors at once: 3 MiB counted
+        // against one 1 MiB/s budget.
+        let t0 = Instant::now();
+        let a = std::thread::spawn(move || echo_integrity(port, 768 << 10, 1));
+        let b = std::thread::spawn(move || echo_integrity(port, 768 << 10, 2));
+        for h in [a, b] {
+            let (s1, s2) = h.join().unwrap();
+            assert_eq!(s1, s2);
+        }
+        let took = t0.elapsed();
+        eprintln!("plain={plain}: 3 MiB at 1 MiB/s took {took:?}");
+        assert!(took > Duration::from_millis(2500), "not limited: {took:?}");
+        c.close_proxy(&name).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.kill();
+        let events = ctl.drain(&mut rings);
+        let mut sum = (0, 0);
+        let mut closed = false;
+        for e in &events {
+            if let Event::TenantTraffic {
+                token,
+                proxy,
+                bytes_in,
+                bytes_out,
+                closed: last,
+                ..
+            } = &e.event
+            {
+                assert_eq!(token, "slow");
+                assert!(proxy.ends_with(&name), "{proxy}");
+                sum.0 += bytes_in;
+                sum.1 += bytes_out;
+                closed |= *last;
+            }
+        }
+        assert_eq!(sum, (3 << 19, 3 << 19), "{events:?}");
+        assert!(closed, "the proxy's last sample is marked closed");
+    }
+    // A proxy's own limit with bandwidthLimitMode = "server", on a token
+    // session of a public node.
+    let mut spec = ctl.spec(true, vec![]);
+    spec.tenants = vec![];
+    ctl.publish(spec);
+    std::thread::sleep(Duration::from_millis(100));
+    let c = Client::login(fp.opts()).expect("login");
+    let addr = c
+        .add_proxy(bench::client::ProxySpec {
+            name: "own-limit".into(),
+            remote_port: 0,
+            local: echo.addr(),
+            use_encryption: false,
+            use_compression: false,
+            server_bandwidth_limit: "512KB".into(),
+        })
+        .unwrap();
+    let port: u16 = addr.trim_start_matches(':').parse().unwrap();
+    let t0 = Instant::now();
+    let (s1, s2) = echo_integrity(port, 512 << 10, 5);
+    assert_eq!(s1, s2);
+    let took = t0.elapsed();
+    eprintln!("1 MiB at 512 KiB/s took {took:?}");
+    assert!(took > Duration::from_millis(1500), "not limited: {took:?}");
+    let e = c
+        .add_proxy(bench::client::ProxySpec {
+            name: "bad-limit".into(),
+            remote_port: 0,
+            local: echo.addr(),
+            use_encryption: false,
+            use_compression: false,
+            server_bandwidth_limit: "5GB".into(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("bandwidthLimit"), "{e}");
 }

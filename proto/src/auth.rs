@@ -66,8 +66,9 @@ pub fn new_run_id() -> String {
     hex::encode(bytes)
 }
 
-/// MD5 over the token bytes followed by the decimal timestamp.
-fn privilege_digest(token: &str, timestamp: i64) -> [u8; 16] {
+/// MD5 over the token bytes followed by the decimal timestamp: the
+/// privilege key before hex encoding.
+pub fn privilege_digest(token: &str, timestamp: i64) -> [u8; 16] {
     let mut md5 = Md5::new();
     md5.update(token.as_bytes());
     md5.update(timestamp.to_string().as_bytes());

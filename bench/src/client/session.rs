@@ -100,6 +100,9 @@ pub struct ProxySpec {
     pub use_encryption: bool,
     /// transport.useCompression.
     pub use_compression: bool,
+    /// transport.bandwidthLimit with bandwidthLimitMode = "server" (the
+    /// server enforces it); empty = none.
+    pub server_bandwidth_limit: String,
 }
 
 /// Why a client operation failed.
@@ -654,6 +657,12 @@ impl Client {
             use_encryption: spec.use_encryption,
             use_compression: spec.use_compression,
             remote_port: spec.remote_port,
+            bandwidth_limit: spec.server_bandwidth_limit.clone(),
+            bandwidth_limit_mode: if spec.server_bandwidth_limit.is_empty() {
+                String::new()
+            } else {
+                "server".into()
+            },
             ..Default::default()
         };
         self.send(&Message::NewProxy(np))?;
@@ -701,6 +710,7 @@ impl Client {
             local,
             use_encryption: false,
             use_compression: false,
+            server_bandwidth_limit: String::new(),
         })?;
         addr.trim_start_matches(':')
             .parse()

@@ -87,6 +87,7 @@ pub fn tcp_proxy(
             local,
             use_encryption: enc,
             use_compression: comp,
+            server_bandwidth_limit: String::new(),
         })
         .unwrap_or_else(|e| panic!("proxy {name}: {e}"));
     addr.trim_start_matches(':')
