@@ -418,8 +418,10 @@ impl Policy {
                         "token allows {cap} ports per client (maxPortsPerClient) and this client has {session_ports}"
                     ));
                 }
+                // The token's allowPorts replace the node's pool (seed
+                // 002: token settings take precedence over the server's).
                 let allowed = t.allow_ports();
-                let pool = if allowed.is_empty() {
+                if allowed.is_empty() {
                     node_pool
                 } else {
                     let set = allowed.to_set();
@@ -428,9 +430,8 @@ impl Policy {
                             "port {remote_port} is not in the token's allowPorts ({set})"
                         ));
                     }
-                    set.intersect(&node_pool)
-                };
-                pool
+                    set
+                }
             }
             Grant::Node => {
                 let cap = node.max_proxies_per_session();
