@@ -8,7 +8,8 @@
 //! - [`policy_publish`]: compiles the local node's state into a
 //!   `proto::policy` table and publishes it to the shm directory the
 //!   fastpath maps; [`events_drain`] reads the fastpath's event rings back
-//!   into the audit log.
+//!   into the audit log; [`quota`] counts tenant traffic per period and
+//!   knows who is over quota.
 //! - [`api`]: the axum REST API built from one route table, which also
 //!   yields the OpenAPI document.
 //! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
@@ -29,6 +30,7 @@ pub mod frpc_config;
 pub mod invites;
 pub mod nodes;
 pub mod policy_publish;
+pub mod quota;
 pub mod rate_limit;
 pub mod tenants;
 pub mod tickets;
