@@ -1,9 +1,12 @@
 //! Drains the fastpath's per-worker event rings (`events-<worker>.ring` in
-//! the shm directory) into the audit log and the traffic table.
+//! the shm directory) into the audit log and the traffic table, and feeds
+//! tenant traffic samples to the traffic reports and quotas.
 //!
 //! Every tick (20 ms) the directory is listed; a ring not mapped yet, or
 //! whose inode or size changed (the fastpath restarted and made a new one),
-//! is (re)mapped. Each tick's records are written in one transaction. The
+//! is (re)mapped. Each tick's records are written in one transaction; a
+//! batch whose transaction fails is kept and written again (the rings are
+//! not read meanwhile) so that a database hiccup loses no traffic. The
 //! rings' headers also say which policy generation each worker enforces and
 //! how many events it dropped; [`DrainStatus`] carries both to the stats API.
 
@@ -22,11 +25,17 @@ use crate::audit::{self, Entry};
 use crate::clock::now_ms;
 use crate::db::Db;
 use crate::error::Result;
+use crate::quota::QuotaTracker;
+use crate::traffic_reports::{self, ReportSettings, Sample};
 
 /// How often the rings are drained.
 const TICK: Duration = Duration::from_millis(20);
 /// Records taken from one ring per tick, so one busy worker cannot starve the rest.
 const MAX_PER_RING: usize = 4096;
+/// Failed writes of one batch before it is given up (about a minute at one
+/// retry a second): a batch the database refuses for good must not stop
+/// the drain forever.
+const MAX_WRITE_ATTEMPTS: u32 = 60;
 
 /// One worker's ring as last seen.
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +61,9 @@ pub struct DrainStatus {
     pub events_ingested: u64,
     /// Records that did not decode.
     pub undecodable: u64,
+    /// Events given up after the database refused them
+    /// [`MAX_WRITE_ATTEMPTS`] times.
+    pub events_lost: u64,
 }
 
 /// A mapped ring file.
@@ -95,6 +107,12 @@ pub struct EventDrain {
     node_id: String,
     rings: HashMap<PathBuf, Mapped>,
     status: Arc<Mutex<DrainStatus>>,
+    reports: Option<Arc<ReportSettings>>,
+    quotas: Option<Arc<QuotaTracker>>,
+    /// Records taken from the rings but not yet committed.
+    unwritten: Vec<EventRecord>,
+    /// Failed attempts at writing `unwritten`.
+    write_failures: u32,
 }
 
 impl EventDrain {
@@ -106,7 +124,23 @@ impl EventDrain {
             node_id,
             rings: HashMap::new(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
+            reports: None,
+            quotas: None,
+            unwritten: Vec::new(),
+            write_failures: 0,
         }
+    }
+
+    /// Feeds `tenant.traffic` samples to the traffic reports.
+    pub fn with_reports(mut self, reports: Arc<ReportSettings>) -> EventDrain {
+        self.reports = Some(reports);
+        self
+    }
+
+    /// Feeds `tenant.traffic` samples to the quota usage.
+    pub fn with_quotas(mut self, quotas: Arc<QuotaTracker>) -> EventDrain {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// A handle to the drain's status.
@@ -172,17 +206,20 @@ impl EventDrain {
 
     /// Takes what is in every ring and writes it down.
     async fn drain_once(&mut self) -> Result<()> {
-        let mut records = Vec::new();
+        // A batch that failed to commit is written again before anything
+        // new is taken; meanwhile the rings fill, and drop (and count) what
+        // does not fit, as they would with no slowpath at all.
+        let take = self.unwritten.is_empty();
         let mut undecodable = 0u64;
         let mut buf = Vec::with_capacity(512);
         let mut workers = Vec::with_capacity(self.rings.len());
         for m in self.rings.values() {
             for _ in 0..MAX_PER_RING {
-                if !m.ring.pop(&mut buf) {
+                if !take || !m.ring.pop(&mut buf) {
                     break;
                 }
                 match EventRecord::decode(&buf) {
-                    Ok(r) => records.push(r),
+                    Ok(r) => self.unwritten.push(r),
                     Err(e) => {
                         undecodable += 1;
                         tracing::warn!(worker = m.worker, error = %e, "undecodable event record");
@@ -198,19 +235,50 @@ impl EventDrain {
             });
         }
         workers.sort_by_key(|w| w.worker);
-        let n = records.len() as u64;
-        if !records.is_empty() {
-            self.write(&records).await?;
-        }
+        let written = if self.unwritten.is_empty() {
+            Ok(0)
+        } else {
+            self.write(&self.unwritten).await
+        };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.workers = workers;
-        status.events_ingested += n;
         status.undecodable += undecodable;
-        Ok(())
+        match written {
+            Ok(queued) => {
+                status.events_ingested += self.unwritten.len() as u64;
+                self.unwritten.clear();
+                self.write_failures = 0;
+                if queued > 0 {
+                    if let Some(reports) = &self.reports {
+                        reports.poke();
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.write_failures += 1;
+                if self.write_failures >= MAX_WRITE_ATTEMPTS {
+                    tracing::error!(
+                        error = %e, events = self.unwritten.len(),
+                        "the database refused a batch of events {MAX_WRITE_ATTEMPTS} times; dropping it"
+                    );
+                    status.events_lost += self.unwritten.len() as u64;
+                    self.unwritten.clear();
+                    self.write_failures = 0;
+                }
+                Err(e)
+            }
+        }
     }
 
-    async fn write(&self, records: &[EventRecord]) -> Result<()> {
+    /// Writes one batch in one transaction; returns how many traffic
+    /// reports it queued.
+    async fn write(&self, records: &[EventRecord]) -> Result<usize> {
         let mut tx = self.db.begin().await?;
+        let mut queued = 0;
+        // Quota usage is summed per token over the batch: one upsert per
+        // tenant per tick rather than one per proxy sample.
+        let mut usage: HashMap<&str, (u64, i64)> = HashMap::new();
         for r in records {
             let ts_ms = i64::try_from(r.ts_ms).unwrap_or_else(|_| now_ms());
             let invite_id = r.event.invite().map(|i| i.to_string()).unwrap_or_default();
@@ -308,11 +376,43 @@ impl EventDrain {
                 }
                 // Tenant samples feed traffic reports and quotas, not the
                 // audit log.
-                Event::TenantTraffic { .. } => continue,
+                Event::TenantTraffic {
+                    token,
+                    proxy,
+                    bytes_in,
+                    bytes_out,
+                    closed,
+                    ..
+                } => {
+                    if let Some(reports) = &self.reports {
+                        let sample = Sample {
+                            token,
+                            proxy,
+                            bytes_in: *bytes_in,
+                            bytes_out: *bytes_out,
+                            closed: *closed,
+                            ts_ms,
+                        };
+                        if traffic_reports::record(&mut tx, &sample, reports).await? {
+                            queued += 1;
+                        }
+                    }
+                    if self.quotas.is_some() {
+                        let u = usage.entry(token.as_str()).or_insert((0, ts_ms));
+                        u.0 = u.0.saturating_add(bytes_in.saturating_add(*bytes_out));
+                        u.1 = u.1.max(ts_ms);
+                    }
+                    continue;
+                }
             }
             audit::record(&mut *tx, &entry).await?;
         }
+        if let Some(quotas) = &self.quotas {
+            for (token, (bytes, ts_ms)) in usage {
+                quotas.record(&mut tx, token, bytes, ts_ms).await?;
+            }
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(queued)
     }
 }

@@ -8,7 +8,9 @@
 //! - [`policy_publish`]: compiles the local node's state into a
 //!   `proto::policy` table and publishes it to the shm directory the
 //!   fastpath maps; [`events_drain`] reads the fastpath's event rings back
-//!   into the audit log.
+//!   into the audit log, and tenant traffic into [`traffic_reports`] (seed
+//!   002's reports, sent from a durable outbox) and [`quota`] (usage per
+//!   period and who is over quota).
 //! - [`api`]: the axum REST API built from one route table, which also
 //!   yields the OpenAPI document.
 //! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
@@ -29,6 +31,8 @@ pub mod frpc_config;
 pub mod invites;
 pub mod nodes;
 pub mod policy_publish;
+pub mod quota;
 pub mod rate_limit;
 pub mod tenants;
 pub mod tickets;
+pub mod traffic_reports;

@@ -4,73 +4,12 @@
 
 mod harness;
 
-use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
+use harness::ring::Producer;
 use harness::{each_backend, Slowpath};
-use proto::events::{Event, EventRecord};
+use proto::events::Event;
 use proto::policy::InviteId;
-use proto::ring::Ring;
-
-/// A producer-side ring in a file, as the fastpath creates it.
-struct Producer {
-    _file: std::fs::File,
-    addr: *mut libc::c_void,
-    len: usize,
-    ring: Ring,
-}
-
-impl Producer {
-    fn create(path: &std::path::Path) -> Producer {
-        let len = proto::ring::RING_HEADER + 64 * 1024;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .unwrap();
-        file.set_len(len as u64).unwrap();
-        // SAFETY: a fresh shared mapping of a file of `len` bytes.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // SAFETY: the mapping outlives the ring (both dropped together).
-        let ring = unsafe { Ring::create(addr.cast(), len) }.unwrap();
-        Producer {
-            _file: file,
-            addr,
-            len,
-            ring,
-        }
-    }
-
-    fn push(&self, event: Event) {
-        let rec = EventRecord {
-            ts_ms: 1_700_000_000_000,
-            worker: 0,
-            event,
-        };
-        assert!(self.ring.push(&rec.to_bytes()));
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping.
-        unsafe {
-            libc::munmap(self.addr, self.len);
-        }
-    }
-}
 
 fn wait_for(
     sp: &Slowpath,

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod ring;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -311,6 +313,53 @@ impl Drop for Slowpath {
         let _ = self.child.kill();
         let _ = self.child.wait();
         kill_instance_fastpath(&self.shm);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((base, name)) = &self.pg {
+            admin_sql(
+                base,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+/// A fresh database for tests that use the library in-process: a SQLite
+/// file in a temporary directory, or a new PostgreSQL database. Removed on
+/// drop, which must happen outside any tokio runtime, after its pools are
+/// closed.
+pub struct TestDb {
+    /// The URL to open.
+    pub url: String,
+    dir: PathBuf,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A new, empty database on `backend`.
+    pub fn new(backend: &Backend) -> TestDb {
+        let dir = std::env::temp_dir().join(unique("totoro-db-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}?mode=rwc", dir.join("test.db").display()),
+                None,
+            ),
+            Backend::Postgres(base) => {
+                let (name, url) = fresh_database(base);
+                (url, Some((base.clone(), name)))
+            }
+        };
+        TestDb { url, dir, pg }
+    }
+
+    /// A directory that goes with the database (for shm files and such).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((base, name)) = &self.pg {
             admin_sql(
