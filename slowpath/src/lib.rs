@@ -13,6 +13,8 @@
 //!   period and who is over quota).
 //! - [`api`]: the axum REST API built from one route table, which also
 //!   yields the OpenAPI document.
+//! - [`tenants`]: seed 002's multi-tenant frp tokens; [`etcd`] keeps them
+//!   in sync with an etcd prefix on a thread of its own.
 //! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
 //!   [`admin_key`]: small pieces the above share.
 //!
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod credentials;
 pub mod db;
 pub mod error;
+pub mod etcd;
 pub mod events_drain;
 pub mod frpc_config;
 pub mod invites;

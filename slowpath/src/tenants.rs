@@ -180,8 +180,13 @@ impl Tenant {
     /// the token in the key (`{prefix}{token}`): the record's own `token`
     /// may be left out, and must match when given.
     pub fn parse_json(bytes: &[u8], key_token: Option<&str>) -> Result<Tenant, String> {
+        // serde also reads a struct from a JSON array (`["t", "r"]`, fields
+        // by position), which would slip past the unknown-field check.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err("not a tenant record: expected a JSON object".into());
+        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let record: TenantRecord = serde_path_to_error::deserialize(de).map_err(|e| {
+        let record: TenantRecord = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
                 format!("not a tenant record: {}", e.inner())
@@ -189,6 +194,7 @@ impl Tenant {
                 format!("{path}: {}", e.inner())
             }
         })?;
+        de.end().map_err(|e| format!("not a tenant record: {e}"))?;
         Tenant::from_record(record, key_token)
     }
 
@@ -352,6 +358,10 @@ mod tests {
         assert!(e.starts_with("allowPorts[0]"), "{e}");
         let e = Tenant::parse_json(br#"{"token":"a","region":"r"}"#, Some("b")).unwrap_err();
         assert!(e.starts_with("token"), "{e}");
+        for not_an_object in [&br#"["t", "r"]"#[..], br#"{"token":"t","region":"r"} x"#] {
+            let e = Tenant::parse_json(not_an_object, None).unwrap_err();
+            assert!(e.starts_with("not a tenant record"), "{e}");
+        }
         let e = Tenant::parse_json(b"not json", None).unwrap_err();
         assert!(
             e.contains("not a tenant record") || e.contains("expected"),

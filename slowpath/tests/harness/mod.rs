@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod ring;
 
 use std::net::TcpListener;
