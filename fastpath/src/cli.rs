@@ -27,6 +27,10 @@ struct Cli {
     /// Write per-worker counters as JSON to this file every second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Policy directory of the slowpath governing this fastpath (overrides
+    /// fastpath.policyDir; `slowpath up` passes its own).
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -107,6 +111,9 @@ where
     }
     if cli.pin_cpus {
         cfg.fastpath.cpu_pinning = true;
+    }
+    if let Some(d) = &cli.policy_dir {
+        cfg.fastpath.policy_dir = d.display().to_string();
     }
     if let Err(e) = cfg.validate() {
         eprintln!("fastpath: {e}");

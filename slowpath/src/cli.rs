@@ -74,6 +74,12 @@ pub struct ServeArgs {
     /// Resolve requests allowed per client IP per minute (also the burst).
     #[arg(long, default_value_t = 30)]
     pub resolve_rate: u32,
+    /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
+    /// it (default: DATA_DIR/fastpath.toml, written from the node); both
+    /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,
+    /// fastpath.policyDir and seed 002's [etcd] table from it.
+    #[arg(long)]
+    pub fastpath_config: Option<PathBuf>,
 }
 
 /// Flags of `up`.
@@ -82,9 +88,6 @@ pub struct UpArgs {
     /// Everything `serve` takes.
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// fastpath TOML to run with; default: DATA_DIR/fastpath.toml, written from the node.
-    #[arg(long)]
-    pub fastpath_config: Option<PathBuf>,
     /// A separate fastpath binary to run; default: this executable's own
     /// `fastpath` subcommand.
     #[arg(long)]

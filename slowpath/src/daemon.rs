@@ -6,14 +6,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
-use slowpath::api::{self, App};
+use anyhow::{anyhow, bail, Context as _, Result};
+use slowpath::api::{self, App, TenantServices};
 use slowpath::db::{self, Backend, Db};
+use slowpath::etcd::{self, EtcdConfig};
 use slowpath::events_drain::EventDrain;
 use slowpath::invites::{self, NewInvite};
 use slowpath::nodes::{self, NewNode, Node, NodePatch};
 use slowpath::policy_publish::Publisher;
+use slowpath::quota::QuotaTracker;
 use slowpath::rate_limit::RateLimiter;
+use slowpath::tenants::{Tenant, TenantRecord};
+use slowpath::traffic_reports::{self, ReportSettings};
 use slowpath::{admin_key, credentials, tickets};
 use tokio::sync::watch;
 
@@ -22,6 +26,12 @@ use crate::supervisor::{self, Fastpath};
 
 const LOCAL_NODE_KEY: &str = "local_node_id";
 const DEMO_INVITE_KEY: &str = "demo_invite_id";
+/// `meta` key of the last tenant list read from etcd (JSON records): a
+/// slowpath that restarts while etcd is down publishes these, so the
+/// fastpath keeps the last good tenants.
+const ETCD_SNAPSHOT_KEY: &str = "etcd_tenants_snapshot";
+/// The etcd snapshot is written at most this often.
+const ETCD_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a fastpath config says about the node it serves.
 #[derive(Debug, Default)]
@@ -30,6 +40,7 @@ struct FastpathSettings {
     token: Option<String>,
     allow_ports: Option<String>,
     policy_dir: Option<PathBuf>,
+    etcd: Option<EtcdConfig>,
 }
 
 /// Reads the keys the node row must agree with from a fastpath TOML.
@@ -74,6 +85,8 @@ fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
         .and_then(|f| f.get("policyDir"))
         .and_then(|d| d.as_str())
         .map(PathBuf::from);
+    s.etcd = EtcdConfig::from_toml(&v)
+        .map_err(|e| anyhow!("--fastpath-config {}: {e}", path.display()))?;
     Ok(s)
 }
 
@@ -113,6 +126,14 @@ async fn ensure_local_node(
             {
                 patch.port_pool = Some(p.clone());
             }
+            if let Some(r) = fp
+                .etcd
+                .as_ref()
+                .map(|e| &e.region)
+                .filter(|r| **r != node.region)
+            {
+                patch.region = Some(r.clone());
+            }
             return Ok(nodes::update(db, &id, patch).await?);
         }
     }
@@ -122,7 +143,11 @@ async fn ensure_local_node(
             name: hostname(),
             server_addr: args.public_addr.clone(),
             server_port: port,
-            region: String::new(),
+            region: fp
+                .etcd
+                .as_ref()
+                .map(|e| e.region.clone())
+                .unwrap_or_default(),
             tags: vec!["local".to_owned()],
             public: false,
             port_pool: fp.allow_ports.clone(),
@@ -263,7 +288,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     }
     let signer = tickets::ensure_signer(&db).await?;
 
-    let fp_settings = match up.as_ref().and_then(|u| u.fastpath_config.as_ref()) {
+    let fp_settings = match args.fastpath_config.as_ref() {
         Some(p) => read_fastpath_config(p)?,
         None => FastpathSettings::default(),
     };
@@ -275,13 +300,31 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/totoro-{}", args.instance)));
 
     let publisher = Publisher::new(db.clone(), shm_dir.clone(), node.id.clone());
+    let (reports, quotas) = tenant_services(&db, &node, &fp_settings, &publisher).await?;
     publisher
         .publish(true)
         .await
         .with_context(|| format!("publishing the first policy table to {}", shm_dir.display()))?;
+    quotas
+        .refresh(&db, slowpath::clock::now_ms())
+        .await
+        .context("reading quota usage")?;
+    publisher.set_over_quota(quotas.over_quota());
     tokio::spawn(Arc::clone(&publisher).run());
+    tokio::spawn(Arc::clone(&quotas).run(db.clone()));
+    tokio::spawn(follow_quotas(Arc::clone(&quotas), Arc::clone(&publisher)));
+    tokio::spawn(traffic_reports::run_sender(
+        db.clone(),
+        Arc::clone(&reports),
+    ));
+    let etcd = fp_settings
+        .etcd
+        .clone()
+        .map(|cfg| start_etcd(cfg, db.clone(), Arc::clone(&publisher)));
 
-    let drain = EventDrain::new(db.clone(), shm_dir.clone(), node.id.clone());
+    let drain = EventDrain::new(db.clone(), shm_dir.clone(), node.id.clone())
+        .with_reports(Arc::clone(&reports))
+        .with_quotas(Arc::clone(&quotas));
     let drain_status = drain.status_handle();
     tokio::spawn(drain.run());
 
@@ -296,12 +339,17 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         local_node_id: node.id.clone(),
         publisher: Arc::clone(&publisher),
         drain: drain_status,
+        tenants: TenantServices {
+            etcd,
+            reports,
+            quotas,
+        },
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut child_task = None;
     if let Some(up) = up {
-        let config = match &up.fastpath_config {
+        let config = match &args.fastpath_config {
             Some(p) => p.clone(),
             None => {
                 let p = data_dir.join("fastpath.toml");
@@ -390,4 +438,87 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Traffic reports and quotas follow every tenant compile; the etcd
+/// tenants last seen are loaded so that the first table has them even if
+/// etcd is down now.
+async fn tenant_services(
+    db: &Db,
+    node: &Node,
+    fp: &FastpathSettings,
+    publisher: &Arc<Publisher>,
+) -> Result<(Arc<ReportSettings>, Arc<QuotaTracker>)> {
+    let (url, region) = match &fp.etcd {
+        Some(e) => (e.traffic_report_url.clone(), e.region.clone()),
+        None => (None, node.region.clone()),
+    };
+    let reports = Arc::new(
+        ReportSettings::new(node.id.clone(), url, region).map_err(|e| anyhow!("[etcd] {e}"))?,
+    );
+    let quotas = Arc::new(QuotaTracker::new());
+    {
+        let (reports, quotas) = (Arc::clone(&reports), Arc::clone(&quotas));
+        publisher.on_tenants(Box::new(move |tenants: &[Tenant]| {
+            reports.set_from_tenants(tenants);
+            quotas.set_from_tenants(tenants);
+        }));
+    }
+    if fp.etcd.is_some() {
+        if let Some(text) = db::meta_get(db, ETCD_SNAPSHOT_KEY).await? {
+            match serde_json::from_str::<Vec<TenantRecord>>(&text) {
+                Ok(records) => {
+                    let map: std::collections::BTreeMap<String, Tenant> = records
+                        .into_iter()
+                        .filter_map(|r| Tenant::from_record(r, None).ok())
+                        .map(|t| (t.token().to_owned(), t))
+                        .collect();
+                    tracing::info!(
+                        tenants = map.len(),
+                        "starting with the tenants last read from etcd"
+                    );
+                    publisher.set_etcd_tenants(Arc::new(map));
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable etcd tenant snapshot"),
+            }
+        }
+    }
+    Ok((reports, quotas))
+}
+
+/// Recompile when a tenant crosses its quota or a period rolls over.
+async fn follow_quotas(quotas: Arc<QuotaTracker>, publisher: Arc<Publisher>) {
+    let mut rx = quotas.subscribe();
+    while rx.changed().await.is_ok() {
+        publisher.set_over_quota(quotas.over_quota());
+    }
+}
+
+/// Start the etcd source: every change goes to the publisher at once, and
+/// to the database (at most every few seconds) for restarts while etcd is
+/// down.
+fn start_etcd(cfg: EtcdConfig, db: Db, publisher: Arc<Publisher>) -> etcd::EtcdHandle {
+    tracing::info!(endpoints = ?cfg.endpoints, region = %cfg.region, prefix = %cfg.prefix, "following tenants in etcd");
+    let (tx, mut rx) = watch::channel::<Option<etcd::TenantMap>>(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(map) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let records: Vec<&TenantRecord> = map.values().map(|t| &t.record).collect();
+            match serde_json::to_string(&records) {
+                Ok(text) => {
+                    if let Err(e) = db::meta_set(&db, ETCD_SNAPSHOT_KEY, &text).await {
+                        tracing::warn!(error = %e, "cannot save the etcd tenant snapshot");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode the etcd tenant snapshot"),
+            }
+            tokio::time::sleep(ETCD_SNAPSHOT_EVERY).await;
+        }
+    });
+    etcd::spawn(cfg, move |map| {
+        publisher.set_etcd_tenants(map.clone());
+        let _ = tx.send(Some(map));
+    })
 }

@@ -185,6 +185,8 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
             .arg(&fp.config)
             .arg("--stats-file")
             .arg(fp.stats_file())
+            .arg("--policy-dir")
+            .arg(&fp.shm_dir)
             .kill_on_drop(true)
             .spawn();
         let mut child = match child {

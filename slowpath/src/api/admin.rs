@@ -203,5 +203,6 @@ pub async fn stats(
         },
         "workers": drain.workers,
         "policy": app.publisher.status(),
+        "tenants": app.tenants.status(),
     })))
 }

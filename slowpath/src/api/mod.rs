@@ -42,6 +42,31 @@ pub struct App {
     pub publisher: Arc<Publisher>,
     /// What the event drain has seen.
     pub drain: Arc<Mutex<DrainStatus>>,
+    /// Tenants (seed 002): the etcd source, traffic reports and quotas.
+    pub tenants: TenantServices,
+}
+
+/// The running parts behind tenants, for the stats and health endpoints.
+pub struct TenantServices {
+    /// The etcd source, when the node config has `[etcd]`.
+    pub etcd: Option<crate::etcd::EtcdHandle>,
+    /// Traffic report settings and sender status.
+    pub reports: Arc<crate::traffic_reports::ReportSettings>,
+    /// Quota usage and the over-quota set.
+    pub quotas: Arc<crate::quota::QuotaTracker>,
+}
+
+impl TenantServices {
+    /// What the stats endpoint shows about tenants.
+    pub fn status(&self) -> serde_json::Value {
+        let mut over: Vec<String> = self.quotas.over_quota().into_iter().collect();
+        over.sort();
+        serde_json::json!({
+            "etcd": self.etcd.as_ref().map(|e| e.health()),
+            "reports": self.reports.status(),
+            "over_quota": over,
+        })
+    }
 }
 
 /// Handler state.

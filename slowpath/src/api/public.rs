@@ -12,9 +12,19 @@ use super::AppState;
 use crate::invites::{self, Resolved};
 use crate::nodes::{self, NodeInfo};
 
-/// `GET /healthz`.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true }))
+/// `GET /healthz`: the process is alive (always 200); `etcd` says whether
+/// the tenant source is connected (null without one). While it is not,
+/// the last good tenants stay in force.
+pub async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let etcd = app.tenants.etcd.as_ref().map(|e| {
+        let h = e.health();
+        serde_json::json!({
+            "connected": h.connected,
+            "last_error": h.last_error,
+            "tenants": h.tenants,
+        })
+    });
+    Json(serde_json::json!({ "ok": true, "etcd": etcd }))
 }
 
 /// `GET /api/v1/public/nodes`.
