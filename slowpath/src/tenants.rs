@@ -217,7 +217,8 @@ impl Tenant {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let record: TenantRecord = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
+            // Broken JSON has no field to blame (its path reads "?").
+            if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
                 format!("not a tenant record: {}", e.inner())
             } else {
                 format!("{path}: {}", e.inner())
@@ -400,7 +401,12 @@ mod tests {
         assert!(e.starts_with("allowPorts[0]"), "{e}");
         let e = Tenant::parse_json(br#"{"token":"a","region":"r"}"#, Some("b")).unwrap_err();
         assert!(e.starts_with("token"), "{e}");
-        for not_an_object in [&br#"["t", "r"]"#[..], br#"{"token":"t","region":"r"} x"#] {
+        for not_an_object in [
+            &br#"["t", "r"]"#[..],
+            br#"{"token":"t","region":"r"} x"#,
+            br#"{"token":"t","region":"r""#,
+            br#"{"token":"t","region":"r",}"#,
+        ] {
             let e = Tenant::parse_json(not_an_object, None).unwrap_err();
             assert!(e.starts_with("not a tenant record"), "{e}");
         }
