@@ -25,8 +25,10 @@ pub type Db = sqlx::AnyPool;
 
 /// The migrations, compiled into the binary so an installed `slowpath` needs
 /// no files next to it.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "tenants", include_str!("../migrations/0002_tenants.sql")),
+];
 
 /// [`MIGRATIONS`] as a sqlx migration source.
 #[derive(Debug)]
