@@ -27,6 +27,7 @@ pub type Db = sqlx::AnyPool;
 /// no files next to it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "tenants", include_str!("../migrations/0002_tenants.sql")),
     (
         3,
         "traffic_reports",

@@ -19,6 +19,9 @@ pub enum Error {
     /// The thing existed but can no longer be used (expired, revoked, exhausted).
     #[error("{0}")]
     Gone(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// The database failed; not the caller's fault.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),

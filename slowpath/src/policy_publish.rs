@@ -139,7 +139,9 @@ impl Publisher {
     /// token in both is taken from etcd).
     async fn all_tenants(&self) -> Result<Vec<Tenant>> {
         let mut by_token: BTreeMap<String, Tenant> = BTreeMap::new();
-        // MERGE-ETCD: database tenants go here.
+        for t in crate::tenants::list(&self.db).await? {
+            by_token.insert(t.token().to_owned(), t);
+        }
         let etcd = self
             .etcd_tenants
             .lock()

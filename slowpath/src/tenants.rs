@@ -11,9 +11,19 @@
 //! `trafficQuota` ("100GB"), `quotaPeriod` ("day", "month", or a length such
 //! as "12h" or "7d"), `overQuota` ("close", the default, or "throttle") and
 //! `throttleLimit` (the rate while throttled, e.g. "64KB").
+//!
+//! Operators without etcd keep tenants in the database instead: [`create`],
+//! [`get`], [`list`], [`replace`] and [`delete`] store the same records in
+//! the `tenants` table, one audit row per change.
 
 use proto::policy::{PortSet, TenantPolicy};
 use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::audit::{self, Entry};
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::error::{Error, Result};
 
 pub use proto::policy::bandwidth::{parse_bandwidth, KB, MB};
 
@@ -188,7 +198,8 @@ impl Tenant {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let record: TenantRecord = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
+            // Broken JSON has no field to blame (its path reads "?").
+            if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
                 format!("not a tenant record: {}", e.inner())
             } else {
                 format!("{path}: {}", e.inner())
@@ -315,6 +326,174 @@ impl Tenant {
     }
 }
 
+/// A tenant as the API shows it: the record (camelCase, as stored in etcd)
+/// and where it comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantInfo {
+    /// The record.
+    #[serde(flatten)]
+    pub record: TenantRecord,
+    /// `"database"` (or `"etcd"`).
+    pub source: &'static str,
+}
+
+/// [`TenantInfo::source`] of tenants kept in the database.
+pub const SOURCE_DATABASE: &str = "database";
+
+impl Tenant {
+    /// The API's view, naming `source`.
+    pub fn info(&self, source: &'static str) -> TenantInfo {
+        TenantInfo {
+            record: self.record.clone(),
+            source,
+        }
+    }
+}
+
+/// A [`Tenant::parse_json`] message as an [`Error::Invalid`] naming the
+/// field the message starts with (`"allowPorts[0]: ..."`).
+pub fn invalid_record(message: String) -> Error {
+    let field = message
+        .split_once(": ")
+        .map(|(head, _)| head)
+        .filter(|head| !head.is_empty() && !head.contains(' '))
+        .map(str::to_owned);
+    Error::Invalid { field, message }
+}
+
+/// Reads a stored record back; the key's token must match the record's.
+fn from_row(token: &str, record: &str) -> Result<Tenant> {
+    Tenant::parse_json(record.as_bytes(), Some(token))
+        .map_err(|e| Error::Internal(format!("stored tenant {token:?} no longer validates: {e}")))
+}
+
+fn record_text(tenant: &Tenant) -> Result<String> {
+    serde_json::to_string(&tenant.record)
+        .map_err(|e| Error::Internal(format!("encoding a tenant record: {e}")))
+}
+
+/// Stores a new tenant; [`Error::Conflict`] when its token is taken.
+pub async fn create(db: &Db, tenant: Tenant) -> Result<Tenant> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    // `DO NOTHING` + the row count tells a duplicate apart on both
+    // databases without matching driver-specific error codes.
+    let done = sqlx::query(
+        "INSERT INTO tenants (token, record, created_ms, updated_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (token) DO NOTHING",
+    )
+    .bind(tenant.token())
+    .bind(record_text(&tenant)?)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::Conflict(format!(
+            "a tenant with token {:?} exists already",
+            tenant.token()
+        )));
+    }
+    audit::record(&mut *tx, &audit_entry("tenant.created", &tenant)).await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %tenant.token(), region = %tenant.record.region, "tenant created");
+    Ok(tenant)
+}
+
+/// One stored tenant.
+pub async fn get(db: &Db, token: &str) -> Result<Tenant> {
+    let row = sqlx::query("SELECT record FROM tenants WHERE token = $1")
+        .bind(token)
+        .fetch_optional(db)
+        .await?;
+    match row {
+        Some(row) => from_row(token, &row.try_get::<String, _>(0)?),
+        None => Err(not_found(token)),
+    }
+}
+
+/// Every stored tenant, by token. A row that no longer validates (written
+/// by an older, laxer version) is left out with a warning rather than
+/// failing everyone else's.
+pub async fn list(db: &Db) -> Result<Vec<Tenant>> {
+    let rows = sqlx::query("SELECT token, record FROM tenants ORDER BY token")
+        .fetch_all(db)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let token: String = row.try_get(0)?;
+        let record: String = row.try_get(1)?;
+        match from_row(&token, &record) {
+            Ok(t) => out.push(t),
+            Err(e) => tracing::warn!(tenant = %token, reason = %e, "stored tenant skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the record of an existing tenant; `tenant` must carry `token`.
+pub async fn replace(db: &Db, token: &str, tenant: Tenant) -> Result<Tenant> {
+    if tenant.token() != token {
+        return Err(Error::invalid(
+            "token",
+            format!(
+                "token: {:?} does not match the tenant being replaced ({token:?})",
+                tenant.token()
+            ),
+        ));
+    }
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("UPDATE tenants SET record = $1, updated_ms = $2 WHERE token = $3")
+        .bind(record_text(&tenant)?)
+        .bind(now_ms())
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_found(token));
+    }
+    audit::record(&mut *tx, &audit_entry("tenant.updated", &tenant)).await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %token, region = %tenant.record.region, enabled = tenant.record.enabled, "tenant replaced");
+    Ok(tenant)
+}
+
+/// Deletes a tenant.
+pub async fn delete(db: &Db, token: &str) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("DELETE FROM tenants WHERE token = $1")
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_found(token));
+    }
+    audit::record(
+        &mut *tx,
+        &Entry {
+            kind: "tenant.deleted",
+            detail: serde_json::json!({ "token": token }),
+            ..Entry::default()
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %token, "tenant deleted");
+    Ok(())
+}
+
+fn not_found(token: &str) -> Error {
+    Error::NotFound(format!("no tenant with token {token:?}"))
+}
+
+fn audit_entry(kind: &'static str, tenant: &Tenant) -> Entry {
+    Entry {
+        kind,
+        detail: serde_json::json!({ "token": tenant.token(), "record": tenant.record }),
+        ..Entry::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +537,12 @@ mod tests {
         assert!(e.starts_with("allowPorts[0]"), "{e}");
         let e = Tenant::parse_json(br#"{"token":"a","region":"r"}"#, Some("b")).unwrap_err();
         assert!(e.starts_with("token"), "{e}");
-        for not_an_object in [&br#"["t", "r"]"#[..], br#"{"token":"t","region":"r"} x"#] {
+        for not_an_object in [
+            &br#"["t", "r"]"#[..],
+            br#"{"token":"t","region":"r"} x"#,
+            br#"{"token":"t","region":"r""#,
+            br#"{"token":"t","region":"r",}"#,
+        ] {
             let e = Tenant::parse_json(not_an_object, None).unwrap_err();
             assert!(e.starts_with("not a tenant record"), "{e}");
         }
@@ -369,6 +553,21 @@ mod tests {
         );
         let e = Tenant::parse_json(br#"{"token":"t"}"#, None).unwrap_err();
         assert!(e.starts_with("region"), "{e}");
+    }
+
+    #[test]
+    fn record_errors_name_their_field() {
+        let e = Tenant::parse_json(br#"{"token":"t","region":"r","allowPorts":[{}]}"#, None)
+            .unwrap_err();
+        match invalid_record(e) {
+            Error::Invalid { field, .. } => assert_eq!(field.as_deref(), Some("allowPorts[0]")),
+            other => panic!("{other:?}"),
+        }
+        let e = Tenant::parse_json(b"[1]", None).unwrap_err();
+        match invalid_record(e) {
+            Error::Invalid { field, message } => assert_eq!(field, None, "{message}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -239,13 +239,15 @@ fn openapi_lists_exactly_the_served_routes() {
             "/api/v1/frps/auth/proxy",
             "/api/v1/admin/audit",
             "/api/v1/admin/stats",
+            "/api/v1/tenants",
+            "/api/v1/tenants/{token}",
         ] {
             assert!(paths.contains_key(required), "{required} not documented");
         }
         // Every documented method+path is routed: the fallback (404 "no such
         // route") and 405 never answer a documented pair.
         for (path, methods) in paths {
-            let concrete = path.replace("{id}", "x");
+            let concrete = path.replace("{id}", "x").replace("{token}", "x");
             for method in methods.as_object().unwrap().keys() {
                 let body = matches!(method.as_str(), "post" | "patch").then_some("{}");
                 let (status, v) = sp.call(&method.to_uppercase(), &concrete, Some(&sp.admin), body);

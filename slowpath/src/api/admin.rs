@@ -1,6 +1,7 @@
-//! Admin-key endpoints: nodes, all invites, audit, stats.
+//! Admin-key endpoints: nodes, all invites, tenants, audit, stats.
 
-use axum::extract::rejection::QueryRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -15,6 +16,7 @@ use crate::clock::now_ms;
 use crate::error::Error;
 use crate::invites::{self, InviteInfo, NewInvite};
 use crate::nodes::{self, NewNode, NodeInfo, NodePatch};
+use crate::tenants::{self, Tenant, TenantInfo, SOURCE_DATABASE};
 
 /// `POST /api/v1/admin/nodes`.
 pub async fn create_node(
@@ -205,4 +207,74 @@ pub async fn stats(
         "policy": app.publisher.status(),
         "tenants": app.tenants.status(),
     })))
+}
+
+/// A tenant record from a request body; `path_token` (PUT) fills in or
+/// must match the record's `token`.
+fn tenant_body(
+    body: Result<Bytes, BytesRejection>,
+    path_token: Option<&str>,
+) -> Result<Tenant, ApiError> {
+    let bytes = body.map_err(|e| ApiError::bad_field(None, format!("cannot read body: {e}")))?;
+    Tenant::parse_json(&bytes, path_token).map_err(|e| tenants::invalid_record(e).into())
+}
+
+/// `GET /api/v1/tenants`.
+pub async fn list_tenants(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TenantInfo>>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let list = tenants::list(&app.db).await?;
+    Ok(Json(list.iter().map(|t| t.info(SOURCE_DATABASE)).collect()))
+}
+
+/// `POST /api/v1/tenants`: the body is seed 002's JSON record.
+pub async fn create_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
+    auth::admin(&app, &headers)?;
+    let tenant = tenants::create(&app.db, tenant_body(body, None)?).await?;
+    app.publisher.sync().await?;
+    Ok((StatusCode::CREATED, Json(tenant.info(SOURCE_DATABASE))))
+}
+
+/// `GET /api/v1/tenants/{token}`.
+pub async fn get_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    auth::admin(&app, &headers)?;
+    Ok(Json(
+        tenants::get(&app.db, &token).await?.info(SOURCE_DATABASE),
+    ))
+}
+
+/// `PUT /api/v1/tenants/{token}`: replaces the whole record.
+pub async fn replace_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let tenant = tenant_body(body, Some(&token))?;
+    let tenant = tenants::replace(&app.db, &token, tenant).await?;
+    app.publisher.sync().await?;
+    Ok(Json(tenant.info(SOURCE_DATABASE)))
+}
+
+/// `DELETE /api/v1/tenants/{token}`.
+pub async fn delete_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    auth::admin(&app, &headers)?;
+    tenants::delete(&app.db, &token).await?;
+    app.publisher.sync().await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -51,6 +51,7 @@ impl From<Error> for ApiError {
             Error::Invalid { field, message } => ApiError::bad_field(field, message),
             Error::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
             Error::Gone(m) => ApiError::new(StatusCode::GONE, m),
+            Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             e @ (Error::Db(_) | Error::Internal(_)) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::new(

@@ -128,6 +128,11 @@ route_table! {
     post "/api/v1/admin/nodes/{id}/invites" => admin::create_invite, AdminKey, "Create an invite on a node";
     get "/api/v1/admin/invites" => admin::list_invites, AdminKey, "List invites (optionally ?node_id=)";
     post "/api/v1/admin/invites/{id}/revoke" => admin::revoke_invite, AdminKey, "Revoke any invite";
+    get "/api/v1/tenants" => admin::list_tenants, AdminKey, "List tenants kept in the database (seed 002 records)";
+    post "/api/v1/tenants" => admin::create_tenant, AdminKey, "Create a tenant from a seed 002 JSON record";
+    get "/api/v1/tenants/{token}" => admin::get_tenant, AdminKey, "Show a tenant";
+    put "/api/v1/tenants/{token}" => admin::replace_tenant, AdminKey, "Replace a tenant's record (token from the path if the body leaves it out)";
+    delete "/api/v1/tenants/{token}" => admin::delete_tenant, AdminKey, "Delete a tenant";
     get "/api/v1/admin/audit" => admin::audit, AdminKey, "Query the audit log (?kind=&node_id=&invite_id=&since_ms=&limit=)";
     get "/api/v1/admin/stats" => admin::stats, AdminKey, "Counts, traffic, event drops, per-worker policy generation";
     post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, "frps server-plugin hook for Login";
