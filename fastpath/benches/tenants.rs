@@ -80,6 +80,7 @@ fn tenant(token: String, bps: u64) -> TenantPolicy {
         bandwidth_bps: bps,
         over_quota: false,
         throttle_bps: 0,
+        report_interval_bytes: 0,
     }
 }
 

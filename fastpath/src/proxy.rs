@@ -51,6 +51,9 @@ pub struct Proxy {
     limits: Limits,
     /// Live visitor relays, so that a policy close can end them.
     relays: RefCell<HashMap<u64, [Aborter; 2]>>,
+    /// Sample traffic as soon as this many bytes are unreported (the
+    /// tenant's report interval; 0 = periodic samples only).
+    report_every: u64,
     next_relay: Cell<u64>,
 }
 
@@ -166,6 +169,15 @@ impl Proxy {
             },
             relays: RefCell::new(HashMap::new()),
             next_relay: Cell::new(0),
+            report_every: control
+                .tenant
+                .as_ref()
+                .and_then(|t| {
+                    let loaded = shared.policy.current()?;
+                    let every = loaded.get().tenant(&t.token)?.report_interval_bytes();
+                    Some(every)
+                })
+                .unwrap_or(0),
         });
         WorkerStats::add(&ctx.stats().proxies, 1);
         tracing::info!(session = %control.run_id, proxy = %proxy.name, port, invite = ?grant.invite(), "proxy registered");
@@ -246,6 +258,15 @@ impl Proxy {
                 bytes_in: delta[0],
                 bytes_out: delta[1],
             }),
+        }
+    }
+
+    /// Sample now if the tenant's report interval is unreported.
+    pub fn report_if_due(&self, events: &Events) {
+        let moved = self.bytes[0].get() + self.bytes[1].get();
+        let reported = self.reported[0].get() + self.reported[1].get();
+        if self.report_every > 0 && moved - reported >= self.report_every {
+            self.report_traffic(events, false);
         }
     }
 
@@ -371,7 +392,9 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
             .relays
             .borrow_mut()
             .insert(id, [Aborter::Fd(user.as_raw_fd()), work.aborter()]);
-        relay::run(&ctx, user, work, opts, &proxy.bytes, &proxy.limits).await;
+        let due = || proxy.report_if_due(&ctx.events);
+        let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
+        relay::run(&ctx, user, work, opts, &proxy.bytes, &proxy.limits, report).await;
         proxy.relays.borrow_mut().remove(&id);
         if proxy.closed.get() {
             // Bytes moved after the proxy's last report.

@@ -52,12 +52,18 @@ pub struct Meter<'a> {
     worker: &'a AtomicU64,
     proxy: &'a Cell<u64>,
     limits: Option<&'a Limits>,
+    /// Called after each chunk when the proxy samples its traffic early
+    /// (tenant traffic reports).
+    report: Option<&'a dyn Fn()>,
 }
 
 impl Meter<'_> {
     fn add(&self, n: u64) {
         WorkerStats::bump(self.worker, n);
         self.proxy.set(self.proxy.get() + n);
+        if let Some(r) = self.report {
+            r();
+        }
     }
 
     /// Count `n` bytes and, when a budget is in debt, wait until it is
@@ -91,6 +97,7 @@ pub async fn run(
     opts: RelayOpts,
     proxy_bytes: &[Cell<u64>; 2],
     limits: &Limits,
+    report: Option<&dyn Fn()>,
 ) {
     let stats = ctx.stats();
     let limits = (!limits.is_none()).then_some(limits);
@@ -98,11 +105,13 @@ pub async fn run(
         worker: &stats.bytes_in,
         proxy: &proxy_bytes[0],
         limits,
+        report,
     };
     let meter_out = Meter {
         worker: &stats.bytes_out,
         proxy: &proxy_bytes[1],
         limits,
+        report,
     };
     let aborters = [Aborter::Fd(user.as_raw_fd()), work.aborter()];
     if opts.splice && opts.plain() {

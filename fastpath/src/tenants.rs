@@ -373,6 +373,7 @@ mod tests {
                     bandwidth_bps: 0,
                     over_quota: false,
                     throttle_bps: 0,
+                    report_interval_bytes: 0,
                 })
                 .collect(),
         }

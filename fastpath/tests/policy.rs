@@ -198,6 +198,7 @@ fn tenant(
         bandwidth_bps: bps,
         over_quota: false,
         throttle_bps: 0,
+        report_interval_bytes: 0,
     }
 }
 

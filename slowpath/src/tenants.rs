@@ -322,6 +322,7 @@ impl Tenant {
             bandwidth_bps: self.bandwidth_bps,
             over_quota: over_quota && self.quota.is_some(),
             throttle_bps,
+            report_interval_bytes: self.report_interval_bytes(),
         }
     }
 }

@@ -30,7 +30,8 @@
 //!   TENANTS (6) 64-byte records sorted by token bytes (optional section):
 //!               token str, region str, flags u32 (bit 0 enabled, bit 1 over
 //!               quota), max_ports_per_client u32, bandwidth_bps u64,
-//!               throttle_bps u64, allow_ports ports-ref, pad [16]
+//!               throttle_bps u64, allow_ports ports-ref,
+//!               report_interval_bytes u64, pad [8]
 //! ```
 //!
 //! The checksum is CRC-32C of the whole file with the checksum field read as
@@ -124,6 +125,10 @@ pub struct TenantPolicy {
     /// Over quota: 0 = refuse new connections and end live ones; otherwise
     /// throttle the tenant to this many bytes per second.
     pub throttle_bps: u64,
+    /// A proxy's traffic is sampled as soon as this many bytes (both
+    /// directions) are unreported, so that each traffic report threshold
+    /// is crossed in its own sample (0 = the periodic samples only).
+    pub report_interval_bytes: u64,
 }
 
 /// A ticket verification key.
@@ -302,7 +307,8 @@ pub fn encode_parts<'a>(
         tenants.extend_from_slice(&t.bandwidth_bps.to_le_bytes());
         tenants.extend_from_slice(&t.throttle_bps.to_le_bytes());
         put_ref(&mut tenants, add_ports(&mut ports, &t.allow_ports));
-        tenants.extend_from_slice(&[0; 16]);
+        tenants.extend_from_slice(&t.report_interval_bytes.to_le_bytes());
+        tenants.extend_from_slice(&[0; 8]);
     }
 
     let sections: [(u32, &[u8]); 6] = [
@@ -667,6 +673,7 @@ impl<'a> PolicyTable<'a> {
             bandwidth_bps: u64_at(rec, 24),
             throttle_bps: u64_at(rec, 32),
             allow_ports: PortsView(self.ports_raw(rec, 40).unwrap_or(&[])),
+            report_interval_bytes: u64_at(rec, 48),
         }
     }
 
@@ -696,6 +703,7 @@ pub struct TenantView<'a> {
     bandwidth_bps: u64,
     throttle_bps: u64,
     allow_ports: PortsView<'a>,
+    report_interval_bytes: u64,
 }
 
 impl<'a> TenantView<'a> {
@@ -747,6 +755,10 @@ impl<'a> TenantView<'a> {
     /// Ports allowed for TCP/UDP proxies (empty = any).
     pub fn allow_ports(&self) -> PortsView<'a> {
         self.allow_ports
+    }
+    /// Sample a proxy once this many bytes are unreported (0 = never early).
+    pub fn report_interval_bytes(&self) -> u64 {
+        self.report_interval_bytes
     }
 }
 
@@ -931,6 +943,7 @@ mod tests {
                     bandwidth_bps: i as u64 * 1024,
                     over_quota: i % 7 == 0,
                     throttle_bps: if i % 2 == 0 { 65536 } else { 0 },
+                    report_interval_bytes: i as u64 * 3,
                 })
                 .collect(),
         }
@@ -973,6 +986,7 @@ mod tests {
             assert_eq!(v.bandwidth_bps(), tp.bandwidth_bps);
             assert_eq!(v.throttle_bps(), tp.throttle_bps);
             assert_eq!(v.allow_ports().to_set(), tp.allow_ports);
+            assert_eq!(v.report_interval_bytes(), tp.report_interval_bytes);
         }
         assert!(t.tenant("nope").is_none());
         assert_eq!(
@@ -994,6 +1008,7 @@ mod tests {
             bandwidth_bps: 1000,
             over_quota: false,
             throttle_bps: 100,
+            report_interval_bytes: 0,
         };
         s.tenants.push(base.clone());
         s.tenants.push(TenantPolicy {
