@@ -36,6 +36,8 @@ pub const WINDOW_S: i64 = 2;
 const FREE_SCAN: usize = 2_000;
 /// Scans of bigger tables allowed per second, per process.
 const SCANS_PER_S: u64 = 10;
+/// Shorter waits are not slept (see [`Bucket::take`]).
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// The hash of a privilege key is already uniform: use its first 8 bytes
 /// as the map's hash as they are.
@@ -310,7 +312,15 @@ impl Bucket {
         if after >= 0 {
             return Duration::ZERO;
         }
-        Duration::from_nanos(((-after) as u128 * 1_000_000_000 / rate as u128) as u64)
+        let wait = Duration::from_nanos(((-after) as u128 * 1_000_000_000 / rate as u128) as u64);
+        // The runtime's timers tick in milliseconds: a shorter sleep would
+        // last a whole tick and waste most of it. The debt carries over
+        // instead, and the next take that finds a millisecond of it waits
+        // for all of it.
+        if wait < MIN_WAIT {
+            return Duration::ZERO;
+        }
+        wait
     }
 }
 
@@ -455,6 +465,10 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(Bucket::new(0).take(1 << 30), Duration::ZERO);
+        // Debt under a millisecond carries over instead of a short sleep.
+        let b2 = Bucket::new(1_000_000_000);
+        assert_eq!(b2.take(50_000_000 + 500_000), Duration::ZERO);
+        assert!(b2.take(1_000_000) >= Duration::from_millis(1));
         assert_eq!(b.chunk(), 20_000);
         b.set_rate(0);
         assert_eq!(b.take(1 << 20), Duration::ZERO);
