@@ -769,6 +769,23 @@ fn tenant_bandwidth_is_enforced_and_tenant_traffic_is_reported() {
     let took = t0.elapsed();
     eprintln!("1 MiB at 512 KiB/s took {took:?}");
     assert!(took > Duration::from_millis(1500), "not limited: {took:?}");
+    // Over a throttling quota: served, at the throttle rate.
+    let mut spec = ctl.spec(true, vec![]);
+    spec.tenants = vec![TenantPolicy {
+        over_quota: true,
+        throttle_bps: 512 << 10,
+        ..tenant("thr", "test", &[], 0, 0)
+    }];
+    ctl.publish(spec);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Client::login(tenant_opts(&fp, "thr", true)).expect("a throttled tenant logs in");
+    let port = proxy(&t, "thr-p", 0, echo.addr()).unwrap();
+    let t0 = Instant::now();
+    let (s1, s2) = echo_integrity(port, 512 << 10, 6);
+    assert_eq!(s1, s2);
+    let took = t0.elapsed();
+    eprintln!("throttled: 1 MiB at 512 KiB/s took {took:?}");
+    assert!(took > Duration::from_millis(1500), "not throttled: {took:?}");
     let e = c
         .add_proxy(bench::client::ProxySpec {
             name: "bad-limit".into(),

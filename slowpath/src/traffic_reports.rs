@@ -126,8 +126,8 @@ pub struct ReportSettings {
 
 impl ReportSettings {
     /// Settings for the node `node_id` in `region`, reporting to `url`
-    /// (`None` = reports off; nothing is counted for them). The URL must be
-    /// `http://`: this build's HTTP client has no TLS.
+    /// (`None` = reports off; nothing is counted for them). The URL is
+    /// `http://` or `https://` (checked against the public web roots).
     pub fn new(
         node_id: impl Into<String>,
         url: Option<String>,
@@ -135,14 +135,15 @@ impl ReportSettings {
     ) -> Result<ReportSettings> {
         let url = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
         if let Some(u) = &url {
-            let rest = u.strip_prefix("http://").ok_or_else(|| {
-                Error::invalid(
-                    "trafficReportUrl",
-                    format!(
-                        "trafficReportUrl: {u:?} must start with http:// (https is not supported)"
-                    ),
-                )
-            })?;
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "trafficReportUrl",
+                        format!("trafficReportUrl: {u:?} must start with http:// or https://"),
+                    )
+                })?;
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(Error::invalid(
                     "trafficReportUrl",

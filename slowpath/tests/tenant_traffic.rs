@@ -335,12 +335,8 @@ fn unreachable_url_keeps_reports_until_it_answers() {
 
 #[test]
 fn settings_refuse_what_cannot_be_sent() {
-    for bad in [
-        "https://api.example/report",
-        "ftp://x",
-        "http://",
-        "http:///x",
-    ] {
+    assert!(ReportSettings::new(NODE, Some("https://api.example/report".into()), "r").is_ok());
+    for bad in ["ftp://x", "https://", "http://", "http:///x"] {
         let e = ReportSettings::new(NODE, Some(bad.into()), "r").unwrap_err();
         assert!(e.to_string().starts_with("trafficReportUrl"), "{bad}: {e}");
     }
