@@ -785,7 +785,10 @@ fn tenant_bandwidth_is_enforced_and_tenant_traffic_is_reported() {
     assert_eq!(s1, s2);
     let took = t0.elapsed();
     eprintln!("throttled: 1 MiB at 512 KiB/s took {took:?}");
-    assert!(took > Duration::from_millis(1500), "not throttled: {took:?}");
+    assert!(
+        took > Duration::from_millis(1500),
+        "not throttled: {took:?}"
+    );
     let e = c
         .add_proxy(bench::client::ProxySpec {
             name: "bad-limit".into(),

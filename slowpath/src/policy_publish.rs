@@ -113,6 +113,14 @@ impl Publisher {
         self.tenants_changed();
     }
 
+    /// The tenants last read from etcd (None: no etcd source).
+    pub fn etcd_tenants(&self) -> Option<Arc<BTreeMap<String, Tenant>>> {
+        self.etcd_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Replace the set of tokens over quota, and publish soon if it changed.
     pub fn set_over_quota(&self, tokens: HashSet<String>) {
         let mut cur = self.over_quota.lock().unwrap_or_else(|p| p.into_inner());

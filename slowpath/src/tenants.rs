@@ -340,6 +340,9 @@ pub struct TenantInfo {
 
 /// [`TenantInfo::source`] of tenants kept in the database.
 pub const SOURCE_DATABASE: &str = "database";
+/// [`TenantInfo::source`] of tenants read from etcd (read-only here: change
+/// them in etcd).
+pub const SOURCE_ETCD: &str = "etcd";
 
 impl Tenant {
     /// The API's view, naming `source`.

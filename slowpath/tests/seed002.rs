@@ -429,6 +429,18 @@ fn seed_002_usage_example_and_every_refusal() {
     let r = refused(Client::login(opts(&chengdu, "user3_chengdu")));
     assert!(r.contains("quota"), "{r}");
 
+    // The API lists etcd's tenants beside the database's.
+    let (st, list) = chengdu.sp.admin_call("GET", "/api/v1/tenants", None);
+    assert_eq!(st, 200, "{list}");
+    let sh_row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["token"] == "user1_shanghai")
+        .expect("etcd tenant listed");
+    assert_eq!(sh_row["source"], "etcd");
+    assert_eq!(sh_row["region"], "shanghai");
+
     // A record that does not parse is skipped, naming its key; the rest work.
     etcd.put(
         "/frp/tokens/broken",

@@ -226,7 +226,15 @@ pub async fn list_tenants(
 ) -> Result<Json<Vec<TenantInfo>>, ApiError> {
     auth::admin(&app, &headers)?;
     let list = tenants::list(&app.db).await?;
-    Ok(Json(list.iter().map(|t| t.info(SOURCE_DATABASE)).collect()))
+    let mut out: Vec<TenantInfo> = list.iter().map(|t| t.info(SOURCE_DATABASE)).collect();
+    // etcd's tenants too (they win over a database record with the same
+    // token, as in the table).
+    if let Some(etcd) = app.publisher.etcd_tenants() {
+        out.retain(|t| !etcd.contains_key(&t.record.token));
+        out.extend(etcd.values().map(|t| t.info(tenants::SOURCE_ETCD)));
+        out.sort_by(|a, b| a.record.token.cmp(&b.record.token));
+    }
+    Ok(Json(out))
 }
 
 /// `POST /api/v1/tenants`: the body is seed 002's JSON record.
