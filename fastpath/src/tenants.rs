@@ -187,28 +187,41 @@ impl Finder {
             return;
         };
         let (lo, hi) = (now_s - WINDOW_S, now_s + WINDOW_S);
-        let current = self.index.read().as_ref().map(|ix| {
-            (
-                ix.generation,
-                ix.tokens.clone(),
-                ix.seconds.back().map(|s| s.0),
-            )
-        });
-        match current {
-            Some((g, tokens, last)) if g == table.generation() => {
-                // Slide: add the seconds missing at the top, drop the old.
-                let from = last.map_or(lo, |l| (l + 1).max(lo));
-                let added: Vec<(i64, KeyMap)> =
-                    (from..=hi).map(|s| (s, build_second(&tokens, s))).collect();
+        // Only this (one) thread writes the index, so the seconds to add
+        // can be computed under the read lock, which lookups share, and
+        // put in under a brief write lock.
+        let added = {
+            let guard = self.index.read();
+            match guard
+                .as_ref()
+                .filter(|ix| ix.generation == table.generation())
+            {
+                Some(ix) => {
+                    let from = ix.seconds.back().map_or(lo, |(l, _)| (l + 1).max(lo));
+                    let stale = ix.seconds.front().is_some_and(|(s, _)| *s < lo);
+                    if from > hi && !stale {
+                        return;
+                    }
+                    Some(
+                        (from..=hi)
+                            .map(|s| (s, build_second(&ix.tokens, s)))
+                            .collect::<Vec<_>>(),
+                    )
+                }
+                None => None,
+            }
+        };
+        match added {
+            Some(added) => {
                 let mut guard = self.index.write();
-                if let Some(ix) = guard.as_mut().filter(|ix| ix.generation == g) {
+                if let Some(ix) = guard.as_mut() {
                     ix.seconds.extend(added);
                     while ix.seconds.front().is_some_and(|(s, _)| *s < lo) {
                         ix.seconds.pop_front();
                     }
                 }
             }
-            _ => {
+            None => {
                 let tokens: Vec<Box<str>> = table.tenants().map(|t| t.token().into()).collect();
                 let seconds = (lo..=hi).map(|s| (s, build_second(&tokens, s))).collect();
                 *self.index.write() = Some(Index {
