@@ -20,7 +20,7 @@ use proto::msg::{NewProxy, StartWorkConn};
 use crate::config::Config;
 use crate::conn::Aborter;
 use crate::control::Control;
-use crate::events::EventSink as Events;
+use crate::events::EventSink;
 use crate::policy::{Grant, PortRule};
 use crate::relay::{self, RelayOpts};
 use crate::stats::WorkerStats;
@@ -231,7 +231,7 @@ impl Proxy {
     /// Report the bytes relayed since the last report, if any; `closed`
     /// marks a tenant proxy's last report (the proxy is gone; relays
     /// that outlive it report their remainder the same way).
-    pub fn report_traffic(&self, events: &Events, closed: bool) {
+    pub fn report_traffic(&self, events: &EventSink, closed: bool) {
         let now = [self.bytes[0].get(), self.bytes[1].get()];
         let delta = [
             now[0] - self.reported[0].get(),
@@ -262,7 +262,7 @@ impl Proxy {
     }
 
     /// Sample now if the tenant's report interval is unreported.
-    pub fn report_if_due(&self, events: &Events) {
+    pub fn report_if_due(&self, events: &EventSink) {
         let moved = self.bytes[0].get() + self.bytes[1].get();
         let reported = self.reported[0].get() + self.reported[1].get();
         if self.report_every > 0 && moved - reported >= self.report_every {

@@ -84,6 +84,15 @@ fn login_within(n: &Node, token: &str, limit: Duration) -> (Client, Duration) {
     }
 }
 
+/// Wait until `c`'s session ends, at most `limit` after `t0`; how long it took.
+fn wait_closed(c: &Client, t0: Instant, limit: Duration, what: &str) -> Duration {
+    while !c.is_closed() {
+        assert!(t0.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t0.elapsed()
+}
+
 fn etcdctl_put(etcd: &Etcd, key: &str, value: &str) {
     // The seed's own command when etcdctl is installed (Debian's
     // etcd-client), else the same put through the gateway.
@@ -355,14 +364,13 @@ fn seed_002_usage_example_and_every_refusal() {
             json!({"enabled": false}),
         ),
     );
-    while !c3.is_closed() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "disabled token's session survived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!("disabled: session closed {:?} after the put", t0.elapsed());
+    let took = wait_closed(
+        &c3,
+        t0,
+        Duration::from_secs(1),
+        "disabled token's session survived",
+    );
+    eprintln!("disabled: session closed {took:?} after the put");
     let r = refused(Client::login(opts(&chengdu, "user2_chengdu")));
     assert!(r.contains("disabled"), "{r}");
 
@@ -389,13 +397,12 @@ fn seed_002_usage_example_and_every_refusal() {
         took < Duration::from_secs(1),
         "transfer went on {took:?} after the delete"
     );
-    while !c1.is_closed() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "deleted token's session survived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_closed(
+        &c1,
+        t0,
+        Duration::from_secs(1),
+        "deleted token's session survived",
+    );
     eprintln!(
         "deleted: transfer ended {took:?}, session closed {:?} after the delete",
         t0.elapsed()
@@ -418,14 +425,13 @@ fn seed_002_usage_example_and_every_refusal() {
     let p4 = c4.add_plain_proxy("q", 0, echo_srv.addr()).unwrap();
     echo(p4, 1 << 20);
     let t0 = Instant::now();
-    while !c4.is_closed() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "over-quota session survived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("quota: session closed {:?} after the traffic", t0.elapsed());
+    let took = wait_closed(
+        &c4,
+        t0,
+        Duration::from_secs(15),
+        "over-quota session survived",
+    );
+    eprintln!("quota: session closed {took:?} after the traffic");
     let r = refused(Client::login(opts(&chengdu, "user3_chengdu")));
     assert!(r.contains("quota"), "{r}");
 

@@ -6,7 +6,7 @@
 //! installs it. Keys are written through the same v3 HTTP/JSON gateway the
 //! tenant source reads.
 
-use std::net::TcpListener;
+use bench::proc::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,14 +25,6 @@ fn etcd_binary() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("etcd"))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Certificates for an etcd that requires client certificates.

@@ -9,7 +9,7 @@
 pub mod etcd;
 pub mod ring;
 
-use std::net::TcpListener;
+use bench::proc::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -82,14 +82,6 @@ fn fresh_database(base: &str) -> (String, String) {
     admin_sql(base, &format!("CREATE DATABASE {name}"));
     let url = with_database(base, &name);
     (name, url)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `slowpath serve` (or `up`, see [`Slowpath::up`]).
