@@ -2,15 +2,19 @@
 //! heartbeats, proxy registration and the work-connection pool.
 //!
 //! A control and everything that belongs to it lives on the worker that
-//! accepted its Login. Steps: **authorize** (token) → **register** (run_id in
-//! the server directory, replacing an older session with the same run_id)
-//! → **serve** (messages until the channel ends or the heartbeat lapses) →
+//! accepted its Login. Steps: **authorize** (metas within their cap; the
+//! token, ticket or tenant token) → **register** (run_id in the server
+//! directory and the session counted against its limits, as one step: a
+//! run_id belongs to the credential that opened it, so a login replaces an
+//! older session with the same run_id only when it is of the same
+//! credential, and otherwise gets a fresh run_id) → **serve** (messages until the channel ends or the heartbeat lapses) →
 //! **close** (proxies, pool, directory entry).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use local_sync::{mpsc, oneshot};
@@ -21,9 +25,9 @@ use proto::msg::{
 use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::handoff::WorkerMsg;
 use crate::msgio::{self, MsgError, MsgReader, MsgWriter, Wire};
-use crate::policy::{Grant, TenantLive};
+use crate::policy::{Grant, LoginRefusal, TenantLive};
 use crate::proxy::Proxy;
-use crate::shared::SessionRef;
+use crate::shared::{Registered, SessionRef, Shared};
 use crate::stats::WorkerStats;
 use crate::worker::WorkerCtx;
 use proto::events::Event;
@@ -31,6 +35,15 @@ use proto::wire_v2::AeadAlgorithm;
 
 /// Server version reported in LoginResp.
 pub const SERVER_VERSION: &str = concat!("totoro-", env!("CARGO_PKG_VERSION"));
+
+/// Most entries a Login's `metas` may have. frpc sends its `metadatas`
+/// table there: a ticket and perhaps a few labels.
+pub const MAX_LOGIN_METAS: usize = 64;
+
+/// Most bytes of keys and values together in a Login's `metas` (a ticket
+/// is about 400). Wire v1 frames stop at 10 KiB anyway; v2 frames go to
+/// 64 KiB.
+pub const MAX_LOGIN_METAS_BYTES: usize = 8 * 1024;
 
 /// How the control channel is protected after Login.
 pub enum ControlWire {
@@ -63,7 +76,7 @@ pub struct Control {
     /// The control and `useEncryption` key derived from `token`.
     pub token_key: [u8; 16],
     /// The tenant, for tenant-token sessions.
-    pub tenant: Option<std::sync::Arc<TenantLive>>,
+    pub tenant: Option<Arc<TenantLive>>,
     ctx: Rc<WorkerCtx>,
     tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
     pool: RefCell<VecDeque<(Conn, Wire)>>,
@@ -114,7 +127,7 @@ pub async fn run(
         std::mem::take(preface)
     };
 
-    // Authorize.
+    // A v2 hello that agreed on no keys ends here.
     let v2_keys = match keys {
         Some(Err(reason)) => {
             let out = refuse(&reason, &mut preface);
@@ -124,37 +137,33 @@ pub async fn run(
         Some(Ok(k)) => Some(k),
         None => None,
     };
-    let replacing =
-        !login.run_id.is_empty() && shared.directory.find_session(&login.run_id).is_some();
-    let node_token =
-        proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key);
-    let authorized = if node_token {
-        shared
-            .policy
-            .authorize_login(&login, now_s(), replacing)
-            .map(|g| Some((g, cfg.auth.token.clone(), shared.token_key, None)))
-    } else {
-        shared.policy.authorize_tenant(&login).map(|t| {
-            t.map(|(g, live)| {
-                let key = proto::cfb::derive_key(live.token.as_bytes());
-                (g, live.token.clone(), key, Some(live))
-            })
-        })
+    // Authorize (metas cap, credential), then register (settle the run_id
+    // and count the session, as one step): one refusal path for all.
+    let id = ctx.next_control_id();
+    let me = SessionRef {
+        worker: ctx.id,
+        control_id: id,
     };
-    let (grant, token, token_key, tenant) = match authorized {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            let reason = "token in login doesn't match token from configuration";
-            tracing::info!(%peer, user = %login.user, %reason, "login refused");
-            ctx.events.emit(Event::AuthFailed {
-                peer: peer.to_string(),
-                invite: None,
-                reason: reason.into(),
-            });
-            let out = refuse(reason, &mut preface);
-            conn.finish(out).await;
-            return;
-        }
+    let admitted = check_metas(&login)
+        .and_then(|()| authorize(&shared, &login))
+        .and_then(|a| {
+            let reg = shared
+                .directory
+                .register(&login.run_id, a.grant, me, |reconnect| {
+                    shared.policy.admit_session(a.grant, reconnect)
+                })?;
+            Ok((a, reg))
+        });
+    let (
+        Authorized {
+            grant,
+            token,
+            token_key,
+            tenant,
+        },
+        Registered { run_id, replaced },
+    ) = match admitted {
+        Ok(x) => x,
         Err(r) => {
             tracing::info!(%peer, user = %login.user, invite = ?r.invite, reason = %r.reason, "login refused");
             let out = refuse(&r.reason, &mut preface);
@@ -167,19 +176,11 @@ pub async fn run(
             return;
         }
     };
-
-    // Register.
-    let run_id = if login.run_id.is_empty() {
-        proto::auth::new_run_id()
-    } else {
-        login.run_id.clone()
-    };
-    let id = ctx.next_control_id();
-    let me = SessionRef {
-        worker: ctx.id,
-        control_id: id,
-    };
-    if let Some(old) = shared.directory.insert_session(&run_id, me) {
+    if run_id != login.run_id && !login.run_id.is_empty() {
+        tracing::info!(%peer, session = %run_id, asked = %login.run_id, invite = ?grant.invite(),
+            "login asked for a run_id that belongs to another credential; it gets a session of its own");
+    }
+    if let Some(old) = replaced {
         // Same worker: close it now, before the new control takes its place
         // in this worker's run_id map (a Kick arriving later would not find
         // it there). Elsewhere: its owner closes it on the Kick.
@@ -559,4 +560,60 @@ impl Control {
 
 fn now_s() -> u64 {
     crate::events::now_ms() / 1000
+}
+
+/// What a login's credential let it in on.
+struct Authorized {
+    grant: Grant,
+    /// The frp token it proved (the node's or its tenant's).
+    token: String,
+    /// The control key derived from `token`.
+    token_key: [u8; 16],
+    tenant: Option<Arc<TenantLive>>,
+}
+
+/// Check a Login's credential: the node token (then, under a policy, its
+/// ticket or the node being public), else a tenant's token.
+fn authorize(shared: &Shared, login: &Login) -> Result<Authorized, LoginRefusal> {
+    let cfg = &shared.config;
+    if proto::auth::verify_privilege_key(&cfg.auth.token, login.timestamp, &login.privilege_key) {
+        let grant = shared.policy.authorize_login(login, now_s())?;
+        return Ok(Authorized {
+            grant,
+            token: cfg.auth.token.clone(),
+            token_key: shared.token_key,
+            tenant: None,
+        });
+    }
+    match shared.policy.authorize_tenant(login)? {
+        Some((grant, live)) => Ok(Authorized {
+            grant,
+            token: live.token.clone(),
+            token_key: proto::cfb::derive_key(live.token.as_bytes()),
+            tenant: Some(live),
+        }),
+        None => Err(LoginRefusal {
+            reason: "token in login doesn't match token from configuration".into(),
+            invite: None,
+        }),
+    }
+}
+
+/// Refuse a Login whose `metas` are over [`MAX_LOGIN_METAS`] entries or
+/// [`MAX_LOGIN_METAS_BYTES`] bytes: a session keeps its Login while it
+/// lives, so what a client sends here is memory it holds on the node.
+fn check_metas(login: &Login) -> Result<(), LoginRefusal> {
+    let count = login.metas.len();
+    let bytes: usize = login.metas.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let reason = if count > MAX_LOGIN_METAS {
+        format!("Login carries {count} metas; at most {MAX_LOGIN_METAS} are accepted (metadatas in frpc.toml)")
+    } else if bytes > MAX_LOGIN_METAS_BYTES {
+        format!("Login metas hold {bytes} bytes of keys and values; at most {MAX_LOGIN_METAS_BYTES} are accepted (metadatas in frpc.toml)")
+    } else {
+        return Ok(());
+    };
+    Err(LoginRefusal {
+        reason,
+        invite: None,
+    })
 }

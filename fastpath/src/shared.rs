@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::handoff::WorkerMsg;
+use crate::policy::Grant;
 use crate::stats::WorkerStats;
 
 /// Lock-free set of taken ports: one bit per port.
@@ -62,30 +63,81 @@ pub struct SessionRef {
     pub control_id: u64,
 }
 
+/// A session in the directory: where it lives, and the grant it logged in
+/// on, which names the credential its run_id belongs to.
+struct SessionEntry {
+    at: SessionRef,
+    owner: Grant,
+}
+
+/// What [`Directory::register`] did for a login.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// The session's run_id: the one the Login asked for, or a fresh one
+    /// when that run_id belongs to another credential.
+    pub run_id: String,
+    /// The session of the same credential this login replaces (a
+    /// reconnect); its owner must close it.
+    pub replaced: Option<SessionRef>,
+}
+
 /// Server-wide names: sessions by run_id, proxies by name.
 #[derive(Default)]
 pub struct Directory {
-    sessions: Mutex<HashMap<String, SessionRef>>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
     proxies: Mutex<HashSet<String>>,
 }
 
 impl Directory {
-    /// Register a session; returns the one it replaces, if any.
-    pub fn insert_session(&self, run_id: &str, at: SessionRef) -> Option<SessionRef> {
-        self.sessions.lock().insert(run_id.to_owned(), at)
+    /// Register the session `at`, logged in on `owner`, under the run_id
+    /// its Login asked for (`wanted`, empty for a first login).
+    ///
+    /// The one place that decides whether a login is a reconnect. A run_id
+    /// belongs to the credential that opened it (an invite, a tenant token,
+    /// the node token; [`Grant`] equality, a tenant's handle being one for
+    /// as long as any of its sessions lives): a live run_id of the same
+    /// credential is a reconnect and the old session is replaced; a live
+    /// run_id of another credential is never touched, and the login gets a
+    /// fresh run_id instead (frpc uses the one LoginResp returns); a free
+    /// one is taken as asked, as frps does after a restart.
+    ///
+    /// `admit(reconnect)` counts the session against its credential's
+    /// limits (a reconnect does not count twice). It runs under this
+    /// directory's lock, so two logins racing for one run_id or one
+    /// invite's last slot are decided one after the other; on refusal
+    /// nothing is registered. Lock order: directory, then the policy's.
+    pub fn register<E>(
+        &self,
+        wanted: &str,
+        owner: Grant,
+        at: SessionRef,
+        admit: impl FnOnce(bool) -> Result<(), E>,
+    ) -> Result<Registered, E> {
+        let mut map = self.sessions.lock();
+        let (run_id, reconnect) = match map.get(wanted) {
+            _ if wanted.is_empty() => (fresh_run_id(&map), false),
+            Some(e) if e.owner == owner => (wanted.to_owned(), true),
+            Some(_) => (fresh_run_id(&map), false),
+            None => (wanted.to_owned(), false),
+        };
+        admit(reconnect)?;
+        let replaced = map
+            .insert(run_id.clone(), SessionEntry { at, owner })
+            .map(|old| old.at);
+        Ok(Registered { run_id, replaced })
     }
 
     /// Remove a session if it is still the one registered under run_id.
     pub fn remove_session(&self, run_id: &str, at: SessionRef) {
         let mut map = self.sessions.lock();
-        if map.get(run_id) == Some(&at) {
+        if map.get(run_id).is_some_and(|e| e.at == at) {
             map.remove(run_id);
         }
     }
 
     /// Where the session with this run_id lives.
     pub fn find_session(&self, run_id: &str) -> Option<SessionRef> {
-        self.sessions.lock().get(run_id).copied()
+        self.sessions.lock().get(run_id).map(|e| e.at)
     }
 
     /// Reserve a proxy name server-wide; false if it exists.
@@ -96,6 +148,17 @@ impl Directory {
     /// Free a proxy name.
     pub fn release_proxy(&self, name: &str) {
         self.proxies.lock().remove(name);
+    }
+}
+
+/// A run_id no live session has (64 random bits: a clash is all but
+/// impossible, but a clash would hand over a session, so it is checked).
+fn fresh_run_id(live: &HashMap<String, SessionEntry>) -> String {
+    loop {
+        let id = proto::auth::new_run_id();
+        if !live.contains_key(&id) {
+            return id;
+        }
     }
 }
 
@@ -139,6 +202,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::policy::InviteId;
 
     #[test]
     fn ports_are_claimed_once() {
@@ -152,22 +216,70 @@ mod tests {
         assert!(t.claim(0));
     }
 
+    const A: SessionRef = SessionRef {
+        worker: 0,
+        control_id: 1,
+    };
+    const B: SessionRef = SessionRef {
+        worker: 1,
+        control_id: 2,
+    };
+
+    /// Register with an `admit` that records what it was asked.
+    fn register(d: &Directory, wanted: &str, owner: Grant, at: SessionRef) -> (Registered, bool) {
+        let mut seen = None;
+        let r = d
+            .register(wanted, owner, at, |reconnect| {
+                seen = Some(reconnect);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        (r, seen.unwrap())
+    }
+
     #[test]
     fn replaced_session_is_not_removed_by_its_predecessor() {
         let d = Directory::default();
-        let a = SessionRef {
-            worker: 0,
-            control_id: 1,
-        };
-        let b = SessionRef {
-            worker: 1,
-            control_id: 2,
-        };
-        assert_eq!(d.insert_session("r", a), None);
-        assert_eq!(d.insert_session("r", b), Some(a));
-        d.remove_session("r", a);
-        assert_eq!(d.find_session("r"), Some(b));
-        d.remove_session("r", b);
+        let (first, reconnect) = register(&d, "r", Grant::Node, A);
+        assert_eq!(
+            (first.run_id.as_str(), first.replaced, reconnect),
+            ("r", None, false)
+        );
+        let (second, reconnect) = register(&d, "r", Grant::Node, B);
+        assert_eq!(
+            (second.run_id.as_str(), second.replaced, reconnect),
+            ("r", Some(A), true)
+        );
+        d.remove_session("r", A);
+        assert_eq!(d.find_session("r"), Some(B));
+        d.remove_session("r", B);
         assert_eq!(d.find_session("r"), None);
+    }
+
+    #[test]
+    fn another_credentials_run_id_gets_a_fresh_one_and_touches_nothing() {
+        let d = Directory::default();
+        let (inv_a, inv_b) = (InviteId::random(), InviteId::random());
+        register(&d, "r", Grant::Invite(inv_a), A);
+        for other in [Grant::Invite(inv_b), Grant::Node, Grant::Tenant(7)] {
+            let (got, reconnect) = register(&d, "r", other, B);
+            assert!(!reconnect, "{other:?}");
+            assert_eq!(got.replaced, None);
+            assert_ne!(got.run_id, "r");
+            assert_eq!(got.run_id.len(), proto::auth::RUN_ID_LEN);
+            assert_eq!(d.find_session(&got.run_id), Some(B));
+        }
+        assert_eq!(d.find_session("r"), Some(A));
+    }
+
+    #[test]
+    fn a_refused_login_registers_nothing() {
+        let d = Directory::default();
+        register(&d, "r", Grant::Node, A);
+        let r = d.register("r", Grant::Node, B, |_| Err("full"));
+        assert_eq!(r, Err("full"));
+        assert_eq!(d.find_session("r"), Some(A));
+        let r = d.register("", Grant::Node, B, |_| Err("full"));
+        assert_eq!(r, Err("full"));
     }
 }

@@ -1,0 +1,343 @@
+//! Issue 11, finding 5 and the Login `metas` cap, end to end: the real
+//! `slowpath up` (with its fastpath child), invites made through the API,
+//! an frp client that matches frpc on the wire, real sockets.
+//!
+//! A `run_id` belongs to the credential that opened the session: another
+//! invite presenting it gets a fresh session or a refusal and never kicks
+//! the owner; the owner presenting it again is a reconnect.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bench::backend::Backend as Echo;
+use bench::client::{Client, ClientError, ClientOpts};
+use harness::{Backend, Slowpath};
+use serde_json::{json, Value};
+
+fn frp_addr(sp: &Slowpath) -> SocketAddr {
+    format!("127.0.0.1:{}", sp.frp_port).parse().unwrap()
+}
+
+fn login(o: &ClientOpts) -> Result<Client, String> {
+    Client::login(o.clone()).map_err(|e| match e {
+        ClientError::Refused(r) => r,
+        e => format!("error: {e}"),
+    })
+}
+
+fn refusal(o: &ClientOpts) -> String {
+    match login(o) {
+        Ok(c) => panic!("login accepted (run_id {})", c.run_id()),
+        Err(r) => r,
+    }
+}
+
+/// Push `len` bytes through the tunnel at `port` and check they echo back.
+fn echo(port: u16, len: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut got = vec![0u8; len];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert!(got == data, "echoed bytes differ");
+}
+
+/// A node that is private, serves tcp from a pool of ports free a moment
+/// ago (proxies take port 0: parallel tests' pools may overlap), and is
+/// ready for ticket logins.
+fn private_node() -> Slowpath {
+    let sp = Slowpath::up(&Backend::Sqlite, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(frp_addr(&sp)).is_err() {
+        assert!(Instant::now() < deadline, "no fastpath:\n{}", sp.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let base = bench::proc::free_port().clamp(20000, 60000);
+    let (st, v) = sp.admin_call(
+        "PATCH",
+        &format!("/api/v1/admin/nodes/{}", sp.local_node),
+        Some(json!({ "public": false, "port_pool": format!("{}-{}", base, base + 19), "proxy_types": ["tcp"] })),
+    );
+    assert_eq!(st, 200, "{v}");
+    sp
+}
+
+/// A new invite with `max_conns`; returns its id and frpc options that
+/// carry its ticket.
+fn invite(sp: &Slowpath, max_conns: u32) -> (String, ClientOpts) {
+    let (st, inv) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/admin/nodes/{}/invites", sp.local_node),
+        Some(json!({
+            "max_uses": 5,
+            "ttl_s": 3600,
+            "scope": { "proxy_types": ["tcp"], "max_conns": max_conns, "max_proxies": 5 },
+        })),
+    );
+    assert_eq!(st, 201, "{inv}");
+    let (st, resolved) = sp.resolve(inv["code"].as_str().unwrap());
+    assert_eq!(st, 200, "{resolved}");
+    let toml_text = resolved["frpc_toml"].as_str().unwrap();
+    let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses");
+    let mut o = ClientOpts::new(frp_addr(sp), cfg["auth"]["token"].as_str().unwrap());
+    o.metas.insert(
+        "ticket".into(),
+        resolved["connection_ticket"].as_str().unwrap().into(),
+    );
+    o.heartbeat = Some(Duration::from_millis(200));
+    (inv["id"].as_str().unwrap().to_owned(), o)
+}
+
+/// The first login once the fastpath has a table with the invite in it.
+fn first_login(o: &ClientOpts) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match login(o) {
+            Ok(c) => return c,
+            Err(r) if Instant::now() < deadline && !r.contains("max_conns") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(r) => panic!("ticket login: {r}"),
+        }
+    }
+}
+
+/// Wait until the audit log has a `kind` row for which `pred` holds.
+fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, v) = sp.admin_call(
+            "GET",
+            &format!("/api/v1/admin/audit?limit=500&kind={kind}"),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        if let Some(row) = v
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| pred(r)).cloned())
+        {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "no {kind} row: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until the audit log has an `auth.failed` row whose reason has `want`.
+fn wait_auth_failed(sp: &Slowpath, want: &str) -> Value {
+    wait_audit(sp, "auth.failed", |r| {
+        r["reason"].as_str().is_some_and(|s| s.contains(want))
+    })
+}
+
+/// `c` is alive: not closed, still answered on heartbeats, and the tunnel
+/// at `port` still carries data.
+fn still_serving(c: &Client, port: u16) {
+    let pongs = c.pongs();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while c.pongs() <= pongs + 1 {
+        assert!(!c.is_closed(), "session {} was closed", c.run_id());
+        assert!(Instant::now() < deadline, "no pongs for {}", c.run_id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!c.is_closed(), "session {} was closed", c.run_id());
+    echo(port, 64 << 10);
+}
+
+#[test]
+fn another_invites_run_id_never_takes_over_its_session() {
+    let sp = private_node();
+    let echo_srv = Echo::echo().unwrap();
+    let (_, a_opts) = invite(&sp, 1);
+    let (b_id, b_opts) = invite(&sp, 1);
+    let (_, c_opts) = invite(&sp, 0);
+
+    let a = first_login(&a_opts);
+    let a_port = a.add_plain_proxy("a-web", 0, echo_srv.addr()).unwrap();
+    echo(a_port, 64 << 10);
+    let b = first_login(&b_opts);
+    assert_ne!(a.run_id(), b.run_id());
+
+    // B at its max_conns presents A's live run_id: counted as a new session
+    // of B, so refused; A carries on.
+    let mut steal = b_opts.clone();
+    steal.run_id = a.run_id().to_owned();
+    let r = refusal(&steal);
+    assert!(r.contains("max_conns"), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&a, a_port);
+    // B still counts one session, not two.
+    let r = refusal(&b_opts);
+    assert!(r.contains("has 1 of its 1"), "{r}");
+    assert!(!b.is_closed());
+    wait_auth_failed(&sp, &format!("invite {b_id} already has 1 of its 1"));
+
+    // C has room: it gets a session of its own under a fresh run_id.
+    let mut steal = c_opts.clone();
+    steal.run_id = a.run_id().to_owned();
+    let c = login(&steal).expect("C logs in");
+    assert_ne!(c.run_id(), a.run_id(), "C was handed A's run_id");
+    assert!(!c.run_id().is_empty());
+    let c_port = c.add_plain_proxy("c-web", 0, echo_srv.addr()).unwrap();
+    echo(c_port, 64 << 10);
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&a, a_port);
+    // A's max_conns of 1 is still A's: one session.
+    let r = refusal(&a_opts);
+    assert!(r.contains("has 1 of its 1"), "{r}");
+}
+
+#[test]
+fn the_owner_reconnects_with_its_run_id_and_replaces_the_old_session() {
+    let sp = private_node();
+    let echo_srv = Echo::echo().unwrap();
+    let (_, a_opts) = invite(&sp, 1);
+    let a = first_login(&a_opts);
+    a.add_plain_proxy("a-old", 0, echo_srv.addr()).unwrap();
+
+    let mut again = a_opts.clone();
+    again.run_id = a.run_id().to_owned();
+    let a2 = login(&again).expect("reconnect under max_conns 1");
+    assert_eq!(a2.run_id(), a.run_id());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !a.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the old session was not replaced"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = a2.add_plain_proxy("a-new", 0, echo_srv.addr()).unwrap();
+    still_serving(&a2, port);
+    // Still one session on the invite.
+    let r = refusal(&a_opts);
+    assert!(r.contains("has 1 of its 1"), "{r}");
+}
+
+#[test]
+fn a_login_with_too_many_metas_is_refused_with_the_limit() {
+    let sp = private_node();
+    let (_, o) = invite(&sp, 0);
+    // A handful of metas, as frpc users set them, log in.
+    let mut few = o.clone();
+    for i in 0..5 {
+        few.metas.insert(format!("team{i}"), "platform".into());
+    }
+    let c = first_login(&few);
+    assert!(!c.is_closed());
+
+    // 1,000 short ones still fit in one 10 KiB v1 frame.
+    let mut many = o.clone();
+    for i in 0..1000 {
+        many.metas.insert(i.to_string(), String::new());
+    }
+    let r = refusal(&many);
+    assert!(r.contains("1001 metas") && r.contains("64"), "{r}");
+    wait_auth_failed(&sp, "metas");
+
+    // A few, but big: the byte cap (v2 frames carry up to 64 KiB).
+    let mut big = o.clone();
+    big.wire_v2 = true;
+    for i in 0..4 {
+        big.metas.insert(format!("blob{i}"), "x".repeat(4000));
+    }
+    let r = refusal(&big);
+    assert!(r.contains("8192"), "{r}");
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn tenant_tokens_own_their_run_ids_too() {
+    let sp = private_node();
+    let echo_srv = Echo::echo().unwrap();
+    let (st, v) = sp.admin_call(
+        "PATCH",
+        &format!("/api/v1/admin/nodes/{}", sp.local_node),
+        Some(json!({ "region": "test" })),
+    );
+    assert_eq!(st, 200, "{v}");
+    for token in ["tenant_one", "tenant_two"] {
+        let (st, v) = sp.admin_call(
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({ "token": token, "region": "test", "enabled": true })),
+        );
+        assert_eq!(st, 201, "{v}");
+    }
+    let tenant = |token: &str| {
+        let mut o = ClientOpts::new(frp_addr(&sp), token);
+        o.heartbeat = Some(Duration::from_millis(200));
+        o
+    };
+    let one = first_login(&tenant("tenant_one"));
+    let port = one.add_plain_proxy("t1-web", 0, echo_srv.addr()).unwrap();
+
+    // Another tenant's token and an invite's ticket: fresh run_ids.
+    let mut two = tenant("tenant_two");
+    two.run_id = one.run_id().to_owned();
+    let (_, mut inv) = invite(&sp, 1);
+    inv.run_id = one.run_id().to_owned();
+    for o in [two, inv] {
+        let c = first_login(&o);
+        assert_ne!(c.run_id(), one.run_id());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&one, port);
+
+    // The tenant itself reconnects under its run_id.
+    let mut again = tenant("tenant_one");
+    again.run_id = one.run_id().to_owned();
+    let one2 = login(&again).expect("tenant reconnect");
+    assert_eq!(one2.run_id(), one.run_id());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !one.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the old session was not replaced"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn racing_logins_with_a_stolen_run_id_stay_within_max_conns() {
+    let sp = private_node();
+    let echo_srv = Echo::echo().unwrap();
+    let (_, a_opts) = invite(&sp, 1);
+    let (_, d_opts) = invite(&sp, 2);
+    let a = first_login(&a_opts);
+    let port = a.add_plain_proxy("a-web", 0, echo_srv.addr()).unwrap();
+    // D's invite is in force before the race, and its slots are free.
+    let probe = first_login(&d_opts);
+    let probe_id = probe.run_id().to_owned();
+    probe.kill();
+    wait_audit(&sp, "session.close", |r| r["run_id"] == probe_id.as_str());
+
+    let mut steal = d_opts.clone();
+    steal.run_id = a.run_id().to_owned();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let o = steal.clone();
+            std::thread::spawn(move || login(&o))
+        })
+        .collect();
+    let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted: Vec<&Client> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.contains("max_conns"), "{r}");
+    }
+    assert_eq!(admitted.len(), 2, "D has max_conns 2");
+    for c in &admitted {
+        assert_ne!(c.run_id(), a.run_id());
+        assert!(!c.is_closed());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&a, port);
+}
