@@ -1,10 +1,17 @@
 //! Who is calling: the admin (ADMIN_API_KEY) or a node (its node key), both
 //! sent as `Authorization: Bearer <key>`. Missing → 401, wrong → 403.
+//!
+//! [`guard`] checks a route's [`Access`] from the request head, before its
+//! body is read, so a stranger cannot make the server receive an upload for
+//! a route it may not call. Handlers check again where they need the caller.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::App;
+use super::{Access, App, AppState};
 use crate::credentials::sha256_hex;
 use crate::nodes::{self, Node};
 
@@ -49,5 +56,24 @@ pub async fn node(app: &App, headers: &HeaderMap) -> Result<Node, ApiError> {
             StatusCode::FORBIDDEN,
             "node key is not valid",
         )),
+    }
+}
+
+/// Middleware: passes the request on only when it carries the key `access`
+/// asks for; the refusal closes the connection, since the body is unread.
+pub async fn guard(access: Access, app: AppState, req: Request, next: Next) -> Response {
+    let checked = match access {
+        Access::Anonymous => Ok(()),
+        Access::AdminKey => admin(&app, req.headers()),
+        Access::NodeKey => node(&app, req.headers()).await.map(|_| ()),
+    };
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
     }
 }

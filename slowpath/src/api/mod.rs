@@ -2,21 +2,34 @@
 //!
 //! [`ROUTES`] is the one route table: the router is built from it and the
 //! OpenAPI document at `/api/v1/openapi.json` is generated from it, so the
-//! two cannot disagree. Handlers live by audience: [`public`] (anonymous),
+//! two cannot disagree. Each route is built with its guard: the caller's
+//! key is checked from the headers ([`auth::guard`]), then the body is read
+//! within the route's limit ([`bounds`]); [`serve`] bounds connections
+//! before that. Handlers live by audience: [`public`] (anonymous),
 //! [`node`] (node key), [`admin`] (admin key), [`frps_plugin`] (stock frps
 //! server-plugin hooks). [`error`] shapes every failure as JSON.
 
 pub mod admin;
 pub mod auth;
+pub mod bounds;
 pub mod error;
 pub mod frps_plugin;
 pub mod node;
 pub mod openapi;
 pub mod public;
+pub mod serve;
+
+pub use bounds::{
+    BODY_LIMIT_EMPTY, BODY_LIMIT_FRPS_HOOK, BODY_LIMIT_REQUEST, BODY_LIMIT_RESOLVE,
+    BODY_LIMIT_TENANT, BODY_READ_TIMEOUT,
+};
 
 use std::sync::{Arc, Mutex};
 
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::routing::MethodRouter;
 use axum::Router;
 
 use crate::db::Db;
@@ -92,58 +105,85 @@ pub struct RouteDoc {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// Largest request body, in bytes (a larger one is a 413).
+    pub body_limit: usize,
     /// One line for the OpenAPI document.
     pub summary: &'static str,
 }
 
 /// Declares the route table and the router built from it.
 macro_rules! route_table {
-    ($( $method:ident $path:literal => $handler:path, $access:ident, $summary:literal; )*) => {
+    ($( $method:ident $path:literal => $handler:path, $access:ident, $body:ident, $summary:literal; )*) => {
         /// Every route served, in the order they are documented.
         pub const ROUTES: &[RouteDoc] = &[
-            $( RouteDoc { method: stringify!($method), path: $path, access: Access::$access, summary: $summary }, )*
+            $( RouteDoc { method: stringify!($method), path: $path, access: Access::$access, body_limit: bounds::$body, summary: $summary }, )*
         ];
 
-        fn routed(router: Router<AppState>) -> Router<AppState> {
-            $( let router = router.route($path, axum::routing::$method($handler)); )*
+        fn routed(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+            $( let router = router.route(
+                $path,
+                guarded(axum::routing::$method($handler), Access::$access, bounds::$body, state),
+            ); )*
             router
         }
     };
 }
 
 route_table! {
-    get "/healthz" => public::healthz, Anonymous, "Liveness probe";
-    get "/api/v1/openapi.json" => openapi::document, Anonymous, "This OpenAPI document";
-    get "/api/v1/public/nodes" => public::nodes, Anonymous, "Public node directory";
-    post "/api/v1/invites/resolve" => public::resolve, Anonymous, "Resolve an invite code into a ticket and frpc.toml (rate-limited per IP)";
-    post "/api/v1/nodes/heartbeat" => node::heartbeat, NodeKey, "Node heartbeat with versions and load";
-    post "/api/v1/nodes/invites" => node::create_invite, NodeKey, "Create an invite for the calling node";
-    get "/api/v1/nodes/invites" => node::list_invites, NodeKey, "List the calling node's invites";
-    post "/api/v1/nodes/invites/{id}/revoke" => node::revoke_invite, NodeKey, "Revoke one of the calling node's invites";
-    post "/api/v1/admin/nodes" => admin::create_node, AdminKey, "Register a node (returns its node key once)";
-    get "/api/v1/admin/nodes" => admin::list_nodes, AdminKey, "List nodes";
-    get "/api/v1/admin/nodes/{id}" => admin::get_node, AdminKey, "Show a node";
-    patch "/api/v1/admin/nodes/{id}" => admin::patch_node, AdminKey, "Change a node (public/private, pool, types, ...)";
-    delete "/api/v1/admin/nodes/{id}" => admin::delete_node, AdminKey, "Delete a node and its invites";
-    post "/api/v1/admin/nodes/{id}/invites" => admin::create_invite, AdminKey, "Create an invite on a node";
-    get "/api/v1/admin/invites" => admin::list_invites, AdminKey, "List invites (optionally ?node_id=)";
-    post "/api/v1/admin/invites/{id}/revoke" => admin::revoke_invite, AdminKey, "Revoke any invite";
-    get "/api/v1/tenants" => admin::list_tenants, AdminKey, "List tenants kept in the database (seed 002 records)";
-    post "/api/v1/tenants" => admin::create_tenant, AdminKey, "Create a tenant from a seed 002 JSON record";
-    get "/api/v1/tenants/{token}" => admin::get_tenant, AdminKey, "Show a tenant";
-    put "/api/v1/tenants/{token}" => admin::replace_tenant, AdminKey, "Replace a tenant's record (token from the path if the body leaves it out)";
-    delete "/api/v1/tenants/{token}" => admin::delete_tenant, AdminKey, "Delete a tenant";
-    get "/api/v1/admin/audit" => admin::audit, AdminKey, "Query the audit log (?kind=&node_id=&invite_id=&since_ms=&limit=)";
-    get "/api/v1/admin/stats" => admin::stats, AdminKey, "Counts, traffic, event drops, per-worker policy generation";
-    post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, "frps server-plugin hook for Login";
-    post "/api/v1/frps/auth/proxy" => frps_plugin::new_proxy, Anonymous, "frps server-plugin hook for NewProxy";
+    get "/healthz" => public::healthz, Anonymous, BODY_LIMIT_EMPTY, "Liveness probe";
+    get "/api/v1/openapi.json" => openapi::document, Anonymous, BODY_LIMIT_EMPTY, "This OpenAPI document";
+    get "/api/v1/public/nodes" => public::nodes, Anonymous, BODY_LIMIT_EMPTY, "Public node directory";
+    post "/api/v1/invites/resolve" => public::resolve, Anonymous, BODY_LIMIT_RESOLVE, "Resolve an invite code into a ticket and frpc.toml (rate-limited per IP)";
+    post "/api/v1/nodes/heartbeat" => node::heartbeat, NodeKey, BODY_LIMIT_REQUEST, "Node heartbeat with versions and load";
+    post "/api/v1/nodes/invites" => node::create_invite, NodeKey, BODY_LIMIT_REQUEST, "Create an invite for the calling node";
+    get "/api/v1/nodes/invites" => node::list_invites, NodeKey, BODY_LIMIT_EMPTY, "List the calling node's invites";
+    post "/api/v1/nodes/invites/{id}/revoke" => node::revoke_invite, NodeKey, BODY_LIMIT_EMPTY, "Revoke one of the calling node's invites";
+    post "/api/v1/admin/nodes" => admin::create_node, AdminKey, BODY_LIMIT_REQUEST, "Register a node (returns its node key once)";
+    get "/api/v1/admin/nodes" => admin::list_nodes, AdminKey, BODY_LIMIT_EMPTY, "List nodes";
+    get "/api/v1/admin/nodes/{id}" => admin::get_node, AdminKey, BODY_LIMIT_EMPTY, "Show a node";
+    patch "/api/v1/admin/nodes/{id}" => admin::patch_node, AdminKey, BODY_LIMIT_REQUEST, "Change a node (public/private, pool, types, ...)";
+    delete "/api/v1/admin/nodes/{id}" => admin::delete_node, AdminKey, BODY_LIMIT_EMPTY, "Delete a node and its invites";
+    post "/api/v1/admin/nodes/{id}/invites" => admin::create_invite, AdminKey, BODY_LIMIT_REQUEST, "Create an invite on a node";
+    get "/api/v1/admin/invites" => admin::list_invites, AdminKey, BODY_LIMIT_EMPTY, "List invites (optionally ?node_id=)";
+    post "/api/v1/admin/invites/{id}/revoke" => admin::revoke_invite, AdminKey, BODY_LIMIT_EMPTY, "Revoke any invite";
+    get "/api/v1/tenants" => admin::list_tenants, AdminKey, BODY_LIMIT_EMPTY, "List tenants kept in the database (seed 002 records)";
+    post "/api/v1/tenants" => admin::create_tenant, AdminKey, BODY_LIMIT_TENANT, "Create a tenant from a seed 002 JSON record";
+    get "/api/v1/tenants/{token}" => admin::get_tenant, AdminKey, BODY_LIMIT_EMPTY, "Show a tenant";
+    put "/api/v1/tenants/{token}" => admin::replace_tenant, AdminKey, BODY_LIMIT_TENANT, "Replace a tenant's record (token from the path if the body leaves it out)";
+    delete "/api/v1/tenants/{token}" => admin::delete_tenant, AdminKey, BODY_LIMIT_EMPTY, "Delete a tenant";
+    get "/api/v1/admin/audit" => admin::audit, AdminKey, BODY_LIMIT_EMPTY, "Query the audit log (?kind=&node_id=&invite_id=&since_ms=&limit=)";
+    get "/api/v1/admin/stats" => admin::stats, AdminKey, BODY_LIMIT_EMPTY, "Counts, traffic, event drops, per-worker policy generation";
+    post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login";
+    post "/api/v1/frps/auth/proxy" => frps_plugin::new_proxy, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for NewProxy";
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
+/// A route with its guards. Layers run outermost first: the key is checked
+/// from the head, and only then is the body read.
+fn guarded(
+    route: MethodRouter<AppState>,
+    access: Access,
+    body_limit: usize,
+    state: &AppState,
+) -> MethodRouter<AppState> {
+    route
+        .route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            bounds::read_body(body_limit, req, next)
+        }))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |State(app): State<AppState>, req: Request, next: Next| {
+                auth::guard(access, app, req, next)
+            },
+        ))
+}
+
 /// The router over every route in [`ROUTES`].
 pub fn router(state: AppState) -> Router {
-    routed(Router::new()).fallback(not_found).with_state(state)
+    routed(Router::new(), &state)
+        .fallback(not_found)
+        .with_state(state)
 }
