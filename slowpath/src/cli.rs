@@ -173,10 +173,10 @@ pub enum InviteCommand {
         /// Node id (default: the slowpath's local node).
         #[arg(long)]
         node: Option<String>,
-        /// Invite lifetime, seconds.
+        /// Invite lifetime, seconds (default 7 days).
         #[arg(long)]
         ttl_s: Option<u64>,
-        /// Resolves allowed (0 = unlimited).
+        /// Resolves allowed (default 1; 0 = unlimited).
         #[arg(long)]
         max_uses: Option<u32>,
         /// Ticket lifetime, seconds (600-3600).
@@ -188,12 +188,12 @@ pub enum InviteCommand {
         /// Proxy types, e.g. tcp.
         #[arg(long)]
         proxy_types: Option<String>,
-        /// Concurrent sessions (0 = unlimited).
-        #[arg(long, default_value_t = 0)]
-        max_conns: u32,
-        /// Proxies (0 = unlimited).
-        #[arg(long, default_value_t = 0)]
-        max_proxies: u32,
+        /// Concurrent frpc sessions (default 2; 0 = unlimited).
+        #[arg(long)]
+        max_conns: Option<u32>,
+        /// Proxies across the invite's sessions (default 10; 0 = unlimited).
+        #[arg(long)]
+        max_proxies: Option<u32>,
         /// Note.
         #[arg(long, default_value = "")]
         note: String,

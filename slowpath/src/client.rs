@@ -159,7 +159,14 @@ pub fn invite(cmd: InviteCommand) -> Result<()> {
                     .map(str::to_owned)
                     .context("the slowpath reported no local node; pass --node")?,
             };
-            let mut scope = json!({ "max_conns": max_conns, "max_proxies": max_proxies });
+            // Only what was given: the API fills in its documented defaults.
+            let mut scope = json!({});
+            if let Some(v) = max_conns {
+                scope["max_conns"] = json!(v);
+            }
+            if let Some(v) = max_proxies {
+                scope["max_proxies"] = json!(v);
+            }
             if let Some(p) = port_pool {
                 scope["port_pool"] = json!(p);
             }

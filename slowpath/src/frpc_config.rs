@@ -1,13 +1,24 @@
-//! The frpc.toml a resolve hands back: everything a stock frpc needs to log
-//! in with its ticket, plus one example proxy to edit.
+//! The TOML files the slowpath writes for frp programs: the frpc.toml a
+//! resolve hands back (everything a stock frpc needs to log in with its
+//! ticket, plus one example proxy to edit) and the frps-style
+//! `fastpath.toml` that `slowpath up` runs its fastpath with.
+//!
+//! Both are serde structs written by the `toml` serializer, never by format
+//! strings: tokens, tickets, addresses and paths come from the API and the
+//! command line and must reach the file as the same strings (a token with a
+//! control character, written with Rust's debug escaping, once made
+//! `fastpath.toml` unreadable and the fastpath exit in a restart loop).
+//! Comments are the only hand-written text, and [`comment`] keeps each on
+//! its line.
 //!
 //! Ticket carriage uses frpc settings only: `auth.token` is the node's frp
 //! token (on invite nodes it is not the secret) and `metadatas.ticket` is
 //! sent by frpc in Login's `metas["ticket"]`.
 
 use proto::policy::{PortSet, ProxyTypes};
+use serde::Serialize;
 
-/// What goes into the file.
+/// What goes into an invitee's frpc.toml.
 #[derive(Debug)]
 pub struct FrpcConfig<'a> {
     /// Node address.
@@ -26,69 +37,311 @@ pub struct FrpcConfig<'a> {
     pub proxy_types: ProxyTypes,
 }
 
-/// TOML basic-string quoting.
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// What goes into the fastpath config `slowpath up` writes for its node.
+#[derive(Debug)]
+pub struct FastpathFile<'a> {
+    /// The node it serves (a comment).
+    pub node_id: &'a str,
+    /// frp bind port (`bindPort`).
+    pub bind_port: u16,
+    /// The node's frp token (`auth.token`).
+    pub token: &'a str,
+    /// The node's port pool (`allowPorts`).
+    pub allow_ports: &'a PortSet,
+    /// The slowpath's shared-memory directory (`fastpath.policyDir`).
+    pub policy_dir: &'a str,
 }
 
-/// Renders the frpc.toml.
-pub fn render(c: &FrpcConfig<'_>) -> String {
+#[derive(Serialize)]
+struct Auth<'a> {
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct Metadatas<'a> {
+    ticket: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FrpcLogin<'a> {
+    server_addr: &'a str,
+    server_port: u16,
+    auth: Auth<'a>,
+    metadatas: Metadatas<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FrpcProxy<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "localIP")]
+    local_ip: &'a str,
+    local_port: u16,
+    remote_port: u16,
+}
+
+#[derive(Serialize)]
+struct FrpcProxies<'a> {
+    proxies: Vec<FrpcProxy<'a>>,
+}
+
+/// One `allowPorts` entry, as the fastpath reads it.
+#[derive(Serialize)]
+struct PortEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    single: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<u16>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FastpathTable<'a> {
+    policy_dir: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FastpathToml<'a> {
+    bind_addr: &'a str,
+    bind_port: u16,
+    auth: Auth<'a>,
+    allow_ports: Vec<PortEntry>,
+    fastpath: FastpathTable<'a>,
+}
+
+/// Appends `# text` as one comment line: control characters (a newline
+/// would end the comment and start TOML) become spaces.
+pub fn comment(out: &mut String, text: &str) {
+    out.push_str("# ");
+    out.extend(text.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    out.push('\n');
+}
+
+/// Renders an invitee's frpc.toml.
+pub fn render(c: &FrpcConfig<'_>) -> Result<String, toml::ser::Error> {
     let mut out = String::with_capacity(1024);
-    out.push_str("# frpc.toml for a Totoro invite. The ticket expires at ");
-    out.push_str(c.ticket_expires);
-    out.push_str(";\n# resolve the invite again for a fresh one.\n");
-    out.push_str(&format!("serverAddr = {}\n", quote(c.server_addr)));
-    out.push_str(&format!("serverPort = {}\n", c.server_port));
-    out.push_str(&format!("auth.token = {}\n", quote(c.token)));
-    out.push_str(&format!("metadatas.ticket = {}\n", quote(c.ticket)));
-    out.push_str(&format!(
-        "\n# Allowed: types {}; remote ports {}.\n",
-        c.proxy_types, c.port_pool
-    ));
+    comment(
+        &mut out,
+        &format!(
+            "frpc.toml for a Totoro invite. The ticket expires at {};",
+            c.ticket_expires
+        ),
+    );
+    comment(&mut out, "resolve the invite again for a fresh one.");
+    out.push_str(&toml::to_string(&FrpcLogin {
+        server_addr: c.server_addr,
+        server_port: c.server_port,
+        auth: Auth { token: c.token },
+        metadatas: Metadatas { ticket: c.ticket },
+    })?);
+    out.push('\n');
+    comment(
+        &mut out,
+        &format!(
+            "Allowed: types {}; remote ports {}.",
+            c.proxy_types, c.port_pool
+        ),
+    );
     if c.proxy_types.allows("tcp") {
-        let port = c.port_pool.ranges().first().map(|r| r.0).unwrap_or(0);
-        out.push_str("[[proxies]]\nname = \"example-tcp\"\ntype = \"tcp\"\n");
-        out.push_str("localIP = \"127.0.0.1\"\n");
-        out.push_str("localPort = 22 # change to the local service you want to share\n");
-        out.push_str(&format!("remotePort = {port}\n"));
+        comment(
+            &mut out,
+            "localPort: change to the local service you want to share.",
+        );
+        out.push_str(&toml::to_string(&FrpcProxies {
+            proxies: vec![FrpcProxy {
+                name: "example-tcp",
+                kind: "tcp",
+                local_ip: "127.0.0.1",
+                local_port: 22,
+                remote_port: c.port_pool.ranges().first().map(|r| r.0).unwrap_or(0),
+            }],
+        })?);
     }
-    out
+    Ok(out)
+}
+
+/// Renders the fastpath config `slowpath up` writes for its node.
+pub fn render_fastpath(f: &FastpathFile<'_>) -> Result<String, toml::ser::Error> {
+    let mut out = String::with_capacity(512);
+    comment(
+        &mut out,
+        &format!(
+            "Written by `slowpath up` for node {}; it is rewritten at every start.",
+            f.node_id
+        ),
+    );
+    comment(
+        &mut out,
+        "Pass --fastpath-config to run with your own file instead.",
+    );
+    let allow_ports = f
+        .allow_ports
+        .ranges()
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                PortEntry {
+                    single: Some(a),
+                    start: None,
+                    end: None,
+                }
+            } else {
+                PortEntry {
+                    single: None,
+                    start: Some(a),
+                    end: Some(b),
+                }
+            }
+        })
+        .collect();
+    out.push_str(&toml::to_string(&FastpathToml {
+        bind_addr: "0.0.0.0",
+        bind_port: f.bind_port,
+        auth: Auth { token: f.token },
+        allow_ports,
+        fastpath: FastpathTable {
+            policy_dir: f.policy_dir,
+        },
+    })?);
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_the_lines_frpc_needs() {
-        let pool = PortSet::parse("2000-3000").unwrap();
+    /// Strings a format string gets wrong: quotes of both kinds,
+    /// backslashes, newlines and other control characters, TOML syntax,
+    /// non-ASCII (a combining accent is `\u{301}` in Rust's debug output,
+    /// which TOML cannot read), and the empty string.
+    const HOSTILE: &[&str] = &[
+        "plain",
+        "",
+        "tok\"en",
+        "it's",
+        "'''",
+        "\"\"\"",
+        "back\\slash\\",
+        "line\nbreak\r\n",
+        "tab\there",
+        "nul\u{0}bell\u{7}esc\u{1b}del\u{7f}c1\u{85}",
+        "ab\u{1}cd",
+        "e\u{301} \u{2603} 日本 \u{1f600}",
+        "\u{feff}bom\u{200b}zwsp\u{2028}ls",
+        "]]\n[[proxies]]\nname = \"evil\"",
+        "# not a comment",
+        "x = 1\n[fastpath]\npolicyDir = \"/tmp/evil\"",
+        "{{ .Envs.HOME }}",
+        "${HOME}",
+    ];
+
+    fn frpc(token: &str, ticket: &str, addr: &str) -> toml::Table {
+        let pool = PortSet::parse("2000-3000,4000").unwrap();
         let text = render(&FrpcConfig {
-            server_addr: "relay.example",
+            server_addr: addr,
             server_port: 7000,
-            token: "tok\"en",
-            ticket: "a.b.c",
+            token,
+            ticket,
             ticket_expires: "2030-01-01T00:00:00.000Z",
             port_pool: &pool,
             proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
-        });
-        assert!(text.contains("serverAddr = \"relay.example\"\n"));
-        assert!(text.contains("serverPort = 7000\n"));
-        assert!(text.contains("auth.token = \"tok\\\"en\"\n"));
-        assert!(text.contains("metadatas.ticket = \"a.b.c\"\n"));
-        assert!(text.contains("remotePort = 2000\n"));
+        })
+        .unwrap();
+        toml::from_str(&text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{text}"))
+    }
+
+    #[test]
+    fn frpc_toml_has_what_frpc_needs() {
+        let cfg = frpc("tok\"en", "a.b.c", "relay.example");
+        assert_eq!(cfg["serverAddr"].as_str(), Some("relay.example"));
+        assert_eq!(cfg["serverPort"].as_integer(), Some(7000));
+        assert_eq!(cfg["auth"]["token"].as_str(), Some("tok\"en"));
+        assert_eq!(cfg["metadatas"]["ticket"].as_str(), Some("a.b.c"));
+        let proxies = cfg["proxies"].as_array().unwrap();
+        assert_eq!(proxies.len(), 1);
+        assert_eq!(proxies[0]["type"].as_str(), Some("tcp"));
+        assert_eq!(proxies[0]["localIP"].as_str(), Some("127.0.0.1"));
+        assert_eq!(proxies[0]["remotePort"].as_integer(), Some(2000));
+    }
+
+    #[test]
+    fn hostile_strings_round_trip_through_frpc_toml() {
+        for s in HOSTILE {
+            let cfg = frpc(s, s, s);
+            assert_eq!(cfg["serverAddr"].as_str(), Some(*s), "{s:?}");
+            assert_eq!(cfg["auth"]["token"].as_str(), Some(*s), "{s:?}");
+            assert_eq!(cfg["metadatas"]["ticket"].as_str(), Some(*s), "{s:?}");
+            // Nothing injected: the same keys and the one example proxy.
+            let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(
+                keys,
+                ["auth", "metadatas", "proxies", "serverAddr", "serverPort"],
+                "{s:?}"
+            );
+            assert_eq!(cfg["proxies"].as_array().map(Vec::len), Some(1), "{s:?}");
+        }
+    }
+
+    fn fastpath(token: &str, dir: &str, pool: &str) -> String {
+        let pool = PortSet::parse(pool).unwrap();
+        render_fastpath(&FastpathFile {
+            node_id: "node_0123\nbindPort = 1",
+            bind_port: 7001,
+            token,
+            allow_ports: &pool,
+            policy_dir: dir,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_strings_round_trip_through_fastpath_toml() {
+        for s in HOSTILE {
+            let dir = format!("/dev/shm/totoro-{s}");
+            let text = fastpath(s, &dir, "2000-3000,4000");
+            let cfg: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{text}"));
+            assert_eq!(cfg["auth"]["token"].as_str(), Some(*s), "{s:?}");
+            assert_eq!(
+                cfg["fastpath"]["policyDir"].as_str(),
+                Some(dir.as_str()),
+                "{s:?}"
+            );
+            let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(
+                keys,
+                ["allowPorts", "auth", "bindAddr", "bindPort", "fastpath"],
+                "{s:?}"
+            );
+            // The fastpath itself reads the same values.
+            let (fp, unknown) =
+                fastpath::config::Config::from_toml(&text, std::path::Path::new("fastpath.toml"))
+                    .unwrap_or_else(|e| panic!("the fastpath refuses it ({e}):\n{text}"));
+            assert!(unknown.is_empty(), "{unknown:?}");
+            assert_eq!(fp.auth.token, *s);
+            assert_eq!(fp.fastpath.policy_dir, dir);
+            assert_eq!(fp.bind_port, 7001);
+            let ports: Vec<(u16, u16)> = fp.allow_ports.iter().map(|r| r.bounds()).collect();
+            assert_eq!(ports, [(2000, 3000), (4000, 4000)]);
+        }
+    }
+
+    #[test]
+    fn comments_stay_on_their_line() {
+        let mut out = String::new();
+        comment(&mut out, "a\nb = 1\r\n[c]");
+        assert_eq!(out, "# a b = 1  [c]\n");
+        let text = fastpath("t", "/d", "5000");
+        assert!(text.starts_with("# Written by `slowpath up` for node node_0123 bindPort = 1;"));
+        let cfg: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(cfg["bindPort"].as_integer(), Some(7001));
     }
 }

@@ -21,18 +21,43 @@ use crate::frpc_config;
 use crate::nodes::{self, Node};
 use crate::tickets::{self, TicketSigner};
 
+// Defaults for what a create request leaves out. An invite is a door for
+// one person's frpc: one resolve, a week to use it, room for the frpc and a
+// reconnect racing its dead predecessor, a handful of proxies. Wider doors
+// are asked for explicitly; 0 is how a request says "unlimited" for uses,
+// sessions and proxies (README, "Invite defaults").
+
 /// Invite lifetime when the request does not say, seconds (7 days).
 pub const DEFAULT_TTL_S: u64 = 7 * 86_400;
 /// Longest invite lifetime, seconds (365 days).
 pub const MAX_TTL_S: u64 = 365 * 86_400;
+/// Resolves allowed when the request does not say.
+pub const DEFAULT_MAX_USES: u32 = 1;
+/// Concurrent frpc sessions when the request's scope does not say.
+pub const DEFAULT_MAX_CONNS: u32 = 2;
+/// Proxies across an invite's sessions when the request's scope does not say.
+pub const DEFAULT_MAX_PROXIES: u32 = 10;
+
+// The demo invite `slowpath up` creates and prints: its code and a live
+// ticket sit in the terminal and in DATA_DIR/frpc-demo.toml, so it opens
+// little, briefly. Each start of `up` resolves it once (to print a ticket).
+
+/// Demo invite lifetime, seconds (24 hours).
+pub const DEMO_TTL_S: u64 = 86_400;
+/// Demo invite resolves (each start of `slowpath up` uses one).
+pub const DEMO_MAX_USES: u32 = 5;
+/// Demo invite concurrent sessions.
+pub const DEMO_MAX_CONNS: u32 = 2;
+/// Demo invite proxies.
+pub const DEMO_MAX_PROXIES: u32 = 10;
 
 /// Create request (node key).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvite {
-    /// Lifetime in seconds (1 s to 365 days; default 7 days).
+    /// Lifetime in seconds (1 s to 365 days; default [`DEFAULT_TTL_S`]).
     pub ttl_s: Option<u64>,
-    /// Resolves allowed (0 = unlimited; default 1).
+    /// Resolves allowed (0 = unlimited; default [`DEFAULT_MAX_USES`]).
     pub max_uses: Option<u32>,
     /// What tickets from this invite may do.
     #[serde(default)]
@@ -52,15 +77,47 @@ pub struct ScopeRequest {
     pub proxy_types: Option<Vec<String>>,
     /// Port pool text (a subset of the node's pool).
     pub port_pool: Option<String>,
-    /// Concurrent frpc sessions (0 = unlimited).
-    #[serde(default)]
-    pub max_conns: u32,
-    /// Proxies across the invite's sessions (0 = unlimited).
-    #[serde(default)]
-    pub max_proxies: u32,
+    /// Concurrent frpc sessions (0 = unlimited; default [`DEFAULT_MAX_CONNS`]).
+    pub max_conns: Option<u32>,
+    /// Proxies across the invite's sessions (0 = unlimited; default
+    /// [`DEFAULT_MAX_PROXIES`]).
+    pub max_proxies: Option<u32>,
     /// Domain suffix for HTTP proxies.
     #[serde(default)]
     pub domain_suffix: String,
+}
+
+/// The proxy types a demo invite on `node` lists: those the node allows and
+/// the fastpath serves. A node that allows none of the served types gets
+/// its own list: the invite then says what the node allows, and the
+/// fastpath refuses with its reason.
+fn demo_proxy_types(node: &Node) -> ProxyTypes {
+    let served = node.proxy_types.intersect(nodes::fastpath_proxy_types());
+    if served == ProxyTypes::NONE {
+        node.proxy_types
+    } else {
+        served
+    }
+}
+
+impl NewInvite {
+    /// The demo invite `slowpath up` creates on its node: the demo limits,
+    /// and only the proxy types its fastpath serves.
+    pub fn demo(node: &Node) -> NewInvite {
+        let types = demo_proxy_types(node);
+        NewInvite {
+            ttl_s: Some(DEMO_TTL_S),
+            max_uses: Some(DEMO_MAX_USES),
+            scope: ScopeRequest {
+                proxy_types: Some(types.names().iter().map(|n| (*n).to_owned()).collect()),
+                max_conns: Some(DEMO_MAX_CONNS),
+                max_proxies: Some(DEMO_MAX_PROXIES),
+                ..ScopeRequest::default()
+            },
+            note: "demo invite created by slowpath up".to_owned(),
+            ..NewInvite::default()
+        }
+    }
 }
 
 /// What tickets from an invite may do.
@@ -183,6 +240,41 @@ impl Invite {
             max_proxies: self.max_proxies,
             domain_suffix: self.domain_suffix.clone(),
         }
+    }
+
+    /// Whether this invite opens no more than a demo invite does (so that
+    /// `slowpath up` may keep it): older versions made demo invites with
+    /// unlimited uses and sessions for a year.
+    pub fn within_demo_limits(&self, node: &Node) -> bool {
+        let within = |v: u32, cap: u32| (1..=cap).contains(&v);
+        let types = demo_proxy_types(node);
+        within(self.max_uses, DEMO_MAX_USES)
+            && within(self.max_conns, DEMO_MAX_CONNS)
+            && within(self.max_proxies, DEMO_MAX_PROXIES)
+            && self.expires_ms - self.created_ms
+                <= i64::try_from(DEMO_TTL_S * 1000).unwrap_or(i64::MAX)
+            && self.proxy_types.intersect(types) == self.proxy_types
+    }
+
+    /// One line saying what this invite allows, for the operator.
+    pub fn limits_line(&self) -> String {
+        let count = |v: u32, what: &str| {
+            if v == 0 {
+                format!("unlimited {what}")
+            } else {
+                format!("at most {v} {what}")
+            }
+        };
+        format!(
+            "{} ({} used), until {}, {} and {} at a time, types {}, ports {}",
+            count(self.max_uses, "resolves"),
+            self.used,
+            rfc3339(self.expires_ms),
+            count(self.max_conns, "frpc sessions"),
+            count(self.max_proxies, "proxies"),
+            self.proxy_types,
+            self.port_pool,
+        )
     }
 
     /// Why this invite cannot be resolved at `now`, if it cannot.
@@ -336,14 +428,14 @@ fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
         node_id: node.id.clone(),
         created_ms: now,
         expires_ms: now.saturating_add(ttl_ms),
-        max_uses: req.max_uses.unwrap_or(1),
+        max_uses: req.max_uses.unwrap_or(DEFAULT_MAX_USES),
         used: 0,
         revoked: false,
         revoked_ms: 0,
         proxy_types,
         port_pool,
-        max_conns: scope.max_conns,
-        max_proxies: scope.max_proxies,
+        max_conns: scope.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+        max_proxies: scope.max_proxies.unwrap_or(DEFAULT_MAX_PROXIES),
         domain_suffix: scope.domain_suffix,
         ticket_ttl_s,
         note: req.note,
@@ -618,8 +710,8 @@ async fn resolve_where(
         },
     )
     .await?;
-    tx.commit().await?;
-    tracing::info!(invite = %invite.id, node = %invite.node_id, use_n = invite.used, client, "invite resolved");
+    // Rendered before the commit: a file that cannot be written does not
+    // cost the invitee a use.
     let frpc_toml = frpc_config::render(&frpc_config::FrpcConfig {
         server_addr: &server_addr,
         server_port,
@@ -628,7 +720,10 @@ async fn resolve_where(
         ticket_expires: &rfc3339(ticket_expires_ms),
         port_pool: &invite.port_pool,
         proxy_types: invite.proxy_types,
-    });
+    })
+    .map_err(|e| Error::Internal(format!("cannot write the frpc.toml: {e}")))?;
+    tx.commit().await?;
+    tracing::info!(invite = %invite.id, node = %invite.node_id, use_n = invite.used, client, "invite resolved");
     Ok(Resolved {
         server_addr,
         server_port,

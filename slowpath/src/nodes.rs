@@ -22,6 +22,17 @@ pub const ONLINE_WINDOW_MS: i64 = 30_000;
 /// Default port pool for a node registered without one.
 pub const DEFAULT_PORT_POOL: &str = "10000-10999";
 
+/// The proxy types the fastpath serves today: `fastpath/src/proxy.rs`
+/// refuses the others as "not supported by this server yet". A node may
+/// allow more (a stock frps governed through the frps plugin serves udp),
+/// but what `slowpath up` hands out for its own fastpath lists only these.
+pub const FASTPATH_PROXY_TYPES: &[&str] = &["tcp"];
+
+/// [`FASTPATH_PROXY_TYPES`] as a set.
+pub fn fastpath_proxy_types() -> ProxyTypes {
+    ProxyTypes::parse_list(FASTPATH_PROXY_TYPES).unwrap_or(ProxyTypes::NONE)
+}
+
 /// A node as stored.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -288,12 +299,23 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// frp tokens are copied by people into frpc.toml files and written by the
+/// slowpath into the fastpath's config; a control character there is a
+/// paste accident at best, so it is refused with the field named. The
+/// files are serialized as TOML (`frpc_config`), so whatever is accepted
+/// here round-trips.
 fn check_token(token: &str) -> Result<()> {
     check_text("token", token, 256)?;
-    if token.contains(['"', '\\', '\n', '\r']) {
+    if token.chars().any(char::is_control) {
         return Err(Error::invalid(
             "token",
-            "token must not contain quotes, backslashes or newlines",
+            "token must not contain control characters (newlines, tabs, U+0000-U+001F, U+007F-U+009F)",
+        ));
+    }
+    if token.contains(['"', '\\']) {
+        return Err(Error::invalid(
+            "token",
+            "token must not contain quotes or backslashes",
         ));
     }
     Ok(())

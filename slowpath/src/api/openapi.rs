@@ -5,6 +5,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::{Access, ROUTES};
+use crate::invites;
+use crate::tickets;
 
 /// Builds the document.
 pub fn build() -> Value {
@@ -35,9 +37,16 @@ pub fn build() -> Value {
             op.insert("parameters".into(), Value::Array(params));
         }
         if matches!(route.method, "post" | "patch" | "put") {
+            // The invite-create routes say their fields and the defaults a
+            // request that leaves one out gets; the others take any object.
+            let schema = if route.method == "post" && route.path.ends_with("/invites") {
+                json!({ "$ref": "#/components/schemas/NewInvite" })
+            } else {
+                json!({ "type": "object" })
+            };
             op.insert(
                 "requestBody".into(),
-                json!({ "content": { "application/json": { "schema": { "type": "object" } } } }),
+                json!({ "content": { "application/json": { "schema": schema } } }),
             );
         }
         op.insert(
@@ -64,6 +73,7 @@ pub fn build() -> Value {
                 "nodeKey": { "type": "http", "scheme": "bearer", "description": "node key from registration" }
             },
             "schemas": {
+                "NewInvite": new_invite_schema(),
                 "Error": {
                     "type": "object",
                     "properties": {
@@ -71,6 +81,33 @@ pub fn build() -> Value {
                         "field": { "type": "string", "nullable": true }
                     },
                     "required": ["error", "field"]
+                }
+            }
+        }
+    })
+}
+
+/// An invite-create body, with the defaults from [`invites`] (0 =
+/// unlimited where the description says so).
+fn new_invite_schema() -> Value {
+    let unlimited = "0 = unlimited";
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "ttl_s": { "type": "integer", "minimum": 1, "maximum": invites::MAX_TTL_S, "default": invites::DEFAULT_TTL_S, "description": "invite lifetime, seconds" },
+            "max_uses": { "type": "integer", "minimum": 0, "default": invites::DEFAULT_MAX_USES, "description": format!("resolves allowed; {unlimited}") },
+            "ticket_ttl_s": { "type": "integer", "minimum": tickets::MIN_TICKET_TTL_S, "maximum": tickets::MAX_TICKET_TTL_S, "default": tickets::DEFAULT_TICKET_TTL_S, "description": "lifetime of each ticket, seconds" },
+            "note": { "type": "string", "maxLength": 1024, "default": "" },
+            "scope": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "proxy_types": { "type": "array", "items": { "type": "string" }, "description": "a subset of the node's; default: the node's" },
+                    "port_pool": { "type": "string", "description": "inside the node's pool, e.g. \"2000-2099,3000\"; default: the node's" },
+                    "max_conns": { "type": "integer", "minimum": 0, "default": invites::DEFAULT_MAX_CONNS, "description": format!("concurrent frpc sessions; {unlimited}") },
+                    "max_proxies": { "type": "integer", "minimum": 0, "default": invites::DEFAULT_MAX_PROXIES, "description": format!("proxies across the invite's sessions; {unlimited}") },
+                    "domain_suffix": { "type": "string", "default": "" }
                 }
             }
         }
