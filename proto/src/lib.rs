@@ -18,6 +18,8 @@
 //! - [`policy`]: the policy table (node, invites, ticket keys) the slowpath
 //!   compiles and the fastpath reads in place, and the port/type set math.
 //! - [`events`]: typed data-plane events and their binary record form.
+//! - [`shm_auth`]: the per-instance key and the HMAC tags that authenticate
+//!   policy tables and event records in the shared-memory directory.
 //! - [`ring`]: the single-producer, single-consumer shared-memory ring that
 //!   carries event records from a fastpath worker to the slowpath.
 
@@ -28,6 +30,7 @@ pub mod frame;
 pub mod msg;
 pub mod policy;
 pub mod ring;
+pub mod shm_auth;
 pub mod snappy;
 pub mod ticket;
 pub mod wire_v2;

@@ -232,6 +232,37 @@ impl Ring {
     }
 }
 
+/// The header fields a reader outside the ring needs, from a copy of the
+/// header's bytes (read with `pread`, no mapping): which policy generation
+/// the producer enforces and who the producer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    /// See [`Ring::applied_generation`].
+    pub applied_generation: u64,
+    /// See [`Ring::producer_pid`].
+    pub producer_pid: u64,
+}
+
+impl HeaderSnapshot {
+    /// Parse a copy of the first [`RING_HEADER`] bytes; None when they are
+    /// not a ring's.
+    pub fn parse(header: &[u8]) -> Option<HeaderSnapshot> {
+        let word = |off: usize| {
+            header
+                .get(off..off + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+        };
+        if word(0)? != MAGIC {
+            return None;
+        }
+        Some(HeaderSnapshot {
+            applied_generation: word(OFF_APPLIED)?,
+            producer_pid: word(OFF_PID)?,
+        })
+    }
+}
+
 fn padded(len: usize) -> u64 {
     ((len as u64 + 4) + 7) & !7
 }
