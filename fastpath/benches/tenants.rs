@@ -28,6 +28,7 @@ use bench::backend::Backend;
 use bench::client::{Client, ClientOpts};
 use bench::proc::{free_port, wait_listening, Daemon};
 use fastpath::policy::Policy;
+use fastpath::shm::{InstanceDir, ShmDir};
 use proto::msg::Login;
 use proto::policy::{NodePolicy, PolicySpec, PortSet, ProxyTypes, TenantPolicy};
 
@@ -98,14 +99,20 @@ fn shm_dir(tag: &str) -> PathBuf {
         std::env::temp_dir()
     };
     let d = base.join(format!("totoro-bench-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("create policy dir");
+    ShmDir::open(&d).expect("create policy dir");
     d
 }
 
+/// Write `s` as the table in `dir`, sealed with the instance key the
+/// fastpath will read there.
 fn publish(dir: &Path, s: &PolicySpec) {
-    let tmp = dir.join("policy.tbl.tmp");
-    std::fs::write(&tmp, s.encode()).expect("write table");
-    std::fs::rename(&tmp, dir.join("policy.tbl")).expect("rename table");
+    let shm = ShmDir::open(dir).expect("policy dir");
+    let mut bytes = s.encode();
+    shm.instance_key()
+        .expect("instance key")
+        .seal_table(&mut bytes);
+    shm.write_replacing(fastpath::shm::TABLE_FILE, &bytes)
+        .expect("write table");
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -137,10 +144,10 @@ fn bench_login() {
         );
         publish(&dir, &s);
         let size = std::fs::metadata(dir.join("policy.tbl")).map_or(0, |m| m.len());
-        let policy = Policy::new(dir.to_str().unwrap_or(""));
-        policy
-            .try_load(&dir.join("policy.tbl"))
-            .expect("table loads");
+        let shm = ShmDir::open(&dir).expect("policy dir");
+        let key = shm.instance_key().expect("instance key");
+        let policy = Policy::new(Some(InstanceDir { dir: shm, key }));
+        policy.try_load().expect("table loads");
         let loaded = policy.current().expect("table in force");
         let now = now_s();
         let rss0 = rss_kib();

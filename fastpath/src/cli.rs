@@ -84,11 +84,22 @@ fn wait_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
 /// Run the fastpath with these command-line arguments (argv\[0\] first)
 /// until SIGINT/SIGTERM; the exit code follows the binary's conventions
 /// (2 = bad config or flags).
+/// Everything a Totoro process writes (tables, rings, keys, stats, the
+/// database) is for its own user only, whatever umask it was started with;
+/// files that must say so explicitly are also created with mode 0600.
+pub fn owner_only_umask() {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    owner_only_umask();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {

@@ -1,6 +1,10 @@
 //! A worker's event ring: how it tells the slowpath what happened (session
 //! and proxy life, refusals with reasons, traffic) without waiting for it.
 //!
+//! Each record carries a tag under the instance key
+//! ([`proto::shm_auth`]), so the slowpath drops anything not written by a
+//! fastpath of this instance.
+//!
 //! Each worker creates `events-<worker>.ring` in the policy directory when
 //! it starts (replacing any old file, so a slowpath still mapping the old
 //! one keeps a valid mapping and notices the new inode). A full ring drops
@@ -10,18 +14,14 @@
 //! propagation.
 
 use std::cell::RefCell;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::events::{Event, EventRecord};
 use proto::ring::{Ring, RING_HEADER};
+use proto::shm_auth::InstanceKey;
 
-use crate::shm::{self, Mapping};
-
-/// File name of worker `id`'s ring.
-pub fn ring_file(id: usize) -> String {
-    format!("events-{id}.ring")
-}
+use crate::shm::InstanceDir;
+use crate::shm::{ring_file, Mapping};
 
 /// Current wall-clock time in ms since the epoch.
 pub fn now_ms() -> u64 {
@@ -36,6 +36,7 @@ pub struct EventSink {
     // The ring points into the mapping: declared first, dropped first.
     ring: Option<Ring>,
     _map: Option<Mapping>,
+    key: Option<InstanceKey>,
     buf: RefCell<Vec<u8>>,
 }
 
@@ -46,16 +47,20 @@ impl EventSink {
             worker: worker as u16,
             ring: None,
             _map: None,
+            key: None,
             buf: RefCell::new(Vec::new()),
         }
     }
 
     /// Create worker `id`'s ring of `data_bytes` in `dir`. On failure the
     /// worker runs without events, and says so.
-    pub fn create(dir: &Path, id: usize, data_bytes: usize) -> EventSink {
-        let path = dir.join(ring_file(id));
+    pub fn create(g: &InstanceDir, id: usize, data_bytes: usize) -> EventSink {
+        let name = ring_file(id);
+        let path = g.dir.path().join(&name);
         let len = RING_HEADER + data_bytes.next_power_of_two();
-        let made = shm::create_replacing(&path, len)
+        let made = g
+            .dir
+            .create_replacing(&name, len)
             .and_then(|f| Mapping::read_write(&f, len))
             .and_then(|map| {
                 // SAFETY: a fresh, page-aligned mapping of `len` bytes that
@@ -69,6 +74,7 @@ impl EventSink {
                 worker: id as u16,
                 ring: Some(ring),
                 _map: Some(map),
+                key: Some(g.key.clone()),
                 buf: RefCell::new(Vec::with_capacity(256)),
             },
             Err(e) => {
@@ -80,7 +86,7 @@ impl EventSink {
 
     /// Report an event (dropped, and counted in the ring, when it is full).
     pub fn emit(&self, event: Event) {
-        let Some(ring) = &self.ring else {
+        let (Some(ring), Some(key)) = (&self.ring, &self.key) else {
             return;
         };
         let mut buf = self.buf.borrow_mut();
@@ -91,6 +97,7 @@ impl EventSink {
             event,
         }
         .encode(&mut buf);
+        key.seal_record(&mut buf);
         ring.push(&buf);
     }
 

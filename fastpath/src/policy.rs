@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,33 +25,51 @@ use proto::msg::Login;
 use proto::policy::{InviteId, PolicyTable, PortSet};
 use proto::ticket;
 
-use crate::shm::Mapping;
+use crate::shm::{InstanceDir, ShmDir, REFUSED_FILE, TABLE_FILE};
 use crate::tenants::{Bucket, Finder, Found};
+use proto::shm_auth::InstanceKey;
 
-/// The table file's name inside the policy directory.
-pub const TABLE_FILE: &str = "policy.tbl";
 /// Login metadata key that carries a ticket (`metadatas.ticket` in frpc.toml).
 pub const TICKET_META: &str = "ticket";
 
-/// A mapped, validated table generation.
+/// A validated table generation, in memory of its own.
+///
+/// The table is read from the file into a private buffer and checked once
+/// (its tag under the instance key, then its structure) before it is used,
+/// so nothing another process does to the file afterwards (truncate it,
+/// write into it) can reach a table in force. A table is at most a few MB
+/// and is loaded only when a new generation appears.
 pub struct LoadedTable {
-    // Declared before the mapping it borrows from, so it is dropped first.
+    // Declared before the buffer it borrows from, so it is dropped first.
     table: PolicyTable<'static>,
-    _map: Mapping,
+    _bytes: Box<[u8]>,
 }
 
 impl LoadedTable {
-    /// Map and validate a table file.
-    pub fn open(path: &Path) -> Result<LoadedTable, String> {
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-        let map = Mapping::read_only(&file).map_err(|e| format!("cannot map: {e}"))?;
-        // SAFETY: the slice points into `map`, which lives exactly as long
-        // as `table` (same struct, dropped after it) and is never written:
-        // the slowpath replaces the file, it does not rewrite it.
-        let bytes: &'static [u8] =
-            unsafe { std::slice::from_raw_parts(map.as_mut_ptr(), map.len()) };
-        let table = PolicyTable::parse(bytes).map_err(|e| e.to_string())?;
-        Ok(LoadedTable { table, _map: map })
+    /// Validate a table file's bytes: the tag under `key`, then the table.
+    pub fn from_file_bytes(file: Vec<u8>, key: &InstanceKey) -> Result<LoadedTable, String> {
+        let len = key.open_table(&file).map_err(|e| e.to_string())?.len();
+        let mut file = file;
+        file.truncate(len);
+        let bytes = file.into_boxed_slice();
+        // SAFETY: the slice points into the heap buffer `bytes`, which this
+        // struct owns, never writes, and drops after `table` (field order);
+        // moving a Box does not move its heap allocation.
+        let view: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        let table = PolicyTable::parse(view).map_err(|e| e.to_string())?;
+        Ok(LoadedTable {
+            table,
+            _bytes: bytes,
+        })
+    }
+
+    /// Read and validate the table in `dir`.
+    pub fn load(dir: &ShmDir, key: &InstanceKey) -> Result<LoadedTable, String> {
+        let file = dir
+            .read(TABLE_FILE)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        Self::from_file_bytes(file, key)
     }
 
     /// The table.
@@ -129,7 +147,7 @@ struct Tenants {
 
 /// The policy state of one fastpath process.
 pub struct Policy {
-    dir: Option<PathBuf>,
+    governed: Option<InstanceDir>,
     current: RwLock<Option<Arc<LoadedTable>>>,
     usage: Mutex<HashMap<InviteId, Usage>>,
     /// Finds the tenant a Login's privilege key belongs to.
@@ -139,10 +157,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Policy from `dir` (empty = standalone).
-    pub fn new(dir: &str) -> Policy {
+    /// Policy from a governed directory (None = standalone).
+    pub fn new(governed: Option<InstanceDir>) -> Policy {
         Policy {
-            dir: (!dir.is_empty()).then(|| PathBuf::from(dir)),
+            governed,
             current: RwLock::new(None),
             usage: Mutex::new(HashMap::new()),
             finder: Finder::default(),
@@ -151,9 +169,14 @@ impl Policy {
         }
     }
 
+    /// The policy directory and key, when a slowpath governs this fastpath.
+    pub fn governed(&self) -> Option<&InstanceDir> {
+        self.governed.as_ref()
+    }
+
     /// The policy directory, when a slowpath governs this fastpath.
     pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
+        self.governed.as_ref().map(|g| g.dir.path())
     }
 
     /// The table in force.
@@ -166,10 +189,13 @@ impl Policy {
         self.current().map_or(0, |t| t.get().generation())
     }
 
-    /// Try the file at `path`; swap it in when valid and newer. Returns the
-    /// new generation, or why it was refused.
-    pub fn try_load(&self, path: &Path) -> Result<u64, String> {
-        let loaded = LoadedTable::open(path)?;
+    /// Try the table in the directory; swap it in when valid and newer.
+    /// Returns the new generation, or why it was refused.
+    pub fn try_load(&self) -> Result<u64, String> {
+        let Some(g) = &self.governed else {
+            return Err("no policy directory".into());
+        };
+        let loaded = LoadedTable::load(&g.dir, &g.key)?;
         let gen = loaded.get().generation();
         let cur = self.generation();
         if gen <= cur {
@@ -196,7 +222,7 @@ impl Policy {
         &self,
         login: &Login,
     ) -> Result<Option<(Grant, Arc<TenantLive>)>, LoginRefusal> {
-        if self.dir.is_none() {
+        if self.governed.is_none() {
             return Ok(None);
         }
         let Some(loaded) = self.current() else {
@@ -263,16 +289,11 @@ impl Policy {
         self.tenants.lock().by_id.get(&id).cloned()
     }
 
-    /// Decide a login whose token already checked out.
-    /// `replacing`: the run_id belongs to a live session (a reconnect), which
-    /// does not count twice against max_conns.
-    pub fn authorize_login(
-        &self,
-        login: &Login,
-        now_s: u64,
-        replacing: bool,
-    ) -> Result<Grant, LoginRefusal> {
-        if self.dir.is_none() {
+    /// Decide a login whose token already checked out: which grant its
+    /// credential (the node token, or a ticket's invite) gives it. Limits
+    /// are counted once the run_id is settled, by [`Policy::admit_session`].
+    pub fn authorize_login(&self, login: &Login, now_s: u64) -> Result<Grant, LoginRefusal> {
+        if self.governed.is_none() {
             return Ok(Grant::Standalone);
         }
         let refuse = |reason: String, invite| Err(LoginRefusal { reason, invite });
@@ -318,20 +339,45 @@ impl Policy {
         if inv.revoked() {
             return refuse(format!("invite {id} has been revoked"), Some(id));
         }
-        let mut usage = self.usage.lock();
-        let u = usage.entry(id).or_default();
-        let live = u.sessions.saturating_sub(replacing as u32);
-        if inv.max_conns() > 0 && live >= inv.max_conns() {
-            return refuse(
-                format!(
-                    "invite {id} already has {live} of its {} concurrent sessions (max_conns)",
-                    inv.max_conns()
-                ),
-                Some(id),
-            );
-        }
-        u.sessions += 1;
         Ok(Grant::Invite(id))
+    }
+
+    /// Count a session of `grant` against its invite's max_conns; until
+    /// [`Policy::release_session`]. `reconnect`: it replaces a live session
+    /// of the same invite (decided by [`Directory::register`], which calls
+    /// this under its lock), so it does not count twice. Only invite logins
+    /// are refused here, and a refused one is not counted.
+    ///
+    /// [`Directory::register`]: crate::shared::Directory::register
+    pub fn admit_session(&self, grant: Grant, reconnect: bool) -> Result<(), LoginRefusal> {
+        let Grant::Invite(id) = grant else {
+            return Ok(());
+        };
+        let refuse = |reason: String| {
+            Err(LoginRefusal {
+                reason,
+                invite: Some(id),
+            })
+        };
+        // The table may have changed since the ticket was checked.
+        let max_conns = match self
+            .current()
+            .and_then(|t| t.get().invite(&id).map(|i| (i.revoked(), i.max_conns())))
+        {
+            None => return refuse(format!("invite {id} is unknown to this node")),
+            Some((true, _)) => return refuse(format!("invite {id} has been revoked")),
+            Some((false, max)) => max,
+        };
+        let mut usage = self.usage.lock();
+        let live = usage.get(&id).map_or(0, |u| u.sessions);
+        let counted = live.saturating_sub(reconnect as u32);
+        if max_conns > 0 && counted >= max_conns {
+            return refuse(format!(
+                "invite {id} already has {live} of its {max_conns} concurrent sessions (max_conns)"
+            ));
+        }
+        usage.entry(id).or_default().sessions += 1;
+        Ok(())
     }
 
     /// A session granted by [`Policy::authorize_login`] ended.
@@ -538,38 +584,53 @@ impl Policy {
     }
 }
 
-/// Watch `dir/policy.tbl` every `every`, loading new generations, and call
-/// `on_switch(generation)` after each switch. Runs until `stop()` is true.
+/// Watch the directory's `policy.tbl` every `every`, loading new
+/// generations, and call `on_switch(generation)` after each switch. Runs
+/// until `stop()` is true. A refused table is logged once and its reason
+/// written to `policy.refused`, where the slowpath reads why its change
+/// did not take.
 pub fn watch(
     policy: Arc<Policy>,
     every: Duration,
     stop: impl Fn() -> bool,
     on_switch: impl Fn(u64),
 ) {
-    let Some(dir) = policy.dir().map(Path::to_path_buf) else {
+    let Some(g) = policy.governed() else {
         return;
     };
-    let path = dir.join(TABLE_FILE);
+    let path = g.dir.path().join(TABLE_FILE);
+    let id_of = |m: &std::fs::Metadata| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
     // (device, inode, size, mtime) of the last file looked at, good or bad:
-    // a refused file is logged once, not every tick.
-    let mut seen: Option<(u64, u64, u64, i64, i64)> = None;
+    // a refused file is logged once, not every tick. The table loaded at
+    // start counts as looked at.
+    let mut seen = if policy.generation() > 0 {
+        std::fs::symlink_metadata(&path).ok().map(|m| id_of(&m))
+    } else {
+        None
+    };
     let mut missing_logged = false;
     while !stop() {
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Ok(m) => {
                 missing_logged = false;
-                let id = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
+                let id = id_of(&m);
                 if seen != Some(id) {
                     seen = Some(id);
-                    match policy.try_load(&path) {
+                    match policy.try_load() {
                         Ok(generation) => {
                             tracing::info!(generation, path = %path.display(), "policy table in force");
                             on_switch(generation);
                         }
-                        Err(reason) => tracing::warn!(
-                            path = %path.display(), %reason, in_force = policy.generation(),
-                            "policy table refused; keeping the last good one"
-                        ),
+                        Err(reason) => {
+                            tracing::warn!(
+                                path = %path.display(), %reason, in_force = policy.generation(),
+                                "policy table refused; keeping the last good one"
+                            );
+                            let note = format!("{} {reason}\n", crate::events::now_ms());
+                            if let Err(e) = g.dir.write_replacing(REFUSED_FILE, note.as_bytes()) {
+                                tracing::debug!(error = %e, "cannot record why the table was refused");
+                            }
+                        }
                     }
                 }
             }

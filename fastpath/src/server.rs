@@ -14,6 +14,7 @@ use crate::handoff::WorkerMsg;
 use crate::listener::bind_tcp;
 use crate::policy::Policy;
 use crate::shared::{Directory, PortTable, Shared};
+use crate::shm::{InstanceDir, ShmDir, LOCK_FILE};
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::worker;
 
@@ -27,7 +28,9 @@ const TENANT_INDEX_TICK: Duration = Duration::from_millis(100);
 /// A running fastpath.
 pub struct Server {
     shared: Arc<Shared>,
-    /// Held while we run (see [`crate::shm::lock_instance`]).
+    /// Held while we run (see [`ShmDir::lock`]): two fastpaths on one
+    /// directory would both bind the frp port (SO_REUSEPORT) and split the
+    /// clients between them; the second one stops at start instead.
     _instance_lock: Option<std::fs::File>,
     threads: Vec<JoinHandle<()>>,
     addr: SocketAddr,
@@ -36,22 +39,30 @@ pub struct Server {
 impl Server {
     /// Bind the bind port on every worker and start the workers.
     pub fn start(config: Config) -> anyhow::Result<Server> {
-        let policy = Arc::new(Policy::new(&config.fastpath.policy_dir));
         let mut instance_lock = None;
-        if let Some(dir) = policy.dir() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {} (fastpath.policyDir)", dir.display()))?;
-            instance_lock =
-                Some(crate::shm::lock_instance(dir).context("fastpath.policyDir is taken")?);
+        let governed = if config.fastpath.policy_dir.is_empty() {
+            None
+        } else {
+            let path = std::path::Path::new(&config.fastpath.policy_dir);
+            let dir = ShmDir::open(path).context("fastpath.policyDir")?;
+            let note = format!("pid {} fastpath", std::process::id());
+            instance_lock = Some(
+                dir.lock(LOCK_FILE, &note)
+                    .with_context(|| format!("fastpath.policyDir {} is taken", path.display()))?,
+            );
+            let key = dir
+                .instance_key()
+                .context("fastpath.policyDir: instance key")?;
+            Some(InstanceDir { dir, key })
+        };
+        let policy = Arc::new(Policy::new(governed));
+        if let Some(g) = policy.governed() {
             // Load what is there before accepting, so the first logins are
             // decided by the table rather than refused for want of one.
-            let path = dir.join(crate::policy::TABLE_FILE);
-            if path.exists() {
-                match policy.try_load(&path) {
+            if g.dir.path().join(crate::shm::TABLE_FILE).exists() {
+                match policy.try_load() {
                     Ok(generation) => tracing::info!(generation, "policy table in force"),
-                    Err(reason) => {
-                        tracing::warn!(%reason, path = %path.display(), "policy table refused")
-                    }
+                    Err(reason) => tracing::warn!(%reason, "policy table refused"),
                 }
             }
         }
@@ -82,7 +93,7 @@ impl Server {
             policy,
             tls,
         });
-        if shared.policy.dir().is_some() {
+        if shared.policy.governed().is_some() {
             let s = shared.clone();
             std::thread::Builder::new()
                 .name("fastpath-policy".into())

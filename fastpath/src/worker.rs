@@ -101,8 +101,8 @@ async fn serve(
     driver: &'static str,
 ) {
     tracing::info!(worker = id, driver, "worker started");
-    let events = match shared.policy.dir() {
-        Some(dir) => EventSink::create(dir, id, shared.config.fastpath.event_ring_bytes),
+    let events = match shared.policy.governed() {
+        Some(g) => EventSink::create(g, id, shared.config.fastpath.event_ring_bytes),
         None => EventSink::none(id),
     };
     events.set_applied_generation(shared.policy.generation());
@@ -122,7 +122,7 @@ async fn serve(
     };
     let canceller = monoio::io::Canceller::new();
     let accept_task = monoio::spawn(accept_loop(ctx.clone(), listener, canceller.handle()));
-    if ctx.shared.policy.dir().is_some() {
+    if ctx.shared.policy.governed().is_some() {
         monoio::spawn(traffic_sampler(ctx.clone()));
     }
     inbox_loop(ctx.clone(), inbox).await;

@@ -24,6 +24,8 @@ const NODE: &str = "node_test";
 
 struct Control {
     dir: PathBuf,
+    /// The instance key the fastpath will find in `dir`.
+    shm_key: proto::shm_auth::InstanceKey,
     key: Ed25519KeyPair,
     generation: u64,
     pool: PortSet,
@@ -48,7 +50,8 @@ impl Control {
         } else {
             std::env::temp_dir().join(dir.file_name().unwrap())
         };
-        std::fs::create_dir_all(&dir).unwrap();
+        let shm = fastpath::shm::ShmDir::open(&dir).unwrap();
+        let shm_key = shm.instance_key().unwrap();
         let rng = ring::rand::SystemRandom::new();
         let pk8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let key = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
@@ -56,6 +59,7 @@ impl Control {
         let base = free_port().clamp(20000, 60000);
         Control {
             dir,
+            shm_key,
             key,
             generation: 0,
             pool: PortSet::from_ranges(vec![(base, base + 40)]),
@@ -92,10 +96,19 @@ impl Control {
         self.generation
     }
 
+    /// Publish `bytes` as the slowpath would: sealed with the instance key.
     fn write_raw(&self, bytes: &[u8]) {
-        let tmp = self.dir.join("policy.tbl.tmp");
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::rename(&tmp, self.dir.join("policy.tbl")).unwrap();
+        let mut sealed = bytes.to_vec();
+        self.shm_key.seal_table(&mut sealed);
+        self.write_unsealed(&sealed);
+    }
+
+    /// Put `bytes` in place of the table as they are (forgeries).
+    fn write_unsealed(&self, bytes: &[u8]) {
+        fastpath::shm::ShmDir::open(&self.dir)
+            .unwrap()
+            .write_replacing(fastpath::shm::TABLE_FILE, bytes)
+            .unwrap();
     }
 
     fn invite(
@@ -162,7 +175,11 @@ impl Control {
         let mut buf = Vec::new();
         for (_, _, r) in rings.iter() {
             while r.pop(&mut buf) {
-                out.push(EventRecord::decode(&buf).expect("fastpath writes valid records"));
+                let rec = self
+                    .shm_key
+                    .open_record(&buf)
+                    .expect("records carry the instance tag");
+                out.push(EventRecord::decode(rec).expect("fastpath writes valid records"));
             }
         }
         out
@@ -418,6 +435,24 @@ fn corrupt_or_stale_tables_are_refused_and_the_last_good_one_stays() {
         std::thread::sleep(Duration::from_millis(100));
         Client::login(opts_with_ticket(&fp, &t)).expect("still generation 1");
     }
+    // A forged table: newer, structurally valid, with a correct CRC, but
+    // not sealed with the instance key (or sealed with another key).
+    let mut forged = good.clone();
+    forged.generation = u64::MAX;
+    forged.invites.clear();
+    ctl.write_unsealed(&forged.encode());
+    std::thread::sleep(Duration::from_millis(100));
+    Client::login(opts_with_ticket(&fp, &t)).expect("unsealed forgery refused");
+    let mut other_key = forged.encode();
+    proto::shm_auth::InstanceKey::new(&[7; 32]).seal_table(&mut other_key);
+    ctl.write_unsealed(&other_key);
+    std::thread::sleep(Duration::from_millis(100));
+    Client::login(opts_with_ticket(&fp, &t)).expect("forgery under another key refused");
+    assert!(
+        fp.daemon.log().join("\n").contains("authentication failed"),
+        "{}",
+        fp.daemon.log().join("\n")
+    );
     // A stale generation (0 < 1) is refused too.
     let mut stale = good.clone();
     stale.generation = 0;
