@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fastpath::shm::{RingHeader, ShmDir};
 use proto::policy::{PolicyTable, PortSet};
 use serde_json::{json, Value};
 use slowpath::db::{self, Db};
@@ -317,7 +318,7 @@ struct PublishRun {
 
 async fn publish_run(backend: &Backend, url: &str, dir: &Path, shm: &Path, n: usize) -> PublishRun {
     let db = db::open(url).await.unwrap();
-    tickets::ensure_signer(&db).await.unwrap();
+    tickets::ensure_signer(&db, dir).await.unwrap();
     let (node, _key) = nodes::register(
         &db,
         NewNode {
@@ -345,7 +346,8 @@ async fn publish_run(backend: &Backend, url: &str, dir: &Path, shm: &Path, n: us
     insert_invites(&db, &node.id, n, BENCH_POOL, 0x7070_0001).await;
     let insert = t.elapsed();
 
-    let publisher = Publisher::new(db.clone(), shm.to_path_buf(), node.id.clone());
+    let instance = std::sync::Arc::new(fastpath::shm::InstanceDir::open(shm).unwrap());
+    let publisher = Publisher::new(db.clone(), instance, node.id.clone());
     let t = Instant::now();
     publisher.publish(true).await.unwrap();
     let first_publish = t.elapsed();
@@ -536,12 +538,6 @@ fn call(
     )
 }
 
-/// A worker's ring, mapped read-only for its header.
-struct RingView {
-    _map: fastpath::shm::Mapping,
-    ring: proto::ring::Ring,
-}
-
 /// A running `slowpath up` with its fastpath child; both killed on drop.
 struct Up {
     child: Child,
@@ -552,7 +548,9 @@ struct Up {
     node: String,
     db_url: String,
     agent: ureq::Agent,
-    rings: Vec<RingView>,
+    /// Ring files whose producer is alive (their headers are read afresh
+    /// each time, with pread: no mapping).
+    rings: Vec<String>,
     fastpath_pid: i32,
 }
 
@@ -643,15 +641,14 @@ impl Up {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        up.fastpath_pid = std::fs::read_to_string(up.shm.join("fastpath.lock"))
+        up.fastpath_pid = ShmDir::open(&up.shm)
             .ok()
-            .and_then(|p| p.trim().parse().ok())
+            .and_then(|d| d.holder(fastpath::shm::LOCK_FILE))
             .unwrap_or(0);
-        for r in &up.rings {
+        for h in up.headers() {
             assert_eq!(
-                r.ring.producer_pid() as i32,
-                up.fastpath_pid,
-                "a ring whose producer is not the fastpath in fastpath.lock"
+                h.producer_pid, up.fastpath_pid,
+                "a ring whose producer is not the fastpath holding fastpath.lock"
             );
         }
         up
@@ -661,42 +658,51 @@ impl Up {
         std::fs::read_to_string(self.dir.join("slowpath.log")).unwrap_or_default()
     }
 
-    /// Maps every `events-*.ring` whose producer is alive.
+    /// Finds every `events-*.ring` whose producer is alive.
     fn map_rings(&mut self) {
-        self.rings.clear();
-        let Ok(entries) = std::fs::read_dir(&self.shm) else {
-            return;
+        self.rings = self
+            .ring_headers()
+            .into_iter()
+            .filter(|(_, h)| {
+                // SAFETY: signal 0 only checks that the process exists.
+                h.producer_pid > 0 && unsafe { libc::kill(h.producer_pid, 0) } == 0
+            })
+            .map(|(name, _)| name)
+            .collect();
+    }
+
+    fn ring_headers(&self) -> Vec<(String, RingHeader)> {
+        let Ok(dir) = ShmDir::open(&self.shm) else {
+            return Vec::new();
         };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "ring") {
-                continue;
-            }
-            let Ok(file) = std::fs::File::open(&path) else {
-                continue;
-            };
-            let Ok(map) = fastpath::shm::Mapping::read_only(&file) else {
-                continue;
-            };
-            // SAFETY: the mapping lives as long as the `Ring` next to it in
-            // `RingView`; only the header's atomics are read.
-            let Ok(ring) = (unsafe { proto::ring::Ring::attach(map.as_mut_ptr(), map.len()) })
-            else {
-                continue;
-            };
-            let pid = ring.producer_pid() as i32;
-            // SAFETY: signal 0 only checks that the process exists.
-            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
-                self.rings.push(RingView { _map: map, ring });
-            }
-        }
+        let mut out: Vec<(String, RingHeader)> = dir
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| fastpath::shm::ring_worker(n).is_some())
+            .filter_map(|n| {
+                let h = RingHeader::read(&dir.open_file(&n, false).ok()?)?;
+                Some((n, h))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The headers of the rings found by `map_rings`, read now.
+    fn headers(&self) -> Vec<RingHeader> {
+        self.ring_headers()
+            .into_iter()
+            .filter(|(n, _)| self.rings.contains(n))
+            .map(|(_, h)| h)
+            .collect()
     }
 
     /// Every worker's applied generation, read from the ring headers.
     fn applied(&self) -> Vec<u64> {
-        self.rings
+        self.headers()
             .iter()
-            .map(|r| r.ring.applied_generation())
+            .map(|h| h.applied_generation)
             .collect()
     }
 
@@ -747,24 +753,20 @@ struct PropRun {
     checked: usize,
     behind: usize,
     first_behind: Option<String>,
-    /// "did not confirm the new policy in time" lines the slowpath logged.
+    /// "policy change not applied" lines the slowpath logged.
     enforce_timeouts: usize,
 }
 
 /// The generation in the header of the table on disk.
 fn disk_generation(shm: &Path) -> u64 {
-    use std::io::Read as _;
-    let mut head = [0u8; 24];
-    std::fs::File::open(shm.join(policy_publish::TABLE_FILE))
-        .and_then(|mut f| f.read_exact(&mut head))
+    let head = ShmDir::open(shm)
+        .and_then(|d| d.read(policy_publish::TABLE_FILE))
         .unwrap();
     u64::from_le_bytes(head[16..24].try_into().unwrap())
 }
 
 fn enforce_timeouts(up: &Up) -> usize {
-    up.log()
-        .matches("did not confirm the new policy in time")
-        .count()
+    up.log().matches("policy change not applied").count()
 }
 
 /// `iters` create + revoke pairs, each call timed, each checked against the

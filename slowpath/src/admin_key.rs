@@ -1,8 +1,6 @@
 //! The admin API key: `ADMIN_API_KEY` if set, else `<data-dir>/admin.key`,
 //! generated (mode 0600) at first start.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::credentials;
@@ -25,15 +23,10 @@ pub fn read(data_dir: &Path) -> Result<Option<String>> {
             return Ok(Some(key.trim().to_owned()));
         }
     }
-    match std::fs::read_to_string(path(data_dir)) {
-        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Internal(format!(
-            "cannot read {}: {e}",
-            path(data_dir).display()
-        ))),
-    }
+    // A key file other users can read is refused (see private_files).
+    Ok(crate::private_files::read(&path(data_dir))?
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
 }
 
 /// The key, generating and saving one if there is none. Returns it and
@@ -44,13 +37,11 @@ pub fn ensure(data_dir: &Path) -> Result<(String, bool)> {
     }
     let key = credentials::new_admin_key();
     let p = path(data_dir);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p)
-        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", p.display())))?;
-    file.write_all(format!("{key}\n").as_bytes())
-        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", p.display())))?;
+    if !crate::private_files::create_new(&p, format!("{key}\n").as_bytes())? {
+        return Err(Error::Internal(format!(
+            "{} appeared while starting; start again",
+            p.display()
+        )));
+    }
     Ok((key, true))
 }

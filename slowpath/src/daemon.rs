@@ -2,23 +2,23 @@
 //! signing key, the local node, the first policy table, the event drain, the
 //! API, and (for `up`) the demo invite and the fastpath child.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use fastpath::shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE};
 use slowpath::api::{self, App, TenantServices};
 use slowpath::db::{self, Backend, Db};
 use slowpath::etcd::{self, EtcdConfig};
 use slowpath::events_drain::EventDrain;
-use slowpath::invites::{self, NewInvite};
+use slowpath::invites::{self, Invite, NewInvite};
 use slowpath::nodes::{self, NewNode, Node, NodePatch};
 use slowpath::policy_publish::Publisher;
 use slowpath::quota::QuotaTracker;
 use slowpath::rate_limit::RateLimiter;
 use slowpath::tenants::{Tenant, TenantRecord};
 use slowpath::traffic_reports::{self, ReportSettings};
-use slowpath::{admin_key, credentials, tickets};
+use slowpath::{admin_key, credentials, frpc_config, private_files, tickets};
 use tokio::sync::watch;
 
 use crate::cli::{ServeArgs, UpArgs};
@@ -159,7 +159,7 @@ async fn ensure_local_node(
     .await?;
     db::meta_set(db, LOCAL_NODE_KEY, &node.id).await?;
     let key_path = data_dir.join("node.key");
-    write_private(&key_path, &format!("{key}\n"))?;
+    private_files::write(&key_path, format!("{key}\n").as_bytes())?;
     println!(
         "Registered this host as node {} (node key in {})",
         node.id,
@@ -168,75 +168,43 @@ async fn ensure_local_node(
     Ok(node)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 /// The fastpath config `up` writes when none is given.
-fn fastpath_toml(node: &Node, shm_dir: &Path) -> String {
-    let ranges: Vec<String> = node
-        .port_pool
-        .ranges()
-        .iter()
-        .map(|&(a, b)| {
-            if a == b {
-                format!("{{ single = {a} }}")
-            } else {
-                format!("{{ start = {a}, end = {b} }}")
-            }
-        })
-        .collect();
-    format!(
-        "# Written by `slowpath up` for node {id}; it is rewritten at every start.\n\
-         # Pass --fastpath-config to run with your own file instead.\n\
-         bindAddr = \"0.0.0.0\"\n\
-         bindPort = {port}\n\
-         auth.token = {token:?}\n\
-         allowPorts = [{ranges}]\n\
-         \n\
-         [fastpath]\n\
-         policyDir = {dir:?}\n",
-        id = node.id,
-        port = node.server_port,
-        token = node.frp_token,
-        ranges = ranges.join(", "),
-        dir = shm_dir.display().to_string(),
-    )
+fn fastpath_toml(node: &Node, shm_dir: &Path) -> Result<String> {
+    // The config holds the directory as a string: a path that is not UTF-8
+    // cannot be written there as the same path.
+    let policy_dir = shm_dir
+        .to_str()
+        .with_context(|| format!("--shm-dir {}: not UTF-8", shm_dir.display()))?;
+    frpc_config::render_fastpath(&frpc_config::FastpathFile {
+        node_id: &node.id,
+        bind_port: node.server_port,
+        token: &node.frp_token,
+        allow_ports: &node.port_pool,
+        policy_dir,
+    })
+    .context("cannot write the fastpath config")
 }
 
-/// A usable demo invite on the local node (reused across starts).
-async fn ensure_demo_invite(db: &Db, node: &Node) -> Result<(String, Option<String>)> {
+/// A usable demo invite on the local node (reused across starts while it
+/// stays within the demo limits; one made with wider limits, as older
+/// versions did, is revoked and replaced).
+async fn ensure_demo_invite(db: &Db, node: &Node) -> Result<(Invite, Option<String>)> {
     if let Some(id) = db::meta_get(db, DEMO_INVITE_KEY).await? {
         if let Ok(inv) = invites::get(db, &id).await {
-            if inv.node_id == node.id && inv.unusable_reason(slowpath::clock::now_ms()).is_none() {
-                return Ok((id, None));
+            let usable =
+                inv.node_id == node.id && inv.unusable_reason(slowpath::clock::now_ms()).is_none();
+            if usable && inv.within_demo_limits(node) {
+                return Ok((inv, None));
+            }
+            if usable {
+                invites::revoke(db, &id, None, "slowpath up (wider than a demo invite)").await?;
+                println!("Revoked the old demo invite {id}: it was wider than a demo invite.");
             }
         }
     }
-    let (inv, code) = invites::create(
-        db,
-        node,
-        NewInvite {
-            ttl_s: Some(invites::MAX_TTL_S),
-            max_uses: Some(0),
-            note: "demo invite created by slowpath up".to_owned(),
-            ..NewInvite::default()
-        },
-    )
-    .await?;
-    let id = inv.id.to_string();
-    db::meta_set(db, DEMO_INVITE_KEY, &id).await?;
-    Ok((id, Some(code)))
+    let (inv, code) = invites::create(db, node, NewInvite::demo(node)).await?;
+    db::meta_set(db, DEMO_INVITE_KEY, &inv.id.to_string()).await?;
+    Ok((inv, Some(code)))
 }
 
 async fn shutdown_signal() {
@@ -257,24 +225,69 @@ async fn shutdown_signal() {
 
 /// Runs `serve` (when `up` is None) or `up`.
 pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("--data-dir {}: cannot create", args.data_dir.display()))?;
-    let data_dir = args
-        .data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| args.data_dir.clone());
-    let url = match &args.database_url {
-        Some(u) => {
-            Backend::of_url(u)?;
-            u.clone()
-        }
-        None => db::sqlite_url(&data_dir),
-    };
     if args.resolve_rate == 0 {
         bail!("--resolve-rate must be at least 1 per minute");
     }
     if args.instance.is_empty() || args.instance.contains('/') {
         bail!("--instance must be a plain name (no '/')");
+    }
+    let fp_settings = match args.fastpath_config.as_ref() {
+        Some(p) => read_fastpath_config(p)?,
+        None => FastpathSettings::default(),
+    };
+    let shm_dir = args
+        .shm_dir
+        .clone()
+        .or_else(|| fp_settings.policy_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/totoro-{}", args.instance)));
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+
+    // One instance, one owner: before anything is created or changed, take
+    // the instance's lock (its directory verified first). A second `up` or
+    // `serve` for a live instance stops here and names the holder.
+    let shm = Arc::new(InstanceDir::open(&shm_dir).with_context(|| {
+        format!(
+            "the instance's shared-memory directory (--instance {})",
+            args.instance
+        )
+    })?);
+    let note = format!("pid {} data dir {}", std::process::id(), data_dir.display());
+    let _instance_lock = match shm.dir.lock(SLOWPATH_LOCK_FILE, &note) {
+        Ok(f) => f,
+        Err(LockError::Held(held)) => bail!(
+            "instance '{}' ({}) is already served by a live slowpath ({}{}); \
+             stop it first or pick another --instance",
+            args.instance,
+            shm_dir.display(),
+            held.pid.map(|p| format!("pid {p}, ")).unwrap_or_default(),
+            held.note
+        ),
+        Err(LockError::Io(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", shm_dir.display()))
+        }
+    };
+
+    private_files::ensure_dir(&data_dir, "--data-dir")?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let url = match &args.database_url {
+        Some(u) => {
+            Backend::of_url(u)?;
+            u.clone()
+        }
+        None => {
+            // SQLite's journal files take the database file's mode; the
+            // file is made 0600 before SQLite opens it.
+            let file = data_dir.join(db::SQLITE_FILE);
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                private_files::check_file(&PathBuf::from(format!("{}{suffix}", file.display())))?;
+            }
+            private_files::create_new(&file, b"")?;
+            db::sqlite_url(&data_dir)
+        }
+    };
+    for name in ["node.key", tickets::KEY_FILE] {
+        private_files::check_file(&data_dir.join(name))?;
     }
     let db = db::open(&url)
         .await
@@ -286,20 +299,10 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             admin_key::path(&data_dir).display()
         );
     }
-    let signer = tickets::ensure_signer(&db).await?;
-
-    let fp_settings = match args.fastpath_config.as_ref() {
-        Some(p) => read_fastpath_config(p)?,
-        None => FastpathSettings::default(),
-    };
+    let signer = tickets::ensure_signer(&db, &data_dir).await?;
     let node = ensure_local_node(&db, &args, &data_dir, &fp_settings).await?;
-    let shm_dir = args
-        .shm_dir
-        .clone()
-        .or_else(|| fp_settings.policy_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/totoro-{}", args.instance)));
 
-    let publisher = Publisher::new(db.clone(), shm_dir.clone(), node.id.clone());
+    let publisher = Publisher::new(db.clone(), Arc::clone(&shm), node.id.clone());
     let (reports, quotas) = tenant_services(&db, &node, &fp_settings, &publisher).await?;
     publisher
         .publish(true)
@@ -322,7 +325,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .clone()
         .map(|cfg| start_etcd(cfg, db.clone(), Arc::clone(&publisher)));
 
-    let drain = EventDrain::new(db.clone(), shm_dir.clone(), node.id.clone())
+    let drain = EventDrain::new(db.clone(), Arc::clone(&shm), node.id.clone())
         .with_reports(Arc::clone(&reports))
         .with_quotas(Arc::clone(&quotas));
     let drain_status = drain.status_handle();
@@ -353,8 +356,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             Some(p) => p.clone(),
             None => {
                 let p = data_dir.join("fastpath.toml");
-                std::fs::write(&p, fastpath_toml(&node, &shm_dir))
-                    .with_context(|| format!("cannot write {}", p.display()))?;
+                private_files::write(&p, fastpath_toml(&node, &shm_dir)?.as_bytes())?;
                 p
             }
         };
@@ -368,17 +370,32 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         if !bin.is_file() {
             bail!("--fastpath-bin {}: no such file", bin.display());
         }
-        let (demo_id, code) = ensure_demo_invite(&db, &node).await?;
+        let (demo, code) = ensure_demo_invite(&db, &node).await?;
+        let demo_id = demo.id.to_string();
         publisher.publish(false).await?;
-        let resolved = invites::resolve_id(&db, &app.signer, &demo_id, "slowpath up").await?;
+        let mut resolved = invites::resolve_id(&db, &app.signer, &demo_id, "slowpath up").await?;
+        // The limits go into the file too: the file is what gets copied.
+        let demo = invites::get(&db, &demo_id).await?;
+        let demo_limits = format!("Demo invite: {}.", demo.limits_line());
+        let real_invite = format!(
+            "For a real one: slowpath invite create (defaults {} days, {} use, \
+             {} sessions, {} proxies; see --help).",
+            invites::DEFAULT_TTL_S / 86_400,
+            invites::DEFAULT_MAX_USES,
+            invites::DEFAULT_MAX_CONNS,
+            invites::DEFAULT_MAX_PROXIES,
+        );
+        let mut header = String::new();
+        frpc_config::comment(&mut header, &demo_limits);
+        frpc_config::comment(&mut header, &real_invite);
+        resolved.frpc_toml.insert_str(0, &header);
         let frpc_path = data_dir.join("frpc-demo.toml");
-        std::fs::write(&frpc_path, &resolved.frpc_toml)
-            .with_context(|| format!("cannot write {}", frpc_path.display()))?;
+        private_files::write(&frpc_path, resolved.frpc_toml.as_bytes())?;
         let fp = Arc::new(Fastpath {
             bin,
             prefix,
             config: config.clone(),
-            shm_dir: shm_dir.clone(),
+            shm: Arc::clone(&shm),
         });
         child_task = Some(tokio::spawn(supervisor::run(
             fp,
@@ -412,6 +429,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             "  demo invite {demo_id}; frpc.toml below is also in {}",
             frpc_path.display()
         );
+        println!("  {demo_limits} {real_invite}");
         println!(
             "----- frpc.toml -----\n{}---------------------",
             resolved.frpc_toml
@@ -426,11 +444,12 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     }
 
     let router = api::router(app);
-    axum::serve(
+    api::serve::run(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        api::serve::ApiLimits::default(),
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
     .await
     .context("API server failed")?;
     let _ = stop_tx.send(true);

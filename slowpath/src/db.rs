@@ -85,9 +85,12 @@ impl Backend {
     }
 }
 
+/// File name of the default SQLite database in the data directory.
+pub const SQLITE_FILE: &str = "totoro.db";
+
 /// The SQLite URL for the default database in `data_dir`.
 pub fn sqlite_url(data_dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", data_dir.join("totoro.db").display())
+    format!("sqlite://{}?mode=rwc", data_dir.join(SQLITE_FILE).display())
 }
 
 /// Opens the pool and applies pending migrations.

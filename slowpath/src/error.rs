@@ -22,6 +22,10 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),
+    /// The change was recorded but is not in force: the data plane did not
+    /// apply the policy it was given (stopped, wedged, or refusing tables).
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed; not the caller's fault.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),

@@ -9,14 +9,17 @@
 //! not read meanwhile) so that a database hiccup loses no traffic. The
 //! rings' headers also say which policy generation each worker enforces and
 //! how many events it dropped; [`DrainStatus`] carries both to the stats API.
+//!
+//! Rings are opened through the verified instance directory, and every
+//! record must carry its tag under the instance key: one that does not is
+//! dropped, logged and counted (`unauthenticated`), never written down.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fastpath::shm::Mapping;
+use fastpath::shm::{InstanceDir, Mapping};
 use proto::events::{Event, EventRecord};
 use proto::ring::Ring;
 use serde::Serialize;
@@ -61,6 +64,9 @@ pub struct DrainStatus {
     pub events_ingested: u64,
     /// Records that did not decode.
     pub undecodable: u64,
+    /// Records without a valid tag under the instance key (not written by
+    /// this instance's fastpath), dropped.
+    pub unauthenticated: u64,
     /// Events given up after the database refused them
     /// [`MAX_WRITE_ATTEMPTS`] times.
     pub events_lost: u64,
@@ -76,11 +82,10 @@ struct Mapped {
     worker: u32,
 }
 
-fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<Mapped> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
+fn map_ring(shm: &InstanceDir, name: &str, worker: u32) -> std::io::Result<Mapped> {
+    let file = shm.dir.open_file(name, true)?;
+    let meta = file.metadata()?;
+    let (inode, size) = (meta.ino(), meta.len());
     let len = usize::try_from(size).map_err(std::io::Error::other)?;
     if len < proto::ring::RING_HEADER + 64 {
         return Err(std::io::Error::other("ring file too small"));
@@ -88,8 +93,9 @@ fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<
     // The fastpath replaces rings with new files rather than truncating
     // them, and a size change is noticed and remapped.
     let map = Mapping::read_write(&file, len)?;
-    // SAFETY: the mapping is page-aligned, `len` bytes long, and lives as
-    // long as the Mapped that owns both it and the Ring.
+    // SAFETY: the mapping is page-aligned, `len` bytes long, readable and
+    // writable (the consumer advances `tail`), and lives as long as the
+    // Mapped that owns both it and the Ring.
     let ring = unsafe { Ring::attach(map.as_mut_ptr(), len) }.map_err(std::io::Error::other)?;
     Ok(Mapped {
         inode,
@@ -103,9 +109,9 @@ fn map_ring(path: &Path, worker: u32, inode: u64, size: u64) -> std::io::Result<
 /// Drains rings in `dir` for the local node.
 pub struct EventDrain {
     db: Db,
-    dir: PathBuf,
+    shm: Arc<InstanceDir>,
     node_id: String,
-    rings: HashMap<PathBuf, Mapped>,
+    rings: HashMap<String, Mapped>,
     status: Arc<Mutex<DrainStatus>>,
     reports: Option<Arc<ReportSettings>>,
     quotas: Option<Arc<QuotaTracker>>,
@@ -116,11 +122,11 @@ pub struct EventDrain {
 }
 
 impl EventDrain {
-    /// A drain over `dir`, attributing events to `node_id`.
-    pub fn new(db: Db, dir: PathBuf, node_id: String) -> EventDrain {
+    /// A drain over the instance directory, attributing events to `node_id`.
+    pub fn new(db: Db, shm: Arc<InstanceDir>, node_id: String) -> EventDrain {
         EventDrain {
             db,
-            dir,
+            shm,
             node_id,
             rings: HashMap::new(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
@@ -164,40 +170,33 @@ impl EventDrain {
 
     /// Maps new rings and remaps replaced ones.
     fn rescan(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(names) = self.shm.dir.names() else {
             self.rings.clear();
             return;
         };
         let mut seen = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(worker) = name
-                .strip_prefix("events-")
-                .and_then(|s| s.strip_suffix(".ring"))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+        for name in names {
+            let Some(worker) = fastpath::shm::ring_worker(&name) else {
                 continue;
             };
-            let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Ok(identity) = self.shm.dir.identity(&name) else {
                 continue;
             };
-            seen.push(path.clone());
-            if let Some(m) = self.rings.get(&path) {
-                if m.inode == meta.ino() && m.size == meta.len() {
+            seen.push(name.clone());
+            if let Some(m) = self.rings.get(&name) {
+                if (m.inode, m.size) == identity {
                     continue;
                 }
             }
-            match map_ring(&path, worker, meta.ino(), meta.len()) {
+            match map_ring(&self.shm, &name, worker) {
                 Ok(m) => {
-                    tracing::info!(worker, path = %path.display(), "mapped event ring");
-                    self.rings.insert(path, m);
+                    tracing::info!(worker, ring = %name, "mapped event ring");
+                    self.rings.insert(name, m);
                 }
                 Err(e) => {
                     // A ring the producer has not initialized yet: try next tick.
                     tracing::debug!(worker, error = %e, "event ring not usable yet");
-                    self.rings.remove(&path);
+                    self.rings.remove(&name);
                 }
             }
         }
@@ -211,6 +210,7 @@ impl EventDrain {
         // does not fit, as they would with no slowpath at all.
         let take = self.unwritten.is_empty();
         let mut undecodable = 0u64;
+        let mut unauthenticated = 0u64;
         let mut buf = Vec::with_capacity(512);
         let mut workers = Vec::with_capacity(self.rings.len());
         for m in self.rings.values() {
@@ -218,7 +218,15 @@ impl EventDrain {
                 if !take || !m.ring.pop(&mut buf) {
                     break;
                 }
-                match EventRecord::decode(&buf) {
+                let record = match self.shm.key.open_record(&buf) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        unauthenticated += 1;
+                        tracing::warn!(worker = m.worker, error = %e, "event record refused");
+                        continue;
+                    }
+                };
+                match EventRecord::decode(record) {
                     Ok(r) => self.unwritten.push(r),
                     Err(e) => {
                         undecodable += 1;
@@ -243,6 +251,7 @@ impl EventDrain {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.workers = workers;
         status.undecodable += undecodable;
+        status.unauthenticated += unauthenticated;
         match written {
             Ok(queued) => {
                 status.events_ingested += self.unwritten.len() as u64;

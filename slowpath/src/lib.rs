@@ -15,6 +15,9 @@
 //!   yields the OpenAPI document.
 //! - [`tenants`]: seed 002's multi-tenant frp tokens; [`etcd`] keeps them
 //!   in sync with an etcd prefix on a thread of its own.
+//! - [`private_files`]: owner-only files and directories for everything
+//!   that holds a secret or policy (checked at start, refused when open to
+//!   others).
 //! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
 //!   [`admin_key`]: small pieces the above share.
 //!
@@ -34,6 +37,7 @@ pub mod frpc_config;
 pub mod invites;
 pub mod nodes;
 pub mod policy_publish;
+pub mod private_files;
 pub mod quota;
 pub mod rate_limit;
 pub mod tenants;

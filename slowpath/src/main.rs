@@ -11,6 +11,8 @@ use clap::Parser as _;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Owner-only files for this process and the fastpath it runs.
+    fastpath::cli::owner_only_umask();
     // The data plane runs from this same binary (`up` starts it as a child
     // process): hand its flags to it untouched, before anything of the
     // control plane (logging, tokio) exists in this process.

@@ -2,15 +2,22 @@
 //! ticket keys) into a policy table and publishes it to the shared-memory
 //! directory the fastpath watches.
 //!
-//! Publishing is `policy.tbl.tmp-<gen>` then `rename` onto `policy.tbl`, so
-//! the fastpath sees either the old table or the new one, never half of one.
+//! Publishing is a private file written aside then renamed onto
+//! `policy.tbl` in the verified directory ([`fastpath::shm::ShmDir`]), so
+//! the fastpath sees either the old table or the new one, never half of one;
+//! each table carries an HMAC under the instance key, so the fastpath
+//! refuses anything the slowpath did not write. A change that the fastpath
+//! does not apply in time (stopped, wedged, refusing the table) fails the
+//! API call that made it with 503 and the reason.
 //! The generation is one more than the largest of: the table on disk, the
 //! counter in the database, and what this process last wrote; so a restarted
 //! slowpath (or a fresh database next to a running fastpath) never publishes
 //! a generation the fastpath would refuse as stale.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use fastpath::shm::InstanceDir;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +34,7 @@ use crate::tenants::Tenant;
 use crate::{invites, nodes, tickets};
 
 /// File name of the published table inside the shm directory.
-pub const TABLE_FILE: &str = "policy.tbl";
+pub use fastpath::shm::TABLE_FILE;
 /// `meta` key of the generation counter.
 const GENERATION_KEY: &str = "policy_generation";
 /// Changes arriving within this window are published together.
@@ -61,7 +68,7 @@ pub struct PublishStatus {
 /// Publishes the local node's table on request and periodically.
 pub struct Publisher {
     db: Db,
-    dir: PathBuf,
+    shm: Arc<InstanceDir>,
     node_id: String,
     wake: Notify,
     status: Mutex<PublishStatus>,
@@ -89,11 +96,11 @@ pub struct Publisher {
 pub type TenantHook = Box<dyn Fn(&[Tenant]) + Send + Sync>;
 
 impl Publisher {
-    /// A publisher for `node_id` into `dir` (created if missing).
-    pub fn new(db: Db, dir: PathBuf, node_id: String) -> Arc<Publisher> {
+    /// A publisher for `node_id` into the verified instance directory.
+    pub fn new(db: Db, shm: Arc<InstanceDir>, node_id: String) -> Arc<Publisher> {
         Arc::new(Publisher {
             db,
-            dir,
+            shm,
             node_id,
             wake: Notify::new(),
             status: Mutex::new(PublishStatus::default()),
@@ -191,7 +198,7 @@ impl Publisher {
 
     /// The shm directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.shm.dir.path()
     }
 
     /// Asks for a publish soon (after [`DEBOUNCE`]).
@@ -211,9 +218,10 @@ impl Publisher {
     /// [`ENFORCE_WAIT`]) until every live fastpath worker on this host
     /// enforces it, so that when the call returns, the change holds: a
     /// fresh invite's ticket logs in, a revoked invite's sessions are gone.
-    /// Returns how long enforcement took, or None if it did not finish in
-    /// time (the change still lands; the call does not fail for it).
-    pub async fn sync(&self) -> Result<Option<Duration>> {
+    /// Returns how long enforcement took; when the fastpath does not apply
+    /// the change in time the change is recorded but the call fails with
+    /// [`Error::Unavailable`] saying why.
+    pub async fn sync(&self) -> Result<Duration> {
         let started = Instant::now();
         let generation = self.publish(false).await?;
         self.wait_applied(generation, started).await
@@ -366,7 +374,7 @@ impl Publisher {
     }
 
     /// Like [`Publisher::sync`] for a change to one invite.
-    pub async fn sync_invite(&self, id: InviteId) -> Result<Option<Duration>> {
+    pub async fn sync_invite(&self, id: InviteId) -> Result<Duration> {
         let started = Instant::now();
         let generation = self.publish_invite(id).await?;
         self.wait_applied(generation, started).await
@@ -409,25 +417,31 @@ impl Publisher {
             }
         }
         let content = bytes.clone();
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", self.dir.display())))?;
-        let path = self.dir.join(TABLE_FILE);
-        let on_disk = disk_generation(&path).await;
+        let on_disk = disk_generation(&self.shm);
         let counted = db::meta_get(&self.db, GENERATION_KEY)
             .await?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let generation = on_disk.max(counted).max(self.status().generation) + 1;
+        let generation = on_disk
+            .max(counted)
+            .max(self.status().generation)
+            .checked_add(1)
+            .ok_or_else(|| Error::Internal("policy generations are exhausted".into()))?;
         db::meta_set(&self.db, GENERATION_KEY, &generation.to_string()).await?;
         table::stamp(&mut bytes, generation, u64::try_from(now).unwrap_or(0));
-        let tmp = self.dir.join(format!("{TABLE_FILE}.tmp-{generation}"));
-        tokio::fs::write(&tmp, &bytes)
+        self.shm.key.seal_table(&mut bytes);
+        let shm = Arc::clone(&self.shm);
+        let file = bytes;
+        let bytes_len = file.len();
+        tokio::task::spawn_blocking(move || shm.dir.write_replacing(TABLE_FILE, &file))
             .await
-            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", tmp.display())))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot rename onto {}: {e}", path.display())))?;
+            .map_err(|e| Error::Internal(format!("table writer: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "cannot write {}: {e}",
+                    self.shm.dir.path().join(TABLE_FILE).display()
+                ))
+            })?;
         let publish_us = elapsed_us(started);
         *self.last_content.lock().unwrap_or_else(|p| p.into_inner()) = Some(content);
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = PublishStatus {
@@ -435,7 +449,7 @@ impl Publisher {
             published_ms: now,
             invites,
             tenants,
-            bytes: bytes.len(),
+            bytes: bytes_len,
             publish_us,
             compile_us,
             encode_us,
@@ -445,7 +459,7 @@ impl Publisher {
             generation,
             invites,
             tenants,
-            bytes = bytes.len(),
+            bytes = bytes_len,
             compile_us,
             encode_us,
             publish_us,
@@ -456,37 +470,60 @@ impl Publisher {
 
     /// Wait for the workers, up to [`ENFORCE_WAIT`] from now (the publish
     /// itself may have taken a while on a big table); the returned time
-    /// counts from `started`.
-    async fn wait_applied(&self, generation: u64, started: Instant) -> Result<Option<Duration>> {
+    /// counts from `started`. A change not applied by then is in the
+    /// database and the table but not in force: [`Error::Unavailable`],
+    /// with what the fastpath said about the table if it refused it.
+    async fn wait_applied(&self, generation: u64, started: Instant) -> Result<Duration> {
         let waiting = Instant::now();
-        loop {
-            if applied_everywhere(&self.dir, generation) {
-                return Ok(Some(started.elapsed()));
+        let lagging = loop {
+            let lagging = lagging_workers(&self.shm, generation);
+            if lagging.is_empty() {
+                return Ok(started.elapsed());
             }
             if waiting.elapsed() > ENFORCE_WAIT {
-                tracing::warn!(
-                    generation,
-                    "fastpath workers did not confirm the new policy in time"
-                );
-                return Ok(None);
+                break lagging;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let enforced = lagging.iter().map(|(_, g)| *g).min().unwrap_or(0);
+        let mut reason = format!(
+            "the change is recorded but not in force: the fastpath did not apply policy \
+             generation {generation} within {} ms ({} worker(s) still enforce generation {enforced})",
+            ENFORCE_WAIT.as_millis(),
+            lagging.len()
+        );
+        if let Some(why) = self.refusal_since(started) {
+            reason.push_str(&format!("; it refused the table: {why}"));
         }
+        tracing::warn!(generation, enforced, %reason, "policy change not applied");
+        Err(Error::Unavailable(reason))
+    }
+
+    /// What the fastpath last wrote about a refused table, if it wrote it
+    /// after `since` (roughly: the refusal note carries a wall-clock ms).
+    fn refusal_since(&self, since: Instant) -> Option<String> {
+        let text = String::from_utf8(self.shm.dir.read(fastpath::shm::REFUSED_FILE).ok()?).ok()?;
+        let (ms, why) = text.trim().split_once(' ')?;
+        let ms: i64 = ms.parse().ok()?;
+        let since_ms = now_ms() - i64::try_from(since.elapsed().as_millis()).unwrap_or(0) - 1000;
+        (ms >= since_ms).then(|| why.to_owned())
     }
 }
 
-/// The generation of the table at `path` (0 when absent or unreadable).
-/// Only the header is read: the file may be megabytes.
-async fn disk_generation(path: &Path) -> u64 {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut f) = tokio::fs::File::open(path).await else {
+/// The generation of the table in the directory (0 when absent, unreadable
+/// or not sealed with this instance's key: a planted table must not push
+/// the generation counter to its end). Only the header is needed, but the
+/// tag covers the whole file.
+fn disk_generation(shm: &InstanceDir) -> u64 {
+    let Ok(file) = shm.dir.read(TABLE_FILE) else {
         return 0;
     };
-    let mut head = [0u8; 24];
-    if f.read_exact(&mut head).await.is_err() || &head[..8] != table::MAGIC {
-        return 0;
+    match shm.key.open_table(&file) {
+        Ok(t) if t.len() >= 24 && &t[..8] == table::MAGIC => {
+            u64::from_le_bytes(t[16..24].try_into().unwrap_or([0; 8]))
+        }
+        _ => 0,
     }
-    u64::from_le_bytes(head[16..24].try_into().unwrap_or([0; 8]))
 }
 
 fn elapsed_us(since: Instant) -> u64 {
@@ -517,38 +554,29 @@ fn invite_policy(i: invites::Invite) -> InvitePolicy {
 /// How long an API call waits for the fastpath to enforce its change.
 pub const ENFORCE_WAIT: Duration = Duration::from_secs(1);
 
-/// Whether every live fastpath worker whose ring is in `dir` reports
-/// `generation` (or later) as applied. Rings of dead producers (a stopped
-/// fastpath's leftovers) do not count; no rings at all means nothing to
-/// wait for (a `serve` without a local fastpath).
-pub fn applied_everywhere(dir: &Path, generation: u64) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return true;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "ring") {
-            continue;
-        }
-        let Ok(file) = std::fs::File::open(&path) else {
+/// The live fastpath workers whose ring in the directory reports a policy
+/// generation older than `generation`, with the one each reports. Rings of
+/// dead producers (a stopped fastpath's leftovers) do not count; no rings
+/// at all means nothing to wait for (a `serve` without a local fastpath).
+pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<(u32, u64)> {
+    let mut lagging = Vec::new();
+    for name in shm.dir.names().unwrap_or_default() {
+        let Some(worker) = fastpath::shm::ring_worker(&name) else {
             continue;
         };
-        let Ok(map) = fastpath::shm::Mapping::read_only(&file) else {
+        let Ok(file) = shm.dir.open_file(&name, false) else {
             continue;
         };
-        // SAFETY: a read-only mapping that outlives `ring`; only the
-        // header's atomics are read (no push or pop on this handle).
-        let Ok(ring) = (unsafe { proto::ring::Ring::attach(map.as_mut_ptr(), map.len()) }) else {
+        let Some(header) = fastpath::shm::RingHeader::read(&file) else {
             continue;
         };
-        let pid = ring.producer_pid() as i32;
         // SAFETY: signal 0 only checks that the process exists.
-        let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-        if alive && ring.applied_generation() < generation {
-            return false;
+        let alive = header.producer_pid > 0 && unsafe { libc::kill(header.producer_pid, 0) } == 0;
+        if alive && header.applied_generation < generation {
+            lagging.push((worker, header.applied_generation));
         }
     }
-    true
+    lagging
 }
 
 /// The node's state as a policy spec (generation and time left at 0).

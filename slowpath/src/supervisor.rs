@@ -1,7 +1,9 @@
 //! Runs the fastpath as a child: restarts it when it dies (with backoff),
 //! stops it on shutdown, and heartbeats the local node while it runs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use fastpath::shm::InstanceDir;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,31 +20,18 @@ pub struct Fastpath {
     pub prefix: Vec<String>,
     /// Config file passed with `-c`.
     pub config: PathBuf,
-    /// The instance's shared-memory directory (holds the fastpath's lock).
-    pub shm_dir: PathBuf,
+    /// The instance's verified shared-memory directory (holds the
+    /// fastpath's lock).
+    pub shm: Arc<InstanceDir>,
 }
 
-/// The pid of a fastpath that holds the instance lock in `dir`, if any.
-/// A fastpath outlives a slowpath that was killed (the data plane must keep
-/// serving); the next `up` finds it here and supervises it instead of
-/// starting a second one.
-pub fn running_fastpath(dir: &Path) -> Option<i32> {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .open(dir.join(fastpath::shm::LOCK_FILE))
-        .ok()?;
-    // SAFETY: flock on a descriptor we own; released at once if we got it.
-    unsafe {
-        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
-            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
-            return None;
-        }
-    }
-    let mut pid = String::new();
-    file.read_to_string(&mut pid).ok()?;
-    pid.trim().parse().ok()
+/// The pid of a fastpath that holds the instance lock, if any. A fastpath
+/// outlives a slowpath that was killed (the data plane must keep serving);
+/// the next `up` finds it here and supervises it instead of starting a
+/// second one. The pid is the lock holder as the kernel reports it, never
+/// a number read from a file, so signalling it cannot hit a bystander.
+pub fn running_fastpath(shm: &InstanceDir) -> Option<i32> {
+    shm.dir.holder(fastpath::shm::LOCK_FILE)
 }
 
 impl Fastpath {
@@ -132,14 +121,14 @@ async fn adopt(
     node_id: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<()> {
-    tracing::info!(pid, dir = %fp.shm_dir.display(), "a fastpath already serves this instance; supervising it");
+    tracing::info!(pid, dir = %fp.shm.dir.path().display(), "a fastpath already serves this instance; supervising it");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut beats = 0u32;
     let mut probe = Probe::new(fp);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if running_fastpath(&fp.shm_dir).is_none() {
+                if running_fastpath(&fp.shm) != Some(pid) {
                     tracing::warn!(pid, "adopted fastpath exited; starting a new one");
                     return Some(());
                 }
@@ -154,7 +143,7 @@ async fn adopt(
                 // SAFETY: signalling the pid that holds our instance lock.
                 unsafe { libc::kill(pid, libc::SIGTERM); }
                 for _ in 0..60 {
-                    if running_fastpath(&fp.shm_dir).is_none() {
+                    if running_fastpath(&fp.shm) != Some(pid) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -173,7 +162,7 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
         if *stop.borrow() {
             return;
         }
-        if let Some(pid) = running_fastpath(&fp.shm_dir) {
+        if let Some(pid) = running_fastpath(&fp.shm) {
             match adopt(pid, &fp, &db, &node_id, &mut stop).await {
                 Some(()) => continue,
                 None => return,
@@ -186,7 +175,7 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
             .arg("--stats-file")
             .arg(fp.stats_file())
             .arg("--policy-dir")
-            .arg(&fp.shm_dir)
+            .arg(fp.shm.dir.path())
             .kill_on_drop(true)
             .spawn();
         let mut child = match child {

@@ -1,9 +1,17 @@
 //! Ticket signing keys and ticket issue.
 //!
-//! The Ed25519 signing key lives in the database (`signing_keys`), so a
-//! restarted slowpath, or a second one on the same PostgreSQL, keeps signing
-//! with the key the data plane already trusts. Every active key's public half
-//! goes into the policy table; the oldest active key signs.
+//! The Ed25519 private key lives in a 0600 file in the data directory
+//! (`signing.key`), never in the database: a database backup, a read-only
+//! database role or a leaked dump cannot mint tickets. The database keeps
+//! only the public halves (`signing_keys.public_key`; the `pkcs8` column is
+//! emptied), and every active public key goes into the policy table, so
+//! several control-plane replicas on one PostgreSQL each sign with the key
+//! in their own data directory (copy the file to share one) and the data
+//! plane verifies them all.
+//!
+//! A database from before this layout still holds its private key: the
+//! first start moves the oldest active one into the file (if there is none
+//! yet) and erases every private key from the database.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -81,52 +89,99 @@ impl TicketSigner {
 
 fn decode_key(kid: &str, pkcs8_b64: &str) -> Result<Ed25519KeyPair> {
     let pkcs8 = STANDARD
-        .decode(pkcs8_b64)
+        .decode(pkcs8_b64.trim())
         .map_err(|e| Error::Internal(format!("signing key {kid} is not base64: {e}")))?;
     Ed25519KeyPair::from_pkcs8(&pkcs8)
         .map_err(|e| Error::Internal(format!("signing key {kid} is unusable: {e}")))
 }
 
-/// Loads the oldest active signing key, creating one if there is none.
-pub async fn ensure_signer(db: &Db) -> Result<TicketSigner> {
-    if let Some(signer) = load_signer(db).await? {
-        return Ok(signer);
+/// File name of the signing key in the data directory.
+pub const KEY_FILE: &str = "signing.key";
+
+/// The signing key of this control plane: read from `data_dir/signing.key`
+/// (moved there from a database of the old layout, or generated), with its
+/// public half registered in the database; private keys are erased from
+/// the database.
+pub async fn ensure_signer(db: &Db, data_dir: &std::path::Path) -> Result<TicketSigner> {
+    let path = data_dir.join(KEY_FILE);
+    if crate::private_files::read(&path)?.is_none() {
+        let text = match legacy_private_key(db).await? {
+            Some((kid, pkcs8)) => {
+                tracing::info!(kid = %kid, file = %path.display(), "moving the ticket signing key out of the database");
+                format!("{kid} {pkcs8}\n")
+            }
+            None => {
+                let rng = SystemRandom::new();
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| Error::Internal("cannot generate a signing key".into()))?;
+                let kid = format!("k_{}", random_hex(6));
+                tracing::info!(kid = %kid, file = %path.display(), "created ticket signing key");
+                format!("{kid} {}\n", STANDARD.encode(pkcs8.as_ref()))
+            }
+        };
+        // Two processes sharing a data directory may race here: the first
+        // file wins and both read it.
+        crate::private_files::create_new(&path, text.as_bytes())?;
     }
-    let rng = SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| Error::Internal("cannot generate a signing key".into()))?;
-    let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| Error::Internal("generated signing key is unusable".into()))?;
-    let kid = format!("k_{}", random_hex(6));
-    sqlx::query(
-        "INSERT INTO signing_keys (kid, pkcs8, public_key, created_ms, active) \
-         VALUES ($1, $2, $3, $4, 1)",
-    )
-    .bind(&kid)
-    .bind(STANDARD.encode(pkcs8.as_ref()))
-    .bind(STANDARD.encode(key.public_key().as_ref()))
-    .bind(now_ms())
-    .execute(db)
-    .await?;
-    tracing::info!(kid = %kid, "created ticket signing key");
-    // Two processes starting at once on one PostgreSQL may both insert; both
-    // then sign with the oldest, and both keys verify.
-    load_signer(db)
+    let text = crate::private_files::read(&path)?
+        .ok_or_else(|| Error::Internal(format!("{} vanished", path.display())))?;
+    let (kid, pkcs8) = text.trim().split_once(' ').ok_or_else(|| {
+        Error::Internal(format!(
+            "{} is not '<kid> <base64 pkcs8>'; remove it to make a new key",
+            path.display()
+        ))
+    })?;
+    let key = decode_key(kid, pkcs8)?;
+    let public = STANDARD.encode(key.public_key().as_ref());
+    let known: Option<String> = sqlx::query("SELECT public_key FROM signing_keys WHERE kid = $1")
+        .bind(kid)
+        .fetch_optional(db)
         .await?
-        .ok_or_else(|| Error::Internal("signing key vanished after insert".into()))
+        .map(|row| row.try_get("public_key"))
+        .transpose()?;
+    match known {
+        None => {
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, pkcs8, public_key, created_ms, active) \
+                 VALUES ($1, '', $2, $3, 1)",
+            )
+            .bind(kid)
+            .bind(&public)
+            .bind(now_ms())
+            .execute(db)
+            .await?;
+        }
+        Some(p) if p != public => {
+            return Err(Error::Internal(format!(
+                "{}: key {kid} does not match the public key the database has for it",
+                path.display()
+            )))
+        }
+        Some(_) => {}
+    }
+    let erased = sqlx::query("UPDATE signing_keys SET pkcs8 = '' WHERE pkcs8 <> ''")
+        .execute(db)
+        .await?
+        .rows_affected();
+    if erased > 0 {
+        tracing::info!(erased, "erased private signing keys from the database");
+    }
+    Ok(TicketSigner {
+        kid: kid.to_owned(),
+        key,
+    })
 }
 
-async fn load_signer(db: &Db) -> Result<Option<TicketSigner>> {
+/// The oldest active private key a database of the old layout holds.
+async fn legacy_private_key(db: &Db) -> Result<Option<(String, String)>> {
     let row = sqlx::query(
-        "SELECT kid, pkcs8 FROM signing_keys WHERE active = 1 ORDER BY created_ms, kid LIMIT 1",
+        "SELECT kid, pkcs8 FROM signing_keys WHERE active = 1 AND pkcs8 <> '' \
+         ORDER BY created_ms, kid LIMIT 1",
     )
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let kid: String = row.try_get("kid")?;
-    let pkcs8: String = row.try_get("pkcs8")?;
-    let key = decode_key(&kid, &pkcs8)?;
-    Ok(Some(TicketSigner { kid, key }))
+    Ok(Some((row.try_get("kid")?, row.try_get("pkcs8")?)))
 }
 
 /// Every active verification key.
@@ -151,4 +206,81 @@ where
         keys.push(PublicKey { kid, public_key });
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("totoro-keys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    async fn private_keys(db: &Db) -> Vec<String> {
+        sqlx::query("SELECT pkcs8 FROM signing_keys")
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("pkcs8").unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_private_key_leaves_the_database_and_replicas_each_verify() {
+        let db = crate::db::open("sqlite::memory:").await.unwrap();
+        // A database of the old layout: the private key in `pkcs8`.
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let legacy = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, pkcs8, public_key, created_ms, active) \
+             VALUES ('k_legacy', $1, $2, 1, 1)",
+        )
+        .bind(STANDARD.encode(pkcs8.as_ref()))
+        .bind(STANDARD.encode(legacy.public_key().as_ref()))
+        .execute(&db)
+        .await
+        .unwrap();
+
+        let a = scratch("a");
+        let signer = ensure_signer(&db, &a).await.unwrap();
+        assert_eq!(signer.kid(), "k_legacy", "the old key keeps signing");
+        assert_eq!(signer.public_key()[..], legacy.public_key().as_ref()[..]);
+        let file = a.join(KEY_FILE);
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert!(private_keys(&db).await.iter().all(String::is_empty));
+        // Restart: the same key from the file.
+        assert_eq!(ensure_signer(&db, &a).await.unwrap().kid(), "k_legacy");
+
+        // A second replica on the same database, with its own data
+        // directory: its own key, whose public half joins the table's keys.
+        let b = scratch("b");
+        let other = ensure_signer(&db, &b).await.unwrap();
+        assert_ne!(other.kid(), "k_legacy");
+        let kids: Vec<String> = public_keys(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert!(kids.contains(&"k_legacy".to_owned()) && kids.contains(&other.kid().to_owned()));
+        assert!(private_keys(&db).await.iter().all(String::is_empty));
+
+        // A key file that disagrees with the database is refused.
+        std::fs::remove_file(b.join(KEY_FILE)).unwrap();
+        let wrong = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        crate::private_files::create_new(
+            &b.join(KEY_FILE),
+            format!("k_legacy {}\n", STANDARD.encode(wrong.as_ref())).as_bytes(),
+        )
+        .unwrap();
+        let e = ensure_signer(&db, &b).await.err().unwrap().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
 }

@@ -296,12 +296,14 @@ fn ticket_verifies_against_the_published_key_and_revocation_is_published() {
         assert_eq!(status, 200, "{r}");
         let ticket = r["connection_ticket"].as_str().unwrap();
         let toml = r["frpc_toml"].as_str().unwrap();
-        assert!(
-            toml.contains(&format!("metadatas.ticket = \"{ticket}\"")),
+        let cfg: toml::Table = toml::from_str(toml).expect("frpc_toml parses as TOML");
+        assert_eq!(cfg["metadatas"]["ticket"].as_str(), Some(ticket), "{toml}");
+        assert_eq!(cfg["serverPort"].as_integer(), Some(7000), "{toml}");
+        assert_eq!(
+            cfg["proxies"][0]["remotePort"].as_integer(),
+            Some(10000),
             "{toml}"
         );
-        assert!(toml.contains("serverPort = 7000"), "{toml}");
-        assert!(toml.contains("remotePort = 10000"), "{toml}");
 
         let bytes = wait_table(&sp, |t| t.invite(&inv_id).is_some());
         let table = PolicyTable::parse(&bytes).unwrap();

@@ -91,5 +91,23 @@ fn ring_events_reach_audit_and_stats() {
             reason: "client closed".into(),
         });
         wait_for(&sp, "/api/v1/admin/stats", |v| v["sessions_open"] == 0);
+
+        // A record without the instance key's tag (a forger's) is refused,
+        // counted, and never reaches the audit log.
+        producer.push_unsealed(Event::SessionOpen {
+            run_id: "forged".into(),
+            invite,
+            user: "u".into(),
+            version: "0.61.0".into(),
+            peer: "127.0.0.1:6666".into(),
+        });
+        wait_for(&sp, "/api/v1/admin/stats", |v| {
+            v["events"]["unauthenticated"] == 1
+        });
+        let (_, rows) = sp.admin_call("GET", "/api/v1/admin/audit?limit=100", None);
+        assert!(
+            !rows.to_string().contains("forged"),
+            "a forged event reached the audit log: {rows}"
+        );
     });
 }

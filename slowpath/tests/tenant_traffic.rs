@@ -479,7 +479,7 @@ fn the_drain_feeds_reports_and_quotas() {
     each_backend("drain_tenant_traffic", |b| {
         let tdb = TestDb::new(&b);
         let shm = tdb.dir().join("shm");
-        std::fs::create_dir_all(&shm).unwrap();
+        let instance = Arc::new(fastpath::shm::InstanceDir::open(&shm).unwrap());
         run(async {
             let db = db::open(&tdb.url).await.unwrap();
             let (ep, url) = Endpoint::start(&[503]).await;
@@ -491,7 +491,7 @@ fn the_drain_feeds_reports_and_quotas() {
             )]));
             let changes = tracker.subscribe();
             let producer = Producer::create(&shm.join("events-0.ring"));
-            let drain = EventDrain::new(db.clone(), shm.clone(), NODE.into())
+            let drain = EventDrain::new(db.clone(), Arc::clone(&instance), NODE.into())
                 .with_reports(Arc::clone(&settings))
                 .with_quotas(Arc::clone(&tracker));
             let drain = tokio::spawn(drain.run());

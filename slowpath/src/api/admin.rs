@@ -202,6 +202,7 @@ pub async fn stats(
             "dropped": dropped,
             "ingested": drain.events_ingested,
             "undecodable": drain.undecodable,
+            "unauthenticated": drain.unauthenticated,
         },
         "workers": drain.workers,
         "policy": app.publisher.status(),

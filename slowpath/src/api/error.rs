@@ -52,6 +52,7 @@ impl From<Error> for ApiError {
             Error::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
             Error::Gone(m) => ApiError::new(StatusCode::GONE, m),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            Error::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
             e @ (Error::Db(_) | Error::Internal(_)) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::new(

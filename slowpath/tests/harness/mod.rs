@@ -75,6 +75,27 @@ pub fn admin_sql(base: &str, sql: &str) {
     });
 }
 
+/// The first column of every row `sql` returns, as text.
+pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection as _;
+        use sqlx::Row as _;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+        let out = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap())
+            .collect();
+        conn.close().await.unwrap();
+        out
+    })
+}
+
 /// Creates a database for one test; returns its name and URL. The role in
 /// `base` needs CREATEDB (.ci/postgres.sh makes it so).
 fn fresh_database(base: &str) -> (String, String) {
@@ -194,6 +215,13 @@ impl Slowpath {
         Self::wait_healthy(&self.base, &self.dir);
     }
 
+    /// The PostgreSQL URL of this run's database (None on SQLite).
+    pub fn database_url(&self) -> Option<String> {
+        self.pg
+            .as_ref()
+            .map(|(base, name)| with_database(base, name))
+    }
+
     /// The slowpath's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("slowpath.log")).unwrap_or_default()
@@ -287,18 +315,20 @@ fn spawn(args: &[std::ffi::OsString], dir: &std::path::Path) -> Child {
 /// SIGKILL the fastpath holding the instance lock in `shm`, if any: a
 /// fastpath child (from `up`) outlives a killed slowpath by design.
 pub fn kill_instance_fastpath(shm: &std::path::Path) {
-    if let Ok(pid) = std::fs::read_to_string(shm.join("fastpath.lock")) {
-        let pid = pid.trim().parse::<i32>().ok().filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("fastpath"))
-        });
-        if let Some(pid) = pid {
-            // SAFETY: signalling the caller's own grandchild by pid.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+    if let Some(pid) = instance_fastpath(shm) {
+        // SAFETY: signalling the process the kernel says holds the lock.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
+}
+
+/// The pid of the fastpath holding the instance lock in `shm` (from the
+/// kernel's lock table, not the file).
+pub fn instance_fastpath(shm: &std::path::Path) -> Option<i32> {
+    fastpath::shm::ShmDir::open(shm)
+        .ok()?
+        .holder(fastpath::shm::LOCK_FILE)
 }
 
 impl Drop for Slowpath {

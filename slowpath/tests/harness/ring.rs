@@ -12,6 +12,7 @@ pub const TEST_TS_MS: u64 = 1_700_000_000_000;
 /// A ring file the test writes as worker 0 would.
 pub struct Producer {
     _file: std::fs::File,
+    key: proto::shm_auth::InstanceKey,
     addr: *mut libc::c_void,
     len: usize,
     /// The ring itself (for its header fields).
@@ -19,14 +20,20 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Creates (or replaces) the ring file at `path`.
+    /// Creates (or replaces) the ring file at `path`, in an instance
+    /// directory whose key it signs its records with (made if missing).
     pub fn create(path: &std::path::Path) -> Producer {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let key = fastpath::shm::InstanceDir::open(path.parent().unwrap())
+            .unwrap()
+            .key;
         let len = proto::ring::RING_HEADER + 64 * 1024;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)
             .unwrap();
         file.set_len(len as u64).unwrap();
@@ -46,6 +53,7 @@ impl Producer {
         let ring = unsafe { Ring::create(addr.cast(), len) }.unwrap();
         Producer {
             _file: file,
+            key,
             addr,
             len,
             ring,
@@ -61,6 +69,18 @@ impl Producer {
     pub fn push_at(&self, event: Event, ts_ms: u64) {
         let rec = EventRecord {
             ts_ms,
+            worker: 0,
+            event,
+        };
+        let mut bytes = rec.to_bytes();
+        self.key.seal_record(&mut bytes);
+        assert!(self.ring.push(&bytes));
+    }
+
+    /// Pushes `event` without the instance tag, as a forger would.
+    pub fn push_unsealed(&self, event: Event) {
+        let rec = EventRecord {
+            ts_ms: TEST_TS_MS,
             worker: 0,
             event,
         };
