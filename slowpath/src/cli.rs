@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// Resolve requests allowed per client IP per minute (also the burst).
     #[arg(long, default_value_t = 30)]
     pub resolve_rate: u32,
+    /// API connections open at once, all client addresses together (past
+    /// it a new connection is closed at once).
+    #[arg(long, default_value_t = 4096)]
+    pub api_max_connections: usize,
+    /// API connections open at once from one client address.
+    #[arg(long, default_value_t = 256)]
+    pub api_max_connections_per_ip: usize,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,

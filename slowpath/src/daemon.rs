@@ -228,6 +228,9 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     if args.resolve_rate == 0 {
         bail!("--resolve-rate must be at least 1 per minute");
     }
+    if args.api_max_connections == 0 || args.api_max_connections_per_ip == 0 {
+        bail!("--api-max-connections and --api-max-connections-per-ip must be at least 1");
+    }
     if args.instance.is_empty() || args.instance.contains('/') {
         bail!("--instance must be a plain name (no '/')");
     }
@@ -447,7 +450,11 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     api::serve::run(
         listener,
         router,
-        api::serve::ApiLimits::default(),
+        api::serve::ApiLimits {
+            max_connections: args.api_max_connections,
+            max_connections_per_ip: args.api_max_connections_per_ip,
+            ..api::serve::ApiLimits::default()
+        },
         shutdown_signal(),
     )
     .await
