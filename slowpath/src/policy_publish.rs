@@ -554,11 +554,16 @@ fn invite_policy(i: invites::Invite) -> InvitePolicy {
 /// How long an API call waits for the fastpath to enforce its change.
 pub const ENFORCE_WAIT: Duration = Duration::from_secs(1);
 
-/// The live fastpath workers whose ring in the directory reports a policy
-/// generation older than `generation`, with the one each reports. Rings of
-/// dead producers (a stopped fastpath's leftovers) do not count; no rings
-/// at all means nothing to wait for (a `serve` without a local fastpath).
+/// The workers of the live fastpath whose ring in the directory reports a
+/// policy generation older than `generation`, with the one each reports.
+/// The live fastpath is the holder of `fastpath.lock` as the kernel names
+/// it; rings of any other producer (a stopped fastpath's leftovers) do not
+/// count, and with no fastpath at all there is nothing to wait for (a
+/// `serve` without a local fastpath).
 pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<(u32, u64)> {
+    let Some(live) = shm.dir.holder(fastpath::shm::LOCK_FILE) else {
+        return Vec::new();
+    };
     let mut lagging = Vec::new();
     for name in shm.dir.names().unwrap_or_default() {
         let Some(worker) = fastpath::shm::ring_worker(&name) else {
@@ -570,9 +575,7 @@ pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<(u32, u64)> {
         let Some(header) = fastpath::shm::RingHeader::read(&file) else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        let alive = header.producer_pid > 0 && unsafe { libc::kill(header.producer_pid, 0) } == 0;
-        if alive && header.applied_generation < generation {
+        if header.producer_pid == live && header.applied_generation < generation {
             lagging.push((worker, header.applied_generation));
         }
     }
