@@ -637,29 +637,35 @@ mod tests {
 
     #[test]
     fn lock_holder_comes_from_the_kernel() {
-        use std::io::BufRead as _;
         let p = scratch("lock");
         let dir = ShmDir::open(&p).unwrap();
         assert_eq!(dir.holder(LOCK_FILE), None);
         dir.write_replacing(LOCK_FILE, b"1").unwrap();
-        // Another process takes a POSIX lock (Python's lockf is fcntl) on a
-        // file that names pid 1: the kernel names the real holder.
-        let mut child = std::process::Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import fcntl,sys,time; f=open(sys.argv[1],'r+'); \
-                 fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB); print('held', flush=True); time.sleep(30)",
-            )
-            .arg(p.join(LOCK_FILE))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held");
-        let pid = child.id() as i32;
+        // Another process takes a POSIX lock on a file that names pid 1:
+        // the kernel names the real holder. The forked child only makes
+        // async-signal-safe calls (open, fcntl, write, pause, _exit).
+        let path = CString::new(p.join(LOCK_FILE).as_os_str().as_bytes()).unwrap();
+        let mut ready = [0i32; 2];
+        // SAFETY: a pipe into a two-int array we own.
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: see above; the child never returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: async-signal-safe calls only, then _exit.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                let fl = whole_file_lock(libc::F_WRLCK);
+                let ok = fd >= 0 && libc::fcntl(fd, libc::F_SETLK, &fl) == 0;
+                libc::write(ready[1], [u8::from(ok)].as_ptr().cast(), 1);
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        let mut ok = [0u8; 1];
+        // SAFETY: reading one byte into our buffer from our pipe.
+        assert_eq!(unsafe { libc::read(ready[0], ok.as_mut_ptr().cast(), 1) }, 1);
+        assert_eq!(ok[0], 1, "the child took the lock");
         assert_eq!(dir.holder(LOCK_FILE), Some(pid));
         match dir.lock(LOCK_FILE, "me") {
             Err(LockError::Held(h)) => {
@@ -668,8 +674,13 @@ mod tests {
             }
             other => panic!("expected Held, got {other:?}"),
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        // SAFETY: ending and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            libc::close(ready[0]);
+            libc::close(ready[1]);
+        }
         let _mine = dir.lock(LOCK_FILE, "me").unwrap();
         assert_eq!(std::fs::read_to_string(p.join(LOCK_FILE)).unwrap(), "me");
         std::fs::remove_dir_all(&p).unwrap();
