@@ -12,7 +12,10 @@
 //! 4. **identify** — the first message on each connection or stream:
 //!    `Login` → a new control ([`control`](crate::control)); `NewWorkConn`
 //!    → into the owning session's pool, moving to the owner worker when it
-//!    lives elsewhere; `NewVisitorConn` → refused (visitors come later).
+//!    lives elsewhere, if it came the way that session's frpc sends them
+//!    (a yamux session's own stream; see
+//!    [`Control::check_work_conn_carrier`](crate::control::Control::check_work_conn_carrier));
+//!    `NewVisitorConn` → refused (visitors come later).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -107,17 +110,11 @@ pub async fn serve_conn(
         let cfg = mux_config(&ctx);
         let sctx = ctx.clone();
         MuxConn::start(r, w, pending, cfg, move |stream| {
-            monoio::spawn(identify(
-                sctx.clone(),
-                Conn::Mux(stream),
-                Vec::new(),
-                peer,
-                true,
-            ));
+            monoio::spawn(identify(sctx.clone(), Conn::Mux(stream), Vec::new(), peer));
         });
         return;
     }
-    identify(ctx, conn, pending, peer, false).await;
+    identify(ctx, conn, pending, peer).await;
 }
 
 fn mux_config(ctx: &WorkerCtx) -> proto::yamux::Config {
@@ -130,13 +127,7 @@ fn mux_config(ctx: &WorkerCtx) -> proto::yamux::Config {
 
 /// Steps 3 and 4: tell v1 from v2, read the first message of a connection
 /// or stream and hand it on.
-async fn identify(
-    ctx: Rc<WorkerCtx>,
-    mut conn: Conn,
-    mut pending: Vec<u8>,
-    peer: SocketAddr,
-    muxed: bool,
-) {
+async fn identify(ctx: Rc<WorkerCtx>, mut conn: Conn, mut pending: Vec<u8>, peer: SocketAddr) {
     // Step 3: v2 announces itself with a 7-byte magic; v1 has no preamble.
     let wire = loop {
         match wire_v2::detect_magic(&pending) {
@@ -181,9 +172,7 @@ async fn identify(
         }
     };
     match first {
-        Message::Login(login) => {
-            control::run(ctx, conn, reader, login, peer, muxed, control_wire).await
-        }
+        Message::Login(login) => control::run(ctx, conn, reader, login, peer, control_wire).await,
         Message::NewWorkConn(msg) => {
             let pending = reader.into_pending();
             route_work_conn(&ctx, conn, pending, msg, wire, peer).await;
@@ -249,9 +238,13 @@ async fn route_work_conn(
     let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
         return refuse_work_conn(conn, &msg.run_id, wire, peer).await;
     };
-    // yamux streams always belong to the session that carries them, which
-    // lives here; only separate connections can land on the wrong worker.
+    // A yamux session lives on one worker with the control it carries, so
+    // a stream for a session owned elsewhere is another session's stream.
     let (socket, tls) = match conn {
+        Conn::Mux(_) if owner.worker != ctx.id => {
+            let reason = "a yamux stream of another session";
+            return refuse_foreign_work_conn(ctx, conn, &msg.run_id, wire, peer, reason).await;
+        }
         Conn::Tcp(s) if owner.worker != ctx.id => (detach(s), None),
         Conn::Tls(t) if owner.worker != ctx.id => {
             let (s, state, ciphertext) = t.into_parts();
@@ -273,14 +266,36 @@ async fn route_work_conn(
     }
 }
 
+/// Refuse a work connection whose run_id has no session.
 async fn refuse_work_conn(conn: Conn, run_id: &str, wire: Wire, peer: SocketAddr) {
-    let error = format!("no client control found for run id [{run_id}]");
-    tracing::info!(%peer, reason = %error, "work connection refused");
+    tracing::info!(%peer, session = %run_id, reason = "no such session", "work connection refused");
+    answer_no_control(conn, run_id, wire).await;
+}
+
+/// Answer a NewWorkConn with frps's words for an unknown run_id.
+async fn answer_no_control(conn: Conn, run_id: &str, wire: Wire) {
     let resp = Message::StartWorkConn(StartWorkConn {
-        error,
+        error: format!("no client control found for run id [{run_id}]"),
         ..Default::default()
     });
     msgio::refuse(conn, &resp, wire).await;
+}
+
+/// Refuse a work connection that did not come the way its session's frpc
+/// sends them: someone who knows the run_id offering to take its users.
+/// The client hears what it would for an unknown run_id, so the answer
+/// does not confirm that the run_id is live; the log says why.
+async fn refuse_foreign_work_conn(
+    ctx: &WorkerCtx,
+    conn: Conn,
+    run_id: &str,
+    wire: Wire,
+    peer: SocketAddr,
+    reason: &str,
+) {
+    WorkerStats::bump(&ctx.stats().foreign_work_conns, 1);
+    tracing::warn!(%peer, session = %run_id, transport = conn.kind(), %reason, "foreign work connection refused");
+    answer_no_control(conn, run_id, wire).await;
 }
 
 /// Put a work connection into a local control's pool.
@@ -296,6 +311,10 @@ pub async fn deliver_work_conn(
         refuse_work_conn(conn, &msg.run_id, wire, peer).await;
         return;
     };
+    if let Err(reason) = control.check_work_conn_carrier(&conn) {
+        refuse_foreign_work_conn(ctx, conn, &msg.run_id, wire, peer, reason).await;
+        return;
+    }
     if let Err(reason) = control.check_work_conn_auth(&msg) {
         tracing::info!(%peer, session = %msg.run_id, %reason, "work connection refused");
         let resp = Message::StartWorkConn(StartWorkConn {

@@ -63,6 +63,17 @@ impl Conn {
         }
     }
 
+    /// The yamux session carrying this stream ([`MuxConn::id`]); None for
+    /// a connection of its own.
+    ///
+    /// [`MuxConn::id`]: crate::mux::MuxConn::id
+    pub fn mux_session(&self) -> Option<u64> {
+        match self {
+            Conn::Mux(s) => Some(s.conn().id()),
+            Conn::Tcp(_) | Conn::Tls(_) => None,
+        }
+    }
+
     /// Append received bytes to `buf` (into its spare capacity); 0 is EOF.
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {

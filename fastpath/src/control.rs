@@ -77,6 +77,9 @@ pub struct Control {
     pub token_key: [u8; 16],
     /// The tenant, for tenant-token sessions.
     pub tenant: Option<Arc<TenantLive>>,
+    /// The yamux session the Login came on ([`Conn::mux_session`]); None
+    /// for a control on a connection of its own (tcpMux off).
+    carrier: Option<u64>,
     ctx: Rc<WorkerCtx>,
     tx: RefCell<Option<mpsc::unbounded::Tx<Message>>>,
     pool: RefCell<VecDeque<(Conn, Wire)>>,
@@ -96,7 +99,6 @@ pub async fn run(
     reader: MsgReader,
     login: Login,
     peer: SocketAddr,
-    muxed: bool,
     cwire: ControlWire,
 ) {
     let shared = ctx.shared.clone();
@@ -242,6 +244,7 @@ pub async fn run(
         token,
         token_key,
         tenant,
+        carrier: conn.mux_session(),
         ctx: ctx.clone(),
         tx: RefCell::new(Some(tx)),
         pool: RefCell::new(VecDeque::new()),
@@ -276,7 +279,7 @@ pub async fn run(
     for _ in 0..pool_count {
         control.send(Message::ReqWorkConn(ReqWorkConn {}));
     }
-    if let Some(limit) = cfg.heartbeat_timeout(muxed) {
+    if let Some(limit) = cfg.heartbeat_timeout(control.carrier.is_some()) {
         monoio::spawn(heartbeat_watch(control.clone(), limit));
     }
     let reason = read_loop(&control, r, reader).await;
@@ -416,6 +419,25 @@ impl Control {
             return Err("token in NewWorkConn doesn't match token from configuration".into());
         }
         Ok(())
+    }
+
+    /// Check that a work connection came the way frpc sends it: with tcpMux
+    /// on, frpc opens every work connection as a stream of the yamux
+    /// session that carries its control, never anything else; so a stream
+    /// of another session, or a separate connection for a yamux control, is
+    /// someone who learnt the run_id offering to take this session's users.
+    ///
+    /// A control without tcpMux takes separate connections from anywhere,
+    /// as frps does: tying them to the control's address would break
+    /// clients behind NAT pools, whose connections leave from several.
+    pub fn check_work_conn_carrier(&self, conn: &Conn) -> Result<(), &'static str> {
+        match (self.carrier, conn.mux_session()) {
+            (Some(ours), Some(theirs)) if ours == theirs => Ok(()),
+            (Some(_), Some(_)) => Err("a yamux stream of another session"),
+            (Some(_), None) => Err("a separate connection for a session that logged in over yamux"),
+            (None, Some(_)) => Err("a yamux stream for a session that logged in without yamux"),
+            (None, None) => Ok(()),
+        }
     }
 
     /// A work connection arrived for this session.

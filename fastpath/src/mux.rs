@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,13 @@ struct Slot {
     handles: u8,
 }
 
+/// Source of [`MuxConn::id`]s: process-wide, so that two sessions never
+/// share an id whichever workers they live on.
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
 /// State shared by a yamux connection's tasks and its streams.
 pub struct MuxConn {
+    id: u64,
     session: RefCell<Session>,
     slots: RefCell<HashMap<u32, Slot>>,
     writer_waker: RefCell<Option<Waker>>,
@@ -62,6 +68,7 @@ impl MuxConn {
     ) -> Rc<MuxConn> {
         let fd = reader.raw_fd();
         let conn = Rc::new(MuxConn {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             session: RefCell::new(Session::new(config, Instant::now())),
             slots: RefCell::new(HashMap::new()),
             writer_waker: RefCell::new(None),
@@ -73,6 +80,12 @@ impl MuxConn {
         monoio::spawn(write_loop(conn.clone(), writer));
         monoio::spawn(timer_loop(conn.clone()));
         conn
+    }
+
+    /// Which yamux session this is (process-unique): a control records the
+    /// one its Login came on, and takes work connections only from it.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether the connection is gone.

@@ -26,6 +26,10 @@ pub struct WorkerStats {
     pub handoffs_out: AtomicU64,
     /// Connections closed because of malformed input.
     pub protocol_errors: AtomicU64,
+    /// Work connections refused because they did not come the way their
+    /// session's frpc sends them (another yamux session's stream, or a
+    /// separate connection for a session on yamux): hijack attempts.
+    pub foreign_work_conns: AtomicU64,
 }
 
 impl WorkerStats {
@@ -53,6 +57,7 @@ impl WorkerStats {
             handoffs_in: self.handoffs_in.load(Relaxed),
             handoffs_out: self.handoffs_out.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            foreign_work_conns: self.foreign_work_conns.load(Relaxed),
         }
     }
 }
@@ -69,4 +74,5 @@ pub struct StatsSnapshot {
     pub handoffs_in: u64,
     pub handoffs_out: u64,
     pub protocol_errors: u64,
+    pub foreign_work_conns: u64,
 }
