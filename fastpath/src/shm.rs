@@ -664,7 +664,10 @@ mod tests {
         }
         let mut ok = [0u8; 1];
         // SAFETY: reading one byte into our buffer from our pipe.
-        assert_eq!(unsafe { libc::read(ready[0], ok.as_mut_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::read(ready[0], ok.as_mut_ptr().cast(), 1) },
+            1
+        );
         assert_eq!(ok[0], 1, "the child took the lock");
         assert_eq!(dir.holder(LOCK_FILE), Some(pid));
         match dir.lock(LOCK_FILE, "me") {
