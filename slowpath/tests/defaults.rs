@@ -14,30 +14,15 @@
 
 mod harness;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bench::client::{Client, ClientError, ClientOpts};
+use bench::client::ClientOpts;
+use harness::login;
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
-
-fn frp_addr(sp: &Slowpath) -> SocketAddr {
-    format!("127.0.0.1:{}", sp.frp_port).parse().unwrap()
-}
-
-fn wait_frp(sp: &Slowpath) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(frp_addr(sp)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "fastpath did not start:\n{}",
-            sp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// SIGKILLs the fastpath that `up` started for the data directory `dir`,
 /// found in /proc by its command line (`-c DIR/fastpath.toml`): a
@@ -86,19 +71,12 @@ fn restart_up(sp: &mut Slowpath, between: impl FnOnce(&Path)) {
         sp.dir
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(frp_addr(sp)).is_ok() {
+    while TcpStream::connect(sp.frp_addr()).is_ok() {
         assert!(Instant::now() < deadline, "old fastpath still listening");
         std::thread::sleep(Duration::from_millis(50));
     }
     between(&sp.dir);
     sp.restart();
-}
-
-fn login(o: &ClientOpts) -> Result<Client, String> {
-    Client::login(o.clone()).map_err(|e| match e {
-        ClientError::Refused(r) => r,
-        e => format!("error: {e}"),
-    })
 }
 
 fn now_ms() -> i64 {
@@ -112,7 +90,7 @@ fn now_ms() -> i64 {
 fn node_tokens_reach_fastpath_toml_as_toml() {
     let mut sp = Slowpath::up(&Backend::Sqlite, &[]);
     let _reaper = Reaper(sp.dir.clone());
-    wait_frp(&sp);
+    sp.wait_frp();
     let path = format!("/api/v1/admin/nodes/{}", sp.local_node);
 
     // Control characters are refused, naming the field.
@@ -142,10 +120,10 @@ fn node_tokens_reach_fastpath_toml_as_toml() {
 
     // The fastpath it configures runs (no exit-2 restart loop) and takes
     // the token.
-    wait_frp(&sp);
+    sp.wait_frp();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match login(&ClientOpts::new(frp_addr(&sp), token)) {
+        match login(&ClientOpts::new(sp.frp_addr(), token)) {
             Ok(_) => break,
             Err(r) if Instant::now() < deadline => {
                 eprintln!("login with the new token: {r}; retrying");
@@ -160,7 +138,7 @@ fn node_tokens_reach_fastpath_toml_as_toml() {
 fn the_demo_invite_is_limited_and_says_so() {
     let mut sp = Slowpath::up(&Backend::Sqlite, &[]);
     let _reaper = Reaper(sp.dir.clone());
-    wait_frp(&sp);
+    sp.wait_frp();
     let (st, list) = sp.admin_call("GET", "/api/v1/admin/invites", None);
     assert_eq!(st, 200, "{list}");
     let invites = list.as_array().unwrap();
@@ -189,7 +167,7 @@ fn the_demo_invite_is_limited_and_says_so() {
     }
 
     // Its ticket logs in max_conns times, then is refused.
-    let mut opts = ClientOpts::new(frp_addr(&sp), cfg["auth"]["token"].as_str().unwrap());
+    let mut opts = ClientOpts::new(sp.frp_addr(), cfg["auth"]["token"].as_str().unwrap());
     opts.metas.insert(
         "ticket".into(),
         cfg["metadatas"]["ticket"].as_str().unwrap().into(),

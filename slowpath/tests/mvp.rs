@@ -10,29 +10,14 @@
 mod harness;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
-use bench::client::{Client, ClientError, ClientOpts};
+use bench::client::{Client, ClientOpts};
+use harness::login;
 use harness::{each_backend, Backend, Slowpath};
 use serde_json::{json, Value};
-
-fn frp_addr(sp: &Slowpath) -> SocketAddr {
-    format!("127.0.0.1:{}", sp.frp_port).parse().unwrap()
-}
-
-fn wait_frp(sp: &Slowpath) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(frp_addr(sp)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "fastpath did not start:\n{}",
-            sp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Options for a client that follows a resolved frpc.toml.
 fn ticket_opts(sp: &Slowpath, resolved: &Value) -> ClientOpts {
@@ -42,16 +27,9 @@ fn ticket_opts(sp: &Slowpath, resolved: &Value) -> ClientOpts {
     let ticket = cfg["metadatas"]["ticket"].as_str().unwrap();
     assert_eq!(ticket, resolved["connection_ticket"].as_str().unwrap());
     assert_eq!(cfg["serverPort"].as_integer().unwrap() as u16, sp.frp_port);
-    let mut o = ClientOpts::new(frp_addr(sp), token);
+    let mut o = ClientOpts::new(sp.frp_addr(), token);
     o.metas.insert("ticket".into(), ticket.into());
     o
-}
-
-fn login(o: &ClientOpts) -> Result<Client, String> {
-    Client::login(o.clone()).map_err(|e| match e {
-        ClientError::Refused(r) => r,
-        e => format!("error: {e}"),
-    })
 }
 
 /// The refusal reason of a login that must fail.
@@ -112,7 +90,7 @@ fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value
 
 fn mvp(backend: Backend) {
     let mut sp = Slowpath::up(&backend, &[]);
-    wait_frp(&sp);
+    sp.wait_frp();
     let node = sp.local_node.clone();
     let echo_srv = Echo::echo().unwrap();
     let local = echo_srv.addr();
@@ -139,7 +117,7 @@ fn mvp(backend: Backend) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let public = loop {
         // The fastpath needs the table that says "public".
-        match login(&ClientOpts::new(frp_addr(&sp), &token)) {
+        match login(&ClientOpts::new(sp.frp_addr(), &token)) {
             Ok(c) => break c,
             Err(r) if Instant::now() < deadline && r.contains("private") => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -177,7 +155,7 @@ fn mvp(backend: Backend) {
     let opts = ticket_opts(&sp, &resolved);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match login(&ClientOpts::new(frp_addr(&sp), &token)) {
+        match login(&ClientOpts::new(sp.frp_addr(), &token)) {
             Err(r) if r.contains("private") => break,
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             other => panic!(

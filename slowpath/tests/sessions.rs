@@ -9,24 +9,14 @@
 mod harness;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
-use bench::client::{Client, ClientError, ClientOpts};
+use bench::client::{Client, ClientOpts};
+use harness::login;
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
-
-fn frp_addr(sp: &Slowpath) -> SocketAddr {
-    format!("127.0.0.1:{}", sp.frp_port).parse().unwrap()
-}
-
-fn login(o: &ClientOpts) -> Result<Client, String> {
-    Client::login(o.clone()).map_err(|e| match e {
-        ClientError::Refused(r) => r,
-        e => format!("error: {e}"),
-    })
-}
 
 fn refusal(o: &ClientOpts) -> String {
     match login(o) {
@@ -55,7 +45,7 @@ fn echo(port: u16, len: usize) {
 fn private_node() -> Slowpath {
     let sp = Slowpath::up(&Backend::Sqlite, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(frp_addr(&sp)).is_err() {
+    while TcpStream::connect(sp.frp_addr()).is_err() {
         assert!(Instant::now() < deadline, "no fastpath:\n{}", sp.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -86,7 +76,7 @@ fn invite(sp: &Slowpath, max_conns: u32) -> (String, ClientOpts) {
     assert_eq!(st, 200, "{resolved}");
     let toml_text = resolved["frpc_toml"].as_str().unwrap();
     let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses");
-    let mut o = ClientOpts::new(frp_addr(sp), cfg["auth"]["token"].as_str().unwrap());
+    let mut o = ClientOpts::new(sp.frp_addr(), cfg["auth"]["token"].as_str().unwrap());
     o.metas.insert(
         "ticket".into(),
         resolved["connection_ticket"].as_str().unwrap().into(),
@@ -272,7 +262,7 @@ fn tenant_tokens_own_their_run_ids_too() {
         assert_eq!(st, 201, "{v}");
     }
     let tenant = |token: &str| {
-        let mut o = ClientOpts::new(frp_addr(&sp), token);
+        let mut o = ClientOpts::new(sp.frp_addr(), token);
         o.heartbeat = Some(Duration::from_millis(200));
         o
     };

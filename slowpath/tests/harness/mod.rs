@@ -75,6 +75,14 @@ pub fn admin_sql(base: &str, sql: &str) {
     });
 }
 
+/// Log in with the in-repo frp client; a refusal comes back as its reason.
+pub fn login(o: &bench::client::ClientOpts) -> Result<bench::client::Client, String> {
+    bench::client::Client::login(o.clone()).map_err(|e| match e {
+        bench::client::ClientError::Refused(r) => r,
+        e => format!("error: {e}"),
+    })
+}
+
 /// The first column of every row `sql` returns, as text.
 pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -213,6 +221,24 @@ impl Slowpath {
     pub fn restart(&mut self) {
         self.child = spawn(&self.cmd_args, &self.dir);
         Self::wait_healthy(&self.base, &self.dir);
+    }
+
+    /// The frp address of the fastpath `up` started.
+    pub fn frp_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.frp_port))
+    }
+
+    /// Wait (at most 20 s) until the fastpath `up` started accepts.
+    pub fn wait_frp(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.frp_addr()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "fastpath did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The PostgreSQL URL of this run's database (None on SQLite).
