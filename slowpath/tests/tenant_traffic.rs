@@ -274,6 +274,9 @@ fn a_failed_delivery_is_retried_in_order_and_delivered_once() {
                 ep.delivered(),
                 vec![report("a", 100, 0), report("b", 0, 200)]
             );
+            // The sender counts a report once the endpoint's answer is in,
+            // a moment after the endpoint has seen it.
+            wait_until("the sender's count", || settings.status().sent == 2).await;
             let status = settings.status();
             assert_eq!((status.sent, status.failures), (2, 1), "{status:?}");
             assert!(
