@@ -567,6 +567,11 @@ impl Control {
         tracing::info!(session = %self.run_id, peer = %self.peer, %reason, "session closed");
     }
 
+    /// The proxies the session holds now.
+    pub fn proxies(&self) -> Vec<Rc<Proxy>> {
+        self.proxies.borrow().values().cloned().collect()
+    }
+
     /// Number of proxies the session holds.
     pub fn proxy_count(&self) -> usize {
         self.proxies.borrow().len()

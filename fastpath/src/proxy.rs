@@ -25,6 +25,7 @@ use crate::policy::{Grant, PortRule};
 use crate::relay::{self, RelayOpts};
 use crate::stats::WorkerStats;
 use crate::tenants::{Bucket, Limits};
+use crate::worker::WorkerCtx;
 use proto::events::Event;
 
 /// A registered proxy.
@@ -38,10 +39,15 @@ pub struct Proxy {
     canceller: RefCell<Canceller>,
     closed: Cell<bool>,
     control: std::rc::Weak<Control>,
+    /// The worker, for the events a proxy reports on its own (its closing
+    /// report does not depend on its session still being there).
+    worker: std::rc::Weak<WorkerCtx>,
     /// Bytes relayed visitor → frpc and frpc → visitor.
     bytes: [Cell<u64>; 2],
     /// What of `bytes` has been reported already.
     reported: [Cell<u64>; 2],
+    /// Whether the closing report (the tenant's `closed` mark) went out.
+    close_reported: Cell<bool>,
     /// Owning session's run_id and invite, and its tenant's token.
     run_id: String,
     invite: Option<proto::policy::InviteId>,
@@ -158,8 +164,10 @@ impl Proxy {
             canceller: RefCell::new(Canceller::new()),
             closed: Cell::new(false),
             control: Rc::downgrade(control),
+            worker: Rc::downgrade(ctx),
             bytes: Default::default(),
             reported: Default::default(),
+            close_reported: Cell::new(false),
             run_id: control.run_id.clone(),
             invite: grant.invite(),
             tenant_token: control.tenant.as_ref().map(|t| t.token.clone()),
@@ -212,12 +220,16 @@ impl Proxy {
         // bind it as soon as it can claim it).
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
+        // The closing report goes out whatever else is gone: it is what
+        // makes the slowpath report the remainder it holds.
+        if let Some(ctx) = self.worker.upgrade() {
+            self.report_traffic(&ctx.events, true);
+        }
         if let Some(c) = self.control.upgrade() {
             let ctx = c.ctx();
             ctx.shared.directory.release_proxy(&self.name);
             ctx.shared.policy.release_proxy(c.grant);
             WorkerStats::add(&ctx.stats().proxies, -1);
-            self.report_traffic(&ctx.events, true);
             ctx.events.emit(Event::ProxyClosed {
                 run_id: c.run_id.clone(),
                 invite: c.grant.invite(),
@@ -228,18 +240,22 @@ impl Proxy {
         }
     }
 
-    /// Report the bytes relayed since the last report, if any; `closed`
-    /// marks a tenant proxy's last report (the proxy is gone; relays
-    /// that outlive it report their remainder the same way).
+    /// Report the bytes relayed since the last report. `closed` marks a
+    /// tenant proxy's last report: the first one is sent even when no byte
+    /// moved since the last sample, since it tells the slowpath to report
+    /// the remainder it holds; relays that outlive the proxy report what
+    /// they moved after it the same way, when they moved anything.
     pub fn report_traffic(&self, events: &EventSink, closed: bool) {
         let now = [self.bytes[0].get(), self.bytes[1].get()];
         let delta = [
             now[0] - self.reported[0].get(),
             now[1] - self.reported[1].get(),
         ];
-        if delta == [0, 0] {
+        let first_close = closed && !self.close_reported.get();
+        if delta == [0, 0] && !(first_close && self.tenant_token.is_some()) {
             return;
         }
+        self.close_reported.set(self.close_reported.get() || closed);
         self.reported[0].set(now[0]);
         self.reported[1].set(now[1]);
         match &self.tenant_token {
@@ -259,6 +275,11 @@ impl Proxy {
                 bytes_out: delta[1],
             }),
         }
+    }
+
+    /// Whether visitor connections are still being relayed.
+    pub fn relaying(&self) -> bool {
+        !self.relays.borrow().is_empty()
     }
 
     /// Sample now if the tenant's report interval is unreported.

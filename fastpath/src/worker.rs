@@ -129,12 +129,23 @@ async fn serve(
     // Stop: no new connections, close every session we own.
     let _ = canceller.cancel();
     let _ = accept_task.await;
+    // Relays are ended too, and given a moment to finish, so that each
+    // reports the bytes it moved since the last sample before the worker
+    // goes (their tasks would otherwise be dropped with the runtime).
     let controls: Vec<_> = ctx.controls.borrow().values().cloned().collect();
+    let proxies: Vec<_> = controls.iter().flat_map(|c| c.proxies()).collect();
     for c in controls {
-        c.close("server shutting down");
+        c.close_for_policy("server shutting down");
+    }
+    let deadline = std::time::Instant::now() + RELAYS_DRAIN;
+    while proxies.iter().any(|p| p.relaying()) && std::time::Instant::now() < deadline {
+        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     monoio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
+
+/// How long a stopping worker waits for its aborted relays to report.
+const RELAYS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, cancel: monoio::io::CancelHandle) {
     loop {
