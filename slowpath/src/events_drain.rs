@@ -10,6 +10,13 @@
 //! rings' headers also say which policy generation each worker enforces and
 //! how many events it dropped; [`DrainStatus`] carries both to the stats API.
 //!
+//! Nothing a ring delivered is lost to a fastpath restart or upgrade: a
+//! ring whose file was replaced is drained to the end before it is let go.
+//! A fastpath that died without closing its proxies (killed) sent no
+//! closing marks: once its rings are drained, the drain closes each tenant
+//! proxy it saw open itself, so the traffic reports flush what they hold,
+//! and counts that in [`DrainStatus::flushed_without_close`].
+//!
 //! Rings are opened through the verified instance directory, and every
 //! record must carry its tag under the instance key: one that does not is
 //! dropped, logged and counted (`unauthenticated`), never written down.
@@ -67,6 +74,10 @@ pub struct DrainStatus {
     /// Records without a valid tag under the instance key (not written by
     /// this instance's fastpath), dropped.
     pub unauthenticated: u64,
+    /// Tenant proxies whose fastpath went away (killed) without sending
+    /// their closing mark: the drain closed them itself, so their traffic
+    /// reports flushed what the rings had delivered.
+    pub flushed_without_close: u64,
     /// Events given up after the database refused them
     /// [`MAX_WRITE_ATTEMPTS`] times.
     pub events_lost: u64,
@@ -76,6 +87,10 @@ pub struct DrainStatus {
 struct Mapped {
     inode: u64,
     size: u64,
+    /// The fastpath that made the ring.
+    producer: u64,
+    /// Set once the producer was found gone and its open proxies closed.
+    gone_handled: bool,
     // The ring points into the mapping: declared first, dropped first.
     ring: Ring,
     _map: Mapping,
@@ -100,6 +115,8 @@ fn map_ring(shm: &InstanceDir, name: &str, worker: u32) -> std::io::Result<Mappe
     Ok(Mapped {
         inode,
         size,
+        producer: ring.producer_pid(),
+        gone_handled: false,
         ring,
         _map: map,
         worker,
@@ -112,6 +129,11 @@ pub struct EventDrain {
     shm: Arc<InstanceDir>,
     node_id: String,
     rings: HashMap<String, Mapped>,
+    /// Rings whose file was replaced or removed, drained before dropping.
+    retired: Vec<Mapped>,
+    /// Tenant proxies with samples and no closing mark yet, by the ring
+    /// (producer pid, worker) that reported them: (token, proxy) → run_id.
+    open: HashMap<(u64, u32), HashMap<(String, String), String>>,
     status: Arc<Mutex<DrainStatus>>,
     reports: Option<Arc<ReportSettings>>,
     quotas: Option<Arc<QuotaTracker>>,
@@ -129,6 +151,8 @@ impl EventDrain {
             shm,
             node_id,
             rings: HashMap::new(),
+            retired: Vec::new(),
+            open: HashMap::new(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
             reports: None,
             quotas: None,
@@ -168,10 +192,11 @@ impl EventDrain {
         }
     }
 
-    /// Maps new rings and remaps replaced ones.
+    /// Maps new rings and remaps replaced ones; a replaced or removed
+    /// ring is retired (drained to its end before it is dropped).
     fn rescan(&mut self) {
         let Ok(names) = self.shm.dir.names() else {
-            self.rings.clear();
+            self.retired.extend(self.rings.drain().map(|(_, m)| m));
             return;
         };
         let mut seen = Vec::new();
@@ -191,16 +216,113 @@ impl EventDrain {
             match map_ring(&self.shm, &name, worker) {
                 Ok(m) => {
                     tracing::info!(worker, ring = %name, "mapped event ring");
-                    self.rings.insert(name, m);
+                    if let Some(old) = self.rings.insert(name, m) {
+                        self.retired.push(old);
+                    }
                 }
                 Err(e) => {
                     // A ring the producer has not initialized yet: try next tick.
                     tracing::debug!(worker, error = %e, "event ring not usable yet");
-                    self.rings.remove(&name);
+                    if let Some(old) = self.rings.remove(&name) {
+                        self.retired.push(old);
+                    }
                 }
             }
         }
-        self.rings.retain(|p, _| seen.contains(p));
+        let gone: Vec<String> = self
+            .rings
+            .keys()
+            .filter(|p| !seen.contains(p))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = self.rings.remove(&name) {
+                self.retired.push(old);
+            }
+        }
+    }
+
+    /// Pop up to `max` records of `m` into `unwritten`, tracking which
+    /// tenant proxies its producer has open; counts what was refused.
+    fn pop_into_batch(
+        &mut self,
+        m: &Mapped,
+        max: usize,
+        buf: &mut Vec<u8>,
+        undecodable: &mut u64,
+        unauthenticated: &mut u64,
+    ) {
+        for _ in 0..max {
+            if !m.ring.pop(buf) {
+                break;
+            }
+            let record = match self.shm.key.open_record(buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    *unauthenticated += 1;
+                    tracing::warn!(worker = m.worker, error = %e, "event record refused");
+                    continue;
+                }
+            };
+            match EventRecord::decode(record) {
+                Ok(r) => {
+                    if let Event::TenantTraffic {
+                        run_id,
+                        token,
+                        proxy,
+                        closed,
+                        ..
+                    } = &r.event
+                    {
+                        let open = self.open.entry((m.producer, m.worker)).or_default();
+                        let key = (token.clone(), proxy.clone());
+                        if *closed {
+                            open.remove(&key);
+                        } else {
+                            open.insert(key, run_id.clone());
+                        }
+                    }
+                    self.unwritten.push(r);
+                }
+                Err(e) => {
+                    *undecodable += 1;
+                    tracing::warn!(worker = m.worker, error = %e, "undecodable event record");
+                }
+            }
+        }
+    }
+
+    /// The producer of a ring is gone and the ring is empty: close the
+    /// tenant proxies it left open (a closing mark of zero bytes each,
+    /// which makes their reports flush).
+    fn close_orphans(&mut self, producer: u64, worker: u32) -> u64 {
+        let Some(open) = self.open.remove(&(producer, worker)) else {
+            return 0;
+        };
+        let n = open.len() as u64;
+        if n > 0 {
+            tracing::warn!(
+                pid = producer,
+                proxies = n,
+                "the fastpath went away without closing its tenant proxies; reporting what its rings delivered"
+            );
+        }
+        let ts_ms = u64::try_from(now_ms()).unwrap_or(0);
+        for ((token, proxy), run_id) in open {
+            self.unwritten.push(EventRecord {
+                ts_ms,
+                worker: u16::try_from(worker).unwrap_or(u16::MAX),
+                event: Event::TenantTraffic {
+                    run_id,
+                    token,
+                    proxy,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    closed: true,
+                },
+            });
+        }
+        n
     }
 
     /// Takes what is in every ring and writes it down.
@@ -211,27 +333,51 @@ impl EventDrain {
         let take = self.unwritten.is_empty();
         let mut undecodable = 0u64;
         let mut unauthenticated = 0u64;
+        let mut orphans = 0u64;
         let mut buf = Vec::with_capacity(512);
         let mut workers = Vec::with_capacity(self.rings.len());
-        for m in self.rings.values() {
-            for _ in 0..MAX_PER_RING {
-                if !take || !m.ring.pop(&mut buf) {
-                    break;
+        // The fastpath alive now, as the kernel names it: a ring of any
+        // other producer will get no more records.
+        let live = self
+            .shm
+            .dir
+            .holder(fastpath::shm::LOCK_FILE)
+            .and_then(|p| u64::try_from(p).ok());
+        if take {
+            // Retired rings first, to their end: their records are older
+            // than anything in the rings that replaced them.
+            for m in std::mem::take(&mut self.retired) {
+                self.pop_into_batch(
+                    &m,
+                    usize::MAX,
+                    &mut buf,
+                    &mut undecodable,
+                    &mut unauthenticated,
+                );
+                if Some(m.producer) != live {
+                    orphans += self.close_orphans(m.producer, m.worker);
                 }
-                let record = match self.shm.key.open_record(&buf) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        unauthenticated += 1;
-                        tracing::warn!(worker = m.worker, error = %e, "event record refused");
-                        continue;
-                    }
-                };
-                match EventRecord::decode(record) {
-                    Ok(r) => self.unwritten.push(r),
-                    Err(e) => {
-                        undecodable += 1;
-                        tracing::warn!(worker = m.worker, error = %e, "undecodable event record");
-                    }
+            }
+        }
+        let names: Vec<String> = self.rings.keys().cloned().collect();
+        for name in names {
+            let Some(m) = self.rings.remove(&name) else {
+                continue;
+            };
+            let mut m = m;
+            if take {
+                self.pop_into_batch(
+                    &m,
+                    MAX_PER_RING,
+                    &mut buf,
+                    &mut undecodable,
+                    &mut unauthenticated,
+                );
+                if Some(m.producer) == live {
+                    m.gone_handled = false;
+                } else if !m.gone_handled && m.ring.pending_bytes() == 0 {
+                    m.gone_handled = true;
+                    orphans += self.close_orphans(m.producer, m.worker);
                 }
             }
             workers.push(WorkerStatus {
@@ -241,6 +387,7 @@ impl EventDrain {
                 pushed: m.ring.pushed(),
                 pid: m.ring.producer_pid(),
             });
+            self.rings.insert(name, m);
         }
         workers.sort_by_key(|w| w.worker);
         let written = if self.unwritten.is_empty() {
@@ -252,6 +399,7 @@ impl EventDrain {
         status.workers = workers;
         status.undecodable += undecodable;
         status.unauthenticated += unauthenticated;
+        status.flushed_without_close += orphans;
         match written {
             Ok(queued) => {
                 status.events_ingested += self.unwritten.len() as u64;

@@ -203,6 +203,7 @@ pub async fn stats(
             "ingested": drain.events_ingested,
             "undecodable": drain.undecodable,
             "unauthenticated": drain.unauthenticated,
+            "flushed_without_close": drain.flushed_without_close,
         },
         "workers": drain.workers,
         "policy": app.publisher.status(),
