@@ -177,26 +177,50 @@ impl Ring {
     /// length that cannot be right (a producer that died mid-write, or
     /// memory someone scribbled on) discards everything up to `head`.
     pub fn pop(&self, out: &mut Vec<u8>) -> bool {
-        let tail = self.atomic(OFF_TAIL).load(Ordering::Relaxed);
+        let mut cursor = self.tail();
+        let got = self.peek(&mut cursor, out);
+        self.release(cursor);
+        got
+    }
+
+    /// Where the consumer has read up to (what it has given back).
+    pub fn tail(&self) -> u64 {
+        self.atomic(OFF_TAIL).load(Ordering::Relaxed)
+    }
+
+    /// Read the record at `*cursor` into `out` and move the cursor past it,
+    /// without giving its space back to the producer (consumer; `cursor`
+    /// starts at [`Ring::tail`]). A consumer that must not lose a record
+    /// before it is stored elsewhere reads with `peek` and calls
+    /// [`Ring::release`] once it is. False when there is nothing at the
+    /// cursor; a length that cannot be right moves the cursor to `head`
+    /// (see [`Ring::pop`]).
+    pub fn peek(&self, cursor: &mut u64, out: &mut Vec<u8>) -> bool {
+        let at = *cursor;
         let head = self.atomic(OFF_HEAD).load(Ordering::Acquire);
-        let avail = head.wrapping_sub(tail);
+        let avail = head.wrapping_sub(at);
         if avail == 0 {
             return false;
         }
         let mut len = [0; 4];
-        self.read_at(tail, &mut len);
+        self.read_at(at, &mut len);
         let len = u32::from_le_bytes(len) as usize;
         let need = padded(len);
         if avail > self.cap || need > avail {
-            self.atomic(OFF_TAIL).store(head, Ordering::Release);
+            *cursor = head;
             self.atomic(OFF_DROPPED).fetch_add(1, Ordering::Relaxed);
             return false;
         }
         out.clear();
         out.resize(len, 0);
-        self.read_at(tail + 4, out);
-        self.atomic(OFF_TAIL).store(tail + need, Ordering::Release);
+        self.read_at(at + 4, out);
+        *cursor = at + need;
         true
+    }
+
+    /// Give the space before `cursor` back to the producer (consumer).
+    pub fn release(&self, cursor: u64) {
+        self.atomic(OFF_TAIL).store(cursor, Ordering::Release);
     }
 
     /// Records dropped because the ring was full (or found corrupt).
@@ -323,6 +347,32 @@ mod tests {
         assert!(!r.push(&[0; 200]));
         assert_eq!(r.dropped(), 1);
         assert!(r.push(&[1; 50]));
+    }
+
+    #[test]
+    fn peeked_records_stay_until_released() {
+        let mut mem = region(RING_HEADER + 256);
+        let p = mem.as_mut_ptr() as *mut u8;
+        let prod = unsafe { Ring::create(p, RING_HEADER + 256) }.unwrap();
+        let cons = unsafe { Ring::attach(p, RING_HEADER + 256) }.unwrap();
+        assert!(prod.push(b"one"));
+        assert!(prod.push(b"two"));
+        let mut out = Vec::new();
+        let mut cursor = cons.tail();
+        assert!(cons.peek(&mut cursor, &mut out));
+        assert_eq!(out, b"one");
+        assert!(cons.peek(&mut cursor, &mut out));
+        assert_eq!(out, b"two");
+        assert!(!cons.peek(&mut cursor, &mut out));
+        // Not released: a consumer starting over (after a crash) reads
+        // them again, and the producer has not got the space back.
+        assert_eq!(cons.pending_bytes(), 16);
+        let mut again = cons.tail();
+        assert!(cons.peek(&mut again, &mut out));
+        assert_eq!(out, b"one");
+        cons.release(cursor);
+        assert_eq!(cons.pending_bytes(), 0);
+        assert!(!cons.pop(&mut out));
     }
 
     #[test]

@@ -91,6 +91,10 @@ struct Mapped {
     producer: u64,
     /// Set once the producer was found gone and its open proxies closed.
     gone_handled: bool,
+    /// How far the drain has read; the ring's space up to here is given
+    /// back only once what was read is committed, so a slowpath that
+    /// crashes in between reads it again (at least once, never lost).
+    read_to: u64,
     // The ring points into the mapping: declared first, dropped first.
     ring: Ring,
     _map: Mapping,
@@ -117,6 +121,7 @@ fn map_ring(shm: &InstanceDir, name: &str, worker: u32) -> std::io::Result<Mappe
         size,
         producer: ring.producer_pid(),
         gone_handled: false,
+        read_to: ring.tail(),
         ring,
         _map: map,
         worker,
@@ -131,6 +136,8 @@ pub struct EventDrain {
     rings: HashMap<String, Mapped>,
     /// Rings whose file was replaced or removed, drained before dropping.
     retired: Vec<Mapped>,
+    /// Retired rings read into the batch being written, dropped once it is.
+    draining: Vec<Mapped>,
     /// Tenant proxies with samples and no closing mark yet, by the ring
     /// (producer pid, worker) that reported them: (token, proxy) → run_id.
     open: HashMap<(u64, u32), HashMap<(String, String), String>>,
@@ -152,6 +159,7 @@ impl EventDrain {
             node_id,
             rings: HashMap::new(),
             retired: Vec::new(),
+            draining: Vec::new(),
             open: HashMap::new(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
             reports: None,
@@ -242,19 +250,20 @@ impl EventDrain {
         }
     }
 
-    /// Pop up to `max` records of `m` into `unwritten`, tracking which
-    /// tenant proxies its producer has open; counts what was refused.
-    fn pop_into_batch(
+    /// Read up to `max` records of `m` (from where it was last read) into
+    /// `unwritten`, tracking which tenant proxies its producer has open;
+    /// counts what was refused. Returns whether it read to the end.
+    fn read_into_batch(
         &mut self,
-        m: &Mapped,
+        m: &mut Mapped,
         max: usize,
         buf: &mut Vec<u8>,
         undecodable: &mut u64,
         unauthenticated: &mut u64,
-    ) {
+    ) -> bool {
         for _ in 0..max {
-            if !m.ring.pop(buf) {
-                break;
+            if !m.ring.peek(&mut m.read_to, buf) {
+                return true;
             }
             let record = match self.shm.key.open_record(buf) {
                 Ok(r) => r,
@@ -290,6 +299,16 @@ impl EventDrain {
                 }
             }
         }
+        false
+    }
+
+    /// What was read is committed (or given up): give the rings' space back
+    /// and let drained retired rings go.
+    fn release_read(&mut self) {
+        for m in self.rings.values() {
+            m.ring.release(m.read_to);
+        }
+        self.draining.clear();
     }
 
     /// The producer of a ring is gone and the ring is empty: close the
@@ -346,9 +365,9 @@ impl EventDrain {
         if take {
             // Retired rings first, to their end: their records are older
             // than anything in the rings that replaced them.
-            for m in std::mem::take(&mut self.retired) {
-                self.pop_into_batch(
-                    &m,
+            for mut m in std::mem::take(&mut self.retired) {
+                self.read_into_batch(
+                    &mut m,
                     usize::MAX,
                     &mut buf,
                     &mut undecodable,
@@ -357,17 +376,17 @@ impl EventDrain {
                 if Some(m.producer) != live {
                     orphans += self.close_orphans(m.producer, m.worker);
                 }
+                self.draining.push(m);
             }
         }
         let names: Vec<String> = self.rings.keys().cloned().collect();
         for name in names {
-            let Some(m) = self.rings.remove(&name) else {
+            let Some(mut m) = self.rings.remove(&name) else {
                 continue;
             };
-            let mut m = m;
             if take {
-                self.pop_into_batch(
-                    &m,
+                let at_end = self.read_into_batch(
+                    &mut m,
                     MAX_PER_RING,
                     &mut buf,
                     &mut undecodable,
@@ -375,7 +394,7 @@ impl EventDrain {
                 );
                 if Some(m.producer) == live {
                     m.gone_handled = false;
-                } else if !m.gone_handled && m.ring.pending_bytes() == 0 {
+                } else if !m.gone_handled && at_end {
                     m.gone_handled = true;
                     orphans += self.close_orphans(m.producer, m.worker);
                 }
@@ -395,7 +414,8 @@ impl EventDrain {
         } else {
             self.write(&self.unwritten).await
         };
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let status = Arc::clone(&self.status);
+        let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
         status.workers = workers;
         status.undecodable += undecodable;
         status.unauthenticated += unauthenticated;
@@ -404,6 +424,7 @@ impl EventDrain {
             Ok(queued) => {
                 status.events_ingested += self.unwritten.len() as u64;
                 self.unwritten.clear();
+                self.release_read();
                 self.write_failures = 0;
                 if queued > 0 {
                     if let Some(reports) = &self.reports {
@@ -421,6 +442,7 @@ impl EventDrain {
                     );
                     status.events_lost += self.unwritten.len() as u64;
                     self.unwritten.clear();
+                    self.release_read();
                     self.write_failures = 0;
                 }
                 Err(e)

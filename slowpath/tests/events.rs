@@ -111,3 +111,65 @@ fn ring_events_reach_audit_and_stats() {
         );
     });
 }
+
+/// A slowpath that dies between reading events and committing them loses
+/// none: the ring's space is given back only after the commit, so the next
+/// slowpath reads them again (at least once across a crash).
+#[test]
+fn events_read_but_not_committed_survive_a_slowpath_crash() {
+    each_backend("drain_crash", |b| {
+        let mut sp = Slowpath::start(&b, &[]);
+        let producer = Producer::create(&sp.shm.join("events-0.ring"));
+        let url = match &b {
+            harness::Backend::Sqlite => slowpath::db::sqlite_url(&sp.dir),
+            harness::Backend::Postgres(_) => sp.database_url().unwrap(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Hold the database so the drain's write cannot commit.
+        let blocker = rt.block_on(async {
+            use sqlx::Connection as _;
+            use sqlx::Executor as _;
+            sqlx::any::install_default_drivers();
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            match &b {
+                harness::Backend::Sqlite => {
+                    c.execute("BEGIN EXCLUSIVE").await.unwrap();
+                }
+                harness::Backend::Postgres(_) => {
+                    c.execute("BEGIN").await.unwrap();
+                    c.execute("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")
+                        .await
+                        .unwrap();
+                }
+            }
+            c
+        });
+        producer.push(Event::SessionOpen {
+            run_id: "crash1".into(),
+            invite: None,
+            user: "u".into(),
+            version: "0.61.0".into(),
+            peer: "127.0.0.1:7777".into(),
+        });
+        // The drain reads every 20 ms; it has read the record and is
+        // waiting on the database by now.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            producer.ring.pending_bytes() > 0,
+            "the ring gave the record's space back before it was committed"
+        );
+        sp.kill_hard();
+        rt.block_on(async {
+            use sqlx::Connection as _;
+            blocker.close().await.unwrap();
+        });
+        sp.restart();
+        wait_for(&sp, "/api/v1/admin/audit?limit=100", |v| {
+            v.to_string().contains("crash1")
+        });
+        wait_for(&sp, "/api/v1/admin/stats", |_| producer.ring.pending_bytes() == 0);
+    });
+}
