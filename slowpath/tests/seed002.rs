@@ -13,16 +13,16 @@
 
 mod harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientError, ClientOpts};
 use bench::proc::free_port;
 use harness::etcd::Etcd;
+use harness::report::report_server;
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -106,43 +106,6 @@ fn etcdctl_put(etcd: &Etcd, key: &str, value: &str) {
             etcd.put(key, value);
         }
     }
-}
-
-/// A test endpoint for traffic reports: records every POSTed JSON body.
-fn report_server() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/traffic/report", l.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0usize;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_ok() {
-                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                    g.lock().unwrap().push(v);
-                }
-            }
-            let mut s = s;
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
 }
 
 fn record(token: &str, region: &str, ports: Value, max_ports: u32, extra: Value) -> String {

@@ -184,6 +184,16 @@ impl MuxClient {
         })
     }
 
+    /// Half-close the connection (TLS close_notify, then FIN) as an
+    /// exiting frpc does; the session ends when the server hangs up.
+    pub fn shutdown(&self) {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown_write();
+    }
+
     /// Close the whole session (like killing frpc's connection).
     pub fn close(&self) {
         self.inner.close();

@@ -392,6 +392,8 @@ struct Inner {
     resps: Mutex<HashMap<String, NewProxyResp>>,
     resp_cond: Condvar,
     closed: AtomicBool,
+    /// Set by [`Client::stop_heartbeat`]: the Ping thread sends no more.
+    heartbeat_stopped: AtomicBool,
     work_conns: AtomicU64,
     pongs: AtomicU64,
 }
@@ -558,6 +560,7 @@ impl Client {
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
             closed: AtomicBool::new(false),
+            heartbeat_stopped: AtomicBool::new(false),
             work_conns: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
             opts,
@@ -614,7 +617,9 @@ impl Client {
                 .stack_size(64 * 1024)
                 .spawn(move || loop {
                     let Some(c) = hb.upgrade() else { break };
-                    if c.closed.load(Ordering::Acquire) {
+                    if c.closed.load(Ordering::Acquire)
+                        || c.heartbeat_stopped.load(Ordering::Acquire)
+                    {
                         break;
                     }
                     let r = c
@@ -752,6 +757,29 @@ impl Client {
     /// Whether the control channel has ended.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Send no more Pings (a client that hangs without its connection
+    /// going away); the server's heartbeat timeout then ends the session.
+    pub fn stop_heartbeat(&self) {
+        self.inner.heartbeat_stopped.store(true, Ordering::Release);
+    }
+
+    /// End the session as an exiting frpc does: a TLS close_notify (with
+    /// TLS) and a FIN on the connection; the server then hangs up, which
+    /// ends the background threads.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        match &self.inner.mux {
+            Some(m) => m.shutdown(),
+            None => self
+                .inner
+                .ctl
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .w
+                .shutdown_write(),
+        }
     }
 
     /// Drop the connection abruptly, like a killed frpc.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod report;
 pub mod ring;
 
 use bench::proc::free_port;
