@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::sync::{Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
@@ -119,7 +119,7 @@ pub struct ReportSettings {
     node_id: String,
     url: Option<String>,
     region: String,
-    thresholds: RwLock<HashMap<String, u64>>,
+    thresholds: RwLock<Thresholds>,
     status: Mutex<ReportStatus>,
     queued: Notify,
 }
@@ -159,7 +159,7 @@ impl ReportSettings {
             }),
             url,
             region: region.into(),
-            thresholds: RwLock::new(HashMap::new()),
+            thresholds: RwLock::new(Thresholds::default()),
             queued: Notify::new(),
         })
     }
@@ -170,10 +170,24 @@ impl ReportSettings {
     }
 
     /// Replaces the thresholds (token → bytes); tokens left out, or with 0,
-    /// are not reported.
+    /// are not reported from now on. A token that leaves (deleted, or its
+    /// reports turned off) keeps its last threshold for
+    /// [`DEPARTED_KEEP`]: its sessions end as it leaves, and the bytes they
+    /// relayed until then are still reported when their closing samples
+    /// arrive.
     pub fn set_thresholds(&self, mut thresholds: HashMap<String, u64>) {
         thresholds.retain(|_, bytes| *bytes > 0);
-        *self.thresholds.write().unwrap_or_else(|p| p.into_inner()) = thresholds;
+        let now = Instant::now();
+        let mut t = self.thresholds.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::take(&mut t.current);
+        for (token, bytes) in old {
+            if !thresholds.contains_key(&token) {
+                t.departed.insert(token, (bytes, now));
+            }
+        }
+        t.departed
+            .retain(|token, (_, at)| !thresholds.contains_key(token) && now - *at < DEPARTED_KEEP);
+        t.current = thresholds;
     }
 
     /// [`Self::set_thresholds`] from validated tenants
@@ -187,13 +201,18 @@ impl ReportSettings {
         );
     }
 
-    /// `token`'s report threshold in bytes; 0 when it is not reported.
+    /// Bytes between reports for `token` (0 = not reported): its current
+    /// threshold, or the last one of a token that left recently.
     pub fn threshold(&self, token: &str) -> u64 {
         if self.url.is_none() {
             return 0;
         }
-        let thresholds = self.thresholds.read().unwrap_or_else(|p| p.into_inner());
-        thresholds.get(token).copied().unwrap_or(0)
+        let t = self.thresholds.read().unwrap_or_else(|p| p.into_inner());
+        t.current
+            .get(token)
+            .or_else(|| t.departed.get(token).map(|(bytes, _)| bytes))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// What the sender has done.
@@ -210,6 +229,18 @@ impl ReportSettings {
     fn lock_status(&self) -> MutexGuard<'_, ReportStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// How long a token that left keeps its report threshold (see
+/// [`ReportSettings::set_thresholds`]).
+pub const DEPARTED_KEEP: Duration = Duration::from_secs(600);
+
+/// Report thresholds by token: those in force, and those of tokens that
+/// left lately (with when they left).
+#[derive(Debug, Default)]
+struct Thresholds {
+    current: HashMap<String, u64>,
+    departed: HashMap<String, (u64, Instant)>,
 }
 
 /// Adds a sample to its proxy's unreported bytes and queues a report when

@@ -563,6 +563,15 @@ fn tenant_changes(b: Backend, name: &str, change: impl Fn(&Node, &str)) {
 }
 
 #[test]
+fn tenant_deleted_mid_transfer_reports_every_byte_once() {
+    each_backend("t19_deleted", |b| {
+        tenant_changes(b, "t19_deleted", |n, token| {
+            n.etcd.delete(&format!("/frp/tokens/{token}"));
+        })
+    });
+}
+
+#[test]
 fn tenant_disabled_mid_transfer_reports_every_byte_once() {
     each_backend("t19_disabled", |b| {
         tenant_changes(b, "t19_disabled", |n, token| {
