@@ -544,12 +544,12 @@ fn heartbeat_timeout_reports_every_byte_once() {
 
 /// 5 and 6: the tenant's etcd record changes mid-transfer (`change` gets
 /// the node and the token).
-fn tenant_changes(b: Backend, name: &str, change: impl Fn(&Node, &str)) {
+fn tenant_changes(b: Backend, name: &str, put: impl Fn(&Node, &str), change: impl Fn(&Node, &str)) {
     let Some(n) = Node::start(name, &b, "") else {
         return;
     };
     let token = name;
-    n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
+    put(&n, token);
     let src = source(DOWNLOAD, None);
     let c = n.login(ClientOpts::new(n.frp, token));
     let port = c.add_plain_proxy("dl", 0, src).unwrap();
@@ -565,7 +565,7 @@ fn tenant_changes(b: Backend, name: &str, change: impl Fn(&Node, &str)) {
 #[test]
 fn tenant_deleted_mid_transfer_reports_every_byte_once() {
     each_backend("t19_deleted", |b| {
-        tenant_changes(b, "t19_deleted", |n, token| {
+        tenant_changes(b, "t19_deleted", put_in_etcd, |n, token| {
             n.etcd.delete(&format!("/frp/tokens/{token}"));
         })
     });
@@ -574,8 +574,54 @@ fn tenant_deleted_mid_transfer_reports_every_byte_once() {
 #[test]
 fn tenant_disabled_mid_transfer_reports_every_byte_once() {
     each_backend("t19_disabled", |b| {
-        tenant_changes(b, "t19_disabled", |n, token| {
+        tenant_changes(b, "t19_disabled", put_in_etcd, |n, token| {
             n.put_tenant(token, json!({"bandwidthLimit": "1MB", "enabled": false}));
+        })
+    });
+}
+
+fn put_in_etcd(n: &Node, token: &str) {
+    n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
+}
+
+/// The tenant's record through the API (kept in the database).
+fn api_record(token: &str, enabled: bool) -> Value {
+    json!({
+        "token": token,
+        "region": REGION,
+        "enabled": enabled,
+        "trafficReportIntervalMB": 1,
+        "bandwidthLimit": "1MB",
+    })
+}
+
+fn put_through_api(n: &Node, token: &str) {
+    let (st, v) =
+        n.sp.admin_call("POST", "/api/v1/tenants", Some(api_record(token, true)));
+    assert_eq!(st, 201, "{v}");
+}
+
+#[test]
+fn tenant_deleted_through_the_api_mid_transfer_reports_every_byte_once() {
+    each_backend("t19_api_deleted", |b| {
+        tenant_changes(b, "t19_api_deleted", put_through_api, |n, token| {
+            let (st, v) =
+                n.sp.admin_call("DELETE", &format!("/api/v1/tenants/{token}"), None);
+            assert!(st == 200 || st == 204, "{st} {v}");
+        })
+    });
+}
+
+#[test]
+fn tenant_disabled_through_the_api_mid_transfer_reports_every_byte_once() {
+    each_backend("t19_api_disabled", |b| {
+        tenant_changes(b, "t19_api_disabled", put_through_api, |n, token| {
+            let (st, v) = n.sp.admin_call(
+                "PUT",
+                &format!("/api/v1/tenants/{token}"),
+                Some(api_record(token, false)),
+            );
+            assert_eq!(st, 200, "{v}");
         })
     });
 }
