@@ -170,6 +170,8 @@ fn events_read_but_not_committed_survive_a_slowpath_crash() {
         wait_for(&sp, "/api/v1/admin/audit?limit=100", |v| {
             v.to_string().contains("crash1")
         });
-        wait_for(&sp, "/api/v1/admin/stats", |_| producer.ring.pending_bytes() == 0);
+        wait_for(&sp, "/api/v1/admin/stats", |_| {
+            producer.ring.pending_bytes() == 0
+        });
     });
 }

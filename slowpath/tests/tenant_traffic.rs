@@ -355,7 +355,11 @@ fn settings_refuse_what_cannot_be_sent() {
     // A token that leaves (deleted) keeps its threshold for the closing
     // samples of the sessions it had; one that comes back takes its new one.
     on.set_thresholds(HashMap::new());
-    assert_eq!(on.threshold("t"), 5, "a departed token's bytes are still reported");
+    assert_eq!(
+        on.threshold("t"),
+        5,
+        "a departed token's bytes are still reported"
+    );
     on.set_thresholds(HashMap::from([("t".to_string(), 7)]));
     assert_eq!(on.threshold("t"), 7);
 }
