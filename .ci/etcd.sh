@@ -14,4 +14,5 @@ if ! command -v etcd >/dev/null 2>&1; then
     systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
 fi
-etcd --version | head -1
+# sed reads to the end: with pipefail, `head -1` could leave etcd a SIGPIPE (exit 141).
+etcd --version | sed -n 1p
