@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
-use harness::login;
 use harness::{each_backend, Backend, Slowpath};
+use harness::{echo, login};
 use serde_json::{json, Value};
 
 /// Options for a client that follows a resolved frpc.toml.
@@ -43,20 +43,6 @@ fn refusal(o: &ClientOpts) -> String {
 fn proxy(c: &Client, name: &str, port: u16, local: std::net::SocketAddr) -> Result<u16, String> {
     c.add_plain_proxy(name, port, local)
         .map_err(|e| e.to_string())
-}
-
-/// Push `len` bytes through the tunnel at `port` and check they echo back.
-fn echo(port: u16, len: usize) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-    let mut w = s.try_clone().unwrap();
-    let sent = data.clone();
-    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
-    let mut got = vec![0u8; len];
-    s.read_exact(&mut got).unwrap();
-    t.join().unwrap();
-    assert!(got == data, "echoed bytes differ");
 }
 
 fn audit(sp: &Slowpath, query: &str) -> Vec<Value> {

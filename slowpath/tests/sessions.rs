@@ -8,13 +8,12 @@
 
 mod harness;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
-use harness::login;
+use harness::{echo, login};
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -23,20 +22,6 @@ fn refusal(o: &ClientOpts) -> String {
         Ok(c) => panic!("login accepted (run_id {})", c.run_id()),
         Err(r) => r,
     }
-}
-
-/// Push `len` bytes through the tunnel at `port` and check they echo back.
-fn echo(port: u16, len: usize) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-    let mut w = s.try_clone().unwrap();
-    let sent = data.clone();
-    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
-    let mut got = vec![0u8; len];
-    s.read_exact(&mut got).unwrap();
-    t.join().unwrap();
-    assert!(got == data, "echoed bytes differ");
 }
 
 /// A node that is private, serves tcp from a pool of ports free a moment

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
 use bench::proc::free_port;
+use harness::echo;
 use harness::etcd::Etcd;
 use harness::report::report_server;
 use harness::{each_backend, Backend, Slowpath};
@@ -238,22 +239,6 @@ fn assert_no_repeats(reports: &[Value]) {
             assert_ne!(a, b, "a report was sent twice: {reports:#?}");
         }
     }
-}
-
-/// Sends `n` bytes through the tunnel at `port` and reads them back;
-/// returns the bytes moved (both directions).
-fn echo(port: u16, n: usize) -> u64 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let data: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
-    let mut w = s.try_clone().unwrap();
-    let sent = data.clone();
-    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
-    let mut got = vec![0u8; n];
-    s.read_exact(&mut got).unwrap();
-    t.join().unwrap();
-    assert!(got == data, "echoed bytes differ");
-    2 * n as u64
 }
 
 /// A backend that writes `total` bytes to each connection and closes it,

@@ -76,6 +76,23 @@ pub fn admin_sql(base: &str, sql: &str) {
     });
 }
 
+/// Sends `len` bytes through the echo tunnel at `port`, checks they come
+/// back intact, and returns the bytes moved (both directions).
+pub fn echo(port: u16, len: usize) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut got = vec![0u8; len];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert!(got == data, "echoed bytes differ");
+    2 * len as u64
+}
+
 /// Log in with the in-repo frp client; a refusal comes back as its reason.
 pub fn login(o: &bench::client::ClientOpts) -> Result<bench::client::Client, String> {
     bench::client::Client::login(o.clone()).map_err(|e| match e {
