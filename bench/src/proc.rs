@@ -8,12 +8,57 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (racy by nature; fine for tests).
+/// Ports [`free_port`] hands out: below the kernel's ephemeral range
+/// (32768 and up by default), where any outgoing connection may take a
+/// port between the check and the bind (busy tests open thousands), and
+/// above the default invite pool (10000-10999).
+const FREE_PORTS: std::ops::Range<u16> = 11000..20000;
+/// Where [`free_port_run`] puts runs of ports (proxy pools), apart from
+/// single ports.
+const FREE_RUNS: std::ops::Range<u16> = 20000..32000;
+
+/// A pseudo-random number, different per call and per process.
+fn spread() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Whether `port` can be listened on, on every address, right now.
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// A TCP port nobody listens on now (racy by nature; fine for tests).
 pub fn free_port() -> u16 {
+    let span = u64::from(FREE_PORTS.end - FREE_PORTS.start);
+    for _ in 0..1000 {
+        let port = FREE_PORTS.start + (spread() % span) as u16;
+        if bindable(port) {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The first of `len` consecutive ports nobody listens on now, for a
+/// proxy port pool (racy by nature; fine for tests).
+pub fn free_port_run(len: u16) -> u16 {
+    let span = u64::from(FREE_RUNS.end - FREE_RUNS.start - len);
+    for _ in 0..1000 {
+        let base = FREE_RUNS.start + (spread() % span) as u16;
+        if (base..=base + len).all(bindable) {
+            return base;
+        }
+    }
+    FREE_RUNS.start
 }
 
 /// Wait until something accepts on `addr`.

@@ -56,7 +56,7 @@ impl Control {
         let pk8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let key = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
         // A run of ports that were free a moment ago.
-        let base = free_port().clamp(20000, 60000);
+        let base = bench::proc::free_port_run(40);
         Control {
             dir,
             shm_key,

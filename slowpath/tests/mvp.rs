@@ -81,7 +81,7 @@ fn mvp(backend: Backend) {
     let echo_srv = Echo::echo().unwrap();
     let local = echo_srv.addr();
     // A pool of ports that were free a moment ago, for this run alone.
-    let base = bench::proc::free_port().clamp(20000, 60000);
+    let base = bench::proc::free_port_run(40);
     let pool = format!("{}-{}", base, base + 19);
     let (st, v) = sp.admin_call(
         "PATCH",

@@ -34,7 +34,7 @@ fn private_node() -> Slowpath {
         assert!(Instant::now() < deadline, "no fastpath:\n{}", sp.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let base = bench::proc::free_port().clamp(20000, 60000);
+    let base = bench::proc::free_port_run(40);
     let (st, v) = sp.admin_call(
         "PATCH",
         &format!("/api/v1/admin/nodes/{}", sp.local_node),

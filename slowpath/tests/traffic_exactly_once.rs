@@ -742,7 +742,7 @@ fn invite_traffic(b: Backend) {
     let sp = Slowpath::up(&b, &[]);
     sp.wait_frp();
     let node = sp.local_node.clone();
-    let base = free_port().clamp(20000, 60000);
+    let base = bench::proc::free_port_run(40);
     let (st, v) = sp.admin_call(
         "PATCH",
         &format!("/api/v1/admin/nodes/{node}"),
