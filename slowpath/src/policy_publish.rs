@@ -417,14 +417,22 @@ impl Publisher {
             }
         }
         let content = bytes.clone();
-        let on_disk = disk_generation(&self.shm);
+        // The table on disk matters only before this process's first
+        // publish: the instance lock makes it the only writer afterwards,
+        // so a big table is not read and checked again at every change.
+        let ours = self.status().generation;
+        let on_disk = if ours == 0 {
+            disk_generation(&self.shm)
+        } else {
+            0
+        };
         let counted = db::meta_get(&self.db, GENERATION_KEY)
             .await?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         let generation = on_disk
             .max(counted)
-            .max(self.status().generation)
+            .max(ours)
             .checked_add(1)
             .ok_or_else(|| Error::Internal("policy generations are exhausted".into()))?;
         db::meta_set(&self.db, GENERATION_KEY, &generation.to_string()).await?;
