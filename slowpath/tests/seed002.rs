@@ -48,15 +48,11 @@ fn node(dir: &Path, region: &str, etcd: &Etcd, report_url: &str) -> Node {
         &["--fastpath-config", cfg.to_str().unwrap()],
     );
     let frp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(frp).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "fastpath did not start:\n{}",
-            sp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        bench::proc::wait_listening(frp, Duration::from_secs(20)),
+        "fastpath did not start:\n{}",
+        sp.log()
+    );
     Node { sp, frp }
 }
 

@@ -61,18 +61,27 @@ pub fn with_database(base: &str, db: &str) -> String {
     format!("{prefix}/{db}{query}")
 }
 
-/// Runs one statement on `base` (outside a transaction).
-pub fn admin_sql(base: &str, sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` to completion on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection as _;
+        .unwrap()
+        .block_on(f)
+}
+
+/// A fresh connection to `url`.
+async fn connect(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url).await.unwrap()
+}
+
+/// Runs one statement on `base` (outside a transaction).
+pub fn admin_sql(base: &str, sql: &str) {
+    block_on(async {
         use sqlx::Executor as _;
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
-        conn.execute(sql).await.unwrap();
+        connect(base).await.execute(sql).await.unwrap();
     });
 }
 
@@ -103,22 +112,15 @@ pub fn login(o: &bench::client::ClientOpts) -> Result<bench::client::Client, Str
 
 /// The first column of every row `sql` returns, as text.
 pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection as _;
+    block_on(async {
         use sqlx::Row as _;
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
-        let out = rows
-            .iter()
+        let rows = sqlx::query(sql)
+            .fetch_all(&mut connect(url).await)
+            .await
+            .unwrap();
+        rows.iter()
             .map(|r| r.try_get::<String, _>(0).unwrap())
-            .collect();
-        conn.close().await.unwrap();
-        out
+            .collect()
     })
 }
 
