@@ -5,8 +5,14 @@
 //! order. Strings are `u16 length + UTF-8`, an optional invite is `u8 flag`
 //! (+16 bytes), numbers are little-endian. New kinds get new numbers; a
 //! decoder meeting a kind it does not know says so instead of guessing.
+//!
+//! The four kinds that can be refusals (session.close, proxy.rejected,
+//! proxy.closed, auth.failed) end with the [`RefusalKind`] code as one more
+//! byte when they are one. Records from fastpaths that predate refusal
+//! kinds lack it and decode with `refusal: None`; a decoder from before
+//! them reads the byte as trailing and says so.
 
-use crate::policy::InviteId;
+use crate::policy::{InviteId, RefusalKind};
 
 /// Something that happened on a worker that the control plane records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum Event {
         invite: Option<InviteId>,
         /// Why it ended.
         reason: String,
+        /// The refusal's kind when the policy ended it.
+        refusal: Option<RefusalKind>,
     },
     /// A proxy was registered.
     ProxyRegistered {
@@ -58,6 +66,8 @@ pub enum Event {
         proxy_type: String,
         /// Why.
         reason: String,
+        /// The refusal's kind (None only from fastpaths before kinds).
+        refusal: Option<RefusalKind>,
     },
     /// A proxy went away.
     ProxyClosed {
@@ -69,6 +79,8 @@ pub enum Event {
         proxy: String,
         /// Why.
         reason: String,
+        /// The refusal's kind when the policy closed it.
+        refusal: Option<RefusalKind>,
     },
     /// A login was refused.
     AuthFailed {
@@ -78,6 +90,8 @@ pub enum Event {
         invite: Option<InviteId>,
         /// Why.
         reason: String,
+        /// The refusal's kind (None only from fastpaths before kinds).
+        refusal: Option<RefusalKind>,
     },
     /// Bytes a proxy relayed since its previous sample.
     Traffic {
@@ -140,6 +154,17 @@ impl Event {
         }
     }
 
+    /// The refusal kind this event records, if it records one.
+    pub fn refusal(&self) -> Option<RefusalKind> {
+        match self {
+            Event::SessionClose { refusal, .. }
+            | Event::ProxyRejected { refusal, .. }
+            | Event::ProxyClosed { refusal, .. }
+            | Event::AuthFailed { refusal, .. } => *refusal,
+            _ => None,
+        }
+    }
+
     /// The invite this event concerns, if any.
     pub fn invite(&self) -> Option<InviteId> {
         match self {
@@ -184,6 +209,9 @@ pub enum EventError {
     /// Bytes after the last field.
     #[error("trailing bytes after event")]
     Trailing,
+    /// A refusal kind this build does not know.
+    #[error("unknown refusal kind {0}")]
+    UnknownRefusal(u8),
 }
 
 struct W<'a>(&'a mut Vec<u8>);
@@ -210,6 +238,11 @@ impl W<'_> {
     }
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn refusal(&mut self, r: &Option<RefusalKind>) {
+        if let Some(k) = r {
+            self.0.push(*k as u8);
+        }
     }
 }
 
@@ -242,6 +275,18 @@ impl R<'_> {
         std::str::from_utf8(b)
             .map(str::to_owned)
             .map_err(|_| EventError::Utf8)
+    }
+    /// The optional last byte of a kind that can be a refusal.
+    fn refusal(&mut self) -> Result<Option<RefusalKind>, EventError> {
+        match self.0 {
+            [] => Ok(None),
+            [code] => {
+                let k = RefusalKind::from_u8(*code).ok_or(EventError::UnknownRefusal(*code))?;
+                self.0 = &[];
+                Ok(Some(k))
+            }
+            _ => Err(EventError::Trailing),
+        }
     }
     fn invite(&mut self) -> Result<Option<InviteId>, EventError> {
         match self.u8()? {
@@ -281,10 +326,12 @@ impl EventRecord {
                 run_id,
                 invite,
                 reason,
+                refusal,
             } => {
                 w.str(run_id);
                 w.invite(invite);
                 w.str(reason);
+                w.refusal(refusal);
             }
             Event::ProxyRegistered {
                 run_id,
@@ -305,32 +352,38 @@ impl EventRecord {
                 proxy,
                 proxy_type,
                 reason,
+                refusal,
             } => {
                 w.str(run_id);
                 w.invite(invite);
                 w.str(proxy);
                 w.str(proxy_type);
                 w.str(reason);
+                w.refusal(refusal);
             }
             Event::ProxyClosed {
                 run_id,
                 invite,
                 proxy,
                 reason,
+                refusal,
             } => {
                 w.str(run_id);
                 w.invite(invite);
                 w.str(proxy);
                 w.str(reason);
+                w.refusal(refusal);
             }
             Event::AuthFailed {
                 peer,
                 invite,
                 reason,
+                refusal,
             } => {
                 w.str(peer);
                 w.invite(invite);
                 w.str(reason);
+                w.refusal(refusal);
             }
             Event::Traffic {
                 run_id,
@@ -388,6 +441,7 @@ impl EventRecord {
                 run_id: r.str()?,
                 invite: r.invite()?,
                 reason: r.str()?,
+                refusal: r.refusal()?,
             },
             3 => Event::ProxyRegistered {
                 run_id: r.str()?,
@@ -402,17 +456,20 @@ impl EventRecord {
                 proxy: r.str()?,
                 proxy_type: r.str()?,
                 reason: r.str()?,
+                refusal: r.refusal()?,
             },
             5 => Event::ProxyClosed {
                 run_id: r.str()?,
                 invite: r.invite()?,
                 proxy: r.str()?,
                 reason: r.str()?,
+                refusal: r.refusal()?,
             },
             6 => Event::AuthFailed {
                 peer: r.str()?,
                 invite: r.invite()?,
                 reason: r.str()?,
+                refusal: r.refusal()?,
             },
             7 => Event::Traffic {
                 run_id: r.str()?,
@@ -464,6 +521,13 @@ mod tests {
                 run_id: "r1".into(),
                 invite: None,
                 reason: "invite revoked".into(),
+                refusal: Some(RefusalKind::InviteRevoked),
+            },
+            Event::SessionClose {
+                run_id: "r1".into(),
+                invite: inv,
+                reason: "heartbeat timeout".into(),
+                refusal: None,
             },
             Event::ProxyRegistered {
                 run_id: "r1".into(),
@@ -478,17 +542,27 @@ mod tests {
                 proxy: "web".into(),
                 proxy_type: "http".into(),
                 reason: "proxy type http not allowed".into(),
+                refusal: Some(RefusalKind::TypeNotAllowed),
             },
             Event::ProxyClosed {
                 run_id: "r1".into(),
                 invite: inv,
                 proxy: "ssh".into(),
                 reason: "client closed it".into(),
+                refusal: None,
+            },
+            Event::ProxyClosed {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "ssh".into(),
+                reason: "token was deleted".into(),
+                refusal: Some(RefusalKind::TokenDeleted),
             },
             Event::AuthFailed {
                 peer: "[::1]:9".into(),
                 invite: None,
                 reason: "ticket expired".into(),
+                refusal: Some(RefusalKind::TicketExpired),
             },
             Event::Traffic {
                 run_id: "r1".into(),
@@ -519,15 +593,64 @@ mod tests {
             let b = rec.to_bytes();
             assert_eq!(EventRecord::decode(&b).unwrap(), rec);
             for cut in 0..b.len() {
-                assert!(EventRecord::decode(&b[..cut]).is_err());
+                let got = EventRecord::decode(&b[..cut]);
+                if cut == b.len() - 1 && rec.event.refusal().is_some() {
+                    // Without its last byte a refusal reads as a record
+                    // from before kinds (the ring delimits records, so a
+                    // cut is not something it delivers).
+                    assert_eq!(got.unwrap().event.refusal(), None);
+                } else {
+                    assert!(got.is_err(), "cut at {cut} accepted");
+                }
             }
             let mut longer = b.clone();
+            longer.push(0);
+            let want = if rec.event.refusal().is_some() {
+                EventError::Trailing
+            } else if matches!(rec.event.code(), 2 | 4 | 5 | 6) {
+                // Read as a refusal kind, and 0 is none.
+                EventError::UnknownRefusal(0)
+            } else {
+                EventError::Trailing
+            };
+            assert_eq!(EventRecord::decode(&longer), Err(want));
             longer.push(0);
             assert_eq!(EventRecord::decode(&longer), Err(EventError::Trailing));
         }
         let mut b = vec![0; 10];
         b.push(99);
         assert_eq!(EventRecord::decode(&b), Err(EventError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn records_from_before_refusal_kinds_still_decode() {
+        // A proxy.rejected as a fastpath without kinds wrote it: no last byte.
+        let mut b = Vec::new();
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.push(4);
+        for s in ["r1", "", "web", "tcp", "port already used"] {
+            if s.is_empty() {
+                b.push(0); // no invite
+                continue;
+            }
+            b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        let rec = EventRecord::decode(&b).unwrap();
+        assert_eq!(rec.event.refusal(), None);
+        assert_eq!(rec.to_bytes(), b, "re-encodes as it was");
+        // The same record with a kind this build does not know.
+        b.push(250);
+        assert_eq!(
+            EventRecord::decode(&b),
+            Err(EventError::UnknownRefusal(250))
+        );
+        b.pop();
+        b.push(RefusalKind::PortAlreadyUsed as u8);
+        let rec = EventRecord::decode(&b).unwrap();
+        assert_eq!(rec.event.refusal(), Some(RefusalKind::PortAlreadyUsed));
+        assert_eq!(rec.to_bytes(), b);
     }
 
     #[test]
@@ -539,6 +662,7 @@ mod tests {
                 run_id: "é".repeat(40_000),
                 invite: None,
                 reason: String::new(),
+                refusal: None,
             },
         };
         let back = EventRecord::decode(&rec.to_bytes()).unwrap();

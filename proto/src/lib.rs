@@ -15,8 +15,14 @@
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
 //! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
 //!   frpc: signing, key-id peek, signature check, expiry and node binding.
+//! - [`config`]: the node's frps-compatible TOML file, parsed and written
+//!   the same way by the fastpath (which runs on it) and the slowpath
+//!   (which reads its node keys and `[etcd]`, and writes it for `up`).
 //! - [`policy`]: the policy table (node, invites, ticket keys) the slowpath
-//!   compiles and the fastpath reads in place, and the port/type set math.
+//!   compiles and the fastpath reads in place, the port/type set math, and
+//!   the decisions both processes make over those rules
+//!   ([`policy::decide`]: logins, proxies, live sessions), whose refusals
+//!   are typed ([`policy::Refusal`], with a countable [`policy::RefusalKind`]).
 //! - [`events`]: typed data-plane events and their binary record form.
 //! - [`shm_auth`]: the per-instance key and the HMAC tags that authenticate
 //!   policy tables and event records in the shared-memory directory.
@@ -25,6 +31,7 @@
 
 pub mod auth;
 pub mod cfb;
+pub mod config;
 pub mod events;
 pub mod frame;
 pub mod msg;

@@ -417,6 +417,27 @@ pub struct PortsRange {
     pub to: i64,
 }
 
+impl From<crate::policy::PortRange> for PortsRange {
+    fn from(r: crate::policy::PortRange) -> PortsRange {
+        let (from, to) = r.bounds();
+        PortsRange {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+}
+
+impl TryFrom<&PortsRange> for crate::policy::PortRange {
+    type Error = ();
+
+    /// The range frp sent, if it is one (1 <= from <= to <= 65535).
+    fn try_from(r: &PortsRange) -> Result<Self, ()> {
+        let from = u16::try_from(r.from).map_err(|_| ())?;
+        let to = u16::try_from(r.to).map_err(|_| ())?;
+        crate::policy::PortRange::span(from, to).ok_or(())
+    }
+}
+
 /// How a peer should punch, inside [`NatHoleResp`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -21,8 +21,20 @@
 //! `applied_generation` is not part of the queue: it is where a worker says
 //! which policy generation it enforces, read by the slowpath to measure how
 //! long a change takes to reach every worker.
+//!
+//! ## Memory another process writes
+//!
+//! The region is shared with a process Rust's rules know nothing about, so
+//! the ring never makes a reference to plain bytes of it: every header
+//! word is an [`AtomicU64`] and every data byte is copied with an
+//! [`AtomicU8`] load or store. A peer that breaks the protocol (two
+//! producers, a consumer writing data, a process scribbling on the file)
+//! can therefore only make records wrong — which the consumer's bounds
+//! checks and the records' tags ([`crate::shm_auth`]) catch — never cause a
+//! data race in this process. The `head` store (release) and load
+//! (acquire) order the relaxed byte copies between the two sides.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Bytes before the data area.
 pub const RING_HEADER: usize = 256;
@@ -55,11 +67,15 @@ pub struct Ring {
     cap: u64,
 }
 
-// SAFETY: the ring only touches its memory through atomics (indices,
-// counters) and through byte copies of regions that the SPSC protocol gives
-// to one side at a time. Which thread produces and which consumes is the
-// caller's contract (one of each).
+// SAFETY: a Ring is a pointer to a region that, by the contract of its
+// constructors, stays valid for as long as the Ring lives and is touched
+// only atomically; the Ring itself only ever accesses it through atomics
+// (header words and data bytes alike). So moving a Ring to another thread
+// or using it from several threads at once cannot cause a data race: a
+// caller breaking the one-producer/one-consumer protocol gets wrong records
+// (bounds-checked on read), not undefined behaviour.
 unsafe impl Send for Ring {}
+// SAFETY: as for Send: every access through `&Ring` is atomic.
 unsafe impl Sync for Ring {}
 
 /// The data capacity a region of `len` bytes can hold.
@@ -77,8 +93,13 @@ impl Ring {
     /// its indices and counters.
     ///
     /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes, 8-byte
-    /// aligned, and stay mapped for the life of the returned value.
+    /// `ptr` must be 8-byte aligned and valid for reads and writes of `len`
+    /// bytes for as long as the returned value lives (a writable mapping
+    /// that is not unmapped, and whose file is not truncated, before the
+    /// ring is dropped), and every other access to those bytes while it
+    /// lives — from this process or another one mapping the same memory —
+    /// must be atomic (another [`Ring`]'s are) or must not race with the
+    /// ring's own.
     pub unsafe fn create(ptr: *mut u8, len: usize) -> Result<Ring, RingError> {
         let cap = capacity_for(len).ok_or(RingError::TooSmall)?;
         let r = Ring { base: ptr, cap };
@@ -92,7 +113,9 @@ impl Ring {
         Ok(r)
     }
 
-    /// Use a ring a producer initialized (consumer side).
+    /// Use a ring a producer initialized (consumer side). The memory must
+    /// be writable: the consumer advances `tail` (a read-only mapping is
+    /// read with [`HeaderSnapshot`] from a copy instead).
     ///
     /// # Safety
     /// As for [`Ring::create`].
@@ -112,41 +135,44 @@ impl Ring {
     }
 
     fn atomic(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: `off` is one of the header offsets, 8-aligned inside the
-        // header, and the region is 8-aligned and mapped (constructor
-        // contract).
-        unsafe { &*(self.base.add(off) as *const AtomicU64) }
+        debug_assert!(off & 7 == 0 && off + 8 <= RING_HEADER);
+        // SAFETY: `off` is one of the header offsets (8-aligned, inside the
+        // header); the region is 8-aligned, at least RING_HEADER bytes,
+        // valid while `self` lives and accessed only atomically by
+        // everyone (constructor contract), so a shared `&AtomicU64` to it
+        // for the life of `&self` is sound.
+        unsafe { &*self.base.add(off).cast::<AtomicU64>() }
     }
 
-    fn data(&self) -> *mut u8 {
-        // SAFETY: the data area starts right after the header.
-        unsafe { self.base.add(RING_HEADER) }
+    /// Data byte `i` (`i < cap`).
+    fn byte(&self, i: usize) -> &AtomicU8 {
+        debug_assert!((i as u64) < self.cap);
+        // SAFETY: `cap` was checked against the region's length when the
+        // ring was made (`capacity_for`, or the checks in `attach`), so
+        // RING_HEADER + i < len is inside the region, which is valid while
+        // `self` lives and accessed only atomically (constructor contract);
+        // AtomicU8 needs no alignment.
+        unsafe { &*self.base.add(RING_HEADER + i).cast::<AtomicU8>() }
     }
 
     /// Copy `src` into the data area at logical position `pos`, wrapping.
+    /// Relaxed: the producer's release store of `head` publishes them.
     fn write_at(&self, pos: u64, src: &[u8]) {
-        let at = (pos & (self.cap - 1)) as usize;
-        let first = src.len().min(self.cap as usize - at);
-        // SAFETY: both parts stay inside the data area; the producer owns
-        // [head, head + free) until it publishes head.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(at), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+        let mask = (self.cap - 1) as usize;
+        let at = pos as usize;
+        for (i, &b) in src.iter().enumerate() {
+            self.byte(at.wrapping_add(i) & mask)
+                .store(b, Ordering::Relaxed);
         }
     }
 
-    /// Copy from logical position `pos` into `dst`, wrapping.
+    /// Copy from logical position `pos` into `dst`, wrapping. Relaxed: the
+    /// consumer's acquire load of `head` came first.
     fn read_at(&self, pos: u64, dst: &mut [u8]) {
-        let at = (pos & (self.cap - 1)) as usize;
-        let first = dst.len().min(self.cap as usize - at);
-        // SAFETY: inside the data area; the consumer owns [tail, head).
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data().add(at), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data(),
-                dst.as_mut_ptr().add(first),
-                dst.len() - first,
-            );
+        let mask = (self.cap - 1) as usize;
+        let at = pos as usize;
+        for (i, b) in dst.iter_mut().enumerate() {
+            *b = self.byte(at.wrapping_add(i) & mask).load(Ordering::Relaxed);
         }
     }
 
@@ -299,11 +325,19 @@ mod tests {
         vec![0u64; len / 8]
     }
 
+    // The tests' regions are `Vec<u64>`s (8-aligned) of at least the length
+    // passed, declared before (so dropped after) the rings made over them,
+    // and touched only by rings (or, in one test, by a write made while no
+    // other thread runs), so each `Ring::create`/`attach` below keeps the
+    // constructors' contract.
+
     #[test]
     fn fifo_wraps_and_drops_when_full() {
         let mut mem = region(RING_HEADER + 256);
         let p = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: see the note above `region`.
         let prod = unsafe { Ring::create(p, RING_HEADER + 256) }.unwrap();
+        // SAFETY: see the note above `region`.
         let cons = unsafe { Ring::attach(p, RING_HEADER + 256) }.unwrap();
         assert_eq!(prod.capacity(), 256);
         let mut out = Vec::new();
@@ -343,6 +377,7 @@ mod tests {
     fn oversized_record_is_dropped() {
         let mut mem = region(RING_HEADER + 128);
         let p = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: see the note above `region`.
         let r = unsafe { Ring::create(p, RING_HEADER + 128) }.unwrap();
         assert!(!r.push(&[0; 200]));
         assert_eq!(r.dropped(), 1);
@@ -353,7 +388,9 @@ mod tests {
     fn peeked_records_stay_until_released() {
         let mut mem = region(RING_HEADER + 256);
         let p = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: see the note above `region`.
         let prod = unsafe { Ring::create(p, RING_HEADER + 256) }.unwrap();
+        // SAFETY: see the note above `region`.
         let cons = unsafe { Ring::attach(p, RING_HEADER + 256) }.unwrap();
         assert!(prod.push(b"one"));
         assert!(prod.push(b"two"));
@@ -380,10 +417,12 @@ mod tests {
         let mut mem = region(RING_HEADER + 128);
         let p = mem.as_mut_ptr() as *mut u8;
         assert_eq!(
+            // SAFETY: see the note above `region`.
             unsafe { Ring::attach(p, RING_HEADER + 128) }.err(),
             Some(RingError::BadMagic)
         );
         assert_eq!(
+            // SAFETY: see the note above `region`.
             unsafe { Ring::create(p, 100) }.err(),
             Some(RingError::TooSmall)
         );
@@ -393,9 +432,13 @@ mod tests {
     fn corrupt_length_discards_instead_of_reading_out_of_bounds() {
         let mut mem = region(RING_HEADER + 128);
         let p = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: see the note above `region`.
         let r = unsafe { Ring::create(p, RING_HEADER + 128) }.unwrap();
         assert!(r.push(b"hello"));
         // Scribble a huge length over the record.
+        // SAFETY: inside the region (header + 128 bytes); no other thread
+        // runs, so this plain write races with none of the ring's atomic
+        // accesses.
         unsafe { std::ptr::write_bytes(p.add(RING_HEADER), 0xff, 4) };
         let mut out = Vec::new();
         assert!(!r.pop(&mut out));
@@ -408,9 +451,11 @@ mod tests {
     #[test]
     fn two_threads() {
         let mut mem = region(RING_HEADER + 4096);
-        let addr = mem.as_mut_ptr() as usize;
-        let prod = unsafe { Ring::create(addr as *mut u8, RING_HEADER + 4096) }.unwrap();
-        let cons = unsafe { Ring::attach(addr as *mut u8, RING_HEADER + 4096) }.unwrap();
+        let p = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: see the note above `region`.
+        let prod = unsafe { Ring::create(p, RING_HEADER + 4096) }.unwrap();
+        // SAFETY: see the note above `region`.
+        let cons = unsafe { Ring::attach(p, RING_HEADER + 4096) }.unwrap();
         let n = 200_000u64;
         let t = std::thread::spawn(move || {
             let mut sent = 0u64;
@@ -439,6 +484,5 @@ mod tests {
         let (sent, dropped) = t.join().unwrap();
         assert_eq!(got, sent);
         assert_eq!(sent + dropped, n);
-        drop(mem);
     }
 }

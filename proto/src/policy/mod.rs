@@ -3,21 +3,26 @@
 //! The slowpath compiles its state (the node, its invites, ticket keys) into
 //! a [`PolicySpec`] and encodes it ([`table`]); the fastpath maps the bytes
 //! and reads them in place through [`PolicyTable`]. [`ports`] and [`types`]
-//! are the set math both sides share.
+//! are the set math both sides share. [`decide`] makes every decision over
+//! those rules (logins, proxies, live sessions) for both processes, and
+//! answers a refusal with a [`Refusal`] of a [`RefusalKind`].
 
 pub mod bandwidth;
+pub mod decide;
 pub mod ports;
+pub mod refusal;
 pub mod table;
 pub mod types;
 
 use std::fmt;
 
-pub use ports::PortSet;
+pub use ports::{PortRange, PortSet};
+pub use refusal::{Refusal, RefusalKind};
 pub use table::{
     InvitePolicy, InviteView, NodePolicy, NodeView, PolicySpec, PolicyTable, PortsView, TableError,
     TenantPolicy, TenantView, TicketKey,
 };
-pub use types::ProxyTypes;
+pub use types::{ProxyType, ProxyTypes};
 
 /// An invite's id: 16 random bytes, written `inv_` + 32 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -384,6 +384,50 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(a)
 }
 
+/// The fixed fields at the start of a table: what a reader needs to know
+/// which generation a file holds without validating all of it (the
+/// slowpath's publisher and benches; the fastpath validates the whole table
+/// with [`PolicyTable::parse`], which reads the header through this too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableHeader {
+    /// The generation number.
+    pub generation: u64,
+    /// Length of the table in bytes, header included (a sealed table file
+    /// has its tag after this many bytes).
+    pub total_len: u64,
+    /// When the slowpath compiled it (ms since the epoch).
+    pub created_ms: u64,
+    /// Length of the header (at least [`TableHeader::LEN`]).
+    pub header_len: u32,
+}
+
+impl TableHeader {
+    /// Bytes of the fixed header (a file shorter than this is no table).
+    pub const LEN: usize = HEADER_LEN;
+
+    /// Read the header from the first [`TableHeader::LEN`] bytes of a
+    /// table (more may follow): magic and version are checked, nothing
+    /// else (the checksum covers the whole table, see [`PolicyTable::parse`]).
+    pub fn parse(bytes: &[u8]) -> Result<TableHeader, TableError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(TableError::Truncated("shorter than the header"));
+        }
+        if &bytes[0..8] != MAGIC {
+            return Err(TableError::BadMagic);
+        }
+        let version = u32_at(bytes, 8);
+        if version != VERSION {
+            return Err(TableError::Version(version));
+        }
+        Ok(TableHeader {
+            generation: u64_at(bytes, 16),
+            total_len: u64_at(bytes, 24),
+            created_ms: u64_at(bytes, 32),
+            header_len: u32_at(bytes, 12),
+        })
+    }
+}
+
 /// A validated table, read in place.
 #[derive(Clone, Copy)]
 pub struct PolicyTable<'a> {
@@ -410,21 +454,12 @@ impl<'a> PolicyTable<'a> {
     /// Validate `bytes` as a table. Everything a lookup will touch is
     /// checked here, once.
     pub fn parse(bytes: &'a [u8]) -> Result<PolicyTable<'a>, TableError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(TableError::Truncated("shorter than the header"));
-        }
-        if &bytes[0..8] != MAGIC {
-            return Err(TableError::BadMagic);
-        }
-        let version = u32_at(bytes, 8);
-        if version != VERSION {
-            return Err(TableError::Version(version));
-        }
-        let header_len = u32_at(bytes, 12) as usize;
+        let header = TableHeader::parse(bytes)?;
+        let header_len = header.header_len as usize;
         if header_len < HEADER_LEN {
             return Err(TableError::Corrupt("header length"));
         }
-        let total = u64_at(bytes, 24);
+        let total = header.total_len;
         if total > bytes.len() as u64 {
             return Err(TableError::Truncated("shorter than its stated length"));
         }
@@ -947,6 +982,25 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn header_reads_the_generation_from_the_first_bytes_alone() {
+        let bytes = spec(3).encode();
+        let h = TableHeader::parse(&bytes[..TableHeader::LEN]).unwrap();
+        assert_eq!(h.generation, 7);
+        assert_eq!(h.created_ms, 1_700_000_000_000);
+        assert_eq!(h.total_len, bytes.len() as u64);
+        assert_eq!(
+            TableHeader::parse(&bytes[..TableHeader::LEN - 1]),
+            Err(TableError::Truncated("shorter than the header"))
+        );
+        let mut other = bytes.clone();
+        other[0] ^= 1;
+        assert_eq!(TableHeader::parse(&other), Err(TableError::BadMagic));
+        let mut later = bytes;
+        later[8] = 2;
+        assert_eq!(TableHeader::parse(&later), Err(TableError::Version(2)));
     }
 
     #[test]

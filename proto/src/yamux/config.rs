@@ -53,15 +53,32 @@ pub struct Config {
     /// Most streams alive at once; an inbound SYN beyond it is answered with
     /// RST (the session itself carries on).
     pub max_streams: usize,
+    /// Streams the peer may have open before the application admits the
+    /// session ([`Session::admit`](super::Session::admit), e.g. once a Login
+    /// on it succeeded); until then each stream gets only the initial
+    /// 256 KiB window, and a SYN beyond this count is answered with RST.
+    /// 0: no gate, the session is admitted from the start.
+    pub pre_auth_streams: usize,
     /// After we half-close a stream, how long we wait for the peer's FIN
     /// before resetting it (Go's `StreamCloseTimeout`); `None` waits forever.
     pub stream_close_timeout: Option<Duration>,
+    /// Window auto-tuning: streams open with the initial 256 KiB window and
+    /// grow (doubling, up to `max_stream_window`) only while the window is
+    /// what limits them, so memory follows the bandwidth-delay product in
+    /// use rather than the stream count. Off: every stream is granted
+    /// `max_stream_window` when it opens, as Go does.
+    pub window_autotune: bool,
+    /// With auto-tuning, the most window all streams of the session together
+    /// may hold above their initial 256 KiB (the driver may lower it further
+    /// with [`Session::set_window_allowance`](super::Session::set_window_allowance)).
+    pub session_window_budget: u64,
 }
 
 impl Config {
     /// frp's settings (6 MiB windows, 30 s keepalive, 10 s ping deadline)
     /// with a backlog and stream limit sized for a server carrying many
-    /// pooled work connections per client.
+    /// pooled work connections per client, and auto-tuned windows within a
+    /// 32 MiB session budget.
     pub fn server() -> Self {
         Config {
             role: Role::Server,
@@ -70,16 +87,22 @@ impl Config {
             ping_timeout: Duration::from_secs(10),
             accept_backlog: 4096,
             max_streams: 65536,
+            pre_auth_streams: 0,
             stream_close_timeout: Some(Duration::from_secs(5 * 60)),
+            window_autotune: true,
+            session_window_budget: 32 * 1024 * 1024,
         }
     }
 
     /// The settings frpc itself runs with (Go's defaults plus frp's 6 MiB
-    /// window); used mostly by tests that play frpc.
+    /// window, granted in full when a stream opens); used mostly by tests
+    /// that play frpc.
     pub fn client() -> Self {
         Config {
             role: Role::Client,
             accept_backlog: 256,
+            window_autotune: false,
+            session_window_budget: u64::MAX,
             ..Config::server()
         }
     }

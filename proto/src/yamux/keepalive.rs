@@ -21,6 +21,8 @@ pub(crate) struct Keepalive {
     outstanding: Option<(u32, Instant)>,
     /// Id for the next ping.
     next_id: u32,
+    /// When the ping in flight went out (None once deferred).
+    sent: Option<Instant>,
 }
 
 /// What [`Keepalive::poll`] decided.
@@ -44,6 +46,7 @@ impl Keepalive {
             next_ping: interval.and_then(|i| now.checked_add(i)),
             outstanding: None,
             next_id: 0,
+            sent: None,
         }
     }
 
@@ -61,6 +64,7 @@ impl Keepalive {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1);
                 self.next_ping = None;
+                self.sent = Some(now);
                 // An unrepresentable deadline (absurd timeout) means "never".
                 match now.checked_add(self.timeout) {
                     Some(deadline) => self.outstanding = Some((id, deadline)),
@@ -73,11 +77,29 @@ impl Keepalive {
     }
 
     /// A Ping(ACK) with `id` arrived at `now`. Answers to pings that already
-    /// timed out, or that we never sent, are ignored, as in Go.
-    pub(crate) fn on_ack(&mut self, id: u32, now: Instant) {
-        if matches!(self.outstanding, Some((pending, _)) if pending == id) {
-            self.outstanding = None;
-            self.next_ping = self.interval.and_then(|i| now.checked_add(i));
+    /// timed out, or that we never sent, are ignored, as in Go. Returns the
+    /// round trip of an answered ping (unless it was deferred meanwhile).
+    pub(crate) fn on_ack(&mut self, id: u32, now: Instant) -> Option<Duration> {
+        let (pending, deadline) = self.outstanding?;
+        if pending != id {
+            return None;
+        }
+        self.outstanding = None;
+        self.next_ping = self.interval.and_then(|i| now.checked_add(i));
+        let sent = std::mem::take(&mut self.sent)?;
+        debug_assert!(deadline >= sent);
+        Some(now.saturating_duration_since(sent))
+    }
+
+    /// The driver is not reading on purpose: an outstanding ping's deadline
+    /// restarts at `now` (its answer may be in the unread bytes), and its
+    /// round trip no longer measures the path.
+    pub(crate) fn defer(&mut self, now: Instant) {
+        if let Some((id, _)) = self.outstanding {
+            if let Some(deadline) = now.checked_add(self.timeout) {
+                self.outstanding = Some((id, deadline));
+                self.sent = None;
+            }
         }
     }
 

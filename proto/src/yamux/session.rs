@@ -2,7 +2,7 @@
 //! bytes for the socket out.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
@@ -11,7 +11,7 @@ use super::error::{SessionError, StreamError};
 use super::event::Event;
 use super::header::{Flags, FrameType, Header, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, HEADER_LEN};
 use super::keepalive::{Keepalive, KeepaliveAction};
-use super::stream::Stream;
+use super::stream::{Stream, INITIAL_WINDOW};
 
 /// Largest payload we put in one Data frame. yamux has no frame size limit
 /// (Go sends up to the whole send window at once). Large frames keep the
@@ -19,6 +19,14 @@ use super::stream::Stream;
 /// stream's write from forming a single frame of many MiB, which the peer
 /// must then read before it sees any other stream's frames.
 pub const MAX_DATA_FRAME: usize = 256 * 1024;
+
+/// The least round-trip time window growth assumes: below it, what delays
+/// a credit return is scheduling on the two hosts, not the path.
+pub const GROWTH_RTT_FLOOR: Duration = Duration::from_millis(1);
+
+/// Ping ids with this bit set are our round-trip probes; keepalive ids
+/// count up from 0 and never reach it.
+const PROBE_BIT: u32 = 1 << 31;
 
 /// Payload of a Data frame whose header has been handled but whose bytes
 /// have not all arrived yet.
@@ -76,8 +84,14 @@ impl CloseTimer {
 #[derive(Debug)]
 pub struct Session {
     config: Config,
-    /// `config.max_stream_window`, raised to at least the initial window.
+    /// `config.max_stream_window`, raised to at least the initial window;
+    /// the initial window itself until the session is admitted.
     max_window: u32,
+    /// Whether the application admitted the session (see
+    /// [`Config::pre_auth_streams`]).
+    admitted: bool,
+    /// Inbound streams refused with RST (backlog, stream caps, GoAway).
+    refused_streams: u64,
     streams: HashMap<u32, Stream>,
     next_stream_id: u32,
     /// Serial for the next stream created (see [`Stream::serial`]).
@@ -101,14 +115,29 @@ pub struct Session {
     remote_go_away: bool,
     /// A fatal error happened; only flushing the outbound buffer is left.
     failed: bool,
+    /// Round-trip time, from our last answered ping (probe or keepalive).
+    rtt: Option<Duration>,
+    /// The round-trip probe in flight: its ping id and when it went out.
+    probe: Option<(u32, Instant)>,
+    /// Window all live streams hold above the initial window, together.
+    extra_window: u64,
+    /// The most `extra_window` may reach (see [`Session::set_window_allowance`]).
+    window_allowance: u64,
 }
 
 impl Session {
     /// A fresh session with no streams, its keepalive schedule starting at
     /// `now`.
     pub fn new(config: Config, now: Instant) -> Self {
+        let admitted = config.pre_auth_streams == 0;
         Session {
-            max_window: config.effective_max_window(),
+            max_window: if admitted {
+                config.effective_max_window()
+            } else {
+                INITIAL_WINDOW
+            },
+            admitted,
+            refused_streams: 0,
             next_stream_id: config.role.first_stream_id(),
             keepalive: Keepalive::new(config.keepalive_interval, config.ping_timeout, now),
             config,
@@ -123,7 +152,106 @@ impl Session {
             local_go_away: false,
             remote_go_away: false,
             failed: false,
+            rtt: None,
+            probe: None,
+            extra_window: 0,
+            window_allowance: u64::MAX,
         }
+    }
+
+    /// Admit the session: from now on inbound streams are capped by
+    /// `max_streams` rather than `pre_auth_streams`, and new streams may
+    /// have up to `max_stream_window` (streams already open keep theirs).
+    /// With window auto-tuning a Ping goes out at `now` to measure the round
+    /// trip that window growth is judged by.
+    pub fn admit(&mut self, now: Instant) {
+        self.admitted = true;
+        self.max_window = self.config.effective_max_window();
+        if self.config.window_autotune && self.probe.is_none() && !self.failed {
+            let id = PROBE_BIT | (self.next_serial as u32 & !PROBE_BIT);
+            self.probe = Some((id, now));
+            self.queue(FrameType::Ping, Flags::SYN, 0, id);
+        }
+    }
+
+    /// The round-trip time measured by our last answered ping, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Window all live streams hold above the initial 256 KiB, together:
+    /// with auto-tuning, what the peer may make us buffer beyond the
+    /// protocol's minimum.
+    pub fn extra_window(&self) -> u64 {
+        self.extra_window
+    }
+
+    /// Caps window growth: from now on streams grow only while
+    /// [`Session::extra_window`] stays within `bytes` (and within
+    /// `config.session_window_budget`). Windows already granted stay.
+    pub fn set_window_allowance(&mut self, bytes: u64) {
+        self.window_allowance = bytes;
+    }
+
+    /// The window a stream has now (0 if unknown).
+    pub fn stream_window(&self, id: u32) -> u32 {
+        self.streams.get(&id).map_or(0, Stream::window)
+    }
+
+    /// The receive window a new stream opens with.
+    fn opening_window(&self) -> u32 {
+        if self.config.window_autotune {
+            INITIAL_WINDOW
+        } else {
+            self.max_window
+        }
+    }
+
+    /// Inserts a new stream and counts its window.
+    fn add_stream(&mut self, id: u32, awaiting_ack: bool) -> u32 {
+        let window = self.opening_window();
+        let serial = self.take_serial();
+        self.streams
+            .insert(id, Stream::new(window, awaiting_ack, serial, self.now));
+        self.extra_window += u64::from(window - INITIAL_WINDOW);
+        window
+    }
+
+    /// Forgets a stream and the window it held; whether it existed.
+    fn remove_stream(&mut self, id: u32) -> bool {
+        match self.streams.remove(&id) {
+            Some(stream) => {
+                self.extra_window = self
+                    .extra_window
+                    .saturating_sub(u64::from(stream.window() - INITIAL_WINDOW));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How soon after the previous credit return a new one must come due
+    /// for a stream's window to grow: two round trips, at least two
+    /// [`GROWTH_RTT_FLOOR`]s.
+    fn growth_interval(&self) -> Duration {
+        2 * self.rtt.unwrap_or(GROWTH_RTT_FLOOR).max(GROWTH_RTT_FLOOR)
+    }
+
+    /// Keeps our keepalive ping from timing out while the driver has
+    /// stopped reading on purpose (the answer may be in the bytes it has not
+    /// read yet): an outstanding ping's deadline restarts at `now`.
+    pub fn defer_keepalive(&mut self, now: Instant) {
+        self.keepalive.defer(now);
+    }
+
+    /// Whether the session was admitted (or needed no admission).
+    pub fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// How many inbound streams were refused with RST so far.
+    pub fn refused_streams(&self) -> u64 {
+        self.refused_streams
     }
 
     /// The configuration this session runs with.
@@ -176,9 +304,8 @@ impl Session {
             return Err(StreamError::IdsExhausted);
         }
         self.next_stream_id = id + 2;
-        let stream = Stream::new(self.max_window, true, self.take_serial());
-        self.streams.insert(id, stream);
-        let delta = Stream::opening_delta(self.max_window);
+        let window = self.add_stream(id, true);
+        let delta = Stream::opening_delta(window);
         self.queue(FrameType::WindowUpdate, Flags::SYN, id, delta);
         Ok(id)
     }
@@ -221,17 +348,45 @@ impl Session {
     /// Reports that the application consumed `n` bytes delivered by
     /// [`Event::Data`] on this stream. This is where receive credit flows
     /// back. As in Go, a WindowUpdate is queued only once the credit to
-    /// return reaches half the maximum window.
+    /// return reaches half the stream's window (an eighth, auto-tuned).
+    /// Uses the clock of the last
+    /// `receive` or `tick`; see [`Session::consumed_at`].
     pub fn consumed(&mut self, id: u32, n: usize) {
+        self.consumed_at(id, n, self.now);
+    }
+
+    /// [`Session::consumed`] at `now`. With auto-tuning, a stream that
+    /// consumed half its window within [`Session::growth_interval`] has its
+    /// window doubled (up to `max_stream_window`, within the session's
+    /// budget and allowance), the growth granted with the next credit.
+    pub fn consumed_at(&mut self, id: u32, n: usize, now: Instant) {
         if self.failed {
             return;
         }
+        self.now = self.now.max(now);
+        let interval = self.growth_interval();
+        let room = self
+            .window_allowance
+            .min(self.config.session_window_budget)
+            .saturating_sub(self.extra_window);
+        let (autotune, cap) = (self.config.window_autotune, self.max_window);
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        if let Some(delta) = stream.consume(n, self.max_window) {
-            self.queue(FrameType::WindowUpdate, Flags::NONE, id, delta);
+        // Auto-tuned windows return credit in eighths rather than halves:
+        // a window of W then keeps at least 7/8 W in flight, so it fills a
+        // path of W × 8/7 bytes per round trip (Go's halves: 1/2 W).
+        let divisor = if autotune { 8 } else { 2 };
+        let Some(mut delta) = stream.consume(n, divisor) else {
+            return;
+        };
+        if autotune {
+            let grown = stream.grow(now, interval, cap, room);
+            delta += grown;
+            self.extra_window += u64::from(grown);
         }
+        stream.grant(delta);
+        self.queue(FrameType::WindowUpdate, Flags::NONE, id, delta);
     }
 
     /// Half-closes our direction: queues FIN (a WindowUpdate with FIN and
@@ -253,7 +408,7 @@ impl Session {
         let fully_closed = stream.remote_closed;
         self.queue(FrameType::WindowUpdate, Flags::FIN, id, 0);
         if fully_closed {
-            self.streams.remove(&id);
+            self.remove_stream(id);
         } else if let Some(deadline) = self
             .config
             .stream_close_timeout
@@ -274,7 +429,7 @@ impl Session {
         if self.failed {
             return;
         }
-        if self.streams.remove(&id).is_some() {
+        if self.remove_stream(id) {
             self.queue(FrameType::WindowUpdate, Flags::RST, id, 0);
         }
     }
@@ -439,7 +594,7 @@ impl Session {
 
         // RST overrides FIN and any payload: the stream is gone at once.
         if flags.contains(Flags::RST) {
-            self.streams.remove(&id);
+            self.remove_stream(id);
             self.events.push_back(Event::Reset(id));
             if is_data && header.length > 0 {
                 self.payload = Some(PendingPayload::discard(id, header.length));
@@ -488,17 +643,22 @@ impl Session {
         }
         // Refusing one stream keeps the session (and every other stream of
         // that frpc) alive. GoAway would tear all of them down.
+        let cap = if self.admitted {
+            self.config.max_streams
+        } else {
+            self.config.pre_auth_streams
+        };
         if self.local_go_away
             || self.unaccepted >= self.config.accept_backlog
-            || self.streams.len() >= self.config.max_streams
+            || self.streams.len() >= cap
         {
+            self.refused_streams += 1;
             self.queue(FrameType::WindowUpdate, Flags::RST, id, 0);
             return Ok(false);
         }
-        let stream = Stream::new(self.max_window, false, self.take_serial());
-        self.streams.insert(id, stream);
+        let window = self.add_stream(id, false);
         // ACK right now, not on first use: see Event::StreamOpened.
-        let delta = Stream::opening_delta(self.max_window);
+        let delta = Stream::opening_delta(window);
         self.queue(FrameType::WindowUpdate, Flags::ACK, id, delta);
         self.events.push_back(Event::StreamOpened(id));
         self.unaccepted += 1;
@@ -518,7 +678,7 @@ impl Session {
         let fully_closed = stream.local_closed;
         self.events.push_back(Event::Fin(id));
         if fully_closed {
-            self.streams.remove(&id);
+            self.remove_stream(id);
         }
         Ok(())
     }
@@ -528,8 +688,15 @@ impl Session {
     fn on_ping(&mut self, header: Header) {
         if header.flags.contains(Flags::SYN) {
             self.queue(FrameType::Ping, Flags::ACK, 0, header.length);
-        } else {
-            self.keepalive.on_ack(header.length, self.now);
+        } else if let Some((id, sent)) = self.probe {
+            if id == header.length {
+                self.rtt = Some(self.now.saturating_duration_since(sent));
+            }
+        }
+        if !header.flags.contains(Flags::SYN) && header.length & PROBE_BIT == 0 {
+            if let Some(rtt) = self.keepalive.on_ack(header.length, self.now) {
+                self.rtt = Some(rtt);
+            }
         }
     }
 
@@ -557,7 +724,7 @@ impl Session {
             }
             self.close_timers.pop_front();
             if timer.is_live(&self.streams) {
-                self.streams.remove(&timer.stream_id);
+                self.remove_stream(timer.stream_id);
                 self.queue(FrameType::WindowUpdate, Flags::RST, timer.stream_id, 0);
                 self.events.push_back(Event::Reset(timer.stream_id));
             }

@@ -15,6 +15,15 @@
 //!   the application consumes bytes, the credit we could give back is
 //!   `max - unconsumed - recv_window`. Like Go, we send it only once it
 //!   reaches `max / 2`, which keeps WindowUpdates rare on bulk transfers.
+//!
+//! With window auto-tuning on, `max` is per stream (`window`): it starts at
+//! the initial window and doubles when a credit return comes due sooner
+//! after the previous one than the session's growth interval (about two
+//! round trips), i.e. when the window, not the reader, limits the rate. The
+//! session decides how much it may grow (its budget); see
+//! [`Session::consumed_at`](super::Session::consumed_at).
+
+use std::time::{Duration, Instant};
 
 use super::error::SessionError;
 
@@ -27,6 +36,13 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 pub(crate) struct Stream {
     /// Credit the peer has left to send to us.
     recv_window: u32,
+    /// The most this stream lets the peer have in flight and unconsumed:
+    /// `recv_window + unconsumed <= window`.
+    window: u32,
+    /// Auto-tuning: when the current measurement started, and the bytes
+    /// consumed since.
+    epoch_at: Instant,
+    epoch_bytes: u32,
     /// Payload accepted from the peer that the application has not consumed.
     unconsumed: u32,
     /// Credit we have left to send to the peer.
@@ -43,11 +59,14 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// A stream just opened, after our SYN or ACK granted `max` bytes of
-    /// receive window.
-    pub(crate) fn new(max_window: u32, awaiting_ack: bool, serial: u64) -> Self {
+    /// A stream just opened at `now`, after our SYN or ACK granted `max`
+    /// bytes of receive window.
+    pub(crate) fn new(max_window: u32, awaiting_ack: bool, serial: u64, now: Instant) -> Self {
         Stream {
             recv_window: max_window,
+            window: max_window,
+            epoch_at: now,
+            epoch_bytes: 0,
             unconsumed: 0,
             send_window: INITIAL_WINDOW,
             awaiting_ack,
@@ -104,23 +123,66 @@ impl Stream {
         Ok(true)
     }
 
-    /// The application consumed `n` delivered bytes. Returns the
-    /// WindowUpdate delta to send, if one is due, and counts it as granted.
-    pub(crate) fn consume(&mut self, n: usize, max_window: u32) -> Option<u32> {
+    /// The application consumed `n` delivered bytes. Returns the credit
+    /// return that is due, if any (not yet granted: see [`Stream::grant`]):
+    /// once it reaches `window / divisor` (Go: 2).
+    pub(crate) fn consume(&mut self, n: usize, divisor: u32) -> Option<u32> {
         let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.unconsumed);
         self.unconsumed -= n;
+        self.epoch_bytes = self.epoch_bytes.saturating_add(n);
         // The peer has stopped sending; more credit would never be used.
         if self.remote_closed {
             return None;
         }
-        let delta = max_window
+        let delta = self
+            .window
             .saturating_sub(self.unconsumed)
             .saturating_sub(self.recv_window);
-        if delta < max_window / 2 {
+        if delta < self.window / divisor.max(1) {
             return None;
         }
-        self.recv_window += delta;
         Some(delta)
+    }
+
+    /// Auto-tuning, with a credit return due at `now`: once half a window
+    /// has been consumed since the measurement started, if that took less
+    /// than `interval` the window is what limits this stream, so it
+    /// doubles, up to `cap` and by at most `allowance` bytes; a new
+    /// measurement starts either way. Returns the growth, which the caller
+    /// adds to the delta it grants.
+    pub(crate) fn grow(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        cap: u32,
+        allowance: u64,
+    ) -> u32 {
+        if self.epoch_bytes < self.window / 2 {
+            return 0;
+        }
+        let quick = now.saturating_duration_since(self.epoch_at) < interval;
+        self.epoch_at = now;
+        self.epoch_bytes = 0;
+        if !quick || self.window >= cap {
+            return 0;
+        }
+        let by = self
+            .window
+            .min(cap - self.window)
+            .min(u32::try_from(allowance).unwrap_or(u32::MAX));
+        self.window += by;
+        by
+    }
+
+    /// Grant `delta` more bytes of credit (the WindowUpdate goes out with
+    /// it).
+    pub(crate) fn grant(&mut self, delta: u32) {
+        self.recv_window = self.recv_window.saturating_add(delta);
+    }
+
+    /// The stream's current window (see the module doc).
+    pub(crate) fn window(&self) -> u32 {
+        self.window
     }
 
     /// Credit the peer has left to send to us (for tests and metrics).
@@ -135,21 +197,56 @@ mod tests {
 
     const MAX: u32 = 1024 * 1024;
 
+    fn stream() -> Stream {
+        Stream::new(MAX, false, 0, Instant::now())
+    }
+
     #[test]
     fn window_update_only_at_half_max() {
-        let mut stream = Stream::new(MAX, false, 0);
+        let mut stream = stream();
         assert_eq!(stream.accept_data(1, MAX).ok(), Some(true));
         assert_eq!(stream.recv_window(), 0);
         // Consuming less than half gives nothing back yet.
-        assert_eq!(stream.consume((MAX / 2 - 1) as usize, MAX), None);
+        assert_eq!(stream.consume((MAX / 2 - 1) as usize, 2), None);
         // Reaching half returns exactly what was consumed.
-        assert_eq!(stream.consume(1, MAX), Some(MAX / 2));
+        assert_eq!(stream.consume(1, 2), Some(MAX / 2));
+        stream.grant(MAX / 2);
         assert_eq!(stream.recv_window(), MAX / 2);
     }
 
     #[test]
+    fn grows_only_when_half_a_window_goes_within_the_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let w0 = INITIAL_WINDOW;
+        let mut s = Stream::new(w0, false, 0, t0);
+        let cap = 4 * w0;
+        // Less than half a window consumed: no decision yet.
+        s.epoch_bytes = w0 / 2 - 1;
+        assert_eq!(s.grow(t0 + ms, 2 * ms, cap, u64::MAX), 0);
+        // Half a window within 1 ms of opening, 2 ms interval: doubles.
+        s.epoch_bytes = w0 / 2;
+        assert_eq!(s.grow(t0 + ms, 2 * ms, cap, u64::MAX), w0);
+        assert_eq!(s.window(), 2 * w0);
+        assert_eq!(s.epoch_bytes, 0, "a new measurement starts");
+        // A slow reader: the next half window takes 5 ms; it stays.
+        s.epoch_bytes = w0;
+        assert_eq!(s.grow(t0 + 6 * ms, 2 * ms, cap, u64::MAX), 0);
+        // Limited by what the session allows, and never past the cap.
+        s.epoch_bytes = w0;
+        assert_eq!(s.grow(t0 + 7 * ms, 2 * ms, cap, 1000), 1000);
+        s.epoch_bytes = cap;
+        assert_eq!(
+            s.grow(t0 + 8 * ms, 2 * ms, cap, u64::MAX),
+            cap - 2 * w0 - 1000
+        );
+        s.epoch_bytes = cap;
+        assert_eq!(s.grow(t0 + 9 * ms, 2 * ms, cap, u64::MAX), 0);
+    }
+
+    #[test]
     fn overrun_is_an_error() {
-        let mut stream = Stream::new(MAX, false, 0);
+        let mut stream = stream();
         assert!(stream.accept_data(1, MAX + 1).is_err());
         assert_eq!(stream.accept_data(1, 10).ok(), Some(true));
         assert!(matches!(
@@ -164,15 +261,15 @@ mod tests {
 
     #[test]
     fn over_consuming_is_clamped() {
-        let mut stream = Stream::new(MAX, false, 0);
+        let mut stream = stream();
         assert_eq!(stream.accept_data(1, 100).ok(), Some(true));
-        assert_eq!(stream.consume(usize::MAX, MAX), None);
+        assert_eq!(stream.consume(usize::MAX, 2), None);
         assert_eq!(stream.unconsumed, 0);
     }
 
     #[test]
     fn data_after_fin_uses_credit_but_is_dropped() {
-        let mut stream = Stream::new(MAX, false, 0);
+        let mut stream = stream();
         stream.remote_closed = true;
         assert_eq!(stream.accept_data(1, 100).ok(), Some(false));
         assert_eq!(stream.recv_window(), MAX - 100);
@@ -181,7 +278,7 @@ mod tests {
 
     #[test]
     fn send_window_is_zero_once_closed() {
-        let mut stream = Stream::new(MAX, false, 0);
+        let mut stream = stream();
         assert_eq!(stream.send_window(), INITIAL_WINDOW);
         stream.grant_send(u32::MAX);
         assert_eq!(stream.send_window(), u32::MAX);

@@ -1,7 +1,7 @@
 //! Session-level tests: exact bytes against what Go sends and expects, error
 //! paths, and a client and server session wired back to back.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -60,9 +60,18 @@ fn outbound(session: &mut Session) -> Vec<u8> {
     session.take_outbound().to_vec()
 }
 
+/// A server session with Go's fixed windows (every stream granted the full
+/// window at once), which most byte-exact tests below compare against.
 fn server() -> (Session, Instant) {
     let now = Instant::now();
-    (Session::new(Config::server(), now), now)
+    (Session::new(go_server(), now), now)
+}
+
+fn go_server() -> Config {
+    Config {
+        window_autotune: false,
+        ..Config::server()
+    }
 }
 
 /// The exact frame frpc sends to open stream `id` with its 6 MiB window.
@@ -855,7 +864,14 @@ fn pump(
     now: Instant,
 ) {
     let bytes = from.session.take_outbound();
-    model.check(from_client, &bytes, from.max);
+    // An auto-tuned window starts at the initial one and may stay there,
+    // and returns credit in eighths of it.
+    let window = if from.session.config().window_autotune {
+        INITIAL_WINDOW / 4
+    } else {
+        from.max
+    };
+    model.check(from_client, &bytes, window);
     let mut input = BytesMut::new();
     let mut rest = &bytes[..];
     while !rest.is_empty() {
@@ -1053,4 +1069,301 @@ fn random_frames_never_panic() {
     }
     // Some runs must get past the first error for this to explore anything.
     assert!(failures < 2000);
+}
+
+#[test]
+fn before_admission_streams_are_few_and_get_the_initial_window() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        Config {
+            pre_auth_streams: 2,
+            max_stream_window: 16 * MIB,
+            ..go_server()
+        },
+        now,
+    );
+    assert!(!s.is_admitted());
+    // Two streams are taken, with no window beyond the initial 256 KiB
+    // (the ACK carries delta 0); the third is refused with RST.
+    feed(&mut s, &[go_syn(1), go_syn(3), go_syn(5)].concat(), now).unwrap();
+    let frames = parse_frames(&outbound(&mut s));
+    let got: Vec<(u32, Flags, u32)> = frames
+        .iter()
+        .map(|(h, _)| (h.stream_id, h.flags, h.length))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, Flags::ACK, 0), (3, Flags::ACK, 0), (5, Flags::RST, 0)]
+    );
+    assert_eq!(s.refused_streams(), 1);
+    // Data within the initial window is taken as usual.
+    feed(&mut s, &data_frame(Flags::NONE, 1, &[0; 1024]), now).unwrap();
+    // Admitted: the cap is max_streams and new streams get the full window.
+    s.admit(Instant::now());
+    assert!(s.is_admitted());
+    feed(&mut s, &go_syn(7), now).unwrap();
+    let frames = parse_frames(&outbound(&mut s));
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        (frames[0].0.stream_id, frames[0].0.flags, frames[0].0.length),
+        (7, Flags::ACK, 16 * MIB - 256 * 1024)
+    );
+    assert_eq!(s.refused_streams(), 1);
+}
+
+#[test]
+fn sessions_need_no_admission_unless_configured() {
+    let (s, _) = server();
+    assert!(s.is_admitted());
+    assert_eq!(Config::server().pre_auth_streams, 0);
+}
+
+// ----- window auto-tuning -----
+
+/// Feeds `len` bytes of Data on stream `id` and consumes them at `now`.
+fn deliver_and_consume(s: &mut Session, id: u32, len: usize, now: Instant) {
+    feed(s, &data_frame(Flags::NONE, id, &vec![7; len]), now).unwrap();
+    drain(s);
+    s.consumed_at(id, len, now);
+}
+
+/// The WindowUpdate deltas (no flags) queued for `id`.
+fn updates_for(s: &mut Session, id: u32) -> Vec<u32> {
+    parse_frames(&outbound(s))
+        .iter()
+        .filter(|(h, _)| h.stream_id == id && h.flags.is_empty())
+        .map(|(h, _)| h.length)
+        .collect()
+}
+
+#[test]
+fn autotuned_streams_open_small_and_grow_while_the_window_limits_them() {
+    let t0 = Instant::now();
+    let mut s = Session::new(Config::server(), t0);
+    feed(&mut s, &go_syn(1), t0).unwrap();
+    // The ACK grants nothing above the initial window.
+    let ack = parse_frames(&outbound(&mut s));
+    assert_eq!((ack[0].0.flags, ack[0].0.length), (Flags::ACK, 0));
+    assert_eq!(s.stream_window(1), INITIAL_WINDOW);
+    assert_eq!(s.extra_window(), 0);
+    // A reader that keeps up: each half window comes due well within the
+    // growth interval, so the window doubles with each return.
+    let half = INITIAL_WINDOW as usize / 2;
+    let now = t0 + Duration::from_micros(100);
+    deliver_and_consume(&mut s, 1, half, now);
+    assert_eq!(
+        updates_for(&mut s, 1),
+        [INITIAL_WINDOW / 2 + INITIAL_WINDOW]
+    );
+    assert_eq!(s.stream_window(1), 2 * INITIAL_WINDOW);
+    assert_eq!(s.extra_window(), u64::from(INITIAL_WINDOW));
+    deliver_and_consume(&mut s, 1, 2 * half, now + Duration::from_micros(100));
+    assert_eq!(s.stream_window(1), 4 * INITIAL_WINDOW);
+    outbound(&mut s);
+    // A slow reader: the next return comes due a second later, no growth.
+    let w = s.stream_window(1);
+    deliver_and_consume(&mut s, 1, w as usize / 2, now + Duration::from_secs(1));
+    assert_eq!(updates_for(&mut s, 1), [w / 2]);
+    assert_eq!(s.stream_window(1), w);
+    // Growth stops at max_stream_window.
+    let mut t = now + Duration::from_secs(1);
+    for _ in 0..20 {
+        t += Duration::from_micros(100);
+        let w = s.stream_window(1) as usize;
+        deliver_and_consume(&mut s, 1, w / 2 + 1, t);
+        outbound(&mut s);
+    }
+    assert_eq!(s.stream_window(1), Config::server().max_stream_window);
+    // Closing the stream gives its window back to the budget.
+    feed(&mut s, &frame(FrameType::WindowUpdate, Flags::RST, 1, 0), t).unwrap();
+    assert_eq!(s.extra_window(), 0);
+}
+
+#[test]
+fn growth_stays_within_the_session_budget_and_the_allowance() {
+    let t0 = Instant::now();
+    let budget = 3 * u64::from(INITIAL_WINDOW);
+    let mut s = Session::new(
+        Config {
+            session_window_budget: budget,
+            ..Config::server()
+        },
+        t0,
+    );
+    feed(&mut s, &[go_syn(1), go_syn(3), go_syn(5)].concat(), t0).unwrap();
+    outbound(&mut s);
+    let mut t = t0;
+    for _ in 0..10 {
+        for id in [1, 3, 5] {
+            t += Duration::from_micros(50);
+            let w = s.stream_window(id) as usize;
+            deliver_and_consume(&mut s, id, w / 2 + 1, t);
+        }
+        assert!(s.extra_window() <= budget);
+    }
+    assert_eq!(s.extra_window(), budget);
+    // The driver lowers the allowance (the worker is short): no more
+    // growth even after streams close and free budget.
+    feed(&mut s, &frame(FrameType::WindowUpdate, Flags::RST, 1, 0), t).unwrap();
+    let left = s.extra_window();
+    s.set_window_allowance(left);
+    for _ in 0..5 {
+        t += Duration::from_micros(50);
+        let w = s.stream_window(3) as usize;
+        deliver_and_consume(&mut s, 3, w / 2 + 1, t);
+    }
+    assert_eq!(s.extra_window(), left);
+}
+
+#[test]
+fn admission_probes_the_round_trip_and_growth_follows_it() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        Config {
+            pre_auth_streams: 4,
+            ..Config::server()
+        },
+        t0,
+    );
+    assert_eq!(s.rtt(), None);
+    s.admit(t0);
+    let ping = parse_frames(&outbound(&mut s));
+    assert_eq!(ping.len(), 1);
+    let (h, _) = &ping[0];
+    assert_eq!((h.frame_type, h.flags), (FrameType::Ping, Flags::SYN));
+    assert!(
+        h.length & (1 << 31) != 0,
+        "probe ids are apart from keepalive ids"
+    );
+    // The answer comes 80 ms later: that is the round trip.
+    let t1 = t0 + Duration::from_millis(80);
+    feed(&mut s, &frame(FrameType::Ping, Flags::ACK, 0, h.length), t1).unwrap();
+    assert_eq!(s.rtt(), Some(Duration::from_millis(80)));
+    // A probe's answer is not taken for a keepalive answer (and vice versa).
+    feed(&mut s, &go_syn(1), t1).unwrap();
+    outbound(&mut s);
+    // 100 ms between returns is within 2 RTT (160 ms): grows on a long path
+    // where it would not with the 1 ms floor.
+    deliver_and_consume(
+        &mut s,
+        1,
+        INITIAL_WINDOW as usize / 2,
+        t1 + Duration::from_millis(100),
+    );
+    assert_eq!(s.stream_window(1), 2 * INITIAL_WINDOW);
+    deliver_and_consume(
+        &mut s,
+        1,
+        INITIAL_WINDOW as usize,
+        t1 + Duration::from_millis(400),
+    );
+    assert_eq!(s.stream_window(1), 2 * INITIAL_WINDOW);
+}
+
+#[test]
+fn a_deferred_keepalive_does_not_time_out_while_the_driver_holds_reading() {
+    let t0 = Instant::now();
+    let sec = Duration::from_secs(1);
+    let mut s = Session::new(
+        Config {
+            keepalive_interval: Some(30 * sec),
+            ping_timeout: 10 * sec,
+            ..Config::server()
+        },
+        t0,
+    );
+    s.tick(t0 + 30 * sec).unwrap();
+    let ping = parse_frames(&outbound(&mut s));
+    assert_eq!(ping[0].0.frame_type, FrameType::Ping);
+    // Not reading on purpose from 35 s to 60 s: the deadline moves along.
+    for t in 35..=60 {
+        s.defer_keepalive(t0 + t * sec);
+        s.tick(t0 + t * sec).unwrap();
+    }
+    // Reading again: the ping times out 10 s after the last deferral.
+    assert!(s.tick(t0 + 69 * sec).is_ok());
+    assert!(s.tick(t0 + 70 * sec).is_err());
+}
+
+/// A 1 Gbit/s path with 100 ms of round trip, simulated in 1 ms steps:
+/// frpc (Go's fixed 6 MiB windows) uploads to us as fast as the path and
+/// our credit allow, and our reader takes data as soon as it arrives.
+/// Auto-tuned windows must grow to the path's bandwidth-delay product
+/// (12.5 MB) and carry it at full rate; the session's budget and the
+/// 16 MiB cap leave room for that.
+#[test]
+fn autotuned_windows_fill_a_long_fat_path() {
+    const RATE: usize = 125_000; // bytes per 1 ms step: 1 Gbit/s
+    const ONE_WAY: u32 = 50; // ms
+    let start = Instant::now();
+    let ms = Duration::from_millis(1);
+    let mut client = Session::new(Config::client(), start);
+    let mut server = Session::new(
+        Config {
+            max_stream_window: 16 * MIB,
+            pre_auth_streams: 8,
+            ..Config::server()
+        },
+        start,
+    );
+    // Bytes in flight each way, with the step they arrive at.
+    let mut up: VecDeque<(u32, Vec<u8>)> = VecDeque::new();
+    let mut down: VecDeque<(u32, Vec<u8>)> = VecDeque::new();
+    let id = client.open_stream().unwrap();
+    let chunk = vec![0x5a; RATE];
+    let mut received = vec![0usize; 6001];
+    for step in 0..6000u32 {
+        let now = start + ms * step;
+        if step == 1 {
+            // Logged in: the server admits the session (and probes the RTT).
+            server.admit(now);
+        }
+        // The sender puts at most one step's worth on the wire.
+        let n = client.write_data(id, &chunk).unwrap_or(0);
+        debug_assert!(n <= RATE);
+        let out = client.take_outbound();
+        if !out.is_empty() {
+            up.push_back((step + ONE_WAY, out.to_vec()));
+        }
+        while up.front().is_some_and(|(t, _)| *t <= step) {
+            let (_, bytes) = up.pop_front().unwrap();
+            let mut input = BytesMut::from(&bytes[..]);
+            server.receive(&mut input, now).unwrap();
+        }
+        while let Some(ev) = server.poll_event() {
+            if let Event::Data(sid, data) = ev {
+                received[step as usize] += data.len();
+                server.consumed_at(sid, data.len(), now);
+            }
+        }
+        let back = server.take_outbound();
+        if !back.is_empty() {
+            down.push_back((step + ONE_WAY, back.to_vec()));
+        }
+        while down.front().is_some_and(|(t, _)| *t <= step) {
+            let (_, bytes) = down.pop_front().unwrap();
+            let mut input = BytesMut::from(&bytes[..]);
+            client.receive(&mut input, now).unwrap();
+        }
+        drain(&mut client);
+        let answers = client.take_outbound();
+        if !answers.is_empty() {
+            up.push_back((step + ONE_WAY, answers.to_vec()));
+        }
+    }
+    let rtt = server.rtt().expect("the probe was answered");
+    assert!(
+        rtt >= Duration::from_millis(99) && rtt <= Duration::from_millis(103),
+        "{rtt:?}"
+    );
+    // The last 3 s: at least 95% of the path's rate.
+    let tail: usize = received[3000..6000].iter().sum();
+    let rate = tail as f64 / 3.0 / 1e6;
+    let window = server.stream_window(id);
+    eprintln!(
+        "100 ms, 1 Gbit/s: {rate:.1} MB/s over the last 3 s, window {window} bytes, rtt {rtt:?}"
+    );
+    assert!(rate >= 0.95 * 125.0, "{rate:.1} MB/s of 125");
+    assert!(window as usize >= 12_500_000, "window {window}");
+    assert!(server.extra_window() <= Config::server().session_window_budget);
 }

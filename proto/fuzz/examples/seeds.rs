@@ -1,0 +1,311 @@
+//! Writes the hand-made seed inputs in `proto/fuzz/seeds/<target>/`: a few
+//! small, well-formed inputs per target, built with the crate's own
+//! encoders, so a short CI run starts past the checksums, lengths and JSON
+//! a random byte string never gets right. The files are committed; run this
+//! again when a format changes:
+//!
+//! ```text
+//! cargo run --manifest-path proto/fuzz/Cargo.toml --example seeds
+//! ```
+//!
+//! Every seed follows the layout its target reads (a control byte first
+//! where the target takes one); see the target's opening comment.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use proto::events::{Event, EventRecord};
+use proto::msg::Message;
+use proto::policy::{
+    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, RefusalKind, TenantPolicy,
+    TicketKey,
+};
+use proto::snappy::SnappyEncoder;
+use proto::ticket::{self, TicketClaims};
+use proto::wire_v2::{self, AeadAlgorithm, AeadWriter, BootstrapInfo, ClientHello, FrameType};
+use proto::yamux::{Flags, FrameType as MuxFrame, Header};
+use ring::signature::Ed25519KeyPair;
+
+/// Named inputs for one target: file name and bytes.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+type SeedFn = fn() -> Seeds;
+
+/// Bodies of a frpc 0.70.1 session as captured (the same ones
+/// `proto::msg`'s tests check byte for byte), by v1 type byte.
+const SESSION: &[(u8, &str)] = &[
+    (
+        b'o',
+        r#"{"version":"0.70.1","hostname":"vm","os":"linux","arch":"amd64","privilege_key":"f46948c4330a5294aa37186da62edea8","timestamp":1795383782,"client_spec":{},"pool_count":1}"#,
+    ),
+    (b'1', r#"{"version":"0.70.1","run_id":"55e2c9e45f9e9131"}"#),
+    (
+        b'p',
+        r#"{"proxy_name":"web","proxy_type":"tcp","remote_port":16000}"#,
+    ),
+    (b'2', r#"{"proxy_name":"web","remote_addr":":16000"}"#),
+    (b'w', r#"{"run_id":"55e2c9e45f9e9131"}"#),
+    (
+        b's',
+        r#"{"proxy_name":"web","src_addr":"127.0.0.1","dst_addr":"127.0.0.1","src_port":43520,"dst_port":16000}"#,
+    ),
+    (b'r', "{}"),
+    (b'h', "{}"),
+    (b'4', "{}"),
+];
+
+fn session() -> Vec<Message> {
+    SESSION
+        .iter()
+        .map(|&(ty, body)| Message::from_json(ty, body.as_bytes()).expect("captured body parses"))
+        .collect()
+}
+
+fn frame_v1() -> Seeds {
+    let mut all = Vec::new();
+    for msg in session() {
+        proto::frame::encode(&msg, &mut all);
+    }
+    vec![("frpc-session", all)]
+}
+
+fn wire_v2() -> Seeds {
+    let mut control = wire_v2::MAGIC.to_vec();
+    let bootstrap = BootstrapInfo {
+        transport: "tcp".into(),
+        tls: false,
+        tcp_mux: true,
+    };
+    let hello = ClientHello::new(
+        bootstrap,
+        &[AeadAlgorithm::XChaCha20Poly1305, AeadAlgorithm::Aes256Gcm],
+        [9; wire_v2::RANDOM_LEN],
+    );
+    wire_v2::encode_frame(FrameType::ClientHello, &hello.to_payload(), &mut control)
+        .expect("hello fits a frame");
+    let reply = wire_v2::server_hello(&hello, [7; wire_v2::RANDOM_LEN]);
+    wire_v2::encode_frame(FrameType::ServerHello, &reply.payload, &mut control)
+        .expect("hello fits a frame");
+    for msg in session() {
+        wire_v2::encode_message(&msg, &mut control).expect("message fits a frame");
+    }
+    // The magic only leads the connection; the frame loop starts after it.
+    let frames = control[wire_v2::MAGIC.len()..].to_vec();
+
+    let mut seeds = vec![("control-with-magic", control), ("control-frames", frames)];
+    // AEAD records under the target's key: the first byte of a record says
+    // where the target splits its input, so it is fed in two pieces.
+    for (name, alg) in [
+        ("records-aes256gcm", AeadAlgorithm::Aes256Gcm),
+        (
+            "records-xchacha20poly1305",
+            AeadAlgorithm::XChaCha20Poly1305,
+        ),
+    ] {
+        let mut writer = AeadWriter::new(alg, [0x42; 32]).expect("AEAD key");
+        let mut records = Vec::new();
+        for text in [&b"first record"[..], b"", &[0xa5; 300]] {
+            writer.seal(text, &mut records).expect("record seals");
+        }
+        seeds.push((name, records));
+    }
+    seeds
+}
+
+fn yamux() -> Seeds {
+    let frame = |out: &mut Vec<u8>, ty, flags, id, body: &[u8], length| {
+        out.extend_from_slice(&Header::new(ty, flags, id, length).to_bytes());
+        out.extend_from_slice(body);
+    };
+    // frpc opens streams 1 and 3, sends on both, half-closes one, resets
+    // the other, pings and goes away. Control byte: 12-byte pieces (one
+    // header at a time), streams closed rather than reset.
+    let mut wire = vec![11];
+    frame(&mut wire, MuxFrame::WindowUpdate, Flags::SYN, 1, &[], 0);
+    frame(&mut wire, MuxFrame::Data, Flags::NONE, 1, b"hello", 5);
+    frame(
+        &mut wire,
+        MuxFrame::Data,
+        Flags::SYN,
+        3,
+        b"GET / HTTP/1.1\r\n\r\n",
+        18,
+    );
+    frame(
+        &mut wire,
+        MuxFrame::WindowUpdate,
+        Flags::NONE,
+        1,
+        &[],
+        65536,
+    );
+    frame(&mut wire, MuxFrame::Data, Flags::FIN, 1, &[], 0);
+    frame(&mut wire, MuxFrame::WindowUpdate, Flags::RST, 3, &[], 0);
+    frame(&mut wire, MuxFrame::Ping, Flags::SYN, 0, &[], 0x0102_0304);
+    frame(&mut wire, MuxFrame::GoAway, Flags::NONE, 0, &[], 0);
+    let mut reset = wire.clone();
+    reset[0] = 0x80 | 63;
+    vec![("streams-close", wire), ("streams-reset", reset)]
+}
+
+fn snappy() -> Seeds {
+    let mut stream = Vec::new();
+    let mut enc = SnappyEncoder::new();
+    enc.encode(b"hello hello hello hello, compressible text", &mut stream);
+    enc.encode(&(0..=255).collect::<Vec<u8>>(), &mut stream);
+    let mut whole = vec![255];
+    whole.extend_from_slice(&stream);
+    let mut bytewise = vec![1];
+    bytewise.extend_from_slice(&stream);
+    vec![("stream-whole", whole), ("stream-bytewise", bytewise)]
+}
+
+fn cfb() -> Seeds {
+    let mut input = vec![0x11; 16]; // key
+    input.extend_from_slice(&[0x22; 16]); // IV
+    input.extend_from_slice(&6u16.to_le_bytes()); // split sizes: 6 bytes
+    input.extend_from_slice(&[1, 15, 0, 3, 17, 16]);
+    input.extend_from_slice(b"a plaintext a few blocks long, split at odd places");
+    vec![("split", input)]
+}
+
+fn ticket() -> Seeds {
+    // Signed by another key than the target's, so verification stops at
+    // the signature; the parsing before it is what the seed reaches.
+    let key = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).expect("seed is 32 bytes");
+    let claims = TicketClaims {
+        iss: ticket::ISSUER.into(),
+        node: "node_fuzz".into(),
+        inv: InviteId::from_u128(1).to_string(),
+        iat: 1_700_000_000,
+        exp: 1_700_000_600,
+        jti: "t1".into(),
+    };
+    vec![("signed", ticket::sign(&claims, "k1", &key).into_bytes())]
+}
+
+fn events() -> Seeds {
+    let invite = Some(InviteId::from_u128(0x0123_4567_89ab_cdef));
+    let all = [
+        Event::SessionOpen {
+            run_id: "r1".into(),
+            invite,
+            user: "u".into(),
+            version: "0.70.1".into(),
+            peer: "192.0.2.1:40000".into(),
+        },
+        Event::ProxyRejected {
+            run_id: "r1".into(),
+            invite,
+            proxy: "web".into(),
+            proxy_type: "tcp".into(),
+            reason: "port taken".into(),
+            refusal: Some(RefusalKind::TokenMismatch),
+        },
+        Event::TenantTraffic {
+            run_id: "r1".into(),
+            token: "t".into(),
+            proxy: "web".into(),
+            bytes_in: 1000,
+            bytes_out: 2000,
+            closed: true,
+        },
+        Event::AuthFailed {
+            peer: "192.0.2.2:1".into(),
+            invite: None,
+            reason: "bad ticket".into(),
+            refusal: None,
+        },
+    ];
+    let names = [
+        "session-open",
+        "proxy-rejected",
+        "tenant-traffic",
+        "auth-failed",
+    ];
+    names
+        .into_iter()
+        .zip(all)
+        .map(|(name, event)| {
+            let rec = EventRecord {
+                ts_ms: 1_700_000_000_000,
+                worker: 1,
+                event,
+            };
+            (name, rec.to_bytes())
+        })
+        .collect()
+}
+
+fn policy_table() -> Seeds {
+    let invite = |n: u128, revoked| InvitePolicy {
+        id: InviteId::from_u128(n),
+        revoked,
+        expires_ms: 1_800_000_000_000,
+        max_conns: 2,
+        max_proxies: 4,
+        proxy_types: ProxyTypes::ALL,
+        port_pool: PortSet::from_ranges(vec![(20000, 20010), (30000, 30000)]),
+        domain_suffix: "a.example".into(),
+    };
+    let tenant = |token: &str, enabled| TenantPolicy {
+        token: token.into(),
+        region: "eu".into(),
+        enabled,
+        allow_ports: PortSet::from_ranges(vec![(8080, 8090)]),
+        max_ports_per_client: 3,
+        bandwidth_bps: 1_000_000,
+        over_quota: false,
+        throttle_bps: 0,
+        report_interval_bytes: 1 << 20,
+    };
+    let spec = PolicySpec {
+        generation: 7,
+        created_ms: 1_700_000_000_000,
+        node: NodePolicy {
+            node_id: "node_fuzz".into(),
+            region: "eu".into(),
+            public: true,
+            port_pool: PortSet::from_ranges(vec![(10000, 19999), (8080, 8080)]),
+            proxy_types: ProxyTypes::ALL,
+            max_proxies_per_session: 8,
+        },
+        keys: vec![TicketKey {
+            kid: "k1".into(),
+            public_key: [7; 32],
+        }],
+        invites: vec![invite(1, false), invite(2, true)],
+        tenants: vec![tenant("tok-a", true), tenant("tok-b", false)],
+    };
+    // Mode 0: the sealed table as the encoder wrote it.
+    let mut input = vec![0];
+    input.extend_from_slice(&spec.encode());
+    vec![("two-invites-two-tenants", input)]
+}
+
+fn main() -> std::io::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let targets: [(&str, SeedFn); 8] = [
+        ("cfb", cfb),
+        ("events", events),
+        ("frame_v1", frame_v1),
+        ("policy_table", policy_table),
+        ("snappy", snappy),
+        ("ticket", ticket),
+        ("wire_v2", wire_v2),
+        ("yamux", yamux),
+    ];
+    for (target, seeds) in targets {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir)?;
+        for (name, bytes) in seeds() {
+            write(&dir.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    fs::write(path, bytes)?;
+    println!("{} ({} bytes)", path.display(), bytes.len());
+    Ok(())
+}

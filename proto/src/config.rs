@@ -1,0 +1,713 @@
+//! The node's frps-compatible TOML file, shared by both processes: the
+//! fastpath runs on it, the slowpath reads the node's keys and seed 002's
+//! `[etcd]` table from it, and `slowpath up` writes one by serializing a
+//! [`Config`]. It accepts frps.toml's own keys for everything implemented,
+//! plus a `[fastpath]` table for data-plane knobs.
+//!
+//! Text in, struct out ([`Config::from_toml`], [`Config::to_toml`]): reading
+//! the file is the caller's. Deserialized once, validated once; every error
+//! names its key ([`ConfigError`]).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PortRange;
+
+/// Everything the frps-style file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Config {
+    /// Address of the frp bind port (frps `bindAddr`).
+    pub bind_addr: String,
+    /// frp bind port (frps `bindPort`).
+    pub bind_port: u16,
+    /// Address proxies' public listeners bind to; defaults to `bindAddr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_bind_addr: Option<String>,
+    /// Token authentication (frps `auth.*`).
+    pub auth: AuthConfig,
+    /// Ports proxies may take; empty means all of 1–65535.
+    pub allow_ports: Vec<PortRange>,
+    /// Maximum ports one client may hold; 0 means unlimited.
+    pub max_ports_per_client: u32,
+    /// How long a user connection waits for a work connection, seconds.
+    pub user_conn_timeout: i64,
+    /// Send detailed refusal reasons to clients (frps default true).
+    pub detailed_errors_to_client: bool,
+    /// Transport settings (frps `transport.*`).
+    pub transport: TransportConfig,
+    /// Logging (frps `log.*`).
+    pub log: LogConfig,
+    /// Data-plane settings that frps does not have.
+    pub fastpath: FastpathConfig,
+    /// Seed 002's `[etcd]` table: read by the slowpath, which compiles
+    /// etcd's tenants into the policy table; the fastpath never talks to
+    /// etcd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSection>,
+}
+
+/// frps `auth.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthConfig {
+    /// Only "token" is implemented.
+    pub method: String,
+    /// Shared secret: login auth and the control channel's encryption key.
+    pub token: String,
+    /// "HeartBeats" and/or "NewWorkConns": also authenticate those messages.
+    pub additional_scopes: Vec<String>,
+}
+
+/// frps `transport.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TransportConfig {
+    /// Whether clients are expected to multiplex with yamux. The fastpath
+    /// detects yamux per connection either way; this only sets the default
+    /// of `heartbeatTimeout`, as in frps.
+    pub tcp_mux: bool,
+    /// yamux keepalive ping interval, seconds; <= 0 disables.
+    pub tcp_mux_keepalive_interval: i64,
+    /// TCP keepalive on accepted connections, seconds; <= 0 disables.
+    pub tcp_keepalive: i64,
+    /// Cap on the work connections a client may keep pooled.
+    pub max_pool_count: u32,
+    /// Drop a control after this long without a Ping, seconds; -1 disables.
+    /// Unset: 90 for clients that do not multiplex, off for yamux clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<i64>,
+    /// TLS settings (frps `transport.tls.*`).
+    pub tls: TlsConfig,
+}
+
+/// frps `transport.tls.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsConfig {
+    /// Refuse clients that do not use TLS.
+    pub force: bool,
+    /// PEM certificate chain; a self-signed one is generated when empty.
+    pub cert_file: String,
+    /// PEM private key for `certFile`.
+    pub key_file: String,
+    /// CA for client certificates. Not implemented yet: setting it is a
+    /// config error rather than a silently unenforced mTLS.
+    pub trusted_ca_file: String,
+}
+
+/// frps `log.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LogConfig {
+    /// "console" or a file path.
+    pub to: String,
+    /// trace, debug, info, warn, error.
+    pub level: String,
+    /// Accepted for frps compatibility; rotation is left to the operator.
+    pub max_days: i64,
+    /// Accepted for frps compatibility.
+    pub disable_print_color: bool,
+}
+
+/// Data-plane knobs (`[fastpath]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FastpathConfig {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Pin worker i to CPU i.
+    pub cpu_pinning: bool,
+    /// yamux receive window granted per stream, bytes.
+    pub yamux_window: u32,
+    /// yamux streams a session may open before a Login on it succeeds
+    /// (frpc opens one); each gets only the initial 256 KiB window.
+    pub pre_auth_streams: usize,
+    /// Relay buffer size per direction, bytes.
+    pub relay_buffer: usize,
+    /// Use splice(2) for plain relays where the path allows.
+    pub splice: bool,
+    /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
+    /// "io_uring" or "epoll".
+    pub driver: String,
+    /// Shared-memory directory of a slowpath (`/dev/shm/totoro-<instance>`):
+    /// when set, logins and proxies are decided by the policy table the
+    /// slowpath publishes there, and events go back through per-worker
+    /// rings in the same directory. Empty: run alone on this file's keys.
+    pub policy_dir: String,
+    /// Ring size per worker for events to the slowpath, bytes.
+    pub event_ring_bytes: usize,
+    /// Connections one source address (an IPv6 /64) may hold open before
+    /// they identify (first message read; for yamux, Login succeeded).
+    pub pre_auth_per_source: u32,
+    /// Unidentified connections one worker may hold, all sources together.
+    pub pre_auth_per_worker: u32,
+    /// New connections per second a source may open that never identify
+    /// (a token bucket of twice `preAuthPerSource`; identified connections
+    /// give their token back).
+    pub pre_auth_rate: u32,
+    /// What one yamux session's streams may hold together, bytes: window
+    /// growth above the initial 256 KiB per stream, and received data not
+    /// yet passed on (over it, the session is not read until it drains).
+    pub session_budget: u64,
+    /// The same for all yamux sessions of one worker together, bytes.
+    pub worker_budget: u64,
+    /// Streams one yamux session may have open after its Login.
+    pub max_streams: usize,
+    /// User connections one session may have waiting for a work
+    /// connection; more are closed at once.
+    pub pending_user_conns: usize,
+    /// Messages queued for one client that it has not read yet (Pongs,
+    /// replies, ReqWorkConn); over it, its control is not read until it
+    /// drains.
+    pub control_queue: usize,
+    /// A client that has data queued and reads nothing for this long is
+    /// closed, seconds.
+    pub write_stall_secs: u64,
+    /// Unsent bytes a user connection's socket may queue in the kernel
+    /// (TCP_NOTSENT_LOWAT); 0 leaves the kernel's default (no limit).
+    pub user_not_sent_lowat: u32,
+    /// yamux receive windows start at 256 KiB and grow with the rate in
+    /// use (true), or are granted `yamuxWindow` in full at once (false).
+    pub window_autotune: bool,
+}
+
+/// Seed 002's `[etcd]` table as written. The slowpath checks it into its
+/// etcd settings (endpoint URLs, the TLS files, empty strings as "not
+/// set", as the seed's sample writes them); here the keys only get their
+/// types. Unknown keys under `etcd.` come back with the other unknown keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EtcdSection {
+    /// `host:port` or URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
+    /// The region this node serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Key prefix of tenant records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Seconds (integer or fractional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<f64>,
+    /// Where traffic reports are POSTed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_report_url: Option<String>,
+    /// etcd user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// That user's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `[etcd.tls]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTlsSection>,
+}
+
+/// `[etcd.tls]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EtcdTlsSection {
+    /// PEM client certificate chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key of `certFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// PEM CA certificates for etcd's server certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind_addr: "0.0.0.0".into(),
+            bind_port: 7000,
+            proxy_bind_addr: None,
+            auth: AuthConfig::default(),
+            allow_ports: Vec::new(),
+            max_ports_per_client: 0,
+            user_conn_timeout: 10,
+            detailed_errors_to_client: true,
+            transport: TransportConfig::default(),
+            log: LogConfig::default(),
+            fastpath: FastpathConfig::default(),
+            etcd: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: "token".into(),
+            token: String::new(),
+            additional_scopes: Vec::new(),
+        }
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            tcp_mux: true,
+            tcp_mux_keepalive_interval: 30,
+            tcp_keepalive: 7200,
+            max_pool_count: 5,
+            heartbeat_timeout: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            to: "console".into(),
+            level: "info".into(),
+            max_days: 3,
+            disable_print_color: false,
+        }
+    }
+}
+
+impl Default for FastpathConfig {
+    fn default() -> Self {
+        FastpathConfig {
+            workers: 0,
+            cpu_pinning: false,
+            yamux_window: 16 * 1024 * 1024,
+            pre_auth_streams: 8,
+            relay_buffer: 64 * 1024,
+            splice: true,
+            driver: "auto".into(),
+            policy_dir: String::new(),
+            event_ring_bytes: 1 << 20,
+            pre_auth_per_source: 1024,
+            pre_auth_per_worker: 8192,
+            pre_auth_rate: 200,
+            session_budget: 32 << 20,
+            worker_budget: 256 << 20,
+            max_streams: 8192,
+            pending_user_conns: 1024,
+            control_queue: 1024,
+            write_stall_secs: 30,
+            user_not_sent_lowat: 1024 * 1024,
+            window_autotune: true,
+        }
+    }
+}
+
+/// A config problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, or a value of the wrong type or out of its type's range.
+    /// `key` is where (`etcd.endpoints[1]`; empty for a syntax error).
+    #[error("{}{message}{}", key_prefix(key), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Parse {
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A value outside its allowed range.
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+impl ConfigError {
+    /// The key the error is about (empty when the text is not TOML).
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigError::Parse { key, .. } => key,
+            ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parse and validate a TOML document. Returns the config and the
+    /// unknown keys found (the caller warns about them; they are not
+    /// errors, as in frps).
+    pub fn from_toml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut unknown = Vec::new();
+        let mut note_unknown = |p: serde_ignored::Path<'_>| {
+            // An Option shows as a `?` segment: `etcd.?.prefx`.
+            let path = p.to_string();
+            let named: Vec<&str> = path.split('.').filter(|s| *s != "?").collect();
+            unknown.push(named.join("."));
+        };
+        let de = serde_ignored::Deserializer::new(toml::Deserializer::new(text), &mut note_unknown);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                key: if path == "." { String::new() } else { path },
+                line: inner
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+                message: inner.message().trim_end().to_owned(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok((cfg, unknown))
+    }
+
+    /// The document [`Config::from_toml`] reads back as this config: every
+    /// key, defaults included, so the file says what the fastpath runs with.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr.parse::<IpAddr>().map_err(|_| {
+            invalid(
+                "bindAddr",
+                format!("{:?} is not an IP address", self.bind_addr),
+            )
+        })?;
+        if let Some(a) = &self.proxy_bind_addr {
+            a.parse::<IpAddr>()
+                .map_err(|_| invalid("proxyBindAddr", format!("{a:?} is not an IP address")))?;
+        }
+        if self.auth.method != "token" {
+            return Err(invalid(
+                "auth.method",
+                format!("{:?} is not supported (only \"token\")", self.auth.method),
+            ));
+        }
+        for s in &self.auth.additional_scopes {
+            if s != "HeartBeats" && s != "NewWorkConns" {
+                return Err(invalid(
+                    "auth.additionalScopes",
+                    format!("{s:?} is not a scope (allowed: \"HeartBeats\", \"NewWorkConns\")"),
+                ));
+            }
+        }
+        // allowPorts entries are checked as they are read (PortRange).
+        if self.user_conn_timeout <= 0 || self.user_conn_timeout > 3600 {
+            return Err(invalid(
+                "userConnTimeout",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if self.transport.max_pool_count > 1000 {
+            return Err(invalid(
+                "transport.maxPoolCount",
+                "must be between 0 and 1000",
+            ));
+        }
+        if let Some(t) = self.transport.heartbeat_timeout {
+            if t == 0 || t < -1 {
+                return Err(invalid(
+                    "transport.heartbeatTimeout",
+                    "must be -1 (off) or a positive number of seconds",
+                ));
+            }
+        }
+        let tls = &self.transport.tls;
+        if !tls.trusted_ca_file.is_empty() {
+            return Err(invalid(
+                "transport.tls.trustedCaFile",
+                "client certificate verification is not supported yet; remove the key (frps would require client certificates)",
+            ));
+        }
+        if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+            return Err(invalid(
+                "transport.tls.certFile",
+                "certFile and keyFile must be set together",
+            ));
+        }
+        match self.log.level.as_str() {
+            "trace" | "debug" | "info" | "warn" | "error" => {}
+            other => {
+                return Err(invalid(
+                    "log.level",
+                    format!("{other:?} is not one of trace, debug, info, warn, error"),
+                ))
+            }
+        }
+        let fp = &self.fastpath;
+        if fp.workers > 1024 {
+            return Err(invalid(
+                "fastpath.workers",
+                "must be between 0 (one per core) and 1024",
+            ));
+        }
+        if fp.yamux_window < 256 * 1024 || fp.yamux_window > 1 << 30 {
+            return Err(invalid(
+                "fastpath.yamuxWindow",
+                "must be between 262144 and 1073741824 bytes",
+            ));
+        }
+        if fp.pre_auth_streams == 0 || fp.pre_auth_streams > 65536 {
+            return Err(invalid(
+                "fastpath.preAuthStreams",
+                "must be between 1 and 65536",
+            ));
+        }
+        if !matches!(fp.driver.as_str(), "auto" | "io_uring" | "epoll") {
+            return Err(invalid(
+                "fastpath.driver",
+                format!("{:?} is not one of auto, io_uring, epoll", fp.driver),
+            ));
+        }
+        if fp.event_ring_bytes < 4096 || fp.event_ring_bytes > 1 << 30 {
+            return Err(invalid(
+                "fastpath.eventRingBytes",
+                format!("{} is outside 4096..=1073741824", fp.event_ring_bytes),
+            ));
+        }
+        if fp.relay_buffer < 4096 || fp.relay_buffer > 16 << 20 {
+            return Err(invalid(
+                "fastpath.relayBuffer",
+                "must be between 4096 and 16777216 bytes",
+            ));
+        }
+        let ranges: [(&str, u64, u64, u64); 9] = [
+            (
+                "fastpath.preAuthPerSource",
+                fp.pre_auth_per_source.into(),
+                1,
+                1 << 20,
+            ),
+            (
+                "fastpath.preAuthPerWorker",
+                fp.pre_auth_per_worker.into(),
+                1,
+                1 << 24,
+            ),
+            ("fastpath.preAuthRate", fp.pre_auth_rate.into(), 1, 1 << 24),
+            (
+                "fastpath.sessionBudget",
+                fp.session_budget,
+                1 << 20,
+                1 << 40,
+            ),
+            ("fastpath.workerBudget", fp.worker_budget, 1 << 20, 1 << 44),
+            ("fastpath.maxStreams", fp.max_streams as u64, 1, 1 << 20),
+            (
+                "fastpath.pendingUserConns",
+                fp.pending_user_conns as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "fastpath.controlQueue",
+                fp.control_queue as u64,
+                16,
+                1 << 20,
+            ),
+            ("fastpath.writeStallSecs", fp.write_stall_secs, 1, 86_400),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                return Err(invalid(key, format!("{v} is outside {lo}..={hi}")));
+            }
+        }
+        if fp.session_budget > fp.worker_budget {
+            return Err(invalid(
+                "fastpath.sessionBudget",
+                "must not be above fastpath.workerBudget",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Address proxies bind their public ports on.
+    pub fn proxy_ip(&self) -> IpAddr {
+        let s = self.proxy_bind_addr.as_deref().unwrap_or(&self.bind_addr);
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    /// Worker count, with 0 (`fastpath.workers` unset) resolved to the
+    /// `available_cores` the caller found.
+    pub fn worker_count(&self, available_cores: usize) -> usize {
+        if self.fastpath.workers > 0 {
+            self.fastpath.workers
+        } else {
+            available_cores.max(1)
+        }
+    }
+
+    /// Heartbeat timeout for a control, depending on whether it multiplexes.
+    pub fn heartbeat_timeout(&self, muxed: bool) -> Option<Duration> {
+        match self.transport.heartbeat_timeout {
+            Some(t) if t > 0 => Some(Duration::from_secs(t as u64)),
+            Some(_) => None,
+            None if muxed => None,
+            None => Some(Duration::from_secs(90)),
+        }
+    }
+
+    /// yamux keepalive interval, if enabled.
+    pub fn mux_keepalive(&self) -> Option<Duration> {
+        let s = self.transport.tcp_mux_keepalive_interval;
+        (s > 0).then(|| Duration::from_secs(s as u64))
+    }
+
+    /// TCP keepalive idle time for accepted connections, if enabled.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        let s = self.transport.tcp_keepalive;
+        (s > 0).then(|| Duration::from_secs(s as u64))
+    }
+
+    /// Whether `HeartBeats` is among the extra auth scopes.
+    pub fn auth_heartbeats(&self) -> bool {
+        self.auth
+            .additional_scopes
+            .iter()
+            .any(|s| s == "HeartBeats")
+    }
+
+    /// Whether `NewWorkConns` is among the extra auth scopes.
+    pub fn auth_work_conns(&self) -> bool {
+        self.auth
+            .additional_scopes
+            .iter()
+            .any(|s| s == "NewWorkConns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::from_toml(s)
+    }
+
+    #[test]
+    fn frps_keys_are_read() {
+        let (c, unknown) = parse(
+            r#"
+bindAddr = "127.0.0.1"
+bindPort = 17000
+auth.method = "token"
+auth.token = "test-token"
+allowPorts = [{ start = 2000, end = 3000 }, { single = 3001 }]
+maxPortsPerClient = 3
+transport.maxPoolCount = 7
+transport.tls.force = true
+log.to = "console"
+log.level = "trace"
+[fastpath]
+workers = 2
+"#,
+        )
+        .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(c.bind_port, 17000);
+        assert_eq!(c.auth.token, "test-token");
+        assert_eq!(c.allow_ports[0].bounds(), (2000, 3000));
+        assert_eq!(c.allow_ports[1].bounds(), (3001, 3001));
+        assert_eq!(c.transport.max_pool_count, 7);
+        assert!(c.transport.tls.force);
+        assert_eq!(c.worker_count(8), 2);
+        assert_eq!(Config::default().worker_count(8), 8);
+        assert_eq!(c.etcd, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let (_, unknown) = parse(
+            "bindPort = 7000\nwebServer.port = 7500\nnoSuchKey = 1\n[etcd]\nregion = \"r\"\nprefx = 1\n",
+        )
+        .unwrap();
+        assert_eq!(unknown, ["webServer", "noSuchKey", "etcd.prefx"]);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (text, key) in [
+            ("bindPort = 70000", "bindPort"),
+            ("bindPort = \"seven\"", "bindPort"),
+            ("bindAddr = \"nope\"", "bindAddr"),
+            ("allowPorts = [{ start = 5, end = 1 }]", "allowPorts[0]"),
+            (
+                "allowPorts = [{ single = 5 }, { single = 0 }]",
+                "allowPorts[1]",
+            ),
+            ("log.level = \"loud\"", "log.level"),
+            ("[fastpath]\nyamuxWindow = 5", "fastpath.yamuxWindow"),
+            (
+                "[fastpath]\npreAuthPerSource = 0",
+                "fastpath.preAuthPerSource",
+            ),
+            ("[fastpath]\ncontrolQueue = 2", "fastpath.controlQueue"),
+            (
+                "[fastpath]\nsessionBudget = 1099511627775\nworkerBudget = 268435456",
+                "fastpath.sessionBudget",
+            ),
+            ("[etcd]\nendpoints = [\"a:1\", 5]", "etcd.endpoints[1]"),
+            ("etcd = 1", "etcd"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key(), key, "{text}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("{key}: ")),
+                "{text}: {e}"
+            );
+        }
+        let e = parse("bindPort = 7000\nthis is = = not toml").unwrap_err();
+        assert_eq!(e.key(), "");
+        assert!(e.to_string().ends_with("(line 2)"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.bind_port, 7000);
+        assert_eq!(c.heartbeat_timeout(false), Some(Duration::from_secs(90)));
+        assert_eq!(c.heartbeat_timeout(true), None);
+    }
+
+    #[test]
+    fn what_is_written_reads_back_the_same() {
+        let mut c = Config {
+            bind_port: 7001,
+            allow_ports: crate::policy::PortSet::parse("2000-3000,4000")
+                .unwrap()
+                .entries(),
+            proxy_bind_addr: Some("127.0.0.1".into()),
+            etcd: Some(EtcdSection {
+                endpoints: Some(vec!["127.0.0.1:2379".into()]),
+                region: Some("chengdu".into()),
+                dial_timeout: Some(2.5),
+                tls: Some(EtcdTlsSection::default()),
+                ..EtcdSection::default()
+            }),
+            ..Config::default()
+        };
+        c.auth.token = "tok\"en\n[fastpath]\npolicyDir = \"/evil\"".into();
+        c.fastpath.policy_dir = "/dev/shm/totoro-x".into();
+        c.transport.heartbeat_timeout = Some(-1);
+        let text = c.to_toml().unwrap();
+        let (back, unknown) =
+            parse(&text).unwrap_or_else(|e| panic!("not read back ({e}):\n{text}"));
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(back, c, "{text}");
+        let (back, _) = parse(&Config::default().to_toml().unwrap()).unwrap();
+        assert_eq!(back, Config::default());
+    }
+}

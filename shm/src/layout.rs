@@ -1,0 +1,59 @@
+//! Where things are: the directory of an instance and the names of the
+//! files in it. Both processes build and parse names only through these,
+//! so a file cannot be named one way by its writer and another by its
+//! reader.
+//!
+//! ```text
+//! /dev/shm/totoro-<instance>/      0700, this user's ([`crate::ShmDir`])
+//!   instance.key                   32 random bytes; authenticates the rest
+//!   policy.tbl                     the policy table (slowpath → fastpath)
+//!   policy.refused                 why the fastpath refused the last table
+//!   events-<worker>.ring           one event ring per fastpath worker
+//!   fastpath.lock, slowpath.lock   POSIX-locked by the running processes
+//! ```
+
+use std::path::PathBuf;
+
+/// File in the directory that the running fastpath holds locked.
+pub const LOCK_FILE: &str = "fastpath.lock";
+/// File in the directory that the slowpath owning the instance holds locked.
+pub const SLOWPATH_LOCK_FILE: &str = "slowpath.lock";
+/// The per-instance key that authenticates tables and event records.
+pub const KEY_FILE: &str = "instance.key";
+/// The published policy table.
+pub const TABLE_FILE: &str = "policy.tbl";
+/// Why the fastpath last refused a table (written by the fastpath, read by
+/// the publisher when a change is not applied in time).
+pub const REFUSED_FILE: &str = "policy.refused";
+
+/// The shared-memory directory of instance `instance` when no other is
+/// configured: `/dev/shm/totoro-<instance>`.
+pub fn instance_path(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/totoro-{instance}"))
+}
+
+/// File name of worker `id`'s event ring.
+pub fn ring_file(id: usize) -> String {
+    format!("events-{id}.ring")
+}
+
+/// The worker id of an event ring's file name (None for any other file,
+/// including a ring being written aside).
+pub fn ring_worker(name: &str) -> Option<u32> {
+    name.strip_prefix("events-")
+        .and_then(|s| s.strip_suffix(".ring"))
+        .and_then(|s| s.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_names_round_trip() {
+        assert_eq!(ring_worker(&ring_file(7)), Some(7));
+        assert_eq!(ring_worker("events-7.ring.tmp-1-2"), None);
+        assert_eq!(ring_worker("events-x.ring"), None);
+        assert_eq!(ring_worker(TABLE_FILE), None);
+    }
+}
