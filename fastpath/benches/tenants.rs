@@ -28,9 +28,9 @@ use bench::backend::Backend;
 use bench::client::{Client, ClientOpts};
 use bench::proc::{free_port, wait_listening, Daemon};
 use fastpath::policy::Policy;
-use fastpath::shm::{InstanceDir, ShmDir};
 use proto::msg::Login;
 use proto::policy::{NodePolicy, PolicySpec, PortSet, ProxyTypes, TenantPolicy};
+use shm::{InstanceDir, ShmDir};
 
 const NODE_TOKEN: &str = "bench-node-token";
 
@@ -111,7 +111,7 @@ fn publish(dir: &Path, s: &PolicySpec) {
     shm.instance_key()
         .expect("instance key")
         .seal_table(&mut bytes);
-    shm.write_replacing(fastpath::shm::TABLE_FILE, &bytes)
+    shm.write_replacing(shm::TABLE_FILE, &bytes)
         .expect("write table");
 }
 

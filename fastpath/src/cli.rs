@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::server::Server;
+use crate::runtime::server::Server;
 use clap::Parser;
 
 /// Totoro fastpath: an io_uring, thread-per-core frp server (drop-in frps).
@@ -59,7 +59,9 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-mask calls on a local sigset.
+    // SAFETY: sigset_t is plain data (all-zero is a valid value, and
+    // sigemptyset initializes it anyway); the calls read and write only this
+    // local set and the calling thread's signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -76,30 +78,22 @@ fn wait_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
         tv_sec: wait.as_secs() as _,
         tv_nsec: wait.subsec_nanos() as _,
     };
-    // SAFETY: sigtimedwait with a valid set and timespec.
+    // SAFETY: `set` and `ts` are valid for reads for the call; a null
+    // siginfo pointer is allowed (nothing is written).
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
 
 /// Run the fastpath with these command-line arguments (argv\[0\] first)
 /// until SIGINT/SIGTERM; the exit code follows the binary's conventions
-/// (2 = bad config or flags).
-/// Everything a Totoro process writes (tables, rings, keys, stats, the
-/// database) is for its own user only, whatever umask it was started with;
-/// files that must say so explicitly are also created with mode 0600.
-pub fn owner_only_umask() {
-    // SAFETY: umask only swaps the process's file-creation mask.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
+/// (2 = bad config or flags). Everything it writes is for its own user only
+/// ([`shm::owner_only_umask`]).
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    owner_only_umask();
+    shm::owner_only_umask();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -108,7 +102,7 @@ where
         }
     };
     let (mut cfg, unknown) = match &cli.config {
-        Some(path) => match Config::load(path) {
+        Some(path) => match crate::config::load(path) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("fastpath: {e}");
@@ -135,11 +129,13 @@ where
         return ExitCode::from(2);
     }
     // seed 002's [etcd] section lives in the same frps-style file; the
-    // slowpath reads it (the data plane never talks to etcd).
-    let (etcd, unknown): (Vec<String>, Vec<String>) = unknown
+    // slowpath reads it (the data plane never talks to etcd), and refuses
+    // the unknown keys in it.
+    let unknown: Vec<String> = unknown
         .into_iter()
-        .partition(|k| k == "etcd" || k.starts_with("etcd."));
-    if !etcd.is_empty() {
+        .filter(|k| !k.starts_with("etcd."))
+        .collect();
+    if cfg.etcd.is_some() {
         tracing::info!(
             "[etcd] is read by the slowpath, which compiles etcd's tenants into the policy table"
         );

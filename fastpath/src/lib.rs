@@ -1,33 +1,42 @@
 //! Totoro's data plane: an io_uring, thread-per-core frp server.
 //!
-//! A [`Server`](server::Server) runs N workers ([`worker`]), one per core,
-//! each a monoio runtime with its own SO_REUSEPORT listener on the bind
-//! port. A connection's life is in [`accept`] (transport → framing →
-//! first message); sessions live in [`control`], public ports in [`proxy`],
-//! bytes move in [`relay`]. The yamux driver is [`mux`], TLS is [`tls`],
-//! and [`conn`] unifies the three kinds of byte stream. Cross-worker
-//! traffic is limited to [`handoff`] messages; the little that is shared
-//! is in [`shared`], counters in [`stats`]. Under a slowpath, [`policy`]
-//! maps the published policy table and decides logins and proxies from it,
-//! and [`events`] reports back through shared-memory rings ([`shm`]).
+//! The tree, by part:
+//!
+//! - [`runtime`]: the [`Server`](runtime::server::Server) runs N workers
+//!   ([`runtime::worker`]), one per core, each a monoio runtime with its own
+//!   SO_REUSEPORT listener on the bind port; the little they share is in
+//!   [`runtime::shared`]; what every task on a worker may reach (its id,
+//!   the shared state, its events and counters) is its
+//!   [`WorkerCtx`](runtime::ctx::WorkerCtx), a leaf any part may take.
+//! - [`transport`]: the byte-moving core: plain TCP, [`tls`](transport::tls)
+//!   and yamux ([`mux`](transport::mux)) unified as one
+//!   [`Conn`](transport::conn::Conn); listeners; cross-worker traffic is
+//!   limited to [`handoff`](transport::handoff) messages.
+//! - [`frp`]: the frp server: a connection's life in
+//!   [`accept`](frp::accept) (transport → framing → first message),
+//!   sessions in [`control`](frp::control), public ports in
+//!   [`proxy`](frp::proxy), work connections into their session's pool
+//!   (across workers when needed) in [`work_conns`](frp::work_conns).
+//!
+//! The worker loop imports the frp server, never the other way round;
+//! every part takes the worker's context from [`runtime::ctx`]; no import
+//! circle spans more than two files (`.ci/module_cycles.py` checks it).
+//! - [`relay`]: bytes between a user connection and a work connection; it
+//!   is given the counters it bumps, nothing of the worker.
+//! - [`policy`]: under a slowpath, the published policy table, who may log
+//!   in and which proxies a session may register; tenants' bandwidth
+//!   buckets and token lookup ([`policy::tenants`]).
+//! - [`report`]: counters ([`report::stats`]) and events back to the
+//!   slowpath through shared-memory rings ([`report::events`]; the
+//!   directory, its files and the rings are the `shm` crate's).
+//! - [`config`] and [`cli`]: the frps-compatible config file and the
+//!   binary's flags.
 
-pub mod accept;
 pub mod cli;
 pub mod config;
-pub mod conn;
-pub mod control;
-pub mod events;
-pub mod handoff;
-pub mod listener;
-pub mod msgio;
-pub mod mux;
+pub mod frp;
 pub mod policy;
-pub mod proxy;
 pub mod relay;
-pub mod server;
-pub mod shared;
-pub mod shm;
-pub mod stats;
-pub mod tenants;
-pub mod tls;
-pub mod worker;
+pub mod report;
+pub mod runtime;
+pub mod transport;

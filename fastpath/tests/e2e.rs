@@ -8,8 +8,24 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bench::backend::Backend;
-use bench::client::{Client, ClientError};
+use bench::client::{Client, ClientError, ClientOpts};
 use common::*;
+
+/// `fp`'s client options over tcpMux and TLS as given.
+fn opts_over(fp: &Fastpath, mux: bool, tls: bool) -> ClientOpts {
+    let mut o = fp.opts();
+    o.mux = mux;
+    o.tls = tls;
+    o
+}
+
+/// Logs in with `o` and registers a plain proxy `name` (any port) to
+/// `echo`; the client and the proxy's port.
+fn tunnel(o: ClientOpts, name: &str, echo: &Backend) -> (Client, u16) {
+    let c = Client::login(o).expect("login");
+    let port = tcp_proxy(&c, name, 0, echo.addr(), false, false);
+    (c, port)
+}
 
 #[test]
 fn login_accepted_and_bad_token_refused() {
@@ -30,10 +46,7 @@ fn login_accepted_and_bad_token_refused() {
 fn integrity_case(mux: bool, tls: bool) {
     let fp = Fastpath::start("", 2);
     let echo = Backend::echo().unwrap();
-    let mut o = fp.opts();
-    o.mux = mux;
-    o.tls = tls;
-    let c = Client::login(o).expect("login");
+    let c = Client::login(opts_over(&fp, mux, tls)).expect("login");
     let len = 64 << 20;
     for (i, (enc, comp)) in [(false, false), (true, false), (false, true), (true, true)]
         .into_iter()
@@ -74,8 +87,7 @@ fn legacy_tls_first_byte_is_accepted() {
     let echo = Backend::echo().unwrap();
     let mut o = fp.opts();
     o.tls_custom_byte = true;
-    let c = Client::login(o).expect("login with the 0x17 byte");
-    let port = tcp_proxy(&c, "p", 0, echo.addr(), false, false);
+    let (_c, port) = tunnel(o, "p", &echo);
     let (a, b) = echo_integrity(port, 1 << 20, 7);
     assert_eq!(a, b);
 }
@@ -146,8 +158,7 @@ fn thousand_concurrent_user_connections() {
     let echo = Backend::echo().unwrap();
     let mut o = fp.opts();
     o.pool_count = 5;
-    let c = Client::login(o).unwrap();
-    let port = tcp_proxy(&c, "many", 0, echo.addr(), false, false);
+    let (_c, port) = tunnel(o, "many", &echo);
     let mut conns = Vec::new();
     for _ in 0..1000 {
         conns.push(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
@@ -182,10 +193,8 @@ fn killed_client_frees_its_ports() {
     for mux in [true, false] {
         let fp = Fastpath::start("", 2);
         let echo = Backend::echo().unwrap();
-        let mut o = fp.opts();
-        o.mux = mux;
-        let c = Client::login(o.clone()).unwrap();
-        let port = tcp_proxy(&c, "victim", 0, echo.addr(), false, false);
+        let o = opts_over(&fp, mux, true);
+        let (c, port) = tunnel(o.clone(), "victim", &echo);
         // Mid-transfer: a connection is relaying when the client dies.
         let mut user = TcpStream::connect(("127.0.0.1", port)).unwrap();
         user.write_all(b"x").unwrap();
@@ -225,10 +234,7 @@ fn killed_client_frees_its_ports() {
 fn malformed_frames_close_only_that_connection() {
     let fp = Fastpath::start("transport.tls.force = false", 2);
     let echo = Backend::echo().unwrap();
-    let mut o = fp.opts();
-    o.tls = false;
-    let c = Client::login(o).unwrap();
-    let port = tcp_proxy(&c, "keep", 0, echo.addr(), false, false);
+    let (_c, port) = tunnel(opts_over(&fp, true, false), "keep", &echo);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("oversized length", {
@@ -291,10 +297,7 @@ fn two_workers_spread_sessions_and_hand_off() {
     let mut clients = Vec::new();
     let mut ports = Vec::new();
     for i in 0..16 {
-        let mut o = fp.opts();
-        o.mux = false;
-        o.tls = i % 2 == 0;
-        let c = Client::login(o).unwrap();
+        let c = Client::login(opts_over(&fp, false, i % 2 == 0)).unwrap();
         ports.push(tcp_proxy(
             &c,
             &format!("s{i}"),
@@ -343,9 +346,7 @@ fn sigterm_stops_within_five_seconds() {
 fn v2_case(mux: bool, tls: bool) {
     let fp = Fastpath::start("", 2);
     let echo = Backend::echo().unwrap();
-    let mut o = fp.opts();
-    o.mux = mux;
-    o.tls = tls;
+    let mut o = opts_over(&fp, mux, tls);
     o.wire_v2 = true;
     let c = Client::login(o).expect("v2 login");
     for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
@@ -372,8 +373,7 @@ fn wire_v2_xchacha_and_bad_token() {
     o.wire_v2 = true;
     o.v2_algorithms = vec![proto::wire_v2::AeadAlgorithm::XChaCha20Poly1305];
     let echo = Backend::echo().unwrap();
-    let c = Client::login(o.clone()).expect("v2 login with xchacha20-poly1305");
-    let port = tcp_proxy(&c, "x", 0, echo.addr(), false, false);
+    let (_c, port) = tunnel(o.clone(), "x", &echo);
     let (a, b) = echo_integrity(port, 1 << 20, 5);
     assert_eq!(a, b);
     o.token = "wrong".into();
@@ -387,10 +387,8 @@ fn wire_v2_xchacha_and_bad_token() {
 fn heartbeat_timeout_closes_silent_sessions() {
     let fp = Fastpath::start("transport.heartbeatTimeout = 2", 1);
     let echo = Backend::echo().unwrap();
-    let mut quiet = fp.opts();
-    quiet.mux = false;
-    let c = Client::login(quiet.clone()).unwrap();
-    let port = tcp_proxy(&c, "quiet", 0, echo.addr(), false, false);
+    let quiet = opts_over(&fp, false, true);
+    let (_c, port) = tunnel(quiet.clone(), "quiet", &echo);
     let mut chatty = quiet.clone();
     chatty.heartbeat = Some(Duration::from_millis(500));
     let c2 = Client::login(chatty).unwrap();
@@ -417,10 +415,7 @@ fn epoll_driver_serves_too() {
     );
     let echo = Backend::echo().unwrap();
     for (mux, tls) in [(true, true), (false, false)] {
-        let mut o = fp.opts();
-        o.mux = mux;
-        o.tls = tls;
-        let c = Client::login(o).unwrap();
+        let c = Client::login(opts_over(&fp, mux, tls)).unwrap();
         for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
             let port = tcp_proxy(&c, &format!("e{mux}{i}"), 0, echo.addr(), enc, comp);
             let (a, b) = echo_integrity(port, 8 << 20, 21 + i as u64);

@@ -14,11 +14,12 @@ use bench::proc::free_port;
 use common::{echo_integrity, Fastpath};
 use proto::events::{Event, EventRecord};
 use proto::policy::{
-    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, TenantPolicy, TicketKey,
+    InviteId, InvitePolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, RefusalKind, TenantPolicy,
+    TicketKey,
 };
-use proto::ring::Ring;
 use proto::ticket::{self, TicketClaims};
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use shm::{MappedRing, ShmDir};
 
 const NODE: &str = "node_test";
 
@@ -50,7 +51,7 @@ impl Control {
         } else {
             std::env::temp_dir().join(dir.file_name().unwrap())
         };
-        let shm = fastpath::shm::ShmDir::open(&dir).unwrap();
+        let shm = ShmDir::open(&dir).unwrap();
         let shm_key = shm.instance_key().unwrap();
         let rng = ring::rand::SystemRandom::new();
         let pk8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
@@ -105,9 +106,9 @@ impl Control {
 
     /// Put `bytes` in place of the table as they are (forgeries).
     fn write_unsealed(&self, bytes: &[u8]) {
-        fastpath::shm::ShmDir::open(&self.dir)
+        ShmDir::open(&self.dir)
             .unwrap()
-            .write_replacing(fastpath::shm::TABLE_FILE, bytes)
+            .write_replacing(shm::TABLE_FILE, bytes)
             .unwrap();
     }
 
@@ -154,26 +155,18 @@ impl Control {
     }
 
     /// Every event in every worker's ring so far.
-    fn drain(&self, rings: &mut Vec<(PathBuf, fastpath::shm::Mapping, Ring)>) -> Vec<EventRecord> {
+    fn drain(&self, rings: &mut Vec<MappedRing>) -> Vec<EventRecord> {
         if rings.is_empty() {
-            for e in std::fs::read_dir(&self.dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.extension().is_some_and(|x| x == "ring") {
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(&p)
-                        .unwrap();
-                    let len = f.metadata().unwrap().len() as usize;
-                    let m = fastpath::shm::Mapping::read_write(&f, len).unwrap();
-                    let r = unsafe { Ring::attach(m.as_mut_ptr(), len) }.unwrap();
-                    rings.push((p, m, r));
+            let dir = ShmDir::open(&self.dir).unwrap();
+            for name in dir.names().unwrap() {
+                if shm::ring_worker(&name).is_some() {
+                    rings.push(MappedRing::attach(&dir, &name).unwrap());
                 }
             }
         }
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        for (_, _, r) in rings.iter() {
+        for r in rings.iter() {
             while r.pop(&mut buf) {
                 let rec = self
                     .shm_key
@@ -185,11 +178,8 @@ impl Control {
         out
     }
 
-    fn applied(&self, rings: &[(PathBuf, fastpath::shm::Mapping, Ring)]) -> Vec<u64> {
-        rings
-            .iter()
-            .map(|(_, _, r)| r.applied_generation())
-            .collect()
+    fn applied(&self, rings: &[MappedRing]) -> Vec<u64> {
+        rings.iter().map(|r| r.applied_generation()).collect()
     }
 }
 
@@ -401,7 +391,8 @@ fn revocation_ends_live_sessions_within_a_second_on_every_worker() {
     let events = ctl.drain(&mut rings);
     let closes = events
         .iter()
-        .filter(|e| matches!(&e.event, Event::SessionClose { reason, invite, .. } if reason.contains("revoked") && *invite == Some(inv)))
+        .filter(|e| matches!(&e.event, Event::SessionClose { reason, invite, refusal, .. }
+            if reason.contains("revoked") && *invite == Some(inv) && *refusal == Some(RefusalKind::InviteRevoked)))
         .count();
     assert_eq!(closes, 6, "{events:?}");
     let r = refused(Client::login(opts_with_ticket(&fp, &t)));
@@ -545,10 +536,13 @@ fn public_node_takes_token_logins_and_events_reach_the_rings() {
         "traffic counts every relayed byte"
     );
     let rejected = events.iter().find_map(|e| match &e.event {
-        Event::ProxyRejected { reason, proxy, .. } => Some((proxy.clone(), reason.clone())),
+        Event::ProxyRejected { proxy, refusal, .. } => Some((proxy.clone(), *refusal)),
         _ => None,
     });
-    assert_eq!(rejected.map(|r| r.0), Some("pub-out".to_string()));
+    assert_eq!(
+        rejected,
+        Some(("pub-out".to_string(), Some(RefusalKind::PortNotAllowed)))
+    );
 
     // Made private: token-only sessions end, token-only logins are refused.
     let spec = ctl.spec(false, vec![]);
@@ -711,19 +705,24 @@ fn deleting_or_disabling_a_tenant_ends_its_transfers_at_once() {
         keep.kill();
     }
     let events = ctl.drain(&mut rings);
-    let reasons: Vec<String> = events
+    let reasons: Vec<(String, Option<RefusalKind>)> = events
         .iter()
         .filter_map(|e| match &e.event {
-            Event::SessionClose { reason, .. } => Some(reason.clone()),
+            Event::SessionClose {
+                reason, refusal, ..
+            } => Some((reason.clone(), *refusal)),
             _ => None,
         })
         .collect();
     assert!(
-        reasons.iter().any(|r| r == "token was deleted"),
+        reasons.contains(&("token was deleted".into(), Some(RefusalKind::TokenDeleted))),
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r == "token was disabled"),
+        reasons.contains(&(
+            "token was disabled".into(),
+            Some(RefusalKind::TokenDisabled)
+        )),
         "{reasons:?}"
     );
 }

@@ -510,6 +510,26 @@ impl Cells {
     }
 }
 
+/// Runs `cell` for each frpc binary (see [`frpc_bins`]) and each of
+/// `variants`, serially and as [`Cells`] (every one to its end); `label`
+/// names a cell.
+fn each_frpc_cell<V: Copy, const N: usize>(
+    test: &str,
+    variants: [V; N],
+    label: impl Fn(&FrpcBin, V) -> String,
+    cell: impl Fn(&FrpcBin, V),
+) {
+    let bins = frpc_bins(test);
+    let _serial = serial();
+    let mut cells = Cells::new();
+    for bin in &bins {
+        for v in variants {
+            cells.run(&label(bin, v), || cell(bin, v));
+        }
+    }
+    cells.finish();
+}
+
 #[test]
 fn real_frpc_matrix() {
     let bins = frpc_bins("real_frpc_matrix");
@@ -654,16 +674,12 @@ fn killed_cell(bin: &FrpcBin, mux: bool) {
 
 #[test]
 fn killed_frpc_frees_its_ports() {
-    let bins = frpc_bins("killed_frpc_frees_its_ports");
-    let _serial = serial();
-    let mut cells = Cells::new();
-    for bin in &bins {
-        for mux in [true, false] {
-            let label = format!("frpc {} kill -9, tls mux={mux}", bin.version);
-            cells.run(&label, || killed_cell(bin, mux));
-        }
-    }
-    cells.finish();
+    each_frpc_cell(
+        "killed_frpc_frees_its_ports",
+        [true, false],
+        |bin, mux| format!("frpc {} kill -9, tls mux={mux}", bin.version),
+        killed_cell,
+    );
 }
 
 /// frpc with the wrong token: fastpath refuses the Login, frpc reads the
@@ -719,14 +735,10 @@ fn wrong_token_cell(bin: &FrpcBin, tls: bool, mux: bool) {
 
 #[test]
 fn wrong_token_makes_frpc_exit() {
-    let bins = frpc_bins("wrong_token_makes_frpc_exit");
-    let _serial = serial();
-    let mut cells = Cells::new();
-    for bin in &bins {
-        for (tls, mux) in [(true, true), (true, false), (false, true), (false, false)] {
-            let label = format!("frpc {} wrong token, tls={tls} mux={mux}", bin.version);
-            cells.run(&label, || wrong_token_cell(bin, tls, mux));
-        }
-    }
-    cells.finish();
+    each_frpc_cell(
+        "wrong_token_makes_frpc_exit",
+        [(true, true), (true, false), (false, true), (false, false)],
+        |bin, (tls, mux)| format!("frpc {} wrong token, tls={tls} mux={mux}", bin.version),
+        |bin, (tls, mux)| wrong_token_cell(bin, tls, mux),
+    );
 }

@@ -6,7 +6,8 @@
 //! loop keeps one buffer per direction for the life of the connection.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
@@ -14,8 +15,8 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::mux::{MuxReader, MuxStream, MuxWriter};
-use crate::tls::{TlsReader, TlsStream, TlsWriter};
+use crate::transport::mux::{MuxReader, MuxStream, MuxWriter};
+use crate::transport::tls::{TlsReader, TlsStream, TlsWriter};
 
 /// View an owned buffer's initialized bytes.
 fn init_slice<B: IoBuf>(buf: &B) -> &[u8] {
@@ -43,22 +44,53 @@ async fn read_append<R: AsyncReadRent>(
     (r, slice.into_inner())
 }
 
+/// The descriptor number of a socket this worker owns, for [`Aborter`]s.
+///
+/// Whatever owns the socket (a [`Conn`], or both halves of a split one)
+/// holds the one `Rc` next to it, so the `Rc` is dropped with the last
+/// owner, right after the socket is closed. An [`Aborter`] holds a `Weak`:
+/// it upgrades only while an owner lives, that is, while the number still
+/// names this socket. Once the socket is closed the number may be reused by
+/// any thread (another worker's accept); the dead `Weak` keeps an abort
+/// from reaching that socket. `Rc` is neither `Send` nor `Sync`, so no other
+/// thread can hold either end.
+pub struct SocketFd(RawFd);
+
+impl SocketFd {
+    /// The token for `socket`, to be kept next to it by its owner.
+    fn of(socket: &TcpStream) -> Rc<SocketFd> {
+        Rc::new(SocketFd(socket.as_raw_fd()))
+    }
+}
+
 /// A byte stream, not yet split.
 pub enum Conn {
     /// Plain TCP.
-    Tcp(TcpStream),
+    Tcp(TcpStream, Rc<SocketFd>),
     /// TLS over TCP.
-    Tls(Box<TlsStream>),
+    Tls(Box<TlsStream>, Rc<SocketFd>),
     /// A yamux stream.
     Mux(MuxStream),
 }
 
 impl Conn {
+    /// A plain TCP connection.
+    pub fn tcp(stream: TcpStream) -> Conn {
+        let fd = SocketFd::of(&stream);
+        Conn::Tcp(stream, fd)
+    }
+
+    /// A TLS connection.
+    pub fn tls(stream: TlsStream) -> Conn {
+        let fd = SocketFd::of(stream.socket());
+        Conn::Tls(Box::new(stream), fd)
+    }
+
     /// Short name of the transport, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Conn::Tcp(_) => "tcp",
-            Conn::Tls(_) => "tls",
+            Conn::Tcp(..) => "tcp",
+            Conn::Tls(..) => "tls",
             Conn::Mux(_) => "mux",
         }
     }
@@ -66,19 +98,19 @@ impl Conn {
     /// The yamux session carrying this stream ([`MuxConn::id`]); None for
     /// a connection of its own.
     ///
-    /// [`MuxConn::id`]: crate::mux::MuxConn::id
+    /// [`MuxConn::id`]: crate::transport::mux::MuxConn::id
     pub fn mux_session(&self) -> Option<u64> {
         match self {
             Conn::Mux(s) => Some(s.conn().id()),
-            Conn::Tcp(_) | Conn::Tls(_) => None,
+            Conn::Tcp(..) | Conn::Tls(..) => None,
         }
     }
 
     /// Append received bytes to `buf` (into its spare capacity); 0 is EOF.
     pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            Conn::Tcp(s) => read_append(s, buf).await,
-            Conn::Tls(s) => s.read(buf).await,
+            Conn::Tcp(s, _) => read_append(s, buf).await,
+            Conn::Tls(s, _) => s.read(buf).await,
             Conn::Mux(s) => s.read(buf).await,
         }
     }
@@ -86,11 +118,11 @@ impl Conn {
     /// Send all of `buf`.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            Conn::Tcp(s) => {
+            Conn::Tcp(s, _) => {
                 let (r, b) = s.write_all(buf).await;
                 (r.map(|_| ()), b)
             }
-            Conn::Tls(s) => s.write_all(buf).await,
+            Conn::Tls(s, _) => s.write_all(buf).await,
             Conn::Mux(s) => s.write_all(buf).await,
         }
     }
@@ -123,15 +155,13 @@ impl Conn {
     /// Split into halves that can be used concurrently.
     pub fn into_split(self) -> (ConnReader, ConnWriter) {
         match self {
-            Conn::Tcp(s) => {
-                let fd = s.as_raw_fd();
+            Conn::Tcp(s, fd) => {
                 let (r, w) = s.into_split();
-                (ConnReader::Tcp(r, fd), ConnWriter::Tcp(w, fd))
+                (ConnReader::Tcp(r, fd.clone()), ConnWriter::Tcp(w, fd))
             }
-            Conn::Tls(s) => {
-                let fd = s.socket().as_raw_fd();
+            Conn::Tls(s, fd) => {
                 let (r, w) = s.into_split();
-                (ConnReader::Tls(r, fd), ConnWriter::Tls(w, fd))
+                (ConnReader::Tls(r, fd.clone()), ConnWriter::Tls(w, fd))
             }
             Conn::Mux(s) => {
                 let (r, w) = s.into_split();
@@ -140,11 +170,11 @@ impl Conn {
         }
     }
 
-    /// A handle that can abort this connection from anywhere on the worker.
+    /// A handle that can abort this connection from anywhere on the worker,
+    /// for as long as it lives (an abort after it closed does nothing).
     pub fn aborter(&self) -> Aborter {
         match self {
-            Conn::Tcp(s) => Aborter::Fd(s.as_raw_fd()),
-            Conn::Tls(s) => Aborter::Fd(s.socket().as_raw_fd()),
+            Conn::Tcp(_, fd) | Conn::Tls(_, fd) => Aborter::Socket(Rc::downgrade(fd)),
             Conn::Mux(s) => Aborter::Mux(s.conn().clone(), s.id()),
         }
     }
@@ -152,8 +182,8 @@ impl Conn {
 
 /// Reading half of a [`Conn`].
 pub enum ConnReader {
-    Tcp(OwnedReadHalf<TcpStream>, i32),
-    Tls(TlsReader, i32),
+    Tcp(OwnedReadHalf<TcpStream>, Rc<SocketFd>),
+    Tls(TlsReader, Rc<SocketFd>),
     Mux(MuxReader),
 }
 
@@ -201,19 +231,19 @@ impl ConnReader {
         }
     }
 
-    /// The socket descriptor underneath (-1 for yamux streams).
-    pub fn raw_fd(&self) -> i32 {
+    /// Aborts the connection this half belongs to, as [`Conn::aborter`].
+    pub fn aborter(&self) -> Aborter {
         match self {
-            ConnReader::Tcp(_, fd) | ConnReader::Tls(_, fd) => *fd,
-            ConnReader::Mux(_) => -1,
+            ConnReader::Tcp(_, fd) | ConnReader::Tls(_, fd) => Aborter::Socket(Rc::downgrade(fd)),
+            ConnReader::Mux(r) => r.aborter(),
         }
     }
 }
 
 /// Writing half of a [`Conn`].
 pub enum ConnWriter {
-    Tcp(OwnedWriteHalf<TcpStream>, i32),
-    Tls(TlsWriter, i32),
+    Tcp(OwnedWriteHalf<TcpStream>, Rc<SocketFd>),
+    Tls(TlsWriter, Rc<SocketFd>),
     Mux(MuxWriter),
 }
 
@@ -249,27 +279,32 @@ impl ConnWriter {
 }
 
 /// Aborts a connection: shuts a socket down or resets a yamux stream, so
-/// that whatever task is blocked on it wakes with an error.
+/// that whatever task is blocked on it wakes with an error. It never keeps
+/// the connection open, and once the connection is gone it does nothing.
 #[derive(Clone)]
 pub enum Aborter {
-    Fd(i32),
-    Mux(std::rc::Rc<crate::mux::MuxConn>, u32),
+    /// A TCP or TLS connection's socket, while a [`Conn`] or half owns it
+    /// (see [`SocketFd`]).
+    Socket(Weak<SocketFd>),
+    /// A yamux stream: the session and the stream id.
+    Mux(Rc<crate::transport::mux::MuxConn>, u32),
 }
 
 impl Aborter {
     /// Abort now.
     pub fn abort(&self) {
         match self {
-            Aborter::Fd(fd) => {
-                // SAFETY: shutdown(2) on a descriptor number; if the socket
-                // is already closed and the number reused, the worst case is
-                // an extra shutdown of a connection that is going away with
-                // ours — callers only hold Aborters while the conn lives.
+            Aborter::Socket(fd) => {
+                let Some(fd) = fd.upgrade() else { return };
+                // SAFETY: shutdown(2) takes a descriptor number and touches
+                // no memory of ours. The upgrade succeeded, so an owner of
+                // the socket lives on this thread and the number still names
+                // the socket this Aborter was made for (see SocketFd).
                 unsafe {
-                    libc::shutdown(*fd, libc::SHUT_RDWR);
+                    libc::shutdown(fd.0, libc::SHUT_RDWR);
                 }
             }
-            Aborter::Mux(conn, id) => crate::mux::abort_stream(conn, *id),
+            Aborter::Mux(conn, id) => crate::transport::mux::abort_stream(conn, *id),
         }
     }
 }

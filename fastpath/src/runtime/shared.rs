@@ -16,9 +16,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::handoff::WorkerMsg;
 use crate::policy::Grant;
-use crate::stats::WorkerStats;
+use crate::report::stats::WorkerStats;
+use crate::transport::handoff::WorkerMsg;
 
 /// Lock-free set of taken ports: one bit per port.
 pub struct PortTable {

@@ -6,7 +6,9 @@
 //! another worker is told to close. Bytes are never relayed across threads.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 
+use monoio::net::TcpStream;
 use proto::msg::NewWorkConn;
 use rustls::ServerConnection;
 
@@ -36,7 +38,14 @@ pub struct MovedConn {
     /// The NewWorkConn that identified it.
     pub msg: NewWorkConn,
     /// The wire protocol it speaks.
-    pub wire: crate::msgio::Wire,
+    pub wire: crate::frp::msgio::Wire,
     /// The client's address.
     pub peer: SocketAddr,
+}
+
+/// Detach a monoio socket from this worker so it can move to another.
+pub fn detach(stream: TcpStream) -> std::net::TcpStream {
+    let fd = stream.into_raw_fd();
+    // SAFETY: we own `fd`: into_raw_fd released it from monoio.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
 }

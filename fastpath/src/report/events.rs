@@ -19,9 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use proto::events::{Event, EventRecord};
 use proto::ring::{Ring, RING_HEADER};
 use proto::shm_auth::InstanceKey;
-
-use crate::shm::InstanceDir;
-use crate::shm::{ring_file, Mapping};
+use shm::{ring_file, InstanceDir, MappedRing};
 
 /// Current wall-clock time in ms since the epoch.
 pub fn now_ms() -> u64 {
@@ -33,9 +31,7 @@ pub fn now_ms() -> u64 {
 /// One worker's producer side.
 pub struct EventSink {
     worker: u16,
-    // The ring points into the mapping: declared first, dropped first.
-    ring: Option<Ring>,
-    _map: Option<Mapping>,
+    ring: Option<MappedRing>,
     key: Option<InstanceKey>,
     buf: RefCell<Vec<u8>>,
 }
@@ -46,7 +42,6 @@ impl EventSink {
         EventSink {
             worker: worker as u16,
             ring: None,
-            _map: None,
             key: None,
             buf: RefCell::new(Vec::new()),
         }
@@ -58,22 +53,10 @@ impl EventSink {
         let name = ring_file(id);
         let path = g.dir.path().join(&name);
         let len = RING_HEADER + data_bytes.next_power_of_two();
-        let made = g
-            .dir
-            .create_replacing(&name, len)
-            .and_then(|f| Mapping::read_write(&f, len))
-            .and_then(|map| {
-                // SAFETY: a fresh, page-aligned mapping of `len` bytes that
-                // lives as long as the ring (same struct, dropped after).
-                unsafe { Ring::create(map.as_mut_ptr(), len) }
-                    .map(|ring| (ring, map))
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            });
-        match made {
-            Ok((ring, map)) => EventSink {
+        match MappedRing::create(&g.dir, &name, len) {
+            Ok(ring) => EventSink {
                 worker: id as u16,
                 ring: Some(ring),
-                _map: Some(map),
                 key: Some(g.key.clone()),
                 buf: RefCell::new(Vec::with_capacity(256)),
             },
@@ -110,6 +93,6 @@ impl EventSink {
 
     /// Events dropped because the ring was full.
     pub fn dropped(&self) -> u64 {
-        self.ring.as_ref().map_or(0, Ring::dropped)
+        self.ring.as_deref().map_or(0, Ring::dropped)
     }
 }

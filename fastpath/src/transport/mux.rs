@@ -12,6 +12,18 @@
 //! frpc through yamux windows instead of growing our buffers. Writes wait
 //! for send credit and for the outbound buffer to drain below a high-water
 //! mark, so a fast user cannot make us buffer without bound either.
+//!
+//! Bounds against a hostile peer ([`MuxBudget`]):
+//! - received data not yet taken by the application is counted per session
+//!   and per worker; over the session's budget (a small one before the
+//!   session is admitted), or while the worker is over its budget and the
+//!   session holds more than its fair share, the reader stops reading the
+//!   socket until the application catches up (TCP then holds the peer);
+//! - window growth (auto-tuned windows) is capped by the same budgets;
+//! - when what we queue for the peer passes [`OUTBOUND_LIMIT`] (it does not
+//!   read: Ping answers and window updates pile up), the reader stops too,
+//!   and a peer that reads nothing for `write_stall` is closed;
+//! - a session not admitted within `pre_auth_deadline` is closed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -19,20 +31,104 @@ use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use proto::yamux::{Config as MuxConfig, Event, Session};
 
-use crate::conn::{ConnReader, ConnWriter};
+use crate::report::stats::MuxGauges;
+use crate::transport::conn::{Aborter, ConnReader, ConnWriter};
+use crate::transport::preauth::Ticket;
 
 /// Outbound bytes above which stream writers wait for the socket.
 const HIGH_WATER: usize = 1024 * 1024;
 
+/// Outbound bytes above which the reader stops reading: the peer is not
+/// reading what we send (stream writers stop at [`HIGH_WATER`] already;
+/// what passes it is answers to the peer's own frames).
+pub const OUTBOUND_LIMIT: usize = 2 * HIGH_WATER;
+
+/// A session may always hold this much received data, even while its
+/// worker is over budget.
+const FAIR_SHARE: u64 = 1024 * 1024;
+
+/// Over budget, a stream whose reader has taken nothing for this long is
+/// reset (its user does not read), so that the session's other streams,
+/// its control among them, carry on.
+const SHED_AFTER: Duration = Duration::from_secs(2);
+
+/// The memory limits of one worker's yamux sessions, and what they use.
+#[derive(Debug)]
+pub struct MuxBudget {
+    /// Received data plus window growth one admitted session may hold.
+    pub session: u64,
+    /// The same for a session not yet admitted (no window growth then).
+    pub pre_auth: u64,
+    /// All sessions of the worker together.
+    pub worker: u64,
+    /// A peer that has data queued and reads nothing for this long is closed.
+    pub write_stall: Duration,
+    /// A session must be admitted within this long.
+    pub pre_auth_deadline: Duration,
+    /// What all sessions use; only this worker writes them.
+    use_: Arc<MuxGauges>,
+}
+
+impl MuxBudget {
+    /// A budget with these limits, nothing used yet.
+    pub fn new(
+        session: u64,
+        pre_auth: u64,
+        worker: u64,
+        write_stall: Duration,
+        pre_auth_deadline: Duration,
+        gauges: Arc<MuxGauges>,
+    ) -> Rc<MuxBudget> {
+        Rc::new(MuxBudget {
+            session,
+            pre_auth,
+            worker,
+            write_stall,
+            pre_auth_deadline,
+            use_: gauges,
+        })
+    }
+
+    /// Received data all sessions hold, not yet taken by their streams.
+    pub fn held(&self) -> u64 {
+        self.use_.held.load(Ordering::Relaxed)
+    }
+
+    /// Window all sessions' streams hold above the initial 256 KiB.
+    pub fn extra_window(&self) -> u64 {
+        self.use_.extra_window.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` (may be negative) to a gauge this worker alone writes.
+    fn add(gauge: &AtomicU64, n: i64) {
+        let v = gauge.load(Ordering::Relaxed).saturating_add_signed(n);
+        gauge.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Why the reader is not reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// The peer is not reading what we queue for it.
+    OutboundFull,
+    /// Received data not yet taken is over budget.
+    OverBudget,
+}
+
 #[derive(Default)]
 struct Slot {
     recv: VecDeque<Bytes>,
+    /// Since when `recv` holds data its reader has not taken (restarts at
+    /// each take; None while empty).
+    waiting_since: Option<Instant>,
     fin: bool,
     reset: bool,
     read_waker: Option<Waker>,
@@ -51,32 +147,66 @@ pub struct MuxConn {
     slots: RefCell<HashMap<u32, Slot>>,
     writer_waker: RefCell<Option<Waker>>,
     drain_wakers: RefCell<Vec<Waker>>,
+    /// The reader, waiting at its gate.
+    gate_waker: RefCell<Option<Waker>>,
     closed: Cell<bool>,
-    fd: i32,
+    /// Shuts the connection underneath down, while it lives.
+    socket: Aborter,
+    budget: Rc<MuxBudget>,
+    /// Received bytes in the slots, not yet taken.
+    held: Cell<u64>,
+    /// The session's window growth as last added to the worker's.
+    extra: Cell<u64>,
+    /// When the writer last finished a write (or the session started).
+    last_write: Cell<Instant>,
+    started: Instant,
+    /// The connection's place at the pre-auth gate, until admitted.
+    ticket: RefCell<Option<Ticket>>,
 }
 
 impl MuxConn {
     /// Start driving a yamux session over `reader`/`writer`. `pending`
     /// holds bytes already read from the connection. Every stream the peer
-    /// opens is passed to `on_stream`, which should spawn its handler.
+    /// opens is passed to `on_stream`, which should spawn its handler;
+    /// `on_refused(n, admitted)` hears of streams the session answered with
+    /// RST (over its caps), and whether it had been admitted then.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         reader: ConnReader,
         writer: ConnWriter,
         pending: Vec<u8>,
         config: MuxConfig,
+        budget: Rc<MuxBudget>,
+        ticket: Option<Ticket>,
         on_stream: impl Fn(MuxStream) + 'static,
+        on_refused: impl Fn(u64, bool) + 'static,
     ) -> Rc<MuxConn> {
-        let fd = reader.raw_fd();
+        let socket = reader.aborter();
+        let now = Instant::now();
         let conn = Rc::new(MuxConn {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-            session: RefCell::new(Session::new(config, Instant::now())),
+            session: RefCell::new(Session::new(config, now)),
             slots: RefCell::new(HashMap::new()),
             writer_waker: RefCell::new(None),
             drain_wakers: RefCell::new(Vec::new()),
+            gate_waker: RefCell::new(None),
             closed: Cell::new(false),
-            fd,
+            socket,
+            budget,
+            held: Cell::new(0),
+            extra: Cell::new(0),
+            last_write: Cell::new(now),
+            started: now,
+            ticket: RefCell::new(ticket),
         });
-        monoio::spawn(read_loop(conn.clone(), reader, pending, on_stream));
+        conn.sync_window();
+        monoio::spawn(read_loop(
+            conn.clone(),
+            reader,
+            pending,
+            on_stream,
+            on_refused,
+        ));
         monoio::spawn(write_loop(conn.clone(), writer));
         monoio::spawn(timer_loop(conn.clone()));
         conn
@@ -86,6 +216,109 @@ impl MuxConn {
     /// one its Login came on, and takes work connections only from it.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Admit the session (its Login succeeded): lift the pre-login stream
+    /// cap, let new streams' windows grow to the full window (see
+    /// `proto::yamux::Config::pre_auth_streams`), give the connection's
+    /// place at the pre-auth gate back.
+    pub fn admit(&self) {
+        self.session.borrow_mut().admit(Instant::now());
+        self.ticket.borrow_mut().take();
+        self.wake_gate();
+        self.kick_writer();
+    }
+
+    /// Received bytes this session holds that its streams have not taken.
+    pub fn held(&self) -> u64 {
+        self.held.get()
+    }
+
+    /// Counts `n` received bytes in (`n > 0`) or taken (`n < 0`).
+    fn hold(&self, n: i64) {
+        self.held.set(self.held.get().saturating_add_signed(n));
+        MuxBudget::add(&self.budget.use_.held, n);
+        if n < 0 {
+            self.wake_gate();
+        }
+    }
+
+    /// Brings the worker's count of window growth up to date with the
+    /// session's, and lets the session grow only into what the worker has
+    /// left.
+    fn sync_window(&self) {
+        let mut s = self.session.borrow_mut();
+        let now = s.extra_window();
+        let before = self.extra.replace(now);
+        let b = &self.budget;
+        if now != before {
+            MuxBudget::add(&b.use_.extra_window, now as i64 - before as i64);
+        }
+        let free = b.worker.saturating_sub(b.extra_window());
+        s.set_window_allowance(now.saturating_add(free).min(b.session));
+    }
+
+    /// What this session may hold: its budget, a small one before admission.
+    fn held_limit(&self, s: &Session) -> u64 {
+        if s.is_admitted() {
+            self.budget.session
+        } else {
+            self.budget.pre_auth
+        }
+    }
+
+    /// Over budget: resets the stream whose reader has waited longest
+    /// without taking anything, if that is [`SHED_AFTER`] or more, and drops
+    /// what it held. Returns whether one was reset.
+    fn shed_stalled(&self, now: Instant) -> bool {
+        let victim = self
+            .slots
+            .borrow()
+            .iter()
+            .filter_map(|(&id, slot)| {
+                let waited = now.saturating_duration_since(slot.waiting_since?);
+                (waited >= SHED_AFTER).then_some((waited, id))
+            })
+            .max();
+        let Some((waited, id)) = victim else {
+            return false;
+        };
+        let dropped: usize = match self.slots.borrow_mut().get_mut(&id) {
+            Some(slot) => {
+                slot.waiting_since = None;
+                slot.recv.drain(..).map(|b| b.len()).sum()
+            }
+            None => 0,
+        };
+        self.hold(-(dropped as i64));
+        abort_stream(self, id);
+        MuxBudget::add(&self.budget.use_.stalled_resets, 1);
+        tracing::debug!(
+            session = self.id,
+            stream = id,
+            bytes = dropped,
+            waited_ms = waited.as_millis() as u64,
+            "yamux stream reset: its reader took nothing while the session was over its budget"
+        );
+        true
+    }
+
+    fn wake_gate(&self) {
+        wake(&mut self.gate_waker.borrow_mut());
+    }
+
+    /// Whether the reader may read now.
+    fn gate(&self) -> Gate {
+        let s = self.session.borrow();
+        if s.outbound_len() > OUTBOUND_LIMIT {
+            return Gate::OutboundFull;
+        }
+        let held = self.held.get();
+        let limit = self.held_limit(&s);
+        if held > limit || (self.budget.held() > self.budget.worker && held > FAIR_SHARE) {
+            return Gate::OverBudget;
+        }
+        Gate::Open
     }
 
     /// Whether the connection is gone.
@@ -99,10 +332,7 @@ impl MuxConn {
         if self.closed.replace(true) {
             return;
         }
-        // SAFETY: shutdown on a descriptor we still own (the reader half holds it).
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RDWR);
-        }
+        self.socket.abort();
         for slot in self.slots.borrow_mut().values_mut() {
             wake(&mut slot.read_waker);
             wake(&mut slot.write_waker);
@@ -119,7 +349,9 @@ impl MuxConn {
         }
     }
 
-    fn dispatch(self: &Rc<Self>, on_stream: &impl Fn(MuxStream)) {
+    /// Hands the session's events (from input received at `now`) to the
+    /// streams and the application.
+    fn dispatch(self: &Rc<Self>, on_stream: &impl Fn(MuxStream), now: Instant) {
         loop {
             let ev = self.session.borrow_mut().poll_event();
             let Some(ev) = ev else { break };
@@ -141,8 +373,14 @@ impl MuxConn {
                     let mut slots = self.slots.borrow_mut();
                     match slots.get_mut(&id) {
                         Some(slot) => {
+                            let n = data.len() as i64;
+                            if slot.recv.is_empty() {
+                                slot.waiting_since = Some(now);
+                            }
                             slot.recv.push_back(data);
                             wake(&mut slot.read_waker);
+                            drop(slots);
+                            self.hold(n);
                         }
                         None => {
                             drop(slots);
@@ -176,7 +414,80 @@ impl MuxConn {
                 }
             }
         }
+        self.sync_window();
         self.kick_writer();
+    }
+}
+
+impl Drop for MuxConn {
+    fn drop(&mut self) {
+        // Whatever is left stops counting against the worker.
+        let b = &self.budget;
+        MuxBudget::add(&b.use_.held, -(self.held.get() as i64));
+        MuxBudget::add(&b.use_.extra_window, -(self.extra.get() as i64));
+    }
+}
+
+/// Waits until the reader may read; Err(reason) when the connection must
+/// end instead (closed, or the peer has read nothing for too long).
+async fn pass_gate(conn: &MuxConn) -> Result<(), String> {
+    let mut counted = false;
+    let mut shed_logged = false;
+    loop {
+        if conn.closed.get() {
+            return Err("closed".into());
+        }
+        match conn.gate() {
+            Gate::Open => return Ok(()),
+            Gate::OutboundFull => {
+                let stalled = conn.last_write.get().elapsed();
+                if stalled >= conn.budget.write_stall {
+                    let queued = conn.session.borrow().outbound_len();
+                    let reason = format!(
+                        "peer reads nothing: {queued} bytes queued for it for {} s (fastpath.writeStallSecs)",
+                        stalled.as_secs()
+                    );
+                    MuxBudget::add(&conn.budget.use_.write_stalls, 1);
+                    tracing::warn!(session = conn.id, %reason, "closing yamux session");
+                    return Err(reason);
+                }
+            }
+            Gate::OverBudget => {
+                let now = Instant::now();
+                if conn.shed_stalled(now) {
+                    // Down to three quarters of the budget, so that reading
+                    // resumes for a while rather than a frame at a time.
+                    let floor = conn.held_limit(&conn.session.borrow()) / 4 * 3;
+                    while conn.held.get() > floor && conn.shed_stalled(now) {}
+                    if !shed_logged {
+                        shed_logged = true;
+                        tracing::info!(session = conn.id, held = conn.held.get(),
+                            "yamux session over its receive budget (fastpath.sessionBudget / workerBudget): resetting streams whose readers take nothing");
+                    }
+                    continue;
+                }
+                if !counted {
+                    counted = true;
+                    MuxBudget::add(&conn.budget.use_.holds, 1);
+                    tracing::debug!(
+                        session = conn.id,
+                        held = conn.held.get(),
+                        worker_held = conn.budget.held(),
+                        "yamux session over its receive budget: not reading until its streams catch up"
+                    );
+                }
+                // Its keepalive answer may be among the unread bytes.
+                conn.session.borrow_mut().defer_keepalive(Instant::now());
+            }
+        }
+        let wait = poll_fn(|cx| {
+            if conn.closed.get() || conn.gate() == Gate::Open {
+                return Poll::Ready(());
+            }
+            *conn.gate_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        let _ = monoio::time::timeout(Duration::from_secs(1), wait).await;
     }
 }
 
@@ -191,26 +502,35 @@ async fn read_loop(
     mut reader: ConnReader,
     pending: Vec<u8>,
     on_stream: impl Fn(MuxStream),
+    on_refused: impl Fn(u64, bool),
 ) {
+    let mut refused = 0;
     let mut input = BytesMut::with_capacity(256 * 1024);
     input.extend_from_slice(&pending);
     let mut scratch = Vec::with_capacity(64 * 1024);
     let reason: String = loop {
         if !input.is_empty() {
-            let r = conn
-                .session
-                .borrow_mut()
-                .receive(&mut input, Instant::now());
-            conn.dispatch(&on_stream);
+            let now = Instant::now();
+            let r = conn.session.borrow_mut().receive(&mut input, now);
+            conn.dispatch(&on_stream, now);
+            let (now_refused, admitted) = {
+                let s = conn.session.borrow();
+                (s.refused_streams(), s.is_admitted())
+            };
+            if now_refused > refused {
+                on_refused(now_refused - refused, admitted);
+                refused = now_refused;
+            }
             if let Err(e) = r {
                 // The session queued a GoAway; give the writer a moment to send it.
                 conn.kick_writer();
                 monoio::time::sleep(Duration::from_millis(10)).await;
+                tracing::info!(session = conn.id, reason = %e, "closing yamux session: protocol error");
                 break format!("yamux protocol error: {e}");
             }
         }
-        if conn.closed.get() {
-            break "closed".into();
+        if let Err(reason) = pass_gate(&conn).await {
+            break reason;
         }
         let (r, i, s) = reader.read_bytes(input, scratch).await;
         input = i;
@@ -245,9 +565,11 @@ async fn write_loop(conn: Rc<MuxConn>, mut writer: ConnWriter) {
         // written and dropped, the session's next split reuses the memory.
         let (r, out) = writer.write_all(out).await;
         drop(out);
+        conn.last_write.set(Instant::now());
         for w in conn.drain_wakers.borrow_mut().drain(..) {
             w.wake();
         }
+        conn.wake_gate();
         if r.is_err() || conn.closed.get() {
             break;
         }
@@ -257,6 +579,17 @@ async fn write_loop(conn: Rc<MuxConn>, mut writer: ConnWriter) {
 
 async fn timer_loop(conn: Rc<MuxConn>) {
     while !conn.closed.get() {
+        if !conn.session.borrow().is_admitted()
+            && conn.started.elapsed() >= conn.budget.pre_auth_deadline
+        {
+            tracing::info!(
+                session = conn.id,
+                "closing yamux session: no Login succeeded on it within {} s",
+                conn.budget.pre_auth_deadline.as_secs()
+            );
+            conn.close();
+            break;
+        }
         let next = conn.session.borrow().next_timeout();
         let wait = next
             .map(|t| t.saturating_duration_since(Instant::now()))
@@ -269,6 +602,7 @@ async fn timer_loop(conn: Rc<MuxConn>) {
             conn.close();
             break;
         }
+        conn.sync_window();
         conn.kick_writer();
     }
 }
@@ -340,6 +674,7 @@ pub fn abort_stream(conn: &MuxConn, id: u32) {
         wake(&mut slot.write_waker);
     }
     conn.session.borrow_mut().reset_stream(id);
+    conn.sync_window();
     conn.kick_writer();
 }
 
@@ -361,12 +696,16 @@ fn release(conn: &MuxConn, id: u32, abort: bool) {
     drop(slots);
     let mut s = conn.session.borrow_mut();
     if unread > 0 {
-        s.consumed(id, unread);
+        s.consumed_at(id, unread, Instant::now());
     }
     if abort && !finished {
         s.reset_stream(id);
     }
     drop(s);
+    if unread > 0 {
+        conn.hold(-(unread as i64));
+    }
+    conn.sync_window();
     conn.kick_writer();
 }
 
@@ -388,8 +727,13 @@ async fn recv_with<T>(
         };
         if !slot.recv.is_empty() {
             let (n, out) = take(&mut slot.recv);
+            // One clock read per chunk, for progress and window growth.
+            let now = Instant::now();
+            slot.waiting_since = (!slot.recv.is_empty()).then_some(now);
             drop(slots);
-            conn.session.borrow_mut().consumed(id, n);
+            conn.session.borrow_mut().consumed_at(id, n, now);
+            conn.hold(-(n as i64));
+            conn.sync_window();
             conn.kick_writer();
             return Poll::Ready(Ok(Some(out)));
         }
@@ -494,6 +838,11 @@ pub struct MuxReader {
 }
 
 impl MuxReader {
+    /// Resets this stream (see [`Aborter`]).
+    pub fn aborter(&self) -> Aborter {
+        Aborter::Mux(self.conn.clone(), self.id)
+    }
+
     /// Take the next received chunk as it arrived, without copying; `None`
     /// means the peer half-closed. The credit goes back to the peer at once:
     /// the caller holds at most this one chunk.

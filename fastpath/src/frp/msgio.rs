@@ -1,4 +1,4 @@
-//! Reading and writing frp messages over a [`Conn`](crate::conn::Conn) or
+//! Reading and writing frp messages over a [`Conn`](crate::transport::conn::Conn) or
 //! one of its halves, in either wire protocol, optionally inside the
 //! control channel's cipher:
 //!
@@ -15,7 +15,7 @@ use proto::frame::{self, FrameError};
 use proto::msg::Message;
 use proto::wire_v2::{self, AeadAlgorithm, AeadReader, AeadWriter, FrameType, V2Error};
 
-use crate::conn::{Conn, ConnReader, ConnWriter};
+use crate::transport::conn::{Conn, ConnReader, ConnWriter};
 
 /// Which frp wire protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,24 +9,25 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::Canceller;
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
 use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
-use crate::conn::Aborter;
-use crate::control::Control;
-use crate::events::EventSink;
-use crate::policy::{Grant, PortRule};
+use crate::frp::control::Control;
+use crate::policy::tenants::{Bucket, Limits};
 use crate::relay::{self, RelayOpts};
-use crate::stats::WorkerStats;
-use crate::tenants::{Bucket, Limits};
-use crate::worker::WorkerCtx;
+use crate::report::events::EventSink;
+use crate::report::stats::WorkerStats;
+use crate::runtime::ctx::WorkerCtx;
+use crate::runtime::shared::Shared;
+use crate::transport::conn::{Aborter, Conn};
 use proto::events::Event;
+use proto::policy::decide::{self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules};
+use proto::policy::{PortSet, ProxyType, ProxyTypes, Refusal};
 
 /// A registered proxy.
 pub struct Proxy {
@@ -63,102 +64,60 @@ pub struct Proxy {
     next_relay: Cell<u64>,
 }
 
+/// The proxy types this server implements; the policy decides every type
+/// first, then the others are refused as not supported.
+pub const SUPPORTED: ProxyTypes = ProxyTypes::only(ProxyType::Tcp);
+
+/// What validating a NewProxy yields.
+struct Validated {
+    remote_port: u16,
+    /// The proxy's own `bandwidthLimit` when frpc leaves it to the server.
+    bucket: Option<Arc<Bucket>>,
+}
+
 impl Proxy {
-    /// Validate a NewProxy and open its listener. The error string is what
-    /// the client reads in NewProxyResp.
-    pub fn register(control: &Rc<Control>, np: NewProxy) -> Result<Rc<Proxy>, String> {
+    /// Register a NewProxy, in named steps: **validate** the request,
+    /// **decide** it under the policy (one read of the table, counted
+    /// against the invite on success), **claim** its name and port
+    /// server-wide, **build** the proxy, **announce** it. The refusal is
+    /// what the client reads in NewProxyResp.
+    pub fn register(control: &Rc<Control>, np: NewProxy) -> Result<Rc<Proxy>, Refusal> {
         let ctx = control.ctx();
         let shared = &ctx.shared;
-        let cfg = &shared.config;
-        let name = np.proxy_name.clone();
-        if name.is_empty() {
-            return Err("proxy name is empty".into());
-        }
-        if np.remote_port < 0 || np.remote_port > 65535 {
-            return Err(format!("remote port {} is out of range", np.remote_port));
-        }
-        let grant = control.grant;
-        // A tenant's maxPortsPerClient replaces the server's.
-        if cfg.max_ports_per_client > 0
-            && !matches!(grant, Grant::Tenant(_))
-            && control.ports_in_use() >= cfg.max_ports_per_client as usize
-        {
-            return Err("exceed the max_ports_per_client".into());
-        }
-        let proxy_bucket = match np.bandwidth_limit_mode.as_str() {
-            "server" => {
-                let bps = proto::policy::bandwidth::parse_bandwidth(
-                    "transport.bandwidthLimit",
-                    &np.bandwidth_limit,
-                )?;
-                (bps > 0).then(|| Arc::new(Bucket::new(bps)))
-            }
-            // "client" (frpc limits itself) or unset.
-            "" | "client" => None,
-            other => {
-                return Err(format!(
-                    "transport.bandwidthLimitMode {other:?} must be \"client\" or \"server\""
-                ))
-            }
-        };
-        let rule = shared.policy.authorize_proxy(
+        let grant = control.auth.grant;
+        let valid = validate(&np)?;
+        let loaded = shared.policy.current();
+        let table = loaded.as_ref().map(|l| l.get());
+        let decided = shared.policy.authorize_proxy(
+            table.as_ref(),
             grant,
-            &np.proxy_type,
-            np.remote_port as u16,
-            control.proxy_count(),
-            control.ports_in_use(),
+            &server_rules(&shared.config),
+            &ProxyRequest {
+                proxy_type: &np.proxy_type,
+                remote_port: valid.remote_port,
+            },
+            Counts {
+                session_proxies: control.proxy_count(),
+                session_ports: control.ports_in_use(),
+                invite_proxies: 0,
+            },
+            SUPPORTED,
         )?;
-        // Policy first, so that a type the invite forbids is refused as
-        // such rather than as not implemented.
-        if !matches!(np.proxy_type.as_str(), "" | "tcp") {
-            shared.policy.release_proxy(grant);
-            return Err(format!(
-                "proxy type [{}] is not supported by this server yet",
-                np.proxy_type
-            ));
-        }
-        if !shared.directory.claim_proxy(&name) {
-            shared.policy.release_proxy(grant);
-            return Err(format!("proxy [{name}] already exists"));
-        }
-        let ranges: Vec<(u16, u16)> = match &rule {
-            PortRule::Config if cfg.allow_ports.is_empty() => vec![(10000, 60000)],
-            PortRule::Config => cfg.allow_ports.iter().map(|r| r.bounds()).collect(),
-            PortRule::Pool(pool) => pool.ranges().to_vec(),
-        };
-        let ip = cfg.proxy_ip();
-        let bound = if np.remote_port == 0 {
-            allocate_port(&ranges, &shared.ports, ip)
-        } else {
-            let port = np.remote_port as u16;
-            if matches!(rule, PortRule::Config) && !port_allowed(cfg, port) {
-                Err("port not allowed".to_string())
-            } else if !shared.ports.claim(port) {
-                Err("port already used".to_string())
-            } else {
-                bind(ip, port).map(|l| (port, l)).map_err(|e| {
-                    shared.ports.release(port);
-                    format!("port unavailable: {e}")
-                })
-            }
-        };
-        let (port, listener) = match bound {
+        let (port, listener) = match claim(shared, &np.proxy_name, &decided) {
             Ok(x) => x,
-            Err(e) => {
-                shared.directory.release_proxy(&name);
+            Err(r) => {
                 shared.policy.release_proxy(grant);
-                return Err(e);
+                return Err(r);
             }
         };
-        let proxy_type = if np.proxy_type.is_empty() {
-            "tcp".to_string()
-        } else {
-            np.proxy_type
-        };
+        let tenant = control.auth.tenant.as_ref();
+        let report_every = tenant
+            .and_then(|t| table?.tenant(&t.token))
+            .map_or(0, |v| v.report_interval_bytes());
         let proxy = Rc::new(Proxy {
-            name,
+            name: np.proxy_name,
             port,
-            proxy_type,
+            proxy_type: decided.proxy_type.name().to_string(),
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
             canceller: RefCell::new(Canceller::new()),
@@ -168,36 +127,35 @@ impl Proxy {
             bytes: Default::default(),
             reported: Default::default(),
             close_reported: Cell::new(false),
-            run_id: control.run_id.clone(),
+            run_id: control.who.run_id.clone(),
             invite: grant.invite(),
-            tenant_token: control.tenant.as_ref().map(|t| t.token.clone()),
+            tenant_token: tenant.map(|t| t.token.clone()),
             limits: Limits {
-                tenant: control.tenant.as_ref().map(|t| t.bucket.clone()),
-                proxy: proxy_bucket,
+                tenant: tenant.map(|t| t.bucket.clone()),
+                proxy: valid.bucket,
             },
             relays: RefCell::new(HashMap::new()),
             next_relay: Cell::new(0),
-            report_every: control
-                .tenant
-                .as_ref()
-                .and_then(|t| {
-                    let loaded = shared.policy.current()?;
-                    let every = loaded.get().tenant(&t.token)?.report_interval_bytes();
-                    Some(every)
-                })
-                .unwrap_or(0),
+            report_every,
         });
-        WorkerStats::add(&ctx.stats().proxies, 1);
-        tracing::info!(session = %control.run_id, proxy = %proxy.name, port, invite = ?grant.invite(), "proxy registered");
-        ctx.events.emit(Event::ProxyRegistered {
-            run_id: control.run_id.clone(),
-            invite: grant.invite(),
-            proxy: proxy.name.clone(),
-            proxy_type: proxy.proxy_type.clone(),
-            remote_port: port,
-        });
-        monoio::spawn(accept_loop(proxy.clone(), control.clone(), listener));
+        proxy.announce(control, listener);
         Ok(proxy)
+    }
+
+    /// Count the proxy, report it and start accepting visitors.
+    fn announce(self: &Rc<Self>, control: &Rc<Control>, listener: std::net::TcpListener) {
+        let ctx = control.ctx();
+        let invite = control.auth.grant.invite();
+        WorkerStats::add(&ctx.stats().proxies, 1);
+        tracing::info!(session = %control.who.run_id, proxy = %self.name, port = self.port, ?invite, "proxy registered");
+        ctx.events.emit(Event::ProxyRegistered {
+            run_id: control.who.run_id.clone(),
+            invite,
+            proxy: self.name.clone(),
+            proxy_type: self.proxy_type.clone(),
+            remote_port: self.port,
+        });
+        monoio::spawn(accept_loop(self.clone(), control.clone(), listener));
     }
 
     /// The public port.
@@ -228,15 +186,16 @@ impl Proxy {
         if let Some(c) = self.control.upgrade() {
             let ctx = c.ctx();
             ctx.shared.directory.release_proxy(&self.name);
-            ctx.shared.policy.release_proxy(c.grant);
+            ctx.shared.policy.release_proxy(c.auth.grant);
             WorkerStats::add(&ctx.stats().proxies, -1);
             ctx.events.emit(Event::ProxyClosed {
-                run_id: c.run_id.clone(),
-                invite: c.grant.invite(),
+                run_id: c.who.run_id.clone(),
+                invite: c.auth.grant.invite(),
                 proxy: self.name.clone(),
                 reason: reason.to_string(),
+                refusal: None,
             });
-            tracing::info!(session = %c.run_id, proxy = %self.name, %reason, "proxy closed");
+            tracing::info!(session = %c.who.run_id, proxy = %self.name, %reason, "proxy closed");
         }
     }
 
@@ -301,19 +260,84 @@ impl Proxy {
     }
 }
 
-fn port_allowed(cfg: &Config, port: u16) -> bool {
-    cfg.allow_ports.is_empty()
-        || cfg.allow_ports.iter().any(|r| {
-            let (a, b) = r.bounds();
-            a <= port && port <= b
-        })
+/// Check what the policy does not decide: a name, a port number, and the
+/// bandwidth settings.
+fn validate(np: &NewProxy) -> Result<Validated, Refusal> {
+    if np.proxy_name.is_empty() {
+        return Err(Refusal::invalid_proxy("proxy name is empty"));
+    }
+    let remote_port = decide::remote_port(np.remote_port)?;
+    let bucket = match np.bandwidth_limit_mode.as_str() {
+        "server" => {
+            let bps = proto::policy::bandwidth::parse_bandwidth(
+                "transport.bandwidthLimit",
+                &np.bandwidth_limit,
+            )
+            .map_err(Refusal::invalid_proxy)?;
+            (bps > 0).then(|| Arc::new(Bucket::new(bps)))
+        }
+        // "client" (frpc limits itself) or unset.
+        "" | "client" => None,
+        other => {
+            return Err(Refusal::invalid_proxy(format!(
+                "transport.bandwidthLimitMode {other:?} must be \"client\" or \"server\""
+            )))
+        }
+    };
+    Ok(Validated {
+        remote_port,
+        bucket,
+    })
+}
+
+/// The config file's limits, as the decision reads them.
+fn server_rules(cfg: &Config) -> ServerRules {
+    ServerRules {
+        allow_ports: PortSet::from_ranges(cfg.allow_ports.iter().map(|r| r.bounds()).collect()),
+        max_ports_per_client: cfg.max_ports_per_client,
+    }
+}
+
+/// Claim the proxy's name and its port server-wide and bind its listener;
+/// on failure nothing stays claimed.
+fn claim(
+    shared: &Shared,
+    name: &str,
+    decided: &ProxyGrant,
+) -> Result<(u16, std::net::TcpListener), Refusal> {
+    if !shared.directory.claim_proxy(name) {
+        return Err(Refusal::proxy_exists(name));
+    }
+    let ip = shared.config.proxy_ip();
+    let lowat = shared.config.fastpath.user_not_sent_lowat;
+    let bound = match &decided.port {
+        PortChoice::AnyOf(set) => allocate_port(set.ranges(), &shared.ports, ip, lowat),
+        &PortChoice::Exactly(port) => {
+            if shared.ports.claim(port) {
+                bind(ip, port, lowat).map(|l| (port, l)).map_err(|e| {
+                    shared.ports.release(port);
+                    Refusal::port_unavailable(e)
+                })
+            } else {
+                Err(Refusal::port_already_used())
+            }
+        }
+        // Every type in SUPPORTED takes a port; a portless one (vhosts,
+        // visitors) needs a listener of another kind, not here yet.
+        PortChoice::NoPort => Err(Refusal::type_not_supported(decided.proxy_type.name())),
+    };
+    if bound.is_err() {
+        shared.directory.release_proxy(name);
+    }
+    bound
 }
 
 fn allocate_port(
     ranges: &[(u16, u16)],
-    ports: &crate::shared::PortTable,
+    ports: &crate::runtime::shared::PortTable,
     ip: IpAddr,
-) -> Result<(u16, std::net::TcpListener), String> {
+    lowat: u32,
+) -> Result<(u16, std::net::TcpListener), Refusal> {
     let total: u64 = ranges.iter().map(|(a, b)| (*b - *a) as u64 + 1).sum();
     let start = rand_u64() % total.max(1);
     // Walk the allowed set from a random point; try every port at most once
@@ -333,7 +357,7 @@ fn allocate_port(
         if port == 0 || !ports.claim(port) {
             continue;
         }
-        match bind(ip, port) {
+        match bind(ip, port, lowat) {
             Ok(l) => return Ok((port, l)),
             Err(_) => {
                 ports.release(port);
@@ -344,7 +368,7 @@ fn allocate_port(
             }
         }
     }
-    Err("no available port".into())
+    Err(Refusal::no_available_port())
 }
 
 fn rand_u64() -> u64 {
@@ -353,8 +377,8 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::TcpListener> {
-    crate::listener::bind_tcp(SocketAddr::new(ip, port), false)
+fn bind(ip: IpAddr, port: u16, lowat: u32) -> std::io::Result<std::net::TcpListener> {
+    crate::transport::listener::bind_user(SocketAddr::new(ip, port), lowat)
 }
 
 async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net::TcpListener) {
@@ -367,7 +391,12 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
                 match listener.cancelable_accept(handle.clone()).await {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        monoio::spawn(serve_user(proxy.clone(), control.clone(), stream, peer));
+                        monoio::spawn(serve_user(
+                            proxy.clone(),
+                            control.clone(),
+                            Conn::tcp(stream),
+                            peer,
+                        ));
                     }
                     Err(_) if proxy.closed.get() => break,
                     Err(e) => {
@@ -384,12 +413,17 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
     drop(control);
 }
 
-async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, peer: SocketAddr) {
+/// `user` is the accepted TCP connection, made a [`Conn`] by the accept
+/// loop so that this task (one per user connection) holds it once.
+async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: Conn, peer: SocketAddr) {
     let ctx = control.ctx().clone();
     let stats = ctx.stats();
     WorkerStats::bump(&stats.conns_total, 1);
     WorkerStats::add(&stats.conns, 1);
-    let local = user.local_addr().ok();
+    let local = match &user {
+        Conn::Tcp(s, _) => s.local_addr().ok(),
+        _ => None,
+    };
     let start = StartWorkConn {
         proxy_name: proxy.name.clone(),
         src_addr: peer.ip().to_string(),
@@ -399,7 +433,7 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
         error: String::new(),
     };
     if let Some(work) = control.take_work_conn(&start).await {
-        let key = control.token_key;
+        let key = control.auth.token_key;
         let opts = RelayOpts {
             encryption_key: proxy.use_encryption.then_some(key),
             compression: proxy.use_compression,
@@ -412,10 +446,10 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: TcpStream, pee
         proxy
             .relays
             .borrow_mut()
-            .insert(id, [Aborter::Fd(user.as_raw_fd()), work.aborter()]);
+            .insert(id, [user.aborter(), work.aborter()]);
         let due = || proxy.report_if_due(&ctx.events);
         let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
-        relay::run(&ctx, user, work, opts, &proxy.bytes, &proxy.limits, report).await;
+        relay::run(stats, user, work, opts, &proxy.bytes, &proxy.limits, report).await;
         proxy.relays.borrow_mut().remove(&id);
         if proxy.closed.get() {
             // Bytes moved after the proxy's last report.

@@ -12,19 +12,20 @@
 //! TCP proxy should; an error in either direction aborts both connections
 //! so that the other direction's pending I/O wakes up and the relay ends.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 
 use monoio::net::TcpStream;
+use monoio::time::{Instant, Sleep};
 use proto::cfb::{CfbStreamReader, CfbStreamWriter};
 use proto::snappy::{SnappyDecoder, SnappyEncoder};
 
-use crate::conn::{Aborter, Conn, ConnReader, ConnWriter};
-use crate::stats::WorkerStats;
-use crate::tenants::Limits;
-use crate::worker::WorkerCtx;
+use crate::policy::tenants::Limits;
+use crate::report::stats::WorkerStats;
+use crate::transport::conn::{Aborter, Conn, ConnReader, ConnWriter};
 
 /// How a work connection's payload is wrapped.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +56,10 @@ pub struct Meter<'a> {
     /// Called after each chunk when the proxy samples its traffic early
     /// (tenant traffic reports).
     report: Option<&'a dyn Fn()>,
+    /// The pacing timer: boxed (monoio's timer is 640 bytes aligned to
+    /// 128, and inline it would make every relay's task that large, also
+    /// the many never paced), made at the first wait and reset after.
+    timer: RefCell<Option<Pin<Box<Sleep>>>>,
 }
 
 impl Meter<'_> {
@@ -78,7 +83,16 @@ impl Meter<'_> {
         if let Some(l) = self.limits {
             let wait = l.take(n);
             if !wait.is_zero() {
-                monoio::time::sleep(wait).await;
+                let deadline = Instant::now() + wait;
+                let mut timer = self.timer.take();
+                match &mut timer {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => timer = Some(Box::pin(monoio::time::sleep_until(deadline))),
+                }
+                if let Some(t) = &mut timer {
+                    t.await;
+                }
+                *self.timer.borrow_mut() = timer;
             }
         }
     }
@@ -89,35 +103,40 @@ impl Meter<'_> {
     }
 }
 
-/// Relay until both directions are done.
+/// Relay until both directions are done, counting the bytes in the
+/// worker's `stats` and the proxy's `proxy_bytes`.
 pub async fn run(
-    ctx: &WorkerCtx,
-    user: TcpStream,
+    stats: &WorkerStats,
+    user: Conn,
     work: Conn,
     opts: RelayOpts,
     proxy_bytes: &[Cell<u64>; 2],
     limits: &Limits,
     report: Option<&dyn Fn()>,
 ) {
-    let stats = ctx.stats();
     let limits = (!limits.is_none()).then_some(limits);
     let meter_in = Meter {
         worker: &stats.bytes_in,
         proxy: &proxy_bytes[0],
         limits,
         report,
+        timer: RefCell::new(None),
     };
     let meter_out = Meter {
         worker: &stats.bytes_out,
         proxy: &proxy_bytes[1],
         limits,
         report,
+        timer: RefCell::new(None),
     };
-    let aborters = [Aborter::Fd(user.as_raw_fd()), work.aborter()];
-    if opts.splice && opts.plain() {
-        if let Conn::Tcp(work) = work {
-            let up = splice_pump(&user, &work, &meter_in, &aborters);
-            let down = splice_pump(&work, &user, &meter_out, &aborters);
+    let aborters = [user.aborter(), work.aborter()];
+    // Borrowed, not destructured: the connections (and the SocketFds that
+    // keep the aborters alive) stay in their parameter slots until both
+    // pumps are done, and the task holds no second copy of either.
+    if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
+        if opts.splice && opts.plain() {
+            let up = splice_pump(u, w, &meter_in, &aborters);
+            let down = splice_pump(w, u, &meter_out, &aborters);
             monoio::join!(up, down);
             return;
         }
@@ -133,14 +152,14 @@ pub async fn run(
 
 /// The copying relay: yamux, TLS, encryption or compression on a side.
 async fn copy_relay(
-    user: TcpStream,
+    user: Conn,
     work: Conn,
     opts: RelayOpts,
     meter_in: &Meter<'_>,
     meter_out: &Meter<'_>,
     aborters: &[Aborter; 2],
 ) {
-    let (ur, uw) = Conn::Tcp(user).into_split();
+    let (ur, uw) = user.into_split();
     let (wr, ww) = work.into_split();
     if opts.plain() {
         if let ConnReader::Mux(mr) = wr {
@@ -170,12 +189,13 @@ struct Pipe([i32; 2]);
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into `fds`.
+        // SAFETY: pipe2 writes two descriptors into `fds`, an array of two.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
             return Err(io::Error::last_os_error());
         }
         // A bigger pipe moves more per call; the kernel may refuse, which is fine.
-        // SAFETY: fcntl on a descriptor we own.
+        // SAFETY: F_SETPIPE_SZ on the pipe just made, which we own; it
+        // touches no memory of ours.
         unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
         Ok(Pipe(fds))
     }
@@ -183,7 +203,8 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        // SAFETY: closing descriptors we own, once.
+        // SAFETY: closing the two descriptors `new` made, which this Pipe
+        // owns alone, once (a Pipe exists only when pipe2 succeeded).
         unsafe {
             libc::close(self.0[0]);
             libc::close(self.0[1]);
@@ -192,7 +213,9 @@ impl Drop for Pipe {
 }
 
 fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on a live socket descriptor.
+    // SAFETY: F_GETFL/F_SETFL touch no memory of ours; the caller passes
+    // the descriptor of a socket it borrows, so it is open and is that
+    // socket.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         if flags >= 0 {
@@ -202,7 +225,9 @@ fn set_nonblocking(fd: i32) {
 }
 
 fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
-    // SAFETY: splice(2) between descriptors we own, no offsets.
+    // SAFETY: with null offsets splice(2) reads and writes no memory of
+    // ours; the caller passes descriptors open for the call (splice_pump:
+    // the sockets it borrows and the ends of its own pipe).
     let n = unsafe {
         libc::splice(
             from,
@@ -266,7 +291,8 @@ async fn splice_pump(
     }
     .await;
     match r {
-        // SAFETY: half-close the write side of a socket we still own.
+        // SAFETY: shutdown(2) touches no memory of ours; `dfd` is the
+        // descriptor of `dst`, still borrowed here, so still that socket.
         Ok(()) => unsafe {
             libc::shutdown(dfd, libc::SHUT_WR);
         },
@@ -275,7 +301,7 @@ async fn splice_pump(
 }
 
 async fn mux_pump(
-    mut r: crate::mux::MuxReader,
+    mut r: crate::transport::mux::MuxReader,
     mut w: ConnWriter,
     counter: &Meter<'_>,
     aborters: &[Aborter; 2],
@@ -348,6 +374,25 @@ impl Transform {
     }
 }
 
+/// The buffer a buffered relay direction reads into while its connection
+/// is idle or quiet. Not below 1 KiB: a read with less room than that
+/// reserves 16 KiB first (see `conn::read_append`).
+const IDLE_READ: usize = 1024;
+
+/// The next read's buffer size, when it should change: after `n` bytes
+/// came into a buffer of `asked`, the full `full` once a read filled the
+/// buffer (more is likely waiting), [`IDLE_READ`] once a read came back
+/// well short of the full size (the peer has paused).
+fn next_size(n: usize, asked: usize, full: usize) -> Option<usize> {
+    if n >= asked && asked < full {
+        Some(full)
+    } else if n < full / 4 && asked > IDLE_READ {
+        Some(IDLE_READ.min(full))
+    } else {
+        None
+    }
+}
+
 async fn pump(
     mut r: ConnReader,
     mut w: ConnWriter,
@@ -357,7 +402,11 @@ async fn pump(
     bufsize: usize,
 ) {
     // A limited relay reads at most a pacing step at a time.
-    let mut buf = Vec::with_capacity(counter.chunk(bufsize));
+    let full = counter.chunk(bufsize);
+    // An idle connection waits with a small buffer (a pending read holds
+    // its buffer); a read that fills it switches to the full one, a short
+    // one switches back (see `next_size`).
+    let mut buf = Vec::with_capacity(IDLE_READ.min(full));
     let result: io::Result<()> = async {
         loop {
             buf.clear();
@@ -367,6 +416,7 @@ async fn pump(
             if n == 0 {
                 return Ok(());
             }
+            let asked = buf.capacity();
             let mut defer_pace = 0;
             match &mut t {
                 Transform::None => {
@@ -455,6 +505,9 @@ async fn pump(
             if defer_pace > 0 {
                 counter.pace(defer_pace).await;
             }
+            if let Some(size) = next_size(n, asked, full) {
+                buf = Vec::with_capacity(size);
+            }
         }
     }
     .await;
@@ -464,5 +517,26 @@ async fn pump(
             tracing::debug!(error = %e, "relay direction failed; aborting both sides");
             abort_all(aborters);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_grow_for_bulk_and_shrink_when_quiet() {
+        let full = 64 * 1024;
+        // Idle start: a small read that filled its buffer asks for the full one.
+        assert_eq!(next_size(IDLE_READ, IDLE_READ, full), Some(full));
+        // A short small read keeps the small buffer.
+        assert_eq!(next_size(100, IDLE_READ, full), None);
+        // Bulk: full reads keep the full buffer, so do reads of a quarter or more.
+        assert_eq!(next_size(full, full, full), None);
+        assert_eq!(next_size(full / 4, full, full), None);
+        // Quiet again: back to the small one.
+        assert_eq!(next_size(full / 4 - 1, full, full), Some(IDLE_READ));
+        // A pacing step smaller than the idle buffer is the buffer.
+        assert_eq!(next_size(10, 512, 512), None);
     }
 }

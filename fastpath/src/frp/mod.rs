@@ -1,0 +1,11 @@
+//! The frp server: a connection's life from its first bytes ([`accept`])
+//! to a session ([`control`]) and its public ports ([`proxy`]); the
+//! connections frpc opens for users reach the session's pool through
+//! [`work_conns`]; frp messages over any transport are read and written by
+//! [`msgio`].
+
+pub mod accept;
+pub mod control;
+pub mod msgio;
+pub mod proxy;
+pub mod work_conns;

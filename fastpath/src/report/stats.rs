@@ -1,0 +1,142 @@
+//! Per-worker counters. Each worker writes only its own slot (relaxed
+//! atomics, no sharing of cache lines between workers); anyone may read all
+//! of them, e.g. an exporter or a test.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// What one worker's yamux sessions hold, written by the worker's
+/// [`MuxBudget`](crate::transport::mux::MuxBudget).
+#[derive(Debug, Default)]
+pub struct MuxGauges {
+    /// Received bytes not yet taken by their streams, all sessions.
+    pub held: AtomicU64,
+    /// Window above the initial 256 KiB per stream, all sessions.
+    pub extra_window: AtomicU64,
+    /// Times a session stopped being read because of its budget.
+    pub holds: AtomicU64,
+    /// Sessions closed for reading nothing of what was queued for them.
+    pub write_stalls: AtomicU64,
+    /// Streams reset because their reader took nothing while their session
+    /// was over budget.
+    pub stalled_resets: AtomicU64,
+}
+
+/// Counters owned by one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    /// Live frpc sessions (controls) owned by this worker.
+    pub sessions: AtomicI64,
+    /// Live proxies registered on this worker.
+    pub proxies: AtomicI64,
+    /// Live user connections being relayed.
+    pub conns: AtomicI64,
+    /// Total user connections accepted.
+    pub conns_total: AtomicU64,
+    /// Bytes from users towards frpc.
+    pub bytes_in: AtomicU64,
+    /// Bytes from frpc towards users.
+    pub bytes_out: AtomicU64,
+    /// Connections handed to this worker from another one.
+    pub handoffs_in: AtomicU64,
+    /// Connections this worker handed to another one.
+    pub handoffs_out: AtomicU64,
+    /// Connections closed because of malformed input.
+    pub protocol_errors: AtomicU64,
+    /// Work connections refused because they did not come the way their
+    /// session's frpc sends them (another yamux session's stream, or a
+    /// separate connection for a session on yamux): hijack attempts.
+    pub foreign_work_conns: AtomicU64,
+    /// yamux streams answered with RST: over `fastpath.preAuthStreams`
+    /// before a Login succeeded on their session, or over the backlog or
+    /// stream cap after.
+    pub mux_streams_refused: AtomicU64,
+    /// Connections closed at accept: over `fastpath.preAuthPerSource`,
+    /// `fastpath.preAuthPerWorker` or `fastpath.preAuthRate`.
+    pub preauth_refused: AtomicU64,
+    /// Connections (and yamux sessions) closed for not identifying within
+    /// 10 s of being accepted.
+    pub identify_timeouts: AtomicU64,
+    /// Controls closed because the peer read nothing of what was queued
+    /// for it for `fastpath.writeStallSecs` (yamux sessions closed so are
+    /// in [`MuxGauges::write_stalls`]; the snapshot adds both).
+    pub write_stalls: AtomicU64,
+    /// User connections closed because their session already had
+    /// `fastpath.pendingUserConns` waiting for a work connection.
+    pub pending_refused: AtomicU64,
+    /// What this worker's yamux sessions hold.
+    pub mux: Arc<MuxGauges>,
+}
+
+impl WorkerStats {
+    /// Add to a gauge or counter.
+    #[inline]
+    pub fn add(c: &AtomicI64, n: i64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Add to a monotonic counter.
+    #[inline]
+    pub fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// A point-in-time copy for reporting.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            sessions: self.sessions.load(Relaxed),
+            proxies: self.proxies.load(Relaxed),
+            conns: self.conns.load(Relaxed),
+            conns_total: self.conns_total.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            handoffs_in: self.handoffs_in.load(Relaxed),
+            handoffs_out: self.handoffs_out.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            foreign_work_conns: self.foreign_work_conns.load(Relaxed),
+            mux_streams_refused: self.mux_streams_refused.load(Relaxed),
+            preauth_refused: self.preauth_refused.load(Relaxed),
+            identify_timeouts: self.identify_timeouts.load(Relaxed),
+            write_stalls: self.write_stalls.load(Relaxed) + self.mux.write_stalls.load(Relaxed),
+            pending_refused: self.pending_refused.load(Relaxed),
+            mux_held: self.mux.held.load(Relaxed),
+            mux_extra_window: self.mux.extra_window.load(Relaxed),
+            mux_holds: self.mux.holds.load(Relaxed),
+            mux_stalled_resets: self.mux.stalled_resets.load(Relaxed),
+        }
+    }
+}
+
+/// Plain values read from a [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub sessions: i64,
+    pub proxies: i64,
+    pub conns: i64,
+    pub conns_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub handoffs_in: u64,
+    pub handoffs_out: u64,
+    pub protocol_errors: u64,
+    pub foreign_work_conns: u64,
+    /// See [`WorkerStats::mux_streams_refused`].
+    pub mux_streams_refused: u64,
+    /// See [`WorkerStats::preauth_refused`].
+    pub preauth_refused: u64,
+    /// See [`WorkerStats::identify_timeouts`].
+    pub identify_timeouts: u64,
+    /// See [`WorkerStats::write_stalls`].
+    pub write_stalls: u64,
+    /// See [`WorkerStats::pending_refused`].
+    pub pending_refused: u64,
+    /// See [`MuxGauges::held`].
+    pub mux_held: u64,
+    /// See [`MuxGauges::extra_window`].
+    pub mux_extra_window: u64,
+    /// See [`MuxGauges::holds`].
+    pub mux_holds: u64,
+    /// See [`MuxGauges::stalled_resets`].
+    pub mux_stalled_resets: u64,
+}
