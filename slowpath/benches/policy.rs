@@ -27,18 +27,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fastpath::shm::{RingHeader, ShmDir};
 use proto::policy::{PolicyTable, PortSet};
 use serde_json::{json, Value};
-use slowpath::db::{self, Db};
-use slowpath::nodes::{self, NewNode};
-use slowpath::policy_publish::{self, Publisher};
-use slowpath::{credentials, invites, tickets};
+use shm::{RingHeader, ShmDir};
+use slowpath::credentials;
+use slowpath::domain::nodes::{self, NewNode};
+use slowpath::domain::{invites, tickets};
+use slowpath::policy::publish::{self, Publisher};
+use slowpath::store::db::{self, Db};
 
 // The tests' helpers for per-run PostgreSQL databases.
 #[path = "../tests/harness/mod.rs"]
 mod harness;
-use harness::{admin_sql, with_database};
+use harness::{admin_sql, drop_database, with_database};
 
 /// The port pool of the node the library run registers.
 const BENCH_POOL: (u16, u16) = (10000, 19999);
@@ -285,10 +286,7 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        admin_sql(
-            &self.base,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
+        drop_database(&self.base, &self.name);
     }
 }
 
@@ -346,7 +344,7 @@ async fn publish_run(backend: &Backend, url: &str, dir: &Path, shm: &Path, n: us
     insert_invites(&db, &node.id, n, BENCH_POOL, 0x7070_0001).await;
     let insert = t.elapsed();
 
-    let instance = std::sync::Arc::new(fastpath::shm::InstanceDir::open(shm).unwrap());
+    let instance = std::sync::Arc::new(shm::InstanceDir::open(shm).unwrap());
     let publisher = Publisher::new(db.clone(), instance, node.id.clone());
     let t = Instant::now();
     publisher.publish(true).await.unwrap();
@@ -397,7 +395,7 @@ async fn publish_run(backend: &Backend, url: &str, dir: &Path, shm: &Path, n: us
     for _ in 0..10 {
         let now = slowpath::clock::now_ms();
         let t = Instant::now();
-        let s = policy_publish::compile(&db, &node.id, now).await.unwrap();
+        let s = publish::compile(&db, &node.id, now).await.unwrap();
         compile.push(t.elapsed());
         let t = Instant::now();
         let rows = invites::for_policy(&db, &node.id, now).await.unwrap();
@@ -643,7 +641,7 @@ impl Up {
         }
         up.fastpath_pid = ShmDir::open(&up.shm)
             .ok()
-            .and_then(|d| d.holder(fastpath::shm::LOCK_FILE))
+            .and_then(|d| d.holder(shm::LOCK_FILE))
             .unwrap_or(0);
         for h in up.headers() {
             assert_eq!(
@@ -679,7 +677,7 @@ impl Up {
             .names()
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| fastpath::shm::ring_worker(n).is_some())
+            .filter(|n| shm::ring_worker(n).is_some())
             .filter_map(|n| {
                 let h = RingHeader::read(&dir.open_file(&n, false).ok()?)?;
                 Some((n, h))
@@ -759,10 +757,10 @@ struct PropRun {
 
 /// The generation in the header of the table on disk.
 fn disk_generation(shm: &Path) -> u64 {
-    let head = ShmDir::open(shm)
-        .and_then(|d| d.read(policy_publish::TABLE_FILE))
-        .unwrap();
-    u64::from_le_bytes(head[16..24].try_into().unwrap())
+    ShmDir::open(shm)
+        .and_then(|d| d.table_header())
+        .unwrap()
+        .generation
 }
 
 fn enforce_timeouts(up: &Up) -> usize {

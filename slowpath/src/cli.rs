@@ -68,7 +68,8 @@ pub struct ServeArgs {
     /// Address frpc should dial for this host's node.
     #[arg(long, default_value = "127.0.0.1")]
     pub public_addr: String,
-    /// frp port of this host's node (used when no --fastpath-config says otherwise).
+    /// frp port of this host's node when no --fastpath-config is given
+    /// (with one, its bindPort, 7000 when unset, as the fastpath reads it).
     #[arg(long, default_value_t = 7000)]
     pub frp_port: u16,
     /// Resolve requests allowed per client IP per minute (also the burst).

@@ -9,10 +9,10 @@ fn admin_key(c: &ClientArgs) -> Result<String> {
     if let Some(k) = &c.admin_key {
         return Ok(k.clone());
     }
-    slowpath::admin_key::read(&c.data_dir)?.with_context(|| {
+    slowpath::store::admin_key::read(&c.data_dir)?.with_context(|| {
         format!(
             "no admin key: pass --admin-key, set ADMIN_API_KEY, or point --data-dir at a directory with admin.key (tried {})",
-            slowpath::admin_key::path(&c.data_dir).display()
+            slowpath::store::admin_key::path(&c.data_dir).display()
         )
     })
 }
@@ -72,6 +72,14 @@ fn list(text: &Option<String>) -> Option<Vec<String>> {
     })
 }
 
+/// Sets `key` in `body` only when a value was given: the API keeps (or
+/// defaults) what a request leaves out.
+fn set_given<T: serde::Serialize>(body: &mut Value, key: &str, value: Option<T>) {
+    if let Some(v) = value {
+        body[key] = json!(v);
+    }
+}
+
 /// `slowpath node …`.
 pub fn node(cmd: NodeCommand) -> Result<()> {
     match cmd {
@@ -90,12 +98,8 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
                 "name": name, "server_addr": server_addr, "server_port": server_port,
                 "region": region, "public": public,
             });
-            if let Some(p) = port_pool {
-                body["port_pool"] = json!(p);
-            }
-            if let Some(t) = list(&proxy_types) {
-                body["proxy_types"] = json!(t);
-            }
+            set_given(&mut body, "port_pool", port_pool);
+            set_given(&mut body, "proxy_types", list(&proxy_types));
             let v = admin(&client, "POST", "/api/v1/admin/nodes", Some(body))?;
             print(&v)?;
             eprintln!("The node_key above is shown only now; give it to the node's agent.");
@@ -111,21 +115,11 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             server_addr,
         } => {
             let mut body = json!({});
-            if let Some(v) = public {
-                body["public"] = json!(v);
-            }
-            if let Some(v) = port_pool {
-                body["port_pool"] = json!(v);
-            }
-            if let Some(v) = list(&proxy_types) {
-                body["proxy_types"] = json!(v);
-            }
-            if let Some(v) = name {
-                body["name"] = json!(v);
-            }
-            if let Some(v) = server_addr {
-                body["server_addr"] = json!(v);
-            }
+            set_given(&mut body, "public", public);
+            set_given(&mut body, "port_pool", port_pool);
+            set_given(&mut body, "proxy_types", list(&proxy_types));
+            set_given(&mut body, "name", name);
+            set_given(&mut body, "server_addr", server_addr);
             print(&admin(
                 &client,
                 "PATCH",
@@ -161,28 +155,14 @@ pub fn invite(cmd: InviteCommand) -> Result<()> {
             };
             // Only what was given: the API fills in its documented defaults.
             let mut scope = json!({});
-            if let Some(v) = max_conns {
-                scope["max_conns"] = json!(v);
-            }
-            if let Some(v) = max_proxies {
-                scope["max_proxies"] = json!(v);
-            }
-            if let Some(p) = port_pool {
-                scope["port_pool"] = json!(p);
-            }
-            if let Some(t) = list(&proxy_types) {
-                scope["proxy_types"] = json!(t);
-            }
+            set_given(&mut scope, "max_conns", max_conns);
+            set_given(&mut scope, "max_proxies", max_proxies);
+            set_given(&mut scope, "port_pool", port_pool);
+            set_given(&mut scope, "proxy_types", list(&proxy_types));
             let mut body = json!({ "scope": scope, "note": note });
-            if let Some(v) = ttl_s {
-                body["ttl_s"] = json!(v);
-            }
-            if let Some(v) = max_uses {
-                body["max_uses"] = json!(v);
-            }
-            if let Some(v) = ticket_ttl_s {
-                body["ticket_ttl_s"] = json!(v);
-            }
+            set_given(&mut body, "ttl_s", ttl_s);
+            set_given(&mut body, "max_uses", max_uses);
+            set_given(&mut body, "ticket_ttl_s", ticket_ttl_s);
             let v = admin(
                 &client,
                 "POST",

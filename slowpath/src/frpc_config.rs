@@ -4,10 +4,12 @@
 //! `fastpath.toml` that `slowpath up` runs its fastpath with.
 //!
 //! Both are serde structs written by the `toml` serializer, never by format
-//! strings: tokens, tickets, addresses and paths come from the API and the
-//! command line and must reach the file as the same strings (a token with a
-//! control character, written with Rust's debug escaping, once made
-//! `fastpath.toml` unreadable and the fastpath exit in a restart loop).
+//! strings (`fastpath.toml` is a [`proto::config::Config`], the very type
+//! the fastpath parses it into): tokens, tickets, addresses and paths come
+//! from the API and the command line and must reach the file as the same
+//! strings (a token with a control character, written with Rust's debug
+//! escaping, once made `fastpath.toml` unreadable and the fastpath exit in
+//! a restart loop).
 //! Comments are the only hand-written text, and [`comment`] keeps each on
 //! its line.
 //!
@@ -15,6 +17,7 @@
 //! token (on invite nodes it is not the secret) and `metadatas.ticket` is
 //! sent by frpc in Login's `metas["ticket"]`.
 
+use proto::config::Config;
 use proto::policy::{PortSet, ProxyTypes};
 use serde::Serialize;
 
@@ -88,33 +91,6 @@ struct FrpcProxies<'a> {
     proxies: Vec<FrpcProxy<'a>>,
 }
 
-/// One `allowPorts` entry, as the fastpath reads it.
-#[derive(Serialize)]
-struct PortEntry {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    single: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end: Option<u16>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FastpathTable<'a> {
-    policy_dir: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FastpathToml<'a> {
-    bind_addr: &'a str,
-    bind_port: u16,
-    auth: Auth<'a>,
-    allow_ports: Vec<PortEntry>,
-    fastpath: FastpathTable<'a>,
-}
-
 /// Appends `# text` as one comment line: control characters (a newline
 /// would end the comment and start TOML) become spaces.
 pub fn comment(out: &mut String, text: &str) {
@@ -166,9 +142,25 @@ pub fn render(c: &FrpcConfig<'_>) -> Result<String, toml::ser::Error> {
     Ok(out)
 }
 
-/// Renders the fastpath config `slowpath up` writes for its node.
+impl FastpathFile<'_> {
+    /// The config the fastpath is to run with: these keys, every other one
+    /// at its default.
+    pub fn config(&self) -> Config {
+        let mut c = Config {
+            bind_port: self.bind_port,
+            allow_ports: self.allow_ports.entries(),
+            ..Config::default()
+        };
+        c.auth.token = self.token.to_owned();
+        c.fastpath.policy_dir = self.policy_dir.to_owned();
+        c
+    }
+}
+
+/// Renders the fastpath config `slowpath up` writes for its node: the
+/// [`Config`] serialized, so the fastpath reads back exactly that config.
 pub fn render_fastpath(f: &FastpathFile<'_>) -> Result<String, toml::ser::Error> {
-    let mut out = String::with_capacity(512);
+    let mut out = String::with_capacity(1024);
     comment(
         &mut out,
         &format!(
@@ -180,35 +172,7 @@ pub fn render_fastpath(f: &FastpathFile<'_>) -> Result<String, toml::ser::Error>
         &mut out,
         "Pass --fastpath-config to run with your own file instead.",
     );
-    let allow_ports = f
-        .allow_ports
-        .ranges()
-        .iter()
-        .map(|&(a, b)| {
-            if a == b {
-                PortEntry {
-                    single: Some(a),
-                    start: None,
-                    end: None,
-                }
-            } else {
-                PortEntry {
-                    single: None,
-                    start: Some(a),
-                    end: Some(b),
-                }
-            }
-        })
-        .collect();
-    out.push_str(&toml::to_string(&FastpathToml {
-        bind_addr: "0.0.0.0",
-        bind_port: f.bind_port,
-        auth: Auth { token: f.token },
-        allow_ports,
-        fastpath: FastpathTable {
-            policy_dir: f.policy_dir,
-        },
-    })?);
+    out.push_str(&f.config().to_toml()?);
     Ok(out)
 }
 
@@ -289,43 +253,34 @@ mod tests {
         }
     }
 
-    fn fastpath(token: &str, dir: &str, pool: &str) -> String {
-        let pool = PortSet::parse(pool).unwrap();
-        render_fastpath(&FastpathFile {
+    fn fastpath_file<'a>(token: &'a str, dir: &'a str, pool: &'a PortSet) -> FastpathFile<'a> {
+        FastpathFile {
             node_id: "node_0123\nbindPort = 1",
             bind_port: 7001,
             token,
-            allow_ports: &pool,
+            allow_ports: pool,
             policy_dir: dir,
-        })
-        .unwrap()
+        }
+    }
+
+    fn fastpath(token: &str, dir: &str, pool: &str) -> String {
+        let pool = PortSet::parse(pool).unwrap();
+        render_fastpath(&fastpath_file(token, dir, &pool)).unwrap()
     }
 
     #[test]
     fn hostile_strings_round_trip_through_fastpath_toml() {
+        let pool = PortSet::parse("2000-3000,4000").unwrap();
         for s in HOSTILE {
             let dir = format!("/dev/shm/totoro-{s}");
-            let text = fastpath(s, &dir, "2000-3000,4000");
-            let cfg: toml::Table =
-                toml::from_str(&text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{text}"));
-            assert_eq!(cfg["auth"]["token"].as_str(), Some(*s), "{s:?}");
-            assert_eq!(
-                cfg["fastpath"]["policyDir"].as_str(),
-                Some(dir.as_str()),
-                "{s:?}"
-            );
-            let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
-            keys.sort_unstable();
-            assert_eq!(
-                keys,
-                ["allowPorts", "auth", "bindAddr", "bindPort", "fastpath"],
-                "{s:?}"
-            );
-            // The fastpath itself reads the same values.
-            let (fp, unknown) =
-                fastpath::config::Config::from_toml(&text, std::path::Path::new("fastpath.toml"))
-                    .unwrap_or_else(|e| panic!("the fastpath refuses it ({e}):\n{text}"));
+            let file = fastpath_file(s, &dir, &pool);
+            let text = render_fastpath(&file).unwrap();
+            // The fastpath's own parser reads back the very config written:
+            // nothing injected (no unknown key, no other value), nothing lost.
+            let (fp, unknown) = Config::from_toml(&text)
+                .unwrap_or_else(|e| panic!("the fastpath refuses it ({e}):\n{text}"));
             assert!(unknown.is_empty(), "{unknown:?}");
+            assert_eq!(fp, file.config(), "{s:?}");
             assert_eq!(fp.auth.token, *s);
             assert_eq!(fp.fastpath.policy_dir, dir);
             assert_eq!(fp.bind_port, 7001);

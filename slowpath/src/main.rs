@@ -3,7 +3,6 @@
 mod cli;
 mod client;
 mod daemon;
-mod supervisor;
 
 use std::process::ExitCode;
 
@@ -12,13 +11,13 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Owner-only files for this process and the fastpath it runs.
-    fastpath::cli::owner_only_umask();
+    shm::owner_only_umask();
     // The data plane runs from this same binary (`up` starts it as a child
     // process): hand its flags to it untouched, before anything of the
     // control plane (logging, tokio) exists in this process.
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == "fastpath") {
-        return fastpath::cli::main(std::iter::once("fastpath".into()).chain(args));
+        return run_fastpath(args);
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -45,6 +44,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `slowpath fastpath …`: the data plane, linked into this binary so one
+/// installed file is a whole node (the feature `embedded-fastpath`, on by
+/// default; the library never links the fastpath).
+#[cfg(feature = "embedded-fastpath")]
+fn run_fastpath(args: std::env::ArgsOs) -> ExitCode {
+    fastpath::cli::main(std::iter::once("fastpath".into()).chain(args))
+}
+
+#[cfg(not(feature = "embedded-fastpath"))]
+fn run_fastpath(_args: std::env::ArgsOs) -> ExitCode {
+    eprintln!(
+        "slowpath: built without the fastpath (feature `embedded-fastpath`); \
+         run a fastpath binary instead"
+    );
+    ExitCode::from(2)
 }
 
 fn serve(args: cli::ServeArgs, up: Option<cli::UpArgs>) -> anyhow::Result<()> {

@@ -3,9 +3,9 @@
 
 mod harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{each_backend, Slowpath};
+use harness::{each_backend, strings_at, wait_within, Slowpath};
 use proto::policy::{InviteId, PolicyTable};
 use serde_json::json;
 
@@ -263,21 +263,16 @@ fn openapi_lists_exactly_the_served_routes() {
 
 /// Reads the published table and waits until `pred` holds for it.
 fn wait_table(sp: &Slowpath, pred: impl Fn(&PolicyTable<'_>) -> bool) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(bytes) = std::fs::read(sp.shm.join("policy.tbl")) {
-            if let Ok(t) = PolicyTable::parse(&bytes) {
-                if pred(&t) {
-                    return bytes;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "policy table never reached the expected state"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut bytes = Vec::new();
+    wait_within(
+        Duration::from_secs(5),
+        "the policy table to reach the expected state",
+        || {
+            bytes = std::fs::read(sp.shm.join("policy.tbl")).unwrap_or_default();
+            PolicyTable::parse(&bytes).is_ok_and(|t| pred(&t))
+        },
+    );
+    bytes
 }
 
 #[test]
@@ -285,12 +280,7 @@ fn ticket_verifies_against_the_published_key_and_revocation_is_published() {
     each_backend("ticket_and_table", |b| {
         let sp = Slowpath::start(&b, &[]);
         let node = sp.local_node.clone();
-        let (status, inv) = sp.admin_call(
-            "POST",
-            &format!("/api/v1/admin/nodes/{node}/invites"),
-            Some(json!({ "max_uses": 3, "ticket_ttl_s": 600, "scope": { "port_pool": "10000-10009", "max_conns": 2 } })),
-        );
-        assert_eq!(status, 201, "{inv}");
+        let inv = sp.admin_invite(json!({ "max_uses": 3, "ticket_ttl_s": 600, "scope": { "port_pool": "10000-10009", "max_conns": 2 } }));
         let inv_id = InviteId::parse(inv["id"].as_str().unwrap()).unwrap();
         let (status, r) = sp.resolve(inv["code"].as_str().unwrap());
         assert_eq!(status, 200, "{r}");
@@ -362,14 +352,8 @@ fn audit_shows_the_invite_lifecycle() {
         let (status, rows) =
             sp.admin_call("GET", &format!("/api/v1/admin/audit?invite_id={id}"), None);
         assert_eq!(status, 200, "{rows}");
-        let kinds: Vec<&str> = rows
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["kind"].as_str().unwrap())
-            .collect();
         assert_eq!(
-            kinds,
+            strings_at(&rows, "kind"),
             [
                 "invite.revoked",
                 "invite.rejected",

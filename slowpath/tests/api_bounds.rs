@@ -319,6 +319,25 @@ fn stalled_headers_and_bodies_are_cut_off() {
     });
 }
 
+/// `s` (a new connection) is closed at once without an answer, as one past
+/// a connection cap is; `what` names it.
+fn assert_turned_away(mut s: TcpStream, what: String) {
+    let ending = read_until_closed(&mut s, Duration::from_secs(3));
+    assert_eq!(
+        ending,
+        Ending::Closed(String::new()),
+        "{what} was not refused"
+    );
+}
+
+/// `s` is served: /healthz answers 200 on it (kept alive) within 5 s.
+fn assert_healthy(s: &mut TcpStream) {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (status, _) = read_response(s, Duration::from_secs(5)).expect("no answer");
+    assert_eq!(status, 200);
+}
+
 /// One address gets at most its cap of connections; the next is closed at
 /// once, while another address is still served.
 #[test]
@@ -330,36 +349,20 @@ fn one_address_cannot_take_more_than_its_share_of_connections() {
     let mut held: Vec<TcpStream> = (0..limits.max_connections_per_ip)
         .map(|_| connect_from(greedy, port))
         .collect();
-    let mut extra = connect_from(greedy, port);
-    let ending = read_until_closed(&mut extra, Duration::from_secs(3));
-    assert_eq!(
-        ending,
-        Ending::Closed(String::new()),
-        "connection {} from one address was not refused",
-        limits.max_connections_per_ip + 1
+    assert_turned_away(
+        connect_from(greedy, port),
+        format!(
+            "connection {} from one address",
+            limits.max_connections_per_ip + 1
+        ),
     );
     // Another address is served, and so are the greedy one's admitted ones.
-    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 42), port);
-    other
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let (status, _) = read_response(&mut other, Duration::from_secs(5)).expect("no answer");
-    assert_eq!(status, 200);
-    let first = &mut held[0];
-    first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let (status, _) = read_response(first, Duration::from_secs(5)).expect("no answer");
-    assert_eq!(status, 200);
+    assert_healthy(&mut connect_from(Ipv4Addr::new(127, 0, 0, 42), port));
+    assert_healthy(&mut held[0]);
     // Once they close, the address is welcome again.
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    let mut again = connect_from(greedy, port);
-    again
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let (status, _) = read_response(&mut again, Duration::from_secs(5)).expect("no answer");
-    assert_eq!(status, 200);
+    assert_healthy(&mut connect_from(greedy, port));
 }
 
 /// All addresses together get at most the total cap; past it a new
@@ -390,13 +393,9 @@ fn all_addresses_together_cannot_pass_the_total_cap() {
         let (status, _) = read_response(s, Duration::from_secs(30)).expect("no answer");
         assert_eq!(status, 200);
     }
-    let mut extra = connect_from(Ipv4Addr::new(127, 0, 0, 251), port);
-    let ending = read_until_closed(&mut extra, Duration::from_secs(3));
-    assert_eq!(
-        ending,
-        Ending::Closed(String::new()),
-        "connection {} was not refused",
-        limits.max_connections + 1
+    assert_turned_away(
+        connect_from(Ipv4Addr::new(127, 0, 0, 251), port),
+        format!("connection {}", limits.max_connections + 1),
     );
     drop(held);
     std::thread::sleep(Duration::from_millis(500));

@@ -20,9 +20,8 @@ fn config(endpoints: &[String], extra: &str) -> EtcdConfig {
         "bindPort = 7000\n[etcd]\nendpoints = [{}]\nregion = \"chengdu\"\ndialTimeout = 2\n{extra}",
         list.join(", ")
     );
-    EtcdConfig::from_toml(&toml::from_str(&text).unwrap())
-        .unwrap()
-        .unwrap()
+    let (file, unknown) = proto::config::Config::from_toml(&text).unwrap();
+    EtcdConfig::from_config(&file, &unknown).unwrap().unwrap()
 }
 
 /// The source, with every map it hands over arriving on a channel.

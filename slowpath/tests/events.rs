@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use harness::ring::Producer;
 use harness::{each_backend, Slowpath};
 use proto::events::Event;
-use proto::policy::InviteId;
+use proto::policy::{InviteId, RefusalKind};
 
 fn wait_for(
     sp: &Slowpath,
@@ -48,6 +48,7 @@ fn ring_events_reach_audit_and_stats() {
             proxy: "ssh".into(),
             proxy_type: "tcp".into(),
             reason: "port 9999 is not in the invite's pool".into(),
+            refusal: Some(RefusalKind::PortNotAllowed),
         });
         producer.push(Event::Traffic {
             run_id: "run1".into(),
@@ -71,6 +72,10 @@ fn ring_events_reach_audit_and_stats() {
         };
         let rejected = kind("proxy.rejected");
         assert_eq!(rejected["reason"], "port 9999 is not in the invite's pool");
+        assert_eq!(
+            rejected["detail"]["refusal"], "port_not_allowed",
+            "{rejected}"
+        );
         let open = kind("session.open");
         assert_eq!(open["run_id"], "run1");
         assert_eq!(open["node_id"], sp.local_node.as_str());
@@ -80,6 +85,11 @@ fn ring_events_reach_audit_and_stats() {
         assert_eq!(stats["traffic"]["bytes_in"], 100);
         assert_eq!(stats["sessions_open"], 1);
         assert_eq!(stats["workers"][0]["applied_generation"], 42);
+        assert_eq!(
+            stats["events"]["refusals"],
+            serde_json::json!({ "port_not_allowed": 1 }),
+            "refusals are counted by kind"
+        );
 
         // A restarted fastpath makes a new ring file (new inode): it is remapped.
         drop(producer);
@@ -89,6 +99,7 @@ fn ring_events_reach_audit_and_stats() {
             run_id: "run1".into(),
             invite,
             reason: "client closed".into(),
+            refusal: None,
         });
         wait_for(&sp, "/api/v1/admin/stats", |v| v["sessions_open"] == 0);
 
@@ -121,7 +132,7 @@ fn events_read_but_not_committed_survive_a_slowpath_crash() {
         let mut sp = Slowpath::start(&b, &[]);
         let producer = Producer::create(&sp.shm.join("events-0.ring"));
         let url = match &b {
-            harness::Backend::Sqlite => slowpath::db::sqlite_url(&sp.dir),
+            harness::Backend::Sqlite => slowpath::store::db::sqlite_url(&sp.dir),
             harness::Backend::Postgres(_) => sp.database_url().unwrap(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{each_backend, instance_fastpath, Backend, Slowpath};
+use harness::{each_backend, instance_fastpath, wait_until, Backend, Slowpath};
 use serde_json::json;
 
 const ATTACKER: &str = "totoro-attacker";
@@ -113,14 +113,6 @@ fn scratch(tag: &str) -> PathBuf {
     p
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Finding 1: nothing Totoro writes can be read by another local user, and
 /// the database holds no private signing key.
 #[test]
@@ -174,7 +166,7 @@ fn secrets_policy_and_shared_memory_are_owner_only() {
         // A backup or a read-only role of the database cannot mint tickets:
         // it holds public keys only.
         let url = match &b {
-            Backend::Sqlite => slowpath::db::sqlite_url(dir),
+            Backend::Sqlite => slowpath::store::db::sqlite_url(dir),
             Backend::Postgres(_) => sp.database_url().unwrap(),
         };
         let private = harness::query_strings(&url, "SELECT pkcs8 FROM signing_keys");
@@ -366,7 +358,8 @@ fn no_signal_goes_to_a_pid_read_from_a_file() {
     });
     let fp = instance_fastpath(&shm).unwrap();
     assert_ne!(fp as u32, bystander.id());
-    // SAFETY: signalling our own child.
+    // SAFETY: kill(2) touches no memory of ours; `up` is our child, not
+    // waited for yet, so its pid is still its.
     unsafe {
         libc::kill(up.id() as i32, libc::SIGTERM);
     }
@@ -395,19 +388,23 @@ fn a_second_slowpath_cannot_take_a_live_instance() {
         let fastpath = instance_fastpath(&first.shm);
         let table = std::fs::read(first.shm.join("policy.tbl")).unwrap();
         let data = scratch("second");
-        let port = bench::proc::free_port().to_string();
+        let listen = format!("127.0.0.1:{}", bench::proc::free_port());
         let frp = bench::proc::free_port().to_string();
-        let (code, err) = run_to_exit(&[
-            "up",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--shm-dir",
-            first.shm.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--frp-port",
-            &frp,
-        ]);
+        // `mode` on a data directory of its own, for the first one's instance.
+        let second = |mode: &str, more: &[&str]| {
+            let mut args = vec![
+                mode,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--shm-dir",
+                first.shm.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ];
+            args.extend_from_slice(more);
+            run_to_exit(&args)
+        };
+        let (code, err) = second("up", &["--frp-port", &frp]);
         assert!(code.is_some_and(|c| c != 0), "second up: {code:?} {err}");
         let first_dir = first.dir.canonicalize().unwrap();
         assert!(
@@ -424,15 +421,7 @@ fn a_second_slowpath_cannot_take_a_live_instance() {
         let (status, _) = first.admin_call("GET", "/api/v1/admin/stats", None);
         assert_eq!(status, 200);
         // `serve` is refused the same way.
-        let (code, err) = run_to_exit(&[
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--shm-dir",
-            first.shm.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]);
+        let (code, err) = second("serve", &[]);
         assert!(code.is_some_and(|c| c != 0), "second serve: {code:?} {err}");
         assert!(err.contains("already served"), "{err}");
         assert!(!data.exists());
@@ -459,13 +448,15 @@ fn changes_the_fastpath_does_not_apply_fail_with_503() {
         assert_eq!(status, 201, "{inv}");
         let id = inv["id"].as_str().unwrap().to_owned();
         let fp = instance_fastpath(&sp.shm).unwrap();
-        // SAFETY: stopping (then continuing) the test's own grandchild.
+        // SAFETY: kill(2) touches no memory of ours; `fp` is the test's own
+        // grandchild, which the kernel just named as the lock's holder.
         unsafe {
             libc::kill(fp, libc::SIGSTOP);
         }
         let (status, body) =
             sp.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
-        // SAFETY: as above.
+        // SAFETY: as above; stopped since, it cannot have exited, so the
+        // pid is still its.
         unsafe {
             libc::kill(fp, libc::SIGCONT);
         }

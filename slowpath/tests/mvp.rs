@@ -16,21 +16,8 @@ use std::time::{Duration, Instant};
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
 use harness::{each_backend, Backend, Slowpath};
-use harness::{echo, login};
+use harness::{echo, login, ticket_opts};
 use serde_json::{json, Value};
-
-/// Options for a client that follows a resolved frpc.toml.
-fn ticket_opts(sp: &Slowpath, resolved: &Value) -> ClientOpts {
-    let toml_text = resolved["frpc_toml"].as_str().unwrap();
-    let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses as TOML");
-    let token = cfg["auth"]["token"].as_str().unwrap();
-    let ticket = cfg["metadatas"]["ticket"].as_str().unwrap();
-    assert_eq!(ticket, resolved["connection_ticket"].as_str().unwrap());
-    assert_eq!(cfg["serverPort"].as_integer().unwrap() as u16, sp.frp_port);
-    let mut o = ClientOpts::new(sp.frp_addr(), token);
-    o.metas.insert("ticket".into(), ticket.into());
-    o
-}
 
 /// The refusal reason of a login that must fail.
 fn refusal(o: &ClientOpts) -> String {
@@ -123,16 +110,11 @@ fn mvp(backend: Backend) {
     );
     assert_eq!(st, 200, "{v}");
     let inv_pool = format!("{}-{}", base, base + 4);
-    let (st, inv) = sp.admin_call(
-        "POST",
-        &format!("/api/v1/admin/nodes/{node}/invites"),
-        Some(json!({
-            "max_uses": 5,
-            "ttl_s": 3600,
-            "scope": { "proxy_types": ["tcp"], "port_pool": inv_pool, "max_conns": 2, "max_proxies": 2 },
-        })),
-    );
-    assert_eq!(st, 201, "{inv}");
+    let inv = sp.admin_invite(json!({
+        "max_uses": 5,
+        "ttl_s": 3600,
+        "scope": { "proxy_types": ["tcp"], "port_pool": inv_pool, "max_conns": 2, "max_proxies": 2 },
+    }));
     let code = inv["code"].as_str().unwrap().to_owned();
     let invite_id = inv["id"].as_str().unwrap().to_owned();
     let (st, resolved) = sp.resolve(&code);
@@ -218,12 +200,9 @@ fn mvp(backend: Backend) {
 
     // 5. Kill the slowpath while a tunnel carries data: the data plane goes
     //    on, and a still-valid ticket still logs in.
-    let (st, inv2) = sp.admin_call(
-        "POST",
-        &format!("/api/v1/admin/nodes/{node}/invites"),
-        Some(json!({ "max_uses": 1, "scope": { "port_pool": format!("{}-{}", base + 5, base + 9) } })),
+    let inv2 = sp.admin_invite(
+        json!({ "max_uses": 1, "scope": { "port_pool": format!("{}-{}", base + 5, base + 9) } }),
     );
-    assert_eq!(st, 201, "{inv2}");
     let (st, res2) = sp.resolve(inv2["code"].as_str().unwrap());
     assert_eq!(st, 200, "{res2}");
     let opts2 = ticket_opts(&sp, &res2);

@@ -56,6 +56,10 @@ fn node(dir: &Path, region: &str, etcd: &Etcd, report_url: &str) -> Node {
     Node { sp, frp }
 }
 
+/// How soon a disabled or deleted token's sessions and transfers must end:
+/// "at once".
+const AT_ONCE: Duration = Duration::from_secs(1);
+
 fn opts(n: &Node, token: &str) -> ClientOpts {
     ClientOpts::new(n.frp, token)
 }
@@ -104,13 +108,16 @@ fn etcdctl_put(etcd: &Etcd, key: &str, value: &str) {
     }
 }
 
-fn record(token: &str, region: &str, ports: Value, max_ports: u32, extra: Value) -> String {
+/// Puts `token`'s record at `/frp/tokens/<token>` as the seed writes one:
+/// `extra` adds fields (allowPorts, maxPortsPerClient, a quota) or
+/// overrides them.
+fn put_token(etcd: &Etcd, token: &str, region: &str, extra: Value) {
     let mut v = json!({
         "token": token,
         "region": region,
-        "allowPorts": ports,
+        "allowPorts": [],
         "bandwidthLimit": "10MB",
-        "maxPortsPerClient": max_ports,
+        "maxPortsPerClient": 0,
         "enabled": true,
         "description": format!("{token} test tenant"),
     });
@@ -119,7 +126,7 @@ fn record(token: &str, region: &str, ports: Value, max_ports: u32, extra: Value)
             o.insert(k.clone(), x.clone());
         }
     }
-    v.to_string()
+    etcdctl_put(etcd, &format!("/frp/tokens/{token}"), &v.to_string());
 }
 
 fn stats(n: &Node) -> Value {
@@ -170,27 +177,17 @@ fn seed_002_usage_example_and_every_refusal() {
     // 2. Tokens, as the seed puts them (ports moved to free ranges).
     let cd = free_base();
     let sh = cd + 200;
-    etcdctl_put(
+    put_token(
         &etcd,
-        "/frp/tokens/user1_chengdu",
-        &record(
-            "user1_chengdu",
-            "chengdu",
-            json!([{"single": cd}, {"start": cd + 10, "end": cd + 110}]),
-            5,
-            json!({}),
-        ),
+        "user1_chengdu",
+        "chengdu",
+        json!({"allowPorts": [{"single": cd}, {"start": cd + 10, "end": cd + 110}], "maxPortsPerClient": 5}),
     );
-    etcdctl_put(
+    put_token(
         &etcd,
-        "/frp/tokens/user1_shanghai",
-        &record(
-            "user1_shanghai",
-            "shanghai",
-            json!([{"start": sh, "end": sh + 100}]),
-            3,
-            json!({}),
-        ),
+        "user1_shanghai",
+        "shanghai",
+        json!({"allowPorts": [{"start": sh, "end": sh + 100}], "maxPortsPerClient": 3}),
     );
 
     // 3-4. Two nodes, one per region.
@@ -204,14 +201,17 @@ fn seed_002_usage_example_and_every_refusal() {
         .expect("remotePort in allowPorts");
     assert_eq!(port, cd);
     echo(port, 256 * 1024);
+    // Shanghai's own tenant first: once it logs in, that node has etcd's
+    // tenants, so the next refusal is about the region, not a token that
+    // the node has not heard of yet (a slow start failed it that way).
+    let (c2, _) = login_within(&shanghai, "user1_shanghai", Duration::from_secs(10));
+    c2.add_plain_proxy("web", sh + 1, echo_srv.addr())
+        .expect("shanghai port");
     let r = refused(Client::login(opts(&shanghai, "user1_chengdu")));
     assert!(
         r.contains("region") && r.contains("chengdu") && r.contains("shanghai"),
         "{r}"
     );
-    let (c2, _) = login_within(&shanghai, "user1_shanghai", Duration::from_secs(10));
-    c2.add_plain_proxy("web", sh + 1, echo_srv.addr())
-        .expect("shanghai port");
     let r = refused(Client::login(opts(&chengdu, "user1_shanghai")));
     assert!(r.contains("region"), "{r}");
     let r = refused(Client::login(opts(&chengdu, "no_such_token")));
@@ -233,16 +233,11 @@ fn seed_002_usage_example_and_every_refusal() {
 
     // Live updates: a new token works at once.
     let t0 = Instant::now();
-    etcdctl_put(
+    put_token(
         &etcd,
-        "/frp/tokens/user2_chengdu",
-        &record(
-            "user2_chengdu",
-            "chengdu",
-            json!([]),
-            0,
-            json!({"trafficReportIntervalMB": 1}),
-        ),
+        "user2_chengdu",
+        "chengdu",
+        json!({"trafficReportIntervalMB": 1}),
     );
     let (c3, took) = login_within(&chengdu, "user2_chengdu", Duration::from_secs(2));
     eprintln!(
@@ -251,16 +246,11 @@ fn seed_002_usage_example_and_every_refusal() {
     );
 
     // A changed token applies to the next proxies; the live one stays.
-    etcdctl_put(
+    put_token(
         &etcd,
-        "/frp/tokens/user1_shanghai",
-        &record(
-            "user1_shanghai",
-            "shanghai",
-            json!([{"single": sh + 300}]),
-            3,
-            json!({}),
-        ),
+        "user1_shanghai",
+        "shanghai",
+        json!({"allowPorts": [{"single": sh + 300}], "maxPortsPerClient": 3}),
     );
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -312,23 +302,8 @@ fn seed_002_usage_example_and_every_refusal() {
 
     // Disabled: live sessions end at once, new logins are refused.
     let t0 = Instant::now();
-    etcdctl_put(
-        &etcd,
-        "/frp/tokens/user2_chengdu",
-        &record(
-            "user2_chengdu",
-            "chengdu",
-            json!([]),
-            0,
-            json!({"enabled": false}),
-        ),
-    );
-    let took = wait_closed(
-        &c3,
-        t0,
-        Duration::from_secs(1),
-        "disabled token's session survived",
-    );
+    put_token(&etcd, "user2_chengdu", "chengdu", json!({"enabled": false}));
+    let took = wait_closed(&c3, t0, AT_ONCE, "disabled token's session survived");
     eprintln!("disabled: session closed {took:?} after the put");
     let r = refused(Client::login(opts(&chengdu, "user2_chengdu")));
     assert!(r.contains("disabled"), "{r}");
@@ -352,16 +327,8 @@ fn seed_002_usage_example_and_every_refusal() {
     let t0 = Instant::now();
     etcd.delete("/frp/tokens/user1_chengdu");
     let took = ended.join().unwrap().saturating_duration_since(t0);
-    assert!(
-        took < Duration::from_secs(1),
-        "transfer went on {took:?} after the delete"
-    );
-    wait_closed(
-        &c1,
-        t0,
-        Duration::from_secs(1),
-        "deleted token's session survived",
-    );
+    assert!(took < AT_ONCE, "transfer went on {took:?} after the delete");
+    wait_closed(&c1, t0, AT_ONCE, "deleted token's session survived");
     eprintln!(
         "deleted: transfer ended {took:?}, session closed {:?} after the delete",
         t0.elapsed()
@@ -369,16 +336,11 @@ fn seed_002_usage_example_and_every_refusal() {
     refused(Client::login(opts(&chengdu, "user1_chengdu")));
 
     // A quota that closes: 1 MB a day.
-    etcdctl_put(
+    put_token(
         &etcd,
-        "/frp/tokens/user3_chengdu",
-        &record(
-            "user3_chengdu",
-            "chengdu",
-            json!([]),
-            0,
-            json!({"trafficQuota": "1MB", "quotaPeriod": "day", "overQuota": "close"}),
-        ),
+        "user3_chengdu",
+        "chengdu",
+        json!({"trafficQuota": "1MB", "quotaPeriod": "day", "overQuota": "close"}),
     );
     let (c4, _) = login_within(&chengdu, "user3_chengdu", Duration::from_secs(2));
     let p4 = c4.add_plain_proxy("q", 0, echo_srv.addr()).unwrap();

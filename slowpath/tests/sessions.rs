@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
-use harness::{echo, login};
+use harness::{echo, login, ticket_opts, wait_within};
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -22,6 +22,13 @@ fn refusal(o: &ClientOpts) -> String {
         Ok(c) => panic!("login accepted (run_id {})", c.run_id()),
         Err(r) => r,
     }
+}
+
+/// The invite behind `o` holds one session, all its max_conns of 1 allow:
+/// another login is refused, saying so.
+fn assert_one_session(o: &ClientOpts) {
+    let r = refusal(o);
+    assert!(r.contains("has 1 of its 1"), "{r}");
 }
 
 /// A node that is private, serves tcp from a pool of ports free a moment
@@ -47,27 +54,40 @@ fn private_node() -> Slowpath {
 /// A new invite with `max_conns`; returns its id and frpc options that
 /// carry its ticket.
 fn invite(sp: &Slowpath, max_conns: u32) -> (String, ClientOpts) {
-    let (st, inv) = sp.admin_call(
-        "POST",
-        &format!("/api/v1/admin/nodes/{}/invites", sp.local_node),
-        Some(json!({
-            "max_uses": 5,
-            "ttl_s": 3600,
-            "scope": { "proxy_types": ["tcp"], "max_conns": max_conns, "max_proxies": 5 },
-        })),
-    );
-    assert_eq!(st, 201, "{inv}");
+    let inv = sp.admin_invite(json!({
+        "max_uses": 5,
+        "ttl_s": 3600,
+        "scope": { "proxy_types": ["tcp"], "max_conns": max_conns, "max_proxies": 5 },
+    }));
     let (st, resolved) = sp.resolve(inv["code"].as_str().unwrap());
     assert_eq!(st, 200, "{resolved}");
-    let toml_text = resolved["frpc_toml"].as_str().unwrap();
-    let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses");
-    let mut o = ClientOpts::new(sp.frp_addr(), cfg["auth"]["token"].as_str().unwrap());
-    o.metas.insert(
-        "ticket".into(),
-        resolved["connection_ticket"].as_str().unwrap().into(),
-    );
+    let mut o = ticket_opts(sp, &resolved);
     o.heartbeat = Some(Duration::from_millis(200));
     (inv["id"].as_str().unwrap().to_owned(), o)
+}
+
+/// `old`'s owner logs in again (`opts`) under `old`'s run_id: the same
+/// run_id, and the new session replaces `old` within 3 s.
+fn reconnect(old: &Client, opts: &ClientOpts) -> Client {
+    let mut again = opts.clone();
+    again.run_id = old.run_id().to_owned();
+    let new = login(&again).expect("a reconnect under its own run_id");
+    assert_eq!(new.run_id(), old.run_id());
+    wait_within(
+        Duration::from_secs(3),
+        "the old session to be replaced",
+        || old.is_closed(),
+    );
+    new
+}
+
+/// A, the owner: a session of a new max_conns 1 invite with a proxy named
+/// `proxy` to `echo_srv`; its options, the client and the proxy's port.
+fn owner(sp: &Slowpath, echo_srv: &Echo, proxy: &str) -> (ClientOpts, Client, u16) {
+    let (_, o) = invite(sp, 1);
+    let c = first_login(&o);
+    let port = c.add_plain_proxy(proxy, 0, echo_srv.addr()).unwrap();
+    (o, c, port)
 }
 
 /// The first login once the fastpath has a table with the invite in it.
@@ -130,13 +150,11 @@ fn still_serving(c: &Client, port: u16) {
 fn another_invites_run_id_never_takes_over_its_session() {
     let sp = private_node();
     let echo_srv = Echo::echo().unwrap();
-    let (_, a_opts) = invite(&sp, 1);
+    let (a_opts, a, a_port) = owner(&sp, &echo_srv, "a-web");
+    echo(a_port, 64 << 10);
     let (b_id, b_opts) = invite(&sp, 1);
     let (_, c_opts) = invite(&sp, 0);
 
-    let a = first_login(&a_opts);
-    let a_port = a.add_plain_proxy("a-web", 0, echo_srv.addr()).unwrap();
-    echo(a_port, 64 << 10);
     let b = first_login(&b_opts);
     assert_ne!(a.run_id(), b.run_id());
 
@@ -149,8 +167,7 @@ fn another_invites_run_id_never_takes_over_its_session() {
     std::thread::sleep(Duration::from_millis(300));
     still_serving(&a, a_port);
     // B still counts one session, not two.
-    let r = refusal(&b_opts);
-    assert!(r.contains("has 1 of its 1"), "{r}");
+    assert_one_session(&b_opts);
     assert!(!b.is_closed());
     wait_auth_failed(&sp, &format!("invite {b_id} already has 1 of its 1"));
 
@@ -165,35 +182,20 @@ fn another_invites_run_id_never_takes_over_its_session() {
     std::thread::sleep(Duration::from_millis(300));
     still_serving(&a, a_port);
     // A's max_conns of 1 is still A's: one session.
-    let r = refusal(&a_opts);
-    assert!(r.contains("has 1 of its 1"), "{r}");
+    assert_one_session(&a_opts);
 }
 
 #[test]
 fn the_owner_reconnects_with_its_run_id_and_replaces_the_old_session() {
     let sp = private_node();
     let echo_srv = Echo::echo().unwrap();
-    let (_, a_opts) = invite(&sp, 1);
-    let a = first_login(&a_opts);
-    a.add_plain_proxy("a-old", 0, echo_srv.addr()).unwrap();
+    let (a_opts, a, _) = owner(&sp, &echo_srv, "a-old");
 
-    let mut again = a_opts.clone();
-    again.run_id = a.run_id().to_owned();
-    let a2 = login(&again).expect("reconnect under max_conns 1");
-    assert_eq!(a2.run_id(), a.run_id());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !a.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the old session was not replaced"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let a2 = reconnect(&a, &a_opts);
     let port = a2.add_plain_proxy("a-new", 0, echo_srv.addr()).unwrap();
     still_serving(&a2, port);
     // Still one session on the invite.
-    let r = refusal(&a_opts);
-    assert!(r.contains("has 1 of its 1"), "{r}");
+    assert_one_session(&a_opts);
 }
 
 #[test]
@@ -267,28 +269,15 @@ fn tenant_tokens_own_their_run_ids_too() {
     still_serving(&one, port);
 
     // The tenant itself reconnects under its run_id.
-    let mut again = tenant("tenant_one");
-    again.run_id = one.run_id().to_owned();
-    let one2 = login(&again).expect("tenant reconnect");
-    assert_eq!(one2.run_id(), one.run_id());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !one.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the old session was not replaced"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    reconnect(&one, &tenant("tenant_one"));
 }
 
 #[test]
 fn racing_logins_with_a_stolen_run_id_stay_within_max_conns() {
     let sp = private_node();
     let echo_srv = Echo::echo().unwrap();
-    let (_, a_opts) = invite(&sp, 1);
+    let (_, a, port) = owner(&sp, &echo_srv, "a-web");
     let (_, d_opts) = invite(&sp, 2);
-    let a = first_login(&a_opts);
-    let port = a.add_plain_proxy("a-web", 0, echo_srv.addr()).unwrap();
     // D's invite is in force before the race, and its slots are free.
     let probe = first_login(&d_opts);
     let probe_id = probe.run_id().to_owned();

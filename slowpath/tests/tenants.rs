@@ -3,7 +3,7 @@
 
 mod harness;
 
-use harness::{each_backend, Slowpath};
+use harness::{each_backend, strings_at, Slowpath};
 use serde_json::{json, Value};
 
 /// The seed's record for `user1_chengdu`.
@@ -62,13 +62,10 @@ fn create_list_get_replace_delete() {
 
         let (status, list) = sp.admin_call("GET", "/api/v1/tenants", None);
         assert_eq!(status, 200);
-        let tokens: Vec<&str> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["token"].as_str().unwrap())
-            .collect();
-        assert_eq!(tokens, ["user1_chengdu", "user1_shanghai"]);
+        assert_eq!(
+            strings_at(&list, "token"),
+            ["user1_chengdu", "user1_shanghai"]
+        );
 
         let (status, got) = sp.admin_call("GET", "/api/v1/tenants/user1_chengdu", None);
         assert_eq!((status, &got), (200, &want));

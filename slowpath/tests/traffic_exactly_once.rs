@@ -296,6 +296,13 @@ impl Download {
         Download { read, t }
     }
 
+    /// A visitor of a new proxy of `c` named `proxy` whose backend is a
+    /// [`source`] of [`DOWNLOAD`] bytes (`pace` as there).
+    fn through(c: &Client, proxy: &str, pace: Option<usize>) -> Download {
+        let port = c.add_plain_proxy(proxy, 0, source(DOWNLOAD, pace)).unwrap();
+        Download::start(port)
+    }
+
     /// Waits until the visitor has read `n` bytes.
     fn wait_for(&self, n: u64) {
         let t0 = Instant::now();
@@ -467,16 +474,14 @@ fn client_killed(b: Backend) {
     };
     let token = "t19_killed";
     n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
-    // Paced below the limit: what frpc has not sent when its connection
-    // goes is not buffered on the node already.
-    let src = source(DOWNLOAD, Some(8 << 10));
     // The forwarder carries one connection: log in directly first, until
     // the node has the tenant.
     n.login(ClientOpts::new(n.frp, token)).kill();
     let fwd = Resetter::start(n.frp);
     let c = Client::login(ClientOpts::new(fwd.addr, token)).unwrap();
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    // Paced below the limit: what frpc has not sent when its connection
+    // goes is not buffered on the node already.
+    let dl = Download::through(&c, "dl", Some(8 << 10));
     dl.wait_for(3 << 19);
     fwd.reset();
     let got = dl.finish();
@@ -497,12 +502,10 @@ fn heartbeat_lapses(b: Backend) {
     };
     let token = "t19_heartbeat";
     n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
-    let src = source(DOWNLOAD, None);
     let mut o = ClientOpts::new(n.frp, token);
     o.heartbeat = Some(Duration::from_millis(200));
     let c = n.login(o);
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "dl", None);
     dl.wait_for(1 << 19);
     assert!(!c.is_closed(), "a heartbeating session timed out");
     c.stop_heartbeat();
@@ -531,10 +534,8 @@ fn tenant_changes(b: Backend, name: &str, put: impl Fn(&Node, &str), change: imp
     };
     let token = name;
     put(&n, token);
-    let src = source(DOWNLOAD, None);
     let c = n.login(ClientOpts::new(n.frp, token));
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "dl", None);
     dl.wait_for(3 << 19);
     change(&n, token);
     let got = dl.finish();
@@ -618,10 +619,8 @@ fn quota_closes(b: Backend) {
         token,
         json!({"bandwidthLimit": "1MB", "trafficQuota": "1MB", "quotaPeriod": "day", "overQuota": "close"}),
     );
-    let src = source(DOWNLOAD, None);
     let c = n.login(ClientOpts::new(n.frp, token));
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "dl", None);
     let got = dl.finish();
     assert_cut_short(got);
     wait_closed(&c, "the over-quota session survived");
@@ -649,10 +648,8 @@ fn fastpath_stopped(b: Backend) {
     };
     let token = "t19_sigterm";
     n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
-    let src = source(DOWNLOAD, None);
     let c = n.login(ClientOpts::new(n.frp, token));
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "dl", None);
     dl.wait_for(3 << 19);
     let pid = n.signal_fastpath(libc::SIGTERM);
     let got = dl.finish();
@@ -681,10 +678,8 @@ fn fastpath_killed(b: Backend) {
     // Slow enough that a periodic sample leaves bytes pending (below the
     // 1 MB interval) before the kill.
     n.put_tenant(token, json!({"bandwidthLimit": "100KB"}));
-    let src = source(DOWNLOAD, None);
     let c = n.login(ClientOpts::new(n.frp, token));
-    let port = c.add_plain_proxy("dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "dl", None);
     let pending = n.wait_pending(token, Duration::from_secs(8));
     let before = n.reported(token, "dl");
     n.signal_fastpath(libc::SIGKILL);
@@ -746,24 +741,14 @@ fn invite_traffic(b: Backend) {
     );
     assert_eq!(st, 200, "{v}");
     let invite = |pool: (u16, u16)| -> (String, ClientOpts) {
-        let (st, inv) = sp.admin_call(
-            "POST",
-            &format!("/api/v1/admin/nodes/{node}/invites"),
-            Some(json!({
-                "max_uses": 5,
-                "ttl_s": 3600,
-                "scope": { "proxy_types": ["tcp"], "port_pool": format!("{}-{}", pool.0, pool.1) },
-            })),
-        );
-        assert_eq!(st, 201, "{inv}");
+        let inv = sp.admin_invite(json!({
+            "max_uses": 5,
+            "ttl_s": 3600,
+            "scope": { "proxy_types": ["tcp"], "port_pool": format!("{}-{}", pool.0, pool.1) },
+        }));
         let (st, resolved) = sp.resolve(inv["code"].as_str().unwrap());
         assert_eq!(st, 200, "{resolved}");
-        let cfg: toml::Table = toml::from_str(resolved["frpc_toml"].as_str().unwrap()).unwrap();
-        let mut o = ClientOpts::new(sp.frp_addr(), cfg["auth"]["token"].as_str().unwrap());
-        o.metas.insert(
-            "ticket".into(),
-            cfg["metadatas"]["ticket"].as_str().unwrap().into(),
-        );
+        let o = harness::ticket_opts(&sp, &resolved);
         (inv["id"].as_str().unwrap().to_owned(), o)
     };
     let login = |o: &ClientOpts| -> Client {
@@ -826,10 +811,8 @@ fn invite_traffic(b: Backend) {
 
     // The invite is revoked mid-transfer.
     let (second, o2) = invite((base + 10, base + 19));
-    let src = source(DOWNLOAD, Some(16 << 10));
     let c = login(&o2);
-    let port = c.add_plain_proxy("inv-dl", 0, src).unwrap();
-    let dl = Download::start(port);
+    let dl = Download::through(&c, "inv-dl", Some(16 << 10));
     dl.wait_for(3 << 19);
     let (st, v) = sp.admin_call(
         "POST",

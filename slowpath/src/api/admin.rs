@@ -11,12 +11,12 @@ use sqlx::Row as _;
 use super::auth;
 use super::error::{ApiError, JsonBody};
 use super::AppState;
-use crate::audit;
 use crate::clock::now_ms;
+use crate::domain::invites::{self, InviteInfo, NewInvite};
+use crate::domain::nodes::{self, NewNode, NodeInfo, NodePatch};
+use crate::domain::tenants::{self, Tenant, TenantInfo, SOURCE_DATABASE};
 use crate::error::Error;
-use crate::invites::{self, InviteInfo, NewInvite};
-use crate::nodes::{self, NewNode, NodeInfo, NodePatch};
-use crate::tenants::{self, Tenant, TenantInfo, SOURCE_DATABASE};
+use crate::telemetry::audit;
 
 /// `POST /api/v1/admin/nodes`.
 pub async fn create_node(
@@ -204,6 +204,7 @@ pub async fn stats(
             "undecodable": drain.undecodable,
             "unauthenticated": drain.unauthenticated,
             "flushed_without_close": drain.flushed_without_close,
+            "refusals": drain.refusals,
         },
         "workers": drain.workers,
         "policy": app.publisher.status(),

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::{Access, App, AppState};
 use crate::credentials::sha256_hex;
-use crate::nodes::{self, Node};
+use crate::domain::nodes::{self, Node};
 
 fn bearer<'a>(headers: &'a HeaderMap, what: &str) -> Result<&'a str, ApiError> {
     let value = headers

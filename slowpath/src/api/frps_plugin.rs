@@ -3,22 +3,28 @@
 //! `{"version","op","content"}` and gets `{"reject","reject_reason","unchange"}`.
 //!
 //! The node is `?node_id=` on the hook URL (frps `httpPlugins.path`), or the
-//! local node. Counting limits (max_conns, max_proxies) need session state
+//! local node. The verdicts come from the same decisions the fastpath makes
+//! ([`proto::policy::decide`]) over the node's and invite's rows instead of
+//! the table, so the answer and its words are the same. Counting limits
+//! (max_conns, max_proxies, max_proxies_per_session) need session state
 //! that these stateless hooks do not see; they are enforced by the fastpath
 //! only.
 
 use axum::extract::{Query, State};
 use axum::Json;
-use proto::ticket::{self, TicketError};
+use proto::policy::decide::{
+    self, Counts, InviteRules, NodeEntry, NodeRules, ProxyRequest, Scope, ServerRules,
+};
+use proto::policy::{ProxyTypes, Refusal};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::clock::now_ms;
+use crate::domain::invites::{self, Invite};
+use crate::domain::nodes::{self, Node};
+use crate::domain::tickets;
 use crate::error::Error;
-use crate::invites;
-use crate::nodes::{self, Node};
-use crate::tickets;
 
 /// A plugin request from frps.
 #[derive(Debug, Deserialize)]
@@ -73,39 +79,63 @@ async fn node_for(app: &AppState, q: &PluginQuery) -> Result<Node, Error> {
     nodes::get(&app.db, q.node_id.as_deref().unwrap_or(&app.local_node_id)).await
 }
 
+/// The ticket in a Login's `metas`, as the fastpath reads it.
 fn ticket_in(metas: Option<&serde_json::Value>) -> Option<&str> {
-    metas?.get("ticket")?.as_str().filter(|t| !t.is_empty())
+    metas?.get(decide::TICKET_META)?.as_str()
 }
 
-/// Verifies a ticket for `node` and returns its (usable) invite, or the reason.
-async fn check_ticket(
+/// A node row's rules, for the decisions.
+fn node_rules(node: &Node) -> NodeRules<'_> {
+    NodeRules {
+        node_id: &node.id,
+        region: &node.region,
+        public: node.public,
+        proxy_types: node.proxy_types,
+        port_pool: (&node.port_pool).into(),
+        max_proxies_per_session: node.max_proxies_per_session,
+    }
+}
+
+/// An invite row's rules, for the decisions.
+fn invite_rules(inv: &Invite) -> InviteRules<'_> {
+    InviteRules {
+        revoked: inv.revoked,
+        max_conns: inv.max_conns,
+        max_proxies: inv.max_proxies,
+        proxy_types: inv.proxy_types,
+        port_pool: (&inv.port_pool).into(),
+    }
+}
+
+/// A Login's way in, decided as the fastpath decides it from its table
+/// ([`decide::node_entry`], then [`decide::invite_entry`] for a ticket):
+/// None for the node token on a public node, the ticket's invite row
+/// otherwise.
+async fn entry(
     app: &AppState,
     node: &Node,
-    token: &str,
-) -> Result<Result<invites::Invite, String>, Error> {
-    let kid = match ticket::peek_kid(token) {
-        Ok(k) => k,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let keys = tickets::public_keys(&app.db).await?;
-    let Some(key) = keys.iter().find(|k| k.kid == kid) else {
-        return Ok(Err(TicketError::UnknownKey.to_string()));
-    };
-    let claims = match ticket::verify(token, &key.public_key) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(e.to_string())),
+    ticket: Option<&str>,
+) -> Result<Result<Option<Invite>, Refusal>, Error> {
+    let keys = match ticket {
+        Some(_) => tickets::public_keys(&app.db).await?,
+        None => Vec::new(),
     };
     let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
-    if let Err(e) = ticket::check(&claims, now_s, &node.id) {
-        return Ok(Err(e.to_string()));
-    }
-    match invites::get(&app.db, &claims.inv).await {
-        Ok(inv) if inv.revoked => Ok(Err("invite revoked".into())),
-        Ok(inv) if inv.node_id != node.id => Ok(Err(TicketError::WrongNode.to_string())),
-        Ok(inv) => Ok(Ok(inv)),
-        Err(Error::NotFound(_)) => Ok(Err("unknown invite".into())),
-        Err(e) => Err(e),
-    }
+    let entry = decide::node_entry(&node_rules(node), ticket, now_s, |kid| {
+        keys.iter().find(|k| k.kid == kid).map(|k| k.public_key)
+    });
+    let id = match entry {
+        Ok(NodeEntry::Public) => return Ok(Ok(None)),
+        Ok(NodeEntry::Ticket(id)) => id,
+        Err(r) => return Ok(Err(r)),
+    };
+    // The table holds the node's own invites only.
+    let invite = match invites::get(&app.db, &id.to_string()).await {
+        Ok(inv) if inv.node_id == node.id => Some(inv),
+        Ok(_) | Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(decide::invite_entry(id, invite.as_ref().map(invite_rules).as_ref()).map(|()| invite))
 }
 
 /// `POST /api/v1/frps/auth/handshake` (op Login).
@@ -121,16 +151,11 @@ pub async fn handshake(
         )));
     }
     let node = node_for(&app, &q).await?;
-    match ticket_in(req.content.get("metas")) {
-        Some(token) => match check_ticket(&app, &node, token).await? {
-            Ok(_) => Ok(allow()),
-            Err(reason) => Ok(reject(reason)),
-        },
-        None if node.public => Ok(allow()),
-        None => Ok(reject(
-            "this node is private: log in with a ticket from an invite",
-        )),
-    }
+    let ticket = ticket_in(req.content.get("metas"));
+    Ok(match entry(&app, &node, ticket).await? {
+        Ok(_) => allow(),
+        Err(r) => reject(r.detail),
+    })
 }
 
 /// `POST /api/v1/frps/auth/proxy` (op NewProxy).
@@ -150,39 +175,43 @@ pub async fn new_proxy(
     let proxy_type = content
         .get("proxy_type")
         .and_then(|v| v.as_str())
-        .unwrap_or("tcp");
+        .unwrap_or_default();
     let remote_port = content
         .get("remote_port")
-        .and_then(|v| v.as_u64())
+        .and_then(|v| v.as_i64())
         .unwrap_or(0);
-    let metas = content.get("user").and_then(|u| u.get("metas"));
-    let (types, pool) = match ticket_in(metas) {
-        Some(token) => match check_ticket(&app, &node, token).await? {
-            Ok(inv) => (
-                inv.proxy_types.intersect(node.proxy_types),
-                inv.port_pool.intersect(&node.port_pool),
-            ),
-            Err(reason) => return Ok(reject(reason)),
-        },
-        None if node.public => (node.proxy_types, node.port_pool.clone()),
-        None => {
-            return Ok(reject(
-                "this node is private: log in with a ticket from an invite",
-            ))
-        }
+    let remote_port = match decide::remote_port(remote_port) {
+        Ok(p) => p,
+        Err(r) => return Ok(reject(r.detail)),
     };
-    if !types.allows(proxy_type) {
-        return Ok(reject(format!(
-            "proxy type {proxy_type} is not allowed here (allowed: {types})"
-        )));
-    }
-    if matches!(proxy_type, "tcp" | "udp") && remote_port != 0 {
-        let inside = u16::try_from(remote_port).is_ok_and(|p| pool.contains(p));
-        if !inside {
-            return Ok(reject(format!(
-                "port {remote_port} is not in the allowed pool {pool}"
-            )));
-        }
-    }
-    Ok(allow())
+    let metas = content.get("user").and_then(|u| u.get("metas"));
+    let invite = match entry(&app, &node, ticket_in(metas)).await? {
+        Ok(invite) => invite,
+        Err(r) => return Ok(reject(r.detail)),
+    };
+    let node_rules = node_rules(&node);
+    let scope = match &invite {
+        None => Scope::Node { node: node_rules },
+        Some(inv) => Scope::Invite {
+            node: node_rules,
+            id: inv.id,
+            invite: Some(invite_rules(inv)),
+        },
+    };
+    // frps applies its own allowPorts and maxPortsPerClient and implements
+    // every type; the counts are the fastpath's to keep.
+    let decided = decide::proxy(
+        &ServerRules::default(),
+        &scope,
+        &ProxyRequest {
+            proxy_type,
+            remote_port,
+        },
+        &Counts::default(),
+        ProxyTypes::ALL,
+    );
+    Ok(match decided {
+        Ok(_) => allow(),
+        Err(r) => reject(r.detail),
+    })
 }

@@ -32,11 +32,11 @@ use axum::middleware::{self, Next};
 use axum::routing::MethodRouter;
 use axum::Router;
 
-use crate::db::Db;
-use crate::events_drain::DrainStatus;
-use crate::policy_publish::Publisher;
+use crate::domain::tickets::TicketSigner;
+use crate::policy::publish::Publisher;
 use crate::rate_limit::RateLimiter;
-use crate::tickets::TicketSigner;
+use crate::store::db::Db;
+use crate::telemetry::events_drain::DrainStatus;
 use error::ApiError;
 
 /// Everything handlers share.
@@ -64,9 +64,9 @@ pub struct TenantServices {
     /// The etcd source, when the node config has `[etcd]`.
     pub etcd: Option<crate::etcd::EtcdHandle>,
     /// Traffic report settings and sender status.
-    pub reports: Arc<crate::traffic_reports::ReportSettings>,
+    pub reports: Arc<crate::telemetry::traffic_reports::ReportSettings>,
     /// Quota usage and the over-quota set.
-    pub quotas: Arc<crate::quota::QuotaTracker>,
+    pub quotas: Arc<crate::domain::quota::QuotaTracker>,
 }
 
 impl TenantServices {

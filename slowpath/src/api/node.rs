@@ -7,8 +7,8 @@ use axum::Json;
 use super::auth;
 use super::error::{ApiError, JsonBody};
 use super::AppState;
-use crate::invites::{self, InviteInfo, NewInvite};
-use crate::nodes::{self, Heartbeat};
+use crate::domain::invites::{self, InviteInfo, NewInvite};
+use crate::domain::nodes::{self, Heartbeat};
 
 /// `POST /api/v1/nodes/heartbeat`.
 pub async fn heartbeat(

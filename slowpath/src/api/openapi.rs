@@ -5,8 +5,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::{Access, ROUTES};
-use crate::invites;
-use crate::tickets;
+use crate::domain::invites;
+use crate::domain::tickets;
 
 /// Builds the document.
 pub fn build() -> Value {

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::error::{ApiError, JsonBody};
 use super::AppState;
-use crate::invites::{self, Resolved};
-use crate::nodes::{self, NodeInfo};
+use crate::domain::invites::{self, Resolved};
+use crate::domain::nodes::{self, NodeInfo};
 
 /// `GET /healthz`: the process is alive (always 200); `etcd` says whether
 /// the tenant source is connected (null without one). While it is not,

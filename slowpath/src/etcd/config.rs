@@ -1,5 +1,7 @@
-//! The `[etcd]` table of an frps-style TOML (seed 002), read into
-//! [`EtcdConfig`]. Every error names its key (`etcd.endpoints[1]`,
+//! The `[etcd]` table of an frps-style TOML (seed 002), checked into
+//! [`EtcdConfig`]. The file is parsed once, by [`proto::config`] (which
+//! gives the keys their types and names the key of a wrong type); this
+//! checks the values. Every error names its key (`etcd.endpoints[1]`,
 //! `etcd.tls.certFile`); empty strings count as "not set", because the
 //! seed's sample configuration writes `username = ""` and `certFile = ""`.
 
@@ -7,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use toml::Value;
+use proto::config::{Config, EtcdSection, EtcdTlsSection};
 
 /// Key prefix of tenant records when `etcd.prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "/frp/tokens/";
@@ -63,48 +65,50 @@ pub struct EtcdTls {
 }
 
 impl EtcdConfig {
-    /// Reads `[etcd]` from a parsed TOML document; `Ok(None)` when the
-    /// document has no `[etcd]` table.
-    pub fn from_toml(root: &Value) -> Result<Option<EtcdConfig>, String> {
-        let Some(etcd) = root.get("etcd") else {
+    /// Checks the `[etcd]` table of a parsed config; `unknown` are the
+    /// unknown keys [`Config::from_toml`] found, of which those under
+    /// `etcd.` are errors (a misspelt key would silently change which
+    /// tenants this node serves). `Ok(None)` when there is no `[etcd]`.
+    pub fn from_config(config: &Config, unknown: &[String]) -> Result<Option<EtcdConfig>, String> {
+        let Some(etcd) = &config.etcd else {
             return Ok(None);
         };
-        let table = etcd.as_table().ok_or("etcd: must be a table ([etcd])")?;
-        refuse_unknown("etcd", table, KEYS)?;
-
-        let tls = match table.get("tls") {
+        refuse_unknown("etcd", unknown, KEYS)?;
+        let tls = match &etcd.tls {
             None => None,
-            Some(v) => read_tls(v)?,
+            Some(t) => {
+                refuse_unknown("etcd.tls", unknown, TLS_KEYS)?;
+                read_tls(t)?
+            }
         };
-        let endpoints = read_endpoints(table.get("endpoints"), tls.is_some())?;
+        Self::from_section(etcd, tls)
+    }
 
-        let region = optional_string(table, "etcd", "region")?
+    fn from_section(
+        etcd: &EtcdSection,
+        tls: Option<EtcdTls>,
+    ) -> Result<Option<EtcdConfig>, String> {
+        let endpoints = read_endpoints(etcd.endpoints.as_deref(), tls.is_some())?;
+
+        let region = set(&etcd.region)
             .ok_or("etcd.region: required, the region this node serves (e.g. \"chengdu\")")?;
         if region.trim() != region {
             return Err("etcd.region: no leading or trailing spaces".into());
         }
 
-        let prefix = match table.get("prefix") {
+        let prefix = match &etcd.prefix {
             None => DEFAULT_PREFIX.to_owned(),
-            Some(v) => {
-                let p = v.as_str().ok_or("etcd.prefix: must be a string")?;
-                if p.is_empty() {
-                    return Err(format!(
-                        "etcd.prefix: must not be empty (default {DEFAULT_PREFIX:?})"
-                    ));
-                }
-                p.to_owned()
+            Some(p) if p.is_empty() => {
+                return Err(format!(
+                    "etcd.prefix: must not be empty (default {DEFAULT_PREFIX:?})"
+                ))
             }
+            Some(p) => p.clone(),
         };
 
-        let dial_timeout = match table.get("dialTimeout") {
+        let dial_timeout = match etcd.dial_timeout {
             None => DEFAULT_DIAL_TIMEOUT,
-            Some(v) => {
-                let secs = match v {
-                    Value::Integer(i) => *i as f64,
-                    Value::Float(f) => *f,
-                    _ => return Err("etcd.dialTimeout: must be a number of seconds".into()),
-                };
+            Some(secs) => {
                 if !(secs > 0.0 && secs <= MAX_DIAL_TIMEOUT_S) {
                     return Err(format!(
                         "etcd.dialTimeout: {secs} is out of range (more than 0, at most {MAX_DIAL_TIMEOUT_S} seconds)"
@@ -114,7 +118,7 @@ impl EtcdConfig {
             }
         };
 
-        let traffic_report_url = optional_string(table, "etcd", "trafficReportUrl")?;
+        let traffic_report_url = set(&etcd.traffic_report_url);
         if let Some(url) = &traffic_report_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -123,8 +127,8 @@ impl EtcdConfig {
             }
         }
 
-        let username = optional_string(table, "etcd", "username")?;
-        let password = optional_string(table, "etcd", "password")?;
+        let username = set(&etcd.username);
+        let password = set(&etcd.password);
         if password.is_some() && username.is_none() {
             return Err("etcd.password: given without etcd.username".into());
         }
@@ -185,55 +189,40 @@ impl EtcdTls {
     }
 }
 
-/// Errors naming every key of `table` not in `known`.
-fn refuse_unknown(
-    path: &str,
-    table: &toml::map::Map<String, Value>,
-    known: &[&str],
-) -> Result<(), String> {
-    let unknown: Vec<String> = table
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .map(|k| format!("{path}.{k}"))
+/// Errors naming the unknown keys directly under `path` (`etcd.prefx`).
+fn refuse_unknown(path: &str, unknown: &[String], known: &[&str]) -> Result<(), String> {
+    let ours: Vec<&str> = unknown
+        .iter()
+        .filter(|k| {
+            k.strip_prefix(path)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| !rest.contains('.'))
+        })
+        .map(String::as_str)
         .collect();
-    if unknown.is_empty() {
+    if ours.is_empty() {
         Ok(())
     } else {
         Err(format!(
             "{}: unknown key{} (known: {})",
-            unknown.join(", "),
-            if unknown.len() == 1 { "" } else { "s" },
+            ours.join(", "),
+            if ours.len() == 1 { "" } else { "s" },
             known.join(", ")
         ))
     }
 }
 
 /// A string key; absent or empty = `None`.
-fn optional_string(
-    table: &toml::map::Map<String, Value>,
-    path: &str,
-    key: &str,
-) -> Result<Option<String>, String> {
-    match table.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("{path}.{key}: must be a string")),
-    }
+fn set(value: &Option<String>) -> Option<String> {
+    value.as_ref().filter(|s| !s.is_empty()).cloned()
 }
 
-fn read_tls(value: &Value) -> Result<Option<EtcdTls>, String> {
-    let table = value
-        .as_table()
-        .ok_or("etcd.tls: must be a table ([etcd.tls])")?;
-    refuse_unknown("etcd.tls", table, TLS_KEYS)?;
-    let file = |key: &str| -> Result<Option<PathBuf>, String> {
-        Ok(optional_string(table, "etcd.tls", key)?.map(PathBuf::from))
-    };
+fn read_tls(section: &EtcdTlsSection) -> Result<Option<EtcdTls>, String> {
+    let file = |v: &Option<String>| set(v).map(PathBuf::from);
     let tls = EtcdTls {
-        cert_file: file("certFile")?,
-        key_file: file("keyFile")?,
-        ca_file: file("caFile")?,
+        cert_file: file(&section.cert_file),
+        key_file: file(&section.key_file),
+        ca_file: file(&section.ca_file),
     };
     match (&tls.cert_file, &tls.key_file) {
         (Some(_), None) => return Err("etcd.tls.keyFile: required with etcd.tls.certFile".into()),
@@ -251,22 +240,15 @@ fn read_tls(value: &Value) -> Result<Option<EtcdTls>, String> {
     Ok(Some(tls))
 }
 
-fn read_endpoints(value: Option<&Value>, tls: bool) -> Result<Vec<String>, String> {
-    let list = value
-        .ok_or("etcd.endpoints: required, e.g. [\"127.0.0.1:2379\"]")?
-        .as_array()
-        .ok_or("etcd.endpoints: must be an array of \"host:port\" or URLs")?;
+fn read_endpoints(list: Option<&[String]>, tls: bool) -> Result<Vec<String>, String> {
+    let list = list.ok_or("etcd.endpoints: required, e.g. [\"127.0.0.1:2379\"]")?;
     if list.is_empty() {
         return Err("etcd.endpoints: must name at least one endpoint".into());
     }
     list.iter()
         .enumerate()
-        .map(|(i, v)| {
-            let key = format!("etcd.endpoints[{i}]");
-            let text = v
-                .as_str()
-                .ok_or_else(|| format!("{key}: must be a string"))?;
-            endpoint_url(text, tls).map_err(|e| format!("{key}: {text:?} {e}"))
+        .map(|(i, text)| {
+            endpoint_url(text, tls).map_err(|e| format!("etcd.endpoints[{i}]: {text:?} {e}"))
         })
         .collect()
 }
@@ -338,7 +320,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Option<EtcdConfig>, String> {
-        EtcdConfig::from_toml(&toml::from_str(text).unwrap())
+        let (config, unknown) = Config::from_toml(text).map_err(|e| e.to_string())?;
+        EtcdConfig::from_config(&config, &unknown)
     }
 
     fn err(text: &str) -> String {

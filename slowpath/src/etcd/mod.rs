@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::tenants::Tenant;
+use crate::domain::tenants::Tenant;
 pub use config::{EtcdConfig, EtcdTls};
 use gateway::{Gateway, GatewayError};
 pub use snapshot::SkippedKey;

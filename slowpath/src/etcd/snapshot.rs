@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::gateway::{Change, KeyValue, WatchBatch};
-use crate::tenants::Tenant;
+use crate::domain::tenants::Tenant;
 
 /// A key whose value was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

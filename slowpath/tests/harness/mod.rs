@@ -85,6 +85,28 @@ pub fn admin_sql(base: &str, sql: &str) {
     });
 }
 
+/// Drops the test database `name`, ending its sessions. PostgreSQL may
+/// refuse while an autovacuum worker is inside it (FORCE cannot end
+/// workers that belong to no role unless the caller has
+/// `pg_signal_backend`), so it tries again for a few seconds and then only
+/// warns: a leftover database must not fail the test that made it.
+pub fn drop_database(base: &str, name: &str) {
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    let mut last = String::new();
+    for _ in 0..50 {
+        let r = block_on(async {
+            use sqlx::Executor as _;
+            connect(base).await.execute(sql.as_str()).await.map(|_| ())
+        });
+        match r {
+            Ok(()) => return,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("warning: test database {name} left behind: {last}");
+}
+
 /// Sends `len` bytes through the echo tunnel at `port`, checks they come
 /// back intact, and returns the bytes moved (both directions).
 pub fn echo(port: u16, len: usize) -> u64 {
@@ -100,6 +122,44 @@ pub fn echo(port: u16, len: usize) -> u64 {
     t.join().unwrap();
     assert!(got == data, "echoed bytes differ");
     2 * len as u64
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` once `limit`
+/// has passed.
+pub fn wait_within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_within`] ten seconds.
+pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_within(Duration::from_secs(10), what, f)
+}
+
+/// The string `key` of every element of the JSON array `list`.
+pub fn strings_at<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|v| v[key].as_str().unwrap_or_else(|| panic!("no {key}: {v}")))
+        .collect()
+}
+
+/// Options for a client that follows a resolved invite's frpc.toml: its
+/// token, and its ticket (the one the response names) in the metas.
+pub fn ticket_opts(sp: &Slowpath, resolved: &Value) -> bench::client::ClientOpts {
+    let toml_text = resolved["frpc_toml"].as_str().unwrap();
+    let cfg: toml::Table = toml::from_str(toml_text).expect("frpc_toml parses as TOML");
+    let token = cfg["auth"]["token"].as_str().unwrap();
+    let ticket = cfg["metadatas"]["ticket"].as_str().unwrap();
+    assert_eq!(ticket, resolved["connection_ticket"].as_str().unwrap());
+    assert_eq!(cfg["serverPort"].as_integer().unwrap() as u16, sp.frp_port);
+    let mut o = bench::client::ClientOpts::new(sp.frp_addr(), token);
+    o.metas.insert("ticket".into(), ticket.into());
+    o
 }
 
 /// Log in with the in-repo frp client; a refusal comes back as its reason.
@@ -308,6 +368,15 @@ impl Slowpath {
         )
     }
 
+    /// Creates an invite for the local node with the admin key (`body` as
+    /// the API takes it); returns the invite, code included.
+    pub fn admin_invite(&self, body: Value) -> Value {
+        let path = format!("/api/v1/admin/nodes/{}/invites", self.local_node);
+        let (status, inv) = self.admin_call("POST", &path, Some(body));
+        assert_eq!(status, 201, "{inv}");
+        inv
+    }
+
     /// Resolves a code.
     pub fn resolve(&self, code: &str) -> (u16, Value) {
         let body = serde_json::json!({ "code": code }).to_string();
@@ -372,9 +441,7 @@ pub fn kill_instance_fastpath(shm: &std::path::Path) {
 /// The pid of the fastpath holding the instance lock in `shm` (from the
 /// kernel's lock table, not the file).
 pub fn instance_fastpath(shm: &std::path::Path) -> Option<i32> {
-    fastpath::shm::ShmDir::open(shm)
-        .ok()?
-        .holder(fastpath::shm::LOCK_FILE)
+    shm::ShmDir::open(shm).ok()?.holder(shm::LOCK_FILE)
 }
 
 impl Drop for Slowpath {
@@ -384,10 +451,7 @@ impl Drop for Slowpath {
         kill_instance_fastpath(&self.shm);
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((base, name)) = &self.pg {
-            admin_sql(
-                base,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
+            drop_database(base, name);
         }
     }
 }
@@ -431,10 +495,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((base, name)) = &self.pg {
-            admin_sql(
-                base,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
+            drop_database(base, name);
         }
     }
 }

@@ -13,8 +13,8 @@ use sqlx::Row as _;
 
 use crate::clock::{now_ms, rfc3339};
 use crate::credentials;
-use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::store::db::Db;
 
 /// A node is "online" when its last heartbeat is at most this old.
 pub const ONLINE_WINDOW_MS: i64 = 30_000;
@@ -396,9 +396,18 @@ pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
 
 /// Looks a node up by id.
 pub async fn get(db: &Db, id: &str) -> Result<Node> {
+    fetch(db, id).await
+}
+
+/// The node `id`, read through `exec` (the pool, or the transaction that
+/// goes on to change it).
+async fn fetch<'c, E>(exec: E, id: &str) -> Result<Node>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
         .bind(id)
-        .fetch_optional(db)
+        .fetch_optional(exec)
         .await?;
     match row {
         Some(row) => node_from_row(&row),
@@ -432,14 +441,7 @@ pub async fn list(db: &Db, public_only: bool) -> Result<Vec<Node>> {
 /// their scope and the data plane intersects both.
 pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
     let mut tx = db.begin().await?;
-    let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let mut node = match row {
-        Some(row) => node_from_row(&row)?,
-        None => return Err(Error::NotFound(format!("node {id} not found"))),
-    };
+    let mut node = fetch(&mut *tx, id).await?;
     if let Some(v) = patch.name {
         check_text("name", &v, 128)?;
         node.name = v.trim().to_owned();

@@ -2,13 +2,12 @@
 //! stops it on shutdown, and heartbeats the local node while it runs.
 
 use std::path::PathBuf;
-
-use fastpath::shm::InstanceDir;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slowpath::db::Db;
-use slowpath::nodes::{self, Heartbeat};
+use shm::InstanceDir;
+use slowpath::domain::nodes::{self, Heartbeat};
+use slowpath::store::db::Db;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -31,7 +30,7 @@ pub struct Fastpath {
 /// second one. The pid is the lock holder as the kernel reports it, never
 /// a number read from a file, so signalling it cannot hit a bystander.
 pub fn running_fastpath(shm: &InstanceDir) -> Option<i32> {
-    shm.dir.holder(fastpath::shm::LOCK_FILE)
+    shm.dir.holder(shm::LOCK_FILE)
 }
 
 impl Fastpath {
@@ -140,8 +139,15 @@ async fn adopt(
                 }
             }
             _ = stop.changed() => {
-                // SAFETY: signalling the pid that holds our instance lock.
-                unsafe { libc::kill(pid, libc::SIGTERM); }
+                // Only while it still holds the lock: the last tick is up to
+                // 500 ms old, and a pid that exited since may be reused.
+                if running_fastpath(&fp.shm) == Some(pid) {
+                    // SAFETY: kill(2) touches no memory of ours; `pid` is
+                    // the process the kernel named as the lock's holder
+                    // just now, so alive (a freed and reused pid in the
+                    // instructions between would be needed to miss).
+                    unsafe { libc::kill(pid, libc::SIGTERM); }
+                }
                 for _ in 0..60 {
                     if running_fastpath(&fp.shm) != Some(pid) {
                         break;
@@ -227,12 +233,13 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
 /// SIGTERM, then SIGKILL if it has not gone within 6 s (the fastpath
 /// itself gives sessions 4.5 s to close).
 async fn terminate(child: &mut tokio::process::Child, pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 0 {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+    // `id()` is None once the child has been reaped; until then its pid
+    // cannot name another process.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) touches no memory of ours; `pid` is our child,
+        // not reaped yet (running or a zombie), so the number is still its.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
         }
     }
     if tokio::time::timeout(Duration::from_secs(6), child.wait())

@@ -26,12 +26,16 @@ pub type Db = sqlx::AnyPool;
 /// The migrations, compiled into the binary so an installed `slowpath` needs
 /// no files next to it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/0001_init.sql")),
-    (2, "tenants", include_str!("../migrations/0002_tenants.sql")),
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "tenants",
+        include_str!("../../migrations/0002_tenants.sql"),
+    ),
     (
         3,
         "traffic_reports",
-        include_str!("../migrations/0003_traffic_reports.sql"),
+        include_str!("../../migrations/0003_traffic_reports.sql"),
     ),
 ];
 

@@ -7,8 +7,8 @@ use sqlx::Row as _;
 
 use crate::clock::{now_ms, rfc3339};
 use crate::credentials::random_hex;
-use crate::db::Db;
 use crate::error::Result;
+use crate::store::db::Db;
 
 /// One audit row to write.
 #[derive(Debug, Default, Clone)]

@@ -25,6 +25,41 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// What a checked path must be (the link itself: a symlink is neither).
+#[derive(Clone, Copy)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Refuse what `meta` describes (`named` in messages) unless it is of
+/// `kind` and this user's.
+fn check_kind_and_owner(meta: &std::fs::Metadata, named: &str, kind: Kind) -> Result<()> {
+    let (is_kind, wanted) = match kind {
+        Kind::Dir => (
+            meta.file_type().is_dir(),
+            "a directory; refusing it (give the real path)",
+        ),
+        Kind::File => (
+            meta.file_type().is_file(),
+            "a regular file; refusing it (remove it)",
+        ),
+    };
+    if !is_kind {
+        return Err(Error::Internal(format!(
+            "{named} is a symlink or not {wanted}"
+        )));
+    }
+    if meta.uid() != euid() {
+        return Err(Error::Internal(format!(
+            "{named} belongs to uid {}, not to this user (uid {}); refusing it",
+            meta.uid(),
+            euid()
+        )));
+    }
+    Ok(())
+}
+
 /// Create `dir` (0700, parents too) or check the one there: a directory
 /// (not a symlink) of this user. A too-open one is closed with a warning.
 pub fn ensure_dir(dir: &Path, what: &str) -> Result<()> {
@@ -41,20 +76,7 @@ pub fn ensure_dir(dir: &Path, what: &str) -> Result<()> {
         Err(e) => return Err(Error::Internal(format!("{what} {}: {e}", dir.display()))),
         Ok(meta) => meta,
     };
-    if !meta.file_type().is_dir() {
-        return Err(Error::Internal(format!(
-            "{what} {} is a symlink or not a directory; refusing it (give the real path)",
-            dir.display()
-        )));
-    }
-    if meta.uid() != euid() {
-        return Err(Error::Internal(format!(
-            "{what} {} belongs to uid {}, not to this user (uid {}); refusing it",
-            dir.display(),
-            meta.uid(),
-            euid()
-        )));
-    }
+    check_kind_and_owner(&meta, &format!("{what} {}", dir.display()), Kind::Dir)?;
     if meta.mode() & 0o077 != 0 {
         tracing::warn!(
             dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o7777),
@@ -75,20 +97,7 @@ pub fn check_file(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::Internal(format!("{}: {e}", path.display()))),
     };
-    if !meta.file_type().is_file() {
-        return Err(Error::Internal(format!(
-            "{} is a symlink or not a regular file; refusing it (remove it)",
-            path.display()
-        )));
-    }
-    if meta.uid() != euid() {
-        return Err(Error::Internal(format!(
-            "{} belongs to uid {}, not to this user (uid {}); refusing it",
-            path.display(),
-            meta.uid(),
-            euid()
-        )));
-    }
+    check_kind_and_owner(&meta, &path.display().to_string(), Kind::File)?;
     if meta.mode() & 0o077 != 0 {
         return Err(Error::Internal(format!(
             "{} is readable or writable by other users (mode {:o}); refusing to start. \

@@ -20,28 +20,17 @@ use proto::policy::{PortSet, TenantPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use crate::audit::{self, Entry};
 use crate::clock::now_ms;
-use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::store::db::Db;
+use crate::telemetry::audit::{self, Entry};
 
 pub use proto::policy::bandwidth::{parse_bandwidth, KB, MB};
 
 /// One port range of `allowPorts`: `{"single": 8080}` or
-/// `{"start": 9000, "end": 9100}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortRange {
-    /// One port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub single: Option<u16>,
-    /// First port of a range.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<u16>,
-    /// Last port of a range (inclusive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<u16>,
-}
+/// `{"start": 9000, "end": 9100}`, checked as it is read; the same type as
+/// the config file's `allowPorts`.
+pub use proto::policy::PortRange;
 
 /// How a quota period is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,18 +222,6 @@ impl Tenant {
         if record.region.is_empty() {
             return Err("region: must not be empty".into());
         }
-        let mut ranges = Vec::with_capacity(record.allow_ports.len());
-        for (i, r) in record.allow_ports.iter().enumerate() {
-            match (r.single, r.start, r.end) {
-                (Some(p), None, None) if p > 0 => ranges.push((p, p)),
-                (None, Some(a), Some(b)) if a > 0 && a <= b => ranges.push((a, b)),
-                _ => {
-                    return Err(format!(
-                        "allowPorts[{i}]: give {{\"single\": port}} or {{\"start\": a, \"end\": b}} with 1 <= a <= b <= 65535"
-                    ))
-                }
-            }
-        }
         let bandwidth_bps = parse_bandwidth("bandwidthLimit", &record.bandwidth_limit)?;
         let quota_bytes = parse_bytes("trafficQuota", &record.traffic_quota)?;
         let quota = if quota_bytes == 0 {
@@ -290,7 +267,8 @@ impl Tenant {
             })
         };
         Ok(Tenant {
-            allow_ports: PortSet::from_ranges(ranges),
+            // Each entry was checked as it was read (PortRange).
+            allow_ports: record.allow_ports.iter().copied().collect(),
             bandwidth_bps,
             quota,
             record,

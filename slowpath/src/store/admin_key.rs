@@ -24,7 +24,7 @@ pub fn read(data_dir: &Path) -> Result<Option<String>> {
         }
     }
     // A key file other users can read is refused (see private_files).
-    Ok(crate::private_files::read(&path(data_dir))?
+    Ok(crate::store::private_files::read(&path(data_dir))?
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty()))
 }
@@ -37,7 +37,7 @@ pub fn ensure(data_dir: &Path) -> Result<(String, bool)> {
     }
     let key = credentials::new_admin_key();
     let p = path(data_dir);
-    if !crate::private_files::create_new(&p, format!("{key}\n").as_bytes())? {
+    if !crate::store::private_files::create_new(&p, format!("{key}\n").as_bytes())? {
         return Err(Error::Internal(format!(
             "{} appeared while starting; start again",
             p.display()

@@ -22,8 +22,8 @@ use sqlx::Row as _;
 
 use crate::clock::now_ms;
 use crate::credentials::random_hex;
-use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::store::db::Db;
 
 /// Shortest ticket lifetime an invite may ask for, seconds.
 pub const MIN_TICKET_TTL_S: u64 = 600;
@@ -31,6 +31,13 @@ pub const MIN_TICKET_TTL_S: u64 = 600;
 pub const MAX_TICKET_TTL_S: u64 = 3600;
 /// Ticket lifetime when an invite does not say.
 pub const DEFAULT_TICKET_TTL_S: u64 = 1800;
+
+/// Invites that expired before this instant can be named by no live ticket
+/// (a ticket is issued while its invite is live and lives at most
+/// [`MAX_TICKET_TTL_S`]): the policy table leaves them out.
+pub fn invite_horizon_ms(now_ms: i64) -> i64 {
+    now_ms - i64::try_from(MAX_TICKET_TTL_S * 1000).unwrap_or(0)
+}
 
 /// The key that signs new tickets.
 pub struct TicketSigner {
@@ -104,7 +111,7 @@ pub const KEY_FILE: &str = "signing.key";
 /// the database.
 pub async fn ensure_signer(db: &Db, data_dir: &std::path::Path) -> Result<TicketSigner> {
     let path = data_dir.join(KEY_FILE);
-    if crate::private_files::read(&path)?.is_none() {
+    if crate::store::private_files::read(&path)?.is_none() {
         let text = match legacy_private_key(db).await? {
             Some((kid, pkcs8)) => {
                 tracing::info!(kid = %kid, file = %path.display(), "moving the ticket signing key out of the database");
@@ -121,9 +128,9 @@ pub async fn ensure_signer(db: &Db, data_dir: &std::path::Path) -> Result<Ticket
         };
         // Two processes sharing a data directory may race here: the first
         // file wins and both read it.
-        crate::private_files::create_new(&path, text.as_bytes())?;
+        crate::store::private_files::create_new(&path, text.as_bytes())?;
     }
-    let text = crate::private_files::read(&path)?
+    let text = crate::store::private_files::read(&path)?
         .ok_or_else(|| Error::Internal(format!("{} vanished", path.display())))?;
     let (kid, pkcs8) = text.trim().split_once(' ').ok_or_else(|| {
         Error::Internal(format!(
@@ -232,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_private_key_leaves_the_database_and_replicas_each_verify() {
-        let db = crate::db::open("sqlite::memory:").await.unwrap();
+        let db = crate::store::db::open("sqlite::memory:").await.unwrap();
         // A database of the old layout: the private key in `pkcs8`.
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let legacy = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
@@ -273,7 +280,7 @@ mod tests {
         // A key file that disagrees with the database is refused.
         std::fs::remove_file(b.join(KEY_FILE)).unwrap();
         let wrong = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        crate::private_files::create_new(
+        crate::store::private_files::create_new(
             &b.join(KEY_FILE),
             format!("k_legacy {}\n", STANDARD.encode(wrong.as_ref())).as_bytes(),
         )

@@ -21,22 +21,22 @@
 //! record must carry its tag under the instance key: one that does not is
 //! dropped, logged and counted (`unauthenticated`), never written down.
 
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fastpath::shm::{InstanceDir, Mapping};
 use proto::events::{Event, EventRecord};
-use proto::ring::Ring;
+#[cfg(doc)]
+use proto::policy::RefusalKind;
 use serde::Serialize;
+use shm::{InstanceDir, MappedRing};
 
-use crate::audit::{self, Entry};
 use crate::clock::now_ms;
-use crate::db::Db;
+use crate::domain::quota::QuotaTracker;
 use crate::error::Result;
-use crate::quota::QuotaTracker;
-use crate::traffic_reports::{self, ReportSettings, Sample};
+use crate::store::db::Db;
+use crate::telemetry::audit::{self, Entry};
+use crate::telemetry::traffic_reports::{self, ReportSettings, Sample};
 
 /// How often the rings are drained.
 const TICK: Duration = Duration::from_millis(20);
@@ -81,12 +81,23 @@ pub struct DrainStatus {
     /// Events given up after the database refused them
     /// [`MAX_WRITE_ATTEMPTS`] times.
     pub events_lost: u64,
+    /// Refusals written down (refused logins and proxies, sessions the
+    /// policy ended), by [`RefusalKind`] name; refusals from fastpaths
+    /// that predate kinds count as `unclassified`.
+    pub refusals: BTreeMap<&'static str, u64>,
+}
+
+/// The name a refusal recorded by `event` is counted under, if it records one.
+fn refusal_name(event: &Event) -> Option<&'static str> {
+    match (event.refusal(), event) {
+        (Some(kind), _) => Some(kind.as_str()),
+        (None, Event::AuthFailed { .. } | Event::ProxyRejected { .. }) => Some("unclassified"),
+        (None, _) => None,
+    }
 }
 
 /// A mapped ring file.
 struct Mapped {
-    inode: u64,
-    size: u64,
     /// The fastpath that made the ring.
     producer: u64,
     /// Set once the producer was found gone and its open proxies closed.
@@ -95,35 +106,19 @@ struct Mapped {
     /// back only once what was read is committed, so a slowpath that
     /// crashes in between reads it again (at least once, never lost).
     read_to: u64,
-    // The ring points into the mapping: declared first, dropped first.
-    ring: Ring,
-    _map: Mapping,
+    ring: MappedRing,
     worker: u32,
 }
 
 fn map_ring(shm: &InstanceDir, name: &str, worker: u32) -> std::io::Result<Mapped> {
-    let file = shm.dir.open_file(name, true)?;
-    let meta = file.metadata()?;
-    let (inode, size) = (meta.ino(), meta.len());
-    let len = usize::try_from(size).map_err(std::io::Error::other)?;
-    if len < proto::ring::RING_HEADER + 64 {
-        return Err(std::io::Error::other("ring file too small"));
-    }
     // The fastpath replaces rings with new files rather than truncating
-    // them, and a size change is noticed and remapped.
-    let map = Mapping::read_write(&file, len)?;
-    // SAFETY: the mapping is page-aligned, `len` bytes long, readable and
-    // writable (the consumer advances `tail`), and lives as long as the
-    // Mapped that owns both it and the Ring.
-    let ring = unsafe { Ring::attach(map.as_mut_ptr(), len) }.map_err(std::io::Error::other)?;
+    // them, and a new identity (inode, size) is noticed and remapped.
+    let ring = MappedRing::attach(&shm.dir, name)?;
     Ok(Mapped {
-        inode,
-        size,
         producer: ring.producer_pid(),
         gone_handled: false,
         read_to: ring.tail(),
         ring,
-        _map: map,
         worker,
     })
 }
@@ -209,7 +204,7 @@ impl EventDrain {
         };
         let mut seen = Vec::new();
         for name in names {
-            let Some(worker) = fastpath::shm::ring_worker(&name) else {
+            let Some(worker) = shm::ring_worker(&name) else {
                 continue;
             };
             let Ok(identity) = self.shm.dir.identity(&name) else {
@@ -217,7 +212,7 @@ impl EventDrain {
             };
             seen.push(name.clone());
             if let Some(m) = self.rings.get(&name) {
-                if (m.inode, m.size) == identity {
+                if m.ring.identity() == identity {
                     continue;
                 }
             }
@@ -360,7 +355,7 @@ impl EventDrain {
         let live = self
             .shm
             .dir
-            .holder(fastpath::shm::LOCK_FILE)
+            .holder(shm::LOCK_FILE)
             .and_then(|p| u64::try_from(p).ok());
         if take {
             // Retired rings first, to their end: their records are older
@@ -423,6 +418,9 @@ impl EventDrain {
         match written {
             Ok(queued) => {
                 status.events_ingested += self.unwritten.len() as u64;
+                for name in self.unwritten.iter().filter_map(|r| refusal_name(&r.event)) {
+                    *status.refusals.entry(name).or_default() += 1;
+                }
                 self.unwritten.clear();
                 self.release_read();
                 self.write_failures = 0;
@@ -583,6 +581,12 @@ impl EventDrain {
                     }
                     continue;
                 }
+            }
+            // The refusal's kind, for filtering and counting audit rows.
+            if let (Some(name), Some(detail)) =
+                (refusal_name(&r.event), entry.detail.as_object_mut())
+            {
+                detail.insert("refusal".into(), name.into());
             }
             audit::record(&mut *tx, &entry).await?;
         }

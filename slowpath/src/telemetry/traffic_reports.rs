@@ -27,9 +27,9 @@ use sqlx::Row as _;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
-use crate::db::Db;
+use crate::domain::tenants::Tenant;
 use crate::error::{Error, Result};
-use crate::tenants::Tenant;
+use crate::store::db::Db;
 
 /// First retry delay after a failed delivery; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);

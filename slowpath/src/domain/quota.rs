@@ -24,9 +24,9 @@ use sqlx::Row as _;
 use tokio::sync::watch;
 
 use crate::clock::{civil_from_days, days_from_civil, now_ms};
-use crate::db::Db;
+use crate::domain::tenants::{Quota, QuotaPeriod, Tenant};
 use crate::error::Result;
-use crate::tenants::{Quota, QuotaPeriod, Tenant};
+use crate::store::db::Db;
 
 /// How often [`QuotaTracker::run`] re-reads usage and looks for period
 /// rollovers.
@@ -387,7 +387,7 @@ mod tests {
         let quota = Quota {
             bytes: 100,
             period: hour,
-            over: crate::tenants::OverQuota::Close,
+            over: crate::domain::tenants::OverQuota::Close,
         };
         {
             let mut s = tracker.lock();

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
-use crate::audit::{self, Entry};
 use crate::clock::{now_ms, rfc3339};
 use crate::credentials;
-use crate::db::Db;
+use crate::domain::nodes::{self, Node};
+use crate::domain::tickets::{self, TicketSigner};
 use crate::error::{Error, Result};
 use crate::frpc_config;
-use crate::nodes::{self, Node};
-use crate::tickets::{self, TicketSigner};
+use crate::store::db::Db;
+use crate::telemetry::audit::{self, Entry};
 
 // Defaults for what a create request leaves out. An invite is a door for
 // one person's frpc: one resolve, a week to use it, room for the frpc and a
@@ -305,6 +305,16 @@ impl Invite {
         }
     }
 
+    /// An audit row of `kind` about this invite (and its node).
+    fn audit(&self, kind: &'static str) -> Entry {
+        Entry {
+            kind,
+            node_id: self.node_id.clone(),
+            invite_id: self.id.to_string(),
+            ..Entry::default()
+        }
+    }
+
     /// The API view, with `code` only when just created.
     pub fn info(&self, code: Option<String>) -> InviteInfo {
         InviteInfo {
@@ -473,16 +483,13 @@ pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, Str
     audit::record(
         &mut *tx,
         &Entry {
-            kind: "invite.created",
-            node_id: invite.node_id.clone(),
-            invite_id: invite.id.to_string(),
             detail: serde_json::json!({
                 "expires_ms": invite.expires_ms,
                 "max_uses": invite.max_uses,
                 "scope": invite.scope(),
                 "ticket_ttl_s": invite.ticket_ttl_s,
             }),
-            ..Entry::default()
+            ..invite.audit("invite.created")
         },
     )
     .await?;
@@ -493,16 +500,27 @@ pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, Str
 
 /// One invite by id.
 pub async fn get(db: &Db, id: &str) -> Result<Invite> {
+    fetch(db, id, None).await
+}
+
+/// The invite `id`, if of `node_id` when given (node-key callers see only
+/// their own), read through `exec` (the pool, or the transaction that goes
+/// on to change it).
+async fn fetch<'c, E>(exec: E, id: &str, node_id: Option<&str>) -> Result<Invite>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let row = sqlx::query(&format!(
-        "SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1"
+        "SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1 AND ($2 = '' OR node_id = $2)"
     ))
     .bind(id)
-    .fetch_optional(db)
+    .bind(node_id.unwrap_or(""))
+    .fetch_optional(exec)
     .await?;
-    match row {
-        Some(row) => invite_from_row(&row),
-        None => Err(Error::NotFound(format!("invite {id} not found"))),
-    }
+    let Some(row) = row else {
+        return Err(Error::NotFound(format!("invite {id} not found")));
+    };
+    invite_from_row(&row)
 }
 
 /// Invites of one node (or all when `node_id` is None), newest first.
@@ -530,7 +548,7 @@ pub async fn for_policy<'c, E>(exec: E, node_id: &str, now: i64) -> Result<Vec<I
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    let horizon = now - i64::try_from(tickets::MAX_TICKET_TTL_S * 1000).unwrap_or(0);
+    let horizon = tickets::invite_horizon_ms(now);
     let rows = sqlx::query(&format!(
         "SELECT {POLICY_COLUMNS} FROM invites WHERE node_id = $1 AND expires_ms > $2"
     ))
@@ -563,17 +581,7 @@ where
 pub async fn revoke(db: &Db, id: &str, node_id: Option<&str>, by: &str) -> Result<Invite> {
     let now = now_ms();
     let mut tx = db.begin().await?;
-    let row = sqlx::query(&format!(
-        "SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1 AND ($2 = '' OR node_id = $2)"
-    ))
-    .bind(id)
-    .bind(node_id.unwrap_or(""))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Err(Error::NotFound(format!("invite {id} not found")));
-    };
-    let mut invite = invite_from_row(&row)?;
+    let mut invite = fetch(&mut *tx, id, node_id).await?;
     if !invite.revoked {
         sqlx::query("UPDATE invites SET revoked = 1, revoked_ms = $1 WHERE id = $2")
             .bind(now)
@@ -583,11 +591,8 @@ pub async fn revoke(db: &Db, id: &str, node_id: Option<&str>, by: &str) -> Resul
         audit::record(
             &mut *tx,
             &Entry {
-                kind: "invite.revoked",
-                node_id: invite.node_id.clone(),
-                invite_id: invite.id.to_string(),
                 reason: format!("revoked by {by}"),
-                ..Entry::default()
+                ..invite.audit("invite.revoked")
             },
         )
         .await?;
@@ -662,12 +667,9 @@ async fn resolve_where(
         audit::record(
             db,
             &Entry {
-                kind: "invite.rejected",
-                node_id: invite.node_id.clone(),
-                invite_id: invite.id.to_string(),
                 reason: reason.clone(),
                 detail: serde_json::json!({ "client": client }),
-                ..Entry::default()
+                ..invite.audit("invite.rejected")
             },
         )
         .await?;
@@ -697,16 +699,13 @@ async fn resolve_where(
         &mut *tx,
         &Entry {
             ts_ms: now,
-            kind: "invite.resolved",
-            node_id: invite.node_id.clone(),
-            invite_id: invite.id.to_string(),
             detail: serde_json::json!({
                 "jti": issued.claims.jti,
                 "ticket_exp": issued.claims.exp,
                 "use": invite.used,
                 "client": client,
             }),
-            ..Entry::default()
+            ..invite.audit("invite.resolved")
         },
     )
     .await?;

@@ -1,0 +1,189 @@
+//! Start-up of `slowpath up` and `slowpath serve`, as [`run`]'s steps:
+//!
+//! 1. check the flags; read what `--fastpath-config` says about the node
+//!    ([`node::FastpathSettings`]);
+//! 2. take the instance's lock in its shared-memory directory, before
+//!    anything is created or changed;
+//! 3. open the store and keys in the data directory ([`store`]);
+//! 4. register or update the local node ([`node`]);
+//! 5. publish the first policy table and start the background tasks:
+//!    publisher, quotas, traffic reports, etcd, event drain ([`services`]);
+//! 6. bind the API;
+//! 7. for `up`: the fastpath child ([`supervisor`]) and the demo invite
+//!    ([`up`]);
+//! 8. serve the API until SIGTERM or Ctrl-C, then stop the fastpath child.
+
+mod node;
+mod services;
+mod store;
+mod supervisor;
+mod up;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE};
+use slowpath::api::{self, App};
+use slowpath::credentials;
+use slowpath::rate_limit::RateLimiter;
+use slowpath::store::private_files;
+use tokio::sync::watch;
+
+use crate::cli::{ServeArgs, UpArgs};
+use node::FastpathSettings;
+
+/// Runs `serve` (when `up` is None) or `up`.
+pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
+    check_args(&args)?;
+    let fp_settings = FastpathSettings::of(&args)?;
+    let shm_dir = args
+        .shm_dir
+        .clone()
+        .or_else(|| fp_settings.policy_dir.clone())
+        .unwrap_or_else(|| shm::instance_path(&args.instance));
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+
+    let (shm, _instance_lock) = lock_instance(&args, &shm_dir, &data_dir)?;
+
+    private_files::ensure_dir(&data_dir, "--data-dir")?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let store = store::open(&args, &data_dir).await?;
+    let db = store.db.clone();
+    let node = node::ensure_local_node(&db, &args, &data_dir, &fp_settings).await?;
+
+    let services = services::start(&db, &shm, &node, &fp_settings).await?;
+
+    // Bound before the fastpath starts: a taken port stops `up` here.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let app = Arc::new(App {
+        db: db.clone(),
+        signer: store.signer,
+        admin_key_hash: credentials::sha256_hex(&store.admin_key),
+        limiter: RateLimiter::new(args.resolve_rate, args.resolve_rate),
+        local_node_id: node.id.clone(),
+        publisher: Arc::clone(&services.publisher),
+        drain: services.drain,
+        tenants: services.tenants,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let child = match &up {
+        Some(up) => {
+            let up = up::Up {
+                args: &args,
+                up,
+                data_dir: &data_dir,
+                shm_dir: &shm_dir,
+                shm: &shm,
+                db: &db,
+                node: &node,
+                publisher: &services.publisher,
+                signer: &app.signer,
+            };
+            Some(up.start(stop_rx).await?)
+        }
+        None => {
+            println!(
+                "slowpath serving on http://{} (node {}, policy {})",
+                args.listen,
+                node.id,
+                shm_dir.display()
+            );
+            None
+        }
+    };
+
+    serve_api(&args, listener, app).await?;
+    let _ = stop_tx.send(true);
+    if let Some(t) = child {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Flags that clap's types cannot refuse on their own.
+fn check_args(args: &ServeArgs) -> Result<()> {
+    if args.resolve_rate == 0 {
+        bail!("--resolve-rate must be at least 1 per minute");
+    }
+    if args.api_max_connections == 0 || args.api_max_connections_per_ip == 0 {
+        bail!("--api-max-connections and --api-max-connections-per-ip must be at least 1");
+    }
+    if args.instance.is_empty() || args.instance.contains('/') {
+        bail!("--instance must be a plain name (no '/')");
+    }
+    Ok(())
+}
+
+/// One instance, one owner: before anything is created or changed, take
+/// the instance's lock (its directory verified first). A second `up` or
+/// `serve` for a live instance stops here and names the holder. The lock
+/// holds while the returned file is open.
+fn lock_instance(
+    args: &ServeArgs,
+    shm_dir: &Path,
+    data_dir: &Path,
+) -> Result<(Arc<InstanceDir>, std::fs::File)> {
+    let shm = Arc::new(InstanceDir::open(shm_dir).with_context(|| {
+        format!(
+            "the instance's shared-memory directory (--instance {})",
+            args.instance
+        )
+    })?);
+    let note = format!("pid {} data dir {}", std::process::id(), data_dir.display());
+    let lock = match shm.dir.lock(SLOWPATH_LOCK_FILE, &note) {
+        Ok(f) => f,
+        Err(LockError::Held(held)) => bail!(
+            "instance '{}' ({}) is already served by a live slowpath ({}{}); \
+             stop it first or pick another --instance",
+            args.instance,
+            shm_dir.display(),
+            held.pid.map(|p| format!("pid {p}, ")).unwrap_or_default(),
+            held.note
+        ),
+        Err(LockError::Io(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", shm_dir.display()))
+        }
+    };
+    Ok((shm, lock))
+}
+
+/// Serves the API until SIGTERM or Ctrl-C.
+async fn serve_api(
+    args: &ServeArgs,
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+) -> Result<()> {
+    api::serve::run(
+        listener,
+        api::router(app),
+        api::serve::ApiLimits {
+            max_connections: args.api_max_connections,
+            max_connections_per_ip: args.api_max_connections_per_ip,
+            ..api::serve::ApiLimits::default()
+        },
+        shutdown_signal(),
+    )
+    .await
+    .context("API server failed")
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the slowpath");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,160 @@
+//! The local node: what the fastpath config says about it
+//! ([`FastpathSettings`]), its row (registered on first start, brought in
+//! line with the config on later ones), and the fastpath config `up`
+//! writes for it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _, Result};
+use slowpath::domain::nodes::{self, NewNode, Node, NodePatch};
+use slowpath::etcd::EtcdConfig;
+use slowpath::frpc_config;
+use slowpath::store::db::{self, Db};
+use slowpath::store::private_files;
+
+use crate::cli::ServeArgs;
+
+/// `meta` key of the local node's id.
+const LOCAL_NODE_KEY: &str = "local_node_id";
+
+/// What a fastpath config says about the node it serves (all None without
+/// `--fastpath-config`; the node row keeps or takes its own values then).
+#[derive(Debug, Default)]
+pub struct FastpathSettings {
+    /// `bindPort` (7000 when the file leaves it out, as the fastpath binds).
+    pub bind_port: Option<u16>,
+    /// `auth.token`, unless empty.
+    pub token: Option<String>,
+    /// `allowPorts` in frp's shorthand, unless empty (all ports).
+    pub allow_ports: Option<String>,
+    /// `fastpath.policyDir`, unless empty.
+    pub policy_dir: Option<PathBuf>,
+    /// Seed 002's `[etcd]`, checked.
+    pub etcd: Option<EtcdConfig>,
+}
+
+impl FastpathSettings {
+    /// From `--fastpath-config`, when given.
+    pub fn of(args: &ServeArgs) -> Result<FastpathSettings> {
+        match args.fastpath_config.as_ref() {
+            Some(p) => read_fastpath_config(p),
+            None => Ok(FastpathSettings::default()),
+        }
+    }
+}
+
+/// Reads the keys the node row must agree with from a fastpath TOML,
+/// through the parser the fastpath itself reads it with.
+fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--fastpath-config {}: cannot read", path.display()))?;
+    let (config, unknown) = proto::config::Config::from_toml(&text)
+        .map_err(|e| anyhow!("--fastpath-config {}: {e}", path.display()))?;
+    let etcd = EtcdConfig::from_config(&config, &unknown)
+        .map_err(|e| anyhow!("--fastpath-config {}: {e}", path.display()))?;
+    let allow_ports: proto::policy::PortSet = config.allow_ports.iter().copied().collect();
+    Ok(FastpathSettings {
+        bind_port: Some(config.bind_port),
+        token: Some(config.auth.token).filter(|t| !t.is_empty()),
+        allow_ports: (!allow_ports.is_empty()).then(|| allow_ports.to_string()),
+        policy_dir: Some(config.fastpath.policy_dir)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        etcd,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+/// Registers this host as a node on first start (remembered in `meta`), and
+/// brings it in line with the fastpath config on later ones.
+pub async fn ensure_local_node(
+    db: &Db,
+    args: &ServeArgs,
+    data_dir: &Path,
+    fp: &FastpathSettings,
+) -> Result<Node> {
+    let port = fp.bind_port.unwrap_or(args.frp_port);
+    if let Some(id) = db::meta_get(db, LOCAL_NODE_KEY).await? {
+        if let Ok(node) = nodes::get(db, &id).await {
+            let mut patch = NodePatch::default();
+            if node.server_port != port {
+                patch.server_port = Some(port);
+            }
+            if node.server_addr != args.public_addr {
+                patch.server_addr = Some(args.public_addr.clone());
+            }
+            if let Some(t) = fp.token.as_ref().filter(|t| **t != node.frp_token) {
+                patch.token = Some(t.clone());
+            }
+            if let Some(p) = fp
+                .allow_ports
+                .as_ref()
+                .filter(|p| **p != node.port_pool.to_string())
+            {
+                patch.port_pool = Some(p.clone());
+            }
+            if let Some(r) = fp
+                .etcd
+                .as_ref()
+                .map(|e| &e.region)
+                .filter(|r| **r != node.region)
+            {
+                patch.region = Some(r.clone());
+            }
+            return Ok(nodes::update(db, &id, patch).await?);
+        }
+    }
+    let (node, key) = nodes::register(
+        db,
+        NewNode {
+            name: hostname(),
+            server_addr: args.public_addr.clone(),
+            server_port: port,
+            region: fp
+                .etcd
+                .as_ref()
+                .map(|e| e.region.clone())
+                .unwrap_or_default(),
+            tags: vec!["local".to_owned()],
+            public: false,
+            port_pool: fp.allow_ports.clone(),
+            proxy_types: None,
+            max_proxies_per_session: 0,
+            token: fp.token.clone(),
+        },
+    )
+    .await?;
+    db::meta_set(db, LOCAL_NODE_KEY, &node.id).await?;
+    let key_path = data_dir.join("node.key");
+    private_files::write(&key_path, format!("{key}\n").as_bytes())?;
+    println!(
+        "Registered this host as node {} (node key in {})",
+        node.id,
+        key_path.display()
+    );
+    Ok(node)
+}
+
+/// The fastpath config `up` writes when none is given.
+pub fn fastpath_toml(node: &Node, shm_dir: &Path) -> Result<String> {
+    // The config holds the directory as a string: a path that is not UTF-8
+    // cannot be written there as the same path.
+    let policy_dir = shm_dir
+        .to_str()
+        .with_context(|| format!("--shm-dir {}: not UTF-8", shm_dir.display()))?;
+    frpc_config::render_fastpath(&frpc_config::FastpathFile {
+        node_id: &node.id,
+        bind_port: node.server_port,
+        token: &node.frp_token,
+        allow_ports: &node.port_pool,
+        policy_dir,
+    })
+    .context("cannot write the fastpath config")
+}

@@ -1,0 +1,9 @@
+//! The domain, each over its own tables; every multi-step change is one
+//! transaction: relay [`nodes`], [`invites`] and the [`tickets`] they
+//! resolve to, seed 002's [`tenants`] and their [`quota`] per period.
+
+pub mod invites;
+pub mod nodes;
+pub mod quota;
+pub mod tenants;
+pub mod tickets;

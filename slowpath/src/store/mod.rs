@@ -1,0 +1,7 @@
+//! Where state is kept: the database ([`db`]: SQLite or PostgreSQL, one
+//! set of migrations), owner-only files for secrets and policy
+//! ([`private_files`]), and the admin key ([`admin_key`]).
+
+pub mod admin_key;
+pub mod db;
+pub mod private_files;
