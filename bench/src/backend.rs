@@ -1,6 +1,7 @@
 //! Local services that tunnels point at: an echo server (every byte back),
 //! a sink (reads and discards) and a source (writes as fast as it can), the
-//! last two for one-way bulk, and a minimal HTTP/1.1 keep-alive server for
+//! last two for one-way bulk, a limited source for the slow-reader attack,
+//! and a minimal HTTP/1.1 keep-alive server for
 //! request-rate runs. Thread per connection; they are the far side of a
 //! benchmark, not the thing measured.
 
@@ -78,6 +79,34 @@ impl Backend {
                     }
                 }
             }
+        }))
+    }
+
+    /// Limited source on 127.0.0.1: writes `limit` bytes of a repeating
+    /// pattern as fast as the peer takes them, counting the bytes, then
+    /// holds the connection until the peer closes it. The far side of an
+    /// attack that leaves a server holding what was written to it; every
+    /// connection shares one 16 KiB pattern, so a thousand of them cost
+    /// threads but no buffers of their own. Its send buffers are small, so
+    /// that what it counts as written is close to what the peer has taken.
+    pub fn source_limited(limit: u64) -> std::io::Result<Backend> {
+        let chunk: Arc<[u8]> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
+        Self::spawn(Arc::new(move |mut s: TcpStream, bytes: &AtomicU64| {
+            let _ = socket2::SockRef::from(&s).set_send_buffer_size(16 * 1024);
+            let mut left = limit;
+            while left > 0 {
+                let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                match s.write(&chunk[..n]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => {
+                        left -= k as u64;
+                        bytes.fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            // Nothing is expected back: any byte or the end ends the hold.
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
         }))
     }
 
@@ -227,6 +256,24 @@ mod tests {
             .unwrap();
         let mut extra = [0u8; 1];
         assert!(s.read(&mut extra).is_err());
+    }
+
+    #[test]
+    fn limited_source_writes_its_limit_and_holds() {
+        let b = Backend::source_limited(40_000).unwrap();
+        let mut s = TcpStream::connect(b.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; 40_000];
+        s.read_exact(&mut got).unwrap();
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == ((i % (16 * 1024)) % 251) as u8));
+        // Held open, and nothing more comes.
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(s.read(&mut [0u8; 1]).is_err());
+        assert_eq!(b.bytes(), 40_000);
     }
 
     #[test]

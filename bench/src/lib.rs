@@ -8,7 +8,7 @@
 //! - [`proc`]: launching the real binaries and reading their /proc figures.
 //! - [`load`]: the load generators: latency (open- and closed-loop),
 //!   connection rate, bulk, idle connections, HTTP request rate, frp login
-//!   rate and registered-proxy cost.
+//!   rate, registered-proxy cost, and attacks on a server's memory.
 
 pub mod backend;
 pub mod client;

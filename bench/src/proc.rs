@@ -149,9 +149,16 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Send a signal.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
+    /// Send a signal, unless the process has already exited.
+    pub fn signal(&mut self, sig: i32) {
+        // Once `try_wait`/`wait` have reaped the child its pid is free for
+        // another process: signal only a child not reaped yet.
+        if !self.alive() {
+            return;
+        }
+        // SAFETY: kill(2) touches no memory of ours; the pid is our child's,
+        // which `alive` just found running, and only this Daemon reaps it,
+        // so the number cannot have been given to another process.
         unsafe {
             libc_kill(self.child.id() as i32, sig);
         }
@@ -225,6 +232,27 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
 /// Current resident set (VmRSS) of a process in KiB; 0 if it cannot be read.
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
+}
+
+/// Hands the memory this process has freed back to the system (glibc's
+/// malloc_trim; nothing elsewhere): after a load that used many threads,
+/// glibc keeps their arenas' freed memory, and the harness would carry
+/// hundreds of MiB into the next measurement.
+pub fn trim_own_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks glibc's own heaps; it
+    // takes no pointer of ours and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Open file descriptors of a process (its sockets, mostly); None if they
+/// cannot be listed.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count() as u64)
 }
 
 /// Peak resident set (VmHWM) of a process in KiB; 0 if it cannot be read.

@@ -47,6 +47,17 @@ enum Cmd {
         /// open-file limit of about eight per connection).
         #[arg(long)]
         idle_conns: Option<usize>,
+        /// Only these metrics (comma-separated: bulk1_up, rtt, open,
+        /// connrate, http, idle, proxies, login; `open` is every open@…).
+        /// The attack family runs only when named: `attack` is every
+        /// attack_… (attack_preauth_streams, attack_stalled_conns, …).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// The scaled variant of the pre-login stream attack,
+        /// attack_preauth_streams_xN, opens N times the connections
+        /// (default 10; 1: no variant).
+        #[arg(long)]
+        attack_scale: Option<usize>,
     },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
@@ -67,6 +78,8 @@ fn main() -> ExitCode {
             scale_workers,
             repeats,
             idle_conns,
+            metrics,
+            attack_scale,
         } => (|| -> anyhow::Result<()> {
             let mut suite = runner::Suite::named(&suite).ok_or_else(|| {
                 anyhow::anyhow!("--suite {suite:?}: expected smoke, full or scaling")
@@ -79,6 +92,10 @@ fn main() -> ExitCode {
             }
             if let Some(n) = idle_conns {
                 suite.idle_conns = n;
+            }
+            suite.metrics = metrics;
+            if let Some(n) = attack_scale {
+                suite.attack.scale = n;
             }
             let out = out.unwrap_or_else(|| {
                 let t = std::time::SystemTime::now()

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,11 @@ struct Inner {
     state: Mutex<State>,
     cond: Condvar,
     writer: Mutex<BoxWrite>,
+    /// The socket under the session, when the driver has a handle on it.
+    /// A flush holds `writer` for as long as its write blocks, which is
+    /// for ever when the server stops reading; `close` then shuts this
+    /// down instead of waiting for `writer`.
+    socket: Option<TcpStream>,
 }
 
 impl Inner {
@@ -61,10 +67,16 @@ impl Inner {
     fn close(&self) {
         self.lock().closed = true;
         self.cond.notify_all();
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .abort();
+        match &self.socket {
+            Some(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            None => self
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .abort(),
+        }
     }
 }
 
@@ -76,7 +88,18 @@ pub struct MuxClient {
 
 impl MuxClient {
     /// Start a session over a connected transport.
-    pub fn start(mut reader: BoxRead, writer: BoxWrite) -> MuxClient {
+    pub fn start(reader: BoxRead, writer: BoxWrite) -> MuxClient {
+        Self::start_with(reader, writer, None)
+    }
+
+    /// Start a session over a connected transport, with a handle on the
+    /// socket under it so that [`MuxClient::close`] ends the session even
+    /// while a write is blocked on a server that stopped reading.
+    pub fn start_on(reader: BoxRead, writer: BoxWrite, socket: TcpStream) -> MuxClient {
+        Self::start_with(reader, writer, Some(socket))
+    }
+
+    fn start_with(mut reader: BoxRead, writer: BoxWrite, socket: Option<TcpStream>) -> MuxClient {
         let mut cfg = Config::client();
         cfg.role = Role::Client;
         cfg.max_stream_window = FRPC_WINDOW;
@@ -89,6 +112,7 @@ impl MuxClient {
             }),
             cond: Condvar::new(),
             writer: Mutex::new(writer),
+            socket,
         });
         let rd = inner.clone();
         std::thread::Builder::new()
@@ -305,5 +329,46 @@ impl WriteHalf for MuxStream {
         // Readers of this stream see "gone" (EOF) from now on.
         self.inner.lock().streams.remove(&self.id);
         self.inner.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::transport::TcpWrite;
+    use std::net::TcpListener;
+
+    #[test]
+    fn close_ends_a_session_whose_write_is_blocked_on_a_peer_that_does_not_read() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // Accepted, never read: 32 streams' windows of 256 KiB are more
+        // than the socket buffers take, so a flush blocks holding the writer.
+        let (_peer, _) = l.accept().unwrap();
+        let m = MuxClient::start_on(
+            Box::new(sock.try_clone().unwrap()),
+            Box::new(TcpWrite(sock.try_clone().unwrap())),
+            sock,
+        );
+        // All opened first: an open flushes too, and would wait behind the
+        // blocked writer.
+        let streams: Vec<_> = (0..32).map(|_| m.open().unwrap()).collect();
+        let writers: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                std::thread::spawn(move || {
+                    let chunk = vec![0u8; 64 * 1024];
+                    while s.write_all(&chunk).is_ok() {}
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        m.close();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(m.is_closed());
     }
 }

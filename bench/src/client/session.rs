@@ -87,6 +87,28 @@ impl ClientOpts {
     }
 }
 
+impl ClientOpts {
+    /// The Login message frpc sends with these settings, signed for
+    /// `timestamp` (or now).
+    pub fn login_message(&self) -> Login {
+        let ts = self.timestamp.unwrap_or_else(now_secs);
+        Login {
+            version: self.version.clone(),
+            hostname: self.hostname.clone(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            user: self.user.clone(),
+            privilege_key: proto::auth::privilege_key(&self.token, ts),
+            timestamp: ts,
+            run_id: self.run_id.clone(),
+            client_spec: ClientSpec::default(),
+            pool_count: self.pool_count,
+            metas: self.metas.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// One proxy to register.
 #[derive(Debug, Clone)]
 pub struct ProxySpec {
@@ -388,6 +410,10 @@ struct Inner {
     dial: Dial,
     mux: Option<MuxClient>,
     ctl: Mutex<ControlWriter>,
+    /// The connection to the server, for [`Client::kill`]: a writer blocked
+    /// on a server that stopped reading holds `ctl` (or the mux session's
+    /// writer) for as long as it blocks, so killing must not wait for it.
+    conn: TcpStream,
     proxies: Mutex<HashMap<String, ProxySpec>>,
     resps: Mutex<HashMap<String, NewProxyResp>>,
     resp_cond: Condvar,
@@ -438,6 +464,7 @@ impl Client {
             timeout: opts.timeout,
         };
         let (r, w, sock) = dial.connect_with_handle()?;
+        let conn = sock.try_clone()?;
         let deadline = match opts.timeout {
             Some(t) => Some(Deadline::arm(sock, t)?),
             None => None,
@@ -451,7 +478,7 @@ impl Client {
             }
         };
         let (mux, mut r, mut w): (Option<MuxClient>, BoxRead, BoxWrite) = if opts.mux {
-            let m = MuxClient::start(r, w);
+            let m = MuxClient::start_on(r, w, conn.try_clone()?);
             let s = match m.open() {
                 Ok(s) => s,
                 Err(e) => {
@@ -464,21 +491,7 @@ impl Client {
             (None, r, w)
         };
         let mux_guard = CloseOnFail(mux.clone());
-        let ts = opts.timestamp.unwrap_or_else(now_secs);
-        let login = Login {
-            version: opts.version.clone(),
-            hostname: opts.hostname.clone(),
-            os: "linux".into(),
-            arch: "amd64".into(),
-            user: opts.user.clone(),
-            privilege_key: proto::auth::privilege_key(&opts.token, ts),
-            timestamp: ts,
-            run_id: opts.run_id.clone(),
-            client_spec: ClientSpec::default(),
-            pool_count: opts.pool_count,
-            metas: opts.metas.clone(),
-            ..Default::default()
-        };
+        let login = opts.login_message();
         let v2 = opts.wire_v2;
         let mut hello_payload = Vec::new();
         let mut first = Vec::new();
@@ -525,12 +538,7 @@ impl Client {
         }
         let resp = match ms.next_msg().map_err(timed_out)? {
             Message::LoginResp(r) => r,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected LoginResp, got {}",
-                    other.name()
-                )))
-            }
+            other => return Err(unexpected("LoginResp", &other)),
         };
         if !resp.error.is_empty() {
             return Err(ClientError::Refused(resp.error));
@@ -556,6 +564,7 @@ impl Client {
             dial,
             mux,
             ctl: Mutex::new(ControlWriter { w, cipher }),
+            conn,
             proxies: Mutex::new(HashMap::new()),
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
@@ -782,18 +791,15 @@ impl Client {
         }
     }
 
-    /// Drop the connection abruptly, like a killed frpc.
+    /// Drop the connection abruptly, like a killed frpc; returns at once
+    /// even while a write to a server that stopped reading is blocked.
     pub fn kill(&self) {
         self.inner.closed.store(true, Ordering::Release);
         match &self.inner.mux {
             Some(m) => m.close(),
-            None => self
-                .inner
-                .ctl
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .w
-                .abort(),
+            None => {
+                let _ = self.inner.conn.shutdown(Shutdown::Both);
+            }
         }
     }
 }
@@ -815,12 +821,7 @@ fn work_conn(c: Arc<Inner>) {
         w.write_all(&hello)?;
         let start = match read_msg_exact(&mut r, v2)? {
             Message::StartWorkConn(s) => s,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected StartWorkConn, got {}",
-                    other.name()
-                )))
-            }
+            other => return Err(unexpected("StartWorkConn", &other)),
         };
         if !start.error.is_empty() {
             w.abort();
@@ -847,6 +848,26 @@ fn work_conn(c: Arc<Inner>) {
     })();
 }
 
+/// Copies `from` to `to` in 64 KiB reads until either ends or fails.
+fn copy_until_end(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The error for a message other than the one the protocol expects next.
+fn unexpected(want: &str, got: &Message) -> ClientError {
+    ClientError::Protocol(format!("expected {want}, got {}", got.name()))
+}
+
 /// Relay like frp's `Join`: copy both ways; when either direction ends,
 /// close both connections.
 fn join(local: TcpStream, r: BoxRead, w: BoxWrite, key: Option<[u8; 16]>, compress: bool) {
@@ -866,31 +887,11 @@ fn join(local: TcpStream, r: BoxRead, w: BoxWrite, key: Option<[u8; 16]>, compre
     let t = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match local_r.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if work_w.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
+            copy_until_end(&mut local_r, &mut work_w);
             work_w.shutdown_write();
             d2.store(true, Ordering::Release);
         });
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match work_r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if local_w.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+    copy_until_end(&mut work_r, &mut local_w);
     let _ = local_shut.shutdown(Shutdown::Both);
     if let Ok(t) = t {
         let _ = t.join();

@@ -1,5 +1,6 @@
 //! Turning a `run.json` into a markdown table and SVG plots.
 
+use super::attacks;
 use super::runner::{RunRecord, Sample};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -274,10 +275,14 @@ pub fn markdown(r: &RunRecord) -> String {
         }
     }
     o.push('\n');
+    let attacked = r.samples.iter().any(|s| attacks::is_attack(&s.metric));
     if r.suite.scaling {
         scaling_table(&mut o, r, &t);
-    } else {
+    } else if !attacked || r.samples.iter().any(|s| !attacks::is_attack(&s.metric)) {
         main_tables(&mut o, r, &t);
+    }
+    if attacked {
+        attack_table(&mut o, r, &t);
     }
     let errors: Vec<&Sample> = r.samples.iter().filter(|s| s.error.is_some()).collect();
     if !errors.is_empty() {
@@ -322,7 +327,7 @@ fn main_tables(o: &mut String, r: &RunRecord, t: &Table) {
         let _ = writeln!(o, "| {label} | {} |", cells.join(" | "));
     }
     // Open-loop latency at each offered rate.
-    if !r.suite.open_rates.is_empty() {
+    if has_open_loop(r) {
         let _ = writeln!(
             o,
             "\nOpen-loop 64 B echo over {} connections, latency from the intended send time, p50 / p99 / p99.9 in µs (achieved rate in brackets when it fell more than 2% short):\n",
@@ -410,6 +415,188 @@ fn main_tables(o: &mut String, r: &RunRecord, t: &Table) {
             continue;
         }
         let _ = writeln!(o, "| {label} | {} |", cells.join(" | "));
+    }
+}
+
+/// Whether the run measured open-loop latency.
+fn has_open_loop(r: &RunRecord) -> bool {
+    !r.suite.open_rates.is_empty() && r.samples.iter().any(|s| s.metric.starts_with("open@"))
+}
+
+/// How an attack figure reads in a cell.
+#[derive(Clone, Copy, PartialEq)]
+enum Shown {
+    /// KiB shown as MiB, with a ratio between compared systems.
+    Mib,
+    /// A number as it is.
+    Plain,
+    /// 1 or 0 over the repeats: "yes", "no" or "k/n".
+    YesNo,
+}
+
+/// The attack table's figures, in row order: (figure, label, how shown).
+/// Each attack shows the rows it has figures for.
+const ATTACK_ROWS: &[(&str, &str, Shown)] = &[
+    ("rss_before_kib", "server RSS before, MiB", Shown::Mib),
+    ("rss_peak_kib", "server RSS at peak, MiB", Shown::Mib),
+    ("rss_growth_kib", "peak − before, MiB", Shown::Mib),
+    (
+        "rss_after_kib",
+        "server RSS after the attacker left, MiB",
+        Shown::Mib,
+    ),
+    (
+        "fds_before",
+        "server's open descriptors before",
+        Shown::Plain,
+    ),
+    ("fds_after", "… after the attacker left", Shown::Plain),
+    ("hit_ceiling", "stopped at the memory ceiling", Shown::YesNo),
+    ("connected", "connections opened", Shown::Plain),
+    ("streams_sent", "stream opens sent", Shown::Plain),
+    ("streams_acked", "streams acknowledged (ACK)", Shown::Plain),
+    (
+        "streams_reset",
+        "streams reset by the server (RST)",
+        Shown::Plain,
+    ),
+    (
+        "sessions_closed",
+        "sessions the server closed",
+        Shown::Plain,
+    ),
+    (
+        "kept_open",
+        "connections kept open at the end of the hold",
+        Shown::Plain,
+    ),
+    (
+        "refused",
+        "connections refused or closed by the server",
+        Shown::Plain,
+    ),
+    ("users_connected", "user connections opened", Shown::Plain),
+    (
+        "work_conns",
+        "work connections the client opened",
+        Shown::Plain,
+    ),
+    ("mib_written", "MiB written towards the users", Shown::Plain),
+    ("pings_sent", "Pings sent", Shown::Plain),
+    (
+        "stalled_s",
+        "s the Ping writes waited (server not reading)",
+        Shown::Plain,
+    ),
+    (
+        "server_closed",
+        "server closed the connection",
+        Shown::YesNo,
+    ),
+    ("closed_after_s", "… after, s", Shown::Plain),
+    (
+        "login_ok",
+        "a legitimate login succeeded during the attack",
+        Shown::YesNo,
+    ),
+    ("login_ms", "its time to LoginResp, ms", Shown::Plain),
+];
+
+/// The attack family: one block of rows per attack, systems side by side,
+/// and the ratio of each compared pair for the memory rows.
+fn attack_table(o: &mut String, r: &RunRecord, t: &Table) {
+    let w = r.workers.first().copied().unwrap_or(1);
+    let names: Vec<&str> = r
+        .systems
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| {
+            r.samples
+                .iter()
+                .any(|s| s.system == *n && attacks::is_attack(&s.metric))
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = r
+        .systems
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.compare.as_deref()?)))
+        .filter(|(a, b)| names.contains(a) && names.contains(b))
+        .collect();
+    let p = &r.suite.attack;
+    let _ = writeln!(
+        o,
+        "\nAttacks on the server's memory (each on a fresh start of the system; held {} s, RSS read {} s after the attacker left; the attacker connects from {}):\n",
+        num(p.hold_secs),
+        num(p.after_secs),
+        crate::load::attack::dial::ATTACKER_SOURCE
+    );
+    let mut head = vec!["attack".to_string(), "figure".to_string()];
+    head.extend(names.iter().map(|n| n.to_string()));
+    head.extend(pairs.iter().map(|(a, b)| format!("{a} / {b}")));
+    let _ = writeln!(o, "| {} |", head.join(" | "));
+    let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
+    for (metric, _) in attacks::planned(p) {
+        let mut first = true;
+        for &(fig, label, shown) in ATTACK_ROWS {
+            let cells: Vec<Option<String>> = names
+                .iter()
+                .map(|n| attack_cell(t, n, w, &metric, fig, shown))
+                .collect();
+            if cells.iter().all(Option::is_none) {
+                continue;
+            }
+            let mut row = vec![
+                if first {
+                    format!(
+                        "{} (`{metric}`)",
+                        attacks::describe(p, &metric).unwrap_or_default()
+                    )
+                } else {
+                    String::new()
+                },
+                label.to_string(),
+            ];
+            first = false;
+            row.extend(cells.into_iter().map(|c| c.unwrap_or("—".into())));
+            for (a, b) in &pairs {
+                let ratio = match (
+                    shown,
+                    cell(t, a, w, &metric, fig),
+                    cell(t, b, w, &metric, fig),
+                ) {
+                    (Shown::Mib, Some(x), Some(y)) if y.median != 0.0 => {
+                        format!("{:.2}×", x.median / y.median)
+                    }
+                    _ => String::new(),
+                };
+                row.push(ratio);
+            }
+            let _ = writeln!(o, "| {} |", row.join(" | "));
+        }
+    }
+}
+
+/// One attack figure of one system, or None where it has none.
+fn attack_cell(
+    t: &Table,
+    system: &str,
+    w: usize,
+    metric: &str,
+    fig: &str,
+    shown: Shown,
+) -> Option<String> {
+    match shown {
+        Shown::Mib => cell(t, system, w, metric, fig).map(|c| show(&c, 1.0 / 1024.0)),
+        Shown::Plain => cell(t, system, w, metric, fig).map(|c| show(&c, 1.0)),
+        Shown::YesNo => {
+            let v = t.get(&(system.into(), w, metric.into(), fig.into()))?;
+            let yes = v.iter().filter(|&&x| x > 0.5).count();
+            Some(match yes {
+                0 => "no".into(),
+                y if y == v.len() => "yes".into(),
+                y => format!("{y}/{}", v.len()),
+            })
+        }
     }
 }
 
@@ -686,7 +873,7 @@ pub fn plots(r: &RunRecord) -> Vec<(String, String)> {
                 &series,
             ),
         ));
-    } else if !r.suite.open_rates.is_empty() {
+    } else if has_open_loop(r) {
         let w = r.workers.first().copied().unwrap_or(1);
         let mut series = Vec::new();
         for (i, s) in r.systems.iter().enumerate() {
@@ -844,6 +1031,38 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("bulk 8 streams up"), "{md}");
+    }
+
+    #[test]
+    fn attack_table_shows_each_attack_side_by_side() {
+        let mut s = Vec::new();
+        for (i, (a, b)) in [(8000.0, 200_000.0), (9000.0, 210_000.0)]
+            .into_iter()
+            .enumerate()
+        {
+            s.push(sample("a", i, "attack_preauth_streams", "rss_peak_kib", a));
+            s.push(sample("b", i, "attack_preauth_streams", "rss_peak_kib", b));
+        }
+        s.push(sample("a", 0, "attack_ping_flood", "server_closed", 0.0));
+        s.push(sample("b", 0, "attack_ping_flood", "server_closed", 1.0));
+        s.push(sample("a", 0, "attack_ping_flood", "login_ok", 1.0));
+        s.push(sample("a", 1, "attack_ping_flood", "login_ok", 0.0));
+        let md = markdown(&record(s));
+        assert!(md.contains("| attack | figure | a | b | a / b |"), "{md}");
+        assert!(
+            md.contains("| streams before login: 20 conns × 4096 streams (`attack_preauth_streams`) | server RSS at peak, MiB | 8.301 ±6% | 200.2 ±2% | 0.04× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Ping flood for 10 s, never reading (`attack_ping_flood`) | server closed the connection | no | yes |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("|  | a legitimate login succeeded during the attack | 1/2 | — |  |"),
+            "{md}"
+        );
+        // Only attacks: no table of the other metrics.
+        assert!(!md.contains("| metric |"), "{md}");
     }
 
     #[test]

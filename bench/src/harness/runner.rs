@@ -2,6 +2,7 @@
 //! available system, systems alternating within each repeat
 //! (A B C, A B C, …), each system started fresh for each repeat.
 
+use super::attacks::{self, AttackPlan};
 use super::systems::{self, Backends, Running, SystemSpec, SystemsFile};
 use crate::load::{self, bulk, connrate, http, idle, latency, login, proxies};
 use crate::proc;
@@ -45,9 +46,41 @@ pub struct Suite {
     /// Only bulk and connection rate, once per worker count (the scaling
     /// suite).
     pub scaling: bool,
+    /// Only the metrics named here (`bulk1_up`, `open`, `connrate`, …; a
+    /// name matches itself and every `name@…`, and `attack` every
+    /// `attack_…`); all but the attack family when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
+    /// The sizes of the attack family (see [`attacks`]).
+    #[serde(default)]
+    pub attack: AttackPlan,
 }
 
 impl Suite {
+    /// Whether the suite measures `metric` (see [`Suite::metrics`]).
+    pub fn wants(&self, metric: &str) -> bool {
+        let attack = attacks::is_attack(metric);
+        if self.metrics.is_empty() {
+            return !attack;
+        }
+        self.metrics.iter().any(|m| {
+            metric == m
+                || metric
+                    .strip_prefix(m.as_str())
+                    .is_some_and(|r| r.starts_with('@'))
+                || (attack && m == attacks::FAMILY)
+        })
+    }
+
+    /// Whether the suite measures anything outside the attack family.
+    pub fn wants_regular(&self) -> bool {
+        self.metrics.is_empty()
+            || self
+                .metrics
+                .iter()
+                .any(|m| m != attacks::FAMILY && !attacks::is_attack(m))
+    }
+
     /// The built-in suites: `smoke` (CI, under a minute), `full` (the
     /// side-by-side table) and `scaling` (fastpath at several worker counts).
     pub fn named(name: &str) -> Option<Suite> {
@@ -71,6 +104,8 @@ impl Suite {
             login_threads: 8,
             login_secs: 3.0,
             scaling: false,
+            metrics: Vec::new(),
+            attack: AttackPlan::full(),
         };
         match name {
             "full" => Some(full),
@@ -93,6 +128,8 @@ impl Suite {
                 login_threads: 2,
                 login_secs: 1.0,
                 scaling: false,
+                metrics: Vec::new(),
+                attack: AttackPlan::smoke(),
             }),
             "scaling" => Some(Suite {
                 name: "scaling".into(),
@@ -371,7 +408,8 @@ fn brief(s: &Sample) -> String {
         .join(" ")
 }
 
-/// Starts one system and runs every metric of the suite on it.
+/// Runs every metric of the suite on one system: the regular ones on one
+/// start of it, then each attack on a start of its own.
 fn run_system(
     suite: &Suite,
     spec: &SystemSpec,
@@ -380,14 +418,104 @@ fn run_system(
     repeat: usize,
     scratch: &Path,
 ) -> Vec<Sample> {
-    let mut out = Vec::new();
-    // Each metric also records the server's peak RSS so far, so a jump
-    // in memory can be traced to the load that caused it.
-    let server_pid = std::cell::Cell::new(None::<u32>);
-    let mut push = |metric: &str, r: anyhow::Result<(BTreeMap<String, f64>, serde_json::Value)>| {
+    let mut rec = Recorder {
+        system: spec.name.clone(),
+        workers,
+        repeat,
+        server_pid: None,
+        out: Vec::new(),
+    };
+    if suite.wants_regular() {
+        run_regular(suite, spec, backends, workers, scratch, &mut rec);
+    }
+    // Only frp servers are attacked: the attacks speak frp to the bind port.
+    if spec.frp {
+        for (metric, attack) in attacks::planned(&suite.attack) {
+            if !suite.wants(&metric) {
+                continue;
+            }
+            eprintln!("   {metric} …");
+            let mut running = match systems::start(spec, backends, workers, scratch, TOKEN) {
+                Ok(r) => r,
+                Err(e) => {
+                    rec.server_pid = None;
+                    rec.push(&metric, Err(e));
+                    continue;
+                }
+            };
+            rec.server_pid = running.server_pid();
+            let r = match (running.targets.frp, running.server_pid()) {
+                (Some(frp), Some(pid)) => within_limit(
+                    &mut running.server,
+                    attacks::time_limit(&suite.attack),
+                    || attacks::measure(&suite.attack, attack, spec, frp, pid, TOKEN),
+                ),
+                _ => Err(anyhow::anyhow!("no frp server process to attack")),
+            };
+            // What the server said about it (it runs at `warn`): the
+            // report's reader wants to know what it refused and why.
+            let r = r.map(|(f, mut d)| {
+                if let Some(o) = d.as_object_mut() {
+                    o.insert("log_tail".into(), running.log_tail().into());
+                }
+                (f, d)
+            });
+            rec.push(&metric, r);
+            drop(running);
+            proc::trim_own_heap();
+        }
+    }
+    rec.out
+}
+
+/// Runs `measure`, and kills `server` if it has not returned within
+/// `limit`: every wait in an attack has a limit of its own, and this is
+/// the one behind them that ends an attack whatever the server does.
+fn within_limit(
+    server: &mut Option<proc::Daemon>,
+    limit: Duration,
+    measure: impl FnOnce() -> Measured,
+) -> Measured {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let (done, wait) = channel::<()>();
+    std::thread::scope(|scope| {
+        let dog = scope.spawn(move || {
+            let late = wait.recv_timeout(limit) == Err(RecvTimeoutError::Timeout);
+            if late {
+                if let Some(d) = server.as_mut() {
+                    d.signal(9);
+                }
+            }
+            late
+        });
+        let r = measure();
+        drop(done);
+        if dog.join().unwrap_or(false) {
+            return Err(anyhow::anyhow!(
+                "the attack did not end within {} s; the server was killed to end it",
+                limit.as_secs()
+            ));
+        }
+        r
+    })
+}
+
+/// Turns one system's measurements into [`Sample`]s.
+struct Recorder {
+    system: String,
+    workers: usize,
+    repeat: usize,
+    /// The server now measured: each metric also records its peak RSS so
+    /// far, so a jump in memory can be traced to the load that caused it.
+    server_pid: Option<u32>,
+    out: Vec<Sample>,
+}
+
+impl Recorder {
+    fn push(&mut self, metric: &str, r: Measured) {
         let (figures, detail, error) = match r {
             Ok((mut f, d)) => {
-                if let Some(pid) = server_pid.get() {
+                if let Some(pid) = self.server_pid {
                     if metric != "server" {
                         f.insert("server_hwm_kib".into(), proc::peak_rss_kib(pid) as f64);
                     }
@@ -400,30 +528,42 @@ fn run_system(
                 Some(format!("{e:#}")),
             ),
         };
-        out.push(Sample {
-            system: spec.name.clone(),
-            workers,
-            repeat,
+        self.out.push(Sample {
+            system: self.system.clone(),
+            workers: self.workers,
+            repeat: self.repeat,
             metric: metric.into(),
             figures,
             detail,
             error,
         });
-    };
+    }
+}
+
+/// Starts one system and runs every metric of the suite but the attacks
+/// on it.
+fn run_regular(
+    suite: &Suite,
+    spec: &SystemSpec,
+    backends: &Backends,
+    workers: usize,
+    scratch: &Path,
+    rec: &mut Recorder,
+) {
     let running = match systems::start(spec, backends, workers, scratch, TOKEN) {
         Ok(r) => r,
         Err(e) => {
-            push("start", Err(e));
-            return out;
+            rec.push("start", Err(e));
+            return;
         }
     };
-    server_pid.set(running.server_pid());
+    rec.server_pid = running.server_pid();
     let m = Measure {
         running: &running,
         backends,
     };
     if let Some(pid) = running.server_pid() {
-        push(
+        rec.push(
             "server",
             Ok((
                 figs(&[("rss_start_kib", proc::rss_kib(pid) as f64)]),
@@ -440,34 +580,42 @@ fn run_system(
                 bulk::Direction::Echo => "echo",
             }
         );
-        push(&name, m.bulk(suite, streams, dir));
+        if suite.wants(&name) {
+            rec.push(&name, m.bulk(suite, streams, dir));
+        }
     }
     if !suite.scaling {
-        push("rtt", m.latency(None, 1, suite.rtt_secs));
-        for &rate in &suite.open_rates {
-            push(
+        if suite.wants("rtt") {
+            rec.push("rtt", m.latency(None, 1, suite.rtt_secs));
+        }
+        for &rate in suite.open_rates.iter().filter(|_| suite.wants("open")) {
+            rec.push(
                 &format!("open@{}", rate as u64),
                 m.latency(Some(rate), suite.open_conns, suite.open_secs),
             );
         }
     }
-    push("connrate", m.connrate(suite));
-    if suite.scaling {
-        return out;
+    if suite.wants("connrate") {
+        rec.push("connrate", m.connrate(suite));
     }
-    push("http", m.http(suite));
+    if suite.scaling {
+        return;
+    }
+    if suite.wants("http") {
+        rec.push("http", m.http(suite));
+    }
     if let Some(pid) = running.server_pid() {
         // Peak RSS under load: after throughput and latency, before the
         // idle-connection and proxy counts (which are memory tests).
-        push(
+        rec.push(
             "server",
             Ok((
                 figs(&[("peak_rss_kib", proc::peak_rss_kib(pid) as f64)]),
                 serde_json::Value::Null,
             )),
         );
-        if suite.idle_conns > 0 {
-            push("idle", m.idle(suite, pid));
+        if suite.idle_conns > 0 && suite.wants("idle") {
+            rec.push("idle", m.idle(suite, pid));
         }
         if let Some(frp) = running.targets.frp {
             // The bench client logs in as the system's own client does
@@ -477,11 +625,14 @@ fn run_system(
                 Some(c) if c.kind == "bench" => (c.tls, c.mux),
                 _ => (false, true),
             };
-            push("proxies", m.proxies(suite, frp, pid, tls, mux));
-            push("login", m.login(suite, frp, tls, mux));
+            if suite.wants("proxies") {
+                rec.push("proxies", m.proxies(suite, frp, pid, tls, mux));
+            }
+            if suite.wants("login") {
+                rec.push("login", m.login(suite, frp, tls, mux));
+            }
         }
     }
-    out
 }
 
 fn figs(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
@@ -701,5 +852,44 @@ impl Measure<'_> {
             ("p99_us", r.latency.p99_us as f64),
         ]);
         Ok((f, serde_json::to_value(&r)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Suite;
+
+    #[test]
+    fn metrics_filter_matches_names_and_their_rates() {
+        let mut s = Suite::named("smoke").unwrap();
+        assert!(s.wants("http") && s.wants("open@500"));
+        s.metrics = vec!["bulk1_up".into(), "open".into()];
+        assert!(s.wants("bulk1_up") && s.wants("open@500") && s.wants("open@2000"));
+        assert!(!s.wants("bulk1_down") && !s.wants("http") && !s.wants("openx"));
+    }
+
+    #[test]
+    fn an_attack_past_its_limit_is_an_error() {
+        use std::time::Duration;
+        let ok = || Ok((Default::default(), serde_json::Value::Null));
+        assert!(super::within_limit(&mut None, Duration::from_secs(5), ok).is_ok());
+        let slow = || {
+            std::thread::sleep(Duration::from_millis(300));
+            ok()
+        };
+        let e = super::within_limit(&mut None, Duration::from_millis(50), slow).unwrap_err();
+        assert!(e.to_string().contains("did not end within"), "{e}");
+    }
+
+    #[test]
+    fn attacks_run_only_when_named() {
+        let mut s = Suite::named("full").unwrap();
+        assert!(!s.wants("attack_ping_flood") && s.wants_regular());
+        s.metrics = vec!["attack".into()];
+        assert!(s.wants("attack_ping_flood") && s.wants("attack_preauth_streams_x10"));
+        assert!(!s.wants("http") && !s.wants_regular());
+        s.metrics = vec!["attack_preauth_streams".into(), "login".into()];
+        assert!(s.wants("attack_preauth_streams") && !s.wants("attack_preauth_streams_x10"));
+        assert!(s.wants_regular());
     }
 }

@@ -321,8 +321,8 @@ impl Drop for Running {
             .into_iter()
             .flatten()
         {
-            d.signal(15);
             let mut d = d;
+            d.signal(15);
             if d.wait_exit(Duration::from_secs(3)).is_none() {
                 d.signal(9);
                 d.wait_exit(Duration::from_secs(2));
@@ -543,6 +543,12 @@ mod tests {
         let f = SystemsFile::load(&p).expect("bench/systems.toml loads");
         assert!(f.systems.iter().any(|s| s.kind == "direct"));
         assert!(f.systems.iter().any(|s| s.scales));
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("before-after.toml");
+        let f = SystemsFile::load(&p).expect("bench/before-after.toml loads");
+        assert!(f
+            .systems
+            .iter()
+            .any(|s| s.name == "fastpath-before+frpc-tls"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! the end of the warm-up and at the end of the window, and the difference
 //! is the figure.
 
+use super::per_sec;
 use serde::Serialize;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -165,13 +166,7 @@ pub fn run(target: SocketAddr, opts: BulkOpts) -> io::Result<BulkResult> {
     for h in handles {
         let _ = h.join();
     }
-    let gbit = |b: u64| {
-        if duration_s > 0.0 {
-            b as f64 * 8.0 / duration_s / 1e9
-        } else {
-            0.0
-        }
-    };
+    let gbit = |b: u64| per_sec(b, duration_s) * 8.0 / 1e9;
     let per: Vec<u64> = after
         .iter()
         .zip(&before)
@@ -195,12 +190,12 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-fn writer(mut s: TcpStream, buffer: usize, k: usize, st: &Stream, counts: bool, stop: &AtomicBool) {
-    let buf: Vec<u8> = (0..buffer)
-        .map(|i| (i.wrapping_add(k) % 251) as u8)
-        .collect();
+/// Runs `io` (one write or one read) until `stop`, adding the bytes it
+/// moved to `st` when `counts`; an end of stream or an error other than a
+/// timeout or an interruption marks `st` failed and ends it.
+fn pump(st: &Stream, counts: bool, stop: &AtomicBool, mut io: impl FnMut() -> io::Result<usize>) {
     while !stop.load(Ordering::Acquire) {
-        match s.write(&buf) {
+        match io() {
             Ok(0) => {
                 st.failed.store(true, Ordering::Release);
                 break;
@@ -217,27 +212,19 @@ fn writer(mut s: TcpStream, buffer: usize, k: usize, st: &Stream, counts: bool, 
             }
         }
     }
+}
+
+fn writer(mut s: TcpStream, buffer: usize, k: usize, st: &Stream, counts: bool, stop: &AtomicBool) {
+    let buf: Vec<u8> = (0..buffer)
+        .map(|i| (i.wrapping_add(k) % 251) as u8)
+        .collect();
+    pump(st, counts, stop, || s.write(&buf));
     let _ = s.shutdown(std::net::Shutdown::Write);
 }
 
 fn reader(mut s: TcpStream, buffer: usize, st: &Stream, stop: &AtomicBool) {
     let mut buf = vec![0u8; buffer];
-    while !stop.load(Ordering::Acquire) {
-        match s.read(&mut buf) {
-            Ok(0) => {
-                st.failed.store(true, Ordering::Release);
-                break;
-            }
-            Ok(n) => {
-                st.count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => {
-                st.failed.store(true, Ordering::Release);
-                break;
-            }
-        }
-    }
+    pump(st, true, stop, || s.read(&mut buf));
     let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
@@ -245,6 +232,10 @@ fn reader(mut s: TcpStream, buffer: usize, st: &Stream, stop: &AtomicBool) {
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::load::testing::closed_port;
+
+    /// A backend to start and the direction to measure through it.
+    type Case = (fn() -> io::Result<Backend>, Direction);
 
     fn check(b: &Backend, direction: Direction, streams: usize) {
         let r = run(
@@ -270,28 +261,21 @@ mod tests {
         assert_eq!(json["streams"], streams);
     }
 
+    /// Up into a sink, down from a source, both ways through an echo: one
+    /// stream, then four.
     #[test]
-    fn up_into_sink_one_and_four_streams() {
-        let b = Backend::sink().unwrap();
-        check(&b, Direction::Up, 1);
-        check(&b, Direction::Up, 4);
-        assert!(b.bytes() > 0);
-    }
-
-    #[test]
-    fn down_from_source_one_and_four_streams() {
-        let b = Backend::source().unwrap();
-        check(&b, Direction::Down, 1);
-        check(&b, Direction::Down, 4);
-        assert!(b.bytes() > 0);
-    }
-
-    #[test]
-    fn echo_both_ways_one_and_four_streams() {
-        let b = Backend::echo().unwrap();
-        check(&b, Direction::Echo, 1);
-        check(&b, Direction::Echo, 4);
-        assert!(b.bytes() > 0);
+    fn each_direction_one_and_four_streams() {
+        let cases: [Case; 3] = [
+            (Backend::sink, Direction::Up),
+            (Backend::source, Direction::Down),
+            (Backend::echo, Direction::Echo),
+        ];
+        for (backend, direction) in cases {
+            let b = backend().unwrap();
+            check(&b, direction, 1);
+            check(&b, direction, 4);
+            assert!(b.bytes() > 0, "{direction:?}");
+        }
     }
 
     #[test]
@@ -301,8 +285,6 @@ mod tests {
 
     #[test]
     fn closed_port_is_an_error() {
-        let port = crate::proc::free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        assert!(run(addr, BulkOpts::default()).is_err());
+        assert!(run(closed_port(), BulkOpts::default()).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! error, write error, short or wrong echo, timeout); successes record the
 //! time from the start of the connect to the last byte of the echo.
 
-use super::{new_histogram, record, run_workers, Percentiles};
+use super::{merge, new_histogram, per_sec, record, run_workers, Percentiles};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -77,15 +77,11 @@ pub fn run(target: SocketAddr, opts: ConnRateOpts) -> ConnRateResult {
             worker(target, k, &opts, end)
         })
     };
-    let mut hist = new_histogram();
-    let mut c = Counts::default();
-    for (wc, wh) in results {
-        c.successes += wc.successes;
-        c.connect_failures += wc.connect_failures;
-        c.exchange_failures += wc.exchange_failures;
-        // Same bounds on both sides, so adding cannot overflow the range.
-        let _ = hist.add(&wh);
-    }
+    let (c, hist) = merge(results, |t, c| {
+        t.successes += c.successes;
+        t.connect_failures += c.connect_failures;
+        t.exchange_failures += c.exchange_failures;
+    });
     let duration_s = start.elapsed().as_secs_f64();
     ConnRateResult {
         threads: opts.threads,
@@ -95,11 +91,7 @@ pub fn run(target: SocketAddr, opts: ConnRateOpts) -> ConnRateResult {
         failures: c.connect_failures + c.exchange_failures,
         connect_failures: c.connect_failures,
         exchange_failures: c.exchange_failures,
-        conns_per_sec: if duration_s > 0.0 {
-            c.successes as f64 / duration_s
-        } else {
-            0.0
-        },
+        conns_per_sec: per_sec(c.successes, duration_s),
         latency: Percentiles::of(&hist),
     }
 }
@@ -164,6 +156,7 @@ fn worker(
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::load::testing::{assert_latency, closed_port};
 
     fn short() -> ConnRateOpts {
         ConnRateOpts {
@@ -179,23 +172,16 @@ mod tests {
         let r = run(b.addr(), short());
         assert_eq!(r.failures, 0, "{r:?}");
         assert!(r.successes > 0 && r.conns_per_sec > 0.0, "{r:?}");
-        let l = r.latency;
-        assert!(
-            l.p50_us >= 1 && l.p50_us <= l.p99_us && l.p99_us <= l.max_us,
-            "{r:?}"
-        );
+        assert_latency(&r, r.latency);
         assert!(r.duration_s >= 0.5 && r.duration_s < 1.5, "{r:?}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["successes"], r.successes);
-        assert_eq!(json["p99_us"], l.p99_us);
     }
 
     #[test]
     fn closed_port_counts_failures() {
-        let port = crate::proc::free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let r = run(
-            addr,
+            closed_port(),
             ConnRateOpts {
                 duration: Duration::from_millis(200),
                 ..short()

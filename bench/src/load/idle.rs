@@ -7,6 +7,7 @@
 //! The soft `RLIMIT_NOFILE` of this process is raised to its hard limit
 //! first, since tens of thousands of sockets need as many descriptors.
 
+use super::{bytes_each, rss_of};
 use serde::Serialize;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -127,8 +128,7 @@ fn open_one(target: SocketAddr, opts: &IdleOpts) -> io::Result<TcpStream> {
 /// problem counts in `failed`.
 pub fn run(target: SocketAddr, opts: IdleOpts) -> io::Result<IdleResult> {
     let nofile_limit = raise_nofile()?;
-    let rss = |pid: Option<u32>| pid.map(crate::proc::rss_kib).filter(|&k| k > 0);
-    let rss_before_kib = rss(opts.pid_to_measure);
+    let rss_before_kib = rss_of(opts.pid_to_measure);
     let mut open = Vec::with_capacity(opts.conns);
     let mut failed = 0u64;
     let start = Instant::now();
@@ -147,13 +147,10 @@ pub fn run(target: SocketAddr, opts: IdleOpts) -> io::Result<IdleResult> {
     }
     let open_s = start.elapsed().as_secs_f64();
     std::thread::sleep(opts.hold);
-    let rss_after_kib = rss(opts.pid_to_measure);
+    let rss_after_kib = rss_of(opts.pid_to_measure);
     let opened = open.len() as u64;
     drop(open);
-    let bytes_per_conn = match (rss_before_kib, rss_after_kib) {
-        (Some(b), Some(a)) if opened > 0 => Some((a as f64 - b as f64) * 1024.0 / opened as f64),
-        _ => None,
-    };
+    let bytes_per_conn = bytes_each(rss_before_kib, rss_after_kib, opened);
     Ok(IdleResult {
         conns: opts.conns,
         opened,
@@ -170,6 +167,7 @@ pub fn run(target: SocketAddr, opts: IdleOpts) -> io::Result<IdleResult> {
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::load::testing::closed_port;
 
     #[test]
     fn two_hundred_idle_conns_to_echo_all_open() {
@@ -219,10 +217,8 @@ mod tests {
 
     #[test]
     fn closed_port_counts_failures() {
-        let port = crate::proc::free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let r = run(
-            addr,
+            closed_port(),
             IdleOpts {
                 conns: 5,
                 hold: Duration::ZERO,

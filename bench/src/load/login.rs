@@ -10,7 +10,7 @@
 //! with tcpMux the session's reader and timer, plus a deadline watchdog):
 //! a few tens of microseconds per attempt that the figures include.
 
-use super::{new_histogram, record, run_workers, Percentiles};
+use super::{merge, new_histogram, per_sec, record, run_workers, Percentiles};
 use crate::client::{Client, ClientError, ClientOpts};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -85,15 +85,11 @@ pub fn run(server: SocketAddr, opts: LoginOpts) -> LoginResult {
         let opts = opts.clone();
         run_workers("login", opts.threads, move |_k| worker(server, &opts, end))
     };
-    let mut hist = new_histogram();
-    let mut c = Counts::default();
-    for (wc, wh) in results {
-        c.logins += wc.logins;
-        c.failures += wc.failures;
-        c.refused += wc.refused;
-        // Same bounds on both sides, so adding cannot overflow the range.
-        let _ = hist.add(&wh);
-    }
+    let (c, hist) = merge(results, |t, c| {
+        t.logins += c.logins;
+        t.failures += c.failures;
+        t.refused += c.refused;
+    });
     let duration_s = start.elapsed().as_secs_f64();
     LoginResult {
         threads: opts.threads,
@@ -101,11 +97,7 @@ pub fn run(server: SocketAddr, opts: LoginOpts) -> LoginResult {
         logins: c.logins,
         failures: c.failures,
         refused: c.refused,
-        logins_per_sec: if duration_s > 0.0 {
-            c.logins as f64 / duration_s
-        } else {
-            0.0
-        },
+        logins_per_sec: per_sec(c.logins, duration_s),
         latency: Percentiles::of(&hist),
     }
 }
@@ -143,12 +135,12 @@ fn worker(server: SocketAddr, opts: &LoginOpts, end: Instant) -> (Counts, Histog
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::testing::closed_port;
 
     #[test]
     fn closed_port_counts_failures() {
-        let port = crate::proc::free_port();
         let r = run(
-            ([127, 0, 0, 1], port).into(),
+            closed_port(),
             LoginOpts {
                 threads: 2,
                 duration: Duration::from_millis(200),

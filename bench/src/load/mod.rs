@@ -11,6 +11,9 @@
 //! - [`login`]: frp logins per second, each a fresh session that is then
 //!   dropped.
 //! - [`proxies`]: many registered (idle) proxies, and their cost in RSS.
+//! - [`attack`]: attacks on the server's memory (streams before login,
+//!   stalled connections, users who never read, a Ping flood), and what the
+//!   server holds during and after each.
 //!
 //! # Open loop and coordinated omission
 //!
@@ -29,6 +32,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::Duration;
 
+pub mod attack;
 pub mod bulk;
 pub mod connrate;
 pub mod http;
@@ -53,6 +57,46 @@ pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
         .unwrap_or(u64::MAX)
         .clamp(1, MAX_US);
     h.saturating_record(us);
+}
+
+/// `count / duration_s`, or 0 for a run that took no time.
+pub(crate) fn per_sec(count: u64, duration_s: f64) -> f64 {
+    if duration_s > 0.0 {
+        count as f64 / duration_s
+    } else {
+        0.0
+    }
+}
+
+/// Totals the workers' results: their counts, each added to the first
+/// with `add`, and their histograms in one.
+pub(crate) fn merge<C: Default>(
+    results: impl IntoIterator<Item = (C, Histogram<u64>)>,
+    add: impl Fn(&mut C, C),
+) -> (C, Histogram<u64>) {
+    let mut total = C::default();
+    let mut hist = new_histogram();
+    for (c, h) in results {
+        add(&mut total, c);
+        // Same bounds on both sides, so adding cannot overflow the range.
+        let _ = hist.add(&h);
+    }
+    (total, hist)
+}
+
+/// VmRSS in KiB of the process `pid` when there is one to measure and its
+/// memory can be read.
+pub(crate) fn rss_of(pid: Option<u32>) -> Option<u64> {
+    pid.map(crate::proc::rss_kib).filter(|&k| k > 0)
+}
+
+/// What each of `n` things cost in bytes, from the VmRSS (KiB) before and
+/// after they were made; None without both readings or without any.
+pub(crate) fn bytes_each(before_kib: Option<u64>, after_kib: Option<u64>, n: u64) -> Option<f64> {
+    match (before_kib, after_kib) {
+        (Some(b), Some(a)) if n > 0 => Some((a as f64 - b as f64) * 1024.0 / n as f64),
+        _ => None,
+    }
 }
 
 /// Starts `threads` worker threads named `name-k` (256 KiB stacks), each
@@ -104,6 +148,41 @@ impl Percentiles {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+        }
+    }
+}
+
+/// What the generators' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Percentiles;
+    use std::net::SocketAddr;
+
+    /// A loopback address nothing listens on (a port free a moment ago).
+    pub fn closed_port() -> SocketAddr {
+        ([127, 0, 0, 1], crate::proc::free_port()).into()
+    }
+
+    /// `l`, from a run with samples, is ordered (`run` shown if not), and
+    /// the run's JSON carries it at the top level.
+    pub fn assert_latency<R: serde::Serialize + std::fmt::Debug>(run: &R, l: Percentiles) {
+        assert!(
+            l.p50_us >= 1
+                && l.p50_us <= l.p90_us
+                && l.p90_us <= l.p99_us
+                && l.p99_us <= l.p999_us
+                && l.p999_us <= l.max_us,
+            "{run:?}"
+        );
+        let json = serde_json::to_value(run).unwrap();
+        for (key, v) in [
+            ("p50_us", l.p50_us),
+            ("p90_us", l.p90_us),
+            ("p99_us", l.p99_us),
+            ("p999_us", l.p999_us),
+            ("max_us", l.max_us),
+        ] {
+            assert_eq!(json[key], v, "{json}");
         }
     }
 }

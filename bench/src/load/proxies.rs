@@ -12,6 +12,7 @@
 //! another run (or a session the server has not dropped yet) may hold the
 //! same ones.
 
+use super::{bytes_each, rss_of};
 use crate::client::{Client, ClientOpts};
 use serde::Serialize;
 use std::io;
@@ -86,8 +87,7 @@ pub struct ProxiesResult {
 /// every client. Fails only if `pid_to_measure` is given and its memory
 /// cannot be read at the start; login and proxy errors are counted.
 pub fn run(server: SocketAddr, opts: ProxiesOpts) -> io::Result<ProxiesResult> {
-    let rss = |pid: Option<u32>| pid.map(crate::proc::rss_kib).filter(|&k| k > 0);
-    let rss_before_kib = rss(opts.pid_to_measure);
+    let rss_before_kib = rss_of(opts.pid_to_measure);
     if let (Some(pid), None) = (opts.pid_to_measure, rss_before_kib) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -129,16 +129,11 @@ pub fn run(server: SocketAddr, opts: ProxiesOpts) -> io::Result<ProxiesResult> {
     }
     let register_s = start.elapsed().as_secs_f64();
     std::thread::sleep(opts.settle);
-    let rss_after_kib = rss(opts.pid_to_measure);
+    let rss_after_kib = rss_of(opts.pid_to_measure);
     for c in &clients {
         c.kill();
     }
-    let bytes_per_proxy = match (rss_before_kib, rss_after_kib) {
-        (Some(b), Some(a)) if registered > 0 => {
-            Some((a as f64 - b as f64) * 1024.0 / registered as f64)
-        }
-        _ => None,
-    };
+    let bytes_per_proxy = bytes_each(rss_before_kib, rss_after_kib, registered);
     Ok(ProxiesResult {
         clients: opts.clients,
         proxies_per_client: opts.proxies_per_client,
@@ -156,12 +151,12 @@ pub fn run(server: SocketAddr, opts: ProxiesOpts) -> io::Result<ProxiesResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::testing::closed_port;
 
     #[test]
     fn closed_port_fails_every_proxy() {
-        let port = crate::proc::free_port();
         let r = run(
-            ([127, 0, 0, 1], port).into(),
+            closed_port(),
             ProxiesOpts {
                 clients: 3,
                 proxies_per_client: 4,
