@@ -24,5 +24,8 @@ DO $$BEGIN
     CREATE ROLE totoro LOGIN PASSWORD 'totoro' CREATEDB;
   END IF;
 END$$;
+-- DROP DATABASE ... WITH (FORCE) on a test database must also end an
+-- autovacuum worker that happens to be inside it.
+GRANT pg_signal_backend TO totoro;
 SQL
 echo "postgres://totoro:totoro@127.0.0.1:5432/postgres"
