@@ -720,9 +720,9 @@ impl Control {
 
     /// Take a work connection for a user connection and start it with
     /// `start` (see [`WorkConnPool::take`]).
-    pub async fn take_work_conn(&self, start: &StartWorkConn) -> Option<Conn> {
+    pub async fn take_work_conn(&self, start: StartWorkConn) -> Option<Conn> {
         let wait = Duration::from_secs(self.ctx.shared.config.user_conn_timeout as u64);
-        let start = Message::StartWorkConn(start.clone());
+        let start = Message::StartWorkConn(start);
         let ask = || self.send(Message::ReqWorkConn(ReqWorkConn {}));
         match self.pool.take(&start, wait, ask).await {
             Ok(conn) => Some(conn),

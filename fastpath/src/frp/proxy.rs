@@ -415,24 +415,29 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
 
 /// `user` is the accepted TCP connection, made a [`Conn`] by the accept
 /// loop so that this task (one per user connection) holds it once.
-async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: Conn, peer: SocketAddr) {
-    let ctx = control.ctx().clone();
-    let stats = ctx.stats();
-    WorkerStats::bump(&stats.conns_total, 1);
-    WorkerStats::add(&stats.conns, 1);
-    let local = match &user {
-        Conn::Tcp(s, _) => s.local_addr().ok(),
-        _ => None,
-    };
-    let start = StartWorkConn {
-        proxy_name: proxy.name.clone(),
-        src_addr: peer.ip().to_string(),
-        src_port: peer.port(),
-        dst_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
-        dst_port: local.map(|a| a.port()).unwrap_or_default(),
-        error: String::new(),
-    };
-    if let Some(work) = control.take_work_conn(&start).await {
+///
+/// A plain function returning an `async move` block: as an `async fn` its
+/// state would keep each argument twice, and this task lives as long as
+/// the connection (see [`relay::run`]).
+fn serve_user(
+    proxy: Rc<Proxy>,
+    control: Rc<Control>,
+    user: Conn,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let ctx = control.ctx().clone();
+        let stats = ctx.stats();
+        WorkerStats::bump(&stats.conns_total, 1);
+        WorkerStats::add(&stats.conns, 1);
+        // Boxed: waiting for a work connection takes more state than the
+        // relay after it, and the task would keep that size for as long as
+        // the connection lives.
+        let start = start_work_conn(&proxy, &user, peer);
+        let Some(work) = Box::pin(control.take_work_conn(start)).await else {
+            WorkerStats::add(&stats.conns, -1);
+            return;
+        };
         let key = control.auth.token_key;
         let opts = RelayOpts {
             encryption_key: proxy.use_encryption.then_some(key),
@@ -455,6 +460,23 @@ async fn serve_user(proxy: Rc<Proxy>, control: Rc<Control>, user: Conn, peer: So
             // Bytes moved after the proxy's last report.
             proxy.report_traffic(&ctx.events, true);
         }
+        WorkerStats::add(&stats.conns, -1);
     }
-    WorkerStats::add(&stats.conns, -1);
+}
+
+/// What frpc is told about a user connection when it is handed a work
+/// connection for it.
+fn start_work_conn(proxy: &Proxy, user: &Conn, peer: SocketAddr) -> StartWorkConn {
+    let local = match user {
+        Conn::Tcp(s, _) => s.local_addr().ok(),
+        _ => None,
+    };
+    StartWorkConn {
+        proxy_name: proxy.name.clone(),
+        src_addr: peer.ip().to_string(),
+        src_port: peer.port(),
+        dst_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+        dst_port: local.map(|a| a.port()).unwrap_or_default(),
+        error: String::new(),
+    }
 }

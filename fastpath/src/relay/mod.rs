@@ -105,76 +105,133 @@ impl Meter<'_> {
 
 /// Relay until both directions are done, counting the bytes in the
 /// worker's `stats` and the proxy's `proxy_bytes`.
-pub async fn run(
-    stats: &WorkerStats,
+///
+/// A plain function returning an `async move` block, like the other futures
+/// here that live as long as a connection: an `async fn` keeps each of its
+/// arguments twice in its state (as passed, and bound again as a local),
+/// and an idle connection's memory is mostly this state.
+pub fn run<'a>(
+    stats: &'a WorkerStats,
     user: Conn,
     work: Conn,
     opts: RelayOpts,
-    proxy_bytes: &[Cell<u64>; 2],
-    limits: &Limits,
-    report: Option<&dyn Fn()>,
-) {
-    let limits = (!limits.is_none()).then_some(limits);
-    let meter_in = Meter {
-        worker: &stats.bytes_in,
-        proxy: &proxy_bytes[0],
-        limits,
-        report,
-        timer: RefCell::new(None),
-    };
-    let meter_out = Meter {
-        worker: &stats.bytes_out,
-        proxy: &proxy_bytes[1],
-        limits,
-        report,
-        timer: RefCell::new(None),
-    };
-    let aborters = [user.aborter(), work.aborter()];
-    // Borrowed, not destructured: the connections (and the SocketFds that
-    // keep the aborters alive) stay in their parameter slots until both
-    // pumps are done, and the task holds no second copy of either.
-    if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
-        if opts.splice && opts.plain() {
-            let up = splice_pump(u, w, &meter_in, &aborters);
-            let down = splice_pump(w, u, &meter_out, &aborters);
-            monoio::join!(up, down);
-            return;
+    proxy_bytes: &'a [Cell<u64>; 2],
+    limits: &'a Limits,
+    report: Option<&'a dyn Fn()>,
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        let limits = (!limits.is_none()).then_some(limits);
+        let meter_in = Meter {
+            worker: &stats.bytes_in,
+            proxy: &proxy_bytes[0],
+            limits,
+            report,
+            timer: RefCell::new(None),
+        };
+        let meter_out = Meter {
+            worker: &stats.bytes_out,
+            proxy: &proxy_bytes[1],
+            limits,
+            report,
+            timer: RefCell::new(None),
+        };
+        let aborters = [user.aborter(), work.aborter()];
+        // Borrowed, not destructured: the connections (and the SocketFds
+        // that keep the aborters alive) stay where they are until both
+        // pumps are done, and the task holds no second copy of either.
+        if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
+            if opts.splice && opts.plain() {
+                let up = splice_pump(u, w, &meter_in, &aborters);
+                let down = splice_pump(w, u, &meter_out, &aborters);
+                monoio::join!(up, down);
+                return;
+            }
         }
+        // The copying relay's state (transforms, cipher and compressor
+        // state) is large; its directions are boxed, which keeps every
+        // connection's task the size of the splice relay.
+        copy_relay(user, work, opts, &meter_in, &meter_out, &aborters).await;
     }
-    // The copying relay's state (transforms, cipher and compressor state)
-    // is large; boxing it keeps every connection's task the size of the
-    // splice relay unless it actually copies.
-    Box::pin(copy_relay(
-        user, work, opts, &meter_in, &meter_out, &aborters,
-    ))
-    .await;
 }
 
 /// The copying relay: yamux, TLS, encryption or compression on a side.
-async fn copy_relay(
+/// Each direction is boxed on its own and the two are polled by [`Both`]:
+/// an `async` block joining them would keep the halves it hands to the
+/// directions a second time in its own state.
+fn copy_relay<'a>(
     user: Conn,
     work: Conn,
     opts: RelayOpts,
-    meter_in: &Meter<'_>,
-    meter_out: &Meter<'_>,
-    aborters: &[Aborter; 2],
-) {
+    meter_in: &'a Meter<'a>,
+    meter_out: &'a Meter<'a>,
+    aborters: &'a [Aborter; 2],
+) -> Both<'a> {
     let (ur, uw) = user.into_split();
     let (wr, ww) = work.into_split();
-    if opts.plain() {
-        if let ConnReader::Mux(mr) = wr {
-            // yamux → user without a copy: received chunks go out as they are.
-            let up = pump(ur, ww, Transform::None, meter_in, aborters, opts.buffer);
-            let down = mux_pump(mr, uw, meter_out, aborters);
-            monoio::join!(up, down);
-            return;
+    match wr {
+        // yamux → user without a copy: received chunks go out as they are.
+        ConnReader::Mux(mr) if opts.plain() => Both::new(
+            Box::pin(pump(
+                ur,
+                ww,
+                Transform::None,
+                meter_in,
+                aborters,
+                opts.buffer,
+            )),
+            Box::pin(mux_pump(mr, uw, meter_out, aborters)),
+        ),
+        wr => Both::new(
+            Box::pin(pump(
+                ur,
+                ww,
+                Transform::encoder(&opts),
+                meter_in,
+                aborters,
+                opts.buffer,
+            )),
+            Box::pin(pump(
+                wr,
+                uw,
+                Transform::decoder(&opts),
+                meter_out,
+                aborters,
+                opts.buffer,
+            )),
+        ),
+    }
+}
+
+/// A relay direction, boxed.
+type Direction<'a> = Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Two directions run to their ends together.
+struct Both<'a>([Option<Direction<'a>>; 2]);
+
+impl<'a> Both<'a> {
+    fn new(a: Direction<'a>, b: Direction<'a>) -> Both<'a> {
+        Both([Some(a), Some(b)])
+    }
+}
+
+impl std::future::Future for Both<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        for slot in self.0.iter_mut() {
+            if let Some(d) = slot {
+                if d.as_mut().poll(cx).is_ready() {
+                    // Done: its state (buffers, halves) goes now.
+                    *slot = None;
+                }
+            }
+        }
+        if self.0.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     }
-    let up_t = Transform::encoder(&opts);
-    let down_t = Transform::decoder(&opts);
-    let up = pump(ur, ww, up_t, meter_in, aborters, opts.buffer);
-    let down = pump(wr, uw, down_t, meter_out, aborters, opts.buffer);
-    monoio::join!(up, down);
 }
 
 fn abort_all(aborters: &[Aborter; 2]) {
@@ -251,73 +308,79 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 /// Not io_uring's own splice op: measured on loopback, the ring punts
 /// socket splices to its worker threads, costing about twice the CPU per GB
 /// of a buffered copy. Readiness plus a direct syscall is what Go does.
-async fn splice_pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    counter: &Meter<'_>,
-    aborters: &[Aborter; 2],
-) {
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
-    set_nonblocking(sfd);
-    set_nonblocking(dfd);
-    let r: io::Result<()> = async {
-        let pipe = Pipe::new()?;
-        loop {
-            let n = match splice(sfd, pipe.0[1], counter.chunk(1 << 20)) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    src.readable(false).await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let mut left = n;
-            while left > 0 {
-                match splice(pipe.0[0], dfd, left) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "peer stopped accepting data",
-                        ))
+fn splice_pump<'a>(
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    counter: &'a Meter<'a>,
+    aborters: &'a [Aborter; 2],
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+        set_nonblocking(sfd);
+        set_nonblocking(dfd);
+        let r: io::Result<()> = async {
+            let pipe = Pipe::new()?;
+            loop {
+                let n = match splice(sfd, pipe.0[1], counter.chunk(1 << 20)) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        src.readable(false).await?;
+                        continue;
                     }
-                    Ok(m) => left -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
                     Err(e) => return Err(e),
+                };
+                let mut left = n;
+                while left > 0 {
+                    match splice(pipe.0[0], dfd, left) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "peer stopped accepting data",
+                            ))
+                        }
+                        Ok(m) => left -= m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            dst.writable(false).await?
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
+                counter.add_paced(n).await;
             }
-            counter.add_paced(n).await;
         }
-    }
-    .await;
-    match r {
-        // SAFETY: shutdown(2) touches no memory of ours; `dfd` is the
-        // descriptor of `dst`, still borrowed here, so still that socket.
-        Ok(()) => unsafe {
-            libc::shutdown(dfd, libc::SHUT_WR);
-        },
-        Err(_) => abort_all(aborters),
+        .await;
+        match r {
+            // SAFETY: shutdown(2) touches no memory of ours; `dfd` is the
+            // descriptor of `dst`, still borrowed here, so still that socket.
+            Ok(()) => unsafe {
+                libc::shutdown(dfd, libc::SHUT_WR);
+            },
+            Err(_) => abort_all(aborters),
+        }
     }
 }
 
-async fn mux_pump(
+fn mux_pump<'a>(
     mut r: crate::transport::mux::MuxReader,
     mut w: ConnWriter,
-    counter: &Meter<'_>,
-    aborters: &[Aborter; 2],
-) {
-    let result: io::Result<()> = async {
-        while let Some(chunk) = r.read_chunk().await? {
-            let n = chunk.len();
-            w.write_all(chunk).await.0?;
-            counter.add_paced(n).await;
+    counter: &'a Meter<'a>,
+    aborters: &'a [Aborter; 2],
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        let result: io::Result<()> = async {
+            while let Some(chunk) = r.read_chunk().await? {
+                let n = chunk.len();
+                w.write_all(chunk).await.0?;
+                counter.add_paced(n).await;
+            }
+            Ok(())
         }
-        Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => w.shutdown().await,
-        Err(_) => abort_all(aborters),
+        .await;
+        match result {
+            Ok(()) => w.shutdown().await,
+            Err(_) => abort_all(aborters),
+        }
     }
 }
 
@@ -375,9 +438,10 @@ impl Transform {
 }
 
 /// The buffer a buffered relay direction reads into while its connection
-/// is idle or quiet. Not below 1 KiB: a read with less room than that
-/// reserves 16 KiB first (see `conn::read_append`).
-const IDLE_READ: usize = 1024;
+/// is idle or quiet: a pending read holds its buffer, so an idle
+/// connection costs this much. Not below 256 bytes: a read with less room
+/// than that reserves 16 KiB first (see `conn::read_append`).
+const IDLE_READ: usize = 256;
 
 /// The next read's buffer size, when it should change: after `n` bytes
 /// came into a buffer of `asked`, the full `full` once a read filled the
@@ -393,129 +457,131 @@ fn next_size(n: usize, asked: usize, full: usize) -> Option<usize> {
     }
 }
 
-async fn pump(
+fn pump<'a>(
     mut r: ConnReader,
     mut w: ConnWriter,
     mut t: Transform,
-    counter: &Meter<'_>,
-    aborters: &[Aborter; 2],
+    counter: &'a Meter<'a>,
+    aborters: &'a [Aborter; 2],
     bufsize: usize,
-) {
-    // A limited relay reads at most a pacing step at a time.
-    let full = counter.chunk(bufsize);
-    // An idle connection waits with a small buffer (a pending read holds
-    // its buffer); a read that fills it switches to the full one, a short
-    // one switches back (see `next_size`).
-    let mut buf = Vec::with_capacity(IDLE_READ.min(full));
-    let result: io::Result<()> = async {
-        loop {
-            buf.clear();
-            let (res, b) = r.read(buf).await;
-            buf = b;
-            let n = res?;
-            if n == 0 {
-                return Ok(());
-            }
-            let asked = buf.capacity();
-            let mut defer_pace = 0;
-            match &mut t {
-                Transform::None => {
-                    let (res, b) = w.write_all(buf).await;
-                    buf = b;
-                    res?;
-                    counter.add_paced(n).await;
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        // A limited relay reads at most a pacing step at a time.
+        let full = counter.chunk(bufsize);
+        // An idle connection waits with a small buffer (a pending read holds
+        // its buffer); a read that fills it switches to the full one, a short
+        // one switches back (see `next_size`).
+        let mut buf = Vec::with_capacity(IDLE_READ.min(full));
+        let result: io::Result<()> = async {
+            loop {
+                buf.clear();
+                let (res, b) = r.read(buf).await;
+                buf = b;
+                let n = res?;
+                if n == 0 {
+                    return Ok(());
                 }
-                Transform::Encode(e) => {
-                    defer_pace = n;
-                    let Encoder {
-                        snappy,
-                        cipher,
-                        out,
-                    } = &mut **e;
-                    counter.add(n as u64);
-                    // Compress into `out`, or keep the read buffer; then
-                    // encrypt whichever holds the bytes in place.
-                    let compressed = snappy.is_some();
-                    if let Some(s) = snappy {
-                        out.clear();
-                        s.encode(&buf, out);
-                    }
-                    let data = if compressed { &mut *out } else { &mut buf };
-                    if let Some(iv) = cipher.as_mut().and_then(|c| c.encrypt_in_place(data)) {
-                        // Once per connection: the IV goes ahead of the first bytes.
-                        w.write_all(iv.to_vec()).await.0?;
-                    }
-                    if compressed {
-                        let (res, o) = w.write_all(std::mem::take(out)).await;
-                        *out = o;
-                        res?;
-                    } else {
+                let asked = buf.capacity();
+                let mut defer_pace = 0;
+                match &mut t {
+                    Transform::None => {
                         let (res, b) = w.write_all(buf).await;
                         buf = b;
                         res?;
+                        counter.add_paced(n).await;
                     }
-                }
-                Transform::Decode(d) => {
-                    // Paced by what came off the wire (before decompression).
-                    counter.pace(n).await;
-                    let Decoder {
-                        cipher,
-                        snappy,
-                        carry,
-                        out,
-                    } = &mut **d;
-                    // Decrypt in place; the first bytes of the stream are the
-                    // IV, which the reader swallows.
-                    let plain_len = match cipher {
-                        Some(c) => c.decrypt_in_place(&mut buf[..]).len(),
-                        None => n,
-                    };
-                    let iv_bytes = n - plain_len;
-                    match snappy {
-                        Some(s) => {
-                            carry.extend_from_slice(&buf[iv_bytes..]);
+                    Transform::Encode(e) => {
+                        defer_pace = n;
+                        let Encoder {
+                            snappy,
+                            cipher,
+                            out,
+                        } = &mut **e;
+                        counter.add(n as u64);
+                        // Compress into `out`, or keep the read buffer; then
+                        // encrypt whichever holds the bytes in place.
+                        let compressed = snappy.is_some();
+                        if let Some(s) = snappy {
                             out.clear();
-                            let used = s.decode(carry, out).map_err(|e| {
-                                io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-                            })?;
-                            carry.drain(..used);
-                            if out.is_empty() {
-                                continue;
-                            }
-                            counter.add(out.len() as u64);
+                            s.encode(&buf, out);
+                        }
+                        let data = if compressed { &mut *out } else { &mut buf };
+                        if let Some(iv) = cipher.as_mut().and_then(|c| c.encrypt_in_place(data)) {
+                            // Once per connection: the IV goes ahead of the first bytes.
+                            w.write_all(iv.to_vec()).await.0?;
+                        }
+                        if compressed {
                             let (res, o) = w.write_all(std::mem::take(out)).await;
                             *out = o;
                             res?;
-                        }
-                        None => {
-                            if iv_bytes > 0 {
-                                buf.drain(..iv_bytes);
-                            }
-                            if buf.is_empty() {
-                                continue;
-                            }
-                            counter.add(buf.len() as u64);
+                        } else {
                             let (res, b) = w.write_all(buf).await;
                             buf = b;
                             res?;
                         }
                     }
+                    Transform::Decode(d) => {
+                        // Paced by what came off the wire (before decompression).
+                        counter.pace(n).await;
+                        let Decoder {
+                            cipher,
+                            snappy,
+                            carry,
+                            out,
+                        } = &mut **d;
+                        // Decrypt in place; the first bytes of the stream are the
+                        // IV, which the reader swallows.
+                        let plain_len = match cipher {
+                            Some(c) => c.decrypt_in_place(&mut buf[..]).len(),
+                            None => n,
+                        };
+                        let iv_bytes = n - plain_len;
+                        match snappy {
+                            Some(s) => {
+                                carry.extend_from_slice(&buf[iv_bytes..]);
+                                out.clear();
+                                let used = s.decode(carry, out).map_err(|e| {
+                                    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+                                })?;
+                                carry.drain(..used);
+                                if out.is_empty() {
+                                    continue;
+                                }
+                                counter.add(out.len() as u64);
+                                let (res, o) = w.write_all(std::mem::take(out)).await;
+                                *out = o;
+                                res?;
+                            }
+                            None => {
+                                if iv_bytes > 0 {
+                                    buf.drain(..iv_bytes);
+                                }
+                                if buf.is_empty() {
+                                    continue;
+                                }
+                                counter.add(buf.len() as u64);
+                                let (res, b) = w.write_all(buf).await;
+                                buf = b;
+                                res?;
+                            }
+                        }
+                    }
+                }
+                if defer_pace > 0 {
+                    counter.pace(defer_pace).await;
+                }
+                if let Some(size) = next_size(n, asked, full) {
+                    buf = Vec::with_capacity(size);
                 }
             }
-            if defer_pace > 0 {
-                counter.pace(defer_pace).await;
-            }
-            if let Some(size) = next_size(n, asked, full) {
-                buf = Vec::with_capacity(size);
-            }
         }
-    }
-    .await;
-    match result {
-        Ok(()) => w.shutdown().await,
-        Err(e) => {
-            tracing::debug!(error = %e, "relay direction failed; aborting both sides");
-            abort_all(aborters);
+        .await;
+        match result {
+            Ok(()) => w.shutdown().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay direction failed; aborting both sides");
+                abort_all(aborters);
+            }
         }
     }
 }
@@ -537,6 +603,6 @@ mod tests {
         // Quiet again: back to the small one.
         assert_eq!(next_size(full / 4 - 1, full, full), Some(IDLE_READ));
         // A pacing step smaller than the idle buffer is the buffer.
-        assert_eq!(next_size(10, 512, 512), None);
+        assert_eq!(next_size(10, 128, 128), None);
     }
 }

@@ -35,8 +35,9 @@ async fn read_append<R: AsyncReadRent>(
     mut buf: Vec<u8>,
 ) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len();
-    if buf.capacity() - len < 1024 {
-        // An empty slice would read 0 bytes, indistinguishable from EOF.
+    if buf.capacity() - len < 256 {
+        // An empty slice would read 0 bytes, indistinguishable from EOF;
+        // a few bytes of room would take a syscall for each few bytes.
         buf.reserve(16 * 1024);
     }
     let cap = buf.capacity();
