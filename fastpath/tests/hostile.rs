@@ -555,7 +555,6 @@ fn established(s: &std::net::TcpStream) -> bool {
 /// connection (None: not within `limit`), and the peak RSS seen (KiB).
 fn ping_flood(fp: &Fastpath, mux: bool, limit: Duration) -> (Option<Duration>, u64) {
     use bench::load::attack::{raw_control::RawControl, Target};
-    use std::io::Write;
     let target = Target {
         frp: fp.addr,
         token: TOKEN.into(),
@@ -577,19 +576,33 @@ fn ping_flood(fp: &Fastpath, mux: bool, limit: Duration) -> (Option<Duration>, u
         proto::frame::encode(&ping, &mut plain);
     }
     let mut sock = ctl.socket().try_clone().unwrap();
+    write_until_closed(fp, &mut sock, limit, |out| ctl.seal(&plain, out))
+}
+
+/// Writes what `refill` appends, again and again, to `sock` (a 50 ms write
+/// timeout is set), until the server closes it or `limit` passes. Returns
+/// how long until it was closed (None: not within `limit`) and the peak RSS
+/// seen while writes stalled (KiB).
+fn write_until_closed(
+    fp: &Fastpath,
+    sock: &mut std::net::TcpStream,
+    limit: Duration,
+    mut refill: impl FnMut(&mut Vec<u8>),
+) -> (Option<Duration>, u64) {
+    use std::io::Write;
     sock.set_write_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let start = Instant::now();
     let mut peak = 0;
-    let mut wire = Vec::new();
+    let mut buf = Vec::new();
     let mut at = 0;
     while start.elapsed() < limit {
-        if at == wire.len() {
-            wire.clear();
-            ctl.seal(&plain, &mut wire);
+        if at == buf.len() {
+            buf.clear();
+            refill(&mut buf);
             at = 0;
         }
-        match sock.write(&wire[at..]) {
+        match sock.write(&buf[at..]) {
             Ok(0) => return (Some(start.elapsed()), peak),
             Ok(n) => at += n,
             Err(e)
@@ -599,7 +612,7 @@ fn ping_flood(fp: &Fastpath, mux: bool, limit: Duration) -> (Option<Duration>, u
                 ) =>
             {
                 peak = peak.max(fp.daemon.rss_kib());
-                if !established(&sock) {
+                if !established(sock) {
                     return (Some(start.elapsed()), peak);
                 }
             }
@@ -647,35 +660,13 @@ fn a_ping_flood_that_never_reads_is_held_then_closed() {
     // the write stall.
     {
         use proto::yamux::{Flags, FrameType, Header};
-        use std::io::Write;
         let mut s = connect_from("127.0.0.4".parse().unwrap(), fp.addr).unwrap();
-        s.set_write_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
         let pings: Vec<u8> = (0..4096u32)
             .flat_map(|i| Header::new(FrameType::Ping, Flags::SYN, 0, i).to_bytes())
             .collect();
-        let start = Instant::now();
-        let mut peak = 0;
-        let closed = loop {
-            if start.elapsed() > Duration::from_secs(20) {
-                break None;
-            }
-            match s.write(&pings) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    peak = peak.max(fp.daemon.rss_kib());
-                    if !established(&s) {
-                        break Some(start.elapsed());
-                    }
-                }
-                Err(_) => break Some(start.elapsed()),
-            }
-        };
+        let (closed, peak) = write_until_closed(&fp, &mut s, Duration::from_secs(20), |out| {
+            out.extend_from_slice(&pings)
+        });
         eprintln!("yamux Ping flood: closed after {closed:?}, RSS {rss_start} → {peak} KiB");
         let closed = closed.expect("the server never closed a yamux Ping flood");
         assert!(

@@ -38,6 +38,7 @@ use crate::frp::work_conns;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::{WorkerCtx, IDENTIFY_DEADLINE};
 use crate::transport::conn::Conn;
+use crate::transport::handoff::WorkConnOffer;
 use crate::transport::mux::MuxConn;
 use crate::transport::preauth::{Refused, Ticket};
 use crate::transport::tls::TlsStream;
@@ -279,8 +280,13 @@ async fn identify(
             .await
         }
         Message::NewWorkConn(msg) => {
-            let pending = reader.into_pending();
-            work_conns::route(&ctx, &sessions, conn, pending, msg, wire, peer).await;
+            let offer = WorkConnOffer {
+                pending: reader.into_pending(),
+                msg,
+                wire,
+                peer,
+            };
+            work_conns::route(&ctx, &sessions, conn, offer).await;
         }
         Message::NewVisitorConn(v) => {
             let r = Refusal::visitors_not_supported();

@@ -33,6 +33,12 @@ pub struct MovedConn {
     /// TLS session state when the connection is TLS, and ciphertext
     /// already read from the socket but not yet processed.
     pub tls: Option<(ServerConnection, Vec<u8>)>,
+    /// What it offered to be.
+    pub offer: WorkConnOffer,
+}
+
+/// What a work connection said about itself, apart from the connection.
+pub struct WorkConnOffer {
     /// Plaintext already read past the first message (normally empty).
     pub pending: Vec<u8>,
     /// The NewWorkConn that identified it.

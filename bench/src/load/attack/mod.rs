@@ -104,6 +104,26 @@ impl Timing {
     }
 }
 
+/// A unit test's target and timing: a plain yamux listener of the test's
+/// own at `frp` (this process stands in for the server), a 300 ms hold and
+/// no ceiling.
+#[cfg(test)]
+pub(crate) fn test_setup(frp: SocketAddr) -> (Target, Timing) {
+    let target = Target {
+        frp,
+        token: "t".into(),
+        tls: false,
+        mux: true,
+        pid: std::process::id(),
+    };
+    let timing = Timing {
+        hold: Duration::from_millis(300),
+        after: Duration::ZERO,
+        ceiling_kib: u64::MAX,
+    };
+    (target, timing)
+}
+
 /// Waits out the hold while a legitimate client logs in; returns early when
 /// the server's RSS passes the ceiling.
 pub(crate) fn hold(target: &Target, timing: &Timing, watch: &RssWatch) -> LoginCheck {

@@ -184,18 +184,7 @@ mod tests {
                 }
             }
         });
-        let target = Target {
-            frp: addr,
-            token: "t".into(),
-            tls: false,
-            mux: true,
-            pid: std::process::id(),
-        };
-        let timing = Timing {
-            hold: Duration::from_millis(300),
-            after: Duration::ZERO,
-            ceiling_kib: u64::MAX,
-        };
+        let (target, timing) = super::super::test_setup(addr);
         let r = run(
             &target,
             &timing,

@@ -21,26 +21,22 @@ pub mod pool;
 use std::net::SocketAddr;
 
 use monoio::net::TcpStream;
-use proto::msg::{Message, NewWorkConn, StartWorkConn};
+use proto::msg::{Message, StartWorkConn};
 
 use crate::frp::control::Sessions;
 use crate::frp::msgio::{self, Wire};
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
 use crate::transport::conn::Conn;
-use crate::transport::handoff::{detach, MovedConn, WorkerMsg};
+use crate::transport::handoff::{detach, MovedConn, WorkConnOffer, WorkerMsg};
 use crate::transport::tls::TlsStream;
 
 /// Step 1: send a work connection to the worker that owns its session.
-pub async fn route(
-    ctx: &WorkerCtx,
-    sessions: &Sessions,
-    conn: Conn,
-    pending: Vec<u8>,
-    msg: NewWorkConn,
-    wire: Wire,
-    peer: SocketAddr,
-) {
+pub async fn route(ctx: &WorkerCtx, sessions: &Sessions, conn: Conn, offer: WorkConnOffer) {
+    let WorkConnOffer {
+        msg, wire, peer, ..
+    } = &offer;
+    let (wire, peer) = (*wire, *peer);
     let Some(owner) = ctx.shared.directory.find_session(&msg.run_id) else {
         return refuse(conn, &msg.run_id, wire, peer).await;
     };
@@ -61,16 +57,9 @@ pub async fn route(
             let (s, state, ciphertext) = t.into_parts();
             (detach(s), Some((state, ciphertext)))
         }
-        local => return deliver(ctx, sessions, local, pending, msg, wire, peer).await,
+        local => return deliver(ctx, sessions, local, offer).await,
     };
-    let moved = MovedConn {
-        socket,
-        tls,
-        pending,
-        msg,
-        wire,
-        peer,
-    };
+    let moved = MovedConn { socket, tls, offer };
     match ctx.shared.inboxes[owner.worker].send(WorkerMsg::WorkConn(Box::new(moved))) {
         Ok(()) => WorkerStats::bump(&ctx.stats().handoffs_out, 1),
         Err(_) => tracing::warn!(%peer, "owner worker is gone; dropping work connection"),
@@ -80,14 +69,7 @@ pub async fn route(
 /// Step 2: take in a work connection another worker handed over.
 pub async fn adopt(ctx: &WorkerCtx, sessions: &Sessions, moved: MovedConn) {
     WorkerStats::bump(&ctx.stats().handoffs_in, 1);
-    let MovedConn {
-        socket,
-        tls,
-        pending,
-        msg,
-        wire,
-        peer,
-    } = moved;
+    let MovedConn { socket, tls, offer } = moved;
     let stream = match TcpStream::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
@@ -99,19 +81,17 @@ pub async fn adopt(ctx: &WorkerCtx, sessions: &Sessions, moved: MovedConn) {
         Some((state, ciphertext)) => Conn::tls(TlsStream::from_parts(stream, state, ciphertext)),
         None => Conn::tcp(stream),
     };
-    deliver(ctx, sessions, conn, pending, msg, wire, peer).await;
+    deliver(ctx, sessions, conn, offer).await;
 }
 
 /// Step 3: put a work connection into a local session's pool.
-async fn deliver(
-    ctx: &WorkerCtx,
-    sessions: &Sessions,
-    conn: Conn,
-    pending: Vec<u8>,
-    msg: NewWorkConn,
-    wire: Wire,
-    peer: SocketAddr,
-) {
+async fn deliver(ctx: &WorkerCtx, sessions: &Sessions, conn: Conn, offer: WorkConnOffer) {
+    let WorkConnOffer {
+        pending,
+        msg,
+        wire,
+        peer,
+    } = offer;
     let Some(control) = sessions.get(&msg.run_id) else {
         refuse(conn, &msg.run_id, wire, peer).await;
         return;
