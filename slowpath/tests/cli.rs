@@ -140,3 +140,28 @@ fn help_lists_every_subcommand() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--stats-file"));
 }
+
+/// A clean `slowpath up` warns about nothing: the fastpath loads the first
+/// table once (issue 12: it used to load it twice and log `WARN policy table
+/// refused … generation N is not newer than N` on every start).
+#[test]
+fn a_clean_up_logs_no_warning() {
+    let sp = Slowpath::up(&Backend::Sqlite, &[]);
+    sp.wait_frp();
+    harness::wait_until("the fastpath to report its table in force", || {
+        sp.log().contains("policy table in force")
+    });
+    // Past a few ticks of the fastpath's table watcher and the
+    // slowpath's first publish cycle.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = sp.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "a clean start warned:\n{}",
+        warnings.join("\n")
+    );
+}

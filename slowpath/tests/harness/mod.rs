@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod report;
 pub mod ring;
 
+use std::os::unix::fs::DirBuilderExt;
 use bench::proc::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -232,7 +233,14 @@ impl Slowpath {
     fn launch(mode: &str, backend: &Backend, extra: &[&str]) -> Slowpath {
         let dir = std::env::temp_dir().join(unique("totoro-sp-"));
         let shm = dir.join("shm");
-        std::fs::create_dir_all(&dir).unwrap();
+        // Owner-only, as an operator's data directory is (one open to
+        // others is repaired with a warning, which tests of a clean start
+        // would see).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .unwrap();
         let port = free_port();
         let mut args: Vec<std::ffi::OsString> = vec![
             mode.into(),
