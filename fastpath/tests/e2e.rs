@@ -423,3 +423,43 @@ fn epoll_driver_serves_too() {
         }
     }
 }
+
+/// A TLS 1.3 session's records are protected by the fastpath itself after
+/// the handshake (proto::tls13); a client that offers only TLS 1.2 stays
+/// with rustls's record layer. Both carry data intact, with and without
+/// yamux, encrypted and compressed or not, and work connections of both
+/// move between workers.
+#[test]
+fn tls12_and_tls13_record_paths_carry_data() {
+    let fp = Fastpath::start("", 2);
+    let echo = Backend::echo().unwrap();
+    for tls12_only in [false, true] {
+        for mux in [false, true] {
+            let mut o = opts_over(&fp, mux, true);
+            o.tls12_only = tls12_only;
+            o.pool_count = 4;
+            let c = Client::login(o).expect("login");
+            for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
+                let name = format!("v{tls12_only}-m{mux}-{i}");
+                let port = tcp_proxy(&c, &name, 0, echo.addr(), enc, comp);
+                for seed in 0..3u64 {
+                    let (sent, got) = echo_integrity(port, 4 << 20, seed);
+                    assert_eq!(sent, got, "{name}: data differs");
+                }
+            }
+            c.kill();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let stats = fp.stats();
+    let sum = |key: &str| -> i64 {
+        stats["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w[key].as_i64().unwrap_or(0))
+            .sum()
+    };
+    assert!(sum("tls13_sessions") >= 2, "{stats}");
+    assert!(sum("tls_rustls_sessions") >= 2, "{stats}");
+}

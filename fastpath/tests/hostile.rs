@@ -86,6 +86,7 @@ fn streams_before_login_are_capped_and_a_real_session_is_served() {
         addr: fp.addr,
         tls: false,
         tls_custom_byte: false,
+        tls12_only: false,
         timeout: Some(Duration::from_secs(5)),
     };
     let rss_start = fp.daemon.rss_kib();

@@ -51,6 +51,7 @@ fn hijack_case(victim_mux: bool, workers: usize, offer: Offer) {
         addr: fp.addr,
         tls: false,
         tls_custom_byte: false,
+        tls12_only: false,
         timeout: Some(Duration::from_secs(5)),
     };
     let (r, w) = dial.connect().expect("attacker connects");

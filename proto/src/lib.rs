@@ -40,5 +40,6 @@ pub mod ring;
 pub mod shm_auth;
 pub mod snappy;
 pub mod ticket;
+pub mod tls13;
 pub mod wire_v2;
 pub mod yamux;

@@ -30,6 +30,9 @@ pub struct ClientOpts {
     pub tls: bool,
     /// !transport.tls.disableCustomTLSFirstByte.
     pub tls_custom_byte: bool,
+    /// Offer TLS 1.2 only (frpc built with an old Go; tests the server's
+    /// rustls record path).
+    pub tls12_only: bool,
     /// transport.tcpMux.
     pub mux: bool,
     /// transport.poolCount.
@@ -70,6 +73,7 @@ impl ClientOpts {
             token: token.to_string(),
             tls: true,
             tls_custom_byte: false,
+            tls12_only: false,
             mux: true,
             pool_count: 1,
             user: String::new(),
@@ -461,6 +465,7 @@ impl Client {
             addr: opts.server,
             tls: opts.tls,
             tls_custom_byte: opts.tls_custom_byte,
+            tls12_only: opts.tls12_only,
             timeout: opts.timeout,
         };
         let (r, w, sock) = dial.connect_with_handle()?;

@@ -31,6 +31,8 @@ pub struct Dial {
     pub tls: bool,
     /// Send frp's 0x17 byte before the ClientHello (disableCustomTLSFirstByte=false).
     pub tls_custom_byte: bool,
+    /// Offer TLS 1.2 only (an old client; the server's other record path).
+    pub tls12_only: bool,
     /// Limit on the TCP connect and on each read and write of the TLS
     /// handshake; None leaves both to the OS.
     pub timeout: Option<Duration>,
@@ -64,7 +66,7 @@ impl Dial {
             (&sock).write_all(&[0x17])?;
         }
         let conn = ClientConnection::new(
-            tls_config(),
+            tls_config(self.tls12_only),
             ServerName::try_from("localhost").expect("static name"),
         )
         .map_err(io::Error::other)?;
@@ -232,11 +234,16 @@ impl WriteHalf for TlsWrite {
 }
 
 /// frpc without `trustedCaFile` accepts any certificate; so do we.
-fn tls_config() -> Arc<rustls::ClientConfig> {
+fn tls_config(tls12_only: bool) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
+        .with_protocol_versions(versions)
+        .expect("ring supports both versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();

@@ -126,7 +126,15 @@ async fn detect_transport(
         0x17 | 0x16 => {
             let prefix = if buf[0] == 0x17 { &buf[1..] } else { &buf[..] };
             match TlsStream::accept(stream, tls_cfg, prefix).await {
-                Ok(tls) => Ok((Conn::tls(tls), Vec::new())),
+                Ok(tls) => {
+                    let stats = ctx.stats();
+                    let path = match tls.protects_records() {
+                        true => &stats.tls13_sessions,
+                        false => &stats.tls_rustls_sessions,
+                    };
+                    WorkerStats::bump(path, 1);
+                    Ok((Conn::tls(tls), Vec::new()))
+                }
                 Err(e) => Err(format!("TLS handshake failed: {e}")),
             }
         }

@@ -38,6 +38,11 @@ pub struct WorkerStats {
     pub bytes_in: AtomicU64,
     /// Bytes from frpc towards users.
     pub bytes_out: AtomicU64,
+    /// TLS 1.3 handshakes after which this worker protects the records
+    /// itself (proto::tls13).
+    pub tls13_sessions: AtomicU64,
+    /// TLS handshakes whose records stay with rustls (TLS 1.2).
+    pub tls_rustls_sessions: AtomicU64,
     /// Connections handed to this worker from another one.
     pub handoffs_in: AtomicU64,
     /// Connections this worker handed to another one.
@@ -91,6 +96,8 @@ impl WorkerStats {
             conns_total: self.conns_total.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            tls13_sessions: self.tls13_sessions.load(Relaxed),
+            tls_rustls_sessions: self.tls_rustls_sessions.load(Relaxed),
             handoffs_in: self.handoffs_in.load(Relaxed),
             handoffs_out: self.handoffs_out.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
@@ -117,6 +124,8 @@ pub struct StatsSnapshot {
     pub conns_total: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub tls13_sessions: u64,
+    pub tls_rustls_sessions: u64,
     pub handoffs_in: u64,
     pub handoffs_out: u64,
     pub protocol_errors: u64,

@@ -10,7 +10,6 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 
 use monoio::net::TcpStream;
 use proto::msg::NewWorkConn;
-use rustls::ServerConnection;
 
 /// A message to a worker's inbox.
 pub enum WorkerMsg {
@@ -30,9 +29,9 @@ pub enum WorkerMsg {
 pub struct MovedConn {
     /// The socket, detached from the sending worker's runtime.
     pub socket: std::net::TcpStream,
-    /// TLS session state when the connection is TLS, and ciphertext
-    /// already read from the socket but not yet processed.
-    pub tls: Option<(ServerConnection, Vec<u8>)>,
+    /// TLS session state when the connection is TLS, with whatever was
+    /// read from the socket and not yet used.
+    pub tls: Option<crate::transport::tls::TlsState>,
     /// What it offered to be.
     pub offer: WorkConnOffer,
 }

@@ -13,8 +13,10 @@ use std::io::{self, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use proto::tls13::{self, Opener, Sealer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConnection;
 
@@ -34,6 +36,9 @@ pub fn server_config(cfg: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig
         .with_single_cert(certs, key)?;
     // frpc never resumes; tickets would only cost a write per handshake.
     sc.send_tls13_tickets = 0;
+    // A TLS 1.3 session leaves rustls after the handshake: its records
+    // are protected by proto::tls13 (TlsStream::accept).
+    sc.enable_secret_extraction = true;
     Ok(Arc::new(sc))
 }
 
@@ -70,9 +75,12 @@ fn tls_err(e: rustls::Error) -> io::Error {
 
 /// Ciphertext read from the socket and not yet taken by rustls.
 ///
+/// rustls is given one whole record at a time, so that when the handshake
+/// is done it holds no part of a record: the session can then leave rustls for
+/// [`proto::tls13`] (see [`TlsStream::accept`]) without losing bytes.
 /// rustls refuses more ciphertext while too much decrypted data is waiting
-/// ("received plaintext buffer full"), so ciphertext is fed one `read_tls`
-/// at a time, and plaintext drained in between.
+/// ("received plaintext buffer full"), so plaintext is drained between
+/// feeds.
 #[derive(Default)]
 pub struct CipherIn {
     buf: Vec<u8>,
@@ -80,28 +88,43 @@ pub struct CipherIn {
 }
 
 impl CipherIn {
-    fn with_capacity(n: usize) -> Self {
-        CipherIn {
-            buf: Vec::with_capacity(n),
-            pos: 0,
-        }
-    }
-
     fn from_bytes(b: &[u8]) -> Self {
-        let mut c = CipherIn::with_capacity(b.len().max(16 * 1024));
-        c.buf.extend_from_slice(b);
-        c
+        let mut buf = Vec::with_capacity(b.len().max(16 * 1024));
+        buf.extend_from_slice(b);
+        CipherIn { buf, pos: 0 }
     }
 
-    fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
     }
 
-    /// Give rustls as much as it takes in one call, and process it.
+    /// The length of the whole record at the front, if one is there.
+    fn first_record(&self) -> Option<usize> {
+        let rest = self.pending();
+        (rest.len() >= tls13::HEADER_LEN && tls13::missing(rest) == 0)
+            .then(|| tls13::HEADER_LEN + u16::from_be_bytes([rest[3], rest[4]]) as usize)
+    }
+
+    /// Whether a whole record is waiting.
+    fn ready(&self) -> bool {
+        self.first_record().is_some()
+    }
+
+    /// Give rustls the record at the front, all of it, and process it. One
+    /// record at a time: rustls then never holds part of a record when the
+    /// handshake ends, and never more plaintext than one record's.
     fn feed(&mut self, conn: &mut ServerConnection) -> io::Result<()> {
-        let mut slice = &self.buf[self.pos..];
-        let n = conn.read_tls(&mut slice)?;
-        self.pos += n;
+        let Some(len) = self.first_record() else {
+            return Ok(());
+        };
+        let end = self.pos + len;
+        while self.pos < end {
+            let mut slice = &self.buf[self.pos..end];
+            match conn.read_tls(&mut slice)? {
+                0 => break,
+                n => self.pos += n,
+            }
+        }
         if self.pos >= self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -110,21 +133,27 @@ impl CipherIn {
         Ok(())
     }
 
-    /// What is left, for a connection moving to another worker.
-    pub fn into_vec(mut self) -> Vec<u8> {
+    /// What is left.
+    fn into_vec(mut self) -> Vec<u8> {
         self.buf.drain(..self.pos);
         self.buf
     }
 
-    /// Take the buffer for a socket read (it is empty when this is called).
-    fn take_for_read(&mut self) -> Vec<u8> {
+    /// Read from `io`, appending after what is waiting (moved to the
+    /// front first), with room for at least one whole record.
+    async fn read_from<R: AsyncReadRent>(&mut self, io: &mut R) -> io::Result<usize> {
         let mut b = std::mem::take(&mut self.buf);
-        b.clear();
+        b.drain(..self.pos);
         self.pos = 0;
-        if b.capacity() < 16 * 1024 {
-            b.reserve(16 * 1024);
+        let room = tls13::HEADER_LEN + tls13::MAX_CIPHERTEXT;
+        if b.capacity() - b.len() < room {
+            b.reserve(room);
         }
-        b
+        let (len, cap) = (b.len(), b.capacity());
+        // A slice from `len`: a plain Vec would be read into from its start.
+        let (r, slice) = io.read(b.slice_mut(len..cap)).await;
+        self.buf = slice.into_inner();
+        r
     }
 }
 
@@ -132,11 +161,10 @@ impl CipherIn {
 /// 16 KiB). `None` means rustls needs more ciphertext first.
 ///
 /// Copies straight out of rustls's own buffers (`BufRead`), so nothing is
-/// zeroed first: with a 64 KiB relay buffer and 16 KiB records, zeroing the
-/// spare room on every call was the hottest function of the TLS path.
+/// zeroed first.
 fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<io::Result<usize>> {
     use std::io::BufRead;
-    let room = buf.room().max(16 * 1024);
+    let room = (buf.capacity() - buf.len()).max(16 * 1024);
     let mut reader = conn.reader();
     let mut got = 0;
     loop {
@@ -162,28 +190,61 @@ fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<
 }
 
 /// Where decrypted bytes go: a relay buffer or the yamux driver's input.
-pub trait PlainSink {
-    /// Bytes that fit without growing.
-    fn room(&self) -> usize;
+/// Records are read from the socket into its spare room and opened there.
+pub trait PlainSink: monoio::buf::IoBuf + monoio::buf::IoBufMut + Default {
+    /// Bytes held.
+    fn len(&self) -> usize;
+    /// Bytes it can hold without growing.
+    fn capacity(&self) -> usize;
+    /// Make room for `n` more.
+    fn reserve(&mut self, n: usize);
     /// Append.
     fn extend_from_slice(&mut self, data: &[u8]);
+    /// Drop everything from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// The bytes held.
+    fn bytes_mut(&mut self) -> &mut [u8];
 }
 
 impl PlainSink for Vec<u8> {
-    fn room(&self) -> usize {
-        self.capacity() - self.len()
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n)
     }
     fn extend_from_slice(&mut self, data: &[u8]) {
         Vec::extend_from_slice(self, data)
     }
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
 }
 
 impl PlainSink for bytes::BytesMut {
-    fn room(&self) -> usize {
-        self.capacity() - self.len()
+    fn len(&self) -> usize {
+        bytes::BytesMut::len(self)
+    }
+    fn capacity(&self) -> usize {
+        bytes::BytesMut::capacity(self)
+    }
+    fn reserve(&mut self, n: usize) {
+        bytes::BytesMut::reserve(self, n)
     }
     fn extend_from_slice(&mut self, data: &[u8]) {
         bytes::BytesMut::extend_from_slice(self, data)
+    }
+    fn truncate(&mut self, len: usize) {
+        bytes::BytesMut::truncate(self, len)
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
     }
 }
 
@@ -196,16 +257,158 @@ fn drain_tls(conn: &mut ServerConnection, out: &mut Vec<u8>) {
     }
 }
 
+/// The receiving side of a session whose records are protected here.
+pub struct RecordIn {
+    opener: Opener,
+    /// Plaintext rustls had decrypted when the session left it.
+    plain: Vec<u8>,
+    /// Ciphertext read and not yet opened (part of a record, or records
+    /// rustls had not been given).
+    pending: Vec<u8>,
+    /// close_notify came: everything after is EOF.
+    closed: bool,
+}
+
+impl RecordIn {
+    /// Append decrypted bytes to `sink`; 0 means EOF. Reads the socket
+    /// straight into `sink`'s spare room and opens the records there,
+    /// moving each record's plaintext down over its header: the bytes are
+    /// copied once, by the kernel.
+    async fn read_into<R: AsyncReadRent, S: PlainSink>(
+        &mut self,
+        io: &mut R,
+        sink: &mut S,
+    ) -> io::Result<usize> {
+        if !self.plain.is_empty() {
+            let n = self.plain.len();
+            sink.extend_from_slice(&self.plain);
+            self.plain = Vec::new();
+            return Ok(n);
+        }
+        if self.closed {
+            return Ok(0);
+        }
+        let start = sink.len();
+        loop {
+            let need = tls13::missing(&self.pending);
+            let room = (self.pending.len() + need).max(tls13::HEADER_LEN + tls13::MAX_CIPHERTEXT);
+            if sink.capacity() - sink.len() < room {
+                sink.reserve(room);
+            }
+            sink.extend_from_slice(&self.pending);
+            self.pending.clear();
+            if need > 0 || sink.len() == start {
+                let len = sink.len();
+                let cap = sink.capacity();
+                let (r, slice) = io.read(std::mem::take(sink).slice_mut(len..cap)).await;
+                *sink = slice.into_inner();
+                if r? == 0 {
+                    // A peer that closes without close_notify (or inside a
+                    // record) is an ordinary EOF for us, as with rustls.
+                    sink.truncate(start);
+                    return Ok(0);
+                }
+            }
+            let opened = self
+                .opener
+                .open(sink.bytes_mut(), start, start)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if !opened.closed {
+                self.pending
+                    .extend_from_slice(&sink.bytes_mut()[opened.rest..]);
+            }
+            sink.truncate(opened.plain_end);
+            if opened.closed {
+                self.closed = true;
+                return Ok(opened.plain_end - start);
+            }
+            if opened.plain_end > start {
+                return Ok(opened.plain_end - start);
+            }
+        }
+    }
+}
+
+/// A session's state apart from its socket: what moves with a connection
+/// to another worker.
+pub enum TlsState {
+    /// rustls protects the records (TLS 1.2).
+    Rustls(ServerConnection, CipherIn),
+    /// TLS 1.3: records are protected here ([`proto::tls13`]).
+    Record(Sealer, RecordIn),
+}
+
+impl TlsState {
+    /// Leave rustls for [`proto::tls13`] when the session is TLS 1.3 and its
+    /// suite is one we protect; otherwise stay with rustls. Called once the
+    /// handshake is done and rustls has nothing left to send.
+    fn after_handshake(conn: ServerConnection, cin: CipherIn) -> io::Result<TlsState> {
+        use rustls::ConnectionTrafficSecrets as S;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return Ok(TlsState::Rustls(conn, cin));
+        }
+        let mut conn = conn;
+        // What rustls decrypted past the handshake (frpc's first message
+        // often comes with its Finished) is handed out first.
+        let mut plain = Vec::new();
+        if let Some(r) = take_plain(&mut conn, &mut plain) {
+            r?;
+        }
+        let secrets = conn.dangerous_extract_secrets().map_err(tls_err)?;
+        let keys = |s: &S| -> Option<(tls13::Suite, Vec<u8>, Vec<u8>)> {
+            match s {
+                S::Aes128Gcm { key, iv } => Some((
+                    tls13::Suite::Aes128Gcm,
+                    key.as_ref().to_vec(),
+                    iv.as_ref().to_vec(),
+                )),
+                S::Aes256Gcm { key, iv } => Some((
+                    tls13::Suite::Aes256Gcm,
+                    key.as_ref().to_vec(),
+                    iv.as_ref().to_vec(),
+                )),
+                S::Chacha20Poly1305 { key, iv } => Some((
+                    tls13::Suite::Chacha20Poly1305,
+                    key.as_ref().to_vec(),
+                    iv.as_ref().to_vec(),
+                )),
+                _ => None,
+            }
+        };
+        let unsupported = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS 1.3 suite without a record layer here",
+            )
+        };
+        let (tx_seq, tx) = &secrets.tx;
+        let (rx_seq, rx) = &secrets.rx;
+        let (suite, key, iv) = keys(tx).ok_or_else(unsupported)?;
+        let sealer = Sealer::new(suite, &key, &iv, *tx_seq).ok_or_else(unsupported)?;
+        let (suite, key, iv) = keys(rx).ok_or_else(unsupported)?;
+        let opener = Opener::new(suite, &key, &iv, *rx_seq).ok_or_else(unsupported)?;
+        Ok(TlsState::Record(
+            sealer,
+            RecordIn {
+                opener,
+                plain,
+                pending: cin.into_vec(),
+                closed: false,
+            },
+        ))
+    }
+}
+
 /// A server-side TLS stream over a monoio socket, not yet split.
 pub struct TlsStream {
     io: TcpStream,
-    conn: ServerConnection,
-    cin: CipherIn,
+    state: TlsState,
 }
 
 impl TlsStream {
     /// Run the handshake. `prefix` holds ciphertext already read from the
-    /// socket (the peeked first bytes).
+    /// socket (the peeked first bytes). A TLS 1.3 session then leaves
+    /// rustls: its records are protected by [`proto::tls13`].
     pub async fn accept(
         io: TcpStream,
         config: Arc<rustls::ServerConfig>,
@@ -215,45 +418,45 @@ impl TlsStream {
         // We flush after every write, so rustls's own plaintext cap would
         // only turn a large relay chunk into a spurious WriteZero.
         conn.set_buffer_limit(None);
-        let mut s = TlsStream {
-            io,
-            conn,
-            cin: CipherIn::from_bytes(prefix),
-        };
-        while s.conn.is_handshaking() {
-            if !s.cin.is_empty() {
-                s.cin.feed(&mut s.conn)?;
-                s.flush_tls().await?;
+        let mut io = io;
+        let mut cin = CipherIn::from_bytes(prefix);
+        while conn.is_handshaking() {
+            if cin.ready() {
+                cin.feed(&mut conn)?;
+                flush(&mut io, &mut conn).await?;
                 continue;
             }
-            s.flush_tls().await?;
-            if !s.conn.is_handshaking() {
+            flush(&mut io, &mut conn).await?;
+            if !conn.is_handshaking() {
                 break;
             }
-            if s.read_tls().await? == 0 {
+            if cin.read_from(&mut io).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed during TLS handshake",
                 ));
             }
         }
-        s.flush_tls().await?;
-        Ok(s)
+        flush(&mut io, &mut conn).await?;
+        let state = TlsState::after_handshake(conn, cin)?;
+        Ok(TlsStream { io, state })
     }
 
     /// Rebuild a stream from parts moved from another worker.
-    pub fn from_parts(io: TcpStream, conn: ServerConnection, ciphertext: Vec<u8>) -> Self {
-        TlsStream {
-            io,
-            conn,
-            cin: CipherIn::from_bytes(&ciphertext),
-        }
+    pub fn from_parts(io: TcpStream, state: TlsState) -> Self {
+        TlsStream { io, state }
     }
 
-    /// Take the stream apart so it can move to another thread: the socket,
-    /// the session state and any ciphertext read but not yet processed.
-    pub fn into_parts(self) -> (TcpStream, ServerConnection, Vec<u8>) {
-        (self.io, self.conn, self.cin.into_vec())
+    /// Take the stream apart so it can move to another thread: the socket
+    /// and the session state, with whatever was read and not yet used.
+    pub fn into_parts(self) -> (TcpStream, TlsState) {
+        (self.io, self.state)
+    }
+
+    /// Whether the records are protected here ([`proto::tls13`]) rather
+    /// than by rustls.
+    pub fn protects_records(&self) -> bool {
+        matches!(self.state, TlsState::Record(..))
     }
 
     /// The socket underneath.
@@ -261,79 +464,132 @@ impl TlsStream {
         &self.io
     }
 
-    /// Read ciphertext from the socket into `cin` (which must be empty).
-    async fn read_tls(&mut self) -> io::Result<usize> {
-        let buf = self.cin.take_for_read();
-        let (r, buf) = self.io.read(buf).await;
-        self.cin.buf = buf;
-        r
-    }
-
-    async fn flush_tls(&mut self) -> io::Result<()> {
-        if !self.conn.wants_write() {
-            return Ok(());
-        }
-        let mut out = Vec::new();
-        drain_tls(&mut self.conn, &mut out);
-        let (r, _) = self.io.write_all(out).await;
-        r.map(|_| ())
-    }
-
     /// Append decrypted bytes to `buf`; 0 means EOF.
     pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        loop {
-            if let Some(r) = take_plain(&mut self.conn, &mut buf) {
-                return (r, buf);
+        let r = match &mut self.state {
+            TlsState::Record(_, rin) => rin.read_into(&mut self.io, &mut buf).await,
+            TlsState::Rustls(conn, cin) => {
+                rustls_read(&mut self.io, &RefCell::new(conn), cin, &mut buf).await
             }
-            if !self.cin.is_empty() {
-                if let Err(e) = self.cin.feed(&mut self.conn) {
-                    return (Err(e), buf);
-                }
-                continue;
-            }
-            match self.read_tls().await {
-                Ok(0) => return (Ok(0), buf),
-                Ok(_) => {}
-                Err(e) => return (Err(e), buf),
-            }
-            if let Err(e) = self.flush_tls().await {
-                return (Err(e), buf);
-            }
-        }
+        };
+        (r, buf)
     }
 
     /// Encrypt and send all of `buf`.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        if let Err(e) = self.conn.writer().write_all(&buf) {
+        let mut out = Vec::new();
+        let sealed = match &mut self.state {
+            TlsState::Record(sealer, _) => sealer
+                .seal(&buf, &mut out)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            TlsState::Rustls(conn, _) => conn
+                .writer()
+                .write_all(&buf)
+                .map(|()| drain_tls(conn, &mut out)),
+        };
+        if let Err(e) = sealed {
             return (Err(e), buf);
         }
-        (self.flush_tls().await, buf)
+        let (r, _) = self.io.write_all(out).await;
+        (r.map(|_| ()), buf)
     }
 
-    /// Split into independently usable halves sharing the TLS session.
+    /// Split into independently usable halves.
     pub fn into_split(self) -> (TlsReader, TlsWriter) {
         let (r, w) = self.io.into_split();
-        let conn = Rc::new(RefCell::new(self.conn));
-        (
-            TlsReader {
-                io: r,
-                conn: conn.clone(),
-                cin: self.cin,
-            },
-            TlsWriter {
-                io: w,
-                conn,
-                out: Vec::with_capacity(16 * 1024 + 64),
-            },
-        )
+        let out = Vec::with_capacity(16 * 1024 + 64);
+        match self.state {
+            TlsState::Record(sealer, rin) => (
+                TlsReader {
+                    io: r,
+                    side: ReadSide::Record(rin),
+                },
+                TlsWriter {
+                    io: w,
+                    side: WriteSide::Record(sealer),
+                    out,
+                },
+            ),
+            TlsState::Rustls(conn, cin) => {
+                let conn = Rc::new(RefCell::new(conn));
+                (
+                    TlsReader {
+                        io: r,
+                        side: ReadSide::Rustls(conn.clone(), cin),
+                    },
+                    TlsWriter {
+                        io: w,
+                        side: WriteSide::Rustls(conn),
+                        out,
+                    },
+                )
+            }
+        }
     }
+}
+
+/// Send what rustls wants to send.
+async fn flush(io: &mut TcpStream, conn: &mut ServerConnection) -> io::Result<()> {
+    if !conn.wants_write() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    drain_tls(conn, &mut out);
+    let (r, _) = io.write_all(out).await;
+    r.map(|_| ())
+}
+
+/// Read through rustls (a TLS 1.2 session): ciphertext into `cin`,
+/// plaintext copied out of rustls into `sink`.
+async fn rustls_read<R: AsyncReadRent, S: PlainSink, C: AsConn>(
+    io: &mut R,
+    conn: &RefCell<C>,
+    cin: &mut CipherIn,
+    sink: &mut S,
+) -> io::Result<usize> {
+    loop {
+        if let Some(r) = take_plain(conn.borrow_mut().conn(), sink) {
+            return r;
+        }
+        if cin.ready() {
+            // Anything rustls wants to say back (alerts, key updates)
+            // goes out with the writer's next flush.
+            cin.feed(conn.borrow_mut().conn())?;
+            continue;
+        }
+        if cin.read_from(io).await? == 0 {
+            return Ok(0);
+        }
+    }
+}
+
+/// A rustls session, owned or borrowed, behind a `RefCell` while a read
+/// waits (the split halves share one).
+trait AsConn {
+    fn conn(&mut self) -> &mut ServerConnection;
+}
+
+impl AsConn for ServerConnection {
+    fn conn(&mut self) -> &mut ServerConnection {
+        self
+    }
+}
+
+impl AsConn for &mut ServerConnection {
+    fn conn(&mut self) -> &mut ServerConnection {
+        self
+    }
+}
+
+enum ReadSide {
+    Rustls(Rc<RefCell<ServerConnection>>, CipherIn),
+    Record(RecordIn),
 }
 
 /// Reading half of a split [`TlsStream`].
 pub struct TlsReader {
     io: OwnedReadHalf<TcpStream>,
-    conn: Rc<RefCell<ServerConnection>>,
-    cin: CipherIn,
+    side: ReadSide,
 }
 
 impl TlsReader {
@@ -346,40 +602,37 @@ impl TlsReader {
     /// Append decrypted bytes to any sink (the yamux driver reads straight
     /// into its frame buffer this way, with no intermediate copy).
     pub async fn read_into<S: PlainSink>(&mut self, buf: &mut S) -> io::Result<usize> {
-        loop {
-            if let Some(r) = take_plain(&mut self.conn.borrow_mut(), buf) {
-                return r;
-            }
-            if !self.cin.is_empty() {
-                // Anything rustls wants to say back (alerts, key updates)
-                // goes out with the writer's next flush.
-                self.cin.feed(&mut self.conn.borrow_mut())?;
-                continue;
-            }
-            let cbuf = self.cin.take_for_read();
-            let (r, cbuf) = self.io.read(cbuf).await;
-            self.cin.buf = cbuf;
-            if r? == 0 {
-                return Ok(0);
-            }
+        match &mut self.side {
+            ReadSide::Record(rin) => rin.read_into(&mut self.io, buf).await,
+            ReadSide::Rustls(conn, cin) => rustls_read(&mut self.io, conn, cin, buf).await,
         }
     }
+}
+
+enum WriteSide {
+    Rustls(Rc<RefCell<ServerConnection>>),
+    Record(Sealer),
 }
 
 /// Writing half of a split [`TlsStream`].
 pub struct TlsWriter {
     io: OwnedWriteHalf<TcpStream>,
-    conn: Rc<RefCell<ServerConnection>>,
+    side: WriteSide,
     out: Vec<u8>,
 }
 
 impl TlsWriter {
     /// Encrypt and send all of `data`.
     pub async fn write_slice(&mut self, data: &[u8]) -> io::Result<()> {
-        {
-            let mut c = self.conn.borrow_mut();
-            c.writer().write_all(data)?;
-            drain_tls(&mut c, &mut self.out);
+        match &mut self.side {
+            WriteSide::Record(sealer) => sealer
+                .seal(data, &mut self.out)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            WriteSide::Rustls(conn) => {
+                let mut c = conn.borrow_mut();
+                c.writer().write_all(data)?;
+                drain_tls(&mut c, &mut self.out);
+            }
         }
         let out = std::mem::take(&mut self.out);
         let (r, mut out) = self.io.write_all(out).await;
@@ -390,10 +643,15 @@ impl TlsWriter {
 
     /// Send close_notify and half-close the socket.
     pub async fn shutdown(&mut self) {
-        {
-            let mut c = self.conn.borrow_mut();
-            c.send_close_notify();
-            drain_tls(&mut c, &mut self.out);
+        match &mut self.side {
+            WriteSide::Record(sealer) => {
+                let _ = sealer.close_notify(&mut self.out);
+            }
+            WriteSide::Rustls(conn) => {
+                let mut c = conn.borrow_mut();
+                c.send_close_notify();
+                drain_tls(&mut c, &mut self.out);
+            }
         }
         let out = std::mem::take(&mut self.out);
         let _ = self.io.write_all(out).await;

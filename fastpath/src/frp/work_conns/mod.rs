@@ -54,8 +54,8 @@ pub async fn route(ctx: &WorkerCtx, sessions: &Sessions, conn: Conn, offer: Work
         // goes with the Conn (no Aborter was made for it yet).
         Conn::Tcp(s, _) if owner.worker != ctx.id => (detach(s), None),
         Conn::Tls(t, _) if owner.worker != ctx.id => {
-            let (s, state, ciphertext) = t.into_parts();
-            (detach(s), Some((state, ciphertext)))
+            let (s, state) = t.into_parts();
+            (detach(s), Some(state))
         }
         local => return deliver(ctx, sessions, local, offer).await,
     };
@@ -78,7 +78,7 @@ pub async fn adopt(ctx: &WorkerCtx, sessions: &Sessions, moved: MovedConn) {
         }
     };
     let conn = match tls {
-        Some((state, ciphertext)) => Conn::tls(TlsStream::from_parts(stream, state, ciphertext)),
+        Some(state) => Conn::tls(TlsStream::from_parts(stream, state)),
         None => Conn::tcp(stream),
     };
     deliver(ctx, sessions, conn, offer).await;
