@@ -10,8 +10,8 @@ pub mod etcd;
 pub mod report;
 pub mod ring;
 
-use std::os::unix::fs::DirBuilderExt;
 use bench::proc::free_port;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
