@@ -13,6 +13,8 @@
 //! - [`snappy`]: the snappy framing format frp uses for `useCompression`.
 //! - [`yamux`]: a yamux session state machine compatible with hashicorp/yamux.
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
+//! - [`tls13`]: TLS 1.3 record protection once rustls has done the
+//!   handshake: records opened in place in the reader's own buffer.
 //! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
 //!   frpc: signing, key-id peek, signature check, expiry and node binding.
 //! - [`config`]: the node's frps-compatible TOML file, parsed and written

@@ -282,15 +282,32 @@ fn policy_table() -> Seeds {
     vec![("two-invites-two-tenants", input)]
 }
 
+/// The tls13 target's input: a control byte (suite, piece size), then
+/// chunks of up to 257 bytes, each sealed as plaintext unless it starts
+/// with 0xff (raw bytes on the wire) or 0xfe (repeated to 20,000 bytes).
+fn tls13() -> Seeds {
+    let text = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".repeat(8);
+    let mut forged = vec![2];
+    forged.extend_from_slice(&text[..256]);
+    forged.extend_from_slice(&[0xff, 23, 3, 3, 0, 40]);
+    forged.extend_from_slice(&[0x55; 60]);
+    vec![
+        ("plain", [&[0u8][..], &text].concat()),
+        ("large", [&[5u8, 0xfe][..], &text[..100]].concat()),
+        ("forged", forged),
+    ]
+}
+
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 8] = [
+    let targets: [(&str, SeedFn); 9] = [
         ("cfb", cfb),
         ("events", events),
         ("frame_v1", frame_v1),
         ("policy_table", policy_table),
         ("snappy", snappy),
         ("ticket", ticket),
+        ("tls13", tls13),
         ("wire_v2", wire_v2),
         ("yamux", yamux),
     ];
