@@ -186,10 +186,7 @@ impl Opener {
         debug_assert!(plain_end <= from && from <= buf.len());
         let mut plain_end = plain_end;
         let mut at = from;
-        loop {
-            let Some(header) = buf.get(at..at + HEADER_LEN) else {
-                break;
-            };
+        while let Some(header) = buf.get(at..at + HEADER_LEN) {
             let header: [u8; HEADER_LEN] = [header[0], header[1], header[2], header[3], header[4]];
             let version = u16::from_be_bytes([header[1], header[2]]);
             if header[0] != APPLICATION_DATA || version != 0x0303 {

@@ -419,6 +419,9 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
 /// A plain function returning an `async move` block: as an `async fn` its
 /// state would keep each argument twice, and this task lives as long as
 /// the connection (see [`relay::run`]).
+// An async move block on purpose: an async fn would keep each argument
+// twice in the connection's task (see `run`).
+#[allow(clippy::manual_async_fn)]
 fn serve_user(
     proxy: Rc<Proxy>,
     control: Rc<Control>,

@@ -110,6 +110,9 @@ impl Meter<'_> {
 /// here that live as long as a connection: an `async fn` keeps each of its
 /// arguments twice in its state (as passed, and bound again as a local),
 /// and an idle connection's memory is mostly this state.
+// An async move block on purpose: an async fn would keep each argument
+// twice in the connection's task (see `run`).
+#[allow(clippy::manual_async_fn)]
 pub fn run<'a>(
     stats: &'a WorkerStats,
     user: Conn,
@@ -308,6 +311,9 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 /// Not io_uring's own splice op: measured on loopback, the ring punts
 /// socket splices to its worker threads, costing about twice the CPU per GB
 /// of a buffered copy. Readiness plus a direct syscall is what Go does.
+// An async move block on purpose: an async fn would keep each argument
+// twice in the connection's task (see `run`).
+#[allow(clippy::manual_async_fn)]
 fn splice_pump<'a>(
     src: &'a TcpStream,
     dst: &'a TcpStream,
@@ -361,6 +367,9 @@ fn splice_pump<'a>(
     }
 }
 
+// An async move block on purpose: an async fn would keep each argument
+// twice in the connection's task (see `run`).
+#[allow(clippy::manual_async_fn)]
 fn mux_pump<'a>(
     mut r: crate::transport::mux::MuxReader,
     mut w: ConnWriter,
@@ -457,6 +466,9 @@ fn next_size(n: usize, asked: usize, full: usize) -> Option<usize> {
     }
 }
 
+// An async move block on purpose: an async fn would keep each argument
+// twice in the connection's task (see `run`).
+#[allow(clippy::manual_async_fn)]
 fn pump<'a>(
     mut r: ConnReader,
     mut w: ConnWriter,

@@ -194,6 +194,10 @@ fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<
 pub trait PlainSink: monoio::buf::IoBuf + monoio::buf::IoBufMut + Default {
     /// Bytes held.
     fn len(&self) -> usize;
+    /// Whether it holds nothing.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Bytes it can hold without growing.
     fn capacity(&self) -> usize;
     /// Make room for `n` more.
@@ -331,11 +335,15 @@ impl RecordIn {
 
 /// A session's state apart from its socket: what moves with a connection
 /// to another worker.
+// The rustls variant is the large one; a TlsStream is boxed in `Conn`.
+#[allow(clippy::large_enum_variant)]
 pub enum TlsState {
     /// rustls protects the records (TLS 1.2).
     Rustls(ServerConnection, CipherIn),
-    /// TLS 1.3: records are protected here ([`proto::tls13`]).
-    Record(Sealer, RecordIn),
+    /// TLS 1.3: records are protected here ([`proto::tls13`]). Boxed (the
+    /// key schedules are large): every relay's reader and writer enums
+    /// would otherwise be that size, plain TCP and yamux ones too.
+    Record(Box<Sealer>, Box<RecordIn>),
 }
 
 impl TlsState {
@@ -388,13 +396,13 @@ impl TlsState {
         let (suite, key, iv) = keys(rx).ok_or_else(unsupported)?;
         let opener = Opener::new(suite, &key, &iv, *rx_seq).ok_or_else(unsupported)?;
         Ok(TlsState::Record(
-            sealer,
-            RecordIn {
+            Box::new(sealer),
+            Box::new(RecordIn {
                 opener,
                 plain,
                 pending: cin.into_vec(),
                 closed: false,
-            },
+            }),
         ))
     }
 }
@@ -583,7 +591,7 @@ impl AsConn for &mut ServerConnection {
 
 enum ReadSide {
     Rustls(Rc<RefCell<ServerConnection>>, CipherIn),
-    Record(RecordIn),
+    Record(Box<RecordIn>),
 }
 
 /// Reading half of a split [`TlsStream`].
@@ -611,7 +619,7 @@ impl TlsReader {
 
 enum WriteSide {
     Rustls(Rc<RefCell<ServerConnection>>),
-    Record(Sealer),
+    Record(Box<Sealer>),
 }
 
 /// Writing half of a split [`TlsStream`].
