@@ -343,17 +343,25 @@ fn sigterm_stops_within_five_seconds() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// Registers two proxies on `c` (plain, and encrypted + compressed) named
+/// after `tag`, and echoes `len` bytes through each `rounds` times.
+fn carries_data(c: &Client, echo: &Backend, tag: &str, len: usize, rounds: u64) {
+    for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
+        let port = tcp_proxy(c, &format!("{tag}-{i}"), 0, echo.addr(), enc, comp);
+        for seed in 0..rounds {
+            let (sent, got) = echo_integrity(port, len, 11 + seed + i as u64);
+            assert_eq!(sent, got, "{tag} enc={enc} comp={comp}: data differs");
+        }
+    }
+}
+
 fn v2_case(mux: bool, tls: bool) {
     let fp = Fastpath::start("", 2);
     let echo = Backend::echo().unwrap();
     let mut o = opts_over(&fp, mux, tls);
     o.wire_v2 = true;
     let c = Client::login(o).expect("v2 login");
-    for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
-        let port = tcp_proxy(&c, &format!("v{i}"), 0, echo.addr(), enc, comp);
-        let (a, b) = echo_integrity(port, 16 << 20, 11 + i as u64);
-        assert_eq!(a, b, "v2 mux={mux} tls={tls} enc={enc} comp={comp}");
-    }
+    carries_data(&c, &echo, &format!("v2-mux{mux}-tls{tls}"), 16 << 20, 1);
 }
 
 #[test]
@@ -416,11 +424,7 @@ fn epoll_driver_serves_too() {
     let echo = Backend::echo().unwrap();
     for (mux, tls) in [(true, true), (false, false)] {
         let c = Client::login(opts_over(&fp, mux, tls)).unwrap();
-        for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
-            let port = tcp_proxy(&c, &format!("e{mux}{i}"), 0, echo.addr(), enc, comp);
-            let (a, b) = echo_integrity(port, 8 << 20, 21 + i as u64);
-            assert_eq!(a, b, "epoll mux={mux} tls={tls} enc={enc}");
-        }
+        carries_data(&c, &echo, &format!("epoll-mux{mux}-tls{tls}"), 8 << 20, 1);
     }
 }
 
@@ -439,14 +443,13 @@ fn tls12_and_tls13_record_paths_carry_data() {
             o.tls12_only = tls12_only;
             o.pool_count = 4;
             let c = Client::login(o).expect("login");
-            for (i, (enc, comp)) in [(false, false), (true, true)].into_iter().enumerate() {
-                let name = format!("v{tls12_only}-m{mux}-{i}");
-                let port = tcp_proxy(&c, &name, 0, echo.addr(), enc, comp);
-                for seed in 0..3u64 {
-                    let (sent, got) = echo_integrity(port, 4 << 20, seed);
-                    assert_eq!(sent, got, "{name}: data differs");
-                }
-            }
+            carries_data(
+                &c,
+                &echo,
+                &format!("tls12only{tls12_only}-mux{mux}"),
+                4 << 20,
+                3,
+            );
             c.kill();
         }
     }

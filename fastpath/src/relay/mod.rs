@@ -124,20 +124,15 @@ pub fn run<'a>(
 ) -> impl std::future::Future<Output = ()> + 'a {
     async move {
         let limits = (!limits.is_none()).then_some(limits);
-        let meter_in = Meter {
-            worker: &stats.bytes_in,
-            proxy: &proxy_bytes[0],
+        let meter = |worker, proxy| Meter {
+            worker,
+            proxy,
             limits,
             report,
             timer: RefCell::new(None),
         };
-        let meter_out = Meter {
-            worker: &stats.bytes_out,
-            proxy: &proxy_bytes[1],
-            limits,
-            report,
-            timer: RefCell::new(None),
-        };
+        let meter_in = meter(&stats.bytes_in, &proxy_bytes[0]);
+        let meter_out = meter(&stats.bytes_out, &proxy_bytes[1]);
         let aborters = [user.aborter(), work.aborter()];
         // Borrowed, not destructured: the connections (and the SocketFds
         // that keep the aborters alive) stay where they are until both
@@ -188,7 +183,7 @@ fn copy_relay<'a>(
             Box::pin(pump(
                 ur,
                 ww,
-                Transform::encoder(&opts),
+                Transform::new(&opts, true),
                 meter_in,
                 aborters,
                 opts.buffer,
@@ -196,7 +191,7 @@ fn copy_relay<'a>(
             Box::pin(pump(
                 wr,
                 uw,
-                Transform::decoder(&opts),
+                Transform::new(&opts, false),
                 meter_out,
                 aborters,
                 opts.buffer,
@@ -422,27 +417,27 @@ struct Decoder {
 }
 
 impl Transform {
-    fn encoder(o: &RelayOpts) -> Self {
+    /// Towards frpc (`encode`) or from it: nothing when the proxy neither
+    /// encrypts nor compresses.
+    fn new(o: &RelayOpts, encode: bool) -> Self {
         if o.plain() {
             return Transform::None;
         }
-        Transform::Encode(Box::new(Encoder {
-            snappy: o.compression.then(SnappyEncoder::new),
-            cipher: o.encryption_key.map(CfbStreamWriter::new),
-            out: Vec::with_capacity(o.buffer + 64),
-        }))
-    }
-
-    fn decoder(o: &RelayOpts) -> Self {
-        if o.plain() {
-            return Transform::None;
+        let (key, snappy) = (o.encryption_key, o.compression);
+        if encode {
+            Transform::Encode(Box::new(Encoder {
+                snappy: snappy.then(SnappyEncoder::new),
+                cipher: key.map(CfbStreamWriter::new),
+                out: Vec::with_capacity(o.buffer + 64),
+            }))
+        } else {
+            Transform::Decode(Box::new(Decoder {
+                cipher: key.map(CfbStreamReader::new),
+                snappy: snappy.then(SnappyDecoder::new),
+                carry: Vec::new(),
+                out: Vec::with_capacity(o.buffer),
+            }))
         }
-        Transform::Decode(Box::new(Decoder {
-            cipher: o.encryption_key.map(CfbStreamReader::new),
-            snappy: o.compression.then(SnappyDecoder::new),
-            carry: Vec::new(),
-            out: Vec::with_capacity(o.buffer),
-        }))
     }
 }
 
