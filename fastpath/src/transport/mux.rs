@@ -267,11 +267,13 @@ impl MuxConn {
         }
     }
 
-    /// Over budget: resets the stream whose reader has waited longest
-    /// without taking anything, if that is [`SHED_AFTER`] or more, and drops
-    /// what it held. Returns whether one was reset.
-    fn shed_stalled(&self, now: Instant) -> bool {
-        let victim = self
+    /// Over budget: resets the streams whose readers have taken nothing
+    /// for [`SHED_AFTER`] or more, longest waiting first, dropping what
+    /// they held, until the session holds at most `floor` (at least one is
+    /// reset when any qualifies). Returns how many were reset. One scan of
+    /// the streams, however many go.
+    fn shed_stalled(&self, now: Instant, floor: u64) -> usize {
+        let mut victims: Vec<(Duration, u32)> = self
             .slots
             .borrow()
             .iter()
@@ -279,28 +281,33 @@ impl MuxConn {
                 let waited = now.saturating_duration_since(slot.waiting_since?);
                 (waited >= SHED_AFTER).then_some((waited, id))
             })
-            .max();
-        let Some((waited, id)) = victim else {
-            return false;
-        };
-        let dropped: usize = match self.slots.borrow_mut().get_mut(&id) {
-            Some(slot) => {
-                slot.waiting_since = None;
-                slot.recv.drain(..).map(|b| b.len()).sum()
+            .collect();
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        let mut reset = 0;
+        for (waited, id) in victims {
+            if reset > 0 && self.held.get() <= floor {
+                break;
             }
-            None => 0,
-        };
-        self.hold(-(dropped as i64));
-        abort_stream(self, id);
-        MuxBudget::add(&self.budget.use_.stalled_resets, 1);
-        tracing::debug!(
-            session = self.id,
-            stream = id,
-            bytes = dropped,
-            waited_ms = waited.as_millis() as u64,
-            "yamux stream reset: its reader took nothing while the session was over its budget"
-        );
-        true
+            let dropped: usize = match self.slots.borrow_mut().get_mut(&id) {
+                Some(slot) => {
+                    slot.waiting_since = None;
+                    slot.recv.drain(..).map(|b| b.len()).sum()
+                }
+                None => 0,
+            };
+            self.hold(-(dropped as i64));
+            abort_stream(self, id);
+            MuxBudget::add(&self.budget.use_.stalled_resets, 1);
+            tracing::debug!(
+                session = self.id,
+                stream = id,
+                bytes = dropped,
+                waited_ms = waited.as_millis() as u64,
+                "yamux stream reset: its reader took nothing while the session was over its budget"
+            );
+            reset += 1;
+        }
+        reset
     }
 
     fn wake_gate(&self) {
@@ -454,11 +461,10 @@ async fn pass_gate(conn: &MuxConn) -> Result<(), String> {
             }
             Gate::OverBudget => {
                 let now = Instant::now();
-                if conn.shed_stalled(now) {
-                    // Down to three quarters of the budget, so that reading
-                    // resumes for a while rather than a frame at a time.
-                    let floor = conn.held_limit(&conn.session.borrow()) / 4 * 3;
-                    while conn.held.get() > floor && conn.shed_stalled(now) {}
+                // Down to three quarters of the budget, so that reading
+                // resumes for a while rather than a frame at a time.
+                let floor = conn.held_limit(&conn.session.borrow()) / 4 * 3;
+                if conn.shed_stalled(now, floor) > 0 {
                     if !shed_logged {
                         shed_logged = true;
                         tracing::info!(session = conn.id, held = conn.held.get(),
