@@ -455,14 +455,6 @@ fn tls12_and_tls13_record_paths_carry_data() {
     }
     std::thread::sleep(Duration::from_millis(1200));
     let stats = fp.stats();
-    let sum = |key: &str| -> i64 {
-        stats["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w[key].as_i64().unwrap_or(0))
-            .sum()
-    };
-    assert!(sum("tls13_sessions") >= 2, "{stats}");
-    assert!(sum("tls_rustls_sessions") >= 2, "{stats}");
+    assert!(worker_sum(&stats, "tls13_sessions") >= 2, "{stats}");
+    assert!(worker_sum(&stats, "tls_rustls_sessions") >= 2, "{stats}");
 }

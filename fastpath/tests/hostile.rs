@@ -68,27 +68,11 @@ fn flood(dial: &Dial, streams: usize, expected: usize, limit: Duration) -> (MuxC
     (m, reset)
 }
 
-fn refused_streams(fp: &Fastpath) -> u64 {
-    fp.stats()["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|w| w["mux_streams_refused"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 #[test]
 fn streams_before_login_are_capped_and_a_real_session_is_served() {
     let _serial = one_at_a_time();
     let fp = Fastpath::start("", 2);
-    let dial = Dial {
-        addr: fp.addr,
-        tls: false,
-        tls_custom_byte: false,
-        tls12_only: false,
-        timeout: Some(Duration::from_secs(5)),
-    };
+    let dial = fp.plain_dial();
     let rss_start = fp.daemon.rss_kib();
 
     // 20 connections × 512 streams that never send a byte. Within the
@@ -133,7 +117,7 @@ fn streams_before_login_are_capped_and_a_real_session_is_served() {
     let rss_flood = fp.daemon.rss_kib();
 
     std::thread::sleep(Duration::from_millis(1500));
-    let counted = refused_streams(&fp);
+    let counted = fp.counter("mux_streams_refused");
     assert!(
         counted >= reset as u64,
         "{counted} counted, {reset} reset: {}",
@@ -243,17 +227,6 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Sum of one per-worker counter.
-fn counter(fp: &Fastpath, name: &str) -> u64 {
-    fp.stats()["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|w| w[name].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// Moves `len` bytes through the echo tunnel at `port` and returns MB/s.
 fn echo_rate(port: u16, len: usize, seed: u64) -> f64 {
     let t = Instant::now();
@@ -336,12 +309,8 @@ fn a_stream_flood_ten_times_larger_stays_bounded_and_memory_comes_back() {
     }
     // The streams that stayed wait for a first message; 10 s later they are
     // gone, and so is the memory.
-    let rss_end = settled_rss(&fp, Duration::from_secs(7));
-    eprintln!("RSS at start {rss_start} KiB, after the floods {rss_end} KiB (peaks {peaks:?})");
-    assert!(
-        rss_end <= rss_start + rss_start / 5,
-        "RSS {rss_end} KiB after the floods, {rss_start} KiB before"
-    );
+    eprintln!("RSS at start {rss_start} KiB, peaks during the floods {peaks:?}");
+    memory_comes_back(&fp, rss_start, Duration::from_secs(7));
     client.kill();
 }
 
@@ -372,7 +341,7 @@ fn ten_thousand_stalled_connections_from_one_source_are_capped() {
             open += 1;
         }
     }
-    let refused = counter(&fp, "preauth_refused");
+    let refused = fp.counter("preauth_refused");
     let rss = fp.daemon.rss_kib();
     eprintln!("10000 stalled connections: {open} kept open, {refused} refused; RSS {rss_start} → {rss} KiB");
     assert!(
@@ -405,10 +374,10 @@ fn ten_thousand_stalled_connections_from_one_source_are_capped() {
         "stalled connections outlived the identification deadline"
     );
     assert!(
-        eventually(Duration::from_secs(3), || counter(&fp, "identify_timeouts")
+        eventually(Duration::from_secs(3), || fp.counter("identify_timeouts")
             >= open as u64),
         "{} identification timeouts counted, {open} connections timed out",
-        counter(&fp, "identify_timeouts")
+        fp.counter("identify_timeouts")
     );
     drop(conns);
     memory_comes_back(&fp, rss_start, Duration::from_secs(6));
@@ -472,15 +441,15 @@ fn a_session_whose_users_never_read_stays_within_its_budget() {
             std::net::TcpStream::from(sock)
         })
         .collect();
-    let held_enough = eventually(Duration::from_secs(20), || counter(&fp, "mux_holds") > 0);
+    let held_enough = eventually(Duration::from_secs(20), || fp.counter("mux_holds") > 0);
     // Let the user sockets' buffers fill and everything settle.
     let mut last = 0;
     eventually(Duration::from_secs(10), || {
-        let now = counter(&fp, "mux_held");
+        let now = fp.counter("mux_held");
         std::thread::sleep(Duration::from_millis(1000));
         std::mem::replace(&mut last, now) == now
     });
-    let held = counter(&fp, "mux_held");
+    let held = fp.counter("mux_held");
     let rss = fp.daemon.rss_kib();
     let during = echo_rate(other_port, 16 << 20, 5);
     eprintln!("1000 unread users: {held} bytes held, RSS {rss_start} → {rss} KiB; the other session {before:.0} → {during:.0} MB/s");
@@ -509,10 +478,8 @@ fn a_session_whose_users_never_read_stays_within_its_budget() {
     // TCP connection with what the attacking client still has queued for
     // the stalled streams, so how fast they go is up to that client.)
     assert!(
-        eventually(Duration::from_secs(10), || counter(
-            &fp,
-            "mux_stalled_resets"
-        ) > 0),
+        eventually(Duration::from_secs(10), || fp.counter("mux_stalled_resets")
+            > 0),
         "no stalled stream was reset: {}",
         fp.stats()
     );
@@ -523,7 +490,7 @@ fn a_session_whose_users_never_read_stays_within_its_budget() {
     );
     eprintln!(
         "{} stalled streams reset; the session lives on",
-        counter(&fp, "mux_stalled_resets")
+        fp.counter("mux_stalled_resets")
     );
     drop(users);
     memory_comes_back(&fp, rss_start, Duration::from_secs(7));
@@ -680,7 +647,7 @@ fn a_ping_flood_that_never_reads_is_held_then_closed() {
         );
     }
     assert!(
-        eventually(Duration::from_secs(3), || counter(&fp, "write_stalls") >= 1),
+        eventually(Duration::from_secs(3), || fp.counter("write_stalls") >= 1),
         "no write stall counted: {}",
         fp.stats()
     );

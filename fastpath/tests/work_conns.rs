@@ -17,7 +17,7 @@ use std::time::Duration;
 use bench::backend::Backend;
 use bench::client::mux::MuxClient;
 use bench::client::session::read_msg_exact;
-use bench::client::transport::{BoxRead, BoxWrite, Dial};
+use bench::client::transport::{BoxRead, BoxWrite};
 use bench::client::Client;
 use common::*;
 use proto::msg::{Message, NewWorkConn};
@@ -47,13 +47,7 @@ fn hijack_case(victim_mux: bool, workers: usize, offer: Offer) {
     let victim = Client::login(o).expect("victim login");
     let port = tcp_proxy(&victim, "victim", 0, echo.addr(), false, false);
 
-    let dial = Dial {
-        addr: fp.addr,
-        tls: false,
-        tls_custom_byte: false,
-        tls12_only: false,
-        timeout: Some(Duration::from_secs(5)),
-    };
+    let dial = fp.plain_dial();
     let (r, w) = dial.connect().expect("attacker connects");
     let (mut r, mut w, _session): (BoxRead, BoxWrite, Option<MuxClient>) = match offer {
         Offer::ForeignStream => {
@@ -109,13 +103,7 @@ fn hijack_case(victim_mux: bool, workers: usize, offer: Offer) {
     );
     std::thread::sleep(Duration::from_millis(1500));
     let stats = fp.stats();
-    let refused: u64 = stats["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|w| w["foreign_work_conns"].as_u64().unwrap_or(0))
-        .sum();
+    let refused = worker_sum(&stats, "foreign_work_conns");
     assert!(refused >= 1, "{what}: not counted: {stats}");
     victim.kill();
 }

@@ -63,6 +63,33 @@ impl Fastpath {
         let raw = std::fs::read_to_string(self.dir.join("stats.json")).unwrap_or_default();
         serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null)
     }
+
+    /// One per-worker counter, summed over the workers, as the stats file
+    /// has it now.
+    pub fn counter(&self, name: &str) -> u64 {
+        worker_sum(&self.stats(), name)
+    }
+
+    /// A plain TCP dial to this server (no TLS), 5 s per step: how an
+    /// attacker's raw connections start.
+    pub fn plain_dial(&self) -> bench::client::transport::Dial {
+        bench::client::transport::Dial {
+            addr: self.addr,
+            tls: false,
+            tls_custom_byte: false,
+            tls12_only: false,
+            timeout: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// One per-worker counter of `stats` (as [`Fastpath::stats`] returns it),
+/// summed over the workers.
+pub fn worker_sum(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["workers"]
+        .as_array()
+        .map(|ws| ws.iter().map(|w| w[name].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
 }
 
 impl Drop for Fastpath {
