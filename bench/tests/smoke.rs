@@ -75,7 +75,16 @@ fn smoke_suite_measures_every_metric_on_fastpath_and_direct() {
     assert_eq!(fig("fastpath+bench", "idle", "opened"), 200.0);
     assert_eq!(fig("fastpath+bench", "proxies", "registered"), 20.0);
     assert!(fig("fastpath+bench", "login", "logins_per_s") > 0.0);
-    assert_eq!(fig("fastpath+bench", "login", "failures"), 0.0);
+    let login = samples
+        .iter()
+        .find(|s| s["system"] == "fastpath+bench" && s["metric"] == "login")
+        .expect("login sample");
+    assert_eq!(
+        fig("fastpath+bench", "login", "failures"),
+        0.0,
+        "{}",
+        login["detail"]
+    );
 
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
     assert!(md.contains("| metric | direct | fastpath+bench |"), "{md}");

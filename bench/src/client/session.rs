@@ -811,6 +811,10 @@ impl Client {
 
 fn work_conn(c: Arc<Inner>) {
     let _ = (|| -> Result<(), ClientError> {
+        // A client killed since the request dials nothing more.
+        if c.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let (mut r, mut w) = c.open_conn()?;
         c.work_conns.fetch_add(1, Ordering::Relaxed);
         let v2 = c.opts.wire_v2;

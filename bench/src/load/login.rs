@@ -14,6 +14,7 @@ use super::{merge, new_histogram, per_sec, record, run_workers, Percentiles};
 use crate::client::{Client, ClientError, ClientOpts};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -63,16 +64,37 @@ pub struct LoginResult {
     pub refused: u64,
     /// `logins / duration_s`.
     pub logins_per_sec: f64,
+    /// What the failures were: each distinct error (the first
+    /// [`FAILURE_KINDS`] of them) and how often it happened.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_kinds: BTreeMap<String, u64>,
     /// Connect to LoginResp, of the accepted logins.
     #[serde(flatten)]
     pub latency: Percentiles,
 }
+
+/// Distinct failure messages a run keeps (more are counted, not named).
+pub const FAILURE_KINDS: usize = 8;
 
 #[derive(Default)]
 struct Counts {
     logins: u64,
     failures: u64,
     refused: u64,
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn failed(&mut self, why: String) {
+        self.failures += 1;
+        self.name(why, 1);
+    }
+
+    fn name(&mut self, why: String, n: u64) {
+        if self.kinds.len() < FAILURE_KINDS || self.kinds.contains_key(&why) {
+            *self.kinds.entry(why).or_default() += n;
+        }
+    }
 }
 
 /// Runs the workers against the frp server at `server` and totals them.
@@ -89,6 +111,9 @@ pub fn run(server: SocketAddr, opts: LoginOpts) -> LoginResult {
         t.logins += c.logins;
         t.failures += c.failures;
         t.refused += c.refused;
+        for (why, n) in c.kinds {
+            t.name(why, n);
+        }
     });
     let duration_s = start.elapsed().as_secs_f64();
     LoginResult {
@@ -98,6 +123,7 @@ pub fn run(server: SocketAddr, opts: LoginOpts) -> LoginResult {
         failures: c.failures,
         refused: c.refused,
         logins_per_sec: per_sec(c.logins, duration_s),
+        failure_kinds: c.kinds,
         latency: Percentiles::of(&hist),
     }
 }
@@ -109,6 +135,12 @@ fn worker(server: SocketAddr, opts: &LoginOpts, end: Instant) -> (Counts, Histog
     copts.tls = opts.tls;
     copts.mux = opts.mux;
     copts.timeout = Some(opts.timeout);
+    // No pool: the server would ask each session for a work connection
+    // right after the LoginResp, and the client, killed by then, would
+    // still dial some of them. Those name a session that is gone, never
+    // identify, and count against the source's pre-auth rate like an
+    // attacker's: a storm of them is not a storm of logins.
+    copts.pool_count = 0;
     // Empty run_id (ClientOpts' default): a new session every time, never
     // the reclaiming of an earlier one.
     while Instant::now() < end {
@@ -121,8 +153,8 @@ fn worker(server: SocketAddr, opts: &LoginOpts, end: Instant) -> (Counts, Histog
                 client.kill();
             }
             Err(ClientError::Refused(_)) => c.refused += 1,
-            Err(_) => {
-                c.failures += 1;
+            Err(e) => {
+                c.failed(e.to_string());
                 // A refused connect returns at once; back off a little so a
                 // dead server does not turn the run into a busy loop.
                 std::thread::sleep(Duration::from_millis(1));
@@ -149,6 +181,11 @@ mod tests {
         );
         assert_eq!((r.logins, r.refused), (0, 0), "{r:?}");
         assert!(r.failures > 0, "{r:?}");
+        assert!(
+            r.failure_kinds.keys().all(|k| k.starts_with("i/o")),
+            "{r:?}"
+        );
+        assert_eq!(r.failure_kinds.values().sum::<u64>(), r.failures, "{r:?}");
         assert_eq!(r.logins_per_sec, 0.0);
         assert_eq!(r.latency, Percentiles::default());
     }
