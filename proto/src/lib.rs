@@ -15,6 +15,9 @@
 //! - [`wire_v2`]: frp's optional wire protocol v2 (magic, hello, AEAD control).
 //! - [`tls13`]: TLS 1.3 record protection once rustls has done the
 //!   handshake: records opened in place in the reader's own buffer.
+//! - [`vhost`]: what the HTTP, HTTPS and tcpmux vhost listeners route by:
+//!   HTTP request heads and body framing, a ClientHello's server name, and
+//!   the host × location × user route table with frps's precedence.
 //! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
 //!   frpc: signing, key-id peek, signature check, expiry and node binding.
 //! - [`config`]: the node's frps-compatible TOML file, parsed and written
@@ -43,5 +46,6 @@ pub mod shm_auth;
 pub mod snappy;
 pub mod ticket;
 pub mod tls13;
+pub mod vhost;
 pub mod wire_v2;
 pub mod yamux;

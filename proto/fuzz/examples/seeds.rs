@@ -298,14 +298,75 @@ fn tls13() -> Seeds {
     ]
 }
 
+/// The http_head target's input: a piece-size byte, then a request head
+/// and what follows it.
+fn http_head() -> Seeds {
+    vec![
+        (
+            "get",
+            b"\x07GET /api/v1?x=1 HTTP/1.1\r\nHost: App.Example.com:8080\r\nAuthorization: Basic dTpw\r\n\r\nGET / HTTP/1.1\r\n".to_vec(),
+        ),
+        (
+            "chunked",
+            b"\x05POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n0\r\nT: 1\r\n\r\nGET".to_vec(),
+        ),
+        (
+            "length",
+            b"\x03PUT / HTTP/1.0\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabcGET".to_vec(),
+        ),
+        (
+            "connect",
+            b"\x40CONNECT db.example.com:5432 HTTP/1.1\r\nHost: db.example.com:5432\r\nProxy-Authorization: Basic dTpw\r\n\r\n".to_vec(),
+        ),
+        (
+            "websocket",
+            b"\x11GET http://h.example.com/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+        ),
+    ]
+}
+
+/// The sni target's input: a prefix-step byte, then a ClientHello record
+/// (with server_name) and the same hello split over two records.
+fn sni() -> Seeds {
+    let name = b"app.example.com";
+    let mut list = vec![0u8];
+    list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    list.extend_from_slice(name);
+    let mut ext = (list.len() as u16).to_be_bytes().to_vec();
+    ext.extend_from_slice(&list);
+    let mut exts = vec![0, 43, 0, 3, 2, 3, 4, 0, 0];
+    exts.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    exts.extend_from_slice(&ext);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let record = |part: &[u8]| {
+        let mut r = vec![22, 3, 1];
+        r.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        r.extend_from_slice(part);
+        r
+    };
+    let one = [&[9u8][..], &record(&hs)].concat();
+    let two = [&[13u8][..], &record(&hs[..20]), &record(&hs[20..])].concat();
+    vec![("one-record", one), ("two-records", two)]
+}
+
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 9] = [
+    let targets: [(&str, SeedFn); 11] = [
         ("cfb", cfb),
         ("events", events),
         ("frame_v1", frame_v1),
+        ("http_head", http_head),
         ("policy_table", policy_table),
         ("snappy", snappy),
+        ("sni", sni),
         ("ticket", ticket),
         ("tls13", tls13),
         ("wire_v2", wire_v2),
