@@ -9,9 +9,12 @@
 //! - [`load`]: the load generators: latency (open- and closed-loop),
 //!   connection rate, bulk, idle connections, HTTP request rate, frp login
 //!   rate, registered-proxy cost, and attacks on a server's memory.
+//! - [`micro`]: in-process timings of pure data-plane pieces (the vhost
+//!   route table at 100k hostnames).
 
 pub mod backend;
 pub mod client;
 pub mod harness;
 pub mod load;
+pub mod micro;
 pub mod proc;

@@ -59,6 +59,16 @@ enum Cmd {
         #[arg(long)]
         attack_scale: Option<usize>,
     },
+    /// Time the vhost route table (build, memory, one lookup by kind) at
+    /// the size of a large node, in this process; prints a markdown table.
+    Routes {
+        /// Hostnames in the table.
+        #[arg(long, default_value_t = 100_000)]
+        hosts: usize,
+        /// Lookups timed per kind (exact, wildcard, miss).
+        #[arg(long, default_value_t = 100_000)]
+        lookups: usize,
+    },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
         /// A directory holding run.json.
@@ -122,6 +132,23 @@ fn main() -> ExitCode {
             print!("{}", report::markdown(&record));
             Ok(())
         })(),
+        Cmd::Routes { hosts, lookups } => {
+            let r = bench::micro::routes(hosts, lookups);
+            println!("| hostnames | routes | build, ms | RSS per route, bytes | exact, ns | wildcard, ns | miss, ns |");
+            println!("|---|---|---|---|---|---|---|");
+            println!(
+                "| {} | {} | {:.1} | {} | {:.0} | {:.0} | {:.0} |",
+                r.hosts,
+                r.routes,
+                r.build_ms,
+                r.bytes_per_route.map_or("—".into(), |b| format!("{b:.0}")),
+                r.exact_ns,
+                r.wildcard_ns,
+                r.miss_ns
+            );
+            eprintln!("{} lookups of each kind, mean per lookup", r.lookups);
+            Ok(())
+        }
         Cmd::Report { dir } => (|| -> anyhow::Result<()> {
             let p = dir.join("run.json");
             let text =
