@@ -319,6 +319,14 @@ fn http_head() -> Seeds {
             b"\x40CONNECT db.example.com:5432 HTTP/1.1\r\nHost: db.example.com:5432\r\nProxy-Authorization: Basic dTpw\r\n\r\n".to_vec(),
         ),
         (
+            // A multi-byte character across the end of "Basic ": once
+            // panicked basic_credentials.
+            "basic-multibyte",
+            "\u{40}GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic\u{75b}Tpw\r\n\r\n"
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
             "websocket",
             b"\x11GET http://h.example.com/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
         ),

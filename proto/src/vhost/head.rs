@@ -295,11 +295,15 @@ fn split_target<'b>(
 pub fn basic_credentials(value: &str) -> Option<(String, String)> {
     use base64::Engine;
     const PREFIX: &str = "Basic ";
-    if value.len() < PREFIX.len() || !value[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
+    // Compared as bytes: the value may hold multi-byte characters, and a
+    // str cut inside one panics. Once the ASCII prefix matched, the rest
+    // starts on a character boundary.
+    let head = value.as_bytes().get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX.as_bytes()) {
         return None;
     }
     let raw = base64::engine::general_purpose::STANDARD
-        .decode(&value[PREFIX.len()..])
+        .decode(&value.as_bytes()[PREFIX.len()..])
         .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (user, password) = s.split_once(':')?;
@@ -571,6 +575,10 @@ mod tests {
             Some(("user".into(), "pa:ss".into()))
         );
         assert_eq!(basic_credentials("Bearer x"), None);
+        // A multi-byte character across the end of the scheme (found by
+        // the http_head fuzz target: a str cut there panicked).
+        assert_eq!(basic_credentials("Basic\u{75b}Tpw"), None);
+        assert_eq!(basic_credentials("Bas\u{e9}"), None);
         assert_eq!(basic_credentials("Basic !!!"), None);
         // "nocolon"
         assert_eq!(basic_credentials("Basic bm9jb2xvbg=="), None);
