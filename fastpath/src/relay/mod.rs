@@ -336,7 +336,8 @@ fn splice_pump<'a>(
                 if drained {
                     src.readable(false).await?;
                 }
-                let n = match splice(sfd, pipe.0[1], counter.chunk(1 << 20)) {
+                let asked = counter.chunk(1 << 20);
+                let n = match splice(sfd, pipe.0[1], asked) {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -345,7 +346,9 @@ fn splice_pump<'a>(
                     }
                     Err(e) => return Err(e),
                 };
-                drained = n < SMALL_READ;
+                // A paced relay may ask for less than SMALL_READ and get
+                // all of it: that says nothing about what is left.
+                drained = n < asked.min(SMALL_READ);
                 let mut left = n;
                 while left > 0 {
                     match splice(pipe.0[0], dfd, left) {
