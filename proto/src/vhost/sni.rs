@@ -9,6 +9,8 @@
 //! records is put together (up to [`MAX_HELLO`] bytes); one in a single
 //! record, the common case, is read in place.
 
+use std::borrow::Cow;
+
 /// The longest ClientHello read, bytes.
 pub const MAX_HELLO: usize = 64 * 1024;
 
@@ -33,10 +35,10 @@ const HOST_NAME: u8 = 0;
 
 /// Reads the ClientHello at the start of `buf`.
 pub fn server_name(buf: &[u8]) -> Sni {
-    // The handshake message's bytes, from as many records as it spans.
-    let mut joined: Vec<u8> = Vec::new();
+    // The handshake message's bytes: the first record's fragment in place,
+    // copied only when the message goes on in another record.
+    let mut msg: Cow<'_, [u8]> = Cow::Borrowed(&[]);
     let mut at = 0;
-    let mut want: Option<usize> = None;
     loop {
         let Some(hdr) = buf.get(at..at + 5) else {
             return Sni::NeedMore;
@@ -55,35 +57,24 @@ pub fn server_name(buf: &[u8]) -> Sni {
             return Sni::NeedMore;
         };
         at += 5 + len;
-        let msg: &[u8] = if joined.is_empty() && want.is_none() {
-            fragment
+        if msg.is_empty() {
+            msg = Cow::Borrowed(fragment);
         } else {
-            joined.extend_from_slice(fragment);
-            &joined
-        };
-        if want.is_none() {
-            if msg.len() < 4 {
-                // A handshake header split over records: keep going.
-                if joined.is_empty() {
-                    joined.extend_from_slice(fragment);
-                }
-                continue;
-            }
-            if msg[0] != CLIENT_HELLO {
-                return Sni::NotHello("first handshake message is not a ClientHello");
-            }
-            let n = usize::from(msg[1]) << 16 | usize::from(msg[2]) << 8 | usize::from(msg[3]);
-            if n + 4 > MAX_HELLO {
-                return Sni::NotHello("ClientHello too long");
-            }
-            want = Some(n + 4);
+            msg.to_mut().extend_from_slice(fragment);
         }
-        let need = want.unwrap_or(usize::MAX);
+        // The handshake header may itself be split over records.
+        if msg.len() < 4 {
+            continue;
+        }
+        if msg[0] != CLIENT_HELLO {
+            return Sni::NotHello("first handshake message is not a ClientHello");
+        }
+        let need = 4 + (usize::from(msg[1]) << 16 | usize::from(msg[2]) << 8 | usize::from(msg[3]));
+        if need > MAX_HELLO {
+            return Sni::NotHello("ClientHello too long");
+        }
         if msg.len() >= need {
             return hello(&msg[4..need]);
-        }
-        if joined.is_empty() {
-            joined.extend_from_slice(fragment);
         }
     }
 }
