@@ -315,7 +315,8 @@ pub fn basic_credentials(value: &str) -> Option<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyFraming {
     state: Chunk,
-    /// Bytes of trailer fields seen so far (bounded by [`MAX_HEAD`]).
+    /// Bytes of the current chunk's extension, or of the trailer fields
+    /// so far (each bounded by [`MAX_HEAD`]).
     trailer: usize,
 }
 
@@ -441,7 +442,11 @@ impl BodyFraming {
                 _ => return Err("chunk data not followed by CRLF"),
             },
             Chunk::DataLf => match b {
-                b'\n' => Chunk::Size { size: 0, digits: 0 },
+                b'\n' => {
+                    // Extensions are bounded per chunk, not per body.
+                    self.trailer = 0;
+                    Chunk::Size { size: 0, digits: 0 }
+                }
                 _ => return Err("chunk data not followed by CRLF"),
             },
             Chunk::TrailerStart => match b {
@@ -612,6 +617,22 @@ mod tests {
         }
         assert_eq!(taken, body.len());
         assert!(f.is_done());
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_per_chunk() {
+        let ext = "x".repeat(1000);
+        let mut body = String::new();
+        for _ in 0..100 {
+            body.push_str(&format!("1;{ext}\r\na\r\n"));
+        }
+        body.push_str("0\r\n\r\n");
+        let mut f = BodyFraming::new(Body::Chunked);
+        assert_eq!(f.advance(body.as_bytes()), Ok(body.len()));
+        assert!(f.is_done());
+        let long = format!("1;{}\r\n", "x".repeat(MAX_HEAD + 1));
+        let mut f = BodyFraming::new(Body::Chunked);
+        assert_eq!(f.advance(long.as_bytes()), Err("chunk extension too long"));
     }
 
     #[test]
