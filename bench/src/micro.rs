@@ -49,8 +49,9 @@ pub fn routes(hosts: usize, lookups: usize) -> RoutesResult {
         // Generated names are distinct: no conflict.
         let _ = table.add(n, location, "", i as u32);
     }
-    let tenants = hosts.div_ceil(100);
-    for k in (0..tenants).step_by(100) {
+    // The tenants with a wildcard: every hundredth.
+    let wild_tenants: Vec<usize> = (0..hosts.div_ceil(100).max(1)).step_by(100).collect();
+    for k in &wild_tenants {
         let _ = table.add(&format!("*.tenant-{k}.example.net"), "", "", u32::MAX);
     }
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -63,10 +64,8 @@ pub fn routes(hosts: usize, lookups: usize) -> RoutesResult {
     exact.truncate(lookups);
     let wild: Vec<String> = (0..lookups)
         .map(|i| {
-            format!(
-                "new-{i}.tenant-{}.example.net",
-                (i * 100) % tenants.max(1) / 100 * 100
-            )
+            let k = wild_tenants[i % wild_tenants.len()];
+            format!("new-{i}.tenant-{k}.example.net")
         })
         .collect();
     let miss: Vec<String> = (0..lookups)
