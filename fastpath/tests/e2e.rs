@@ -428,6 +428,41 @@ fn epoll_driver_serves_too() {
     }
 }
 
+/// Each io_uring task-work mode the kernel offers serves sessions and work
+/// connections across two workers (the handoff wakes a worker through its
+/// ring); the log names the mode. A mode this kernel lacks stops the worker
+/// with a logged reason, which is what the test then expects.
+#[test]
+fn each_task_work_mode_serves() {
+    if !monoio::utils::detect_uring() {
+        eprintln!("skipped: io_uring unavailable");
+        return;
+    }
+    let echo = Backend::echo().unwrap();
+    for (mode, log) in [
+        ("defer", "deferred task work"),
+        ("coop", "cooperative task work"),
+        ("signal", "signalled task work"),
+    ] {
+        let fp = Fastpath::start(&format!("fastpath.taskWork = \"{mode}\""), 2);
+        if !fp.daemon.wait_log(log, Duration::from_secs(5)) {
+            assert!(
+                fp.daemon
+                    .wait_log("cannot start worker runtime", Duration::from_secs(1)),
+                "{mode}: neither started nor refused"
+            );
+            eprintln!("{mode}: not offered by this kernel");
+            continue;
+        }
+        for (mux, tls) in [(true, true), (false, false)] {
+            let mut o = opts_over(&fp, mux, tls);
+            o.pool_count = 4;
+            let c = Client::login(o).unwrap();
+            carries_data(&c, &echo, &format!("{mode}-mux{mux}-tls{tls}"), 4 << 20, 4);
+        }
+    }
+}
+
 /// A TLS 1.3 session's records are protected by the fastpath itself after
 /// the handshake (proto::tls13); a client that offers only TLS 1.2 stays
 /// with rustls's record layer. Both carry data intact, with and without

@@ -132,6 +132,12 @@ pub struct FastpathConfig {
     /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub driver: String,
+    /// How io_uring runs the kernel's completion work for a worker:
+    /// "defer" (only when the worker waits for completions; Linux 6.1+),
+    /// "coop" (at the worker's next syscall, without interrupting it;
+    /// 5.19+), "signal" (the kernel interrupts the worker at once, the
+    /// oldest behaviour), or "auto": the first of these the kernel takes.
+    pub task_work: String,
     /// Shared-memory directory of a slowpath (`/dev/shm/totoro-<instance>`):
     /// when set, logins and proxies are decided by the policy table the
     /// slowpath publishes there, and events go back through per-worker
@@ -285,6 +291,7 @@ impl Default for FastpathConfig {
             relay_buffer: 64 * 1024,
             splice: true,
             driver: "auto".into(),
+            task_work: "auto".into(),
             policy_dir: String::new(),
             event_ring_bytes: 1 << 20,
             pre_auth_per_source: 1024,
@@ -469,6 +476,12 @@ impl Config {
             return Err(invalid(
                 "fastpath.driver",
                 format!("{:?} is not one of auto, io_uring, epoll", fp.driver),
+            ));
+        }
+        if !matches!(fp.task_work.as_str(), "auto" | "defer" | "coop" | "signal") {
+            return Err(invalid(
+                "fastpath.taskWork",
+                format!("{:?} is not one of auto, defer, coop, signal", fp.task_work),
             ));
         }
         if fp.event_ring_bytes < 4096 || fp.event_ring_bytes > 1 << 30 {
