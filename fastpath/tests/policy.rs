@@ -297,6 +297,67 @@ fn private_node_enforces_invite_scope_and_limits() {
     assert_eq!(sent, got);
 }
 
+/// An invite's `domain_suffix` bounds the domains of its `https` proxies;
+/// the decision names the domain, and a proxy inside it is routed.
+#[test]
+fn invite_domain_suffix_bounds_https_proxies() {
+    let mut ctl = Control::new();
+    let inv = InviteId::random();
+    let mut spec = ctl.spec(false, vec![]);
+    spec.node.proxy_types = ProxyTypes::parse("tcp,https").unwrap();
+    let mut invite = ctl.invite(inv, 2, 4, &ctl.pool.clone());
+    invite.proxy_types = ProxyTypes::parse("https").unwrap();
+    invite.domain_suffix = "t.example.net".into();
+    spec.invites = vec![invite];
+    ctl.publish(spec);
+    let https = free_port();
+    let fp = Fastpath::start(
+        &format!(
+            "fastpath.policyDir = \"{}\"\nvhostHTTPSPort = {https}\nsubDomainHost = \"sub.t.example.net\"",
+            ctl.dir.display()
+        ),
+        1,
+    );
+    let echo = Backend::echo().unwrap();
+    let c = Client::login(opts_with_ticket(&fp, &ctl.ticket(inv))).expect("ticket login");
+    let spec = |name: &str| bench::client::ProxySpec {
+        name: name.into(),
+        remote_port: 0,
+        local: echo.addr(),
+        use_encryption: false,
+        use_compression: false,
+        server_bandwidth_limit: String::new(),
+    };
+    let e = c
+        .add_vhost_proxy(spec("out"), "https", &["www.example.com"], "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("domain www.example.com is not under t.example.net (domain_suffix of invite"),
+        "{e}"
+    );
+    let e = c
+        .add_vhost_proxy(
+            spec("near"),
+            "https",
+            &["a.t.example.net", "evilt.example.net"],
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("domain evilt.example.net is not under"), "{e}");
+    let addr = c
+        .add_vhost_proxy(spec("in"), "https", &["A.t.example.net"], "shop")
+        .expect("inside the suffix");
+    assert_eq!(
+        addr,
+        format!("a.t.example.net:{https},shop.sub.t.example.net:{https}")
+    );
+    // A tcp proxy is outside this invite's types, whatever its domains.
+    let e = proxy(&c, "t", 0, echo.addr()).unwrap_err();
+    assert!(e.contains("proxy type tcp is not allowed by invite"), "{e}");
+}
+
 #[test]
 fn each_bad_ticket_has_its_own_reason() {
     let mut ctl = Control::new();

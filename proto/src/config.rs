@@ -36,6 +36,15 @@ pub struct Config {
     pub user_conn_timeout: i64,
     /// Send detailed refusal reasons to clients (frps default true).
     pub detailed_errors_to_client: bool,
+    /// frps `vhostHTTPSPort`: where `https` proxies are reached, each
+    /// connection routed by the server name of its TLS ClientHello (TLS is
+    /// not terminated); 0: no such listener, and `https` proxies are
+    /// refused.
+    #[serde(rename = "vhostHTTPSPort")]
+    pub vhost_https_port: u16,
+    /// frps `subDomainHost`: a proxy's `subdomain` is served as
+    /// `<subdomain>.<subDomainHost>`; empty: `subdomain` is refused.
+    pub sub_domain_host: String,
     /// Transport settings (frps `transport.*`).
     pub transport: TransportConfig,
     /// Logging (frps `log.*`).
@@ -239,6 +248,8 @@ impl Default for Config {
             max_ports_per_client: 0,
             user_conn_timeout: 10,
             detailed_errors_to_client: true,
+            vhost_https_port: 0,
+            sub_domain_host: String::new(),
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             fastpath: FastpathConfig::default(),
@@ -395,6 +406,20 @@ impl Config {
         if let Some(a) = &self.proxy_bind_addr {
             a.parse::<IpAddr>()
                 .map_err(|_| invalid("proxyBindAddr", format!("{a:?} is not an IP address")))?;
+        }
+        if self.sub_domain_host.starts_with('.')
+            || self.sub_domain_host.contains(['*', ':', '/', ' '])
+        {
+            return Err(invalid(
+                "subDomainHost",
+                format!(
+                    "{:?} is not a domain name (no leading dot, port or wildcard)",
+                    self.sub_domain_host
+                ),
+            ));
+        }
+        if self.vhost_https_port != 0 && self.vhost_https_port == self.bind_port {
+            return Err(invalid("vhostHTTPSPort", "must differ from bindPort"));
         }
         if self.auth.method != "token" {
             return Err(invalid(
@@ -623,8 +648,11 @@ transport.maxPoolCount = 7
 transport.tls.force = true
 log.to = "console"
 log.level = "trace"
+vhostHTTPSPort = 17443
+subDomainHost = "t.example.net"
 [fastpath]
 workers = 2
+taskWork = "coop"
 "#,
         )
         .unwrap();
@@ -638,6 +666,9 @@ workers = 2
         assert_eq!(c.worker_count(8), 2);
         assert_eq!(Config::default().worker_count(8), 8);
         assert_eq!(c.etcd, None);
+        assert_eq!(c.vhost_https_port, 17443);
+        assert_eq!(c.sub_domain_host, "t.example.net");
+        assert_eq!(c.fastpath.task_work, "coop");
     }
 
     #[test]
@@ -667,6 +698,9 @@ workers = 2
                 "fastpath.preAuthPerSource",
             ),
             ("[fastpath]\ncontrolQueue = 2", "fastpath.controlQueue"),
+            ("[fastpath]\ntaskWork = \"soon\"", "fastpath.taskWork"),
+            ("subDomainHost = \".example.net\"", "subDomainHost"),
+            ("bindPort = 7000\nvhostHTTPSPort = 7000", "vhostHTTPSPort"),
             (
                 "[fastpath]\nsessionBudget = 1099511627775\nworkerBudget = 268435456",
                 "fastpath.sessionBudget",

@@ -660,6 +660,30 @@ impl Client {
     /// Register a proxy and wait for NewProxyResp. Ok(remote_addr) or the
     /// server's error string.
     pub fn add_proxy(&self, spec: ProxySpec) -> Result<String, ClientError> {
+        self.register_proxy(spec, |_| {})
+    }
+
+    /// Register a virtual-host proxy (`proxy_type` "https", say) reached
+    /// by `custom_domains` and/or `subdomain`; as [`Client::add_proxy`].
+    pub fn add_vhost_proxy(
+        &self,
+        spec: ProxySpec,
+        proxy_type: &str,
+        custom_domains: &[&str],
+        subdomain: &str,
+    ) -> Result<String, ClientError> {
+        self.register_proxy(spec, |np| {
+            np.proxy_type = proxy_type.into();
+            np.custom_domains = custom_domains.iter().map(|d| d.to_string()).collect();
+            np.sub_domain = subdomain.into();
+        })
+    }
+
+    fn register_proxy(
+        &self,
+        spec: ProxySpec,
+        adjust: impl FnOnce(&mut NewProxy),
+    ) -> Result<String, ClientError> {
         let name = if self.inner.opts.user.is_empty() {
             spec.name.clone()
         } else {
@@ -684,6 +708,8 @@ impl Client {
             },
             ..Default::default()
         };
+        let mut np = np;
+        adjust(&mut np);
         self.send(&Message::NewProxy(np))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut resps = self.inner.resps.lock().unwrap_or_else(|e| e.into_inner());

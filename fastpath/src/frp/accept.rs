@@ -55,22 +55,11 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let now = Instant::now();
-    let ticket = match ctx.preauth.enter(peer.ip(), now) {
-        Ok(t) => t,
-        Err(why) => return turn_away(&ctx, peer, why, now),
+    let Some((ticket, now)) = admit(&ctx, peer) else {
+        return;
     };
     let deadline = now + IDENTIFY_DEADLINE;
-    let opened = match monoio::time::timeout(left(deadline), open(&ctx, stream)).await {
-        Ok(r) => r,
-        Err(_) => {
-            WorkerStats::bump(&ctx.stats().identify_timeouts, 1);
-            Err(format!(
-                "not identified within {} s",
-                IDENTIFY_DEADLINE.as_secs()
-            ))
-        }
-    };
+    let opened = within(&ctx, left(deadline), "not identified", open(&ctx, stream)).await;
     let (conn, pending) = match opened {
         Ok(x) => x,
         Err(reason) => {
@@ -79,6 +68,39 @@ pub async fn serve(
         }
     };
     serve_conn(ctx, sessions, conn, pending, peer, ticket, deadline).await;
+}
+
+/// A new connection from `peer` through the pre-auth gate: its place (held
+/// until it identifies) and the time it was let in; None when the gate
+/// refused it (counted and logged; the caller drops the connection).
+pub(crate) fn admit(ctx: &WorkerCtx, peer: SocketAddr) -> Option<(Ticket, Instant)> {
+    let now = Instant::now();
+    match ctx.preauth.enter(peer.ip(), now) {
+        Ok(t) => Some((t, now)),
+        Err(why) => {
+            turn_away(ctx, peer, why, now);
+            None
+        }
+    }
+}
+
+/// `step` of an unidentified connection, given `limit`; past it, the
+/// connection counts as an identify timeout and the error says `what`
+/// (rounded up to whole seconds).
+pub(crate) async fn within<T>(
+    ctx: &WorkerCtx,
+    limit: Duration,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match monoio::time::timeout(limit, step).await {
+        Ok(r) => r,
+        Err(_) => {
+            WorkerStats::bump(&ctx.stats().identify_timeouts, 1);
+            let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+            Err(format!("{what} within {secs} s"))
+        }
+    }
 }
 
 /// Closes a connection the pre-auth gate refused (by dropping it), counts

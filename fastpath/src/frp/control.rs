@@ -613,7 +613,7 @@ impl Control {
                 let proxy_type = np.proxy_type.clone();
                 let resp = match Proxy::register(self, np) {
                     Ok(proxy) => {
-                        let remote_addr = proxy.remote_addr();
+                        let remote_addr = proxy.remote_addr(&self.ctx.shared.config);
                         self.proxies.borrow_mut().insert(name.clone(), proxy);
                         NewProxyResp {
                             proxy_name: name,
@@ -812,6 +812,11 @@ impl Control {
             refusal,
         });
         tracing::info!(session = %self.who.run_id, peer = %self.who.peer, %reason, "session closed");
+    }
+
+    /// The session's proxy of this (full) name.
+    pub fn proxy(&self, name: &str) -> Option<Rc<Proxy>> {
+        self.proxies.borrow().get(name).cloned()
     }
 
     /// The proxies the session holds now.

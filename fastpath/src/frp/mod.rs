@@ -2,10 +2,11 @@
 //! to a session ([`control`]) and its public ports ([`proxy`]); the
 //! connections frpc opens for users reach the session's pool through
 //! [`work_conns`]; frp messages over any transport are read and written by
-//! [`msgio`].
+//! [`msgio`]. Virtual hosts (`vhostHTTPSPort`) are routed by [`vhost`].
 
 pub mod accept;
 pub mod control;
 pub mod msgio;
 pub mod proxy;
+pub mod vhost;
 pub mod work_conns;

@@ -1,6 +1,8 @@
-//! TCP proxies: a public listener owned by the session's worker. Each user
-//! connection takes a work connection from the session's pool, announces
-//! itself with StartWorkConn and is relayed.
+//! Proxies: a TCP proxy has a public listener owned by the session's
+//! worker; an `https` proxy has routes in the shared vhost table, its
+//! connections accepted on `vhostHTTPSPort` ([`vhost`](crate::frp::vhost)).
+//! Each user connection takes a work connection from the session's pool,
+//! announces itself with StartWorkConn and is relayed.
 //!
 //! Port rules follow frps: `remotePort` must be inside `allowPorts`, free
 //! server-wide (a lock-free bitmap shared by all workers) and bindable;
@@ -18,12 +20,13 @@ use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
 use crate::frp::control::Control;
+use crate::frp::vhost;
 use crate::policy::tenants::{Bucket, Limits};
 use crate::relay::{self, RelayOpts};
 use crate::report::events::EventSink;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
-use crate::runtime::shared::Shared;
+use crate::runtime::shared::{Shared, VhostTarget};
 use crate::transport::conn::{Aborter, Conn};
 use proto::events::Event;
 use proto::policy::decide::{self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules};
@@ -33,7 +36,10 @@ use proto::policy::{PortSet, ProxyType, ProxyTypes, Refusal};
 pub struct Proxy {
     /// Full proxy name (with the `user.` prefix frpc adds).
     pub name: String,
+    /// The public port (0: a vhost proxy, which has routes instead).
     port: u16,
+    /// A vhost proxy's domains (routing form) and where they lead.
+    vhost: Option<(Vec<String>, VhostTarget)>,
     use_encryption: bool,
     use_compression: bool,
     proxy_type: String,
@@ -64,9 +70,17 @@ pub struct Proxy {
     next_relay: Cell<u64>,
 }
 
-/// The proxy types this server implements; the policy decides every type
-/// first, then the others are refused as not supported.
-pub const SUPPORTED: ProxyTypes = ProxyTypes::only(ProxyType::Tcp);
+/// The proxy types this server implements as configured (`https` needs
+/// `vhostHTTPSPort`); the policy decides every type first, then the others
+/// are refused as not supported.
+pub fn supported(cfg: &Config) -> ProxyTypes {
+    let tcp = ProxyTypes::only(ProxyType::Tcp);
+    if cfg.vhost_https_port != 0 {
+        tcp.with(ProxyType::Https)
+    } else {
+        tcp
+    }
+}
 
 /// What validating a NewProxy yields.
 struct Validated {
@@ -86,6 +100,14 @@ impl Proxy {
         let shared = &ctx.shared;
         let grant = control.auth.grant;
         let valid = validate(&np)?;
+        let domains = match ProxyType::from_frp(&np.proxy_type) {
+            Some(ProxyType::Https) => vhost::domains(
+                &np.custom_domains,
+                &np.sub_domain,
+                &shared.config.sub_domain_host,
+            )?,
+            _ => Vec::new(),
+        };
         let loaded = shared.policy.current();
         let table = loaded.as_ref().map(|l| l.get());
         let decided = shared.policy.authorize_proxy(
@@ -95,15 +117,20 @@ impl Proxy {
             &ProxyRequest {
                 proxy_type: &np.proxy_type,
                 remote_port: valid.remote_port,
+                domains: &domains,
             },
             Counts {
                 session_proxies: control.proxy_count(),
                 session_ports: control.ports_in_use(),
                 invite_proxies: 0,
             },
-            SUPPORTED,
+            supported(&shared.config),
         )?;
-        let (port, listener) = match claim(shared, &np.proxy_name, &decided) {
+        let claimed = match decided.proxy_type {
+            ProxyType::Https => claim_routes(control, &np, domains),
+            _ => claim(shared, &np.proxy_name, &decided).map(|(p, l)| (p, Some(l), None)),
+        };
+        let (port, listener, vhost) = match claimed {
             Ok(x) => x,
             Err(r) => {
                 shared.policy.release_proxy(grant);
@@ -117,6 +144,7 @@ impl Proxy {
         let proxy = Rc::new(Proxy {
             name: np.proxy_name,
             port,
+            vhost,
             proxy_type: decided.proxy_type.name().to_string(),
             use_encryption: np.use_encryption,
             use_compression: np.use_compression,
@@ -142,8 +170,9 @@ impl Proxy {
         Ok(proxy)
     }
 
-    /// Count the proxy, report it and start accepting visitors.
-    fn announce(self: &Rc<Self>, control: &Rc<Control>, listener: std::net::TcpListener) {
+    /// Count the proxy, report it and start accepting visitors (a vhost
+    /// proxy's come through the vhost listeners).
+    fn announce(self: &Rc<Self>, control: &Rc<Control>, listener: Option<std::net::TcpListener>) {
         let ctx = control.ctx();
         let invite = control.auth.grant.invite();
         WorkerStats::add(&ctx.stats().proxies, 1);
@@ -155,7 +184,9 @@ impl Proxy {
             proxy_type: self.proxy_type.clone(),
             remote_port: self.port,
         });
-        monoio::spawn(accept_loop(self.clone(), control.clone(), listener));
+        if let Some(listener) = listener {
+            monoio::spawn(accept_loop(self.clone(), control.clone(), listener));
+        }
     }
 
     /// The public port.
@@ -163,9 +194,24 @@ impl Proxy {
         self.port
     }
 
-    /// NewProxyResp.remote_addr, as frps writes it.
-    pub fn remote_addr(&self) -> String {
-        format!(":{}", self.port)
+    /// NewProxyResp.remote_addr, as frps writes it: `:port`, or a vhost
+    /// proxy's domains with the vhost port (left out when 80 or 443),
+    /// comma-separated.
+    pub fn remote_addr(&self, cfg: &Config) -> String {
+        match &self.vhost {
+            None => format!(":{}", self.port),
+            Some((domains, _)) => {
+                let port = cfg.vhost_https_port;
+                let addrs: Vec<String> = domains
+                    .iter()
+                    .map(|d| match port {
+                        80 | 443 => d.clone(),
+                        _ => format!("{d}:{port}"),
+                    })
+                    .collect();
+                addrs.join(",")
+            }
+        }
     }
 
     /// Stop listening and free the port and the name.
@@ -178,6 +224,9 @@ impl Proxy {
         // bind it as soon as it can claim it).
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
+        if let (Some((domains, target)), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
+            vhost::remove_routes(&mut ctx.shared.https_routes.write(), domains, target);
+        }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
         if let Some(ctx) = self.worker.upgrade() {
@@ -332,6 +381,38 @@ fn claim(
     bound
 }
 
+/// What a proxy holds once claimed: its port (0 for a vhost proxy), its
+/// listener, and a vhost proxy's domains and where they lead.
+type Claimed = (
+    u16,
+    Option<std::net::TcpListener>,
+    Option<(Vec<String>, VhostTarget)>,
+);
+
+/// Claim an `https` proxy's name and its routes server-wide; on failure
+/// nothing stays claimed.
+fn claim_routes(
+    control: &Control,
+    np: &NewProxy,
+    domains: Vec<String>,
+) -> Result<Claimed, Refusal> {
+    let shared = &control.ctx().shared;
+    if !shared.directory.claim_proxy(&np.proxy_name) {
+        return Err(Refusal::proxy_exists(&np.proxy_name));
+    }
+    let target = VhostTarget {
+        worker: control.ctx().id,
+        run_id: Arc::from(control.who.run_id.as_str()),
+        control_id: control.who.id,
+        proxy: Arc::from(np.proxy_name.as_str()),
+    };
+    if let Err(r) = vhost::add_routes(&mut shared.https_routes.write(), &domains, &target) {
+        shared.directory.release_proxy(&np.proxy_name);
+        return Err(r);
+    }
+    Ok((0, None, Some((domains, target))))
+}
+
 fn allocate_port(
     ranges: &[(u16, u16)],
     ports: &crate::runtime::shared::PortTable,
@@ -396,6 +477,7 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
                             control.clone(),
                             Conn::tcp(stream),
                             peer,
+                            Vec::new(),
                         ));
                     }
                     Err(_) if proxy.closed.get() => break,
@@ -414,7 +496,9 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
 }
 
 /// `user` is the accepted TCP connection, made a [`Conn`] by the accept
-/// loop so that this task (one per user connection) holds it once.
+/// loop so that this task (one per user connection) holds it once;
+/// `pending`, what was read from it to route it (a vhost connection's
+/// ClientHello), goes to frpc first.
 ///
 /// A plain function returning an `async move` block: as an `async fn` its
 /// state would keep each argument twice, and this task lives as long as
@@ -422,11 +506,12 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
 // An async move block on purpose: an async fn would keep each argument
 // twice in the connection's task (see `run`).
 #[allow(clippy::manual_async_fn)]
-fn serve_user(
+pub fn serve_user(
     proxy: Rc<Proxy>,
     control: Rc<Control>,
     user: Conn,
     peer: SocketAddr,
+    pending: Vec<u8>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let ctx = control.ctx().clone();
@@ -457,7 +542,12 @@ fn serve_user(
             .insert(id, [user.aborter(), work.aborter()]);
         let due = || proxy.report_if_due(&ctx.events);
         let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
-        relay::run(stats, user, work, opts, &proxy.bytes, &proxy.limits, report).await;
+        let ends = relay::Ends {
+            user,
+            work,
+            pending,
+        };
+        relay::run(stats, ends, opts, &proxy.bytes, &proxy.limits, report).await;
         proxy.relays.borrow_mut().remove(&id);
         if proxy.closed.get() {
             // Bytes moved after the proxy's last report.

@@ -103,6 +103,17 @@ impl Meter<'_> {
     }
 }
 
+/// The two connections of a relay, and what was read from the user's
+/// before it (to route a vhost connection), which goes to frpc first.
+pub struct Ends {
+    /// The user's connection.
+    pub user: Conn,
+    /// The work connection to frpc.
+    pub work: Conn,
+    /// Bytes of the user's already read, usually none.
+    pub pending: Vec<u8>,
+}
+
 /// Relay until both directions are done, counting the bytes in the
 /// worker's `stats` and the proxy's `proxy_bytes`.
 ///
@@ -115,8 +126,7 @@ impl Meter<'_> {
 #[allow(clippy::manual_async_fn)]
 pub fn run<'a>(
     stats: &'a WorkerStats,
-    user: Conn,
-    work: Conn,
+    ends: Ends,
     opts: RelayOpts,
     proxy_bytes: &'a [Cell<u64>; 2],
     limits: &'a Limits,
@@ -133,12 +143,31 @@ pub fn run<'a>(
         };
         let meter_in = meter(&stats.bytes_in, &proxy_bytes[0]);
         let meter_out = meter(&stats.bytes_out, &proxy_bytes[1]);
+        let Ends {
+            user,
+            mut work,
+            mut pending,
+        } = ends;
         let aborters = [user.aborter(), work.aborter()];
+        let spliced =
+            opts.splice && opts.plain() && matches!((&user, &work), (Conn::Tcp(..), Conn::Tcp(..)));
+        if spliced && !pending.is_empty() {
+            let n = pending.len();
+            if work
+                .write_all(std::mem::take(&mut pending))
+                .await
+                .0
+                .is_err()
+            {
+                return abort_all(&aborters);
+            }
+            meter_in.add(n as u64);
+        }
         // Borrowed, not destructured: the connections (and the SocketFds
         // that keep the aborters alive) stay where they are until both
         // pumps are done, and the task holds no second copy of either.
         if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
-            if opts.splice && opts.plain() {
+            if spliced {
                 let up = splice_pump(u, w, &meter_in, &aborters);
                 let down = splice_pump(w, u, &meter_out, &aborters);
                 monoio::join!(up, down);
@@ -148,7 +177,12 @@ pub fn run<'a>(
         // The copying relay's state (transforms, cipher and compressor
         // state) is large; its directions are boxed, which keeps every
         // connection's task the size of the splice relay.
-        copy_relay(user, work, opts, &meter_in, &meter_out, &aborters).await;
+        let ends = Ends {
+            user,
+            work,
+            pending,
+        };
+        copy_relay(ends, opts, &meter_in, &meter_out, &aborters).await;
     }
 }
 
@@ -157,20 +191,20 @@ pub fn run<'a>(
 /// an `async` block joining them would keep the halves it hands to the
 /// directions a second time in its own state.
 fn copy_relay<'a>(
-    user: Conn,
-    work: Conn,
+    ends: Ends,
     opts: RelayOpts,
     meter_in: &'a Meter<'a>,
     meter_out: &'a Meter<'a>,
     aborters: &'a [Aborter; 2],
 ) -> Both<'a> {
-    let (ur, uw) = user.into_split();
-    let (wr, ww) = work.into_split();
+    let (ur, uw) = ends.user.into_split();
+    let (wr, ww) = ends.work.into_split();
+    let first = ends.pending;
     match wr {
         // yamux → user without a copy: received chunks go out as they are.
         ConnReader::Mux(mr) if opts.plain() => Both::new(
             Box::pin(pump(
-                ur,
+                (ur, first),
                 ww,
                 Transform::None,
                 meter_in,
@@ -181,7 +215,7 @@ fn copy_relay<'a>(
         ),
         wr => Both::new(
             Box::pin(pump(
-                ur,
+                (ur, first),
                 ww,
                 Transform::new(&opts, true),
                 meter_in,
@@ -189,7 +223,7 @@ fn copy_relay<'a>(
                 opts.buffer,
             )),
             Box::pin(pump(
-                wr,
+                (wr, Vec::new()),
                 uw,
                 Transform::new(&opts, false),
                 meter_out,
@@ -483,7 +517,7 @@ fn next_size(n: usize, asked: usize, full: usize) -> Option<usize> {
 // twice in the connection's task (see `run`).
 #[allow(clippy::manual_async_fn)]
 fn pump<'a>(
-    mut r: ConnReader,
+    (mut r, mut first): (ConnReader, Vec<u8>),
     mut w: ConnWriter,
     mut t: Transform,
     counter: &'a Meter<'a>,
@@ -500,7 +534,14 @@ fn pump<'a>(
         let result: io::Result<()> = async {
             loop {
                 buf.clear();
-                let (res, b) = r.read(buf).await;
+                // What was read before the relay (a vhost connection's
+                // ClientHello) goes first, as if just read.
+                let (res, b) = if first.is_empty() {
+                    r.read(buf).await
+                } else {
+                    let f = std::mem::take(&mut first);
+                    (Ok(f.len()), f)
+                };
                 buf = b;
                 let n = res?;
                 if n == 0 {

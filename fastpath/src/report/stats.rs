@@ -70,6 +70,12 @@ pub struct WorkerStats {
     /// User connections closed because their session already had
     /// `fastpath.pendingUserConns` waiting for a work connection.
     pub pending_refused: AtomicU64,
+    /// Connections on a vhost port closed without a route: no TLS
+    /// ClientHello, no server name, or a name no proxy serves.
+    pub vhost_unrouted: AtomicU64,
+    /// Vhost connections this worker took over from another (also in
+    /// `handoffs_in`).
+    pub vhost_handoffs: AtomicU64,
     /// What this worker's yamux sessions hold.
     pub mux: Arc<MuxGauges>,
 }
@@ -107,6 +113,8 @@ impl WorkerStats {
             identify_timeouts: self.identify_timeouts.load(Relaxed),
             write_stalls: self.write_stalls.load(Relaxed) + self.mux.write_stalls.load(Relaxed),
             pending_refused: self.pending_refused.load(Relaxed),
+            vhost_unrouted: self.vhost_unrouted.load(Relaxed),
+            vhost_handoffs: self.vhost_handoffs.load(Relaxed),
             mux_held: self.mux.held.load(Relaxed),
             mux_extra_window: self.mux.extra_window.load(Relaxed),
             mux_holds: self.mux.holds.load(Relaxed),
@@ -140,6 +148,10 @@ pub struct StatsSnapshot {
     pub write_stalls: u64,
     /// See [`WorkerStats::pending_refused`].
     pub pending_refused: u64,
+    /// See [`WorkerStats::vhost_unrouted`].
+    pub vhost_unrouted: u64,
+    /// See [`WorkerStats::vhost_handoffs`].
+    pub vhost_handoffs: u64,
     /// See [`MuxGauges::held`].
     pub mux_held: u64,
     /// See [`MuxGauges::extra_window`].

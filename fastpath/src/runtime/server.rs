@@ -78,6 +78,18 @@ impl Server {
             );
         }
         let addr = listeners[0].local_addr()?;
+        // frps's vhost listeners bind proxyBindAddr, as proxies do.
+        let mut https = Vec::with_capacity(workers);
+        if config.vhost_https_port != 0 {
+            let a = SocketAddr::new(config.proxy_ip(), config.vhost_https_port);
+            for _ in 0..workers {
+                https.push(Some(bind_tcp(a, true).with_context(|| {
+                    format!("cannot listen on {a} (proxyBindAddr/vhostHTTPSPort)")
+                })?));
+            }
+        } else {
+            https.resize_with(workers, || None);
+        }
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
@@ -92,6 +104,7 @@ impl Server {
             stopping: Default::default(),
             policy,
             tls,
+            https_routes: Default::default(),
         });
         if shared.policy.governed().is_some() {
             let s = shared.clone();
@@ -125,11 +138,15 @@ impl Server {
         spawn_trimmer(shared.clone())?;
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
+        if shared.config.vhost_https_port != 0 {
+            shared.ports.claim(shared.config.vhost_https_port);
+        }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let mut threads = Vec::with_capacity(workers);
-        for (id, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let listeners = listeners.into_iter().zip(https);
+        for (id, ((listener, https), inbox)) in listeners.zip(receivers).enumerate() {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("fastpath-w{id}"))
@@ -139,7 +156,11 @@ impl Server {
                             tracing::warn!(worker = id, error = ?e, "cpu pinning failed");
                         }
                     }
-                    worker::run(id, shared, listener, inbox)
+                    let listeners = worker::Listeners {
+                        bind: listener,
+                        https,
+                    };
+                    worker::run(id, shared, listeners, inbox)
                 })?;
             threads.push(t);
         }

@@ -6,6 +6,8 @@
 //!   workers.
 //! - [`Directory`]: which worker owns which client session (`run_id`) and
 //!   which proxy names are in use server-wide.
+//! - [`VhostTarget`] routes: which proxy (on which worker) serves a
+//!   virtual host, read once per new connection on a vhost port.
 //! - [`Inbox`]: the per-worker channel other workers use to hand over a file
 //!   descriptor or a command.
 
@@ -185,6 +187,22 @@ pub struct Shared {
     pub policy: Arc<crate::policy::Policy>,
     /// TLS server configuration for the bind port.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Live `https` routes (server name → proxy), all workers'.
+    pub https_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
+}
+
+/// Where a virtual-host route leads: a proxy of a session on a worker. A
+/// connection for it that lands on another worker moves there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostTarget {
+    /// The worker that owns the session.
+    pub worker: usize,
+    /// The session: its run_id, and its control id (a session that
+    /// replaced it under the same run_id is not it).
+    pub run_id: Arc<str>,
+    pub control_id: u64,
+    /// The proxy's full name.
+    pub proxy: Arc<str>,
 }
 
 impl Shared {

@@ -14,19 +14,23 @@ use monoio::net::TcpListener;
 
 use crate::frp::accept;
 use crate::frp::control::Sessions;
+use crate::frp::vhost;
 use crate::frp::work_conns;
 use crate::report::events::EventSink;
 use crate::runtime::ctx::WorkerCtx;
 use crate::runtime::shared::Shared;
 use crate::transport::handoff::WorkerMsg;
 
+/// A worker's listening sockets, each one of a SO_REUSEPORT group.
+pub struct Listeners {
+    /// The frp bind port.
+    pub bind: std::net::TcpListener,
+    /// `vhostHTTPSPort`, when set.
+    pub https: Option<std::net::TcpListener>,
+}
+
 /// Run a worker until told to stop. Called on the worker's own thread.
-pub fn run(
-    id: usize,
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    inbox: flume::Receiver<WorkerMsg>,
-) {
+pub fn run(id: usize, shared: Arc<Shared>, listener: Listeners, inbox: flume::Receiver<WorkerMsg>) {
     let uring = match shared.config.fastpath.driver.as_str() {
         "epoll" => false,
         "io_uring" => true,
@@ -106,7 +110,7 @@ fn uring_runtime(mode: &str) -> std::io::Result<(UringRuntime, &'static str)> {
 async fn serve(
     id: usize,
     shared: Arc<Shared>,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     inbox: flume::Receiver<WorkerMsg>,
     driver: &'static str,
 ) {
@@ -118,7 +122,7 @@ async fn serve(
     events.set_applied_generation(shared.policy.generation());
     let ctx = Rc::new(WorkerCtx::new(id, shared, events));
     let sessions = Rc::new(Sessions::default());
-    let listener = match TcpListener::from_std(listener) {
+    let listener = match TcpListener::from_std(listeners.bind) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot register bind listener");
@@ -132,6 +136,14 @@ async fn serve(
         listener,
         canceller.handle(),
     ));
+    let https_task = listeners.https.map(|l| {
+        monoio::spawn(vhost::https_accept_loop(
+            ctx.clone(),
+            sessions.clone(),
+            l,
+            canceller.handle(),
+        ))
+    });
     if ctx.shared.policy.governed().is_some() {
         monoio::spawn(traffic_sampler(ctx.clone(), sessions.clone()));
     }
@@ -139,6 +151,9 @@ async fn serve(
     // Stop: no new connections, close every session we own.
     let _ = canceller.cancel();
     let _ = accept_task.await;
+    if let Some(t) = https_task {
+        let _ = t.await;
+    }
     // Relays are ended too, and given a moment to finish, so that each
     // reports the bytes it moved since the last sample before the worker
     // goes (their tasks would otherwise be dropped with the runtime).
@@ -163,6 +178,25 @@ async fn accept_loop(
     listener: TcpListener,
     cancel: monoio::io::CancelHandle,
 ) {
+    accept_each(&ctx, &listener, cancel, "bind port", |stream, peer| {
+        if let Some(idle) = ctx.shared.config.tcp_keepalive() {
+            let _ = stream.set_tcp_keepalive(Some(idle), None, None);
+        }
+        monoio::spawn(accept::serve(ctx.clone(), sessions.clone(), stream, peer));
+    })
+    .await
+}
+
+/// Accept on `listener` until cancelled or stopping, handing each
+/// connection (TCP_NODELAY set) to `serve`. A failed accept (out of
+/// descriptors, say) is logged and retried after a pause, not spun on.
+pub(crate) async fn accept_each(
+    ctx: &WorkerCtx,
+    listener: &TcpListener,
+    cancel: monoio::io::CancelHandle,
+    port: &'static str,
+    mut serve: impl FnMut(monoio::net::TcpStream, std::net::SocketAddr),
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
@@ -170,24 +204,24 @@ async fn accept_loop(
                     break;
                 }
                 let _ = stream.set_nodelay(true);
-                if let Some(idle) = ctx.shared.config.tcp_keepalive() {
-                    let _ = stream.set_tcp_keepalive(Some(idle), None, None);
-                }
-                monoio::spawn(accept::serve(ctx.clone(), sessions.clone(), stream, peer));
+                serve(stream, peer);
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => {
                 break
             }
             Err(e) => {
-                tracing::warn!(worker = ctx.id, error = %e, "accept failed");
-                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(worker = ctx.id, port, error = %e, "accept failed");
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn inbox_loop(ctx: &WorkerCtx, sessions: &Sessions, inbox: flume::Receiver<WorkerMsg>) {
+async fn inbox_loop(
+    ctx: &Rc<WorkerCtx>,
+    sessions: &Rc<Sessions>,
+    inbox: flume::Receiver<WorkerMsg>,
+) {
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
             WorkerMsg::Stop => break,
@@ -205,6 +239,7 @@ async fn inbox_loop(ctx: &WorkerCtx, sessions: &Sessions, inbox: flume::Receiver
                 ctx.events.set_applied_generation(generation);
             }
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
+            WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
         }
     }
 }

@@ -30,7 +30,7 @@ fn init_slice<B: IoBuf>(buf: &B) -> &[u8] {
 /// monoio's own `read` on a `Vec` fills it from the start and sets its
 /// length to what was read; every reader here appends instead (the TLS and
 /// yamux readers do so naturally), so callers can accumulate partial frames.
-async fn read_append<R: AsyncReadRent>(
+pub(crate) async fn read_append<R: AsyncReadRent>(
     r: &mut R,
     mut buf: Vec<u8>,
 ) -> (io::Result<usize>, Vec<u8>) {

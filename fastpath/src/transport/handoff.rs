@@ -15,6 +15,9 @@ use proto::msg::NewWorkConn;
 pub enum WorkerMsg {
     /// A non-multiplexed work connection for a session this worker owns.
     WorkConn(Box<MovedConn>),
+    /// A connection on a vhost port for a proxy of a session this worker
+    /// owns, with what was read of it to route it.
+    VhostConn(Box<MovedVhost>),
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },
@@ -34,6 +37,18 @@ pub struct MovedConn {
     pub tls: Option<crate::transport::tls::TlsState>,
     /// What it offered to be.
     pub offer: WorkConnOffer,
+}
+
+/// A vhost connection in transit between workers.
+pub struct MovedVhost {
+    /// The socket, detached from the sending worker's runtime.
+    pub socket: std::net::TcpStream,
+    /// What was read to route it (a ClientHello), to go to frpc first.
+    pub pending: Vec<u8>,
+    /// The user's address.
+    pub peer: SocketAddr,
+    /// The route it matched.
+    pub target: crate::runtime::shared::VhostTarget,
 }
 
 /// What a work connection said about itself, apart from the connection.

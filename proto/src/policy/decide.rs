@@ -127,6 +127,8 @@ pub struct InviteRules<'a> {
     pub proxy_types: ProxyTypes,
     /// Ports it may use (within the node's pool).
     pub port_pool: Ports<'a>,
+    /// The domain its vhost proxies must be under (empty: any).
+    pub domain_suffix: &'a str,
 }
 
 impl<'a> From<InviteView<'a>> for InviteRules<'a> {
@@ -137,6 +139,7 @@ impl<'a> From<InviteView<'a>> for InviteRules<'a> {
             max_proxies: i.max_proxies(),
             proxy_types: i.proxy_types(),
             port_pool: i.port_pool().into(),
+            domain_suffix: i.domain_suffix(),
         }
     }
 }
@@ -340,6 +343,21 @@ pub struct ProxyRequest<'a> {
     pub proxy_type: &'a str,
     /// The NewProxy's `remote_port` (0 = the server picks).
     pub remote_port: u16,
+    /// The domains a vhost proxy is reached by, in routing form (lower
+    /// case, no port); empty for other types.
+    pub domains: &'a [String],
+}
+
+/// Whether `domain` is `suffix` or under it (`suffix` with or without a
+/// leading dot, in any case).
+pub fn under_suffix(domain: &str, suffix: &str) -> bool {
+    let suffix = suffix.trim_start_matches('.');
+    let (d, s) = (domain.as_bytes(), suffix.as_bytes());
+    if suffix.is_empty() || d.len() < s.len() {
+        return suffix.is_empty();
+    }
+    let tail = &d[d.len() - s.len()..];
+    tail.eq_ignore_ascii_case(s) && (d.len() == s.len() || d[d.len() - s.len() - 1] == b'.')
 }
 
 /// A NewProxy's `remote_port` as a port (frp sends an int).
@@ -495,6 +513,19 @@ pub fn proxy(
                     format!(
                         "proxy type {name} is not allowed by invite {id} (allowed: {})",
                         inv.proxy_types
+                    ),
+                ));
+            }
+            if let Some(d) = req
+                .domains
+                .iter()
+                .find(|d| !under_suffix(d, inv.domain_suffix))
+            {
+                return refuse(Refusal::new(
+                    RefusalKind::DomainNotAllowed,
+                    format!(
+                        "domain {d} is not under {} (domain_suffix of invite {id})",
+                        inv.domain_suffix
                     ),
                 ));
             }
@@ -1079,6 +1110,7 @@ mod tests {
             let req = ProxyRequest {
                 proxy_type: ty,
                 remote_port: port,
+                domains: &[],
             };
             let got = proxy(server, &scope, &req, &counts, supported);
             if let Err(r) = &got {
@@ -1095,11 +1127,52 @@ mod tests {
             }
             assert_eq!(kind_of(got).map(|g| g.port), want, "{what}");
         }
+        // An invite's domain_suffix bounds its vhost proxies' domains.
+        let suffixed = Scope::Invite {
+            node,
+            id: id(GOOD),
+            invite: t.invite(&id(GOOD)).map(|v| InviteRules {
+                domain_suffix: ".T.example.net",
+                ..InviteRules::from(v)
+            }),
+        };
+        for (domains, ok) in [
+            (
+                &["t.example.net".to_string(), "a.t.example.net".to_string()][..],
+                true,
+            ),
+            (
+                &["a.t.example.net".to_string(), "xt.example.net".to_string()][..],
+                false,
+            ),
+            (&["example.net".to_string()][..], false),
+            (&[][..], true),
+        ] {
+            let req = ProxyRequest {
+                proxy_type: "http",
+                remote_port: 0,
+                domains,
+            };
+            match proxy(&open, &suffixed, &req, &none, all) {
+                Ok(g) => assert!(ok, "{domains:?} allowed: {g:?}"),
+                Err(r) => {
+                    assert!(!ok, "{domains:?} refused: {r}");
+                    assert_eq!(r.kind, DomainNotAllowed);
+                    assert!(
+                        r.detail
+                            .contains("is not under .T.example.net (domain_suffix of invite"),
+                        "{r}"
+                    );
+                    seen.insert(r.kind);
+                }
+            }
+        }
         // The words frpc users read.
         let words = |server, scope, ty, port, counts, supported| {
             let req = ProxyRequest {
                 proxy_type: ty,
                 remote_port: port,
+                domains: &[],
             };
             proxy(server, &scope, &req, &counts, supported)
                 .unwrap_err()
@@ -1259,7 +1332,7 @@ mod tests {
         ] {
             seen.extend(s);
         }
-        let outside: [(Refusal, &str); 8] = [
+        let outside: [(Refusal, &str); 9] = [
             (
                 Refusal::token_mismatch(),
                 "token in login doesn't match token from configuration",
@@ -1277,6 +1350,10 @@ mod tests {
                 "port unavailable: Address in use",
             ),
             (Refusal::no_available_port(), "no available port"),
+            (
+                Refusal::route_conflict("a.example.com"),
+                "router config conflict: a.example.com",
+            ),
         ];
         for (r, words) in outside {
             assert_eq!(r.to_string(), words);

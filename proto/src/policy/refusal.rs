@@ -105,6 +105,10 @@ refusal_kinds! {
     InviteMaxProxies = 26, "invite_max_proxies";
     /// A proxy of that name is registered already.
     ProxyExists = 27, "proxy_exists";
+    /// A virtual-host route (domain, location, user) another proxy holds.
+    RouteConflict = 28, "route_conflict";
+    /// A virtual-host domain outside the invite's `domain_suffix`.
+    DomainNotAllowed = 29, "domain_not_allowed";
 }
 
 impl fmt::Display for RefusalKind {
@@ -248,6 +252,15 @@ impl Refusal {
         Refusal::new(
             RefusalKind::TypeNotSupported,
             "visitor connections are not supported by this server yet",
+        )
+    }
+
+    /// frps: a virtual-host route another proxy holds ("router config
+    /// conflict"); the domain follows.
+    pub fn route_conflict(domain: &str) -> Refusal {
+        Refusal::new(
+            RefusalKind::RouteConflict,
+            format!("router config conflict: {domain}"),
         )
     }
 

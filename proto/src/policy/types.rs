@@ -90,6 +90,11 @@ impl ProxyTypes {
         ProxyTypes(1 << t as u32)
     }
 
+    /// This set and `t`.
+    pub const fn with(self, t: ProxyType) -> ProxyTypes {
+        ProxyTypes(self.0 | 1 << t as u32)
+    }
+
     /// Whether `t` is in the set.
     pub fn contains(self, t: ProxyType) -> bool {
         self.0 & Self::only(t).0 != 0

@@ -104,6 +104,7 @@ fn invite_rules(inv: &Invite) -> InviteRules<'_> {
         max_proxies: inv.max_proxies,
         proxy_types: inv.proxy_types,
         port_pool: (&inv.port_pool).into(),
+        domain_suffix: &inv.domain_suffix,
     }
 }
 
@@ -184,6 +185,18 @@ pub async fn new_proxy(
         Ok(p) => p,
         Err(r) => return Ok(reject(r.detail)),
     };
+    // The custom domains frps will route; a `subdomain` is under frps's
+    // own subDomainHost, which the hook is not told.
+    let domains: Vec<String> = content
+        .get("custom_domains")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str())
+                .filter_map(|d| proto::vhost::canonical_host(d.trim()).map(|h| h.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     let metas = content.get("user").and_then(|u| u.get("metas"));
     let invite = match entry(&app, &node, ticket_in(metas)).await? {
         Ok(invite) => invite,
@@ -206,6 +219,7 @@ pub async fn new_proxy(
         &ProxyRequest {
             proxy_type,
             remote_port,
+            domains: &domains,
         },
         &Counts::default(),
         ProxyTypes::ALL,
