@@ -40,7 +40,7 @@ use crate::runtime::ctx::{WorkerCtx, IDENTIFY_DEADLINE};
 use crate::transport::conn::Conn;
 use crate::transport::handoff::WorkConnOffer;
 use crate::transport::mux::MuxConn;
-use crate::transport::preauth::{Refused, Ticket};
+use crate::transport::preauth::Ticket;
 use crate::transport::tls::TlsStream;
 
 /// What is left of the time until `deadline`.
@@ -55,11 +55,13 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some((ticket, now)) = admit(&ctx, peer) else {
+    let Some((ticket, now)) = ctx.admit(peer) else {
         return;
     };
     let deadline = now + IDENTIFY_DEADLINE;
-    let opened = within(&ctx, left(deadline), "not identified", open(&ctx, stream)).await;
+    let opened = ctx
+        .within(left(deadline), "not identified", open(&ctx, stream))
+        .await;
     let (conn, pending) = match opened {
         Ok(x) => x,
         Err(reason) => {
@@ -68,50 +70,6 @@ pub async fn serve(
         }
     };
     serve_conn(ctx, sessions, conn, pending, peer, ticket, deadline).await;
-}
-
-/// A new connection from `peer` through the pre-auth gate: its place (held
-/// until it identifies) and the time it was let in; None when the gate
-/// refused it (counted and logged; the caller drops the connection).
-pub(crate) fn admit(ctx: &WorkerCtx, peer: SocketAddr) -> Option<(Ticket, Instant)> {
-    let now = Instant::now();
-    match ctx.preauth.enter(peer.ip(), now) {
-        Ok(t) => Some((t, now)),
-        Err(why) => {
-            turn_away(ctx, peer, why, now);
-            None
-        }
-    }
-}
-
-/// `step` of an unidentified connection, given `limit`; past it, the
-/// connection counts as an identify timeout and the error says `what`
-/// (rounded up to whole seconds).
-pub(crate) async fn within<T>(
-    ctx: &WorkerCtx,
-    limit: Duration,
-    what: &str,
-    step: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    match monoio::time::timeout(limit, step).await {
-        Ok(r) => r,
-        Err(_) => {
-            WorkerStats::bump(&ctx.stats().identify_timeouts, 1);
-            let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-            Err(format!("{what} within {secs} s"))
-        }
-    }
-}
-
-/// Closes a connection the pre-auth gate refused (by dropping it), counts
-/// it, and says so in the log now and then.
-fn turn_away(ctx: &WorkerCtx, peer: SocketAddr, why: Refused, now: Instant) {
-    WorkerStats::bump(&ctx.stats().preauth_refused, 1);
-    tracing::debug!(%peer, limit = why.key(), "connection refused before identification");
-    if let Some(n) = ctx.preauth.note_refusal(now) {
-        tracing::warn!(worker = ctx.id, %peer, limit = why.key(), refused = n,
-            "refusing connections that have not identified: over a pre-auth limit");
-    }
 }
 
 /// Steps 1 and the first of 2: the transport, and at least one plaintext

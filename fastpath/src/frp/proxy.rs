@@ -20,7 +20,7 @@ use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
 use crate::frp::control::Control;
-use crate::frp::vhost;
+use crate::frp::domains;
 use crate::policy::tenants::{Bucket, Limits};
 use crate::relay::{self, RelayOpts};
 use crate::report::events::EventSink;
@@ -101,7 +101,7 @@ impl Proxy {
         let grant = control.auth.grant;
         let valid = validate(&np)?;
         let domains = match ProxyType::from_frp(&np.proxy_type) {
-            Some(ProxyType::Https) => vhost::domains(
+            Some(ProxyType::Https) => domains::domains(
                 &np.custom_domains,
                 &np.sub_domain,
                 &shared.config.sub_domain_host,
@@ -225,7 +225,7 @@ impl Proxy {
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
         if let (Some((domains, target)), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
-            vhost::remove_routes(&mut ctx.shared.https_routes.write(), domains, target);
+            domains::remove_routes(&mut ctx.shared.https_routes.write(), domains, target);
         }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
@@ -406,7 +406,7 @@ fn claim_routes(
         control_id: control.who.id,
         proxy: Arc::from(np.proxy_name.as_str()),
     };
-    if let Err(r) = vhost::add_routes(&mut shared.https_routes.write(), &domains, &target) {
+    if let Err(r) = domains::add_routes(&mut shared.https_routes.write(), &domains, &target) {
         shared.directory.release_proxy(&np.proxy_name);
         return Err(r);
     }

@@ -5,15 +5,16 @@
 //! server's ([`Sessions`](crate::frp::control::Sessions)).
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::report::events::EventSink;
 use crate::report::stats::WorkerStats;
 use crate::runtime::shared::Shared;
 use crate::transport::mux::MuxBudget;
-use crate::transport::preauth::{Limits, PreAuth};
+use crate::transport::preauth::{Limits, PreAuth, Ticket};
 
 /// How long a new connection may take to say who it is, from accept to its
 /// first message read (frps: 10 s); for a yamux session, until a Login on
@@ -78,5 +79,44 @@ impl WorkerCtx {
         let n = self.next_control.get() + 1;
         self.next_control.set(n);
         ((self.id as u64) << 48) | n
+    }
+
+    /// A new connection from `peer` through the pre-auth gate: its place
+    /// (held until it identifies) and the time it was let in; None when
+    /// the gate refused it (counted and logged; the caller drops the
+    /// connection).
+    pub fn admit(&self, peer: SocketAddr) -> Option<(Ticket, Instant)> {
+        let now = Instant::now();
+        match self.preauth.enter(peer.ip(), now) {
+            Ok(t) => Some((t, now)),
+            Err(why) => {
+                WorkerStats::bump(&self.stats().preauth_refused, 1);
+                tracing::debug!(%peer, limit = why.key(), "connection refused before identification");
+                if let Some(n) = self.preauth.note_refusal(now) {
+                    tracing::warn!(worker = self.id, %peer, limit = why.key(), refused = n,
+                        "refusing connections that have not identified: over a pre-auth limit");
+                }
+                None
+            }
+        }
+    }
+
+    /// `step` of an unidentified connection, given `limit`; past it, the
+    /// connection counts as an identify timeout and the error says `what`
+    /// (rounded up to whole seconds).
+    pub async fn within<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        step: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        match monoio::time::timeout(limit, step).await {
+            Ok(r) => r,
+            Err(_) => {
+                WorkerStats::bump(&self.stats().identify_timeouts, 1);
+                let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+                Err(format!("{what} within {secs} s"))
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::report::events::EventSink;
 use crate::runtime::ctx::WorkerCtx;
 use crate::runtime::shared::Shared;
 use crate::transport::handoff::WorkerMsg;
+use crate::transport::listener::accept_each;
 
 /// A worker's listening sockets, each one of a SO_REUSEPORT group.
 pub struct Listeners {
@@ -185,36 +186,6 @@ async fn accept_loop(
         monoio::spawn(accept::serve(ctx.clone(), sessions.clone(), stream, peer));
     })
     .await
-}
-
-/// Accept on `listener` until cancelled or stopping, handing each
-/// connection (TCP_NODELAY set) to `serve`. A failed accept (out of
-/// descriptors, say) is logged and retried after a pause, not spun on.
-pub(crate) async fn accept_each(
-    ctx: &WorkerCtx,
-    listener: &TcpListener,
-    cancel: monoio::io::CancelHandle,
-    port: &'static str,
-    mut serve: impl FnMut(monoio::net::TcpStream, std::net::SocketAddr),
-) {
-    loop {
-        match listener.cancelable_accept(cancel.clone()).await {
-            Ok((stream, peer)) => {
-                if ctx.shared.is_stopping() {
-                    break;
-                }
-                let _ = stream.set_nodelay(true);
-                serve(stream, peer);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => {
-                break
-            }
-            Err(e) => {
-                tracing::warn!(worker = ctx.id, port, error = %e, "accept failed");
-                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 async fn inbox_loop(

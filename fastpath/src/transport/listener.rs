@@ -5,6 +5,8 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::runtime::ctx::WorkerCtx;
+
 /// Bind a listener for user connections: [`bind_tcp`], and at most
 /// `not_sent_lowat` unsent bytes queued in the kernel per accepted socket
 /// (TCP_NOTSENT_LOWAT, inherited by accepted sockets; 0: no limit). Without
@@ -52,4 +54,34 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Accept on `listener` until cancelled or the process stops, handing each
+/// connection (TCP_NODELAY set) to `serve`. A failed accept (out of
+/// descriptors, say) is logged and retried after a pause, not spun on.
+pub async fn accept_each(
+    ctx: &WorkerCtx,
+    listener: &monoio::net::TcpListener,
+    cancel: monoio::io::CancelHandle,
+    port: &'static str,
+    mut serve: impl FnMut(monoio::net::TcpStream, SocketAddr),
+) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                if ctx.shared.is_stopping() {
+                    break;
+                }
+                let _ = stream.set_nodelay(true);
+                serve(stream, peer);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || ctx.shared.is_stopping() => {
+                break
+            }
+            Err(e) => {
+                tracing::warn!(worker = ctx.id, port, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -1,0 +1,141 @@
+//! The domains of virtual-host proxies: what a NewProxy's `customDomains`
+//! and `subdomain` name, by frps's rules, and claiming them in the shared
+//! route table all or nothing. Apart from the listeners
+//! ([`vhost`](crate::frp::vhost)), so that registering a proxy does not
+//! depend on how its connections are served.
+
+use proto::policy::Refusal;
+use proto::vhost::{canonical_host, routes::Routes};
+
+use crate::runtime::shared::VhostTarget;
+
+/// The domains an `https` proxy is reached by, in routing form and frps's
+/// order: each of `customDomains`, then `subdomain` under `subDomainHost`,
+/// with frps's checks.
+pub fn domains(
+    custom_domains: &[String],
+    subdomain: &str,
+    sub_domain_host: &str,
+) -> Result<Vec<String>, Refusal> {
+    let mut out = Vec::with_capacity(custom_domains.len() + 1);
+    for d in custom_domains {
+        let d = d.trim();
+        if d.is_empty() {
+            continue;
+        }
+        let host = canonical_host(d)
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b))
+            })
+            .ok_or_else(|| {
+                Refusal::invalid_proxy(format!("custom domain [{d}] is not a host name"))
+            })?;
+        if !sub_domain_host.is_empty()
+            && (host.ends_with(&format!(".{sub_domain_host}")) || host == sub_domain_host)
+        {
+            return Err(Refusal::invalid_proxy(format!(
+                "custom domain [{host}] should not belong to subdomain host [{sub_domain_host}]"
+            )));
+        }
+        out.push(host.into_owned());
+    }
+    if !subdomain.is_empty() {
+        if sub_domain_host.is_empty() {
+            return Err(Refusal::invalid_proxy(
+                "subdomain is not supported because this feature is not enabled in server",
+            ));
+        }
+        if subdomain.contains(['.', '*']) {
+            return Err(Refusal::invalid_proxy(
+                "'.' and '*' are not supported in subdomain",
+            ));
+        }
+        out.push(format!(
+            "{}.{sub_domain_host}",
+            subdomain.to_ascii_lowercase()
+        ));
+    }
+    if out.is_empty() {
+        return Err(Refusal::invalid_proxy(
+            "custom domains and subdomain should set at least one of them",
+        ));
+    }
+    // frps's order (customDomains as given, then the subdomain), each once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|d| seen.insert(d.clone()));
+    Ok(out)
+}
+
+/// Add a proxy's routes: all of them, or none and the conflicting domain.
+pub fn add_routes(
+    routes: &mut Routes<VhostTarget>,
+    domains: &[String],
+    target: &VhostTarget,
+) -> Result<(), Refusal> {
+    for (i, d) in domains.iter().enumerate() {
+        if routes.add(d, "", "", target.clone()).is_err() {
+            for done in &domains[..i] {
+                routes.remove(done, "", "");
+            }
+            return Err(Refusal::route_conflict(d));
+        }
+    }
+    Ok(())
+}
+
+/// Remove a proxy's routes (only those that still lead to it).
+pub fn remove_routes(routes: &mut Routes<VhostTarget>, domains: &[String], target: &VhostTarget) {
+    for d in domains {
+        if let Some(t) = routes.remove(d, "", "") {
+            if &t != target {
+                // Not ours (cannot happen while names are unique): put back.
+                let _ = routes.add(d, "", "", t);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn domains_follow_frps_rules() {
+        let cd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            domains(&cd(&["A.example.com.", "b.example.com:443"]), "", "").unwrap(),
+            vec!["a.example.com", "b.example.com"]
+        );
+        assert_eq!(
+            domains(&cd(&[]), "App", "t.example.net").unwrap(),
+            vec!["app.t.example.net"]
+        );
+        let err = |r: Result<Vec<String>, Refusal>| r.unwrap_err().detail;
+        assert!(err(domains(&cd(&[]), "", "")).contains("at least one"));
+        assert!(err(domains(&cd(&[]), "app", "")).contains("not enabled in server"));
+        assert!(err(domains(&cd(&[]), "a.b", "t.example.net")).contains("'.' and '*'"));
+        assert!(err(domains(&cd(&["x.t.example.net"]), "", "t.example.net"))
+            .contains("should not belong to subdomain host [t.example.net]"));
+        assert!(err(domains(&cd(&["a:b:c"]), "", "")).contains("[a:b:c] is not a host name"));
+    }
+
+    #[test]
+    fn routes_go_in_whole_or_not_at_all() {
+        let t = |p: &str| VhostTarget {
+            worker: 0,
+            run_id: Arc::from("r"),
+            control_id: 1,
+            proxy: Arc::from(p),
+        };
+        let mut r = Routes::new();
+        add_routes(&mut r, &["a.com".into(), "b.com".into()], &t("one")).unwrap();
+        let e = add_routes(&mut r, &["c.com".into(), "b.com".into()], &t("two")).unwrap_err();
+        assert_eq!(e.detail, "router config conflict: b.com");
+        assert_eq!(r.len(), 2, "c.com of the refused proxy is not left behind");
+        remove_routes(&mut r, &["a.com".into(), "b.com".into()], &t("one"));
+        assert!(r.is_empty());
+    }
+}
