@@ -1,8 +1,11 @@
-//! `https` proxies on `vhostHTTPSPort`, end to end with the real binary:
+//! `https` proxies on `vhostHTTPSPort` and `tcpmux` proxies on
+//! `tcpmuxHTTPConnectPort`, end to end with the real binary. https:
 //! connections routed by the server name of their ClientHello to the proxy
 //! that claimed it, TLS passed through untouched (the backend's certificate
 //! is what the user verifies), on either worker, over every kind of work
 //! connection; and what cannot be routed closed, logged and counted.
+//! tcpmux: CONNECT requests routed by host and Proxy-Authorization user,
+//! answered (200, 407, 404) as frps answers them, or passed through.
 
 mod common;
 
@@ -11,6 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bench::backend::Backend;
 use bench::client::{Client, ProxySpec};
 use bench::proc::free_port;
 use common::*;
@@ -284,4 +288,197 @@ fn https_needs_the_vhost_port() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("proxy type [https] is not supported"), "{err}");
+}
+
+// --- tcpmux (HTTP CONNECT) ---
+
+/// A CONNECT for `host` with `auth` (user, password) as Basic
+/// Proxy-Authorization; the stream and the response head (empty when the
+/// server closed without one).
+fn connect(port: u16, host: &str, auth: Option<(&str, &str)>) -> (TcpStream, String) {
+    use base64::Engine as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("CONNECT {host}:22 HTTP/1.1\r\nHost: {host}:22\r\n");
+    if let Some((u, p)) = auth {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        req.push_str(&format!("Proxy-Authorization: Basic {b}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// `len` pseudo-random bytes through `s` and back, intact.
+fn echoes(s: &mut TcpStream, len: usize, seed: u64) -> bool {
+    let data: Vec<u8> = (0..len as u64)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 5) as u8)
+        .collect();
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let t = std::thread::spawn(move || w.write_all(&d).is_ok());
+    let mut got = vec![0u8; len];
+    let ok = s.read_exact(&mut got).is_ok();
+    t.join().unwrap() && ok && got == data
+}
+
+fn tcpmux_proxy(
+    c: &Client,
+    name: &str,
+    local: SocketAddr,
+    domains: &[&str],
+    creds: Option<(&str, &str)>,
+    route_by: &str,
+    multiplexer: &str,
+) -> Result<String, String> {
+    c.register_proxy(spec(name, local, false), |np| {
+        np.proxy_type = "tcpmux".into();
+        np.multiplexer = multiplexer.into();
+        np.custom_domains = domains.iter().map(|d| d.to_string()).collect();
+        if let Some((u, p)) = creds {
+            np.http_user = u.into();
+            np.http_pwd = p.into();
+        }
+        np.route_by_http_user = route_by.into();
+    })
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn tcpmux_routes_connect_requests_by_host_and_user() {
+    let port = free_port();
+    let fp = Fastpath::start(&format!("tcpmuxHTTPConnectPort = {port}"), 2);
+    let echo = Backend::echo().unwrap();
+    // Nothing listens here: a connection routed to it is closed by frpc's
+    // side once it fails to reach it.
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut o = fp.opts();
+    o.pool_count = 2;
+    let c = Client::login(o).expect("login");
+    let ok = |r: Result<String, String>| r.expect("tcpmux proxy");
+    assert_eq!(
+        ok(tcpmux_proxy(
+            &c,
+            "open",
+            echo.addr(),
+            &["m.example.com"],
+            None,
+            "",
+            "httpconnect"
+        )),
+        format!("m.example.com:{port}")
+    );
+    ok(tcpmux_proxy(
+        &c,
+        "locked",
+        echo.addr(),
+        &["s.example.com"],
+        Some(("alice", "secret")),
+        "",
+        "httpconnect",
+    ));
+    ok(tcpmux_proxy(
+        &c,
+        "bob",
+        echo.addr(),
+        &["r.example.com"],
+        Some(("bob", "pw")),
+        "bob",
+        "httpconnect",
+    ));
+    ok(tcpmux_proxy(
+        &c,
+        "anyone",
+        dead,
+        &["r.example.com"],
+        None,
+        "",
+        "httpconnect",
+    ));
+    let e = tcpmux_proxy(&c, "nomux", echo.addr(), &["n.example.com"], None, "", "").unwrap_err();
+    assert!(e.contains("tcpmux multiplexer [] is not supported"), "{e}");
+
+    // Answered with 200, then a tunnel, on whichever worker.
+    for i in 0..8 {
+        let (mut s, head) = connect(port, "m.example.com", None);
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(echoes(&mut s, 256 * 1024, i), "open #{i}");
+    }
+    // httpUser: 407 (frps's realm) without the right user and password.
+    for auth in [None, Some(("alice", "wrong")), Some(("mallory", "secret"))] {
+        let (_, head) = connect(port, "s.example.com", auth);
+        assert!(
+            head.starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"),
+            "{auth:?}: {head}"
+        );
+        assert!(
+            head.contains("Proxy-Authenticate: Basic realm=\"Restricted\"\r\n"),
+            "{head}"
+        );
+    }
+    let (mut s, head) = connect(port, "s.example.com", Some(("alice", "secret")));
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(echoes(&mut s, 64 * 1024, 1));
+    // routeByHTTPUser: bob's proxy for bob, the other one for the rest.
+    let (mut s, head) = connect(port, "r.example.com", Some(("bob", "pw")));
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(echoes(&mut s, 64 * 1024, 2), "bob's route");
+    let (mut s, head) = connect(port, "r.example.com", None);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        !echoes(&mut s, 1024, 3),
+        "the catch-all route reached bob's service"
+    );
+    // Unknown host: 404; not CONNECT: closed without an answer.
+    let (_, head) = connect(port, "nobody.example.com", None);
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: m.example.com\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    assert!(fp
+        .daemon
+        .wait_log("must be of method CONNECT, not GET", Duration::from_secs(5)));
+    assert!(fp.daemon.wait_log(
+        "no tcpmux proxy serves \"nobody.example.com\"",
+        Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn tcpmux_passthrough_sends_the_connect_request_on() {
+    let port = free_port();
+    let fp = Fastpath::start(
+        &format!("tcpmuxHTTPConnectPort = {port}\ntcpmuxPassthrough = true"),
+        1,
+    );
+    let echo = Backend::echo().unwrap();
+    let c = Client::login(fp.opts()).expect("login");
+    tcpmux_proxy(
+        &c,
+        "p",
+        echo.addr(),
+        &["m.example.com"],
+        None,
+        "",
+        "httpconnect",
+    )
+    .expect("proxy");
+    // No 200 from the server: the echo service sends the request back.
+    let (mut s, head) = connect(port, "m.example.com", None);
+    assert_eq!(
+        head,
+        "CONNECT m.example.com:22 HTTP/1.1\r\nHost: m.example.com:22\r\n\r\n"
+    );
+    assert!(echoes(&mut s, 64 * 1024, 4));
 }

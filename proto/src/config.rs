@@ -45,6 +45,14 @@ pub struct Config {
     /// frps `subDomainHost`: a proxy's `subdomain` is served as
     /// `<subdomain>.<subDomainHost>`; empty: `subdomain` is refused.
     pub sub_domain_host: String,
+    /// frps `tcpmuxHTTPConnectPort`: where `tcpmux` proxies
+    /// (`multiplexer = "httpconnect"`) are reached, each connection routed
+    /// by the host of its HTTP CONNECT request; 0: none.
+    #[serde(rename = "tcpmuxHTTPConnectPort")]
+    pub tcpmux_http_connect_port: u16,
+    /// frps `tcpmuxPassthrough`: the CONNECT request goes on to frpc's
+    /// service instead of being answered with 200 here.
+    pub tcpmux_passthrough: bool,
     /// Transport settings (frps `transport.*`).
     pub transport: TransportConfig,
     /// Logging (frps `log.*`).
@@ -250,6 +258,8 @@ impl Default for Config {
             detailed_errors_to_client: true,
             vhost_https_port: 0,
             sub_domain_host: String::new(),
+            tcpmux_http_connect_port: 0,
+            tcpmux_passthrough: false,
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             fastpath: FastpathConfig::default(),
@@ -420,6 +430,13 @@ impl Config {
         }
         if self.vhost_https_port != 0 && self.vhost_https_port == self.bind_port {
             return Err(invalid("vhostHTTPSPort", "must differ from bindPort"));
+        }
+        let mux = self.tcpmux_http_connect_port;
+        if mux != 0 && (mux == self.bind_port || mux == self.vhost_https_port) {
+            return Err(invalid(
+                "tcpmuxHTTPConnectPort",
+                "must differ from bindPort and vhostHTTPSPort",
+            ));
         }
         if self.auth.method != "token" {
             return Err(invalid(
@@ -650,6 +667,8 @@ log.to = "console"
 log.level = "trace"
 vhostHTTPSPort = 17443
 subDomainHost = "t.example.net"
+tcpmuxHTTPConnectPort = 17080
+tcpmuxPassthrough = true
 [fastpath]
 workers = 2
 taskWork = "coop"
@@ -668,6 +687,8 @@ taskWork = "coop"
         assert_eq!(c.etcd, None);
         assert_eq!(c.vhost_https_port, 17443);
         assert_eq!(c.sub_domain_host, "t.example.net");
+        assert_eq!(c.tcpmux_http_connect_port, 17080);
+        assert!(c.tcpmux_passthrough);
         assert_eq!(c.fastpath.task_work, "coop");
     }
 
@@ -701,6 +722,10 @@ taskWork = "coop"
             ("[fastpath]\ntaskWork = \"soon\"", "fastpath.taskWork"),
             ("subDomainHost = \".example.net\"", "subDomainHost"),
             ("bindPort = 7000\nvhostHTTPSPort = 7000", "vhostHTTPSPort"),
+            (
+                "bindPort = 7000\ntcpmuxHTTPConnectPort = 7000",
+                "tcpmuxHTTPConnectPort",
+            ),
             (
                 "[fastpath]\nsessionBudget = 1099511627775\nworkerBudget = 268435456",
                 "fastpath.sessionBudget",

@@ -679,7 +679,9 @@ impl Client {
         })
     }
 
-    fn register_proxy(
+    /// Register a proxy whose NewProxy `adjust` completes (type, domains,
+    /// users, ...); as [`Client::add_proxy`].
+    pub fn register_proxy(
         &self,
         spec: ProxySpec,
         adjust: impl FnOnce(&mut NewProxy),

@@ -9,7 +9,7 @@ use proto::vhost::{canonical_host, routes::Routes};
 
 use crate::runtime::shared::VhostTarget;
 
-/// The domains an `https` proxy is reached by, in routing form and frps's
+/// The domains an `https` or `tcpmux` proxy is reached by, in routing form and frps's
 /// order: each of `customDomains`, then `subdomain` under `subDomainHost`,
 /// with frps's checks.
 pub fn domains(
@@ -72,12 +72,13 @@ pub fn domains(
 pub fn add_routes(
     routes: &mut Routes<VhostTarget>,
     domains: &[String],
+    user: &str,
     target: &VhostTarget,
 ) -> Result<(), Refusal> {
     for (i, d) in domains.iter().enumerate() {
-        if routes.add(d, "", "", target.clone()).is_err() {
+        if routes.add(d, "", user, target.clone()).is_err() {
             for done in &domains[..i] {
-                routes.remove(done, "", "");
+                routes.remove(done, "", user);
             }
             return Err(Refusal::route_conflict(d));
         }
@@ -86,12 +87,17 @@ pub fn add_routes(
 }
 
 /// Remove a proxy's routes (only those that still lead to it).
-pub fn remove_routes(routes: &mut Routes<VhostTarget>, domains: &[String], target: &VhostTarget) {
+pub fn remove_routes(
+    routes: &mut Routes<VhostTarget>,
+    domains: &[String],
+    user: &str,
+    target: &VhostTarget,
+) {
     for d in domains {
-        if let Some(t) = routes.remove(d, "", "") {
+        if let Some(t) = routes.remove(d, "", user) {
             if &t != target {
                 // Not ours (cannot happen while names are unique): put back.
-                let _ = routes.add(d, "", "", t);
+                let _ = routes.add(d, "", user, t);
             }
         }
     }
@@ -129,13 +135,14 @@ mod tests {
             run_id: Arc::from("r"),
             control_id: 1,
             proxy: Arc::from(p),
+            credentials: None,
         };
         let mut r = Routes::new();
-        add_routes(&mut r, &["a.com".into(), "b.com".into()], &t("one")).unwrap();
-        let e = add_routes(&mut r, &["c.com".into(), "b.com".into()], &t("two")).unwrap_err();
+        add_routes(&mut r, &["a.com".into(), "b.com".into()], "", &t("one")).unwrap();
+        let e = add_routes(&mut r, &["c.com".into(), "b.com".into()], "", &t("two")).unwrap_err();
         assert_eq!(e.detail, "router config conflict: b.com");
         assert_eq!(r.len(), 2, "c.com of the refused proxy is not left behind");
-        remove_routes(&mut r, &["a.com".into(), "b.com".into()], &t("one"));
+        remove_routes(&mut r, &["a.com".into(), "b.com".into()], "", &t("one"));
         assert!(r.is_empty());
     }
 }

@@ -38,8 +38,8 @@ pub struct Proxy {
     pub name: String,
     /// The public port (0: a vhost proxy, which has routes instead).
     port: u16,
-    /// A vhost proxy's domains (routing form) and where they lead.
-    vhost: Option<(Vec<String>, VhostTarget)>,
+    /// A vhost proxy's routes.
+    vhost: Option<VhostRoutes>,
     use_encryption: bool,
     use_compression: bool,
     proxy_type: String,
@@ -70,15 +70,37 @@ pub struct Proxy {
     next_relay: Cell<u64>,
 }
 
+/// The routes of a vhost proxy: its kind, domains (routing form), the
+/// user it routes by (`routeByHTTPUser`) and where they lead.
+struct VhostRoutes {
+    kind: ProxyType,
+    domains: Vec<String>,
+    user: String,
+    target: VhostTarget,
+}
+
 /// The proxy types this server implements as configured (`https` needs
-/// `vhostHTTPSPort`); the policy decides every type first, then the others
-/// are refused as not supported.
+/// `vhostHTTPSPort`, `tcpmux` `tcpmuxHTTPConnectPort`); the policy decides
+/// every type first, then the others are refused as not supported.
 pub fn supported(cfg: &Config) -> ProxyTypes {
-    let tcp = ProxyTypes::only(ProxyType::Tcp);
+    let mut types = ProxyTypes::only(ProxyType::Tcp);
     if cfg.vhost_https_port != 0 {
-        tcp.with(ProxyType::Https)
-    } else {
-        tcp
+        types = types.with(ProxyType::Https);
+    }
+    if cfg.tcpmux_http_connect_port != 0 {
+        types = types.with(ProxyType::Tcpmux);
+    }
+    types
+}
+
+/// The shared route table of a vhost proxy type.
+fn vhost_table(
+    shared: &Shared,
+    kind: ProxyType,
+) -> &parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>> {
+    match kind {
+        ProxyType::Tcpmux => &shared.tcpmux_routes,
+        _ => &shared.https_routes,
     }
 }
 
@@ -101,7 +123,7 @@ impl Proxy {
         let grant = control.auth.grant;
         let valid = validate(&np)?;
         let domains = match ProxyType::from_frp(&np.proxy_type) {
-            Some(ProxyType::Https) => domains::domains(
+            Some(ProxyType::Https | ProxyType::Tcpmux) => domains::domains(
                 &np.custom_domains,
                 &np.sub_domain,
                 &shared.config.sub_domain_host,
@@ -127,7 +149,9 @@ impl Proxy {
             supported(&shared.config),
         )?;
         let claimed = match decided.proxy_type {
-            ProxyType::Https => claim_routes(control, &np, domains),
+            kind @ (ProxyType::Https | ProxyType::Tcpmux) => {
+                claim_routes(control, &np, kind, domains)
+            }
             _ => claim(shared, &np.proxy_name, &decided).map(|(p, l)| (p, Some(l), None)),
         };
         let (port, listener, vhost) = match claimed {
@@ -195,23 +219,25 @@ impl Proxy {
     }
 
     /// NewProxyResp.remote_addr, as frps writes it: `:port`, or a vhost
-    /// proxy's domains with the vhost port (left out when 80 or 443),
+    /// proxy's domains with its vhost port (left out when 80 or 443),
     /// comma-separated.
     pub fn remote_addr(&self, cfg: &Config) -> String {
-        match &self.vhost {
-            None => format!(":{}", self.port),
-            Some((domains, _)) => {
-                let port = cfg.vhost_https_port;
-                let addrs: Vec<String> = domains
-                    .iter()
-                    .map(|d| match port {
-                        80 | 443 => d.clone(),
-                        _ => format!("{d}:{port}"),
-                    })
-                    .collect();
-                addrs.join(",")
-            }
-        }
+        let Some(v) = &self.vhost else {
+            return format!(":{}", self.port);
+        };
+        let port = match v.kind {
+            ProxyType::Tcpmux => cfg.tcpmux_http_connect_port,
+            _ => cfg.vhost_https_port,
+        };
+        let addrs: Vec<String> = v
+            .domains
+            .iter()
+            .map(|d| match port {
+                80 | 443 => d.clone(),
+                _ => format!("{d}:{port}"),
+            })
+            .collect();
+        addrs.join(",")
     }
 
     /// Stop listening and free the port and the name.
@@ -224,8 +250,9 @@ impl Proxy {
         // bind it as soon as it can claim it).
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
-        if let (Some((domains, target)), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
-            domains::remove_routes(&mut ctx.shared.https_routes.write(), domains, target);
+        if let (Some(v), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
+            let table = vhost_table(&ctx.shared, v.kind);
+            domains::remove_routes(&mut table.write(), &v.domains, &v.user, &v.target);
         }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
@@ -383,20 +410,33 @@ fn claim(
 
 /// What a proxy holds once claimed: its port (0 for a vhost proxy), its
 /// listener, and a vhost proxy's domains and where they lead.
-type Claimed = (
-    u16,
-    Option<std::net::TcpListener>,
-    Option<(Vec<String>, VhostTarget)>,
-);
+type Claimed = (u16, Option<std::net::TcpListener>, Option<VhostRoutes>);
 
-/// Claim an `https` proxy's name and its routes server-wide; on failure
+/// Claim a vhost proxy's name and its routes server-wide; on failure
 /// nothing stays claimed.
 fn claim_routes(
     control: &Control,
     np: &NewProxy,
+    kind: ProxyType,
     domains: Vec<String>,
 ) -> Result<Claimed, Refusal> {
     let shared = &control.ctx().shared;
+    let tcpmux = kind == ProxyType::Tcpmux;
+    if tcpmux && np.multiplexer != "httpconnect" {
+        return Err(Refusal::invalid_proxy(format!(
+            "tcpmux multiplexer [{}] is not supported (only httpconnect)",
+            np.multiplexer
+        )));
+    }
+    // tcpmux routes by the Proxy-Authorization user and checks httpUser;
+    // https sees no HTTP and has neither.
+    let user = if tcpmux {
+        np.route_by_http_user.clone()
+    } else {
+        String::new()
+    };
+    let credentials = (tcpmux && !np.http_user.is_empty())
+        .then(|| Arc::new((np.http_user.clone(), np.http_pwd.clone())));
     if !shared.directory.claim_proxy(&np.proxy_name) {
         return Err(Refusal::proxy_exists(&np.proxy_name));
     }
@@ -405,12 +445,20 @@ fn claim_routes(
         run_id: Arc::from(control.who.run_id.as_str()),
         control_id: control.who.id,
         proxy: Arc::from(np.proxy_name.as_str()),
+        credentials,
     };
-    if let Err(r) = domains::add_routes(&mut shared.https_routes.write(), &domains, &target) {
+    let table = vhost_table(shared, kind);
+    if let Err(r) = domains::add_routes(&mut table.write(), &domains, &user, &target) {
         shared.directory.release_proxy(&np.proxy_name);
         return Err(r);
     }
-    Ok((0, None, Some((domains, target))))
+    let routes = VhostRoutes {
+        kind,
+        domains,
+        user,
+        target,
+    };
+    Ok((0, None, Some(routes)))
 }
 
 fn allocate_port(

@@ -1,23 +1,28 @@
-//! Virtual hosts: connections on `vhostHTTPSPort`, routed to an `https`
-//! proxy by the server name of their TLS ClientHello, as frps routes them.
-//! TLS is not terminated: the ClientHello and everything after it go to
-//! frpc unchanged, and the certificate stays with the client's service.
+//! Virtual hosts, as frps routes them: connections on `vhostHTTPSPort`
+//! go to an `https` proxy by the server name of their TLS ClientHello
+//! (TLS is not terminated: the ClientHello and everything after it go to
+//! frpc unchanged, and the certificate stays with the client's service);
+//! connections on `tcpmuxHTTPConnectPort` go to a `tcpmux` proxy by the
+//! host of their HTTP CONNECT request and, when the proxy sets `httpUser`,
+//! its Proxy-Authorization.
 //!
-//! Each worker accepts on the port (SO_REUSEPORT). A connection is held by
-//! the pre-auth gate (`fastpath.preAuth*`, like the bind port's) until its
-//! ClientHello is read, within [`HELLO_DEADLINE`]; then the shared route
+//! Each worker accepts on the ports (SO_REUSEPORT). A connection is held by
+//! the pre-auth gate (`fastpath.preAuth*`, like the bind port's) until
+//! what routes it is read, within [`HELLO_DEADLINE`]; then the shared route
 //! table names the proxy and the worker that owns its session. A connection
 //! that landed elsewhere moves to that worker as a file descriptor with the
 //! bytes read so far ([`MovedVhost`]); bytes are never relayed across
-//! threads. No ClientHello, no server name, or a name no proxy serves: the
-//! connection is closed, logged and counted (`vhost_unrouted`).
+//! threads. What cannot be routed is closed (a CONNECT for an unknown host
+//! after a 404), logged and counted (`vhost_unrouted`).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 use proto::vhost::canonical_host;
+use proto::vhost::head;
 use proto::vhost::sni::{self, Sni};
 
 use crate::frp::control::Sessions;
@@ -33,55 +38,91 @@ use crate::transport::listener::accept_each;
 /// (frps gives its vhost muxers 30 s).
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Accept on this worker's `vhostHTTPSPort` listener until cancelled.
-pub async fn https_accept_loop(
+/// Which vhost port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `vhostHTTPSPort`: routed by TLS server name.
+    Https,
+    /// `tcpmuxHTTPConnectPort`: routed by HTTP CONNECT.
+    Tcpmux,
+}
+
+impl Kind {
+    fn port_key(self) -> &'static str {
+        match self {
+            Kind::Https => "vhostHTTPSPort",
+            Kind::Tcpmux => "tcpmuxHTTPConnectPort",
+        }
+    }
+}
+
+/// Accept on one of this worker's vhost listeners until cancelled.
+pub async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     sessions: Rc<Sessions>,
     listener: std::net::TcpListener,
+    kind: Kind,
     cancel: monoio::io::CancelHandle,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(worker = ctx.id, error = %e, "cannot register vhostHTTPSPort listener");
+            tracing::error!(worker = ctx.id, port = kind.port_key(), error = %e, "cannot register vhost listener");
             return;
         }
     };
-    accept_each(&ctx, &listener, cancel, "vhostHTTPSPort", |stream, peer| {
-        monoio::spawn(https_conn(ctx.clone(), sessions.clone(), stream, peer));
+    accept_each(&ctx, &listener, cancel, kind.port_key(), |stream, peer| {
+        monoio::spawn(vhost_conn(
+            ctx.clone(),
+            sessions.clone(),
+            stream,
+            peer,
+            kind,
+        ));
     })
     .await
 }
 
-/// Read a connection's ClientHello, route it, and serve it here or move it
+/// Read what routes a connection, route it, and serve it here or move it
 /// to the worker that owns the proxy.
-async fn https_conn(
+async fn vhost_conn(
     ctx: Rc<WorkerCtx>,
     sessions: Rc<Sessions>,
     stream: TcpStream,
     peer: SocketAddr,
+    kind: Kind,
 ) {
     let Some((ticket, _)) = ctx.admit(peer) else {
         return;
     };
     let mut stream = stream;
-    let hello = ctx
-        .within(HELLO_DEADLINE, "no ClientHello", read_hello(&mut stream))
-        .await;
-    let (name, pending) = match hello {
+    let routed = match kind {
+        Kind::Https => {
+            let hello = ctx
+                .within(HELLO_DEADLINE, "no ClientHello", read_hello(&mut stream))
+                .await;
+            match hello {
+                Ok((name, pending)) => route_https(&ctx, &name).map(|t| (t, pending)),
+                Err(reason) => Err(reason),
+            }
+        }
+        Kind::Tcpmux => {
+            let connect = ctx
+                .within(
+                    HELLO_DEADLINE,
+                    "no CONNECT request",
+                    read_connect(&mut stream),
+                )
+                .await;
+            match connect {
+                Ok(buf) => route_connect(&ctx, &mut stream, buf).await,
+                Err(reason) => Err(reason),
+            }
+        }
+    };
+    let (target, pending) = match routed {
         Ok(x) => x,
         Err(reason) => return unrouted(&ctx, peer, &reason),
-    };
-    let Some(host) = canonical_host(&name) else {
-        return unrouted(
-            &ctx,
-            peer,
-            &format!("server name {name:?} is not a host name"),
-        );
-    };
-    let target = ctx.shared.https_routes.read().get(&host, "", "").cloned();
-    let Some(target) = target else {
-        return unrouted(&ctx, peer, &format!("no https proxy serves {host:?}"));
     };
     // Routed: the source gets its rate token back, as an identified frp
     // connection does, and the ticket goes with this scope.
@@ -104,28 +145,131 @@ async fn https_conn(
     }
 }
 
-/// Read until the ClientHello is complete; its server name and every byte
-/// read (the hello, and anything the client sent after it).
-async fn read_hello(stream: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
+/// The https proxy that serves server name `name`.
+fn route_https(ctx: &WorkerCtx, name: &str) -> Result<VhostTarget, String> {
+    let host =
+        canonical_host(name).ok_or_else(|| format!("server name {name:?} is not a host name"))?;
+    let target = ctx.shared.https_routes.read().get(&host, "", "").cloned();
+    target.ok_or_else(|| format!("no https proxy serves {host:?}"))
+}
+
+/// Read until a request head is complete (or refused); every byte read.
+async fn read_connect(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    read_until(stream, "request head", |buf| match head::parse(buf) {
+        Ok(Some(_)) => Some(Ok(())),
+        Ok(None) => None,
+        Err(e) => Some(Err(format!("bad request head: {e}"))),
+    })
+    .await
+    .map(|(buf, ())| buf)
+}
+
+/// Read into one buffer until `done` says what it holds (None: read
+/// more); every byte read and what `done` said. `what` names the awaited
+/// thing in the error for a connection closed before it.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    what: &str,
+    mut done: impl FnMut(&[u8]) -> Option<Result<T, String>>,
+) -> Result<(Vec<u8>, T), String> {
     let mut buf = Vec::with_capacity(2048);
     loop {
-        match sni::server_name(&buf) {
-            Sni::Name(name) => return Ok((name, buf)),
-            Sni::NoName => return Err("ClientHello without a server name".into()),
-            Sni::NotHello(why) => return Err(format!("not a TLS ClientHello: {why}")),
-            Sni::NeedMore => {}
-        }
-        if buf.len() >= sni::MAX_HELLO {
-            return Err(format!("ClientHello over {} bytes", sni::MAX_HELLO));
+        if let Some(r) = done(&buf) {
+            return r.map(|t| (buf, t));
         }
         let (r, b) = read_append(stream, buf).await;
         buf = b;
         match r {
-            Ok(0) => return Err("closed before its ClientHello was complete".into()),
+            Ok(0) => return Err(format!("closed before its {what} was complete")),
             Ok(_) => {}
             Err(e) => return Err(format!("read error: {e}")),
         }
     }
+}
+
+/// Route a CONNECT request as frps's tcpmux does: by its host and the
+/// Proxy-Authorization user (a proxy with `routeByHTTPUser` first); a
+/// proxy with `httpUser` wants that user and password (else 407). Unless
+/// `tcpmuxPassthrough`, the request is answered with 200 here and what
+/// followed it goes to frpc; with it, the request goes to frpc too.
+async fn route_connect(
+    ctx: &WorkerCtx,
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+) -> Result<(VhostTarget, Vec<u8>), String> {
+    let (found, head_len) = {
+        let Ok(Some(req)) = head::parse(&buf) else {
+            return Err("bad request head".into());
+        };
+        if req.method != "CONNECT" {
+            return Err(format!(
+                "connections to tcp vhost must be of method CONNECT, not {}",
+                req.method
+            ));
+        }
+        let host = canonical_host(req.host).unwrap_or_default().into_owned();
+        let creds = req
+            .proxy_authorization
+            .and_then(head::basic_credentials)
+            .unwrap_or_default();
+        let target = ctx
+            .shared
+            .tcpmux_routes
+            .read()
+            .get(&host, "", &creds.0)
+            .cloned();
+        ((host, creds, target), req.head_len)
+    };
+    let (host, (user, password), target) = found;
+    let Some(target) = target else {
+        let _ = stream.write_all(not_found().into_bytes()).await;
+        return Err(format!("no tcpmux proxy serves {host:?}"));
+    };
+    if let Some(want) = &target.credentials {
+        if (user.as_str(), password.as_str()) != (want.0.as_str(), want.1.as_str()) {
+            let _ = stream.write_all(PROXY_UNAUTHORIZED.as_bytes()).await;
+            return Err(format!("wrong or no Proxy-Authorization for {host:?}"));
+        }
+    }
+    if ctx.shared.config.tcpmux_passthrough {
+        return Ok((target, buf));
+    }
+    let (r, _) = stream.write_all(CONNECTED.as_bytes()).await;
+    r.map_err(|e| format!("write error: {e}"))?;
+    Ok((target, buf[head_len..].to_vec()))
+}
+
+/// What a CONNECT that is routed gets (as frps writes Go's empty 200).
+const CONNECTED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// A CONNECT without the proxy's user and password (frps's words and
+/// realm).
+const PROXY_UNAUTHORIZED: &str = "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"Restricted\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The body of the answer to a CONNECT for a host no proxy serves.
+const NOT_FOUND_BODY: &str = "No tunnel is registered for this host.\n";
+
+fn not_found() -> String {
+    format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{NOT_FOUND_BODY}",
+        NOT_FOUND_BODY.len()
+    )
+}
+
+/// Read until the ClientHello is complete; its server name and every byte
+/// read (the hello, and anything the client sent after it).
+async fn read_hello(stream: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
+    let read = read_until(stream, "ClientHello", |buf| match sni::server_name(buf) {
+        Sni::Name(name) => Some(Ok(name)),
+        Sni::NoName => Some(Err("ClientHello without a server name".into())),
+        Sni::NotHello(why) => Some(Err(format!("not a TLS ClientHello: {why}"))),
+        Sni::NeedMore if buf.len() >= sni::MAX_HELLO => {
+            Some(Err(format!("ClientHello over {} bytes", sni::MAX_HELLO)))
+        }
+        Sni::NeedMore => None,
+    })
+    .await?;
+    Ok((read.1, read.0))
 }
 
 /// A connection this worker cannot route: closed (dropped), logged, counted.
@@ -156,7 +300,7 @@ pub fn adopt(ctx: &Rc<WorkerCtx>, sessions: &Rc<Sessions>, moved: MovedVhost) {
 }
 
 /// Serve a routed connection on the worker that owns its proxy: the proxy
-/// relays it through a work connection, the ClientHello first.
+/// relays it through a work connection, what was read to route it first.
 fn serve(
     ctx: &Rc<WorkerCtx>,
     sessions: &Sessions,

@@ -79,17 +79,14 @@ impl Server {
         }
         let addr = listeners[0].local_addr()?;
         // frps's vhost listeners bind proxyBindAddr, as proxies do.
-        let mut https = Vec::with_capacity(workers);
-        if config.vhost_https_port != 0 {
-            let a = SocketAddr::new(config.proxy_ip(), config.vhost_https_port);
-            for _ in 0..workers {
-                https.push(Some(bind_tcp(a, true).with_context(|| {
-                    format!("cannot listen on {a} (proxyBindAddr/vhostHTTPSPort)")
-                })?));
-            }
-        } else {
-            https.resize_with(workers, || None);
-        }
+        let ip = config.proxy_ip();
+        let https = vhost_listeners(ip, config.vhost_https_port, "vhostHTTPSPort", workers)?;
+        let tcpmux = vhost_listeners(
+            ip,
+            config.tcpmux_http_connect_port,
+            "tcpmuxHTTPConnectPort",
+            workers,
+        )?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
@@ -105,6 +102,7 @@ impl Server {
             policy,
             tls,
             https_routes: Default::default(),
+            tcpmux_routes: Default::default(),
         });
         if shared.policy.governed().is_some() {
             let s = shared.clone();
@@ -138,15 +136,20 @@ impl Server {
         spawn_trimmer(shared.clone())?;
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
-        if shared.config.vhost_https_port != 0 {
-            shared.ports.claim(shared.config.vhost_https_port);
+        for port in [
+            shared.config.vhost_https_port,
+            shared.config.tcpmux_http_connect_port,
+        ] {
+            if port != 0 {
+                shared.ports.claim(port);
+            }
         }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let mut threads = Vec::with_capacity(workers);
-        let listeners = listeners.into_iter().zip(https);
-        for (id, ((listener, https), inbox)) in listeners.zip(receivers).enumerate() {
+        let listeners = listeners.into_iter().zip(https).zip(tcpmux);
+        for (id, (((listener, https), tcpmux), inbox)) in listeners.zip(receivers).enumerate() {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("fastpath-w{id}"))
@@ -159,6 +162,7 @@ impl Server {
                     let listeners = worker::Listeners {
                         bind: listener,
                         https,
+                        tcpmux,
                     };
                     worker::run(id, shared, listeners, inbox)
                 })?;
@@ -230,4 +234,25 @@ fn spawn_trimmer(shared: Arc<Shared>) -> std::io::Result<()> {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     drop(shared);
     Ok(())
+}
+
+/// One listener per worker on a vhost port (SO_REUSEPORT), or none when
+/// the port is 0; the error names the key.
+fn vhost_listeners(
+    ip: IpAddr,
+    port: u16,
+    key: &str,
+    workers: usize,
+) -> anyhow::Result<Vec<Option<std::net::TcpListener>>> {
+    (0..workers)
+        .map(|_| {
+            if port == 0 {
+                return Ok(None);
+            }
+            let a = SocketAddr::new(ip, port);
+            bind_tcp(a, true)
+                .map(Some)
+                .with_context(|| format!("cannot listen on {a} (proxyBindAddr/{key})"))
+        })
+        .collect()
 }

@@ -189,6 +189,8 @@ pub struct Shared {
     pub tls: Arc<rustls::ServerConfig>,
     /// Live `https` routes (server name → proxy), all workers'.
     pub https_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
+    /// Live `tcpmux` routes (CONNECT host × user → proxy), all workers'.
+    pub tcpmux_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
 }
 
 /// Where a virtual-host route leads: a proxy of a session on a worker. A
@@ -203,6 +205,9 @@ pub struct VhostTarget {
     pub control_id: u64,
     /// The proxy's full name.
     pub proxy: Arc<str>,
+    /// The user and password a connection must present (tcpmux:
+    /// Proxy-Authorization), when the proxy sets `httpUser`.
+    pub credentials: Option<Arc<(String, String)>>,
 }
 
 impl Shared {

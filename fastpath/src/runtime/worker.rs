@@ -28,6 +28,8 @@ pub struct Listeners {
     pub bind: std::net::TcpListener,
     /// `vhostHTTPSPort`, when set.
     pub https: Option<std::net::TcpListener>,
+    /// `tcpmuxHTTPConnectPort`, when set.
+    pub tcpmux: Option<std::net::TcpListener>,
 }
 
 /// Run a worker until told to stop. Called on the worker's own thread.
@@ -137,14 +139,17 @@ async fn serve(
         listener,
         canceller.handle(),
     ));
-    let https_task = listeners.https.map(|l| {
-        monoio::spawn(vhost::https_accept_loop(
-            ctx.clone(),
-            sessions.clone(),
-            l,
-            canceller.handle(),
-        ))
-    });
+    let vhost_tasks: Vec<_> = [
+        (listeners.https, vhost::Kind::Https),
+        (listeners.tcpmux, vhost::Kind::Tcpmux),
+    ]
+    .into_iter()
+    .filter_map(|(l, kind)| {
+        let l = l?;
+        let task = vhost::accept_loop(ctx.clone(), sessions.clone(), l, kind, canceller.handle());
+        Some(monoio::spawn(task))
+    })
+    .collect();
     if ctx.shared.policy.governed().is_some() {
         monoio::spawn(traffic_sampler(ctx.clone(), sessions.clone()));
     }
@@ -152,7 +157,7 @@ async fn serve(
     // Stop: no new connections, close every session we own.
     let _ = canceller.cancel();
     let _ = accept_task.await;
-    if let Some(t) = https_task {
+    for t in vhost_tasks {
         let _ = t.await;
     }
     // Relays are ended too, and given a moment to finish, so that each
