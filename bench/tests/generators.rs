@@ -145,7 +145,15 @@ fn login_storm_logs_in_and_leaves_no_threads() {
 #[test]
 fn wrong_token_is_refused() {
     let _g = serial();
-    let s = Server::start("");
+    // A wrong token never identifies, so each attempt spends a pre-auth
+    // rate token. Runs of this storm that failed (in .ci/run, 2 threads,
+    // 300 ms) stopped at exactly 1024 refusals and the rest failed as
+    // closed connections, which is how the gate turns a source away. The
+    // gate has tests of its own (hostile.rs); this one is about the
+    // LoginResp refusal, so the gate is out of its way.
+    let s = Server::start(
+        "fastpath.preAuthRate = 1000000\nfastpath.preAuthPerSource = 1048576\nfastpath.preAuthPerWorker = 16777216",
+    );
     let r = login::run(
         s.addr,
         LoginOpts {
