@@ -696,7 +696,7 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.clone(), spec.clone());
-        let np = NewProxy {
+        let mut np = NewProxy {
             proxy_name: name.clone(),
             proxy_type: self.inner.opts.proxy_type.clone(),
             use_encryption: spec.use_encryption,
@@ -710,7 +710,6 @@ impl Client {
             },
             ..Default::default()
         };
-        let mut np = np;
         adjust(&mut np);
         self.send(&Message::NewProxy(np))?;
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,14 +4,15 @@
 //! ([`vhost`](crate::frp::vhost)), so that registering a proxy does not
 //! depend on how its connections are served.
 
+use proto::policy::decide::under_suffix;
 use proto::policy::Refusal;
 use proto::vhost::{canonical_host, routes::Routes};
 
 use crate::runtime::shared::VhostTarget;
 
-/// The domains an `https` or `tcpmux` proxy is reached by, in routing form and frps's
-/// order: each of `customDomains`, then `subdomain` under `subDomainHost`,
-/// with frps's checks.
+/// The domains an `https` or `tcpmux` proxy is reached by, in routing form
+/// and frps's order: each of `customDomains`, then `subdomain` under
+/// `subDomainHost`, with frps's checks.
 pub fn domains(
     custom_domains: &[String],
     subdomain: &str,
@@ -32,9 +33,7 @@ pub fn domains(
             .ok_or_else(|| {
                 Refusal::invalid_proxy(format!("custom domain [{d}] is not a host name"))
             })?;
-        if !sub_domain_host.is_empty()
-            && (host.ends_with(&format!(".{sub_domain_host}")) || host == sub_domain_host)
-        {
+        if !sub_domain_host.is_empty() && under_suffix(&host, sub_domain_host) {
             return Err(Refusal::invalid_proxy(format!(
                 "custom domain [{host}] should not belong to subdomain host [{sub_domain_host}]"
             )));
@@ -86,20 +85,11 @@ pub fn add_routes(
     Ok(())
 }
 
-/// Remove a proxy's routes (only those that still lead to it).
-pub fn remove_routes(
-    routes: &mut Routes<VhostTarget>,
-    domains: &[String],
-    user: &str,
-    target: &VhostTarget,
-) {
+/// Remove a proxy's routes. Each (domain, user) pair it added is its own:
+/// [`add_routes`] refuses one that another proxy holds.
+pub fn remove_routes(routes: &mut Routes<VhostTarget>, domains: &[String], user: &str) {
     for d in domains {
-        if let Some(t) = routes.remove(d, "", user) {
-            if &t != target {
-                // Not ours (cannot happen while names are unique): put back.
-                let _ = routes.add(d, "", user, t);
-            }
-        }
+        routes.remove(d, "", user);
     }
 }
 
@@ -142,7 +132,7 @@ mod tests {
         let e = add_routes(&mut r, &["c.com".into(), "b.com".into()], "", &t("two")).unwrap_err();
         assert_eq!(e.detail, "router config conflict: b.com");
         assert_eq!(r.len(), 2, "c.com of the refused proxy is not left behind");
-        remove_routes(&mut r, &["a.com".into(), "b.com".into()], "", &t("one"));
+        remove_routes(&mut r, &["a.com".into(), "b.com".into()], "");
         assert!(r.is_empty());
     }
 }

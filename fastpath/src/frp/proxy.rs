@@ -70,13 +70,12 @@ pub struct Proxy {
     next_relay: Cell<u64>,
 }
 
-/// The routes of a vhost proxy: its kind, domains (routing form), the
-/// user it routes by (`routeByHTTPUser`) and where they lead.
+/// The routes of a vhost proxy: its kind, domains (routing form) and the
+/// user it routes by (`routeByHTTPUser`).
 struct VhostRoutes {
     kind: ProxyType,
     domains: Vec<String>,
     user: String,
-    target: VhostTarget,
 }
 
 /// The proxy types this server implements as configured (`https` needs
@@ -252,7 +251,7 @@ impl Proxy {
         let _ = c.cancel();
         if let (Some(v), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
             let table = vhost_table(&ctx.shared, v.kind);
-            domains::remove_routes(&mut table.write(), &v.domains, &v.user, &v.target);
+            domains::remove_routes(&mut table.write(), &v.domains, &v.user);
         }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
@@ -409,7 +408,7 @@ fn claim(
 }
 
 /// What a proxy holds once claimed: its port (0 for a vhost proxy), its
-/// listener, and a vhost proxy's domains and where they lead.
+/// listener, and a vhost proxy's routes.
 type Claimed = (u16, Option<std::net::TcpListener>, Option<VhostRoutes>);
 
 /// Claim a vhost proxy's name and its routes server-wide; on failure
@@ -456,7 +455,6 @@ fn claim_routes(
         kind,
         domains,
         user,
-        target,
     };
     Ok((0, None, Some(routes)))
 }

@@ -88,21 +88,20 @@ pub async fn accept_loop(
 async fn vhost_conn(
     ctx: Rc<WorkerCtx>,
     sessions: Rc<Sessions>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
 ) {
     let Some((ticket, _)) = ctx.admit(peer) else {
         return;
     };
-    let mut stream = stream;
     let routed = match kind {
         Kind::Https => {
             let hello = ctx
                 .within(HELLO_DEADLINE, "no ClientHello", read_hello(&mut stream))
                 .await;
             match hello {
-                Ok((name, pending)) => route_https(&ctx, &name).map(|t| (t, pending)),
+                Ok((pending, name)) => route_https(&ctx, &name).map(|t| (t, pending)),
                 Err(reason) => Err(reason),
             }
         }
@@ -115,7 +114,7 @@ async fn vhost_conn(
                 )
                 .await;
             match connect {
-                Ok(buf) => route_connect(&ctx, &mut stream, buf).await,
+                Ok((buf, req)) => route_connect(&ctx, &mut stream, buf, req).await,
                 Err(reason) => Err(reason),
             }
         }
@@ -153,15 +152,42 @@ fn route_https(ctx: &WorkerCtx, name: &str) -> Result<VhostTarget, String> {
     target.ok_or_else(|| format!("no https proxy serves {host:?}"))
 }
 
-/// Read until a request head is complete (or refused); every byte read.
-async fn read_connect(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+/// What routes a CONNECT request, taken from its head.
+struct Connect {
+    /// Canonical host of the target.
+    host: String,
+    /// Basic Proxy-Authorization user and password (empty: none).
+    user: String,
+    password: String,
+    /// Bytes of the head; what follows is the tunnel's.
+    head_len: usize,
+}
+
+/// Read until a request head is complete, parsing it once; every byte
+/// read and the CONNECT it asks for. Refused: a bad head, or another
+/// method (frps closes those without an answer).
+async fn read_connect(stream: &mut TcpStream) -> Result<(Vec<u8>, Connect), String> {
     read_until(stream, "request head", |buf| match head::parse(buf) {
-        Ok(Some(_)) => Some(Ok(())),
         Ok(None) => None,
         Err(e) => Some(Err(format!("bad request head: {e}"))),
+        Ok(Some(req)) if req.method != "CONNECT" => Some(Err(format!(
+            "connections to tcp vhost must be of method CONNECT, not {}",
+            req.method
+        ))),
+        Ok(Some(req)) => {
+            let (user, password) = req
+                .proxy_authorization
+                .and_then(head::basic_credentials)
+                .unwrap_or_default();
+            Some(Ok(Connect {
+                host: canonical_host(req.host).unwrap_or_default().into_owned(),
+                user,
+                password,
+                head_len: req.head_len,
+            }))
+        }
     })
     .await
-    .map(|(buf, ())| buf)
 }
 
 /// Read into one buffer until `done` says what it holds (None: read
@@ -195,48 +221,32 @@ async fn read_until<T>(
 async fn route_connect(
     ctx: &WorkerCtx,
     stream: &mut TcpStream,
-    buf: Vec<u8>,
+    mut buf: Vec<u8>,
+    req: Connect,
 ) -> Result<(VhostTarget, Vec<u8>), String> {
-    let (found, head_len) = {
-        let Ok(Some(req)) = head::parse(&buf) else {
-            return Err("bad request head".into());
-        };
-        if req.method != "CONNECT" {
-            return Err(format!(
-                "connections to tcp vhost must be of method CONNECT, not {}",
-                req.method
-            ));
-        }
-        let host = canonical_host(req.host).unwrap_or_default().into_owned();
-        let creds = req
-            .proxy_authorization
-            .and_then(head::basic_credentials)
-            .unwrap_or_default();
-        let target = ctx
-            .shared
-            .tcpmux_routes
-            .read()
-            .get(&host, "", &creds.0)
-            .cloned();
-        ((host, creds, target), req.head_len)
-    };
-    let (host, (user, password), target) = found;
+    let host = &req.host;
+    let target = ctx
+        .shared
+        .tcpmux_routes
+        .read()
+        .get(host, "", &req.user)
+        .cloned();
     let Some(target) = target else {
         let _ = stream.write_all(not_found().into_bytes()).await;
         return Err(format!("no tcpmux proxy serves {host:?}"));
     };
     if let Some(want) = &target.credentials {
-        if (user.as_str(), password.as_str()) != (want.0.as_str(), want.1.as_str()) {
+        if (req.user.as_str(), req.password.as_str()) != (want.0.as_str(), want.1.as_str()) {
             let _ = stream.write_all(PROXY_UNAUTHORIZED.as_bytes()).await;
             return Err(format!("wrong or no Proxy-Authorization for {host:?}"));
         }
     }
-    if ctx.shared.config.tcpmux_passthrough {
-        return Ok((target, buf));
+    if !ctx.shared.config.tcpmux_passthrough {
+        let (r, _) = stream.write_all(CONNECTED.as_bytes()).await;
+        r.map_err(|e| format!("write error: {e}"))?;
+        buf.drain(..req.head_len);
     }
-    let (r, _) = stream.write_all(CONNECTED.as_bytes()).await;
-    r.map_err(|e| format!("write error: {e}"))?;
-    Ok((target, buf[head_len..].to_vec()))
+    Ok((target, buf))
 }
 
 /// What a CONNECT that is routed gets (as frps writes Go's empty 200).
@@ -256,10 +266,10 @@ fn not_found() -> String {
     )
 }
 
-/// Read until the ClientHello is complete; its server name and every byte
-/// read (the hello, and anything the client sent after it).
-async fn read_hello(stream: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
-    let read = read_until(stream, "ClientHello", |buf| match sni::server_name(buf) {
+/// Read until the ClientHello is complete; every byte read (the hello, and
+/// anything the client sent after it) and its server name.
+async fn read_hello(stream: &mut TcpStream) -> Result<(Vec<u8>, String), String> {
+    read_until(stream, "ClientHello", |buf| match sni::server_name(buf) {
         Sni::Name(name) => Some(Ok(name)),
         Sni::NoName => Some(Err("ClientHello without a server name".into())),
         Sni::NotHello(why) => Some(Err(format!("not a TLS ClientHello: {why}"))),
@@ -268,8 +278,7 @@ async fn read_hello(stream: &mut TcpStream) -> Result<(String, Vec<u8>), String>
         }
         Sni::NeedMore => None,
     })
-    .await?;
-    Ok((read.1, read.0))
+    .await
 }
 
 /// A connection this worker cannot route: closed (dropped), logged, counted.

@@ -195,7 +195,7 @@ pub struct Shared {
 
 /// Where a virtual-host route leads: a proxy of a session on a worker. A
 /// connection for it that lands on another worker moves there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VhostTarget {
     /// The worker that owns the session.
     pub worker: usize,

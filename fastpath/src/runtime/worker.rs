@@ -74,14 +74,12 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriv
 /// 1.3–1.4× the requests per second of the default, with a lower p99 RTT
 /// and less CPU per GB (bench/RESULTS.md, "task work").
 fn uring_runtime(mode: &str) -> std::io::Result<(UringRuntime, &'static str)> {
-    let modes: &[&'static str] = match mode {
-        "defer" => &["defer"],
-        "coop" => &["coop"],
-        "signal" => &["signal"],
-        _ => &["defer", "coop", "signal"],
-    };
+    // The config allows only these names and "auto".
+    let modes = ["defer", "coop", "signal"]
+        .into_iter()
+        .filter(|m| mode == "auto" || mode == *m);
     let mut last = None;
-    for &m in modes {
+    for m in modes {
         let mut ring = io_uring::IoUring::builder();
         match m {
             // Deferred task work needs a ring that only its creating
