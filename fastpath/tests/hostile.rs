@@ -246,15 +246,21 @@ fn legit_session(fp: &Fastpath, echo: &Backend) -> (Client, u16) {
     (client, port)
 }
 
-/// After an attack: RSS, once settled over `settle`, is back within 20% of
-/// `rss_start` (KiB).
+/// After an attack: RSS comes back within 20% of `rss_start` (KiB). The
+/// fastpath hands freed pages back every 5 s (its trimmer thread), and a
+/// slow machine may still be tearing the attack down when one round
+/// passes, so this waits up to `settle` plus two rounds, and returns as
+/// soon as the reading is inside the bound.
 fn memory_comes_back(fp: &Fastpath, rss_start: u64, settle: Duration) {
-    let rss_end = settled_rss(fp, settle);
-    eprintln!("RSS after: {rss_end} KiB");
-    assert!(
-        rss_end <= rss_start + rss_start / 5,
-        "RSS {rss_end} KiB after, {rss_start} KiB before"
-    );
+    let bound = rss_start + rss_start / 5;
+    let deadline = Instant::now() + settle + Duration::from_secs(10);
+    let mut low = fp.daemon.rss_kib();
+    while low > bound && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        low = low.min(fp.daemon.rss_kib());
+    }
+    eprintln!("RSS after: {low} KiB");
+    assert!(low <= bound, "RSS {low} KiB after, {rss_start} KiB before");
 }
 
 /// RSS (KiB) once it has settled: the lowest of a few readings over `for_`.
