@@ -396,19 +396,6 @@ fn ten_thousand_stalled_connections_from_one_source_are_capped() {
 }
 
 /// Lets this process hold tens of thousands of sockets.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read the struct passed in.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 #[test]
 fn a_session_whose_users_never_read_stays_within_its_budget() {
     let _serial = one_at_a_time();

@@ -36,6 +36,21 @@ pub struct Config {
     pub user_conn_timeout: i64,
     /// Send detailed refusal reasons to clients (frps default true).
     pub detailed_errors_to_client: bool,
+    /// frps `vhostHTTPPort`: where `http` proxies are reached, each request
+    /// routed by its Host, path and Basic-auth user; 0: no such listener,
+    /// and `http` proxies are refused.
+    #[serde(rename = "vhostHTTPPort")]
+    pub vhost_http_port: u16,
+    /// frps `vhostHTTPTimeout`, seconds: how long a request head may take
+    /// to arrive, and a response head to come back from frpc (frps: the
+    /// response header timeout); 60 by default.
+    #[serde(rename = "vhostHTTPTimeout")]
+    pub vhost_http_timeout: i64,
+    /// frps `custom404Page`: a file whose content is the body of the 404
+    /// answered for a request no `http` proxy serves; read at start (an
+    /// unreadable file is a config error, naming the key).
+    #[serde(rename = "custom404Page")]
+    pub custom_404_page: String,
     /// frps `vhostHTTPSPort`: where `https` proxies are reached, each
     /// connection routed by the server name of its TLS ClientHello (TLS is
     /// not terminated); 0: no such listener, and `https` proxies are
@@ -256,6 +271,9 @@ impl Default for Config {
             max_ports_per_client: 0,
             user_conn_timeout: 10,
             detailed_errors_to_client: true,
+            vhost_http_port: 0,
+            vhost_http_timeout: 60,
+            custom_404_page: String::new(),
             vhost_https_port: 0,
             sub_domain_host: String::new(),
             tcpmux_http_connect_port: 0,
@@ -428,14 +446,27 @@ impl Config {
                 ),
             ));
         }
-        if self.vhost_https_port != 0 && self.vhost_https_port == self.bind_port {
-            return Err(invalid("vhostHTTPSPort", "must differ from bindPort"));
+        if self.vhost_http_port != 0 && self.vhost_http_port == self.bind_port {
+            return Err(invalid("vhostHTTPPort", "must differ from bindPort"));
+        }
+        let https = self.vhost_https_port;
+        if https != 0 && (https == self.bind_port || https == self.vhost_http_port) {
+            return Err(invalid(
+                "vhostHTTPSPort",
+                "must differ from bindPort and vhostHTTPPort",
+            ));
         }
         let mux = self.tcpmux_http_connect_port;
-        if mux != 0 && (mux == self.bind_port || mux == self.vhost_https_port) {
+        if mux != 0 && [self.bind_port, self.vhost_http_port, https].contains(&mux) {
             return Err(invalid(
                 "tcpmuxHTTPConnectPort",
-                "must differ from bindPort and vhostHTTPSPort",
+                "must differ from bindPort, vhostHTTPPort and vhostHTTPSPort",
+            ));
+        }
+        if !(1..=86_400).contains(&self.vhost_http_timeout) {
+            return Err(invalid(
+                "vhostHTTPTimeout",
+                format!("{} must be 1 to 86400 seconds", self.vhost_http_timeout),
             ));
         }
         if self.auth.method != "token" {
@@ -665,6 +696,9 @@ transport.maxPoolCount = 7
 transport.tls.force = true
 log.to = "console"
 log.level = "trace"
+vhostHTTPPort = 17081
+vhostHTTPTimeout = 30
+custom404Page = "/etc/frp/404.html"
 vhostHTTPSPort = 17443
 subDomainHost = "t.example.net"
 tcpmuxHTTPConnectPort = 17080
@@ -685,6 +719,9 @@ taskWork = "coop"
         assert_eq!(c.worker_count(8), 2);
         assert_eq!(Config::default().worker_count(8), 8);
         assert_eq!(c.etcd, None);
+        assert_eq!(c.vhost_http_port, 17081);
+        assert_eq!(c.vhost_http_timeout, 30);
+        assert_eq!(c.custom_404_page, "/etc/frp/404.html");
         assert_eq!(c.vhost_https_port, 17443);
         assert_eq!(c.sub_domain_host, "t.example.net");
         assert_eq!(c.tcpmux_http_connect_port, 17080);
@@ -722,6 +759,9 @@ taskWork = "coop"
             ("[fastpath]\ntaskWork = \"soon\"", "fastpath.taskWork"),
             ("subDomainHost = \".example.net\"", "subDomainHost"),
             ("bindPort = 7000\nvhostHTTPSPort = 7000", "vhostHTTPSPort"),
+            ("bindPort = 7000\nvhostHTTPPort = 7000", "vhostHTTPPort"),
+            ("vhostHTTPPort = 80\nvhostHTTPSPort = 80", "vhostHTTPSPort"),
+            ("vhostHTTPTimeout = 0", "vhostHTTPTimeout"),
             (
                 "bindPort = 7000\ntcpmuxHTTPConnectPort = 7000",
                 "tcpmuxHTTPConnectPort",

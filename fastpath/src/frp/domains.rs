@@ -67,17 +67,24 @@ pub fn domains(
     Ok(out)
 }
 
-/// Add a proxy's routes: all of them, or none and the conflicting domain.
+/// Add a proxy's routes, one per domain and location: all of them, or
+/// none and the conflicting domain.
 pub fn add_routes(
     routes: &mut Routes<VhostTarget>,
     domains: &[String],
+    locations: &[String],
     user: &str,
     target: &VhostTarget,
 ) -> Result<(), Refusal> {
-    for (i, d) in domains.iter().enumerate() {
-        if routes.add(d, "", user, target.clone()).is_err() {
-            for done in &domains[..i] {
-                routes.remove(done, "", user);
+    let pairs = || {
+        domains
+            .iter()
+            .flat_map(|d| locations.iter().map(move |l| (d, l)))
+    };
+    for (i, (d, l)) in pairs().enumerate() {
+        if routes.add(d, l, user, target.clone()).is_err() {
+            for (done, l) in pairs().take(i) {
+                routes.remove(done, l, user);
             }
             return Err(Refusal::route_conflict(d));
         }
@@ -85,11 +92,18 @@ pub fn add_routes(
     Ok(())
 }
 
-/// Remove a proxy's routes. Each (domain, user) pair it added is its own:
-/// [`add_routes`] refuses one that another proxy holds.
-pub fn remove_routes(routes: &mut Routes<VhostTarget>, domains: &[String], user: &str) {
+/// Remove a proxy's routes. Each (domain, location, user) it added is its
+/// own: [`add_routes`] refuses one that another proxy holds.
+pub fn remove_routes(
+    routes: &mut Routes<VhostTarget>,
+    domains: &[String],
+    locations: &[String],
+    user: &str,
+) {
     for d in domains {
-        routes.remove(d, "", user);
+        for l in locations {
+            routes.remove(d, l, user);
+        }
     }
 }
 
@@ -126,13 +140,51 @@ mod tests {
             control_id: 1,
             proxy: Arc::from(p),
             credentials: None,
+            http: None,
         };
         let mut r = Routes::new();
-        add_routes(&mut r, &["a.com".into(), "b.com".into()], "", &t("one")).unwrap();
-        let e = add_routes(&mut r, &["c.com".into(), "b.com".into()], "", &t("two")).unwrap_err();
+        let any = [String::new()];
+        add_routes(
+            &mut r,
+            &["a.com".into(), "b.com".into()],
+            &any,
+            "",
+            &t("one"),
+        )
+        .unwrap();
+        let e = add_routes(
+            &mut r,
+            &["c.com".into(), "b.com".into()],
+            &any,
+            "",
+            &t("two"),
+        )
+        .unwrap_err();
         assert_eq!(e.detail, "router config conflict: b.com");
         assert_eq!(r.len(), 2, "c.com of the refused proxy is not left behind");
-        remove_routes(&mut r, &["a.com".into(), "b.com".into()], "");
+        // Locations: another location of a taken domain is free; the same
+        // one is not, and what was added before it goes again.
+        let (api, web) = (String::from("/api"), String::from("/web"));
+        add_routes(
+            &mut r,
+            &["a.com".into()],
+            std::slice::from_ref(&api),
+            "",
+            &t("three"),
+        )
+        .unwrap();
+        let e = add_routes(
+            &mut r,
+            &["d.com".into(), "a.com".into()],
+            &[web, api],
+            "",
+            &t("four"),
+        )
+        .unwrap_err();
+        assert_eq!(e.detail, "router config conflict: a.com");
+        assert_eq!(r.len(), 3);
+        remove_routes(&mut r, &["a.com".into(), "b.com".into()], &any, "");
+        remove_routes(&mut r, &["a.com".into()], &["/api".into()], "");
         assert!(r.is_empty());
     }
 }

@@ -26,7 +26,7 @@ use crate::relay::{self, RelayOpts};
 use crate::report::events::EventSink;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
-use crate::runtime::shared::{Shared, VhostTarget};
+use crate::runtime::shared::{HttpEdits, Shared, VhostTarget};
 use crate::transport::conn::{Aborter, Conn};
 use proto::events::Event;
 use proto::policy::decide::{self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules};
@@ -70,11 +70,13 @@ pub struct Proxy {
     next_relay: Cell<u64>,
 }
 
-/// The routes of a vhost proxy: its kind, domains (routing form) and the
-/// user it routes by (`routeByHTTPUser`).
+/// The routes of a vhost proxy: its kind, domains (routing form),
+/// locations (`[""]` but for `http`) and the user it routes by
+/// (`routeByHTTPUser`).
 struct VhostRoutes {
     kind: ProxyType,
     domains: Vec<String>,
+    locations: Vec<String>,
     user: String,
 }
 
@@ -83,6 +85,9 @@ struct VhostRoutes {
 /// every type first, then the others are refused as not supported.
 pub fn supported(cfg: &Config) -> ProxyTypes {
     let mut types = ProxyTypes::only(ProxyType::Tcp);
+    if cfg.vhost_http_port != 0 {
+        types = types.with(ProxyType::Http);
+    }
     if cfg.vhost_https_port != 0 {
         types = types.with(ProxyType::Https);
     }
@@ -99,6 +104,7 @@ fn vhost_table(
 ) -> &parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>> {
     match kind {
         ProxyType::Tcpmux => &shared.tcpmux_routes,
+        ProxyType::Http => &shared.http_routes,
         _ => &shared.https_routes,
     }
 }
@@ -122,7 +128,7 @@ impl Proxy {
         let grant = control.auth.grant;
         let valid = validate(&np)?;
         let domains = match ProxyType::from_frp(&np.proxy_type) {
-            Some(ProxyType::Https | ProxyType::Tcpmux) => domains::domains(
+            Some(ProxyType::Http | ProxyType::Https | ProxyType::Tcpmux) => domains::domains(
                 &np.custom_domains,
                 &np.sub_domain,
                 &shared.config.sub_domain_host,
@@ -148,7 +154,7 @@ impl Proxy {
             supported(&shared.config),
         )?;
         let claimed = match decided.proxy_type {
-            kind @ (ProxyType::Https | ProxyType::Tcpmux) => {
+            kind @ (ProxyType::Http | ProxyType::Https | ProxyType::Tcpmux) => {
                 claim_routes(control, &np, kind, domains)
             }
             _ => claim(shared, &np.proxy_name, &decided).map(|(p, l)| (p, Some(l), None)),
@@ -226,11 +232,14 @@ impl Proxy {
         };
         let port = match v.kind {
             ProxyType::Tcpmux => cfg.tcpmux_http_connect_port,
+            ProxyType::Http => cfg.vhost_http_port,
             _ => cfg.vhost_https_port,
         };
+        // frps lists an http proxy's domain once per location.
         let addrs: Vec<String> = v
             .domains
             .iter()
+            .flat_map(|d| v.locations.iter().map(move |_| d))
             .map(|d| match port {
                 80 | 443 => d.clone(),
                 _ => format!("{d}:{port}"),
@@ -251,7 +260,7 @@ impl Proxy {
         let _ = c.cancel();
         if let (Some(v), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
             let table = vhost_table(&ctx.shared, v.kind);
-            domains::remove_routes(&mut table.write(), &v.domains, &v.user);
+            domains::remove_routes(&mut table.write(), &v.domains, &v.locations, &v.user);
         }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
@@ -308,6 +317,55 @@ impl Proxy {
                 bytes_in: delta[0],
                 bytes_out: delta[1],
             }),
+        }
+    }
+
+    /// Bytes relayed towards frpc and from it, as [`relay::run`] counts.
+    pub fn bytes(&self) -> &[Cell<u64>; 2] {
+        &self.bytes
+    }
+
+    /// The bandwidth limits its relays keep to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the proxy has closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Keep a user connection and its work connection where a policy
+    /// close reaches them ([`Proxy::abort_relays`]); the id to untrack.
+    pub fn track(&self, ends: [Aborter; 2]) -> u64 {
+        let id = self.next_relay.get();
+        self.next_relay.set(id + 1);
+        self.relays.borrow_mut().insert(id, ends);
+        id
+    }
+
+    /// Forget what [`Proxy::track`] kept.
+    pub fn untrack(&self, id: u64) {
+        self.relays.borrow_mut().remove(&id);
+    }
+
+    /// Count `n` bytes moved towards frpc (`to_frpc`) or from it, in the
+    /// worker's counters and the proxy's traffic, and wait as long as the
+    /// proxy's bandwidth limits ask before more moves.
+    pub async fn meter(&self, stats: &WorkerStats, to_frpc: bool, n: usize) {
+        let (worker, proxy) = if to_frpc {
+            (&stats.bytes_in, &self.bytes[0])
+        } else {
+            (&stats.bytes_out, &self.bytes[1])
+        };
+        WorkerStats::bump(worker, n as u64);
+        proxy.set(proxy.get() + n as u64);
+        if let Some(ctx) = self.worker.upgrade() {
+            self.report_if_due(&ctx.events);
+        }
+        let wait = self.limits.take(n);
+        if !wait.is_zero() {
+            monoio::time::sleep(wait).await;
         }
     }
 
@@ -427,15 +485,25 @@ fn claim_routes(
             np.multiplexer
         )));
     }
-    // tcpmux routes by the Proxy-Authorization user and checks httpUser;
-    // https sees no HTTP and has neither.
-    let user = if tcpmux {
-        np.route_by_http_user.clone()
-    } else {
-        String::new()
+    let http = match kind {
+        ProxyType::Http => Some(Arc::new(http_edits(np)?)),
+        _ => None,
     };
-    let credentials = (tcpmux && !np.http_user.is_empty())
-        .then(|| Arc::new((np.http_user.clone(), np.http_pwd.clone())));
+    // http and tcpmux route by the (Proxy-)Authorization user and check
+    // httpUser; https sees no HTTP and has neither.
+    let user = if kind == ProxyType::Https {
+        String::new()
+    } else {
+        np.route_by_http_user.clone()
+    };
+    let credentials = (kind != ProxyType::Https
+        && !(np.http_user.is_empty() && np.http_pwd.is_empty()))
+    .then(|| Arc::new((np.http_user.clone(), np.http_pwd.clone())));
+    // Only http routes by path (frps: no locations is the one location "").
+    let locations = match kind {
+        ProxyType::Http if !np.locations.is_empty() => np.locations.clone(),
+        _ => vec![String::new()],
+    };
     if !shared.directory.claim_proxy(&np.proxy_name) {
         return Err(Refusal::proxy_exists(&np.proxy_name));
     }
@@ -445,18 +513,57 @@ fn claim_routes(
         control_id: control.who.id,
         proxy: Arc::from(np.proxy_name.as_str()),
         credentials,
+        http,
     };
     let table = vhost_table(shared, kind);
-    if let Err(r) = domains::add_routes(&mut table.write(), &domains, &user, &target) {
+    let added = domains::add_routes(&mut table.write(), &domains, &locations, &user, &target);
+    if let Err(r) = added {
         shared.directory.release_proxy(&np.proxy_name);
         return Err(r);
     }
     let routes = VhostRoutes {
         kind,
         domains,
+        locations,
         user,
     };
     Ok((0, None, Some(routes)))
+}
+
+/// An http proxy's head rewrites, checked: a field it sets must be a
+/// token name and a value without line breaks. The payload of an http
+/// proxy's work connections is read here (heads are routed and rewritten
+/// per request), so `useEncryption` and `useCompression` are refused
+/// rather than ignored.
+fn http_edits(np: &NewProxy) -> Result<HttpEdits, Refusal> {
+    if np.use_encryption || np.use_compression {
+        return Err(Refusal::invalid_proxy(
+            "useEncryption and useCompression are not supported for http proxies",
+        ));
+    }
+    let fields = |key: &str, m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| {
+                if proto::vhost::rewrite::valid_field(k, v) {
+                    Ok((k.clone(), v.clone()))
+                } else {
+                    Err(Refusal::invalid_proxy(format!(
+                        "{key}.set: {k:?} is not a header field that can be sent"
+                    )))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    if !proto::vhost::rewrite::valid_field("Host", &np.host_header_rewrite) {
+        return Err(Refusal::invalid_proxy(
+            "hostHeaderRewrite holds a line break",
+        ));
+    }
+    Ok(HttpEdits {
+        host: np.host_header_rewrite.clone(),
+        request: fields("requestHeaders", &np.headers)?,
+        response: fields("responseHeaders", &np.response_headers)?,
+    })
 }
 
 fn allocate_port(
@@ -567,7 +674,11 @@ pub fn serve_user(
         // Boxed: waiting for a work connection takes more state than the
         // relay after it, and the task would keep that size for as long as
         // the connection lives.
-        let start = start_work_conn(&proxy, &user, peer);
+        let local = match &user {
+            Conn::Tcp(s, _) => s.local_addr().ok(),
+            _ => None,
+        };
+        let start = start_work_conn(&proxy, local, peer);
         let Some(work) = Box::pin(control.take_work_conn(start)).await else {
             WorkerStats::add(&stats.conns, -1);
             return;
@@ -603,13 +714,13 @@ pub fn serve_user(
     }
 }
 
-/// What frpc is told about a user connection when it is handed a work
-/// connection for it.
-fn start_work_conn(proxy: &Proxy, user: &Conn, peer: SocketAddr) -> StartWorkConn {
-    let local = match user {
-        Conn::Tcp(s, _) => s.local_addr().ok(),
-        _ => None,
-    };
+/// What frpc is told about a user connection (from `peer`, accepted on
+/// `local`) when it is handed a work connection for it.
+pub fn start_work_conn(
+    proxy: &Proxy,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+) -> StartWorkConn {
     StartWorkConn {
         proxy_name: proxy.name.clone(),
         src_addr: peer.ip().to_string(),

@@ -26,6 +26,7 @@ use proto::vhost::head;
 use proto::vhost::sni::{self, Sni};
 
 use crate::frp::control::Sessions;
+use crate::frp::http;
 use crate::frp::proxy;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
@@ -41,6 +42,9 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(30);
 /// Which vhost port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `vhostHTTPPort`: each request routed by Host, path and user
+    /// ([`http`](crate::frp::http)).
+    Http,
     /// `vhostHTTPSPort`: routed by TLS server name.
     Https,
     /// `tcpmuxHTTPConnectPort`: routed by HTTP CONNECT.
@@ -50,6 +54,7 @@ pub enum Kind {
 impl Kind {
     fn port_key(self) -> &'static str {
         match self {
+            Kind::Http => "vhostHTTPPort",
             Kind::Https => "vhostHTTPSPort",
             Kind::Tcpmux => "tcpmuxHTTPConnectPort",
         }
@@ -96,6 +101,36 @@ async fn vhost_conn(
         return;
     };
     let routed = match kind {
+        Kind::Http => {
+            // The first request head under the gate; then the connection
+            // is the http loop's, which routes each request.
+            let limit = Duration::from_secs(ctx.shared.config.vhost_http_timeout.max(1) as u64);
+            let mut conn = Conn::tcp(stream);
+            let mut buf = Vec::with_capacity(2048);
+            let first = ctx
+                .within(
+                    limit,
+                    "no request head",
+                    http::read_head(&mut conn, &mut buf),
+                )
+                .await;
+            return match first {
+                Ok(true) => {
+                    ctx.preauth.identified(peer.ip());
+                    drop(ticket);
+                    monoio::spawn(http::serve(
+                        ctx.clone(),
+                        sessions.clone(),
+                        conn,
+                        peer,
+                        buf,
+                        None,
+                    ));
+                }
+                Ok(false) => unrouted(&ctx, peer, "closed before a request"),
+                Err(reason) => unrouted(&ctx, peer, &reason),
+            };
+        }
         Kind::Https => {
             let hello = ctx
                 .within(HELLO_DEADLINE, "no ClientHello", read_hello(&mut stream))
@@ -305,6 +340,9 @@ pub fn adopt(ctx: &Rc<WorkerCtx>, sessions: &Rc<Sessions>, moved: MovedVhost) {
             return;
         }
     };
+    if target.http.is_some() {
+        return http::adopt(ctx, sessions, stream, peer, pending, target);
+    }
     serve(ctx, sessions, stream, pending, peer, &target);
 }
 

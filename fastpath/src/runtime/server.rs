@@ -80,7 +80,13 @@ impl Server {
         let addr = listeners[0].local_addr()?;
         // frps's vhost listeners bind proxyBindAddr, as proxies do.
         let ip = config.proxy_ip();
+        let http = vhost_listeners(ip, config.vhost_http_port, "vhostHTTPPort", workers)?;
         let https = vhost_listeners(ip, config.vhost_https_port, "vhostHTTPSPort", workers)?;
+        let not_found_page = match config.custom_404_page.as_str() {
+            "" => crate::frp::http::NOT_FOUND_PAGE.as_bytes().to_vec(),
+            path => std::fs::read(path)
+                .with_context(|| format!("custom404Page: cannot read {path:?}"))?,
+        };
         let tcpmux = vhost_listeners(
             ip,
             config.tcpmux_http_connect_port,
@@ -101,6 +107,8 @@ impl Server {
             stopping: Default::default(),
             policy,
             tls,
+            http_routes: Default::default(),
+            not_found_page,
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),
         });
@@ -137,6 +145,7 @@ impl Server {
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
         for port in [
+            shared.config.vhost_http_port,
             shared.config.vhost_https_port,
             shared.config.tcpmux_http_connect_port,
         ] {
@@ -148,8 +157,10 @@ impl Server {
             .map(|n| n.get())
             .unwrap_or(1);
         let mut threads = Vec::with_capacity(workers);
-        let listeners = listeners.into_iter().zip(https).zip(tcpmux);
-        for (id, (((listener, https), tcpmux), inbox)) in listeners.zip(receivers).enumerate() {
+        let listeners = listeners.into_iter().zip(http).zip(https).zip(tcpmux);
+        for (id, ((((listener, http), https), tcpmux), inbox)) in
+            listeners.zip(receivers).enumerate()
+        {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("fastpath-w{id}"))
@@ -161,6 +172,7 @@ impl Server {
                     }
                     let listeners = worker::Listeners {
                         bind: listener,
+                        http,
                         https,
                         tcpmux,
                     };

@@ -187,6 +187,11 @@ pub struct Shared {
     pub policy: Arc<crate::policy::Policy>,
     /// TLS server configuration for the bind port.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Live `http` routes (host × location × user → proxy), all workers'.
+    pub http_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
+    /// The body of the 404 for a request no `http` proxy serves
+    /// (`custom404Page`, or our own page).
+    pub not_found_page: Vec<u8>,
     /// Live `https` routes (server name → proxy), all workers'.
     pub https_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
     /// Live `tcpmux` routes (CONNECT host × user → proxy), all workers'.
@@ -206,8 +211,22 @@ pub struct VhostTarget {
     /// The proxy's full name.
     pub proxy: Arc<str>,
     /// The user and password a connection must present (tcpmux:
-    /// Proxy-Authorization), when the proxy sets `httpUser`.
+    /// Proxy-Authorization, http: Authorization), when the proxy sets
+    /// `httpUser`.
     pub credentials: Option<Arc<(String, String)>>,
+    /// An `http` proxy's head rewrites.
+    pub http: Option<Arc<HttpEdits>>,
+}
+
+/// What an `http` proxy changes in the heads it carries.
+#[derive(Debug, Default)]
+pub struct HttpEdits {
+    /// `hostHeaderRewrite` (empty: none).
+    pub host: String,
+    /// `requestHeaders.set`.
+    pub request: Vec<(String, String)>,
+    /// `responseHeaders.set`.
+    pub response: Vec<(String, String)>,
 }
 
 impl Shared {

@@ -26,6 +26,8 @@ use crate::transport::listener::accept_each;
 pub struct Listeners {
     /// The frp bind port.
     pub bind: std::net::TcpListener,
+    /// `vhostHTTPPort`, when set.
+    pub http: Option<std::net::TcpListener>,
     /// `vhostHTTPSPort`, when set.
     pub https: Option<std::net::TcpListener>,
     /// `tcpmuxHTTPConnectPort`, when set.
@@ -138,6 +140,7 @@ async fn serve(
         canceller.handle(),
     ));
     let vhost_tasks: Vec<_> = [
+        (listeners.http, vhost::Kind::Http),
         (listeners.https, vhost::Kind::Https),
         (listeners.tcpmux, vhost::Kind::Tcpmux),
     ]

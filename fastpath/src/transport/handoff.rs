@@ -43,7 +43,8 @@ pub struct MovedConn {
 pub struct MovedVhost {
     /// The socket, detached from the sending worker's runtime.
     pub socket: std::net::TcpStream,
-    /// What was read to route it (a ClientHello), to go to frpc first.
+    /// What was read to route it (a ClientHello), to go to frpc first;
+    /// on the http port, the request it was routed by and what followed.
     pub pending: Vec<u8>,
     /// The user's address.
     pub peer: SocketAddr,

@@ -162,3 +162,18 @@ pub fn echo_integrity(port: u16, len: usize, seed: u64) -> (String, String) {
     let sent = writer.join().unwrap();
     (sent, hex::encode(h.finalize()))
 }
+
+/// Raise this process's open-file limit to its hard limit (tests that
+/// hold thousands of connections).
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed in.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}

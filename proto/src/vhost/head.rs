@@ -102,6 +102,9 @@ pub struct Request<'b> {
     pub authorization: Option<&'b str>,
     /// The Proxy-Authorization header, if any.
     pub proxy_authorization: Option<&'b str>,
+    /// `Expect: 100-continue`: the client waits for a 100 before it sends
+    /// the body.
+    pub expect_continue: bool,
 }
 
 /// Reads the request head at the start of `buf`: `Ok(None)` until it is
@@ -110,21 +113,9 @@ pub struct Request<'b> {
 pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Malformed(malformed(e))),
+    let Some(head_len) = head_length(buf, req.parse(buf))? else {
+        return Ok(None);
     };
-    if head_len > MAX_HEAD {
-        return Err(HeadError::TooLarge);
-    }
     let method = req.method.unwrap_or_default();
     let target = req.path.unwrap_or_default();
     let minor_version = req.version.unwrap_or_default();
@@ -138,6 +129,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
     let mut upgrade: Option<&str> = None;
     let mut authorization = None;
     let mut proxy_authorization = None;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
         let value = text(h.value);
@@ -175,6 +167,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
             authorization = Some(value);
         } else if name.eq_ignore_ascii_case("proxy-authorization") {
             proxy_authorization = Some(value);
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.trim().eq_ignore_ascii_case("100-continue");
         }
     }
 
@@ -218,7 +212,111 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
         keep_alive,
         authorization,
         proxy_authorization,
+        expect_continue,
     }))
+}
+
+/// How a response's body is delimited (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Framed as a request body would be: none, a length, or chunked.
+    Framed(Body),
+    /// Until the connection closes (neither Content-Length nor chunked).
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// Bytes of the head, final CRLF CRLF included.
+    pub head_len: usize,
+    /// The status code.
+    pub status: u16,
+    /// How the body is delimited.
+    pub body: ResponseBody,
+    /// Whether the connection stays open after this response.
+    pub keep_alive: bool,
+}
+
+impl Response {
+    /// An interim response (1xx other than 101): another head follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Reads the response head at the start of `buf`, sent for a request whose
+/// method is `HEAD` when `to_head` (such a response has no body, whatever
+/// its Content-Length says): `Ok(None)` until it is complete.
+pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<Response>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let Some(head_len) = head_length(buf, res.parse(buf))? else {
+        return Ok(None);
+    };
+    let status = res.code.unwrap_or_default();
+    let minor_version = res.version.unwrap_or_default();
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let (mut close, mut keep_alive_token) = (false, false);
+    for h in res.headers.iter() {
+        let (name, value) = (h.name, text(h.value));
+        if name.eq_ignore_ascii_case("content-length") {
+            for v in value.split(',') {
+                let n = content_length(v.trim())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Malformed("Content-Length values differ"));
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if let Some(last) = value.rsplit(',').map(str::trim).find(|c| !c.is_empty()) {
+                chunked = Some(last.eq_ignore_ascii_case("chunked"));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+    }
+    let no_body = to_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let body = if no_body {
+        ResponseBody::Framed(Body::None)
+    } else {
+        match (chunked, length) {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+            (Some(true), _) => ResponseBody::Framed(Body::Chunked),
+            (Some(false), _) => ResponseBody::UntilClose,
+            (None, Some(n)) => ResponseBody::Framed(Body::Length(n)),
+            (None, None) => ResponseBody::UntilClose,
+        }
+    };
+    let keep_alive = body != ResponseBody::UntilClose
+        && if minor_version == 0 {
+            keep_alive_token && !close
+        } else {
+            !close
+        };
+    Ok(Some(Response {
+        head_len,
+        status,
+        body,
+        keep_alive,
+    }))
+}
+
+/// The length of a complete head from what httparse said of `buf`; None
+/// while it is incomplete and under [`MAX_HEAD`].
+fn head_length(buf: &[u8], parsed: httparse::Result<usize>) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Malformed(malformed(e))),
+    }
 }
 
 fn malformed(e: httparse::Error) -> &'static str {
@@ -587,6 +685,48 @@ mod tests {
         assert_eq!(basic_credentials("Basic !!!"), None);
         // "nocolon"
         assert_eq!(basic_credentials("Basic bm9jb2xvbg=="), None);
+    }
+
+    #[test]
+    fn responses_are_framed_as_rfc_9112_says() {
+        let r = |b: &'static [u8], head| parse_response(b, head).unwrap().unwrap();
+        let ok = r(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
+        assert_eq!((ok.status, ok.head_len), (200, 38));
+        assert_eq!(ok.body, ResponseBody::Framed(Body::Length(5)));
+        assert!(ok.keep_alive);
+        // HEAD, 204 and 304 have no body whatever the head says.
+        let head = r(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(head.body, ResponseBody::Framed(Body::None));
+        let nc = r(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert_eq!(nc.body, ResponseBody::Framed(Body::None));
+        let chunked = r(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(chunked.body, ResponseBody::Framed(Body::Chunked));
+        // Neither: until close, and the connection is not kept.
+        let eof = r(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(eof.body, ResponseBody::UntilClose);
+        assert!(!eof.keep_alive);
+        let close = r(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!close.keep_alive);
+        let old = r(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert!(!old.keep_alive);
+        let cont = r(b"HTTP/1.1 100 Continue\r\n\r\n", false);
+        assert!(cont.is_interim());
+        assert!(!r(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_interim());
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n", false), Ok(None));
+        assert!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n", false).is_err());
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false),
+            Err(HeadError::Malformed("Content-Length is not a number"))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! frps's precedence ([`routes`]).
 
 pub mod head;
+pub mod rewrite;
 pub mod routes;
 pub mod sni;
 

@@ -1,0 +1,655 @@
+//! `http` proxies on `vhostHTTPPort`, served as frps serves them: every
+//! request on a user's connection is routed on its own, by Host, path
+//! (the longest `locations` prefix) and Basic-auth user
+//! (`routeByHTTPUser`); checked against the proxy's `httpUser` (401); its
+//! head rewritten (`hostHeaderRewrite`, `requestHeaders.set`,
+//! `X-Forwarded-For` / `-Host` / `-Proto`, `X-Real-IP`) and sent to frpc
+//! on a work connection; the response head rewritten
+//! (`responseHeaders.set`) on the way back. Bodies are relayed as they
+//! come, in their own framing, followed only as far as needed to find
+//! where the next request or response starts. A `101 Switching
+//! Protocols` answer to an `Upgrade` request (WebSocket) turns the
+//! connection into a plain relay.
+//!
+//! A work connection is kept for the next request as long as both sides
+//! keep the connection alive and the next request goes to the same
+//! proxy. A request for a proxy of a session on another worker moves the
+//! user's connection there, with the bytes read so far (the handoff of
+//! [`vhost`](crate::frp::vhost)).
+//!
+//! What this answers itself: 400 for a malformed head, 431 for one over
+//! 64 KiB, 404 (frps's status; the body is `custom404Page` or ours) for a
+//! request no proxy serves or when no work connection came in time, 401
+//! with `WWW-Authenticate: Basic realm="Restricted"` for wrong or missing
+//! credentials, 502 for a response head frpc's side got wrong, 504 when no
+//! response head came within `vhostHTTPTimeout`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use proto::vhost::canonical_host;
+use proto::vhost::head::{self, Body, BodyFraming, ResponseBody};
+use proto::vhost::rewrite::{self, RequestEdits};
+
+use crate::frp::control::Sessions;
+use crate::frp::proxy::{self, Proxy};
+use crate::relay::{self, RelayOpts};
+use crate::report::stats::WorkerStats;
+use crate::runtime::ctx::WorkerCtx;
+use crate::runtime::shared::VhostTarget;
+use crate::transport::conn::Conn;
+use crate::transport::handoff::{self, MovedVhost, WorkerMsg};
+
+/// The body of the 404 when `custom404Page` is not set.
+pub const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>404 Not Found</h1>\n<p>No tunnel on this server serves this host and path.</p>\n</body>\n</html>\n";
+
+/// What a request that waits for it gets before its body is read.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A read buffer's size while the connection waits for its next request:
+/// an idle keep-alive connection holds this much (see `read_append`).
+const IDLE_BUF: usize = 512;
+
+/// What of a request head the loop needs after the buffer moves on.
+struct Head {
+    head_len: usize,
+    host: String,
+    path: String,
+    user: String,
+    password: String,
+    forwarded_host: String,
+    body: Body,
+    upgrade: bool,
+    keep_alive: bool,
+    is_head: bool,
+    expect_continue: bool,
+}
+
+impl Head {
+    fn of(req: &head::Request<'_>) -> Head {
+        let (user, password) = req
+            .authorization
+            .or(req.proxy_authorization)
+            .and_then(head::basic_credentials)
+            .unwrap_or_default();
+        Head {
+            head_len: req.head_len,
+            host: canonical_host(req.host).unwrap_or_default().into_owned(),
+            path: req.path.to_string(),
+            user,
+            password,
+            forwarded_host: req.host.to_string(),
+            body: req.body,
+            upgrade: req.upgrade.is_some(),
+            keep_alive: req.keep_alive,
+            is_head: req.method == "HEAD",
+            expect_continue: req.expect_continue,
+        }
+    }
+}
+
+/// Read until `buf` holds a complete request head, or one that is
+/// refused (the caller parses it again and answers). Err: the connection
+/// closed or failed first; `Ok(false)`: it closed cleanly before a byte
+/// of a new request.
+pub async fn read_head(stream: &mut Conn, buf: &mut Vec<u8>) -> Result<bool, String> {
+    loop {
+        if !buf.is_empty() && !matches!(head::parse(buf), Ok(None)) {
+            return Ok(true);
+        }
+        let (r, b) = stream.read(std::mem::take(buf)).await;
+        *buf = b;
+        match r {
+            Ok(0) if buf.is_empty() => return Ok(false),
+            Ok(0) => return Err("closed inside a request head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read error: {e}")),
+        }
+    }
+}
+
+/// A work connection kept between requests, for one proxy.
+struct Upstream {
+    proxy: Rc<Proxy>,
+    work: Conn,
+    /// Its entry in the proxy's tracked relays.
+    tracked: u64,
+}
+
+impl Upstream {
+    fn release(self) {
+        self.proxy.untrack(self.tracked);
+    }
+}
+
+/// How one exchange ended.
+enum Next {
+    /// Both sides keep the connection: read the next request.
+    KeepAlive,
+    /// Close the user's connection.
+    Close,
+    /// The connection went elsewhere (another worker, or a relay).
+    Gone,
+}
+
+/// One user connection on the http port, from its first request (in
+/// `buf`) to its end. `routed`: the route of that first request, when
+/// another worker already looked it up and moved the connection here.
+pub async fn serve(
+    ctx: Rc<WorkerCtx>,
+    sessions: Rc<Sessions>,
+    stream: Conn,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    routed: Option<VhostTarget>,
+) {
+    let stats = ctx.stats();
+    WorkerStats::bump(&stats.conns_total, 1);
+    WorkerStats::add(&stats.conns, 1);
+    let mut conn = UserConn {
+        ctx: &ctx,
+        sessions: &sessions,
+        user: Some(stream),
+        peer,
+        buf,
+        upstream: None,
+    };
+    let mut routed = routed;
+    loop {
+        match conn.exchange(routed.take()).await {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close | Next::Gone) => break,
+            Err(reason) => {
+                tracing::debug!(worker = ctx.id, %peer, %reason, "http connection closed");
+                break;
+            }
+        }
+        if conn.buf.is_empty() && conn.buf.capacity() > 4 * IDLE_BUF {
+            conn.buf = Vec::with_capacity(IDLE_BUF);
+        }
+        let timeout = conn.timeout();
+        let Some(user) = conn.user.as_mut() else {
+            break;
+        };
+        match monoio::time::timeout(timeout, read_head(user, &mut conn.buf)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) | Err(_) => break,
+            Ok(Err(reason)) => {
+                tracing::debug!(worker = ctx.id, %peer, %reason, "http connection closed");
+                break;
+            }
+        }
+    }
+    if let Some(u) = conn.upstream.take() {
+        u.release();
+    }
+    WorkerStats::add(&stats.conns, -1);
+}
+
+/// A user's connection between requests.
+struct UserConn<'a> {
+    ctx: &'a Rc<WorkerCtx>,
+    sessions: &'a Sessions,
+    /// None once it has moved to another worker or into a relay.
+    user: Option<Conn>,
+    peer: SocketAddr,
+    /// Read from the user and not yet sent on: the next request's head
+    /// first.
+    buf: Vec<u8>,
+    upstream: Option<Upstream>,
+}
+
+impl UserConn<'_> {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.ctx.shared.config.vhost_http_timeout.max(1) as u64)
+    }
+
+    fn user(&mut self) -> &mut Conn {
+        self.user.as_mut().expect("the user's connection is here")
+    }
+
+    /// Answer the user with `status` and a short body, closing after it.
+    async fn answer(&mut self, status: u16, extra: &str, body: &[u8]) -> Next {
+        let reason = match status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            431 => "Request Header Fields Too Large",
+            502 => "Bad Gateway",
+            504 => "Gateway Timeout",
+            _ => "Error",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        let _ = self.user().write_all(out).await;
+        Next::Close
+    }
+
+    async fn not_found(&mut self, why: &str) -> Next {
+        WorkerStats::bump(&self.ctx.stats().vhost_unrouted, 1);
+        tracing::info!(worker = self.ctx.id, peer = %self.peer, reason = %why, "http request not routed");
+        let page = self.ctx.shared.not_found_page.clone();
+        self.answer(404, "Content-Type: text/html; charset=utf-8\r\n", &page)
+            .await
+    }
+
+    /// Route the request at the start of `buf` and carry it and its
+    /// response.
+    async fn exchange(&mut self, routed: Option<VhostTarget>) -> Result<Next, String> {
+        let head = match head::parse(&self.buf) {
+            Ok(Some(req)) => Head::of(&req),
+            Ok(None) => return Err("request head incomplete".into()),
+            Err(e) => {
+                tracing::info!(worker = self.ctx.id, peer = %self.peer, error = %e, "bad http request head");
+                let status = e.status();
+                let body = format!("{e}\n");
+                return Ok(self
+                    .answer(
+                        status,
+                        "Content-Type: text/plain; charset=utf-8\r\n",
+                        body.as_bytes(),
+                    )
+                    .await);
+            }
+        };
+        let target = match routed {
+            Some(t) => Some(t),
+            None => self
+                .ctx
+                .shared
+                .http_routes
+                .read()
+                .get(&head.host, &head.path, &head.user)
+                .cloned(),
+        };
+        let Some(target) = target else {
+            let why = format!("no http proxy serves {:?} {:?}", head.host, head.path);
+            return Ok(self.not_found(&why).await);
+        };
+        if target.worker != self.ctx.id {
+            return Ok(self.move_to(target));
+        }
+        let found = self
+            .sessions
+            .get(&target.run_id)
+            .filter(|c| c.who.id == target.control_id)
+            .and_then(|c| c.proxy(&target.proxy).map(|p| (c, p)));
+        let Some((control, proxy)) = found else {
+            return Ok(self.not_found("its proxy has just closed").await);
+        };
+        if let Some(want) = &target.credentials {
+            if (head.user.as_str(), head.password.as_str()) != (want.0.as_str(), want.1.as_str()) {
+                tracing::info!(worker = self.ctx.id, peer = %self.peer, proxy = %proxy.name, "http request without the proxy's credentials");
+                return Ok(self
+                    .answer(
+                        401,
+                        "WWW-Authenticate: Basic realm=\"Restricted\"\r\nContent-Type: text/plain; charset=utf-8\r\n",
+                        b"Unauthorized\n",
+                    )
+                    .await);
+            }
+        }
+        let edits = target.http.clone().unwrap_or_default();
+        let client_ip = self.peer.ip().to_string();
+        let mut out = Vec::with_capacity(head.head_len + 256);
+        let e = RequestEdits {
+            host: &edits.host,
+            set: &edits.request,
+            client_ip: &client_ip,
+            forwarded_host: &head.forwarded_host,
+            proto: "http",
+            drop_expect: head.expect_continue,
+        };
+        rewrite::request(&self.buf, &e, &mut out).map_err(|e| e.to_string())?;
+        self.buf.drain(..head.head_len);
+        if head.expect_continue && head.body != Body::None {
+            let (r, _) = self.user().write_all(CONTINUE.to_vec()).await;
+            r.map_err(|e| format!("write error: {e}"))?;
+        }
+        // A kept work connection that frpc's side has closed shows as an
+        // error or EOF before the response: a request without a body is
+        // sent again on a new one, once.
+        let mut retry = head.body == Body::None;
+        loop {
+            let reused = self.take_upstream(&proxy);
+            let mut up = match reused {
+                Some(u) => u,
+                None => {
+                    retry = false;
+                    let local = match &self.user {
+                        Some(Conn::Tcp(u, _)) => u.local_addr().ok(),
+                        _ => None,
+                    };
+                    let start = proxy::start_work_conn(&proxy, local, self.peer);
+                    let Some(work) = Box::pin(control.take_work_conn(start)).await else {
+                        return Ok(self.not_found("no work connection from frpc in time").await);
+                    };
+                    let user_fd = match &self.user {
+                        Some(u) => u.aborter(),
+                        None => return Ok(Next::Gone),
+                    };
+                    let tracked = proxy.track([user_fd, work.aborter()]);
+                    Upstream {
+                        proxy: proxy.clone(),
+                        work,
+                        tracked,
+                    }
+                }
+            };
+            let stats = self.ctx.stats();
+            let (r, o) = up.work.write_all(out).await;
+            out = o;
+            if let Err(e) = r {
+                up.release();
+                if retry {
+                    retry = false;
+                    continue;
+                }
+                return Err(format!("write to frpc failed: {e}"));
+            }
+            proxy.meter(stats, true, out.len()).await;
+            if let Err(e) = self.request_body(&mut up, head.body).await {
+                up.release();
+                return Err(e);
+            }
+            match self.response(&mut up, &head, &edits.response).await {
+                Ok(Exchange::Done { keep }) => {
+                    if keep && head.keep_alive {
+                        self.upstream = Some(up);
+                        return Ok(Next::KeepAlive);
+                    }
+                    up.release();
+                    return Ok(Next::Close);
+                }
+                Ok(Exchange::Upgraded(rest)) => {
+                    self.tunnel(up, rest).await;
+                    return Ok(Next::Gone);
+                }
+                Ok(Exchange::Answer(status)) => {
+                    up.release();
+                    let body = format!("{status}\n");
+                    return Ok(self.answer(status, "", body.as_bytes()).await);
+                }
+                Err(Failed::BeforeResponse(_)) if retry => {
+                    up.release();
+                    retry = false;
+                }
+                Err(Failed::BeforeResponse(e) | Failed::During(e)) => {
+                    up.release();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The kept work connection, when it is for `proxy` and the proxy is
+    /// still open; a kept one for another proxy is let go.
+    fn take_upstream(&mut self, proxy: &Rc<Proxy>) -> Option<Upstream> {
+        let up = self.upstream.take()?;
+        if Rc::ptr_eq(&up.proxy, proxy) && !proxy.is_closed() {
+            return Some(up);
+        }
+        up.release();
+        None
+    }
+
+    /// Move the connection, with the request it starts with, to the worker
+    /// that owns its proxy.
+    fn move_to(&mut self, target: VhostTarget) -> Next {
+        if let Some(u) = self.upstream.take() {
+            u.release();
+        }
+        let Some(inbox) = self.ctx.shared.inboxes.get(target.worker) else {
+            return Next::Close;
+        };
+        // The descriptor's token goes with the Conn, so that no aborter
+        // of this worker's reaches the socket once it has moved.
+        let Some(Conn::Tcp(user, _)) = self.user.take() else {
+            return Next::Gone;
+        };
+        let moved = MovedVhost {
+            socket: handoff::detach(user),
+            pending: std::mem::take(&mut self.buf),
+            peer: self.peer,
+            target,
+        };
+        if inbox.send(WorkerMsg::VhostConn(Box::new(moved))).is_ok() {
+            WorkerStats::bump(&self.ctx.stats().handoffs_out, 1);
+        }
+        Next::Gone
+    }
+
+    /// Send the request's body (what of it `buf` holds, then what the
+    /// user sends) to frpc; what follows it stays in `buf`.
+    async fn request_body(&mut self, up: &mut Upstream, body: Body) -> Result<(), String> {
+        let mut framing = BodyFraming::new(body);
+        let stats = self.ctx.stats();
+        loop {
+            let n = framing
+                .advance(&self.buf)
+                .map_err(|e| format!("request body: {e}"))?;
+            if n > 0 {
+                let chunk = if n == self.buf.len() {
+                    std::mem::take(&mut self.buf)
+                } else {
+                    self.buf.drain(..n).collect()
+                };
+                let (r, mut back) = up.work.write_all(chunk).await;
+                r.map_err(|e| format!("write to frpc failed: {e}"))?;
+                up.proxy.meter(stats, true, n).await;
+                if self.buf.is_empty() {
+                    back.clear();
+                    self.buf = back;
+                }
+            }
+            if framing.is_done() {
+                return Ok(());
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let (r, b) = self.user().read(buf).await;
+            self.buf = b;
+            match r {
+                Ok(0) => return Err("closed inside a request body".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error: {e}")),
+            }
+        }
+    }
+
+    /// Carry the response (interim ones first) back to the user.
+    async fn response(
+        &mut self,
+        up: &mut Upstream,
+        req: &Head,
+        set: &[(String, String)],
+    ) -> Result<Exchange, Failed> {
+        let stats = self.ctx.stats();
+        let timeout = self.timeout();
+        let mut rbuf: Vec<u8> = Vec::with_capacity(2048);
+        let mut got_any = false;
+        let res = loop {
+            let parsed = match head::parse_response(&rbuf, req.is_head) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(worker = self.ctx.id, proxy = %up.proxy.name, error = %e, "bad response head from frpc");
+                    return Ok(Exchange::Answer(502));
+                }
+            };
+            if let Some(res) = parsed {
+                if !res.is_interim() {
+                    break res;
+                }
+                // 100 Continue and the like go on as they are.
+                let interim: Vec<u8> = rbuf.drain(..res.head_len).collect();
+                let n = interim.len();
+                let (r, _) = self.user().write_all(interim).await;
+                r.map_err(|e| Failed::During(format!("write error: {e}")))?;
+                up.proxy.meter(stats, false, n).await;
+                continue;
+            }
+            let read = monoio::time::timeout(timeout, up.work.read(std::mem::take(&mut rbuf)));
+            let (r, b) = match read.await {
+                Ok(x) => x,
+                Err(_) => return Ok(Exchange::Answer(504)),
+            };
+            rbuf = b;
+            match r {
+                Ok(0) if !got_any => {
+                    return Err(Failed::BeforeResponse(
+                        "frpc closed before a response".into(),
+                    ))
+                }
+                Ok(0) => return Ok(Exchange::Answer(502)),
+                Ok(_) => got_any = true,
+                Err(e) if !got_any => {
+                    return Err(Failed::BeforeResponse(format!(
+                        "read from frpc failed: {e}"
+                    )))
+                }
+                Err(e) => return Err(Failed::During(format!("read from frpc failed: {e}"))),
+            }
+        };
+        // The head, rewritten when the proxy sets response fields.
+        let mut head_out = if set.is_empty() {
+            rbuf[..res.head_len].to_vec()
+        } else {
+            let mut o = Vec::with_capacity(res.head_len + 128);
+            rewrite::response(&rbuf, set, &mut o).map_err(|e| Failed::During(e.to_string()))?;
+            o
+        };
+        rbuf.drain(..res.head_len);
+        if res.status == 101 {
+            if !req.upgrade {
+                return Ok(Exchange::Answer(502));
+            }
+            let n = head_out.len();
+            let (r, _) = self.user().write_all(head_out).await;
+            r.map_err(|e| Failed::During(format!("write error: {e}")))?;
+            up.proxy.meter(stats, false, n).await;
+            return Ok(Exchange::Upgraded(rbuf));
+        }
+        // The head and what of the body came with it go out together.
+        let (mut framing, until_close) = match res.body {
+            ResponseBody::Framed(b) => (BodyFraming::new(b), false),
+            ResponseBody::UntilClose => (BodyFraming::new(Body::None), true),
+        };
+        let mut extra_bytes = false;
+        loop {
+            let n = if until_close {
+                rbuf.len()
+            } else {
+                framing
+                    .advance(&rbuf)
+                    .map_err(|e| Failed::During(format!("response body: {e}")))?
+            };
+            extra_bytes |= n < rbuf.len();
+            head_out.extend_from_slice(&rbuf[..n]);
+            if !head_out.is_empty() {
+                let len = head_out.len();
+                let (r, back) = self.user().write_all(head_out).await;
+                r.map_err(|e| Failed::During(format!("write error: {e}")))?;
+                up.proxy.meter(stats, false, len).await;
+                head_out = back;
+                head_out.clear();
+            }
+            if !until_close && framing.is_done() {
+                break;
+            }
+            rbuf.clear();
+            let (r, b) = up.work.read(rbuf).await;
+            rbuf = b;
+            match r {
+                Ok(0) if until_close => {
+                    return Ok(Exchange::Done { keep: false });
+                }
+                Ok(0) => return Err(Failed::During("frpc closed inside a response".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Failed::During(format!("read from frpc failed: {e}"))),
+            }
+        }
+        Ok(Exchange::Done {
+            keep: res.keep_alive && !extra_bytes,
+        })
+    }
+
+    /// After a 101: relay both ways until both are done, what each side
+    /// sent past the heads first.
+    async fn tunnel(&mut self, up: Upstream, from_frpc: Vec<u8>) {
+        let Some(mut user) = self.user.take() else {
+            return up.release();
+        };
+        let stats = self.ctx.stats();
+        if !from_frpc.is_empty() {
+            let n = from_frpc.len();
+            if user.write_all(from_frpc).await.0.is_err() {
+                return up.release();
+            }
+            up.proxy.meter(stats, false, n).await;
+        }
+        let cfg = &self.ctx.shared.config.fastpath;
+        let opts = RelayOpts {
+            encryption_key: None,
+            compression: false,
+            buffer: cfg.relay_buffer,
+            splice: cfg.splice,
+        };
+        let proxy = up.proxy.clone();
+        proxy.untrack(up.tracked);
+        let tracked = proxy.track([user.aborter(), up.work.aborter()]);
+        let ends = relay::Ends {
+            user,
+            work: up.work,
+            pending: std::mem::take(&mut self.buf),
+        };
+        let ctx = self.ctx.clone();
+        let due = || proxy.report_if_due(&ctx.events);
+        let report = Some(&due as &dyn Fn());
+        relay::run(stats, ends, opts, proxy.bytes(), proxy.limits(), report).await;
+        proxy.untrack(tracked);
+    }
+}
+
+/// How carrying a response ended.
+enum Exchange {
+    /// Sent in full; whether frpc's side keeps the connection.
+    Done { keep: bool },
+    /// 101: the connection is now a relay; what frpc sent past the head.
+    Upgraded(Vec<u8>),
+    /// Nothing was sent to the user yet: answer with this status.
+    Answer(u16),
+}
+
+/// Why carrying a response failed.
+enum Failed {
+    /// Before any byte of a response: a kept connection frpc's side had
+    /// closed, worth one retry.
+    BeforeResponse(String),
+    /// After the user got part of it: the user's connection closes.
+    During(String),
+}
+
+/// A connection another worker moved here: `pending` starts with the
+/// request it routed to `target`.
+pub fn adopt(
+    ctx: &Rc<WorkerCtx>,
+    sessions: &Rc<Sessions>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: Vec<u8>,
+    target: VhostTarget,
+) {
+    monoio::spawn(serve(
+        ctx.clone(),
+        sessions.clone(),
+        Conn::tcp(stream),
+        peer,
+        pending,
+        Some(target),
+    ));
+}
