@@ -311,8 +311,8 @@ fn requests_are_routed_one_by_one_and_rewritten_as_frps_does() {
         Http {
             domains: &["Web.example.com"],
             host_rewrite: "a.internal",
-            request_set: &[("X-Env", "prod")],
-            response_set: &[("X-Served-By", "totoro")],
+            request_set: &[("x-env", "prod")],
+            response_set: &[("x-served-by", "totoro")],
             ..Default::default()
         },
     ));

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long)]
         idle_conns: Option<usize>,
         /// Only these metrics (comma-separated: bulk1_up, rtt, open,
-        /// connrate, http, idle, proxies, login; `open` is every open@…).
+        /// connrate, http, idle, idle_http, proxies, login; `open` is every open@…).
         /// The attack family runs only when named: `attack` is every
         /// attack_… (attack_preauth_streams, attack_stalled_conns, …).
         #[arg(long, value_delimiter = ',')]

@@ -71,6 +71,7 @@ const ROWS: &[(&str, &str, &str, Better, f64)] = &[
         Better::High,
         1.0,
     ),
+    ("http", "p99_us", "HTTP p99 latency, µs", Better::Low, 1.0),
     (
         "bulk1_up",
         "server_cpu_s_per_gb",
@@ -131,6 +132,13 @@ const ROWS: &[(&str, &str, &str, Better, f64)] = &[
         "idle",
         "bytes_per_conn",
         "server RSS per idle conn, bytes",
+        Better::Low,
+        1.0,
+    ),
+    (
+        "idle_http",
+        "bytes_per_conn",
+        "server RSS per idle HTTP keep-alive conn, bytes",
         Better::Low,
         1.0,
     ),

@@ -615,7 +615,10 @@ fn run_regular(
             )),
         );
         if suite.idle_conns > 0 && suite.wants("idle") {
-            rec.push("idle", m.idle(suite, pid));
+            rec.push("idle", m.idle(suite, pid, false));
+        }
+        if suite.idle_conns > 0 && suite.wants("idle_http") {
+            rec.push("idle_http", m.idle(suite, pid, true));
         }
         if let Some(frp) = running.targets.frp {
             // The bench client logs in as the system's own client does
@@ -762,12 +765,20 @@ impl Measure<'_> {
         Ok((f, serde_json::to_value(&r)?))
     }
 
-    fn idle(&self, suite: &Suite, pid: u32) -> Measured {
+    /// Idle connections to the echo tunnel, or (`http`) keep-alive
+    /// connections to the HTTP tunnel that each made one request.
+    fn idle(&self, suite: &Suite, pid: u32, http: bool) -> Measured {
+        let target = if http {
+            self.running.targets.http
+        } else {
+            self.running.targets.echo
+        };
         let r = idle::run(
-            self.running.targets.echo,
+            target,
             idle::IdleOpts {
                 conns: suite.idle_conns,
                 pid_to_measure: Some(pid),
+                http,
                 ..Default::default()
             },
         )?;

@@ -1,8 +1,10 @@
 //! Idle connections: open `N` TCP connections to the target, optionally at a
 //! fixed ramp rate, send one byte on each (so a tunnel has to set up the
 //! work connection behind it) and, when the target echoes, read that byte
-//! back; then keep them all open for a while and see what they cost in the
-//! resident memory of a given process (the tunnel under test).
+//! back (or, against an HTTP target, make one keep-alive request and read
+//! its whole response); then keep them all open for a while and see what
+//! they cost in the resident memory of a given process (the tunnel under
+//! test).
 //!
 //! The soft `RLIMIT_NOFILE` of this process is raised to its hard limit
 //! first, since tens of thousands of sockets need as many descriptors.
@@ -27,6 +29,9 @@ pub struct IdleOpts {
     pub pid_to_measure: Option<u32>,
     /// Whether the target echoes, so each connection reads its byte back.
     pub expect_echo: bool,
+    /// Whether the target answers HTTP: each connection makes one
+    /// keep-alive request instead of sending a byte.
+    pub http: bool,
     /// Limit on each connect and on the read of the echoed byte.
     pub timeout: Duration,
 }
@@ -40,6 +45,7 @@ impl Default for IdleOpts {
             hold: Duration::from_secs(2),
             pid_to_measure: None,
             expect_echo: true,
+            http: false,
             timeout: Duration::from_secs(5),
         }
     }
@@ -111,6 +117,12 @@ fn open_one(target: SocketAddr, opts: &IdleOpts) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&target, opts.timeout)?;
     s.set_nodelay(true)?;
     s.set_write_timeout(Some(opts.timeout))?;
+    if opts.http {
+        s.set_read_timeout(Some(opts.timeout))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        read_response(&mut s)?;
+        return Ok(s);
+    }
     s.write_all(b"i")?;
     if opts.expect_echo {
         s.set_read_timeout(Some(opts.timeout))?;
@@ -121,6 +133,43 @@ fn open_one(target: SocketAddr, opts: &IdleOpts) -> io::Result<TcpStream> {
         }
     }
     Ok(s)
+}
+
+/// Reads one response with a Content-Length body (what the harness's
+/// HTTP backend sends); a 2xx or an error.
+fn read_response(s: &mut TcpStream) -> io::Result<()> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = crate::backend::find_head_end(&buf) {
+            break end;
+        }
+        match s.read(&mut chunk)? {
+            0 => return Err(bad("closed before a response")),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(bad("response head too long"));
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 2") {
+        return Err(bad("not a 2xx response"));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| bad("no Content-Length"))?;
+    let mut left = (head_end + len).saturating_sub(buf.len());
+    while left > 0 {
+        match s.read(&mut chunk[..left.min(4096)])? {
+            0 => return Err(bad("closed inside a response")),
+            n => left -= n,
+        }
+    }
+    Ok(())
 }
 
 /// Opens the connections, holds them, measures, and closes them all.
@@ -193,6 +242,38 @@ mod tests {
         assert_eq!(b.bytes(), 200);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["opened"], 200);
+    }
+
+    #[test]
+    fn http_idle_conns_each_make_one_request() {
+        let b = Backend::http(1024).unwrap();
+        let r = run(
+            b.addr(),
+            IdleOpts {
+                conns: 50,
+                hold: Duration::from_millis(50),
+                http: true,
+                ..IdleOpts::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((r.opened, r.failed), (50, 0), "{r:?}");
+        // Backend::http counts requests answered.
+        assert_eq!(b.bytes(), 50);
+        // An echo target is not HTTP: every connection fails.
+        let e = Backend::echo().unwrap();
+        let r = run(
+            e.addr(),
+            IdleOpts {
+                conns: 3,
+                hold: Duration::from_millis(10),
+                http: true,
+                timeout: Duration::from_millis(500),
+                ..IdleOpts::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((r.opened, r.failed), (0, 3), "{r:?}");
     }
 
     #[test]

@@ -158,7 +158,10 @@ pub async fn serve(
     };
     let mut routed = routed;
     loop {
-        match conn.exchange(routed.take()).await {
+        // Boxed: an exchange's state (routing, the work connection, the
+        // response) is kilobytes, and inline it would stay in the task of
+        // every idle keep-alive connection.
+        match Box::pin(conn.exchange(routed.take())).await {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close | Next::Gone) => break,
             Err(reason) => {
@@ -166,7 +169,7 @@ pub async fn serve(
                 break;
             }
         }
-        if conn.buf.is_empty() && conn.buf.capacity() > 4 * IDLE_BUF {
+        if conn.buf.is_empty() && conn.buf.capacity() > IDLE_BUF {
             conn.buf = Vec::with_capacity(IDLE_BUF);
         }
         let timeout = conn.timeout();

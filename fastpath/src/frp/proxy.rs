@@ -545,7 +545,7 @@ fn http_edits(np: &NewProxy) -> Result<HttpEdits, Refusal> {
         m.iter()
             .map(|(k, v)| {
                 if proto::vhost::rewrite::valid_field(k, v) {
-                    Ok((k.clone(), v.clone()))
+                    Ok((proto::vhost::rewrite::canonical_name(k), v.clone()))
                 } else {
                     Err(Refusal::invalid_proxy(format!(
                         "{key}.set: {k:?} is not a header field that can be sent"

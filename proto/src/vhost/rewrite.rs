@@ -114,6 +114,24 @@ pub fn valid_field(name: &str, value: &str) -> bool {
         && !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
 
+/// A field name as Go's `Header.Set` (frps's) sends it: the first letter
+/// and each letter after a hyphen upper case, the rest lower case
+/// (`x-served-by` → `X-Served-By`).
+pub fn canonical_name(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
 fn version(v: Option<u8>) -> &'static [u8] {
     if v == Some(0) {
         b" HTTP/1.0\r\n"
@@ -201,6 +219,13 @@ mod tests {
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nX-Served-By: totoro\r\n\r\n"
         );
         assert!(response(b"HTTP/1.1 200 OK\r\n", &set, &mut out).is_err());
+    }
+
+    #[test]
+    fn names_are_canonical_as_go_writes_them() {
+        assert_eq!(canonical_name("x-served-by"), "X-Served-By");
+        assert_eq!(canonical_name("X-ENV"), "X-Env");
+        assert_eq!(canonical_name("www-authenticate"), "Www-Authenticate");
     }
 
     #[test]
