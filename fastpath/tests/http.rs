@@ -729,3 +729,113 @@ fn a_thousand_keep_alive_connections_over_a_hundred_hostnames() {
         t.join().expect("a connection's responses were wrong");
     }
 }
+
+/// Register a proxy in load-balancing group `group` with `key`: an http
+/// proxy for `domain`, or (`domain` empty) a tcp proxy on `port`.
+fn grouped(
+    c: &Client,
+    name: &str,
+    local: SocketAddr,
+    (group, key): (&str, &str),
+    domain: &str,
+    port: u16,
+) -> Result<String, String> {
+    let mut s = spec(name, local);
+    s.remote_port = i64::from(port);
+    c.register_proxy(s, |np| {
+        if !domain.is_empty() {
+            np.proxy_type = "http".into();
+            np.custom_domains = vec![domain.into()];
+        } else {
+            np.proxy_type = "tcp".into();
+        }
+        np.group = group.into();
+        np.group_key = key.into();
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Which origin answers a new connection to `port` (for `host`).
+fn who(port: u16, host: &str) -> String {
+    let mut s = dial(port);
+    match s
+        .write_all(get(host, "/").as_bytes())
+        .ok()
+        .and_then(|()| read_resp(&mut s))
+    {
+        Some(r) if r.status == 200 => r.line("origin").to_string(),
+        Some(r) => r.status.to_string(),
+        None => "closed".into(),
+    }
+}
+
+#[test]
+fn load_balancing_groups_share_routes_and_ports() {
+    let (fp, port) = start(2, "");
+    let (a, b) = (Origin::start("a"), Origin::start("b"));
+    let one = Client::login(fp.opts()).expect("login");
+    let two = Client::login(fp.opts()).expect("login");
+    let third = Client::login(fp.opts()).expect("login");
+    let web = "lb.example.com";
+    grouped(&one, "web-a", a.addr, ("web", "k"), web, 0).unwrap();
+    grouped(&two, "web-b", b.addr, ("web", "k"), web, 0).unwrap();
+    let e = grouped(&third, "web-c", a.addr, ("web", "wrong"), web, 0).unwrap_err();
+    assert!(e.contains("group auth failed"), "{e}");
+    let e = grouped(
+        &third,
+        "web-d",
+        a.addr,
+        ("web", "k"),
+        "other.example.com",
+        0,
+    )
+    .unwrap_err();
+    assert!(e.contains("group params invalid"), "{e}");
+    // Outside the group, the domain is taken.
+    let e = grouped(&third, "web-e", a.addr, ("", ""), web, 0).unwrap_err();
+    assert!(e.contains("router config conflict"), "{e}");
+    // New connections take the members in turn.
+    let picks: Vec<String> = (0..8).map(|_| who(port, web)).collect();
+    assert_eq!(picks.iter().filter(|p| *p == "a").count(), 4, "{picks:?}");
+    assert_eq!(picks.iter().filter(|p| *p == "b").count(), 4, "{picks:?}");
+
+    // tcp: members share one port; the kernel spreads connections.
+    let tcp_port = free_port();
+    grouped(&one, "db-a", a.addr, ("db", ""), "", tcp_port).unwrap();
+    grouped(&two, "db-b", b.addr, ("db", ""), "", tcp_port).unwrap();
+    let e = grouped(&third, "db-c", a.addr, ("db", ""), "", free_port()).unwrap_err();
+    assert!(e.contains("group should have same remote port"), "{e}");
+    let e = grouped(&third, "db-d", a.addr, ("db", "x"), "", tcp_port).unwrap_err();
+    assert!(e.contains("group auth failed"), "{e}");
+    let picks: Vec<String> = (0..32).map(|_| who(tcp_port, "any")).collect();
+    assert!(
+        picks.contains(&"a".to_string()) && picks.contains(&"b".to_string()),
+        "{picks:?}"
+    );
+    assert!(picks.iter().all(|p| p == "a" || p == "b"), "{picks:?}");
+
+    // A member that goes leaves the others serving; the last one takes the
+    // route and the port with it.
+    one.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (0..4).any(|_| who(port, web) != "b") {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!((0..6).all(|_| who(port, web) == "b"));
+    assert!((0..6).all(|_| who(tcp_port, "any") == "b"));
+    two.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let free = grouped(&third, "db-new", a.addr, ("", ""), "", tcp_port);
+        match free {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.contains("port"), "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the group's port was not released: {e}"),
+        }
+    }
+    assert_eq!(who(tcp_port, "any"), "a");
+    assert_eq!(who(port, web), "404");
+}

@@ -141,6 +141,7 @@ mod tests {
             proxy: Arc::from(p),
             credentials: None,
             http: None,
+            group: None,
         };
         let mut r = Routes::new();
         let any = [String::new()];

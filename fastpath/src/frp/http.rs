@@ -34,6 +34,7 @@ use proto::vhost::head::{self, Body, BodyFraming, ResponseBody};
 use proto::vhost::rewrite::{self, RequestEdits};
 
 use crate::frp::control::Sessions;
+use crate::frp::groups;
 use crate::frp::proxy::{self, Proxy};
 use crate::relay::{self, RelayOpts};
 use crate::report::stats::WorkerStats;
@@ -263,13 +264,17 @@ impl UserConn<'_> {
         };
         let target = match routed {
             Some(t) => Some(t),
-            None => self
-                .ctx
-                .shared
-                .http_routes
-                .read()
-                .get(&head.host, &head.path, &head.user)
-                .cloned(),
+            None => {
+                let route = self
+                    .ctx
+                    .shared
+                    .http_routes
+                    .read()
+                    .get(&head.host, &head.path, &head.user)
+                    .cloned();
+                let keep = self.upstream.as_ref().map(|u| u.proxy.name.as_str());
+                route.and_then(|r| groups::resolve(r, keep))
+            }
         };
         let Some(target) = target else {
             let why = format!("no http proxy serves {:?} {:?}", head.host, head.path);

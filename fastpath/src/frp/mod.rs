@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod control;
 pub mod domains;
+pub mod groups;
 pub mod http;
 pub mod msgio;
 pub mod proxy;

@@ -21,6 +21,7 @@ use proto::msg::{NewProxy, StartWorkConn};
 use crate::config::Config;
 use crate::frp::control::Control;
 use crate::frp::domains;
+use crate::frp::groups::{Group, Params};
 use crate::policy::tenants::{Bucket, Limits};
 use crate::relay::{self, RelayOpts};
 use crate::report::events::EventSink;
@@ -40,6 +41,11 @@ pub struct Proxy {
     port: u16,
     /// A vhost proxy's routes.
     vhost: Option<VhostRoutes>,
+    /// Its load-balancing group (`loadBalancer.group`).
+    group: Option<Arc<Group>>,
+    /// Whether its port goes back to the pool when its listener closes:
+    /// a tcp group's port stays until its last member leaves.
+    releases_port: Cell<bool>,
     use_encryption: bool,
     use_compression: bool,
     proxy_type: String,
@@ -157,9 +163,22 @@ impl Proxy {
             kind @ (ProxyType::Http | ProxyType::Https | ProxyType::Tcpmux) => {
                 claim_routes(control, &np, kind, domains)
             }
-            _ => claim(shared, &np.proxy_name, &decided).map(|(p, l)| (p, Some(l), None)),
+            ProxyType::Tcp if !np.group.is_empty() => {
+                claim_tcp_group(control, &np, &decided, valid.remote_port)
+            }
+            _ => claim(shared, &np.proxy_name, &decided).map(|(port, l)| Claimed {
+                port,
+                listener: Some(l),
+                vhost: None,
+                group: None,
+            }),
         };
-        let (port, listener, vhost) = match claimed {
+        let Claimed {
+            port,
+            listener,
+            vhost,
+            group,
+        } = match claimed {
             Ok(x) => x,
             Err(r) => {
                 shared.policy.release_proxy(grant);
@@ -173,6 +192,8 @@ impl Proxy {
         let proxy = Rc::new(Proxy {
             name: np.proxy_name,
             port,
+            releases_port: Cell::new(group.is_none()),
+            group,
             vhost,
             proxy_type: decided.proxy_type.name().to_string(),
             use_encryption: np.use_encryption,
@@ -256,12 +277,22 @@ impl Proxy {
         // The accept loop sees the cancel, drops the listener, then frees
         // the port in the shared table (in that order, so a new owner can
         // bind it as soon as it can claim it).
+        if let Some(ctx) = self.worker.upgrade() {
+            // A group's routes and port stay while it has members.
+            let last = match &self.group {
+                Some(g) => ctx.shared.groups.leave(g, &self.name),
+                None => true,
+            };
+            if let (Some(v), true) = (&self.vhost, last) {
+                let table = vhost_table(&ctx.shared, v.kind);
+                domains::remove_routes(&mut table.write(), &v.domains, &v.locations, &v.user);
+            }
+            if self.vhost.is_none() && last {
+                self.releases_port.set(true);
+            }
+        }
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
-        if let (Some(v), Some(ctx)) = (&self.vhost, self.worker.upgrade()) {
-            let table = vhost_table(&ctx.shared, v.kind);
-            domains::remove_routes(&mut table.write(), &v.domains, &v.locations, &v.user);
-        }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
         if let Some(ctx) = self.worker.upgrade() {
@@ -441,16 +472,32 @@ fn claim(
     if !shared.directory.claim_proxy(name) {
         return Err(Refusal::proxy_exists(name));
     }
+    let bound = claim_port(shared, decided, false);
+    if bound.is_err() {
+        shared.directory.release_proxy(name);
+    }
+    bound
+}
+
+/// Claim the port the decision names (or one of its set) and bind it;
+/// `shared`: with SO_REUSEPORT, for a tcp group's members.
+fn claim_port(
+    shared: &Shared,
+    decided: &ProxyGrant,
+    reuse: bool,
+) -> Result<(u16, std::net::TcpListener), Refusal> {
     let ip = shared.config.proxy_ip();
     let lowat = shared.config.fastpath.user_not_sent_lowat;
-    let bound = match &decided.port {
-        PortChoice::AnyOf(set) => allocate_port(set.ranges(), &shared.ports, ip, lowat),
+    match &decided.port {
+        PortChoice::AnyOf(set) => allocate_port(set.ranges(), &shared.ports, ip, lowat, reuse),
         &PortChoice::Exactly(port) => {
             if shared.ports.claim(port) {
-                bind(ip, port, lowat).map(|l| (port, l)).map_err(|e| {
-                    shared.ports.release(port);
-                    Refusal::port_unavailable(e)
-                })
+                bind(ip, port, lowat, reuse)
+                    .map(|l| (port, l))
+                    .map_err(|e| {
+                        shared.ports.release(port);
+                        Refusal::port_unavailable(e)
+                    })
             } else {
                 Err(Refusal::port_already_used())
             }
@@ -458,16 +505,102 @@ fn claim(
         // Every type in SUPPORTED takes a port; a portless one (vhosts,
         // visitors) needs a listener of another kind, not here yet.
         PortChoice::NoPort => Err(Refusal::type_not_supported(decided.proxy_type.name())),
-    };
-    if bound.is_err() {
-        shared.directory.release_proxy(name);
     }
-    bound
+}
+
+/// Claim a tcp proxy's name and join its load-balancing group: the first
+/// member claims and binds the port, the others bind the same port
+/// (SO_REUSEPORT), which the decision must allow them too.
+fn claim_tcp_group(
+    control: &Control,
+    np: &NewProxy,
+    decided: &ProxyGrant,
+    asked: u16,
+) -> Result<Claimed, Refusal> {
+    let shared = &control.ctx().shared;
+    let name = &np.proxy_name;
+    if !shared.directory.claim_proxy(name) {
+        return Err(Refusal::proxy_exists(name));
+    }
+    let mut first = None;
+    let joined = shared.groups.join(
+        ProxyType::Tcp,
+        &np.group,
+        &np.group_key,
+        Params::Tcp { asked },
+        member(control, name),
+        |g| {
+            let (port, l) = claim_port(shared, decided, true)?;
+            g.set_port(port);
+            first = Some(l);
+            Ok(())
+        },
+    );
+    let group = match joined {
+        Ok(g) => g,
+        Err(r) => {
+            shared.directory.release_proxy(name);
+            return Err(r);
+        }
+    };
+    let port = group.port();
+    let listener = match first {
+        Some(l) => Ok(l),
+        None => {
+            let allowed = match &decided.port {
+                PortChoice::AnyOf(set) => set.contains(port),
+                &PortChoice::Exactly(p) => p == port,
+                PortChoice::NoPort => false,
+            };
+            let (ip, lowat) = (
+                shared.config.proxy_ip(),
+                shared.config.fastpath.user_not_sent_lowat,
+            );
+            if allowed {
+                bind(ip, port, lowat, true).map_err(Refusal::port_unavailable)
+            } else {
+                Err(Refusal::port_not_allowed())
+            }
+        }
+    };
+    match listener {
+        Ok(l) => Ok(Claimed {
+            port,
+            listener: Some(l),
+            vhost: None,
+            group: Some(group),
+        }),
+        Err(r) => {
+            if shared.groups.leave(&group, name) {
+                shared.ports.release(port);
+            }
+            shared.directory.release_proxy(name);
+            Err(r)
+        }
+    }
+}
+
+/// A group member: where its session and proxy are.
+fn member(control: &Control, proxy: &str) -> VhostTarget {
+    VhostTarget {
+        worker: control.ctx().id,
+        run_id: Arc::from(control.who.run_id.as_str()),
+        control_id: control.who.id,
+        proxy: Arc::from(proxy),
+        credentials: None,
+        http: None,
+        group: None,
+    }
 }
 
 /// What a proxy holds once claimed: its port (0 for a vhost proxy), its
-/// listener, and a vhost proxy's routes.
-type Claimed = (u16, Option<std::net::TcpListener>, Option<VhostRoutes>);
+/// listener, a vhost proxy's routes, its load-balancing group.
+struct Claimed {
+    port: u16,
+    listener: Option<std::net::TcpListener>,
+    vhost: Option<VhostRoutes>,
+    group: Option<Arc<Group>>,
+}
 
 /// Claim a vhost proxy's name and its routes server-wide; on failure
 /// nothing stays claimed.
@@ -508,26 +641,52 @@ fn claim_routes(
         return Err(Refusal::proxy_exists(&np.proxy_name));
     }
     let target = VhostTarget {
-        worker: control.ctx().id,
-        run_id: Arc::from(control.who.run_id.as_str()),
-        control_id: control.who.id,
-        proxy: Arc::from(np.proxy_name.as_str()),
         credentials,
         http,
+        ..member(control, &np.proxy_name)
     };
     let table = vhost_table(shared, kind);
-    let added = domains::add_routes(&mut table.write(), &domains, &locations, &user, &target);
-    if let Err(r) = added {
-        shared.directory.release_proxy(&np.proxy_name);
-        return Err(r);
-    }
+    let add =
+        |t: &VhostTarget| domains::add_routes(&mut table.write(), &domains, &locations, &user, t);
+    // In a group, the first member adds the routes, naming the group.
+    let group = if np.group.is_empty() {
+        add(&target).map(|()| None)
+    } else {
+        let params = Params::Http {
+            domains: domains.clone(),
+            locations: locations.clone(),
+            user: user.clone(),
+        };
+        let m = member(control, &np.proxy_name);
+        shared
+            .groups
+            .join(kind, &np.group, &np.group_key, params, m, |g| {
+                add(&VhostTarget {
+                    group: Some(g.clone()),
+                    ..target.clone()
+                })
+            })
+            .map(Some)
+    };
+    let group = match group {
+        Ok(g) => g,
+        Err(r) => {
+            shared.directory.release_proxy(&np.proxy_name);
+            return Err(r);
+        }
+    };
     let routes = VhostRoutes {
         kind,
         domains,
         locations,
         user,
     };
-    Ok((0, None, Some(routes)))
+    Ok(Claimed {
+        port: 0,
+        listener: None,
+        vhost: Some(routes),
+        group,
+    })
 }
 
 /// An http proxy's head rewrites, checked: a field it sets must be a
@@ -571,6 +730,7 @@ fn allocate_port(
     ports: &crate::runtime::shared::PortTable,
     ip: IpAddr,
     lowat: u32,
+    reuse: bool,
 ) -> Result<(u16, std::net::TcpListener), Refusal> {
     let total: u64 = ranges.iter().map(|(a, b)| (*b - *a) as u64 + 1).sum();
     let start = rand_u64() % total.max(1);
@@ -591,7 +751,7 @@ fn allocate_port(
         if port == 0 || !ports.claim(port) {
             continue;
         }
-        match bind(ip, port, lowat) {
+        match bind(ip, port, lowat, reuse) {
             Ok(l) => return Ok((port, l)),
             Err(_) => {
                 ports.release(port);
@@ -611,8 +771,8 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn bind(ip: IpAddr, port: u16, lowat: u32) -> std::io::Result<std::net::TcpListener> {
-    crate::transport::listener::bind_user(SocketAddr::new(ip, port), lowat)
+fn bind(ip: IpAddr, port: u16, lowat: u32, reuse: bool) -> std::io::Result<std::net::TcpListener> {
+    crate::transport::listener::bind_user(SocketAddr::new(ip, port), lowat, reuse)
 }
 
 async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net::TcpListener) {
@@ -643,8 +803,11 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
         }
         Err(e) => tracing::warn!(proxy = %proxy.name, error = %e, "cannot register proxy listener"),
     }
-    // The listener is dropped (closed) by now.
-    ctx.shared.ports.release(port);
+    // The listener is dropped (closed) by now. A tcp group's port stays
+    // claimed until its last member closes.
+    if proxy.releases_port.get() {
+        ctx.shared.ports.release(port);
+    }
     drop(control);
 }
 

@@ -26,6 +26,7 @@ use proto::vhost::head;
 use proto::vhost::sni::{self, Sni};
 
 use crate::frp::control::Sessions;
+use crate::frp::groups;
 use crate::frp::http;
 use crate::frp::proxy;
 use crate::report::stats::WorkerStats;
@@ -183,8 +184,10 @@ async fn vhost_conn(
 fn route_https(ctx: &WorkerCtx, name: &str) -> Result<VhostTarget, String> {
     let host =
         canonical_host(name).ok_or_else(|| format!("server name {name:?} is not a host name"))?;
-    let target = ctx.shared.https_routes.read().get(&host, "", "").cloned();
-    target.ok_or_else(|| format!("no https proxy serves {host:?}"))
+    let route = ctx.shared.https_routes.read().get(&host, "", "").cloned();
+    route
+        .and_then(|r| groups::resolve(r, None))
+        .ok_or_else(|| format!("no https proxy serves {host:?}"))
 }
 
 /// What routes a CONNECT request, taken from its head.
@@ -265,7 +268,8 @@ async fn route_connect(
         .tcpmux_routes
         .read()
         .get(host, "", &req.user)
-        .cloned();
+        .cloned()
+        .and_then(|r| groups::resolve(r, None));
     let Some(target) = target else {
         let _ = stream.write_all(not_found().into_bytes()).await;
         return Err(format!("no tcpmux proxy serves {host:?}"));

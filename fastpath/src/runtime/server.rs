@@ -108,6 +108,7 @@ impl Server {
             policy,
             tls,
             http_routes: Default::default(),
+            groups: Default::default(),
             not_found_page,
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),

@@ -192,6 +192,8 @@ pub struct Shared {
     /// The body of the 404 for a request no `http` proxy serves
     /// (`custom404Page`, or our own page).
     pub not_found_page: Vec<u8>,
+    /// Load-balancing groups (`loadBalancer.group`), all workers'.
+    pub groups: crate::frp::groups::Groups,
     /// Live `https` routes (server name → proxy), all workers'.
     pub https_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
     /// Live `tcpmux` routes (CONNECT host × user → proxy), all workers'.
@@ -216,6 +218,10 @@ pub struct VhostTarget {
     pub credentials: Option<Arc<(String, String)>>,
     /// An `http` proxy's head rewrites.
     pub http: Option<Arc<HttpEdits>>,
+    /// The load-balancing group the route belongs to: a request takes
+    /// one of its members in turn (an `http` group's route names its
+    /// first member).
+    pub group: Option<Arc<crate::frp::groups::Group>>,
 }
 
 /// What an `http` proxy changes in the heads it carries.

@@ -15,8 +15,12 @@ use crate::runtime::ctx::WorkerCtx;
 /// into TCP memory pressure, where every socket's buffers shrink and every
 /// other session crawls. Bytes in flight are not counted: those the peer's
 /// window bounds.
-pub fn bind_user(addr: SocketAddr, not_sent_lowat: u32) -> std::io::Result<std::net::TcpListener> {
-    let l = bind_tcp(addr, false)?;
+pub fn bind_user(
+    addr: SocketAddr,
+    not_sent_lowat: u32,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    let l = bind_tcp(addr, reuse_port)?;
     if not_sent_lowat == 0 {
         return Ok(l);
     }

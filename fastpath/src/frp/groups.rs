@@ -1,0 +1,282 @@
+//! Load-balancing groups (frpc's `loadBalancer.group` / `groupKey`), as
+//! frps keeps them: proxies of one type that name the same group share
+//! what one proxy would hold alone, and the group's key admits them.
+//!
+//! - `http`: the group holds the routes of its first proxy (domains ×
+//!   locations × `routeByHTTPUser`, and that proxy's rewrites and
+//!   credentials, as frps keeps the first route config); a request that
+//!   needs a new work connection takes the next member in turn.
+//! - `tcp`: the members share one remote port; each binds it with
+//!   SO_REUSEPORT and the kernel spreads connections among them (by a hash
+//!   of the connection's addresses, not in strict turn as frps's shared
+//!   listener does). The port is released with the last member.
+//!
+//! A proxy that asks for other routes or another port than the group has
+//! is refused with frps's "group params invalid" / "group should have same
+//! remote port", a wrong key with "group auth failed".
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use proto::policy::{ProxyType, Refusal};
+
+use crate::runtime::shared::VhostTarget;
+
+/// What every member of a group must ask for alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Params {
+    /// An http group's routes.
+    Http {
+        domains: Vec<String>,
+        locations: Vec<String>,
+        user: String,
+    },
+    /// A tcp group's `remotePort` as asked (0: any).
+    Tcp { asked: u16 },
+}
+
+/// One group.
+#[derive(Debug)]
+pub struct Group {
+    kind: ProxyType,
+    name: String,
+    key: String,
+    params: Params,
+    /// The members, in the order they joined.
+    members: parking_lot::RwLock<Vec<VhostTarget>>,
+    next: AtomicUsize,
+    /// A tcp group's port, once its first member bound it.
+    port: AtomicU16,
+}
+
+impl Group {
+    /// A tcp group's port (0 until its first member bound it).
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::Acquire)
+    }
+
+    /// Set by the first member, in [`Groups::join`]'s `create`.
+    pub fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Release);
+    }
+
+    /// The member whose turn it is, or `keep` when it is still a member
+    /// (a work connection kept for it serves on).
+    pub fn choose(&self, keep: Option<&str>) -> Option<VhostTarget> {
+        let members = self.members.read();
+        if let Some(k) = keep {
+            if let Some(m) = members.iter().find(|m| &*m.proxy == k) {
+                return Some(m.clone());
+            }
+        }
+        if members.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % members.len();
+        Some(members[i].clone())
+    }
+}
+
+/// Where a route leads: its own proxy, or, for a group's route, the
+/// member whose turn it is (`keep` when it is a member still), with the
+/// route's credentials and rewrites. None: the group has just emptied.
+pub fn resolve(route: VhostTarget, keep: Option<&str>) -> Option<VhostTarget> {
+    let Some(g) = &route.group else {
+        return Some(route);
+    };
+    let m = g.choose(keep)?;
+    Some(VhostTarget {
+        worker: m.worker,
+        run_id: m.run_id,
+        control_id: m.control_id,
+        proxy: m.proxy,
+        group: None,
+        ..route
+    })
+}
+
+/// The groups of the server, all workers'.
+#[derive(Debug, Default)]
+pub struct Groups {
+    by_name: parking_lot::Mutex<HashMap<(ProxyType, String), Arc<Group>>>,
+}
+
+impl Groups {
+    /// Join `member` to group `name` of `kind` with what it asks for
+    /// (`params`), or create the group with it: then `create` takes what
+    /// the group shares (adds the routes, binds the port), under the
+    /// registry's lock, so that two first members cannot both create it.
+    pub fn join(
+        &self,
+        kind: ProxyType,
+        name: &str,
+        key: &str,
+        params: Params,
+        member: VhostTarget,
+        create: impl FnOnce(&Arc<Group>) -> Result<(), Refusal>,
+    ) -> Result<Arc<Group>, Refusal> {
+        let mut by_name = self.by_name.lock();
+        if let Some(g) = by_name.get(&(kind, name.to_string())) {
+            if g.params != params {
+                return Err(Refusal::invalid_proxy(match params {
+                    Params::Tcp { .. } => "group should have same remote port",
+                    Params::Http { .. } => "group params invalid",
+                }));
+            }
+            if g.key != key {
+                return Err(Refusal::invalid_proxy("group auth failed"));
+            }
+            let mut members = g.members.write();
+            if members.iter().any(|m| m.proxy == member.proxy) {
+                return Err(Refusal::invalid_proxy("group proxy repeated"));
+            }
+            members.push(member);
+            return Ok(g.clone());
+        }
+        let g = Arc::new(Group {
+            kind,
+            name: name.to_string(),
+            key: key.to_string(),
+            params,
+            members: parking_lot::RwLock::new(vec![member]),
+            next: AtomicUsize::new(0),
+            port: AtomicU16::new(0),
+        });
+        create(&g)?;
+        by_name.insert((kind, name.to_string()), g.clone());
+        Ok(g)
+    }
+
+    /// Take proxy `proxy` out of `group`; true when it was the last
+    /// member: the group is gone, and the caller lets go of what it
+    /// shared (routes, port).
+    pub fn leave(&self, group: &Group, proxy: &str) -> bool {
+        let mut by_name = self.by_name.lock();
+        let mut members = group.members.write();
+        members.retain(|m| &*m.proxy != proxy);
+        if !members.is_empty() {
+            return false;
+        }
+        let key = (group.kind, group.name.clone());
+        if by_name
+            .get(&key)
+            .is_some_and(|g| std::ptr::eq(Arc::as_ptr(g), group))
+        {
+            by_name.remove(&key);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(p: &str) -> VhostTarget {
+        VhostTarget {
+            worker: 0,
+            run_id: Arc::from("r"),
+            control_id: 1,
+            proxy: Arc::from(p),
+            credentials: None,
+            http: None,
+            group: None,
+        }
+    }
+
+    fn http(domain: &str) -> Params {
+        Params::Http {
+            domains: vec![domain.into()],
+            locations: vec![String::new()],
+            user: String::new(),
+        }
+    }
+
+    #[test]
+    fn members_join_with_the_key_and_take_turns() {
+        let groups = Groups::default();
+        let mut created = 0;
+        let mut join = |name: &str, key: &str, params: Params| {
+            groups.join(ProxyType::Http, "web", key, params, member(name), |_| {
+                created += 1;
+                Ok(())
+            })
+        };
+        let g = join("one", "k", http("a.com")).unwrap();
+        join("two", "k", http("a.com")).unwrap();
+        let e = |r: Result<Arc<Group>, Refusal>| r.unwrap_err().detail;
+        assert_eq!(
+            e(join("three", "wrong", http("a.com"))),
+            "group auth failed"
+        );
+        assert_eq!(e(join("three", "k", http("b.com"))), "group params invalid");
+        assert_eq!(e(join("two", "k", http("a.com"))), "group proxy repeated");
+        assert_eq!(created, 1);
+        let picks: Vec<_> = (0..4)
+            .map(|_| g.choose(None).unwrap().proxy.to_string())
+            .collect();
+        assert_eq!(picks, ["one", "two", "one", "two"]);
+        assert_eq!(&*g.choose(Some("two")).unwrap().proxy, "two");
+        assert!(!groups.leave(&g, "one"));
+        assert_eq!(&*g.choose(Some("one")).unwrap().proxy, "two");
+        assert!(groups.leave(&g, "two"));
+        assert!(g.choose(None).is_none());
+        // Gone: the next proxy creates it anew.
+        let g2 = groups
+            .join(
+                ProxyType::Http,
+                "web",
+                "other",
+                http("a.com"),
+                member("x"),
+                |_| Ok(()),
+            )
+            .unwrap();
+        assert!(!Arc::ptr_eq(&g, &g2));
+    }
+
+    #[test]
+    fn tcp_members_share_the_port_they_asked_for() {
+        let groups = Groups::default();
+        let asked = |a| Params::Tcp { asked: a };
+        let g = groups
+            .join(ProxyType::Tcp, "db", "", asked(0), member("a"), |g| {
+                g.set_port(6000);
+                Ok(())
+            })
+            .unwrap();
+        let fail = |_: &Arc<Group>| -> Result<(), Refusal> { panic!("created twice") };
+        let g2 = groups
+            .join(ProxyType::Tcp, "db", "", asked(0), member("b"), fail)
+            .unwrap();
+        assert_eq!(g2.port(), 6000);
+        let e = groups
+            .join(ProxyType::Tcp, "db", "", asked(7000), member("c"), fail)
+            .unwrap_err();
+        assert_eq!(e.detail, "group should have same remote port");
+        // A first member that fails to create leaves no group behind.
+        let e = groups
+            .join(ProxyType::Tcp, "x", "", asked(0), member("d"), |_| {
+                Err(Refusal::port_already_used())
+            })
+            .unwrap_err();
+        assert_eq!(e.detail, "port already used");
+        groups
+            .join(ProxyType::Tcp, "x", "", asked(0), member("e"), |_| Ok(()))
+            .unwrap();
+        // Another type's group of the same name is another group.
+        groups
+            .join(
+                ProxyType::Http,
+                "db",
+                "",
+                http("a.com"),
+                member("f"),
+                |_| Ok(()),
+            )
+            .unwrap();
+        assert!(!groups.leave(&g, "a"));
+        assert!(groups.leave(&g, "b"));
+    }
+}
