@@ -8,7 +8,7 @@ use proto::policy::decide::under_suffix;
 use proto::policy::Refusal;
 use proto::vhost::{canonical_host, routes::Routes};
 
-use crate::runtime::shared::VhostTarget;
+use crate::frp::targets::VhostTarget;
 
 /// The domains an `https` or `tcpmux` proxy is reached by, in routing form
 /// and frps's order: each of `customDomains`, then `subdomain` under
@@ -110,7 +110,6 @@ pub fn remove_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn domains_follow_frps_rules() {
@@ -134,15 +133,7 @@ mod tests {
 
     #[test]
     fn routes_go_in_whole_or_not_at_all() {
-        let t = |p: &str| VhostTarget {
-            worker: 0,
-            run_id: Arc::from("r"),
-            control_id: 1,
-            proxy: Arc::from(p),
-            credentials: None,
-            http: None,
-            group: None,
-        };
+        let t = crate::frp::targets::test_target;
         let mut r = Routes::new();
         let any = [String::new()];
         add_routes(

@@ -34,12 +34,12 @@ use proto::vhost::head::{self, Body, BodyFraming, ResponseBody};
 use proto::vhost::rewrite::{self, RequestEdits};
 
 use crate::frp::control::Sessions;
-use crate::frp::groups;
 use crate::frp::proxy::{self, Proxy};
+use crate::frp::targets;
+use crate::frp::targets::VhostTarget;
 use crate::relay::{self, RelayOpts};
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
-use crate::runtime::shared::VhostTarget;
 use crate::transport::conn::Conn;
 use crate::transport::handoff::{self, MovedVhost, WorkerMsg};
 
@@ -273,7 +273,7 @@ impl UserConn<'_> {
                     .get(&head.host, &head.path, &head.user)
                     .cloned();
                 let keep = self.upstream.as_ref().map(|u| u.proxy.name.as_str());
-                route.and_then(|r| groups::resolve(r, keep))
+                route.and_then(|r| targets::resolve(r, keep))
             }
         };
         let Some(target) = target else {

@@ -7,9 +7,9 @@
 pub mod accept;
 pub mod control;
 pub mod domains;
-pub mod groups;
 pub mod http;
 pub mod msgio;
 pub mod proxy;
+pub mod targets;
 pub mod vhost;
 pub mod work_conns;

@@ -26,12 +26,12 @@ use proto::vhost::head;
 use proto::vhost::sni::{self, Sni};
 
 use crate::frp::control::Sessions;
-use crate::frp::groups;
 use crate::frp::http;
 use crate::frp::proxy;
+use crate::frp::targets;
+use crate::frp::targets::VhostTarget;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
-use crate::runtime::shared::VhostTarget;
 use crate::transport::conn::{read_append, Conn};
 use crate::transport::handoff::{self, MovedVhost, WorkerMsg};
 use crate::transport::listener::accept_each;
@@ -186,7 +186,7 @@ fn route_https(ctx: &WorkerCtx, name: &str) -> Result<VhostTarget, String> {
         canonical_host(name).ok_or_else(|| format!("server name {name:?} is not a host name"))?;
     let route = ctx.shared.https_routes.read().get(&host, "", "").cloned();
     route
-        .and_then(|r| groups::resolve(r, None))
+        .and_then(|r| targets::resolve(r, None))
         .ok_or_else(|| format!("no https proxy serves {host:?}"))
 }
 
@@ -269,7 +269,7 @@ async fn route_connect(
         .read()
         .get(host, "", &req.user)
         .cloned()
-        .and_then(|r| groups::resolve(r, None));
+        .and_then(|r| targets::resolve(r, None));
     let Some(target) = target else {
         let _ = stream.write_all(not_found().into_bytes()).await;
         return Err(format!("no tcpmux proxy serves {host:?}"));

@@ -6,8 +6,9 @@
 //!   workers.
 //! - [`Directory`]: which worker owns which client session (`run_id`) and
 //!   which proxy names are in use server-wide.
-//! - [`VhostTarget`] routes: which proxy (on which worker) serves a
-//!   virtual host, read once per new connection on a vhost port.
+//! - the vhost route tables ([`VhostTarget`](crate::frp::targets::VhostTarget)
+//!   payloads) and load-balancing groups: which proxy (on which worker)
+//!   serves a virtual host, read once per new connection or request.
 //! - [`Inbox`]: the per-worker channel other workers use to hand over a file
 //!   descriptor or a command.
 
@@ -188,51 +189,19 @@ pub struct Shared {
     /// TLS server configuration for the bind port.
     pub tls: Arc<rustls::ServerConfig>,
     /// Live `http` routes (host × location × user → proxy), all workers'.
-    pub http_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
+    pub http_routes:
+        parking_lot::RwLock<proto::vhost::routes::Routes<crate::frp::targets::VhostTarget>>,
     /// The body of the 404 for a request no `http` proxy serves
     /// (`custom404Page`, or our own page).
     pub not_found_page: Vec<u8>,
     /// Load-balancing groups (`loadBalancer.group`), all workers'.
-    pub groups: crate::frp::groups::Groups,
+    pub groups: crate::frp::targets::Groups,
     /// Live `https` routes (server name → proxy), all workers'.
-    pub https_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
+    pub https_routes:
+        parking_lot::RwLock<proto::vhost::routes::Routes<crate::frp::targets::VhostTarget>>,
     /// Live `tcpmux` routes (CONNECT host × user → proxy), all workers'.
-    pub tcpmux_routes: parking_lot::RwLock<proto::vhost::routes::Routes<VhostTarget>>,
-}
-
-/// Where a virtual-host route leads: a proxy of a session on a worker. A
-/// connection for it that lands on another worker moves there.
-#[derive(Debug, Clone)]
-pub struct VhostTarget {
-    /// The worker that owns the session.
-    pub worker: usize,
-    /// The session: its run_id, and its control id (a session that
-    /// replaced it under the same run_id is not it).
-    pub run_id: Arc<str>,
-    pub control_id: u64,
-    /// The proxy's full name.
-    pub proxy: Arc<str>,
-    /// The user and password a connection must present (tcpmux:
-    /// Proxy-Authorization, http: Authorization), when the proxy sets
-    /// `httpUser`.
-    pub credentials: Option<Arc<(String, String)>>,
-    /// An `http` proxy's head rewrites.
-    pub http: Option<Arc<HttpEdits>>,
-    /// The load-balancing group the route belongs to: a request takes
-    /// one of its members in turn (an `http` group's route names its
-    /// first member).
-    pub group: Option<Arc<crate::frp::groups::Group>>,
-}
-
-/// What an `http` proxy changes in the heads it carries.
-#[derive(Debug, Default)]
-pub struct HttpEdits {
-    /// `hostHeaderRewrite` (empty: none).
-    pub host: String,
-    /// `requestHeaders.set`.
-    pub request: Vec<(String, String)>,
-    /// `responseHeaders.set`.
-    pub response: Vec<(String, String)>,
+    pub tcpmux_routes:
+        parking_lot::RwLock<proto::vhost::routes::Routes<crate::frp::targets::VhostTarget>>,
 }
 
 impl Shared {

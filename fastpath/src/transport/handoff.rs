@@ -49,7 +49,7 @@ pub struct MovedVhost {
     /// The user's address.
     pub peer: SocketAddr,
     /// The route it matched.
-    pub target: crate::runtime::shared::VhostTarget,
+    pub target: crate::frp::targets::VhostTarget,
 }
 
 /// What a work connection said about itself, apart from the connection.

@@ -1,5 +1,6 @@
-//! Load-balancing groups (frpc's `loadBalancer.group` / `groupKey`), as
-//! frps keeps them: proxies of one type that name the same group share
+//! Where a virtual-host route leads ([`VhostTarget`]), and load-balancing
+//! groups of them (frpc's `loadBalancer.group` / `groupKey`), as frps
+//! keeps them: proxies of one type that name the same group share
 //! what one proxy would hold alone, and the group's key admits them.
 //!
 //! - `http`: the group holds the routes of its first proxy (domains ×
@@ -21,7 +22,40 @@ use std::sync::Arc;
 
 use proto::policy::{ProxyType, Refusal};
 
-use crate::runtime::shared::VhostTarget;
+/// Where a virtual-host route leads: a proxy of a session on a worker. A
+/// connection for it that lands on another worker moves there.
+#[derive(Debug, Clone)]
+pub struct VhostTarget {
+    /// The worker that owns the session.
+    pub worker: usize,
+    /// The session: its run_id, and its control id (a session that
+    /// replaced it under the same run_id is not it).
+    pub run_id: Arc<str>,
+    pub control_id: u64,
+    /// The proxy's full name.
+    pub proxy: Arc<str>,
+    /// The user and password a connection must present (tcpmux:
+    /// Proxy-Authorization, http: Authorization), when the proxy sets
+    /// `httpUser`.
+    pub credentials: Option<Arc<(String, String)>>,
+    /// An `http` proxy's head rewrites.
+    pub http: Option<Arc<HttpEdits>>,
+    /// The load-balancing group the route belongs to: a request takes
+    /// one of its members in turn (an `http` group's route names its
+    /// first member).
+    pub group: Option<Arc<Group>>,
+}
+
+/// What an `http` proxy changes in the heads it carries.
+#[derive(Debug, Default)]
+pub struct HttpEdits {
+    /// `hostHeaderRewrite` (empty: none).
+    pub host: String,
+    /// `requestHeaders.set`.
+    pub request: Vec<(String, String)>,
+    /// `responseHeaders.set`.
+    pub response: Vec<(String, String)>,
+}
 
 /// What every member of a group must ask for alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,20 +203,26 @@ impl Groups {
     }
 }
 
+/// A target of proxy `p` on worker 0, for tests.
+#[cfg(test)]
+pub fn test_target(p: &str) -> VhostTarget {
+    VhostTarget {
+        worker: 0,
+        run_id: Arc::from("r"),
+        control_id: 1,
+        proxy: Arc::from(p),
+        credentials: None,
+        http: None,
+        group: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn member(p: &str) -> VhostTarget {
-        VhostTarget {
-            worker: 0,
-            run_id: Arc::from("r"),
-            control_id: 1,
-            proxy: Arc::from(p),
-            credentials: None,
-            http: None,
-            group: None,
-        }
+        test_target(p)
     }
 
     fn http(domain: &str) -> Params {
