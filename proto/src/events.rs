@@ -10,7 +10,9 @@
 //! proxy.closed, auth.failed) end with the [`RefusalKind`] code as one more
 //! byte when they are one. Records from fastpaths that predate refusal
 //! kinds lack it and decode with `refusal: None`; a decoder from before
-//! them reads the byte as trailing and says so.
+//! them reads the byte as trailing and says so. proxy.registered ends, the
+//! same way, with the domains of a vhost proxy (one string, comma-separated)
+//! when it has any.
 
 use crate::policy::{InviteId, RefusalKind};
 
@@ -51,8 +53,10 @@ pub enum Event {
         proxy: String,
         /// Proxy type.
         proxy_type: String,
-        /// Public port.
+        /// Public port (0: a vhost proxy).
         remote_port: u16,
+        /// A vhost proxy's domains (customDomains and subdomain).
+        domains: Vec<String>,
     },
     /// A proxy was refused.
     ProxyRejected {
@@ -339,12 +343,16 @@ impl EventRecord {
                 proxy,
                 proxy_type,
                 remote_port,
+                domains,
             } => {
                 w.str(run_id);
                 w.invite(invite);
                 w.str(proxy);
                 w.str(proxy_type);
                 w.0.extend_from_slice(&remote_port.to_le_bytes());
+                if !domains.is_empty() {
+                    w.str(&domains.join(","));
+                }
             }
             Event::ProxyRejected {
                 run_id,
@@ -449,6 +457,16 @@ impl EventRecord {
                 proxy: r.str()?,
                 proxy_type: r.str()?,
                 remote_port: r.u16()?,
+                domains: if r.0.is_empty() {
+                    Vec::new()
+                } else {
+                    // Written only when there are domains.
+                    let s = r.str()?;
+                    if s.is_empty() {
+                        return Err(EventError::Trailing);
+                    }
+                    s.split(',').map(str::to_string).collect()
+                },
             },
             4 => Event::ProxyRejected {
                 run_id: r.str()?,
@@ -535,6 +553,15 @@ mod tests {
                 proxy: "ssh".into(),
                 proxy_type: "tcp".into(),
                 remote_port: 10022,
+                domains: Vec::new(),
+            },
+            Event::ProxyRegistered {
+                run_id: "r1".into(),
+                invite: inv,
+                proxy: "web".into(),
+                proxy_type: "http".into(),
+                remote_port: 0,
+                domains: vec!["a.example.com".into(), "app.t.example.net".into()],
             },
             Event::ProxyRejected {
                 run_id: "r1".into(),
@@ -592,6 +619,12 @@ mod tests {
             };
             let b = rec.to_bytes();
             assert_eq!(EventRecord::decode(&b).unwrap(), rec);
+            let domains = match &rec.event {
+                Event::ProxyRegistered { domains, .. } if !domains.is_empty() => {
+                    domains.join(",").len() + 2
+                }
+                _ => 0,
+            };
             for cut in 0..b.len() {
                 let got = EventRecord::decode(&b[..cut]);
                 if cut == b.len() - 1 && rec.event.refusal().is_some() {
@@ -599,6 +632,12 @@ mod tests {
                     // from before kinds (the ring delimits records, so a
                     // cut is not something it delivers).
                     assert_eq!(got.unwrap().event.refusal(), None);
+                } else if domains > 0 && cut == b.len() - domains {
+                    // Without its domains, a proxy.registered as before.
+                    let Event::ProxyRegistered { domains, .. } = got.unwrap().event else {
+                        panic!("another kind");
+                    };
+                    assert!(domains.is_empty());
                 } else {
                     assert!(got.is_err(), "cut at {cut} accepted");
                 }
@@ -610,6 +649,9 @@ mod tests {
             } else if matches!(rec.event.code(), 2 | 4 | 5 | 6) {
                 // Read as a refusal kind, and 0 is none.
                 EventError::UnknownRefusal(0)
+            } else if rec.event.code() == 3 && domains == 0 {
+                // Read as the start of a domains string.
+                EventError::Truncated
             } else {
                 EventError::Trailing
             };

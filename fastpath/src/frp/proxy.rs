@@ -234,6 +234,10 @@ impl Proxy {
             proxy: self.name.clone(),
             proxy_type: self.proxy_type.clone(),
             remote_port: self.port,
+            domains: self
+                .vhost
+                .as_ref()
+                .map_or_else(Vec::new, |v| v.domains.clone()),
         });
         if let Some(listener) = listener {
             monoio::spawn(accept_loop(self.clone(), control.clone(), listener));

@@ -489,6 +489,7 @@ impl EventDrain {
                     proxy,
                     proxy_type,
                     remote_port,
+                    domains,
                     ..
                 } => {
                     entry.run_id = run_id.clone();
@@ -496,6 +497,9 @@ impl EventDrain {
                     entry.detail = serde_json::json!({
                         "proxy_type": proxy_type, "remote_port": remote_port, "worker": r.worker,
                     });
+                    if !domains.is_empty() {
+                        entry.detail["domains"] = serde_json::json!(domains);
+                    }
                 }
                 Event::ProxyRejected {
                     run_id,
