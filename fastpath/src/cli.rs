@@ -124,6 +124,17 @@ where
         eprintln!("fastpath: {e}");
         return ExitCode::from(2);
     }
+    // The one key that names a file the parser cannot check: unreadable
+    // is a config error, as a bad value is.
+    if !cfg.custom_404_page.is_empty() {
+        if let Err(e) = std::fs::File::open(&cfg.custom_404_page) {
+            eprintln!(
+                "fastpath: custom404Page: cannot read {:?}: {e}",
+                cfg.custom_404_page
+            );
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = init_logging(&cfg) {
         eprintln!("fastpath: {e}");
         return ExitCode::from(2);

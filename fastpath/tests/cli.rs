@@ -64,6 +64,11 @@ fn invalid_values_exit_2_naming_the_key() {
             "transport.tls.trustedCaFile = \"/etc/ca.pem\"",
             "transport.tls.trustedCaFile",
         ),
+        (
+            "custom404Page = \"/nonexistent/totoro-404.html\"",
+            "custom404Page",
+        ),
+        ("vhostHTTPTimeout = -1", "vhostHTTPTimeout"),
     ] {
         let (code, err) = run_with(cfg);
         assert_eq!(code, Some(2), "{cfg}: {err}");

@@ -839,3 +839,19 @@ fn load_balancing_groups_share_routes_and_ports() {
     assert_eq!(who(tcp_port, "any"), "a");
     assert_eq!(who(port, web), "404");
 }
+
+#[test]
+fn custom_404_page_is_the_body_of_a_404() {
+    let dir = std::env::temp_dir().join(format!("totoro-404-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("404.html");
+    std::fs::write(&page, "<h1>nothing here, says the operator</h1>\n").unwrap();
+    let (_fp, port) = start(
+        1,
+        &format!("custom404Page = {:?}", page.display().to_string()),
+    );
+    let r = ask(&mut dial(port), &get("nobody.example.org", "/"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, "<h1>nothing here, says the operator</h1>\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
