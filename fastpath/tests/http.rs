@@ -376,6 +376,8 @@ fn requests_are_routed_one_by_one_and_rewritten_as_frps_does() {
             ("x.wild.example.com", "/", "c"),
             ("deep.x.wild.example.com", "/z", "c"),
             ("app.t.example.net", "/", "d"),
+            // Matched decoded, as the origin reads the path.
+            ("web.example.com", "/%61pi/users", "b"),
             // frps matches locations as plain string prefixes.
             ("web.example.com", "/apix", "b"),
             ("web.example.com", "/ap", "a"),
@@ -635,7 +637,32 @@ fn bad_requests_get_their_status_and_slow_heads_are_closed() {
     // An idle keep-alive connection goes the same way after a response.
     let mut s = dial(port);
     assert_eq!(ask(&mut s, &get("web.example.com", "/")).status, 200);
-    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    let t = Instant::now();
+    assert!(matches!(s.read(&mut buf), Ok(0)), "closed by the server");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    // Smuggling: framing the origin could read otherwise is refused.
+    assert_eq!(
+        status(b"POST / HTTP/1.0\r\nHost: web.example.com\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        Some(400),
+        "HTTP/1.0 with Transfer-Encoding"
+    );
+    let mut s = dial(port);
+    s.write_all(b"POST /p HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nHost: web.example.com\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let all = String::from_utf8_lossy(&all);
+    assert!(
+        !all.contains("/smuggled"),
+        "a bare LF let a request through: {all}"
+    );
+    assert_eq!(
+        status(b"GET /%zz HTTP/1.1\r\nHost: web.example.com\r\n\r\n"),
+        Some(400)
+    );
     // And the server serves on.
     assert_eq!(status(get("web.example.com", "/").as_bytes()), Some(200));
 }
@@ -854,4 +881,54 @@ fn custom_404_page_is_the_body_of_a_404() {
     assert_eq!(r.status, 404);
     assert_eq!(r.body, "<h1>nothing here, says the operator</h1>\n");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_on_the_http_port_becomes_a_tunnel_to_frpcs_side() {
+    let (fp, port) = start(1, "");
+    // frpc's side answers the CONNECT (as its http_proxy plugin does), then
+    // echoes.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Some(head) = read_head(&mut s) else {
+                    return;
+                };
+                assert!(head.starts_with("CONNECT "), "{head}");
+                let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let client = Client::login(fp.opts()).expect("login");
+    http_proxy(
+        &client,
+        "tunnel",
+        local,
+        Http {
+            domains: &["tunnel.example.com"],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut s = dial(port);
+    s.write_all(b"CONNECT tunnel.example.com:443 HTTP/1.1\r\nHost: tunnel.example.com:443\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let data: Vec<u8> = (0..100_000u32).map(|x| (x % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let t = std::thread::spawn(move || w.write_all(&d).unwrap());
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert!(got == data, "tunnel bytes differ");
 }

@@ -42,12 +42,19 @@ use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
 use crate::transport::conn::Conn;
 use crate::transport::handoff::{self, MovedVhost, WorkerMsg};
+use crate::transport::preauth::Ticket;
 
 /// The body of the 404 when `custom404Page` is not set.
 pub const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>404 Not Found</h1>\n<p>No tunnel on this server serves this host and path.</p>\n</body>\n</html>\n";
 
 /// What a request that waits for it gets before its body is read.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The most work connections one proxy keeps for idle keep-alive
+/// connections; past it, a connection lets its work connection go after
+/// each response and takes a new one for its next request. (frps keeps 5
+/// per route, but takes a work connection per request beyond them.)
+const KEPT_PER_PROXY: u32 = 128;
 
 /// A read buffer's size while the connection waits for its next request:
 /// an idle keep-alive connection holds this much (see `read_append`).
@@ -65,20 +72,25 @@ struct Head {
     upgrade: bool,
     keep_alive: bool,
     is_head: bool,
+    /// CONNECT: a tunnel once the head is sent, as frps hijacks it.
+    is_connect: bool,
     expect_continue: bool,
 }
 
 impl Head {
-    fn of(req: &head::Request<'_>) -> Head {
+    fn of(req: &head::Request<'_>) -> Result<Head, head::HeadError> {
         let (user, password) = req
             .authorization
             .or(req.proxy_authorization)
             .and_then(head::basic_credentials)
             .unwrap_or_default();
-        Head {
+        let host = canonical_host(req.host)
+            .ok_or(head::HeadError::Malformed("malformed Host"))?
+            .into_owned();
+        Ok(Head {
             head_len: req.head_len,
-            host: canonical_host(req.host).unwrap_or_default().into_owned(),
-            path: req.path.to_string(),
+            host,
+            path: head::decoded_path(req.path)?.into_owned(),
             user,
             password,
             forwarded_host: req.host.to_string(),
@@ -86,8 +98,9 @@ impl Head {
             upgrade: req.upgrade.is_some(),
             keep_alive: req.keep_alive,
             is_head: req.method == "HEAD",
+            is_connect: req.method == "CONNECT",
             expect_continue: req.expect_continue,
-        }
+        })
     }
 }
 
@@ -96,10 +109,15 @@ impl Head {
 /// closed or failed first; `Ok(false)`: it closed cleanly before a byte
 /// of a new request.
 pub async fn read_head(stream: &mut Conn, buf: &mut Vec<u8>) -> Result<bool, String> {
+    // Parsed again only when a read brought a line end (a head arriving a
+    // byte at a time would otherwise cost a parse of all of it per byte).
+    let mut fresh = 0;
     loop {
-        if !buf.is_empty() && !matches!(head::parse(buf), Ok(None)) {
+        let line_end = buf[fresh..].contains(&b'\n') || buf.len() >= head::MAX_HEAD;
+        if !buf.is_empty() && line_end && !matches!(head::parse(buf), Ok(None)) {
             return Ok(true);
         }
+        fresh = buf.len();
         let (r, b) = stream.read(std::mem::take(buf)).await;
         *buf = b;
         match r {
@@ -142,7 +160,7 @@ pub async fn serve(
     ctx: Rc<WorkerCtx>,
     sessions: Rc<Sessions>,
     stream: Conn,
-    peer: SocketAddr,
+    (peer, gate): (SocketAddr, Option<Ticket>),
     buf: Vec<u8>,
     routed: Option<VhostTarget>,
 ) {
@@ -154,6 +172,7 @@ pub async fn serve(
         sessions: &sessions,
         user: Some(stream),
         peer,
+        gate,
         buf,
         upstream: None,
     };
@@ -187,6 +206,7 @@ pub async fn serve(
         }
     }
     if let Some(u) = conn.upstream.take() {
+        u.proxy.unkeep_idle();
         u.release();
     }
     WorkerStats::add(&stats.conns, -1);
@@ -199,6 +219,10 @@ struct UserConn<'a> {
     /// None once it has moved to another worker or into a relay.
     user: Option<Conn>,
     peer: SocketAddr,
+    /// The pre-auth gate's hold on a new connection, until its first
+    /// request is routed (until then it counts against the per-source
+    /// limits, and a source whose requests route nowhere keeps paying).
+    gate: Option<Ticket>,
     /// Read from the user and not yet sent on: the next request's head
     /// first.
     buf: Vec<u8>,
@@ -246,8 +270,8 @@ impl UserConn<'_> {
     /// Route the request at the start of `buf` and carry it and its
     /// response.
     async fn exchange(&mut self, routed: Option<VhostTarget>) -> Result<Next, String> {
-        let head = match head::parse(&self.buf) {
-            Ok(Some(req)) => Head::of(&req),
+        let head = match head::parse(&self.buf).and_then(|r| r.map(|r| Head::of(&r)).transpose()) {
+            Ok(Some(head)) => head,
             Ok(None) => return Err("request head incomplete".into()),
             Err(e) => {
                 tracing::info!(worker = self.ctx.id, peer = %self.peer, error = %e, "bad http request head");
@@ -280,6 +304,9 @@ impl UserConn<'_> {
             let why = format!("no http proxy serves {:?} {:?}", head.host, head.path);
             return Ok(self.not_found(&why).await);
         };
+        if self.gate.take().is_some() {
+            self.ctx.preauth.identified(self.peer.ip());
+        }
         if target.worker != self.ctx.id {
             return Ok(self.move_to(target));
         }
@@ -362,18 +389,28 @@ impl UserConn<'_> {
                 return Err(format!("write to frpc failed: {e}"));
             }
             proxy.meter(stats, true, out.len()).await;
+            if head.is_connect {
+                // frps hijacks a CONNECT: the request goes on and the
+                // connection is a tunnel (frpc's side answers it).
+                self.tunnel(up, Vec::new()).await;
+                return Ok(Next::Gone);
+            }
             if let Err(e) = self.request_body(&mut up, head.body).await {
                 up.release();
                 return Err(e);
             }
             match self.response(&mut up, &head, &edits.response).await {
-                Ok(Exchange::Done { keep }) => {
-                    if keep && head.keep_alive {
-                        self.upstream = Some(up);
-                        return Ok(Next::KeepAlive);
+                Ok(Exchange::Done { keep, delimited }) => {
+                    if !head.keep_alive || !delimited {
+                        up.release();
+                        return Ok(Next::Close);
                     }
-                    up.release();
-                    return Ok(Next::Close);
+                    if keep && up.proxy.keep_idle(KEPT_PER_PROXY) {
+                        self.upstream = Some(up);
+                    } else {
+                        up.release();
+                    }
+                    return Ok(Next::KeepAlive);
                 }
                 Ok(Exchange::Upgraded(rest)) => {
                     self.tunnel(up, rest).await;
@@ -400,6 +437,7 @@ impl UserConn<'_> {
     /// still open; a kept one for another proxy is let go.
     fn take_upstream(&mut self, proxy: &Rc<Proxy>) -> Option<Upstream> {
         let up = self.upstream.take()?;
+        up.proxy.unkeep_idle();
         if Rc::ptr_eq(&up.proxy, proxy) && !proxy.is_closed() {
             return Some(up);
         }
@@ -411,6 +449,7 @@ impl UserConn<'_> {
     /// that owns its proxy.
     fn move_to(&mut self, target: VhostTarget) -> Next {
         if let Some(u) = self.upstream.take() {
+            u.proxy.unkeep_idle();
             u.release();
         }
         let Some(inbox) = self.ctx.shared.inboxes.get(target.worker) else {
@@ -574,7 +613,10 @@ impl UserConn<'_> {
             rbuf = b;
             match r {
                 Ok(0) if until_close => {
-                    return Ok(Exchange::Done { keep: false });
+                    return Ok(Exchange::Done {
+                        keep: false,
+                        delimited: false,
+                    });
                 }
                 Ok(0) => return Err(Failed::During("frpc closed inside a response".into())),
                 Ok(_) => {}
@@ -583,6 +625,7 @@ impl UserConn<'_> {
         }
         Ok(Exchange::Done {
             keep: res.keep_alive && !extra_bytes,
+            delimited: true,
         })
     }
 
@@ -625,8 +668,10 @@ impl UserConn<'_> {
 
 /// How carrying a response ended.
 enum Exchange {
-    /// Sent in full; whether frpc's side keeps the connection.
-    Done { keep: bool },
+    /// Sent in full; whether frpc's side keeps the connection, and
+    /// whether the response was delimited by its framing (not by the
+    /// close, which the user's connection must then see too).
+    Done { keep: bool, delimited: bool },
     /// 101: the connection is now a relay; what frpc sent past the head.
     Upgraded(Vec<u8>),
     /// Nothing was sent to the user yet: answer with this status.
@@ -656,7 +701,7 @@ pub fn adopt(
         ctx.clone(),
         sessions.clone(),
         Conn::tcp(stream),
-        peer,
+        (peer, None),
         pending,
         Some(target),
     ));

@@ -75,6 +75,8 @@ pub struct Proxy {
     /// tenant's report interval; 0 = periodic samples only).
     report_every: u64,
     next_relay: Cell<u64>,
+    /// Work connections kept by idle keep-alive http connections.
+    kept_idle: Cell<u32>,
 }
 
 /// The routes of a vhost proxy: its kind, domains (routing form),
@@ -215,6 +217,7 @@ impl Proxy {
             },
             relays: RefCell::new(HashMap::new()),
             next_relay: Cell::new(0),
+            kept_idle: Cell::new(0),
             report_every,
         });
         proxy.announce(control, listener);
@@ -366,6 +369,22 @@ impl Proxy {
         &self.limits
     }
 
+    /// Count one more work connection kept by an idle http connection,
+    /// unless `cap` are kept already (false: let it go instead).
+    pub fn keep_idle(&self, cap: u32) -> bool {
+        let n = self.kept_idle.get();
+        if n >= cap {
+            return false;
+        }
+        self.kept_idle.set(n + 1);
+        true
+    }
+
+    /// One kept work connection is in use again, or gone.
+    pub fn unkeep_idle(&self) {
+        self.kept_idle.set(self.kept_idle.get().saturating_sub(1));
+    }
+
     /// Whether the proxy has closed.
     pub fn is_closed(&self) -> bool {
         self.closed.get()
@@ -380,9 +399,16 @@ impl Proxy {
         id
     }
 
-    /// Forget what [`Proxy::track`] kept.
+    /// Forget what [`Proxy::track`] kept. A connection that outlived its
+    /// proxy reports what it moved after the proxy's last report (as
+    /// [`serve_user`] does), so no byte goes unreported.
     pub fn untrack(&self, id: u64) {
         self.relays.borrow_mut().remove(&id);
+        if self.closed.get() {
+            if let Some(ctx) = self.worker.upgrade() {
+                self.report_traffic(&ctx.events, true);
+            }
+        }
     }
 
     /// Count `n` bytes moved towards frpc (`to_frpc`) or from it, in the
@@ -530,6 +556,7 @@ fn claim_tcp_group(
     let mut first = None;
     let joined = shared.groups.join(
         ProxyType::Tcp,
+        control.auth.grant,
         &np.group,
         &np.group_key,
         Params::Tcp { asked },
@@ -665,12 +692,20 @@ fn claim_routes(
         let m = member(control, &np.proxy_name);
         shared
             .groups
-            .join(kind, &np.group, &np.group_key, params, m, |g| {
-                add(&VhostTarget {
-                    group: Some(g.clone()),
-                    ..target.clone()
-                })
-            })
+            .join(
+                kind,
+                control.auth.grant,
+                &np.group,
+                &np.group_key,
+                params,
+                m,
+                |g| {
+                    add(&VhostTarget {
+                        group: Some(g.clone()),
+                        ..target.clone()
+                    })
+                },
+            )
             .map(Some)
     };
     let group = match group {

@@ -15,12 +15,20 @@
 //! A proxy that asks for other routes or another port than the group has
 //! is refused with frps's "group params invalid" / "group should have same
 //! remote port", a wrong key with "group auth failed".
+//!
+//! Groups are per owner: the sessions of one invite, of one tenant, or
+//! (standalone, or a public node's token) of the node. Another invite or
+//! tenant naming the same group makes a group of its own, so it can never
+//! take a share of another's traffic, whatever the key. On a public node
+//! every stranger holds the token: there, a group needs a `groupKey`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use proto::policy::{ProxyType, Refusal};
+
+use crate::policy::Grant;
 
 /// Where a virtual-host route leads: a proxy of a session on a worker. A
 /// connection for it that lands on another worker moves there.
@@ -73,8 +81,7 @@ pub enum Params {
 /// One group.
 #[derive(Debug)]
 pub struct Group {
-    kind: ProxyType,
-    name: String,
+    id: GroupId,
     key: String,
     params: Params,
     /// The members, in the order they joined.
@@ -133,25 +140,36 @@ pub fn resolve(route: VhostTarget, keep: Option<&str>) -> Option<VhostTarget> {
 /// The groups of the server, all workers'.
 #[derive(Debug, Default)]
 pub struct Groups {
-    by_name: parking_lot::Mutex<HashMap<(ProxyType, String), Arc<Group>>>,
+    by_name: parking_lot::Mutex<HashMap<GroupId, Arc<Group>>>,
 }
+
+/// A group's identity: its type, its owner and its name.
+type GroupId = (ProxyType, Grant, String);
 
 impl Groups {
     /// Join `member` to group `name` of `kind` with what it asks for
     /// (`params`), or create the group with it: then `create` takes what
     /// the group shares (adds the routes, binds the port), under the
     /// registry's lock, so that two first members cannot both create it.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
         kind: ProxyType,
+        owner: Grant,
         name: &str,
         key: &str,
         params: Params,
         member: VhostTarget,
         create: impl FnOnce(&Arc<Group>) -> Result<(), Refusal>,
     ) -> Result<Arc<Group>, Refusal> {
+        if owner == Grant::Node && key.is_empty() {
+            return Err(Refusal::invalid_proxy(
+                "loadBalancer.groupKey is required for a group on a public node",
+            ));
+        }
+        let id = (kind, owner, name.to_string());
         let mut by_name = self.by_name.lock();
-        if let Some(g) = by_name.get(&(kind, name.to_string())) {
+        if let Some(g) = by_name.get(&id) {
             if g.params != params {
                 return Err(Refusal::invalid_proxy(match params {
                     Params::Tcp { .. } => "group should have same remote port",
@@ -169,8 +187,7 @@ impl Groups {
             return Ok(g.clone());
         }
         let g = Arc::new(Group {
-            kind,
-            name: name.to_string(),
+            id: id.clone(),
             key: key.to_string(),
             params,
             members: parking_lot::RwLock::new(vec![member]),
@@ -178,7 +195,7 @@ impl Groups {
             port: AtomicU16::new(0),
         });
         create(&g)?;
-        by_name.insert((kind, name.to_string()), g.clone());
+        by_name.insert(id, g.clone());
         Ok(g)
     }
 
@@ -192,12 +209,11 @@ impl Groups {
         if !members.is_empty() {
             return false;
         }
-        let key = (group.kind, group.name.clone());
         if by_name
-            .get(&key)
+            .get(&group.id)
             .is_some_and(|g| std::ptr::eq(Arc::as_ptr(g), group))
         {
-            by_name.remove(&key);
+            by_name.remove(&group.id);
         }
         true
     }
@@ -221,6 +237,8 @@ pub fn test_target(p: &str) -> VhostTarget {
 mod tests {
     use super::*;
 
+    const OWNER: Grant = Grant::Standalone;
+
     fn member(p: &str) -> VhostTarget {
         test_target(p)
     }
@@ -238,10 +256,18 @@ mod tests {
         let groups = Groups::default();
         let mut created = 0;
         let mut join = |name: &str, key: &str, params: Params| {
-            groups.join(ProxyType::Http, "web", key, params, member(name), |_| {
-                created += 1;
-                Ok(())
-            })
+            groups.join(
+                ProxyType::Http,
+                OWNER,
+                "web",
+                key,
+                params,
+                member(name),
+                |_| {
+                    created += 1;
+                    Ok(())
+                },
+            )
         };
         let g = join("one", "k", http("a.com")).unwrap();
         join("two", "k", http("a.com")).unwrap();
@@ -266,6 +292,7 @@ mod tests {
         let g2 = groups
             .join(
                 ProxyType::Http,
+                OWNER,
                 "web",
                 "other",
                 http("a.com"),
@@ -281,34 +308,65 @@ mod tests {
         let groups = Groups::default();
         let asked = |a| Params::Tcp { asked: a };
         let g = groups
-            .join(ProxyType::Tcp, "db", "", asked(0), member("a"), |g| {
-                g.set_port(6000);
-                Ok(())
-            })
+            .join(
+                ProxyType::Tcp,
+                OWNER,
+                "db",
+                "",
+                asked(0),
+                member("a"),
+                |g| {
+                    g.set_port(6000);
+                    Ok(())
+                },
+            )
             .unwrap();
         let fail = |_: &Arc<Group>| -> Result<(), Refusal> { panic!("created twice") };
         let g2 = groups
-            .join(ProxyType::Tcp, "db", "", asked(0), member("b"), fail)
+            .join(ProxyType::Tcp, OWNER, "db", "", asked(0), member("b"), fail)
             .unwrap();
         assert_eq!(g2.port(), 6000);
         let e = groups
-            .join(ProxyType::Tcp, "db", "", asked(7000), member("c"), fail)
+            .join(
+                ProxyType::Tcp,
+                OWNER,
+                "db",
+                "",
+                asked(7000),
+                member("c"),
+                fail,
+            )
             .unwrap_err();
         assert_eq!(e.detail, "group should have same remote port");
         // A first member that fails to create leaves no group behind.
         let e = groups
-            .join(ProxyType::Tcp, "x", "", asked(0), member("d"), |_| {
-                Err(Refusal::port_already_used())
-            })
+            .join(
+                ProxyType::Tcp,
+                OWNER,
+                "x",
+                "",
+                asked(0),
+                member("d"),
+                |_| Err(Refusal::port_already_used()),
+            )
             .unwrap_err();
         assert_eq!(e.detail, "port already used");
         groups
-            .join(ProxyType::Tcp, "x", "", asked(0), member("e"), |_| Ok(()))
+            .join(
+                ProxyType::Tcp,
+                OWNER,
+                "x",
+                "",
+                asked(0),
+                member("e"),
+                |_| Ok(()),
+            )
             .unwrap();
         // Another type's group of the same name is another group.
         groups
             .join(
                 ProxyType::Http,
+                OWNER,
                 "db",
                 "",
                 http("a.com"),
@@ -318,5 +376,34 @@ mod tests {
             .unwrap();
         assert!(!groups.leave(&g, "a"));
         assert!(groups.leave(&g, "b"));
+    }
+
+    #[test]
+    fn owners_have_groups_of_their_own() {
+        let groups = Groups::default();
+        let inv = |n| Grant::Invite(proto::policy::InviteId::from_u128(n));
+        let join = |owner, key: &str, m: &str| {
+            groups.join(
+                ProxyType::Http,
+                owner,
+                "web",
+                key,
+                http("a.com"),
+                member(m),
+                |_| Ok(()),
+            )
+        };
+        let a = join(inv(1), "", "a").unwrap();
+        // Another invite with the same name and key: a group of its own,
+        // never a member of the first.
+        let b = join(inv(2), "", "b").unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a.choose(None).unwrap().proxy, "a");
+        assert_eq!(&*a.choose(None).unwrap().proxy, "a");
+        // A tenant likewise; the node's token needs a key.
+        assert!(!Arc::ptr_eq(&a, &join(Grant::Tenant(7), "", "c").unwrap()));
+        let e = join(Grant::Node, "", "d").unwrap_err();
+        assert!(e.detail.contains("groupKey is required"), "{}", e.detail);
+        join(Grant::Node, "k", "d").unwrap();
     }
 }

@@ -116,14 +116,14 @@ async fn vhost_conn(
                 )
                 .await;
             return match first {
+                // The gate's ticket goes with it: it is let through once
+                // its first request is routed.
                 Ok(true) => {
-                    ctx.preauth.identified(peer.ip());
-                    drop(ticket);
                     monoio::spawn(http::serve(
                         ctx.clone(),
                         sessions.clone(),
                         conn,
-                        peer,
+                        (peer, Some(ticket)),
                         buf,
                         None,
                     ));

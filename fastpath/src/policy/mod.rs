@@ -42,7 +42,7 @@ use tenants::{Bucket, Finder, Found};
 pub use proto::policy::decide::TICKET_META;
 
 /// What a session was allowed in on; decides its proxy rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Grant {
     /// No policy directory: the config file's rules (frps drop-in).
     Standalone,

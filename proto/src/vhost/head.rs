@@ -139,7 +139,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
             }
             host_header = Some(value);
         } else if name.eq_ignore_ascii_case("content-length") {
-            for v in value.split(',') {
+            for v in framing_text(h.value)?.split(',') {
                 let n = content_length(v.trim())?;
                 if length.is_some_and(|l| l != n) {
                     return Err(HeadError::Malformed("Content-Length values differ"));
@@ -147,7 +147,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
                 length = Some(n);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if minor_version == 0 {
+                // HTTP/1.0 has no transfer codings (RFC 9112 6.1), and
+                // origins ignore the field there: framed as chunked here,
+                // the body would be another request to them.
+                return Err(HeadError::Malformed(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
             // Codings accumulate over repeated fields; the last one counts.
+            let value = framing_text(h.value)?;
             if let Some(last) = value.rsplit(',').map(str::trim).find(|c| !c.is_empty()) {
                 chunked = Some(last.eq_ignore_ascii_case("chunked"));
             }
@@ -339,6 +348,13 @@ fn text(v: &[u8]) -> &str {
     std::str::from_utf8(v).unwrap_or_default()
 }
 
+/// A framing field's value (Content-Length, Transfer-Encoding) as text:
+/// one that is not UTF-8 is refused, not read as empty, since the origin
+/// would read it otherwise.
+fn framing_text(v: &[u8]) -> Result<&str, HeadError> {
+    std::str::from_utf8(v).map_err(|_| HeadError::Malformed("framing field is not text"))
+}
+
 fn content_length(v: &str) -> Result<u64, HeadError> {
     if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HeadError::Malformed("Content-Length is not a number"));
@@ -385,6 +401,40 @@ fn split_target<'b>(
     // `http://h` has an empty path, as Go's URL.Path reads it (frps
     // matches locations against that).
     Ok((Some(authority), path))
+}
+
+/// A request path as routes match it: percent-decoded, as Go's
+/// `URL.Path` (what frps matches `locations` against) holds it, so that
+/// `/%61dmin` is `/admin` here as it is to the origin. A `%` not followed
+/// by two hex digits is refused, as Go refuses the request. Decoded bytes
+/// that are not UTF-8 are replaced (a location is UTF-8, so a prefix
+/// that matched them could not match the original either).
+pub fn decoded_path(path: &str) -> Result<std::borrow::Cow<'_, str>, HeadError> {
+    if !path.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err(HeadError::Malformed("malformed percent-escape in path")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(std::borrow::Cow::Owned(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 /// Basic credentials of an Authorization or Proxy-Authorization value,
@@ -547,12 +597,17 @@ impl BodyFraming {
                 }
                 _ => return Err("chunk data not followed by CRLF"),
             },
+            // A bare LF anywhere in the coding is refused: origins that
+            // take it as a line end would see the body end where this
+            // does not, and read what follows as a request never routed.
             Chunk::TrailerStart => match b {
                 b'\r' => Chunk::FinalLf,
+                b'\n' => return Err("bare LF in trailer"),
                 _ => self.trailer_byte(false)?,
             },
             Chunk::TrailerLine { cr } => match (cr, b) {
                 (true, b'\n') => Chunk::TrailerStart,
+                (false, b'\n') => return Err("bare LF in trailer"),
                 (_, b'\r') => self.trailer_byte(true)?,
                 (true, _) => return Err("trailer line not ended by CRLF"),
                 (false, _) => self.trailer_byte(false)?,
@@ -630,6 +685,8 @@ mod tests {
             (b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", "CONNECT target is not host:port"),
             (b"GET http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n", "request target carries userinfo"),
             (b"GET nope HTTP/1.1\r\nHost: a\r\n\r\n", "malformed request target"),
+            (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding in an HTTP/1.0 request"),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\xff\r\nContent-Length: 3\r\n\r\n", "framing field is not text"),
         ] {
             let e = parse(head).expect_err(why);
             assert_eq!(e, HeadError::Malformed(why), "{}", String::from_utf8_lossy(head));
@@ -776,6 +833,22 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_matched_decoded_as_go_reads_them() {
+        assert_eq!(decoded_path("/admin").unwrap(), "/admin");
+        assert_eq!(decoded_path("/%61dmin/%2Fx").unwrap(), "/admin//x");
+        assert_eq!(decoded_path("/a+b%20c").unwrap(), "/a+b c");
+        for bad in ["/%", "/%4", "/%zz", "/a%g1"] {
+            assert_eq!(
+                decoded_path(bad),
+                Err(HeadError::Malformed("malformed percent-escape in path")),
+                "{bad}"
+            );
+        }
+        // Not UTF-8 once decoded: replaced, never a panic.
+        assert_eq!(decoded_path("/%ff").unwrap(), "/\u{fffd}");
+    }
+
+    #[test]
     fn broken_chunked_coding_is_an_error() {
         let broken = [
             "\r\n => chunk size missing",
@@ -785,6 +858,8 @@ mod tests {
             "1\r\naXY => chunk data not followed by CRLF",
             "11111111111111111\r\n => chunk size too large",
             "0\r\n\rX => chunked body not ended by CRLF",
+            "0\r\n\nGET / => bare LF in trailer",
+            "0\r\nX: 1\nGET / => bare LF in trailer",
         ];
         for case in broken {
             let (bad, why) = case.split_once(" => ").unwrap();

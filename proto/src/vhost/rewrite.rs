@@ -42,9 +42,40 @@ pub fn request(buf: &[u8], e: &RequestEdits<'_>, out: &mut Vec<u8>) -> Result<()
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or_default().as_bytes());
     out.extend_from_slice(version(req.version));
+    // Fields the Connection header names are for this hop only (RFC 9110
+    // 7.6.1): they stop here, and Connection goes on with only the
+    // tokens that still mean something to the origin (close, keep-alive,
+    // upgrade), so that it cannot name the fields added below.
+    let mut hop: Vec<&str> = Vec::new();
+    let mut connection: Vec<&str> = Vec::new();
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for t in std::str::from_utf8(h.value).unwrap_or_default().split(',') {
+                let t = t.trim();
+                if ["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+                {
+                    connection.push(t);
+                } else if !t.is_empty()
+                    // The body's framing and the Host go on whatever
+                    // Connection says: the origin must frame and route
+                    // the request as this proxy did.
+                    && !["content-length", "transfer-encoding", "host"]
+                        .iter()
+                        .any(|k| t.eq_ignore_ascii_case(k))
+                {
+                    hop.push(t);
+                }
+            }
+        }
+    }
     let mut forwarded_for = Vec::new();
     for h in req.headers.iter() {
         let n = h.name;
+        if n.eq_ignore_ascii_case("connection") || hop.iter().any(|t| t.eq_ignore_ascii_case(n)) {
+            continue;
+        }
         if n.eq_ignore_ascii_case("x-forwarded-for") {
             if !forwarded_for.is_empty() {
                 forwarded_for.extend_from_slice(b", ");
@@ -64,6 +95,9 @@ pub fn request(buf: &[u8], e: &RequestEdits<'_>, out: &mut Vec<u8>) -> Result<()
     }
     if !e.host.is_empty() {
         field(out, "Host", e.host.as_bytes());
+    }
+    if !connection.is_empty() {
+        field(out, "Connection", connection.join(", ").as_bytes());
     }
     if !forwarded_for.is_empty() {
         forwarded_for.extend_from_slice(b", ");
@@ -206,6 +240,22 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("X-From: user") && !t.contains("Expect"));
+    }
+
+    #[test]
+    fn fields_named_by_connection_stop_here() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Real-IP, keep-alive, X-Secret, Content-Length, host\r\nX-Secret: s\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n";
+        let mut out = Vec::new();
+        request(head, &edits(&[]), &mut out).unwrap();
+        let t = text(&out);
+        assert!(!t.contains("X-Secret"), "{t}");
+        assert!(t.contains("\r\nConnection: keep-alive\r\n"), "{t}");
+        assert!(t.contains("X-Real-IP: 192.0.2.7\r\n"), "{t}");
+        assert!(t.contains("Upgrade: websocket\r\n"), "{t}");
+        assert!(
+            t.contains("Content-Length: 0\r\n") && t.contains("Host: a\r\n"),
+            "{t}"
+        );
     }
 
     #[test]
