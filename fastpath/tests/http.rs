@@ -258,6 +258,26 @@ struct Http<'a> {
     response_set: &'a [(&'a str, &'a str)],
 }
 
+impl<'a> Http<'a> {
+    /// An http proxy for `domains`, nothing else set.
+    fn on(domains: &'a [&'a str]) -> Http<'a> {
+        Http {
+            domains,
+            ..Default::default()
+        }
+    }
+}
+
+/// Send `data` through `s` and read as much back; true when it is the same.
+fn echoes_through(s: &mut TcpStream, data: &[u8]) -> bool {
+    let mut w = s.try_clone().unwrap();
+    let d = data.to_vec();
+    let t = std::thread::spawn(move || w.write_all(&d).is_ok());
+    let mut got = vec![0u8; data.len()];
+    let read = s.read_exact(&mut got).is_ok();
+    t.join().unwrap() && read && got == data
+}
+
 fn http_proxy(c: &Client, name: &str, local: SocketAddr, h: Http<'_>) -> Result<String, String> {
     let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let map = |v: &[(&str, &str)]| {
@@ -331,10 +351,7 @@ fn requests_are_routed_one_by_one_and_rewritten_as_frps_does() {
         &client,
         "wild",
         c.addr,
-        Http {
-            domains: &["*.wild.example.com"],
-            ..Default::default()
-        },
+        Http::on(&["*.wild.example.com"]),
     ));
     let sub = ok(http_proxy(
         &client,
@@ -557,16 +574,7 @@ fn websocket_upgrades_become_a_relay() {
     let (fp, port) = start(2, "");
     let a = Origin::start("a");
     let client = Client::login(fp.opts()).expect("login");
-    http_proxy(
-        &client,
-        "ws",
-        a.addr,
-        Http {
-            domains: &["ws.example.com"],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    http_proxy(&client, "ws", a.addr, Http::on(&["ws.example.com"])).unwrap();
     for i in 0..4u8 {
         let mut s = dial(port);
         s.write_all(
@@ -581,13 +589,7 @@ fn websocket_upgrades_become_a_relay() {
         let data: Vec<u8> = (0..200_000u32)
             .map(|x| (x * 7 + u32::from(i)) as u8)
             .collect();
-        let mut w = s.try_clone().unwrap();
-        let d = data.clone();
-        let t = std::thread::spawn(move || w.write_all(&d).unwrap());
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).unwrap();
-        t.join().unwrap();
-        assert!(got == data, "websocket #{i} bytes differ");
+        assert!(echoes_through(&mut s, &data), "websocket #{i} bytes differ");
     }
 }
 
@@ -596,16 +598,7 @@ fn bad_requests_get_their_status_and_slow_heads_are_closed() {
     let (fp, port) = start(1, "vhostHTTPTimeout = 2");
     let a = Origin::start("a");
     let client = Client::login(fp.opts()).expect("login");
-    http_proxy(
-        &client,
-        "web",
-        a.addr,
-        Http {
-            domains: &["web.example.com"],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    http_proxy(&client, "web", a.addr, Http::on(&["web.example.com"])).unwrap();
     let status = |bytes: &[u8]| {
         let mut s = dial(port);
         let _ = s.write_all(bytes);
@@ -908,27 +901,12 @@ fn connect_on_the_http_port_becomes_a_tunnel_to_frpcs_side() {
         }
     });
     let client = Client::login(fp.opts()).expect("login");
-    http_proxy(
-        &client,
-        "tunnel",
-        local,
-        Http {
-            domains: &["tunnel.example.com"],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    http_proxy(&client, "tunnel", local, Http::on(&["tunnel.example.com"])).unwrap();
     let mut s = dial(port);
     s.write_all(b"CONNECT tunnel.example.com:443 HTTP/1.1\r\nHost: tunnel.example.com:443\r\n\r\n")
         .unwrap();
     let head = read_head(&mut s).unwrap();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     let data: Vec<u8> = (0..100_000u32).map(|x| (x % 251) as u8).collect();
-    let mut w = s.try_clone().unwrap();
-    let d = data.clone();
-    let t = std::thread::spawn(move || w.write_all(&d).unwrap());
-    let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).unwrap();
-    t.join().unwrap();
-    assert!(got == data, "tunnel bytes differ");
+    assert!(echoes_through(&mut s, &data), "tunnel bytes differ");
 }

@@ -339,29 +339,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.detail, "group should have same remote port");
         // A first member that fails to create leaves no group behind.
-        let e = groups
-            .join(
-                ProxyType::Tcp,
-                OWNER,
-                "x",
-                "",
-                asked(0),
-                member("d"),
-                |_| Err(Refusal::port_already_used()),
-            )
-            .unwrap_err();
-        assert_eq!(e.detail, "port already used");
-        groups
-            .join(
-                ProxyType::Tcp,
-                OWNER,
-                "x",
-                "",
-                asked(0),
-                member("e"),
-                |_| Ok(()),
-            )
-            .unwrap();
+        let tcp_x = |m: &str, ok: bool| {
+            groups.join(ProxyType::Tcp, OWNER, "x", "", asked(0), member(m), |_| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Refusal::port_already_used())
+                }
+            })
+        };
+        assert_eq!(tcp_x("d", false).unwrap_err().detail, "port already used");
+        tcp_x("e", true).unwrap();
         // Another type's group of the same name is another group.
         groups
             .join(
