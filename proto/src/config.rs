@@ -619,6 +619,11 @@ impl Config {
         Ok(())
     }
 
+    /// `vhostHTTPTimeout` as a duration (validated to be 1 s or more).
+    pub fn vhost_http_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.vhost_http_timeout.max(1).unsigned_abs())
+    }
+
     /// Address proxies bind their public ports on.
     pub fn proxy_ip(&self) -> IpAddr {
         let s = self.proxy_bind_addr.as_deref().unwrap_or(&self.bind_addr);

@@ -172,6 +172,7 @@ pub async fn serve(
         sessions: &sessions,
         user: Some(stream),
         peer,
+        client_ip: peer.ip().to_string(),
         gate,
         buf,
         upstream: None,
@@ -205,8 +206,7 @@ pub async fn serve(
             }
         }
     }
-    if let Some(u) = conn.upstream.take() {
-        u.proxy.unkeep_idle();
+    if let Some(u) = conn.take_kept() {
         u.release();
     }
     WorkerStats::add(&stats.conns, -1);
@@ -219,6 +219,8 @@ struct UserConn<'a> {
     /// None once it has moved to another worker or into a relay.
     user: Option<Conn>,
     peer: SocketAddr,
+    /// The user's address as the forwarded fields carry it.
+    client_ip: String,
     /// The pre-auth gate's hold on a new connection, until its first
     /// request is routed (until then it counts against the per-source
     /// limits, and a source whose requests route nowhere keeps paying).
@@ -231,11 +233,21 @@ struct UserConn<'a> {
 
 impl UserConn<'_> {
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.ctx.shared.config.vhost_http_timeout.max(1) as u64)
+        self.ctx.shared.config.vhost_http_timeout()
     }
 
-    fn user(&mut self) -> &mut Conn {
-        self.user.as_mut().expect("the user's connection is here")
+    /// The user's connection, while it is still this task's.
+    fn user(&mut self) -> Result<&mut Conn, String> {
+        self.user
+            .as_mut()
+            .ok_or_else(|| "the connection has moved".to_string())
+    }
+
+    /// The kept work connection, no longer counted as kept.
+    fn take_kept(&mut self) -> Option<Upstream> {
+        let up = self.upstream.take()?;
+        up.proxy.unkeep_idle();
+        Some(up)
     }
 
     /// Answer the user with `status` and a short body, closing after it.
@@ -255,7 +267,9 @@ impl UserConn<'_> {
         )
         .into_bytes();
         out.extend_from_slice(body);
-        let _ = self.user().write_all(out).await;
+        if let Ok(user) = self.user() {
+            let _ = user.write_all(out).await;
+        }
         Next::Close
     }
 
@@ -331,12 +345,11 @@ impl UserConn<'_> {
             }
         }
         let edits = target.http.clone().unwrap_or_default();
-        let client_ip = self.peer.ip().to_string();
         let mut out = Vec::with_capacity(head.head_len + 256);
         let e = RequestEdits {
             host: &edits.host,
             set: &edits.request,
-            client_ip: &client_ip,
+            client_ip: &self.client_ip,
             forwarded_host: &head.forwarded_host,
             proto: "http",
             drop_expect: head.expect_continue,
@@ -344,7 +357,7 @@ impl UserConn<'_> {
         rewrite::request(&self.buf, &e, &mut out).map_err(|e| e.to_string())?;
         self.buf.drain(..head.head_len);
         if head.expect_continue && head.body != Body::None {
-            let (r, _) = self.user().write_all(CONTINUE.to_vec()).await;
+            let (r, _) = self.user()?.write_all(CONTINUE.to_vec()).await;
             r.map_err(|e| format!("write error: {e}"))?;
         }
         // A kept work connection that frpc's side has closed shows as an
@@ -436,8 +449,7 @@ impl UserConn<'_> {
     /// The kept work connection, when it is for `proxy` and the proxy is
     /// still open; a kept one for another proxy is let go.
     fn take_upstream(&mut self, proxy: &Rc<Proxy>) -> Option<Upstream> {
-        let up = self.upstream.take()?;
-        up.proxy.unkeep_idle();
+        let up = self.take_kept()?;
         if Rc::ptr_eq(&up.proxy, proxy) && !proxy.is_closed() {
             return Some(up);
         }
@@ -448,8 +460,7 @@ impl UserConn<'_> {
     /// Move the connection, with the request it starts with, to the worker
     /// that owns its proxy.
     fn move_to(&mut self, target: VhostTarget) -> Next {
-        if let Some(u) = self.upstream.take() {
-            u.proxy.unkeep_idle();
+        if let Some(u) = self.take_kept() {
             u.release();
         }
         let Some(inbox) = self.ctx.shared.inboxes.get(target.worker) else {
@@ -499,7 +510,7 @@ impl UserConn<'_> {
                 return Ok(());
             }
             let buf = std::mem::take(&mut self.buf);
-            let (r, b) = self.user().read(buf).await;
+            let (r, b) = self.user()?.read(buf).await;
             self.buf = b;
             match r {
                 Ok(0) => return Err("closed inside a request body".into()),
@@ -535,7 +546,8 @@ impl UserConn<'_> {
                 // 100 Continue and the like go on as they are.
                 let interim: Vec<u8> = rbuf.drain(..res.head_len).collect();
                 let n = interim.len();
-                let (r, _) = self.user().write_all(interim).await;
+                let user = self.user().map_err(Failed::During)?;
+                let (r, _) = user.write_all(interim).await;
                 r.map_err(|e| Failed::During(format!("write error: {e}")))?;
                 up.proxy.meter(stats, false, n).await;
                 continue;
@@ -562,26 +574,27 @@ impl UserConn<'_> {
                 Err(e) => return Err(Failed::During(format!("read from frpc failed: {e}"))),
             }
         };
-        // The head, rewritten when the proxy sets response fields.
-        let mut head_out = if set.is_empty() {
-            rbuf[..res.head_len].to_vec()
-        } else {
+        // The head, rewritten in place when the proxy sets response
+        // fields; `start` is where the body begins in `rbuf`.
+        let mut start = res.head_len;
+        if !set.is_empty() {
             let mut o = Vec::with_capacity(res.head_len + 128);
             rewrite::response(&rbuf, set, &mut o).map_err(|e| Failed::During(e.to_string()))?;
-            o
-        };
-        rbuf.drain(..res.head_len);
+            start = o.len();
+            rbuf.splice(..res.head_len, o);
+        }
         if res.status == 101 {
             if !req.upgrade {
                 return Ok(Exchange::Answer(502));
             }
-            let n = head_out.len();
-            let (r, _) = self.user().write_all(head_out).await;
+            let rest = rbuf.split_off(start);
+            let (r, _) = self.user().map_err(Failed::During)?.write_all(rbuf).await;
             r.map_err(|e| Failed::During(format!("write error: {e}")))?;
-            up.proxy.meter(stats, false, n).await;
-            return Ok(Exchange::Upgraded(rbuf));
+            up.proxy.meter(stats, false, start).await;
+            return Ok(Exchange::Upgraded(rest));
         }
-        // The head and what of the body came with it go out together.
+        // Each read goes out as it came (the head with the first one),
+        // cut where the body ends.
         let (mut framing, until_close) = match res.body {
             ResponseBody::Framed(b) => (BodyFraming::new(b), false),
             ResponseBody::UntilClose => (BodyFraming::new(Body::None), true),
@@ -589,26 +602,27 @@ impl UserConn<'_> {
         let mut extra_bytes = false;
         loop {
             let n = if until_close {
-                rbuf.len()
+                rbuf.len() - start
             } else {
                 framing
-                    .advance(&rbuf)
+                    .advance(&rbuf[start..])
                     .map_err(|e| Failed::During(format!("response body: {e}")))?
             };
-            extra_bytes |= n < rbuf.len();
-            head_out.extend_from_slice(&rbuf[..n]);
-            if !head_out.is_empty() {
-                let len = head_out.len();
-                let (r, back) = self.user().write_all(head_out).await;
+            extra_bytes |= start + n < rbuf.len();
+            rbuf.truncate(start + n);
+            if !rbuf.is_empty() {
+                let len = rbuf.len();
+                let user = self.user().map_err(Failed::During)?;
+                let (r, back) = user.write_all(rbuf).await;
                 r.map_err(|e| Failed::During(format!("write error: {e}")))?;
                 up.proxy.meter(stats, false, len).await;
-                head_out = back;
-                head_out.clear();
+                rbuf = back;
             }
             if !until_close && framing.is_done() {
                 break;
             }
             rbuf.clear();
+            start = 0;
             let (r, b) = up.work.read(rbuf).await;
             rbuf = b;
             match r {
@@ -650,9 +664,8 @@ impl UserConn<'_> {
             buffer: cfg.relay_buffer,
             splice: cfg.splice,
         };
-        let proxy = up.proxy.clone();
-        proxy.untrack(up.tracked);
-        let tracked = proxy.track([user.aborter(), up.work.aborter()]);
+        // The tracked aborters already name these two connections.
+        let (proxy, tracked) = (up.proxy.clone(), up.tracked);
         let ends = relay::Ends {
             user,
             work: up.work,

@@ -105,7 +105,7 @@ async fn vhost_conn(
         Kind::Http => {
             // The first request head under the gate; then the connection
             // is the http loop's, which routes each request.
-            let limit = Duration::from_secs(ctx.shared.config.vhost_http_timeout.max(1) as u64);
+            let limit = ctx.shared.config.vhost_http_timeout();
             let mut conn = Conn::tcp(stream);
             let mut buf = Vec::with_capacity(2048);
             let first = ctx
