@@ -64,6 +64,7 @@ fn spec(tenants: Vec<TenantPolicy>, pool: PortSet) -> PolicySpec {
             port_pool: pool,
             proxy_types: ProxyTypes::ALL,
             max_proxies_per_session: 0,
+            sub_domain_host: String::new(),
         },
         keys: vec![],
         invites: vec![],

@@ -80,6 +80,7 @@ impl Control {
                 port_pool: self.pool.clone(),
                 proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
                 max_proxies_per_session: 3,
+                sub_domain_host: String::new(),
             },
             keys: vec![TicketKey {
                 kid: "k1".into(),
@@ -128,6 +129,7 @@ impl Control {
             proxy_types: ProxyTypes::parse("tcp").unwrap(),
             port_pool: ports.clone(),
             domain_suffix: String::new(),
+            subdomain: String::new(),
         }
     }
 

@@ -35,6 +35,7 @@ fn main() {
             port_pool: PortSet::parse("10000-60000").expect("ports"),
             proxy_types: ProxyTypes::parse("tcp,udp,http,https").expect("types"),
             max_proxies_per_session: 0,
+            sub_domain_host: String::new(),
         },
         keys: Vec::new(),
         invites: (0..n)
@@ -47,6 +48,7 @@ fn main() {
                 proxy_types: ProxyTypes::parse("tcp").expect("types"),
                 port_pool: PortSet::parse("10000-10009").expect("ports"),
                 domain_suffix: String::new(),
+                subdomain: String::new(),
             })
             .collect(),
         tenants: Vec::new(),

@@ -183,6 +183,7 @@ mod tests {
                 port_pool: PortSet::parse("20000-20010").unwrap(),
                 proxy_types: ProxyTypes::parse("tcp").unwrap(),
                 max_proxies_per_session: 0,
+                sub_domain_host: String::new(),
             },
             keys: Vec::new(),
             invites: Vec::new(),

@@ -335,6 +335,9 @@ async fn publish_run(backend: &Backend, url: &str, dir: &Path, shm: &Path, n: us
             ),
             max_proxies_per_session: 0,
             token: None,
+            sub_domain_host: String::new(),
+            vhost_http_port: 0,
+            vhost_https_port: 0,
         },
     )
     .await

@@ -82,10 +82,22 @@ pub struct ServeArgs {
     /// API connections open at once from one client address.
     #[arg(long, default_value_t = 256)]
     pub api_max_connections_per_ip: usize,
+    /// frps's vhostHTTPPort for this host's node when no --fastpath-config
+    /// is given: the port `http` proxies are served on (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub vhost_http_port: u16,
+    /// frps's vhostHTTPSPort likewise: `https` proxies, routed by SNI (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub vhost_https_port: u16,
+    /// frps's subDomainHost likewise: proxies' `subdomain`s are labels under
+    /// it, and invites created with auto_subdomain get one of their own.
+    #[arg(long, default_value = "")]
+    pub sub_domain_host: String,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,
-    /// fastpath.policyDir and seed 002's [etcd] table from it.
+    /// vhostHTTPPort, vhostHTTPSPort, subDomainHost, fastpath.policyDir and
+    /// seed 002's [etcd] table from it.
     #[arg(long)]
     pub fastpath_config: Option<PathBuf>,
 }
@@ -146,6 +158,8 @@ pub enum NodeCommand {
         /// Proxy types, e.g. tcp,udp.
         #[arg(long)]
         proxy_types: Option<String>,
+        #[command(flatten)]
+        vhost: NodeVhostArgs,
     },
     /// Change a node.
     Set {
@@ -168,7 +182,23 @@ pub enum NodeCommand {
         /// New dial address.
         #[arg(long)]
         server_addr: Option<String>,
+        #[command(flatten)]
+        vhost: NodeVhostArgs,
     },
+}
+
+/// A node's frps vhost keys, those given.
+#[derive(Debug, Args, Clone)]
+pub struct NodeVhostArgs {
+    /// frps's subDomainHost: proxies' subdomains are labels under it.
+    #[arg(long)]
+    pub sub_domain_host: Option<String>,
+    /// frps's vhostHTTPPort (0 = none).
+    #[arg(long)]
+    pub vhost_http_port: Option<u16>,
+    /// frps's vhostHTTPSPort (0 = none).
+    #[arg(long)]
+    pub vhost_https_port: Option<u16>,
 }
 
 /// `slowpath invite …`.
@@ -202,6 +232,12 @@ pub enum InviteCommand {
         /// Proxies across the invite's sessions (default 10; 0 = unlimited).
         #[arg(long)]
         max_proxies: Option<u32>,
+        /// Domain suffix its http/https proxies' domains must be under.
+        #[arg(long)]
+        domain_suffix: Option<String>,
+        /// Assign it one subdomain of its own under the node's subDomainHost.
+        #[arg(long)]
+        auto_subdomain: bool,
         /// Note.
         #[arg(long, default_value = "")]
         note: String,

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{AuditArgs, ClientArgs, InviteCommand, NodeCommand};
+use crate::cli::{AuditArgs, ClientArgs, InviteCommand, NodeCommand, NodeVhostArgs};
 
 fn admin_key(c: &ClientArgs) -> Result<String> {
     if let Some(k) = &c.admin_key {
@@ -93,6 +93,7 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             public,
             port_pool,
             proxy_types,
+            vhost,
         } => {
             let mut body = json!({
                 "name": name, "server_addr": server_addr, "server_port": server_port,
@@ -100,6 +101,7 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             });
             set_given(&mut body, "port_pool", port_pool);
             set_given(&mut body, "proxy_types", list(&proxy_types));
+            set_vhost(&mut body, vhost);
             let v = admin(&client, "POST", "/api/v1/admin/nodes", Some(body))?;
             print(&v)?;
             eprintln!("The node_key above is shown only now; give it to the node's agent.");
@@ -113,6 +115,7 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             proxy_types,
             name,
             server_addr,
+            vhost,
         } => {
             let mut body = json!({});
             set_given(&mut body, "public", public);
@@ -120,6 +123,7 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             set_given(&mut body, "proxy_types", list(&proxy_types));
             set_given(&mut body, "name", name);
             set_given(&mut body, "server_addr", server_addr);
+            set_vhost(&mut body, vhost);
             print(&admin(
                 &client,
                 "PATCH",
@@ -128,6 +132,13 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
             )?)
         }
     }
+}
+
+/// A node body's vhost keys, those given.
+fn set_vhost(body: &mut Value, v: NodeVhostArgs) {
+    set_given(body, "sub_domain_host", v.sub_domain_host);
+    set_given(body, "vhost_http_port", v.vhost_http_port);
+    set_given(body, "vhost_https_port", v.vhost_https_port);
 }
 
 /// `slowpath invite …`.
@@ -143,6 +154,8 @@ pub fn invite(cmd: InviteCommand) -> Result<()> {
             proxy_types,
             max_conns,
             max_proxies,
+            domain_suffix,
+            auto_subdomain,
             note,
         } => {
             let node = match node {
@@ -159,6 +172,10 @@ pub fn invite(cmd: InviteCommand) -> Result<()> {
             set_given(&mut scope, "max_proxies", max_proxies);
             set_given(&mut scope, "port_pool", port_pool);
             set_given(&mut scope, "proxy_types", list(&proxy_types));
+            set_given(&mut scope, "domain_suffix", domain_suffix);
+            if auto_subdomain {
+                set_given(&mut scope, "auto_subdomain", Some(true));
+            }
             let mut body = json!({ "scope": scope, "note": note });
             set_given(&mut body, "ttl_s", ttl_s);
             set_given(&mut body, "max_uses", max_uses);

@@ -37,6 +37,22 @@ pub fn new_node_id() -> String {
     format!("node_{}", random_hex(8))
 }
 
+/// A new subdomain label for an invite: eight characters of `a-z0-9`,
+/// the first a letter (about 40 bits), e.g. `k3x9q2ab`.
+pub fn new_subdomain_label() -> String {
+    const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+    const ALNUM: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut raw = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut raw);
+    raw.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let set: &[u8] = if i == 0 { LETTERS } else { ALNUM };
+            char::from(set[usize::from(*b) % set.len()])
+        })
+        .collect()
+}
+
 /// Crockford base32: no I, L, O or U, so a code read aloud or retyped survives.
 const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 

@@ -38,6 +38,9 @@ pub struct FrpcConfig<'a> {
     pub port_pool: &'a PortSet,
     /// Types the ticket allows.
     pub proxy_types: ProxyTypes,
+    /// The invite's own subdomain: its label and where it is reached (the
+    /// URL, or the domain when the node has no HTTP port).
+    pub subdomain: Option<(&'a str, &'a str)>,
 }
 
 /// What goes into the fastpath config `slowpath up` writes for its node.
@@ -53,6 +56,12 @@ pub struct FastpathFile<'a> {
     pub allow_ports: &'a PortSet,
     /// The slowpath's shared-memory directory (`fastpath.policyDir`).
     pub policy_dir: &'a str,
+    /// `vhostHTTPPort` (0 = none).
+    pub vhost_http_port: u16,
+    /// `vhostHTTPSPort` (0 = none).
+    pub vhost_https_port: u16,
+    /// `subDomainHost` ("" = none).
+    pub sub_domain_host: &'a str,
 }
 
 #[derive(Serialize)]
@@ -83,7 +92,10 @@ struct FrpcProxy<'a> {
     #[serde(rename = "localIP")]
     local_ip: &'a str,
     local_port: u16,
-    remote_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subdomain: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -135,7 +147,33 @@ pub fn render(c: &FrpcConfig<'_>) -> Result<String, toml::ser::Error> {
                 kind: "tcp",
                 local_ip: "127.0.0.1",
                 local_port: 22,
-                remote_port: c.port_pool.ranges().first().map(|r| r.0).unwrap_or(0),
+                remote_port: Some(c.port_pool.ranges().first().map(|r| r.0).unwrap_or(0)),
+                subdomain: None,
+            }],
+        })?);
+    }
+    if let Some((label, at)) = c.subdomain {
+        let kind = if c.proxy_types.allows("http") {
+            "http"
+        } else {
+            "https"
+        };
+        comment(
+            &mut out,
+            &format!("This invite's own subdomain: example-{kind} is reached at {at}"),
+        );
+        out.push_str(&toml::to_string(&FrpcProxies {
+            proxies: vec![FrpcProxy {
+                name: if kind == "http" {
+                    "example-http"
+                } else {
+                    "example-https"
+                },
+                kind,
+                local_ip: "127.0.0.1",
+                local_port: if kind == "http" { 80 } else { 443 },
+                remote_port: None,
+                subdomain: Some(label),
             }],
         })?);
     }
@@ -149,6 +187,9 @@ impl FastpathFile<'_> {
         let mut c = Config {
             bind_port: self.bind_port,
             allow_ports: self.allow_ports.entries(),
+            vhost_http_port: self.vhost_http_port,
+            vhost_https_port: self.vhost_https_port,
+            sub_domain_host: self.sub_domain_host.to_owned(),
             ..Config::default()
         };
         c.auth.token = self.token.to_owned();
@@ -215,6 +256,7 @@ mod tests {
             ticket_expires: "2030-01-01T00:00:00.000Z",
             port_pool: &pool,
             proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
+            subdomain: None,
         })
         .unwrap();
         toml::from_str(&text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{text}"))
@@ -232,6 +274,33 @@ mod tests {
         assert_eq!(proxies[0]["type"].as_str(), Some("tcp"));
         assert_eq!(proxies[0]["localIP"].as_str(), Some("127.0.0.1"));
         assert_eq!(proxies[0]["remotePort"].as_integer(), Some(2000));
+    }
+
+    #[test]
+    fn an_assigned_subdomain_gets_an_http_proxy() {
+        let pool = PortSet::parse("2000").unwrap();
+        let text = render(&FrpcConfig {
+            server_addr: "relay.example",
+            server_port: 7000,
+            token: "t",
+            ticket: "a.b.c",
+            ticket_expires: "2030-01-01T00:00:00.000Z",
+            port_pool: &pool,
+            proxy_types: ProxyTypes::parse("tcp,http").unwrap(),
+            subdomain: Some(("k3x9q2ab", "http://k3x9q2ab.node.example:8080/")),
+        })
+        .unwrap();
+        assert!(
+            text.contains("# This invite's own subdomain: example-http is reached at http://k3x9q2ab.node.example:8080/\n"),
+            "{text}"
+        );
+        let cfg: toml::Table = toml::from_str(&text).unwrap();
+        let proxies = cfg["proxies"].as_array().unwrap();
+        assert_eq!(proxies.len(), 2);
+        assert_eq!(proxies[1]["type"].as_str(), Some("http"));
+        assert_eq!(proxies[1]["subdomain"].as_str(), Some("k3x9q2ab"));
+        assert_eq!(proxies[1]["localPort"].as_integer(), Some(80));
+        assert!(proxies[1].get("remotePort").is_none());
     }
 
     #[test]
@@ -260,6 +329,9 @@ mod tests {
             token,
             allow_ports: pool,
             policy_dir: dir,
+            vhost_http_port: 8080,
+            vhost_https_port: 0,
+            sub_domain_host: "node.example.com",
         }
     }
 

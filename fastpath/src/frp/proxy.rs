@@ -31,7 +31,9 @@ use crate::runtime::ctx::WorkerCtx;
 use crate::runtime::shared::Shared;
 use crate::transport::conn::{Aborter, Conn};
 use proto::events::Event;
-use proto::policy::decide::{self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules};
+use proto::policy::decide::{
+    self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules, Subdomain,
+};
 use proto::policy::{PortSet, ProxyType, ProxyTypes, Refusal};
 
 /// A registered proxy.
@@ -136,16 +138,31 @@ impl Proxy {
         let shared = &ctx.shared;
         let grant = control.auth.grant;
         let valid = validate(&np)?;
-        let domains = match ProxyType::from_frp(&np.proxy_type) {
-            Some(ProxyType::Http | ProxyType::Https | ProxyType::Tcpmux) => domains::domains(
-                &np.custom_domains,
-                &np.sub_domain,
-                &shared.config.sub_domain_host,
-            )?,
-            _ => Vec::new(),
-        };
         let loaded = shared.policy.current();
         let table = loaded.as_ref().map(|l| l.get());
+        // The node's subDomainHost as the control plane sets it, else the
+        // config file's.
+        let sub_domain_host = table
+            .as_ref()
+            .map(|t| t.node().sub_domain_host())
+            .filter(|h| !h.is_empty())
+            .unwrap_or(&shared.config.sub_domain_host);
+        let vhost = matches!(
+            ProxyType::from_frp(&np.proxy_type),
+            Some(ProxyType::Http | ProxyType::Https | ProxyType::Tcpmux)
+        );
+        let domains = if vhost {
+            domains::domains(&np.custom_domains, &np.sub_domain, sub_domain_host)?
+        } else {
+            Vec::new()
+        };
+        // domains() put the subdomain's domain last.
+        let label = np.sub_domain.to_ascii_lowercase();
+        let subdomain = (vhost && !label.is_empty()).then(|| Subdomain {
+            label: &label,
+            domain: domains.last().map_or("", String::as_str),
+            reserved_by: table.as_ref().and_then(|t| t.subdomain_owner(&label)),
+        });
         let decided = shared.policy.authorize_proxy(
             table.as_ref(),
             grant,
@@ -154,6 +171,7 @@ impl Proxy {
                 proxy_type: &np.proxy_type,
                 remote_port: valid.remote_port,
                 domains: &domains,
+                subdomain,
             },
             Counts {
                 session_proxies: control.proxy_count(),

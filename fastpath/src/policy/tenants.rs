@@ -383,6 +383,7 @@ mod tests {
                 port_pool: PortSet::all(),
                 proxy_types: ProxyTypes::ALL,
                 max_proxies_per_session: 0,
+                sub_domain_host: String::new(),
             },
             keys: vec![],
             invites: vec![],

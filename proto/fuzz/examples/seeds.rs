@@ -246,6 +246,7 @@ fn policy_table() -> Seeds {
         proxy_types: ProxyTypes::ALL,
         port_pool: PortSet::from_ranges(vec![(20000, 20010), (30000, 30000)]),
         domain_suffix: "a.example".into(),
+        subdomain: String::new(),
     };
     let tenant = |token: &str, enabled| TenantPolicy {
         token: token.into(),
@@ -268,6 +269,7 @@ fn policy_table() -> Seeds {
             port_pool: PortSet::from_ranges(vec![(10000, 19999), (8080, 8080)]),
             proxy_types: ProxyTypes::ALL,
             max_proxies_per_session: 8,
+            sub_domain_host: String::new(),
         },
         keys: vec![TicketKey {
             kid: "k1".into(),

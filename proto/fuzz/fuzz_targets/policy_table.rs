@@ -26,6 +26,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(t) = PolicyTable::parse(&bytes) {
         let node = t.node();
         let _ = (node.node_id(), node.region(), node.public());
+        let _ = node.sub_domain_host();
         let _ = node.port_pool().iter().take(1000).count();
         let _ = node.port_pool().contains(8080);
         let _ = t.ticket_key("k");
@@ -33,7 +34,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let again = t.invite(&inv.id()).expect("every listed invite is found");
             assert_eq!(again.id(), inv.id());
             let _ = (inv.port_pool().to_set(), inv.domain_suffix());
+            // A hostile table need not list the label in its subdomains
+            // section: only that the lookup does not panic holds.
+            let _ = t.subdomain_owner(inv.subdomain());
         }
+        let _ = t.subdomain_owner("a");
         let _ = t.invite(&InviteId::from_u128(1));
     }
 });

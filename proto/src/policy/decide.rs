@@ -346,6 +346,20 @@ pub struct ProxyRequest<'a> {
     /// The domains a vhost proxy is reached by, in routing form (lower
     /// case, no port); empty for other types.
     pub domains: &'a [String],
+    /// Its `subdomain`, when it names one.
+    pub subdomain: Option<Subdomain<'a>>,
+}
+
+/// A NewProxy's `subdomain`, with who may use it: a node reserves a label
+/// under its `sub_domain_host` for the invite it was assigned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subdomain<'a> {
+    /// The label frpc asked for (lower case).
+    pub label: &'a str,
+    /// The domain it makes (one of the request's `domains`).
+    pub domain: &'a str,
+    /// The invite the label is reserved for, if any.
+    pub reserved_by: Option<InviteId>,
 }
 
 /// Whether `domain` is `suffix` or under it (`suffix` with or without a
@@ -445,6 +459,24 @@ pub fn proxy(
             ));
         }
     }
+    // A reserved label is its invite's alone, whatever else allows it; for
+    // that invite it is allowed outside its domain_suffix too.
+    let own_domain = match req.subdomain {
+        Some(Subdomain {
+            label,
+            domain,
+            reserved_by: Some(owner),
+        }) => {
+            if invite != Some(owner) {
+                return refuse(Refusal::new(
+                    RefusalKind::DomainNotAllowed,
+                    format!("subdomain [{label}] is reserved for an invite on this node"),
+                ));
+            }
+            Some(domain)
+        }
+        _ => None,
+    };
     let port = match scope {
         Scope::Standalone | Scope::NoPolicy => {
             let any = if server.allow_ports.is_empty() {
@@ -519,7 +551,7 @@ pub fn proxy(
             if let Some(d) = req
                 .domains
                 .iter()
-                .find(|d| !under_suffix(d, inv.domain_suffix))
+                .find(|d| Some(d.as_str()) != own_domain && !under_suffix(d, inv.domain_suffix))
             {
                 return refuse(Refusal::new(
                     RefusalKind::DomainNotAllowed,
@@ -743,6 +775,7 @@ mod tests {
             // 30000 is outside the node's pool: the invite gets the overlap.
             port_pool: ports("20000-20009,30000"),
             domain_suffix: String::new(),
+            subdomain: String::new(),
         };
         let spec = PolicySpec {
             generation: 1,
@@ -754,6 +787,7 @@ mod tests {
                 port_pool: ports("20000-20099"),
                 proxy_types: types("tcp,udp,http"),
                 max_proxies_per_session: 2,
+                sub_domain_host: String::new(),
             },
             keys: vec![TicketKey {
                 kid: "k1".into(),
@@ -1111,6 +1145,7 @@ mod tests {
                 proxy_type: ty,
                 remote_port: port,
                 domains: &[],
+                subdomain: None,
             };
             let got = proxy(server, &scope, &req, &counts, supported);
             if let Err(r) = &got {
@@ -1152,6 +1187,7 @@ mod tests {
                 proxy_type: "http",
                 remote_port: 0,
                 domains,
+                subdomain: None,
             };
             match proxy(&open, &suffixed, &req, &none, all) {
                 Ok(g) => assert!(ok, "{domains:?} allowed: {g:?}"),
@@ -1167,12 +1203,40 @@ mod tests {
                 }
             }
         }
+        // A label reserved for invite GOOD: its own (even outside its
+        // domain_suffix), nobody else's, whatever else would allow it.
+        let domains = ["ab12.node.example.com".to_string()];
+        let reserved = |owner| ProxyRequest {
+            proxy_type: "http",
+            remote_port: 0,
+            domains: &domains,
+            subdomain: Some(Subdomain {
+                label: "ab12",
+                domain: "ab12.node.example.com",
+                reserved_by: owner,
+            }),
+        };
+        let got = proxy(&open, &suffixed, &reserved(Some(id(GOOD))), &none, all);
+        assert_eq!(kind_of(got).map(|g| g.port), Ok(NoPort));
+        // Unreserved, the suffix applies.
+        let got = proxy(&open, &suffixed, &reserved(None), &none, all);
+        assert_eq!(got.unwrap_err().kind, DomainNotAllowed);
+        let other = InviteId([7; 16]);
+        for scope in [suffixed, invite(GOOD), Scope::Node { node }, tenant("t_ok")] {
+            let r = proxy(&open, &scope, &reserved(Some(other)), &none, all).unwrap_err();
+            assert_eq!(r.kind, DomainNotAllowed, "{scope:?}");
+            assert_eq!(
+                r.detail,
+                "subdomain [ab12] is reserved for an invite on this node"
+            );
+        }
         // The words frpc users read.
         let words = |server, scope, ty, port, counts, supported| {
             let req = ProxyRequest {
                 proxy_type: ty,
                 remote_port: port,
                 domains: &[],
+                subdomain: None,
             };
             proxy(server, &scope, &req, &counts, supported)
                 .unwrap_err()

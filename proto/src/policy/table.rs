@@ -20,11 +20,12 @@
 //! sections (8-byte aligned):
 //!   NODE    (1) one 48-byte record: node_id str, region str, flags u32 (bit 0
 //!               public), proxy_types u32, max_proxies_per_session u32, pad u32,
-//!               port_pool ports-ref, pad [8]
+//!               port_pool ports-ref, sub_domain_host str
 //!   KEYS    (2) 48-byte records: kid str, pad [8], Ed25519 public key [32]
 //!   INVITES (3) 64-byte records sorted by id: id [16], flags u32 (bit 0
 //!               revoked), proxy_types u32, max_conns u32, max_proxies u32,
-//!               expires_ms u64, port_pool ports-ref, domain_suffix str, pad [8]
+//!               expires_ms u64, port_pool ports-ref, domain_suffix str,
+//!               subdomain str
 //!   PORTS   (4) (lo u16, hi u16) pairs; a ports-ref is { first u32, count u32 }
 //!   STRINGS (5) UTF-8 bytes; a str is { offset u32, len u32 }
 //!   TENANTS (6) 64-byte records sorted by token bytes (optional section):
@@ -32,7 +33,12 @@
 //!               quota), max_ports_per_client u32, bandwidth_bps u64,
 //!               throttle_bps u64, allow_ports ports-ref,
 //!               report_interval_bytes u64, pad [8]
+//!   SUBDOMAINS (7) 24-byte records sorted by label, each label once
+//!               (optional section): label str, invite id [16]
 //! ```
+//!
+//! `sub_domain_host` and `subdomain` sit where tables before them had
+//! zeros, which read as the empty string.
 //!
 //! The checksum is CRC-32C of the whole file with the checksum field read as
 //! zero. Section kinds this reader does not know are skipped, so later
@@ -61,6 +67,8 @@ const SEC_INVITES: u32 = 3;
 const SEC_PORTS: u32 = 4;
 const SEC_STRINGS: u32 = 5;
 const SEC_TENANTS: u32 = 6;
+const SEC_SUBDOMAINS: u32 = 7;
+const SUBDOMAIN_REC: usize = 24;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,9 @@ pub struct NodePolicy {
     pub proxy_types: ProxyTypes,
     /// Cap on proxies per session without a ticket (0 = none).
     pub max_proxies_per_session: u32,
+    /// frps's `subDomainHost` for this node: a proxy's `subdomain` is a
+    /// label under it (empty = the fastpath's own config decides).
+    pub sub_domain_host: String,
 }
 
 /// One invite's limits, as the data plane enforces them.
@@ -100,6 +111,9 @@ pub struct InvitePolicy {
     pub port_pool: PortSet,
     /// Domain suffix for HTTP proxies (empty = none).
     pub domain_suffix: String,
+    /// The label under the node's `sub_domain_host` reserved for this
+    /// invite's proxies alone (empty = none).
+    pub subdomain: String,
 }
 
 /// A tenant (seed 002): a token with its own region, ports, bandwidth and
@@ -268,7 +282,7 @@ pub fn encode_parts<'a>(
     node.extend_from_slice(&node_rec.max_proxies_per_session.to_le_bytes());
     node.extend_from_slice(&0u32.to_le_bytes());
     put_ref(&mut node, add_ports(&mut ports, &node_rec.port_pool));
-    node.extend_from_slice(&[0; 8]);
+    put_ref(&mut node, strings.add(&node_rec.sub_domain_host));
 
     let key_list = keys;
     let mut keys = Vec::with_capacity(key_list.len() * KEY_REC);
@@ -279,6 +293,7 @@ pub fn encode_parts<'a>(
     }
 
     let mut invites = Vec::with_capacity(count * INVITE_REC);
+    let mut reserved: Vec<(&str, InviteId)> = Vec::new();
     for inv in invite_iter {
         invites.extend_from_slice(&inv.id.0);
         invites.extend_from_slice(&(inv.revoked as u32).to_le_bytes());
@@ -288,7 +303,20 @@ pub fn encode_parts<'a>(
         invites.extend_from_slice(&inv.expires_ms.to_le_bytes());
         put_ref(&mut invites, add_ports(&mut ports, &inv.port_pool));
         put_ref(&mut invites, strings.add(&inv.domain_suffix));
-        invites.extend_from_slice(&[0; 8]);
+        let label = strings.add(&inv.subdomain);
+        put_ref(&mut invites, label);
+        if !inv.subdomain.is_empty() {
+            reserved.push((&inv.subdomain, inv.id));
+        }
+    }
+    // By label; of two invites naming one label the first in id order
+    // keeps it (the slowpath's unique index never lets that happen).
+    reserved.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    reserved.dedup_by(|b, a| a.0 == b.0);
+    let mut subdomains = Vec::with_capacity(reserved.len() * SUBDOMAIN_REC);
+    for (label, id) in reserved {
+        put_ref(&mut subdomains, strings.add(label));
+        subdomains.extend_from_slice(&id.0);
     }
 
     let mut sorted: Vec<&TenantPolicy> = tenant_list.iter().collect();
@@ -311,11 +339,12 @@ pub fn encode_parts<'a>(
         tenants.extend_from_slice(&[0; 8]);
     }
 
-    let sections: [(u32, &[u8]); 6] = [
+    let sections: [(u32, &[u8]); 7] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
         (SEC_TENANTS, &tenants),
+        (SEC_SUBDOMAINS, &subdomains),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -428,6 +457,26 @@ impl TableHeader {
     }
 }
 
+/// The record of `section` (sorted records of `len` bytes) that `cmp`
+/// finds Equal, by binary search in place.
+fn search<'a>(
+    section: &'a [u8],
+    len: usize,
+    cmp: impl Fn(&'a [u8]) -> std::cmp::Ordering,
+) -> Option<&'a [u8]> {
+    let (mut lo, mut hi) = (0, section.len() / len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let rec = &section[mid * len..(mid + 1) * len];
+        match cmp(rec) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(rec),
+        }
+    }
+    None
+}
+
 /// A validated table, read in place.
 #[derive(Clone, Copy)]
 pub struct PolicyTable<'a> {
@@ -436,6 +485,7 @@ pub struct PolicyTable<'a> {
     keys: &'a [u8],
     invites: &'a [u8],
     tenants: &'a [u8],
+    subdomains: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -476,7 +526,7 @@ impl<'a> PolicyTable<'a> {
             .and_then(|d| d.checked_add(header_len))
             .filter(|&e| e <= bytes.len())
             .ok_or(TableError::Corrupt("section directory out of bounds"))?;
-        let mut found: [Option<&'a [u8]>; 7] = [None; 7];
+        let mut found: [Option<&'a [u8]>; 8] = [None; 8];
         for at in (header_len..dir_end).step_by(DIR_ENTRY) {
             let kind = u32_at(bytes, at);
             let off = u64_at(bytes, at + 8);
@@ -506,6 +556,8 @@ impl<'a> PolicyTable<'a> {
             invites: need(SEC_INVITES, "no invites section")?,
             // Tables from before tenants have none.
             tenants: found[SEC_TENANTS as usize].unwrap_or(&[]),
+            // Tables from before reserved subdomains have none.
+            subdomains: found[SEC_SUBDOMAINS as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -526,12 +578,16 @@ impl<'a> PolicyTable<'a> {
         if !self.tenants.len().is_multiple_of(TENANT_REC) {
             return Err(TableError::Corrupt("tenants section size"));
         }
+        if !self.subdomains.len().is_multiple_of(SUBDOMAIN_REC) {
+            return Err(TableError::Corrupt("subdomains section size"));
+        }
         if !self.ports.len().is_multiple_of(4) {
             return Err(TableError::Corrupt("ports section size"));
         }
         self.check_str(self.node, 0)?;
         self.check_str(self.node, 8)?;
         self.check_ports(self.node, 32)?;
+        self.check_str(self.node, 40)?;
         for rec in self.keys.chunks_exact(KEY_REC) {
             self.check_str(rec, 0)?;
         }
@@ -544,6 +600,16 @@ impl<'a> PolicyTable<'a> {
             prev = Some(id);
             self.check_ports(rec, 40)?;
             self.check_str(rec, 48)?;
+            self.check_str(rec, 56)?;
+        }
+        let mut prev: Option<&str> = None;
+        for rec in self.subdomains.chunks_exact(SUBDOMAIN_REC) {
+            self.check_str(rec, 0)?;
+            let label = self.str_at(rec, 0);
+            if prev.is_some_and(|p| p.as_bytes() >= label.as_bytes()) {
+                return Err(TableError::Corrupt("subdomains not sorted by label"));
+            }
+            prev = Some(label);
         }
         let mut prev: Option<&str> = None;
         for rec in self.tenants.chunks_exact(TENANT_REC) {
@@ -623,7 +689,19 @@ impl<'a> PolicyTable<'a> {
             proxy_types: ProxyTypes(u32_at(self.node, 20)),
             max_proxies_per_session: u32_at(self.node, 24),
             port_pool: PortsView(self.ports_raw(self.node, 32).unwrap_or(&[])),
+            sub_domain_host: self.str_at(self.node, 40),
         }
+    }
+
+    /// The invite that reserved `label` (a `subdomain` under the node's
+    /// `sub_domain_host`), if one did: a binary search in place.
+    pub fn subdomain_owner(&self, label: &str) -> Option<InviteId> {
+        let rec = search(self.subdomains, SUBDOMAIN_REC, |rec| {
+            self.str_at(rec, 0).as_bytes().cmp(label.as_bytes())
+        })?;
+        let mut id = [0; 16];
+        id.copy_from_slice(&rec[8..24]);
+        Some(InviteId(id))
     }
 
     /// The verification key with this `kid`.
@@ -644,18 +722,8 @@ impl<'a> PolicyTable<'a> {
 
     /// Look an invite up by id (binary search in place).
     pub fn invite(&self, id: &InviteId) -> Option<InviteView<'a>> {
-        let n = self.invite_count();
-        let (mut lo, mut hi) = (0, n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let rec = &self.invites[mid * INVITE_REC..(mid + 1) * INVITE_REC];
-            match rec[..16].cmp(&id.0[..]) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(self.invite_view(rec)),
-            }
-        }
-        None
+        search(self.invites, INVITE_REC, |rec| rec[..16].cmp(&id.0[..]))
+            .map(|rec| self.invite_view(rec))
     }
 
     /// Every invite, in id order.
@@ -672,17 +740,10 @@ impl<'a> PolicyTable<'a> {
 
     /// Look a tenant up by token (binary search in place).
     pub fn tenant(&self, token: &str) -> Option<TenantView<'a>> {
-        let (mut lo, mut hi) = (0, self.tenant_count());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let rec = &self.tenants[mid * TENANT_REC..(mid + 1) * TENANT_REC];
-            match self.str_at(rec, 0).as_bytes().cmp(token.as_bytes()) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(self.tenant_view(rec)),
-            }
-        }
-        None
+        search(self.tenants, TENANT_REC, |rec| {
+            self.str_at(rec, 0).as_bytes().cmp(token.as_bytes())
+        })
+        .map(|rec| self.tenant_view(rec))
     }
 
     /// The tenant at position `i` in token order.
@@ -724,6 +785,7 @@ impl<'a> PolicyTable<'a> {
             expires_ms: u64_at(rec, 32),
             port_pool: PortsView(self.ports_raw(rec, 40).unwrap_or(&[])),
             domain_suffix: self.str_at(rec, 48),
+            subdomain: self.str_at(rec, 56),
         }
     }
 }
@@ -856,6 +918,7 @@ pub struct NodeView<'a> {
     proxy_types: ProxyTypes,
     max_proxies_per_session: u32,
     port_pool: PortsView<'a>,
+    sub_domain_host: &'a str,
 }
 
 impl<'a> NodeView<'a> {
@@ -883,6 +946,10 @@ impl<'a> NodeView<'a> {
     pub fn port_pool(&self) -> PortsView<'a> {
         self.port_pool
     }
+    /// frps's `subDomainHost` for the node (empty = not set here).
+    pub fn sub_domain_host(&self) -> &'a str {
+        self.sub_domain_host
+    }
 }
 
 /// An invite record of a mapped table.
@@ -896,6 +963,7 @@ pub struct InviteView<'a> {
     expires_ms: u64,
     port_pool: PortsView<'a>,
     domain_suffix: &'a str,
+    subdomain: &'a str,
 }
 
 impl<'a> InviteView<'a> {
@@ -931,6 +999,11 @@ impl<'a> InviteView<'a> {
     pub fn domain_suffix(&self) -> &'a str {
         self.domain_suffix
     }
+    /// The label reserved for the invite under the node's
+    /// `sub_domain_host` (empty = none).
+    pub fn subdomain(&self) -> &'a str {
+        self.subdomain
+    }
 }
 
 #[cfg(test)]
@@ -948,6 +1021,7 @@ mod tests {
                 port_pool: PortSet::parse("10000-20000").unwrap(),
                 proxy_types: ProxyTypes::parse("tcp,udp").unwrap(),
                 max_proxies_per_session: 5,
+                sub_domain_host: "node.example.com".into(),
             },
             keys: vec![TicketKey {
                 kid: "k1".into(),
@@ -966,6 +1040,12 @@ mod tests {
                         10005 + i as u16 % 100,
                     )]),
                     domain_suffix: format!("d{i}.example"),
+                    // Every fourth invite has a label of its own.
+                    subdomain: if i % 4 == 1 {
+                        format!("s{i}")
+                    } else {
+                        String::new()
+                    },
                 })
                 .collect(),
             tenants: (0..n)
@@ -981,6 +1061,21 @@ mod tests {
                     report_interval_bytes: i as u64 * 3,
                 })
                 .collect(),
+        }
+    }
+
+    /// Invite `n` with no limits.
+    fn open_invite(n: u128) -> InvitePolicy {
+        InvitePolicy {
+            id: InviteId::from_u128(n),
+            revoked: false,
+            expires_ms: 0,
+            max_conns: 0,
+            max_proxies: 0,
+            proxy_types: ProxyTypes::ALL,
+            port_pool: PortSet::default(),
+            domain_suffix: String::new(),
+            subdomain: String::new(),
         }
     }
 
@@ -1024,8 +1119,16 @@ mod tests {
             assert_eq!(v.expires_ms(), inv.expires_ms);
             assert_eq!(v.port_pool().to_set(), inv.port_pool);
             assert_eq!(v.domain_suffix(), inv.domain_suffix);
+            assert_eq!(v.subdomain(), inv.subdomain);
             assert!(v.proxy_types().allows("tcp"));
+            if !inv.subdomain.is_empty() {
+                assert_eq!(t.subdomain_owner(&inv.subdomain), Some(inv.id));
+            }
         }
+        assert_eq!(t.node().sub_domain_host(), "node.example.com");
+        assert_eq!(t.subdomain_owner("s0"), None);
+        assert_eq!(t.subdomain_owner(""), None);
+        assert_eq!(t.subdomain_owner("s1x"), None);
         assert!(t.invite(&InviteId::from_u128(u128::MAX)).is_none());
         let ids: Vec<_> = t.invites().map(|v| v.id().0).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
@@ -1097,6 +1200,17 @@ mod tests {
         let t = PolicyTable::parse(&b).unwrap();
         assert_eq!(t.tenant_count(), 0);
         assert_eq!(t.invite_count(), 3);
+        // Likewise one without reserved subdomains (the fifth entry).
+        assert!(PolicyTable::parse(&bytes)
+            .unwrap()
+            .subdomain_owner("s1")
+            .is_some());
+        let mut b = bytes.clone();
+        b[dir(4)..dir(4) + 4].copy_from_slice(&0u32.to_le_bytes());
+        seal(&mut b);
+        let t = PolicyTable::parse(&b).unwrap();
+        assert_eq!(t.subdomain_owner("s1"), None);
+        assert_eq!(t.invite_count(), 3);
     }
 
     #[test]
@@ -1114,7 +1228,7 @@ mod tests {
 
     #[test]
     fn sealed_but_inconsistent_tables_are_refused() {
-        let bytes = spec(4).encode();
+        let bytes = spec(8).encode();
         let dir = |i: usize| HEADER_LEN + i * DIR_ENTRY;
         // Invites section (third entry) pointing past the end.
         let mut b = bytes.clone();
@@ -1124,25 +1238,26 @@ mod tests {
             PolicyTable::parse(&b),
             Err(TableError::Corrupt(_))
         ));
-        // Two invite records swapped: no longer sorted.
-        let mut b = bytes.clone();
-        let off = u64_at(&bytes, dir(2) + 8) as usize;
-        let (first, second) = b[off..off + 2 * INVITE_REC].split_at_mut(INVITE_REC);
-        first.swap_with_slice(second);
-        seal(&mut b);
+        // The first two records of a section swapped: no longer sorted.
+        let swapped = |section: usize, rec: usize| {
+            let mut b = bytes.clone();
+            let off = u64_at(&bytes, dir(section) + 8) as usize;
+            assert!(u64_at(&bytes, dir(section) + 16) as usize >= 2 * rec);
+            let (first, second) = b[off..off + 2 * rec].split_at_mut(rec);
+            first.swap_with_slice(second);
+            seal(&mut b);
+            PolicyTable::parse(&b).unwrap_err()
+        };
+        let unsorted = |what| TableError::Corrupt(what);
+        assert_eq!(swapped(2, INVITE_REC), unsorted("invites not sorted by id"));
         assert_eq!(
-            PolicyTable::parse(&b).unwrap_err(),
-            TableError::Corrupt("invites not sorted by id")
+            swapped(3, TENANT_REC),
+            unsorted("tenants not sorted by token")
         );
-        // Two tenant records swapped.
-        let mut b = bytes.clone();
-        let off = u64_at(&bytes, dir(3) + 8) as usize;
-        let (first, second) = b[off..off + 2 * TENANT_REC].split_at_mut(TENANT_REC);
-        first.swap_with_slice(second);
-        seal(&mut b);
+        // Invites 1 and 5 have a reserved subdomain each.
         assert_eq!(
-            PolicyTable::parse(&b).unwrap_err(),
-            TableError::Corrupt("tenants not sorted by token")
+            swapped(4, SUBDOMAIN_REC),
+            unsorted("subdomains not sorted by label")
         );
         // A string reference past the strings section.
         let mut b = bytes.clone();
@@ -1161,19 +1276,27 @@ mod tests {
         let id = InviteId::from_u128(5);
         for revoked in [false, true] {
             s.invites.push(InvitePolicy {
-                id,
                 revoked,
-                expires_ms: 0,
-                max_conns: 0,
-                max_proxies: 0,
-                proxy_types: ProxyTypes::ALL,
-                port_pool: PortSet::default(),
-                domain_suffix: String::new(),
+                ..open_invite(5)
             });
         }
         let bytes = s.encode();
         let t = PolicyTable::parse(&bytes).unwrap();
         assert_eq!(t.invite_count(), 1);
         assert!(t.invite(&id).unwrap().revoked());
+    }
+
+    #[test]
+    fn a_label_named_twice_stays_with_the_first_invite() {
+        let mut s = spec(0);
+        for n in [9, 3] {
+            s.invites.push(InvitePolicy {
+                subdomain: "same".into(),
+                ..open_invite(n)
+            });
+        }
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        assert_eq!(t.subdomain_owner("same"), Some(InviteId::from_u128(3)));
     }
 }

@@ -13,7 +13,7 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use proto::policy::decide::{
-    self, Counts, InviteRules, NodeEntry, NodeRules, ProxyRequest, Scope, ServerRules,
+    self, Counts, InviteRules, NodeEntry, NodeRules, ProxyRequest, Scope, ServerRules, Subdomain,
 };
 use proto::policy::{ProxyTypes, Refusal};
 use serde::{Deserialize, Serialize};
@@ -185,9 +185,10 @@ pub async fn new_proxy(
         Ok(p) => p,
         Err(r) => return Ok(reject(r.detail)),
     };
-    // The custom domains frps will route; a `subdomain` is under frps's
-    // own subDomainHost, which the hook is not told.
-    let domains: Vec<String> = content
+    // The custom domains frps will route, and the `subdomain` under the
+    // node's sub_domain_host (frps's subDomainHost, which the hook is not
+    // told, is to be the same).
+    let mut domains: Vec<String> = content
         .get("custom_domains")
         .and_then(|v| v.as_array())
         .map(|a| {
@@ -197,6 +198,17 @@ pub async fn new_proxy(
                 .collect()
         })
         .unwrap_or_default();
+    let label = content
+        .get("subdomain")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let sub_domain = if label.is_empty() || node.sub_domain_host.is_empty() {
+        None
+    } else {
+        domains.push(format!("{label}.{}", node.sub_domain_host));
+        Some(invites::subdomain_owner(&app.db, &node.id, &label).await?)
+    };
     let metas = content.get("user").and_then(|u| u.get("metas"));
     let invite = match entry(&app, &node, ticket_in(metas)).await? {
         Ok(invite) => invite,
@@ -220,6 +232,11 @@ pub async fn new_proxy(
             proxy_type,
             remote_port,
             domains: &domains,
+            subdomain: sub_domain.map(|reserved_by| Subdomain {
+                label: &label,
+                domain: domains.last().map_or("", String::as_str),
+                reserved_by,
+            }),
         },
         &Counts::default(),
         ProxyTypes::ALL,

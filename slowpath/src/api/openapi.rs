@@ -107,7 +107,8 @@ fn new_invite_schema() -> Value {
                     "port_pool": { "type": "string", "description": "inside the node's pool, e.g. \"2000-2099,3000\"; default: the node's" },
                     "max_conns": { "type": "integer", "minimum": 0, "default": invites::DEFAULT_MAX_CONNS, "description": format!("concurrent frpc sessions; {unlimited}") },
                     "max_proxies": { "type": "integer", "minimum": 0, "default": invites::DEFAULT_MAX_PROXIES, "description": format!("proxies across the invite's sessions; {unlimited}") },
-                    "domain_suffix": { "type": "string", "default": "" }
+                    "domain_suffix": { "type": "string", "default": "" },
+                    "auto_subdomain": { "type": "boolean", "default": false, "description": "assign the invite one subdomain of its own under the node's sub_domain_host (needs http or https in proxy_types)" }
                 }
             }
         }

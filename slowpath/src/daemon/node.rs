@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
+use proto::policy::ProxyType;
 use slowpath::domain::nodes::{self, NewNode, Node, NodePatch};
 use slowpath::etcd::EtcdConfig;
 use slowpath::frpc_config;
@@ -31,6 +32,31 @@ pub struct FastpathSettings {
     pub policy_dir: Option<PathBuf>,
     /// Seed 002's `[etcd]`, checked.
     pub etcd: Option<EtcdConfig>,
+    /// `vhostHTTPPort`, `vhostHTTPSPort` and `subDomainHost`.
+    pub vhost: Option<Vhost>,
+}
+
+/// A node's frps vhost keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vhost {
+    /// `vhostHTTPPort` (0 = none).
+    pub http_port: u16,
+    /// `vhostHTTPSPort` (0 = none).
+    pub https_port: u16,
+    /// `subDomainHost` ("" = none).
+    pub sub_domain_host: String,
+}
+
+impl Vhost {
+    /// What the node is to have: the fastpath config's keys, else the
+    /// command line's.
+    fn wanted(args: &ServeArgs, fp: &FastpathSettings) -> Vhost {
+        fp.vhost.clone().unwrap_or_else(|| Vhost {
+            http_port: args.vhost_http_port,
+            https_port: args.vhost_https_port,
+            sub_domain_host: args.sub_domain_host.clone(),
+        })
+    }
 }
 
 impl FastpathSettings {
@@ -61,6 +87,11 @@ fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from),
         etcd,
+        vhost: Some(Vhost {
+            http_port: config.vhost_http_port,
+            https_port: config.vhost_https_port,
+            sub_domain_host: config.sub_domain_host,
+        }),
     })
 }
 
@@ -81,6 +112,11 @@ pub async fn ensure_local_node(
     fp: &FastpathSettings,
 ) -> Result<Node> {
     let port = fp.bind_port.unwrap_or(args.frp_port);
+    let vhost = Vhost::wanted(args, fp);
+    // The host name as the node stores it, so that an unchanged one is
+    // not patched at every start.
+    let sub_domain_host = nodes::parse_sub_domain_host(&vhost.sub_domain_host)
+        .map_err(|e| anyhow!("--sub-domain-host / subDomainHost: {e}"))?;
     if let Some(id) = db::meta_get(db, LOCAL_NODE_KEY).await? {
         if let Ok(node) = nodes::get(db, &id).await {
             let mut patch = NodePatch::default();
@@ -108,6 +144,28 @@ pub async fn ensure_local_node(
             {
                 patch.region = Some(r.clone());
             }
+            if node.sub_domain_host != sub_domain_host {
+                patch.sub_domain_host = Some(sub_domain_host.clone());
+            }
+            if node.vhost_http_port != vhost.http_port {
+                patch.vhost_http_port = Some(vhost.http_port);
+            }
+            if node.vhost_https_port != vhost.https_port {
+                patch.vhost_https_port = Some(vhost.https_port);
+            }
+            // A vhost port turned on turns its proxy type on (turning it
+            // off leaves the types: the fastpath then refuses the type as
+            // not served).
+            let mut types = node.proxy_types;
+            if node.vhost_http_port == 0 && vhost.http_port != 0 {
+                types = types.with(ProxyType::Http);
+            }
+            if node.vhost_https_port == 0 && vhost.https_port != 0 {
+                types = types.with(ProxyType::Https);
+            }
+            if types != node.proxy_types {
+                patch.proxy_types = Some(types.names().iter().map(|n| (*n).to_owned()).collect());
+            }
             return Ok(nodes::update(db, &id, patch).await?);
         }
     }
@@ -125,9 +183,12 @@ pub async fn ensure_local_node(
             tags: vec!["local".to_owned()],
             public: false,
             port_pool: fp.allow_ports.clone(),
-            proxy_types: None,
+            proxy_types: Some(local_proxy_types(&vhost)),
             max_proxies_per_session: 0,
             token: fp.token.clone(),
+            sub_domain_host,
+            vhost_http_port: vhost.http_port,
+            vhost_https_port: vhost.https_port,
         },
     )
     .await?;
@@ -140,6 +201,19 @@ pub async fn ensure_local_node(
         key_path.display()
     );
     Ok(node)
+}
+
+/// A new local node's proxy types: a node's default (tcp and udp), and
+/// http and https when their vhost port is set.
+fn local_proxy_types(vhost: &Vhost) -> Vec<String> {
+    let mut types = vec!["tcp", "udp"];
+    if vhost.http_port != 0 {
+        types.push("http");
+    }
+    if vhost.https_port != 0 {
+        types.push("https");
+    }
+    types.into_iter().map(str::to_owned).collect()
 }
 
 /// The fastpath config `up` writes when none is given.
@@ -155,6 +229,9 @@ pub fn fastpath_toml(node: &Node, shm_dir: &Path) -> Result<String> {
         token: &node.frp_token,
         allow_ports: &node.port_pool,
         policy_dir,
+        vhost_http_port: node.vhost_http_port,
+        vhost_https_port: node.vhost_https_port,
+        sub_domain_host: &node.sub_domain_host,
     })
     .context("cannot write the fastpath config")
 }

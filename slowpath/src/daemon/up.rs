@@ -46,6 +46,8 @@ struct Demo {
     real_invite: String,
     frpc_toml: String,
     frpc_path: PathBuf,
+    /// Where its own subdomain is reached, if it has one.
+    reached_at: Option<String>,
 }
 
 impl Up<'_> {
@@ -124,6 +126,7 @@ impl Up<'_> {
         let frpc_path = self.data_dir.join("frpc-demo.toml");
         private_files::write(&frpc_path, resolved.frpc_toml.as_bytes())?;
         Ok(Demo {
+            reached_at: resolved.url.or(resolved.domain),
             id,
             code,
             limits,
@@ -154,6 +157,12 @@ impl Up<'_> {
                 .display(),
             config.display()
         );
+        if node.vhost_http_port != 0 || node.vhost_https_port != 0 {
+            println!(
+                "  vhosts     http :{} https :{} (0 = off); subDomainHost {:?}",
+                node.vhost_http_port, node.vhost_https_port, node.sub_domain_host
+            );
+        }
         println!("  policy     {}", self.shm_dir.display());
         if let Some(code) = &demo.code {
             println!("  demo invite code (shown once): {code}");
@@ -164,6 +173,9 @@ impl Up<'_> {
             demo.frpc_path.display()
         );
         println!("  {} {}", demo.limits, demo.real_invite);
+        if let Some(at) = &demo.reached_at {
+            println!("  demo subdomain: its http proxy is reached at {at}");
+        }
         println!(
             "----- frpc.toml -----\n{}---------------------",
             demo.frpc_toml
@@ -183,8 +195,17 @@ async fn ensure_demo_invite(db: &Db, node: &Node) -> Result<(Invite, Option<Stri
                 return Ok((inv, None));
             }
             if usable {
-                invites::revoke(db, &id, None, "slowpath up (wider than a demo invite)").await?;
-                println!("Revoked the old demo invite {id}: it was wider than a demo invite.");
+                invites::revoke(
+                    db,
+                    &id,
+                    None,
+                    "slowpath up (not a demo invite for this node)",
+                )
+                .await?;
+                println!(
+                    "Revoked the old demo invite {id}: it was wider than a demo invite, \
+                     or the node's vhost settings changed."
+                );
             }
         }
     }

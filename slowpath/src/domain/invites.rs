@@ -85,6 +85,9 @@ pub struct ScopeRequest {
     /// Domain suffix for HTTP proxies.
     #[serde(default)]
     pub domain_suffix: String,
+    /// Assign one subdomain of its own (`<label>.<node sub_domain_host>`).
+    #[serde(default)]
+    pub auto_subdomain: bool,
 }
 
 /// The proxy types a demo invite on `node` lists: those the node allows and
@@ -92,12 +95,21 @@ pub struct ScopeRequest {
 /// its own list: the invite then says what the node allows, and the
 /// fastpath refuses with its reason.
 fn demo_proxy_types(node: &Node) -> ProxyTypes {
-    let served = node.proxy_types.intersect(nodes::fastpath_proxy_types());
+    let served = node
+        .proxy_types
+        .intersect(nodes::fastpath_proxy_types(node));
     if served == ProxyTypes::NONE {
         node.proxy_types
     } else {
         served
     }
+}
+
+/// Whether a demo invite on `node` gets a subdomain: the node has a
+/// sub_domain_host and its fastpath serves http or https there.
+fn demo_subdomain(node: &Node) -> bool {
+    let types = demo_proxy_types(node);
+    !node.sub_domain_host.is_empty() && (types.allows("http") || types.allows("https"))
 }
 
 impl NewInvite {
@@ -112,6 +124,7 @@ impl NewInvite {
                 proxy_types: Some(types.names().iter().map(|n| (*n).to_owned()).collect()),
                 max_conns: Some(DEMO_MAX_CONNS),
                 max_proxies: Some(DEMO_MAX_PROXIES),
+                auto_subdomain: demo_subdomain(node),
                 ..ScopeRequest::default()
             },
             note: "demo invite created by slowpath up".to_owned(),
@@ -133,6 +146,10 @@ pub struct Scope {
     pub max_proxies: u32,
     /// Domain suffix for HTTP proxies.
     pub domain_suffix: String,
+    /// The label under the node's sub_domain_host assigned to this invite
+    /// alone ("" = none): frpc's `subdomain`.
+    #[serde(default)]
+    pub subdomain: String,
 }
 
 /// An invite as stored.
@@ -164,6 +181,8 @@ pub struct Invite {
     pub max_proxies: u32,
     /// Domain suffix.
     pub domain_suffix: String,
+    /// The subdomain label assigned to it ("" = none).
+    pub subdomain: String,
     /// Ticket lifetime, seconds.
     pub ticket_ttl_s: u64,
     /// Owner's note.
@@ -221,6 +240,12 @@ pub struct Resolved {
     pub ticket_expires_ms: i64,
     /// What the ticket allows.
     pub scope: Scope,
+    /// The invite's own domain, `<scope.subdomain>.<sub_domain_host>`
+    /// (null when it has none).
+    pub domain: Option<String>,
+    /// Where that domain is served over HTTP (null without a domain or
+    /// the node's vhostHTTPPort).
+    pub url: Option<String>,
     /// A ready-to-use frpc.toml.
     pub frpc_toml: String,
 }
@@ -239,6 +264,7 @@ impl Invite {
             max_conns: self.max_conns,
             max_proxies: self.max_proxies,
             domain_suffix: self.domain_suffix.clone(),
+            subdomain: self.subdomain.clone(),
         }
     }
 
@@ -254,6 +280,8 @@ impl Invite {
             && self.expires_ms - self.created_ms
                 <= i64::try_from(DEMO_TTL_S * 1000).unwrap_or(i64::MAX)
             && self.proxy_types.intersect(types) == self.proxy_types
+            // A node that now offers subdomains gets a demo invite with one.
+            && self.subdomain.is_empty() != demo_subdomain(node)
     }
 
     /// One line saying what this invite allows, for the operator.
@@ -337,7 +365,7 @@ impl Invite {
 
 const INVITE_COLUMNS: &str =
     "id, node_id, created_ms, expires_ms, max_uses, used, revoked, revoked_ms, \
-     proxy_types, port_pool, max_conns, max_proxies, domain_suffix, ticket_ttl_s, note";
+     proxy_types, port_pool, max_conns, max_proxies, domain_suffix, ticket_ttl_s, note, subdomain";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("stored invite {what} is unreadable: {e}"))
@@ -365,6 +393,7 @@ fn invite_from_row(row: &AnyRow) -> Result<Invite> {
         max_conns: small(row.try_get("max_conns")?),
         max_proxies: small(row.try_get("max_proxies")?),
         domain_suffix: row.try_get("domain_suffix")?,
+        subdomain: row.try_get("subdomain")?,
         ticket_ttl_s: u64::try_from(row.try_get::<i64, _>("ticket_ttl_s")?).unwrap_or(0),
         note: row.try_get("note")?,
     })
@@ -432,6 +461,24 @@ fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
     if req.note.len() > 1024 {
         return Err(Error::invalid("note", "note is longer than 1024 bytes"));
     }
+    let subdomain = if scope.auto_subdomain {
+        let field = "scope.auto_subdomain";
+        if node.sub_domain_host.is_empty() {
+            return Err(Error::invalid(
+                field,
+                format!("{field}: node {} has no sub_domain_host", node.id),
+            ));
+        }
+        if !(proxy_types.allows("http") || proxy_types.allows("https")) {
+            return Err(Error::invalid(
+                field,
+                format!("{field} needs http or https in scope.proxy_types (got {proxy_types})"),
+            ));
+        }
+        credentials::new_subdomain_label()
+    } else {
+        String::new()
+    };
     let ttl_ms = i64::try_from(ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     Ok(Invite {
         id: InviteId::random(),
@@ -447,6 +494,7 @@ fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
         max_conns: scope.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
         max_proxies: scope.max_proxies.unwrap_or(DEFAULT_MAX_PROXIES),
         domain_suffix: scope.domain_suffix,
+        subdomain,
         ticket_ttl_s,
         note: req.note,
     })
@@ -454,14 +502,30 @@ fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
 
 /// Creates an invite on `node`; returns it with its code (shown only here).
 pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, String)> {
-    let invite = build(node, req, now_ms())?;
+    let mut invite = build(node, req, now_ms())?;
     let code = credentials::new_invite_code();
     let mut tx = db.begin().await?;
+    // A fresh label that another invite of the node holds is drawn again
+    // (about 40 bits each: in practice never; the unique index has the
+    // last word).
+    for _ in 0..8 {
+        if invite.subdomain.is_empty()
+            || sqlx::query("SELECT 1 FROM invites WHERE node_id = $1 AND subdomain = $2")
+                .bind(&invite.node_id)
+                .bind(&invite.subdomain)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+        {
+            break;
+        }
+        invite.subdomain = credentials::new_subdomain_label();
+    }
     sqlx::query(
         "INSERT INTO invites (id, node_id, code_hash, created_ms, expires_ms, max_uses, used, \
          revoked, revoked_ms, proxy_types, port_pool, max_conns, max_proxies, domain_suffix, \
-         ticket_ttl_s, note) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8, $9, $10, $11, $12, $13)",
+         ticket_ttl_s, note, subdomain) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(invite.id.to_string())
     .bind(&invite.node_id)
@@ -478,6 +542,7 @@ pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, Str
     .bind(&invite.domain_suffix)
     .bind(i64::try_from(invite.ticket_ttl_s).unwrap_or(0))
     .bind(&invite.note)
+    .bind(&invite.subdomain)
     .execute(&mut *tx)
     .await?;
     audit::record(
@@ -538,8 +603,8 @@ pub async fn list(db: &Db, node_id: Option<&str>) -> Result<Vec<Invite>> {
 /// The columns [`for_policy`] reads, in the order it decodes them: only what
 /// the policy table carries (reading every column of 100k rows through
 /// sqlx's `Any` driver is most of a full compile's time on SQLite).
-pub const POLICY_COLUMNS: &str =
-    "id, revoked, expires_ms, max_conns, max_proxies, proxy_types, port_pool, domain_suffix";
+pub const POLICY_COLUMNS: &str = "id, revoked, expires_ms, max_conns, max_proxies, proxy_types, \
+     port_pool, domain_suffix, subdomain";
 
 /// The node's invites a live ticket may still name (expired less than the
 /// longest ticket lifetime ago), as policy-table records; revoked ones are
@@ -571,9 +636,25 @@ where
                     .map_err(|e| corrupt("proxy_types", e))?,
                 port_pool: PortSet::parse(&port_pool).map_err(|e| corrupt("port_pool", e))?,
                 domain_suffix: row.try_get(7)?,
+                subdomain: row.try_get(8)?,
             })
         })
         .collect()
+}
+
+/// The invite of `node_id` that `label` is reserved for, if any (revoked
+/// and expired ones keep their label).
+pub async fn subdomain_owner(db: &Db, node_id: &str, label: &str) -> Result<Option<InviteId>> {
+    if label.is_empty() {
+        return Ok(None);
+    }
+    let id: Option<String> =
+        sqlx::query_scalar("SELECT id FROM invites WHERE node_id = $1 AND subdomain = $2")
+            .bind(node_id)
+            .bind(label)
+            .fetch_optional(db)
+            .await?;
+    Ok(id.as_deref().and_then(InviteId::parse))
 }
 
 /// Revokes an invite; `node_id` restricts it to one node's invites (node-key
@@ -675,11 +756,13 @@ async fn resolve_where(
         .await?;
         return Err(Error::Gone(reason));
     }
-    let node_row =
-        sqlx::query("SELECT server_addr, server_port, frp_token FROM nodes WHERE id = $1")
-            .bind(&invite.node_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let node_row = sqlx::query(
+        "SELECT server_addr, server_port, frp_token, sub_domain_host, vhost_http_port \
+         FROM nodes WHERE id = $1",
+    )
+    .bind(&invite.node_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(node_row) = node_row else {
         return Err(Error::Gone("the invite's node no longer exists".into()));
     };
@@ -687,6 +770,17 @@ async fn resolve_where(
     let server_port = u16::try_from(node_row.try_get::<i64, _>("server_port")?)
         .map_err(|e| Error::Internal(format!("stored node port: {e}")))?;
     let frp_token: String = node_row.try_get("frp_token")?;
+    let sub_domain_host: String = node_row.try_get("sub_domain_host")?;
+    let http_port = node_row.try_get::<i64, _>("vhost_http_port")?;
+    let domain = (!invite.subdomain.is_empty() && !sub_domain_host.is_empty())
+        .then(|| format!("{}.{sub_domain_host}", invite.subdomain));
+    let url = domain
+        .as_ref()
+        .filter(|_| http_port > 0)
+        .map(|d| match http_port {
+            80 => format!("http://{d}/"),
+            p => format!("http://{d}:{p}/"),
+        });
     let issued = signer.issue(
         &invite.node_id,
         &invite.id.to_string(),
@@ -719,6 +813,9 @@ async fn resolve_where(
         ticket_expires: &rfc3339(ticket_expires_ms),
         port_pool: &invite.port_pool,
         proxy_types: invite.proxy_types,
+        subdomain: domain
+            .as_deref()
+            .map(|d| (invite.subdomain.as_str(), url.as_deref().unwrap_or(d))),
     })
     .map_err(|e| Error::Internal(format!("cannot write the frpc.toml: {e}")))?;
     tx.commit().await?;
@@ -732,6 +829,8 @@ async fn resolve_where(
         ticket_expires_at: rfc3339(ticket_expires_ms),
         ticket_expires_ms,
         scope: invite.scope(),
+        domain,
+        url,
         frpc_toml,
     })
 }

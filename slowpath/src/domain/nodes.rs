@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use proto::policy::{PortSet, ProxyTypes};
+use proto::policy::{PortSet, ProxyType, ProxyTypes};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -22,15 +22,20 @@ pub const ONLINE_WINDOW_MS: i64 = 30_000;
 /// Default port pool for a node registered without one.
 pub const DEFAULT_PORT_POOL: &str = "10000-10999";
 
-/// The proxy types the fastpath serves today: `fastpath/src/proxy.rs`
-/// refuses the others as "not supported by this server yet". A node may
+/// The proxy types the fastpath serves on `node`: tcp always, http and
+/// https when the node has the vhost port for them (`fastpath/src/frp/proxy.rs`
+/// refuses the others as "not supported by this server yet"). A node may
 /// allow more (a stock frps governed through the frps plugin serves udp),
 /// but what `slowpath up` hands out for its own fastpath lists only these.
-pub const FASTPATH_PROXY_TYPES: &[&str] = &["tcp"];
-
-/// [`FASTPATH_PROXY_TYPES`] as a set.
-pub fn fastpath_proxy_types() -> ProxyTypes {
-    ProxyTypes::parse_list(FASTPATH_PROXY_TYPES).unwrap_or(ProxyTypes::NONE)
+pub fn fastpath_proxy_types(node: &Node) -> ProxyTypes {
+    let mut types = ProxyTypes::only(ProxyType::Tcp);
+    if node.vhost_http_port != 0 {
+        types = types.with(ProxyType::Http);
+    }
+    if node.vhost_https_port != 0 {
+        types = types.with(ProxyType::Https);
+    }
+    types
 }
 
 /// A node as stored.
@@ -58,6 +63,13 @@ pub struct Node {
     pub proxy_types: ProxyTypes,
     /// Cap on proxies per token-only session (0 = none).
     pub max_proxies_per_session: u32,
+    /// frps's `subDomainHost` (empty = none): `subdomain`s are labels
+    /// under it, and invites may be assigned one.
+    pub sub_domain_host: String,
+    /// frps's `vhostHTTPPort` (0 = http proxies are not served).
+    pub vhost_http_port: u16,
+    /// frps's `vhostHTTPSPort` (0 = https proxies are not served).
+    pub vhost_https_port: u16,
     /// Last heartbeat, ms (0 = never).
     pub last_heartbeat_ms: i64,
     /// Last heartbeat body.
@@ -98,6 +110,15 @@ pub struct NewNode {
     /// frp token; generated when absent.
     #[serde(default)]
     pub token: Option<String>,
+    /// frps's `subDomainHost` (empty = none).
+    #[serde(default)]
+    pub sub_domain_host: String,
+    /// frps's `vhostHTTPPort` (0 = none).
+    #[serde(default)]
+    pub vhost_http_port: u16,
+    /// frps's `vhostHTTPSPort` (0 = none).
+    #[serde(default)]
+    pub vhost_https_port: u16,
 }
 
 fn default_server_port() -> u16 {
@@ -128,6 +149,12 @@ pub struct NodePatch {
     pub max_proxies_per_session: Option<u32>,
     /// New frp token.
     pub token: Option<String>,
+    /// New `subDomainHost` ("" = none).
+    pub sub_domain_host: Option<String>,
+    /// New `vhostHTTPPort` (0 = none).
+    pub vhost_http_port: Option<u16>,
+    /// New `vhostHTTPSPort` (0 = none).
+    pub vhost_https_port: Option<u16>,
 }
 
 /// Heartbeat body a node agent sends.
@@ -180,6 +207,12 @@ pub struct NodeInfo {
     pub proxy_types: Vec<&'static str>,
     /// Per-session proxy cap (0 = none).
     pub max_proxies_per_session: u32,
+    /// frps's `subDomainHost` ("" = none).
+    pub sub_domain_host: String,
+    /// frps's `vhostHTTPPort` (0 = none).
+    pub vhost_http_port: u16,
+    /// frps's `vhostHTTPSPort` (0 = none).
+    pub vhost_https_port: u16,
     /// "online" or "offline".
     pub status: &'static str,
     /// Last heartbeat, ms (0 = never).
@@ -221,6 +254,9 @@ impl Node {
             port_pool: self.port_pool.to_string(),
             proxy_types: self.proxy_types.names(),
             max_proxies_per_session: self.max_proxies_per_session,
+            sub_domain_host: self.sub_domain_host.clone(),
+            vhost_http_port: self.vhost_http_port,
+            vhost_https_port: self.vhost_https_port,
             status: self.status(now),
             last_heartbeat_ms: self.last_heartbeat_ms,
             last_heartbeat: (self.last_heartbeat_ms > 0).then(|| rfc3339(self.last_heartbeat_ms)),
@@ -233,7 +269,8 @@ impl Node {
 
 const NODE_COLUMNS: &str =
     "id, name, server_addr, server_port, region, tags, is_public, frp_token, \
-     port_pool, proxy_types, max_proxies_per_session, last_heartbeat_ms, heartbeat, created_ms";
+     port_pool, proxy_types, max_proxies_per_session, last_heartbeat_ms, heartbeat, created_ms, \
+     sub_domain_host, vhost_http_port, vhost_https_port";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("stored node {what} is unreadable: {e}"))
@@ -245,6 +282,9 @@ fn node_from_row(row: &AnyRow) -> Result<Node> {
     let port_pool: String = row.try_get("port_pool")?;
     let proxy_types: String = row.try_get("proxy_types")?;
     let server_port: i64 = row.try_get("server_port")?;
+    let port = |name: &str| -> Result<u16> {
+        u16::try_from(row.try_get::<i64, _>(name)?).map_err(|e| corrupt(name, e))
+    };
     Ok(Node {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -258,6 +298,9 @@ fn node_from_row(row: &AnyRow) -> Result<Node> {
         proxy_types: ProxyTypes::parse(&proxy_types).map_err(|e| corrupt("proxy_types", e))?,
         max_proxies_per_session: u32::try_from(row.try_get::<i64, _>("max_proxies_per_session")?)
             .unwrap_or(0),
+        sub_domain_host: row.try_get("sub_domain_host")?,
+        vhost_http_port: port("vhost_http_port")?,
+        vhost_https_port: port("vhost_https_port")?,
         last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
         heartbeat: serde_json::from_str(&heartbeat).unwrap_or(serde_json::Value::Null),
         created_ms: row.try_get("created_ms")?,
@@ -321,6 +364,29 @@ fn check_token(token: &str) -> Result<()> {
     Ok(())
 }
 
+/// frps's `subDomainHost`: empty, or a host name (letters, digits, `-`,
+/// dot-separated labels; no wildcard), stored in lower case.
+pub fn parse_sub_domain_host(value: &str) -> Result<String> {
+    let host = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let field = "sub_domain_host";
+    if host.is_empty() {
+        return Ok(host);
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must be a host name such as node.example.com, got {value:?}"),
+        ));
+    }
+    Ok(host)
+}
+
 fn check_server_port(port: u16) -> Result<()> {
     if port == 0 {
         return Err(Error::invalid("server_port", "server_port must be 1-65535"));
@@ -361,6 +427,9 @@ pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
         port_pool,
         proxy_types,
         max_proxies_per_session: req.max_proxies_per_session,
+        sub_domain_host: parse_sub_domain_host(&req.sub_domain_host)?,
+        vhost_http_port: req.vhost_http_port,
+        vhost_https_port: req.vhost_https_port,
         last_heartbeat_ms: 0,
         heartbeat: serde_json::json!({}),
         created_ms: now,
@@ -369,8 +438,9 @@ pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
     sqlx::query(
         "INSERT INTO nodes (id, name, server_addr, server_port, region, tags, is_public, frp_token, \
          node_key_hash, port_pool, proxy_types, max_proxies_per_session, last_heartbeat_ms, \
-         heartbeat, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         heartbeat, created_ms, updated_ms, sub_domain_host, vhost_http_port, vhost_https_port) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19)",
     )
     .bind(&node.id)
     .bind(&node.name)
@@ -388,6 +458,9 @@ pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
     .bind("{}")
     .bind(now)
     .bind(now)
+    .bind(&node.sub_domain_host)
+    .bind(i64::from(node.vhost_http_port))
+    .bind(i64::from(node.vhost_https_port))
     .execute(db)
     .await?;
     tracing::info!(node = %node.id, name = %node.name, public = node.public, "node registered");
@@ -476,10 +549,20 @@ pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
         check_token(&v)?;
         node.frp_token = v;
     }
+    if let Some(v) = patch.sub_domain_host {
+        node.sub_domain_host = parse_sub_domain_host(&v)?;
+    }
+    if let Some(v) = patch.vhost_http_port {
+        node.vhost_http_port = v;
+    }
+    if let Some(v) = patch.vhost_https_port {
+        node.vhost_https_port = v;
+    }
     sqlx::query(
         "UPDATE nodes SET name = $1, server_addr = $2, server_port = $3, region = $4, tags = $5, \
          is_public = $6, port_pool = $7, proxy_types = $8, max_proxies_per_session = $9, \
-         frp_token = $10, updated_ms = $11 WHERE id = $12",
+         frp_token = $10, updated_ms = $11, sub_domain_host = $12, vhost_http_port = $13, \
+         vhost_https_port = $14 WHERE id = $15",
     )
     .bind(&node.name)
     .bind(&node.server_addr)
@@ -492,6 +575,9 @@ pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
     .bind(i64::from(node.max_proxies_per_session))
     .bind(&node.frp_token)
     .bind(now_ms())
+    .bind(&node.sub_domain_host)
+    .bind(i64::from(node.vhost_http_port))
+    .bind(i64::from(node.vhost_https_port))
     .bind(id)
     .execute(&mut *tx)
     .await?;

@@ -114,6 +114,7 @@ pub fn node_policy(node: &Node) -> NodePolicy {
         port_pool: node.port_pool.clone(),
         proxy_types: node.proxy_types,
         max_proxies_per_session: node.max_proxies_per_session,
+        sub_domain_host: node.sub_domain_host.clone(),
     }
 }
 
@@ -128,6 +129,7 @@ pub fn invite_policy(i: Invite) -> InvitePolicy {
         proxy_types: i.proxy_types,
         port_pool: i.port_pool,
         domain_suffix: i.domain_suffix,
+        subdomain: i.subdomain,
     }
 }
 
@@ -178,6 +180,9 @@ mod tests {
             port_pool: PortSet::parse("10000-10010").unwrap(),
             proxy_types: ProxyTypes::parse("tcp").unwrap(),
             max_proxies_per_session: 0,
+            sub_domain_host: String::new(),
+            vhost_http_port: 0,
+            vhost_https_port: 0,
             last_heartbeat_ms: 0,
             heartbeat: serde_json::Value::Null,
             created_ms: 0,
@@ -199,6 +204,7 @@ mod tests {
             max_conns: 1,
             max_proxies: 1,
             domain_suffix: String::new(),
+            subdomain: String::new(),
             ticket_ttl_s: 60,
             note: String::new(),
         }

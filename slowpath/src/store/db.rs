@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "traffic_reports",
         include_str!("../../migrations/0003_traffic_reports.sql"),
     ),
+    (
+        4,
+        "vhosts",
+        include_str!("../../migrations/0004_vhosts.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.
