@@ -235,14 +235,7 @@ fn basic(user: &str, pw: &str) -> String {
 }
 
 fn spec(name: &str, local: SocketAddr) -> ProxySpec {
-    ProxySpec {
-        name: name.into(),
-        remote_port: 0,
-        local,
-        use_encryption: false,
-        use_compression: false,
-        server_bandwidth_limit: String::new(),
-    }
+    ProxySpec::plain(name, 0, local)
 }
 
 /// Options for an http proxy.

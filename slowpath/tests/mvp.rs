@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
 use harness::{each_backend, Backend, Slowpath};
-use harness::{echo, login, ticket_opts};
-use serde_json::{json, Value};
+use harness::{echo, login, ticket_opts, wait_audit};
+use serde_json::json;
 
 /// The refusal reason of a login that must fail.
 fn refusal(o: &ClientOpts) -> String {
@@ -30,35 +30,6 @@ fn refusal(o: &ClientOpts) -> String {
 fn proxy(c: &Client, name: &str, port: u16, local: std::net::SocketAddr) -> Result<u16, String> {
     c.add_plain_proxy(name, port, local)
         .map_err(|e| e.to_string())
-}
-
-fn audit(sp: &Slowpath, query: &str) -> Vec<Value> {
-    let (status, v) = sp.admin_call(
-        "GET",
-        &format!("/api/v1/admin/audit?limit=500{query}"),
-        None,
-    );
-    assert_eq!(status, 200, "{v}");
-    v.as_array().cloned().unwrap_or_default()
-}
-
-/// Wait until the audit log has a row of `kind` matching `pred`.
-fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(row) = audit(sp, &format!("&kind={kind}"))
-            .into_iter()
-            .find(|r| pred(r))
-        {
-            return row;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {kind} row; audit: {:#?}",
-            audit(sp, "")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn mvp(backend: Backend) {

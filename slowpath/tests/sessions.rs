@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bench::backend::Backend as Echo;
 use bench::client::{Client, ClientOpts};
-use harness::{echo, login, ticket_opts, wait_within};
+use harness::{echo, first_login, login, ticket_opts, wait_audit, wait_within};
 use harness::{Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -88,41 +88,6 @@ fn owner(sp: &Slowpath, echo_srv: &Echo, proxy: &str) -> (ClientOpts, Client, u1
     let c = first_login(&o);
     let port = c.add_plain_proxy(proxy, 0, echo_srv.addr()).unwrap();
     (o, c, port)
-}
-
-/// The first login once the fastpath has a table with the invite in it.
-fn first_login(o: &ClientOpts) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match login(o) {
-            Ok(c) => return c,
-            Err(r) if Instant::now() < deadline && !r.contains("max_conns") => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(r) => panic!("ticket login: {r}"),
-        }
-    }
-}
-
-/// Wait until the audit log has a `kind` row for which `pred` holds.
-fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (st, v) = sp.admin_call(
-            "GET",
-            &format!("/api/v1/admin/audit?limit=500&kind={kind}"),
-            None,
-        );
-        assert_eq!(st, 200, "{v}");
-        if let Some(row) = v
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| pred(r)).cloned())
-        {
-            return row;
-        }
-        assert!(Instant::now() < deadline, "no {kind} row: {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Wait until the audit log has an `auth.failed` row whose reason has `want`.

@@ -131,6 +131,21 @@ pub struct ProxySpec {
     pub server_bandwidth_limit: String,
 }
 
+impl ProxySpec {
+    /// A proxy `name` to `local` on `remote_port` (0: the server picks),
+    /// without encryption, compression or a bandwidth limit.
+    pub fn plain(name: &str, remote_port: u16, local: SocketAddr) -> ProxySpec {
+        ProxySpec {
+            name: name.into(),
+            remote_port: i64::from(remote_port),
+            local,
+            use_encryption: false,
+            use_compression: false,
+            server_bandwidth_limit: String::new(),
+        }
+    }
+}
+
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -750,14 +765,7 @@ impl Client {
         remote_port: u16,
         local: std::net::SocketAddr,
     ) -> Result<u16, ClientError> {
-        let addr = self.add_proxy(ProxySpec {
-            name: name.into(),
-            remote_port: remote_port as i64,
-            local,
-            use_encryption: false,
-            use_compression: false,
-            server_bandwidth_limit: String::new(),
-        })?;
+        let addr = self.add_proxy(ProxySpec::plain(name, remote_port, local))?;
         addr.trim_start_matches(':')
             .parse()
             .map_err(|_| ClientError::Protocol(format!("remote_addr {addr:?} is not :port")))

@@ -171,6 +171,52 @@ pub fn login(o: &bench::client::ClientOpts) -> Result<bench::client::Client, Str
     })
 }
 
+/// The first login once the fastpath has a table with the invite in it
+/// (a refusal other than a missing invite fails at once).
+pub fn first_login(o: &bench::client::ClientOpts) -> bench::client::Client {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match login(o) {
+            Ok(c) => return c,
+            Err(r) if Instant::now() < deadline && !r.contains("max_conns") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(r) => panic!("ticket login: {r}"),
+        }
+    }
+}
+
+/// The audit rows `query` (`&kind=…` and so on) selects, newest first.
+pub fn audit(sp: &Slowpath, query: &str) -> Vec<Value> {
+    let (status, v) = sp.admin_call(
+        "GET",
+        &format!("/api/v1/admin/audit?limit=500{query}"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Wait (at most 5 s) until the audit log has a row of `kind` matching
+/// `pred`.
+pub fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(row) = audit(sp, &format!("&kind={kind}"))
+            .into_iter()
+            .find(|r| pred(r))
+        {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} row; audit: {:#?}",
+            audit(sp, "")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The first column of every row `sql` returns, as text.
 pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
     block_on(async {
