@@ -31,6 +31,8 @@
 //! - [`events`]: typed data-plane events and their binary record form.
 //! - [`shm_auth`]: the per-instance key and the HMAC tags that authenticate
 //!   policy tables and event records in the shared-memory directory.
+//! - [`mesh`]: seed 003's mesh protocol: the 5-byte frame, message types,
+//!   error codes, the DATA layout and the control messages' bodies.
 //! - [`ring`]: the single-producer, single-consumer shared-memory ring that
 //!   carries event records from a fastpath worker to the slowpath.
 
@@ -39,6 +41,7 @@ pub mod cfb;
 pub mod config;
 pub mod events;
 pub mod frame;
+pub mod mesh;
 pub mod msg;
 pub mod policy;
 pub mod ring;

@@ -153,6 +153,7 @@ pub fn render(c: &FrpcConfig<'_>) -> Result<String, toml::ser::Error> {
         })?);
     }
     if let Some((label, at)) = c.subdomain {
+        out.push('\n');
         let kind = if c.proxy_types.allows("http") {
             "http"
         } else {

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "vhosts",
         include_str!("../../migrations/0004_vhosts.sql"),
     ),
+    (5, "mesh", include_str!("../../migrations/0005_mesh.sql")),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.

@@ -63,7 +63,7 @@ pub fn with_database(base: &str, db: &str) -> String {
 }
 
 /// Runs `f` to completion on a runtime of its own.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

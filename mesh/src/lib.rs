@@ -1,0 +1,11 @@
+//! Seed 003's mesh node, the parts that hold secrets: the machine key that
+//! identifies a device ([`keys::MachineKey`], Ed25519), the node key that
+//! agrees session keys ([`keys::NodeKey`], X25519), and the end-to-end
+//! session between two nodes ([`session::Session`]: the seed's key
+//! schedule, ChaCha20-Poly1305 with its nonce layout, and the replay window
+//! of [`replay::ReplayWindow`]). Relays and the controller never see these;
+//! they route and distribute public keys only.
+
+pub mod keys;
+pub mod replay;
+pub mod session;

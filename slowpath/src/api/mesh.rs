@@ -1,0 +1,224 @@
+//! Seed 003's controller API under `/api/v1/mesh/` (admin key): networks,
+//! nodes (authorize, deauthorize, rename, delete), their routes, the
+//! aggregated route table, the latency matrix (empty until relays report),
+//! settings and an overview.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row as _;
+
+use super::error::{ApiError, JsonBody};
+use super::AppState;
+use crate::domain::mesh::networks::{self, Network, NetworkPatch, NewNetwork};
+use crate::domain::mesh::nodes::{self, MeshNode, Rename};
+use crate::domain::mesh::routes::{self, Aggregated, NewRoute, NodeRoute, RoutePatch};
+use crate::domain::mesh::settings;
+use crate::error::Error;
+
+/// A path id: a positive 32-bit number.
+fn id(field: &str, text: &str) -> Result<u32, Error> {
+    text.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!("{field} must be a positive number, got {text:?}"),
+        )
+    })
+}
+
+/// `GET /api/v1/mesh/networks`.
+pub async fn list_networks(State(app): State<AppState>) -> Result<Json<Vec<Network>>, ApiError> {
+    Ok(Json(networks::list(&app.db).await?))
+}
+
+/// `POST /api/v1/mesh/networks`.
+pub async fn create_network(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewNetwork>,
+) -> Result<(StatusCode, Json<Network>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(networks::create(&app.db, req).await?),
+    ))
+}
+
+/// `PUT /api/v1/mesh/networks/{id}`.
+pub async fn update_network(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+    JsonBody(patch): JsonBody<NetworkPatch>,
+) -> Result<Json<Network>, ApiError> {
+    Ok(Json(
+        networks::update(&app.db, id("id", &nid)?, patch).await?,
+    ))
+}
+
+/// `DELETE /api/v1/mesh/networks/{id}`.
+pub async fn delete_network(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    networks::delete(&app.db, id("id", &nid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?network_id=` of the node list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    /// Only this network's nodes.
+    pub network_id: Option<u32>,
+}
+
+/// `GET /api/v1/mesh/nodes`.
+pub async fn list_nodes(
+    State(app): State<AppState>,
+    Query(q): Query<NodeQuery>,
+) -> Result<Json<Vec<MeshNode>>, ApiError> {
+    Ok(Json(nodes::list(&app.db, q.network_id).await?))
+}
+
+/// `GET /api/v1/mesh/nodes/{id}`.
+pub async fn get_node(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<Json<MeshNode>, ApiError> {
+    Ok(Json(nodes::get(&app.db, id("id", &nid)?).await?))
+}
+
+/// `POST /api/v1/mesh/nodes/{id}/authorize`.
+pub async fn authorize_node(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<Json<MeshNode>, ApiError> {
+    Ok(Json(nodes::authorize(&app.db, id("id", &nid)?).await?))
+}
+
+/// `POST /api/v1/mesh/nodes/{id}/deauthorize`.
+pub async fn deauthorize_node(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<Json<MeshNode>, ApiError> {
+    Ok(Json(nodes::deauthorize(&app.db, id("id", &nid)?).await?))
+}
+
+/// `POST /api/v1/mesh/nodes/{id}/rename`.
+pub async fn rename_node(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+    JsonBody(req): JsonBody<Rename>,
+) -> Result<Json<MeshNode>, ApiError> {
+    Ok(Json(nodes::rename(&app.db, id("id", &nid)?, req).await?))
+}
+
+/// `DELETE /api/v1/mesh/nodes/{id}`.
+pub async fn delete_node(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    nodes::delete(&app.db, id("id", &nid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/mesh/nodes/{id}/routes`.
+pub async fn node_routes(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+) -> Result<Json<Vec<NodeRoute>>, ApiError> {
+    Ok(Json(routes::of_node(&app.db, id("id", &nid)?).await?))
+}
+
+/// `POST /api/v1/mesh/nodes/{id}/routes`.
+pub async fn add_route(
+    State(app): State<AppState>,
+    Path(nid): Path<String>,
+    JsonBody(req): JsonBody<NewRoute>,
+) -> Result<(StatusCode, Json<NodeRoute>), ApiError> {
+    let r = routes::add(&app.db, id("id", &nid)?, req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// `PUT /api/v1/mesh/nodes/{id}/routes/{rid}`.
+pub async fn update_route(
+    State(app): State<AppState>,
+    Path((nid, rid)): Path<(String, String)>,
+    JsonBody(patch): JsonBody<RoutePatch>,
+) -> Result<Json<NodeRoute>, ApiError> {
+    let r = routes::update(&app.db, id("id", &nid)?, id("rid", &rid)?, patch).await?;
+    Ok(Json(r))
+}
+
+/// `DELETE /api/v1/mesh/nodes/{id}/routes/{rid}`.
+pub async fn delete_route(
+    State(app): State<AppState>,
+    Path((nid, rid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    routes::delete(&app.db, id("id", &nid)?, id("rid", &rid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/mesh/routes`.
+pub async fn aggregated_routes(
+    State(app): State<AppState>,
+) -> Result<Json<Vec<Aggregated>>, ApiError> {
+    Ok(Json(routes::aggregated(&app.db).await?))
+}
+
+/// `GET /api/v1/mesh/latency/matrix`: measured RTTs between nodes and
+/// relays. Empty until relays and nodes report (LATENCY_REPORT).
+pub async fn latency_matrix(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT src_type, src_id, dst_type, dst_id, rtt_ms, recorded_ms FROM mesh_latency_records \
+         ORDER BY src_type, src_id, dst_type, dst_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .map_err(Error::from)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(json!({
+            "src_type": r.try_get::<String, _>("src_type").map_err(Error::from)?,
+            "src_id": r.try_get::<i64, _>("src_id").map_err(Error::from)?,
+            "dst_type": r.try_get::<String, _>("dst_type").map_err(Error::from)?,
+            "dst_id": r.try_get::<i64, _>("dst_id").map_err(Error::from)?,
+            "rtt_ms": r.try_get::<i64, _>("rtt_ms").map_err(Error::from)?,
+            "recorded_ms": r.try_get::<i64, _>("recorded_ms").map_err(Error::from)?,
+        }));
+    }
+    Ok(Json(json!({ "records": out })))
+}
+
+/// `GET /api/v1/mesh/settings`.
+pub async fn get_settings(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(settings::all(&app.db).await?)))
+}
+
+/// `PUT /api/v1/mesh/settings` (a JSON object of the keys to change).
+pub async fn put_settings(
+    State(app): State<AppState>,
+    JsonBody(changes): JsonBody<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(settings::update(&app.db, &changes).await?)))
+}
+
+/// `GET /api/v1/mesh/stats/overview`.
+pub async fn overview(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let count = |sql: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&db).await?;
+            Ok::<i64, Error>(n)
+        }
+    };
+    Ok(Json(json!({
+        "networks": count("SELECT COUNT(*) FROM mesh_networks").await?,
+        "nodes": count("SELECT COUNT(*) FROM mesh_nodes").await?,
+        "nodes_authorized": count("SELECT COUNT(*) FROM mesh_nodes WHERE authorized = 1").await?,
+        "nodes_pending": count("SELECT COUNT(*) FROM mesh_nodes WHERE authorized = 0").await?,
+        "nodes_online": count("SELECT COUNT(*) FROM mesh_nodes WHERE online = 1").await?,
+        "routes": count("SELECT COUNT(*) FROM mesh_node_routes").await?,
+        "servers": count("SELECT COUNT(*) FROM mesh_servers").await?,
+    })))
+}

@@ -1,0 +1,284 @@
+//! Seed 003's controller, the parts built so far, on SQLite and
+//! PostgreSQL: the REST API under `/api/v1/mesh/` through the real
+//! `slowpath serve`, and node registration by machine key with keys made
+//! by the node's own crate (`totoro-mesh`), signatures checked, addresses
+//! allocated from the subnet on authorization.
+
+mod harness;
+
+use harness::{block_on, each_backend, wait_audit, Backend, Slowpath, TestDb};
+use mesh::keys::{MachineKey, NodeKey};
+use proto::mesh::control::{auth_signed_bytes, node_key_signed_bytes, AuthRequest, NodeKeyUpdate};
+use serde_json::{json, Value};
+use slowpath::domain::mesh::{networks, nodes, settings};
+use slowpath::store::db;
+
+fn api(backend: Backend) {
+    let sp = Slowpath::start(&backend, &[]);
+    let call =
+        |m: &str, p: &str, b: Option<Value>| sp.admin_call(m, &format!("/api/v1/mesh{p}"), b);
+
+    // The seed's default network is there.
+    let (st, list) = call("GET", "/networks", None);
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list[0]["name"], "default");
+    assert_eq!(list[0]["subnet"], "10.0.1.0/24");
+
+    let (st, net) = call(
+        "POST",
+        "/networks",
+        Some(json!({ "name": "lab", "subnet": "10.100.0.0/16", "description": "test" })),
+    );
+    assert_eq!(st, 201, "{net}");
+    assert_eq!(net["id"], 2);
+    // Refusals name the field.
+    for (body, field) in [
+        (json!({ "name": "x", "subnet": "10.100.0.1/16" }), "subnet"),
+        (json!({ "name": "x", "subnet": "10.0.0.0/31" }), "subnet"),
+        (json!({ "name": "", "subnet": "10.9.0.0/24" }), "name"),
+        (
+            json!({ "name": "x", "subnet": "10.9.0.0/24", "colour": 1 }),
+            "",
+        ),
+    ] {
+        let (st, v) = call("POST", "/networks", Some(body.clone()));
+        assert_eq!(st, 400, "{body}: {v}");
+        if !field.is_empty() {
+            assert_eq!(v["field"], field, "{v}");
+        }
+    }
+    let (st, v) = call(
+        "POST",
+        "/networks",
+        Some(json!({ "name": "lab", "subnet": "10.9.0.0/24" })),
+    );
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = call(
+        "PUT",
+        "/networks/2",
+        Some(json!({ "description": "changed" })),
+    );
+    assert_eq!((st, v["description"].clone()), (200, json!("changed")));
+    let (st, v) = call("PUT", "/networks/x", Some(json!({})));
+    assert_eq!((st, v["field"].clone()), (400, json!("id")), "{v}");
+    let (st, _) = call("PUT", "/networks/99", Some(json!({})));
+    assert_eq!(st, 404);
+
+    // Settings: the seed's defaults; unknown keys and bad values refused.
+    let (st, s) = call("GET", "/settings", None);
+    assert_eq!(st, 200);
+    assert_eq!(s["auth_token_expire_hours"], "24");
+    assert_eq!(s["relay_token_expire_hours"], "1.5");
+    assert_eq!(s["require_authorization"], "true");
+    let (st, s) = call(
+        "PUT",
+        "/settings",
+        Some(json!({ "keepalive_interval_seconds": 30, "require_authorization": false })),
+    );
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["keepalive_interval_seconds"], "30");
+    for (body, field) in [
+        (json!({ "jwt_secret": "x" }), "jwt_secret"),
+        (
+            json!({ "relay_token_expire_hours": 100 }),
+            "relay_token_expire_hours",
+        ),
+        (
+            json!({ "require_authorization": "maybe" }),
+            "require_authorization",
+        ),
+    ] {
+        let (st, v) = call("PUT", "/settings", Some(body));
+        assert_eq!((st, v["field"].clone()), (400, json!(field)), "{v}");
+    }
+
+    // Nodes and routes: none yet; unknown ids are 404s.
+    let (st, v) = call("GET", "/nodes", None);
+    assert_eq!((st, v), (200, json!([])));
+    assert_eq!(call("POST", "/nodes/7/authorize", None).0, 404);
+    assert_eq!(call("GET", "/nodes/7/routes", None).0, 404);
+    let (st, v) = call("GET", "/stats/overview", None);
+    assert_eq!(st, 200);
+    assert_eq!(
+        (v["networks"].clone(), v["nodes"].clone()),
+        (json!(2), json!(0))
+    );
+    let (st, v) = call("GET", "/latency/matrix", None);
+    assert_eq!((st, v), (200, json!({ "records": [] })));
+    let (st, v) = call("GET", "/routes", None);
+    assert_eq!((st, v), (200, json!([])));
+    // Without the admin key: 401.
+    let (st, _) = sp.call("GET", "/api/v1/mesh/networks", None, None);
+    assert_eq!(st, 401);
+
+    let (st, _) = call("DELETE", "/networks/2", None);
+    assert_eq!(st, 204);
+    wait_audit(&sp, "mesh.network.deleted", |r| {
+        r["detail"]["name"] == "lab"
+    });
+}
+
+#[test]
+fn the_mesh_api_manages_networks_settings_and_refuses_naming_the_field() {
+    each_backend("mesh_api", api);
+}
+
+/// A signed AUTH_REQUEST of `machine` with `node_key` for `network`.
+fn auth(machine: &MachineKey, node_key: &NodeKey, network: &str, ts: u64) -> AuthRequest {
+    let (mk, nk) = (machine.public_b64(), node_key.public_b64());
+    let sig = machine.sign(&auth_signed_bytes(&mk, &nk, ts, network));
+    AuthRequest {
+        machine_key: mk,
+        node_key: nk,
+        network: network.into(),
+        hostname: "host-a".into(),
+        version: "0.1.0".into(),
+        timestamp: ts,
+        signature: mesh::keys::encode(&sig),
+        ..AuthRequest::default()
+    }
+}
+
+/// A node with fresh keys registering in network "lab".
+async fn newcomer(db: &slowpath::store::db::Db, ts: u64, now: i64) -> nodes::Registered {
+    let (m, k) = (
+        MachineKey::generate().unwrap(),
+        NodeKey::generate().unwrap(),
+    );
+    nodes::register(db, &auth(&m, &k, "lab", ts), now)
+        .await
+        .unwrap()
+}
+
+fn registration(backend: Backend) {
+    let tdb = TestDb::new(&backend);
+    block_on(async {
+        let db = db::open(&tdb.url).await.unwrap();
+        let now = slowpath::clock::now_ms();
+        let ts = (now / 1000) as u64;
+        let net = networks::create(
+            &db,
+            networks::NewNetwork {
+                name: "lab".into(),
+                subnet: "10.100.0.0/30".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+        let (ma, ka) = (
+            MachineKey::generate().unwrap(),
+            NodeKey::generate().unwrap(),
+        );
+        // First contact: registered, waiting for authorization, no address.
+        let a = nodes::register(&db, &auth(&ma, &ka, "lab", ts), now)
+            .await
+            .unwrap();
+        assert!(a.new);
+        assert_eq!(a.node.network_id, net.id);
+        assert!(!a.node.authorized);
+        assert_eq!(a.node.virtual_ip, "");
+        assert_eq!(a.node.name, "host-a");
+        // Authorized: the first host address of the subnet.
+        let a1 = nodes::authorize(&db, a.node.id).await.unwrap();
+        assert_eq!(a1.virtual_ip, "10.100.0.1");
+        // Again with a new node key: the same node, the new key.
+        let ka2 = NodeKey::generate().unwrap();
+        let again = nodes::register(&db, &auth(&ma, &ka2, "lab", ts), now)
+            .await
+            .unwrap();
+        assert!(!again.new);
+        assert_eq!(again.node.id, a.node.id);
+        assert_eq!(again.node.node_key_pub, ka2.public_b64());
+        // Bad signatures, keys, clocks and networks: the seed's codes.
+        let mut bad = auth(&ma, &ka, "lab", ts);
+        bad.node_key = NodeKey::generate().unwrap().public_b64();
+        let e = nodes::register(&db, &bad, now).await.unwrap_err();
+        assert_eq!(e.code.code(), 1005, "{e}");
+        let mut bad = auth(&ma, &ka, "lab", ts);
+        bad.machine_key = "short".into();
+        assert_eq!(
+            nodes::register(&db, &bad, now)
+                .await
+                .unwrap_err()
+                .code
+                .code(),
+            1004
+        );
+        let old = auth(&ma, &ka, "lab", ts - 3600);
+        assert_eq!(
+            nodes::register(&db, &old, now)
+                .await
+                .unwrap_err()
+                .code
+                .code(),
+            1005
+        );
+        let e = nodes::register(&db, &auth(&ma, &ka, "nope", ts), now)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.code(), 2002);
+        assert!(e.message.contains("\"nope\" does not exist"), "{e}");
+        // The node key is unchanged by all of that.
+        assert_eq!(
+            nodes::get(&db, a.node.id).await.unwrap().node_key_pub,
+            ka2.public_b64()
+        );
+
+        // A rotation signed by the machine key is taken; one signed by
+        // another key is 1005 and changes nothing.
+        let ka3 = NodeKey::generate().unwrap();
+        let signed = |m: &MachineKey, k: &NodeKey| NodeKeyUpdate {
+            node_key: k.public_b64(),
+            timestamp: ts,
+            signature: mesh::keys::encode(&m.sign(&node_key_signed_bytes(
+                a.node.id,
+                &k.public_b64(),
+                ts,
+            ))),
+        };
+        let e = nodes::rotate_key(
+            &db,
+            a.node.id,
+            &signed(&MachineKey::generate().unwrap(), &ka3),
+            now,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code.code(), 1005);
+        assert_eq!(
+            nodes::get(&db, a.node.id).await.unwrap().node_key_pub,
+            ka2.public_b64()
+        );
+        let n = nodes::rotate_key(&db, a.node.id, &signed(&ma, &ka3), now)
+            .await
+            .unwrap();
+        assert_eq!(n.node_key_pub, ka3.public_b64());
+
+        // With require_authorization off, a new node is authorized at once;
+        // the /30 has two addresses, so a third node waits for one.
+        let mut off = serde_json::Map::new();
+        off.insert("require_authorization".into(), json!(false));
+        settings::update(&db, &off).await.unwrap();
+        let b = newcomer(&db, ts, now).await;
+        assert!(b.node.authorized);
+        assert_eq!(b.node.virtual_ip, "10.100.0.2");
+        let c = newcomer(&db, ts, now).await;
+        assert!(!c.node.authorized, "a third address in a /30");
+        assert_eq!(c.node.virtual_ip, "");
+        let full = nodes::authorize(&db, c.node.id).await.unwrap_err();
+        assert!(full.to_string().contains("has no free address"), "{full}");
+        // Deauthorized, then deleted: its address is free for another.
+        nodes::deauthorize(&db, b.node.id).await.unwrap();
+        assert!(!nodes::get(&db, b.node.id).await.unwrap().authorized);
+        nodes::delete(&db, b.node.id).await.unwrap();
+        let d = newcomer(&db, ts, now).await;
+        assert_eq!(d.node.virtual_ip, "10.100.0.2");
+        db.close().await;
+    });
+}
+
+#[test]
+fn nodes_register_by_machine_key_and_get_addresses_when_authorized() {
+    each_backend("mesh_registration", registration);
+}
