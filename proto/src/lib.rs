@@ -18,6 +18,7 @@
 //! - [`vhost`]: what the HTTP, HTTPS and tcpmux vhost listeners route by:
 //!   HTTP request heads and body framing, a ClientHello's server name, and
 //!   the host × location × user route table with frps's precedence.
+//! - [`jwt`]: compact JWTs signed with Ed25519 (EdDSA) or HMAC-SHA256.
 //! - [`ticket`]: connection tickets (EdDSA JWTs) that resolved invites hand to
 //!   frpc: signing, key-id peek, signature check, expiry and node binding.
 //! - [`config`]: the node's frps-compatible TOML file, parsed and written
@@ -41,6 +42,7 @@ pub mod cfb;
 pub mod config;
 pub mod events;
 pub mod frame;
+pub mod jwt;
 pub mod mesh;
 pub mod msg;
 pub mod policy;

@@ -12,19 +12,19 @@
 //! expiry and node binding. Nothing here panics on any input; every refusal is
 //! a [`TicketError`] whose `Display` is the reason sent to frpc.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::Ed25519KeyPair;
 use serde::{Deserialize, Serialize};
+
+use crate::jwt::{self, Alg, Jwt, JwtError};
 
 /// Issuer every Totoro ticket carries in `iss`.
 pub const ISSUER: &str = "totoro";
 
 /// Longest ticket accepted; anything larger is refused before decoding.
-pub const MAX_TICKET_LEN: usize = 4096;
+pub const MAX_TICKET_LEN: usize = jwt::MAX_LEN;
 
 /// Longest key id accepted in a header (the policy table stores at most 64 bytes).
-pub const MAX_KID_LEN: usize = 64;
+pub const MAX_KID_LEN: usize = jwt::MAX_KID_LEN;
 
 /// What a ticket asserts: who issued it, for which node and invite, and when
 /// it stops being valid (unix seconds).
@@ -73,107 +73,46 @@ pub enum TicketError {
 /// Clock skew tolerated on `iat`, seconds.
 const IAT_SKEW_S: u64 = 300;
 
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-    kid: String,
+impl From<JwtError> for TicketError {
+    fn from(e: JwtError) -> TicketError {
+        match e {
+            JwtError::Malformed(what) => TicketError::Malformed(what),
+            JwtError::BadSignature => TicketError::BadSignature,
+        }
+    }
+}
+
+/// An EdDSA token, parsed: tickets are never HS256.
+fn parse_eddsa(token: &str) -> Result<Jwt<'_>, TicketError> {
+    let jwt = Jwt::parse(token).map_err(|e| match e {
+        JwtError::Malformed("alg is not EdDSA or HS256") => {
+            TicketError::Malformed("alg is not EdDSA")
+        }
+        e => e.into(),
+    })?;
+    if jwt.alg() != Alg::EdDsa {
+        return Err(TicketError::Malformed("alg is not EdDSA"));
+    }
+    Ok(jwt)
 }
 
 /// Signs `claims` with `key` and returns the compact JWT.
 pub fn sign(claims: &TicketClaims, kid: &str, key: &Ed25519KeyPair) -> String {
-    let header = Header {
-        alg: "EdDSA".to_owned(),
-        typ: Some("JWT".to_owned()),
-        kid: kid.to_owned(),
-    };
-    // Serializing these plain structs cannot fail: no maps with non-string
-    // keys, no foreign Serialize impls.
-    let header_json = serde_json::to_vec(&header).unwrap_or_default();
-    let claims_json = serde_json::to_vec(claims).unwrap_or_default();
-    let mut token = String::with_capacity(256);
-    URL_SAFE_NO_PAD.encode_string(header_json, &mut token);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(claims_json, &mut token);
-    let signature = key.sign(token.as_bytes());
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
-    token
-}
-
-/// The three parts of a compact JWT, still encoded.
-struct Parts<'a> {
-    header: &'a str,
-    claims: &'a str,
-    signature: &'a str,
-    signed: &'a str,
-}
-
-fn split(token: &str) -> Result<Parts<'_>, TicketError> {
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(TicketError::Malformed("empty"));
-    }
-    if token.len() > MAX_TICKET_LEN {
-        return Err(TicketError::Malformed("too long"));
-    }
-    let mut it = token.split('.');
-    let (Some(header), Some(claims), Some(signature), None) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(TicketError::Malformed("expected three dot-separated parts"));
-    };
-    let signed = &token[..header.len() + 1 + claims.len()];
-    Ok(Parts {
-        header,
-        claims,
-        signature,
-        signed,
-    })
-}
-
-fn decode_header(part: &str) -> Result<Header, TicketError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| TicketError::Malformed("header is not base64url"))?;
-    let header: Header = serde_json::from_slice(&bytes)
-        .map_err(|_| TicketError::Malformed("header is not JWT JSON"))?;
-    if header.alg != "EdDSA" {
-        return Err(TicketError::Malformed("alg is not EdDSA"));
-    }
-    if header.kid.is_empty() || header.kid.len() > MAX_KID_LEN {
-        return Err(TicketError::Malformed("kid missing or too long"));
-    }
-    Ok(header)
+    jwt::sign_eddsa(claims, kid, key)
 }
 
 /// Reads the key id from the header without verifying anything else.
 pub fn peek_kid(token: &str) -> Result<String, TicketError> {
-    let parts = split(token)?;
-    Ok(decode_header(parts.header)?.kid)
+    Ok(parse_eddsa(token)?.kid().unwrap_or_default().to_owned())
 }
 
 /// Checks the signature against `public_key` and decodes the claims.
 ///
 /// Expiry and node binding are not looked at here; see [`check`].
 pub fn verify(token: &str, public_key: &[u8; 32]) -> Result<TicketClaims, TicketError> {
-    let parts = split(token)?;
-    decode_header(parts.header)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(parts.signature)
-        .map_err(|_| TicketError::Malformed("signature is not base64url"))?;
-    if signature.len() != 64 {
-        return Err(TicketError::Malformed("signature is not 64 bytes"));
-    }
-    UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(parts.signed.as_bytes(), &signature)
-        .map_err(|_| TicketError::BadSignature)?;
-    let claims = URL_SAFE_NO_PAD
-        .decode(parts.claims)
-        .map_err(|_| TicketError::Malformed("claims are not base64url"))?;
-    let claims: TicketClaims = serde_json::from_slice(&claims)
-        .map_err(|_| TicketError::Malformed("claims are not the expected JSON"))?;
+    let jwt = parse_eddsa(token)?;
+    jwt.verify_eddsa(public_key)?;
+    let claims: TicketClaims = jwt.claims()?;
     if claims.iss != ISSUER {
         return Err(TicketError::WrongIssuer);
     }
@@ -197,6 +136,8 @@ pub fn check(claims: &TicketClaims, now_s: u64, node_id: &str) -> Result<(), Tic
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use ring::rand::SystemRandom;
     use ring::signature::KeyPair;
 

@@ -141,11 +141,21 @@ fn auth(machine: &MachineKey, node_key: &NodeKey, network: &str, ts: u64) -> Aut
 
 /// A node with fresh keys registering in network "lab".
 async fn newcomer(db: &slowpath::store::db::Db, ts: u64, now: i64) -> nodes::Registered {
+    newcomer_in(db, "lab", ts, now).await
+}
+
+/// A node with fresh keys registering in `network`.
+async fn newcomer_in(
+    db: &slowpath::store::db::Db,
+    network: &str,
+    ts: u64,
+    now: i64,
+) -> nodes::Registered {
     let (m, k) = (
         MachineKey::generate().unwrap(),
         NodeKey::generate().unwrap(),
     );
-    nodes::register(db, &auth(&m, &k, "lab", ts), now)
+    nodes::register(db, &auth(&m, &k, network, ts), now)
         .await
         .unwrap()
 }
@@ -281,4 +291,95 @@ fn registration(backend: Backend) {
 #[test]
 fn nodes_register_by_machine_key_and_get_addresses_when_authorized() {
     each_backend("mesh_registration", registration);
+}
+
+fn tokens(backend: Backend) {
+    use proto::mesh::token::{check_relay_token, verify, Claims, Trust};
+    let tdb = TestDb::new(&backend);
+    block_on(async {
+        let db = db::open(&tdb.url).await.unwrap();
+        let signer = slowpath::domain::tickets::ensure_signer(&db, tdb.dir())
+            .await
+            .unwrap();
+        let now = slowpath::clock::now_ms();
+        let ts = (now / 1000) as u64;
+        let node = newcomer_in(&db, "default", ts, now).await.node;
+        let keys = vec![(signer.kid().to_owned(), signer.public_key())];
+        let trust = Trust {
+            ed25519: &keys,
+            hs256: None,
+        };
+
+        // The seed's lifetimes: auth 24 h, relay 1.5 h (from the settings).
+        let auth = slowpath::domain::mesh::tokens::auth(&db, &signer.mesh_signer(), &node, now)
+            .await
+            .unwrap();
+        let Claims::Auth(a) = verify(&auth.token, &trust).unwrap() else {
+            panic!("not an auth token")
+        };
+        assert_eq!(a.exp - a.iat, 24 * 3600);
+        assert_eq!(a.node_id, node.id);
+        assert!(a.machine_key_hash.starts_with("sha256:"));
+        let relay = slowpath::domain::mesh::tokens::relay(
+            &db,
+            &signer.mesh_signer(),
+            &node,
+            vec![1, 2],
+            now,
+        )
+        .await
+        .unwrap();
+        let bl = slowpath::domain::mesh::tokens::blacklist(&db)
+            .await
+            .unwrap();
+        let listed = |j: &str| bl.iter().any(|(x, _)| x == j);
+        let r = check_relay_token(&relay.token, &trust, 2, ts, listed).unwrap();
+        assert_eq!(r.exp - r.iat, 5400);
+        assert_eq!(
+            check_relay_token(&relay.token, &trust, 3, ts, listed)
+                .unwrap_err()
+                .code()
+                .code(),
+            1001
+        );
+        // Revoked: blacklisted until the token's expiry, then 1003.
+        slowpath::domain::mesh::tokens::revoke(&db, &r.jti, node.id, "deauthorized", r.exp)
+            .await
+            .unwrap();
+        let bl = slowpath::domain::mesh::tokens::blacklist(&db)
+            .await
+            .unwrap();
+        assert_eq!(bl, vec![(r.jti.clone(), r.exp)]);
+        let listed = |j: &str| bl.iter().any(|(x, _)| x == j);
+        assert_eq!(
+            check_relay_token(&relay.token, &trust, 2, ts, listed)
+                .unwrap_err()
+                .code()
+                .code(),
+            1003
+        );
+        // An expired entry leaves the list.
+        slowpath::domain::mesh::tokens::revoke(&db, "old", node.id, "x", ts - 10)
+            .await
+            .unwrap();
+        let bl = slowpath::domain::mesh::tokens::blacklist(&db)
+            .await
+            .unwrap();
+        assert_eq!(bl.len(), 1);
+        // A shorter relay lifetime in the settings applies to new tokens.
+        let mut short = serde_json::Map::new();
+        short.insert("relay_token_expire_hours".into(), json!(0.25));
+        settings::update(&db, &short).await.unwrap();
+        let relay =
+            slowpath::domain::mesh::tokens::relay(&db, &signer.mesh_signer(), &node, vec![1], now)
+                .await
+                .unwrap();
+        assert_eq!(relay.claims.exp() - ts, 900);
+        db.close().await;
+    });
+}
+
+#[test]
+fn tokens_carry_the_seeds_claims_and_lifetimes_and_revocation_sticks() {
+    each_backend("mesh_tokens", tokens);
 }

@@ -8,12 +8,14 @@
 //! node ids in clear for routing and the sealed IP packet ([`data`]);
 //! PING and PONG carry 8 opaque bytes echoed back; every other message's
 //! payload is one JSON object ([`control`]), a choice the seed leaves open.
-//! Errors are the seed's codes 1001–4003 ([`error`]).
+//! Errors are the seed's codes 1001–4003 ([`error`]). Tokens are JWTs with
+//! the seed's claims ([`token`]).
 
 pub mod control;
 pub mod data;
 pub mod error;
 pub mod frame;
+pub mod token;
 
 pub use error::ErrorCode;
 pub use frame::{Frame, FrameError, MsgType};

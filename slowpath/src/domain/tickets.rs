@@ -94,6 +94,17 @@ impl TicketSigner {
     }
 }
 
+impl TicketSigner {
+    /// The signer of seed 003's mesh tokens: this same key, so relays
+    /// verify with the public keys they already get.
+    pub fn mesh_signer(&self) -> proto::mesh::token::Signer<'_> {
+        proto::mesh::token::Signer::EdDsa {
+            kid: &self.kid,
+            key: &self.key,
+        }
+    }
+}
+
 fn decode_key(kid: &str, pkcs8_b64: &str) -> Result<Ed25519KeyPair> {
     let pkcs8 = STANDARD
         .decode(pkcs8_b64.trim())

@@ -1,14 +1,16 @@
 //! Seed 003's mesh controller state: networks with their subnets
 //! ([`networks`]), nodes registered by machine key and authorized by an
 //! operator, with virtual IPs from their network's subnet ([`nodes`]),
-//! subnet routes advertised by gateway nodes ([`routes`]) and the
-//! controller's settings ([`settings`]). Tables `mesh_*` (migration 0005);
+//! subnet routes advertised by gateway nodes ([`routes`]), the
+//! controller's settings ([`settings`]) and the tokens it issues with their
+//! blacklist ([`tokens`]). Tables `mesh_*` (migration 0005);
 //! audit rows go to the shared audit log with kinds `mesh.*`.
 
 pub mod networks;
 pub mod nodes;
 pub mod routes;
 pub mod settings;
+pub mod tokens;
 
 use sqlx::Row as _;
 

@@ -108,6 +108,20 @@ pub async fn update(
     all(db).await
 }
 
+/// A setting in hours, as seconds (`default` hours when unset or
+/// unreadable).
+pub async fn hours_s(db: &Db, key: &str, default: f64) -> Result<u64> {
+    let v: Option<String> = sqlx::query_scalar("SELECT value FROM mesh_settings WHERE key = $1")
+        .bind(key)
+        .fetch_optional(db)
+        .await?;
+    let h = v
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|h| h.is_finite() && *h > 0.0)
+        .unwrap_or(default);
+    Ok((h * 3600.0).round() as u64)
+}
+
 /// Whether new nodes wait for an operator (default yes).
 pub async fn require_authorization(db: &Db) -> Result<bool> {
     let v: Option<String> =
