@@ -60,7 +60,9 @@ pub async fn delete_network(
     State(app): State<AppState>,
     Path(nid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    networks::delete(&app.db, id("id", &nid)?).await?;
+    let nid = id("id", &nid)?;
+    networks::delete(&app.db, nid).await?;
+    app.mesh.changed(nid);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -93,7 +95,9 @@ pub async fn authorize_node(
     State(app): State<AppState>,
     Path(nid): Path<String>,
 ) -> Result<Json<MeshNode>, ApiError> {
-    Ok(Json(nodes::authorize(&app.db, id("id", &nid)?).await?))
+    let n = nodes::authorize(&app.db, id("id", &nid)?).await?;
+    app.mesh.changed(n.network_id);
+    Ok(Json(n))
 }
 
 /// `POST /api/v1/mesh/nodes/{id}/deauthorize`.
@@ -101,7 +105,9 @@ pub async fn deauthorize_node(
     State(app): State<AppState>,
     Path(nid): Path<String>,
 ) -> Result<Json<MeshNode>, ApiError> {
-    Ok(Json(nodes::deauthorize(&app.db, id("id", &nid)?).await?))
+    let n = nodes::deauthorize(&app.db, id("id", &nid)?).await?;
+    app.mesh.changed(n.network_id);
+    Ok(Json(n))
 }
 
 /// `POST /api/v1/mesh/nodes/{id}/rename`.
@@ -110,7 +116,9 @@ pub async fn rename_node(
     Path(nid): Path<String>,
     JsonBody(req): JsonBody<Rename>,
 ) -> Result<Json<MeshNode>, ApiError> {
-    Ok(Json(nodes::rename(&app.db, id("id", &nid)?, req).await?))
+    let n = nodes::rename(&app.db, id("id", &nid)?, req).await?;
+    app.mesh.changed(n.network_id);
+    Ok(Json(n))
 }
 
 /// `DELETE /api/v1/mesh/nodes/{id}`.
@@ -118,7 +126,9 @@ pub async fn delete_node(
     State(app): State<AppState>,
     Path(nid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    nodes::delete(&app.db, id("id", &nid)?).await?;
+    let n = nodes::get(&app.db, id("id", &nid)?).await?;
+    nodes::delete(&app.db, n.id).await?;
+    app.mesh.changed(n.network_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -136,7 +146,9 @@ pub async fn add_route(
     Path(nid): Path<String>,
     JsonBody(req): JsonBody<NewRoute>,
 ) -> Result<(StatusCode, Json<NodeRoute>), ApiError> {
-    let r = routes::add(&app.db, id("id", &nid)?, req).await?;
+    let node = nodes::get(&app.db, id("id", &nid)?).await?;
+    let r = routes::add(&app.db, node.id, req).await?;
+    app.mesh.changed(node.network_id);
     Ok((StatusCode::CREATED, Json(r)))
 }
 
@@ -146,7 +158,9 @@ pub async fn update_route(
     Path((nid, rid)): Path<(String, String)>,
     JsonBody(patch): JsonBody<RoutePatch>,
 ) -> Result<Json<NodeRoute>, ApiError> {
-    let r = routes::update(&app.db, id("id", &nid)?, id("rid", &rid)?, patch).await?;
+    let node = nodes::get(&app.db, id("id", &nid)?).await?;
+    let r = routes::update(&app.db, node.id, id("rid", &rid)?, patch).await?;
+    app.mesh.changed(node.network_id);
     Ok(Json(r))
 }
 
@@ -155,7 +169,9 @@ pub async fn delete_route(
     State(app): State<AppState>,
     Path((nid, rid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    routes::delete(&app.db, id("id", &nid)?, id("rid", &rid)?).await?;
+    let node = nodes::get(&app.db, id("id", &nid)?).await?;
+    routes::delete(&app.db, node.id, id("rid", &rid)?).await?;
+    app.mesh.changed(node.network_id);
     Ok(StatusCode::NO_CONTENT)
 }
 

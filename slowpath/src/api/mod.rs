@@ -15,6 +15,7 @@ pub mod bounds;
 pub mod error;
 pub mod frps_plugin;
 pub mod mesh;
+pub mod mesh_ws;
 pub mod node;
 pub mod openapi;
 pub mod public;
@@ -58,6 +59,8 @@ pub struct App {
     pub drain: Arc<Mutex<DrainStatus>>,
     /// Tenants (seed 002): the etcd source, traffic reports and quotas.
     pub tenants: TenantServices,
+    /// Changes of mesh networks, for the open `/ws/control` channels.
+    pub mesh: mesh_ws::MeshHub,
 }
 
 /// The running parts behind tenants, for the stats and health endpoints.
@@ -154,6 +157,7 @@ route_table! {
     delete "/api/v1/tenants/{token}" => admin::delete_tenant, AdminKey, BODY_LIMIT_EMPTY, "Delete a tenant";
     get "/api/v1/admin/audit" => admin::audit, AdminKey, BODY_LIMIT_EMPTY, "Query the audit log (?kind=&node_id=&invite_id=&since_ms=&limit=)";
     get "/api/v1/admin/stats" => admin::stats, AdminKey, BODY_LIMIT_EMPTY, "Counts, traffic, event drops, per-worker policy generation";
+    get "/ws/control" => mesh_ws::control, Anonymous, BODY_LIMIT_EMPTY, "Mesh: a node's control channel (WebSocket, seed 003 frames)";
     get "/api/v1/mesh/networks" => mesh::list_networks, AdminKey, BODY_LIMIT_EMPTY, "Mesh: list networks";
     post "/api/v1/mesh/networks" => mesh::create_network, AdminKey, BODY_LIMIT_REQUEST, "Mesh: create a network {name, subnet, description}";
     put "/api/v1/mesh/networks/{id}" => mesh::update_network, AdminKey, BODY_LIMIT_REQUEST, "Mesh: change a network (subnet only while no node has an address)";

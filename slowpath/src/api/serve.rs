@@ -30,7 +30,6 @@ use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -78,7 +77,11 @@ pub async fn run(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     let conns = Arc::new(Connections::new(&limits));
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown by hand: hyper-util's watcher does not take
+    // connections served with upgrades (mesh WebSockets). Each connection
+    // task holds a clone of `alive` and watches `stop`.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let alive = Arc::new(());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -101,10 +104,24 @@ pub async fn run(
             req.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(req)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // With upgrades: mesh control channels are WebSockets.
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let conns = Arc::clone(&conns);
+        let mut stop = stop_rx.clone();
+        let alive = Arc::clone(&alive);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            drop(alive);
+            if let Err(e) = ended {
                 tracing::debug!(peer = %peer, error = %e, "API connection ended");
             }
             drop(slot);
@@ -115,14 +132,17 @@ pub async fn run(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = limits.shutdown_grace.as_secs(),
-            "API connections still open at shutdown; closing them"
-        );
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + limits.shutdown_grace;
+    while Arc::strong_count(&alive) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                grace_s = limits.shutdown_grace.as_secs(),
+                "API connections still open at shutdown; closing them"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -68,6 +68,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         publisher: Arc::clone(&services.publisher),
         drain: services.drain,
         tenants: services.tenants,
+        mesh: Default::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,6 +6,7 @@
 //! blacklist ([`tokens`]). Tables `mesh_*` (migration 0005);
 //! audit rows go to the shared audit log with kinds `mesh.*`.
 
+pub mod config;
 pub mod networks;
 pub mod nodes;
 pub mod routes;

@@ -308,6 +308,17 @@ pub async fn rotate_key(
     Ok(get(db, id).await?)
 }
 
+/// Mark a node's control channel open or closed.
+pub async fn set_online(db: &Db, id: u32, online: bool) -> Result<()> {
+    sqlx::query("UPDATE mesh_nodes SET online = $1, last_seen_ms = $2 WHERE id = $3")
+        .bind(i64::from(online))
+        .bind(now_ms())
+        .bind(i64::from(id))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// One node.
 pub async fn get(db: &Db, id: u32) -> Result<MeshNode> {
     fetch(db, id).await

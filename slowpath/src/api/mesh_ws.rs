@@ -1,0 +1,317 @@
+//! Seed 003's control channel, `/ws/control`: a node authenticates with a
+//! machine-key-signed AUTH_REQUEST (registering on first contact), gets
+//! AUTH_RESPONSE and CONFIG once authorized, then CONFIG_UPDATE whenever
+//! its network changes; it may PING and rotate its node key (a signed
+//! CONFIG_UPDATE). Every message is one binary WebSocket message holding
+//! one seed 003 frame. Protocol and authentication errors are answered
+//! with an ERROR frame and the connection is closed; a deauthorized or
+//! deleted node is cut off at the next change of its network.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use proto::mesh::control::{self, AuthRequest, AuthResponse, Config, ErrorBody, NodeKeyUpdate};
+use proto::mesh::{frame, ErrorCode, MsgType};
+use tokio::sync::broadcast;
+
+use super::AppState;
+use crate::clock::now_ms;
+use crate::domain::mesh::{config, nodes, tokens};
+
+/// Largest control frame payload accepted (a CONFIG for thousands of peers
+/// fits; anything larger is 2003).
+pub const MAX_CONTROL_PAYLOAD: usize = 60 * 1024;
+
+/// How long a new connection has to send its AUTH_REQUEST.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Control channels open at once. An upgraded connection leaves the API's
+/// own connection caps (hyper hands its socket over), so the channels
+/// have theirs; past it an upgrade is refused with 503.
+pub const MAX_CONTROL_CHANNELS: usize = 4096;
+
+/// Changes of mesh networks, for the open control channels.
+#[derive(Debug)]
+pub struct MeshHub {
+    tx: broadcast::Sender<u32>,
+    channels: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for MeshHub {
+    fn default() -> Self {
+        MeshHub {
+            tx: broadcast::channel(256).0,
+            channels: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CHANNELS)),
+        }
+    }
+}
+
+impl MeshHub {
+    /// Network `id` changed: its channels recompute what they pushed.
+    pub fn changed(&self, network_id: u32) {
+        let _ = self.tx.send(network_id);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<u32> {
+        self.tx.subscribe()
+    }
+}
+
+/// `GET /ws/control`.
+pub async fn control(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = std::sync::Arc::clone(&app.mesh.channels).try_acquire_owned() else {
+        tracing::warn!(
+            max = MAX_CONTROL_CHANNELS,
+            "mesh control channel refused: too many open"
+        );
+        return axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many mesh control channels",
+        ));
+    };
+    ws.max_message_size(frame::HEADER_LEN + frame::MAX_PAYLOAD)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            let mut ch = Channel {
+                ws: socket,
+                pushed: 0,
+            };
+            if let Err(why) = ch.serve(&app).await {
+                tracing::info!(%why, "mesh control channel closed");
+            }
+        })
+}
+
+struct Channel {
+    ws: WebSocket,
+    /// CONFIG and CONFIG_UPDATE frames sent (their version).
+    pushed: u64,
+}
+
+/// A node's configuration with a fresh relay token.
+async fn node_config(app: &AppState, node: &nodes::MeshNode) -> Result<Config, String> {
+    let mut c = config::for_node(&app.db, node)
+        .await
+        .map_err(|e| e.to_string())?;
+    let relay = tokens::relay(
+        &app.db,
+        &app.signer.mesh_signer(),
+        node,
+        Vec::new(),
+        now_ms(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    c.relay_token = relay.token;
+    c.relay_token_exp = relay.claims.exp();
+    Ok(c)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Channel {
+    async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<(), String> {
+        let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+        frame::encode(kind, 0, payload, &mut out).map_err(|e| e.to_string())?;
+        self.ws
+            .send(Message::Binary(out.into()))
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    /// Send ERROR; Err(the message) so callers can `return` it.
+    async fn fail(&mut self, body: ErrorBody) -> Result<(), String> {
+        let _ = self.send(MsgType::Error, &json(&body)).await;
+        let _ = self.ws.send(Message::Close(None)).await;
+        Err(format!("{} {}", body.code, body.message))
+    }
+
+    /// The next frame's bytes (None: closed).
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, String> {
+        loop {
+            match self.ws.recv().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(format!("receive: {e}")),
+                Some(Ok(Message::Binary(b))) => return Ok(Some(b.to_vec())),
+                Some(Ok(Message::Text(_))) => {
+                    return self
+                        .fail(ErrorBody::new(
+                            ErrorCode::InvalidMessage,
+                            "frames are binary messages",
+                        ))
+                        .await
+                        .map(|_| None)
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn serve(&mut self, app: &AppState) -> Result<(), String> {
+        let first = match tokio::time::timeout(AUTH_TIMEOUT, self.recv()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return self
+                    .fail(ErrorBody::new(
+                        ErrorCode::InvalidMessage,
+                        "no AUTH_REQUEST within 10 s",
+                    ))
+                    .await
+            }
+        };
+        let Some(msg) = first else { return Ok(()) };
+        let req: AuthRequest = match frame::parse(&msg, MAX_CONTROL_PAYLOAD) {
+            Err(e) => return self.fail(ErrorBody::new(e.code(), &e.to_string())).await,
+            Ok(f) if f.kind != MsgType::AuthRequest => {
+                let why = format!("expected AUTH_REQUEST, got {}", f.kind);
+                return self
+                    .fail(ErrorBody::new(ErrorCode::InvalidMessage, &why))
+                    .await;
+            }
+            Ok(f) => match control::decode(f.payload) {
+                Ok(r) => r,
+                Err(body) => return self.fail(body).await,
+            },
+        };
+        let reg = match nodes::register(&app.db, &req, now_ms()).await {
+            Ok(r) => r,
+            Err(refusal) => {
+                return self
+                    .fail(ErrorBody {
+                        code: refusal.code.code(),
+                        message: refusal.to_string(),
+                        node_id: None,
+                    })
+                    .await
+            }
+        };
+        let mut node = reg.node;
+        if !node.authorized {
+            let resp = AuthResponse {
+                ok: false,
+                node_id: node.id,
+                network_id: node.network_id,
+                error: Some(ErrorBody::new(
+                    ErrorCode::NodeNotAuthorized,
+                    "waiting for an operator to authorize this node",
+                )),
+                ..AuthResponse::default()
+            };
+            let _ = self.send(MsgType::AuthResponse, &json(&resp)).await;
+            let _ = self.ws.send(Message::Close(None)).await;
+            return Err(format!("node {} not authorized", node.id));
+        }
+        let net = node.network_id;
+        let mut changes = app.mesh.subscribe();
+        let result = self.session(app, &mut node, &mut changes).await;
+        let _ = nodes::set_online(&app.db, node.id, false).await;
+        app.mesh.changed(net);
+        result
+    }
+
+    async fn session(
+        &mut self,
+        app: &AppState,
+        node: &mut nodes::MeshNode,
+        changes: &mut broadcast::Receiver<u32>,
+    ) -> Result<(), String> {
+        let db = &app.db;
+        let err = |e: crate::error::Error| e.to_string();
+        nodes::set_online(db, node.id, true).await.map_err(err)?;
+        app.mesh.changed(node.network_id);
+        let signer = app.signer.mesh_signer();
+        let auth = tokens::auth(db, &signer, node, now_ms())
+            .await
+            .map_err(err)?;
+        let resp = AuthResponse {
+            ok: true,
+            node_id: node.id,
+            virtual_ip: node.virtual_ip.clone(),
+            network_id: node.network_id,
+            auth_token: auth.token,
+            error: None,
+        };
+        self.send(MsgType::AuthResponse, &json(&resp)).await?;
+        let mut last = node_config(app, node).await?;
+        self.pushed += 1;
+        last.version = self.pushed;
+        self.send(MsgType::Config, &json(&last)).await?;
+        loop {
+            tokio::select! {
+                msg = self.recv() => {
+                    let Some(msg) = msg? else { return Ok(()) };
+                    self.handle(app, node, &msg).await?;
+                }
+                changed = changes.recv() => {
+                    match changed {
+                        Ok(n) if n != node.network_id => continue,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                        _ => {}
+                    }
+                    match nodes::get(db, node.id).await {
+                        Ok(n) if n.authorized => *node = n,
+                        _ => {
+                            return self
+                                .fail(ErrorBody::new(
+                                    ErrorCode::NodeNotAuthorized,
+                                    "this node was deauthorized or deleted",
+                                ))
+                                .await
+                        }
+                    }
+                    let new = node_config(app, node).await?;
+                    if let Some(update) = config::diff(&last, &new, self.pushed + 1) {
+                        self.pushed += 1;
+                        self.send(MsgType::ConfigUpdate, &json(&update)).await?;
+                    }
+                    last = Config { version: self.pushed, ..new };
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        app: &AppState,
+        node: &nodes::MeshNode,
+        msg: &[u8],
+    ) -> Result<(), String> {
+        let f = match frame::parse(msg, MAX_CONTROL_PAYLOAD) {
+            Ok(f) => f,
+            Err(e) => return self.fail(ErrorBody::new(e.code(), &e.to_string())).await,
+        };
+        match f.kind {
+            MsgType::Ping => self.send(MsgType::Pong, f.payload).await,
+            MsgType::ConfigUpdate => {
+                let upd: NodeKeyUpdate = match control::decode(f.payload) {
+                    Ok(u) => u,
+                    Err(body) => return self.fail(body).await,
+                };
+                match nodes::rotate_key(&app.db, node.id, &upd, now_ms()).await {
+                    Ok(_) => {
+                        app.mesh.changed(node.network_id);
+                        Ok(())
+                    }
+                    // The key stays; the channel stays open.
+                    Err(refusal) => {
+                        let body = ErrorBody {
+                            code: refusal.code.code(),
+                            message: refusal.to_string(),
+                            node_id: None,
+                        };
+                        self.send(MsgType::Error, &json(&body)).await
+                    }
+                }
+            }
+            other => {
+                let why = format!("{other} is not accepted on the control channel");
+                self.fail(ErrorBody::new(ErrorCode::InvalidMessage, &why))
+                    .await
+            }
+        }
+    }
+}
