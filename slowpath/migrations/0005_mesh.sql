@@ -94,6 +94,16 @@ CREATE TABLE mesh_token_blacklist (
     created_ms BIGINT NOT NULL
 );
 
+-- Tokens issued to nodes and not yet expired, so that deauthorizing or
+-- deleting a node can blacklist every one of them.
+CREATE TABLE mesh_issued_tokens (
+    jti TEXT PRIMARY KEY,
+    node_id BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+
+CREATE INDEX mesh_issued_tokens_node ON mesh_issued_tokens (node_id);
+
 CREATE TABLE mesh_node_server_connections (
     node_id BIGINT NOT NULL REFERENCES mesh_nodes (id) ON DELETE CASCADE,
     server_id BIGINT NOT NULL REFERENCES mesh_servers (id) ON DELETE CASCADE,

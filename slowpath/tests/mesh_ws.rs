@@ -233,17 +233,37 @@ fn control(backend: Backend) {
         &format!("/api/v1/mesh/nodes/{b_id}/deauthorize"),
         None,
     );
-    let err = loop {
-        match recv(&mut wb) {
-            Some((MsgType::Error, p)) => break serde_json::from_slice::<ErrorBody>(&p).unwrap(),
-            Some(_) => continue,
-            None => panic!("closed without ERROR"),
-        }
-    };
+    let err = wait_error(&mut wb);
     assert_eq!(err.code, 1006);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(closed(&mut wb));
     wait_update(&mut wa, |u| u.removed.contains(&b_id));
+    // Its tokens (an auth token and the relay tokens of its configs) are
+    // blacklisted; a's are not.
+    let (_, v) = sp.admin_call("GET", "/api/v1/mesh/stats/overview", None);
+    let listed = v["tokens_blacklisted"].as_u64().unwrap();
+    assert!(listed >= 2, "{v}");
+    let (st, _) = sp.admin_call("DELETE", &format!("/api/v1/mesh/nodes/{a_id}"), None);
+    assert_eq!(st, 204);
+    let (_, v) = sp.admin_call("GET", "/api/v1/mesh/stats/overview", None);
+    assert!(
+        v["tokens_blacklisted"].as_u64().unwrap() >= listed + 2,
+        "{v}"
+    );
+    // Deleted while connected: cut off too.
+    let err = wait_error(&mut wa);
+    assert_eq!(err.code, 1006);
+}
+
+/// Skip frames until an ERROR (the server's last word before a close).
+fn wait_error(ws: &mut Ws) -> ErrorBody {
+    loop {
+        match recv(ws) {
+            Some((MsgType::Error, p)) => return serde_json::from_slice(&p).unwrap(),
+            Some(_) => continue,
+            None => panic!("closed without ERROR"),
+        }
+    }
 }
 
 /// Read CONFIG_UPDATEs until one for which `pred` holds.

@@ -15,7 +15,7 @@ use super::AppState;
 use crate::domain::mesh::networks::{self, Network, NetworkPatch, NewNetwork};
 use crate::domain::mesh::nodes::{self, MeshNode, Rename};
 use crate::domain::mesh::routes::{self, Aggregated, NewRoute, NodeRoute, RoutePatch};
-use crate::domain::mesh::settings;
+use crate::domain::mesh::{settings, tokens};
 use crate::error::Error;
 
 /// A path id: a positive 32-bit number.
@@ -61,7 +61,11 @@ pub async fn delete_network(
     Path(nid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let nid = id("id", &nid)?;
+    let members = nodes::list(&app.db, Some(nid)).await?;
     networks::delete(&app.db, nid).await?;
+    for n in members {
+        tokens::revoke_node(&app.db, n.id, "network deleted").await?;
+    }
     app.mesh.changed(nid);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -106,6 +110,7 @@ pub async fn deauthorize_node(
     Path(nid): Path<String>,
 ) -> Result<Json<MeshNode>, ApiError> {
     let n = nodes::deauthorize(&app.db, id("id", &nid)?).await?;
+    tokens::revoke_node(&app.db, n.id, "node deauthorized").await?;
     app.mesh.changed(n.network_id);
     Ok(Json(n))
 }
@@ -128,6 +133,7 @@ pub async fn delete_node(
 ) -> Result<StatusCode, ApiError> {
     let n = nodes::get(&app.db, id("id", &nid)?).await?;
     nodes::delete(&app.db, n.id).await?;
+    tokens::revoke_node(&app.db, n.id, "node deleted").await?;
     app.mesh.changed(n.network_id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -236,5 +242,6 @@ pub async fn overview(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
         "nodes_online": count("SELECT COUNT(*) FROM mesh_nodes WHERE online = 1").await?,
         "routes": count("SELECT COUNT(*) FROM mesh_node_routes").await?,
         "servers": count("SELECT COUNT(*) FROM mesh_servers").await?,
+        "tokens_blacklisted": count("SELECT COUNT(*) FROM mesh_token_blacklist").await?,
     })))
 }

@@ -35,11 +35,57 @@ fn now_s(now_ms: i64) -> u64 {
     u64::try_from(now_ms / 1000).unwrap_or(0)
 }
 
+/// Remember a node's token so that revoking the node revokes it; drop
+/// the entries of expired tokens on the way.
+async fn remember(db: &Db, node_id: u32, t: Issued) -> Result<Issued> {
+    let now = now_ms();
+    sqlx::query("DELETE FROM mesh_issued_tokens WHERE expires_ms <= $1")
+        .bind(now)
+        .execute(db)
+        .await?;
+    sqlx::query("INSERT INTO mesh_issued_tokens (jti, node_id, expires_ms) VALUES ($1, $2, $3)")
+        .bind(t.claims.jti())
+        .bind(i64::from(node_id))
+        .bind(i64::try_from(t.claims.exp().saturating_mul(1000)).unwrap_or(i64::MAX))
+        .execute(db)
+        .await?;
+    Ok(t)
+}
+
+/// Blacklist every live token of `node_id` (it was deauthorized or
+/// deleted); returns how many.
+pub async fn revoke_node(db: &Db, node_id: u32, reason: &str) -> Result<usize> {
+    let rows = sqlx::query(
+        "SELECT jti, expires_ms FROM mesh_issued_tokens WHERE node_id = $1 AND expires_ms > $2",
+    )
+    .bind(i64::from(node_id))
+    .bind(now_ms())
+    .fetch_all(db)
+    .await?;
+    for r in &rows {
+        let jti: String = r.try_get("jti")?;
+        let exp: i64 = r.try_get("expires_ms")?;
+        revoke(
+            db,
+            &jti,
+            node_id,
+            reason,
+            u64::try_from(exp / 1000).unwrap_or(0),
+        )
+        .await?;
+    }
+    sqlx::query("DELETE FROM mesh_issued_tokens WHERE node_id = $1")
+        .bind(i64::from(node_id))
+        .execute(db)
+        .await?;
+    Ok(rows.len())
+}
+
 /// A node's auth token (control channel).
 pub async fn auth(db: &Db, signer: &Signer<'_>, node: &MeshNode, now_ms: i64) -> Result<Issued> {
     let iat = now_s(now_ms);
     let ttl = settings::hours_s(db, "auth_token_expire_hours", 24.0).await?;
-    Ok(issued(
+    let t = issued(
         Claims::Auth(AuthClaims {
             node_id: node.id,
             machine_key_hash: format!("sha256:{}", sha256_hex(&node.machine_key_pub)),
@@ -50,7 +96,8 @@ pub async fn auth(db: &Db, signer: &Signer<'_>, node: &MeshNode, now_ms: i64) ->
             jti: random_hex(12),
         }),
         signer,
-    ))
+    );
+    remember(db, node.id, t).await
 }
 
 /// A node's relay token for `relays` (data channels).
@@ -63,7 +110,7 @@ pub async fn relay(
 ) -> Result<Issued> {
     let iat = now_s(now_ms);
     let ttl = settings::hours_s(db, "relay_token_expire_hours", 1.5).await?;
-    Ok(issued(
+    let t = issued(
         Claims::Relay(RelayClaims {
             node_id: node.id,
             network_id: node.network_id,
@@ -73,7 +120,8 @@ pub async fn relay(
             jti: random_hex(12),
         }),
         signer,
-    ))
+    );
+    remember(db, node.id, t).await
 }
 
 /// A server's token.
