@@ -37,6 +37,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show counts, traffic and policy propagation (admin).
     Stats(ClientArgs),
+    /// The mesh controller (seed 003): networks, nodes, routes, settings.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Run the data plane (the fastpath) in this process, with fastpath's own
     /// flags (`slowpath fastpath --help`); `up` starts it this way as a child.
     #[command(disable_help_flag = true)]
@@ -184,6 +187,137 @@ pub enum NodeCommand {
         server_addr: Option<String>,
         #[command(flatten)]
         vhost: NodeVhostArgs,
+    },
+}
+
+/// `slowpath mesh …` (seed 003's operator verbs, through the admin API).
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Networks.
+    #[command(subcommand)]
+    Network(MeshNetworkCommand),
+    /// Nodes.
+    #[command(subcommand)]
+    Node(MeshNodeCommand),
+    /// Subnet routes.
+    #[command(subcommand)]
+    Route(MeshRouteCommand),
+    /// Settings: show them, or set `key=value` pairs.
+    Config {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// `key=value` to set (none: show all).
+        set: Vec<String>,
+    },
+    /// Counts of networks, nodes, routes, servers.
+    Status(ClientArgs),
+    /// Measured latencies.
+    Latency(ClientArgs),
+}
+
+/// `slowpath mesh network …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshNetworkCommand {
+    /// List networks.
+    List(ClientArgs),
+    /// Create a network.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        name: String,
+        /// IPv4 subnet, e.g. 10.100.0.0/16.
+        subnet: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a network and its nodes.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Network id.
+        id: u32,
+    },
+}
+
+/// `slowpath mesh node …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshNodeCommand {
+    /// List nodes (optionally of one network).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this network's.
+        #[arg(long)]
+        network: Option<u32>,
+    },
+    /// Authorize a node (gives it an address).
+    Authorize {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id.
+        id: u32,
+    },
+    /// Take a node's authorization away (its tokens are revoked).
+    Deauthorize {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id.
+        id: u32,
+    },
+    /// Rename a node.
+    Rename {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id.
+        id: u32,
+        /// New name.
+        name: String,
+    },
+    /// Delete a node.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Node id.
+        id: u32,
+    },
+}
+
+/// `slowpath mesh route …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshRouteCommand {
+    /// Every route, grouped by subnet (or one node's with --node).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this gateway node's.
+        #[arg(long)]
+        node: Option<u32>,
+    },
+    /// Advertise a subnet behind a gateway node.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Gateway node id.
+        node: u32,
+        /// Subnet, e.g. 192.168.1.0/24.
+        cidr: String,
+        /// Lower wins (default 100).
+        #[arg(long)]
+        priority: Option<u32>,
+        /// Share among equal priorities (default 100).
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a route.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Gateway node id.
+        node: u32,
+        /// Route id.
+        id: u32,
     },
 }
 

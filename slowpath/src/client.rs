@@ -3,7 +3,10 @@
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{AuditArgs, ClientArgs, InviteCommand, NodeCommand, NodeVhostArgs};
+use crate::cli::{
+    AuditArgs, ClientArgs, InviteCommand, MeshCommand, MeshNetworkCommand, MeshNodeCommand,
+    MeshRouteCommand, NodeCommand, NodeVhostArgs,
+};
 
 fn admin_key(c: &ClientArgs) -> Result<String> {
     if let Some(k) = &c.admin_key {
@@ -249,4 +252,96 @@ pub fn audit(a: AuditArgs) -> Result<()> {
 /// `slowpath stats`.
 pub fn stats(c: ClientArgs) -> Result<()> {
     print(&admin(&c, "GET", "/api/v1/admin/stats", None)?)
+}
+
+/// `slowpath mesh …`.
+pub fn mesh(cmd: MeshCommand) -> Result<()> {
+    let m = |c: &ClientArgs, method: &str, path: &str, body: Option<Value>| {
+        admin(c, method, &format!("/api/v1/mesh{path}"), body)
+    };
+    let v = match cmd {
+        MeshCommand::Network(MeshNetworkCommand::List(c)) => m(&c, "GET", "/networks", None)?,
+        MeshCommand::Network(MeshNetworkCommand::Create {
+            client,
+            name,
+            subnet,
+            description,
+        }) => m(
+            &client,
+            "POST",
+            "/networks",
+            Some(json!({ "name": name, "subnet": subnet, "description": description })),
+        )?,
+        MeshCommand::Network(MeshNetworkCommand::Delete { client, id }) => {
+            m(&client, "DELETE", &format!("/networks/{id}"), None)?
+        }
+        MeshCommand::Node(MeshNodeCommand::List { client, network }) => {
+            let q = network
+                .map(|n| format!("?network_id={n}"))
+                .unwrap_or_default();
+            m(&client, "GET", &format!("/nodes{q}"), None)?
+        }
+        MeshCommand::Node(MeshNodeCommand::Authorize { client, id }) => {
+            m(&client, "POST", &format!("/nodes/{id}/authorize"), None)?
+        }
+        MeshCommand::Node(MeshNodeCommand::Deauthorize { client, id }) => {
+            m(&client, "POST", &format!("/nodes/{id}/deauthorize"), None)?
+        }
+        MeshCommand::Node(MeshNodeCommand::Rename { client, id, name }) => m(
+            &client,
+            "POST",
+            &format!("/nodes/{id}/rename"),
+            Some(json!({ "name": name })),
+        )?,
+        MeshCommand::Node(MeshNodeCommand::Delete { client, id }) => {
+            m(&client, "DELETE", &format!("/nodes/{id}"), None)?
+        }
+        MeshCommand::Route(MeshRouteCommand::List { client, node }) => match node {
+            Some(n) => m(&client, "GET", &format!("/nodes/{n}/routes"), None)?,
+            None => m(&client, "GET", "/routes", None)?,
+        },
+        MeshCommand::Route(MeshRouteCommand::Add {
+            client,
+            node,
+            cidr,
+            priority,
+            weight,
+        }) => {
+            let mut body = json!({ "cidr": cidr });
+            set_given(&mut body, "priority", priority);
+            set_given(&mut body, "weight", weight);
+            m(
+                &client,
+                "POST",
+                &format!("/nodes/{node}/routes"),
+                Some(body),
+            )?
+        }
+        MeshCommand::Route(MeshRouteCommand::Delete { client, node, id }) => m(
+            &client,
+            "DELETE",
+            &format!("/nodes/{node}/routes/{id}"),
+            None,
+        )?,
+        MeshCommand::Config { client, set } if set.is_empty() => {
+            m(&client, "GET", "/settings", None)?
+        }
+        MeshCommand::Config { client, set } => {
+            let mut body = serde_json::Map::new();
+            for pair in set {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("{pair:?}: settings are given as key=value");
+                };
+                body.insert(k.trim().to_owned(), json!(v.trim()));
+            }
+            m(&client, "PUT", "/settings", Some(Value::Object(body)))?
+        }
+        MeshCommand::Status(c) => m(&c, "GET", "/stats/overview", None)?,
+        MeshCommand::Latency(c) => m(&c, "GET", "/latency/matrix", None)?,
+    };
+    if v.is_null() {
+        println!("done");
+        return Ok(());
+    }
+    print(&v)
 }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Invite(cmd) => client::invite(cmd),
         Command::Audit(args) => client::audit(args),
         Command::Stats(args) => client::stats(args),
+        Command::Mesh(cmd) => client::mesh(cmd),
         Command::Fastpath { .. } => unreachable!("dispatched before parsing"),
     };
     match result {

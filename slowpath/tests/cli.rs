@@ -117,6 +117,59 @@ fn operator_verbs_drive_the_api() {
     each_backend("cli", verbs);
 }
 
+fn mesh_verbs(b: Backend) {
+    let sp = Slowpath::start(&b, &[]);
+    let net = json_ok(&sp, &["mesh", "network", "create", "lab", "10.100.0.0/16"]);
+    assert_eq!(
+        (net["name"].as_str(), net["subnet"].as_str()),
+        (Some("lab"), Some("10.100.0.0/16"))
+    );
+    let list = json_ok(&sp, &["mesh", "network", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let cfg = json_ok(
+        &sp,
+        &[
+            "mesh",
+            "config",
+            "require_authorization=false",
+            "keepalive_interval_seconds=30",
+        ],
+    );
+    assert_eq!(cfg["require_authorization"], "false");
+    assert_eq!(cfg["keepalive_interval_seconds"], "30");
+    let status = json_ok(&sp, &["mesh", "status"]);
+    assert_eq!(status["networks"], 2);
+    assert_eq!(
+        json_ok(&sp, &["mesh", "node", "list", "--network", "2"]),
+        serde_json::json!([])
+    );
+    // Refusals exit non-zero with the API's words.
+    let out = run(&sp, &["mesh", "network", "create", "x", "10.100.0.1/16"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 400"),
+        "{out:?}"
+    );
+    let out = run(&sp, &["mesh", "node", "authorize", "9"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
+        "{out:?}"
+    );
+    let out = run(&sp, &["mesh", "config", "nonsense"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key=value"),
+        "{out:?}"
+    );
+    let out = run(&sp, &["mesh", "network", "delete", "2"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+}
+
+#[test]
+fn mesh_verbs_drive_the_mesh_api() {
+    each_backend("cli_mesh", mesh_verbs);
+}
+
 #[test]
 fn help_lists_every_subcommand() {
     let out = Command::new(env!("CARGO_BIN_EXE_slowpath"))
@@ -125,7 +178,7 @@ fn help_lists_every_subcommand() {
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     for verb in [
-        "up", "serve", "node", "invite", "audit", "stats", "fastpath",
+        "up", "serve", "node", "invite", "audit", "stats", "mesh", "fastpath",
     ] {
         assert!(
             help.contains(&format!("\n  {verb} ")),
