@@ -30,6 +30,9 @@ CREATE TABLE mesh_nodes (
     online BIGINT NOT NULL,
     last_seen_ms BIGINT NOT NULL,
     authorized BIGINT NOT NULL,
+    -- The newest timestamp (unix ms) a message signed by the machine key
+    -- carried: a signed message is taken once, and only if newer.
+    last_signed_ms BIGINT NOT NULL,
     created_ms BIGINT NOT NULL,
     updated_ms BIGINT NOT NULL
 );
@@ -110,6 +113,12 @@ CREATE TABLE mesh_node_server_connections (
     connected_ms BIGINT NOT NULL,
     last_ping_ms BIGINT NOT NULL,
     PRIMARY KEY (node_id, server_id)
+);
+
+-- Id counters: ids are never reused (relays and peers key caches by them).
+CREATE TABLE mesh_counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
 );
 
 CREATE TABLE mesh_settings (

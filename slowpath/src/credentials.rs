@@ -38,19 +38,24 @@ pub fn new_node_id() -> String {
 }
 
 /// A new subdomain label for an invite: eight characters of `a-z0-9`,
-/// the first a letter (about 40 bits), e.g. `k3x9q2ab`.
-pub fn new_subdomain_label() -> String {
+/// the first a letter (about 40 bits), e.g. `k3x9q2ab`; None when the
+/// system's random source fails.
+pub fn new_subdomain_label() -> Option<String> {
     const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
     const ALNUM: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut raw = [0u8; 8];
-    let _ = SystemRandom::new().fill(&mut raw);
-    raw.iter()
+    // Unlike the hashed secrets, a label is stored as is: a failing system
+    // RNG must not hand out "aaaaaaaa".
+    SystemRandom::new().fill(&mut raw).ok()?;
+    let label = raw
+        .iter()
         .enumerate()
         .map(|(i, b)| {
             let set: &[u8] = if i == 0 { LETTERS } else { ALNUM };
             char::from(set[usize::from(*b) % set.len()])
         })
-        .collect()
+        .collect();
+    Some(label)
 }
 
 /// Crockford base32: no I, L, O or U, so a code read aloud or retyped survives.

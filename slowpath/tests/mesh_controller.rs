@@ -165,7 +165,7 @@ fn registration(backend: Backend) {
     block_on(async {
         let db = db::open(&tdb.url).await.unwrap();
         let now = slowpath::clock::now_ms();
-        let ts = (now / 1000) as u64;
+        let ts = now as u64;
         let net = networks::create(
             &db,
             networks::NewNetwork {
@@ -194,7 +194,7 @@ fn registration(backend: Backend) {
         assert_eq!(a1.virtual_ip, "10.100.0.1");
         // Again with a new node key: the same node, the new key.
         let ka2 = NodeKey::generate().unwrap();
-        let again = nodes::register(&db, &auth(&ma, &ka2, "lab", ts), now)
+        let again = nodes::register(&db, &auth(&ma, &ka2, "lab", ts + 1), now)
             .await
             .unwrap();
         assert!(!again.new);
@@ -215,7 +215,7 @@ fn registration(backend: Backend) {
                 .code(),
             1004
         );
-        let old = auth(&ma, &ka, "lab", ts - 3600);
+        let old = auth(&ma, &ka, "lab", ts - 3_600_000);
         assert_eq!(
             nodes::register(&db, &old, now)
                 .await
@@ -229,6 +229,36 @@ fn registration(backend: Backend) {
             .unwrap_err();
         assert_eq!(e.code.code(), 2002);
         assert!(e.message.contains("\"nope\" does not exist"), "{e}");
+        // A replayed AUTH_REQUEST (a timestamp not newer than the last one
+        // taken) is 1005, and changes nothing.
+        let replay = nodes::register(&db, &auth(&ma, &ka, "lab", ts + 1), now)
+            .await
+            .unwrap_err();
+        assert_eq!(replay.code.code(), 1005, "{replay}");
+        assert!(replay.message.contains("replayed"), "{replay}");
+        // The same key written another way is the same node, not a new one
+        // (in this network or another).
+        let mut spaced = auth(&ma, &ka2, "lab", ts + 2);
+        spaced.machine_key = format!(" {}\n", spaced.machine_key);
+        let mk = ma.public_b64();
+        let signed_text = auth_signed_bytes(&spaced.machine_key, &spaced.node_key, ts + 2, "lab");
+        spaced.signature = mesh::keys::encode(&ma.sign(&signed_text));
+        let same = nodes::register(&db, &spaced, now).await.unwrap();
+        assert!(!same.new && same.node.id == a.node.id, "{same:?}");
+        assert_eq!(same.node.machine_key_pub, mk);
+        // A small-order machine key (the identity point) is 1004.
+        let mut small = auth(&ma, &ka, "lab", ts + 3);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        small.machine_key = mesh::keys::encode(&identity);
+        assert_eq!(
+            nodes::register(&db, &small, now)
+                .await
+                .unwrap_err()
+                .code
+                .code(),
+            1004
+        );
         // The node key is unchanged by all of that.
         assert_eq!(
             nodes::get(&db, a.node.id).await.unwrap().node_key_pub,
@@ -238,13 +268,14 @@ fn registration(backend: Backend) {
         // A rotation signed by the machine key is taken; one signed by
         // another key is 1005 and changes nothing.
         let ka3 = NodeKey::generate().unwrap();
+        let at = ts + 10;
         let signed = |m: &MachineKey, k: &NodeKey| NodeKeyUpdate {
             node_key: k.public_b64(),
-            timestamp: ts,
+            timestamp: at,
             signature: mesh::keys::encode(&m.sign(&node_key_signed_bytes(
                 a.node.id,
                 &k.public_b64(),
-                ts,
+                at,
             ))),
         };
         let e = nodes::rotate_key(
@@ -264,6 +295,11 @@ fn registration(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(n.node_key_pub, ka3.public_b64());
+        // The same rotation again is a replay: 1005.
+        let e = nodes::rotate_key(&db, a.node.id, &signed(&ma, &ka3), now)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.code(), 1005);
 
         // With require_authorization off, a new node is authorized at once;
         // the /30 has two addresses, so a third node waits for one.
@@ -302,8 +338,9 @@ fn tokens(backend: Backend) {
             .await
             .unwrap();
         let now = slowpath::clock::now_ms();
+        // Registration is signed in ms; tokens count seconds.
         let ts = (now / 1000) as u64;
-        let node = newcomer_in(&db, "default", ts, now).await.node;
+        let node = newcomer_in(&db, "default", now as u64, now).await.node;
         let keys = vec![(signer.kid().to_owned(), signer.public_key())];
         let trust = Trust {
             ed25519: &keys,

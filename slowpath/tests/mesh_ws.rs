@@ -28,6 +28,19 @@ type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 struct Node {
     machine: MachineKey,
     key: NodeKey,
+    /// The last timestamp signed: each signed message carries a newer one.
+    last: std::cell::Cell<u64>,
+}
+
+/// Unix ms, newer than `last`.
+fn stamp(last: &std::cell::Cell<u64>) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ts = now.max(last.get() + 1);
+    last.set(ts);
+    ts
 }
 
 impl Node {
@@ -35,14 +48,12 @@ impl Node {
         Node {
             machine: MachineKey::generate().unwrap(),
             key: NodeKey::generate().unwrap(),
+            last: std::cell::Cell::new(0),
         }
     }
 
     fn auth(&self) -> AuthRequest {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let ts = stamp(&self.last);
         let (mk, nk) = (self.machine.public_b64(), self.key.public_b64());
         let sig = self
             .machine
@@ -189,10 +200,7 @@ fn control(backend: Backend) {
     // b rotates its node key: a bad signature is 1005 and changes nothing;
     // a good one reaches a.
     let new_key = NodeKey::generate().unwrap();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let ts = stamp(&b.last);
     let signed_by = |m: &MachineKey| NodeKeyUpdate {
         node_key: new_key.public_b64(),
         timestamp: ts,
@@ -334,6 +342,64 @@ fn bad_frames(backend: Backend) {
     let (k, p) = recv(&mut ws).unwrap();
     assert_eq!(k, MsgType::Error);
     assert_eq!(serde_json::from_slice::<Value>(&p).unwrap()["code"], 2002);
+}
+
+/// A network too large for one CONFIG frame: its peers arrive split over
+/// CONFIG and CONFIG_UPDATEs, all of them.
+fn large_network(backend: Backend) {
+    let sp = Slowpath::start(&backend, &[]);
+    let (st, v) = sp.admin_call(
+        "PUT",
+        "/api/v1/mesh/settings",
+        Some(json!({ "require_authorization": false })),
+    );
+    assert_eq!(st, 200, "{v}");
+    // Room for more than a /24's addresses.
+    let (st, v) = sp.admin_call(
+        "PUT",
+        "/api/v1/mesh/networks/1",
+        Some(json!({ "subnet": "10.0.0.0/16" })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let long = "h".repeat(250);
+    let peers = 300;
+    for _ in 0..peers {
+        let n = Node::new();
+        let mut req = n.auth();
+        req.hostname = long.clone();
+        let (mk, nk) = (req.machine_key.clone(), req.node_key.clone());
+        req.signature =
+            encode(
+                &n.machine
+                    .sign(&auth_signed_bytes(&mk, &nk, req.timestamp, "default")),
+            );
+        let mut ws = connect(&sp);
+        send(
+            &mut ws,
+            MsgType::AuthRequest,
+            &serde_json::to_vec(&req).unwrap(),
+        );
+        let resp: AuthResponse = expect(&mut ws, MsgType::AuthResponse);
+        assert!(resp.ok, "{resp:?}");
+    }
+    let me = Node::new();
+    let (mut ws, _, cfg) = join(&sp, &me);
+    let mut seen: std::collections::BTreeSet<u32> = cfg.peers.iter().map(|p| p.node_id).collect();
+    assert!(
+        seen.len() < peers,
+        "all {} peers fit in one CONFIG?",
+        seen.len()
+    );
+    while seen.len() < peers {
+        let u: ConfigUpdate = expect(&mut ws, MsgType::ConfigUpdate);
+        seen.extend(u.peers.iter().map(|p| p.node_id));
+    }
+    assert_eq!(seen.len(), peers);
+}
+
+#[test]
+fn a_network_too_large_for_one_frame_arrives_in_pieces() {
+    each_backend("mesh_large", large_network);
 }
 
 #[test]

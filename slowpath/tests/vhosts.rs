@@ -179,6 +179,22 @@ fn vhosts(backend: Backend) {
         )),
         "{err}"
     );
+    // Nor can a wildcard cover it, or a custom domain name it.
+    let err = http_proxy(&b, "cover", stolen, |np| {
+        np.custom_domains = vec!["*.example.test".into()]
+    })
+    .unwrap_err();
+    assert!(
+        err.contains(
+            "wildcard domain [*.example.test] would cover the subdomains under [node.example.test]"
+        ),
+        "{err}"
+    );
+    let err = http_proxy(&b, "named", stolen, |np| {
+        np.custom_domains = vec![domain.to_uppercase()]
+    })
+    .unwrap_err();
+    assert!(err.contains("should not belong to subdomain host"), "{err}");
     // Its own invite uses it, outside its domain_suffix.
     http_proxy(&a, "mine", mine, |np| np.sub_domain = label.to_uppercase()).expect("own label");
     // Its custom domains stay under the suffix.

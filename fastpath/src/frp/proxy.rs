@@ -172,6 +172,7 @@ impl Proxy {
                 remote_port: valid.remote_port,
                 domains: &domains,
                 subdomain,
+                sub_domain_host,
             },
             Counts {
                 session_proxies: control.proxy_count(),

@@ -41,7 +41,9 @@ pub struct AuthRequest {
     /// Its software version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
-    /// Unix seconds when signed (the controller refuses old ones).
+    /// Unix milliseconds when signed: within 5 minutes of the controller's
+    /// clock and newer than any earlier message signed by this machine key
+    /// (a replay is refused).
     #[serde(default)]
     pub timestamp: u64,
     /// Ed25519 signature by the machine_key over [`auth_signed_bytes`], base64.
@@ -75,7 +77,7 @@ pub fn auth_signed_bytes(
 pub struct NodeKeyUpdate {
     /// The new X25519 node_key, base64.
     pub node_key: String,
-    /// Unix seconds when signed.
+    /// Unix milliseconds when signed (newer than any earlier signed message).
     pub timestamp: u64,
     /// Ed25519 signature over [`node_key_signed_bytes`], base64.
     pub signature: String,

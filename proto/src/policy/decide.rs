@@ -348,6 +348,8 @@ pub struct ProxyRequest<'a> {
     pub domains: &'a [String],
     /// Its `subdomain`, when it names one.
     pub subdomain: Option<Subdomain<'a>>,
+    /// The node's `subDomainHost` ("" = none).
+    pub sub_domain_host: &'a str,
 }
 
 /// A NewProxy's `subdomain`, with who may use it: a node reserves a label
@@ -477,6 +479,25 @@ pub fn proxy(
         }
         _ => None,
     };
+    // Under a control plane, the names under the subDomainHost are handed
+    // out by label (and reserved for invites): no custom domain may name
+    // one, and no wildcard may cover them, or it would serve a reserved
+    // label whenever its owner is offline. (A standalone server keeps
+    // frps's rules.)
+    let host = req.sub_domain_host;
+    if !host.is_empty() && !matches!(scope, Scope::Standalone) {
+        let asked = req.subdomain.map(|s| s.domain);
+        for d in req.domains.iter().filter(|d| Some(d.as_str()) != asked) {
+            let why = if d == "*" || d.strip_prefix("*.").is_some_and(|w| under_suffix(host, w)) {
+                format!("wildcard domain [{d}] would cover the subdomains under [{host}]")
+            } else if under_suffix(d, host) {
+                format!("custom domain [{d}] belongs to the subdomain host [{host}]; ask for it with subdomain")
+            } else {
+                continue;
+            };
+            return refuse(Refusal::new(RefusalKind::DomainNotAllowed, why));
+        }
+    }
     let port = match scope {
         Scope::Standalone | Scope::NoPolicy => {
             let any = if server.allow_ports.is_empty() {
@@ -1146,6 +1167,7 @@ mod tests {
                 remote_port: port,
                 domains: &[],
                 subdomain: None,
+                sub_domain_host: "",
             };
             let got = proxy(server, &scope, &req, &counts, supported);
             if let Err(r) = &got {
@@ -1188,6 +1210,7 @@ mod tests {
                 remote_port: 0,
                 domains,
                 subdomain: None,
+                sub_domain_host: "",
             };
             match proxy(&open, &suffixed, &req, &none, all) {
                 Ok(g) => assert!(ok, "{domains:?} allowed: {g:?}"),
@@ -1215,6 +1238,7 @@ mod tests {
                 domain: "ab12.node.example.com",
                 reserved_by: owner,
             }),
+            sub_domain_host: "node.example.com",
         };
         let got = proxy(&open, &suffixed, &reserved(Some(id(GOOD))), &none, all);
         assert_eq!(kind_of(got).map(|g| g.port), Ok(NoPort));
@@ -1230,6 +1254,38 @@ mod tests {
                 "subdomain [ab12] is reserved for an invite on this node"
             );
         }
+        // No custom domain under the subdomain host, no wildcard covering
+        // it, for any governed session (the owner's own label aside).
+        for (d, ok) in [
+            ("AB12.node.example.com", false),
+            ("x.node.example.com", false),
+            ("*.example.com", false),
+            ("*.com", false),
+            ("*", false),
+            ("*.other.example.com", true),
+            ("node.example.com.evil", true),
+        ] {
+            let domains = [d.to_ascii_lowercase()];
+            let req = ProxyRequest {
+                proxy_type: "http",
+                remote_port: 0,
+                domains: &domains,
+                subdomain: None,
+                sub_domain_host: "node.example.com",
+            };
+            for scope in [Scope::Node { node }, tenant("t_ok"), invite(GOOD)] {
+                let got = proxy(&open, &scope, &req, &none, all);
+                assert_eq!(got.is_ok(), ok, "{d} in {scope:?}: {got:?}");
+                if let Err(r) = got {
+                    assert_eq!(r.kind, DomainNotAllowed);
+                }
+            }
+            // A standalone server keeps frps's rules.
+            assert!(
+                proxy(&open, &Scope::Standalone, &req, &none, all).is_ok(),
+                "{d}"
+            );
+        }
         // The words frpc users read.
         let words = |server, scope, ty, port, counts, supported| {
             let req = ProxyRequest {
@@ -1237,6 +1293,7 @@ mod tests {
                 remote_port: port,
                 domains: &[],
                 subdomain: None,
+                sub_domain_host: "",
             };
             proxy(server, &scope, &req, &counts, supported)
                 .unwrap_err()

@@ -232,6 +232,7 @@ pub async fn new_proxy(
             proxy_type,
             remote_port,
             domains: &domains,
+            sub_domain_host: &node.sub_domain_host,
             subdomain: sub_domain.map(|reserved_by| Subdomain {
                 label: &label,
                 domain: domains.last().map_or("", String::as_str),

@@ -12,16 +12,19 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use proto::mesh::control::{self, AuthRequest, AuthResponse, Config, ErrorBody, NodeKeyUpdate};
+use proto::mesh::control::{
+    self, AuthRequest, AuthResponse, Config, ConfigUpdate, ErrorBody, NodeKeyUpdate,
+};
 use proto::mesh::{frame, ErrorCode, MsgType};
 use tokio::sync::broadcast;
 
 use super::AppState;
 use crate::clock::now_ms;
-use crate::domain::mesh::{config, nodes, tokens};
+use crate::domain::mesh::{config, nodes, settings, tokens};
 
-/// Largest control frame payload accepted (a CONFIG for thousands of peers
-/// fits; anything larger is 2003).
+/// Largest control frame payload accepted (anything larger is 2003) and
+/// sent: a CONFIG whose peers do not fit in one frame goes out as CONFIG and
+/// CONFIG_UPDATEs.
 pub const MAX_CONTROL_PAYLOAD: usize = 60 * 1024;
 
 /// How long a new connection has to send its AUTH_REQUEST.
@@ -90,23 +93,44 @@ struct Channel {
     pushed: u64,
 }
 
-/// A node's configuration with a fresh relay token.
+/// A node's configuration (without tokens: those are minted when due).
 async fn node_config(app: &AppState, node: &nodes::MeshNode) -> Result<Config, String> {
-    let mut c = config::for_node(&app.db, node)
+    config::for_node(&app.db, node)
         .await
-        .map_err(|e| e.to_string())?;
-    let relay = tokens::relay(
-        &app.db,
-        &app.signer.mesh_signer(),
-        node,
-        Vec::new(),
-        now_ms(),
+        .map_err(|e| e.to_string())
+}
+
+/// The relays a relay token lets a node use: every enabled relay server.
+async fn relay_ids(app: &AppState) -> Result<Vec<u32>, String> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM mesh_servers WHERE enabled = 1 AND url <> '' ORDER BY id",
     )
+    .fetch_all(&app.db)
     .await
     .map_err(|e| e.to_string())?;
-    c.relay_token = relay.token;
-    c.relay_token_exp = relay.claims.exp();
-    Ok(c)
+    Ok(ids
+        .into_iter()
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect())
+}
+
+/// `peers` in groups whose JSON fits in `room` bytes each (at least one
+/// group, empty when there are no peers).
+fn chunk_peers(peers: Vec<control::Peer>, room: usize) -> Vec<Vec<control::Peer>> {
+    let mut out = vec![Vec::new()];
+    let mut used = 0;
+    for p in peers {
+        let size = json(&p).len() + 1;
+        if used + size > room && !out.last().is_some_and(Vec::is_empty) {
+            out.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(last) = out.last_mut() {
+            last.push(p);
+        }
+    }
+    out
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -227,6 +251,7 @@ impl Channel {
         let auth = tokens::auth(db, &signer, node, now_ms())
             .await
             .map_err(err)?;
+        let mut auth_exp = auth.claims.exp();
         let resp = AuthResponse {
             ok: true,
             node_id: node.id,
@@ -237,14 +262,50 @@ impl Channel {
         };
         self.send(MsgType::AuthResponse, &json(&resp)).await?;
         let mut last = node_config(app, node).await?;
-        self.pushed += 1;
-        last.version = self.pushed;
-        self.send(MsgType::Config, &json(&last)).await?;
+        let relay = tokens::relay(db, &signer, node, relay_ids(app).await?, now_ms())
+            .await
+            .map_err(err)?;
+        last.relay_token = relay.token;
+        last.relay_token_exp = relay.claims.exp();
+        self.push_config(&last).await?;
+        // A node that sends nothing (not even PING) for three keepalive
+        // intervals is gone.
+        let keepalive = settings::keepalive_s(db).await.map_err(err)?;
+        let silence = Duration::from_secs(3 * keepalive);
+        let mut heard = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(keepalive.min(30)));
         loop {
             tokio::select! {
                 msg = self.recv() => {
                     let Some(msg) = msg? else { return Ok(()) };
+                    heard = tokio::time::Instant::now();
                     self.handle(app, node, &msg).await?;
+                }
+                _ = tick.tick() => {
+                    if heard.elapsed() > silence {
+                        return Err(format!("node {} silent for {} s", node.id, silence.as_secs()));
+                    }
+                    // Tokens refreshed before they run out (seed 003 §4.3:
+                    // the auth token 2 h before, the relay token 15 min).
+                    let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+                    let mut update = ConfigUpdate::default();
+                    if last.relay_token_exp.saturating_sub(now_s) < 15 * 60 {
+                        let t = tokens::relay(db, &signer, node, relay_ids(app).await?, now_ms())
+                            .await
+                            .map_err(err)?;
+                        last.relay_token_exp = t.claims.exp();
+                        update.relay_token = Some((t.token, t.claims.exp()));
+                    }
+                    if auth_exp.saturating_sub(now_s) < 2 * 3600 {
+                        let t = tokens::auth(db, &signer, node, now_ms()).await.map_err(err)?;
+                        auth_exp = t.claims.exp();
+                        update.auth_token = Some((t.token, t.claims.exp()));
+                    }
+                    if update.relay_token.is_some() || update.auth_token.is_some() {
+                        self.pushed += 1;
+                        update.version = self.pushed;
+                        self.send(MsgType::ConfigUpdate, &json(&update)).await?;
+                    }
                 }
                 changed = changes.recv() => {
                     match changed {
@@ -255,6 +316,9 @@ impl Channel {
                     match nodes::get(db, node.id).await {
                         Ok(n) if n.authorized => *node = n,
                         _ => {
+                            // Tokens issued since the revocation ran (this
+                            // channel may have been opening) go too.
+                            let _ = tokens::revoke_node(db, node.id, "node deauthorized").await;
                             return self
                                 .fail(ErrorBody::new(
                                     ErrorCode::NodeNotAuthorized,
@@ -264,14 +328,67 @@ impl Channel {
                         }
                     }
                     let new = node_config(app, node).await?;
-                    if let Some(update) = config::diff(&last, &new, self.pushed + 1) {
-                        self.pushed += 1;
-                        self.send(MsgType::ConfigUpdate, &json(&update)).await?;
+                    if let Some(update) = config::diff(&last, &new, 0) {
+                        self.push_update(update).await?;
                     }
-                    last = Config { version: self.pushed, ..new };
+                    last = Config {
+                        version: self.pushed,
+                        relay_token: std::mem::take(&mut last.relay_token),
+                        relay_token_exp: last.relay_token_exp,
+                        ..new
+                    };
                 }
             }
         }
+    }
+
+    /// Send CONFIG, its peers split over CONFIG_UPDATEs when one frame
+    /// cannot hold them all.
+    async fn push_config(&mut self, cfg: &Config) -> Result<(), String> {
+        let mut head = cfg.clone();
+        let chunks = chunk_peers(
+            std::mem::take(&mut head.peers),
+            MAX_CONTROL_PAYLOAD.saturating_sub(json(&head).len() + 16),
+        );
+        let mut chunks = chunks.into_iter();
+        head.peers = chunks.next().unwrap_or_default();
+        self.pushed += 1;
+        head.version = self.pushed;
+        self.send(MsgType::Config, &json(&head)).await?;
+        for peers in chunks {
+            self.pushed += 1;
+            let u = ConfigUpdate {
+                version: self.pushed,
+                peers,
+                ..ConfigUpdate::default()
+            };
+            self.send(MsgType::ConfigUpdate, &json(&u)).await?;
+        }
+        Ok(())
+    }
+
+    /// Send CONFIG_UPDATE, its peers split when one frame cannot hold them.
+    async fn push_update(&mut self, mut update: ConfigUpdate) -> Result<(), String> {
+        let peers = std::mem::take(&mut update.peers);
+        let room = MAX_CONTROL_PAYLOAD.saturating_sub(json(&update).len() + 16);
+        for (i, chunk) in chunk_peers(peers, room).into_iter().enumerate() {
+            self.pushed += 1;
+            let u = if i == 0 {
+                ConfigUpdate {
+                    version: self.pushed,
+                    peers: chunk,
+                    ..std::mem::take(&mut update)
+                }
+            } else {
+                ConfigUpdate {
+                    version: self.pushed,
+                    peers: chunk,
+                    ..ConfigUpdate::default()
+                }
+            };
+            self.send(MsgType::ConfigUpdate, &json(&u)).await?;
+        }
+        Ok(())
     }
 
     async fn handle(

@@ -59,6 +59,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    slowpath::domain::mesh::nodes::reset_online(&db).await?;
     let app = Arc::new(App {
         db: db.clone(),
         signer: store.signer,

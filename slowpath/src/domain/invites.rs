@@ -476,6 +476,7 @@ fn build(node: &Node, req: NewInvite, now: i64) -> Result<Invite> {
             ));
         }
         credentials::new_subdomain_label()
+            .ok_or_else(|| Error::Internal("no randomness for a subdomain label".into()))?
     } else {
         String::new()
     };
@@ -519,7 +520,8 @@ pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, Str
         {
             break;
         }
-        invite.subdomain = credentials::new_subdomain_label();
+        invite.subdomain = credentials::new_subdomain_label()
+            .ok_or_else(|| Error::Internal("no randomness for a subdomain label".into()))?;
     }
     sqlx::query(
         "INSERT INTO invites (id, node_id, code_hash, created_ms, expires_ms, max_uses, used, \
@@ -642,18 +644,22 @@ where
         .collect()
 }
 
-/// The invite of `node_id` that `label` is reserved for, if any (revoked
-/// and expired ones keep their label).
+/// The invite of `node_id` that `label` is reserved for, if any. A label
+/// is reserved while the policy table carries its invite (revoked ones
+/// too, until they have expired past the ticket horizon), the same span
+/// the fastpath enforces; it is never handed to another invite.
 pub async fn subdomain_owner(db: &Db, node_id: &str, label: &str) -> Result<Option<InviteId>> {
     if label.is_empty() {
         return Ok(None);
     }
-    let id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM invites WHERE node_id = $1 AND subdomain = $2")
-            .bind(node_id)
-            .bind(label)
-            .fetch_optional(db)
-            .await?;
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM invites WHERE node_id = $1 AND subdomain = $2 AND expires_ms > $3",
+    )
+    .bind(node_id)
+    .bind(label)
+    .bind(tickets::invite_horizon_ms(now_ms()))
+    .fetch_optional(db)
+    .await?;
     Ok(id.as_deref().and_then(InviteId::parse))
 }
 

@@ -17,19 +17,31 @@ use sqlx::Row as _;
 
 use crate::error::{Error, Result};
 
-/// The next id of `table` (`id` column): one more than the largest, so ids
-/// stay small (DATA frames carry node ids in 4 bytes). Called inside the
-/// inserting transaction; two racing inserts on PostgreSQL make the second
-/// fail on the primary key, which the caller reports as a conflict.
-async fn next_id<'c, E>(exec: E, table: &'static str) -> Result<u32>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
-{
-    let row = sqlx::query(&format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}"))
-        .fetch_one(exec)
-        .await?;
-    let max: i64 = row.try_get("m")?;
-    u32::try_from(max + 1).map_err(|_| Error::Internal(format!("{table}: ids exhausted")))
+/// The next id of `table` (`id` column): small, so that DATA frames
+/// carry node ids in 4 bytes, and never reused (a counter in
+/// `mesh_counters` that only grows; it starts past any id already there).
+/// Called inside the inserting transaction; two racing inserts on
+/// PostgreSQL make the second fail on the counter's or the table's key.
+async fn next_id(conn: &mut sqlx::AnyConnection, table: &'static str) -> Result<u32> {
+    let max: i64 = sqlx::query(&format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}"))
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("m")?;
+    let counter: Option<i64> =
+        sqlx::query_scalar("SELECT value FROM mesh_counters WHERE name = $1")
+            .bind(table)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let next = max.max(counter.unwrap_or(0)) + 1;
+    sqlx::query(
+        "INSERT INTO mesh_counters (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = $2",
+    )
+    .bind(table)
+    .bind(next)
+    .execute(&mut *conn)
+    .await?;
+    u32::try_from(next).map_err(|_| Error::Internal(format!("{table}: ids exhausted")))
 }
 
 /// An audit row of `kind` (`mesh.…`) with `detail`, through `exec`.

@@ -164,7 +164,7 @@ pub async fn create(db: &Db, req: NewNetwork) -> Result<Network> {
     }
     let now = now_ms();
     let net = Network {
-        id: next_id(&mut *tx, "mesh_networks").await?,
+        id: next_id(&mut tx, "mesh_networks").await?,
         name,
         subnet: subnet.to_string(),
         description,

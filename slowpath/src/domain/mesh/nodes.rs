@@ -21,8 +21,8 @@ use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::store::db::Db;
 
-/// How far a signed timestamp may be from the controller's clock, seconds.
-pub const MAX_CLOCK_SKEW_S: u64 = 300;
+/// How far a signed timestamp may be from the controller's clock, ms.
+pub const MAX_CLOCK_SKEW_MS: u64 = 300_000;
 
 /// A node as stored and shown.
 #[derive(Debug, Clone, Serialize)]
@@ -109,7 +109,12 @@ impl From<Error> for Refusal {
         match e {
             Error::NotFound(m) => Refusal::new(ErrorCode::InvalidMessage, m),
             Error::Invalid { message, .. } => Refusal::new(ErrorCode::InvalidMessage, message),
-            e => Refusal::new(ErrorCode::Internal, e.to_string()),
+            // Database and internal details stay in the log: the peer may
+            // be anyone.
+            e => {
+                tracing::error!(error = %e, "mesh registration failed");
+                Refusal::new(ErrorCode::Internal, "internal error")
+            }
         }
     }
 }
@@ -136,16 +141,47 @@ fn check_signature(machine_key: &[u8; 32], msg: &[u8], sig_b64: &str) -> Result<
 }
 
 fn check_clock(timestamp: u64, now_ms: i64) -> Result<(), Refusal> {
-    let now = u64::try_from(now_ms / 1000).unwrap_or(0);
-    if timestamp.abs_diff(now) > MAX_CLOCK_SKEW_S {
+    let now = u64::try_from(now_ms).unwrap_or(0);
+    if timestamp.abs_diff(now) > MAX_CLOCK_SKEW_MS {
         return Err(Refusal::new(
             ErrorCode::SignatureInvalid,
             format!(
-                "signed timestamp {timestamp} is more than {MAX_CLOCK_SKEW_S} s from the controller's clock ({now})"
+                "signed timestamp {timestamp} (unix ms) is more than {} s from the controller's clock ({now})",
+                MAX_CLOCK_SKEW_MS / 1000
             ),
         ));
     }
     Ok(())
+}
+
+/// A signed message is taken once: its timestamp must be newer than the
+/// last one taken from this machine key (a replayed AUTH_REQUEST or key
+/// rotation is refused).
+fn check_fresh(timestamp: u64, last_ms: i64) -> Result<(), Refusal> {
+    if i64::try_from(timestamp).unwrap_or(i64::MAX) <= last_ms {
+        return Err(Refusal::new(
+            ErrorCode::SignatureInvalid,
+            format!(
+                "signed timestamp {timestamp} is not newer than the last one taken ({last_ms}): replayed?"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A machine key as sent: 32 bytes of base64 that decode to an Ed25519
+/// point of large order (a small-order key lets anyone sign as it). The
+/// key and its canonical text (what is stored and looked up).
+fn machine_key(b64: &str) -> Result<([u8; 32], String), Refusal> {
+    let key = key32(ErrorCode::InvalidMachineKey, "machine_key", b64)?;
+    let point = curve25519_dalek::edwards::CompressedEdwardsY(key).decompress();
+    if point.is_none_or(|p| p.is_small_order()) {
+        return Err(Refusal::new(
+            ErrorCode::InvalidMachineKey,
+            "machine_key is not an Ed25519 public key of large order",
+        ));
+    }
+    Ok((key, B64.encode(key)))
 }
 
 /// What a registration gives back.
@@ -163,11 +199,7 @@ pub struct Registered {
 /// host details). Not authorized → the node exists and waits (1006 is the
 /// caller's to send while it is not).
 pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered, Refusal> {
-    let machine = key32(
-        ErrorCode::InvalidMachineKey,
-        "machine_key",
-        &req.machine_key,
-    )?;
+    let (machine, machine_text) = machine_key(&req.machine_key)?;
     let _node_key = key32(ErrorCode::InvalidMessage, "node_key", &req.node_key)?;
     check_clock(req.timestamp, now)?;
     let signed = auth_signed_bytes(&req.machine_key, &req.node_key, req.timestamp, &req.network);
@@ -187,15 +219,17 @@ pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered
     let version = clip(&req.version, 50);
     let mut tx = db.begin().await.map_err(Error::from)?;
     let existing = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM mesh_nodes WHERE machine_key_pub = $1"
+        "SELECT {COLUMNS}, last_signed_ms FROM mesh_nodes WHERE machine_key_pub = $1"
     ))
-    .bind(&req.machine_key)
+    .bind(&machine_text)
     .fetch_optional(&mut *tx)
     .await
     .map_err(Error::from)?;
     let (id, new) = match existing {
         Some(row) => {
             let node = from_row(&row)?;
+            let last: i64 = row.try_get("last_signed_ms").map_err(Error::from)?;
+            check_fresh(req.timestamp, last)?;
             if node.network_id != net.id {
                 return Err(Refusal::new(
                     ErrorCode::InvalidMessage,
@@ -208,13 +242,14 @@ pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered
             let key_changed = node.node_key_pub != req.node_key;
             sqlx::query(
                 "UPDATE mesh_nodes SET node_key_pub = $1, node_key_updated_ms = $2, hostname = $3, \
-                 version = $4, last_seen_ms = $5, updated_ms = $5 WHERE id = $6",
+                 version = $4, last_seen_ms = $5, updated_ms = $5, last_signed_ms = $6 WHERE id = $7",
             )
             .bind(&req.node_key)
             .bind(if key_changed { now } else { node.node_key_updated_ms })
             .bind(&hostname)
             .bind(&version)
             .bind(now)
+            .bind(i64::try_from(req.timestamp).unwrap_or(i64::MAX))
             .bind(i64::from(node.id))
             .execute(&mut *tx)
             .await
@@ -222,7 +257,7 @@ pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered
             (node.id, false)
         }
         None => {
-            let id = next_id(&mut *tx, "mesh_nodes").await?;
+            let id = next_id(&mut tx, "mesh_nodes").await?;
             let name = if hostname.is_empty() {
                 format!("node-{id}")
             } else {
@@ -231,17 +266,18 @@ pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered
             sqlx::query(
                 "INSERT INTO mesh_nodes (id, network_id, name, machine_key_pub, node_key_pub, \
                  node_key_updated_ms, virtual_ip, hostname, os, arch, version, nat_type, online, \
-                 last_seen_ms, authorized, created_ms, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, '', $7, '', '', $8, '', 0, $6, 0, $6, $6)",
+                 last_seen_ms, authorized, last_signed_ms, created_ms, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, '', $7, '', '', $8, '', 0, $6, 0, $9, $6, $6)",
             )
             .bind(i64::from(id))
             .bind(i64::from(net.id))
             .bind(&name)
-            .bind(&req.machine_key)
+            .bind(&machine_text)
             .bind(&req.node_key)
             .bind(now)
             .bind(&hostname)
             .bind(&version)
+            .bind(i64::try_from(req.timestamp).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
@@ -283,11 +319,7 @@ pub async fn rotate_key(
     now: i64,
 ) -> Result<MeshNode, Refusal> {
     let node = get(db, id).await?;
-    let machine = key32(
-        ErrorCode::InvalidMachineKey,
-        "machine_key",
-        &node.machine_key_pub,
-    )?;
+    let (machine, _) = machine_key(&node.machine_key_pub)?;
     key32(ErrorCode::InvalidMessage, "node_key", &upd.node_key)?;
     check_clock(upd.timestamp, now)?;
     check_signature(
@@ -295,17 +327,33 @@ pub async fn rotate_key(
         &node_key_signed_bytes(id, &upd.node_key, upd.timestamp),
         &upd.signature,
     )?;
-    sqlx::query(
-        "UPDATE mesh_nodes SET node_key_pub = $1, node_key_updated_ms = $2, updated_ms = $2 \
-         WHERE id = $3",
+    // Taken only if newer than anything signed before: a compare and set,
+    // so a replayed rotation (or the older of two racing ones) changes
+    // nothing.
+    let done = sqlx::query(
+        "UPDATE mesh_nodes SET node_key_pub = $1, node_key_updated_ms = $2, updated_ms = $2, \
+         last_signed_ms = $3 WHERE id = $4 AND last_signed_ms < $3",
     )
     .bind(&upd.node_key)
     .bind(now)
+    .bind(i64::try_from(upd.timestamp).unwrap_or(i64::MAX))
     .bind(i64::from(id))
     .execute(db)
     .await
     .map_err(Error::from)?;
+    if done.rows_affected() == 0 {
+        check_fresh(upd.timestamp, i64::MAX)?;
+    }
     Ok(get(db, id).await?)
+}
+
+/// Mark every node offline: at start, no control channel is open (a
+/// stop does not close them one by one).
+pub async fn reset_online(db: &Db) -> Result<()> {
+    sqlx::query("UPDATE mesh_nodes SET online = 0 WHERE online <> 0")
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Mark a node's control channel open or closed.

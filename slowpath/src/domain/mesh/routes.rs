@@ -120,7 +120,7 @@ pub async fn add(db: &Db, node_id: u32, req: NewRoute) -> Result<NodeRoute> {
         )));
     }
     let route = NodeRoute {
-        id: next_id(&mut *tx, "mesh_node_routes").await?,
+        id: next_id(&mut tx, "mesh_node_routes").await?,
         node_id,
         cidr,
         priority: req.priority,

@@ -122,6 +122,18 @@ pub async fn hours_s(db: &Db, key: &str, default: f64) -> Result<u64> {
     Ok((h * 3600.0).round() as u64)
 }
 
+/// The keepalive interval, seconds (default 25).
+pub async fn keepalive_s(db: &Db) -> Result<u64> {
+    let v: Option<String> = sqlx::query_scalar(
+        "SELECT value FROM mesh_settings WHERE key = 'keepalive_interval_seconds'",
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(v.and_then(|v| v.parse().ok())
+        .filter(|s| (5..=300).contains(s))
+        .unwrap_or(25))
+}
+
 /// Whether new nodes wait for an operator (default yes).
 pub async fn require_authorization(db: &Db) -> Result<bool> {
     let v: Option<String> =
