@@ -402,6 +402,32 @@ fn a_network_too_large_for_one_frame_arrives_in_pieces() {
     each_backend("mesh_large", large_network);
 }
 
+/// One address holds at most its share of control channels (256); the
+/// next upgrade gets 503, and a closed one gives its place back.
+#[test]
+fn one_address_holds_at_most_its_share_of_channels() {
+    let sp = Slowpath::start(&Backend::Sqlite, &[]);
+    let mut open: Vec<Ws> = (0..256).map(|_| connect(&sp)).collect();
+    let url = format!("{}/ws/control", sp.base.replace("http://", "ws://"));
+    match tungstenite::connect(url.as_str()) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("the 257th channel: {:?}", other.map(|_| ())),
+    }
+    let mut first = open.remove(0);
+    first.close(None).unwrap();
+    let _ = first.read();
+    drop(first);
+    // The server sees the close soon after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tungstenite::connect(url.as_str()) {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no place freed: {e}"),
+        }
+    }
+}
+
 #[test]
 fn bad_frames_get_the_seeds_codes_and_a_close() {
     each_backend("mesh_bad_frames", bad_frames);

@@ -7,10 +7,12 @@
 //! with an ERROR frame and the connection is closed; a deauthorized or
 //! deleted node is cut off at the next change of its network.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use proto::mesh::control::{
     self, AuthRequest, AuthResponse, Config, ConfigUpdate, ErrorBody, NodeKeyUpdate,
@@ -35,11 +37,16 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// have theirs; past it an upgrade is refused with 503.
 pub const MAX_CONTROL_CHANNELS: usize = 4096;
 
+/// Control channels open at once from one address (as the API's own
+/// per-address cap): one address cannot take every channel.
+pub const MAX_CONTROL_CHANNELS_PER_IP: usize = 256;
+
 /// Changes of mesh networks, for the open control channels.
 #[derive(Debug)]
 pub struct MeshHub {
     tx: broadcast::Sender<u32>,
     channels: std::sync::Arc<tokio::sync::Semaphore>,
+    per_ip: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Default for MeshHub {
@@ -47,7 +54,42 @@ impl Default for MeshHub {
         MeshHub {
             tx: broadcast::channel(256).0,
             channels: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CHANNELS)),
+            per_ip: Default::default(),
         }
+    }
+}
+
+/// One address's count of open channels, given back on drop.
+struct IpSlot {
+    ip: IpAddr,
+    map: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl MeshHub {
+    /// A slot for one more channel from `ip`, unless it holds its share.
+    fn admit(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_CONTROL_CHANNELS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            map: std::sync::Arc::clone(&self.per_ip),
+        })
     }
 }
 
@@ -63,7 +105,22 @@ impl MeshHub {
 }
 
 /// `GET /ws/control`.
-pub async fn control(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn control(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(slot) = app.mesh.admit(peer.ip()) else {
+        tracing::warn!(
+            peer = %peer.ip(),
+            max = MAX_CONTROL_CHANNELS_PER_IP,
+            "mesh control channel refused: too many open from this address"
+        );
+        return axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many mesh control channels from this address",
+        ));
+    };
     let Ok(permit) = std::sync::Arc::clone(&app.mesh.channels).try_acquire_owned() else {
         tracing::warn!(
             max = MAX_CONTROL_CHANNELS,
@@ -76,7 +133,7 @@ pub async fn control(State(app): State<AppState>, ws: WebSocketUpgrade) -> Respo
     };
     ws.max_message_size(frame::HEADER_LEN + frame::MAX_PAYLOAD)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
+            let _permit = (permit, slot);
             let mut ch = Channel {
                 ws: socket,
                 pushed: 0,
