@@ -88,13 +88,20 @@ impl MachineKey {
             path: name.clone(),
             err,
         };
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
+        // Opened without following a symlink, and the mode read from the
+        // file opened (not from the path again).
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path);
+        match opened {
+            Ok(mut f) => {
+                let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(KeyError::Exposed(name, mode));
                 }
-                let text = std::fs::read_to_string(path).map_err(io)?;
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut f, &mut text).map_err(io)?;
                 let seed = decode_key(&text).ok_or_else(|| KeyError::Malformed(name.clone()))?;
                 MachineKey::from_seed(seed).map_err(|_| KeyError::Malformed(name))
             }
@@ -103,6 +110,7 @@ impl MachineKey {
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .mode(0o600)
                     .open(path)
                     .map_err(io)?;
