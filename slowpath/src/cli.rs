@@ -202,6 +202,12 @@ pub enum MeshCommand {
     /// Subnet routes.
     #[command(subcommand)]
     Route(MeshRouteCommand),
+    /// Relay and STUN servers.
+    #[command(subcommand)]
+    Server(MeshServerCommand),
+    /// Tokens: a server's new token, the blacklist.
+    #[command(subcommand)]
+    Token(MeshTokenCommand),
     /// Settings: show them, or set `key=value` pairs.
     Config {
         #[command(flatten)]
@@ -318,6 +324,101 @@ pub enum MeshRouteCommand {
         node: u32,
         /// Route id.
         id: u32,
+    },
+}
+
+/// `slowpath mesh server …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshServerCommand {
+    /// List servers.
+    List(ClientArgs),
+    /// Add a server; prints its token once.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Where nodes connect, e.g. wss://relay.example.com/ws/data.
+        #[arg(long, default_value = "")]
+        url: String,
+        /// Region label.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// relay, stun, or both (repeat or comma-separate; default relay).
+        #[arg(long, value_delimiter = ',')]
+        capability: Vec<String>,
+        /// STUN's public address (with stun).
+        #[arg(long, default_value = "")]
+        stun_ip: String,
+        /// STUN's second address.
+        #[arg(long, default_value = "")]
+        stun_ip2: String,
+        /// STUN's UDP port (default 3478).
+        #[arg(long)]
+        stun_port: Option<u16>,
+        /// The relay in this control plane's own process.
+        #[arg(long)]
+        builtin: bool,
+    },
+    /// Show a server.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u32,
+    },
+    /// Send nodes to it again.
+    Enable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u32,
+    },
+    /// Stop sending nodes to it; it is cut off.
+    Disable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u32,
+    },
+    /// A new token for it (the old one is blacklisted).
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u32,
+    },
+    /// Delete a server (its token is blacklisted).
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u32,
+    },
+}
+
+/// `slowpath mesh token …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshTokenCommand {
+    /// A new server token for a server (as `server token`).
+    Generate {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        #[arg(long)]
+        server: u32,
+    },
+    /// List revoked token ids, or revoke one with --add.
+    Blacklist {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// A token id (jti) to revoke.
+        #[arg(long)]
+        add: Option<String>,
+        /// Why (with --add).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{
     AuditArgs, ClientArgs, InviteCommand, MeshCommand, MeshNetworkCommand, MeshNodeCommand,
-    MeshRouteCommand, NodeCommand, NodeVhostArgs,
+    MeshRouteCommand, MeshServerCommand, MeshTokenCommand, NodeCommand, NodeVhostArgs,
 };
 
 fn admin_key(c: &ClientArgs) -> Result<String> {
@@ -322,6 +322,67 @@ pub fn mesh(cmd: MeshCommand) -> Result<()> {
             "DELETE",
             &format!("/nodes/{node}/routes/{id}"),
             None,
+        )?,
+        MeshCommand::Server(MeshServerCommand::List(c)) => m(&c, "GET", "/servers", None)?,
+        MeshCommand::Server(MeshServerCommand::Add {
+            client,
+            name,
+            url,
+            region,
+            capability,
+            stun_ip,
+            stun_ip2,
+            stun_port,
+            builtin,
+        }) => {
+            let mut body = json!({
+                "name": name,
+                "url": url,
+                "region": region,
+                "stun_ip": stun_ip,
+                "stun_ip2": stun_ip2,
+                "type": if builtin { "builtin" } else { "external" },
+            });
+            if !capability.is_empty() {
+                body["capabilities"] = json!(capability);
+            }
+            set_given(&mut body, "stun_port", stun_port);
+            m(&client, "POST", "/servers", Some(body))?
+        }
+        MeshCommand::Server(MeshServerCommand::Show { client, id }) => {
+            m(&client, "GET", &format!("/servers/{id}"), None)?
+        }
+        MeshCommand::Server(MeshServerCommand::Enable { client, id }) => m(
+            &client,
+            "PUT",
+            &format!("/servers/{id}"),
+            Some(json!({ "enabled": true })),
+        )?,
+        MeshCommand::Server(MeshServerCommand::Disable { client, id }) => m(
+            &client,
+            "PUT",
+            &format!("/servers/{id}"),
+            Some(json!({ "enabled": false })),
+        )?,
+        MeshCommand::Server(MeshServerCommand::Token { client, id })
+        | MeshCommand::Token(MeshTokenCommand::Generate { client, server: id }) => {
+            m(&client, "POST", &format!("/servers/{id}/token"), None)?
+        }
+        MeshCommand::Server(MeshServerCommand::Delete { client, id }) => {
+            m(&client, "DELETE", &format!("/servers/{id}"), None)?
+        }
+        MeshCommand::Token(MeshTokenCommand::Blacklist {
+            client, add: None, ..
+        }) => m(&client, "GET", "/tokens/blacklist", None)?,
+        MeshCommand::Token(MeshTokenCommand::Blacklist {
+            client,
+            add: Some(jti),
+            reason,
+        }) => m(
+            &client,
+            "POST",
+            "/tokens/blacklist",
+            Some(json!({ "jti": jti, "reason": reason })),
         )?,
         MeshCommand::Config { client, set } if set.is_empty() => {
             m(&client, "GET", "/settings", None)?

@@ -163,6 +163,89 @@ fn mesh_verbs(b: Backend) {
     let out = run(&sp, &["mesh", "network", "delete", "2"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+
+    // Servers: add (its token printed once), disable, a new token, the
+    // blacklist with the old one in it, delete.
+    let added = json_ok(
+        &sp,
+        &[
+            "mesh",
+            "server",
+            "add",
+            "--name",
+            "relay-1",
+            "--url",
+            "wss://relay.example.com/ws/data",
+            "--capability",
+            "relay,stun",
+            "--stun-ip",
+            "203.0.113.7",
+            "--region",
+            "eu",
+        ],
+    );
+    let sid = added["server"]["id"].as_u64().unwrap().to_string();
+    assert_eq!(
+        added["server"]["capabilities"],
+        serde_json::json!(["relay", "stun"])
+    );
+    assert_eq!(added["server"]["stun_port"], 3478);
+    assert!(
+        added["token"].as_str().unwrap().starts_with("ey"),
+        "{added}"
+    );
+    let off = json_ok(&sp, &["mesh", "server", "disable", &sid]);
+    assert_eq!(off["enabled"], false);
+    let shown = json_ok(&sp, &["mesh", "server", "show", &sid]);
+    assert_eq!(shown["enabled"], false);
+    let renewed = json_ok(&sp, &["mesh", "token", "generate", "--server", &sid]);
+    assert_ne!(renewed["token"], added["token"]);
+    let listed = json_ok(&sp, &["mesh", "token", "blacklist"]);
+    assert_eq!(
+        listed["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    json_ok(
+        &sp,
+        &[
+            "mesh",
+            "token",
+            "blacklist",
+            "--add",
+            "jti-1",
+            "--reason",
+            "leaked",
+        ],
+    );
+    let listed = json_ok(&sp, &["mesh", "token", "blacklist"]);
+    assert_eq!(
+        listed["entries"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    let out = run(
+        &sp,
+        &[
+            "mesh",
+            "server",
+            "add",
+            "--name",
+            "s",
+            "--capability",
+            "turn",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("capabilities"),
+        "{out:?}"
+    );
+    let out = run(&sp, &["mesh", "server", "delete", &sid]);
+    assert!(out.status.success());
+    assert_eq!(
+        json_ok(&sp, &["mesh", "server", "list"]),
+        serde_json::json!([])
+    );
 }
 
 #[test]

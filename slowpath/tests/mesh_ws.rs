@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use harness::{each_backend, Backend, Slowpath};
 use mesh::keys::{encode, MachineKey, NodeKey};
 use proto::mesh::control::{
-    auth_signed_bytes, node_key_signed_bytes, AuthRequest, AuthResponse, Config, ConfigUpdate,
-    ErrorBody, NodeKeyUpdate,
+    auth_signed_bytes, node_key_signed_bytes, AuthRequest, AuthResponse, Blacklist, Config,
+    ConfigUpdate, ErrorBody, NodeKeyUpdate, NodeLocations, ServerConfig, ServerRegister,
 };
 use proto::mesh::{frame, MsgType};
 use serde_json::{json, Value};
@@ -71,7 +71,11 @@ impl Node {
 }
 
 fn connect(sp: &Slowpath) -> Ws {
-    let url = format!("{}/ws/control", sp.base.replace("http://", "ws://"));
+    connect_to(sp, "/ws/control")
+}
+
+fn connect_to(sp: &Slowpath, path: &str) -> Ws {
+    let url = format!("{}{path}", sp.base.replace("http://", "ws://"));
     let (ws, _) = tungstenite::connect(url).expect("websocket");
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -431,4 +435,296 @@ fn one_address_holds_at_most_its_share_of_channels() {
 #[test]
 fn bad_frames_get_the_seeds_codes_and_a_close() {
     each_backend("mesh_bad_frames", bad_frames);
+}
+
+/// Register a relay on `/ws/server` with `token`: AUTH_RESPONSE, CONFIG,
+/// the whole blacklist and every node's location.
+fn register(sp: &Slowpath, token: &str) -> (Ws, ServerConfig, Blacklist, NodeLocations) {
+    let mut ws = connect_to(sp, "/ws/server");
+    let reg = ServerRegister {
+        token: token.into(),
+        version: "test".into(),
+    };
+    send(
+        &mut ws,
+        MsgType::ServerRegister,
+        &serde_json::to_vec(&reg).unwrap(),
+    );
+    let resp: AuthResponse = expect(&mut ws, MsgType::AuthResponse);
+    assert!(resp.ok, "{resp:?}");
+    let cfg: ServerConfig = expect(&mut ws, MsgType::Config);
+    let bl: Blacklist = expect(&mut ws, MsgType::ServerBlacklist);
+    assert!(bl.full);
+    let loc: NodeLocations = expect(&mut ws, MsgType::ServerNodeLoc);
+    assert!(loc.full);
+    (ws, cfg, bl, loc)
+}
+
+/// A refused registration: the ERROR's code, then a close.
+fn refused(sp: &Slowpath, token: &str) -> ErrorBody {
+    let mut ws = connect_to(sp, "/ws/server");
+    let reg = ServerRegister {
+        token: token.into(),
+        version: String::new(),
+    };
+    send(
+        &mut ws,
+        MsgType::ServerRegister,
+        &serde_json::to_vec(&reg).unwrap(),
+    );
+    let err: ErrorBody = expect(&mut ws, MsgType::Error);
+    assert!(closed(&mut ws));
+    err
+}
+
+/// Read frames of `kind` until one for which `pred` holds, within `within`.
+fn wait_for<T: serde::de::DeserializeOwned>(
+    ws: &mut Ws,
+    kind: MsgType,
+    within: Duration,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let (k, p) = recv(ws).unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        if k != kind {
+            continue;
+        }
+        let v: T = serde_json::from_slice(&p).unwrap();
+        if pred(&v) {
+            return v;
+        }
+    }
+    panic!("no such {kind} within {within:?}");
+}
+
+fn servers(backend: Backend) {
+    let sp = Slowpath::start(&backend, &[]);
+    // Refusals name the field.
+    for (body, field) in [
+        (
+            json!({ "name": "r", "capabilities": ["turn"], "url": "ws://x/ws/data" }),
+            "capabilities",
+        ),
+        (json!({ "name": "r" }), "url"),
+        (json!({ "name": "r", "url": "http://x/ws/data" }), "url"),
+        (json!({ "name": "s", "capabilities": ["stun"] }), "stun_ip"),
+        (
+            json!({ "name": "r", "url": "ws://x/", "colour": 1 }),
+            "colour",
+        ),
+    ] {
+        let (st, v) = sp.admin_call("POST", "/api/v1/mesh/servers", Some(body));
+        assert_eq!(st, 400, "{v}");
+        assert!(v.to_string().contains(field), "{field}: {v}");
+    }
+    let add = |name: &str| {
+        let (st, v) = sp.admin_call(
+            "POST",
+            "/api/v1/mesh/servers",
+            Some(json!({ "name": name, "url": format!("ws://127.0.0.1:9/{name}/ws/data"), "region": "eu" })),
+        );
+        assert_eq!(st, 201, "{v}");
+        (
+            v["server"]["id"].as_u64().unwrap() as u32,
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (r1, t1) = add("relay-1");
+    let (r2, t2) = add("relay-2");
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/mesh/servers",
+        Some(json!({ "name": "relay-1", "url": "ws://x/" })),
+    );
+    assert_eq!(st, 409, "{v}");
+
+    // A registered relay learns who it is, the relays, and the key tokens
+    // are signed with.
+    let (mut w1, cfg, bl, loc) = register(&sp, &t1);
+    assert_eq!(cfg.server_id, r1);
+    assert_eq!(
+        cfg.relays.iter().map(|r| r.server_id).collect::<Vec<_>>(),
+        vec![r1, r2]
+    );
+    assert!(bl.entries.is_empty() && loc.locations.is_empty());
+    use base64::Engine as _;
+    let keys: Vec<(String, [u8; 32])> = cfg
+        .token_keys
+        .iter()
+        .map(|(kid, k)| {
+            let raw = base64::engine::general_purpose::STANDARD.decode(k).unwrap();
+            (kid.clone(), raw.try_into().unwrap())
+        })
+        .collect();
+    let trust = proto::mesh::token::Trust {
+        ed25519: &keys,
+        hs256: None,
+    };
+
+    // A node's CONFIG lists both relays, and its relay token verifies on
+    // the relay with that key alone.
+    let a = Node::new();
+    let mut wa = connect(&sp);
+    send(
+        &mut wa,
+        MsgType::AuthRequest,
+        &serde_json::to_vec(&a.auth()).unwrap(),
+    );
+    let a_id = expect::<AuthResponse>(&mut wa, MsgType::AuthResponse).node_id;
+    sp.admin_call(
+        "POST",
+        &format!("/api/v1/mesh/nodes/{a_id}/authorize"),
+        None,
+    );
+    let (mut wa, _, node_cfg) = join(&sp, &a);
+    assert_eq!(node_cfg.relays.len(), 2);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims =
+        proto::mesh::token::check_relay_token(&node_cfg.relay_token, &trust, r1, now_s, |_| false)
+            .expect("the relay token verifies on relay 1");
+    assert_eq!(claims.node_id, a_id);
+    assert_eq!(
+        proto::mesh::token::check_relay_token(&node_cfg.relay_token, &trust, 999, now_s, |_| false)
+            .unwrap_err()
+            .code()
+            .code(),
+        1001
+    );
+
+    // Relay 1 reports node a; relay 2, registering, hears of it.
+    let report = NodeLocations {
+        full: true,
+        locations: vec![(a_id, r1)],
+        removed: vec![],
+    };
+    send(
+        &mut w1,
+        MsgType::ServerNodeLoc,
+        &serde_json::to_vec(&report).unwrap(),
+    );
+    wait_for::<NodeLocations>(
+        &mut w1,
+        MsgType::ServerNodeLoc,
+        Duration::from_secs(5),
+        |l| l.locations.contains(&(a_id, r1)),
+    );
+    let (mut w2, _, _, loc) = register(&sp, &t2);
+    assert_eq!(loc.locations, vec![(a_id, r1)]);
+
+    // Deauthorizing a: its relay token's id reaches both relays within 1 s.
+    let t = Instant::now();
+    sp.admin_call(
+        "POST",
+        &format!("/api/v1/mesh/nodes/{a_id}/deauthorize"),
+        None,
+    );
+    for w in [&mut w1, &mut w2] {
+        let b = wait_for::<Blacklist>(w, MsgType::ServerBlacklist, Duration::from_secs(1), |b| {
+            b.entries.iter().any(|(j, _)| *j == claims.jti)
+        });
+        assert!(!b.full);
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let err = wait_error(&mut wa);
+    assert_eq!(err.code, 1006);
+    let (_, v) = sp.admin_call("GET", "/api/v1/mesh/tokens/blacklist", None);
+    assert!(
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["jti"] == claims.jti.as_str()),
+        "{v}"
+    );
+
+    // A relay speaks for itself only: 2002 and a close.
+    let lie = NodeLocations {
+        full: false,
+        locations: vec![(a_id, r1)],
+        removed: vec![],
+    };
+    send(
+        &mut w2,
+        MsgType::ServerNodeLoc,
+        &serde_json::to_vec(&lie).unwrap(),
+    );
+    assert_eq!(wait_error(&mut w2).code, 2002);
+    assert!(closed(&mut w2));
+
+    // A new token for relay 2: the old one is revoked (1003), the new works.
+    let (st, v) = sp.admin_call("POST", &format!("/api/v1/mesh/servers/{r2}/token"), None);
+    assert_eq!(st, 200, "{v}");
+    let t2_new = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(refused(&sp, &t2).code, 1003);
+    let (mut w2, _, _, _) = register(&sp, &t2_new);
+
+    // Disabling relay 1 cuts it off at once and leaves nodes one relay.
+    let b = Node::new();
+    let mut wb = connect(&sp);
+    send(
+        &mut wb,
+        MsgType::AuthRequest,
+        &serde_json::to_vec(&b.auth()).unwrap(),
+    );
+    let b_id = expect::<AuthResponse>(&mut wb, MsgType::AuthResponse).node_id;
+    sp.admin_call(
+        "POST",
+        &format!("/api/v1/mesh/nodes/{b_id}/authorize"),
+        None,
+    );
+    let (mut wb, _, _) = join(&sp, &b);
+    let t = Instant::now();
+    let (st, v) = sp.admin_call(
+        "PUT",
+        &format!("/api/v1/mesh/servers/{r1}"),
+        Some(json!({ "enabled": false })),
+    );
+    assert_eq!((st, v["enabled"].clone()), (200, json!(false)));
+    let err = wait_error(&mut w1);
+    assert_eq!(err.code, 1001, "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let upd = wait_update(&mut wb, |u| u.relays.is_some());
+    assert_eq!(
+        upd.relays
+            .unwrap()
+            .iter()
+            .map(|r| r.server_id)
+            .collect::<Vec<_>>(),
+        vec![r2]
+    );
+    let (token, _) = upd.relay_token.expect("a relay token for the relays left");
+    proto::mesh::token::check_relay_token(&token, &trust, r2, now_s, |_| false).unwrap();
+    assert!(proto::mesh::token::check_relay_token(&token, &trust, r1, now_s, |_| false).is_err());
+    // Relay 2 hears that the relay list changed.
+    wait_for::<ServerConfig>(&mut w2, MsgType::Config, Duration::from_secs(5), |c| {
+        c.relays.len() == 1
+    });
+    assert_eq!(refused(&sp, &t1).code, 1001);
+
+    // Tokens that are not a live server's.
+    assert_eq!(refused(&sp, "not.a.token").code, 1001);
+    assert_eq!(
+        refused(&sp, &token).code,
+        1001,
+        "a relay token is not a server token"
+    );
+
+    // Deleted: cut off, its token blacklisted.
+    let (st, _) = sp.admin_call("DELETE", &format!("/api/v1/mesh/servers/{r2}"), None);
+    assert_eq!(st, 204);
+    assert_eq!(wait_error(&mut w2).code, 1003);
+    let (_, v) = sp.admin_call("GET", "/api/v1/mesh/servers", None);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    harness::wait_audit(&sp, "mesh.server.token_regenerated", |r| {
+        r["detail"]["server_id"] == r2
+    });
+}
+
+#[test]
+fn relays_register_learn_the_blacklist_and_node_locations_and_are_cut_off() {
+    each_backend("mesh_servers", servers);
 }

@@ -245,14 +245,48 @@ pub struct ConfigUpdate {
     pub auth_token: Option<(String, u64)>,
 }
 
-/// SERVER_NODE_LOC: which relay holds which node.
+/// SERVER_REGISTER: a relay or STUN server opens `/ws/server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerRegister {
+    /// Its server_token.
+    pub token: String,
+    /// Its software version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
+/// CONFIG on `/ws/server`: who the server is and the relays it links to
+/// over `/ws/mesh` (the one with the lower id dials).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Its own id (the one relay tokens' `allowed_relays` name).
+    pub server_id: u32,
+    /// Its name.
+    pub name: String,
+    /// Every enabled relay, itself included.
+    pub relays: Vec<Relay>,
+    /// The Ed25519 keys mesh tokens are signed with: (kid, base64 public
+    /// key). In HS256 mode the server is configured with the secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_keys: Vec<(String, String)>,
+}
+
+/// SERVER_NODE_LOC: which relay holds which node. A relay reports its own
+/// nodes; the controller tells every relay all of them. A node may be
+/// connected to several relays at once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeLocations {
-    /// Replaces everything known (true) or changes it (false).
+    /// Replaces everything known (from a relay: everything it reported).
     pub full: bool,
-    /// (node_id, server_id) pairs; server 0 = the node left.
+    /// (node_id, server_id) pairs that hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locations: Vec<(u32, u32)>,
+    /// (node_id, server_id) pairs that no longer hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<(u32, u32)>,
 }
 
 /// SERVER_BLACKLIST: revoked token ids with the expiry of their token

@@ -1,6 +1,7 @@
 //! Seed 003's controller API under `/api/v1/mesh/` (admin key): networks,
 //! nodes (authorize, deauthorize, rename, delete), their routes, the
-//! aggregated route table, the latency matrix (empty until relays report),
+//! aggregated route table, relay and STUN servers with their tokens, the
+//! token blacklist, the latency matrix (empty until relays report),
 //! settings and an overview.
 
 use axum::extract::{Path, Query, State};
@@ -15,6 +16,7 @@ use super::AppState;
 use crate::domain::mesh::networks::{self, Network, NetworkPatch, NewNetwork};
 use crate::domain::mesh::nodes::{self, MeshNode, Rename};
 use crate::domain::mesh::routes::{self, Aggregated, NewRoute, NodeRoute, RoutePatch};
+use crate::domain::mesh::servers::{self, NewServer, Server, ServerPatch, WithToken};
 use crate::domain::mesh::{settings, tokens};
 use crate::error::Error;
 
@@ -244,4 +246,116 @@ pub async fn overview(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
         "servers": count("SELECT COUNT(*) FROM mesh_servers").await?,
         "tokens_blacklisted": count("SELECT COUNT(*) FROM mesh_token_blacklist").await?,
     })))
+}
+
+/// `GET /api/v1/mesh/servers`.
+pub async fn list_servers(State(app): State<AppState>) -> Result<Json<Vec<Server>>, ApiError> {
+    Ok(Json(servers::list(&app.db).await?))
+}
+
+/// `GET /api/v1/mesh/servers/{id}`.
+pub async fn get_server(
+    State(app): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(servers::get(&app.db, id("id", &sid)?).await?))
+}
+
+/// `POST /api/v1/mesh/servers`: the server and its token (shown once).
+pub async fn create_server(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewServer>,
+) -> Result<(StatusCode, Json<WithToken>), ApiError> {
+    let s = servers::create(&app.db, &app.signer.mesh_signer(), req).await?;
+    app.mesh.servers_changed();
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+/// `PUT /api/v1/mesh/servers/{id}`.
+pub async fn update_server(
+    State(app): State<AppState>,
+    Path(sid): Path<String>,
+    JsonBody(patch): JsonBody<ServerPatch>,
+) -> Result<Json<Server>, ApiError> {
+    let s = servers::update(&app.db, id("id", &sid)?, patch).await?;
+    app.mesh.servers_changed();
+    Ok(Json(s))
+}
+
+/// `DELETE /api/v1/mesh/servers/{id}`.
+pub async fn delete_server(
+    State(app): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    servers::delete(&app.db, id("id", &sid)?).await?;
+    app.mesh.servers_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/mesh/servers/{id}/token`: a new token; the old one is
+/// blacklisted and a server holding it is cut off.
+pub async fn regenerate_server_token(
+    State(app): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<Json<WithToken>, ApiError> {
+    let s = servers::regenerate_token(&app.db, &app.signer.mesh_signer(), id("id", &sid)?).await?;
+    app.mesh.servers_changed();
+    Ok(Json(s))
+}
+
+/// `GET /api/v1/mesh/tokens/blacklist`: revoked token ids until their
+/// tokens would have expired.
+pub async fn blacklist(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let entries: Vec<Value> = tokens::blacklist(&app.db)
+        .await?
+        .into_iter()
+        .map(|(jti, exp)| json!({ "jti": jti, "expires_at": exp }))
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
+}
+
+/// `POST /api/v1/mesh/tokens/blacklist` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// The token id (`jti`).
+    pub jti: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// Until when, unix seconds (default: a year, the longest a mesh
+    /// token lives).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+/// `POST /api/v1/mesh/tokens/blacklist`: revoke one token by its id;
+/// relays drop its connections at once.
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<Revoke>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let jti = req.jti.trim();
+    if jti.is_empty() || jti.len() > 128 || !jti.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::invalid("jti", "jti must be 1-128 printable ASCII characters").into());
+    }
+    if req.reason.len() > 256 {
+        return Err(Error::invalid("reason", "reason is longer than 256 bytes").into());
+    }
+    let now_s = u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0);
+    let until = req.expires_at.unwrap_or(now_s + tokens::SERVER_TOKEN_TTL_S);
+    if until <= now_s {
+        return Err(Error::invalid("expires_at", "expires_at is in the past").into());
+    }
+    let reason = if req.reason.is_empty() {
+        "revoked by an operator"
+    } else {
+        req.reason.as_str()
+    };
+    tokens::revoke(&app.db, jti, 0, reason, until).await?;
+    app.mesh.servers_changed();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "jti": jti, "expires_at": until })),
+    ))
 }

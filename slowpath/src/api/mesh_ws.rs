@@ -60,7 +60,7 @@ impl Default for MeshHub {
 }
 
 /// One address's count of open channels, given back on drop.
-struct IpSlot {
+pub(super) struct IpSlot {
     ip: IpAddr,
     map: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
 }
@@ -93,15 +93,57 @@ impl MeshHub {
     }
 }
 
+/// What [`MeshHub::servers_changed`] sends: every network's channels and
+/// every server channel look again (network ids start at 1).
+pub const ALL_NETWORKS: u32 = 0;
+
 impl MeshHub {
-    /// Network `id` changed: its channels recompute what they pushed.
+    /// Network `id` changed: its channels recompute what they pushed
+    /// (server channels look again at the blacklist and node locations).
     pub fn changed(&self, network_id: u32) {
         let _ = self.tx.send(network_id);
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<u32> {
+    /// The servers (relays, their tokens, node locations) changed: every
+    /// channel looks again.
+    pub fn servers_changed(&self) {
+        let _ = self.tx.send(ALL_NETWORKS);
+    }
+
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<u32> {
         self.tx.subscribe()
     }
+}
+
+/// What holds one channel's place (its share of the caps), kept until
+/// the channel closes.
+pub(super) type Admission = (tokio::sync::OwnedSemaphorePermit, IpSlot);
+
+/// A place for one more mesh channel (control or server) from `peer`, or
+/// the 503 that refuses it.
+pub(super) fn admit(app: &AppState, peer: SocketAddr) -> Result<Admission, Box<Response>> {
+    let Some(slot) = app.mesh.admit(peer.ip()) else {
+        tracing::warn!(
+            peer = %peer.ip(),
+            max = MAX_CONTROL_CHANNELS_PER_IP,
+            "mesh control channel refused: too many open from this address"
+        );
+        return Err(Box::new(axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many mesh control channels from this address",
+        ))));
+    };
+    let Ok(permit) = std::sync::Arc::clone(&app.mesh.channels).try_acquire_owned() else {
+        tracing::warn!(
+            max = MAX_CONTROL_CHANNELS,
+            "mesh control channel refused: too many open"
+        );
+        return Err(Box::new(axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many mesh control channels",
+        ))));
+    };
+    Ok((permit, slot))
 }
 
 /// `GET /ws/control`.
@@ -110,30 +152,13 @@ pub async fn control(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(slot) = app.mesh.admit(peer.ip()) else {
-        tracing::warn!(
-            peer = %peer.ip(),
-            max = MAX_CONTROL_CHANNELS_PER_IP,
-            "mesh control channel refused: too many open from this address"
-        );
-        return axum::response::IntoResponse::into_response((
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many mesh control channels from this address",
-        ));
-    };
-    let Ok(permit) = std::sync::Arc::clone(&app.mesh.channels).try_acquire_owned() else {
-        tracing::warn!(
-            max = MAX_CONTROL_CHANNELS,
-            "mesh control channel refused: too many open"
-        );
-        return axum::response::IntoResponse::into_response((
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many mesh control channels",
-        ));
+    let admission = match admit(&app, peer) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
     ws.max_message_size(frame::HEADER_LEN + frame::MAX_PAYLOAD)
         .on_upgrade(move |socket| async move {
-            let _permit = (permit, slot);
+            let _admission = admission;
             let mut ch = Channel {
                 ws: socket,
                 pushed: 0,
@@ -144,10 +169,10 @@ pub async fn control(
         })
 }
 
-struct Channel {
-    ws: WebSocket,
+pub(super) struct Channel {
+    pub(super) ws: WebSocket,
     /// CONFIG and CONFIG_UPDATE frames sent (their version).
-    pushed: u64,
+    pub(super) pushed: u64,
 }
 
 /// A node's configuration (without tokens: those are minted when due).
@@ -159,15 +184,11 @@ async fn node_config(app: &AppState, node: &nodes::MeshNode) -> Result<Config, S
 
 /// The relays a relay token lets a node use: every enabled relay server.
 async fn relay_ids(app: &AppState) -> Result<Vec<u32>, String> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM mesh_servers WHERE enabled = 1 AND url <> '' ORDER BY id",
-    )
-    .fetch_all(&app.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(ids
+    Ok(crate::domain::mesh::servers::relays(&app.db)
+        .await
+        .map_err(|e| e.to_string())?
         .into_iter()
-        .filter_map(|i| u32::try_from(i).ok())
+        .map(|r| r.server_id)
         .collect())
 }
 
@@ -190,12 +211,12 @@ fn chunk_peers(peers: Vec<control::Peer>, room: usize) -> Vec<Vec<control::Peer>
     out
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
 impl Channel {
-    async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<(), String> {
+    pub(super) async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<(), String> {
         let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
         frame::encode(kind, 0, payload, &mut out).map_err(|e| e.to_string())?;
         self.ws
@@ -205,14 +226,14 @@ impl Channel {
     }
 
     /// Send ERROR; Err(the message) so callers can `return` it.
-    async fn fail(&mut self, body: ErrorBody) -> Result<(), String> {
+    pub(super) async fn fail(&mut self, body: ErrorBody) -> Result<(), String> {
         let _ = self.send(MsgType::Error, &json(&body)).await;
         let _ = self.ws.send(Message::Close(None)).await;
         Err(format!("{} {}", body.code, body.message))
     }
 
     /// The next frame's bytes (None: closed).
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>, String> {
+    pub(super) async fn recv(&mut self) -> Result<Option<Vec<u8>>, String> {
         loop {
             match self.ws.recv().await {
                 None | Some(Ok(Message::Close(_))) => return Ok(None),
@@ -366,7 +387,7 @@ impl Channel {
                 }
                 changed = changes.recv() => {
                     match changed {
-                        Ok(n) if n != node.network_id => continue,
+                        Ok(n) if n != node.network_id && n != ALL_NETWORKS => continue,
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                         _ => {}
                     }
@@ -385,7 +406,15 @@ impl Channel {
                         }
                     }
                     let new = node_config(app, node).await?;
-                    if let Some(update) = config::diff(&last, &new, 0) {
+                    if let Some(mut update) = config::diff(&last, &new, 0) {
+                        if update.relays.is_some() {
+                            // The token names the relays that take it.
+                            let t = tokens::relay(db, &signer, node, relay_ids(app).await?, now_ms())
+                                .await
+                                .map_err(err)?;
+                            last.relay_token_exp = t.claims.exp();
+                            update.relay_token = Some((t.token, t.claims.exp()));
+                        }
                         self.push_update(update).await?;
                     }
                     last = Config {

@@ -60,6 +60,9 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     slowpath::domain::mesh::nodes::reset_online(&db).await?;
+    // No relay is connected to a control plane that just started; relays
+    // report their nodes again when they register.
+    slowpath::domain::mesh::servers::reset_locations(&db).await?;
     let app = Arc::new(App {
         db: db.clone(),
         signer: store.signer,

@@ -8,6 +8,7 @@ use proto::mesh::control::{Config, ConfigUpdate, Peer, Route};
 use super::networks;
 use super::nodes::{self, MeshNode};
 use super::routes;
+use super::servers;
 use crate::error::Result;
 use crate::store::db::Db;
 
@@ -49,7 +50,7 @@ pub async fn for_node(db: &Db, node: &MeshNode) -> Result<Config> {
         virtual_ip: node.virtual_ip.clone(),
         subnet: net.subnet,
         peers,
-        relays: Vec::new(),
+        relays: servers::relays(db).await?,
         routes: routes_out,
         relay_token: String::new(),
         relay_token_exp: 0,

@@ -2,14 +2,16 @@
 //! ([`networks`]), nodes registered by machine key and authorized by an
 //! operator, with virtual IPs from their network's subnet ([`nodes`]),
 //! subnet routes advertised by gateway nodes ([`routes`]), the
-//! controller's settings ([`settings`]) and the tokens it issues with their
-//! blacklist ([`tokens`]). Tables `mesh_*` (migration 0005);
+//! controller's settings ([`settings`]), the relay and STUN servers
+//! ([`servers`]) and the tokens it issues with their blacklist
+//! ([`tokens`]). Tables `mesh_*` (migration 0005);
 //! audit rows go to the shared audit log with kinds `mesh.*`.
 
 pub mod config;
 pub mod networks;
 pub mod nodes;
 pub mod routes;
+pub mod servers;
 pub mod settings;
 pub mod tokens;
 
