@@ -21,6 +21,9 @@
 //! The worker loop imports the frp server, never the other way round;
 //! every part takes the worker's context from [`runtime::ctx`]; no import
 //! circle spans more than two files (`.ci/module_cycles.py` checks it).
+//! - [`mesh`]: seed 003's mesh relay (`/ws/data`): nodes' encrypted DATA
+//!   frames to the destination node's connection, every node of a network
+//!   on one worker.
 //! - [`relay`]: bytes between a user connection and a work connection; it
 //!   is given the counters it bumps, nothing of the worker.
 //! - [`policy`]: under a slowpath, the published policy table, who may log
@@ -35,6 +38,7 @@
 pub mod cli;
 pub mod config;
 pub mod frp;
+pub mod mesh;
 pub mod policy;
 pub mod relay;
 pub mod report;

@@ -210,6 +210,14 @@ pub struct FastpathConfig {
     /// yamux receive windows start at 256 KiB and grow with the rate in
     /// use (true), or are granted `yamuxWindow` in full at once (false).
     pub window_autotune: bool,
+    /// Seed 003's mesh relay (`/ws/data`, WebSocket or WebSocket over
+    /// TLS with `transport.tls`'s certificate) on this TCP port of
+    /// `bindAddr`; 0 = no relay. Needs a slowpath: relay tokens are
+    /// checked against the policy table's keys, revocations and nodes.
+    pub mesh_relay_port: u16,
+    /// Frames queued for one mesh node that it has not read yet; past it
+    /// frames to it are dropped (and counted), as a router drops.
+    pub mesh_queue: usize,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -344,6 +352,8 @@ impl Default for FastpathConfig {
             write_stall_secs: 30,
             user_not_sent_lowat: 1024 * 1024,
             window_autotune: true,
+            mesh_relay_port: 0,
+            mesh_queue: 1024,
         }
     }
 }
@@ -461,6 +471,25 @@ impl Config {
             return Err(invalid(
                 "tcpmuxHTTPConnectPort",
                 "must differ from bindPort, vhostHTTPPort and vhostHTTPSPort",
+            ));
+        }
+        let relay = self.fastpath.mesh_relay_port;
+        if relay != 0 && [self.bind_port, self.vhost_http_port, https, mux].contains(&relay) {
+            return Err(invalid(
+                "fastpath.meshRelayPort",
+                "must differ from bindPort and the vhost and tcpmux ports",
+            ));
+        }
+        if relay != 0 && self.fastpath.policy_dir.is_empty() {
+            return Err(invalid(
+                "fastpath.meshRelayPort",
+                "the mesh relay needs a slowpath (fastpath.policyDir)",
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.fastpath.mesh_queue) {
+            return Err(invalid(
+                "fastpath.meshQueue",
+                format!("{} must be 1 to 1048576 frames", self.fastpath.mesh_queue),
             ));
         }
         if !(1..=86_400).contains(&self.vhost_http_timeout) {

@@ -34,6 +34,8 @@
 //!   policy tables and event records in the shared-memory directory.
 //! - [`mesh`]: seed 003's mesh protocol: the 5-byte frame, message types,
 //!   error codes, the DATA layout and the control messages' bodies.
+//! - [`ws`]: WebSocket's opening handshake (server side) and frames, for
+//!   the mesh relay's `/ws/data` and `/ws/mesh`.
 //! - [`ring`]: the single-producer, single-consumer shared-memory ring that
 //!   carries event records from a fastpath worker to the slowpath.
 
@@ -53,4 +55,5 @@ pub mod ticket;
 pub mod tls13;
 pub mod vhost;
 pub mod wire_v2;
+pub mod ws;
 pub mod yamux;

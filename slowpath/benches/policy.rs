@@ -574,6 +574,8 @@ impl Up {
             frp.to_string().into(),
             "--public-addr".into(),
             "127.0.0.1".into(),
+            "--mesh-relay-port".into(),
+            "0".into(),
         ];
         if let Some(url) = db_url {
             args.push("--database-url".into());

@@ -96,6 +96,13 @@ pub struct ServeArgs {
     /// it, and invites created with auto_subdomain get one of their own.
     #[arg(long, default_value = "")]
     pub sub_domain_host: String,
+    /// Seed 003's mesh relay on this host's fastpath (`/ws/data`), on this
+    /// TCP port (0 = no relay); nodes are told of it as
+    /// ws://PUBLIC_ADDR:PORT/ws/data. Default: 8444 for `up`, none for
+    /// `serve`; a --fastpath-config's fastpath.meshRelayPort is taken
+    /// instead when given.
+    #[arg(long)]
+    pub mesh_relay_port: Option<u16>,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,

@@ -62,6 +62,8 @@ pub struct FastpathFile<'a> {
     pub vhost_https_port: u16,
     /// `subDomainHost` ("" = none).
     pub sub_domain_host: &'a str,
+    /// `fastpath.meshRelayPort` (0 = none).
+    pub mesh_relay_port: u16,
 }
 
 #[derive(Serialize)]
@@ -195,6 +197,7 @@ impl FastpathFile<'_> {
         };
         c.auth.token = self.token.to_owned();
         c.fastpath.policy_dir = self.policy_dir.to_owned();
+        c.fastpath.mesh_relay_port = self.mesh_relay_port;
         c
     }
 }
@@ -333,6 +336,7 @@ mod tests {
             vhost_http_port: 8080,
             vhost_https_port: 0,
             sub_domain_host: "node.example.com",
+            mesh_relay_port: 8444,
         }
     }
 

@@ -237,6 +237,8 @@ fn a_squatted_shared_memory_directory_is_refused() {
             inst.to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            "--mesh-relay-port".into(),
+            "0".into(),
             "--frp-port".into(),
             frp.clone(),
         ]
@@ -338,6 +340,7 @@ fn no_signal_goes_to_a_pid_read_from_a_file() {
     std::fs::create_dir_all(&data).unwrap();
     let mut up = Command::new(env!("CARGO_BIN_EXE_slowpath"))
         .args(["up", "--public-addr", "127.0.0.1", "--frp-port", &frp])
+        .args(["--mesh-relay-port", "0"])
         .arg("--data-dir")
         .arg(&data)
         .arg("--shm-dir")
@@ -404,7 +407,7 @@ fn a_second_slowpath_cannot_take_a_live_instance() {
             args.extend_from_slice(more);
             run_to_exit(&args)
         };
-        let (code, err) = second("up", &["--frp-port", &frp]);
+        let (code, err) = second("up", &["--frp-port", &frp, "--mesh-relay-port", "0"]);
         assert!(code.is_some_and(|c| c != 0), "second up: {code:?} {err}");
         let first_dir = first.dir.canonicalize().unwrap();
         assert!(

@@ -9,129 +9,18 @@
 
 mod harness;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use harness::mesh::*;
 use harness::{each_backend, Backend, Slowpath};
 use mesh::keys::{encode, MachineKey, NodeKey};
 use proto::mesh::control::{
-    auth_signed_bytes, node_key_signed_bytes, AuthRequest, AuthResponse, Blacklist, Config,
-    ConfigUpdate, ErrorBody, NodeKeyUpdate, NodeLocations, ServerConfig, ServerRegister,
+    auth_signed_bytes, node_key_signed_bytes, AuthResponse, Blacklist, ConfigUpdate, ErrorBody,
+    NodeKeyUpdate, NodeLocations, ServerConfig, ServerRegister,
 };
-use proto::mesh::{frame, MsgType};
+use proto::mesh::MsgType;
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-struct Node {
-    machine: MachineKey,
-    key: NodeKey,
-    /// The last timestamp signed: each signed message carries a newer one.
-    last: std::cell::Cell<u64>,
-}
-
-/// Unix ms, newer than `last`.
-fn stamp(last: &std::cell::Cell<u64>) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let ts = now.max(last.get() + 1);
-    last.set(ts);
-    ts
-}
-
-impl Node {
-    fn new() -> Node {
-        Node {
-            machine: MachineKey::generate().unwrap(),
-            key: NodeKey::generate().unwrap(),
-            last: std::cell::Cell::new(0),
-        }
-    }
-
-    fn auth(&self) -> AuthRequest {
-        let ts = stamp(&self.last);
-        let (mk, nk) = (self.machine.public_b64(), self.key.public_b64());
-        let sig = self
-            .machine
-            .sign(&auth_signed_bytes(&mk, &nk, ts, "default"));
-        AuthRequest {
-            machine_key: mk,
-            node_key: nk,
-            network: "default".into(),
-            hostname: "h".into(),
-            timestamp: ts,
-            signature: encode(&sig),
-            ..AuthRequest::default()
-        }
-    }
-}
-
-fn connect(sp: &Slowpath) -> Ws {
-    connect_to(sp, "/ws/control")
-}
-
-fn connect_to(sp: &Slowpath, path: &str) -> Ws {
-    let url = format!("{}{path}", sp.base.replace("http://", "ws://"));
-    let (ws, _) = tungstenite::connect(url).expect("websocket");
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    }
-    ws
-}
-
-/// One frame's bytes.
-fn framed(kind: MsgType, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(kind, 0, payload, &mut out).unwrap();
-    out
-}
-
-fn send(ws: &mut Ws, kind: MsgType, payload: &[u8]) {
-    ws.send(Message::Binary(framed(kind, payload).into()))
-        .unwrap();
-}
-
-/// The next frame (type, payload); None when the server closed.
-fn recv(ws: &mut Ws) -> Option<(MsgType, Vec<u8>)> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => {
-                let f = frame::parse(&b, frame::MAX_PAYLOAD).expect("a frame from the server");
-                return Some((f.kind, f.payload.to_vec()));
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
-fn expect<T: serde::de::DeserializeOwned>(ws: &mut Ws, kind: MsgType) -> T {
-    let (k, p) = recv(ws).unwrap_or_else(|| panic!("closed while waiting for {kind}"));
-    assert_eq!(k, kind, "{}", String::from_utf8_lossy(&p));
-    serde_json::from_slice(&p).unwrap()
-}
-
-fn closed(ws: &mut Ws) -> bool {
-    recv(ws).is_none()
-}
-
-/// Open a control channel for an authorized node: AUTH_RESPONSE, CONFIG.
-fn join(sp: &Slowpath, n: &Node) -> (Ws, AuthResponse, Config) {
-    let mut ws = connect(sp);
-    send(
-        &mut ws,
-        MsgType::AuthRequest,
-        &serde_json::to_vec(&n.auth()).unwrap(),
-    );
-    let resp: AuthResponse = expect(&mut ws, MsgType::AuthResponse);
-    assert!(resp.ok, "{resp:?}");
-    let cfg: Config = expect(&mut ws, MsgType::Config);
-    (ws, resp, cfg)
-}
+use tungstenite::Message;
 
 fn control(backend: Backend) {
     let sp = Slowpath::start(&backend, &[]);
@@ -265,17 +154,6 @@ fn control(backend: Backend) {
     // Deleted while connected: cut off too.
     let err = wait_error(&mut wa);
     assert_eq!(err.code, 1006);
-}
-
-/// Skip frames until an ERROR (the server's last word before a close).
-fn wait_error(ws: &mut Ws) -> ErrorBody {
-    loop {
-        match recv(ws) {
-            Some((MsgType::Error, p)) => return serde_json::from_slice(&p).unwrap(),
-            Some(_) => continue,
-            None => panic!("closed without ERROR"),
-        }
-    }
 }
 
 /// Read CONFIG_UPDATEs until one for which `pred` holds.
@@ -475,27 +353,6 @@ fn refused(sp: &Slowpath, token: &str) -> ErrorBody {
     let err: ErrorBody = expect(&mut ws, MsgType::Error);
     assert!(closed(&mut ws));
     err
-}
-
-/// Read frames of `kind` until one for which `pred` holds, within `within`.
-fn wait_for<T: serde::de::DeserializeOwned>(
-    ws: &mut Ws,
-    kind: MsgType,
-    within: Duration,
-    pred: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let (k, p) = recv(ws).unwrap_or_else(|| panic!("closed while waiting for {kind}"));
-        if k != kind {
-            continue;
-        }
-        let v: T = serde_json::from_slice(&p).unwrap();
-        if pred(&v) {
-            return v;
-        }
-    }
-    panic!("no such {kind} within {within:?}");
 }
 
 fn servers(backend: Backend) {

@@ -76,6 +76,20 @@ pub struct WorkerStats {
     /// Vhost connections this worker took over from another (also in
     /// `handoffs_in`).
     pub vhost_handoffs: AtomicU64,
+    /// Mesh nodes connected to this worker's relay now.
+    pub mesh_nodes: AtomicI64,
+    /// Mesh connections refused at authentication (ERROR 1001-1006).
+    pub mesh_refused: AtomicU64,
+    /// DATA frames read from mesh nodes.
+    pub mesh_frames_in: AtomicU64,
+    /// DATA frames queued to their destination node.
+    pub mesh_frames_out: AtomicU64,
+    /// Bytes of those frames (seed frame headers included).
+    pub mesh_bytes: AtomicU64,
+    /// DATA frames dropped because the destination's outbox was full.
+    pub mesh_dropped: AtomicU64,
+    /// DATA frames for a node not connected here (answered 3001/3002).
+    pub mesh_unroutable: AtomicU64,
     /// What this worker's yamux sessions hold.
     pub mux: Arc<MuxGauges>,
 }
@@ -115,6 +129,13 @@ impl WorkerStats {
             pending_refused: self.pending_refused.load(Relaxed),
             vhost_unrouted: self.vhost_unrouted.load(Relaxed),
             vhost_handoffs: self.vhost_handoffs.load(Relaxed),
+            mesh_nodes: self.mesh_nodes.load(Relaxed),
+            mesh_refused: self.mesh_refused.load(Relaxed),
+            mesh_frames_in: self.mesh_frames_in.load(Relaxed),
+            mesh_frames_out: self.mesh_frames_out.load(Relaxed),
+            mesh_bytes: self.mesh_bytes.load(Relaxed),
+            mesh_dropped: self.mesh_dropped.load(Relaxed),
+            mesh_unroutable: self.mesh_unroutable.load(Relaxed),
             mux_held: self.mux.held.load(Relaxed),
             mux_extra_window: self.mux.extra_window.load(Relaxed),
             mux_holds: self.mux.holds.load(Relaxed),
@@ -152,6 +173,20 @@ pub struct StatsSnapshot {
     pub vhost_unrouted: u64,
     /// See [`WorkerStats::vhost_handoffs`].
     pub vhost_handoffs: u64,
+    /// See [`WorkerStats::mesh_nodes`].
+    pub mesh_nodes: i64,
+    /// See [`WorkerStats::mesh_refused`].
+    pub mesh_refused: u64,
+    /// See [`WorkerStats::mesh_frames_in`].
+    pub mesh_frames_in: u64,
+    /// See [`WorkerStats::mesh_frames_out`].
+    pub mesh_frames_out: u64,
+    /// See [`WorkerStats::mesh_bytes`].
+    pub mesh_bytes: u64,
+    /// See [`WorkerStats::mesh_dropped`].
+    pub mesh_dropped: u64,
+    /// See [`WorkerStats::mesh_unroutable`].
+    pub mesh_unroutable: u64,
     /// See [`MuxGauges::held`].
     pub mux_held: u64,
     /// See [`MuxGauges::extra_window`].

@@ -93,6 +93,13 @@ impl Server {
             "tcpmuxHTTPConnectPort",
             workers,
         )?;
+        // The mesh relay binds bindAddr, as the frp port does.
+        let mesh = vhost_listeners(
+            addr.ip(),
+            config.fastpath.mesh_relay_port,
+            "fastpath.meshRelayPort",
+            workers,
+        )?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
@@ -149,6 +156,7 @@ impl Server {
             shared.config.vhost_http_port,
             shared.config.vhost_https_port,
             shared.config.tcpmux_http_connect_port,
+            shared.config.fastpath.mesh_relay_port,
         ] {
             if port != 0 {
                 shared.ports.claim(port);
@@ -158,8 +166,13 @@ impl Server {
             .map(|n| n.get())
             .unwrap_or(1);
         let mut threads = Vec::with_capacity(workers);
-        let listeners = listeners.into_iter().zip(http).zip(https).zip(tcpmux);
-        for (id, ((((listener, http), https), tcpmux), inbox)) in
+        let listeners = listeners
+            .into_iter()
+            .zip(http)
+            .zip(https)
+            .zip(tcpmux)
+            .zip(mesh);
+        for (id, (((((listener, http), https), tcpmux), mesh), inbox)) in
             listeners.zip(receivers).enumerate()
         {
             let shared = shared.clone();
@@ -176,6 +189,7 @@ impl Server {
                         http,
                         https,
                         tcpmux,
+                        mesh,
                     };
                     worker::run(id, shared, listeners, inbox)
                 })?;

@@ -16,6 +16,8 @@ use crate::frp::accept;
 use crate::frp::control::Sessions;
 use crate::frp::vhost;
 use crate::frp::work_conns;
+use crate::mesh;
+use crate::mesh::nodes::MeshNodes;
 use crate::report::events::EventSink;
 use crate::runtime::ctx::WorkerCtx;
 use crate::runtime::shared::Shared;
@@ -32,6 +34,8 @@ pub struct Listeners {
     pub https: Option<std::net::TcpListener>,
     /// `tcpmuxHTTPConnectPort`, when set.
     pub tcpmux: Option<std::net::TcpListener>,
+    /// `fastpath.meshRelayPort`, when set.
+    pub mesh: Option<std::net::TcpListener>,
 }
 
 /// Run a worker until told to stop. Called on the worker's own thread.
@@ -125,6 +129,7 @@ async fn serve(
     events.set_applied_generation(shared.policy.generation());
     let ctx = Rc::new(WorkerCtx::new(id, shared, events));
     let sessions = Rc::new(Sessions::default());
+    let mesh_nodes = Rc::new(MeshNodes::default());
     let listener = match TcpListener::from_std(listeners.bind) {
         Ok(l) => l,
         Err(e) => {
@@ -151,15 +156,28 @@ async fn serve(
         Some(monoio::spawn(task))
     })
     .collect();
+    let mesh_task = listeners.mesh.map(|l| {
+        let task = mesh::relay::accept_loop(ctx.clone(), mesh_nodes.clone(), l, canceller.handle());
+        monoio::spawn(task)
+    });
     if ctx.shared.policy.governed().is_some() {
         monoio::spawn(traffic_sampler(ctx.clone(), sessions.clone()));
     }
-    inbox_loop(&ctx, &sessions, inbox).await;
+    if mesh_task.is_some() {
+        monoio::spawn(mesh_ticker(ctx.clone(), mesh_nodes.clone()));
+    }
+    inbox_loop(&ctx, &sessions, &mesh_nodes, inbox).await;
     // Stop: no new connections, close every session we own.
     let _ = canceller.cancel();
     let _ = accept_task.await;
     for t in vhost_tasks {
         let _ = t.await;
+    }
+    if let Some(t) = mesh_task {
+        let _ = t.await;
+    }
+    for link in mesh_nodes.all() {
+        link.close(None, "server shutting down");
     }
     // Relays are ended too, and given a moment to finish, so that each
     // reports the bytes it moved since the last sample before the worker
@@ -197,6 +215,7 @@ async fn accept_loop(
 async fn inbox_loop(
     ctx: &Rc<WorkerCtx>,
     sessions: &Rc<Sessions>,
+    mesh_nodes: &Rc<MeshNodes>,
     inbox: flume::Receiver<WorkerMsg>,
 ) {
     while let Ok(msg) = inbox.recv_async().await {
@@ -213,11 +232,26 @@ async fn inbox_loop(
                         c.close_refused(&refusal);
                     }
                 }
+                mesh::relay::recheck(ctx, mesh_nodes);
                 ctx.events.set_applied_generation(generation);
             }
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
             WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
+            WorkerMsg::MeshConn(moved) => {
+                monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
+            }
         }
+    }
+}
+
+/// How often mesh relay tokens are checked for expiry (revocations come
+/// with a new policy table and are checked then).
+const MESH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn mesh_ticker(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>) {
+    while !ctx.shared.is_stopping() {
+        monoio::time::sleep(MESH_TICK).await;
+        mesh::relay::recheck(&ctx, &nodes);
     }
 }
 

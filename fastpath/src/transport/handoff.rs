@@ -18,6 +18,8 @@ pub enum WorkerMsg {
     /// A connection on a vhost port for a proxy of a session this worker
     /// owns, with what was read of it to route it.
     VhostConn(Box<MovedVhost>),
+    /// An authenticated mesh node for a network this worker serves.
+    MeshConn(Box<MovedMesh>),
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },
@@ -37,6 +39,20 @@ pub struct MovedConn {
     pub tls: Option<crate::transport::tls::TlsState>,
     /// What it offered to be.
     pub offer: WorkConnOffer,
+}
+
+/// A mesh node's connection in transit to its network's home worker.
+pub struct MovedMesh {
+    /// The socket, detached from the sending worker's runtime.
+    pub socket: std::net::TcpStream,
+    /// TLS session state, when it is TLS.
+    pub tls: Option<crate::transport::tls::TlsState>,
+    /// Plaintext read past the AUTH_REQUEST.
+    pub pending: Vec<u8>,
+    /// Who it is.
+    pub auth: crate::mesh::nodes::NodeAuth,
+    /// Its address.
+    pub peer: std::net::SocketAddr,
 }
 
 /// A vhost connection in transit between workers.

@@ -799,6 +799,7 @@ mod tests {
             subdomain: String::new(),
         };
         let spec = PolicySpec {
+            mesh: Default::default(),
             generation: 1,
             created_ms: 0,
             node: NodePolicy {

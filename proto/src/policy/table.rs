@@ -35,6 +35,12 @@
 //!               report_interval_bytes u64, pad [8]
 //!   SUBDOMAINS (7) 24-byte records sorted by label, each label once
 //!               (optional section): label str, invite id [16]
+//!   MESH    (8) one 8-byte record (optional section): relay_id u32 (the
+//!               mesh server id of this node's relay; 0 = none), pad u32
+//!   MESH_NODES (9) 8-byte records sorted by node id (optional section):
+//!               node_id u32, network_id u32 (authorized mesh nodes)
+//!   MESH_REVOKED (10) 8-byte records sorted by jti, each once (optional
+//!               section): jti str (blacklisted mesh token ids)
 //! ```
 //!
 //! `sub_domain_host` and `subdomain` sit where tables before them had
@@ -69,6 +75,12 @@ const SEC_STRINGS: u32 = 5;
 const SEC_TENANTS: u32 = 6;
 const SEC_SUBDOMAINS: u32 = 7;
 const SUBDOMAIN_REC: usize = 24;
+const SEC_MESH: u32 = 8;
+const SEC_MESH_NODES: u32 = 9;
+const SEC_MESH_REVOKED: u32 = 10;
+const MESH_REC: usize = 8;
+/// Sections a reader of this build knows (kinds below this).
+const KNOWN_SECTIONS: usize = 11;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +166,20 @@ pub struct TicketKey {
     pub public_key: [u8; 32],
 }
 
+/// What the data plane's mesh relay needs (seed 003): which relay it is,
+/// the authorized nodes and their networks (DATA crosses no network), and
+/// the revoked token ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshPolicy {
+    /// This node's relay as the mesh controller numbers servers (relay
+    /// tokens name it in `allowed_relays`); 0 = no relay here.
+    pub relay_id: u32,
+    /// Authorized nodes: (node_id, network_id), any order.
+    pub nodes: Vec<(u32, u32)>,
+    /// Revoked token ids (`jti`), any order.
+    pub revoked: Vec<String>,
+}
+
 /// Everything a table holds, in owned form: what the slowpath compiles its
 /// state into before encoding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +197,8 @@ pub struct PolicySpec {
     pub invites: Vec<InvitePolicy>,
     /// Tenants (any order; the encoder sorts them by token).
     pub tenants: Vec<TenantPolicy>,
+    /// The mesh relay's part.
+    pub mesh: MeshPolicy,
 }
 
 /// Why a table was refused.
@@ -240,9 +268,21 @@ impl PolicySpec {
             &self.keys,
             uniq.len(),
             uniq.into_iter(),
-            &self.tenants,
+            Sections {
+                tenants: &self.tenants,
+                mesh: &self.mesh,
+            },
         )
     }
+}
+
+/// The sections [`encode_parts`] takes whole, after the invites.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections<'a> {
+    /// Tenants, any order; of two with the same token the last is kept.
+    pub tenants: &'a [TenantPolicy],
+    /// The mesh relay's part.
+    pub mesh: &'a MeshPolicy,
 }
 
 /// Set the generation and creation time of an encoded table and reseal it:
@@ -268,8 +308,12 @@ pub fn encode_parts<'a>(
     keys: &[TicketKey],
     count: usize,
     invite_iter: impl Iterator<Item = &'a InvitePolicy>,
-    tenant_list: &[TenantPolicy],
+    rest: Sections<'_>,
 ) -> Vec<u8> {
+    let Sections {
+        tenants: tenant_list,
+        mesh: mesh_policy,
+    } = rest;
     let mut strings = Strings { buf: Vec::new() };
     let mut ports = Vec::new();
 
@@ -339,12 +383,34 @@ pub fn encode_parts<'a>(
         tenants.extend_from_slice(&[0; 8]);
     }
 
-    let sections: [(u32, &[u8]); 7] = [
+    let mut mesh = Vec::with_capacity(MESH_REC);
+    mesh.extend_from_slice(&mesh_policy.relay_id.to_le_bytes());
+    mesh.extend_from_slice(&0u32.to_le_bytes());
+    let mut node_list = mesh_policy.nodes.clone();
+    node_list.sort_unstable();
+    node_list.dedup_by_key(|n| n.0);
+    let mut mesh_nodes = Vec::with_capacity(node_list.len() * MESH_REC);
+    for (id, net) in node_list {
+        mesh_nodes.extend_from_slice(&id.to_le_bytes());
+        mesh_nodes.extend_from_slice(&net.to_le_bytes());
+    }
+    let mut jtis: Vec<&str> = mesh_policy.revoked.iter().map(String::as_str).collect();
+    jtis.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    jtis.dedup();
+    let mut revoked = Vec::with_capacity(jtis.len() * MESH_REC);
+    for j in jtis {
+        put_ref(&mut revoked, strings.add(j));
+    }
+
+    let sections: [(u32, &[u8]); 10] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
         (SEC_TENANTS, &tenants),
         (SEC_SUBDOMAINS, &subdomains),
+        (SEC_MESH, &mesh),
+        (SEC_MESH_NODES, &mesh_nodes),
+        (SEC_MESH_REVOKED, &revoked),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -486,6 +552,9 @@ pub struct PolicyTable<'a> {
     invites: &'a [u8],
     tenants: &'a [u8],
     subdomains: &'a [u8],
+    mesh: &'a [u8],
+    mesh_nodes: &'a [u8],
+    mesh_revoked: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -526,7 +595,7 @@ impl<'a> PolicyTable<'a> {
             .and_then(|d| d.checked_add(header_len))
             .filter(|&e| e <= bytes.len())
             .ok_or(TableError::Corrupt("section directory out of bounds"))?;
-        let mut found: [Option<&'a [u8]>; 8] = [None; 8];
+        let mut found: [Option<&'a [u8]>; KNOWN_SECTIONS] = [None; KNOWN_SECTIONS];
         for at in (header_len..dir_end).step_by(DIR_ENTRY) {
             let kind = u32_at(bytes, at);
             let off = u64_at(bytes, at + 8);
@@ -558,6 +627,10 @@ impl<'a> PolicyTable<'a> {
             tenants: found[SEC_TENANTS as usize].unwrap_or(&[]),
             // Tables from before reserved subdomains have none.
             subdomains: found[SEC_SUBDOMAINS as usize].unwrap_or(&[]),
+            // Tables from before the mesh relay have none of its sections.
+            mesh: found[SEC_MESH as usize].unwrap_or(&[]),
+            mesh_nodes: found[SEC_MESH_NODES as usize].unwrap_or(&[]),
+            mesh_revoked: found[SEC_MESH_REVOKED as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -583,6 +656,32 @@ impl<'a> PolicyTable<'a> {
         }
         if !self.ports.len().is_multiple_of(4) {
             return Err(TableError::Corrupt("ports section size"));
+        }
+        if !(self.mesh.is_empty() || self.mesh.len() == MESH_REC) {
+            return Err(TableError::Corrupt("mesh section size"));
+        }
+        if !self.mesh_nodes.len().is_multiple_of(MESH_REC) {
+            return Err(TableError::Corrupt("mesh nodes section size"));
+        }
+        if !self.mesh_revoked.len().is_multiple_of(MESH_REC) {
+            return Err(TableError::Corrupt("mesh revoked section size"));
+        }
+        let mut prev: Option<u32> = None;
+        for rec in self.mesh_nodes.chunks_exact(MESH_REC) {
+            let id = u32_at(rec, 0);
+            if prev.is_some_and(|p| p >= id) {
+                return Err(TableError::Corrupt("mesh nodes not sorted by id"));
+            }
+            prev = Some(id);
+        }
+        let mut prev: Option<&str> = None;
+        for rec in self.mesh_revoked.chunks_exact(MESH_REC) {
+            self.check_str(rec, 0)?;
+            let jti = self.str_at(rec, 0);
+            if prev.is_some_and(|p| p.as_bytes() >= jti.as_bytes()) {
+                return Err(TableError::Corrupt("mesh revoked ids not sorted"));
+            }
+            prev = Some(jti);
         }
         self.check_str(self.node, 0)?;
         self.check_str(self.node, 8)?;
@@ -702,6 +801,24 @@ impl<'a> PolicyTable<'a> {
         let mut id = [0; 16];
         id.copy_from_slice(&rec[8..24]);
         Some(InviteId(id))
+    }
+
+    /// This node's mesh relay id (0: no relay here).
+    pub fn mesh_relay_id(&self) -> u32 {
+        u32_at(self.mesh, 0)
+    }
+
+    /// The network of authorized mesh node `id`, if it is one.
+    pub fn mesh_node_network(&self, id: u32) -> Option<u32> {
+        search(self.mesh_nodes, MESH_REC, |rec| u32_at(rec, 0).cmp(&id)).map(|rec| u32_at(rec, 4))
+    }
+
+    /// Whether the mesh token with this `jti` is revoked.
+    pub fn mesh_revoked(&self, jti: &str) -> bool {
+        search(self.mesh_revoked, MESH_REC, |rec| {
+            self.str_at(rec, 0).as_bytes().cmp(jti.as_bytes())
+        })
+        .is_some()
     }
 
     /// The verification key with this `kid`.
@@ -1012,6 +1129,7 @@ mod tests {
 
     fn spec(n: usize) -> PolicySpec {
         PolicySpec {
+            mesh: Default::default(),
             generation: 7,
             created_ms: 1_700_000_000_000,
             node: NodePolicy {
@@ -1077,6 +1195,45 @@ mod tests {
             domain_suffix: String::new(),
             subdomain: String::new(),
         }
+    }
+
+    #[test]
+    fn mesh_sections_round_trip_and_older_tables_have_none() {
+        let mut s = spec(3);
+        let t_bytes = s.encode();
+        let t = PolicyTable::parse(&t_bytes).unwrap();
+        assert_eq!((t.mesh_relay_id(), t.mesh_node_network(1)), (0, None));
+        assert!(!t.mesh_revoked("a"));
+        s.mesh = MeshPolicy {
+            relay_id: 3,
+            nodes: (1..500u32).rev().map(|n| (n * 3, n % 4 + 1)).collect(),
+            revoked: vec!["zz".into(), "a1".into(), "m".into(), "a1".into()],
+        };
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        assert_eq!(t.mesh_relay_id(), 3);
+        assert_eq!(t.mesh_node_network(30), Some(30 / 3 % 4 + 1));
+        assert_eq!(t.mesh_node_network(31), None);
+        assert_eq!(t.mesh_node_network(0), None);
+        for j in ["a1", "m", "zz"] {
+            assert!(t.mesh_revoked(j), "{j}");
+        }
+        assert!(!t.mesh_revoked("a") && !t.mesh_revoked("a10"));
+        // Out of order, the table is refused.
+        let mut spoiled = bytes.clone();
+        let dir = HEADER_LEN;
+        let count = u32_at(&spoiled, 40) as usize;
+        let at = (0..count)
+            .map(|i| dir + i * DIR_ENTRY)
+            .find(|&e| u32_at(&spoiled, e) == SEC_MESH_NODES)
+            .unwrap();
+        let off = u64_at(&spoiled, at + 8) as usize;
+        spoiled[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        seal(&mut spoiled);
+        assert_eq!(
+            PolicyTable::parse(&spoiled).unwrap_err(),
+            TableError::Corrupt("mesh nodes not sorted by id")
+        );
     }
 
     #[test]

@@ -42,17 +42,27 @@ pub const MAX_CONTROL_CHANNELS: usize = 4096;
 pub const MAX_CONTROL_CHANNELS_PER_IP: usize = 256;
 
 /// Changes of mesh networks, for the open control channels.
-#[derive(Debug)]
 pub struct MeshHub {
     tx: broadcast::Sender<u32>,
+    /// Republishes the policy table (the relay's nodes and revocations).
+    publisher: std::sync::OnceLock<std::sync::Arc<crate::policy::publish::Publisher>>,
     channels: std::sync::Arc<tokio::sync::Semaphore>,
     per_ip: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl std::fmt::Debug for MeshHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHub")
+            .field("receivers", &self.tx.receiver_count())
+            .finish()
+    }
 }
 
 impl Default for MeshHub {
     fn default() -> Self {
         MeshHub {
             tx: broadcast::channel(256).0,
+            publisher: std::sync::OnceLock::new(),
             channels: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CHANNELS)),
             per_ip: Default::default(),
         }
@@ -102,12 +112,21 @@ impl MeshHub {
     /// (server channels look again at the blacklist and node locations).
     pub fn changed(&self, network_id: u32) {
         let _ = self.tx.send(network_id);
+        if let Some(p) = self.publisher.get() {
+            p.mesh_changed();
+        }
+    }
+
+    /// Changes republish the policy table through `publisher` too (set
+    /// once, at start).
+    pub fn publish_with(&self, publisher: std::sync::Arc<crate::policy::publish::Publisher>) {
+        let _ = self.publisher.set(publisher);
     }
 
     /// The servers (relays, their tokens, node locations) changed: every
     /// channel looks again.
     pub fn servers_changed(&self) {
-        let _ = self.tx.send(ALL_NETWORKS);
+        self.changed(ALL_NETWORKS);
     }
 
     pub(super) fn subscribe(&self) -> broadcast::Receiver<u32> {

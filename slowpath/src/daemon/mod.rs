@@ -75,6 +75,29 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         mesh: Default::default(),
     });
 
+    // Seed 003's built-in relay: a server record nodes are sent to, and its
+    // id in the policy table (relay tokens name it).
+    let relay_port = fp_settings.mesh_relay_port(&args, up.is_some());
+    let relay_id = if relay_port == 0 {
+        0
+    } else {
+        let url = format!(
+            "ws://{}/ws/data",
+            SocketAddrText(&args.public_addr, relay_port)
+        );
+        slowpath::domain::mesh::servers::ensure_builtin(
+            &db,
+            &app.signer.mesh_signer(),
+            &format!("{}-relay", node.id),
+            &url,
+        )
+        .await
+        .context("the built-in mesh relay's server record")?
+    };
+    app.mesh.publish_with(Arc::clone(&services.publisher));
+    services.publisher.set_mesh_relay(relay_id);
+    services.publisher.publish(false).await?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let child = match &up {
         Some(up) => {
@@ -88,6 +111,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
                 node: &node,
                 publisher: &services.publisher,
                 signer: &app.signer,
+                mesh_relay_port: relay_port,
             };
             Some(up.start(stop_rx).await?)
         }
@@ -108,6 +132,19 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+struct SocketAddrText<'a>(&'a str, u16);
+
+impl std::fmt::Display for SocketAddrText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.contains(':') && !self.0.starts_with('[') {
+            write!(f, "[{}]:{}", self.0, self.1)
+        } else {
+            write!(f, "{}:{}", self.0, self.1)
+        }
+    }
 }
 
 /// Flags that clap's types cannot refuse on their own.

@@ -34,7 +34,12 @@ pub struct FastpathSettings {
     pub etcd: Option<EtcdConfig>,
     /// `vhostHTTPPort`, `vhostHTTPSPort` and `subDomainHost`.
     pub vhost: Option<Vhost>,
+    /// `fastpath.meshRelayPort`.
+    pub mesh_relay_port: Option<u16>,
 }
+
+/// The mesh relay port `up` gives its fastpath unless told otherwise.
+pub const DEFAULT_MESH_RELAY_PORT: u16 = 8444;
 
 /// A node's frps vhost keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +65,14 @@ impl Vhost {
 }
 
 impl FastpathSettings {
+    /// The mesh relay port in force: the file's, else the flag's, else
+    /// 8444 for `up` (it runs the fastpath) and none for `serve`.
+    pub fn mesh_relay_port(&self, args: &ServeArgs, up: bool) -> u16 {
+        self.mesh_relay_port
+            .or(args.mesh_relay_port)
+            .unwrap_or(if up { DEFAULT_MESH_RELAY_PORT } else { 0 })
+    }
+
     /// From `--fastpath-config`, when given.
     pub fn of(args: &ServeArgs) -> Result<FastpathSettings> {
         match args.fastpath_config.as_ref() {
@@ -92,6 +105,7 @@ fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
             https_port: config.vhost_https_port,
             sub_domain_host: config.sub_domain_host,
         }),
+        mesh_relay_port: Some(config.fastpath.mesh_relay_port),
     })
 }
 
@@ -217,7 +231,7 @@ fn local_proxy_types(vhost: &Vhost) -> Vec<String> {
 }
 
 /// The fastpath config `up` writes when none is given.
-pub fn fastpath_toml(node: &Node, shm_dir: &Path) -> Result<String> {
+pub fn fastpath_toml(node: &Node, shm_dir: &Path, mesh_relay_port: u16) -> Result<String> {
     // The config holds the directory as a string: a path that is not UTF-8
     // cannot be written there as the same path.
     let policy_dir = shm_dir
@@ -232,6 +246,7 @@ pub fn fastpath_toml(node: &Node, shm_dir: &Path) -> Result<String> {
         vhost_http_port: node.vhost_http_port,
         vhost_https_port: node.vhost_https_port,
         sub_domain_host: &node.sub_domain_host,
+        mesh_relay_port,
     })
     .context("cannot write the fastpath config")
 }

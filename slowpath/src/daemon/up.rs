@@ -35,6 +35,8 @@ pub struct Up<'a> {
     pub node: &'a Node,
     pub publisher: &'a Publisher,
     pub signer: &'a TicketSigner,
+    /// The fastpath's mesh relay port (0 = none).
+    pub mesh_relay_port: u16,
 }
 
 /// The demo invite and its frpc.toml, as printed.
@@ -75,7 +77,10 @@ impl Up<'_> {
             Some(p) => p.clone(),
             None => {
                 let p = self.data_dir.join("fastpath.toml");
-                private_files::write(&p, fastpath_toml(self.node, self.shm_dir)?.as_bytes())?;
+                private_files::write(
+                    &p,
+                    fastpath_toml(self.node, self.shm_dir, self.mesh_relay_port)?.as_bytes(),
+                )?;
                 p
             }
         };
@@ -161,6 +166,12 @@ impl Up<'_> {
             println!(
                 "  vhosts     http :{} https :{} (0 = off); subDomainHost {:?}",
                 node.vhost_http_port, node.vhost_https_port, node.sub_domain_host
+            );
+        }
+        if self.mesh_relay_port != 0 {
+            println!(
+                "  mesh relay ws://{}:{}/ws/data (seed 003; networks: slowpath mesh network list)",
+                node.server_addr, self.mesh_relay_port
             );
         }
         println!("  policy     {}", self.shm_dir.display());

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use proto::policy::{
-    table, InviteId, InvitePolicy, NodePolicy, PolicySpec, TenantPolicy, TicketKey,
+    table, InviteId, InvitePolicy, MeshPolicy, NodePolicy, PolicySpec, TenantPolicy, TicketKey,
 };
 
 use crate::domain::invites::Invite;
@@ -30,6 +30,8 @@ pub struct PolicyState {
     pub invites: BTreeMap<InviteId, InvitePolicy>,
     /// Every tenant, in token order.
     pub tenants: Vec<TenantPolicy>,
+    /// The mesh relay's part: its id, the authorized nodes, revocations.
+    pub mesh: MeshPolicy,
 }
 
 impl PolicyState {
@@ -41,6 +43,7 @@ impl PolicyState {
         keys: Vec<PublicKey>,
         invites: Vec<InvitePolicy>,
         tenants: Vec<TenantPolicy>,
+        mesh: MeshPolicy,
     ) -> PolicyState {
         PolicyState {
             node: node_policy(node),
@@ -53,6 +56,7 @@ impl PolicyState {
                 .collect(),
             invites: invites.into_iter().map(|i| (i.id, i)).collect(),
             tenants,
+            mesh,
         }
     }
 
@@ -88,7 +92,10 @@ impl PolicyState {
             &self.keys,
             self.invites.len(),
             self.invites.values(),
-            &self.tenants,
+            table::Sections {
+                tenants: &self.tenants,
+                mesh: &self.mesh,
+            },
         )
     }
 
@@ -101,6 +108,7 @@ impl PolicyState {
             keys: self.keys,
             invites: self.invites.into_values().collect(),
             tenants: self.tenants,
+            mesh: self.mesh,
         }
     }
 }
@@ -221,7 +229,13 @@ mod tests {
     #[test]
     fn one_invite_is_taken_in_or_dropped() {
         let now = 100 * HOUR_MS;
-        let mut s = PolicyState::new(&node(), Vec::new(), Vec::new(), Vec::new());
+        let mut s = PolicyState::new(
+            &node(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Default::default(),
+        );
         let live = invite(1, "node_1", now + HOUR_MS);
         s.apply_invite(live.id, Some(live.clone()), "node_1", now);
         assert_eq!(s.invites.len(), 1);
@@ -260,7 +274,7 @@ mod tests {
             invite_policy(invite(2, "node_1", now - HOUR_MS / 2)),
             invite_policy(invite(3, "node_1", now - 2 * HOUR_MS)),
         ];
-        let mut s = PolicyState::new(&node(), Vec::new(), invites, Vec::new());
+        let mut s = PolicyState::new(&node(), Vec::new(), invites, Vec::new(), Default::default());
         assert_eq!(s.prune_invites(now), 1);
         assert_eq!(s.prune_invites(now), 0);
         assert_eq!(
@@ -271,7 +285,13 @@ mod tests {
 
     #[test]
     fn same_state_same_bytes() {
-        let s = PolicyState::new(&node(), Vec::new(), Vec::new(), Vec::new());
+        let s = PolicyState::new(
+            &node(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Default::default(),
+        );
         assert_eq!(s.encode(), s.clone().encode());
         let spec = s.clone().into_spec();
         assert_eq!(spec.node.node_id, "node_1");

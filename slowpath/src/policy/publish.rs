@@ -90,6 +90,10 @@ struct Inputs {
     over_quota: HashSet<String>,
     /// An input changed since the tenants were last compiled.
     tenants_dirty: bool,
+    /// This host's mesh relay id (0: none).
+    mesh_relay: u32,
+    /// Mesh nodes or revocations changed since the last compile.
+    mesh_dirty: bool,
 }
 
 /// What a publish works on, behind [`Publisher::table`].
@@ -172,6 +176,22 @@ impl Publisher {
     /// A tenant source changed: recompile tenants on the next pass.
     pub fn tenants_changed(&self) {
         lock(&self.inputs).tenants_dirty = true;
+        self.request();
+    }
+
+    /// This host's mesh relay is server `id` (0: no relay here).
+    pub fn set_mesh_relay(&self, id: u32) {
+        let mut inputs = lock(&self.inputs);
+        inputs.mesh_relay = id;
+        inputs.mesh_dirty = true;
+        drop(inputs);
+        self.request();
+    }
+
+    /// Mesh nodes or token revocations changed: recompile the mesh part
+    /// on the next pass (soon: a revoked node is cut off by the table).
+    pub fn mesh_changed(&self) {
+        lock(&self.inputs).mesh_dirty = true;
         self.request();
     }
 
@@ -270,8 +290,17 @@ impl Publisher {
                 return self.publish_all(&mut table, false).await;
             };
             let started = Instant::now();
-            if lock(&self.inputs).tenants_dirty {
-                state.tenants = self.compile_tenants().await?;
+            let (tenants_dirty, mesh_dirty) = {
+                let inputs = lock(&self.inputs);
+                (inputs.tenants_dirty, inputs.mesh_dirty)
+            };
+            if tenants_dirty || mesh_dirty {
+                if tenants_dirty {
+                    state.tenants = self.compile_tenants().await?;
+                }
+                if mesh_dirty {
+                    state.mesh = self.compile_mesh().await?;
+                }
                 let compile_us = elapsed_us(started);
                 return self.write(writer, state, false, started, compile_us).await;
             }
@@ -293,9 +322,10 @@ impl Publisher {
         let keys = tickets::public_keys(&self.db).await?;
         let invites = invites::for_policy(&self.db, &self.node_id, now).await?;
         let tenants = self.compile_tenants().await?;
+        let mesh = self.compile_mesh().await?;
         let state = table
             .state
-            .insert(PolicyState::new(&node, keys, invites, tenants));
+            .insert(PolicyState::new(&node, keys, invites, tenants, mesh));
         let compile_us = elapsed_us(started);
         self.write(&mut table.writer, state, force, started, compile_us)
             .await
@@ -317,6 +347,17 @@ impl Publisher {
             hook(&all);
         }
         Ok(compile::tenant_policies(&all, &over_quota))
+    }
+
+    /// The mesh relay's part: this host's relay id, the authorized nodes
+    /// and the revoked token ids.
+    async fn compile_mesh(&self) -> Result<proto::policy::MeshPolicy> {
+        let relay_id = {
+            let mut inputs = lock(&self.inputs);
+            inputs.mesh_dirty = false;
+            inputs.mesh_relay
+        };
+        compile_mesh(&self.db, relay_id).await
     }
 
     /// Writes `state` and records the outcome for the stats.
@@ -458,5 +499,25 @@ pub async fn compile(db: &Db, node_id: &str, now: i64) -> Result<PolicySpec> {
     let node = nodes::get(db, node_id).await?;
     let keys = tickets::public_keys(db).await?;
     let invites = invites::for_policy(db, node_id, now).await?;
-    Ok(PolicyState::new(&node, keys, invites, Vec::new()).into_spec())
+    Ok(PolicyState::new(&node, keys, invites, Vec::new(), Default::default()).into_spec())
+}
+
+/// The mesh part of a table for relay `relay_id`.
+pub async fn compile_mesh(db: &Db, relay_id: u32) -> Result<proto::policy::MeshPolicy> {
+    let nodes = crate::domain::mesh::nodes::list(db, None)
+        .await?
+        .into_iter()
+        .filter(|n| n.authorized)
+        .map(|n| (n.id, n.network_id))
+        .collect();
+    let revoked = crate::domain::mesh::tokens::blacklist(db)
+        .await?
+        .into_iter()
+        .map(|(jti, _)| jti)
+        .collect();
+    Ok(proto::policy::MeshPolicy {
+        relay_id,
+        nodes,
+        revoked,
+    })
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod mesh;
 pub mod report;
 pub mod ring;
 
@@ -246,6 +247,8 @@ pub struct Slowpath {
     cmd_args: Vec<std::ffi::OsString>,
     /// frp port of the fastpath `up` started (0 for `serve`).
     pub frp_port: u16,
+    /// Its mesh relay port (0: none, or `serve`).
+    pub mesh_port: u16,
     /// Data directory.
     pub dir: PathBuf,
     /// Shared-memory directory (a plain temp directory in tests).
@@ -269,10 +272,19 @@ impl Slowpath {
     /// `slowpath up` on a free frp port: the fastpath runs as its child.
     pub fn up(backend: &Backend, extra: &[&str]) -> Slowpath {
         let frp = free_port().to_string();
+        let mesh = free_port().to_string();
         let mut args = vec!["--frp-port", frp.as_str(), "--public-addr", "127.0.0.1"];
+        // Tests run side by side: no two on the default relay port.
+        if !extra.contains(&"--mesh-relay-port") {
+            args.extend_from_slice(&["--mesh-relay-port", mesh.as_str()]);
+        }
         args.extend_from_slice(extra);
         let mut sp = Self::launch("up", backend, &args);
         sp.frp_port = frp.parse().unwrap();
+        sp.mesh_port = match extra.iter().position(|a| *a == "--mesh-relay-port") {
+            Some(i) => extra[i + 1].parse().unwrap(),
+            None => mesh.parse().unwrap(),
+        };
         sp
     }
 
@@ -316,6 +328,7 @@ impl Slowpath {
             child,
             cmd_args: args,
             frp_port: 0,
+            mesh_port: 0,
             dir,
             shm,
             base,

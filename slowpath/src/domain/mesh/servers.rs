@@ -492,6 +492,31 @@ pub async fn delete(db: &Db, id: u32) -> Result<()> {
     revoke_server_token(db, id, &jti).await
 }
 
+/// The relay in this control plane's own fastpath: the `builtin` server
+/// (made on first start as `name`), its URL kept as `url`. Returns its id.
+pub async fn ensure_builtin(db: &Db, signer: &Signer<'_>, name: &str, url: &str) -> Result<u32> {
+    let existing = list(db).await?.into_iter().find(|s| s.kind == "builtin");
+    match existing {
+        Some(s) if s.url == url => Ok(s.id),
+        Some(s) => {
+            let patch = ServerPatch {
+                url: Some(url.to_owned()),
+                ..ServerPatch::default()
+            };
+            Ok(update(db, s.id, patch).await?.id)
+        }
+        None => {
+            let req = NewServer {
+                name: name.to_owned(),
+                kind: Some("builtin".into()),
+                url: url.to_owned(),
+                ..NewServer::default()
+            };
+            Ok(create(db, signer, req).await?.server.id)
+        }
+    }
+}
+
 /// Why a server is refused on `/ws/server`.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
