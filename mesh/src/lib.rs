@@ -5,7 +5,15 @@
 //! schedule, ChaCha20-Poly1305 with its nonce layout, and the replay window
 //! of [`replay::ReplayWindow`]). Relays and the controller never see these;
 //! they route and distribute public keys only.
+//!
+//! The client around them: [`node`] (the control channel, the relay
+//! connection and the TUN loop of `totoro-mesh up`), [`tun`] (the device),
+//! [`ws`] (a blocking WebSocket client), [`icmp`] (`totoro-mesh ping`).
 
+pub mod icmp;
 pub mod keys;
+pub mod node;
 pub mod replay;
 pub mod session;
+pub mod tun;
+pub mod ws;

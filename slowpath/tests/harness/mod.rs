@@ -273,7 +273,10 @@ impl Slowpath {
     pub fn up(backend: &Backend, extra: &[&str]) -> Slowpath {
         let frp = free_port().to_string();
         let mesh = free_port().to_string();
-        let mut args = vec!["--frp-port", frp.as_str(), "--public-addr", "127.0.0.1"];
+        let mut args = vec!["--frp-port", frp.as_str()];
+        if !extra.contains(&"--public-addr") {
+            args.extend_from_slice(&["--public-addr", "127.0.0.1"]);
+        }
         // Tests run side by side: no two on the default relay port.
         if !extra.contains(&"--mesh-relay-port") {
             args.extend_from_slice(&["--mesh-relay-port", mesh.as_str()]);
@@ -299,16 +302,26 @@ impl Slowpath {
             .mode(0o700)
             .create(&dir)
             .unwrap();
-        let port = free_port();
+        // `--listen` in `extra` (say 0.0.0.0:PORT) replaces the default.
+        let listen = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .map(|i| extra[i + 1].to_owned());
+        let port = match &listen {
+            Some(l) => l.rsplit_once(':').unwrap().1.parse().unwrap(),
+            None => free_port(),
+        };
         let mut args: Vec<std::ffi::OsString> = vec![
             mode.into(),
             "--data-dir".into(),
             dir.clone().into(),
             "--shm-dir".into(),
             shm.clone().into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
         ];
+        if listen.is_none() {
+            args.push("--listen".into());
+            args.push(format!("127.0.0.1:{port}").into());
+        }
         args.extend(extra.iter().map(Into::into));
         let mut pg = None;
         if let Backend::Postgres(base) = backend {

@@ -1,0 +1,725 @@
+//! `totoro-mesh up`: a node's life. Three threads share the node's state:
+//!
+//! - **control** ([`Node::control_loop`]): `/ws/control` on the
+//!   controller; a machine-key-signed AUTH_REQUEST (registering on first
+//!   contact; an unauthorized node waits and asks again), then CONFIG and
+//!   CONFIG_UPDATEs: the node's address, its peers and their node keys, the
+//!   relays and a relay token, the routes. PING every 10 s; reconnects
+//!   with backoff.
+//! - **relay** ([`Node::relay_loop`]): `/ws/data` on a relay of the
+//!   CONFIG with the relay token; DATA frames are opened with the sending
+//!   peer's session and written to the TUN device. Reconnects with backoff,
+//!   to the next relay when one fails.
+//! - **tun** ([`Node::tun_loop`]): IP packets read from the TUN device go
+//!   to the peer that holds their destination (its virtual IP, or a subnet
+//!   route it advertises: longest prefix, then lowest priority among online
+//!   gateways), sealed with that peer's session, over the relay.
+//!
+//! The relay sees node ids and ciphertext only.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use proto::mesh::control::{
+    self, auth_signed_bytes, AuthRequest, AuthResponse, Config, ConfigUpdate, ErrorBody, Peer,
+    Relay, Route,
+};
+use proto::mesh::{data, frame, MsgType};
+
+use crate::keys::{decode_key, encode, MachineKey, NodeKey};
+use crate::session::Session;
+use crate::tun::{self, Tun};
+use crate::ws::{Incoming, WsConn};
+
+/// What `up` is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The controller's base URL (`http://host:7400`).
+    pub controller: String,
+    /// The network to join.
+    pub network: String,
+    /// Where the machine key and the status file live.
+    pub state_dir: PathBuf,
+    /// TUN interface name.
+    pub tun: String,
+    /// TUN MTU.
+    pub mtu: u32,
+    /// The name shown to operators.
+    pub hostname: String,
+    /// Install the subnet routes other nodes advertise.
+    pub accept_routes: bool,
+}
+
+/// Counters, written to the status file.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets sent into the mesh.
+    pub tx_packets: AtomicU64,
+    /// Packets received from it and written to the TUN device.
+    pub rx_packets: AtomicU64,
+    /// Packets read from the TUN device with no peer or route.
+    pub no_route: AtomicU64,
+    /// DATA frames that did not open (wrong key, tampered, replayed).
+    pub rejected: AtomicU64,
+    /// Packets dropped for want of a relay connection.
+    pub no_relay: AtomicU64,
+}
+
+/// The state the threads share.
+pub struct Node {
+    opts: Options,
+    machine: MachineKey,
+    key: NodeKey,
+    me: RwLock<Option<Me>>,
+    peers: RwLock<HashMap<u32, Peer>>,
+    by_ip: RwLock<HashMap<Ipv4Addr, u32>>,
+    routes: RwLock<Vec<Route>>,
+    relays: RwLock<Vec<Relay>>,
+    relay_token: RwLock<String>,
+    sessions: Mutex<HashMap<u32, Session>>,
+    relay_out: Mutex<Option<WsConn>>,
+    relay_server: RwLock<Option<u32>>,
+    tun: Mutex<Option<Tun>>,
+    /// Counters.
+    pub counters: Counters,
+    last_signed: Mutex<u64>,
+}
+
+/// This node as the controller numbered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Me {
+    id: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn seed_frame(kind: MsgType, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+    let _ = frame::encode(kind, 0, payload, &mut out);
+    out
+}
+
+/// `a.b.c.d/n` as (network address, prefix).
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, p) = text.split_once('/')?;
+    let ip: Ipv4Addr = a.parse().ok()?;
+    let prefix: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+    Some((ip, prefix))
+}
+
+fn contains(net: Ipv4Addr, prefix: u8, ip: Ipv4Addr) -> bool {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Backoff between reconnects: 0.5 s doubling to 10 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(500))
+    }
+    fn wait(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(500);
+    }
+}
+
+impl Node {
+    /// A node with its machine key from the state directory (made on first
+    /// start, mode 0600) and a fresh node key.
+    pub fn new(opts: Options) -> Result<Arc<Node>, String> {
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
+        let path = opts.state_dir.join("machine.key");
+        let machine =
+            MachineKey::load_or_create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key = NodeKey::generate().map_err(|e| e.to_string())?;
+        Ok(Arc::new(Node {
+            opts,
+            machine,
+            key,
+            me: RwLock::new(None),
+            peers: Default::default(),
+            by_ip: Default::default(),
+            routes: Default::default(),
+            relays: Default::default(),
+            relay_token: Default::default(),
+            sessions: Default::default(),
+            relay_out: Mutex::new(None),
+            relay_server: RwLock::new(None),
+            tun: Mutex::new(None),
+            counters: Counters::default(),
+            last_signed: Mutex::new(0),
+        }))
+    }
+
+    fn auth_request(&self) -> AuthRequest {
+        let ts = {
+            let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
+            *last = now_ms().max(*last + 1);
+            *last
+        };
+        let (mk, nk) = (self.machine.public_b64(), self.key.public_b64());
+        let sig = self
+            .machine
+            .sign(&auth_signed_bytes(&mk, &nk, ts, &self.opts.network));
+        AuthRequest {
+            machine_key: mk,
+            node_key: nk,
+            network: self.opts.network.clone(),
+            hostname: self.opts.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            timestamp: ts,
+            signature: encode(&sig),
+            ..AuthRequest::default()
+        }
+    }
+
+    /// Run until the process is killed.
+    pub fn run(self: &Arc<Node>) {
+        let n = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("mesh-relay".into())
+            .spawn(move || n.relay_loop())
+            .ok();
+        let n = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("mesh-status".into())
+            .spawn(move || loop {
+                n.write_status();
+                std::thread::sleep(Duration::from_secs(1));
+            })
+            .ok();
+        self.control_loop();
+    }
+
+    /// The control channel, reconnecting for ever.
+    fn control_loop(self: &Arc<Node>) {
+        let url = format!(
+            "{}/ws/control",
+            self.opts
+                .controller
+                .trim_end_matches('/')
+                .replacen("http://", "ws://", 1)
+        );
+        let mut backoff = Backoff::new();
+        // The same complaint is said once, not at every retry.
+        let mut said = String::new();
+        loop {
+            match self.control_session(&url) {
+                Ok(()) => backoff.reset(),
+                Err(why) if why != said => {
+                    eprintln!("totoro-mesh: control channel: {why}");
+                    said = why;
+                }
+                Err(_) => {}
+            }
+            backoff.wait();
+        }
+    }
+
+    fn control_session(self: &Arc<Node>, url: &str) -> Result<(), String> {
+        let mut ws = WsConn::connect(url, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let req = serde_json::to_vec(&self.auth_request()).map_err(|e| e.to_string())?;
+        ws.send(&seed_frame(MsgType::AuthRequest, &req))
+            .map_err(|e| e.to_string())?;
+        ws.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut last_ping = Instant::now();
+        loop {
+            let msg = match ws.recv() {
+                Ok(Incoming::Binary(m)) => m,
+                Ok(Incoming::Closed) => return Err("closed by the controller".into()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ws.send(&seed_frame(MsgType::Ping, b"keepalv"))
+                        .map_err(|e| e.to_string())?;
+                    last_ping = Instant::now();
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            if last_ping.elapsed() > Duration::from_secs(10) {
+                ws.send(&seed_frame(MsgType::Ping, b"keepalv"))
+                    .map_err(|e| e.to_string())?;
+                last_ping = Instant::now();
+            }
+            let f = frame::parse(&msg, frame::MAX_PAYLOAD).map_err(|e| e.to_string())?;
+            match f.kind {
+                MsgType::AuthResponse => {
+                    let r: AuthResponse = control::decode(f.payload).map_err(|e| e.message)?;
+                    if !r.ok {
+                        let why = r.error.map(|e| e.message).unwrap_or_default();
+                        // Asked again after the backoff (at most 10 s).
+                        return Err(format!("node {} is waiting ({why})", r.node_id));
+                    }
+                }
+                MsgType::Config => {
+                    let c: Config = control::decode(f.payload).map_err(|e| e.message)?;
+                    self.apply_config(c)?;
+                }
+                MsgType::ConfigUpdate => {
+                    let u: ConfigUpdate = control::decode(f.payload).map_err(|e| e.message)?;
+                    self.apply_update(u);
+                }
+                MsgType::Error => {
+                    let e: ErrorBody = control::decode(f.payload).map_err(|e| e.message)?;
+                    return Err(format!("{} {}", e.code, e.message));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_config(self: &Arc<Node>, c: Config) -> Result<(), String> {
+        let ip: Ipv4Addr = c
+            .virtual_ip
+            .parse()
+            .map_err(|_| format!("bad virtual IP {:?}", c.virtual_ip))?;
+        let (_, prefix) =
+            parse_cidr(&c.subnet).ok_or_else(|| format!("bad subnet {:?}", c.subnet))?;
+        let me = Me {
+            id: c.node_id,
+            ip,
+            prefix,
+        };
+        let first = self
+            .me
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|m| m != me);
+        if first {
+            self.bring_up(me)?;
+        }
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            peers.clear();
+            for p in c.peers {
+                peers.insert(p.node_id, p);
+            }
+        }
+        self.reindex();
+        *self.relays.write().unwrap_or_else(|p| p.into_inner()) = c.relays;
+        *self.relay_token.write().unwrap_or_else(|p| p.into_inner()) = c.relay_token;
+        self.set_routes(c.routes);
+        Ok(())
+    }
+
+    fn apply_update(&self, u: ConfigUpdate) {
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            for p in u.peers {
+                // A new node key means a new session.
+                if peers
+                    .get(&p.node_id)
+                    .is_some_and(|old| old.node_key != p.node_key)
+                {
+                    sessions.remove(&p.node_id);
+                }
+                peers.insert(p.node_id, p);
+            }
+            for id in u.removed {
+                peers.remove(&id);
+                sessions.remove(&id);
+            }
+        }
+        self.reindex();
+        if let Some(r) = u.relays {
+            *self.relays.write().unwrap_or_else(|p| p.into_inner()) = r;
+        }
+        if let Some((t, _)) = u.relay_token {
+            *self.relay_token.write().unwrap_or_else(|p| p.into_inner()) = t;
+        }
+        if let Some(routes) = u.routes {
+            self.set_routes(routes);
+        }
+    }
+
+    fn reindex(&self) {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let mut by_ip = self.by_ip.write().unwrap_or_else(|p| p.into_inner());
+        by_ip.clear();
+        for p in peers.values() {
+            if let Ok(ip) = p.virtual_ip.parse() {
+                by_ip.insert(ip, p.node_id);
+            }
+        }
+    }
+
+    fn set_routes(&self, routes: Vec<Route>) {
+        let me = *self.me.read().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(
+            &mut *self.routes.write().unwrap_or_else(|p| p.into_inner()),
+            routes.clone(),
+        );
+        if !self.opts.accept_routes {
+            return;
+        }
+        let mine = |r: &Route| me.is_some_and(|m| m.id == r.node_id);
+        for r in old
+            .iter()
+            .filter(|r| !routes.iter().any(|n| n.cidr == r.cidr))
+        {
+            let _ = tun::route(&self.opts.tun, &r.cidr, false);
+        }
+        for r in routes.iter().filter(|r| r.enabled && !mine(r)) {
+            if let Err(e) = tun::route(&self.opts.tun, &r.cidr, true) {
+                eprintln!("totoro-mesh: {e}");
+            }
+        }
+    }
+
+    /// Open the TUN device with this node's address and start reading it.
+    fn bring_up(self: &Arc<Node>, me: Me) -> Result<(), String> {
+        let tun = Tun::open(&self.opts.tun).map_err(|e| e.to_string())?;
+        tun.configure(me.ip, me.prefix, self.opts.mtu)
+            .map_err(|e| format!("{}: {e}", self.opts.tun))?;
+        let reader = tun.try_clone().map_err(|e| e.to_string())?;
+        *self.tun.lock().unwrap_or_else(|p| p.into_inner()) = Some(tun);
+        let was = self
+            .me
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(me);
+        eprintln!(
+            "totoro-mesh: node {} is {}/{} on {}",
+            me.id, me.ip, me.prefix, self.opts.tun
+        );
+        if was.is_none() {
+            let n = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("mesh-tun".into())
+                .spawn(move || n.tun_loop(reader))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The peer that takes a packet for `dst`.
+    fn peer_for(&self, dst: Ipv4Addr) -> Option<u32> {
+        if let Some(id) = self
+            .by_ip
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dst)
+        {
+            return Some(*id);
+        }
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        // Longest prefix; among those, the lowest priority of an online
+        // gateway, then the highest weight; an offline gateway is passed
+        // over (failover).
+        routes
+            .iter()
+            .filter(|r| r.enabled)
+            .filter_map(|r| parse_cidr(&r.cidr).map(|(net, p)| (r, net, p)))
+            .filter(|(_, net, p)| contains(*net, *p, dst))
+            .filter(|(r, _, _)| peers.get(&r.node_id).is_some_and(|p| p.online))
+            .max_by(|a, b| {
+                a.2.cmp(&b.2)
+                    .then(b.0.priority.cmp(&a.0.priority))
+                    .then(a.0.weight.cmp(&b.0.weight))
+                    .then(b.0.node_id.cmp(&a.0.node_id))
+            })
+            .map(|(r, _, _)| r.node_id)
+    }
+
+    fn with_session<T>(&self, peer: u32, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        let me = (*self.me.read().unwrap_or_else(|p| p.into_inner()))?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(peer) {
+            let key = self
+                .peers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&peer)
+                .and_then(|p| decode_key(&p.node_key))?;
+            slot.insert(Session::new(&self.key, me.id, peer, &key)?);
+        }
+        sessions.get_mut(&peer).map(f)
+    }
+
+    /// Packets from the TUN device into the mesh.
+    fn tun_loop(self: Arc<Node>, mut tun: Tun) {
+        let mut buf = vec![0u8; 65536];
+        let mut sealed = Vec::with_capacity(65536 + 64);
+        loop {
+            let n = match tun.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("totoro-mesh: reading {}: {e}", self.opts.tun);
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let packet = &buf[..n];
+            let Some(peer) = tun::ipv4_dst(packet).and_then(|d| self.peer_for(d)) else {
+                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            sealed.clear();
+            sealed.extend_from_slice(&[0; frame::HEADER_LEN]);
+            let ok = self
+                .with_session(peer, |s| s.seal(packet, &mut sealed).is_ok())
+                .unwrap_or(false);
+            if !ok {
+                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let len = sealed.len() - frame::HEADER_LEN;
+            match frame::header(MsgType::Data, 0, len) {
+                Ok(h) => sealed[..frame::HEADER_LEN].copy_from_slice(&h),
+                Err(_) => continue,
+            }
+            let mut out = self.relay_out.lock().unwrap_or_else(|p| p.into_inner());
+            match out.as_mut() {
+                Some(ws) => {
+                    if ws.send(&sealed).is_err() {
+                        *out = None;
+                        self.counters.no_relay.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.counters.no_relay.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The relay connection, reconnecting for ever.
+    fn relay_loop(self: Arc<Node>) {
+        let mut backoff = Backoff::new();
+        let mut next = 0usize;
+        loop {
+            let relays = self
+                .relays
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let token = self
+                .relay_token
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if relays.is_empty()
+                || token.is_empty()
+                || self.me.read().unwrap_or_else(|p| p.into_inner()).is_none()
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let relay = &relays[next % relays.len()];
+            match self.relay_session(relay, &token) {
+                Ok(()) => backoff.reset(),
+                Err(why) => {
+                    eprintln!(
+                        "totoro-mesh: relay {} ({}): {why}",
+                        relay.server_id, relay.url
+                    );
+                    next += 1;
+                }
+            }
+            *self.relay_out.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.relay_server.write().unwrap_or_else(|p| p.into_inner()) = None;
+            backoff.wait();
+        }
+    }
+
+    fn relay_session(&self, relay: &Relay, token: &str) -> Result<(), String> {
+        let mut ws =
+            WsConn::connect(&relay.url, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let req = AuthRequest {
+            token: token.into(),
+            ..AuthRequest::default()
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        ws.send(&seed_frame(MsgType::AuthRequest, &body))
+            .map_err(|e| e.to_string())?;
+        ws.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        match ws.recv().map_err(|e| e.to_string())? {
+            Incoming::Binary(m) => {
+                let f = frame::parse(&m, frame::MAX_PAYLOAD).map_err(|e| e.to_string())?;
+                if f.kind != MsgType::AuthResponse {
+                    let e: Result<ErrorBody, _> = control::decode(f.payload);
+                    return Err(
+                        e.map_or_else(|e| e.message, |e| format!("{} {}", e.code, e.message))
+                    );
+                }
+            }
+            Incoming::Closed => return Err("closed before AUTH_RESPONSE".into()),
+        }
+        ws.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        *self.relay_out.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(ws.try_clone().map_err(|e| e.to_string())?);
+        *self.relay_server.write().unwrap_or_else(|p| p.into_inner()) = Some(relay.server_id);
+        eprintln!(
+            "totoro-mesh: connected to relay {} ({})",
+            relay.server_id, relay.url
+        );
+        loop {
+            let msg = match ws.recv() {
+                Ok(Incoming::Binary(m)) => m,
+                Ok(Incoming::Closed) => return Err("closed by the relay".into()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Quiet for 30 s: make sure the relay is still there.
+                    let mut out = self.relay_out.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(w) = out.as_mut() {
+                        w.send(&seed_frame(MsgType::Ping, b"relaypng"))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let Ok(mut f) =
+                frame::parse(&msg, frame::MAX_PAYLOAD).map(|f| (f.kind, f.payload.to_vec()))
+            else {
+                continue;
+            };
+            match f.0 {
+                MsgType::Data => self.deliver(&mut f.1),
+                MsgType::Error => {
+                    if let Ok(e) = control::decode::<ErrorBody>(&f.1) {
+                        if e.code < 3000 {
+                            return Err(format!("{} {}", e.code, e.message));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A DATA payload from the relay: open it, check the packet came from
+    /// what the sender may send for, write it to the TUN device.
+    fn deliver(&self, payload: &mut [u8]) {
+        let Ok(d) = data::Data::parse(payload) else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let src = d.src;
+        let packet = self.with_session(src, |s| s.open(payload).map(<[u8]>::to_vec).ok());
+        let Some(Some(packet)) = packet else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        // A peer speaks for its own address, or for the subnets it routes.
+        let allowed = tun::ipv4_src(&packet).is_some_and(|ip| {
+            let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            peers
+                .get(&src)
+                .is_some_and(|p| p.virtual_ip.parse() == Ok(ip))
+                || self
+                    .routes
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|r| r.node_id == src)
+                    .filter_map(|r| parse_cidr(&r.cidr))
+                    .any(|(net, p)| contains(net, p, ip))
+        });
+        if !allowed {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut tun = self.tun.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tun.as_mut() {
+            if t.send(&packet).is_ok() {
+                self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `status.json` in the state directory.
+    fn write_status(&self) {
+        let me = *self.me.read().unwrap_or_else(|p| p.into_inner());
+        let peers: Vec<serde_json::Value> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "node_id": p.node_id, "name": p.name, "virtual_ip": p.virtual_ip, "online": p.online,
+                })
+            })
+            .collect();
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let c = &self.counters;
+        let v = serde_json::json!({
+            "node_id": me.map(|m| m.id),
+            "virtual_ip": me.map(|m| m.ip.to_string()),
+            "tun": self.opts.tun,
+            "relay": *self.relay_server.read().unwrap_or_else(|p| p.into_inner()),
+            "peers": peers,
+            "routes": routes,
+            "counters": {
+                "tx_packets": c.tx_packets.load(Ordering::Relaxed),
+                "rx_packets": c.rx_packets.load(Ordering::Relaxed),
+                "no_route": c.no_route.load(Ordering::Relaxed),
+                "rejected": c.rejected.load(Ordering::Relaxed),
+                "no_relay": c.no_relay.load(Ordering::Relaxed),
+            },
+        });
+        let path = self.opts.state_dir.join("status.json");
+        let tmp = self.opts.state_dir.join("status.json.tmp");
+        if std::fs::write(&tmp, v.to_string()).is_ok() {
+            let _ = std::fs::rename(tmp, path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_contain_what_they_should() {
+        let (net, p) = parse_cidr("192.168.50.0/24").unwrap();
+        assert!(contains(net, p, Ipv4Addr::new(192, 168, 50, 7)));
+        assert!(!contains(net, p, Ipv4Addr::new(192, 168, 51, 7)));
+        assert!(contains(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            Ipv4Addr::new(8, 8, 8, 8)
+        ));
+        assert!(parse_cidr("1.2.3.4/33").is_none());
+    }
+}
