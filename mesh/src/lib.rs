@@ -8,8 +8,10 @@
 //!
 //! The client around them: [`node`] (the control channel, the relay
 //! connection and the TUN loop of `totoro-mesh up`), [`tun`] (the device),
-//! [`ws`] (a blocking WebSocket client), [`icmp`] (`totoro-mesh ping`).
+//! [`ws`] (a blocking WebSocket client), [`icmp`] (`totoro-mesh ping`),
+//! [`gateway`] (forwarding and SNAT for `--gateway`).
 
+pub mod gateway;
 pub mod icmp;
 pub mod keys;
 pub mod node;

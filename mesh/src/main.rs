@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! totoro-mesh up --controller http://HOST:7400 [--network default] [--state-dir DIR]
-//!                [--tun totoro0] [--mtu 1400] [--accept-routes]
+//!                [--tun totoro0] [--mtu 1400] [--accept-routes] [--gateway]
 //! totoro-mesh status | peers | routes   (read DIR/status.json of a running `up`)
 //! totoro-mesh ping IP [--count N]       (ICMP echo through the mesh)
 //! totoro-mesh down                      (stop the `up` of DIR)
@@ -52,6 +52,10 @@ enum Cmd {
         /// Install the subnet routes gateways advertise.
         #[arg(long)]
         accept_routes: bool,
+        /// Act as a gateway: forward between the mesh and this host's
+        /// networks, with SNAT (needs nftables).
+        #[arg(long)]
+        gateway: bool,
         /// The name operators see (default: the host name).
         #[arg(long)]
         hostname: Option<String>,
@@ -99,6 +103,7 @@ fn main() {
             tun,
             mtu,
             accept_routes,
+            gateway,
             hostname,
         } => up(mesh::node::Options {
             controller,
@@ -112,6 +117,7 @@ fn main() {
                     .unwrap_or_else(|_| "node".into())
             }),
             accept_routes,
+            gateway,
         }),
         Cmd::Down(state) => down(&state),
         Cmd::Status(s) => status(&s).map(|v| print(&v)),

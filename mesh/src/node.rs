@@ -52,6 +52,9 @@ pub struct Options {
     pub hostname: String,
     /// Install the subnet routes other nodes advertise.
     pub accept_routes: bool,
+    /// Forward between the mesh and this host's networks, with the mesh's
+    /// sources translated to this host's (SNAT by nftables masquerade).
+    pub gateway: bool,
 }
 
 /// Counters, written to the status file.
@@ -379,6 +382,14 @@ impl Node {
             return;
         }
         let mine = |r: &Route| me.is_some_and(|m| m.id == r.node_id);
+        // A subnet this node routes itself is its own network: never
+        // through the TUN device, whoever else also advertises it.
+        let own: Vec<&str> = routes
+            .iter()
+            .filter(|r| mine(r))
+            .map(|r| r.cidr.as_str())
+            .collect();
+        let mine = |r: &Route| mine(r) || own.contains(&r.cidr.as_str());
         for r in old
             .iter()
             .filter(|r| !routes.iter().any(|n| n.cidr == r.cidr))
@@ -397,6 +408,17 @@ impl Node {
         let tun = Tun::open(&self.opts.tun).map_err(|e| e.to_string())?;
         tun.configure(me.ip, me.prefix, self.opts.mtu)
             .map_err(|e| format!("{}: {e}", self.opts.tun))?;
+        if self.opts.gateway {
+            let subnet = format!(
+                "{}/{}",
+                Ipv4Addr::from(u32::from(me.ip) & (u32::MAX << (32 - u32::from(me.prefix)))),
+                me.prefix
+            );
+            crate::gateway::enable(&self.opts.tun, &subnet)?;
+            eprintln!(
+                "totoro-mesh: gateway: forwarding {subnet} out of this host's interfaces with SNAT"
+            );
+        }
         let reader = tun.try_clone().map_err(|e| e.to_string())?;
         *self.tun.lock().unwrap_or_else(|p| p.into_inner()) = Some(tun);
         let was = self

@@ -59,21 +59,24 @@ fn sh(args: &[&str]) {
 }
 
 /// Namespaces `<tag>a`, `<tag>b`, … each joined to the root namespace by
-/// a veth pair: root side `<tag><n>` 10.201.<i>.1/24, namespace side
-/// 10.201.<i>.2/24 with the root side as its default route. Removed, with
+/// a veth pair: root side `<tag><n>` 10.<net>.<i>.1/24, namespace side
+/// 10.<net>.<i>.2/24 with the root side as its default route. Removed, with
 /// the processes started in them, on drop.
 struct Lab {
     tag: String,
     names: Vec<String>,
-    children: Vec<Child>,
+    children: Vec<(String, Child)>,
 }
 
 impl Lab {
-    fn new(names: &[&str]) -> Lab {
-        let tag = format!("tm{}", std::process::id() % 100_000);
+    /// Tests side by side take their own `letter` and `net` (10.<net>.*).
+    fn new(letter: char, net: u8, names: &[&str]) -> Lab {
+        let tag = format!("tm{}{letter}", std::process::id() % 100_000);
+        let mut all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        all.push("lan".into());
         let lab = Lab {
             tag: tag.clone(),
-            names: names.iter().map(|n| n.to_string()).collect(),
+            names: all,
             children: Vec::new(),
         };
         lab.cleanup();
@@ -89,7 +92,7 @@ impl Lab {
                 "ip",
                 "addr",
                 "add",
-                &format!("10.201.{i}.1/24"),
+                &format!("10.{net}.{i}.1/24"),
                 "dev",
                 &link,
             ]);
@@ -103,7 +106,7 @@ impl Lab {
                 "ip",
                 "addr",
                 "add",
-                &format!("10.201.{i}.2/24"),
+                &format!("10.{net}.{i}.2/24"),
                 "dev",
                 &peer,
             ]);
@@ -115,10 +118,53 @@ impl Lab {
                 "add",
                 "default",
                 "via",
-                &format!("10.201.{i}.1"),
+                &format!("10.{net}.{i}.1"),
             ]);
         }
         lab
+    }
+
+    /// A LAN 192.168.77.0/24 behind `gateways`: namespace `<tag>lan`
+    /// holds a bridge with the host 192.168.77.10; gateway i gets
+    /// 192.168.77.<i> on a veth into it.
+    fn lan(&self, gateways: &[&str]) {
+        let lan = self.ns("lan");
+        let inside = |ns: &str, args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", ns];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        sh(&["ip", "netns", "add", &lan]);
+        inside(&lan, &["ip", "link", "set", "lo", "up"]);
+        inside(&lan, &["ip", "link", "add", "br0", "type", "bridge"]);
+        inside(
+            &lan,
+            &["ip", "addr", "add", "192.168.77.10/24", "dev", "br0"],
+        );
+        inside(&lan, &["ip", "link", "set", "br0", "up"]);
+        for (i, g) in gateways.iter().enumerate() {
+            let (end, port) = (format!("{}{g}l", self.tag), format!("{}{g}b", self.tag));
+            sh(&[
+                "ip", "link", "add", &end, "type", "veth", "peer", "name", &port,
+            ]);
+            sh(&["ip", "link", "set", &end, "netns", &self.ns(g)]);
+            sh(&["ip", "link", "set", &port, "netns", &lan]);
+            inside(&lan, &["ip", "link", "set", &port, "master", "br0"]);
+            inside(&lan, &["ip", "link", "set", &port, "up"]);
+            let addr = format!("192.168.77.{}/24", i + 1);
+            inside(&self.ns(g), &["ip", "addr", "add", &addr, "dev", &end]);
+            inside(&self.ns(g), &["ip", "link", "set", &end, "up"]);
+        }
+    }
+
+    /// Kill the node started in namespace `n`.
+    fn kill(&mut self, n: &str) {
+        for (name, c) in &mut self.children {
+            if name == n {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 
     fn ns(&self, n: &str) -> String {
@@ -137,7 +183,7 @@ impl Lab {
     }
 
     /// `totoro-mesh up` in namespace `n`, against `controller`.
-    fn node(&mut self, n: &str, controller: &str, state: &Path) {
+    fn node(&mut self, n: &str, controller: &str, state: &Path, flags: &[&str]) {
         let log = std::fs::File::create(state.with_extension("log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(n)])
@@ -151,17 +197,18 @@ impl Lab {
                 "--state-dir",
             ])
             .arg(state)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        self.children.push(child);
+        self.children.push((n.to_owned(), child));
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -273,7 +320,7 @@ fn sha256(b: &[u8]) -> Vec<u8> {
 }
 
 fn tun_case(backend: Backend) {
-    let mut lab = Lab::new(&["a", "b"]);
+    let mut lab = Lab::new('t', 201, &["a", "b"]);
     let port = bench::proc::free_port();
     let listen = format!("0.0.0.0:{port}");
     let sp = Slowpath::up(
@@ -286,8 +333,8 @@ fn tun_case(backend: Backend) {
         .iter()
         .map(|n| sp.dir.join(format!("node-{n}")))
         .collect();
-    lab.node("a", &controller, &states[0]);
-    lab.node("b", &controller, &states[1]);
+    lab.node("a", &controller, &states[0], &[]);
+    lab.node("b", &controller, &states[1], &[]);
 
     // Both register and wait; the operator authorizes them.
     let ids: Vec<u64> = wait_until("both nodes to register", Duration::from_secs(20), || {
@@ -410,4 +457,120 @@ fn two_nodes_on_tun_devices_reach_each_other_through_the_relay() {
         return;
     }
     each_backend("mesh_tun", tun_case);
+}
+
+/// Ping `ip` from namespace `ns` with `totoro-mesh ping`; whether it answered.
+fn ping(lab: &Lab, ns: &str, ip: &str, count: u32) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns(ns)])
+        .arg(mesh_bin())
+        .args(["ping", ip, "--count", &count.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn rx_packets(state: &Path) -> u64 {
+    status(state)
+        .and_then(|v| v["counters"]["rx_packets"].as_u64())
+        .unwrap_or(0)
+}
+
+fn gateway_case(backend: Backend) {
+    let mut lab = Lab::new('g', 202, &["a", "g1", "g2"]);
+    lab.lan(&["g1", "g2"]);
+    let port = bench::proc::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let sp = Slowpath::up(
+        &backend,
+        &["--listen", &listen, "--public-addr", "10.202.1.1"],
+    );
+    sp.wait_frp();
+    let controller = format!("http://10.202.1.1:{port}");
+    let state = |n: &str| sp.dir.join(format!("node-{n}"));
+    lab.node("a", &controller, &state("a"), &["--accept-routes"]);
+    lab.node("g1", &controller, &state("g1"), &["--gateway"]);
+    lab.node("g2", &controller, &state("g2"), &["--gateway"]);
+    let ids: std::collections::HashMap<String, u64> =
+        wait_until("three nodes to register", Duration::from_secs(20), || {
+            let (_, v) = sp.admin_call("GET", "/api/v1/mesh/nodes", None);
+            let list = v.as_array()?.clone();
+            (list.len() == 3).then(|| {
+                list.iter()
+                    .map(|n| {
+                        let name = n["hostname"].as_str().unwrap().to_owned();
+                        (name, n["id"].as_u64().unwrap())
+                    })
+                    .collect()
+            })
+        });
+    for id in ids.values() {
+        let (st, v) = sp.admin_call("POST", &format!("/api/v1/mesh/nodes/{id}/authorize"), None);
+        assert_eq!(st, 200, "{v}");
+    }
+    // Both gateways advertise the LAN; g1 is preferred.
+    for (g, priority) in [("g1", 100), ("g2", 200)] {
+        let (st, v) = sp.admin_call(
+            "POST",
+            &format!("/api/v1/mesh/nodes/{}/routes", ids[g]),
+            Some(serde_json::json!({ "cidr": "192.168.77.0/24", "priority": priority })),
+        );
+        assert_eq!(st, 201, "{v}");
+    }
+    for n in ["a", "g1", "g2"] {
+        wait_until("a node on its relay", Duration::from_secs(20), || {
+            status(&state(n))?["relay"].as_u64()
+        });
+    }
+    wait_until("a to hold both routes", Duration::from_secs(10), || {
+        (status(&state("a"))?["routes"].as_array()?.len() == 2).then_some(())
+    });
+    // The LAN host answers through g1.
+    assert!(
+        ping(&lab, "a", "192.168.77.10", 3),
+        "the LAN behind g1 is reached"
+    );
+    // (status.json is rewritten every second.)
+    wait_until("g1's counters", Duration::from_secs(3), || {
+        (rx_packets(&state("g1")) > 0).then_some(())
+    });
+    let through_g2 = rx_packets(&state("g2"));
+
+    // g1 dies: within 5 s the LAN answers through g2.
+    lab.kill("g1");
+    let t = Instant::now();
+    wait_until("failover to g2", Duration::from_secs(5), || {
+        ping(&lab, "a", "192.168.77.10", 1).then_some(())
+    });
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    wait_until("g2's counters", Duration::from_secs(3), || {
+        (rx_packets(&state("g2")) > through_g2).then_some(())
+    });
+    eprintln!(
+        "[mesh_gateway] failover to the second gateway in {:.2} s",
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_subnet_behind_gateways_is_reached_and_fails_over() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the TUN test: {why}"
+        );
+        eprintln!("[mesh_gateway] SKIPPED: {why}");
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the gateway test: no nft"
+        );
+        eprintln!("[mesh_gateway] SKIPPED: no nft (nftables)");
+        return;
+    }
+    each_backend("mesh_gateway", gateway_case);
 }
