@@ -11,10 +11,14 @@
 //!   rate, registered-proxy cost, and attacks on a server's memory.
 //! - [`micro`]: in-process timings of pure data-plane pieces (the vhost
 //!   route table at 100k hostnames).
+//! - [`netns`]: network namespaces as machines, for the mesh's tests and
+//!   its bench ([`mesh`]).
 
 pub mod backend;
 pub mod client;
 pub mod harness;
 pub mod load;
+pub mod mesh;
 pub mod micro;
+pub mod netns;
 pub mod proc;

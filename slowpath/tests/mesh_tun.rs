@@ -12,13 +12,13 @@ mod harness;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench::netns::{in_ns, missing, Lab};
 use harness::{each_backend, Backend, Slowpath};
 use serde_json::Value;
 
@@ -34,202 +34,21 @@ fn mesh_bin() -> PathBuf {
     bin
 }
 
-/// Why this machine cannot run the test, if it cannot.
-fn missing() -> Option<String> {
-    // SAFETY: geteuid(2) has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("no iproute2 `ip`".into()),
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces `<tag>a`, `<tag>b`, … each joined to the root namespace by
-/// a veth pair: root side `<tag><n>` 10.<net>.<i>.1/24, namespace side
-/// 10.<net>.<i>.2/24 with the root side as its default route. Removed, with
-/// the processes started in them, on drop.
-struct Lab {
-    tag: String,
-    names: Vec<String>,
-    children: Vec<(String, Child)>,
-}
-
-impl Lab {
-    /// Tests side by side take their own `letter` and `net` (10.<net>.*).
-    fn new(letter: char, net: u8, names: &[&str]) -> Lab {
-        let tag = format!("tm{}{letter}", std::process::id() % 100_000);
-        let mut all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        all.push("lan".into());
-        let lab = Lab {
-            tag: tag.clone(),
-            names: all,
-            children: Vec::new(),
-        };
-        lab.cleanup();
-        for (i, n) in names.iter().enumerate() {
-            let (ns, link, peer) = (lab.ns(n), format!("{tag}{n}"), format!("{tag}{n}p"));
-            let i = i + 1;
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&[
-                "ip", "link", "add", &link, "type", "veth", "peer", "name", &peer,
-            ]);
-            sh(&["ip", "link", "set", &peer, "netns", &ns]);
-            sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.{net}.{i}.1/24"),
-                "dev",
-                &link,
-            ]);
-            sh(&["ip", "link", "set", &link, "up"]);
-            let inside = |args: &[&str]| {
-                let mut v = vec!["ip", "netns", "exec", ns.as_str()];
-                v.extend_from_slice(args);
-                sh(&v);
-            };
-            inside(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.{net}.{i}.2/24"),
-                "dev",
-                &peer,
-            ]);
-            inside(&["ip", "link", "set", &peer, "up"]);
-            inside(&["ip", "link", "set", "lo", "up"]);
-            inside(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.{net}.{i}.1"),
-            ]);
-        }
-        lab
-    }
-
-    /// A LAN 192.168.77.0/24 behind `gateways`: namespace `<tag>lan`
-    /// holds a bridge with the host 192.168.77.10; gateway i gets
-    /// 192.168.77.<i> on a veth into it.
-    fn lan(&self, gateways: &[&str]) {
-        let lan = self.ns("lan");
-        let inside = |ns: &str, args: &[&str]| {
-            let mut v = vec!["ip", "netns", "exec", ns];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        sh(&["ip", "netns", "add", &lan]);
-        inside(&lan, &["ip", "link", "set", "lo", "up"]);
-        inside(&lan, &["ip", "link", "add", "br0", "type", "bridge"]);
-        inside(
-            &lan,
-            &["ip", "addr", "add", "192.168.77.10/24", "dev", "br0"],
-        );
-        inside(&lan, &["ip", "link", "set", "br0", "up"]);
-        for (i, g) in gateways.iter().enumerate() {
-            let (end, port) = (format!("{}{g}l", self.tag), format!("{}{g}b", self.tag));
-            sh(&[
-                "ip", "link", "add", &end, "type", "veth", "peer", "name", &port,
-            ]);
-            sh(&["ip", "link", "set", &end, "netns", &self.ns(g)]);
-            sh(&["ip", "link", "set", &port, "netns", &lan]);
-            inside(&lan, &["ip", "link", "set", &port, "master", "br0"]);
-            inside(&lan, &["ip", "link", "set", &port, "up"]);
-            let addr = format!("192.168.77.{}/24", i + 1);
-            inside(&self.ns(g), &["ip", "addr", "add", &addr, "dev", &end]);
-            inside(&self.ns(g), &["ip", "link", "set", &end, "up"]);
-        }
-    }
-
-    /// Kill the node started in namespace `n`.
-    fn kill(&mut self, n: &str) {
-        for (name, c) in &mut self.children {
-            if name == n {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{}{n}", self.tag)
-    }
-
-    fn cleanup(&self) {
-        for n in &self.names {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
-                .output();
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("{}{n}", self.tag)])
-                .output();
-        }
-    }
-
-    /// `totoro-mesh up` in namespace `n`, against `controller`.
-    fn node(&mut self, n: &str, controller: &str, state: &Path, flags: &[&str]) {
-        let log = std::fs::File::create(state.with_extension("log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n)])
-            .arg(mesh_bin())
-            .args([
-                "up",
-                "--controller",
-                controller,
-                "--hostname",
-                n,
-                "--state-dir",
-            ])
-            .arg(state)
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push((n.to_owned(), child));
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.cleanup();
-    }
-}
-
-/// Run `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns(2) with a namespace file we hold open; it moves
-        // this thread only.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
+/// `totoro-mesh up` in machine `n` of `lab`, against `controller`.
+fn node(lab: &mut Lab, n: &str, controller: &str, state: &Path, flags: &[&str]) {
+    let log = std::fs::File::create(state.with_extension("log")).unwrap();
+    let mut args = vec![
+        "up",
+        "--controller",
+        controller,
+        "--hostname",
+        n,
+        "--state-dir",
+    ];
+    let state = state.to_str().unwrap();
+    args.push(state);
+    args.extend_from_slice(flags);
+    lab.spawn(n, &mesh_bin(), &args, log);
 }
 
 fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -333,8 +152,8 @@ fn tun_case(backend: Backend) {
         .iter()
         .map(|n| sp.dir.join(format!("node-{n}")))
         .collect();
-    lab.node("a", &controller, &states[0], &[]);
-    lab.node("b", &controller, &states[1], &[]);
+    node(&mut lab, "a", &controller, &states[0], &[]);
+    node(&mut lab, "b", &controller, &states[1], &[]);
 
     // Both register and wait; the operator authorizes them.
     let ids: Vec<u64> = wait_until("both nodes to register", Duration::from_secs(20), || {
@@ -489,9 +308,15 @@ fn gateway_case(backend: Backend) {
     sp.wait_frp();
     let controller = format!("http://10.202.1.1:{port}");
     let state = |n: &str| sp.dir.join(format!("node-{n}"));
-    lab.node("a", &controller, &state("a"), &["--accept-routes"]);
-    lab.node("g1", &controller, &state("g1"), &["--gateway"]);
-    lab.node("g2", &controller, &state("g2"), &["--gateway"]);
+    node(
+        &mut lab,
+        "a",
+        &controller,
+        &state("a"),
+        &["--accept-routes"],
+    );
+    node(&mut lab, "g1", &controller, &state("g1"), &["--gateway"]);
+    node(&mut lab, "g2", &controller, &state("g2"), &["--gateway"]);
     let ids: std::collections::HashMap<String, u64> =
         wait_until("three nodes to register", Duration::from_secs(20), || {
             let (_, v) = sp.admin_call("GET", "/api/v1/mesh/nodes", None);

@@ -69,6 +69,27 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         lookups: usize,
     },
+    /// Seed 003's mesh in network namespaces (root): TCP with 1 and 8
+    /// streams and RTT between two nodes through the built-in relay, the
+    /// relay's frames/s at 64 and 1400 bytes, CPU-s per GB; anchors: the
+    /// bare veth and, with --boringtun, a direct userspace WireGuard.
+    Mesh {
+        /// The `slowpath` binary (SLOWPATH_BIN).
+        #[arg(long, env = "SLOWPATH_BIN")]
+        slowpath: PathBuf,
+        /// The `totoro-mesh` binary (MESH_BIN).
+        #[arg(long, env = "MESH_BIN")]
+        mesh: PathBuf,
+        /// `boringtun-cli` (BORINGTUN_BIN; needs `wg` from wireguard-tools).
+        #[arg(long, env = "BORINGTUN_BIN")]
+        boringtun: Option<PathBuf>,
+        /// MiB per throughput measurement.
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+        /// Seconds per frame-rate measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
         /// A directory holding run.json.
@@ -132,6 +153,24 @@ fn main() -> ExitCode {
             print!("{}", report::markdown(&record));
             Ok(())
         })(),
+        Cmd::Mesh {
+            slowpath,
+            mesh,
+            boringtun,
+            mib,
+            seconds,
+        } => {
+            let o = bench::mesh::MeshOpts {
+                slowpath,
+                mesh,
+                boringtun,
+                bytes: mib << 20,
+                seconds,
+            };
+            bench::mesh::run(&o)
+                .map(|md| print!("{md}"))
+                .map_err(|e| anyhow::anyhow!("mesh: {e}"))
+        }
         Cmd::Routes { hosts, lookups } => {
             let r = bench::micro::routes(hosts, lookups);
             println!("| hostnames | routes | build, ms | RSS per route, bytes | exact, ns | wildcard, ns | miss, ns |");
