@@ -56,6 +56,9 @@ enum Cmd {
         /// networks, with SNAT (needs nftables).
         #[arg(long)]
         gateway: bool,
+        /// Replace the node key this often, hours (0: never).
+        #[arg(long, default_value_t = 24.0)]
+        key_rotation_hours: f64,
         /// The name operators see (default: the host name).
         #[arg(long)]
         hostname: Option<String>,
@@ -104,6 +107,7 @@ fn main() {
             mtu,
             accept_routes,
             gateway,
+            key_rotation_hours,
             hostname,
         } => up(mesh::node::Options {
             controller,
@@ -118,6 +122,11 @@ fn main() {
             }),
             accept_routes,
             gateway,
+            // Out of range (negative, NaN, over a year) is refused in up().
+            key_rotation: Duration::try_from_secs_f64(key_rotation_hours * 3600.0)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(365 * 86_400))
+                .unwrap_or(Duration::MAX),
         }),
         Cmd::Down(state) => down(&state),
         Cmd::Status(s) => status(&s).map(|v| print(&v)),
@@ -134,6 +143,9 @@ fn main() {
 fn up(opts: mesh::node::Options) -> Result<(), String> {
     if !(576..=9000).contains(&opts.mtu) {
         return Err(format!("--mtu {} must be 576 to 9000", opts.mtu));
+    }
+    if opts.key_rotation == Duration::MAX {
+        return Err("--key-rotation-hours must be 0 (never) to 8760".into());
     }
     let node = mesh::node::Node::new(opts.clone())?;
     let pid = opts.state_dir.join("pid");

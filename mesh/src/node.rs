@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use proto::mesh::control::{
-    self, auth_signed_bytes, AuthRequest, AuthResponse, Config, ConfigUpdate, ErrorBody, Peer,
-    Relay, Route,
+    self, auth_signed_bytes, node_key_signed_bytes, AuthRequest, AuthResponse, Config,
+    ConfigUpdate, ErrorBody, NodeKeyUpdate, Peer, Relay, Route,
 };
 use proto::mesh::{data, frame, MsgType};
 
@@ -55,6 +55,20 @@ pub struct Options {
     /// Forward between the mesh and this host's networks, with the mesh's
     /// sources translated to this host's (SNAT by nftables masquerade).
     pub gateway: bool,
+    /// How often the node key is replaced (zero: never). The old key
+    /// still opens what peers sealed for it for [`OLD_KEY_KEPT`].
+    pub key_rotation: Duration,
+}
+
+/// How long a replaced node key still opens packets (peers learn the new
+/// key from the controller, in milliseconds normally).
+pub const OLD_KEY_KEPT: Duration = Duration::from_secs(300);
+
+/// A replaced node key and the sessions made with it.
+struct OldKey {
+    key: Arc<NodeKey>,
+    until: Instant,
+    sessions: HashMap<u32, Session>,
 }
 
 /// Counters, written to the status file.
@@ -70,13 +84,17 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Packets dropped for want of a relay connection.
     pub no_relay: AtomicU64,
+    /// Node keys replaced.
+    pub key_rotations: AtomicU64,
 }
 
 /// The state the threads share.
 pub struct Node {
     opts: Options,
     machine: MachineKey,
-    key: NodeKey,
+    key: RwLock<Arc<NodeKey>>,
+    key_born: Mutex<Instant>,
+    old: Mutex<Option<OldKey>>,
     me: RwLock<Option<Me>>,
     peers: RwLock<HashMap<u32, Peer>>,
     by_ip: RwLock<HashMap<Ipv4Addr, u32>>,
@@ -158,7 +176,9 @@ impl Node {
         Ok(Arc::new(Node {
             opts,
             machine,
-            key,
+            key: RwLock::new(Arc::new(key)),
+            key_born: Mutex::new(Instant::now()),
+            old: Mutex::new(None),
             me: RwLock::new(None),
             peers: Default::default(),
             by_ip: Default::default(),
@@ -174,13 +194,20 @@ impl Node {
         }))
     }
 
+    /// A signing timestamp newer than every earlier one.
+    fn stamp(&self) -> u64 {
+        let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
+        *last = now_ms().max(*last + 1);
+        *last
+    }
+
+    fn current_key(&self) -> Arc<NodeKey> {
+        Arc::clone(&self.key.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn auth_request(&self) -> AuthRequest {
-        let ts = {
-            let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
-            *last = now_ms().max(*last + 1);
-            *last
-        };
-        let (mk, nk) = (self.machine.public_b64(), self.key.public_b64());
+        let ts = self.stamp();
+        let (mk, nk) = (self.machine.public_b64(), self.current_key().public_b64());
         let sig = self
             .machine
             .sign(&auth_signed_bytes(&mk, &nk, ts, &self.opts.network));
@@ -244,10 +271,15 @@ impl Node {
         let req = serde_json::to_vec(&self.auth_request()).map_err(|e| e.to_string())?;
         ws.send(&seed_frame(MsgType::AuthRequest, &req))
             .map_err(|e| e.to_string())?;
-        ws.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
+        let tick = if self.opts.key_rotation.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            (self.opts.key_rotation / 2).clamp(Duration::from_millis(200), Duration::from_secs(10))
+        };
+        ws.set_read_timeout(Some(tick)).map_err(|e| e.to_string())?;
         let mut last_ping = Instant::now();
         loop {
+            self.maybe_rotate(&mut ws)?;
             let msg = match ws.recv() {
                 Ok(Incoming::Binary(m)) => m,
                 Ok(Incoming::Closed) => return Err("closed by the controller".into()),
@@ -294,6 +326,74 @@ impl Node {
                 _ => {}
             }
         }
+    }
+
+    /// Replace the node key when it is due: the new key, signed by the
+    /// machine key, to the controller (which tells the peers); sessions
+    /// start over with it, and the old key keeps opening packets for
+    /// [`OLD_KEY_KEPT`].
+    fn maybe_rotate(&self, ws: &mut WsConn) -> Result<(), String> {
+        let Some(me) = *self.me.read().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(());
+        };
+        let mut born = self.key_born.lock().unwrap_or_else(|p| p.into_inner());
+        if self.opts.key_rotation.is_zero() || born.elapsed() < self.opts.key_rotation {
+            return Ok(());
+        }
+        let new = Arc::new(NodeKey::generate().map_err(|e| e.to_string())?);
+        let ts = self.stamp();
+        let public = new.public_b64();
+        let upd = NodeKeyUpdate {
+            signature: encode(
+                &self
+                    .machine
+                    .sign(&node_key_signed_bytes(me.id, &public, ts)),
+            ),
+            node_key: public,
+            timestamp: ts,
+        };
+        let body = serde_json::to_vec(&upd).map_err(|e| e.to_string())?;
+        ws.send(&seed_frame(MsgType::ConfigUpdate, &body))
+            .map_err(|e| e.to_string())?;
+        let old = std::mem::replace(
+            &mut *self.key.write().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        let sessions =
+            std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
+        *self.old.lock().unwrap_or_else(|p| p.into_inner()) = Some(OldKey {
+            key: old,
+            until: Instant::now() + OLD_KEY_KEPT,
+            sessions,
+        });
+        *born = Instant::now();
+        self.counters.key_rotations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Open `payload` with the session of `src` made with the replaced
+    /// key, while it is kept.
+    fn open_with_old(&self, src: u32, payload: &mut [u8]) -> Option<Vec<u8>> {
+        let me = (*self.me.read().unwrap_or_else(|p| p.into_inner()))?;
+        let mut old = self.old.lock().unwrap_or_else(|p| p.into_inner());
+        if old.as_ref().is_some_and(|o| Instant::now() > o.until) {
+            *old = None;
+        }
+        let o = old.as_mut()?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = o.sessions.entry(src) {
+            let key = self
+                .peers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&src)
+                .and_then(|p| decode_key(&p.node_key))?;
+            slot.insert(Session::new(&o.key, me.id, src, &key)?);
+        }
+        o.sessions
+            .get_mut(&src)?
+            .open(payload)
+            .ok()
+            .map(<[u8]>::to_vec)
     }
 
     fn apply_config(self: &Arc<Node>, c: Config) -> Result<(), String> {
@@ -480,7 +580,7 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&peer)
                 .and_then(|p| decode_key(&p.node_key))?;
-            slot.insert(Session::new(&self.key, me.id, peer, &key)?);
+            slot.insert(Session::new(&self.current_key(), me.id, peer, &key)?);
         }
         sessions.get_mut(&peer).map(f)
     }
@@ -653,8 +753,20 @@ impl Node {
             return;
         };
         let src = d.src;
-        let packet = self.with_session(src, |s| s.open(payload).map(<[u8]>::to_vec).ok());
-        let Some(Some(packet)) = packet else {
+        // While a replaced key is kept, a packet that does not open with
+        // the new one is tried with the old one (from a copy: a failed
+        // open leaves its buffer unspecified).
+        let spare = self
+            .old
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            .then(|| payload.to_vec());
+        let packet = self
+            .with_session(src, |s| s.open(payload).map(<[u8]>::to_vec).ok())
+            .flatten()
+            .or_else(|| spare.and_then(|mut p| self.open_with_old(src, &mut p)));
+        let Some(packet) = packet else {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -718,6 +830,7 @@ impl Node {
                 "no_route": c.no_route.load(Ordering::Relaxed),
                 "rejected": c.rejected.load(Ordering::Relaxed),
                 "no_relay": c.no_relay.load(Ordering::Relaxed),
+                "key_rotations": c.key_rotations.load(Ordering::Relaxed),
             },
         });
         let path = self.opts.state_dir.join("status.json");

@@ -152,8 +152,10 @@ fn tun_case(backend: Backend) {
         .iter()
         .map(|n| sp.dir.join(format!("node-{n}")))
         .collect();
-    node(&mut lab, "a", &controller, &states[0], &[]);
-    node(&mut lab, "b", &controller, &states[1], &[]);
+    // Node keys are replaced every 3.6 s here (24 h by default).
+    let rotate = ["--key-rotation-hours", "0.001"];
+    node(&mut lab, "a", &controller, &states[0], &rotate);
+    node(&mut lab, "b", &controller, &states[1], &rotate);
 
     // Both register and wait; the operator authorizes them.
     let ids: Vec<u64> = wait_until("both nodes to register", Duration::from_secs(20), || {
@@ -246,6 +248,33 @@ fn tun_case(backend: Backend) {
         took.as_secs_f64(),
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e6
     );
+
+    // Both replace their node keys (the controller hands the new ones to
+    // the peer) and still reach each other.
+    let (_, before) = sp.admin_call("GET", &format!("/api/v1/mesh/nodes/{}", ids[1]), None);
+    wait_until(
+        "two key rotations on each node",
+        Duration::from_secs(15),
+        || {
+            states
+                .iter()
+                .all(|s| {
+                    status(s).is_some_and(|v| v["counters"]["key_rotations"].as_u64() >= Some(2))
+                })
+                .then_some(())
+        },
+    );
+    let (_, after) = sp.admin_call("GET", &format!("/api/v1/mesh/nodes/{}", ids[1]), None);
+    assert_ne!(
+        before["node_key_pub"], after["node_key_pub"],
+        "b's key was replaced"
+    );
+    for (ns, ip) in [("a", ip_b), ("b", ip_a)] {
+        assert!(
+            ping(&lab, ns, &ip.to_string(), 3),
+            "{ns} reaches {ip} after the keys changed"
+        );
+    }
 
     // b deauthorized: a reaches it no more.
     let (st, _) = sp.admin_call(
