@@ -60,6 +60,9 @@ pub struct Options {
     pub key_rotation: Duration,
 }
 
+/// Bytes of WebSocket messages the TUN loop gathers into one write.
+const BATCH: usize = 128 * 1024;
+
 /// How long a replaced node key still opens packets (peers learn the new
 /// key from the controller, in milliseconds normally).
 pub const OLD_KEY_KEPT: Duration = Duration::from_secs(300);
@@ -572,63 +575,88 @@ impl Node {
 
     fn with_session<T>(&self, peer: u32, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
         let me = (*self.me.read().unwrap_or_else(|p| p.into_inner()))?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(peer) {
-            let key = self
-                .peers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&peer)
-                .and_then(|p| decode_key(&p.node_key))?;
-            slot.insert(Session::new(&self.current_key(), me.id, peer, &key)?);
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = sessions.get_mut(&peer) {
+                return Some(f(s));
+            }
         }
-        sessions.get_mut(&peer).map(f)
+        // The peers lock is never taken under the sessions lock (updates
+        // take them in the other order).
+        let key = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .and_then(|p| decode_key(&p.node_key))?;
+        let fresh = Session::new(&self.current_key(), me.id, peer, &key)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(sessions.entry(peer).or_insert(fresh)))
     }
 
-    /// Packets from the TUN device into the mesh.
+    /// Packets from the TUN device into the mesh: read until the device
+    /// is empty (or a batch is full), each sealed into its WebSocket
+    /// message in one buffer, written to the relay in one write.
     fn tun_loop(self: Arc<Node>, mut tun: Tun) {
         let mut buf = vec![0u8; 65536];
-        let mut sealed = Vec::with_capacity(65536 + 64);
+        let mut batch = Vec::with_capacity(BATCH + 65536);
+        if let Err(e) = tun.set_nonblocking(true) {
+            eprintln!("totoro-mesh: {}: {e}", self.opts.tun);
+        }
         loop {
-            let n = match tun.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    eprintln!("totoro-mesh: reading {}: {e}", self.opts.tun);
-                    std::thread::sleep(Duration::from_millis(100));
+            batch.clear();
+            let mut packets = 0u64;
+            while batch.len() < BATCH {
+                let n = match tun.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        eprintln!("totoro-mesh: reading {}: {e}", self.opts.tun);
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                };
+                let packet = &buf[..n];
+                let Some(peer) = tun::ipv4_dst(packet).and_then(|d| self.peer_for(d)) else {
+                    self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let len = frame::HEADER_LEN + data::HEADER_LEN + n + data::TAG_LEN;
+                let Ok(head) = frame::header(MsgType::Data, 0, len - frame::HEADER_LEN) else {
+                    continue;
+                };
+                let start = batch.len();
+                let body = crate::ws::begin_message(len, &mut batch);
+                batch.extend_from_slice(&head);
+                let ok = self
+                    .with_session(peer, |s| s.seal(packet, &mut batch).is_ok())
+                    .unwrap_or(false);
+                if !ok || batch.len() != body + len {
+                    batch.truncate(start);
+                    self.counters.no_route.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-            };
-            let packet = &buf[..n];
-            let Some(peer) = tun::ipv4_dst(packet).and_then(|d| self.peer_for(d)) else {
-                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            sealed.clear();
-            sealed.extend_from_slice(&[0; frame::HEADER_LEN]);
-            let ok = self
-                .with_session(peer, |s| s.seal(packet, &mut sealed).is_ok())
-                .unwrap_or(false);
-            if !ok {
-                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
-                continue;
+                crate::ws::end_message(&mut batch, start);
+                packets += 1;
             }
-            let len = sealed.len() - frame::HEADER_LEN;
-            match frame::header(MsgType::Data, 0, len) {
-                Ok(h) => sealed[..frame::HEADER_LEN].copy_from_slice(&h),
-                Err(_) => continue,
+            if batch.is_empty() {
+                let _ = tun.wait_readable();
+                continue;
             }
             let mut out = self.relay_out.lock().unwrap_or_else(|p| p.into_inner());
-            match out.as_mut() {
-                Some(ws) => {
-                    if ws.send(&sealed).is_err() {
-                        *out = None;
-                        self.counters.no_relay.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    }
+            let sent = out.as_mut().map(|ws| ws.send_raw(&batch).is_ok());
+            match sent {
+                Some(true) => {
+                    self.counters
+                        .tx_packets
+                        .fetch_add(packets, Ordering::Relaxed);
+                }
+                Some(false) => {
+                    *out = None;
+                    self.counters.no_relay.fetch_add(packets, Ordering::Relaxed);
                 }
                 None => {
-                    self.counters.no_relay.fetch_add(1, Ordering::Relaxed);
+                    self.counters.no_relay.fetch_add(packets, Ordering::Relaxed);
                 }
             }
         }
@@ -726,15 +754,15 @@ impl Node {
                 }
                 Err(e) => return Err(e.to_string()),
             };
-            let Ok(mut f) =
-                frame::parse(&msg, frame::MAX_PAYLOAD).map(|f| (f.kind, f.payload.to_vec()))
-            else {
+            let mut msg = msg;
+            let Ok(kind) = frame::parse(&msg, frame::MAX_PAYLOAD).map(|f| f.kind) else {
                 continue;
             };
-            match f.0 {
-                MsgType::Data => self.deliver(&mut f.1),
+            let payload = &mut msg[frame::HEADER_LEN..];
+            match kind {
+                MsgType::Data => self.deliver(payload),
                 MsgType::Error => {
-                    if let Ok(e) = control::decode::<ErrorBody>(&f.1) {
+                    if let Ok(e) = control::decode::<ErrorBody>(payload) {
                         if e.code < 3000 {
                             return Err(format!("{} {}", e.code, e.message));
                         }
@@ -762,16 +790,21 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
             .then(|| payload.to_vec());
-        let packet = self
-            .with_session(src, |s| s.open(payload).map(<[u8]>::to_vec).ok())
-            .flatten()
-            .or_else(|| spare.and_then(|mut p| self.open_with_old(src, &mut p)));
-        let Some(packet) = packet else {
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+        if let Some(packet) = self.with_session(src, |s| s.open(payload).ok()).flatten() {
+            return self.emit(src, packet);
+        }
+        match spare.and_then(|mut p| self.open_with_old(src, &mut p)) {
+            Some(packet) => self.emit(src, &packet),
+            None => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A packet `src` sealed: to the TUN device, if `src` may send it.
+    fn emit(&self, src: u32, packet: &[u8]) {
         // A peer speaks for its own address, or for the subnets it routes.
-        let allowed = tun::ipv4_src(&packet).is_some_and(|ip| {
+        let allowed = tun::ipv4_src(packet).is_some_and(|ip| {
             let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
             peers
                 .get(&src)
@@ -791,7 +824,7 @@ impl Node {
         }
         let mut tun = self.tun.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tun.as_mut() {
-            if t.send(&packet).is_ok() {
+            if t.send(packet).is_ok() {
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -133,6 +133,41 @@ impl Tun {
         })
     }
 
+    /// Reads return WouldBlock instead of waiting (the descriptor is
+    /// shared with the handles [`Tun::try_clone`] made).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl(2) on a descriptor this File owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait until a packet can be read.
+    pub fn wait_readable(&self) -> io::Result<()> {
+        let mut p = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// One packet into `buf`; its length.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)

@@ -172,6 +172,11 @@ impl WsConn {
         self.stream.write_all(&out)
     }
 
+    /// Write bytes already framed ([`begin_message`], [`end_message`]).
+    pub fn send_raw(&mut self, framed: &[u8]) -> io::Result<()> {
+        self.stream.write_all(framed)
+    }
+
     /// Close the connection (both directions).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
@@ -228,6 +233,23 @@ impl WsConn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// Start a masked binary message of `len` bytes in `out`: its head (the
+/// payload follows, written by the caller, then [`end_message`] masks it).
+/// Returns where the payload starts.
+pub fn begin_message(len: usize, out: &mut Vec<u8>) -> usize {
+    ws::encode_head(ws::Opcode::Binary, true, len, Some(random_mask()), out);
+    out.len()
+}
+
+/// Mask the payload of the message begun at `start` (its whole rest).
+pub fn end_message(out: &mut [u8], start: usize) {
+    // The head's mask is its last four bytes before the payload.
+    if let Ok(Some(h)) = ws::parse_head(&out[start..], true, usize::MAX) {
+        let body = start + h.head_len;
+        ws::apply_mask(&mut out[body..], h.mask.unwrap_or_default(), 0);
     }
 }
 

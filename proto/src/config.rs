@@ -215,9 +215,9 @@ pub struct FastpathConfig {
     /// `bindAddr`; 0 = no relay. Needs a slowpath: relay tokens are
     /// checked against the policy table's keys, revocations and nodes.
     pub mesh_relay_port: u16,
-    /// Frames queued for one mesh node that it has not read yet; past it
+    /// Bytes queued for one mesh node that it has not read yet; past it
     /// frames to it are dropped (and counted), as a router drops.
-    pub mesh_queue: usize,
+    pub mesh_queue_bytes: usize,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -353,7 +353,7 @@ impl Default for FastpathConfig {
             user_not_sent_lowat: 1024 * 1024,
             window_autotune: true,
             mesh_relay_port: 0,
-            mesh_queue: 1024,
+            mesh_queue_bytes: 4 << 20,
         }
     }
 }
@@ -486,10 +486,10 @@ impl Config {
                 "the mesh relay needs a slowpath (fastpath.policyDir)",
             ));
         }
-        if !(1..=1 << 20).contains(&self.fastpath.mesh_queue) {
+        if !(64 << 10..=1 << 30).contains(&self.fastpath.mesh_queue_bytes) {
             return Err(invalid(
-                "fastpath.meshQueue",
-                format!("{} must be 1 to 1048576 frames", self.fastpath.mesh_queue),
+                "fastpath.meshQueueBytes",
+                format!("{} must be 64 KiB to 1 GiB", self.fastpath.mesh_queue_bytes),
             ));
         }
         if !(1..=86_400).contains(&self.vhost_http_timeout) {

@@ -249,6 +249,18 @@ fn tun_case(backend: Backend) {
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e6
     );
 
+    // A packet for an address of the mesh that no node holds goes nowhere
+    // and is counted.
+    let no_route = |s: &Path| status(s).and_then(|v| v["counters"]["no_route"].as_u64());
+    let before = no_route(&states[0]).unwrap_or(0);
+    assert!(
+        !ping(&lab, "a", "10.0.1.250", 1),
+        "nobody answers for 10.0.1.250"
+    );
+    wait_until("the drop to be counted", Duration::from_secs(3), || {
+        (no_route(&states[0])? > before).then_some(())
+    });
+
     // Both replace their node keys (the controller hands the new ones to
     // the peer) and still reach each other.
     let (_, before) = sp.admin_call("GET", &format!("/api/v1/mesh/nodes/{}", ids[1]), None);

@@ -76,8 +76,8 @@ pub fn ws_close(code: u16, reason: &str) -> Vec<u8> {
 }
 
 impl Link {
-    /// A link whose outbox holds at most `cap` frames; the writer task
-    /// takes the receiving end and `queued` with it.
+    /// A link whose outbox holds at most `cap` bytes; the writer task
+    /// takes the receiving end and `queued` (bytes) with it.
     pub fn new(
         auth: NodeAuth,
         cap: usize,
@@ -96,7 +96,7 @@ impl Link {
     /// Queue a frame for the node; false (the frame dropped) when its
     /// outbox is full or the link is closing.
     pub fn push(&self, frame: Vec<u8>) -> bool {
-        if self.queued.get() >= self.cap {
+        if self.queued.get() + frame.len() > self.cap {
             return false;
         }
         self.force(frame)
@@ -104,12 +104,13 @@ impl Link {
 
     /// Queue a frame whatever the outbox holds (errors, closes: a few).
     fn force(&self, frame: Vec<u8>) -> bool {
+        let len = frame.len();
         let sent = match &*self.outbox.borrow() {
             Some(tx) => tx.send(frame).is_ok(),
             None => false,
         };
         if sent {
-            self.queued.set(self.queued.get() + 1);
+            self.queued.set(self.queued.get() + len);
         }
         sent
     }

@@ -400,7 +400,7 @@ async fn run(
         conn.finish(out).await;
         return;
     }
-    let cap = ctx.shared.config.fastpath.mesh_queue;
+    let cap = ctx.shared.config.fastpath.mesh_queue_bytes;
     let (link, outbox, queued) = Link::new(auth, cap);
     let (reader, writer) = conn.into_split();
     let aborter = reader.aborter();
@@ -428,12 +428,12 @@ async fn write_loop(
     stall: Duration,
 ) {
     while let Some(first) = outbox.recv().await {
-        queued.set(queued.get().saturating_sub(1));
+        queued.set(queued.get().saturating_sub(first.len()));
         let mut batch = first;
         while batch.len() < WRITE_BATCH {
             match outbox.try_recv() {
                 Ok(more) => {
-                    queued.set(queued.get().saturating_sub(1));
+                    queued.set(queued.get().saturating_sub(more.len()));
                     batch.extend_from_slice(&more);
                 }
                 Err(_) => break,
