@@ -334,7 +334,11 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
         ));
     }
     if let Some(bt) = &o.boringtun {
-        match boringtun(&lab, bt, o.bytes) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            boringtun(&lab, bt, &o.mesh, o.bytes)
+        }))
+        .unwrap_or_else(|_| Err("it failed (see the panic above)".into()));
+        match run {
             Ok(mut r) => {
                 rows.append(&mut r.0);
                 extra.push(r.1);
@@ -367,7 +371,12 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
 
 /// The WireGuard anchor: boringtun in `a` and `b`, configured with `wg`,
 /// direct between their veth addresses (the root namespace forwards).
-fn boringtun(lab: &Lab, bin: &Path, bytes: u64) -> Result<(Vec<Row>, String), String> {
+fn boringtun(
+    lab: &Lab,
+    bin: &Path,
+    o_mesh: &Path,
+    bytes: u64,
+) -> Result<(Vec<Row>, String), String> {
     let wg = |args: &[&str], input: Option<&str>| -> Result<String, String> {
         let mut c = Command::new("wg")
             .args(args)
@@ -396,6 +405,8 @@ fn boringtun(lab: &Lab, bin: &Path, bytes: u64) -> Result<(Vec<Row>, String), St
     let names = ["a", "b"];
     for (i, n) in names.iter().enumerate() {
         let dev = format!("wg{n}");
+        // A socket left by an earlier run would look like this one's.
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ns(n)])
             .arg(bin)
@@ -447,6 +458,11 @@ fn boringtun(lab: &Lab, bin: &Path, bytes: u64) -> Result<(Vec<Row>, String), St
         );
         lab.inside(n, &["ip", "link", "set", &dev, "up"]);
     }
+    // The tunnel is up once a packet crosses it (the handshake).
+    wait("the WireGuard handshake", Duration::from_secs(10), || {
+        let out = lab.exec("a", &o_mesh, &["ping", "10.99.0.2", "--count", "1"]);
+        out.status.success().then_some(())
+    })?;
     let pids: Vec<(String, u32)> = children
         .iter()
         .zip(names)
