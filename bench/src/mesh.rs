@@ -460,7 +460,7 @@ fn boringtun(
     }
     // The tunnel is up once a packet crosses it (the handshake).
     wait("the WireGuard handshake", Duration::from_secs(10), || {
-        let out = lab.exec("a", &o_mesh, &["ping", "10.99.0.2", "--count", "1"]);
+        let out = lab.exec("a", o_mesh, &["ping", "10.99.0.2", "--count", "1"]);
         out.status.success().then_some(())
     })?;
     let pids: Vec<(String, u32)> = children

@@ -303,3 +303,58 @@ fn relay_case(backend: Backend) {
 fn the_relay_carries_sealed_data_between_nodes_and_refuses_the_rest() {
     each_backend("mesh_relay", relay_case);
 }
+
+/// A node that reads nothing while another floods it: the relay holds at
+/// most its outbox (`fastpath.meshQueueBytes`, 4 MiB) for it, drops and
+/// counts the rest, and the sender's connection keeps working.
+#[test]
+fn a_node_that_reads_nothing_costs_the_relay_a_bounded_outbox() {
+    let sp = Slowpath::up(&Backend::Sqlite, &[]);
+    sp.wait_frp();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::new()).collect();
+    let (_ca, a, _) = authorized(&sp, &nodes[0], "default");
+    let (_cb, b, _) = authorized(&sp, &nodes[1], "default");
+    let (_ca, _, cfg_a) = join(&sp, &nodes[0]);
+    let (_cb, _, cfg_b) = join(&sp, &nodes[1]);
+    let url = relay_url(&cfg_a);
+    let (mut ra, _) = relay(&url, &cfg_a.relay_token).unwrap();
+    let (_rb, _) = relay(&url, &cfg_b.relay_token).unwrap();
+    let fastpath = bench::netns::pid_with(&format!("{}/fastpath.toml", sp.dir.display()))
+        .expect("the fastpath's pid");
+    let before = bench::proc::rss_kib(fastpath);
+    // 3000 frames of 60 KB: 180 MB that b never reads.
+    let mut p = Vec::new();
+    proto::mesh::data::put_header(&mut p, a, b, &[3; 12]);
+    p.resize(60_000, 0x42);
+    let msg = framed(MsgType::Data, &p);
+    for _ in 0..3000 {
+        ra.send(Message::Binary(msg.clone().into())).unwrap();
+    }
+    send(&mut ra, MsgType::Ping, b"after it");
+    let (k, _) = recv(&mut ra).unwrap();
+    assert_eq!(k, MsgType::Pong, "the sender is still served");
+    let grown = bench::proc::rss_kib(fastpath).saturating_sub(before);
+    // The outbox (4 MiB) and a frame or two in buffers; before the read
+    // buffer was compacted every time, a busy sender grew it past 60 MiB.
+    assert!(
+        grown < 16 * 1024,
+        "the relay grew by {grown} KiB for a node that reads nothing"
+    );
+    // The stats file says how many were dropped (rewritten every second).
+    let stats = sp.dir.join("fastpath-stats.json");
+    let read = || -> Option<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).ok()?).ok()?;
+        Some(
+            v["workers"]
+                .as_array()?
+                .iter()
+                .filter_map(|w| w["mesh_dropped"].as_u64())
+                .sum(),
+        )
+    };
+    harness::wait_until("dropped frames counted", || read().unwrap_or(0) > 0);
+    let dropped = read().unwrap_or(0);
+    assert!(dropped > 2000, "{dropped} dropped of 3000");
+    eprintln!("[mesh_relay] RSS grew {grown} KiB; {dropped} of 3000 frames dropped");
+}

@@ -93,6 +93,12 @@ impl Link {
         (link, rx, queued)
     }
 
+    /// Whether `len` more bytes fit in the outbox (checked before a frame
+    /// is built for it, so that a drop costs no allocation).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.queued.get() + len <= self.cap
+    }
+
     /// Queue a frame for the node; false (the frame dropped) when its
     /// outbox is full or the link is closing.
     pub fn push(&self, frame: Vec<u8>) -> bool {

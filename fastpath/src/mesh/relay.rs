@@ -228,21 +228,9 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
         }
     };
     match authenticate(ctx, &msg) {
-        Ok(auth) => {
-            let resp = AuthResponse {
-                ok: true,
-                node_id: auth.node_id,
-                network_id: auth.network_id,
-                ..AuthResponse::default()
-            };
-            let ok = ws_seed_frame(
-                MsgType::AuthResponse,
-                &serde_json::to_vec(&resp).unwrap_or_default(),
-            );
-            let (r, _) = conn.write_all(ok).await;
-            r.map_err(|e| format!("write error: {e}"))?;
-            Ok((conn, rest, auth))
-        }
+        // AUTH_RESPONSE comes from the home worker once the node is
+        // registered there, so that nothing sent to it is 3002 after it.
+        Ok(auth) => Ok((conn, rest, auth)),
         Err(body) => {
             WorkerStats::bump(&ctx.stats().mesh_refused, 1);
             let mut out = ws_error(&body);
@@ -401,7 +389,17 @@ async fn run(
         return;
     }
     let cap = ctx.shared.config.fastpath.mesh_queue_bytes;
+    let resp = AuthResponse {
+        ok: true,
+        node_id: auth.node_id,
+        network_id: auth.network_id,
+        ..AuthResponse::default()
+    };
     let (link, outbox, queued) = Link::new(auth, cap);
+    link.push(ws_seed_frame(
+        MsgType::AuthResponse,
+        &serde_json::to_vec(&resp).unwrap_or_default(),
+    ));
     let (reader, writer) = conn.into_split();
     let aborter = reader.aborter();
     let stall = Duration::from_secs(ctx.shared.config.fastpath.write_stall_secs.max(1));
@@ -461,6 +459,8 @@ async fn read_loop(
     let mut start = 0usize;
     // A message arriving in fragments.
     let mut partial: Option<Vec<u8>> = None;
+    // Bytes of the frame that begins at `start`, when it is not all there.
+    let mut whole = 0usize;
     loop {
         while let Some(h) = match ws::parse_head(&buf[start..], true, MAX_MESSAGE) {
             Ok(h) => h,
@@ -472,8 +472,9 @@ async fn read_loop(
         } {
             let body = start + h.head_len;
             if buf.len() < body + h.len {
-                // The rest of the frame is still coming.
-                buf.reserve(body + h.len - buf.len());
+                // The rest of the frame is still coming: room for it once
+                // what was read before it is dropped.
+                whole = body + h.len - start;
                 break;
             }
             let payload = &mut buf[body..body + h.len];
@@ -526,16 +527,16 @@ async fn read_loop(
                 }
             }
         }
-        if start == buf.len() {
-            buf.clear();
-            start = 0;
-        } else if start > 0 && buf.capacity() - buf.len() < 16 * 1024 {
-            buf.drain(..start);
-            start = 0;
+        // What was used goes, every time: the buffer holds at most one
+        // frame and what came after it (a partial frame kept at a growing
+        // offset would let a busy sender grow it without bound).
+        buf.drain(..start);
+        start = 0;
+        let room = whole.max(buf.len() + 16 * 1024).max(64 * 1024);
+        if buf.capacity() < room {
+            buf.reserve(room - buf.len());
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
+        whole = 0;
         let (r, b) = reader.read(buf).await;
         buf = b;
         match r {
@@ -576,7 +577,7 @@ fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Re
             WorkerStats::bump(&stats.mesh_frames_in, 1);
             match nodes.get(d.dst) {
                 Some(dst) if dst.auth.network_id == me.network_id => {
-                    if dst.push(super::nodes::ws_binary(msg)) {
+                    if dst.has_room(msg.len() + 10) && dst.push(super::nodes::ws_binary(msg)) {
                         WorkerStats::bump(&stats.mesh_frames_out, 1);
                         WorkerStats::bump(&stats.mesh_bytes, msg.len() as u64);
                     } else {
