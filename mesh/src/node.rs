@@ -105,6 +105,8 @@ pub struct Node {
     relays: RwLock<Vec<Relay>>,
     relay_token: RwLock<String>,
     sessions: Mutex<HashMap<u32, Session>>,
+    /// Bumped (under the sessions lock) whenever keys change.
+    generation: AtomicU64,
     relay_out: Mutex<Option<WsConn>>,
     relay_server: RwLock<Option<u32>>,
     tun: Mutex<Option<Tun>>,
@@ -189,6 +191,7 @@ impl Node {
             relays: Default::default(),
             relay_token: Default::default(),
             sessions: Default::default(),
+            generation: AtomicU64::new(0),
             relay_out: Mutex::new(None),
             relay_server: RwLock::new(None),
             tun: Mutex::new(None),
@@ -281,10 +284,21 @@ impl Node {
         };
         ws.set_read_timeout(Some(tick)).map_err(|e| e.to_string())?;
         let mut last_ping = Instant::now();
+        // The controller answers every PING: a minute without a word from
+        // it means it is gone even if TCP has not said so.
+        let mut heard = Instant::now();
+        ws.set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         loop {
             self.maybe_rotate(&mut ws)?;
+            if heard.elapsed() > Duration::from_secs(60) {
+                return Err("the controller stopped answering".into());
+            }
             let msg = match ws.recv() {
-                Ok(Incoming::Binary(m)) => m,
+                Ok(Incoming::Binary(m)) => {
+                    heard = Instant::now();
+                    m
+                }
                 Ok(Incoming::Closed) => return Err("closed by the controller".into()),
                 Err(e)
                     if matches!(
@@ -362,8 +376,11 @@ impl Node {
             &mut *self.key.write().unwrap_or_else(|p| p.into_inner()),
             new,
         );
-        let sessions =
-            std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
+        let sessions = {
+            let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            std::mem::take(&mut *s)
+        };
         *self.old.lock().unwrap_or_else(|p| p.into_inner()) = Some(OldKey {
             key: old,
             until: Instant::now() + OLD_KEY_KEPT,
@@ -421,10 +438,15 @@ impl Node {
         }
         {
             let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            // A whole configuration (a reconnect): keys may have changed
+            // while the channel was down.
             peers.clear();
+            sessions.clear();
             for p in c.peers {
                 peers.insert(p.node_id, p);
             }
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         self.reindex();
         *self.relays.write().unwrap_or_else(|p| p.into_inner()) = c.relays;
@@ -451,6 +473,7 @@ impl Node {
                 peers.remove(&id);
                 sessions.remove(&id);
             }
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         self.reindex();
         if let Some(r) = u.relays {
@@ -493,14 +516,25 @@ impl Node {
             .map(|r| r.cidr.as_str())
             .collect();
         let mine = |r: &Route| mine(r) || own.contains(&r.cidr.as_str());
-        for r in old
-            .iter()
-            .filter(|r| !routes.iter().any(|n| n.cidr == r.cidr))
-        {
-            let _ = tun::route(&self.opts.tun, &r.cidr, false);
+        // Only real prefixes reach `ip route` (never "default" or another
+        // of its words), written back in their canonical form.
+        let wanted = |list: &[Route]| -> Vec<String> {
+            let mut v: Vec<String> = list
+                .iter()
+                .filter(|r| r.enabled && !mine(r))
+                .filter_map(|r| parse_cidr(&r.cidr))
+                .map(|(net, p)| format!("{net}/{p}"))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let (before, now) = (wanted(&old), wanted(&routes));
+        for cidr in before.iter().filter(|c| !now.contains(c)) {
+            let _ = tun::route(&self.opts.tun, cidr, false);
         }
-        for r in routes.iter().filter(|r| r.enabled && !mine(r)) {
-            if let Err(e) = tun::route(&self.opts.tun, &r.cidr, true) {
+        for cidr in &now {
+            if let Err(e) = tun::route(&self.opts.tun, cidr, true) {
                 eprintln!("totoro-mesh: {e}");
             }
         }
@@ -582,15 +616,21 @@ impl Node {
             }
         }
         // The peers lock is never taken under the sessions lock (updates
-        // take them in the other order).
+        // take them in the other order); a change between reading the keys
+        // and storing the session (a rotation, a peer's new key) shows as
+        // a new generation, and the session is not kept.
+        let generation = self.generation.load(Ordering::SeqCst);
         let key = self
             .peers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
             .and_then(|p| decode_key(&p.node_key))?;
-        let fresh = Session::new(&self.current_key(), me.id, peer, &key)?;
+        let mut fresh = Session::new(&self.current_key(), me.id, peer, &key)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Some(f(&mut fresh));
+        }
         Some(f(sessions.entry(peer).or_insert(fresh)))
     }
 
@@ -725,6 +765,9 @@ impl Node {
             }
             Incoming::Closed => return Err("closed before AUTH_RESPONSE".into()),
         }
+        // A relay that stops reading cannot hold the TUN loop for ever.
+        ws.set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         ws.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
         *self.relay_out.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -734,9 +777,15 @@ impl Node {
             "totoro-mesh: connected to relay {} ({})",
             relay.server_id, relay.url
         );
+        // Two quiet periods in a row, a PING sent after each, and no PONG:
+        // the relay is gone even if TCP has not said so.
+        let mut quiet = 0;
         loop {
             let msg = match ws.recv() {
-                Ok(Incoming::Binary(m)) => m,
+                Ok(Incoming::Binary(m)) => {
+                    quiet = 0;
+                    m
+                }
                 Ok(Incoming::Closed) => return Err("closed by the relay".into()),
                 Err(e)
                     if matches!(
@@ -745,6 +794,10 @@ impl Node {
                     ) =>
                 {
                     // Quiet for 30 s: make sure the relay is still there.
+                    quiet += 1;
+                    if quiet > 2 {
+                        return Err("the relay stopped answering".into());
+                    }
                     let mut out = self.relay_out.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(w) = out.as_mut() {
                         w.send(&seed_frame(MsgType::Ping, b"relaypng"))

@@ -158,6 +158,12 @@ impl WsConn {
         self.stream.set_read_timeout(t)
     }
 
+    /// Set the write timeout (None: block); the socket's, so every
+    /// handle of this connection has it.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(t)
+    }
+
     /// Send one binary message.
     pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         self.send_all(std::iter::once(msg))
@@ -188,6 +194,13 @@ impl WsConn {
             if let Some(h) = ws::parse_head(&self.buf[self.start..], false, MAX_MESSAGE)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
             {
+                // RFC 6455 §5.1: a client fails on a masked server frame.
+                if h.mask.is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a masked frame from the server",
+                    ));
+                }
                 let body = self.start + h.head_len;
                 if self.buf.len() >= body + h.len {
                     let payload = self.buf[body..body + h.len].to_vec();

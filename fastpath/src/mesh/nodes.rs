@@ -125,10 +125,16 @@ impl Link {
     /// writer sends what is queued, shuts down and aborts the socket, which
     /// stops the reader.
     pub fn close(&self, error: Option<&ErrorBody>, reason: &str) {
+        self.close_with(1000, error, reason)
+    }
+
+    /// [`Link::close`] with WebSocket close `code` (1002 for a protocol
+    /// error, 1009 for a message too large).
+    pub fn close_with(&self, code: u16, error: Option<&ErrorBody>, reason: &str) {
         if let Some(e) = error {
             self.force(ws_error(e));
         }
-        self.force(ws_close(1000, reason));
+        self.force(ws_close(code, reason));
         self.outbox.borrow_mut().take();
     }
 

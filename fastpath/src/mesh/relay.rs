@@ -218,6 +218,13 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
                 return Err(why);
             }
         }
+        // Before AUTH_REQUEST a client gets room for one message and no
+        // more (pings and fragments do not buy it a growing buffer).
+        if buf.len() > 2 * MAX_MESSAGE {
+            let why = "no AUTH_REQUEST in the first 128 KiB";
+            let _ = conn.write_all(ws_close(1009, why)).await;
+            return Err(why.into());
+        }
         buf.reserve(4096);
         let (r, b) = conn.read(buf).await;
         buf = b;
@@ -466,7 +473,7 @@ async fn read_loop(
             Ok(h) => h,
             Err(e) => {
                 WorkerStats::bump(&stats.protocol_errors, 1);
-                link.close(None, &e.to_string());
+                link.close_with(e.close_code(), None, &e.to_string());
                 return format!("WebSocket: {e}");
             }
         } {
@@ -492,12 +499,12 @@ async fn read_loop(
                         (ws::Opcode::Binary, None) => partial.insert(Vec::new()),
                         (ws::Opcode::Continuation, Some(p)) => p,
                         _ => {
-                            link.close(None, "fragments out of order");
+                            link.close_with(1002, None, "fragments out of order");
                             return "WebSocket: fragments out of order".into();
                         }
                     };
                     if p.len() + h.len > MAX_MESSAGE {
-                        link.close(None, "message over the limit");
+                        link.close_with(1009, None, "message over the limit");
                         return "WebSocket: message over the limit".into();
                     }
                     p.extend_from_slice(&buf[body..body + h.len]);
@@ -522,7 +529,7 @@ async fn read_loop(
                 ws::Opcode::Text => {
                     let body =
                         ErrorBody::new(ErrorCode::InvalidMessage, "frames are binary messages");
-                    link.close(Some(&body), "text message");
+                    link.close_with(1003, Some(&body), "text message");
                     return "a text message".into();
                 }
             }
@@ -549,6 +556,11 @@ async fn read_loop(
 
 /// One seed frame from the node: Err(why) ends the connection.
 fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Result<(), String> {
+    // A node cut off (revoked, replaced) sends nothing more, even while
+    // its last frames are still being written to it.
+    if link.is_closing() {
+        return Err("cut off".into());
+    }
     let stats = ctx.stats();
     let me = &link.auth;
     let fail = |body: ErrorBody| {

@@ -113,6 +113,14 @@ impl ServerChannel {
         tracing::info!(server = id, name = %server.name, version = %reg.version, "mesh server registered");
         let result = self.session(app, server, &reg.token, &mut changes).await;
         let _ = servers::heartbeat(&app.db, id, now_ms()).await;
+        // Its nodes are no longer known to be there (it reports them all
+        // again when it comes back).
+        if servers::report_locations(&app.db, id, true, &[], &[], now_ms())
+            .await
+            .is_ok()
+        {
+            app.mesh.servers_changed();
+        }
         result
     }
 }

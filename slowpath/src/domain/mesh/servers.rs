@@ -403,6 +403,13 @@ pub async fn update(db: &Db, id: u32, patch: ServerPatch) -> Result<Server> {
     .bind(i64::from(id))
     .execute(&mut *tx)
     .await?;
+    if !s.enabled {
+        // A disabled relay holds no nodes as far as the others know.
+        sqlx::query("DELETE FROM mesh_node_server_connections WHERE server_id = $1")
+            .bind(i64::from(id))
+            .execute(&mut *tx)
+            .await?;
+    }
     audited(
         &mut *tx,
         "mesh.server.updated",
