@@ -220,6 +220,25 @@ fn relay_case(backend: Backend) {
     r.send(Message::Text("hello".into())).unwrap();
     assert_eq!(wait_error(&mut r).code, 2002);
 
+    // Before AUTH_REQUEST, pings buy no buffer: past 128 KiB the relay
+    // closes.
+    let mut r = connect_url(&url);
+    let t = Instant::now();
+    for _ in 0..2000 {
+        if r.send(Message::Ping(vec![0u8; 125].into())).is_err() {
+            break;
+        }
+    }
+    let code = loop {
+        match r.read() {
+            Ok(Message::Close(c)) => break c.map(|c| u16::from(c.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no Close before {e} ({:?})", t.elapsed()),
+        }
+    };
+    assert_eq!(code, Some(1009), "closed for size, not at the deadline");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
     // Tokens: garbage, another relay's, expired, not a relay token.
     assert_eq!(relay(&url, "garbage").unwrap_err().code, 1001);
     let (kid, key) = signing_key(&sp);

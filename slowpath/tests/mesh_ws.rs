@@ -556,10 +556,17 @@ fn servers(backend: Backend) {
     let (token, _) = upd.relay_token.expect("a relay token for the relays left");
     proto::mesh::token::check_relay_token(&token, &trust, r2, now_s, |_| false).unwrap();
     assert!(proto::mesh::token::check_relay_token(&token, &trust, r1, now_s, |_| false).is_err());
-    // Relay 2 hears that the relay list changed.
+    // Relay 2 hears that the relay list changed, and that relay 1 holds
+    // node a no more.
     wait_for::<ServerConfig>(&mut w2, MsgType::Config, Duration::from_secs(5), |c| {
         c.relays.len() == 1
     });
+    wait_for::<NodeLocations>(
+        &mut w2,
+        MsgType::ServerNodeLoc,
+        Duration::from_secs(5),
+        |l| l.removed.contains(&(a_id, r1)),
+    );
     assert_eq!(refused(&sp, &t1).code, 1001);
 
     // Tokens that are not a live server's.
