@@ -119,7 +119,7 @@ impl ServerChannel {
             .await
             .is_ok()
         {
-            app.mesh.servers_changed();
+            app.mesh.locations_changed();
         }
         result
     }
@@ -156,6 +156,7 @@ impl ServerChannel {
     ) -> Result<(), String> {
         let db = &app.db;
         let id = server.id;
+        let mut relays = server.relays();
         servers::heartbeat(db, id, now_ms())
             .await
             .map_err(|e| e.to_string())?;
@@ -174,7 +175,7 @@ impl ServerChannel {
                 msg = self.ch.recv() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     heard = tokio::time::Instant::now();
-                    self.handle(app, id, &msg).await?;
+                    self.handle(app, id, relays, &msg).await?;
                 }
                 _ = tick.tick() => {
                     if heard.elapsed() > silence {
@@ -191,6 +192,7 @@ impl ServerChannel {
                         Ok(s) => s,
                         Err(body) => return self.ch.fail(body).await,
                     };
+                    relays = server.relays();
                     self.push(app, &server).await?;
                 }
             }
@@ -282,7 +284,13 @@ impl ServerChannel {
         Ok(())
     }
 
-    async fn handle(&mut self, app: &AppState, id: u32, msg: &[u8]) -> Result<(), String> {
+    async fn handle(
+        &mut self,
+        app: &AppState,
+        id: u32,
+        relays: bool,
+        msg: &[u8],
+    ) -> Result<(), String> {
         let f = match frame::parse(msg, MAX_CONTROL_PAYLOAD) {
             Ok(f) => f,
             Err(e) => return self.ch.fail(ErrorBody::new(e.code(), &e.to_string())).await,
@@ -293,6 +301,12 @@ impl ServerChannel {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.ch.send(MsgType::Pong, f.payload).await
+            }
+            MsgType::ServerNodeLoc if !relays => {
+                let why = format!("server {id} is not a relay: it holds no nodes");
+                self.ch
+                    .fail(ErrorBody::new(ErrorCode::InvalidMessage, &why))
+                    .await
             }
             MsgType::ServerNodeLoc => {
                 let report: NodeLocations = match control::decode(f.payload) {
@@ -319,7 +333,7 @@ impl ServerChannel {
                 servers::report_locations(&app.db, id, report.full, &added, &removed, now_ms())
                     .await
                     .map_err(|e| e.to_string())?;
-                app.mesh.servers_changed();
+                app.mesh.locations_changed();
                 Ok(())
             }
             other => {

@@ -107,6 +107,10 @@ impl MeshHub {
 /// every server channel look again (network ids start at 1).
 pub const ALL_NETWORKS: u32 = 0;
 
+/// What [`MeshHub::locations_changed`] sends: only server channels look
+/// again (no network has this id: ids are small counters).
+pub const LOCATIONS_ONLY: u32 = u32::MAX;
+
 impl MeshHub {
     /// Network `id` changed: its channels recompute what they pushed
     /// (server channels look again at the blacklist and node locations).
@@ -123,10 +127,17 @@ impl MeshHub {
         let _ = self.publisher.set(publisher);
     }
 
-    /// The servers (relays, their tokens, node locations) changed: every
-    /// channel looks again.
+    /// The servers (relays, their tokens) changed: every channel looks
+    /// again.
     pub fn servers_changed(&self) {
         self.changed(ALL_NETWORKS);
+    }
+
+    /// Only node locations changed (a relay's report): the server channels
+    /// look again; nodes' configurations and the policy table hold no
+    /// locations, so neither is recomputed.
+    pub fn locations_changed(&self) {
+        let _ = self.tx.send(LOCATIONS_ONLY);
     }
 
     pub(super) fn subscribe(&self) -> broadcast::Receiver<u32> {
