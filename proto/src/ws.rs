@@ -128,7 +128,19 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<Upgrade>, UpgradeError> {
         .ok_or(UpgradeError::NotUpgrade(
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ))?;
+    // Origin form (`/ws/data?x`), or absolute form (`ws://host/ws/data`)
+    // reduced to its path; anything else (`*`, `?x`) names no endpoint.
     let target = req.path.unwrap_or("/");
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    if !target.starts_with('/') {
+        return Err(UpgradeError::Malformed(format!(
+            "request target {:?} is not a path",
+            target.chars().take(64).collect::<String>()
+        )));
+    }
     let path = target.split('?').next().unwrap_or("/").to_owned();
     Ok(Some(Upgrade {
         path,
@@ -425,12 +437,19 @@ mod tests {
             (REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 426),
             (REQ.replace("HTTP/1.1", "HTTP/1.0"), 426),
             ("GARBAGE\0\r\n\r\n".to_string(), 400),
+            (REQ.replace("/ws/data?x=1", "????ws/data"), 400),
+            (REQ.replace("/ws/data?x=1", "*"), 400),
         ] {
             let e = parse_upgrade(bad.as_bytes()).unwrap_err();
             assert_eq!(e.status(), status, "{bad:?}: {e}");
         }
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(parse_upgrade(long.as_bytes()), Err(UpgradeError::TooLarge));
+        let absolute = REQ.replace("/ws/data?x=1", "ws://relay.example:8444/ws/data?y");
+        assert_eq!(
+            parse_upgrade(absolute.as_bytes()).unwrap().unwrap().path,
+            "/ws/data"
+        );
         let r = String::from_utf8(refusal_response(426, "no")).unwrap();
         assert!(r.contains("Sec-WebSocket-Version: 13") && r.ends_with("\r\n\r\nno"));
     }
