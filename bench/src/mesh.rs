@@ -197,6 +197,30 @@ fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Res
     }
 }
 
+/// A directory of the bench's own (0700: it holds the control plane's data
+/// and WireGuard keys).
+fn owner_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// A new file holding a secret: 0600, never through a symlink.
+fn owner_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn status(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).ok()?).ok()
 }
@@ -209,7 +233,7 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
     let mut lab = Lab::new('m', 203, &["a", "b"]);
     let dir = std::env::temp_dir().join(format!("totoro-mesh-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    owner_dir(&dir)?;
     let (api, relay, frp) = (free_port(), free_port(), free_port());
     let data = dir.join("sp");
     let listen = format!("0.0.0.0:{api}");
@@ -400,7 +424,8 @@ fn boringtun(
     let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("totoro-bt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    owner_dir(&dir)?;
     let mut children = Vec::new();
     let names = ["a", "b"];
     for (i, n) in names.iter().enumerate() {
@@ -423,7 +448,7 @@ fn boringtun(
                 .then_some(())
         })?;
         let key = dir.join(format!("{n}.key"));
-        std::fs::write(&key, &keys[i].0).map_err(|e| e.to_string())?;
+        owner_file(&key, keys[i].0.as_bytes())?;
         let other = 1 - i;
         let endpoint = format!("10.203.{}.2:51820", other + 1);
         let allowed = format!("10.99.0.{}/32", other + 1);

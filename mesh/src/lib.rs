@@ -9,8 +9,10 @@
 //! The client around them: [`node`] (the control channel, the relay
 //! connection and the TUN loop of `totoro-mesh up`), [`tun`] (the device),
 //! [`ws`] (a blocking WebSocket client), [`icmp`] (`totoro-mesh ping`),
-//! [`gateway`] (forwarding and SNAT for `--gateway`).
+//! [`gateway`] (forwarding and SNAT for `--gateway`), [`files`] (the state
+//! directory and what is written there, the owner's alone).
 
+pub mod files;
 pub mod gateway;
 pub mod icmp;
 pub mod keys;

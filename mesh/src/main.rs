@@ -149,7 +149,7 @@ fn up(opts: mesh::node::Options) -> Result<(), String> {
     }
     let node = mesh::node::Node::new(opts.clone())?;
     let pid = opts.state_dir.join("pid");
-    std::fs::write(&pid, std::process::id().to_string())
+    mesh::files::private_write(&pid, std::process::id().to_string().as_bytes())
         .map_err(|e| format!("{}: {e}", pid.display()))?;
     node.run();
     Ok(())

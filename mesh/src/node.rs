@@ -172,7 +172,7 @@ impl Node {
     /// A node with its machine key from the state directory (made on first
     /// start, mode 0600) and a fresh node key.
     pub fn new(opts: Options) -> Result<Arc<Node>, String> {
-        std::fs::create_dir_all(&opts.state_dir)
+        crate::files::private_dir(&opts.state_dir)
             .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
         let path = opts.state_dir.join("machine.key");
         let machine =
@@ -920,10 +920,7 @@ impl Node {
             },
         });
         let path = self.opts.state_dir.join("status.json");
-        let tmp = self.opts.state_dir.join("status.json.tmp");
-        if std::fs::write(&tmp, v.to_string()).is_ok() {
-            let _ = std::fs::rename(tmp, path);
-        }
+        let _ = crate::files::private_write(&path, v.to_string().as_bytes());
     }
 }
 
