@@ -676,7 +676,7 @@ impl Node {
                     self.counters.no_route.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                crate::ws::end_message(&mut batch, start);
+                crate::ws::end_message(&mut batch, body);
                 packets += 1;
             }
             if batch.is_empty() {

@@ -257,13 +257,13 @@ pub fn begin_message(len: usize, out: &mut Vec<u8>) -> usize {
     out.len()
 }
 
-/// Mask the payload of the message begun at `start` (its whole rest).
-pub fn end_message(out: &mut [u8], start: usize) {
-    // The head's mask is its last four bytes before the payload.
-    if let Ok(Some(h)) = ws::parse_head(&out[start..], true, usize::MAX) {
-        let body = start + h.head_len;
-        ws::apply_mask(&mut out[body..], h.mask.unwrap_or_default(), 0);
-    }
+/// Mask the payload of the message whose payload starts at `body` (what
+/// [`begin_message`] returned; the payload is the whole rest of `out`).
+pub fn end_message(out: &mut [u8], body: usize) {
+    // The head ends with its mask, right before the payload.
+    let mut mask = [0; 4];
+    mask.copy_from_slice(&out[body - 4..body]);
+    ws::apply_mask(&mut out[body..], mask, 0);
 }
 
 /// Append a masked client frame holding `payload`.

@@ -38,6 +38,7 @@ use proto::mesh::{data, frame, ErrorCode, MsgType};
 use proto::ws;
 
 use super::nodes::{home_worker, ws_close, ws_error, ws_seed_frame, Link, MeshNodes, NodeAuth};
+use crate::policy::LoadedTable;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::{WorkerCtx, IDENTIFY_DEADLINE};
 use crate::transport::conn::{Aborter, Conn, ConnReader, ConnWriter};
@@ -341,15 +342,14 @@ fn authenticate(ctx: &WorkerCtx, msg: &[u8]) -> Result<NodeAuth, ErrorBody> {
 }
 
 /// Why a connection in the table in force may no longer stay, if so.
-fn refused_now(ctx: &WorkerCtx, auth: &NodeAuth, now: u64) -> Option<ErrorBody> {
+fn refused_now(table: Option<&LoadedTable>, auth: &NodeAuth, now: u64) -> Option<ErrorBody> {
     if auth.exp <= now {
         return Some(ErrorBody::new(
             ErrorCode::TokenExpired,
             "the relay token expired",
         ));
     }
-    let table = ctx.shared.policy.current()?;
-    let t = table.get();
+    let t = table?.get();
     if t.mesh_revoked(&auth.jti) {
         return Some(ErrorBody::new(
             ErrorCode::TokenRevoked,
@@ -369,8 +369,10 @@ fn refused_now(ctx: &WorkerCtx, auth: &NodeAuth, now: u64) -> Option<ErrorBody> 
 /// connections it no longer allows, with their code.
 pub fn recheck(ctx: &WorkerCtx, nodes: &MeshNodes) {
     let now = now_s();
+    // The table in force, read once for the whole pass.
+    let table = ctx.shared.policy.current();
     for link in nodes.all() {
-        if let Some(body) = refused_now(ctx, &link.auth, now) {
+        if let Some(body) = refused_now(table.as_deref(), &link.auth, now) {
             tracing::info!(node = link.auth.node_id, code = body.code, reason = %body.message,
                 "mesh node cut off");
             nodes.remove(&link);
@@ -389,7 +391,7 @@ async fn run(
     peer: SocketAddr,
 ) {
     // It may have been revoked while moving.
-    if let Some(body) = refused_now(ctx, &auth, now_s()) {
+    if let Some(body) = refused_now(ctx.shared.policy.current().as_deref(), &auth, now_s()) {
         let mut out = ws_error(&body);
         out.extend_from_slice(&ws_close(1008, "cut off"));
         conn.finish(out).await;

@@ -24,7 +24,7 @@ use proto::mesh::token::Trust;
 use proto::mesh::{frame, ErrorCode, MsgType};
 use tokio::sync::broadcast;
 
-use super::mesh_ws::{admit, json, Channel, AUTH_TIMEOUT, MAX_CONTROL_PAYLOAD};
+use super::mesh_ws::{json, upgrade, Channel, AUTH_TIMEOUT, MAX_CONTROL_PAYLOAD};
 use super::AppState;
 use crate::clock::now_ms;
 use crate::domain::mesh::servers::{self, Server};
@@ -39,26 +39,20 @@ pub async fn server(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let admission = match admit(&app, peer) {
-        Ok(a) => a,
-        Err(refused) => return *refused,
-    };
-    ws.max_message_size(frame::HEADER_LEN + frame::MAX_PAYLOAD)
-        .on_upgrade(move |socket| async move {
-            let _admission = admission;
-            let mut ch = ServerChannel {
-                ch: Channel {
-                    ws: socket,
-                    pushed: 0,
-                },
-                blacklist: BTreeSet::new(),
-                locations: BTreeSet::new(),
-                config: ServerConfig::default(),
-            };
-            if let Err(why) = ch.serve(&app).await {
-                tracing::info!(%why, "mesh server channel closed");
-            }
-        })
+    upgrade(app, peer, ws, |socket, app| async move {
+        let mut ch = ServerChannel {
+            ch: Channel {
+                ws: socket,
+                pushed: 0,
+            },
+            blacklist: BTreeSet::new(),
+            locations: BTreeSet::new(),
+            config: ServerConfig::default(),
+        };
+        if let Err(why) = ch.serve(&app).await {
+            tracing::info!(%why, "mesh server channel closed");
+        }
+    })
 }
 
 /// The keys mesh tokens are verified with, as (kid, public key).

@@ -151,7 +151,7 @@ pub(super) type Admission = (tokio::sync::OwnedSemaphorePermit, IpSlot);
 
 /// A place for one more mesh channel (control or server) from `peer`, or
 /// the 503 that refuses it.
-pub(super) fn admit(app: &AppState, peer: SocketAddr) -> Result<Admission, Box<Response>> {
+fn admit(app: &AppState, peer: SocketAddr) -> Result<Admission, Box<Response>> {
     let Some(slot) = app.mesh.admit(peer.ip()) else {
         tracing::warn!(
             peer = %peer.ip(),
@@ -176,12 +176,18 @@ pub(super) fn admit(app: &AppState, peer: SocketAddr) -> Result<Admission, Box<R
     Ok((permit, slot))
 }
 
-/// `GET /ws/control`.
-pub async fn control(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+/// Upgrade `ws` for a mesh channel from `peer`, holding its place under
+/// the caps while `serve` runs (or the 503 that refuses it).
+pub(super) fn upgrade<F, Fut>(
+    app: AppState,
+    peer: SocketAddr,
     ws: WebSocketUpgrade,
-) -> Response {
+    serve: F,
+) -> Response
+where
+    F: FnOnce(WebSocket, AppState) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let admission = match admit(&app, peer) {
         Ok(a) => a,
         Err(refused) => return *refused,
@@ -189,14 +195,25 @@ pub async fn control(
     ws.max_message_size(frame::HEADER_LEN + frame::MAX_PAYLOAD)
         .on_upgrade(move |socket| async move {
             let _admission = admission;
-            let mut ch = Channel {
-                ws: socket,
-                pushed: 0,
-            };
-            if let Err(why) = ch.serve(&app).await {
-                tracing::info!(%why, "mesh control channel closed");
-            }
+            serve(socket, app).await;
         })
+}
+
+/// `GET /ws/control`.
+pub async fn control(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(app, peer, ws, |socket, app| async move {
+        let mut ch = Channel {
+            ws: socket,
+            pushed: 0,
+        };
+        if let Err(why) = ch.serve(&app).await {
+            tracing::info!(%why, "mesh control channel closed");
+        }
+    })
 }
 
 pub(super) struct Channel {

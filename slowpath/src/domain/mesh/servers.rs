@@ -458,7 +458,7 @@ pub async fn regenerate_token(db: &Db, signer: &Signer<'_>, id: u32) -> Result<W
     )
     .await?;
     tx.commit().await?;
-    revoke_server_token(db, id, &old).await?;
+    revoke_server_token(db, &old).await?;
     Ok(WithToken {
         server: s,
         token: t.token,
@@ -467,7 +467,7 @@ pub async fn regenerate_token(db: &Db, signer: &Signer<'_>, id: u32) -> Result<W
 
 /// Blacklist a server token's id. Its expiry is not stored, so the entry
 /// is kept for the longest a server token lives.
-async fn revoke_server_token(db: &Db, _server: u32, jti: &str) -> Result<()> {
+async fn revoke_server_token(db: &Db, jti: &str) -> Result<()> {
     if jti.is_empty() {
         return Ok(());
     }
@@ -496,7 +496,7 @@ pub async fn delete(db: &Db, id: u32) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
-    revoke_server_token(db, id, &jti).await
+    revoke_server_token(db, &jti).await
 }
 
 /// The relay in this control plane's own fastpath: the `builtin` server
@@ -560,9 +560,11 @@ pub async fn authenticate(
     now_ms: i64,
 ) -> std::result::Result<(Server, ServerClaims), Refusal> {
     let claims = proto::mesh::token::verify(token, trust)?;
-    let revoked = tokens::blacklist(db).await?;
-    proto::mesh::token::check(&claims, u64::try_from(now_ms / 1000).unwrap_or(0), |jti| {
-        revoked.iter().any(|(j, _)| j == jti)
+    // One row looked up, not the whole list: server channels call this at
+    // every change of the mesh.
+    let revoked = tokens::is_revoked(db, claims.jti()).await?;
+    proto::mesh::token::check(&claims, u64::try_from(now_ms / 1000).unwrap_or(0), |_| {
+        revoked
     })?;
     let Claims::Server(c) = claims else {
         return Err(Refusal::Server("not a server token".into()));

@@ -164,6 +164,17 @@ pub async fn revoke(db: &Db, jti: &str, node_id: u32, reason: &str, exp_s: u64) 
     Ok(())
 }
 
+/// Whether `jti` is on the blacklist.
+pub async fn is_revoked(db: &Db, jti: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT jti FROM mesh_token_blacklist WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(db)
+            .await?
+            .is_some(),
+    )
+}
+
 /// The live blacklist: (jti, expiry in unix seconds), expired entries
 /// dropped first.
 pub async fn blacklist(db: &Db) -> Result<Vec<(String, u64)>> {
