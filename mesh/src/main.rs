@@ -62,6 +62,10 @@ enum Cmd {
         /// The name operators see (default: the host name).
         #[arg(long)]
         hostname: Option<String>,
+        /// The relay to use first (its name or id); default: the first
+        /// of the controller's list. Another is tried when it fails.
+        #[arg(long)]
+        relay: Option<String>,
     },
     /// Stop the `up` of --state-dir.
     Down(State),
@@ -109,7 +113,9 @@ fn main() {
             gateway,
             key_rotation_hours,
             hostname,
+            relay,
         } => up(mesh::node::Options {
+            relay,
             controller,
             network,
             state_dir: state.state_dir,

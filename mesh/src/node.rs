@@ -58,6 +58,8 @@ pub struct Options {
     /// How often the node key is replaced (zero: never). The old key
     /// still opens what peers sealed for it for [`OLD_KEY_KEPT`].
     pub key_rotation: Duration,
+    /// The relay to use first, by name or id (None: the first listed).
+    pub relay: Option<String>,
 }
 
 /// Bytes of WebSocket messages the TUN loop gathers into one write.
@@ -705,6 +707,7 @@ impl Node {
     /// The relay connection, reconnecting for ever.
     fn relay_loop(self: Arc<Node>) {
         let mut backoff = Backoff::new();
+        // Relays are tried in turn from the preferred one.
         let mut next = 0usize;
         loop {
             let relays = self
@@ -724,7 +727,17 @@ impl Node {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let relay = &relays[next % relays.len()];
+            let first = self
+                .opts
+                .relay
+                .as_deref()
+                .and_then(|want| {
+                    relays
+                        .iter()
+                        .position(|r| r.name == want || r.server_id.to_string() == want)
+                })
+                .unwrap_or(0);
+            let relay = &relays[(first + next) % relays.len()];
             match self.relay_session(relay, &token) {
                 Ok(()) => backoff.reset(),
                 Err(why) => {

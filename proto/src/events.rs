@@ -128,6 +128,16 @@ pub enum Event {
         /// Whether this is the proxy's last sample.
         closed: bool,
     },
+    /// A mesh node's connection to this host's relay began (`up`) or
+    /// ended: where the node is, for the controller's SERVER_NODE_LOC.
+    MeshNode {
+        /// The node.
+        node_id: u32,
+        /// Its network.
+        network_id: u32,
+        /// Connected (true) or gone (false).
+        up: bool,
+    },
 }
 
 impl Event {
@@ -142,6 +152,8 @@ impl Event {
             Event::AuthFailed { .. } => "auth.failed",
             Event::Traffic { .. } => "proxy.traffic",
             Event::TenantTraffic { .. } => "tenant.traffic",
+            Event::MeshNode { up: true, .. } => "mesh.node.up",
+            Event::MeshNode { up: false, .. } => "mesh.node.down",
         }
     }
 
@@ -155,6 +167,7 @@ impl Event {
             Event::AuthFailed { .. } => 6,
             Event::Traffic { .. } => 7,
             Event::TenantTraffic { .. } => 8,
+            Event::MeshNode { .. } => 9,
         }
     }
 
@@ -179,7 +192,7 @@ impl Event {
             | Event::ProxyClosed { invite, .. }
             | Event::AuthFailed { invite, .. }
             | Event::Traffic { invite, .. } => *invite,
-            Event::TenantTraffic { .. } => None,
+            Event::TenantTraffic { .. } | Event::MeshNode { .. } => None,
         }
     }
 }
@@ -267,6 +280,11 @@ impl R<'_> {
     fn u16(&mut self) -> Result<u16, EventError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, EventError> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
     }
     fn u64(&mut self) -> Result<u64, EventError> {
         let mut a = [0; 8];
@@ -421,6 +439,15 @@ impl EventRecord {
                 w.u64(*bytes_out);
                 w.0.push(*closed as u8);
             }
+            Event::MeshNode {
+                node_id,
+                network_id,
+                up,
+            } => {
+                w.0.extend_from_slice(&node_id.to_le_bytes());
+                w.0.extend_from_slice(&network_id.to_le_bytes());
+                w.0.push(*up as u8);
+            }
         }
     }
 
@@ -503,6 +530,15 @@ impl EventRecord {
                 bytes_in: r.u64()?,
                 bytes_out: r.u64()?,
                 closed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(EventError::BadFlag),
+                },
+            },
+            9 => Event::MeshNode {
+                node_id: r.u32()?,
+                network_id: r.u32()?,
+                up: match r.u8()? {
                     0 => false,
                     1 => true,
                     _ => return Err(EventError::BadFlag),
@@ -605,6 +641,11 @@ mod tests {
                 bytes_in: 52_428_800,
                 bytes_out: 3,
                 closed: true,
+            },
+            Event::MeshNode {
+                node_id: 7,
+                network_id: 1 << 31,
+                up: true,
             },
         ]
     }

@@ -159,6 +159,47 @@ pub fn upgrade_response(key: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The client side: an upgrade request for `path` on `host` with a key
+/// made from 16 random bytes; the key is returned to check the answer.
+pub fn upgrade_request(host: &str, path: &str, random: [u8; 16]) -> (Vec<u8>, String) {
+    let key = base64::engine::general_purpose::STANDARD.encode(random);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    (req.into_bytes(), key)
+}
+
+/// The client side: the server's answer to [`upgrade_request`] with `key`
+/// in `buf`. `Ok(Some(head_len))` once a valid 101 is complete (frames may
+/// follow it in `buf`), `Ok(None)` while the head is incomplete, Err with
+/// what was wrong (the status line and body of a refusal).
+pub fn check_upgrade_answer(buf: &[u8], key: &str) -> Result<Option<usize>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Err("upgrade answer head too long".into());
+        }
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    if status.split(' ').nth(1) != Some("101") {
+        let body = String::from_utf8_lossy(&buf[end + 4..]);
+        return Err(format!("upgrade refused: {status} {body}"));
+    }
+    let want = accept_key(key);
+    let accepted = lines.any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == want
+        })
+    });
+    if !accepted {
+        return Err("upgrade answer without the right Sec-WebSocket-Accept".into());
+    }
+    Ok(Some(end + 4))
+}
+
 /// A refusal before the upgrade: `status` with `reason` as a plain body,
 /// and the connection closed.
 pub fn refusal_response(status: u16, reason: &str) -> Vec<u8> {
@@ -340,6 +381,11 @@ pub fn parse_head(
 /// XOR `data` with `mask`, starting at byte `offset` of the payload (so a
 /// payload may be unmasked in pieces).
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    // A zero key changes nothing (relay-to-relay links use it: the mask
+    // guards HTTP caches against a browser's frames, and a relay is none).
+    if mask == [0; 4] {
+        return;
+    }
     // Rotate the key so that data[0] pairs with the payload's byte offset.
     let k = u32::from_ne_bytes([
         mask[offset % 4],
@@ -397,6 +443,29 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_client_handshake_meets_the_server_one() {
+        let (req, key) = super::upgrade_request("r1:8444", "/ws/mesh", [7; 16]);
+        let up = super::parse_upgrade(&req).unwrap().unwrap();
+        assert_eq!(
+            (up.path.as_str(), up.key.as_str()),
+            ("/ws/mesh", key.as_str())
+        );
+        let mut answer = super::upgrade_response(&up.key);
+        let head = answer.len();
+        assert_eq!(
+            super::check_upgrade_answer(&answer[..head - 1], &key),
+            Ok(None)
+        );
+        answer.extend_from_slice(b"\x82\x00");
+        assert_eq!(super::check_upgrade_answer(&answer, &key), Ok(Some(head)));
+        let other = super::upgrade_response("dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(super::check_upgrade_answer(&other, &key).is_err());
+        let refused = super::refusal_response(404, "no such endpoint");
+        let e = super::check_upgrade_answer(&refused, &key).unwrap_err();
+        assert!(e.contains("404") && e.contains("no such endpoint"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -40,6 +40,9 @@ pub enum Command {
     /// The mesh controller (seed 003): networks, nodes, routes, settings.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// A standalone mesh relay (seed 003 §12.2): a fastpath serving
+    /// /ws/data and /ws/mesh, governed by a controller over /ws/server.
+    Relay(RelayArgs),
     /// Run the data plane (the fastpath) in this process, with fastpath's own
     /// flags (`slowpath fastpath --help`); `up` starts it this way as a child.
     #[command(disable_help_flag = true)]
@@ -120,6 +123,32 @@ pub struct UpArgs {
     pub serve: ServeArgs,
     /// A separate fastpath binary to run; default: this executable's own
     /// `fastpath` subcommand.
+    #[arg(long)]
+    pub fastpath_bin: Option<PathBuf>,
+}
+
+/// `slowpath relay`.
+#[derive(Debug, Args, Clone)]
+pub struct RelayArgs {
+    /// The controller: ws://HOST:PORT (its API address; /ws/server is used).
+    #[arg(long)]
+    pub controller: String,
+    /// This server's token (`slowpath mesh server add` prints it).
+    #[arg(long, env = "TOTORO_SERVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token instead.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Data directory (fastpath.toml, the policy directory).
+    #[arg(long, default_value = "./totoro-relay")]
+    pub data_dir: PathBuf,
+    /// The relay port (/ws/data for nodes, /ws/mesh for relays).
+    #[arg(long, default_value_t = 8444)]
+    pub port: u16,
+    /// The fastpath's frp port (it takes no logins on a relay).
+    #[arg(long, default_value_t = 7000)]
+    pub frp_port: u16,
+    /// A separate fastpath binary; default: this executable's `fastpath`.
     #[arg(long)]
     pub fastpath_bin: Option<PathBuf>,
 }

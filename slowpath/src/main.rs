@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => client::audit(args),
         Command::Stats(args) => client::stats(args),
         Command::Mesh(cmd) => client::mesh(cmd),
+        Command::Relay(args) => relay(args),
         Command::Fastpath { .. } => unreachable!("dispatched before parsing"),
     };
     match result {
@@ -62,6 +63,13 @@ fn run_fastpath(_args: std::env::ArgsOs) -> ExitCode {
          run a fastpath binary instead"
     );
     ExitCode::from(2)
+}
+
+fn relay(args: cli::RelayArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::relay::run(args))
 }
 
 fn serve(args: cli::ServeArgs, up: Option<cli::UpArgs>) -> anyhow::Result<()> {

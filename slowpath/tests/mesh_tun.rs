@@ -6,12 +6,15 @@
 //! Once authorized, the nodes ping each other's virtual IP and move 64 MiB
 //! over TCP with the same SHA-256 at both ends, while a packet capture on
 //! the relay's side of a veth sees the traffic but never the payload's
-//! plaintext. A deauthorized node is no longer reached.
+//! plaintext. A deauthorized node is no longer reached. With two relays
+//! (the built-in one and a standalone `slowpath relay`) and a node on each,
+//! the nodes reach each other across the relay-to-relay link.
 
 mod harness;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +52,23 @@ fn node(lab: &mut Lab, n: &str, controller: &str, state: &Path, flags: &[&str]) 
     args.push(state);
     args.extend_from_slice(flags);
     lab.spawn(n, &mesh_bin(), &args, log);
+}
+
+/// The ids of the nodes named `names` (by host name, in that order), once
+/// all have registered (they register in either order).
+fn registered(sp: &Slowpath, names: &[&str]) -> Vec<u64> {
+    wait_until("the nodes to register", Duration::from_secs(20), || {
+        let (_, v) = sp.admin_call("GET", "/api/v1/mesh/nodes", None);
+        let list = v.as_array()?.clone();
+        names
+            .iter()
+            .map(|name| {
+                list.iter()
+                    .find(|n| n["hostname"] == *name)
+                    .and_then(|n| n["id"].as_u64())
+            })
+            .collect()
+    })
 }
 
 fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -132,6 +152,35 @@ fn capture(
     })
 }
 
+/// `payload` over TCP from namespace `from` to a listener at `to_addr` in
+/// namespace `to`: what arrived and how long it took.
+fn transfer(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    to_addr: SocketAddr,
+    payload: Vec<u8>,
+) -> (Vec<u8>, Duration) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sink = in_ns(&lab.ns(to), move || {
+        let l = TcpListener::bind(to_addr).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::with_capacity(64 << 20);
+        c.read_to_end(&mut got).unwrap();
+        got
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let source = in_ns(&lab.ns(from), move || {
+        let mut c = TcpStream::connect_timeout(&to_addr, Duration::from_secs(5)).unwrap();
+        c.write_all(&payload).unwrap();
+    });
+    source.join().unwrap();
+    let got = sink.join().unwrap();
+    (got, started.elapsed())
+}
+
 fn sha256(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b)
         .as_ref()
@@ -158,11 +207,7 @@ fn tun_case(backend: Backend) {
     node(&mut lab, "b", &controller, &states[1], &rotate);
 
     // Both register and wait; the operator authorizes them.
-    let ids: Vec<u64> = wait_until("both nodes to register", Duration::from_secs(20), || {
-        let (_, v) = sp.admin_call("GET", "/api/v1/mesh/nodes", None);
-        let list = v.as_array()?.clone();
-        (list.len() == 2).then(|| list.iter().map(|n| n["id"].as_u64().unwrap()).collect())
-    });
+    let ids = registered(&sp, &["a", "b"]);
     for id in &ids {
         let (st, v) = sp.admin_call("POST", &format!("/api/v1/mesh/nodes/{id}/authorize"), None);
         assert_eq!(st, 200, "{v}");
@@ -213,25 +258,7 @@ fn tun_case(backend: Backend) {
     let want = sha256(&payload);
     let stop = Arc::new(AtomicBool::new(false));
     let cap = capture(&format!("{}a", lab.tag), marker.clone(), Arc::clone(&stop));
-    let sink_addr = SocketAddr::from((ip_b, 5001));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sink = in_ns(&lab.ns("b"), move || {
-        let l = TcpListener::bind(sink_addr).unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut c, _) = l.accept().unwrap();
-        let mut got = Vec::with_capacity(64 << 20);
-        c.read_to_end(&mut got).unwrap();
-        got
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    let started = Instant::now();
-    let source = in_ns(&lab.ns("a"), move || {
-        let mut c = TcpStream::connect_timeout(&sink_addr, Duration::from_secs(5)).unwrap();
-        c.write_all(&payload).unwrap();
-    });
-    source.join().unwrap();
-    let got = sink.join().unwrap();
-    let took = started.elapsed();
+    let (got, took) = transfer(&lab, "a", "b", SocketAddr::from((ip_b, 5001)), payload);
     stop.store(true, Ordering::Relaxed);
     let (seen, found) = cap.join().unwrap();
     assert_eq!(got.len(), 64 << 20);
@@ -306,17 +333,218 @@ fn tun_case(backend: Backend) {
     });
 }
 
+/// A standalone relay (`slowpath relay`), stopped with SIGTERM (it stops
+/// its fastpath) when dropped.
+struct StandaloneRelay {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl StandaloneRelay {
+    fn start(controller: &str, token: &str, port: u16, dir: PathBuf) -> StandaloneRelay {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .unwrap();
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_slowpath"))
+            .args(["relay", "--controller", controller, "--port"])
+            .arg(port.to_string())
+            .arg("--frp-port")
+            .arg(bench::proc::free_port().to_string())
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("TOTORO_SERVER_TOKEN", token)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        StandaloneRelay { child, dir }
+    }
+}
+
+impl Drop for StandaloneRelay {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        harness::kill_instance_fastpath(&self.dir.join("policy"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Two relays, nodes split between them: the built-in relay of `slowpath
+/// up` and a standalone `slowpath relay` registered on `/ws/server`. Node
+/// a uses the first, b the second; their packets cross the relay-to-relay
+/// link (`/ws/mesh`, dialed by the lower id).
+fn two_relays_case(backend: Backend) {
+    let mut lab = Lab::new('m', 203, &["a", "b"]);
+    let port = bench::proc::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let sp = Slowpath::up(
+        &backend,
+        &["--listen", &listen, "--public-addr", "10.203.1.1"],
+    );
+    sp.wait_frp();
+    let controller = format!("http://10.203.1.1:{port}");
+    // The second relay: a server record, its token, the process.
+    let relay_port = bench::proc::free_port();
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/mesh/servers",
+        Some(serde_json::json!({
+            "name": "relay-2",
+            "url": format!("ws://10.203.1.1:{relay_port}/ws/data"),
+        })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let r2 = v["server"]["id"].as_u64().unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    let (_, list) = sp.admin_call("GET", "/api/v1/mesh/servers", None);
+    let r1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .find(|&id| id != r2)
+        .expect("the built-in relay");
+    assert!(r1 < r2, "the built-in relay dials: {r1} < {r2}");
+    let _relay = StandaloneRelay::start(
+        &format!("ws://127.0.0.1:{port}"),
+        &token,
+        relay_port,
+        sp.dir.join("relay-2"),
+    );
+    let states: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| sp.dir.join(format!("node-{n}")))
+        .collect();
+    node(
+        &mut lab,
+        "a",
+        &controller,
+        &states[0],
+        &["--relay", &r1.to_string()],
+    );
+    node(
+        &mut lab,
+        "b",
+        &controller,
+        &states[1],
+        &["--relay", "relay-2"],
+    );
+    let ids = registered(&sp, &["a", "b"]);
+    for id in &ids {
+        let (st, v) = sp.admin_call("POST", &format!("/api/v1/mesh/nodes/{id}/authorize"), None);
+        assert_eq!(st, 200, "{v}");
+    }
+    // Each on its own relay.
+    let ips: Vec<Ipv4Addr> = states
+        .iter()
+        .zip([r1, r2])
+        .map(|(s, relay)| {
+            wait_until("a node on its relay", Duration::from_secs(30), || {
+                let v = status(s)?;
+                let ip = v["virtual_ip"].as_str()?.parse().ok()?;
+                (v["relay"].as_u64()? == relay).then_some(ip)
+            })
+        })
+        .collect();
+    let (ip_a, ip_b) = (ips[0], ips[1]);
+    // Once the controller knows where each is and the link is up, they
+    // reach each other across the two relays.
+    let t = Instant::now();
+    wait_until(
+        "a to reach b across the relays",
+        Duration::from_secs(30),
+        || ping(&lab, "a", &ip_b.to_string(), 1).then_some(()),
+    );
+    eprintln!(
+        "[mesh_relays] first ping across two relays after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(ping(&lab, "b", &ip_a.to_string(), 3), "b reaches a");
+    assert!(ping(&lab, "a", &ip_b.to_string(), 3), "a reaches b");
+    let (_, locs) = sp.admin_call("GET", "/api/v1/mesh/stats/overview", None);
+    eprintln!("[mesh_relays] overview {locs}");
+
+    // 64 MiB from b to a, the same at both ends.
+    let mut payload = Vec::with_capacity(64 << 20);
+    let mut i = 0u64;
+    while payload.len() < 64 << 20 {
+        payload.extend_from_slice(&i.to_le_bytes());
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+    let want = sha256(&payload);
+    let (got, took) = transfer(&lab, "b", "a", SocketAddr::from((ip_a, 5002)), payload);
+    assert_eq!(got.len(), 64 << 20);
+    assert_eq!(sha256(&got), want, "64 MiB arrived changed");
+    eprintln!(
+        "[mesh_relays] 64 MiB b -> a across two relays in {:.2} s ({:.0} Mbit/s)",
+        took.as_secs_f64(),
+        (64u64 << 23) as f64 / took.as_secs_f64() / 1e6
+    );
+
+    // b deauthorized: the standalone relay cuts it off, a reaches it no
+    // more.
+    let t = Instant::now();
+    let (st, _) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/mesh/nodes/{}/deauthorize", ids[1]),
+        None,
+    );
+    assert_eq!(st, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&states[1]).is_some_and(|v| v["relay"].as_u64() == Some(r2)) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(states[1].with_extension("log")).unwrap_or_default();
+            panic!("b is still on relay 2 5 s after its deauthorization; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "[mesh_relays] deauthorized b off relay 2 after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        !ping(&lab, "a", &ip_b.to_string(), 1),
+        "b is no longer reached"
+    );
+}
+
+#[test]
+fn nodes_on_two_relays_reach_each_other_across_the_relay_mesh() {
+    on_tun("mesh_relays", two_relays_case);
+}
+
 #[test]
 fn two_nodes_on_tun_devices_reach_each_other_through_the_relay() {
+    on_tun("mesh_tun", tun_case);
+}
+
+/// Run `case` on each backend where TUN devices and namespaces can be
+/// made; elsewhere say it is skipped (and fail under CI).
+fn on_tun(tag: &str, case: fn(Backend)) {
     if let Some(why) = missing() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run the TUN test: {why}"
         );
-        eprintln!("[mesh_tun] SKIPPED: {why}");
+        eprintln!("[{tag}] SKIPPED: {why}");
         return;
     }
-    each_backend("mesh_tun", tun_case);
+    each_backend(tag, case);
 }
 
 /// Ping `ip` from namespace `ns` with `totoro-mesh ping`; whether it answered.

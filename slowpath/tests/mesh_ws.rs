@@ -16,7 +16,7 @@ use harness::{each_backend, Backend, Slowpath};
 use mesh::keys::{encode, MachineKey, NodeKey};
 use proto::mesh::control::{
     auth_signed_bytes, node_key_signed_bytes, AuthResponse, Blacklist, ConfigUpdate, ErrorBody,
-    NodeKeyUpdate, NodeLocations, ServerConfig, ServerRegister,
+    NodeKeyUpdate, NodeLocations, ServerConfig, ServerNodes, ServerRegister,
 };
 use proto::mesh::MsgType;
 use serde_json::{json, Value};
@@ -333,6 +333,9 @@ fn register(sp: &Slowpath, token: &str) -> (Ws, ServerConfig, Blacklist, NodeLoc
     let cfg: ServerConfig = expect(&mut ws, MsgType::Config);
     let bl: Blacklist = expect(&mut ws, MsgType::ServerBlacklist);
     assert!(bl.full);
+    // A relay hears of the authorized nodes (the whole list, first).
+    let nodes: ServerNodes = expect(&mut ws, MsgType::ConfigUpdate);
+    assert!(nodes.full, "{nodes:?}");
     let loc: NodeLocations = expect(&mut ws, MsgType::ServerNodeLoc);
     assert!(loc.full);
     (ws, cfg, bl, loc)
@@ -418,6 +421,21 @@ fn servers(backend: Backend) {
         ed25519: &keys,
         hs256: None,
     };
+    // The lower id dials: relay 1 holds a link token for relay 2, made for
+    // that pair alone.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(cfg.links.len(), 1, "{cfg:?}");
+    assert_eq!(cfg.links[0].0, r2);
+    let link = proto::mesh::token::check_link_token(&cfg.links[0].1, &trust, r2, now_s, |_| false)
+        .expect("the link token verifies on relay 2");
+    assert_eq!(link.from, r1);
+    assert!(
+        proto::mesh::token::check_link_token(&cfg.links[0].1, &trust, r1, now_s, |_| false)
+            .is_err()
+    );
 
     // A node's CONFIG lists both relays, and its relay token verifies on
     // the relay with that key alone.
@@ -436,10 +454,13 @@ fn servers(backend: Backend) {
     );
     let (mut wa, _, node_cfg) = join(&sp, &a);
     assert_eq!(node_cfg.relays.len(), 2);
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    // The relay hears that a is authorized.
+    wait_for::<ServerNodes>(
+        &mut w1,
+        MsgType::ConfigUpdate,
+        Duration::from_secs(5),
+        |n| n.nodes.iter().any(|&(id, _)| id == a_id),
+    );
     let claims =
         proto::mesh::token::check_relay_token(&node_cfg.relay_token, &trust, r1, now_s, |_| false)
             .expect("the relay token verifies on relay 1");
@@ -484,6 +505,10 @@ fn servers(backend: Backend) {
             b.entries.iter().any(|(j, _)| *j == claims.jti)
         });
         assert!(!b.full);
+        // And the node leaves its list of authorized nodes.
+        wait_for::<ServerNodes>(w, MsgType::ConfigUpdate, Duration::from_secs(1), |n| {
+            n.removed.iter().any(|&(id, _)| id == a_id)
+        });
     }
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let err = wait_error(&mut wa);

@@ -7,6 +7,10 @@
 //! - [`relay`]: a connection's life: transport, upgrade, token, home
 //!   worker, frames; the policy re-check that cuts revoked nodes off.
 //! - [`nodes`]: the nodes connected to one worker and their outboxes.
+//! - [`links`]: links to the other relays (`/ws/mesh`), and how frames
+//!   cross workers.
 
+pub mod frames;
+pub mod links;
 pub mod nodes;
 pub mod relay;

@@ -33,10 +33,42 @@ pub struct NodeAuth {
     pub exp: u64,
 }
 
-/// One node's connection, as the rest of its worker reaches it.
-pub struct Link {
+/// What a link token said about the relay at the other end of a
+/// relay-to-relay link, or, on the dialing side, which relay was dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAuth {
+    /// The other relay.
+    pub relay_id: u32,
+    /// The token's id, on the accepting side (a revocation names it);
+    /// empty on the dialing side.
+    pub jti: String,
+    /// Whether this relay dialed (its frames are masked, as a WebSocket
+    /// client's are).
+    pub dialer: bool,
+}
+
+/// A new link, its outbox's receiving end and its byte count.
+pub type NewLink<A> = (Rc<Link<A>>, mpsc::unbounded::Rx<Vec<u8>>, Rc<Cell<usize>>);
+
+/// Who an authenticated mesh connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshAuth {
+    /// A node, on `/ws/data`.
+    Node(NodeAuth),
+    /// Another relay, on `/ws/mesh`.
+    Relay(LinkAuth),
+}
+
+/// The worker that serves the link to relay `relay_id`.
+pub fn link_worker(relay_id: u32, workers: usize) -> usize {
+    relay_id as usize % workers.max(1)
+}
+
+/// A connection, as the rest of its worker reaches it: a node's
+/// (`A` = [`NodeAuth`]) or another relay's ([`LinkAuth`]).
+pub struct Link<A = NodeAuth> {
     /// Who it is.
-    pub auth: NodeAuth,
+    pub auth: A,
     outbox: RefCell<Option<mpsc::unbounded::Tx<Vec<u8>>>>,
     queued: Rc<Cell<usize>>,
     cap: usize,
@@ -75,13 +107,10 @@ pub fn ws_close(code: u16, reason: &str) -> Vec<u8> {
     out
 }
 
-impl Link {
+impl<A> Link<A> {
     /// A link whose outbox holds at most `cap` bytes; the writer task
     /// takes the receiving end and `queued` (bytes) with it.
-    pub fn new(
-        auth: NodeAuth,
-        cap: usize,
-    ) -> (Rc<Link>, mpsc::unbounded::Rx<Vec<u8>>, Rc<Cell<usize>>) {
+    pub fn new(auth: A, cap: usize) -> NewLink<A> {
         let (tx, rx) = mpsc::unbounded::channel();
         let queued = Rc::new(Cell::new(0));
         let link = Rc::new(Link {
@@ -144,10 +173,26 @@ impl Link {
     }
 }
 
-/// The nodes on this worker.
+/// Mesh frames gathered for one destination while a read is handled,
+/// sent on in one piece when it is done ([`MeshNodes::take_batches`]).
+pub struct Batch {
+    /// The worker that serves the destination.
+    pub worker: usize,
+    /// The link's relay, or 0 for nodes of that worker.
+    pub relay: u32,
+    /// Whole seed frames, back to back.
+    pub frames: Vec<u8>,
+}
+
+/// The mesh on this worker: its nodes, its links to other relays, and
+/// the frames waiting to go to either.
 #[derive(Default)]
 pub struct MeshNodes {
     by_id: RefCell<HashMap<u32, Rc<Link>>>,
+    links: RefCell<HashMap<u32, Rc<Link<LinkAuth>>>>,
+    /// Relays this worker is dialing (or holds a dialed link to).
+    dialing: RefCell<std::collections::HashSet<u32>>,
+    batches: RefCell<Vec<Batch>>,
 }
 
 impl MeshNodes {
@@ -164,14 +209,82 @@ impl MeshNodes {
         }
     }
 
-    /// Forget `link` (its connection ended), unless a newer one replaced it.
-    pub fn remove(&self, link: &Rc<Link>) {
+    /// Forget `link` (its connection ended), unless a newer one replaced
+    /// it; whether it was forgotten.
+    pub fn remove(&self, link: &Rc<Link>) -> bool {
         let mut m = self.by_id.borrow_mut();
         if m.get(&link.auth.node_id)
             .is_some_and(|l| Rc::ptr_eq(l, link))
         {
             m.remove(&link.auth.node_id);
+            return true;
         }
+        false
+    }
+
+    /// The link to relay `id`, if this worker holds one.
+    pub fn link(&self, id: u32) -> Option<Rc<Link<LinkAuth>>> {
+        self.links.borrow().get(&id).cloned()
+    }
+
+    /// Register a link; one held before to the same relay is closed.
+    pub fn insert_link(&self, link: Rc<Link<LinkAuth>>) {
+        let old = self.links.borrow_mut().insert(link.auth.relay_id, link);
+        if let Some(old) = old {
+            old.close(None, "replaced by a newer link");
+        }
+    }
+
+    /// Forget a link that ended, unless a newer one replaced it.
+    pub fn remove_link(&self, link: &Rc<Link<LinkAuth>>) {
+        let mut m = self.links.borrow_mut();
+        if m.get(&link.auth.relay_id)
+            .is_some_and(|l| Rc::ptr_eq(l, link))
+        {
+            m.remove(&link.auth.relay_id);
+        }
+    }
+
+    /// Every link, for a policy pass.
+    pub fn all_links(&self) -> Vec<Rc<Link<LinkAuth>>> {
+        self.links.borrow().values().cloned().collect()
+    }
+
+    /// Mark relay `id` as dialed from here; false if it already is.
+    pub fn start_dialing(&self, id: u32) -> bool {
+        self.dialing.borrow_mut().insert(id)
+    }
+
+    /// Relay `id` is no longer dialed from here.
+    pub fn stop_dialing(&self, id: u32) {
+        self.dialing.borrow_mut().remove(&id);
+    }
+
+    /// Add a whole seed frame for (`worker`, `relay`); the batch's size
+    /// after it.
+    pub fn gather(&self, worker: usize, relay: u32, frame: &[u8]) -> usize {
+        let mut b = self.batches.borrow_mut();
+        let i = match b
+            .iter()
+            .position(|x| x.worker == worker && x.relay == relay)
+        {
+            Some(i) => i,
+            None => {
+                b.push(Batch {
+                    worker,
+                    relay,
+                    frames: Vec::with_capacity(frame.len().max(16 * 1024)),
+                });
+                b.len() - 1
+            }
+        };
+        b[i].frames.extend_from_slice(frame);
+        b[i].frames.len()
+    }
+
+    /// Everything gathered, to be sent on.
+    pub fn take_batches(&self) -> Vec<Batch> {
+        std::mem::take(&mut *self.batches.borrow_mut())
     }
 
     /// Every link, for a policy pass.

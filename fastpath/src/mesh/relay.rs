@@ -37,7 +37,12 @@ use proto::mesh::token::{self, TokenError, Trust};
 use proto::mesh::{data, frame, ErrorCode, MsgType};
 use proto::ws;
 
-use super::nodes::{home_worker, ws_close, ws_error, ws_seed_frame, Link, MeshNodes, NodeAuth};
+use super::frames::FrameReader;
+use super::links::{self, MESH_PATH};
+use super::nodes::{
+    home_worker, link_worker, ws_close, ws_error, ws_seed_frame, Link, MeshAuth, MeshNodes,
+    NodeAuth,
+};
 use crate::policy::LoadedTable;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::{WorkerCtx, IDENTIFY_DEADLINE};
@@ -45,6 +50,7 @@ use crate::transport::conn::{Aborter, Conn, ConnReader, ConnWriter};
 use crate::transport::handoff::{detach, MovedMesh, WorkerMsg};
 use crate::transport::listener::accept_each;
 use crate::transport::tls::TlsStream;
+use proto::events::Event;
 
 /// The path nodes connect to.
 pub const DATA_PATH: &str = "/ws/data";
@@ -81,11 +87,11 @@ pub async fn accept_loop(
     .await
 }
 
-fn left(deadline: Instant) -> Duration {
+pub(super) fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn now_s() -> u64 {
+pub(super) fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -112,9 +118,16 @@ async fn serve(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>, stream: TcpStream, peer
     };
     ctx.preauth.identified(peer.ip());
     drop(ticket);
-    let home = home_worker(auth.network_id, ctx.shared.inboxes.len());
+    let workers = ctx.shared.inboxes.len();
+    let home = match &auth {
+        MeshAuth::Node(n) => home_worker(n.network_id, workers),
+        MeshAuth::Relay(l) => link_worker(l.relay_id, workers),
+    };
     if home == ctx.id {
-        return run(&ctx, &nodes, conn, pending, auth, peer).await;
+        return match auth {
+            MeshAuth::Node(auth) => run(&ctx, &nodes, conn, pending, auth, peer).await,
+            MeshAuth::Relay(auth) => links::run(&ctx, &nodes, conn, pending, auth, peer).await,
+        };
     }
     let (socket, tls) = match conn {
         Conn::Tcp(s, _) => (detach(s), None),
@@ -158,11 +171,14 @@ pub async fn adopt(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>, moved: MovedMesh) {
         Some(state) => Conn::tls(TlsStream::from_parts(stream, state)),
         None => Conn::tcp(stream),
     };
-    run(&ctx, &nodes, conn, pending, auth, peer).await;
+    match auth {
+        MeshAuth::Node(auth) => run(&ctx, &nodes, conn, pending, auth, peer).await,
+        MeshAuth::Relay(auth) => links::run(&ctx, &nodes, conn, pending, auth, peer).await,
+    }
 }
 
 /// Steps 1 to 3: the transport, the upgrade, the token.
-async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, NodeAuth), String> {
+async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, MeshAuth), String> {
     let (r, first) = stream.read(Vec::with_capacity(4096)).await;
     match r {
         Ok(0) => return Err("closed before sending anything".into()),
@@ -198,9 +214,10 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
             Ok(_) => {}
         }
     };
-    if upgrade.path != DATA_PATH {
+    let relay_link = upgrade.path == MESH_PATH;
+    if upgrade.path != DATA_PATH && !relay_link {
         let why = format!(
-            "no WebSocket endpoint at {}; nodes use {DATA_PATH}",
+            "no WebSocket endpoint at {}; nodes use {DATA_PATH}, relays {MESH_PATH}",
             upgrade.path
         );
         let _ = conn.write_all(ws::refusal_response(404, &why)).await;
@@ -211,7 +228,7 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
     buf.drain(..upgrade.head_len);
     // Step 3: the first whole message.
     let (msg, rest) = loop {
-        match first_message(&buf) {
+        match first_message(&buf, true) {
             Ok(Some(m)) => break m,
             Ok(None) => {}
             Err(why) => {
@@ -235,7 +252,12 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
             Ok(_) => {}
         }
     };
-    match authenticate(ctx, &msg) {
+    let checked = if relay_link {
+        links::authenticate(ctx, &msg).map(MeshAuth::Relay)
+    } else {
+        authenticate(ctx, &msg).map(MeshAuth::Node)
+    };
+    match checked {
         // AUTH_RESPONSE comes from the home worker once the node is
         // registered there, so that nothing sent to it is 3002 after it.
         Ok(auth) => Ok((conn, rest, auth)),
@@ -255,11 +277,11 @@ type WholeMessage = (Vec<u8>, Vec<u8>);
 
 /// The first WebSocket message in `buf` (unmasked; continuation frames
 /// joined), and the bytes after it; None until it is all there.
-fn first_message(buf: &[u8]) -> Result<Option<WholeMessage>, String> {
+pub(super) fn first_message(buf: &[u8], masked: bool) -> Result<Option<WholeMessage>, String> {
     let mut at = 0;
     let mut msg = Vec::new();
     loop {
-        let Some(h) = ws::parse_head(&buf[at..], true, MAX_MESSAGE).map_err(|e| e.to_string())?
+        let Some(h) = ws::parse_head(&buf[at..], masked, MAX_MESSAGE).map_err(|e| e.to_string())?
         else {
             return Ok(None);
         };
@@ -289,8 +311,28 @@ fn first_message(buf: &[u8]) -> Result<Option<WholeMessage>, String> {
     }
 }
 
-/// Check a relay token against the table in force.
-fn authenticate(ctx: &WorkerCtx, msg: &[u8]) -> Result<NodeAuth, ErrorBody> {
+/// An AUTH_REQUEST's token with what it is checked against: the table in
+/// force, this relay's id in it and the table's key of the token's `kid`.
+pub(super) struct Presented {
+    pub token: String,
+    pub table: std::sync::Arc<LoadedTable>,
+    pub relay_id: u32,
+    keys: Vec<(String, [u8; 32])>,
+}
+
+impl Presented {
+    /// The keys a token is verified with.
+    pub fn trust(&self) -> Trust<'_> {
+        Trust {
+            ed25519: &self.keys,
+            hs256: None,
+        }
+    }
+}
+
+/// The first message on the relay port, read as an AUTH_REQUEST, and the
+/// table that decides it (refused when there is no relay in it).
+pub(super) fn presented(ctx: &WorkerCtx, msg: &[u8]) -> Result<Presented, ErrorBody> {
     let f = frame::parse(msg, frame::MAX_PAYLOAD)
         .map_err(|e| ErrorBody::new(e.code(), &e.to_string()))?;
     if f.kind != MsgType::AuthRequest {
@@ -316,14 +358,23 @@ fn authenticate(ctx: &WorkerCtx, msg: &[u8]) -> Result<NodeAuth, ErrorBody> {
         .ok()
         .and_then(|j| j.kid().map(str::to_owned))
         .unwrap_or_default();
-    let keys: Vec<(String, [u8; 32])> = t.ticket_key(&kid).map(|k| (kid, k)).into_iter().collect();
-    let trust = Trust {
-        ed25519: &keys,
-        hs256: None,
-    };
-    let claims =
-        token::check_relay_token(&req.token, &trust, relay_id, now_s(), |j| t.mesh_revoked(j))
-            .map_err(|e: TokenError| ErrorBody::new(e.code(), &e.to_string()))?;
+    let keys = t.ticket_key(&kid).map(|k| (kid, k)).into_iter().collect();
+    Ok(Presented {
+        token: req.token,
+        table,
+        relay_id,
+        keys,
+    })
+}
+
+/// Check a relay token against the table in force.
+fn authenticate(ctx: &WorkerCtx, msg: &[u8]) -> Result<NodeAuth, ErrorBody> {
+    let p = presented(ctx, msg)?;
+    let t = p.table.get();
+    let claims = token::check_relay_token(&p.token, &p.trust(), p.relay_id, now_s(), |j| {
+        t.mesh_revoked(j)
+    })
+    .map_err(|e: TokenError| ErrorBody::new(e.code(), &e.to_string()))?;
     if t.mesh_node_network(claims.node_id) != Some(claims.network_id) {
         return Err(ErrorBody::new(
             ErrorCode::NodeNotAuthorized,
@@ -367,7 +418,7 @@ fn refused_now(table: Option<&LoadedTable>, auth: &NodeAuth, now: u64) -> Option
 
 /// After a new policy table, or on the worker's tick: close the
 /// connections it no longer allows, with their code.
-pub fn recheck(ctx: &WorkerCtx, nodes: &MeshNodes) {
+pub fn recheck(ctx: &Rc<WorkerCtx>, nodes: &Rc<MeshNodes>) {
     let now = now_s();
     // The table in force, read once for the whole pass.
     let table = ctx.shared.policy.current();
@@ -375,10 +426,31 @@ pub fn recheck(ctx: &WorkerCtx, nodes: &MeshNodes) {
         if let Some(body) = refused_now(table.as_deref(), &link.auth, now) {
             tracing::info!(node = link.auth.node_id, code = body.code, reason = %body.message,
                 "mesh node cut off");
-            nodes.remove(&link);
+            if nodes.remove(&link) {
+                node_gone(ctx, &link.auth);
+            }
             link.close(Some(&body), "cut off");
         }
     }
+    links::recheck(ctx, nodes, table.as_deref(), now);
+}
+
+/// Tell the control plane a node is connected here.
+fn node_here(ctx: &WorkerCtx, auth: &NodeAuth) {
+    ctx.events.emit(Event::MeshNode {
+        node_id: auth.node_id,
+        network_id: auth.network_id,
+        up: true,
+    });
+}
+
+/// Tell the control plane a node is no longer connected here.
+fn node_gone(ctx: &WorkerCtx, auth: &NodeAuth) {
+    ctx.events.emit(Event::MeshNode {
+        node_id: auth.node_id,
+        network_id: auth.network_id,
+        up: false,
+    });
 }
 
 /// Step 5: the connection's life on its home worker.
@@ -414,12 +486,16 @@ async fn run(
     let stall = Duration::from_secs(ctx.shared.config.fastpath.write_stall_secs.max(1));
     monoio::spawn(write_loop(writer, outbox, queued, aborter, stall));
     nodes.insert(Rc::clone(&link));
+    node_here(ctx, &link.auth);
     WorkerStats::add(&ctx.stats().mesh_nodes, 1);
     tracing::debug!(node = link.auth.node_id, network = link.auth.network_id, %peer, worker = ctx.id,
         "mesh node connected");
     let why = read_loop(ctx, nodes, &link, reader, pending).await;
     tracing::debug!(node = link.auth.node_id, %peer, reason = %why, "mesh node disconnected");
-    nodes.remove(&link);
+    links::flush(ctx, nodes);
+    if nodes.remove(&link) {
+        node_gone(ctx, &link.auth);
+    }
     if !link.is_closing() {
         link.close(None, &why);
     }
@@ -427,7 +503,7 @@ async fn run(
 }
 
 /// Writes a node's outbox, gathering what is queued into one write.
-async fn write_loop(
+pub(super) async fn write_loop(
     mut w: ConnWriter,
     mut outbox: mpsc::unbounded::Rx<Vec<u8>>,
     queued: Rc<Cell<usize>>,
@@ -464,14 +540,11 @@ async fn read_loop(
     pending: Vec<u8>,
 ) -> String {
     let stats = ctx.stats();
-    let mut buf = pending;
-    let mut start = 0usize;
+    let mut frames = FrameReader::new(pending, true, MAX_MESSAGE);
     // A message arriving in fragments.
     let mut partial: Option<Vec<u8>> = None;
-    // Bytes of the frame that begins at `start`, when it is not all there.
-    let mut whole = 0usize;
     loop {
-        while let Some(h) = match ws::parse_head(&buf[start..], true, MAX_MESSAGE) {
+        while let Some((h, at)) = match frames.next_frame() {
             Ok(h) => h,
             Err(e) => {
                 WorkerStats::bump(&stats.protocol_errors, 1);
@@ -479,20 +552,10 @@ async fn read_loop(
                 return format!("WebSocket: {e}");
             }
         } {
-            let body = start + h.head_len;
-            if buf.len() < body + h.len {
-                // The rest of the frame is still coming: room for it once
-                // what was read before it is dropped.
-                whole = body + h.len - start;
-                break;
-            }
-            let payload = &mut buf[body..body + h.len];
-            ws::apply_mask(payload, h.mask.unwrap_or_default(), 0);
-            start = body + h.len;
+            let payload = frames.payload(at);
             match h.opcode {
                 ws::Opcode::Binary if h.fin && partial.is_none() => {
-                    let msg = &buf[body..body + h.len];
-                    if let Err(why) = handle(ctx, nodes, link, msg) {
+                    if let Err(why) = handle(ctx, nodes, link, payload) {
                         return why;
                     }
                 }
@@ -509,7 +572,7 @@ async fn read_loop(
                         link.close_with(1009, None, "message over the limit");
                         return "WebSocket: message over the limit".into();
                     }
-                    p.extend_from_slice(&buf[body..body + h.len]);
+                    p.extend_from_slice(payload);
                     if h.fin {
                         let msg = partial.take().unwrap_or_default();
                         if let Err(why) = handle(ctx, nodes, link, &msg) {
@@ -520,7 +583,7 @@ async fn read_loop(
                 ws::Opcode::Ping => {
                     let mut pong = Vec::with_capacity(h.len + 2);
                     ws::encode_head(ws::Opcode::Pong, true, h.len, None, &mut pong);
-                    pong.extend_from_slice(&buf[body..body + h.len]);
+                    pong.extend_from_slice(payload);
                     link.push(pong);
                 }
                 ws::Opcode::Pong => {}
@@ -536,19 +599,10 @@ async fn read_loop(
                 }
             }
         }
-        // What was used goes, every time: the buffer holds at most one
-        // frame and what came after it (a partial frame kept at a growing
-        // offset would let a busy sender grow it without bound).
-        buf.drain(..start);
-        start = 0;
-        let room = whole.max(buf.len() + 16 * 1024).max(64 * 1024);
-        if buf.capacity() < room {
-            buf.reserve(room - buf.len());
-        }
-        whole = 0;
-        let (r, b) = reader.read(buf).await;
-        buf = b;
-        match r {
+        // What this read gathered for links and other workers goes now,
+        // in one piece per destination.
+        links::flush(ctx, nodes);
+        match frames.fill(&mut reader).await {
             Ok(0) => return "closed".into(),
             Err(e) => return format!("read error: {e}"),
             Ok(_) => {}
@@ -589,7 +643,11 @@ fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Re
                 return fail(ErrorBody::new(ErrorCode::InvalidMessage, &why));
             }
             WorkerStats::bump(&stats.mesh_frames_in, 1);
-            match nodes.get(d.dst) {
+            let local = nodes.get(d.dst);
+            if local.is_none() && links::forward(ctx, nodes, me.network_id, d.dst, msg) {
+                return Ok(());
+            }
+            match local {
                 Some(dst) if dst.auth.network_id == me.network_id => {
                     if dst.has_room(msg.len() + 10) && dst.push(super::nodes::ws_binary(msg)) {
                         WorkerStats::bump(&stats.mesh_frames_out, 1);

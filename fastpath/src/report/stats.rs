@@ -90,6 +90,15 @@ pub struct WorkerStats {
     pub mesh_dropped: AtomicU64,
     /// DATA frames for a node not connected here (answered 3001/3002).
     pub mesh_unroutable: AtomicU64,
+    /// Relay-to-relay links (`/ws/mesh`) held by this worker now.
+    pub mesh_links: AtomicI64,
+    /// DATA frames sent to other relays over links.
+    pub mesh_link_frames_out: AtomicU64,
+    /// DATA frames received from other relays over links.
+    pub mesh_link_frames_in: AtomicU64,
+    /// Batches of mesh frames handed to another worker (a node's frames
+    /// for a link served there, or a link's frames for a node there).
+    pub mesh_crossings: AtomicU64,
     /// What this worker's yamux sessions hold.
     pub mux: Arc<MuxGauges>,
 }
@@ -136,6 +145,10 @@ impl WorkerStats {
             mesh_bytes: self.mesh_bytes.load(Relaxed),
             mesh_dropped: self.mesh_dropped.load(Relaxed),
             mesh_unroutable: self.mesh_unroutable.load(Relaxed),
+            mesh_links: self.mesh_links.load(Relaxed),
+            mesh_link_frames_out: self.mesh_link_frames_out.load(Relaxed),
+            mesh_link_frames_in: self.mesh_link_frames_in.load(Relaxed),
+            mesh_crossings: self.mesh_crossings.load(Relaxed),
             mux_held: self.mux.held.load(Relaxed),
             mux_extra_window: self.mux.extra_window.load(Relaxed),
             mux_holds: self.mux.holds.load(Relaxed),
@@ -187,6 +200,14 @@ pub struct StatsSnapshot {
     pub mesh_dropped: u64,
     /// See [`WorkerStats::mesh_unroutable`].
     pub mesh_unroutable: u64,
+    /// See [`WorkerStats::mesh_links`].
+    pub mesh_links: i64,
+    /// See [`WorkerStats::mesh_link_frames_out`].
+    pub mesh_link_frames_out: u64,
+    /// See [`WorkerStats::mesh_link_frames_in`].
+    pub mesh_link_frames_in: u64,
+    /// See [`WorkerStats::mesh_crossings`].
+    pub mesh_crossings: u64,
     /// See [`MuxGauges::held`].
     pub mux_held: u64,
     /// See [`MuxGauges::extra_window`].

@@ -179,6 +179,9 @@ async fn serve(
     for link in mesh_nodes.all() {
         link.close(None, "server shutting down");
     }
+    for link in mesh_nodes.all_links() {
+        link.close(None, "server shutting down");
+    }
     // Relays are ended too, and given a moment to finish, so that each
     // reports the bytes it moved since the last sample before the worker
     // goes (their tasks would otherwise be dropped with the runtime).
@@ -239,6 +242,9 @@ async fn inbox_loop(
             WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
             WorkerMsg::MeshConn(moved) => {
                 monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
+            }
+            WorkerMsg::MeshFrames { relay, frames } => {
+                mesh::links::deliver(ctx, mesh_nodes, relay, frames);
             }
         }
     }

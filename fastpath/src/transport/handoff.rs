@@ -20,6 +20,9 @@ pub enum WorkerMsg {
     VhostConn(Box<MovedVhost>),
     /// An authenticated mesh node for a network this worker serves.
     MeshConn(Box<MovedMesh>),
+    /// Mesh frames for a link this worker holds (`relay` ≠ 0) or for nodes
+    /// it serves (`relay` = 0): whole seed frames back to back.
+    MeshFrames { relay: u32, frames: Vec<u8> },
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },
@@ -41,7 +44,8 @@ pub struct MovedConn {
     pub offer: WorkConnOffer,
 }
 
-/// A mesh node's connection in transit to its network's home worker.
+/// A mesh connection in transit to its home worker: a node's to its
+/// network's, a relay link's to the worker that serves that relay.
 pub struct MovedMesh {
     /// The socket, detached from the sending worker's runtime.
     pub socket: std::net::TcpStream,
@@ -50,7 +54,7 @@ pub struct MovedMesh {
     /// Plaintext read past the AUTH_REQUEST.
     pub pending: Vec<u8>,
     /// Who it is.
-    pub auth: crate::mesh::nodes::NodeAuth,
+    pub auth: crate::mesh::nodes::MeshAuth,
     /// Its address.
     pub peer: std::net::SocketAddr,
 }

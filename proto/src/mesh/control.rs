@@ -271,6 +271,26 @@ pub struct ServerConfig {
     /// key). In HS256 mode the server is configured with the secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_keys: Vec<(String, String)>,
+    /// Link tokens for the relays this one dials (the lower id dials):
+    /// (relay id, token). Re-sent when renewed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<(u32, String)>,
+}
+
+/// CONFIG_UPDATE to a relay: the authorized nodes and their networks (a
+/// relay serves only these; a deauthorized node is in `removed` and is cut
+/// off). Sent in pieces, as SERVER_NODE_LOC is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerNodes {
+    /// Replaces everything known.
+    pub full: bool,
+    /// (node_id, network_id) pairs that hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<(u32, u32)>,
+    /// (node_id, network_id) pairs that no longer hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<(u32, u32)>,
 }
 
 /// SERVER_NODE_LOC: which relay holds which node. A relay reports its own

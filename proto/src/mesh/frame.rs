@@ -230,6 +230,30 @@ pub fn parse(msg: &[u8], limit: usize) -> Result<Frame<'_>, FrameError> {
     })
 }
 
+/// A frame and the bytes after it.
+pub type Split<'a> = (&'a [u8], &'a [u8]);
+
+/// The first whole frame of `batch` (several frames back to back, as a
+/// relay-to-relay link carries them) and the bytes after it; None when
+/// `batch` is empty. A frame cut short is 2002. The frame itself is still
+/// to be [`parse`]d.
+pub fn split(batch: &[u8]) -> Result<Option<Split<'_>>, FrameError> {
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    if batch.len() < HEADER_LEN {
+        return Err(FrameError::Short(batch.len()));
+    }
+    let total = HEADER_LEN + usize::from(u16::from_be_bytes([batch[3], batch[4]]));
+    if batch.len() < total {
+        return Err(FrameError::Length {
+            stated: total - HEADER_LEN,
+            actual: batch.len() - HEADER_LEN,
+        });
+    }
+    Ok(Some(batch.split_at(total)))
+}
+
 /// The header of a frame of `kind` with a payload of `len` bytes.
 pub fn header(kind: MsgType, flags: u8, len: usize) -> Result<[u8; HEADER_LEN], FrameError> {
     let len16 = u16::try_from(len).map_err(|_| FrameError::TooLarge {
@@ -255,6 +279,29 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_splits_into_its_frames_and_a_cut_one_is_refused() {
+        let mut b = Vec::new();
+        encode(MsgType::Ping, 0, &[1; 8], &mut b).unwrap();
+        encode(MsgType::Data, 0, &[2; 300], &mut b).unwrap();
+        let (f1, rest) = split(&b).unwrap().unwrap();
+        assert_eq!(parse(f1, MAX_PAYLOAD).unwrap().kind, MsgType::Ping);
+        let (f2, rest) = split(rest).unwrap().unwrap();
+        assert_eq!(parse(f2, MAX_PAYLOAD).unwrap().payload, &[2; 300][..]);
+        assert_eq!(split(rest), Ok(None));
+        for cut in 1..b.len() {
+            let mut at = &b[..cut];
+            let mut res = Ok(None);
+            while let Ok(Some((_, r))) = split(at) {
+                at = r;
+                res = split(at);
+            }
+            if cut != HEADER_LEN + 8 {
+                assert!(split(at).is_err() || res.is_err(), "cut {cut}");
+            }
+        }
+    }
 
     #[test]
     fn every_type_round_trips() {

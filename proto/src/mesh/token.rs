@@ -67,7 +67,25 @@ pub struct ServerClaims {
     pub jti: String,
 }
 
-/// Any of the three, by the seed's `type` claim.
+/// A relay-to-relay link's credential (`/ws/mesh`): what the controller
+/// gives relay `from` for dialing relay `to`. Not one of the seed's types
+/// (the seed leaves the link's authentication open); a token names one
+/// pair, so a relay that receives it cannot use it on a third.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkClaims {
+    /// The dialing relay.
+    pub from: u32,
+    /// The relay it may dial.
+    pub to: u32,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// Any of the four, by the `type` claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Claims {
@@ -77,6 +95,8 @@ pub enum Claims {
     Relay(RelayClaims),
     /// `"type": "server"`.
     Server(ServerClaims),
+    /// `"type": "link"`.
+    Link(LinkClaims),
 }
 
 impl Claims {
@@ -86,6 +106,7 @@ impl Claims {
             Claims::Auth(c) => c.exp,
             Claims::Relay(c) => c.exp,
             Claims::Server(c) => c.exp,
+            Claims::Link(c) => c.exp,
         }
     }
 
@@ -95,6 +116,7 @@ impl Claims {
             Claims::Auth(c) => &c.jti,
             Claims::Relay(c) => &c.jti,
             Claims::Server(c) => &c.jti,
+            Claims::Link(c) => &c.jti,
         }
     }
 }
@@ -223,6 +245,24 @@ pub fn check_relay_token(
     }
 }
 
+/// A relay's check of a link token presented on `/ws/mesh`: signature,
+/// type, expiry, addressed to this relay (`to == relay_id`), blacklist.
+pub fn check_link_token(
+    token: &str,
+    trust: &Trust<'_>,
+    relay_id: u32,
+    now_s: u64,
+    blacklisted: impl Fn(&str) -> bool,
+) -> Result<LinkClaims, TokenError> {
+    let claims = verify(token, trust)?;
+    check(&claims, now_s, blacklisted)?;
+    match claims {
+        Claims::Link(l) if l.to == relay_id && l.from != relay_id => Ok(l),
+        Claims::Link(_) => Err(TokenError::NotThisRelay(relay_id)),
+        _ => Err(TokenError::Invalid("not a link token".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +356,65 @@ mod tests {
         assert!(matches!(verify(&auth, &trust), Ok(Claims::Auth(_))));
         assert_eq!(
             code(check_relay_token("a.b.c", &trust, 2, 500, |_| false)),
+            1001
+        );
+    }
+
+    #[test]
+    fn a_link_token_names_one_pair() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let mut public = [0u8; 32];
+        public.copy_from_slice(key.public_key().as_ref());
+        let keys = vec![("k1".to_string(), public)];
+        let trust = Trust {
+            ed25519: &keys,
+            hs256: None,
+        };
+        let signer = Signer::EdDsa {
+            kid: "k1",
+            key: &key,
+        };
+        let link = |from, to| {
+            sign(
+                &Claims::Link(LinkClaims {
+                    from,
+                    to,
+                    iat: 1,
+                    exp: 1000,
+                    jti: "l1".into(),
+                }),
+                &signer,
+            )
+        };
+        let t = link(1, 2);
+        assert_eq!(
+            check_link_token(&t, &trust, 2, 500, |_| false)
+                .unwrap()
+                .from,
+            1
+        );
+        let code = |r: Result<LinkClaims, TokenError>| r.unwrap_err().code().code();
+        // Presented to a third relay, or to itself: refused.
+        assert_eq!(code(check_link_token(&t, &trust, 3, 500, |_| false)), 1001);
+        assert_eq!(
+            code(check_link_token(&link(2, 2), &trust, 2, 500, |_| false)),
+            1001
+        );
+        assert_eq!(code(check_link_token(&t, &trust, 2, 1000, |_| false)), 1002);
+        assert_eq!(
+            code(check_link_token(&t, &trust, 2, 500, |j| j == "l1")),
+            1003
+        );
+        // A relay token is no link token.
+        assert_eq!(
+            code(check_link_token(
+                &sign(&relay(1000), &signer),
+                &trust,
+                2,
+                500,
+                |_| false
+            )),
             1001
         );
     }

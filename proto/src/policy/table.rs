@@ -41,6 +41,13 @@
 //!               node_id u32, network_id u32 (authorized mesh nodes)
 //!   MESH_REVOKED (10) 8-byte records sorted by jti, each once (optional
 //!               section): jti str (blacklisted mesh token ids)
+//!   MESH_PEERS (11) 24-byte records sorted by relay id, each once
+//!               (optional section): relay_id u32, pad u32, url str (the
+//!               relay's `/ws/data` URL; its `/ws/mesh` is on the same
+//!               port), link_token str (empty: this relay does not dial it)
+//!   MESH_LOCS (12) 8-byte records sorted by (node id, relay id), each
+//!               once (optional section): node_id u32, relay_id u32 (mesh
+//!               nodes connected to other relays)
 //! ```
 //!
 //! `sub_domain_host` and `subdomain` sit where tables before them had
@@ -78,9 +85,12 @@ const SUBDOMAIN_REC: usize = 24;
 const SEC_MESH: u32 = 8;
 const SEC_MESH_NODES: u32 = 9;
 const SEC_MESH_REVOKED: u32 = 10;
+const SEC_MESH_PEERS: u32 = 11;
+const SEC_MESH_LOCS: u32 = 12;
+const MESH_PEER_REC: usize = 24;
 const MESH_REC: usize = 8;
 /// Sections a reader of this build knows (kinds below this).
-const KNOWN_SECTIONS: usize = 11;
+const KNOWN_SECTIONS: usize = 13;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +167,17 @@ pub struct TenantPolicy {
     pub report_interval_bytes: u64,
 }
 
+/// A [`MeshPeer`] read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshPeerView<'a> {
+    /// Its server id.
+    pub relay_id: u32,
+    /// Its `/ws/data` URL.
+    pub url: &'a str,
+    /// The link token for dialing it ("" when it dials this relay).
+    pub link_token: &'a str,
+}
+
 /// A ticket verification key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketKey {
@@ -178,6 +199,22 @@ pub struct MeshPolicy {
     pub nodes: Vec<(u32, u32)>,
     /// Revoked token ids (`jti`), any order.
     pub revoked: Vec<String>,
+    /// The other relays (any order).
+    pub peers: Vec<MeshPeer>,
+    /// (node_id, relay_id): nodes on other relays, any order.
+    pub locations: Vec<(u32, u32)>,
+}
+
+/// Another relay of the mesh, as this one sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshPeer {
+    /// Its server id.
+    pub relay_id: u32,
+    /// Its `/ws/data` URL (`ws://host:port/ws/data`).
+    pub url: String,
+    /// The link token for dialing it; empty when it dials this relay (the
+    /// lower id dials).
+    pub link_token: String,
 }
 
 /// Everything a table holds, in owned form: what the slowpath compiles its
@@ -401,8 +438,26 @@ pub fn encode_parts<'a>(
     for j in jtis {
         put_ref(&mut revoked, strings.add(j));
     }
+    let mut peer_list: Vec<&MeshPeer> = mesh_policy.peers.iter().collect();
+    peer_list.sort_by_key(|p| p.relay_id);
+    peer_list.dedup_by_key(|p| p.relay_id);
+    let mut peers = Vec::with_capacity(peer_list.len() * MESH_PEER_REC);
+    for p in peer_list {
+        peers.extend_from_slice(&p.relay_id.to_le_bytes());
+        peers.extend_from_slice(&0u32.to_le_bytes());
+        put_ref(&mut peers, strings.add(&p.url));
+        put_ref(&mut peers, strings.add(&p.link_token));
+    }
+    let mut loc_list = mesh_policy.locations.clone();
+    loc_list.sort_unstable();
+    loc_list.dedup();
+    let mut locs = Vec::with_capacity(loc_list.len() * MESH_REC);
+    for (node, relay) in loc_list {
+        locs.extend_from_slice(&node.to_le_bytes());
+        locs.extend_from_slice(&relay.to_le_bytes());
+    }
 
-    let sections: [(u32, &[u8]); 10] = [
+    let sections: [(u32, &[u8]); 12] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
@@ -411,6 +466,8 @@ pub fn encode_parts<'a>(
         (SEC_MESH, &mesh),
         (SEC_MESH_NODES, &mesh_nodes),
         (SEC_MESH_REVOKED, &revoked),
+        (SEC_MESH_PEERS, &peers),
+        (SEC_MESH_LOCS, &locs),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -555,6 +612,8 @@ pub struct PolicyTable<'a> {
     mesh: &'a [u8],
     mesh_nodes: &'a [u8],
     mesh_revoked: &'a [u8],
+    mesh_peers: &'a [u8],
+    mesh_locs: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -631,6 +690,8 @@ impl<'a> PolicyTable<'a> {
             mesh: found[SEC_MESH as usize].unwrap_or(&[]),
             mesh_nodes: found[SEC_MESH_NODES as usize].unwrap_or(&[]),
             mesh_revoked: found[SEC_MESH_REVOKED as usize].unwrap_or(&[]),
+            mesh_peers: found[SEC_MESH_PEERS as usize].unwrap_or(&[]),
+            mesh_locs: found[SEC_MESH_LOCS as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -673,6 +734,30 @@ impl<'a> PolicyTable<'a> {
                 return Err(TableError::Corrupt("mesh nodes not sorted by id"));
             }
             prev = Some(id);
+        }
+        if !self.mesh_peers.len().is_multiple_of(MESH_PEER_REC) {
+            return Err(TableError::Corrupt("mesh peers section size"));
+        }
+        if !self.mesh_locs.len().is_multiple_of(MESH_REC) {
+            return Err(TableError::Corrupt("mesh locations section size"));
+        }
+        let mut prev: Option<u32> = None;
+        for rec in self.mesh_peers.chunks_exact(MESH_PEER_REC) {
+            let id = u32_at(rec, 0);
+            if prev.is_some_and(|p| p >= id) {
+                return Err(TableError::Corrupt("mesh peers not sorted by id"));
+            }
+            prev = Some(id);
+            self.check_str(rec, 8)?;
+            self.check_str(rec, 16)?;
+        }
+        let mut prev: Option<(u32, u32)> = None;
+        for rec in self.mesh_locs.chunks_exact(MESH_REC) {
+            let key = (u32_at(rec, 0), u32_at(rec, 4));
+            if prev.is_some_and(|p| p >= key) {
+                return Err(TableError::Corrupt("mesh locations not sorted"));
+            }
+            prev = Some(key);
         }
         let mut prev: Option<&str> = None;
         for rec in self.mesh_revoked.chunks_exact(MESH_REC) {
@@ -811,6 +896,47 @@ impl<'a> PolicyTable<'a> {
     /// The network of authorized mesh node `id`, if it is one.
     pub fn mesh_node_network(&self, id: u32) -> Option<u32> {
         search(self.mesh_nodes, MESH_REC, |rec| u32_at(rec, 0).cmp(&id)).map(|rec| u32_at(rec, 4))
+    }
+
+    /// The other relays, by id.
+    pub fn mesh_peers(&self) -> impl Iterator<Item = MeshPeerView<'a>> + '_ {
+        self.mesh_peers
+            .chunks_exact(MESH_PEER_REC)
+            .map(|rec| MeshPeerView {
+                relay_id: u32_at(rec, 0),
+                url: self.str_at(rec, 8),
+                link_token: self.str_at(rec, 16),
+            })
+    }
+
+    /// Relay `id`, if it is one of the other relays.
+    pub fn mesh_peer(&self, id: u32) -> Option<MeshPeerView<'a>> {
+        search(self.mesh_peers, MESH_PEER_REC, |rec| {
+            u32_at(rec, 0).cmp(&id)
+        })
+        .map(|rec| MeshPeerView {
+            relay_id: id,
+            url: self.str_at(rec, 8),
+            link_token: self.str_at(rec, 16),
+        })
+    }
+
+    /// A relay (the lowest id) that holds mesh node `node_id`, other than
+    /// this one.
+    pub fn mesh_location(&self, node_id: u32) -> Option<u32> {
+        // The first record of the node: a lower bound by node id.
+        let n = self.mesh_locs.len() / MESH_REC;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if u32_at(&self.mesh_locs[mid * MESH_REC..], 0) < node_id {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let rec = self.mesh_locs.get(lo * MESH_REC..(lo + 1) * MESH_REC)?;
+        (u32_at(rec, 0) == node_id).then(|| u32_at(rec, 4))
     }
 
     /// Whether the mesh token with this `jti` is revoked.
@@ -1208,6 +1334,19 @@ mod tests {
             relay_id: 3,
             nodes: (1..500u32).rev().map(|n| (n * 3, n % 4 + 1)).collect(),
             revoked: vec!["zz".into(), "a1".into(), "m".into(), "a1".into()],
+            peers: vec![
+                MeshPeer {
+                    relay_id: 9,
+                    url: "ws://r9:8444/ws/data".into(),
+                    link_token: String::new(),
+                },
+                MeshPeer {
+                    relay_id: 2,
+                    url: "ws://r2:8444/ws/data".into(),
+                    link_token: "t.o.k".into(),
+                },
+            ],
+            locations: vec![(30, 9), (30, 2), (31, 9), (1, 2)],
         };
         let bytes = s.encode();
         let t = PolicyTable::parse(&bytes).unwrap();
@@ -1219,6 +1358,14 @@ mod tests {
             assert!(t.mesh_revoked(j), "{j}");
         }
         assert!(!t.mesh_revoked("a") && !t.mesh_revoked("a10"));
+        let peers: Vec<_> = t.mesh_peers().map(|p| (p.relay_id, p.link_token)).collect();
+        assert_eq!(peers, [(2, "t.o.k"), (9, "")]);
+        assert_eq!(t.mesh_peer(9).unwrap().url, "ws://r9:8444/ws/data");
+        assert_eq!(t.mesh_peer(3), None);
+        assert_eq!(
+            [1, 2, 30, 31, 32].map(|n| t.mesh_location(n)),
+            [Some(2), None, Some(2), Some(9), None]
+        );
         // Out of order, the table is refused.
         let mut spoiled = bytes.clone();
         let dir = HEADER_LEN;

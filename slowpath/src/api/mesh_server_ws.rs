@@ -18,7 +18,8 @@ use axum::response::Response;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use proto::mesh::control::{
-    self, AuthResponse, Blacklist, ErrorBody, NodeLocations, ServerConfig, ServerRegister,
+    self, AuthResponse, Blacklist, ErrorBody, NodeLocations, ServerConfig, ServerNodes,
+    ServerRegister,
 };
 use proto::mesh::token::Trust;
 use proto::mesh::{frame, ErrorCode, MsgType};
@@ -47,7 +48,9 @@ pub async fn server(
             },
             blacklist: BTreeSet::new(),
             locations: BTreeSet::new(),
+            nodes: BTreeSet::new(),
             config: ServerConfig::default(),
+            link_tokens: Default::default(),
         };
         if let Err(why) = ch.serve(&app).await {
             tracing::info!(%why, "mesh server channel closed");
@@ -66,7 +69,11 @@ struct ServerChannel {
     /// and its CONFIG.
     blacklist: BTreeSet<String>,
     locations: BTreeSet<(u32, u32)>,
+    /// The authorized (node, network) pairs it was told (relays only).
+    nodes: BTreeSet<(u32, u32)>,
     config: ServerConfig,
+    /// Link tokens made for it.
+    link_tokens: servers::LinkTokens,
 }
 
 impl ServerChannel {
@@ -164,6 +171,10 @@ impl ServerChannel {
         let silence = Duration::from_secs(3 * keepalive);
         let mut heard = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(keepalive.min(30)));
+        // Link tokens are renewed when half their life is gone: a look
+        // every ten minutes finds out (an unchanged CONFIG is not sent).
+        let mut renew = tokio::time::interval(Duration::from_secs(600));
+        renew.tick().await;
         loop {
             tokio::select! {
                 msg = self.ch.recv() => {
@@ -176,6 +187,7 @@ impl ServerChannel {
                         return Err(format!("server {id} silent for {} s", silence.as_secs()));
                     }
                 }
+                _ = renew.tick() => self.push(app, &server).await?,
                 changed = changes.recv() => {
                     if let Err(broadcast::error::RecvError::Closed) = changed {
                         return Ok(());
@@ -198,14 +210,23 @@ impl ServerChannel {
     async fn push(&mut self, app: &AppState, server: &Server) -> Result<(), String> {
         let db = &app.db;
         let err = |e: crate::error::Error| e.to_string();
+        let relays = servers::relays(db).await.map_err(err)?;
+        let links = if server.relays() && server.enabled {
+            let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            self.link_tokens
+                .for_relay(&app.signer.mesh_signer(), server.id, &relays, now_s)
+        } else {
+            Vec::new()
+        };
         let config = ServerConfig {
             server_id: server.id,
             name: server.name.clone(),
-            relays: servers::relays(db).await.map_err(err)?,
+            relays,
             token_keys: trust_keys(app)
                 .into_iter()
                 .map(|(kid, k)| (kid, STANDARD.encode(k)))
                 .collect(),
+            links,
         };
         if config != self.config {
             self.ch.send(MsgType::Config, &json(&config)).await?;
@@ -236,6 +257,43 @@ impl ServerChannel {
                     entries: chunk.to_vec(),
                 };
                 self.ch.send(MsgType::ServerBlacklist, &json(&b)).await?;
+            }
+        }
+        if server.relays() {
+            let now: BTreeSet<(u32, u32)> = crate::domain::mesh::nodes::list(db, None)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .filter(|n| n.authorized)
+                .map(|n| (n.id, n.network_id))
+                .collect();
+            let added: Vec<(u32, u32)> = now.difference(&self.nodes).copied().collect();
+            let removed: Vec<(u32, u32)> = self.nodes.difference(&now).copied().collect();
+            if first || !added.is_empty() || !removed.is_empty() {
+                let mut frames: Vec<ServerNodes> = added
+                    .chunks(PER_FRAME)
+                    .map(|c| ServerNodes {
+                        nodes: c.to_vec(),
+                        ..ServerNodes::default()
+                    })
+                    .chain(removed.chunks(PER_FRAME).map(|c| ServerNodes {
+                        removed: c.to_vec(),
+                        ..ServerNodes::default()
+                    }))
+                    .collect();
+                if first {
+                    match frames.first_mut() {
+                        Some(f) => f.full = true,
+                        None => frames.push(ServerNodes {
+                            full: true,
+                            ..ServerNodes::default()
+                        }),
+                    }
+                }
+                for f in frames {
+                    self.ch.send(MsgType::ConfigUpdate, &json(&f)).await?;
+                }
+                self.nodes = now;
             }
         }
         let now: BTreeSet<(u32, u32)> = servers::locations(db)

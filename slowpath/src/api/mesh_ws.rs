@@ -134,10 +134,13 @@ impl MeshHub {
     }
 
     /// Only node locations changed (a relay's report): the server channels
-    /// look again; nodes' configurations and the policy table hold no
-    /// locations, so neither is recomputed.
+    /// look again, and the built-in relay's table (it routes by them);
+    /// nodes' configurations hold no locations and are not recomputed.
     pub fn locations_changed(&self) {
         let _ = self.tx.send(LOCATIONS_ONLY);
+        if let Some(p) = self.publisher.get() {
+            p.mesh_changed();
+        }
     }
 
     pub(super) fn subscribe(&self) -> broadcast::Receiver<u32> {

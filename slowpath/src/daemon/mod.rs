@@ -14,6 +14,7 @@
 //! 8. serve the API until SIGTERM or Ctrl-C, then stop the fastpath child.
 
 mod node;
+pub mod relay;
 mod services;
 mod store;
 mod supervisor;
@@ -95,7 +96,25 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .context("the built-in mesh relay's server record")?
     };
     app.mesh.publish_with(Arc::clone(&services.publisher));
+    services.publisher.set_mesh_signer(app.signer.clone());
     services.publisher.set_mesh_relay(relay_id);
+    if relay_id != 0 {
+        let hub = Arc::clone(&app);
+        let changed: Box<dyn Fn() + Send + Sync> = Box::new(move || hub.mesh.locations_changed());
+        let _ = services.mesh_locations.set((relay_id, changed));
+        // Link tokens are made again when half their life is gone; a
+        // recompile every hour finds out (an unchanged table is not
+        // written again).
+        let publisher = Arc::clone(&services.publisher);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                publisher.mesh_changed();
+            }
+        });
+    }
     services.publisher.publish(false).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -13,7 +13,7 @@ use slowpath::domain::tenants::{Tenant, TenantRecord};
 use slowpath::etcd::{self, EtcdConfig};
 use slowpath::policy::publish::Publisher;
 use slowpath::store::db::{self, Db};
-use slowpath::telemetry::events_drain::{DrainStatus, EventDrain};
+use slowpath::telemetry::events_drain::{DrainStatus, EventDrain, MeshLocations};
 use slowpath::telemetry::traffic_reports::{self, ReportSettings};
 use tokio::sync::watch;
 
@@ -31,6 +31,8 @@ pub struct Services {
     pub publisher: Arc<Publisher>,
     pub tenants: TenantServices,
     pub drain: Arc<Mutex<DrainStatus>>,
+    /// Names the built-in mesh relay to the drain, once it is known.
+    pub mesh_locations: MeshLocations,
 }
 
 /// Publishes the first table (its tenants included: those last read from
@@ -70,6 +72,7 @@ pub async fn start(
         .with_reports(Arc::clone(&reports))
         .with_quotas(Arc::clone(&quotas));
     let drain_status = drain.status_handle();
+    let mesh_locations = drain.mesh_locations();
     tokio::spawn(drain.run());
     Ok(Services {
         publisher,
@@ -79,6 +82,7 @@ pub async fn start(
             quotas,
         },
         drain: drain_status,
+        mesh_locations,
     })
 }
 

@@ -116,7 +116,7 @@ fn proc_rss_bytes(pid: i32) -> Option<u64> {
 async fn adopt(
     pid: i32,
     fp: &Fastpath,
-    db: &Db,
+    db: Option<&Db>,
     node_id: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<()> {
@@ -132,7 +132,7 @@ async fn adopt(
                     return Some(());
                 }
                 beats += 1;
-                if beats % 20 == 1 {
+                if let (true, Some(db)) = (beats % 20 == 1, db) {
                     if let Err(e) = nodes::heartbeat(db, node_id, &probe.sample(pid)).await {
                         tracing::warn!(error = %e, "local heartbeat failed");
                     }
@@ -161,15 +161,21 @@ async fn adopt(
     }
 }
 
-/// Supervises the child until `stop` turns true.
-pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Receiver<bool>) {
+/// Supervises the child until `stop` turns true; its heartbeats go to the
+/// node's row when there is a database (a standalone relay has none).
+pub async fn run(
+    fp: Arc<Fastpath>,
+    db: Option<Db>,
+    node_id: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
         if *stop.borrow() {
             return;
         }
         if let Some(pid) = running_fastpath(&fp.shm) {
-            match adopt(pid, &fp, &db, &node_id, &mut stop).await {
+            match adopt(pid, &fp, db.as_ref(), &node_id, &mut stop).await {
                 Some(()) => continue,
                 None => return,
             }
@@ -203,7 +209,8 @@ pub async fn run(fp: Arc<Fastpath>, db: Db, node_id: String, mut stop: watch::Re
             tokio::select! {
                 status = child.wait() => break Some(status),
                 _ = beat.tick() => {
-                    if let Err(e) = nodes::heartbeat(&db, &node_id, &probe.sample(pid as i32)).await {
+                    let Some(db) = &db else { continue };
+                    if let Err(e) = nodes::heartbeat(db, &node_id, &probe.sample(pid as i32)).await {
                         tracing::warn!(error = %e, "local heartbeat failed");
                     }
                 }

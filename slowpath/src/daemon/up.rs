@@ -62,7 +62,7 @@ impl Up<'_> {
         let config = fp.config.clone();
         let child = tokio::spawn(supervisor::run(
             Arc::new(fp),
-            self.db.clone(),
+            Some(self.db.clone()),
             self.node.id.clone(),
             stop,
         ));

@@ -40,9 +40,10 @@ pub fn invite_horizon_ms(now_ms: i64) -> i64 {
 }
 
 /// The key that signs new tickets.
+#[derive(Clone)]
 pub struct TicketSigner {
     kid: String,
-    key: Ed25519KeyPair,
+    key: std::sync::Arc<Ed25519KeyPair>,
 }
 
 /// A verification key: id and Ed25519 public key.
@@ -186,7 +187,7 @@ pub async fn ensure_signer(db: &Db, data_dir: &std::path::Path) -> Result<Ticket
     }
     Ok(TicketSigner {
         kid: kid.to_owned(),
-        key,
+        key: std::sync::Arc::new(key),
     })
 }
 

@@ -94,6 +94,11 @@ struct Inputs {
     mesh_relay: u32,
     /// Mesh nodes or revocations changed since the last compile.
     mesh_dirty: bool,
+    /// What signs the relay's link tokens (the built-in relay dials the
+    /// relays with higher ids).
+    mesh_signer: Option<crate::domain::tickets::TicketSigner>,
+    /// Link tokens made so far.
+    link_tokens: crate::domain::mesh::servers::LinkTokens,
 }
 
 /// What a publish works on, behind [`Publisher::table`].
@@ -357,7 +362,31 @@ impl Publisher {
             inputs.mesh_dirty = false;
             inputs.mesh_relay
         };
-        compile_mesh(&self.db, relay_id).await
+        let mut mesh = compile_mesh(&self.db, relay_id).await?;
+        if relay_id == 0 {
+            return Ok(mesh);
+        }
+        let relays = crate::domain::mesh::servers::relays(&self.db).await?;
+        let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let mut inputs = lock(&self.inputs);
+        let Inputs {
+            mesh_signer,
+            link_tokens,
+            ..
+        } = &mut *inputs;
+        let links = match mesh_signer {
+            Some(s) => link_tokens.for_relay(&s.mesh_signer(), relay_id, &relays, now_s),
+            None => Vec::new(),
+        };
+        mesh.peers = peers(relay_id, &relays, &links);
+        Ok(mesh)
+    }
+
+    /// The built-in relay's link tokens are signed by `signer`.
+    pub fn set_mesh_signer(&self, signer: crate::domain::tickets::TicketSigner) {
+        let mut inputs = lock(&self.inputs);
+        inputs.mesh_signer = Some(signer);
+        inputs.mesh_dirty = true;
     }
 
     /// Writes `state` and records the outcome for the stats.
@@ -502,7 +531,31 @@ pub async fn compile(db: &Db, node_id: &str, now: i64) -> Result<PolicySpec> {
     Ok(PolicyState::new(&node, keys, invites, Vec::new(), Default::default()).into_spec())
 }
 
-/// The mesh part of a table for relay `relay_id`.
+/// The other relays of `relays` as relay `me`'s table lists them, with the
+/// link tokens of those it dials (`links`: (relay, token)).
+pub fn peers(
+    me: u32,
+    relays: &[proto::mesh::control::Relay],
+    links: &[(u32, String)],
+) -> Vec<proto::policy::MeshPeer> {
+    relays
+        .iter()
+        .filter(|r| r.server_id != me)
+        .map(|r| proto::policy::MeshPeer {
+            relay_id: r.server_id,
+            url: r.url.clone(),
+            link_token: links
+                .iter()
+                .find(|(id, _)| *id == r.server_id)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The mesh part of a table for relay `relay_id`: the authorized nodes,
+/// the revoked token ids and where the nodes not on it are (the peers are
+/// [`peers`]).
 pub async fn compile_mesh(db: &Db, relay_id: u32) -> Result<proto::policy::MeshPolicy> {
     let nodes = crate::domain::mesh::nodes::list(db, None)
         .await?
@@ -515,9 +568,20 @@ pub async fn compile_mesh(db: &Db, relay_id: u32) -> Result<proto::policy::MeshP
         .into_iter()
         .map(|(jti, _)| jti)
         .collect();
+    let locations = if relay_id == 0 {
+        Vec::new()
+    } else {
+        crate::domain::mesh::servers::locations(db)
+            .await?
+            .into_iter()
+            .filter(|&(_, server)| server != relay_id)
+            .collect()
+    };
     Ok(proto::policy::MeshPolicy {
         relay_id,
         nodes,
         revoked,
+        peers: Vec::new(),
+        locations,
     })
 }

@@ -143,7 +143,14 @@ pub struct EventDrain {
     unwritten: Vec<EventRecord>,
     /// Failed attempts at writing `unwritten`.
     write_failures: u32,
+    /// Where the built-in mesh relay's node connections are recorded.
+    mesh: MeshLocations,
 }
+
+/// The built-in mesh relay, once `up` knows its server id: the drain
+/// records `mesh.node.*` events as that server's node locations and then
+/// calls `changed`.
+pub type MeshLocations = Arc<std::sync::OnceLock<(u32, Box<dyn Fn() + Send + Sync>)>>;
 
 impl EventDrain {
     /// A drain over the instance directory, attributing events to `node_id`.
@@ -161,7 +168,13 @@ impl EventDrain {
             quotas: None,
             unwritten: Vec::new(),
             write_failures: 0,
+            mesh: Arc::default(),
         }
+    }
+
+    /// The handle through which the built-in relay is named, later.
+    pub fn mesh_locations(&self) -> MeshLocations {
+        Arc::clone(&self.mesh)
     }
 
     /// Feeds `tenant.traffic` samples to the traffic reports.
@@ -456,6 +469,7 @@ impl EventDrain {
         // Quota usage is summed per token over the batch: one upsert per
         // tenant per tick rather than one per proxy sample.
         let mut usage: HashMap<&str, (u64, i64)> = HashMap::new();
+        let mut mesh_changed = false;
         for r in records {
             let ts_ms = i64::try_from(r.ts_ms).unwrap_or_else(|_| now_ms());
             let invite_id = r.event.invite().map(|i| i.to_string()).unwrap_or_default();
@@ -585,6 +599,36 @@ impl EventDrain {
                     }
                     continue;
                 }
+                // Where mesh nodes are: the relay's rows, not the audit log
+                // (the controller audits a node's own channel).
+                Event::MeshNode { node_id, up, .. } => {
+                    let Some((relay, _)) = self.mesh.get() else {
+                        continue;
+                    };
+                    if *up {
+                        // A node deleted meanwhile is skipped.
+                        sqlx::query(
+                            "INSERT INTO mesh_node_server_connections (node_id, server_id, connected_ms, last_ping_ms) \
+                             SELECT id, $1, $2, $2 FROM mesh_nodes WHERE id = $3 \
+                             ON CONFLICT (node_id, server_id) DO UPDATE SET last_ping_ms = $2",
+                        )
+                        .bind(i64::from(*relay))
+                        .bind(ts_ms)
+                        .bind(i64::from(*node_id))
+                        .execute(&mut *tx)
+                        .await?;
+                    } else {
+                        sqlx::query(
+                            "DELETE FROM mesh_node_server_connections WHERE server_id = $1 AND node_id = $2",
+                        )
+                        .bind(i64::from(*relay))
+                        .bind(i64::from(*node_id))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    mesh_changed = true;
+                    continue;
+                }
             }
             // The refusal's kind, for filtering and counting audit rows.
             if let (Some(name), Some(detail)) =
@@ -600,6 +644,11 @@ impl EventDrain {
             }
         }
         tx.commit().await?;
+        if mesh_changed {
+            if let Some((_, changed)) = self.mesh.get() {
+                changed();
+            }
+        }
         Ok(queued)
     }
 }

@@ -661,6 +661,56 @@ pub async fn reset_locations(db: &Db) -> Result<()> {
     Ok(())
 }
 
+/// How long a relay-to-relay link token lives (it is re-made when half of
+/// that is left, and a link is only checked when it is dialed).
+pub const LINK_TOKEN_TTL_S: u64 = 24 * 3600;
+
+/// Link tokens already made, by (from, to): the same token is handed out
+/// until half its life is gone, so a table or a CONFIG holding it does not
+/// change at every recompute.
+#[derive(Default)]
+pub struct LinkTokens {
+    made: std::collections::HashMap<(u32, u32), (String, u64)>,
+}
+
+impl LinkTokens {
+    /// The token relay `from` dials relay `to` with.
+    pub fn get(&mut self, signer: &Signer<'_>, from: u32, to: u32, now_s: u64) -> String {
+        if let Some((t, exp)) = self.made.get(&(from, to)) {
+            if *exp > now_s + LINK_TOKEN_TTL_S / 2 {
+                return t.clone();
+            }
+        }
+        let exp = now_s + LINK_TOKEN_TTL_S;
+        let claims = Claims::Link(proto::mesh::token::LinkClaims {
+            from,
+            to,
+            iat: now_s,
+            exp,
+            jti: crate::credentials::random_hex(12),
+        });
+        let t = proto::mesh::token::sign(&claims, signer);
+        self.made.insert((from, to), (t.clone(), exp));
+        t
+    }
+
+    /// Links relay `me` dials: every enabled relay of `relays` with a
+    /// higher id, with its token.
+    pub fn for_relay(
+        &mut self,
+        signer: &Signer<'_>,
+        me: u32,
+        relays: &[Relay],
+        now_s: u64,
+    ) -> Vec<(u32, String)> {
+        relays
+            .iter()
+            .filter(|r| r.server_id > me)
+            .map(|r| (r.server_id, self.get(signer, me, r.server_id, now_s)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

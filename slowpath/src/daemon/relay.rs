@@ -1,0 +1,465 @@
+//! `slowpath relay`: seed 003's standalone relay (§12.2) — a fastpath
+//! serving `/ws/data` and `/ws/mesh`, governed by a controller it reaches
+//! over `/ws/server` with its server token. It holds no database and no
+//! signing key: what its fastpath enforces (the relay id, the keys that
+//! sign relay and link tokens, the authorized nodes, the blacklist, the
+//! other relays and where the nodes are) comes from the controller and is
+//! published into the local policy directory as `up` publishes it; the
+//! nodes connected to it (the fastpath's event rings) go back to the
+//! controller as SERVER_NODE_LOC. While the controller is away, the last
+//! table stays in force.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
+use proto::events::{Event, EventRecord};
+use proto::mesh::control::{
+    AuthResponse, Blacklist, ErrorBody, NodeLocations, ServerConfig, ServerNodes, ServerRegister,
+};
+use proto::mesh::{frame, MsgType};
+use proto::policy::{MeshPolicy, NodePolicy, PolicySpec, PortSet, ProxyTypes, TicketKey};
+use shm::{InstanceDir, MappedRing};
+use slowpath::store::private_files;
+use tokio::sync::watch;
+
+use super::supervisor::{self, Fastpath};
+use crate::cli::RelayArgs;
+
+/// What the controller said, as the table needs it.
+#[derive(Default)]
+struct Told {
+    config: Option<ServerConfig>,
+    nodes: BTreeSet<(u32, u32)>,
+    revoked: BTreeMap<String, u64>,
+    locations: BTreeSet<(u32, u32)>,
+}
+
+impl Told {
+    /// The table for this relay, once CONFIG came.
+    fn spec(&self) -> Option<PolicySpec> {
+        let c = self.config.as_ref()?;
+        let keys = c
+            .token_keys
+            .iter()
+            .filter_map(|(kid, b64)| {
+                let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                Some(TicketKey {
+                    kid: kid.clone(),
+                    public_key: raw.try_into().ok()?,
+                })
+            })
+            .collect();
+        let me = c.server_id;
+        Some(PolicySpec {
+            generation: 0,
+            created_ms: 0,
+            node: NodePolicy {
+                node_id: format!("relay-{me}"),
+                region: String::new(),
+                public: false,
+                port_pool: PortSet::default(),
+                proxy_types: ProxyTypes::NONE,
+                max_proxies_per_session: 0,
+                sub_domain_host: String::new(),
+            },
+            keys,
+            invites: Vec::new(),
+            tenants: Vec::new(),
+            mesh: MeshPolicy {
+                relay_id: me,
+                nodes: self.nodes.iter().copied().collect(),
+                revoked: self.revoked.keys().cloned().collect(),
+                peers: slowpath::policy::publish::peers(me, &c.relays, &c.links),
+                locations: self
+                    .locations
+                    .iter()
+                    .copied()
+                    .filter(|&(_, s)| s != me)
+                    .collect(),
+            },
+        })
+    }
+}
+
+/// Writes tables into the policy directory: sealed, generations counting
+/// up from what is there.
+struct TableOut {
+    shm: Arc<InstanceDir>,
+    generation: u64,
+    last: Option<Vec<u8>>,
+}
+
+impl TableOut {
+    fn write(&mut self, spec: &PolicySpec) -> Result<()> {
+        let bytes = spec.encode();
+        if self.last.as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
+        self.generation = self
+            .generation
+            .max(self.shm.table_generation().unwrap_or(0))
+            + 1;
+        let mut sealed = bytes.clone();
+        let now = slowpath::clock::now_ms();
+        proto::policy::table::stamp(
+            &mut sealed,
+            self.generation,
+            u64::try_from(now).unwrap_or(0),
+        );
+        self.shm.key.seal_table(&mut sealed);
+        self.shm
+            .dir
+            .write_replacing(shm::TABLE_FILE, &sealed)
+            .context("cannot write the policy table")?;
+        tracing::info!(
+            generation = self.generation,
+            nodes = spec.mesh.nodes.len(),
+            peers = spec.mesh.peers.len(),
+            locations = spec.mesh.locations.len(),
+            "relay policy table published"
+        );
+        self.last = Some(bytes);
+        Ok(())
+    }
+}
+
+/// The fastpath's event rings, read for `mesh.node.*`.
+struct Rings {
+    shm: Arc<InstanceDir>,
+    /// Each ring, where it was read to, and the nodes its worker reported
+    /// connected (a node's connection lives on one worker: its network's
+    /// home). A ring replaced (the fastpath restarted) forgets its nodes.
+    mapped: HashMap<String, (MappedRing, u64, BTreeSet<u32>)>,
+}
+
+impl Rings {
+    /// Read what is new.
+    fn poll(&mut self) {
+        let names = self.shm.dir.names().unwrap_or_default();
+        for name in names {
+            if shm::ring_worker(&name).is_none() {
+                continue;
+            }
+            let Ok(identity) = self.shm.dir.identity(&name) else {
+                continue;
+            };
+            if self.mapped.get(&name).map(|m| m.0.identity()) != Some(identity) {
+                match MappedRing::attach(&self.shm.dir, &name) {
+                    Ok(r) => {
+                        let tail = r.tail();
+                        self.mapped.insert(name.clone(), (r, tail, BTreeSet::new()));
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let Some((ring, read_to, here)) = self.mapped.get_mut(&name) else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            while ring.peek(read_to, &mut buf) {
+                let Ok(plain) = self.shm.key.open_record(&buf) else {
+                    continue;
+                };
+                if let Ok(EventRecord {
+                    event: Event::MeshNode { node_id, up, .. },
+                    ..
+                }) = EventRecord::decode(plain)
+                {
+                    if up {
+                        here.insert(node_id);
+                    } else {
+                        here.remove(&node_id);
+                    }
+                }
+            }
+            ring.release(*read_to);
+        }
+    }
+
+    /// The nodes connected here now.
+    fn here(&self) -> BTreeSet<u32> {
+        self.mapped
+            .values()
+            .flat_map(|m| m.2.iter().copied())
+            .collect()
+    }
+}
+
+/// `slowpath relay`.
+pub async fn run(args: RelayArgs) -> Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("--token-file {}", p.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            bail!("a server token is needed: --token, TOTORO_SERVER_TOKEN or --token-file")
+        }
+    };
+    let controller = server_url(&args.controller)?;
+    private_files::ensure_dir(&args.data_dir, "--data-dir")?;
+    let shm_dir = args.data_dir.join("policy");
+    let shm = Arc::new(
+        InstanceDir::open(&shm_dir)
+            .with_context(|| format!("the relay's policy directory {}", shm_dir.display()))?,
+    );
+    let _lock = shm
+        .dir
+        .lock(
+            "slowpath.lock",
+            &format!("relay pid {}", std::process::id()),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", shm_dir.display()))?;
+    let fp = fastpath(&args, &shm, &shm_dir)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let child = tokio::spawn(supervisor::run(Arc::new(fp), None, "relay".into(), stop_rx));
+    println!(
+        "Totoro relay: ws://0.0.0.0:{}/ws/data and /ws/mesh; controller {controller}; policy {}",
+        args.port,
+        shm_dir.display()
+    );
+    let control = {
+        let shm = Arc::clone(&shm);
+        tokio::task::spawn_blocking(move || control_loop(&controller, &token, shm))
+    };
+    tokio::select! {
+        _ = super::shutdown_signal() => {}
+        r = control => {
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "relay control loop ended");
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = child.await;
+    Ok(())
+}
+
+/// `ws://host:port/ws/server` from the controller's base URL.
+fn server_url(base: &str) -> Result<String> {
+    let base = base.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("ws://")
+        .or_else(|| base.strip_prefix("http://"))
+        .with_context(|| {
+            format!("--controller {base:?}: give ws://HOST:PORT (wss:// is not supported yet)")
+        })?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        bail!("--controller {base:?} names no host");
+    }
+    Ok(format!("ws://{host}/ws/server"))
+}
+
+fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<Fastpath> {
+    let config = args.data_dir.join("fastpath.toml");
+    let policy_dir = shm_dir
+        .to_str()
+        .context("the data directory is not UTF-8")?;
+    // The frp port takes no logins: the table has no invites and nobody
+    // knows this token.
+    let token = slowpath::credentials::random_hex(16);
+    let text = slowpath::frpc_config::render_fastpath(&slowpath::frpc_config::FastpathFile {
+        node_id: "relay",
+        bind_port: args.frp_port,
+        token: &token,
+        allow_ports: &PortSet::default(),
+        policy_dir,
+        vhost_http_port: 0,
+        vhost_https_port: 0,
+        sub_domain_host: "",
+        mesh_relay_port: args.port,
+    })
+    .context("cannot write the fastpath config")?;
+    private_files::write(&config, text.as_bytes())?;
+    let (bin, prefix): (PathBuf, Vec<String>) = match &args.fastpath_bin {
+        Some(b) => (b.clone(), Vec::new()),
+        None if !cfg!(feature = "embedded-fastpath") => {
+            bail!("this slowpath is built without its own fastpath: name one with --fastpath-bin")
+        }
+        None => (
+            std::env::current_exe().context("cannot find this executable")?,
+            vec!["fastpath".into()],
+        ),
+    };
+    Ok(Fastpath {
+        bin,
+        prefix,
+        config,
+        shm: Arc::clone(shm),
+    })
+}
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Connects to the controller and serves the channel, again and again.
+fn control_loop(url: &str, token: &str, shm: Arc<InstanceDir>) -> Result<()> {
+    let mut out = TableOut {
+        shm: Arc::clone(&shm),
+        generation: 0,
+        last: None,
+    };
+    let mut rings = Rings {
+        shm,
+        mapped: HashMap::new(),
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        match session(url, token, &mut out, &mut rings) {
+            Ok(()) => tracing::warn!("controller closed the relay channel"),
+            Err(e) => tracing::warn!(error = %e, "relay channel to the controller"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn send(ws: &mut Ws, kind: MsgType, payload: &[u8]) -> Result<()> {
+    let mut f = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+    frame::encode(kind, 0, payload, &mut f).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ws.send(tungstenite::Message::binary(f))?;
+    Ok(())
+}
+
+fn connect(url: &str) -> Result<Ws> {
+    let host = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let stream = TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let (ws, _) = tungstenite::client(url, stream).map_err(|e| anyhow::anyhow!("upgrade: {e}"))?;
+    Ok(ws)
+}
+
+/// One channel's life: register, then apply what comes and report the
+/// nodes connected here.
+fn session(url: &str, token: &str, out: &mut TableOut, rings: &mut Rings) -> Result<()> {
+    let mut ws = connect(url)?;
+    let reg = ServerRegister {
+        token: token.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    send(&mut ws, MsgType::ServerRegister, &serde_json::to_vec(&reg)?)?;
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut told = Told::default();
+    let mut registered = false;
+    // What the controller was told is here.
+    let mut reported: Option<BTreeSet<u32>> = None;
+    let mut last_ping = Instant::now();
+    loop {
+        let mut dirty = false;
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(b)) => {
+                dirty = apply(&mut told, &mut registered, &b)?;
+            }
+            Ok(tungstenite::Message::Close(_)) => return Ok(()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if dirty {
+            if let Some(spec) = told.spec() {
+                out.write(&spec)?;
+            }
+        }
+        if !registered {
+            continue;
+        }
+        rings.poll();
+        let here = rings.here();
+        if reported.as_ref() != Some(&here) {
+            let me = told.config.as_ref().map_or(0, |c| c.server_id);
+            let loc = match &reported {
+                None => NodeLocations {
+                    full: true,
+                    locations: here.iter().map(|&n| (n, me)).collect(),
+                    removed: Vec::new(),
+                },
+                Some(before) => NodeLocations {
+                    full: false,
+                    locations: here.difference(before).map(|&n| (n, me)).collect(),
+                    removed: before.difference(&here).map(|&n| (n, me)).collect(),
+                },
+            };
+            send(&mut ws, MsgType::ServerNodeLoc, &serde_json::to_vec(&loc)?)?;
+            reported = Some(here);
+        }
+        if last_ping.elapsed() > Duration::from_secs(15) {
+            send(&mut ws, MsgType::Ping, &[0; 8])?;
+            last_ping = Instant::now();
+        }
+    }
+}
+
+/// One message from the controller; whether the table changes.
+fn apply(told: &mut Told, registered: &mut bool, msg: &[u8]) -> Result<bool> {
+    let f = frame::parse(msg, frame::MAX_PAYLOAD).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decode_err = |e: ErrorBody| anyhow::anyhow!("{} {}", e.code, e.message);
+    match f.kind {
+        MsgType::AuthResponse => {
+            let r: AuthResponse = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            if !r.ok {
+                bail!("the controller refused this relay");
+            }
+            *registered = true;
+            Ok(false)
+        }
+        MsgType::Error => {
+            let e: ErrorBody = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            bail!("the controller says {} {}", e.code, e.message)
+        }
+        MsgType::Config => {
+            let c: ServerConfig = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            told.config = Some(c);
+            Ok(true)
+        }
+        MsgType::ConfigUpdate => {
+            let n: ServerNodes = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            if n.full {
+                told.nodes.clear();
+            }
+            for p in n.removed {
+                told.nodes.remove(&p);
+            }
+            told.nodes.extend(n.nodes);
+            Ok(true)
+        }
+        MsgType::ServerBlacklist => {
+            let b: Blacklist = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            if b.full {
+                told.revoked.clear();
+            }
+            told.revoked.extend(b.entries);
+            Ok(true)
+        }
+        MsgType::ServerNodeLoc => {
+            let l: NodeLocations = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
+            if l.full {
+                told.locations.clear();
+            }
+            for p in l.removed {
+                told.locations.remove(&p);
+            }
+            told.locations.extend(l.locations);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
