@@ -7,6 +7,9 @@
 //! - **mesh**: `slowpath up` in the root namespace (controller and built-in
 //!   relay), `totoro-mesh up` in `a` and `b`; TCP between their virtual
 //!   IPs, every packet sealed by `a`, relayed, opened by `b`;
+//! - **mesh, two relays**: a standalone `slowpath relay` in the root
+//!   namespace too, `c` on it (`a` and `b` on the built-in relay); TCP
+//!   from `a` to `c` crosses the relay-to-relay link (`/ws/mesh`);
 //! - **boringtun** (when `--boringtun` names `boringtun-cli` and `wg` is
 //!   installed): a direct userspace WireGuard tunnel between `a` and `b`,
 //!   no relay, the root namespace forwarding between the veths.
@@ -230,7 +233,7 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
     if let Some(why) = crate::netns::missing() {
         return Err(format!("the mesh bench needs namespaces: {why}"));
     }
-    let mut lab = Lab::new('m', 203, &["a", "b"]);
+    let mut lab = Lab::new('m', 203, &["a", "b", "c"]);
     let dir = std::env::temp_dir().join(format!("totoro-mesh-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     owner_dir(&dir)?;
@@ -254,12 +257,58 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
         "--frp-port",
         &frp_s,
     ];
-    let _sp = Daemon::spawn_logging(&o.slowpath, &args, "warn").map_err(|e| e.to_string())?;
+    let mut sp = Daemon::spawn_logging(&o.slowpath, &args, "warn").map_err(|e| e.to_string())?;
     wait("the controller", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", relay)).ok()
     })?;
     let controller = format!("http://10.203.1.1:{api}");
-    for n in ["a", "b"] {
+    let api_url = format!("http://127.0.0.1:{api}");
+    let cli = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = Command::new(&o.slowpath)
+            .args(args)
+            .args(["--api", &api_url, "--data-dir", data.to_str()?])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    // The second relay: a server record, then `slowpath relay` with its
+    // token (the built-in relay, with the lower id, dials it).
+    let relay2 = free_port();
+    let url2 = format!("ws://10.203.1.1:{relay2}/ws/data");
+    let added = wait("the second relay's record", Duration::from_secs(20), || {
+        cli(&["mesh", "server", "add", "--name", "relay-2", "--url", &url2])
+    })?;
+    let token = added["token"].as_str().ok_or("no server token")?.to_owned();
+    let r2 = added["server"]["id"].as_u64().ok_or("no server id")?;
+    let r1 = cli(&["mesh", "server", "list"])
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .filter_map(|s| s["id"].as_u64())
+                .find(|&id| id != r2)
+        })
+        .ok_or("no built-in relay")?;
+    let data2 = dir.join("relay-2");
+    owner_dir(&data2)?;
+    let relay_args = [
+        "relay",
+        "--controller",
+        &format!("ws://127.0.0.1:{api}"),
+        "--token",
+        &token,
+        "--port",
+        &relay2.to_string(),
+        "--frp-port",
+        &free_port().to_string(),
+        "--data-dir",
+        data2.to_str().unwrap_or_default(),
+    ];
+    let mut relay2d =
+        Daemon::spawn_logging(&o.slowpath, &relay_args, "warn").map_err(|e| e.to_string())?;
+    wait("the second relay", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", relay2)).ok()
+    })?;
+    for (n, relay) in [("a", r1), ("b", r1), ("c", r2)] {
         let state = dir.join(n);
         let log = std::fs::File::create(dir.join(format!("{n}.log"))).map_err(|e| e.to_string())?;
         let st = state.to_str().unwrap_or_default().to_owned();
@@ -274,44 +323,52 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
                 n,
                 "--state-dir",
                 &st,
+                "--relay",
+                &relay.to_string(),
             ],
             log,
         );
     }
-    let api_url = format!("http://127.0.0.1:{api}");
-    let cli = |args: &[&str]| -> Option<serde_json::Value> {
-        let out = Command::new(&o.slowpath)
-            .args(args)
-            .args(["--api", &api_url, "--data-dir", data.to_str()?])
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let ids: Vec<u64> = wait("two nodes", Duration::from_secs(20), || {
+    let ids: Vec<u64> = wait("three nodes", Duration::from_secs(20), || {
         let v = cli(&["mesh", "node", "list"])?;
         let l = v.as_array()?;
-        (l.len() == 2).then(|| l.iter().filter_map(|n| n["id"].as_u64()).collect())
+        (l.len() == 3).then(|| l.iter().filter_map(|n| n["id"].as_u64()).collect())
     })?;
     for id in &ids {
         cli(&["mesh", "node", "authorize", &id.to_string()]);
     }
-    let ips: Vec<Ipv4Addr> = ["a", "b"]
+    let ips: Vec<Ipv4Addr> = [("a", r1), ("b", r1), ("c", r2)]
         .iter()
-        .map(|n| {
-            wait("a node on the relay", Duration::from_secs(30), || {
+        .map(|(n, relay)| {
+            wait("a node on its relay", Duration::from_secs(30), || {
                 let v = status(&dir.join(n))?;
-                v["relay"].as_u64()?;
+                (v["relay"].as_u64()? == *relay).then_some(())?;
                 v["virtual_ip"].as_str()?.parse().ok()
             })
         })
         .collect::<Result<_, _>>()?;
     let relay_pid = pid_with(&format!("{}/fastpath.toml", data.display())).ok_or("no fastpath")?;
+    let relay2_pid =
+        pid_with(&format!("{}/fastpath.toml", data2.display())).ok_or("no second fastpath")?;
     let node_pid = |n: &str| pid_with(&dir.join(n).display().to_string());
     let pids = vec![
         ("relay".to_string(), relay_pid),
         ("node a".to_string(), node_pid("a").ok_or("no node a")?),
         ("node b".to_string(), node_pid("b").ok_or("no node b")?),
     ];
+    let pids2 = vec![
+        ("relay 1".to_string(), relay_pid),
+        ("relay 2".to_string(), relay2_pid),
+        ("node a".to_string(), pids[1].1),
+        ("node c".to_string(), node_pid("c").ok_or("no node c")?),
+    ];
+    // The link is up once a reaches c.
+    wait(
+        "a to reach c across the relays",
+        Duration::from_secs(30),
+        || rtt(&lab, &o.mesh, "a", &ips[2].to_string()),
+    )?;
+    let nc = lab.ns("c");
     let (na, nb) = (lab.ns("a"), lab.ns("b"));
     let mut rows = Vec::new();
     for streams in [1usize, 8] {
@@ -337,14 +394,23 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
             o.bytes,
             || tcp(Some(a), Some(b), ips[1], streams, o.bytes),
         ));
+        let (a, c) = (na.clone(), nc.clone());
+        rows.push(measure(
+            &format!("mesh through two relays, {streams} stream(s)"),
+            &pids2,
+            o.bytes,
+            || tcp(Some(a), Some(c), ips[2], streams, o.bytes),
+        ));
     }
     let mut extra = Vec::new();
     let veth_rtt = rtt(&lab, &o.mesh, "a", "10.203.1.1");
     let mesh_rtt = rtt(&lab, &o.mesh, "a", &ips[1].to_string());
+    let mesh2_rtt = rtt(&lab, &o.mesh, "a", &ips[2].to_string());
     extra.push(format!(
-        "ICMP RTT, median of 20: veth {:.3} ms, mesh through one relay {:.3} ms",
+        "ICMP RTT, median of 20: veth {:.3} ms, mesh through one relay {:.3} ms, through two relays {:.3} ms",
         veth_rtt.unwrap_or(f64::NAN),
-        mesh_rtt.unwrap_or(f64::NAN)
+        mesh_rtt.unwrap_or(f64::NAN),
+        mesh2_rtt.unwrap_or(f64::NAN)
     ));
     for size in [64usize, 1400] {
         let before = cpu_seconds(relay_pid);
@@ -354,6 +420,19 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
         extra.push(format!(
             "relay frames/s at {size}-byte packets: {rate:.0} delivered (relay CPU {:.2} s over {:.1} s)",
             cpu,
+            t.elapsed().as_secs_f64()
+        ));
+        let before = (cpu_seconds(relay_pid), cpu_seconds(relay2_pid));
+        let t = Instant::now();
+        let rate = udp_rate(na.clone(), nc.clone(), ips[2], size, o.seconds);
+        let cpu = (
+            cpu_seconds(relay_pid) - before.0,
+            cpu_seconds(relay2_pid) - before.1,
+        );
+        extra.push(format!(
+            "two relays, frames/s at {size}-byte packets: {rate:.0} delivered (relay CPU {:.2} s and {:.2} s over {:.1} s)",
+            cpu.0,
+            cpu.1,
             t.elapsed().as_secs_f64()
         ));
     }
@@ -369,6 +448,26 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
             }
             Err(e) => extra.push(format!("boringtun anchor not run: {e}")),
         }
+    }
+    // How frames crossed workers on each relay: a link lives on the worker
+    // of the other relay's id, a network's nodes on the worker of the
+    // network's id; where they differ, frames cross in batches.
+    for (name, d) in [("relay 1", &data), ("relay 2", &data2)] {
+        let Some(v) = std::fs::read_to_string(d.join("fastpath-stats.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        else {
+            continue;
+        };
+        let (crossings, link_in, link_out) = (
+            sum_key(&v, "mesh_crossings"),
+            sum_key(&v, "mesh_link_frames_in"),
+            sum_key(&v, "mesh_link_frames_out"),
+        );
+        extra.push(format!(
+            "{name}: {link_out} DATA frames onto the link, {link_in} off it, {crossings} batches handed between workers ({:.1} frames per batch)",
+            (link_in + link_out) as f64 / crossings.max(1) as f64
+        ));
     }
     let mut md = String::from("| path | Gbit/s | CPU-s per GB |\n|---|---:|---|\n");
     for r in &rows {
@@ -388,9 +487,32 @@ pub fn run(o: &MeshOpts) -> Result<String, String> {
     for e in extra {
         md.push_str(&format!("- {e}\n"));
     }
+    // Stopped with SIGTERM, each stops its fastpath.
+    for d in [&mut sp, &mut relay2d] {
+        d.signal(15);
+        d.wait_exit(Duration::from_secs(10));
+    }
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(md)
+}
+
+/// The sum of every number under `key`, anywhere in `v`.
+fn sum_key(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| {
+                if k == key {
+                    x.as_u64().unwrap_or(0)
+                } else {
+                    sum_key(x, key)
+                }
+            })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(|x| sum_key(x, key)).sum(),
+        _ => 0,
+    }
 }
 
 /// The WireGuard anchor: boringtun in `a` and `b`, configured with `wg`,

@@ -106,6 +106,12 @@ pub struct ServeArgs {
     /// instead when given.
     #[arg(long)]
     pub mesh_relay_port: Option<u16>,
+    /// Seed 003's HS256 mode: a file holding the shared `jwt.secret` (at
+    /// least 32 bytes); mesh tokens are then signed with it, and relays
+    /// verify them with it. Default: Ed25519, relays holding only the
+    /// public key.
+    #[arg(long)]
+    pub mesh_jwt_secret_file: Option<PathBuf>,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,
@@ -151,6 +157,9 @@ pub struct RelayArgs {
     /// A separate fastpath binary; default: this executable's `fastpath`.
     #[arg(long)]
     pub fastpath_bin: Option<PathBuf>,
+    /// The controller's HS256 `jwt.secret` file, when it runs in that mode.
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
 }
 
 /// How operator verbs reach the API.

@@ -377,3 +377,81 @@ fn a_node_that_reads_nothing_costs_the_relay_a_bounded_outbox() {
     assert!(dropped > 2000, "{dropped} dropped of 3000");
     eprintln!("[mesh_relay] RSS grew {grown} KiB; {dropped} of 3000 frames dropped");
 }
+
+/// Seed 003's HS256 mode (`--mesh-jwt-secret-file`): the controller signs
+/// mesh tokens with the shared secret, the relay verifies them with it, a
+/// token signed with another secret or with the Ed25519 key is 1001.
+fn hs256_case(backend: Backend) {
+    let dir = std::env::temp_dir().join(format!("totoro-hs256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let which = match &backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "postgres",
+    };
+    let secret_file = dir.join(format!("jwt-{which}.secret"));
+    let secret = "seed-003-shared-secret-of-32-bytes-or-more";
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let sp = Slowpath::up(
+        &backend,
+        &["--mesh-jwt-secret-file", secret_file.to_str().unwrap()],
+    );
+    sp.wait_frp();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::new()).collect();
+    let (_ca, a, _) = authorized(&sp, &nodes[0], "default");
+    let (_cb, b, _) = authorized(&sp, &nodes[1], "default");
+    let (_ca, _, cfg_a) = join(&sp, &nodes[0]);
+    let (_cb, _, cfg_b) = join(&sp, &nodes[1]);
+    // The token says HS256 and verifies with the secret alone.
+    let jwt = proto::jwt::Jwt::parse(&cfg_a.relay_token).unwrap();
+    assert_eq!(jwt.alg(), proto::jwt::Alg::Hs256);
+    let trust = token::Trust {
+        ed25519: &[],
+        hs256: Some(secret.as_bytes()),
+    };
+    let relays: Vec<u32> = cfg_a.relays.iter().map(|r| r.server_id).collect();
+    token::check_relay_token(&cfg_a.relay_token, &trust, relays[0], now_s(), |_| false)
+        .expect("an HS256 relay token");
+    let url = relay_url(&cfg_a);
+    let (mut ra, resp) = relay(&url, &cfg_a.relay_token).expect("a is let in");
+    assert_eq!((resp.ok, resp.node_id), (true, a));
+    let (mut rb, _) = relay(&url, &cfg_b.relay_token).expect("b is let in");
+    // DATA flows.
+    let mut s_ab = session(&nodes[0], a, &cfg_a, b);
+    let mut s_ba = session(&nodes[1], b, &cfg_b, a);
+    let mut payload = Vec::new();
+    s_ab.seal(b"over HS256", &mut payload).unwrap();
+    send(&mut ra, MsgType::Data, &payload);
+    let mut got = next_data(&mut rb);
+    assert_eq!(s_ba.open(&mut got).unwrap(), b"over HS256");
+    // Another secret, or the Ed25519 key in HS256 mode: 1001.
+    let claims = |jti: &str| {
+        Claims::Relay(RelayClaims {
+            node_id: a,
+            network_id: resp.network_id,
+            allowed_relays: relays.clone(),
+            iat: now_s(),
+            exp: now_s() + 600,
+            jti: jti.into(),
+        })
+    };
+    let other = token::sign(
+        &claims("x1"),
+        &Signer::Hs256(b"another-secret-of-32-bytes-or-more!"),
+    );
+    assert_eq!(relay(&url, &other).unwrap_err().code, 1001);
+    let (kid, key) = signing_key(&sp);
+    let ed = token::sign(
+        &claims("x2"),
+        &Signer::EdDsa {
+            kid: &kid,
+            key: &key,
+        },
+    );
+    assert!(relay(&url, &ed).is_ok(), "the Ed25519 key still verifies");
+    let _ = std::fs::remove_file(&secret_file);
+}
+
+#[test]
+fn hs256_mode_signs_and_verifies_with_the_shared_secret() {
+    each_backend("mesh_hs256", hs256_case);
+}

@@ -341,7 +341,13 @@ struct StandaloneRelay {
 }
 
 impl StandaloneRelay {
-    fn start(controller: &str, token: &str, port: u16, dir: PathBuf) -> StandaloneRelay {
+    fn start(
+        controller: &str,
+        token: &str,
+        port: u16,
+        dir: PathBuf,
+        secret: &Path,
+    ) -> StandaloneRelay {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -355,6 +361,8 @@ impl StandaloneRelay {
             .arg(bench::proc::free_port().to_string())
             .arg("--data-dir")
             .arg(&dir)
+            .arg("--jwt-secret-file")
+            .arg(secret)
             .env("TOTORO_SERVER_TOKEN", token)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -385,14 +393,25 @@ impl Drop for StandaloneRelay {
 /// Two relays, nodes split between them: the built-in relay of `slowpath
 /// up` and a standalone `slowpath relay` registered on `/ws/server`. Node
 /// a uses the first, b the second; their packets cross the relay-to-relay
-/// link (`/ws/mesh`, dialed by the lower id).
+/// link (`/ws/mesh`, dialed by the lower id). The mesh runs in seed 003's
+/// HS256 mode here: the controller signs with the shared secret and the
+/// standalone relay is configured with it (`jwt.secret`).
 fn two_relays_case(backend: Backend) {
     let mut lab = Lab::new('m', 203, &["a", "b"]);
     let port = bench::proc::free_port();
     let listen = format!("0.0.0.0:{port}");
+    let secret = std::env::temp_dir().join(format!("totoro-jwt-{}-{port}", std::process::id()));
+    std::fs::write(&secret, "a-shared-secret-for-the-relay-mesh-test\n").unwrap();
     let sp = Slowpath::up(
         &backend,
-        &["--listen", &listen, "--public-addr", "10.203.1.1"],
+        &[
+            "--listen",
+            &listen,
+            "--public-addr",
+            "10.203.1.1",
+            "--mesh-jwt-secret-file",
+            secret.to_str().unwrap(),
+        ],
     );
     sp.wait_frp();
     let controller = format!("http://10.203.1.1:{port}");
@@ -423,6 +442,7 @@ fn two_relays_case(backend: Backend) {
         &token,
         relay_port,
         sp.dir.join("relay-2"),
+        &secret,
     );
     let states: Vec<PathBuf> = ["a", "b"]
         .iter()
@@ -521,6 +541,7 @@ fn two_relays_case(backend: Backend) {
         !ping(&lab, "a", &ip_b.to_string(), 1),
         "b is no longer reached"
     );
+    let _ = std::fs::remove_file(&secret);
 }
 
 #[test]

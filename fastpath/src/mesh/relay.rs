@@ -318,6 +318,7 @@ pub(super) struct Presented {
     pub table: std::sync::Arc<LoadedTable>,
     pub relay_id: u32,
     keys: Vec<(String, [u8; 32])>,
+    hs256: Option<String>,
 }
 
 impl Presented {
@@ -325,7 +326,7 @@ impl Presented {
     pub fn trust(&self) -> Trust<'_> {
         Trust {
             ed25519: &self.keys,
-            hs256: None,
+            hs256: self.hs256.as_deref().map(str::as_bytes),
         }
     }
 }
@@ -359,7 +360,9 @@ pub(super) fn presented(ctx: &WorkerCtx, msg: &[u8]) -> Result<Presented, ErrorB
         .and_then(|j| j.kid().map(str::to_owned))
         .unwrap_or_default();
     let keys = t.ticket_key(&kid).map(|k| (kid, k)).into_iter().collect();
+    let hs256 = t.mesh_hs256_secret().map(str::to_owned);
     Ok(Presented {
+        hs256,
         token: req.token,
         table,
         relay_id,

@@ -48,6 +48,8 @@
 //!   MESH_LOCS (12) 8-byte records sorted by (node id, relay id), each
 //!               once (optional section): node_id u32, relay_id u32 (mesh
 //!               nodes connected to other relays)
+//!   MESH_HS256 (13) one 8-byte record (optional section): secret str
+//!               (seed 003's HS256 shared secret; empty = Ed25519 only)
 //! ```
 //!
 //! `sub_domain_host` and `subdomain` sit where tables before them had
@@ -87,10 +89,11 @@ const SEC_MESH_NODES: u32 = 9;
 const SEC_MESH_REVOKED: u32 = 10;
 const SEC_MESH_PEERS: u32 = 11;
 const SEC_MESH_LOCS: u32 = 12;
+const SEC_MESH_HS256: u32 = 13;
 const MESH_PEER_REC: usize = 24;
 const MESH_REC: usize = 8;
 /// Sections a reader of this build knows (kinds below this).
-const KNOWN_SECTIONS: usize = 13;
+const KNOWN_SECTIONS: usize = 14;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +206,8 @@ pub struct MeshPolicy {
     pub peers: Vec<MeshPeer>,
     /// (node_id, relay_id): nodes on other relays, any order.
     pub locations: Vec<(u32, u32)>,
+    /// Seed 003's HS256 shared secret ("" = none: Ed25519 only).
+    pub hs256_secret: String,
 }
 
 /// Another relay of the mesh, as this one sees it.
@@ -457,7 +462,12 @@ pub fn encode_parts<'a>(
         locs.extend_from_slice(&relay.to_le_bytes());
     }
 
-    let sections: [(u32, &[u8]); 12] = [
+    let mut hs256 = Vec::with_capacity(MESH_REC);
+    if !mesh_policy.hs256_secret.is_empty() {
+        put_ref(&mut hs256, strings.add(&mesh_policy.hs256_secret));
+    }
+
+    let sections: [(u32, &[u8]); 13] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
@@ -468,6 +478,7 @@ pub fn encode_parts<'a>(
         (SEC_MESH_REVOKED, &revoked),
         (SEC_MESH_PEERS, &peers),
         (SEC_MESH_LOCS, &locs),
+        (SEC_MESH_HS256, &hs256),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -614,6 +625,7 @@ pub struct PolicyTable<'a> {
     mesh_revoked: &'a [u8],
     mesh_peers: &'a [u8],
     mesh_locs: &'a [u8],
+    mesh_hs256: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -692,6 +704,7 @@ impl<'a> PolicyTable<'a> {
             mesh_revoked: found[SEC_MESH_REVOKED as usize].unwrap_or(&[]),
             mesh_peers: found[SEC_MESH_PEERS as usize].unwrap_or(&[]),
             mesh_locs: found[SEC_MESH_LOCS as usize].unwrap_or(&[]),
+            mesh_hs256: found[SEC_MESH_HS256 as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -740,6 +753,12 @@ impl<'a> PolicyTable<'a> {
         }
         if !self.mesh_locs.len().is_multiple_of(MESH_REC) {
             return Err(TableError::Corrupt("mesh locations section size"));
+        }
+        if !(self.mesh_hs256.is_empty() || self.mesh_hs256.len() == MESH_REC) {
+            return Err(TableError::Corrupt("mesh HS256 section size"));
+        }
+        if !self.mesh_hs256.is_empty() {
+            self.check_str(self.mesh_hs256, 0)?;
         }
         let mut prev: Option<u32> = None;
         for rec in self.mesh_peers.chunks_exact(MESH_PEER_REC) {
@@ -896,6 +915,11 @@ impl<'a> PolicyTable<'a> {
     /// The network of authorized mesh node `id`, if it is one.
     pub fn mesh_node_network(&self, id: u32) -> Option<u32> {
         search(self.mesh_nodes, MESH_REC, |rec| u32_at(rec, 0).cmp(&id)).map(|rec| u32_at(rec, 4))
+    }
+
+    /// Seed 003's HS256 shared secret, when the mesh uses one.
+    pub fn mesh_hs256_secret(&self) -> Option<&'a str> {
+        (!self.mesh_hs256.is_empty()).then(|| self.str_at(self.mesh_hs256, 0))
     }
 
     /// The other relays, by id.
@@ -1347,6 +1371,7 @@ mod tests {
                 },
             ],
             locations: vec![(30, 9), (30, 2), (31, 9), (1, 2)],
+            hs256_secret: "s".repeat(32),
         };
         let bytes = s.encode();
         let t = PolicyTable::parse(&bytes).unwrap();
@@ -1362,6 +1387,7 @@ mod tests {
         assert_eq!(peers, [(2, "t.o.k"), (9, "")]);
         assert_eq!(t.mesh_peer(9).unwrap().url, "ws://r9:8444/ws/data");
         assert_eq!(t.mesh_peer(3), None);
+        assert_eq!(t.mesh_hs256_secret(), Some("s".repeat(32).as_str()));
         assert_eq!(
             [1, 2, 30, 31, 32].map(|n| t.mesh_location(n)),
             [Some(2), None, Some(2), Some(9), None]

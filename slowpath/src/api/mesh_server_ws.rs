@@ -131,7 +131,7 @@ async fn authenticate(app: &AppState, token: &str) -> Result<Server, ErrorBody> 
     let keys = trust_keys(app);
     let trust = Trust {
         ed25519: &keys,
-        hs256: None,
+        hs256: app.signer.mesh_secret().map(str::as_bytes),
     };
     match servers::authenticate(&app.db, token, &trust, now_ms()).await {
         Ok((s, _)) => Ok(s),

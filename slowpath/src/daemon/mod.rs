@@ -64,9 +64,20 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     // No relay is connected to a control plane that just started; relays
     // report their nodes again when they register.
     slowpath::domain::mesh::servers::reset_locations(&db).await?;
+    let signer = match &args.mesh_jwt_secret_file {
+        Some(p) => {
+            let secret =
+                slowpath::domain::tickets::read_mesh_secret(p).context("--mesh-jwt-secret-file")?;
+            tracing::info!(
+                "mesh tokens are signed with the HS256 shared secret (seed 003's jwt.secret)"
+            );
+            store.signer.with_mesh_secret(secret)
+        }
+        None => store.signer,
+    };
     let app = Arc::new(App {
         db: db.clone(),
-        signer: store.signer,
+        signer,
         admin_key_hash: credentials::sha256_hex(&store.admin_key),
         limiter: RateLimiter::new(args.resolve_rate, args.resolve_rate),
         local_node_id: node.id.clone(),

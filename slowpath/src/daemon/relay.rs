@@ -40,8 +40,9 @@ struct Told {
 }
 
 impl Told {
-    /// The table for this relay, once CONFIG came.
-    fn spec(&self) -> Option<PolicySpec> {
+    /// The table for this relay, once CONFIG came; `hs256` is the
+    /// controller's shared secret when it signs with one.
+    fn spec(&self, hs256: &str) -> Option<PolicySpec> {
         let c = self.config.as_ref()?;
         let keys = c
             .token_keys
@@ -81,6 +82,7 @@ impl Told {
                     .copied()
                     .filter(|&(_, s)| s != me)
                     .collect(),
+                hs256_secret: hs256.to_owned(),
             },
         })
     }
@@ -203,6 +205,10 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         }
     };
     let controller = server_url(&args.controller)?;
+    let hs256 = match &args.jwt_secret_file {
+        Some(p) => slowpath::domain::tickets::read_mesh_secret(p)?,
+        None => String::new(),
+    };
     private_files::ensure_dir(&args.data_dir, "--data-dir")?;
     let shm_dir = args.data_dir.join("policy");
     let shm = Arc::new(
@@ -226,7 +232,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     );
     let control = {
         let shm = Arc::clone(&shm);
-        tokio::task::spawn_blocking(move || control_loop(&controller, &token, shm))
+        tokio::task::spawn_blocking(move || control_loop(&controller, &token, &hs256, shm))
     };
     tokio::select! {
         _ = super::shutdown_signal() => {}
@@ -299,7 +305,7 @@ fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<
 type Ws = tungstenite::WebSocket<TcpStream>;
 
 /// Connects to the controller and serves the channel, again and again.
-fn control_loop(url: &str, token: &str, shm: Arc<InstanceDir>) -> Result<()> {
+fn control_loop(url: &str, token: &str, hs256: &str, shm: Arc<InstanceDir>) -> Result<()> {
     let mut out = TableOut {
         shm: Arc::clone(&shm),
         generation: 0,
@@ -312,7 +318,7 @@ fn control_loop(url: &str, token: &str, shm: Arc<InstanceDir>) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        match session(url, token, &mut out, &mut rings) {
+        match session(url, token, hs256, &mut out, &mut rings) {
             Ok(()) => tracing::warn!("controller closed the relay channel"),
             Err(e) => tracing::warn!(error = %e, "relay channel to the controller"),
         }
@@ -345,7 +351,13 @@ fn connect(url: &str) -> Result<Ws> {
 
 /// One channel's life: register, then apply what comes and report the
 /// nodes connected here.
-fn session(url: &str, token: &str, out: &mut TableOut, rings: &mut Rings) -> Result<()> {
+fn session(
+    url: &str,
+    token: &str,
+    hs256: &str,
+    out: &mut TableOut,
+    rings: &mut Rings,
+) -> Result<()> {
     let mut ws = connect(url)?;
     let reg = ServerRegister {
         token: token.to_owned(),
@@ -375,7 +387,7 @@ fn session(url: &str, token: &str, out: &mut TableOut, rings: &mut Rings) -> Res
             Err(e) => return Err(e.into()),
         }
         if dirty {
-            if let Some(spec) = told.spec() {
+            if let Some(spec) = told.spec(hs256) {
                 out.write(&spec)?;
             }
         }

@@ -44,6 +44,27 @@ pub fn invite_horizon_ms(now_ms: i64) -> i64 {
 pub struct TicketSigner {
     kid: String,
     key: std::sync::Arc<Ed25519KeyPair>,
+    /// Seed 003's HS256 shared secret, when the mesh is configured with
+    /// one: mesh tokens are then signed with it (tickets never are).
+    mesh_secret: Option<std::sync::Arc<str>>,
+}
+
+/// The shortest HS256 secret accepted, bytes.
+pub const MIN_MESH_SECRET: usize = 32;
+
+/// Seed 003's `jwt.secret` read from `path` (trimmed), at least
+/// [`MIN_MESH_SECRET`] bytes.
+pub fn read_mesh_secret(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    let secret = text.trim().to_owned();
+    if secret.len() < MIN_MESH_SECRET {
+        return Err(Error::Internal(format!(
+            "{}: the mesh JWT secret must be at least {MIN_MESH_SECRET} bytes",
+            path.display()
+        )));
+    }
+    Ok(secret)
 }
 
 /// A verification key: id and Ed25519 public key.
@@ -97,12 +118,27 @@ impl TicketSigner {
 
 impl TicketSigner {
     /// The signer of seed 003's mesh tokens: this same key, so relays
-    /// verify with the public keys they already get.
+    /// verify with the public keys they already get; or the HS256 secret
+    /// when one is configured.
     pub fn mesh_signer(&self) -> proto::mesh::token::Signer<'_> {
-        proto::mesh::token::Signer::EdDsa {
-            kid: &self.kid,
-            key: &self.key,
+        match &self.mesh_secret {
+            Some(s) => proto::mesh::token::Signer::Hs256(s.as_bytes()),
+            None => proto::mesh::token::Signer::EdDsa {
+                kid: &self.kid,
+                key: &self.key,
+            },
         }
+    }
+
+    /// Sign mesh tokens with seed 003's HS256 shared `secret` from now on.
+    pub fn with_mesh_secret(mut self, secret: String) -> TicketSigner {
+        self.mesh_secret = Some(secret.into());
+        self
+    }
+
+    /// The HS256 secret, when configured.
+    pub fn mesh_secret(&self) -> Option<&str> {
+        self.mesh_secret.as_deref()
     }
 }
 
@@ -188,6 +224,7 @@ pub async fn ensure_signer(db: &Db, data_dir: &std::path::Path) -> Result<Ticket
     Ok(TicketSigner {
         kid: kid.to_owned(),
         key: std::sync::Arc::new(key),
+        mesh_secret: None,
     })
 }
 

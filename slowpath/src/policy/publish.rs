@@ -378,6 +378,11 @@ impl Publisher {
             Some(s) => link_tokens.for_relay(&s.mesh_signer(), relay_id, &relays, now_s),
             None => Vec::new(),
         };
+        mesh.hs256_secret = mesh_signer
+            .as_ref()
+            .and_then(|s| s.mesh_secret())
+            .unwrap_or_default()
+            .to_owned();
         mesh.peers = peers(relay_id, &relays, &links);
         Ok(mesh)
     }
@@ -583,5 +588,6 @@ pub async fn compile_mesh(db: &Db, relay_id: u32) -> Result<proto::policy::MeshP
         revoked,
         peers: Vec::new(),
         locations,
+        hs256_secret: String::new(),
     })
 }
