@@ -19,5 +19,6 @@ pub mod keys;
 pub mod node;
 pub mod replay;
 pub mod session;
+pub mod tls;
 pub mod tun;
 pub mod ws;

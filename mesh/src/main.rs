@@ -66,6 +66,10 @@ enum Cmd {
         /// of the controller's list. Another is tried when it fails.
         #[arg(long)]
         relay: Option<String>,
+        /// Trust the certificates in this PEM file for wss:// (relays, the
+        /// controller) instead of the web PKI's roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Stop the `up` of --state-dir.
     Down(State),
@@ -114,26 +118,30 @@ fn main() {
             key_rotation_hours,
             hostname,
             relay,
-        } => up(mesh::node::Options {
-            relay,
-            controller,
-            network,
-            state_dir: state.state_dir,
-            tun,
-            mtu,
-            hostname: hostname.unwrap_or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_else(|_| "node".into())
+            ca_file,
+        } => match ca_file.map(|f| mesh::tls::set_ca_file(&f)) {
+            Some(Err(e)) => Err(format!("--ca-file: {e}")),
+            _ => up(mesh::node::Options {
+                relay,
+                controller,
+                network,
+                state_dir: state.state_dir,
+                tun,
+                mtu,
+                hostname: hostname.unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "node".into())
+                }),
+                accept_routes,
+                gateway,
+                // Out of range (negative, NaN, over a year) is refused in up().
+                key_rotation: Duration::try_from_secs_f64(key_rotation_hours * 3600.0)
+                    .ok()
+                    .filter(|d| *d <= Duration::from_secs(365 * 86_400))
+                    .unwrap_or(Duration::MAX),
             }),
-            accept_routes,
-            gateway,
-            // Out of range (negative, NaN, over a year) is refused in up().
-            key_rotation: Duration::try_from_secs_f64(key_rotation_hours * 3600.0)
-                .ok()
-                .filter(|d| *d <= Duration::from_secs(365 * 86_400))
-                .unwrap_or(Duration::MAX),
-        }),
+        },
         Cmd::Down(state) => down(&state),
         Cmd::Status(s) => status(&s).map(|v| print(&v)),
         Cmd::Peers(s) => status(&s).map(|v| print(&v["peers"])),

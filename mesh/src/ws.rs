@@ -1,10 +1,12 @@
 //! A blocking WebSocket client over one TCP stream, just what a node needs
 //! to speak seed 003 to the controller and to relays: the opening
 //! handshake, masked binary messages out, messages in. The stream can be
-//! cloned so that one thread reads while another writes.
+//! cloned so that one thread reads while another writes. `wss://` goes
+//! through [`crate::tls`], which hands back a plain local stream.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,20 +22,83 @@ pub struct WsUrl {
     pub authority: String,
     /// `/path`.
     pub path: String,
+    /// `wss://` (or `https://`): TLS.
+    pub tls: bool,
+}
+
+/// The connection under the WebSocket: TCP, or the plain end of a TLS
+/// bridge.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Tls(s) => Stream::Tls(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(s) => s.set_write_timeout(t),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tls(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl WsUrl {
-    /// Parse `ws://host[:port]/path` (port 80 by default); `wss://` is
-    /// refused for now with a message saying so.
+    /// Parse `ws://host[:port]/path` (port 80 by default) or
+    /// `wss://host[:port]/path` (port 443).
     pub fn parse(url: &str) -> Result<WsUrl, String> {
-        let rest = if let Some(r) = url.strip_prefix("ws://") {
-            r
-        } else if url.starts_with("wss://") {
-            return Err(format!("{url}: wss:// is not supported by this client yet"));
+        let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (r, true)
         } else if let Some(r) = url.strip_prefix("http://") {
-            r
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
         } else {
-            return Err(format!("{url}: expected ws://host:port/path"));
+            return Err(format!("{url}: expected ws://host:port/path or wss://"));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -49,18 +114,28 @@ impl WsUrl {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         Ok(WsUrl {
             authority,
             path: path.to_owned(),
+            tls,
         })
+    }
+
+    /// The host name (or address) without the port or brackets.
+    pub fn host(&self) -> &str {
+        let h = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h);
+        h.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
 /// One WebSocket connection.
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     partial: Option<Vec<u8>>,
@@ -91,8 +166,13 @@ impl WsConn {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::other(format!("{}: no address", u.authority)))?;
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = if u.tls {
+            Stream::Tls(crate::tls::connect(tcp, u.host(), timeout)?)
+        } else {
+            Stream::Tcp(tcp)
+        };
         stream.set_read_timeout(Some(timeout))?;
         let key = base64::engine::general_purpose::STANDARD.encode(random_key()?);
         let req = format!(
@@ -185,7 +265,7 @@ impl WsConn {
 
     /// Close the connection (both directions).
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
     }
 
     /// The next binary message (pings answered, pongs skipped).
@@ -305,16 +385,21 @@ mod tests {
             WsUrl::parse("ws://127.0.0.1:8444/ws/data").unwrap(),
             WsUrl {
                 authority: "127.0.0.1:8444".into(),
-                path: "/ws/data".into()
+                path: "/ws/data".into(),
+                tls: false,
             }
         );
         assert_eq!(
             WsUrl::parse("http://h/ws/control").unwrap().authority,
             "h:80"
         );
-        assert!(WsUrl::parse("wss://h/x")
-            .unwrap_err()
-            .contains("not supported"));
+        let s = WsUrl::parse("wss://relay.example/x").unwrap();
+        assert_eq!(
+            (s.authority.as_str(), s.host(), s.tls),
+            ("relay.example:443", "relay.example", true)
+        );
+        let s = WsUrl::parse("https://[::1]:8443/ws/control").unwrap();
+        assert_eq!((s.host(), s.tls), ("::1", true));
         assert!(WsUrl::parse("ftp://h").is_err());
     }
 }

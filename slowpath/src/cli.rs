@@ -160,6 +160,12 @@ pub struct RelayArgs {
     /// The controller's HS256 `jwt.secret` file, when it runs in that mode.
     #[arg(long)]
     pub jwt_secret_file: Option<PathBuf>,
+    /// PEM certificate chain nodes see on wss:// (with --tls-key).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How operator verbs reach the API.

@@ -347,6 +347,7 @@ impl StandaloneRelay {
         port: u16,
         dir: PathBuf,
         secret: &Path,
+        tls: (&Path, &Path),
     ) -> StandaloneRelay {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -363,6 +364,10 @@ impl StandaloneRelay {
             .arg(&dir)
             .arg("--jwt-secret-file")
             .arg(secret)
+            .arg("--tls-cert")
+            .arg(tls.0)
+            .arg("--tls-key")
+            .arg(tls.1)
             .env("TOTORO_SERVER_TOKEN", token)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -422,7 +427,7 @@ fn two_relays_case(backend: Backend) {
         "/api/v1/mesh/servers",
         Some(serde_json::json!({
             "name": "relay-2",
-            "url": format!("ws://10.203.1.1:{relay_port}/ws/data"),
+            "url": format!("wss://10.203.1.1:{relay_port}/ws/data"),
         })),
     );
     assert_eq!(st, 201, "{v}");
@@ -437,12 +442,20 @@ fn two_relays_case(backend: Backend) {
         .find(|&id| id != r2)
         .expect("the built-in relay");
     assert!(r1 < r2, "the built-in relay dials: {r1} < {r2}");
+    // Relay 2 serves its nodes over TLS (wss://) with a certificate for
+    // its address; node b trusts it with --ca-file. (The built-in relay
+    // links to it in plain WebSocket on the same port.)
+    let ck = rcgen::generate_simple_self_signed(vec!["10.203.1.1".to_string()]).unwrap();
+    let (cert, key) = (sp.dir.join("relay-2.crt"), sp.dir.join("relay-2.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let _relay = StandaloneRelay::start(
         &format!("ws://127.0.0.1:{port}"),
         &token,
         relay_port,
         sp.dir.join("relay-2"),
         &secret,
+        (&cert, &key),
     );
     let states: Vec<PathBuf> = ["a", "b"]
         .iter()
@@ -460,7 +473,7 @@ fn two_relays_case(backend: Backend) {
         "b",
         &controller,
         &states[1],
-        &["--relay", "relay-2"],
+        &["--relay", "relay-2", "--ca-file", cert.to_str().unwrap()],
     );
     let ids = registered(&sp, &["a", "b"]);
     for id in &ids {

@@ -232,19 +232,32 @@ async fn dial_loop(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>, relay_id: u32) {
     nodes.stop_dialing(relay_id);
 }
 
-/// `host:port` of a `ws://` URL.
-fn authority(url: &str) -> Result<&str, String> {
-    if url.starts_with("wss://") {
-        return Err("wss:// relay links are not supported yet; give relays ws:// URLs".into());
-    }
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
+/// `host:port` of a relay's `ws://` or `wss://` URL. A link is plain
+/// WebSocket either way, on the same port: the relay port takes TLS and
+/// plain connections alike (by the first byte), and relays reach each
+/// other directly, not through a CDN. (TLS between relays is not built.)
+fn authority(url: &str) -> Result<String, String> {
+    let (rest, port) = match url.strip_prefix("ws://") {
+        Some(r) => (r, 80),
+        None => (
+            url.strip_prefix("wss://")
+                .ok_or_else(|| format!("{url:?} is not a ws:// or wss:// URL"))?,
+            443,
+        ),
+    };
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() {
         return Err(format!("{url:?} names no host"));
     }
-    Ok(host)
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !host.ends_with(']');
+    Ok(if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 fn random16() -> [u8; 16] {
@@ -256,6 +269,7 @@ fn random16() -> [u8; 16] {
 /// Connect to a relay's `/ws/mesh`, upgrade, authenticate with `token`.
 async fn dial(url: &str, token: &str) -> Result<(Conn, Vec<u8>, SocketAddr), String> {
     let host = authority(url)?;
+    let host = host.as_str();
     let addr = match host.parse::<SocketAddr>() {
         Ok(a) => a,
         // A name: resolved here, once per dial (a relay's peers are few).
@@ -540,5 +554,26 @@ fn handle(
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority;
+
+    #[test]
+    fn a_relay_url_gives_the_address_to_dial() {
+        assert_eq!(
+            authority("ws://10.0.0.2:8444/ws/data").unwrap(),
+            "10.0.0.2:8444"
+        );
+        assert_eq!(
+            authority("wss://relay.example/ws/data").unwrap(),
+            "relay.example:443"
+        );
+        assert_eq!(authority("ws://[::1]/ws/data").unwrap(), "[::1]:80");
+        assert_eq!(authority("wss://[::1]:9/x").unwrap(), "[::1]:9");
+        assert!(authority("http://h/x").is_err());
+        assert!(authority("ws:///x").is_err());
     }
 }

@@ -271,7 +271,7 @@ fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<
     // The frp port takes no logins: the table has no invites and nobody
     // knows this token.
     let token = slowpath::credentials::random_hex(16);
-    let text = slowpath::frpc_config::render_fastpath(&slowpath::frpc_config::FastpathFile {
+    let mut c = slowpath::frpc_config::FastpathFile {
         node_id: "relay",
         bind_port: args.frp_port,
         token: &token,
@@ -281,8 +281,22 @@ fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<
         vhost_https_port: 0,
         sub_domain_host: "",
         mesh_relay_port: args.port,
-    })
-    .context("cannot write the fastpath config")?;
+    }
+    .config();
+    // Seed 003 §12.2's relay.tls: nodes reach it as wss:// with this
+    // certificate (without it, a self-signed one is made at every start).
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            c.transport.tls.cert_file = cert.to_str().context("--tls-cert: not UTF-8")?.into();
+            c.transport.tls.key_file = key.to_str().context("--tls-key: not UTF-8")?.into();
+        }
+        (None, None) => {}
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
+    let text = format!(
+        "# Written by `slowpath relay`; it is rewritten at every start.\n{}",
+        c.to_toml().context("cannot write the fastpath config")?
+    );
     private_files::write(&config, text.as_bytes())?;
     let (bin, prefix): (PathBuf, Vec<String>) = match &args.fastpath_bin {
         Some(b) => (b.clone(), Vec::new()),
