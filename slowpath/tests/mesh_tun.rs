@@ -7,8 +7,9 @@
 //! over TCP with the same SHA-256 at both ends, while a packet capture on
 //! the relay's side of a veth sees the traffic but never the payload's
 //! plaintext. A deauthorized node is no longer reached. With two relays
-//! (the built-in one and a standalone `slowpath relay`) and a node on each,
-//! the nodes reach each other across the relay-to-relay link.
+//! (the built-in one and a standalone `slowpath relay`) and nodes on each,
+//! a gateway among them, the nodes and the gateway's LAN are reached
+//! across the relay-to-relay link.
 
 mod harness;
 
@@ -395,14 +396,18 @@ impl Drop for StandaloneRelay {
     }
 }
 
-/// Two relays, nodes split between them: the built-in relay of `slowpath
-/// up` and a standalone `slowpath relay` registered on `/ws/server`. Node
-/// a uses the first, b the second; their packets cross the relay-to-relay
-/// link (`/ws/mesh`, dialed by the lower id). The mesh runs in seed 003's
+/// One controller, two relays, nodes split between them: the built-in
+/// relay of `slowpath up` holds a and c, a standalone `slowpath relay`
+/// (registered on `/ws/server`, serving wss://) holds b and the gateway g
+/// with a LAN behind it. a and b reach each other across the
+/// relay-to-relay link (`/ws/mesh`, dialed by the lower id), c reaches a
+/// within its relay, a reaches the LAN through g across the relays; 64 MiB
+/// from b to a arrive intact; b deauthorized is cut off by relay 2. The mesh runs in seed 003's
 /// HS256 mode here: the controller signs with the shared secret and the
 /// standalone relay is configured with it (`jwt.secret`).
 fn two_relays_case(backend: Backend) {
-    let mut lab = Lab::new('m', 203, &["a", "b"]);
+    let mut lab = Lab::new('m', 203, &["a", "b", "c", "g"]);
+    lab.lan(&["g"]);
     let port = bench::proc::free_port();
     let listen = format!("0.0.0.0:{port}");
     let secret = std::env::temp_dir().join(format!("totoro-jwt-{}-{port}", std::process::id()));
@@ -457,33 +462,38 @@ fn two_relays_case(backend: Backend) {
         &secret,
         (&cert, &key),
     );
-    let states: Vec<PathBuf> = ["a", "b"]
+    // a and c on the built-in relay, b and the gateway g (a LAN behind
+    // it) on relay 2.
+    let states: Vec<PathBuf> = ["a", "b", "c", "g"]
         .iter()
         .map(|n| sp.dir.join(format!("node-{n}")))
         .collect();
-    node(
-        &mut lab,
-        "a",
-        &controller,
-        &states[0],
-        &["--relay", &r1.to_string()],
-    );
-    node(
-        &mut lab,
-        "b",
-        &controller,
-        &states[1],
-        &["--relay", "relay-2", "--ca-file", cert.to_str().unwrap()],
-    );
-    let ids = registered(&sp, &["a", "b"]);
+    let r1s = r1.to_string();
+    let ca = cert.to_str().unwrap();
+    let flags: [&[&str]; 4] = [
+        &["--relay", &r1s, "--accept-routes"],
+        &["--relay", "relay-2", "--ca-file", ca],
+        &["--relay", &r1s],
+        &["--relay", "relay-2", "--ca-file", ca, "--gateway"],
+    ];
+    for (i, n) in ["a", "b", "c", "g"].iter().enumerate() {
+        node(&mut lab, n, &controller, &states[i], flags[i]);
+    }
+    let ids = registered(&sp, &["a", "b", "c", "g"]);
     for id in &ids {
         let (st, v) = sp.admin_call("POST", &format!("/api/v1/mesh/nodes/{id}/authorize"), None);
         assert_eq!(st, 200, "{v}");
     }
+    let (st, v) = sp.admin_call(
+        "POST",
+        &format!("/api/v1/mesh/nodes/{}/routes", ids[3]),
+        Some(serde_json::json!({ "cidr": "192.168.77.0/24", "priority": 100 })),
+    );
+    assert_eq!(st, 201, "{v}");
     // Each on its own relay.
     let ips: Vec<Ipv4Addr> = states
         .iter()
-        .zip([r1, r2])
+        .zip([r1, r2, r1, r2])
         .map(|(s, relay)| {
             wait_until("a node on its relay", Duration::from_secs(30), || {
                 let v = status(s)?;
@@ -507,6 +517,15 @@ fn two_relays_case(backend: Backend) {
     );
     assert!(ping(&lab, "b", &ip_a.to_string(), 3), "b reaches a");
     assert!(ping(&lab, "a", &ip_b.to_string(), 3), "a reaches b");
+    // Within one relay too, and the LAN behind g from a, across the relays.
+    assert!(ping(&lab, "c", &ip_a.to_string(), 3), "c reaches a");
+    wait_until("a to hold g's route", Duration::from_secs(10), || {
+        (status(&states[0])?["routes"].as_array()?.len() == 1).then_some(())
+    });
+    wait_until("the LAN behind g, from a", Duration::from_secs(10), || {
+        ping(&lab, "a", "192.168.77.10", 1).then_some(())
+    });
+    assert!(ping(&lab, "a", "192.168.77.10", 3), "the LAN answers");
     let (_, locs) = sp.admin_call("GET", "/api/v1/mesh/stats/overview", None);
     eprintln!("[mesh_relays] overview {locs}");
 
