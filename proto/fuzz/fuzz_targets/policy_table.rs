@@ -40,5 +40,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         let _ = t.subdomain_owner("a");
         let _ = t.invite(&InviteId::from_u128(1));
+        // The mesh sections: every listed peer is found again; lookups of
+        // any id do not panic.
+        let _ = (t.mesh_relay_id(), t.mesh_hs256_secret(), t.mesh_revoked("j"));
+        for p in t.mesh_peers().take(1000) {
+            assert_eq!(t.mesh_peer(p.relay_id), Some(p));
+            let _ = (p.url.len(), p.link_token.len(), t.mesh_location(p.relay_id));
+            let _ = t.mesh_node_network(p.relay_id);
+        }
+        let _ = (t.mesh_location(0), t.mesh_location(u32::MAX));
     }
 });

@@ -1,8 +1,10 @@
 //! Arbitrary bytes as what a relay reads from a WebSocket client: first as
 //! an upgrade request, then as frames (seed 003's `/ws/data`, `/ws/mesh`).
 //!
+//! Also as the 101 answer a dialing relay reads (`/ws/mesh`).
+//!
 //! Properties: no panic; an upgrade that parses has a head within the
-//! input and the limit; a frame head that parses is within the input and
+//! input and the limit; an answer accepted ends its head within the input; a frame head that parses is within the input and
 //! its limits, and encoding it again gives the same head bytes when the
 //! input used the shortest length form.
 #![no_main]
@@ -18,6 +20,11 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
         }
         Ok(None) => assert!(input.len() <= ws::MAX_REQUEST_HEAD),
         Err(e) => assert!([400, 426, 431].contains(&e.status())),
+    }
+    // As the answer a dialing relay reads from the relay it dialed.
+    if let Ok(Some(head)) = ws::check_upgrade_answer(input, "dGhlIHNhbXBsZSBub25jZQ==") {
+        assert!(head <= input.len() && head >= 4);
+        assert_eq!(&input[head - 4..head], b"\r\n\r\n");
     }
     let mut at = 0;
     while at < input.len() {
