@@ -25,6 +25,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 /// read.
 const HELD: usize = 256 * 1024;
 
+/// How long TLS output may take to go once the local side has closed.
+const CLOSING: Duration = Duration::from_secs(5);
+
 static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 /// Trust the certificates in `ca_file` (PEM) instead of the web PKI's
@@ -103,9 +106,20 @@ fn would_block(e: &io::Error) -> bool {
 /// closes.
 fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream) -> io::Result<()> {
     let mut to_local: Vec<u8> = Vec::new();
+    // The local side still sends (and its end is still polled); once it
+    // is closed, what TLS holds gets [`CLOSING`] to go out.
     let mut local_open = true;
+    let mut closing: Option<std::time::Instant> = None;
+    // The relay sent close_notify: done once what it sent is delivered.
+    let mut peer_closed = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        if closing.is_some_and(|t| t.elapsed() > CLOSING) {
+            return Ok(());
+        }
+        if peer_closed && to_local.is_empty() {
+            return Ok(());
+        }
         let mut fds = [
             libc::pollfd {
                 fd: tcp.as_raw_fd(),
@@ -113,7 +127,13 @@ fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream)
                 revents: 0,
             },
             libc::pollfd {
-                fd: local.as_raw_fd(),
+                // A closed local end is not polled (its hang-up would
+                // wake every poll).
+                fd: if local_open || !to_local.is_empty() {
+                    local.as_raw_fd()
+                } else {
+                    -1
+                },
                 events: 0,
                 revents: 0,
             },
@@ -131,7 +151,7 @@ fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream)
             fds[1].events |= libc::POLLOUT;
         }
         // SAFETY: `fds` is a valid array of two pollfd for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 30_000) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1_000) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if would_block(&e) {
@@ -143,7 +163,14 @@ fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream)
         // TLS in: records to plaintext for the local side.
         if fds[0].revents & (libc::POLLIN | hangup) != 0 {
             match conn.read_tls(&mut tcp) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    // The relay is gone: what it sent before still goes
+                    // to the local side (its last ERROR, its Close).
+                    let _ = local.set_nonblocking(false);
+                    let _ = local.set_write_timeout(Some(CLOSING));
+                    let _ = local.write_all(&to_local);
+                    return Ok(());
+                }
                 Ok(_) => {
                     let state = conn
                         .process_new_packets()
@@ -158,9 +185,7 @@ fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream)
                         to_local.extend_from_slice(&buf[..k]);
                         want -= k;
                     }
-                    if state.peer_has_closed() && to_local.is_empty() {
-                        return Ok(());
-                    }
+                    peer_closed |= state.peer_has_closed();
                 }
                 Err(e) if would_block(&e) => {}
                 Err(e) => return Err(e),
@@ -174,18 +199,33 @@ fn bridge(mut conn: ClientConnection, mut tcp: TcpStream, mut local: UnixStream)
                 Err(e) if would_block(&e) => {}
                 Err(_) => return Ok(()),
             }
+        } else if !local_open && fds[1].revents & hangup != 0 {
+            return Ok(());
         }
-        // Local plaintext in: into TLS records.
-        if local_open && fds[1].revents & (libc::POLLIN | hangup) != 0 && !conn.wants_write() {
-            match local.read(&mut buf) {
+        // Local plaintext in: into TLS records. A hang-up while TLS output
+        // waits (nothing read then) closes too, or it would wake every poll.
+        let local_rev = fds[1].revents;
+        if local_open && local_rev & (libc::POLLIN | hangup) != 0 {
+            let got = if conn.wants_write() {
+                if local_rev & libc::POLLIN == 0 {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            } else {
+                local.read(&mut buf)
+            };
+            match got {
                 Ok(0) => {
                     local_open = false;
+                    closing = Some(std::time::Instant::now());
                     conn.send_close_notify();
                 }
                 Ok(k) => conn.writer().write_all(&buf[..k])?,
                 Err(e) if would_block(&e) => {}
                 Err(_) => {
                     local_open = false;
+                    closing = Some(std::time::Instant::now());
                     conn.send_close_notify();
                 }
             }

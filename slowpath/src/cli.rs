@@ -136,7 +136,8 @@ pub struct UpArgs {
 /// `slowpath relay`.
 #[derive(Debug, Args, Clone)]
 pub struct RelayArgs {
-    /// The controller: ws://HOST:PORT (its API address; /ws/server is used).
+    /// The controller: ws://HOST:PORT (its API address), or wss://HOST[:PORT]
+    /// behind TLS; /ws/server is used.
     #[arg(long)]
     pub controller: String,
     /// This server's token (`slowpath mesh server add` prints it).
@@ -166,6 +167,10 @@ pub struct RelayArgs {
     /// PEM private key of --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Trust the certificates in this PEM file for a wss:// controller
+    /// instead of the web PKI's roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How operator verbs reach the API.

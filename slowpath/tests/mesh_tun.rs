@@ -412,7 +412,7 @@ fn two_relays_case(backend: Backend) {
     let listen = format!("0.0.0.0:{port}");
     let secret = std::env::temp_dir().join(format!("totoro-jwt-{}-{port}", std::process::id()));
     std::fs::write(&secret, "a-shared-secret-for-the-relay-mesh-test\n").unwrap();
-    let sp = Slowpath::up(
+    let mut sp = Slowpath::up(
         &backend,
         &[
             "--listen",
@@ -546,6 +546,28 @@ fn two_relays_case(backend: Backend) {
         "[mesh_relays] 64 MiB b -> a across two relays in {:.2} s ({:.0} Mbit/s)",
         took.as_secs_f64(),
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e6
+    );
+
+    // The controller restarts (killed): the built-in relay's fastpath goes
+    // on serving a and c and is adopted with them, relay 2 registers again
+    // with b and g still connected; a reaches b again, and b never left
+    // relay 2.
+    sp.kill_hard();
+    sp.restart();
+    let t = Instant::now();
+    wait_until(
+        "a to reach b after the controller restarted",
+        Duration::from_secs(30),
+        || ping(&lab, "a", &ip_b.to_string(), 1).then_some(()),
+    );
+    eprintln!(
+        "[mesh_relays] a reaches b {:.1} s after the controller restarted",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        status(&states[1]).and_then(|v| v["relay"].as_u64()),
+        Some(r2),
+        "b stayed on relay 2"
     );
 
     // b deauthorized: the standalone relay cuts it off, a reaches it no

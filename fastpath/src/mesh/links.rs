@@ -27,6 +27,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -97,26 +98,51 @@ pub fn forward(ctx: &WorkerCtx, nodes: &MeshNodes, network_id: u32, dst: u32, ms
     };
     let worker = link_worker(relay, ctx.shared.inboxes.len());
     WorkerStats::bump(&ctx.stats().mesh_link_frames_out, 1);
-    if nodes.gather(worker, relay, msg) >= LINK_BATCH {
+    // A batch never outgrows the queues it goes into.
+    let most = LINK_BATCH.min(ctx.shared.config.fastpath.mesh_queue_bytes);
+    if nodes.gather(worker, relay, msg) >= most {
         flush(ctx, nodes);
     }
     true
 }
 
+/// Bytes a link's outbox holds, and what may be on its way to one worker
+/// from all the others: four node outboxes.
+fn link_cap(ctx: &WorkerCtx) -> usize {
+    ctx.shared
+        .config
+        .fastpath
+        .mesh_queue_bytes
+        .saturating_mul(4)
+}
+
 /// Send on what was gathered: to this worker's links and nodes directly,
 /// to other workers as one message per destination.
 pub fn flush(ctx: &WorkerCtx, nodes: &MeshNodes) {
+    // What may be on its way to one worker, from all of them.
+    let cap = link_cap(ctx);
     for b in nodes.take_batches() {
         if b.worker == ctx.id {
             deliver(ctx, nodes, b.relay, b.frames);
+            continue;
+        }
+        let len = b.frames.len();
+        let inflight = &ctx.shared.mesh_crossing[b.worker];
+        if inflight.fetch_add(len, Ordering::Relaxed) + len > cap {
+            // That worker is behind: drop, as a full outbox does.
+            inflight.fetch_sub(len, Ordering::Relaxed);
+            WorkerStats::bump(&ctx.stats().mesh_dropped, 1);
             continue;
         }
         let msg = WorkerMsg::MeshFrames {
             relay: b.relay,
             frames: b.frames,
         };
-        if ctx.shared.inboxes[b.worker].send(msg).is_ok() {
-            WorkerStats::bump(&ctx.stats().mesh_crossings, 1);
+        match ctx.shared.inboxes[b.worker].send(msg) {
+            Ok(()) => WorkerStats::bump(&ctx.stats().mesh_crossings, 1),
+            Err(_) => {
+                inflight.fetch_sub(len, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -266,18 +292,39 @@ fn random16() -> [u8; 16] {
     k
 }
 
+/// A relay's host name resolved on a thread of its own: the resolver
+/// blocks, and a worker must not (the dial's timeout still bounds this).
+async fn resolve(host: &str) -> Result<SocketAddr, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("mesh-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(name.to_socket_addrs().map(|mut a| a.next()));
+        })
+        .map_err(|e| format!("{host}: {e}"))?;
+    loop {
+        match rx.try_recv() {
+            Ok(Ok(Some(a))) => return Ok(a),
+            Ok(Ok(None)) => return Err(format!("{host}: no address")),
+            Ok(Err(e)) => return Err(format!("{host}: {e}")),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                monoio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(format!("{host}: the resolver failed"))
+            }
+        }
+    }
+}
+
 /// Connect to a relay's `/ws/mesh`, upgrade, authenticate with `token`.
 async fn dial(url: &str, token: &str) -> Result<(Conn, Vec<u8>, SocketAddr), String> {
     let host = authority(url)?;
     let host = host.as_str();
     let addr = match host.parse::<SocketAddr>() {
         Ok(a) => a,
-        // A name: resolved here, once per dial (a relay's peers are few).
-        Err(_) => host
-            .to_socket_addrs()
-            .map_err(|e| format!("{host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host}: no address"))?,
+        Err(_) => resolve(host).await?,
     };
     let stream = TcpStream::connect(addr)
         .await
@@ -356,12 +403,7 @@ pub async fn run(
     auth: LinkAuth,
     peer: SocketAddr,
 ) {
-    let cap = ctx
-        .shared
-        .config
-        .fastpath
-        .mesh_queue_bytes
-        .saturating_mul(4);
+    let cap = link_cap(ctx);
     let dialer = auth.dialer;
     let (link, outbox, queued) = Link::new(auth, cap);
     if !dialer {

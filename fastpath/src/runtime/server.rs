@@ -119,6 +119,7 @@ impl Server {
             not_found_page,
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),
+            mesh_crossing: (0..workers).map(|_| Default::default()).collect(),
         });
         if shared.policy.governed().is_some() {
             let s = shared.clone();

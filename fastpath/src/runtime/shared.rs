@@ -202,6 +202,10 @@ pub struct Shared {
     /// Live `tcpmux` routes (CONNECT host × user → proxy), all workers'.
     pub tcpmux_routes:
         parking_lot::RwLock<proto::vhost::routes::Routes<crate::frp::targets::VhostTarget>>,
+    /// Bytes of mesh frames on their way to each worker's inbox
+    /// (`WorkerMsg::MeshFrames`), so that a busy worker is not sent more
+    /// than it can take (see `mesh::links::flush`).
+    pub mesh_crossing: Vec<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {

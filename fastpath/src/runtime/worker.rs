@@ -244,6 +244,8 @@ async fn inbox_loop(
                 monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
             }
             WorkerMsg::MeshFrames { relay, frames } => {
+                ctx.shared.mesh_crossing[ctx.id]
+                    .fetch_sub(frames.len(), std::sync::atomic::Ordering::Relaxed);
                 mesh::links::deliver(ctx, mesh_nodes, relay, frames);
             }
         }

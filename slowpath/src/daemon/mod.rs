@@ -53,17 +53,6 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     let store = store::open(&args, &data_dir).await?;
     let db = store.db.clone();
     let node = node::ensure_local_node(&db, &args, &data_dir, &fp_settings).await?;
-
-    let services = services::start(&db, &shm, &node, &fp_settings).await?;
-
-    // Bound before the fastpath starts: a taken port stops `up` here.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-    slowpath::domain::mesh::nodes::reset_online(&db).await?;
-    // No relay is connected to a control plane that just started; relays
-    // report their nodes again when they register.
-    slowpath::domain::mesh::servers::reset_locations(&db).await?;
     let signer = match &args.mesh_jwt_secret_file {
         Some(p) => {
             let secret =
@@ -75,18 +64,6 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         }
         None => store.signer,
     };
-    let app = Arc::new(App {
-        db: db.clone(),
-        signer,
-        admin_key_hash: credentials::sha256_hex(&store.admin_key),
-        limiter: RateLimiter::new(args.resolve_rate, args.resolve_rate),
-        local_node_id: node.id.clone(),
-        publisher: Arc::clone(&services.publisher),
-        drain: services.drain,
-        tenants: services.tenants,
-        mesh: Default::default(),
-    });
-
     // Seed 003's built-in relay: a server record nodes are sent to, and its
     // id in the policy table (relay tokens name it).
     let relay_port = fp_settings.mesh_relay_port(&args, up.is_some());
@@ -99,20 +76,50 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         );
         slowpath::domain::mesh::servers::ensure_builtin(
             &db,
-            &app.signer.mesh_signer(),
+            &signer.mesh_signer(),
             &format!("{}-relay", node.id),
             &url,
         )
         .await
         .context("the built-in mesh relay's server record")?
     };
+    // No other relay is connected to a control plane that just started
+    // (they report their nodes again when they register); the built-in
+    // relay's nodes stay where they are when its fastpath outlived the
+    // last slowpath and is adopted, and are gone otherwise.
+    let adopted = supervisor::running_fastpath(&shm).is_some();
+    slowpath::domain::mesh::servers::reset_locations(
+        &db,
+        (adopted && relay_id != 0).then_some(relay_id),
+    )
+    .await?;
+
+    let services = services::start(&db, &shm, &node, &fp_settings, relay_id).await?;
+
+    // Bound before the fastpath starts: a taken port stops `up` here.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    slowpath::domain::mesh::nodes::reset_online(&db).await?;
+    let app = Arc::new(App {
+        db: db.clone(),
+        signer,
+        admin_key_hash: credentials::sha256_hex(&store.admin_key),
+        limiter: RateLimiter::new(args.resolve_rate, args.resolve_rate),
+        local_node_id: node.id.clone(),
+        publisher: Arc::clone(&services.publisher),
+        drain: services.drain,
+        tenants: services.tenants,
+        mesh: Default::default(),
+    });
+
     app.mesh.publish_with(Arc::clone(&services.publisher));
     services.publisher.set_mesh_signer(app.signer.clone());
     services.publisher.set_mesh_relay(relay_id);
     if relay_id != 0 {
         let hub = Arc::clone(&app);
         let changed: Box<dyn Fn() + Send + Sync> = Box::new(move || hub.mesh.locations_changed());
-        let _ = services.mesh_locations.set((relay_id, changed));
+        let _ = services.mesh_locations.set(changed);
         // Link tokens are made again when half their life is gone; a
         // recompile every hour finds out (an unchanged table is not
         // written again).

@@ -30,13 +30,67 @@ use tokio::sync::watch;
 use super::supervisor::{self, Fastpath};
 use crate::cli::RelayArgs;
 
-/// What the controller said, as the table needs it.
+/// What the controller said in one session, as the table needs it.
 #[derive(Default)]
 struct Told {
     config: Option<ServerConfig>,
     nodes: BTreeSet<(u32, u32)>,
     revoked: BTreeMap<String, u64>,
     locations: BTreeSet<(u32, u32)>,
+    /// The first (full) blacklist and location messages came: the
+    /// controller sends CONFIG, the blacklist, the nodes, then the
+    /// locations, so the whole picture is in once the locations' pieces
+    /// have come ([`Told::complete`]).
+    blacklist_full: bool,
+    locations_full: bool,
+}
+
+impl Told {
+    /// Whether a table made from this replaces the one in force: not
+    /// before the session's first whole picture (a partial one would cut
+    /// off every node, or let revoked tokens in).
+    fn complete(&self) -> bool {
+        self.config.is_some() && self.blacklist_full && self.locations_full
+    }
+}
+
+/// Pairs sent in one SERVER_NODE_LOC, as the controller sends them.
+const PER_FRAME: usize = 1000;
+
+/// What changed since `before` (None: everything, `full`), in pieces.
+fn location_reports(
+    me: u32,
+    before: Option<&BTreeSet<u32>>,
+    here: &BTreeSet<u32>,
+) -> Vec<NodeLocations> {
+    let (added, removed): (Vec<u32>, Vec<u32>) = match before {
+        None => (here.iter().copied().collect(), Vec::new()),
+        Some(b) => (
+            here.difference(b).copied().collect(),
+            b.difference(here).copied().collect(),
+        ),
+    };
+    let mut out: Vec<NodeLocations> = added
+        .chunks(PER_FRAME)
+        .map(|c| NodeLocations {
+            locations: c.iter().map(|&n| (n, me)).collect(),
+            ..NodeLocations::default()
+        })
+        .chain(removed.chunks(PER_FRAME).map(|c| NodeLocations {
+            removed: c.iter().map(|&n| (n, me)).collect(),
+            ..NodeLocations::default()
+        }))
+        .collect();
+    if before.is_none() {
+        match out.first_mut() {
+            Some(f) => f.full = true,
+            None => out.push(NodeLocations {
+                full: true,
+                ..NodeLocations::default()
+            }),
+        }
+    }
+    out
 }
 
 impl Told {
@@ -205,6 +259,9 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         }
     };
     let controller = server_url(&args.controller)?;
+    if let Some(ca) = &args.ca_file {
+        mesh::tls::set_ca_file(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+    }
     let hs256 = match &args.jwt_secret_file {
         Some(p) => slowpath::domain::tickets::read_mesh_secret(p)?,
         None => String::new(),
@@ -247,20 +304,30 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     Ok(())
 }
 
-/// `ws://host:port/ws/server` from the controller's base URL.
+/// `ws[s]://host:port/ws/server` from the controller's base URL.
 fn server_url(base: &str) -> Result<String> {
     let base = base.trim_end_matches('/');
-    let rest = base
+    let (rest, tls) = if let Some(r) = base
         .strip_prefix("ws://")
         .or_else(|| base.strip_prefix("http://"))
-        .with_context(|| {
-            format!("--controller {base:?}: give ws://HOST:PORT (wss:// is not supported yet)")
-        })?;
+    {
+        (r, false)
+    } else if let Some(r) = base
+        .strip_prefix("wss://")
+        .or_else(|| base.strip_prefix("https://"))
+    {
+        (r, true)
+    } else {
+        bail!("--controller {base:?}: give ws://HOST:PORT or wss://HOST[:PORT]");
+    };
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() {
         bail!("--controller {base:?} names no host");
     }
-    Ok(format!("ws://{host}/ws/server"))
+    Ok(format!(
+        "{}://{host}/ws/server",
+        if tls { "wss" } else { "ws" }
+    ))
 }
 
 fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<Fastpath> {
@@ -316,7 +383,44 @@ fn fastpath(args: &RelayArgs, shm: &Arc<InstanceDir>, shm_dir: &Path) -> Result<
     })
 }
 
-type Ws = tungstenite::WebSocket<TcpStream>;
+/// The channel's stream: TCP, or the plain end of a TLS bridge (wss://).
+enum Stream {
+    Tcp(TcpStream),
+    Tls(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl std::io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type Ws = tungstenite::WebSocket<Stream>;
 
 /// Connects to the controller and serves the channel, again and again.
 fn control_loop(url: &str, token: &str, hs256: &str, shm: Arc<InstanceDir>) -> Result<()> {
@@ -352,14 +456,21 @@ fn send(ws: &mut Ws, kind: MsgType, payload: &[u8]) -> Result<()> {
 }
 
 fn connect(url: &str) -> Result<Ws> {
-    let host = url
-        .strip_prefix("ws://")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or("");
-    let stream = TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let (ws, _) = tungstenite::client(url, stream).map_err(|e| anyhow::anyhow!("upgrade: {e}"))?;
+    let u = mesh::ws::WsUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tcp =
+        TcpStream::connect(&u.authority).with_context(|| format!("connect {}", u.authority))?;
+    tcp.set_nodelay(true)?;
+    let timeout = Duration::from_secs(10);
+    let stream = if u.tls {
+        Stream::Tls(mesh::tls::connect(tcp, u.host(), timeout)?)
+    } else {
+        Stream::Tcp(tcp)
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    // TLS, if any, is done: the handshake is plain WebSocket either way.
+    let plain = format!("ws://{}{}", u.authority, u.path);
+    let (ws, _) =
+        tungstenite::client(plain, stream).map_err(|e| anyhow::anyhow!("upgrade: {e}"))?;
     Ok(ws)
 }
 
@@ -380,51 +491,60 @@ fn session(
     send(&mut ws, MsgType::ServerRegister, &serde_json::to_vec(&reg)?)?;
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(200)))?;
+    // A new session starts from nothing; the table in force stays until
+    // this session's picture is whole.
     let mut told = Told::default();
     let mut registered = false;
     // What the controller was told is here.
     let mut reported: Option<BTreeSet<u32>> = None;
     let mut last_ping = Instant::now();
+    // Changes not yet in a table, since when.
+    let mut dirty: Option<Instant> = None;
     loop {
-        let mut dirty = false;
-        match ws.read() {
+        let quiet = match ws.read() {
             Ok(tungstenite::Message::Binary(b)) => {
-                dirty = apply(&mut told, &mut registered, &b)?;
+                if apply(&mut told, &mut registered, &b)? {
+                    dirty.get_or_insert_with(Instant::now);
+                }
+                false
             }
             Ok(tungstenite::Message::Close(_)) => return Ok(()),
-            Ok(_) => {}
+            Ok(_) => false,
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                true
+            }
             Err(e) => return Err(e.into()),
-        }
-        if dirty {
-            if let Some(spec) = told.spec(hs256) {
-                out.write(&spec)?;
+        };
+        // A burst of pieces makes one table: written when the channel goes
+        // quiet (or after a second of steady changes).
+        if let Some(since) = dirty {
+            if told.complete() && (quiet || since.elapsed() > Duration::from_secs(1)) {
+                if let Some(spec) = told.spec(hs256) {
+                    out.write(&spec)?;
+                }
+                dirty = None;
             }
         }
-        if !registered {
-            continue;
-        }
+        // The rings are read all the time (a full ring drops events).
         rings.poll();
+        let Some(me) = told
+            .config
+            .as_ref()
+            .map(|c| c.server_id)
+            .filter(|_| registered)
+        else {
+            continue;
+        };
         let here = rings.here();
         if reported.as_ref() != Some(&here) {
-            let me = told.config.as_ref().map_or(0, |c| c.server_id);
-            let loc = match &reported {
-                None => NodeLocations {
-                    full: true,
-                    locations: here.iter().map(|&n| (n, me)).collect(),
-                    removed: Vec::new(),
-                },
-                Some(before) => NodeLocations {
-                    full: false,
-                    locations: here.difference(before).map(|&n| (n, me)).collect(),
-                    removed: before.difference(&here).map(|&n| (n, me)).collect(),
-                },
-            };
-            send(&mut ws, MsgType::ServerNodeLoc, &serde_json::to_vec(&loc)?)?;
+            for loc in location_reports(me, reported.as_ref(), &here) {
+                send(&mut ws, MsgType::ServerNodeLoc, &serde_json::to_vec(&loc)?)?;
+            }
             reported = Some(here);
         }
         if last_ping.elapsed() > Duration::from_secs(15) {
@@ -471,6 +591,7 @@ fn apply(told: &mut Told, registered: &mut bool, msg: &[u8]) -> Result<bool> {
             let b: Blacklist = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
             if b.full {
                 told.revoked.clear();
+                told.blacklist_full = true;
             }
             told.revoked.extend(b.entries);
             Ok(true)
@@ -479,6 +600,7 @@ fn apply(told: &mut Told, registered: &mut bool, msg: &[u8]) -> Result<bool> {
             let l: NodeLocations = proto::mesh::control::decode(f.payload).map_err(decode_err)?;
             if l.full {
                 told.locations.clear();
+                told.locations_full = true;
             }
             for p in l.removed {
                 told.locations.remove(&p);
@@ -487,5 +609,81 @@ fn apply(told: &mut Told, registered: &mut bool, msg: &[u8]) -> Result<bool> {
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_reports_come_in_pieces_and_the_first_one_says_full() {
+        let here: BTreeSet<u32> = (1..=2500).collect();
+        let first = location_reports(7, None, &here);
+        assert_eq!(first.len(), 3);
+        assert!(first[0].full && !first[1].full);
+        assert_eq!(first.iter().map(|l| l.locations.len()).sum::<usize>(), 2500);
+        assert!(first
+            .iter()
+            .all(|l| l.locations.iter().all(|&(_, s)| s == 7)));
+        // Every piece fits in a frame.
+        for l in &first {
+            assert!(serde_json::to_vec(l).unwrap().len() < frame::MAX_PAYLOAD);
+        }
+        let none = location_reports(7, None, &BTreeSet::new());
+        assert_eq!(none.len(), 1);
+        assert!(none[0].full && none[0].locations.is_empty());
+        let now: BTreeSet<u32> = (2..=2501).collect();
+        let diff = location_reports(7, Some(&here), &now);
+        assert_eq!(diff.len(), 2);
+        assert_eq!(diff[0].locations, vec![(2501, 7)]);
+        assert_eq!(diff[1].removed, vec![(1, 7)]);
+        assert!(diff.iter().all(|l| !l.full));
+    }
+
+    #[test]
+    fn no_table_before_the_whole_picture() {
+        let mut t = Told::default();
+        let mut registered = false;
+        let msg = |kind: MsgType, body: serde_json::Value| {
+            let mut f = Vec::new();
+            frame::encode(kind, 0, &serde_json::to_vec(&body).unwrap(), &mut f).unwrap();
+            f
+        };
+        apply(
+            &mut t,
+            &mut registered,
+            &msg(MsgType::AuthResponse, serde_json::json!({"ok": true})),
+        )
+        .unwrap();
+        assert!(registered);
+        apply(
+            &mut t,
+            &mut registered,
+            &msg(
+                MsgType::Config,
+                serde_json::json!({"server_id": 2, "name": "r2", "relays": []}),
+            ),
+        )
+        .unwrap();
+        assert!(!t.complete());
+        apply(
+            &mut t,
+            &mut registered,
+            &msg(
+                MsgType::ServerBlacklist,
+                serde_json::json!({"full": true, "entries": []}),
+            ),
+        )
+        .unwrap();
+        assert!(!t.complete(), "the nodes and locations are still to come");
+        apply(
+            &mut t,
+            &mut registered,
+            &msg(MsgType::ServerNodeLoc, serde_json::json!({"full": true})),
+        )
+        .unwrap();
+        assert!(t.complete());
+        assert_eq!(t.spec("").unwrap().mesh.relay_id, 2);
     }
 }

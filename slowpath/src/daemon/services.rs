@@ -42,6 +42,7 @@ pub async fn start(
     shm: &Arc<InstanceDir>,
     node: &Node,
     fp: &FastpathSettings,
+    mesh_relay: u32,
 ) -> Result<Services> {
     let publisher = Publisher::new(db.clone(), Arc::clone(shm), node.id.clone());
     let (reports, quotas) = tenant_services(db, node, fp, &publisher).await?;
@@ -69,6 +70,7 @@ pub async fn start(
         .map(|cfg| start_etcd(cfg, db.clone(), Arc::clone(&publisher)));
 
     let drain = EventDrain::new(db.clone(), Arc::clone(shm), node.id.clone())
+        .with_mesh_relay(mesh_relay)
         .with_reports(Arc::clone(&reports))
         .with_quotas(Arc::clone(&quotas));
     let drain_status = drain.status_handle();

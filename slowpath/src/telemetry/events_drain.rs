@@ -143,14 +143,16 @@ pub struct EventDrain {
     unwritten: Vec<EventRecord>,
     /// Failed attempts at writing `unwritten`.
     write_failures: u32,
-    /// Where the built-in mesh relay's node connections are recorded.
+    /// The built-in mesh relay's server id (0: none): `mesh.node.*` events
+    /// are recorded as its node locations.
+    mesh_relay: u32,
+    /// Called after locations were recorded.
     mesh: MeshLocations,
 }
 
-/// The built-in mesh relay, once `up` knows its server id: the drain
-/// records `mesh.node.*` events as that server's node locations and then
-/// calls `changed`.
-pub type MeshLocations = Arc<std::sync::OnceLock<(u32, Box<dyn Fn() + Send + Sync>)>>;
+/// What the drain calls once it recorded node locations of the built-in
+/// mesh relay (set when the controller's hub exists).
+pub type MeshLocations = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
 
 impl EventDrain {
     /// A drain over the instance directory, attributing events to `node_id`.
@@ -168,8 +170,15 @@ impl EventDrain {
             quotas: None,
             unwritten: Vec::new(),
             write_failures: 0,
+            mesh_relay: 0,
             mesh: Arc::default(),
         }
+    }
+
+    /// Record `mesh.node.*` events as node locations of relay `id` (0: not).
+    pub fn with_mesh_relay(mut self, id: u32) -> EventDrain {
+        self.mesh_relay = id;
+        self
     }
 
     /// The handle through which the built-in relay is named, later.
@@ -602,9 +611,10 @@ impl EventDrain {
                 // Where mesh nodes are: the relay's rows, not the audit log
                 // (the controller audits a node's own channel).
                 Event::MeshNode { node_id, up, .. } => {
-                    let Some((relay, _)) = self.mesh.get() else {
+                    let relay = &self.mesh_relay;
+                    if *relay == 0 {
                         continue;
-                    };
+                    }
                     if *up {
                         // A node deleted meanwhile is skipped.
                         sqlx::query(
@@ -645,7 +655,7 @@ impl EventDrain {
         }
         tx.commit().await?;
         if mesh_changed {
-            if let Some((_, changed)) = self.mesh.get() {
+            if let Some(changed) = self.mesh.get() {
                 changed();
             }
         }

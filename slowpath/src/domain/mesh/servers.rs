@@ -653,9 +653,12 @@ pub async fn report_locations(
     Ok(())
 }
 
-/// Forget every location (at start: no relay is connected yet).
-pub async fn reset_locations(db: &Db) -> Result<()> {
-    sqlx::query("DELETE FROM mesh_node_server_connections")
+/// Forget every location (at start: no relay is connected yet) but those
+/// of server `keep` (a built-in relay whose fastpath is still serving).
+pub async fn reset_locations(db: &Db, keep: Option<u32>) -> Result<()> {
+    // Server ids are positive: -1 keeps nothing.
+    sqlx::query("DELETE FROM mesh_node_server_connections WHERE server_id <> $1")
+        .bind(keep.map_or(-1, i64::from))
         .execute(db)
         .await?;
     Ok(())
