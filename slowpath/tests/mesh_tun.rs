@@ -548,6 +548,23 @@ fn two_relays_case(backend: Backend) {
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e6
     );
 
+    // Relay 2 took b, g and the link from relay 1 over TLS (its URL is
+    // wss://): three TLS connections, as its counters say.
+    let stats = sp.dir.join("relay-2").join("fastpath-stats.json");
+    let tls = || -> Option<u64> {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&stats).ok()?).ok()?;
+        Some(
+            v["workers"]
+                .as_array()?
+                .iter()
+                .filter_map(|w| w["mesh_tls"].as_u64())
+                .sum(),
+        )
+    };
+    wait_until("relay 2's TLS count", Duration::from_secs(5), || {
+        (tls()? >= 3).then_some(())
+    });
+
     // The controller restarts (killed): the built-in relay's fastpath goes
     // on serving a and c and is adopted with them, relay 2 registers again
     // with b and g still connected; a reaches b again, and b never left

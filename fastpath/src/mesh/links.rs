@@ -17,7 +17,10 @@
 //!   masks with a zero key (RFC 6455 asks for a mask from clients; it
 //!   guards browsers' frames against caches, and a relay is no browser).
 //!   PING every 30 s; a link silent for 90 s is closed; the dialer
-//!   reconnects with backoff (1 s doubling to 30 s).
+//!   reconnects with backoff (1 s doubling to 30 s). A relay whose URL is
+//!   `wss://` is dialed over TLS 1.3 without a certificate check
+//!   ([`crate::transport::tls::link_client_config`]): the token is kept
+//!   from passive eyes, not from an active man in the middle.
 //! - **Trust.** A link token is checked like a relay token (signature by a
 //!   table key, expiry, addressed to this relay, not revoked) and its
 //!   sender must be a relay of the table. A relay still cannot send DATA
@@ -44,6 +47,7 @@ use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
 use crate::transport::conn::{Conn, ConnReader};
 use crate::transport::handoff::WorkerMsg;
+use crate::transport::tls::TlsStream;
 
 /// The path relays link on.
 pub const MESH_PATH: &str = "/ws/mesh";
@@ -258,10 +262,8 @@ async fn dial_loop(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>, relay_id: u32) {
     nodes.stop_dialing(relay_id);
 }
 
-/// `host:port` of a relay's `ws://` or `wss://` URL. A link is plain
-/// WebSocket either way, on the same port: the relay port takes TLS and
-/// plain connections alike (by the first byte), and relays reach each
-/// other directly, not through a CDN. (TLS between relays is not built.)
+/// `host:port` of a relay's `ws://` or `wss://` URL (a `wss://` relay is
+/// dialed with TLS, see [`crate::transport::tls::link_client_config`]).
 fn authority(url: &str) -> Result<String, String> {
     let (rest, port) = match url.strip_prefix("ws://") {
         Some(r) => (r, 80),
@@ -330,7 +332,21 @@ async fn dial(url: &str, token: &str) -> Result<(Conn, Vec<u8>, SocketAddr), Str
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn::tcp(stream);
+    let mut conn = if url.starts_with("wss://") {
+        let name = host
+            .rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|e| format!("{name}: {e}"))?;
+        let tls = TlsStream::connect(stream, crate::transport::tls::link_client_config(), name)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        Conn::tls(tls)
+    } else {
+        Conn::tcp(stream)
+    };
     let (req, key) = ws::upgrade_request(host, MESH_PATH, random16());
     let (r, _) = conn.write_all(req).await;
     r.map_err(|e| format!("write: {e}"))?;

@@ -189,6 +189,7 @@ async fn open(ctx: &WorkerCtx, mut stream: TcpStream) -> Result<(Conn, Vec<u8>, 
         let tls = TlsStream::accept(stream, ctx.shared.tls.clone(), &first)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        WorkerStats::bump(&ctx.stats().mesh_tls, 1);
         (Conn::tls(tls), Vec::with_capacity(4096))
     } else {
         (Conn::tcp(stream), first)

@@ -80,6 +80,8 @@ pub struct WorkerStats {
     pub mesh_nodes: AtomicI64,
     /// Mesh connections refused at authentication (ERROR 1001-1006).
     pub mesh_refused: AtomicU64,
+    /// Mesh connections (nodes' and other relays') that came over TLS.
+    pub mesh_tls: AtomicU64,
     /// DATA frames read from mesh nodes.
     pub mesh_frames_in: AtomicU64,
     /// DATA frames queued to their destination node.
@@ -140,6 +142,7 @@ impl WorkerStats {
             vhost_handoffs: self.vhost_handoffs.load(Relaxed),
             mesh_nodes: self.mesh_nodes.load(Relaxed),
             mesh_refused: self.mesh_refused.load(Relaxed),
+            mesh_tls: self.mesh_tls.load(Relaxed),
             mesh_frames_in: self.mesh_frames_in.load(Relaxed),
             mesh_frames_out: self.mesh_frames_out.load(Relaxed),
             mesh_bytes: self.mesh_bytes.load(Relaxed),
@@ -190,6 +193,8 @@ pub struct StatsSnapshot {
     pub mesh_nodes: i64,
     /// See [`WorkerStats::mesh_refused`].
     pub mesh_refused: u64,
+    /// See [`WorkerStats::mesh_tls`].
+    pub mesh_tls: u64,
     /// See [`WorkerStats::mesh_frames_in`].
     pub mesh_frames_in: u64,
     /// See [`WorkerStats::mesh_frames_out`].

@@ -42,6 +42,78 @@ pub fn server_config(cfg: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig
     Ok(Arc::new(sc))
 }
 
+/// The client config a relay dials another relay's `wss://` with: TLS 1.3,
+/// records protected here after the handshake. The other relay's
+/// certificate is not checked against any root (relays have no shared CA,
+/// and the built-in one makes a self-signed certificate at every start):
+/// the link is kept from passive eyes, and the other relay is
+/// authenticated by the link token it accepts and the one it answers to,
+/// not by its certificate.
+pub fn link_client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(AnyCertificate(Arc::clone(&provider)));
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        c.enable_secret_extraction = true;
+        Arc::new(c)
+    }))
+}
+
+/// Takes any certificate, but checks the handshake's signature by its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 fn self_signed() -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "totoro".to_string()])?;
@@ -113,7 +185,7 @@ impl CipherIn {
     /// Give rustls the record at the front, all of it, and process it. One
     /// record at a time: rustls then never holds part of a record when the
     /// handshake ends, and never more plaintext than one record's.
-    fn feed(&mut self, conn: &mut ServerConnection) -> io::Result<()> {
+    fn feed<C: TlsSide>(&mut self, conn: &mut C) -> io::Result<()> {
         let Some(len) = self.first_record() else {
             return Ok(());
         };
@@ -162,7 +234,7 @@ impl CipherIn {
 ///
 /// Copies straight out of rustls's own buffers (`BufRead`), so nothing is
 /// zeroed first.
-fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<io::Result<usize>> {
+fn take_plain<S: PlainSink, C: TlsSide>(conn: &mut C, buf: &mut S) -> Option<io::Result<usize>> {
     use std::io::BufRead;
     let room = (buf.capacity() - buf.len()).max(16 * 1024);
     let mut reader = conn.reader();
@@ -187,6 +259,21 @@ fn take_plain<S: PlainSink>(conn: &mut ServerConnection, buf: &mut S) -> Option<
             return Some(Ok(got));
         }
     }
+}
+
+/// Either side of a rustls session (the server's, and the client's of a
+/// relay-to-relay link): what the handshake and the plaintext drain use.
+pub trait TlsSide: std::ops::DerefMut<Target = rustls::ConnectionCommon<Self::Data>> {
+    /// rustls's per-side data.
+    type Data;
+}
+
+impl TlsSide for ServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+}
+
+impl TlsSide for rustls::ClientConnection {
+    type Data = rustls::client::ClientConnectionData;
 }
 
 /// Where decrypted bytes go: a relay buffer or the yamux driver's input.
@@ -253,7 +340,7 @@ impl PlainSink for bytes::BytesMut {
 }
 
 /// Move everything rustls wants to send into `out`.
-fn drain_tls(conn: &mut ServerConnection, out: &mut Vec<u8>) {
+fn drain_tls<C: TlsSide>(conn: &mut C, out: &mut Vec<u8>) {
     while conn.wants_write() {
         if conn.write_tls(out).is_err() {
             break;
@@ -351,7 +438,6 @@ impl TlsState {
     /// suite is one we protect; otherwise stay with rustls. Called once the
     /// handshake is done and rustls has nothing left to send.
     fn after_handshake(conn: ServerConnection, cin: CipherIn) -> io::Result<TlsState> {
-        use rustls::ConnectionTrafficSecrets as S;
         if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return Ok(TlsState::Rustls(conn, cin));
         }
@@ -363,6 +449,20 @@ impl TlsState {
             r?;
         }
         let secrets = conn.dangerous_extract_secrets().map_err(tls_err)?;
+        record_state(secrets, plain, cin.into_vec())
+    }
+}
+
+/// A TLS 1.3 session's record state from its extracted secrets: records
+/// protected here from now on. `plain` is what rustls had decrypted,
+/// `pending` ciphertext read and not yet opened.
+fn record_state(
+    secrets: rustls::ExtractedSecrets,
+    plain: Vec<u8>,
+    pending: Vec<u8>,
+) -> io::Result<TlsState> {
+    use rustls::ConnectionTrafficSecrets as S;
+    {
         let keys = |s: &S| -> Option<(tls13::Suite, Vec<u8>, Vec<u8>)> {
             match s {
                 S::Aes128Gcm { key, iv } => Some((
@@ -400,7 +500,7 @@ impl TlsState {
             Box::new(RecordIn {
                 opener,
                 plain,
-                pending: cin.into_vec(),
+                pending,
                 closed: false,
             }),
         ))
@@ -447,6 +547,45 @@ impl TlsStream {
         }
         flush(&mut io, &mut conn).await?;
         let state = TlsState::after_handshake(conn, cin)?;
+        Ok(TlsStream { io, state })
+    }
+
+    /// The client side, for a relay dialing another relay's `/ws/mesh`:
+    /// the handshake (TLS 1.3 only), then records protected here as on
+    /// the server side.
+    pub async fn connect(
+        io: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Self> {
+        let mut conn = rustls::ClientConnection::new(config, name).map_err(tls_err)?;
+        conn.set_buffer_limit(None);
+        let mut io = io;
+        let mut cin = CipherIn::default();
+        flush(&mut io, &mut conn).await?;
+        while conn.is_handshaking() {
+            if cin.ready() {
+                cin.feed(&mut conn)?;
+                flush(&mut io, &mut conn).await?;
+                continue;
+            }
+            if cin.read_from(&mut io).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during TLS handshake",
+                ));
+            }
+        }
+        flush(&mut io, &mut conn).await?;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not TLS 1.3"));
+        }
+        let mut plain = Vec::new();
+        if let Some(r) = take_plain(&mut conn, &mut plain) {
+            r?;
+        }
+        let secrets = conn.dangerous_extract_secrets().map_err(tls_err)?;
+        let state = record_state(secrets, plain, cin.into_vec())?;
         Ok(TlsStream { io, state })
     }
 
@@ -537,7 +676,7 @@ impl TlsStream {
 }
 
 /// Send what rustls wants to send.
-async fn flush(io: &mut TcpStream, conn: &mut ServerConnection) -> io::Result<()> {
+async fn flush<C: TlsSide>(io: &mut TcpStream, conn: &mut C) -> io::Result<()> {
     if !conn.wants_write() {
         return Ok(());
     }
@@ -639,7 +778,7 @@ impl TlsWriter {
             WriteSide::Rustls(conn) => {
                 let mut c = conn.borrow_mut();
                 c.writer().write_all(data)?;
-                drain_tls(&mut c, &mut self.out);
+                drain_tls(&mut *c, &mut self.out);
             }
         }
         let out = std::mem::take(&mut self.out);
@@ -658,7 +797,7 @@ impl TlsWriter {
             WriteSide::Rustls(conn) => {
                 let mut c = conn.borrow_mut();
                 c.send_close_notify();
-                drain_tls(&mut c, &mut self.out);
+                drain_tls(&mut *c, &mut self.out);
             }
         }
         let out = std::mem::take(&mut self.out);
