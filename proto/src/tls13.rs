@@ -14,7 +14,10 @@
 //! handshake messages. A client's only one is `KeyUpdate`; this layer does
 //! not hold the traffic secret a key update derives from, so it refuses
 //! one ([`OpenError::KeyUpdate`]): the connection closes and the client
-//! reconnects. Go's TLS stack (frpc) never sends one on its own.
+//! reconnects. Go's TLS stack (frpc) never sends one on its own. A server's
+//! NewSessionTicket (what a client reads, on a relay-to-relay link) is
+//! dropped: nothing here resumes sessions. One split across records is
+//! refused, as anything else is.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -33,6 +36,7 @@ const APPLICATION_DATA: u8 = 23;
 const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const KEY_UPDATE: u8 = 24;
+const NEW_SESSION_TICKET: u8 = 4;
 
 /// The AEAD a session negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +236,10 @@ impl Opener {
                 HANDSHAKE if plain.first() == Some(&KEY_UPDATE) => {
                     return Err(OpenError::KeyUpdate)
                 }
+                // Session tickets a server sends after the handshake (a
+                // relay dialing a `wss://` relay behind another TLS stack):
+                // this side never resumes, so they are dropped.
+                HANDSHAKE if plain.first() == Some(&NEW_SESSION_TICKET) => {}
                 other => return Err(OpenError::Unexpected(other)),
             }
         }
@@ -351,6 +359,23 @@ mod tests {
         let got = o.open(&mut [23, 3], 0, 0).unwrap();
         assert_eq!((got.plain_end, got.rest), (0, 0));
         assert_eq!(missing(&[23, 3]), 3);
+    }
+
+    #[test]
+    fn session_tickets_are_dropped_and_what_follows_them_kept() {
+        let (mut s, mut o) = pair(Suite::Aes128Gcm);
+        let mut wire = Vec::new();
+        s.seal(b"before", &mut wire).unwrap();
+        s.seal_record(
+            HANDSHAKE,
+            &[NEW_SESSION_TICKET, 0, 0, 3, 1, 2, 3],
+            &mut wire,
+        )
+        .unwrap();
+        s.seal(b" after", &mut wire).unwrap();
+        let got = o.open(&mut wire, 0, 0).unwrap();
+        assert_eq!(&wire[..got.plain_end], b"before after");
+        assert_eq!(got.rest, wire.len());
     }
 
     #[test]

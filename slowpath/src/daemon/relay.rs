@@ -443,7 +443,12 @@ fn control_loop(url: &str, token: &str, hs256: &str, shm: Arc<InstanceDir>) -> R
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_secs(1);
         }
-        std::thread::sleep(backoff);
+        // The rings are read while waiting too (a full ring drops events).
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            rings.poll();
+            std::thread::sleep(Duration::from_millis(200));
+        }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
@@ -457,10 +462,14 @@ fn send(ws: &mut Ws, kind: MsgType, payload: &[u8]) -> Result<()> {
 
 fn connect(url: &str) -> Result<Ws> {
     let u = mesh::ws::WsUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tcp =
-        TcpStream::connect(&u.authority).with_context(|| format!("connect {}", u.authority))?;
-    tcp.set_nodelay(true)?;
     let timeout = Duration::from_secs(10);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&u.authority)
+        .with_context(|| format!("resolve {}", u.authority))?
+        .next()
+        .with_context(|| format!("{}: no address", u.authority))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connect {}", u.authority))?;
+    tcp.set_nodelay(true)?;
     let stream = if u.tls {
         Stream::Tls(mesh::tls::connect(tcp, u.host(), timeout)?)
     } else {
@@ -500,6 +509,9 @@ fn session(
     let mut last_ping = Instant::now();
     // Changes not yet in a table, since when.
     let mut dirty: Option<Instant> = None;
+    // Whether this session wrote a table yet: the first waits for the
+    // channel to go quiet (the first burst is the whole picture, in pieces).
+    let mut published = false;
     loop {
         let quiet = match ws.read() {
             Ok(tungstenite::Message::Binary(b)) => {
@@ -523,20 +535,23 @@ fn session(
         // A burst of pieces makes one table: written when the channel goes
         // quiet (or after a second of steady changes).
         if let Some(since) = dirty {
-            if told.complete() && (quiet || since.elapsed() > Duration::from_secs(1)) {
+            let steady = published && since.elapsed() > Duration::from_secs(1);
+            if told.complete() && (quiet || steady) {
                 if let Some(spec) = told.spec(hs256) {
                     out.write(&spec)?;
                 }
                 dirty = None;
+                published = true;
             }
         }
         // The rings are read all the time (a full ring drops events).
         rings.poll();
+        // Only a relay reports nodes (a STUN-only server record may not).
         let Some(me) = told
             .config
             .as_ref()
+            .filter(|c| registered && c.relays.iter().any(|r| r.server_id == c.server_id))
             .map(|c| c.server_id)
-            .filter(|_| registered)
         else {
             continue;
         };
