@@ -617,3 +617,99 @@ fn servers(backend: Backend) {
 fn relays_register_learn_the_blacklist_and_node_locations_and_are_cut_off() {
     each_backend("mesh_servers", servers);
 }
+
+/// What one node, or anyone able to make machine keys, can make the
+/// controller hold or do: node-key rotations come in a burst of 5, then
+/// one a second (4003 past it, the key and the channel stay); at most 1024
+/// nodes of a network wait for authorization (a new machine key past it
+/// is 4003, one already waiting is still told 1006).
+fn bounded(backend: Backend) {
+    let sp = Slowpath::start(&backend, &[]);
+    let a = Node::new();
+    let (mut wa, a_id, _) = authorized(&sp, &a, "default");
+    let keys: Vec<NodeKey> = (0..8).map(|_| NodeKey::generate().unwrap()).collect();
+    for k in &keys {
+        let ts = stamp(&a.last);
+        let upd = NodeKeyUpdate {
+            node_key: k.public_b64(),
+            timestamp: ts,
+            signature: encode(
+                &a.machine
+                    .sign(&node_key_signed_bytes(a_id, &k.public_b64(), ts)),
+            ),
+        };
+        send(
+            &mut wa,
+            MsgType::ConfigUpdate,
+            &serde_json::to_vec(&upd).unwrap(),
+        );
+    }
+    send(&mut wa, MsgType::Ping, b"still-on");
+    let mut refused = 0;
+    loop {
+        match recv(&mut wa) {
+            Some((MsgType::Error, p)) => {
+                let e: ErrorBody = serde_json::from_slice(&p).unwrap();
+                assert_eq!(e.code, 4003, "{e:?}");
+                refused += 1;
+            }
+            Some((MsgType::Pong, p)) => {
+                assert_eq!(p, b"still-on");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the channel was closed"),
+        }
+    }
+    assert!(
+        (2..=3).contains(&refused),
+        "{refused} of 8 rotations refused"
+    );
+    // The key in force is one of the five taken.
+    let (_, v) = sp.admin_call("GET", &format!("/api/v1/mesh/nodes/{a_id}"), None);
+    let now = v["node_key_pub"].as_str().unwrap().to_owned();
+    assert!(keys[..6].iter().any(|k| k.public_b64() == now), "{now}");
+
+    // 1024 machine keys wait in "default"; the next new one is refused.
+    let t = Instant::now();
+    let waiting: Vec<Node> = (0..1024).map(|_| Node::new()).collect();
+    for n in &waiting {
+        let mut ws = connect(&sp);
+        send(
+            &mut ws,
+            MsgType::AuthRequest,
+            &serde_json::to_vec(&n.auth()).unwrap(),
+        );
+        let resp: AuthResponse = expect(&mut ws, MsgType::AuthResponse);
+        assert_eq!(resp.error.map(|e| e.code), Some(1006));
+    }
+    eprintln!(
+        "[mesh_bounds] 1024 registrations in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut ws = connect(&sp);
+    send(
+        &mut ws,
+        MsgType::AuthRequest,
+        &serde_json::to_vec(&Node::new().auth()).unwrap(),
+    );
+    let err = wait_error(&mut ws);
+    assert_eq!(err.code, 4003, "{err:?}");
+    assert!(err.message.contains("waiting for authorization"), "{err:?}");
+    // One already waiting is still told to wait.
+    let mut ws = connect(&sp);
+    send(
+        &mut ws,
+        MsgType::AuthRequest,
+        &serde_json::to_vec(&waiting[0].auth()).unwrap(),
+    );
+    let resp: AuthResponse = expect(&mut ws, MsgType::AuthResponse);
+    assert_eq!(resp.error.map(|e| e.code), Some(1006));
+    let (_, v) = sp.admin_call("GET", "/api/v1/mesh/stats/overview", None);
+    assert_eq!(v["nodes_pending"], 1024, "{v}");
+}
+
+#[test]
+fn rotations_and_waiting_nodes_are_bounded() {
+    each_backend("mesh_bounds", bounded);
+}

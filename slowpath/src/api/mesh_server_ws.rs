@@ -45,6 +45,7 @@ pub async fn server(
             ch: Channel {
                 ws: socket,
                 pushed: 0,
+                rotations: Default::default(),
             },
             blacklist: BTreeSet::new(),
             locations: BTreeSet::new(),

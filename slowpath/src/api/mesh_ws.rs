@@ -212,6 +212,7 @@ pub async fn control(
         let mut ch = Channel {
             ws: socket,
             pushed: 0,
+            rotations: RotationBudget::default(),
         };
         if let Err(why) = ch.serve(&app).await {
             tracing::info!(%why, "mesh control channel closed");
@@ -223,6 +224,46 @@ pub(super) struct Channel {
     pub(super) ws: WebSocket,
     /// CONFIG and CONFIG_UPDATE frames sent (their version).
     pub(super) pushed: u64,
+    /// Node-key rotations this channel may still make now.
+    pub(super) rotations: RotationBudget,
+}
+
+/// Node-key rotations a control channel may make: a burst of
+/// [`RotationBudget::BURST`], then one a second. Each rotation is pushed
+/// to every peer of the node's network, so a node may not make the
+/// controller do that at will (4003 past it; the key stays). A node
+/// rotates once a day by default.
+#[derive(Debug)]
+pub(super) struct RotationBudget {
+    left: f64,
+    at: tokio::time::Instant,
+}
+
+impl Default for RotationBudget {
+    fn default() -> Self {
+        RotationBudget {
+            left: Self::BURST,
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl RotationBudget {
+    const BURST: f64 = 5.0;
+
+    /// Take one rotation, if there is one.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64();
+        self.left = (self.left + refill).min(Self::BURST);
+        self.at = now;
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A node's configuration (without tokens: those are minted when due).
@@ -544,6 +585,13 @@ impl Channel {
                     Ok(u) => u,
                     Err(body) => return self.fail(body).await,
                 };
+                if !self.rotations.take() {
+                    let body = ErrorBody::new(
+                        ErrorCode::Overloaded,
+                        "node key rotations are limited to a burst of 5, then one a second; the key stays",
+                    );
+                    return self.send(MsgType::Error, &json(&body)).await;
+                }
                 match nodes::rotate_key(&app.db, node.id, &upd, now_ms()).await {
                     Ok(_) => {
                         app.mesh.changed(node.network_id);

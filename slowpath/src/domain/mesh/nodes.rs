@@ -154,6 +154,11 @@ fn check_clock(timestamp: u64, now_ms: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Nodes of one network that may wait for an operator at once: past it a
+/// new machine key is refused (4003), so that anyone able to sign with
+/// fresh keys cannot fill the table.
+pub const MAX_PENDING_PER_NETWORK: i64 = 1024;
+
 /// A signed message is taken once: its timestamp must be newer than the
 /// last one taken from this machine key (a replayed AUTH_REQUEST or key
 /// rotation is refused).
@@ -257,6 +262,22 @@ pub async fn register(db: &Db, req: &AuthRequest, now: i64) -> Result<Registered
             (node.id, false)
         }
         None => {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM mesh_nodes WHERE network_id = $1 AND authorized = 0",
+            )
+            .bind(i64::from(net.id))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+            if pending >= MAX_PENDING_PER_NETWORK {
+                return Err(Refusal::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "network {network_name:?} has {pending} nodes waiting for authorization \
+                         (at most {MAX_PENDING_PER_NETWORK}); an operator must authorize or delete some first"
+                    ),
+                ));
+            }
             let id = next_id(&mut tx, "mesh_nodes").await?;
             let name = if hostname.is_empty() {
                 format!("node-{id}")
