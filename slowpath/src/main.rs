@@ -69,7 +69,11 @@ fn relay(args: cli::RelayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::relay::run(args))
+    let result = runtime.block_on(daemon::relay::run(args));
+    // The controller channel runs on a blocking thread that never returns
+    // by itself: a plain drop of the runtime would wait for it for ever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn serve(args: cli::ServeArgs, up: Option<cli::UpArgs>) -> anyhow::Result<()> {

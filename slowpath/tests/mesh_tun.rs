@@ -378,6 +378,23 @@ impl StandaloneRelay {
     }
 }
 
+impl StandaloneRelay {
+    /// SIGTERM, and how long it took to exit (it stops its fastpath
+    /// first); None if it had not within 10 s.
+    fn stop(&mut self) -> Option<Duration> {
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
 impl Drop for StandaloneRelay {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child.
@@ -454,7 +471,7 @@ fn two_relays_case(backend: Backend) {
     let (cert, key) = (sp.dir.join("relay-2.crt"), sp.dir.join("relay-2.key"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let _relay = StandaloneRelay::start(
+    let mut relay = StandaloneRelay::start(
         &format!("ws://127.0.0.1:{port}"),
         &token,
         relay_port,
@@ -613,6 +630,9 @@ fn two_relays_case(backend: Backend) {
         "b is no longer reached"
     );
     let _ = std::fs::remove_file(&secret);
+    // SIGTERM stops the relay, its fastpath first.
+    let took = relay.stop().expect("slowpath relay exits on SIGTERM");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
