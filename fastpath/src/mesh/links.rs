@@ -86,11 +86,32 @@ pub fn authenticate(ctx: &WorkerCtx, msg: &[u8]) -> Result<LinkAuth, ErrorBody> 
     })
 }
 
+/// The table in force, taken once for all the frames of one read rather
+/// than per frame (each take is a lock and a count shared by all workers).
+#[derive(Default)]
+pub struct TableOnce(Option<Option<std::sync::Arc<LoadedTable>>>);
+
+impl TableOnce {
+    /// The table, taken on first use.
+    pub fn get(&mut self, ctx: &WorkerCtx) -> Option<&LoadedTable> {
+        self.0
+            .get_or_insert_with(|| ctx.shared.policy.current())
+            .as_deref()
+    }
+}
+
 /// A node's DATA frame (`msg`, whole) for `dst`, which is not connected
 /// to this worker: gathered for the relay that holds it, if another does
 /// and `dst` is in the sender's network. False: no other relay holds it.
-pub fn forward(ctx: &WorkerCtx, nodes: &MeshNodes, network_id: u32, dst: u32, msg: &[u8]) -> bool {
-    let Some(table) = ctx.shared.policy.current() else {
+pub fn forward(
+    ctx: &WorkerCtx,
+    nodes: &MeshNodes,
+    table: &mut TableOnce,
+    network_id: u32,
+    dst: u32,
+    msg: &[u8],
+) -> bool {
+    let Some(table) = table.get(ctx) else {
         return false;
     };
     let t = table.get();

@@ -38,7 +38,7 @@ use proto::mesh::{data, frame, ErrorCode, MsgType};
 use proto::ws;
 
 use super::frames::FrameReader;
-use super::links::{self, MESH_PATH};
+use super::links::{self, TableOnce, MESH_PATH};
 use super::nodes::{
     home_worker, link_worker, ws_close, ws_error, ws_seed_frame, Link, MeshAuth, MeshNodes,
     NodeAuth,
@@ -548,6 +548,8 @@ async fn read_loop(
     // A message arriving in fragments.
     let mut partial: Option<Vec<u8>> = None;
     loop {
+        // The frames of one read see one table.
+        let mut table = TableOnce::default();
         while let Some((h, at)) = match frames.next_frame() {
             Ok(h) => h,
             Err(e) => {
@@ -559,7 +561,7 @@ async fn read_loop(
             let payload = frames.payload(at);
             match h.opcode {
                 ws::Opcode::Binary if h.fin && partial.is_none() => {
-                    if let Err(why) = handle(ctx, nodes, link, payload) {
+                    if let Err(why) = handle(ctx, nodes, link, &mut table, payload) {
                         return why;
                     }
                 }
@@ -579,7 +581,7 @@ async fn read_loop(
                     p.extend_from_slice(payload);
                     if h.fin {
                         let msg = partial.take().unwrap_or_default();
-                        if let Err(why) = handle(ctx, nodes, link, &msg) {
+                        if let Err(why) = handle(ctx, nodes, link, &mut table, &msg) {
                             return why;
                         }
                     }
@@ -615,7 +617,13 @@ async fn read_loop(
 }
 
 /// One seed frame from the node: Err(why) ends the connection.
-fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Result<(), String> {
+fn handle(
+    ctx: &WorkerCtx,
+    nodes: &MeshNodes,
+    link: &Rc<Link>,
+    table: &mut TableOnce,
+    msg: &[u8],
+) -> Result<(), String> {
     // A node cut off (revoked, replaced) sends nothing more, even while
     // its last frames are still being written to it.
     if link.is_closing() {
@@ -648,7 +656,7 @@ fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Re
             }
             WorkerStats::bump(&stats.mesh_frames_in, 1);
             let local = nodes.get(d.dst);
-            if local.is_none() && links::forward(ctx, nodes, me.network_id, d.dst, msg) {
+            if local.is_none() && links::forward(ctx, nodes, table, me.network_id, d.dst, msg) {
                 return Ok(());
             }
             match local {
@@ -663,7 +671,7 @@ fn handle(ctx: &WorkerCtx, nodes: &MeshNodes, link: &Rc<Link>, msg: &[u8]) -> Re
                 other => {
                     WorkerStats::bump(&stats.mesh_unroutable, 1);
                     let known = other.is_some()
-                        || ctx.shared.policy.current().is_some_and(|t| {
+                        || table.get(ctx).is_some_and(|t| {
                             t.get().mesh_node_network(d.dst) == Some(me.network_id)
                         });
                     let mut body = if known && other.is_none() {

@@ -277,6 +277,31 @@ pub struct ServerConfig {
     pub links: Vec<(u32, String)>,
 }
 
+/// A set's change sent in pieces of at most `per` items, additions first,
+/// then removals: (full, added, removed) per piece. With `full` (the whole
+/// set, first time), the first piece says it replaces everything, and
+/// there is one, empty, when the set is.
+pub fn pieces<T: Clone>(
+    added: &[T],
+    removed: &[T],
+    per: usize,
+    full: bool,
+) -> Vec<(bool, Vec<T>, Vec<T>)> {
+    let per = per.max(1);
+    let mut out: Vec<(bool, Vec<T>, Vec<T>)> = added
+        .chunks(per)
+        .map(|c| (false, c.to_vec(), Vec::new()))
+        .chain(removed.chunks(per).map(|c| (false, Vec::new(), c.to_vec())))
+        .collect();
+    if full {
+        match out.first_mut() {
+            Some(p) => p.0 = true,
+            None => out.push((true, Vec::new(), Vec::new())),
+        }
+    }
+    out
+}
+
 /// CONFIG_UPDATE to a relay: the authorized nodes and their networks (a
 /// relay serves only these; a deauthorized node is in `removed` and is cut
 /// off). Sent in pieces, as SERVER_NODE_LOC is.

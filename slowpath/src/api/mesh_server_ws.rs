@@ -271,27 +271,12 @@ impl ServerChannel {
             let added: Vec<(u32, u32)> = now.difference(&self.nodes).copied().collect();
             let removed: Vec<(u32, u32)> = self.nodes.difference(&now).copied().collect();
             if first || !added.is_empty() || !removed.is_empty() {
-                let mut frames: Vec<ServerNodes> = added
-                    .chunks(PER_FRAME)
-                    .map(|c| ServerNodes {
-                        nodes: c.to_vec(),
-                        ..ServerNodes::default()
-                    })
-                    .chain(removed.chunks(PER_FRAME).map(|c| ServerNodes {
-                        removed: c.to_vec(),
-                        ..ServerNodes::default()
-                    }))
-                    .collect();
-                if first {
-                    match frames.first_mut() {
-                        Some(f) => f.full = true,
-                        None => frames.push(ServerNodes {
-                            full: true,
-                            ..ServerNodes::default()
-                        }),
-                    }
-                }
-                for f in frames {
+                for (full, nodes, removed) in control::pieces(&added, &removed, PER_FRAME, first) {
+                    let f = ServerNodes {
+                        full,
+                        nodes,
+                        removed,
+                    };
                     self.ch.send(MsgType::ConfigUpdate, &json(&f)).await?;
                 }
                 self.nodes = now;
@@ -305,31 +290,12 @@ impl ServerChannel {
         let added: Vec<(u32, u32)> = now.difference(&self.locations).copied().collect();
         let removed: Vec<(u32, u32)> = self.locations.difference(&now).copied().collect();
         if first || !added.is_empty() || !removed.is_empty() {
-            let mut frames = Vec::new();
-            for c in added.chunks(PER_FRAME) {
-                frames.push(NodeLocations {
-                    full: false,
-                    locations: c.to_vec(),
-                    removed: Vec::new(),
-                });
-            }
-            for c in removed.chunks(PER_FRAME) {
-                frames.push(NodeLocations {
-                    full: false,
-                    locations: Vec::new(),
-                    removed: c.to_vec(),
-                });
-            }
-            if first {
-                match frames.first_mut() {
-                    Some(f) => f.full = true,
-                    None => frames.push(NodeLocations {
-                        full: true,
-                        ..NodeLocations::default()
-                    }),
-                }
-            }
-            for f in frames {
+            for (full, locations, removed) in control::pieces(&added, &removed, PER_FRAME, first) {
+                let f = NodeLocations {
+                    full,
+                    locations,
+                    removed,
+                };
                 self.ch.send(MsgType::ServerNodeLoc, &json(&f)).await?;
             }
             self.locations = now;

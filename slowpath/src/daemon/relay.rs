@@ -70,27 +70,19 @@ fn location_reports(
             b.difference(here).copied().collect(),
         ),
     };
-    let mut out: Vec<NodeLocations> = added
-        .chunks(PER_FRAME)
-        .map(|c| NodeLocations {
-            locations: c.iter().map(|&n| (n, me)).collect(),
-            ..NodeLocations::default()
+    let pair = |n: &u32| (*n, me);
+    let (added, removed): (Vec<_>, Vec<_>) = (
+        added.iter().map(pair).collect(),
+        removed.iter().map(pair).collect(),
+    );
+    proto::mesh::control::pieces(&added, &removed, PER_FRAME, before.is_none())
+        .into_iter()
+        .map(|(full, locations, removed)| NodeLocations {
+            full,
+            locations,
+            removed,
         })
-        .chain(removed.chunks(PER_FRAME).map(|c| NodeLocations {
-            removed: c.iter().map(|&n| (n, me)).collect(),
-            ..NodeLocations::default()
-        }))
-        .collect();
-    if before.is_none() {
-        match out.first_mut() {
-            Some(f) => f.full = true,
-            None => out.push(NodeLocations {
-                full: true,
-                ..NodeLocations::default()
-            }),
-        }
-    }
-    out
+        .collect()
 }
 
 impl Told {
