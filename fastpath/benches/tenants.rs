@@ -55,6 +55,7 @@ fn rss_kib() -> u64 {
 
 fn spec(tenants: Vec<TenantPolicy>, pool: PortSet) -> PolicySpec {
     PolicySpec {
+        edge: Default::default(),
         mesh: Default::default(),
         generation: 1,
         created_ms: 0,

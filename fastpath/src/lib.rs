@@ -37,6 +37,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod edge;
 pub mod frp;
 pub mod mesh;
 pub mod policy;

@@ -71,6 +71,7 @@ impl Control {
         let mut pk = [0u8; 32];
         pk.copy_from_slice(self.key.public_key().as_ref());
         PolicySpec {
+            edge: Default::default(),
             mesh: Default::default(),
             generation: 0,
             created_ms: 0,

@@ -40,6 +40,7 @@
 //!   carries event records from a fastpath worker to the slowpath.
 
 pub mod auth;
+pub mod certstore;
 pub mod cfb;
 pub mod config;
 pub mod events;

@@ -26,6 +26,7 @@ fn main() {
     let path = base.join(format!("totoro-bench-table-{}", std::process::id()));
     let inst = InstanceDir::open(&path).expect("instance dir");
     let spec = PolicySpec {
+        edge: Default::default(),
         mesh: Default::default(),
         generation: 1,
         created_ms: 1,

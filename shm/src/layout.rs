@@ -8,6 +8,8 @@
 //!   instance.key                   32 random bytes; authenticates the rest
 //!   policy.tbl                     the policy table (slowpath → fastpath)
 //!   policy.refused                 why the fastpath refused the last table
+//!   edge-certs.bin                 the edge's certificates and keys, named
+//!                                  by the table's SHA-256 (slowpath → fastpath)
 //!   events-<worker>.ring           one event ring per fastpath worker
 //!   fastpath.lock, slowpath.lock   POSIX-locked by the running processes
 //! ```
@@ -22,6 +24,9 @@ pub const SLOWPATH_LOCK_FILE: &str = "slowpath.lock";
 pub const KEY_FILE: &str = "instance.key";
 /// The published policy table.
 pub const TABLE_FILE: &str = "policy.tbl";
+/// The edge's certificate store (`proto::certstore`): written before the
+/// table that names its SHA-256.
+pub const CERTS_FILE: &str = "edge-certs.bin";
 /// Why the fastpath last refused a table (written by the fastpath, read by
 /// the publisher when a change is not applied in time).
 pub const REFUSED_FILE: &str = "policy.refused";

@@ -174,6 +174,7 @@ mod tests {
 
     pub(crate) fn spec(generation: u64) -> PolicySpec {
         PolicySpec {
+            edge: Default::default(),
             mesh: Default::default(),
             generation,
             created_ms: 1,

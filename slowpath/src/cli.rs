@@ -112,6 +112,25 @@ pub struct ServeArgs {
     /// public key.
     #[arg(long)]
     pub mesh_jwt_secret_file: Option<PathBuf>,
+    /// The edge's ACME directory URL: certificates for routed hostnames
+    /// are ordered there (HTTP-01, answered on vhostHTTPPort, which must
+    /// be port 80 as the CA sees it). Let's Encrypt is
+    /// https://acme-v02.api.letsencrypt.org/directory (staging:
+    /// https://acme-staging-v02.api.letsencrypt.org/directory). Default:
+    /// none, no certificates are ordered.
+    #[arg(long)]
+    pub acme_directory: Option<String>,
+    /// A root certificate (PEM) that the ACME server's HTTPS is checked
+    /// against, for a CA that is not publicly trusted (a test CA).
+    #[arg(long)]
+    pub acme_ca_file: Option<PathBuf>,
+    /// Contact of the ACME account (`mailto:ops@example.com`).
+    #[arg(long)]
+    pub acme_contact: Option<String>,
+    /// Seconds between looks for certificates due for renewal (a route
+    /// change looks at once).
+    #[arg(long, default_value_t = 60)]
+    pub acme_interval_secs: u64,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,

@@ -28,6 +28,7 @@
 //! and with the default feature `embedded-fastpath` the data plane itself
 //! (`slowpath fastpath …`), so one installed binary is a whole node.
 
+pub mod acme;
 pub mod api;
 pub mod clock;
 pub mod credentials;

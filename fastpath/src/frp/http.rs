@@ -26,13 +26,14 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
 use proto::vhost::canonical_host;
 use proto::vhost::head::{self, Body, BodyFraming, ResponseBody};
 use proto::vhost::rewrite::{self, RequestEdits};
 
+use crate::edge;
 use crate::frp::control::Sessions;
 use crate::frp::proxy::{self, Proxy};
 use crate::frp::targets;
@@ -63,6 +64,8 @@ const IDLE_BUF: usize = 512;
 /// What of a request head the loop needs after the buffer moves on.
 struct Head {
     head_len: usize,
+    /// The request target in origin form (for a redirect's Location).
+    target: String,
     host: String,
     path: String,
     user: String,
@@ -87,7 +90,19 @@ impl Head {
         let host = canonical_host(req.host)
             .ok_or(head::HeadError::Malformed("malformed Host"))?
             .into_owned();
+        // An absolute-form target keeps its path and query.
+        let t = req.target;
+        let t = match t.find("://") {
+            Some(i) => t[i + 3..].find('/').map_or("/", |p| &t[i + 3 + p..]),
+            None => t,
+        };
+        let target = if t.starts_with('/') {
+            t.to_string()
+        } else {
+            "/".to_string()
+        };
         Ok(Head {
+            target,
             head_len: req.head_len,
             host,
             path: head::decoded_path(req.path)?.into_owned(),
@@ -129,9 +144,24 @@ pub async fn read_head(stream: &mut Conn, buf: &mut Vec<u8>) -> Result<bool, Str
     }
 }
 
-/// A work connection kept between requests, for one proxy.
+/// Where a request goes once routed: a proxy's work connection, or an
+/// edge route's address origin.
+enum Dest {
+    Proxy {
+        control: Rc<crate::frp::control::Control>,
+        proxy: Rc<Proxy>,
+        edits: Arc<targets::HttpEdits>,
+    },
+    Origin(SocketAddr),
+}
+
+/// A connection to where requests go, kept between requests: a work
+/// connection of one proxy, or a connection to an address origin.
 struct Upstream {
-    proxy: Rc<Proxy>,
+    /// The proxy; None for an address origin.
+    proxy: Option<Rc<Proxy>>,
+    /// The address origin (None for a proxy's work connection).
+    origin: Option<SocketAddr>,
     work: Conn,
     /// Its entry in the proxy's tracked relays.
     tracked: u64,
@@ -139,7 +169,50 @@ struct Upstream {
 
 impl Upstream {
     fn release(self) {
-        self.proxy.untrack(self.tracked);
+        if let Some(p) = &self.proxy {
+            p.untrack(self.tracked);
+        }
+    }
+
+    /// Count `n` bytes towards the origin (`to_origin`) or back.
+    async fn meter(&self, stats: &WorkerStats, to_origin: bool, n: usize) {
+        match &self.proxy {
+            Some(p) => p.meter(stats, to_origin, n).await,
+            None => {
+                let c = if to_origin {
+                    &stats.bytes_in
+                } else {
+                    &stats.bytes_out
+                };
+                WorkerStats::bump(c, n as u64);
+            }
+        }
+    }
+
+    /// For logs.
+    fn name(&self) -> String {
+        match (&self.proxy, self.origin) {
+            (Some(p), _) => p.name.to_string(),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Whether it may be kept for the next request (a proxy keeps at
+    /// most [`KEPT_PER_PROXY`]).
+    fn keep_idle(&self) -> bool {
+        self.proxy
+            .as_ref()
+            .is_none_or(|p| p.keep_idle(KEPT_PER_PROXY))
+    }
+
+    /// Whether it serves `dest`.
+    fn serves(&self, dest: &Dest) -> bool {
+        match (dest, &self.proxy) {
+            (Dest::Proxy { proxy, .. }, Some(p)) => Rc::ptr_eq(p, proxy) && !proxy.is_closed(),
+            (Dest::Origin(a), None) => self.origin == Some(*a),
+            _ => false,
+        }
     }
 }
 
@@ -167,7 +240,9 @@ pub async fn serve(
     let stats = ctx.stats();
     WorkerStats::bump(&stats.conns_total, 1);
     WorkerStats::add(&stats.conns, 1);
+    let https = matches!(stream, Conn::Tls(..));
     let mut conn = UserConn {
+        https,
         ctx: &ctx,
         sessions: &sessions,
         user: Some(stream),
@@ -229,6 +304,8 @@ struct UserConn<'a> {
     /// first.
     buf: Vec<u8>,
     upstream: Option<Upstream>,
+    /// TLS terminated by the edge: the scheme is https.
+    https: bool,
 }
 
 impl UserConn<'_> {
@@ -246,18 +323,23 @@ impl UserConn<'_> {
     /// The kept work connection, no longer counted as kept.
     fn take_kept(&mut self) -> Option<Upstream> {
         let up = self.upstream.take()?;
-        up.proxy.unkeep_idle();
+        if let Some(p) = &up.proxy {
+            p.unkeep_idle();
+        }
         Some(up)
     }
 
     /// Answer the user with `status` and a short body, closing after it.
     async fn answer(&mut self, status: u16, extra: &str, body: &[u8]) -> Next {
         let reason = match status {
+            200 => "OK",
+            308 => "Permanent Redirect",
             400 => "Bad Request",
             401 => "Unauthorized",
             404 => "Not Found",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
+            503 => "Service Unavailable",
             504 => "Gateway Timeout",
             _ => "Error",
         };
@@ -302,25 +384,36 @@ impl UserConn<'_> {
         };
         let target = match routed {
             Some(t) => Some(t),
-            None => {
-                let route = self
-                    .ctx
-                    .shared
-                    .http_routes
-                    .read()
-                    .get(&head.host, &head.path, &head.user)
-                    .cloned();
-                let keep = self.upstream.as_ref().map(|u| u.proxy.name.as_str());
-                route.and_then(|r| targets::resolve(r, keep))
-            }
+            None => match self.edge(&head) {
+                Edge::Proxy(t) => Some(t),
+                Edge::Origin(addr) => {
+                    self.identified();
+                    return self.exchange_with(Dest::Origin(addr), head).await;
+                }
+                Edge::Answer(status, extra, body) => {
+                    self.identified();
+                    let (status, extra) = (status, extra.as_str());
+                    return Ok(self.answer(status, extra, body.as_bytes()).await);
+                }
+                Edge::NoRoute => {
+                    let route = self
+                        .ctx
+                        .shared
+                        .http_routes
+                        .read()
+                        .get(&head.host, &head.path, &head.user)
+                        .cloned();
+                    let kept = self.upstream.as_ref().and_then(|u| u.proxy.clone());
+                    let keep = kept.as_ref().map(|p| p.name.as_str());
+                    route.and_then(|r| targets::resolve(r, keep))
+                }
+            },
         };
         let Some(target) = target else {
             let why = format!("no http proxy serves {:?} {:?}", head.host, head.path);
             return Ok(self.not_found(&why).await);
         };
-        if self.gate.take().is_some() {
-            self.ctx.preauth.identified(self.peer.ip());
-        }
+        self.identified();
         if target.worker != self.ctx.id {
             return Ok(self.move_to(target));
         }
@@ -345,13 +438,75 @@ impl UserConn<'_> {
             }
         }
         let edits = target.http.clone().unwrap_or_default();
+        let dest = Dest::Proxy {
+            control,
+            proxy,
+            edits,
+        };
+        self.exchange_with(dest, head).await
+    }
+
+    /// The gate's hold on a new connection ends with its first routed
+    /// request.
+    fn identified(&mut self) {
+        if self.gate.take().is_some() {
+            self.ctx.preauth.identified(self.peer.ip());
+        }
+    }
+
+    /// What the edge makes of a request: an ACME HTTP-01 answer, a
+    /// redirect to HTTPS, an edge route's origin; or nothing, and the
+    /// request is routed to `http` proxies as frps does.
+    fn edge(&self, head: &Head) -> Edge {
+        let shared = &self.ctx.shared;
+        if shared.policy.governed().is_none() {
+            return Edge::NoRoute;
+        }
+        if !self.https {
+            if let Some(token) = head.path.strip_prefix(ACME_PREFIX) {
+                if let Some(answer) = edge::acme_answer(&shared.policy, token) {
+                    WorkerStats::bump(&self.ctx.stats().acme_answers, 1);
+                    let extra = "Content-Type: application/octet-stream\r\n".to_string();
+                    return Edge::Answer(200, extra, answer);
+                }
+            }
+        }
+        let Some(route) = edge::route(&shared.policy, &shared.edge, &head.host) else {
+            return Edge::NoRoute;
+        };
+        if route.redirect_https && !self.https {
+            let location = format!(
+                "Location: https://{}{}\r\n",
+                head.forwarded_host, head.target
+            );
+            return Edge::Answer(308, location, String::new());
+        }
+        match route.origin {
+            edge::Origin::Proxy(t) => Edge::Proxy(t),
+            edge::Origin::Address(a) => Edge::Origin(a),
+            edge::Origin::Down(why) => {
+                WorkerStats::bump(&self.ctx.stats().edge_origin_down, 1);
+                tracing::info!(worker = self.ctx.id, peer = %self.peer, host = %head.host, reason = %why, "edge origin down");
+                Edge::Answer(502, String::new(), format!("{why}\n"))
+            }
+        }
+    }
+
+    /// Carry the request at the start of `buf` to `dest`, and its
+    /// response back.
+    async fn exchange_with(&mut self, dest: Dest, head: Head) -> Result<Next, String> {
+        let no_edits = Arc::new(targets::HttpEdits::default());
+        let edits = match &dest {
+            Dest::Proxy { edits, .. } => edits.clone(),
+            Dest::Origin(_) => no_edits,
+        };
         let mut out = Vec::with_capacity(head.head_len + 256);
         let e = RequestEdits {
             host: &edits.host,
             set: &edits.request,
             client_ip: &self.client_ip,
             forwarded_host: &head.forwarded_host,
-            proto: "http",
+            proto: if self.https { "https" } else { "http" },
             drop_expect: head.expect_continue,
         };
         rewrite::request(&self.buf, &e, &mut out).map_err(|e| e.to_string())?;
@@ -365,28 +520,14 @@ impl UserConn<'_> {
         // sent again on a new one, once.
         let mut retry = head.body == Body::None;
         loop {
-            let reused = self.take_upstream(&proxy);
+            let reused = self.take_upstream(&dest);
             let mut up = match reused {
                 Some(u) => u,
                 None => {
                     retry = false;
-                    let local = match &self.user {
-                        Some(Conn::Tcp(u, _)) => u.local_addr().ok(),
-                        _ => None,
-                    };
-                    let start = proxy::start_work_conn(&proxy, local, self.peer);
-                    let Some(work) = Box::pin(control.take_work_conn(start)).await else {
-                        return Ok(self.not_found("no work connection from frpc in time").await);
-                    };
-                    let user_fd = match &self.user {
-                        Some(u) => u.aborter(),
-                        None => return Ok(Next::Gone),
-                    };
-                    let tracked = proxy.track([user_fd, work.aborter()]);
-                    Upstream {
-                        proxy: proxy.clone(),
-                        work,
-                        tracked,
+                    match self.connect(&dest).await {
+                        Ok(u) => u,
+                        Err(next) => return Ok(next),
                     }
                 }
             };
@@ -399,9 +540,9 @@ impl UserConn<'_> {
                     retry = false;
                     continue;
                 }
-                return Err(format!("write to frpc failed: {e}"));
+                return Err(format!("write to {} failed: {e}", up_name(&dest)));
             }
-            proxy.meter(stats, true, out.len()).await;
+            up.meter(stats, true, out.len()).await;
             if head.is_connect {
                 // frps hijacks a CONNECT: the request goes on and the
                 // connection is a tunnel (frpc's side answers it).
@@ -418,7 +559,7 @@ impl UserConn<'_> {
                         up.release();
                         return Ok(Next::Close);
                     }
-                    if keep && up.proxy.keep_idle(KEPT_PER_PROXY) {
+                    if keep && up.keep_idle() {
                         self.upstream = Some(up);
                     } else {
                         up.release();
@@ -446,15 +587,65 @@ impl UserConn<'_> {
         }
     }
 
-    /// The kept work connection, when it is for `proxy` and the proxy is
-    /// still open; a kept one for another proxy is let go.
-    fn take_upstream(&mut self, proxy: &Rc<Proxy>) -> Option<Upstream> {
+    /// The kept connection, when it serves `dest` (a proxy still open, or
+    /// the same address origin); a kept one for elsewhere is let go.
+    fn take_upstream(&mut self, dest: &Dest) -> Option<Upstream> {
         let up = self.take_kept()?;
-        if Rc::ptr_eq(&up.proxy, proxy) && !proxy.is_closed() {
+        if up.serves(dest) {
             return Some(up);
         }
         up.release();
         None
+    }
+
+    /// A new connection to `dest`: a work connection from frpc, or a
+    /// connection to the address origin. Err: what the user was answered.
+    async fn connect(&mut self, dest: &Dest) -> Result<Upstream, Next> {
+        match dest {
+            Dest::Proxy { control, proxy, .. } => {
+                let local = match &self.user {
+                    Some(Conn::Tcp(u, _)) => u.local_addr().ok(),
+                    Some(Conn::Tls(t, _)) => t.socket().local_addr().ok(),
+                    _ => None,
+                };
+                let start = proxy::start_work_conn(proxy, local, self.peer);
+                let Some(work) = Box::pin(control.take_work_conn(start)).await else {
+                    return Err(self.not_found("no work connection from frpc in time").await);
+                };
+                let user_fd = match &self.user {
+                    Some(u) => u.aborter(),
+                    None => return Err(Next::Gone),
+                };
+                let tracked = proxy.track([user_fd, work.aborter()]);
+                Ok(Upstream {
+                    proxy: Some(proxy.clone()),
+                    origin: None,
+                    work,
+                    tracked,
+                })
+            }
+            Dest::Origin(addr) => {
+                WorkerStats::bump(&self.ctx.stats().edge_origin_requests, 1);
+                let dial = monoio::net::TcpStream::connect(*addr);
+                let failed = match monoio::time::timeout(self.timeout(), dial).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(Upstream {
+                            proxy: None,
+                            origin: Some(*addr),
+                            work: Conn::tcp(s),
+                            tracked: 0,
+                        });
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_string(),
+                };
+                WorkerStats::bump(&self.ctx.stats().edge_origin_down, 1);
+                tracing::info!(worker = self.ctx.id, peer = %self.peer, origin = %addr, error = %failed, "edge origin unreachable");
+                let body = format!("origin {addr} unreachable: {failed}\n");
+                Err(self.answer(502, "", body.as_bytes()).await)
+            }
+        }
     }
 
     /// Move the connection, with the request it starts with, to the worker
@@ -468,10 +659,16 @@ impl UserConn<'_> {
         };
         // The descriptor's token goes with the Conn, so that no aborter
         // of this worker's reaches the socket once it has moved.
-        let Some(Conn::Tcp(user, _)) = self.user.take() else {
-            return Next::Gone;
+        let (user, tls) = match self.user.take() {
+            Some(Conn::Tcp(user, _)) => (user, None),
+            Some(Conn::Tls(t, _)) => {
+                let (user, state) = t.into_parts();
+                (user, Some(state))
+            }
+            _ => return Next::Gone,
         };
         let moved = MovedVhost {
+            tls,
             socket: handoff::detach(user),
             pending: std::mem::take(&mut self.buf),
             peer: self.peer,
@@ -500,7 +697,7 @@ impl UserConn<'_> {
                 };
                 let (r, mut back) = up.work.write_all(chunk).await;
                 r.map_err(|e| format!("write to frpc failed: {e}"))?;
-                up.proxy.meter(stats, true, n).await;
+                up.meter(stats, true, n).await;
                 if self.buf.is_empty() {
                     back.clear();
                     self.buf = back;
@@ -535,7 +732,7 @@ impl UserConn<'_> {
             let parsed = match head::parse_response(&rbuf, req.is_head) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::info!(worker = self.ctx.id, proxy = %up.proxy.name, error = %e, "bad response head from frpc");
+                    tracing::info!(worker = self.ctx.id, upstream = %up.name(), error = %e, "bad response head from frpc");
                     return Ok(Exchange::Answer(502));
                 }
             };
@@ -549,7 +746,7 @@ impl UserConn<'_> {
                 let user = self.user().map_err(Failed::During)?;
                 let (r, _) = user.write_all(interim).await;
                 r.map_err(|e| Failed::During(format!("write error: {e}")))?;
-                up.proxy.meter(stats, false, n).await;
+                up.meter(stats, false, n).await;
                 continue;
             }
             let read = monoio::time::timeout(timeout, up.work.read(std::mem::take(&mut rbuf)));
@@ -590,7 +787,7 @@ impl UserConn<'_> {
             let rest = rbuf.split_off(start);
             let (r, _) = self.user().map_err(Failed::During)?.write_all(rbuf).await;
             r.map_err(|e| Failed::During(format!("write error: {e}")))?;
-            up.proxy.meter(stats, false, start).await;
+            up.meter(stats, false, start).await;
             return Ok(Exchange::Upgraded(rest));
         }
         // Each read goes out as it came (the head with the first one),
@@ -615,7 +812,7 @@ impl UserConn<'_> {
                 let user = self.user().map_err(Failed::During)?;
                 let (r, back) = user.write_all(rbuf).await;
                 r.map_err(|e| Failed::During(format!("write error: {e}")))?;
-                up.proxy.meter(stats, false, len).await;
+                up.meter(stats, false, len).await;
                 rbuf = back;
             }
             if !until_close && framing.is_done() {
@@ -655,7 +852,7 @@ impl UserConn<'_> {
             if user.write_all(from_frpc).await.0.is_err() {
                 return up.release();
             }
-            up.proxy.meter(stats, false, n).await;
+            up.meter(stats, false, n).await;
         }
         let cfg = &self.ctx.shared.config.fastpath;
         let opts = RelayOpts {
@@ -671,11 +868,40 @@ impl UserConn<'_> {
             work: up.work,
             pending: std::mem::take(&mut self.buf),
         };
+        let Some(proxy) = proxy else {
+            // An address origin: counted in the worker's bytes only.
+            let bytes = [std::cell::Cell::new(0), std::cell::Cell::new(0)];
+            let limits = crate::policy::tenants::Limits::default();
+            return relay::run(stats, ends, opts, &bytes, &limits, None).await;
+        };
         let ctx = self.ctx.clone();
         let due = || proxy.report_if_due(&ctx.events);
         let report = Some(&due as &dyn Fn());
         relay::run(stats, ends, opts, proxy.bytes(), proxy.limits(), report).await;
         proxy.untrack(tracked);
+    }
+}
+
+/// What the edge makes of a request (see `UserConn::edge`).
+enum Edge {
+    /// Not the edge's: route it to `http` proxies.
+    NoRoute,
+    /// An edge route to a tunnel origin.
+    Proxy(VhostTarget),
+    /// An edge route to an address origin.
+    Origin(SocketAddr),
+    /// Answered here: status, extra header lines, body.
+    Answer(u16, String, String),
+}
+
+/// Where ACME HTTP-01 challenges are asked (RFC 8555 §8.3).
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// For errors.
+fn up_name(dest: &Dest) -> String {
+    match dest {
+        Dest::Proxy { .. } => "frpc".to_string(),
+        Dest::Origin(a) => format!("origin {a}"),
     }
 }
 
@@ -705,7 +931,7 @@ enum Failed {
 pub fn adopt(
     ctx: &Rc<WorkerCtx>,
     sessions: &Rc<Sessions>,
-    stream: TcpStream,
+    stream: Conn,
     peer: SocketAddr,
     pending: Vec<u8>,
     target: VhostTarget,
@@ -713,7 +939,7 @@ pub fn adopt(
     monoio::spawn(serve(
         ctx.clone(),
         sessions.clone(),
-        Conn::tcp(stream),
+        stream,
         (peer, None),
         pending,
         Some(target),

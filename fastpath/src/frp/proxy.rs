@@ -89,6 +89,9 @@ struct VhostRoutes {
     domains: Vec<String>,
     locations: Vec<String>,
     user: String,
+    /// An `http` proxy of an invite's session is a possible tunnel origin
+    /// of the edge, under this invite and its name.
+    tunnel: Option<proto::policy::InviteId>,
 }
 
 /// The proxy types this server implements as configured (`https` needs
@@ -310,6 +313,9 @@ impl Proxy {
                 Some(g) => ctx.shared.groups.leave(g, &self.name),
                 None => true,
             };
+            if let Some(invite) = self.vhost.as_ref().and_then(|v| v.tunnel) {
+                ctx.shared.edge.tunnels.remove(invite, &self.name);
+            }
             if let (Some(v), true) = (&self.vhost, last) {
                 let table = vhost_table(&ctx.shared, v.kind);
                 domains::remove_routes(&mut table.write(), &v.domains, &v.locations, &v.user);
@@ -734,11 +740,21 @@ fn claim_routes(
             return Err(r);
         }
     };
+    // The edge reaches the proxy itself under its name (a group's route
+    // names its first member; the edge names one proxy).
+    let tunnel = match (kind, control.auth.grant.invite()) {
+        (ProxyType::Http, Some(invite)) => {
+            shared.edge.tunnels.add(invite, target.clone());
+            Some(invite)
+        }
+        _ => None,
+    };
     let routes = VhostRoutes {
         kind,
         domains,
         locations,
         user,
+        tunnel,
     };
     Ok(Claimed {
         port: 0,

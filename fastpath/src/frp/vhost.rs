@@ -137,7 +137,18 @@ async fn vhost_conn(
                 .within(HELLO_DEADLINE, "no ClientHello", read_hello(&mut stream))
                 .await;
             match hello {
-                Ok((pending, name)) => route_https(&ctx, &name).map(|t| (t, pending)),
+                Ok((pending, name)) => match route_https(&ctx, &name) {
+                    Ok(t) => Ok((t, pending)),
+                    // No https proxy claims the name: terminated here when
+                    // the edge holds a certificate for it.
+                    Err(reason) => match terminating(&ctx, &name) {
+                        Some(tls) => {
+                            let hello = (pending, tls);
+                            return terminate(ctx, sessions, stream, (peer, ticket), hello).await;
+                        }
+                        None => Err(reason),
+                    },
+                },
                 Err(reason) => Err(reason),
             }
         }
@@ -170,6 +181,7 @@ async fn vhost_conn(
         return unrouted(&ctx, peer, "the route names no worker");
     };
     let moved = MovedVhost {
+        tls: None,
         socket: handoff::detach(stream),
         pending,
         peer,
@@ -188,6 +200,61 @@ fn route_https(ctx: &WorkerCtx, name: &str) -> Result<VhostTarget, String> {
     route
         .and_then(|r| targets::resolve(r, None))
         .ok_or_else(|| format!("no https proxy serves {host:?}"))
+}
+
+/// The TLS configuration that terminates server name `name`, when the
+/// edge holds a certificate for it.
+fn terminating(ctx: &WorkerCtx, name: &str) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+    let host = canonical_host(name)?;
+    let edge = ctx.shared.edge.in_force();
+    edge.store.get(&host).is_some().then(|| edge.tls.clone())
+}
+
+/// Terminate TLS on a connection whose ClientHello (`hello.0`) named a
+/// hostname with a managed certificate, read its first request head, and
+/// serve it as the http port does (routed per request, by edge route or
+/// `http` proxy).
+async fn terminate(
+    ctx: Rc<WorkerCtx>,
+    sessions: Rc<Sessions>,
+    stream: TcpStream,
+    (peer, ticket): (SocketAddr, crate::transport::preauth::Ticket),
+    (hello, tls): (Vec<u8>, std::sync::Arc<rustls::ServerConfig>),
+) {
+    let accept = async {
+        crate::transport::tls::TlsStream::accept(stream, tls, &hello)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))
+    };
+    let tls = match ctx.within(HELLO_DEADLINE, "no TLS handshake", accept).await {
+        Ok(t) => t,
+        Err(reason) => return unrouted(&ctx, peer, &reason),
+    };
+    WorkerStats::bump(&ctx.stats().edge_tls_handshakes, 1);
+    let mut conn = Conn::tls(tls);
+    let mut buf = Vec::with_capacity(2048);
+    let limit = ctx.shared.config.vhost_http_timeout();
+    let first = ctx
+        .within(
+            limit,
+            "no request head",
+            http::read_head(&mut conn, &mut buf),
+        )
+        .await;
+    match first {
+        Ok(true) => {
+            monoio::spawn(http::serve(
+                ctx.clone(),
+                sessions,
+                conn,
+                (peer, Some(ticket)),
+                buf,
+                None,
+            ));
+        }
+        Ok(false) => unrouted(&ctx, peer, "closed before a request"),
+        Err(reason) => unrouted(&ctx, peer, &reason),
+    }
 }
 
 /// What routes a CONNECT request, taken from its head.
@@ -332,6 +399,7 @@ pub fn adopt(ctx: &Rc<WorkerCtx>, sessions: &Rc<Sessions>, moved: MovedVhost) {
     WorkerStats::bump(&ctx.stats().vhost_handoffs, 1);
     let MovedVhost {
         socket,
+        tls,
         pending,
         peer,
         target,
@@ -345,7 +413,11 @@ pub fn adopt(ctx: &Rc<WorkerCtx>, sessions: &Rc<Sessions>, moved: MovedVhost) {
         }
     };
     if target.http.is_some() {
-        return http::adopt(ctx, sessions, stream, peer, pending, target);
+        let conn = match tls {
+            Some(state) => Conn::tls(crate::transport::tls::TlsStream::from_parts(stream, state)),
+            None => Conn::tcp(stream),
+        };
+        return http::adopt(ctx, sessions, conn, peer, pending, target);
     }
     serve(ctx, sessions, stream, pending, peer, &target);
 }

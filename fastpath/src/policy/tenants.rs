@@ -374,6 +374,7 @@ mod tests {
 
     fn table(n: usize, generation: u64) -> Vec<u8> {
         PolicySpec {
+            edge: Default::default(),
             mesh: Default::default(),
             generation,
             created_ms: 0,

@@ -76,6 +76,14 @@ pub struct WorkerStats {
     /// Vhost connections this worker took over from another (also in
     /// `handoffs_in`).
     pub vhost_handoffs: AtomicU64,
+    /// TLS handshakes the edge completed on `vhostHTTPSPort`.
+    pub edge_tls_handshakes: AtomicU64,
+    /// Requests the edge sent to an address origin.
+    pub edge_origin_requests: AtomicU64,
+    /// Requests for an edge route whose origin was down (502).
+    pub edge_origin_down: AtomicU64,
+    /// ACME HTTP-01 challenges answered.
+    pub acme_answers: AtomicU64,
     /// Mesh nodes connected to this worker's relay now.
     pub mesh_nodes: AtomicI64,
     /// Mesh connections refused at authentication (ERROR 1001-1006).
@@ -140,6 +148,10 @@ impl WorkerStats {
             pending_refused: self.pending_refused.load(Relaxed),
             vhost_unrouted: self.vhost_unrouted.load(Relaxed),
             vhost_handoffs: self.vhost_handoffs.load(Relaxed),
+            edge_tls_handshakes: self.edge_tls_handshakes.load(Relaxed),
+            edge_origin_requests: self.edge_origin_requests.load(Relaxed),
+            edge_origin_down: self.edge_origin_down.load(Relaxed),
+            acme_answers: self.acme_answers.load(Relaxed),
             mesh_nodes: self.mesh_nodes.load(Relaxed),
             mesh_refused: self.mesh_refused.load(Relaxed),
             mesh_tls: self.mesh_tls.load(Relaxed),
@@ -189,6 +201,14 @@ pub struct StatsSnapshot {
     pub vhost_unrouted: u64,
     /// See [`WorkerStats::vhost_handoffs`].
     pub vhost_handoffs: u64,
+    /// See [`WorkerStats::edge_tls_handshakes`].
+    pub edge_tls_handshakes: u64,
+    /// See [`WorkerStats::edge_origin_requests`].
+    pub edge_origin_requests: u64,
+    /// See [`WorkerStats::edge_origin_down`].
+    pub edge_origin_down: u64,
+    /// See [`WorkerStats::acme_answers`].
+    pub acme_answers: u64,
     /// See [`WorkerStats::mesh_nodes`].
     pub mesh_nodes: i64,
     /// See [`WorkerStats::mesh_refused`].

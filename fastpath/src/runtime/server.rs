@@ -120,14 +120,18 @@ impl Server {
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),
             mesh_crossing: (0..workers).map(|_| Default::default()).collect(),
+            edge: Default::default(),
         });
         if shared.policy.governed().is_some() {
+            // The table loaded at start may name a certificate store.
+            shared.edge.refresh(&shared.policy);
             let s = shared.clone();
             std::thread::Builder::new()
                 .name("fastpath-policy".into())
                 .spawn(move || {
                     let stop = || s.is_stopping();
                     let notify = |generation| {
+                        s.edge.refresh(&s.policy);
                         for inbox in &s.inboxes {
                             let _ = inbox.send(WorkerMsg::PolicyChanged { generation });
                         }

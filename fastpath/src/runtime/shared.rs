@@ -206,6 +206,8 @@ pub struct Shared {
     /// (`WorkerMsg::MeshFrames`), so that a busy worker is not sent more
     /// than it can take (see `mesh::links::flush`).
     pub mesh_crossing: Vec<std::sync::atomic::AtomicUsize>,
+    /// The edge: managed certificates and tunnel origins.
+    pub edge: crate::edge::Edge,
 }
 
 impl Shared {

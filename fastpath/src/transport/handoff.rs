@@ -63,6 +63,8 @@ pub struct MovedMesh {
 pub struct MovedVhost {
     /// The socket, detached from the sending worker's runtime.
     pub socket: std::net::TcpStream,
+    /// TLS session state, when the edge terminated TLS on it.
+    pub tls: Option<crate::transport::tls::TlsState>,
     /// What was read to route it (a ClientHello), to go to frpc first;
     /// on the http port, the request it was routed by and what followed.
     pub pending: Vec<u8>,

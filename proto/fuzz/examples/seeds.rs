@@ -260,6 +260,7 @@ fn policy_table() -> Seeds {
         report_interval_bytes: 1 << 20,
     };
     let spec = PolicySpec {
+        edge: Default::default(),
         mesh: Default::default(),
         generation: 7,
         created_ms: 1_700_000_000_000,

@@ -799,6 +799,7 @@ mod tests {
             subdomain: String::new(),
         };
         let spec = PolicySpec {
+            edge: Default::default(),
             mesh: Default::default(),
             generation: 1,
             created_ms: 0,

@@ -19,8 +19,9 @@ use std::fmt;
 pub use ports::{PortRange, PortSet};
 pub use refusal::{Refusal, RefusalKind};
 pub use table::{
-    InvitePolicy, InviteView, MeshPeer, MeshPeerView, MeshPolicy, NodePolicy, NodeView, PolicySpec,
-    PolicyTable, PortsView, TableError, TenantPolicy, TenantView, TicketKey,
+    EdgeOrigin, EdgePolicy, EdgeRoute, EdgeRouteView, InvitePolicy, InviteView, MeshPeer,
+    MeshPeerView, MeshPolicy, NodePolicy, NodeView, PolicySpec, PolicyTable, PortsView, TableError,
+    TenantPolicy, TenantView, TicketKey,
 };
 pub use types::{ProxyType, ProxyTypes};
 

@@ -50,6 +50,17 @@
 //!               nodes connected to other relays)
 //!   MESH_HS256 (13) one 8-byte record (optional section): secret str
 //!               (seed 003's HS256 shared secret; empty = Ed25519 only)
+//!   EDGE_ROUTES (14) 40-byte records sorted by hostname, each once
+//!               (optional section): hostname str, origin str (an
+//!               address "ip:port", or a tunnel origin's proxy name),
+//!               invite id [16] (a tunnel origin's), flags u32 (bit 0
+//!               tunnel origin, bit 1 redirect plain HTTP to HTTPS), pad u32
+//!   EDGE_CERTS (15) one 40-byte record (optional section): SHA-256 [32]
+//!               of the certificate store file that goes with this table,
+//!               count u32 (its certificates), pad u32
+//!   ACME_TOKENS (16) 16-byte records sorted by token, each once (optional
+//!               section): token str, key authorization str (ACME HTTP-01
+//!               answers for `/.well-known/acme-challenge/<token>`)
 //! ```
 //!
 //! `sub_domain_host` and `subdomain` sit where tables before them had
@@ -90,10 +101,16 @@ const SEC_MESH_REVOKED: u32 = 10;
 const SEC_MESH_PEERS: u32 = 11;
 const SEC_MESH_LOCS: u32 = 12;
 const SEC_MESH_HS256: u32 = 13;
+const SEC_EDGE_ROUTES: u32 = 14;
+const SEC_EDGE_CERTS: u32 = 15;
+const SEC_ACME_TOKENS: u32 = 16;
 const MESH_PEER_REC: usize = 24;
 const MESH_REC: usize = 8;
+const EDGE_ROUTE_REC: usize = 40;
+const EDGE_CERTS_REC: usize = 40;
+const ACME_REC: usize = 16;
 /// Sections a reader of this build knows (kinds below this).
-const KNOWN_SECTIONS: usize = 14;
+const KNOWN_SECTIONS: usize = 17;
 
 /// The node this table governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +239,61 @@ pub struct MeshPeer {
     pub link_token: String,
 }
 
+/// What the edge serves (seed 004): hostnames routed to origins, the
+/// certificate store that goes with the table, and the answers to ACME
+/// HTTP-01 challenges in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgePolicy {
+    /// Hostname routes (any order; of two for one hostname the last is
+    /// kept).
+    pub routes: Vec<EdgeRoute>,
+    /// SHA-256 and certificate count of the certificate store file
+    /// published with this table (None: no managed certificates).
+    pub certs: Option<([u8; 32], u32)>,
+    /// (token, key authorization) of pending HTTP-01 challenges.
+    pub challenges: Vec<(String, String)>,
+}
+
+/// Where an edge route leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeOrigin {
+    /// An address the edge connects to ("ip:port"; seed 004's WireGuard
+    /// IP and target port, or any reachable address).
+    Address(String),
+    /// An `http` proxy registered on this node by a client of `invite`,
+    /// under its full proxy name.
+    Tunnel {
+        /// The invite its session logged in with.
+        invite: InviteId,
+        /// The proxy's name as registered.
+        proxy: String,
+    },
+}
+
+/// One hostname the edge serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRoute {
+    /// The canonical hostname (lowercase, no trailing dot, punycode).
+    pub hostname: String,
+    /// Its origin.
+    pub origin: EdgeOrigin,
+    /// Plain HTTP requests for it are redirected to HTTPS.
+    pub redirect_https: bool,
+}
+
+/// An edge route, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRouteView<'a> {
+    /// The hostname.
+    pub hostname: &'a str,
+    /// An address, or a tunnel origin's proxy name.
+    pub origin: &'a str,
+    /// The invite of a tunnel origin (None: an address).
+    pub tunnel: Option<InviteId>,
+    /// Plain HTTP is redirected to HTTPS.
+    pub redirect_https: bool,
+}
+
 /// Everything a table holds, in owned form: what the slowpath compiles its
 /// state into before encoding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +313,8 @@ pub struct PolicySpec {
     pub tenants: Vec<TenantPolicy>,
     /// The mesh relay's part.
     pub mesh: MeshPolicy,
+    /// The edge's part.
+    pub edge: EdgePolicy,
 }
 
 /// Why a table was refused.
@@ -313,6 +387,7 @@ impl PolicySpec {
             Sections {
                 tenants: &self.tenants,
                 mesh: &self.mesh,
+                edge: &self.edge,
             },
         )
     }
@@ -325,6 +400,8 @@ pub struct Sections<'a> {
     pub tenants: &'a [TenantPolicy],
     /// The mesh relay's part.
     pub mesh: &'a MeshPolicy,
+    /// The edge's part.
+    pub edge: &'a EdgePolicy,
 }
 
 /// Set the generation and creation time of an encoded table and reseal it:
@@ -355,6 +432,7 @@ pub fn encode_parts<'a>(
     let Sections {
         tenants: tenant_list,
         mesh: mesh_policy,
+        edge: edge_policy,
     } = rest;
     let mut strings = Strings { buf: Vec::new() };
     let mut ports = Vec::new();
@@ -467,7 +545,44 @@ pub fn encode_parts<'a>(
         put_ref(&mut hs256, strings.add(&mesh_policy.hs256_secret));
     }
 
-    let sections: [(u32, &[u8]); 13] = [
+    let mut route_list: Vec<&EdgeRoute> = edge_policy.routes.iter().collect();
+    // Stable: of equal hostnames the last one given is kept.
+    route_list.sort_by(|a, b| a.hostname.as_bytes().cmp(b.hostname.as_bytes()));
+    let mut edge_routes = Vec::with_capacity(route_list.len() * EDGE_ROUTE_REC);
+    for (i, r) in route_list.iter().enumerate() {
+        if route_list
+            .get(i + 1)
+            .is_some_and(|n| n.hostname == r.hostname)
+        {
+            continue;
+        }
+        put_ref(&mut edge_routes, strings.add(&r.hostname));
+        let (origin, invite, tunnel) = match &r.origin {
+            EdgeOrigin::Address(a) => (a.as_str(), [0; 16], 0u32),
+            EdgeOrigin::Tunnel { invite, proxy } => (proxy.as_str(), invite.0, 1),
+        };
+        put_ref(&mut edge_routes, strings.add(origin));
+        edge_routes.extend_from_slice(&invite);
+        let flags = tunnel | (r.redirect_https as u32) << 1;
+        edge_routes.extend_from_slice(&flags.to_le_bytes());
+        edge_routes.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let mut edge_certs = Vec::with_capacity(EDGE_CERTS_REC);
+    if let Some((digest, count)) = edge_policy.certs {
+        edge_certs.extend_from_slice(&digest);
+        edge_certs.extend_from_slice(&count.to_le_bytes());
+        edge_certs.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let mut tokens: Vec<&(String, String)> = edge_policy.challenges.iter().collect();
+    tokens.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    tokens.dedup_by(|b, a| a.0 == b.0);
+    let mut acme = Vec::with_capacity(tokens.len() * ACME_REC);
+    for (token, answer) in tokens {
+        put_ref(&mut acme, strings.add(token));
+        put_ref(&mut acme, strings.add(answer));
+    }
+
+    let sections: [(u32, &[u8]); 16] = [
         (SEC_NODE, &node),
         (SEC_KEYS, &keys),
         (SEC_INVITES, &invites),
@@ -479,6 +594,9 @@ pub fn encode_parts<'a>(
         (SEC_MESH_PEERS, &peers),
         (SEC_MESH_LOCS, &locs),
         (SEC_MESH_HS256, &hs256),
+        (SEC_EDGE_ROUTES, &edge_routes),
+        (SEC_EDGE_CERTS, &edge_certs),
+        (SEC_ACME_TOKENS, &acme),
         (SEC_PORTS, &ports),
         (SEC_STRINGS, &strings.buf),
     ];
@@ -626,6 +744,9 @@ pub struct PolicyTable<'a> {
     mesh_peers: &'a [u8],
     mesh_locs: &'a [u8],
     mesh_hs256: &'a [u8],
+    edge_routes: &'a [u8],
+    edge_certs: &'a [u8],
+    acme_tokens: &'a [u8],
     ports: &'a [u8],
     strings: &'a [u8],
 }
@@ -705,6 +826,10 @@ impl<'a> PolicyTable<'a> {
             mesh_peers: found[SEC_MESH_PEERS as usize].unwrap_or(&[]),
             mesh_locs: found[SEC_MESH_LOCS as usize].unwrap_or(&[]),
             mesh_hs256: found[SEC_MESH_HS256 as usize].unwrap_or(&[]),
+            // Tables from before the edge have none of its sections.
+            edge_routes: found[SEC_EDGE_ROUTES as usize].unwrap_or(&[]),
+            edge_certs: found[SEC_EDGE_CERTS as usize].unwrap_or(&[]),
+            acme_tokens: found[SEC_ACME_TOKENS as usize].unwrap_or(&[]),
             ports: need(SEC_PORTS, "no ports section")?,
             strings: need(SEC_STRINGS, "no strings section")?,
         };
@@ -787,6 +912,7 @@ impl<'a> PolicyTable<'a> {
             }
             prev = Some(jti);
         }
+        self.validate_edge()?;
         self.check_str(self.node, 0)?;
         self.check_str(self.node, 8)?;
         self.check_ports(self.node, 32)?;
@@ -822,6 +948,39 @@ impl<'a> PolicyTable<'a> {
             let token = self.str_at(rec, 0);
             if prev.is_some_and(|p| p.as_bytes() >= token.as_bytes()) {
                 return Err(TableError::Corrupt("tenants not sorted by token"));
+            }
+            prev = Some(token);
+        }
+        Ok(())
+    }
+
+    fn validate_edge(&self) -> Result<(), TableError> {
+        if !self.edge_routes.len().is_multiple_of(EDGE_ROUTE_REC) {
+            return Err(TableError::Corrupt("edge routes section size"));
+        }
+        if !(self.edge_certs.is_empty() || self.edge_certs.len() == EDGE_CERTS_REC) {
+            return Err(TableError::Corrupt("edge certificates section size"));
+        }
+        if !self.acme_tokens.len().is_multiple_of(ACME_REC) {
+            return Err(TableError::Corrupt("ACME tokens section size"));
+        }
+        let mut prev: Option<&str> = None;
+        for rec in self.edge_routes.chunks_exact(EDGE_ROUTE_REC) {
+            self.check_str(rec, 0)?;
+            self.check_str(rec, 8)?;
+            let host = self.str_at(rec, 0);
+            if prev.is_some_and(|p| p.as_bytes() >= host.as_bytes()) {
+                return Err(TableError::Corrupt("edge routes not sorted by hostname"));
+            }
+            prev = Some(host);
+        }
+        let mut prev: Option<&str> = None;
+        for rec in self.acme_tokens.chunks_exact(ACME_REC) {
+            self.check_str(rec, 0)?;
+            self.check_str(rec, 8)?;
+            let token = self.str_at(rec, 0);
+            if prev.is_some_and(|p| p.as_bytes() >= token.as_bytes()) {
+                return Err(TableError::Corrupt("ACME tokens not sorted"));
             }
             prev = Some(token);
         }
@@ -915,6 +1074,51 @@ impl<'a> PolicyTable<'a> {
     /// The network of authorized mesh node `id`, if it is one.
     pub fn mesh_node_network(&self, id: u32) -> Option<u32> {
         search(self.mesh_nodes, MESH_REC, |rec| u32_at(rec, 0).cmp(&id)).map(|rec| u32_at(rec, 4))
+    }
+
+    /// The edge route for `hostname` (canonical), if there is one.
+    pub fn edge_route(&self, hostname: &str) -> Option<EdgeRouteView<'a>> {
+        search(self.edge_routes, EDGE_ROUTE_REC, |rec| {
+            self.str_at(rec, 0).as_bytes().cmp(hostname.as_bytes())
+        })
+        .map(|rec| self.edge_route_view(rec))
+    }
+
+    /// Every edge route, by hostname.
+    pub fn edge_routes(&self) -> impl Iterator<Item = EdgeRouteView<'a>> + '_ {
+        self.edge_routes
+            .chunks_exact(EDGE_ROUTE_REC)
+            .map(move |rec| self.edge_route_view(rec))
+    }
+
+    fn edge_route_view(&self, rec: &'a [u8]) -> EdgeRouteView<'a> {
+        let flags = u32_at(rec, 32);
+        let mut id = [0; 16];
+        id.copy_from_slice(&rec[16..32]);
+        EdgeRouteView {
+            hostname: self.str_at(rec, 0),
+            origin: self.str_at(rec, 8),
+            tunnel: (flags & 1 != 0).then_some(InviteId(id)),
+            redirect_https: flags & 2 != 0,
+        }
+    }
+
+    /// SHA-256 and certificate count of the certificate store that goes
+    /// with this table (None: no managed certificates).
+    pub fn edge_certs(&self) -> Option<([u8; 32], u32)> {
+        (!self.edge_certs.is_empty()).then(|| {
+            let mut d = [0; 32];
+            d.copy_from_slice(&self.edge_certs[..32]);
+            (d, u32_at(self.edge_certs, 32))
+        })
+    }
+
+    /// The key authorization that answers ACME HTTP-01 token `token`.
+    pub fn acme_answer(&self, token: &str) -> Option<&'a str> {
+        search(self.acme_tokens, ACME_REC, |rec| {
+            self.str_at(rec, 0).as_bytes().cmp(token.as_bytes())
+        })
+        .map(|rec| self.str_at(rec, 8))
     }
 
     /// Seed 003's HS256 shared secret, when the mesh uses one.
@@ -1279,6 +1483,7 @@ mod tests {
 
     fn spec(n: usize) -> PolicySpec {
         PolicySpec {
+            edge: Default::default(),
             mesh: Default::default(),
             generation: 7,
             created_ms: 1_700_000_000_000,
@@ -1407,6 +1612,52 @@ mod tests {
             PolicyTable::parse(&spoiled).unwrap_err(),
             TableError::Corrupt("mesh nodes not sorted by id")
         );
+    }
+
+    #[test]
+    fn edge_sections_round_trip_and_older_tables_have_none() {
+        let mut s = spec(2);
+        assert!(PolicyTable::parse(&s.encode())
+            .unwrap()
+            .edge_route("a.com")
+            .is_none());
+        let route = |h: &str, origin: EdgeOrigin| EdgeRoute {
+            hostname: h.into(),
+            origin,
+            redirect_https: h.starts_with('w'),
+        };
+        s.edge = EdgePolicy {
+            routes: vec![
+                route("wiki.fuga.com", EdgeOrigin::Address("10.0.0.1:80".into())),
+                route("app.hoge.com", EdgeOrigin::Address("10.0.0.2:8080".into())),
+                route(
+                    "app.hoge.com",
+                    EdgeOrigin::Tunnel {
+                        invite: InviteId::from_u128(9),
+                        proxy: "web".into(),
+                    },
+                ),
+            ],
+            certs: Some(([7; 32], 3)),
+            challenges: vec![("tok2".into(), "b".into()), ("tok1".into(), "a".into())],
+        };
+        let bytes = s.encode();
+        let t = PolicyTable::parse(&bytes).unwrap();
+        let app = t.edge_route("app.hoge.com").unwrap();
+        assert_eq!(app.origin, "web", "the last route for a hostname is kept");
+        assert_eq!(app.tunnel, Some(InviteId::from_u128(9)));
+        assert!(!app.redirect_https);
+        let wiki = t.edge_route("wiki.fuga.com").unwrap();
+        assert_eq!(
+            (wiki.origin, wiki.tunnel, wiki.redirect_https),
+            ("10.0.0.1:80", None, true)
+        );
+        assert_eq!(t.edge_routes().count(), 2);
+        assert!(t.edge_route("hoge.com").is_none());
+        assert_eq!(t.edge_certs(), Some(([7; 32], 3)));
+        assert_eq!(t.acme_answer("tok1"), Some("a"));
+        assert_eq!(t.acme_answer("tok2"), Some("b"));
+        assert_eq!(t.acme_answer("tok3"), None);
     }
 
     #[test]

@@ -59,6 +59,21 @@ pub async fn node(app: &App, headers: &HeaderMap) -> Result<Node, ApiError> {
     }
 }
 
+/// The edge node whose token the request carries (seed 004).
+pub async fn edge_node(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<crate::domain::edge::EdgeNode, ApiError> {
+    let token = bearer(headers, "edge token")?;
+    match crate::domain::edge::edge_node_by_token(&app.db, token).await? {
+        Some(n) => Ok(n),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "edge token is not valid",
+        )),
+    }
+}
+
 /// Middleware: passes the request on only when it carries the key `access`
 /// asks for; the refusal closes the connection, since the body is unread.
 pub async fn guard(access: Access, app: AppState, req: Request, next: Next) -> Response {
@@ -66,6 +81,7 @@ pub async fn guard(access: Access, app: AppState, req: Request, next: Next) -> R
         Access::Anonymous => Ok(()),
         Access::AdminKey => admin(&app, req.headers()),
         Access::NodeKey => node(&app, req.headers()).await.map(|_| ()),
+        Access::EdgeToken => edge_node(&app, req.headers()).await.map(|_| ()),
     };
     match checked {
         Ok(()) => next.run(req).await,

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bounds;
+pub mod edge;
 pub mod error;
 pub mod frps_plugin;
 pub mod mesh;
@@ -62,6 +63,11 @@ pub struct App {
     pub tenants: TenantServices,
     /// Changes of mesh networks, for the open `/ws/control` channels.
     pub mesh: mesh_ws::MeshHub,
+    /// The ACME task, when `--acme-directory` is set.
+    pub acme: Option<crate::acme::Acme>,
+    /// Where an nginx edge reaches a tunnel origin: this node's
+    /// `host:vhostHTTPPort` (None: no http vhost port).
+    pub tunnel_addr: Option<String>,
 }
 
 /// The running parts behind tenants, for the stats and health endpoints.
@@ -99,6 +105,8 @@ pub enum Access {
     NodeKey,
     /// `Authorization: Bearer <admin key>`.
     AdminKey,
+    /// `Authorization: Bearer <edge node token>` (seed 004).
+    EdgeToken,
 }
 
 /// One row of the route table.
@@ -187,6 +195,20 @@ route_table! {
     get "/api/v1/mesh/settings" => mesh::get_settings, AdminKey, BODY_LIMIT_EMPTY, "Mesh: controller settings";
     put "/api/v1/mesh/settings" => mesh::put_settings, AdminKey, BODY_LIMIT_REQUEST, "Mesh: change settings";
     get "/api/v1/mesh/stats/overview" => mesh::overview, AdminKey, BODY_LIMIT_EMPTY, "Mesh: counts of networks, nodes, routes, servers";
+    post "/api/v1/origins" => edge::create_origin, AdminKey, BODY_LIMIT_REQUEST, "Edge: add an origin {name, wireguard_ip, wireguard_public_key} or a tunnel origin {name, invite_id, proxy_name}";
+    get "/api/v1/origins" => edge::list_origins, AdminKey, BODY_LIMIT_EMPTY, "Edge: list origins";
+    get "/api/v1/origins/{id}" => edge::get_origin, AdminKey, BODY_LIMIT_EMPTY, "Edge: show an origin";
+    delete "/api/v1/origins/{id}" => edge::delete_origin, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete an origin no route uses";
+    post "/api/v1/routes" => edge::create_route, AdminKey, BODY_LIMIT_REQUEST, "Edge: route a hostname {hostname, origin_id, target_port, redirect_https} (seed 004)";
+    get "/api/v1/routes" => edge::list_routes, AdminKey, BODY_LIMIT_EMPTY, "Edge: list routes";
+    get "/api/v1/routes/{id}" => edge::get_route, AdminKey, BODY_LIMIT_EMPTY, "Edge: show a route";
+    delete "/api/v1/routes/{id}" => edge::delete_route, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete a route (its hostname is no longer served)";
+    post "/api/v1/edge-nodes" => edge::create_edge_node, AdminKey, BODY_LIMIT_REQUEST, "Edge: register an edge node {name}; answers its token once";
+    get "/api/v1/edge-nodes" => edge::list_edge_nodes, AdminKey, BODY_LIMIT_EMPTY, "Edge: list edge nodes";
+    get "/api/v1/edge-nodes/me/config" => edge::my_config, EdgeToken, BODY_LIMIT_EMPTY, "Edge: the calling edge node's config {config_hash, routes, hostnames} (ETag, If-None-Match: 304)";
+    delete "/api/v1/edge-nodes/{id}" => edge::delete_edge_node, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete an edge node (its token stops working)";
+    get "/api/v1/certificates" => edge::list_certificates, AdminKey, BODY_LIMIT_EMPTY, "Edge: managed certificates and the ACME task's state";
+    post "/api/v1/certificates/{hostname}/renew" => edge::renew_certificate, AdminKey, BODY_LIMIT_EMPTY, "Edge: order a new certificate for a hostname now";
     post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login";
     post "/api/v1/frps/auth/proxy" => frps_plugin::new_proxy, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for NewProxy";
 }

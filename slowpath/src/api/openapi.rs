@@ -26,6 +26,9 @@ pub fn build() -> Value {
             Access::AdminKey => {
                 op.insert("security".into(), json!([{ "adminKey": [] }]));
             }
+            Access::EdgeToken => {
+                op.insert("security".into(), json!([{ "edgeToken": [] }]));
+            }
         }
         let params: Vec<Value> = route
             .path
@@ -70,7 +73,8 @@ pub fn build() -> Value {
         "components": {
             "securitySchemes": {
                 "adminKey": { "type": "http", "scheme": "bearer", "description": "ADMIN_API_KEY" },
-                "nodeKey": { "type": "http", "scheme": "bearer", "description": "node key from registration" }
+                "nodeKey": { "type": "http", "scheme": "bearer", "description": "node key from registration" },
+                "edgeToken": { "type": "http", "scheme": "bearer", "description": "edge node token from registration (seed 004)" }
             },
             "schemas": {
                 "NewInvite": new_invite_schema(),

@@ -24,7 +24,8 @@ pub async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
             "tenants": h.tenants,
         })
     });
-    Json(serde_json::json!({ "ok": true, "etcd": etcd }))
+    let acme = app.acme.as_ref().map(|a| a.status());
+    Json(serde_json::json!({ "ok": true, "etcd": etcd, "acme": acme }))
 }
 
 /// `GET /api/v1/public/nodes`.

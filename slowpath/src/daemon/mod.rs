@@ -111,6 +111,20 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         drain: services.drain,
         tenants: services.tenants,
         mesh: Default::default(),
+        acme: args.acme_directory.as_ref().map(|directory| {
+            slowpath::acme::spawn(
+                slowpath::acme::AcmeConfig {
+                    directory: directory.clone(),
+                    ca_file: args.acme_ca_file.clone(),
+                    contact: args.acme_contact.clone(),
+                    interval: std::time::Duration::from_secs(args.acme_interval_secs.max(1)),
+                },
+                db.clone(),
+                Arc::clone(&services.publisher),
+            )
+        }),
+        tunnel_addr: (node.vhost_http_port != 0)
+            .then(|| SocketAddrText(&args.public_addr, node.vhost_http_port).to_string()),
     });
 
     app.mesh.publish_with(Arc::clone(&services.publisher));

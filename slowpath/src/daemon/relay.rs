@@ -103,6 +103,7 @@ impl Told {
             .collect();
         let me = c.server_id;
         Some(PolicySpec {
+            edge: Default::default(),
             generation: 0,
             created_ms: 0,
             node: NodePolicy {

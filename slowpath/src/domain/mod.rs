@@ -3,6 +3,8 @@
 //! resolve to, seed 002's [`tenants`] and their [`quota`] per period, and
 //! seed 003's [`mesh`] controller.
 
+pub mod certs;
+pub mod edge;
 pub mod invites;
 pub mod mesh;
 pub mod nodes;

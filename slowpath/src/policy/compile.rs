@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use proto::policy::{
-    table, InviteId, InvitePolicy, MeshPolicy, NodePolicy, PolicySpec, TenantPolicy, TicketKey,
+    table, EdgePolicy, InviteId, InvitePolicy, MeshPolicy, NodePolicy, PolicySpec, TenantPolicy,
+    TicketKey,
 };
 
 use crate::domain::invites::Invite;
@@ -32,6 +33,11 @@ pub struct PolicyState {
     pub tenants: Vec<TenantPolicy>,
     /// The mesh relay's part: its id, the authorized nodes, revocations.
     pub mesh: MeshPolicy,
+    /// The edge's part: routes, the certificate store's digest, ACME
+    /// answers.
+    pub edge: EdgePolicy,
+    /// The certificate store file the edge's digest names (empty: none).
+    pub certs: Vec<u8>,
 }
 
 impl PolicyState {
@@ -57,6 +63,8 @@ impl PolicyState {
             invites: invites.into_iter().map(|i| (i.id, i)).collect(),
             tenants,
             mesh,
+            edge: EdgePolicy::default(),
+            certs: Vec::new(),
         }
     }
 
@@ -95,6 +103,7 @@ impl PolicyState {
             table::Sections {
                 tenants: &self.tenants,
                 mesh: &self.mesh,
+                edge: &self.edge,
             },
         )
     }
@@ -102,6 +111,7 @@ impl PolicyState {
     /// As a spec (generation and time left at 0).
     pub fn into_spec(self) -> PolicySpec {
         PolicySpec {
+            edge: self.edge,
             generation: 0,
             created_ms: 0,
             node: self.node,

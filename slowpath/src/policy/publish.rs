@@ -99,6 +99,8 @@ struct Inputs {
     mesh_signer: Option<crate::domain::tickets::TicketSigner>,
     /// Link tokens made so far.
     link_tokens: crate::domain::mesh::servers::LinkTokens,
+    /// Pending ACME HTTP-01 answers: token → key authorization.
+    acme_challenges: BTreeMap<String, String>,
 }
 
 /// What a publish works on, behind [`Publisher::table`].
@@ -228,6 +230,13 @@ impl Publisher {
         applied::wait_applied(&self.shm, generation, started).await
     }
 
+    /// Like [`Publisher::sync`] for a change of the edge.
+    pub async fn sync_edge(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let generation = self.publish_edge().await?;
+        applied::wait_applied(&self.shm, generation, started).await
+    }
+
     /// Like [`Publisher::sync`] for a change to one invite.
     pub async fn sync_invite(&self, id: InviteId) -> Result<Duration> {
         let started = Instant::now();
@@ -328,9 +337,9 @@ impl Publisher {
         let invites = invites::for_policy(&self.db, &self.node_id, now).await?;
         let tenants = self.compile_tenants().await?;
         let mesh = self.compile_mesh().await?;
-        let state = table
-            .state
-            .insert(PolicyState::new(&node, keys, invites, tenants, mesh));
+        let mut state = PolicyState::new(&node, keys, invites, tenants, mesh);
+        (state.edge, state.certs) = self.compile_edge().await?;
+        let state = table.state.insert(state);
         let compile_us = elapsed_us(started);
         self.write(&mut table.writer, state, force, started, compile_us)
             .await
@@ -387,6 +396,56 @@ impl Publisher {
         Ok(mesh)
     }
 
+    /// The edge's part: the routes with their origins, the certificate
+    /// store of the valid certificates, and the pending ACME answers.
+    async fn compile_edge(&self) -> Result<(proto::policy::EdgePolicy, Vec<u8>)> {
+        let routes = crate::domain::edge::resolved(&self.db).await?;
+        let (file, count) = crate::domain::certs::store_file(&self.db).await?;
+        let certs = (count > 0).then(|| (proto::certstore::digest(&file), count));
+        let challenges = lock(&self.inputs)
+            .acme_challenges
+            .iter()
+            .map(|(t, a)| (t.clone(), a.clone()))
+            .collect();
+        let edge = proto::policy::EdgePolicy {
+            routes: crate::domain::edge::table_routes(&routes),
+            certs,
+            challenges,
+        };
+        Ok((edge, if count > 0 { file } else { Vec::new() }))
+    }
+
+    /// Publishes a change of the edge (routes, origins, certificates,
+    /// ACME answers): the edge's part is compiled again and written with
+    /// the rest of the state kept. Returns the generation on disk.
+    pub async fn publish_edge(&self) -> Result<u64> {
+        let mut table = self.table.lock().await;
+        let result = async {
+            let Table { state, writer } = &mut *table;
+            let Some(state) = state else {
+                return self.publish_all(&mut table, false).await;
+            };
+            let started = Instant::now();
+            (state.edge, state.certs) = self.compile_edge().await?;
+            let compile_us = elapsed_us(started);
+            self.write(writer, state, false, started, compile_us).await
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// Add (Some) or take away (None) the answer to ACME HTTP-01 token
+    /// `token`; published by the next [`Publisher::publish_edge`].
+    pub fn set_acme_challenge(&self, token: &str, answer: Option<&str>) {
+        let mut inputs = lock(&self.inputs);
+        match answer {
+            Some(a) => inputs
+                .acme_challenges
+                .insert(token.to_owned(), a.to_owned()),
+            None => inputs.acme_challenges.remove(token),
+        };
+    }
+
     /// The built-in relay's link tokens are signed by `signer`.
     pub fn set_mesh_signer(&self, signer: crate::domain::tickets::TicketSigner) {
         let mut inputs = lock(&self.inputs);
@@ -432,6 +491,8 @@ struct TableWriter {
     last_content: Option<Vec<u8>>,
     /// The generation this process last wrote (0: none yet).
     generation: u64,
+    /// The digest of the certificate store last written.
+    last_certs: [u8; 32],
 }
 
 impl TableWriter {
@@ -441,6 +502,7 @@ impl TableWriter {
             shm,
             last_content: None,
             generation: 0,
+            last_certs: [0; 32],
         }
     }
 
@@ -461,6 +523,17 @@ impl TableWriter {
             return Ok(None);
         }
         let content = bytes.clone();
+        // The certificate store goes first: the table names its digest, so
+        // a fastpath that sees the new table finds the store it names.
+        if !state.certs.is_empty() && self.last_certs != proto::certstore::digest(&state.certs) {
+            let shm = Arc::clone(&self.shm);
+            let certs = state.certs.clone();
+            tokio::task::spawn_blocking(move || shm.dir.write_replacing(shm::CERTS_FILE, &certs))
+                .await
+                .map_err(|e| Error::Internal(format!("certificate writer: {e}")))?
+                .map_err(|e| Error::Internal(format!("cannot write {}: {e}", shm::CERTS_FILE)))?;
+            self.last_certs = proto::certstore::digest(&state.certs);
+        }
         // The table on disk matters only before this process's first
         // publish: the instance lock makes it the only writer afterwards,
         // so a big table is not read and checked again at every change.

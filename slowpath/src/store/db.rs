@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0004_vhosts.sql"),
     ),
     (5, "mesh", include_str!("../../migrations/0005_mesh.sql")),
+    (6, "edge", include_str!("../../migrations/0006_edge.sql")),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.

@@ -1,0 +1,174 @@
+//! Seed 004's control-plane API: origins, routes (hostname → origin and
+//! port), edge nodes with persistent tokens, and the configuration an edge
+//! node pulls (`GET /api/v1/edge-nodes/me/config`, with `ETag` and
+//! `If-None-Match` so that a pull every few seconds costs a 304); plus the
+//! managed certificates of routed hostnames.
+//!
+//! Every change is published to the local fastpath (its routes and
+//! certificates) before the call returns, and wakes the ACME task.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, JsonBody};
+use super::AppState;
+use crate::domain::certs::{self, Certificate};
+use crate::domain::edge::{self, EdgeNode, NewEdgeNode, NewOrigin, NewRoute, Origin, Route};
+use crate::error::Error;
+
+/// The edge changed: the fastpath enforces it before the call returns,
+/// and the ACME task looks for certificates to order.
+async fn changed(app: &AppState) -> Result<(), ApiError> {
+    app.publisher.sync_edge().await?;
+    if let Some(acme) = &app.acme {
+        acme.wake();
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/origins`.
+pub async fn create_origin(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewOrigin>,
+) -> Result<(StatusCode, Json<Origin>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(edge::create_origin(&app.db, req).await?),
+    ))
+}
+
+/// `GET /api/v1/origins`.
+pub async fn list_origins(State(app): State<AppState>) -> Result<Json<Vec<Origin>>, ApiError> {
+    Ok(Json(edge::list_origins(&app.db).await?))
+}
+
+/// `GET /api/v1/origins/{id}`.
+pub async fn get_origin(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Origin>, ApiError> {
+    Ok(Json(edge::get_origin(&app.db, &id).await?))
+}
+
+/// `DELETE /api/v1/origins/{id}`.
+pub async fn delete_origin(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edge::delete_origin(&app.db, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/routes` (seed 004).
+pub async fn create_route(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewRoute>,
+) -> Result<(StatusCode, Json<Route>), ApiError> {
+    let route = edge::create_route(&app.db, req).await?;
+    changed(&app).await?;
+    Ok((StatusCode::CREATED, Json(route)))
+}
+
+/// `GET /api/v1/routes`.
+pub async fn list_routes(State(app): State<AppState>) -> Result<Json<Vec<Route>>, ApiError> {
+    Ok(Json(edge::list_routes(&app.db).await?))
+}
+
+/// `GET /api/v1/routes/{id}`.
+pub async fn get_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Route>, ApiError> {
+    Ok(Json(edge::get_route(&app.db, &id).await?))
+}
+
+/// `DELETE /api/v1/routes/{id}`: the hostname stops being served as soon
+/// as the fastpath has the new table (the call waits for it).
+pub async fn delete_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edge::delete_route(&app.db, &id).await?;
+    changed(&app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/edge-nodes`: the token is in this answer only.
+pub async fn create_edge_node(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewEdgeNode>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (node, token) = edge::create_edge_node(&app.db, req).await?;
+    let mut v = serde_json::to_value(node).unwrap_or_default();
+    v["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `GET /api/v1/edge-nodes`.
+pub async fn list_edge_nodes(State(app): State<AppState>) -> Result<Json<Vec<EdgeNode>>, ApiError> {
+    Ok(Json(edge::list_edge_nodes(&app.db).await?))
+}
+
+/// `DELETE /api/v1/edge-nodes/{id}`.
+pub async fn delete_edge_node(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edge::delete_edge_node(&app.db, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/edge-nodes/me/config` (edge token): seed 004's payload,
+/// `ETag: "<config_hash>"`; 304 when `If-None-Match` names it.
+pub async fn my_config(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::auth::edge_node(&app, &headers).await?;
+    let routes = edge::resolved(&app.db).await?;
+    let tunnel = app.tunnel_addr.as_deref();
+    let config = edge::edge_config(&routes, tunnel);
+    let hash = config["config_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let etag = format!("\"{hash}\"");
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok(([(header::ETAG, etag)], Json(config)).into_response())
+}
+
+/// `GET /api/v1/certificates`: every managed certificate's state, and the
+/// ACME task's.
+pub async fn list_certificates(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Certificate> = certs::list(&app.db).await?;
+    let acme = app.acme.as_ref().map(|a| a.status());
+    Ok(Json(json!({ "certificates": list, "acme": acme })))
+}
+
+/// `POST /api/v1/certificates/{hostname}/renew`: order a new certificate
+/// now; the one in use serves until the new one replaces it.
+pub async fn renew_certificate(
+    State(app): State<AppState>,
+    Path(hostname): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let host = edge::hostname("hostname", &hostname)?;
+    certs::renew_now(&app.db, &host).await?;
+    match &app.acme {
+        Some(acme) => acme.wake(),
+        None => {
+            return Err(
+                Error::Unavailable("ACME is not configured (--acme-directory)".into()).into(),
+            )
+        }
+    }
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,337 @@
+//! Issue 16, the edge (seed 004), end to end on SQLite and PostgreSQL:
+//! origins and routes through the API (bad input refused naming the
+//! field), hostnames served on the vhost port to an address origin and to
+//! a tunnel origin behind the in-repo frp client, seed 004's edge config
+//! with its `config_hash` and `ETag`/304, a redirect to HTTPS, and a
+//! deleted route answering 404 at once. Certificates from a real ACME CA
+//! are `edge_acme.rs`.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use bench::client::ProxySpec;
+use harness::{each_backend, first_login, ticket_opts, Backend, Slowpath};
+use serde_json::{json, Value};
+
+/// An HTTP/1.1 origin that answers every request with `body`, keeping
+/// the connection.
+fn origin(body: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).ok() != Some(1) {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_lowercase();
+                let proto = if text.contains("x-forwarded-proto: https") {
+                    "https"
+                } else {
+                    "http"
+                };
+                let reply = format!("{body} via {proto}");
+                if write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                    reply.len()
+                )
+                .is_err()
+                {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `GET path` for `host` on the vhost port: status line, headers, body.
+pub fn get(port: u16, host: &str, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `GET /api/v1/edge-nodes/me/config` with `token` and `If-None-Match`.
+fn pull(sp: &Slowpath, token: &str, etag: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut req = ureq::get(&format!("{}/api/v1/edge-nodes/me/config", sp.base))
+        .set("Authorization", &format!("Bearer {token}"));
+    if let Some(e) = etag {
+        req = req.set("If-None-Match", e);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    let etag = resp.header("ETag").map(str::to_owned);
+    let body = resp.into_string().unwrap_or_default();
+    (
+        status,
+        etag,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+fn edge(backend: Backend) {
+    let http = bench::proc::free_port();
+    let https = bench::proc::free_port();
+    let sp = Slowpath::up(
+        &backend,
+        &[
+            "--vhost-http-port",
+            &http.to_string(),
+            "--vhost-https-port",
+            &https.to_string(),
+        ],
+    );
+    sp.wait_frp();
+
+    // Origins: an address, and a tunnel (an http proxy of an invite).
+    let app = origin("app");
+    let (st, addr_origin) = sp.admin_call(
+        "POST",
+        "/api/v1/origins",
+        Some(json!({ "name": "home", "wireguard_ip": "127.0.0.1", "wireguard_public_key": "k" })),
+    );
+    assert_eq!(st, 201, "{addr_origin}");
+    assert_eq!(addr_origin["kind"], "address");
+    let inv = sp.admin_invite(json!({ "scope": { "proxy_types": ["http"] } }));
+    let (st, resolved) = sp.resolve(inv["code"].as_str().unwrap());
+    assert_eq!(st, 200, "{resolved}");
+    let (st, tunnel_origin) = sp.admin_call(
+        "POST",
+        "/api/v1/origins",
+        Some(json!({ "name": "behind-nat", "invite_id": inv["id"], "proxy_name": "wiki" })),
+    );
+    assert_eq!(st, 201, "{tunnel_origin}");
+    assert_eq!(tunnel_origin["kind"], "tunnel");
+
+    // Bad input, each naming its field.
+    let bad_origin = [
+        (json!({ "name": "x" }), "wireguard_ip"),
+        (
+            json!({ "name": "x", "wireguard_ip": "10.0.0.300" }),
+            "wireguard_ip",
+        ),
+        (
+            json!({ "name": "x", "invite_id": "nope", "proxy_name": "p" }),
+            "invite_id",
+        ),
+        (json!({ "name": "", "wireguard_ip": "10.0.0.3" }), "name"),
+    ];
+    for (body, field) in bad_origin {
+        let (st, v) = sp.admin_call("POST", "/api/v1/origins", Some(body.clone()));
+        assert_eq!(st, 400, "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/origins",
+        Some(json!({ "name": "home", "wireguard_ip": "127.0.0.2" })),
+    );
+    assert_eq!(st, 409, "{v}");
+    let oid = addr_origin["id"].as_str().unwrap();
+    for bad in [
+        "App.hoge.test",
+        "bücher.hoge.test",
+        "127.0.0.1",
+        "localhost",
+        "*.hoge.test",
+        "a..hoge.test",
+        &format!("{}.test", "a".repeat(64)),
+    ] {
+        let (st, v) = sp.admin_call(
+            "POST",
+            "/api/v1/routes",
+            Some(json!({ "hostname": bad, "origin_id": oid, "target_port": app.port() })),
+        );
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert_eq!(v["field"], "hostname", "{bad}: {v}");
+    }
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "x.hoge.test", "origin_id": "origin_nope", "target_port": 80 })),
+    );
+    assert_eq!((st, v["field"].as_str()), (400, Some("origin_id")), "{v}");
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "x.hoge.test", "origin_id": oid })),
+    );
+    assert_eq!((st, v["field"].as_str()), (400, Some("target_port")), "{v}");
+
+    // An edge node, and the config before any route.
+    let (st, node) = sp.admin_call(
+        "POST",
+        "/api/v1/edge-nodes",
+        Some(json!({ "name": "edge-1" })),
+    );
+    assert_eq!(st, 201, "{node}");
+    let token = node["token"].as_str().unwrap().to_owned();
+    let (st, list) = sp.admin_call("GET", "/api/v1/edge-nodes", None);
+    assert_eq!(st, 200);
+    assert!(
+        list[0].get("token").is_none(),
+        "the token is shown once: {list}"
+    );
+    let (st, _, empty) = pull(&sp, &token, None);
+    assert_eq!(st, 200);
+    assert_eq!(empty["routes"], json!({}));
+    assert_eq!(pull(&sp, "et_wrong", None).0, 403);
+
+    // Routes: seed 004's request, across two base domains.
+    let (st, r_app) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "app.hoge.test", "origin_id": oid, "target_port": app.port() })),
+    );
+    assert_eq!(st, 201, "{r_app}");
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "app.hoge.test", "origin_id": oid, "target_port": 1 })),
+    );
+    assert_eq!(st, 409, "{v}");
+    let (st, r_wiki) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "wiki.fuga.test", "origin_id": tunnel_origin["id"] })),
+    );
+    assert_eq!(st, 201, "{r_wiki}");
+    let (st, r_red) = sp.admin_call(
+        "POST",
+        "/api/v1/routes",
+        Some(json!({ "hostname": "secure.hoge.test", "origin_id": oid,
+                     "target_port": app.port(), "redirect_https": true })),
+    );
+    assert_eq!(st, 201, "{r_red}");
+
+    // The address origin is served at once (the call waited for the table).
+    let (status, _, body) = get(http, "app.hoge.test", "/");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "app via http")
+    );
+    // The tunnel origin is down until its proxy registers: 502, saying so.
+    let (status, _, body) = get(http, "wiki.fuga.test", "/");
+    assert!(status.contains(" 502 "), "{status} {body}");
+    assert!(body.contains("not connected"), "{body}");
+    let c = first_login(&ticket_opts(&sp, &resolved));
+    let wiki = origin("wiki");
+    c.register_proxy(ProxySpec::plain("wiki", 0, wiki), |np| {
+        np.proxy_type = "http".into();
+        np.custom_domains = vec!["wiki.internal.test".into()];
+    })
+    .expect("http proxy");
+    let (status, _, body) = get(http, "wiki.fuga.test", "/");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "wiki via http")
+    );
+    // Redirected to HTTPS, path and query kept.
+    let (status, head, _) = get(http, "secure.hoge.test", "/a/b?c=d");
+    assert!(status.contains(" 308 "), "{status}");
+    assert!(
+        head.contains("Location: https://secure.hoge.test/a/b?c=d"),
+        "{head}"
+    );
+
+    // The edge config, field for field; 304 while it is the same.
+    let (st, etag, cfg) = pull(&sp, &token, None);
+    assert_eq!(st, 200);
+    let hash = cfg["config_hash"].as_str().unwrap().to_owned();
+    assert_eq!(etag.as_deref(), Some(format!("\"{hash}\"").as_str()));
+    assert_eq!(
+        cfg["routes"],
+        json!({
+            "app.hoge.test": format!("127.0.0.1:{}", app.port()),
+            "secure.hoge.test": format!("127.0.0.1:{}", app.port()),
+            "wiki.fuga.test": format!("127.0.0.1:{http}"),
+        }),
+        "a tunnel origin is reached through this node's vhost port"
+    );
+    assert_eq!(
+        cfg["hostnames"],
+        json!(["app.hoge.test", "secure.hoge.test", "wiki.fuga.test"])
+    );
+    let (st, _, _) = pull(&sp, &token, etag.as_deref());
+    assert_eq!(st, 304);
+    // A change of something outside the payload keeps the hash.
+    sp.admin_call(
+        "POST",
+        "/api/v1/edge-nodes",
+        Some(json!({ "name": "edge-2" })),
+    );
+    assert_eq!(pull(&sp, &token, etag.as_deref()).0, 304);
+    let (_, list) = sp.admin_call("GET", "/api/v1/edge-nodes", None);
+    let seen = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "edge-1")
+        .unwrap();
+    assert!(seen["last_seen"].as_i64().is_some(), "{seen}");
+
+    // Deleting a route: 404 for its hostname at once, and a new hash.
+    let started = Instant::now();
+    let (st, _) = sp.admin_call(
+        "DELETE",
+        &format!("/api/v1/routes/{}", r_app["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(st, 204);
+    let (status, _, _) = get(http, "app.hoge.test", "/");
+    assert!(status.contains(" 404 "), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (st, _, cfg2) = pull(&sp, &token, etag.as_deref());
+    assert_eq!(st, 200);
+    assert_ne!(cfg2["config_hash"], cfg["config_hash"]);
+    assert!(cfg2["routes"].get("app.hoge.test").is_none());
+    // An origin in use is not deleted; one without routes is.
+    let (st, v) = sp.admin_call("DELETE", &format!("/api/v1/origins/{oid}"), None);
+    assert_eq!(st, 409, "{v}");
+    sp.admin_call(
+        "DELETE",
+        &format!("/api/v1/routes/{}", r_red["id"].as_str().unwrap()),
+        None,
+    );
+    let (st, _) = sp.admin_call("DELETE", &format!("/api/v1/origins/{oid}"), None);
+    assert_eq!(st, 204);
+
+    // Every change is in the audit log.
+    let rows = harness::audit(&sp, "&kind=edge.route.deleted");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let rows = harness::audit(&sp, "&kind=edge.route.created");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    c.kill();
+}
+
+#[test]
+fn edge_routes_origins_and_the_pulled_config() {
+    each_backend("edge", edge);
+}
