@@ -900,3 +900,166 @@ fn tenant_bandwidth_is_enforced_and_tenant_traffic_is_reported() {
         .unwrap_err();
     assert!(e.to_string().contains("bandwidthLimit"), "{e}");
 }
+
+/// A CA and a certificate it signed for `host`: (CA DER, leaf DER, key
+/// DER).
+fn signed_for(host: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.der().to_vec(), leaf.der().to_vec(), key.serialize_der())
+}
+
+/// TLS to the https port with server name `host`, trusting `ca`; one
+/// request: (the leaf presented, the body).
+fn tls_get(port: u16, host: &str, ca: &[u8]) -> Result<(Vec<u8>, String), String> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.to_vec().into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .ok_or("no handshake")?
+        .first()
+        .ok_or("no certificate")?
+        .to_vec();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((leaf, body.ok_or(format!("no response: {out:?}"))?))
+}
+
+#[test]
+fn the_edge_certificate_store_is_checked_and_the_last_good_one_stays() {
+    use proto::policy::{EdgeOrigin, EdgePolicy, EdgeRoute};
+    let mut ctl = Control::new();
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in origin.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).ok() == Some(1) {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin",
+            );
+        }
+    });
+    let host = "app.hoge.test";
+    let store = |leaf: &[u8], key: &[u8]| {
+        proto::certstore::encode(&[proto::certstore::Entry {
+            names: vec![host],
+            chain: vec![leaf],
+            key,
+        }])
+    };
+    let shm = ShmDir::open(&ctl.dir).unwrap();
+    let publish = |ctl: &mut Control, file: Option<&[u8]>, named: Option<&[u8]>| {
+        if let Some(f) = file {
+            shm.write_replacing(shm::CERTS_FILE, f).unwrap();
+        }
+        let mut spec = ctl.spec(true, vec![]);
+        spec.edge = EdgePolicy {
+            routes: vec![EdgeRoute {
+                hostname: host.into(),
+                origin: EdgeOrigin::Address(origin_addr.to_string()),
+                redirect_https: false,
+            }],
+            certs: named.map(|n| (proto::certstore::digest(n), 1)),
+            challenges: vec![],
+        };
+        ctl.publish(spec)
+    };
+    let (ca1, leaf1, key1) = signed_for(host);
+    let (ca2, leaf2, key2) = signed_for(host);
+    let good1 = store(&leaf1, &key1);
+    let good2 = store(&leaf2, &key2);
+    publish(&mut ctl, Some(&good1), Some(&good1));
+    let https = free_port();
+    let _fp = Fastpath::start(
+        &format!(
+            "fastpath.policyDir = \"{}\"\nvhostHTTPSPort = {https}",
+            ctl.dir.display()
+        ),
+        2,
+    );
+    let served = || tls_get(https, host, &ca1);
+    let (leaf, body) = served().expect("terminated with the first store");
+    assert_eq!(
+        (leaf.as_slice(), body.as_str()),
+        (leaf1.as_slice(), "origin")
+    );
+
+    // A file that is not the one the table names (corrupt, cut short, or
+    // another store): refused, the first store stays.
+    let mut corrupt = good2.clone();
+    let at = corrupt.len() / 2;
+    corrupt[at] ^= 0xff;
+    for bad in [corrupt.as_slice(), &good2[..good2.len() - 10], &good1] {
+        let gen = publish(&mut ctl, Some(bad), Some(&good2));
+        wait_generation(&ctl, gen);
+        let (leaf, _) = served().expect("still served");
+        assert_eq!(leaf, leaf1, "the last good store stays");
+    }
+    // The store the table names: in force.
+    let gen = publish(&mut ctl, Some(&good2), Some(&good2));
+    wait_generation(&ctl, gen);
+    let (leaf, body) = tls_get(https, host, &ca2).expect("the second store");
+    assert_eq!(
+        (leaf.as_slice(), body.as_str()),
+        (leaf2.as_slice(), "origin")
+    );
+    // A server name nobody serves, and no certificates at all: no
+    // handshake.
+    assert!(tls_get(https, "other.hoge.test", &ca2).is_err());
+    let gen = publish(&mut ctl, None, None);
+    wait_generation(&ctl, gen);
+    assert!(tls_get(https, host, &ca2).is_err());
+}
+
+/// Wait until every worker runs generation `gen` (as its ring says).
+fn wait_generation(ctl: &Control, gen: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rings = Vec::new();
+    loop {
+        ctl.drain(&mut rings);
+        let applied = ctl.applied(&rings);
+        if !applied.is_empty() && applied.iter().all(|&g| g >= gen) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation {gen} not applied: {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

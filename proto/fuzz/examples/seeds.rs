@@ -337,6 +337,26 @@ fn http_head() -> Seeds {
     ]
 }
 
+/// The certstore target's input: a store of two entries, and one of none.
+fn certstore() -> Seeds {
+    let store = proto::certstore::encode(&[
+        proto::certstore::Entry {
+            names: vec!["app.hoge.com", "*.fuga.com"],
+            chain: vec![b"leaf", b"issuer"],
+            key: b"key",
+        },
+        proto::certstore::Entry {
+            names: vec!["wiki.fuga.com"],
+            chain: vec![b"leaf2"],
+            key: b"key2",
+        },
+    ]);
+    vec![
+        ("two", store),
+        ("empty", proto::certstore::encode(&[])),
+    ]
+}
+
 /// The sni target's input: a prefix-step byte, then a ClientHello record
 /// (with server_name) and the same hello split over two records.
 fn sni() -> Seeds {
@@ -371,7 +391,8 @@ fn sni() -> Seeds {
 
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 11] = [
+    let targets: [(&str, SeedFn); 12] = [
+        ("certstore", certstore),
         ("cfb", cfb),
         ("events", events),
         ("frame_v1", frame_v1),

@@ -40,6 +40,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         let _ = t.subdomain_owner("a");
         let _ = t.invite(&InviteId::from_u128(1));
+        // The edge sections: every listed route is found again.
+        for r in t.edge_routes().take(1000) {
+            assert_eq!(t.edge_route(r.hostname), Some(r));
+        }
+        let _ = (t.edge_certs(), t.acme_answer("token"), t.edge_route("a.b"));
         // The mesh sections: every listed peer is found again; lookups of
         // any id do not panic.
         let _ = (t.mesh_relay_id(), t.mesh_hs256_secret(), t.mesh_revoked("j"));
