@@ -40,6 +40,22 @@ pub enum Command {
     /// The mesh controller (seed 003): networks, nodes, routes, settings.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Seed 004's edge agent for nginx: pulls the edge config and
+    /// certificates, writes nginx's map file and PEM files, reloads nginx
+    /// when they change.
+    EdgeAgent(EdgeAgentArgs),
+    /// Edge routes (seed 004): hostnames to origins.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Edge origins: addresses, or tunnel origins (an invite's http proxy).
+    #[command(subcommand)]
+    Origin(OriginCommand),
+    /// Managed certificates of routed hostnames.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Edge nodes that pull their config (seed 004).
+    #[command(subcommand)]
+    EdgeNode(EdgeNodeCommand),
     /// A standalone mesh relay (seed 003 §12.2): a fastpath serving
     /// /ws/data and /ws/mesh, governed by a controller over /ws/server.
     Relay(RelayArgs),
@@ -294,6 +310,137 @@ pub enum MeshCommand {
     Status(ClientArgs),
     /// Measured latencies.
     Latency(ClientArgs),
+}
+
+/// Flags of `edge-agent`.
+#[derive(Debug, Args, Clone)]
+pub struct EdgeAgentArgs {
+    /// The control plane's base URL.
+    #[arg(long)]
+    pub control: String,
+    /// The edge node's token (`slowpath edge-node add`).
+    #[arg(long, env = "TOTORO_EDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Root certificate (PEM) for the control plane's HTTPS, when it is
+    /// not publicly trusted.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// nginx's map file.
+    #[arg(long, default_value = "/etc/nginx/conf.d/kokoa-map.conf")]
+    pub map_file: PathBuf,
+    /// Where each hostname's fullchain.pem and privkey.pem go.
+    #[arg(long, default_value = "/etc/totoro-edge/certs")]
+    pub cert_dir: PathBuf,
+    /// Command run after a change (split on spaces; "" for none).
+    #[arg(long, default_value = "nginx -s reload")]
+    pub reload: String,
+    /// Seconds between pulls.
+    #[arg(long, default_value_t = 5)]
+    pub interval_secs: u64,
+    /// Pull and apply once, then exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `slowpath route …`.
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// List routes.
+    List(ClientArgs),
+    /// Route a hostname to an origin.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Hostname, e.g. app.example.com.
+        hostname: String,
+        /// Origin id (`slowpath origin list`).
+        origin: String,
+        /// The origin's port (address origins).
+        #[arg(long)]
+        port: Option<u32>,
+        /// Redirect plain HTTP for the hostname to HTTPS.
+        #[arg(long)]
+        redirect_https: bool,
+    },
+    /// Delete a route (by id).
+    Rm {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Route id.
+        id: String,
+    },
+}
+
+/// `slowpath origin …`.
+#[derive(Debug, Subcommand)]
+pub enum OriginCommand {
+    /// List origins.
+    List(ClientArgs),
+    /// Add an address origin (`--ip`) or a tunnel origin (`--invite`,
+    /// `--proxy`).
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        name: String,
+        /// The address the edge connects to (seed 004's WireGuard IP).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Its WireGuard public key.
+        #[arg(long)]
+        wireguard_public_key: Option<String>,
+        /// A tunnel origin's invite id.
+        #[arg(long)]
+        invite: Option<String>,
+        /// A tunnel origin's http proxy name.
+        #[arg(long)]
+        proxy: Option<String>,
+    },
+    /// Delete an origin no route uses.
+    Rm {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Origin id.
+        id: String,
+    },
+}
+
+/// `slowpath cert …`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Certificates and the ACME task's state.
+    List(ClientArgs),
+    /// Order a new certificate for a hostname now.
+    Renew {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Hostname.
+        hostname: String,
+    },
+}
+
+/// `slowpath edge-node …`.
+#[derive(Debug, Subcommand)]
+pub enum EdgeNodeCommand {
+    /// List edge nodes.
+    List(ClientArgs),
+    /// Register an edge node; prints its token once.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        name: String,
+    },
+    /// Delete an edge node (its token stops working).
+    Rm {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Edge node id.
+        id: String,
+    },
 }
 
 /// `slowpath mesh network …`.

@@ -4,8 +4,9 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditArgs, ClientArgs, InviteCommand, MeshCommand, MeshNetworkCommand, MeshNodeCommand,
-    MeshRouteCommand, MeshServerCommand, MeshTokenCommand, NodeCommand, NodeVhostArgs,
+    AuditArgs, CertCommand, ClientArgs, EdgeNodeCommand, InviteCommand, MeshCommand,
+    MeshNetworkCommand, MeshNodeCommand, MeshRouteCommand, MeshServerCommand, MeshTokenCommand,
+    NodeCommand, NodeVhostArgs, OriginCommand, RouteCommand,
 };
 
 fn admin_key(c: &ClientArgs) -> Result<String> {
@@ -255,6 +256,86 @@ pub fn stats(c: ClientArgs) -> Result<()> {
 }
 
 /// `slowpath mesh …`.
+/// `slowpath route …`.
+pub fn route(cmd: RouteCommand) -> Result<()> {
+    let v = match cmd {
+        RouteCommand::List(c) => admin(&c, "GET", "/api/v1/routes", None)?,
+        RouteCommand::Add {
+            client,
+            hostname,
+            origin,
+            port,
+            redirect_https,
+        } => {
+            let mut body = json!({ "hostname": hostname, "origin_id": origin,
+                                   "redirect_https": redirect_https });
+            set_given(&mut body, "target_port", port);
+            admin(&client, "POST", "/api/v1/routes", Some(body))?
+        }
+        RouteCommand::Rm { client, id } => {
+            admin(&client, "DELETE", &format!("/api/v1/routes/{id}"), None)?
+        }
+    };
+    print(&v)
+}
+
+/// `slowpath origin …`.
+pub fn origin(cmd: OriginCommand) -> Result<()> {
+    let v = match cmd {
+        OriginCommand::List(c) => admin(&c, "GET", "/api/v1/origins", None)?,
+        OriginCommand::Add {
+            client,
+            name,
+            ip,
+            wireguard_public_key,
+            invite,
+            proxy,
+        } => {
+            let mut body = json!({ "name": name });
+            set_given(&mut body, "wireguard_ip", ip);
+            set_given(&mut body, "wireguard_public_key", wireguard_public_key);
+            set_given(&mut body, "invite_id", invite);
+            set_given(&mut body, "proxy_name", proxy);
+            admin(&client, "POST", "/api/v1/origins", Some(body))?
+        }
+        OriginCommand::Rm { client, id } => {
+            admin(&client, "DELETE", &format!("/api/v1/origins/{id}"), None)?
+        }
+    };
+    print(&v)
+}
+
+/// `slowpath cert …`.
+pub fn cert(cmd: CertCommand) -> Result<()> {
+    let v = match cmd {
+        CertCommand::List(c) => admin(&c, "GET", "/api/v1/certificates", None)?,
+        CertCommand::Renew { client, hostname } => admin(
+            &client,
+            "POST",
+            &format!("/api/v1/certificates/{hostname}/renew"),
+            None,
+        )?,
+    };
+    print(&v)
+}
+
+/// `slowpath edge-node …`.
+pub fn edge_node(cmd: EdgeNodeCommand) -> Result<()> {
+    let v = match cmd {
+        EdgeNodeCommand::List(c) => admin(&c, "GET", "/api/v1/edge-nodes", None)?,
+        EdgeNodeCommand::Add { client, name } => admin(
+            &client,
+            "POST",
+            "/api/v1/edge-nodes",
+            Some(json!({ "name": name })),
+        )?,
+        EdgeNodeCommand::Rm { client, id } => {
+            admin(&client, "DELETE", &format!("/api/v1/edge-nodes/{id}"), None)?
+        }
+    };
+    print(&v)
+}
+
 pub fn mesh(cmd: MeshCommand) -> Result<()> {
     let m = |c: &ClientArgs, method: &str, path: &str, body: Option<Value>| {
         admin(c, method, &format!("/api/v1/mesh{path}"), body)

@@ -33,6 +33,7 @@ pub mod api;
 pub mod clock;
 pub mod credentials;
 pub mod domain;
+pub mod edge_agent;
 pub mod error;
 pub mod etcd;
 pub mod frpc_config;

@@ -36,6 +36,11 @@ fn main() -> ExitCode {
         Command::Audit(args) => client::audit(args),
         Command::Stats(args) => client::stats(args),
         Command::Mesh(cmd) => client::mesh(cmd),
+        Command::EdgeAgent(args) => edge_agent(args),
+        Command::Route(cmd) => client::route(cmd),
+        Command::Origin(cmd) => client::origin(cmd),
+        Command::Cert(cmd) => client::cert(cmd),
+        Command::EdgeNode(cmd) => client::edge_node(cmd),
         Command::Relay(args) => relay(args),
         Command::Fastpath { .. } => unreachable!("dispatched before parsing"),
     };
@@ -74,6 +79,33 @@ fn relay(args: cli::RelayArgs) -> anyhow::Result<()> {
     // by itself: a plain drop of the runtime would wait for it for ever.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+fn edge_agent(a: cli::EdgeAgentArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("--token-file {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            anyhow::bail!("--token (or TOTORO_EDGE_TOKEN, or --token-file) is required")
+        }
+    };
+    if token.is_empty() {
+        anyhow::bail!("--token is empty");
+    }
+    slowpath::edge_agent::run(slowpath::edge_agent::AgentConfig {
+        control: a.control,
+        token,
+        ca_file: a.ca_file,
+        map_file: a.map_file,
+        cert_dir: a.cert_dir,
+        reload: a.reload.split_whitespace().map(str::to_owned).collect(),
+        interval: std::time::Duration::from_secs(a.interval_secs.max(1)),
+        once: a.once,
+    })
 }
 
 fn serve(args: cli::ServeArgs, up: Option<cli::UpArgs>) -> anyhow::Result<()> {

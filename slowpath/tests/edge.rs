@@ -335,3 +335,137 @@ fn edge(backend: Backend) {
 fn edge_routes_origins_and_the_pulled_config() {
     each_backend("edge", edge);
 }
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Seed 004's nginx edge: `slowpath edge-agent` writes the map file from
+/// the pulled config, a real nginx routes by it, and the agent reloads
+/// nginx only when the config changed.
+#[test]
+fn the_nginx_edge_agent_routes_both_hostnames() {
+    let Some(nginx) = which("nginx") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx is not installed (.ci/edge.sh installs Debian's nginx-light)"
+        );
+        println!("SKIPPED: nginx not installed");
+        return;
+    };
+    let sp = Slowpath::up(&Backend::Sqlite, &[]);
+    let (a, b) = (origin("origin-a"), origin("origin-b"));
+    let (_, o) = sp.admin_call(
+        "POST",
+        "/api/v1/origins",
+        Some(json!({ "name": "home", "wireguard_ip": "127.0.0.1" })),
+    );
+    let route = |host: &str, port: u16| {
+        let (st, r) = sp.admin_call(
+            "POST",
+            "/api/v1/routes",
+            Some(json!({ "hostname": host, "origin_id": o["id"], "target_port": port })),
+        );
+        assert_eq!(st, 201, "{r}");
+    };
+    route("app.hoge.test", a.port());
+    let (_, node) = sp.admin_call(
+        "POST",
+        "/api/v1/edge-nodes",
+        Some(json!({ "name": "nginx-1" })),
+    );
+    let token = node["token"].as_str().unwrap().to_owned();
+
+    let dir = sp.dir.join("nginx");
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let port = bench::proc::free_port();
+    let map = dir.join("kokoa-map.conf");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+               include {map};\n\
+               server {{\n    listen 127.0.0.1:{port} default_server;\n    server_name _;\n\
+                 location / {{\n      if ($kokoa_backend = \"\") {{ return 404; }}\n\
+                   proxy_pass http://$kokoa_backend;\n    }}\n  }}\n}}\n",
+            d = dir.display(),
+            map = map.display(),
+        ),
+    )
+    .unwrap();
+    let agent = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_slowpath"));
+        c.args(["edge-agent", "--control", &sp.base, "--token", &token])
+            .arg("--map-file")
+            .arg(&map)
+            .arg("--cert-dir")
+            .arg(dir.join("certs"))
+            .args(extra);
+        c
+    };
+    // The first map, then nginx on it.
+    let st = agent(&["--once", "--reload", ""]).status().unwrap();
+    assert!(st.success());
+    let text = std::fs::read_to_string(&map).unwrap();
+    assert!(
+        text.contains(&format!("\"app.hoge.test\" \"127.0.0.1:{}\";", a.port())),
+        "{text}"
+    );
+    let mut nginx_proc = std::process::Command::new(&nginx)
+        .args(["-p"])
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .unwrap();
+    harness::wait_until("nginx listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert_eq!(get(port, "app.hoge.test", "/").2, "origin-a via http");
+    assert!(get(port, "other.hoge.test", "/").0.contains(" 404 "));
+
+    // A second hostname under another base domain; the agent, running,
+    // applies it and reloads nginx once.
+    route("wiki.fuga.test", b.port());
+    let reload = format!(
+        "{} -p {} -e {} -c {} -s reload",
+        nginx.display(),
+        dir.display(),
+        dir.join("error.log").display(),
+        conf.display()
+    );
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let mut running = agent(&["--interval-secs", "1", "--reload", &reload])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    harness::wait_until("the second hostname through nginx", || {
+        get(port, "wiki.fuga.test", "/").2 == "origin-b via http"
+    });
+    assert_eq!(get(port, "app.hoge.test", "/").2, "origin-a via http");
+    // Unchanged pulls (304) reload nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert_eq!(
+        text.matches("edge configuration applied").count(),
+        1,
+        "{text}"
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+    let _ = std::process::Command::new("kill")
+        .arg("-QUIT")
+        .arg(nginx_proc.id().to_string())
+        .status();
+    let _ = nginx_proc.wait();
+}

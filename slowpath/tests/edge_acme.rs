@@ -395,6 +395,41 @@ fn certificates_from_a_real_acme_ca_terminate_tls_at_the_edge() {
     assert!(!err.is_empty());
     assert!(Kept::open(&root, "nobody.hoge.test", https).is_err());
 
+    // An nginx edge takes the same certificates through its agent.
+    let (_, node) = sp.admin_call(
+        "POST",
+        "/api/v1/edge-nodes",
+        Some(json!({ "name": "nginx" })),
+    );
+    let certs = dir.join("edge-certs");
+    let st = Command::new(env!("CARGO_BIN_EXE_slowpath"))
+        .args([
+            "edge-agent",
+            "--once",
+            "--reload",
+            "",
+            "--control",
+            &sp.base,
+        ])
+        .args(["--token", node["token"].as_str().unwrap()])
+        .arg("--map-file")
+        .arg(dir.join("map.conf"))
+        .arg("--cert-dir")
+        .arg(&certs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for h in hosts {
+        use std::os::unix::fs::PermissionsExt as _;
+        let chain = std::fs::read_to_string(certs.join(h).join("fullchain.pem")).unwrap();
+        assert!(chain.starts_with("-----BEGIN CERTIFICATE-----"), "{h}");
+        let key = certs.join(h).join("privkey.pem");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{h}'s key is the owner's alone");
+    }
+    assert!(!certs.join("refused.blocked.test").exists());
+    assert_eq!(harness::audit(&sp, "&kind=edge.certs.pulled").len(), 1);
+
     // A forced renewal replaces the certificate; a connection made with
     // the old one keeps serving.
     let mut kept = Kept::open(&root, "app.hoge.test", https).unwrap();

@@ -146,6 +146,38 @@ pub async fn my_config(
     Ok(([(header::ETAG, etag)], Json(config)).into_response())
 }
 
+/// `GET /api/v1/edge-nodes/me/certificates` (edge token): the valid
+/// certificates of routed hostnames with their keys, for an edge that
+/// terminates TLS itself (seed 004's nginx); `ETag` as for the config.
+pub async fn my_certificates(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let node = super::auth::edge_node(&app, &headers).await?;
+    let pems = certs::valid_pems(&app.db).await?;
+    let list: Vec<Value> = pems
+        .iter()
+        .map(|(h, c, k)| json!({ "hostname": h, "fullchain_pem": c, "privkey_pem": k }))
+        .collect();
+    let body = json!({ "certificates": list });
+    let etag = format!("\"{}\"", crate::credentials::sha256_hex(&body.to_string()));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    // Keys leave the control plane: on the record.
+    crate::domain::edge::audit(
+        &app.db,
+        "edge.certs.pulled",
+        json!({ "edge_node": node.id, "certificates": list.len() }),
+    )
+    .await?;
+    Ok(([(header::ETAG, etag)], Json(body)).into_response())
+}
+
 /// `GET /api/v1/certificates`: every managed certificate's state, and the
 /// ACME task's.
 pub async fn list_certificates(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {

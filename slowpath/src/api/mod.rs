@@ -206,6 +206,7 @@ route_table! {
     post "/api/v1/edge-nodes" => edge::create_edge_node, AdminKey, BODY_LIMIT_REQUEST, "Edge: register an edge node {name}; answers its token once";
     get "/api/v1/edge-nodes" => edge::list_edge_nodes, AdminKey, BODY_LIMIT_EMPTY, "Edge: list edge nodes";
     get "/api/v1/edge-nodes/me/config" => edge::my_config, EdgeToken, BODY_LIMIT_EMPTY, "Edge: the calling edge node's config {config_hash, routes, hostnames} (ETag, If-None-Match: 304)";
+    get "/api/v1/edge-nodes/me/certificates" => edge::my_certificates, EdgeToken, BODY_LIMIT_EMPTY, "Edge: valid certificates with their keys, for an edge terminating TLS itself (ETag, If-None-Match: 304)";
     delete "/api/v1/edge-nodes/{id}" => edge::delete_edge_node, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete an edge node (its token stops working)";
     get "/api/v1/certificates" => edge::list_certificates, AdminKey, BODY_LIMIT_EMPTY, "Edge: managed certificates and the ACME task's state";
     post "/api/v1/certificates/{hostname}/renew" => edge::renew_certificate, AdminKey, BODY_LIMIT_EMPTY, "Edge: order a new certificate for a hostname now";

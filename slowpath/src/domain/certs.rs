@@ -233,6 +233,27 @@ pub async fn store_file(db: &Db) -> Result<(Vec<u8>, u32)> {
     Ok((proto::certstore::encode(&entries), entries.len() as u32))
 }
 
+/// Every valid certificate of a routed hostname as PEM: (hostname, chain,
+/// key), for edge nodes that terminate TLS themselves.
+pub async fn valid_pems(db: &Db) -> Result<Vec<(String, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT c.hostname AS hostname, c.chain_pem AS chain_pem, c.key_pem AS key_pem \
+         FROM certificates c JOIN routes r ON r.hostname = c.hostname \
+         WHERE c.chain_pem <> '' ORDER BY c.hostname",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("hostname")?,
+                r.try_get("chain_pem")?,
+                r.try_get("key_pem")?,
+            ))
+        })
+        .collect()
+}
+
 /// A PEM chain and key as DER.
 pub fn parse_pem(chain_pem: &str, key_pem: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let chain: Vec<Vec<u8>> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
