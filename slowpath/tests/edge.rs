@@ -323,11 +323,38 @@ fn edge(backend: Backend) {
     let (st, _) = sp.admin_call("DELETE", &format!("/api/v1/origins/{oid}"), None);
     assert_eq!(st, 204);
 
+    // The operator verbs drive the same API.
+    let verb = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slowpath"))
+            .args(args)
+            .args(["--api", &sp.base, "--admin-key", &sp.admin])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let o = verb(&["origin", "add", "cli", "--ip", "127.0.0.1"]);
+    let oid = o["id"].as_str().unwrap().to_owned();
+    let port = app.port().to_string();
+    let r = verb(&["route", "add", "cli.hoge.test", &oid, "--port", &port]);
+    assert_eq!(r["hostname"], "cli.hoge.test");
+    assert_eq!(get(http, "cli.hoge.test", "/").2, "app via http");
+    let listed = verb(&["route", "list"]);
+    assert!(listed.as_array().unwrap().iter().any(|x| x["id"] == r["id"]));
+    assert!(verb(&["cert", "list"])["certificates"].is_array());
+    verb(&["route", "rm", r["id"].as_str().unwrap()]);
+    verb(&["origin", "rm", &oid]);
+    assert!(get(http, "cli.hoge.test", "/").0.contains(" 404 "));
+
     // Every change is in the audit log.
     let rows = harness::audit(&sp, "&kind=edge.route.deleted");
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    let rows = harness::audit(&sp, "&kind=edge.route.created");
     assert_eq!(rows.len(), 3, "{rows:?}");
+    let rows = harness::audit(&sp, "&kind=edge.route.created");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     c.kill();
 }
 
