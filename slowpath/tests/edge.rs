@@ -344,7 +344,11 @@ fn edge(backend: Backend) {
     assert_eq!(r["hostname"], "cli.hoge.test");
     assert_eq!(get(http, "cli.hoge.test", "/").2, "app via http");
     let listed = verb(&["route", "list"]);
-    assert!(listed.as_array().unwrap().iter().any(|x| x["id"] == r["id"]));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == r["id"]));
     assert!(verb(&["cert", "list"])["certificates"].is_array());
     verb(&["route", "rm", r["id"].as_str().unwrap()]);
     verb(&["origin", "rm", &oid]);
