@@ -53,6 +53,9 @@ pub enum Command {
     /// Managed certificates of routed hostnames.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Users' own domains: add, verify ownership (TXT or HTTP token), list.
+    #[command(subcommand)]
+    Domain(DomainCommand),
     /// Edge nodes that pull their config (seed 004).
     #[command(subcommand)]
     EdgeNode(EdgeNodeCommand),
@@ -147,6 +150,43 @@ pub struct ServeArgs {
     /// change looks at once).
     #[arg(long, default_value_t = 60)]
     pub acme_interval_secs: u64,
+    /// A nameserver (`ip` or `ip:port`) for checking users' domains (the
+    /// TXT record `_totoro-verify.<domain>`, and the addresses the HTTP
+    /// token is fetched from); repeatable. Default: the system's
+    /// (/etc/resolv.conf).
+    #[arg(long = "dns-resolver", value_name = "ADDR")]
+    pub dns_resolvers: Vec<String>,
+    /// The port a domain's HTTP token is fetched on
+    /// (http://DOMAIN:PORT/.well-known/totoro-verify/TOKEN); 80 but for
+    /// tests.
+    #[arg(long, default_value_t = 80)]
+    pub domain_verify_http_port: u16,
+    /// Seed 004's DNS manager: the one zone (e.g. `hoge.com`) in which
+    /// every routed hostname gets A/AAAA records for the edge, by RFC 2136
+    /// updates; hostnames under it need no domain verification. Needs
+    /// --dns-server. Default: none.
+    #[arg(long)]
+    pub dns_zone: Option<String>,
+    /// The zone's primary server, `ip` or `ip:port` (TCP; port 53 by
+    /// default), which must allow updates with the TSIG key.
+    #[arg(long)]
+    pub dns_server: Option<String>,
+    /// The TSIG key, a file holding `hmac-sha256:NAME:BASE64SECRET` (the
+    /// form of nsupdate/knsupdate -y), readable by its owner only.
+    /// Without it updates go unsigned.
+    #[arg(long)]
+    pub dns_tsig_key_file: Option<PathBuf>,
+    /// An address the zone's records point at (the edge's public IPv4 or
+    /// IPv6); repeatable. Default: --public-addr when it is an IP.
+    #[arg(long = "dns-address", value_name = "IP")]
+    pub dns_addresses: Vec<std::net::IpAddr>,
+    /// TTL of the records, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub dns_ttl: u32,
+    /// Seconds between the DNS manager's passes (a route change passes at
+    /// once; a failed update is tried again at the next).
+    #[arg(long, default_value_t = 60)]
+    pub dns_interval_secs: u64,
     /// The node's fastpath (frps-style) TOML: `up` runs the fastpath with
     /// it (default: DATA_DIR/fastpath.toml, written from the node); both
     /// `up` and `serve` take the node's bindPort, auth.token, allowPorts,
@@ -419,6 +459,38 @@ pub enum CertCommand {
         client: ClientArgs,
         /// Hostname.
         hostname: String,
+    },
+}
+
+/// `slowpath domain …`.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Domains, their state, and the official suffixes.
+    List(ClientArgs),
+    /// Add a domain; prints the token to publish as a TXT record or over
+    /// HTTP.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The domain, e.g. fuga.com.
+        domain: String,
+    },
+    /// Check the domain's token now.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The domain.
+        domain: String,
+        /// `dns` or `http` (default: both, the TXT record first).
+        #[arg(long)]
+        method: Option<String>,
+    },
+    /// Delete a domain no route is under.
+    Rm {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The domain.
+        domain: String,
     },
 }
 

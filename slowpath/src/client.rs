@@ -4,7 +4,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditArgs, CertCommand, ClientArgs, EdgeNodeCommand, InviteCommand, MeshCommand,
+    AuditArgs, CertCommand, ClientArgs, DomainCommand, EdgeNodeCommand, InviteCommand, MeshCommand,
     MeshNetworkCommand, MeshNodeCommand, MeshRouteCommand, MeshServerCommand, MeshTokenCommand,
     NodeCommand, NodeVhostArgs, OriginCommand, RouteCommand,
 };
@@ -313,6 +313,39 @@ pub fn cert(cmd: CertCommand) -> Result<()> {
             &client,
             "POST",
             &format!("/api/v1/certificates/{hostname}/renew"),
+            None,
+        )?,
+    };
+    print(&v)
+}
+
+/// `slowpath domain …`.
+pub fn domain(cmd: DomainCommand) -> Result<()> {
+    let v = match cmd {
+        DomainCommand::List(c) => admin(&c, "GET", "/api/v1/domains", None)?,
+        DomainCommand::Add { client, domain } => admin(
+            &client,
+            "POST",
+            "/api/v1/domains",
+            Some(json!({ "domain": domain })),
+        )?,
+        DomainCommand::Verify {
+            client,
+            domain,
+            method,
+        } => {
+            let q = method.map(|m| format!("?method={m}")).unwrap_or_default();
+            admin(
+                &client,
+                "POST",
+                &format!("/api/v1/domains/{domain}/verify{q}"),
+                None,
+            )?
+        }
+        DomainCommand::Rm { client, domain } => admin(
+            &client,
+            "DELETE",
+            &format!("/api/v1/domains/{domain}"),
             None,
         )?,
     };

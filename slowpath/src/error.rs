@@ -19,6 +19,16 @@ pub enum Error {
     /// The thing existed but can no longer be used (expired, revoked, exhausted).
     #[error("{0}")]
     Gone(String),
+    /// The request is well formed but not allowed (403), naming the field
+    /// to blame when there is one: e.g. a route for a domain whose
+    /// ownership is not verified.
+    #[error("{message}")]
+    Refused {
+        /// Field path.
+        field: Option<String>,
+        /// Why, and what would allow it.
+        message: String,
+    },
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),

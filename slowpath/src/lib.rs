@@ -32,6 +32,7 @@ pub mod acme;
 pub mod api;
 pub mod clock;
 pub mod credentials;
+pub mod dns;
 pub mod domain;
 pub mod edge_agent;
 pub mod error;

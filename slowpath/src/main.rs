@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Mesh(cmd) => client::mesh(cmd),
         Command::EdgeAgent(args) => edge_agent(args),
         Command::Route(cmd) => client::route(cmd),
+        Command::Domain(cmd) => client::domain(cmd),
         Command::Origin(cmd) => client::origin(cmd),
         Command::Cert(cmd) => client::cert(cmd),
         Command::EdgeNode(cmd) => client::edge_node(cmd),

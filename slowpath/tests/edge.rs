@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bench::client::ProxySpec;
+use harness::dns::{have, ChallTestSrv};
 use harness::{each_backend, first_login, ticket_opts, Backend, Slowpath};
 use serde_json::{json, Value};
 
@@ -54,6 +55,40 @@ fn origin(body: &'static str) -> SocketAddr {
     addr
 }
 
+/// A user's server answering the domain-verification token: 200 with the
+/// token for `/.well-known/totoro-verify/<token>` once `token` is set,
+/// 404 otherwise.
+fn token_origin(token: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).ok() != Some(1) {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let t = token.lock().unwrap().clone();
+            let reply = if !t.is_empty()
+                && text.starts_with(&format!("GET /.well-known/totoro-verify/{t} "))
+            {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{t}\n",
+                    t.len() + 1
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+            };
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
 /// `GET path` for `host` on the vhost port: status line, headers, body.
 pub fn get(port: u16, host: &str, path: &str) -> (String, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -93,8 +128,19 @@ fn pull(sp: &Slowpath, token: &str, etag: Option<&str>) -> (u16, Option<String>,
 }
 
 fn edge(backend: Backend) {
+    if !have(&["pebble-challtestsrv"]) {
+        return;
+    }
     let http = bench::proc::free_port();
     let https = bench::proc::free_port();
+    // hoge.test is the node's own suffix (official); fuga.test is a
+    // user's domain, verified by its HTTP token on a server its name
+    // resolves to (challtestsrv answers 127.0.0.1 for every name).
+    let dir = std::env::temp_dir().join(format!("totoro-edge-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dns = ChallTestSrv::start(&dir);
+    let published = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let verify_port = token_origin(published.clone());
     let sp = Slowpath::up(
         &backend,
         &[
@@ -102,6 +148,12 @@ fn edge(backend: Backend) {
             &http.to_string(),
             "--vhost-https-port",
             &https.to_string(),
+            "--sub-domain-host",
+            "hoge.test",
+            "--dns-resolver",
+            &format!("127.0.0.1:{}", dns.dns),
+            "--domain-verify-http-port",
+            &verify_port.to_string(),
         ],
     );
     sp.wait_frp();
@@ -200,6 +252,85 @@ fn edge(backend: Backend) {
     assert_eq!(empty["routes"], json!({}));
     assert_eq!(pull(&sp, "et_wrong", None).0, 403);
 
+    // wiki.fuga.test is under a user's own domain: refused until the
+    // domain's ownership is verified.
+    let wiki_route = json!({ "hostname": "wiki.fuga.test", "origin_id": tunnel_origin["id"] });
+    let (st, v) = sp.admin_call("POST", "/api/v1/routes", Some(wiki_route.clone()));
+    assert_eq!((st, v["field"].as_str()), (403, Some("hostname")), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no verified domain"),
+        "{v}"
+    );
+    for (bad, field, status) in [
+        (json!({ "domain": "Fuga.test" }), "domain", 400),
+        (json!({ "domain": "1.2.3.4" }), "domain", 400),
+        (json!({ "domain": "x.hoge.test" }), "domain", 400),
+        (json!({ "name": "fuga.test" }), "name", 400),
+    ] {
+        let (st, v) = sp.admin_call("POST", "/api/v1/domains", Some(bad.clone()));
+        assert_eq!(st, status, "{bad}: {v}");
+        assert_eq!(v["field"], field, "{bad}: {v}");
+    }
+    let (st, dom) = sp.admin_call(
+        "POST",
+        "/api/v1/domains",
+        Some(json!({ "domain": "fuga.test" })),
+    );
+    assert_eq!(st, 201, "{dom}");
+    assert_eq!(dom["status"], "pending");
+    assert_eq!(dom["txt"]["name"], "_totoro-verify.fuga.test");
+    let t = dom["token"].as_str().unwrap().to_owned();
+    assert_eq!(dom["txt"]["value"], t.as_str());
+    assert_eq!(
+        dom["http"]["url"],
+        format!("http://fuga.test/.well-known/totoro-verify/{t}")
+    );
+    let (st, v) = sp.admin_call(
+        "POST",
+        "/api/v1/domains",
+        Some(json!({ "domain": "fuga.test" })),
+    );
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = sp.admin_call("POST", "/api/v1/routes", Some(wiki_route.clone()));
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("not verified yet"),
+        "{v}"
+    );
+    // Neither the TXT record nor the HTTP token is there yet.
+    for m in ["dns", "http"] {
+        let (st, v) = sp.admin_call(
+            "POST",
+            &format!("/api/v1/domains/fuga.test/verify?method={m}"),
+            None,
+        );
+        assert_eq!((st, v["field"].as_str()), (403, Some("domain")), "{m}: {v}");
+        println!(
+            "verify by {m} before the token is published: {}",
+            v["error"]
+        );
+    }
+    let (st, v) = sp.admin_call("POST", "/api/v1/domains/fuga.test/verify?method=ftp", None);
+    assert_eq!((st, v["field"].as_str()), (400, Some("method")), "{v}");
+    let (_, d) = sp.admin_call("GET", "/api/v1/domains/fuga.test", None);
+    assert!(d["last_error"].as_str().unwrap().contains("404"), "{d}");
+    // The owner publishes the token on the server the domain points at.
+    *published.lock().unwrap() = t.clone();
+    let (st, d) = sp.admin_call("POST", "/api/v1/domains/fuga.test/verify", None);
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(
+        (d["status"].as_str(), d["method"].as_str()),
+        (Some("verified"), Some("http"))
+    );
+    harness::wait_audit(&sp, "edge.domain.verified", |r| {
+        r["detail"]["domain"] == "fuga.test"
+    });
+    harness::wait_audit(&sp, "edge.domain.verify_failed", |r| {
+        r["detail"]["domain"] == "fuga.test"
+    });
+    let (_, list) = sp.admin_call("GET", "/api/v1/domains", None);
+    assert_eq!(list["official"], json!(["hoge.test"]), "{list}");
+
     // Routes: seed 004's request, across two base domains.
     let (st, r_app) = sp.admin_call(
         "POST",
@@ -213,12 +344,11 @@ fn edge(backend: Backend) {
         Some(json!({ "hostname": "app.hoge.test", "origin_id": oid, "target_port": 1 })),
     );
     assert_eq!(st, 409, "{v}");
-    let (st, r_wiki) = sp.admin_call(
-        "POST",
-        "/api/v1/routes",
-        Some(json!({ "hostname": "wiki.fuga.test", "origin_id": tunnel_origin["id"] })),
-    );
+    let (st, r_wiki) = sp.admin_call("POST", "/api/v1/routes", Some(wiki_route));
     assert_eq!(st, 201, "{r_wiki}");
+    // A domain with routes under it stays.
+    let (st, v) = sp.admin_call("DELETE", "/api/v1/domains/fuga.test", None);
+    assert_eq!(st, 409, "{v}");
     let (st, r_red) = sp.admin_call(
         "POST",
         "/api/v1/routes",
@@ -353,6 +483,16 @@ fn edge(backend: Backend) {
     verb(&["route", "rm", r["id"].as_str().unwrap()]);
     verb(&["origin", "rm", &oid]);
     assert!(get(http, "cli.hoge.test", "/").0.contains(" 404 "));
+    // Domains: add, verify (the HTTP token is still served), list, rm.
+    let d = verb(&["domain", "add", "piyo.test"]);
+    *published.lock().unwrap() = d["token"].as_str().unwrap().to_owned();
+    let d = verb(&["domain", "verify", "piyo.test", "--method", "http"]);
+    assert_eq!(d["status"], "verified", "{d}");
+    let listed = verb(&["domain", "list"]);
+    assert_eq!(listed["domains"].as_array().unwrap().len(), 2, "{listed}");
+    verb(&["domain", "rm", "piyo.test"]);
+    let (st, _) = sp.admin_call("GET", "/api/v1/domains/piyo.test", None);
+    assert_eq!(st, 404);
 
     // Every change is in the audit log.
     let rows = harness::audit(&sp, "&kind=edge.route.deleted");
@@ -367,28 +507,38 @@ fn edge_routes_origins_and_the_pulled_config() {
     each_backend("edge", edge);
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([std::path::PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Seed 004's nginx edge: `slowpath edge-agent` writes the map file from
 /// the pulled config, a real nginx routes by it, and the agent reloads
 /// nginx only when the config changed.
 #[test]
 fn the_nginx_edge_agent_routes_both_hostnames() {
-    let Some(nginx) = which("nginx") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed (.ci/edge.sh installs Debian's nginx-light)"
-        );
-        println!("SKIPPED: nginx not installed");
+    if !have(&["nginx", "pebble-challtestsrv"]) {
         return;
-    };
-    let sp = Slowpath::up(&Backend::Sqlite, &[]);
+    }
+    let nginx = harness::dns::which("nginx").unwrap();
+    // hoge.test is the node's suffix; fuga.test is a user's domain,
+    // verified here by its TXT record.
+    let dns_dir = std::env::temp_dir().join(format!("totoro-nginx-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dns_dir).unwrap();
+    let dns = ChallTestSrv::start(&dns_dir);
+    let sp = Slowpath::up(
+        &Backend::Sqlite,
+        &[
+            "--sub-domain-host",
+            "hoge.test",
+            "--dns-resolver",
+            &format!("127.0.0.1:{}", dns.dns),
+        ],
+    );
+    let (st, dom) = sp.admin_call(
+        "POST",
+        "/api/v1/domains",
+        Some(json!({ "domain": "fuga.test" })),
+    );
+    assert_eq!(st, 201, "{dom}");
+    dns.set_txt("_totoro-verify.fuga.test", dom["token"].as_str().unwrap());
+    let (st, d) = sp.admin_call("POST", "/api/v1/domains/fuga.test/verify?method=dns", None);
+    assert_eq!((st, d["method"].as_str()), (200, Some("dns")), "{d}");
     let (a, b) = (origin("origin-a"), origin("origin-b"));
     let (_, o) = sp.admin_call(
         "POST",

@@ -81,6 +81,9 @@ struct Pebble {
     https_ca: PathBuf,
     /// Management address (the issuing root is at `/roots/0`).
     management: u16,
+    /// The DNS server's port, and its management port.
+    dns: u16,
+    dns_management: u16,
 }
 
 impl Drop for Pebble {
@@ -154,11 +157,21 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{acme}/dir"),
             https_ca,
             management,
+            dns,
+            dns_management: dns_mgmt,
         };
         wait_within(Duration::from_secs(20), "pebble listening", || {
             TcpStream::connect(("127.0.0.1", acme)).is_ok()
         });
         p
+    }
+
+    /// Publish a TXT record on the DNS server.
+    fn set_txt(&self, host: &str, value: &str) {
+        let body = json!({ "host": format!("{host}."), "value": value });
+        ureq::post(&format!("http://127.0.0.1:{}/set-txt", self.dns_management))
+            .send_string(&body.to_string())
+            .expect("challtestsrv set-txt");
     }
 
     /// The root pebble issues under (new at every start).
@@ -298,9 +311,30 @@ fn certificates_from_a_real_acme_ca_terminate_tls_at_the_edge() {
             pebble.https_ca.to_str().unwrap(),
             "--acme-interval-secs",
             "1",
+            "--sub-domain-host",
+            "hoge.test",
+            "--dns-resolver",
+            &format!("127.0.0.1:{}", pebble.dns),
         ],
     );
     sp.wait_frp();
+
+    // hoge.test is the node's own suffix; fuga.test and blocked.test are
+    // users' domains, verified by their TXT records first.
+    for domain in ["fuga.test", "blocked.test"] {
+        let (st, d) = sp.admin_call("POST", "/api/v1/domains", Some(json!({ "domain": domain })));
+        assert_eq!(st, 201, "{d}");
+        pebble.set_txt(
+            &format!("_totoro-verify.{domain}"),
+            d["token"].as_str().unwrap(),
+        );
+        let (st, d) = sp.admin_call(
+            "POST",
+            &format!("/api/v1/domains/{domain}/verify?method=dns"),
+            None,
+        );
+        assert_eq!((st, d["status"].as_str()), (200, Some("verified")), "{d}");
+    }
 
     // Two address origins and a tunnel origin behind the frp client.
     let (app, wiki, api) = (origin("app"), origin("wiki"), origin("api"));

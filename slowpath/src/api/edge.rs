@@ -7,7 +7,7 @@
 //! Every change is published to the local fastpath (its routes and
 //! certificates) before the call returns, and wakes the ACME task.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::domain::certs::{self, Certificate};
+use crate::domain::domains::{self, Domain, NewDomain};
 use crate::domain::edge::{self, EdgeNode, NewEdgeNode, NewOrigin, NewRoute, Origin, Route};
 use crate::error::Error;
 
@@ -25,6 +26,9 @@ async fn changed(app: &AppState) -> Result<(), ApiError> {
     app.publisher.sync_edge().await?;
     if let Some(acme) = &app.acme {
         acme.wake();
+    }
+    if let Some(dns) = &app.dns {
+        dns.wake();
     }
     Ok(())
 }
@@ -203,4 +207,102 @@ pub async fn renew_certificate(
         }
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/v1/domains`: a user's own domain, pending until verified;
+/// the answer says what to publish.
+pub async fn add_domain(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<NewDomain>,
+) -> Result<(StatusCode, Json<Domain>), ApiError> {
+    Ok((StatusCode::CREATED, Json(domains::add(&app.db, req).await?)))
+}
+
+/// `GET /api/v1/domains`.
+pub async fn list_domains(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let official = domains::official_suffixes(&app.db).await?;
+    Ok(Json(
+        json!({ "domains": domains::list(&app.db).await?, "official": official }),
+    ))
+}
+
+/// `GET /api/v1/domains/{domain}`.
+pub async fn get_domain(
+    State(app): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Json<Domain>, ApiError> {
+    Ok(Json(domains::get(&app.db, &domain).await?))
+}
+
+/// `DELETE /api/v1/domains/{domain}`.
+pub async fn delete_domain(
+    State(app): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    domains::delete(&app.db, &domain).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?method=` of a verification.
+#[derive(Debug, serde::Deserialize)]
+pub struct VerifyQuery {
+    /// `dns` or `http` (default: the TXT record, then the HTTP token).
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// `POST /api/v1/domains/{domain}/verify`: look for the token now. 200
+/// with the domain verified, or 403 naming `domain` with what each check
+/// found (recorded as the domain's `last_error`).
+pub async fn verify_domain(
+    State(app): State<AppState>,
+    Path(domain): Path<String>,
+    Query(q): Query<VerifyQuery>,
+) -> Result<Json<Domain>, ApiError> {
+    let d = domains::get(&app.db, &domain).await?;
+    let methods: &[&str] = match q.method.as_deref() {
+        None | Some("") => &["dns", "http"],
+        Some("dns") => &["dns"],
+        Some("http") => &["http"],
+        Some(other) => {
+            return Err(Error::invalid(
+                "method",
+                format!("method {other:?} is not one of dns, http"),
+            )
+            .into())
+        }
+    };
+    let verifier = app
+        .verifier
+        .as_ref()
+        .map_err(|e| Error::Unavailable(format!("no resolver to verify with: {e}")))?;
+    let mut why = Vec::new();
+    for m in methods {
+        let r = match *m {
+            "dns" => verifier.dns(&d.domain, &d.token).await,
+            _ => verifier.http(&d.domain, &d.token).await,
+        };
+        match r {
+            Ok(()) => {
+                return Ok(Json(
+                    domains::record_check(&app.db, &d.domain, Ok(m)).await?,
+                ))
+            }
+            Err(e) => why.push(format!("{m}: {e}")),
+        }
+    }
+    let why = why.join("; ");
+    domains::record_check(&app.db, &d.domain, Err(&why)).await?;
+    Err(Error::Refused {
+        field: Some("domain".into()),
+        message: format!("domain {:?} is not verified: {why}", d.domain),
+    }
+    .into())
+}
+
+/// `GET /api/v1/dns/records`: what the DNS manager keeps in its zone.
+pub async fn dns_records(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let records = domains::dns_records(&app.db).await?;
+    let manager = app.dns.as_ref().map(|d| d.status());
+    Ok(Json(json!({ "records": records, "manager": manager })))
 }

@@ -49,6 +49,12 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         match e {
             Error::Invalid { field, message } => ApiError::bad_field(field, message),
+            Error::Refused { field, message } => ApiError {
+                status: StatusCode::FORBIDDEN,
+                message,
+                field,
+                retry_after: None,
+            },
             Error::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
             Error::Gone(m) => ApiError::new(StatusCode::GONE, m),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),

@@ -65,6 +65,10 @@ pub struct App {
     pub mesh: mesh_ws::MeshHub,
     /// The ACME task, when `--acme-directory` is set.
     pub acme: Option<crate::acme::Acme>,
+    /// Seed 004's DNS manager, when `--dns-zone` is set.
+    pub dns: Option<crate::dns::manager::DnsManager>,
+    /// The domain ownership checker (or why there is none: no resolver).
+    pub verifier: std::result::Result<crate::dns::verify::Verifier, String>,
     /// Where an nginx edge reaches a tunnel origin: this node's
     /// `host:vhostHTTPPort` (None: no http vhost port).
     pub tunnel_addr: Option<String>,
@@ -208,6 +212,12 @@ route_table! {
     get "/api/v1/edge-nodes/me/config" => edge::my_config, EdgeToken, BODY_LIMIT_EMPTY, "Edge: the calling edge node's config {config_hash, routes, hostnames} (ETag, If-None-Match: 304)";
     get "/api/v1/edge-nodes/me/certificates" => edge::my_certificates, EdgeToken, BODY_LIMIT_EMPTY, "Edge: valid certificates with their keys, for an edge terminating TLS itself (ETag, If-None-Match: 304)";
     delete "/api/v1/edge-nodes/{id}" => edge::delete_edge_node, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete an edge node (its token stops working)";
+    post "/api/v1/domains" => edge::add_domain, AdminKey, BODY_LIMIT_REQUEST, "Edge: add a user's own domain {domain}; answers the token to publish (TXT or HTTP)";
+    get "/api/v1/domains" => edge::list_domains, AdminKey, BODY_LIMIT_EMPTY, "Edge: domains and their verification state";
+    get "/api/v1/domains/{domain}" => edge::get_domain, AdminKey, BODY_LIMIT_EMPTY, "Edge: one domain, with what to publish";
+    post "/api/v1/domains/{domain}/verify" => edge::verify_domain, AdminKey, BODY_LIMIT_EMPTY, "Edge: check a domain's token now (?method=dns|http; default both)";
+    delete "/api/v1/domains/{domain}" => edge::delete_domain, AdminKey, BODY_LIMIT_EMPTY, "Edge: delete a domain no route is under";
+    get "/api/v1/dns/records" => edge::dns_records, AdminKey, BODY_LIMIT_EMPTY, "Edge: the records the DNS manager keeps in its zone, and its state";
     get "/api/v1/certificates" => edge::list_certificates, AdminKey, BODY_LIMIT_EMPTY, "Edge: managed certificates and the ACME task's state";
     post "/api/v1/certificates/{hostname}/renew" => edge::renew_certificate, AdminKey, BODY_LIMIT_EMPTY, "Edge: order a new certificate for a hostname now";
     post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login";

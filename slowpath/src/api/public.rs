@@ -25,7 +25,8 @@ pub async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
         })
     });
     let acme = app.acme.as_ref().map(|a| a.status());
-    Json(serde_json::json!({ "ok": true, "etcd": etcd, "acme": acme }))
+    let dns = app.dns.as_ref().map(|d| d.status());
+    Json(serde_json::json!({ "ok": true, "etcd": etcd, "acme": acme, "dns": dns }))
 }
 
 /// `GET /api/v1/public/nodes`.

@@ -101,6 +101,18 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     slowpath::domain::mesh::nodes::reset_online(&db).await?;
+    let verifier = slowpath::dns::verify::Verifier::new(&slowpath::dns::verify::VerifyConfig {
+        nameservers: args
+            .dns_resolvers
+            .iter()
+            .map(|a| dns_addr(a).with_context(|| format!("--dns-resolver {a}")))
+            .collect::<anyhow::Result<_>>()?,
+        http_port: args.domain_verify_http_port,
+    });
+    if let Err(e) = &verifier {
+        tracing::warn!(error = %e, "domains cannot be verified");
+    }
+    let dns = dns_manager(&args, &db).await?;
     let app = Arc::new(App {
         db: db.clone(),
         signer,
@@ -123,6 +135,8 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
                 Arc::clone(&services.publisher),
             )
         }),
+        dns,
+        verifier,
         tunnel_addr: (node.vhost_http_port != 0)
             .then(|| SocketAddrText(&args.public_addr, node.vhost_http_port).to_string()),
     });
@@ -183,6 +197,73 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// `ip` or `ip:port` (port 53 when not given).
+fn dns_addr(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(a) = text.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not an IP address or IP:port"))?;
+    Ok(std::net::SocketAddr::new(ip, 53))
+}
+
+/// Seed 004's DNS manager, from the --dns-* flags (None without
+/// --dns-zone); the zone is remembered as official in the database.
+async fn dns_manager(
+    args: &ServeArgs,
+    db: &slowpath::store::db::Db,
+) -> anyhow::Result<Option<slowpath::dns::manager::DnsManager>> {
+    let Some(zone) = &args.dns_zone else {
+        slowpath::domain::domains::set_zone(db, None).await?;
+        return Ok(None);
+    };
+    let zone = slowpath::domain::edge::hostname("dns_zone", zone)
+        .map_err(|e| anyhow::anyhow!("--dns-zone: {e}"))?;
+    let server = args
+        .dns_server
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--dns-zone needs --dns-server (the zone's primary)"))?;
+    let server = dns_addr(server).context("--dns-server")?;
+    let key = match &args.dns_tsig_key_file {
+        Some(p) => {
+            slowpath::store::private_files::check_file(p).context("--dns-tsig-key-file")?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--dns-tsig-key-file {}", p.display()))?;
+            Some(
+                slowpath::dns::update::TsigKey::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--dns-tsig-key-file {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut addresses = args.dns_addresses.clone();
+    if addresses.is_empty() {
+        match args.public_addr.parse() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => anyhow::bail!(
+                "--dns-zone needs --dns-address (the edge's IP): --public-addr {:?} is not an IP",
+                args.public_addr
+            ),
+        }
+    }
+    slowpath::domain::domains::set_zone(db, Some(&zone)).await?;
+    tracing::info!(%zone, %server, signed = key.is_some(), ?addresses, "DNS manager on");
+    Ok(Some(slowpath::dns::manager::spawn(
+        slowpath::dns::manager::DnsConfig {
+            zone,
+            server,
+            key,
+            addresses,
+            ttl: args.dns_ttl,
+            interval: std::time::Duration::from_secs(args.dns_interval_secs.max(1)),
+        },
+        db.clone(),
+    )))
 }
 
 /// `host:port`, with an IPv6 address in brackets.

@@ -345,9 +345,11 @@ fn route_row(r: &AnyRow) -> Result<Route> {
 }
 
 /// Create a route: 400 for a bad hostname, an unknown origin or a port an
-/// address origin needs; 409 when the hostname is routed already.
+/// address origin needs; 403 for a hostname under no verified domain and
+/// no official suffix; 409 when the hostname is routed already.
 pub async fn create_route(db: &Db, req: NewRoute) -> Result<Route> {
     let host = hostname("hostname", &req.hostname)?;
+    crate::domain::domains::check_routable(db, &host).await?;
     let origin = match get_origin(db, req.origin_id.trim()).await {
         Ok(o) => o,
         Err(Error::NotFound(_)) => {

@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "mesh", include_str!("../../migrations/0005_mesh.sql")),
     (6, "edge", include_str!("../../migrations/0006_edge.sql")),
+    (
+        7,
+        "domains",
+        include_str!("../../migrations/0007_domains.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.

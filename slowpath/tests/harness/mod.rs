@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod etcd;
 pub mod mesh;
 pub mod report;
@@ -216,6 +217,46 @@ pub fn wait_audit(sp: &Slowpath, kind: &str, pred: impl Fn(&Value) -> bool) -> V
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `slowpath serve` with `extra` must refuse to start: its stderr, once it
+/// has exited (non-zero) within 30 s.
+pub fn start_fails(extra: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(unique("totoro-fail-"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slowpath"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--shm-dir")
+        .arg(dir.join("shm"))
+        .args(["--listen", &listen])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("slowpath serve {extra:?} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "slowpath serve {extra:?} started: {err}");
+    err
 }
 
 /// The first column of every row `sql` returns, as text.
