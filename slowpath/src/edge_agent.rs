@@ -209,6 +209,28 @@ fn write_certs(dir: &Path, certs: &Value) -> Result<()> {
         write_file(&d.join("privkey.pem"), key.as_bytes(), 0o600)?;
         write_file(&d.join("fullchain.pem"), chain.as_bytes(), 0o644)?;
     }
+    // A hostname no longer served: its key does not stay on disk. Only a
+    // directory holding the files this agent writes is touched.
+    let keep: std::collections::HashSet<&str> =
+        list.iter().filter_map(|c| c["hostname"].as_str()).collect();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if keep.contains(name) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let d = entry.path();
+        let ours = ["privkey.pem", "fullchain.pem"];
+        if !ours.iter().any(|f| d.join(f).is_file()) {
+            continue;
+        }
+        for f in ours {
+            let _ = std::fs::remove_file(d.join(f));
+        }
+        // Left in place if the operator put something else there.
+        let _ = std::fs::remove_dir(&d);
+    }
     Ok(())
 }
 
@@ -251,6 +273,34 @@ fn reload(cfg: &AgentConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn certificates_of_hostnames_no_longer_served_are_removed() {
+        let dir = std::env::temp_dir().join(format!("totoro-agent-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let set = |hosts: &[&str]| {
+            let list: Vec<Value> = hosts
+                .iter()
+                .map(|h| json!({ "hostname": h, "fullchain_pem": "C", "privkey_pem": "K" }))
+                .collect();
+            write_certs(&dir, &json!({ "certificates": list })).unwrap();
+        };
+        set(&["a.hoge.test", "b.fuga.test"]);
+        std::fs::create_dir_all(dir.join("operator-notes")).unwrap();
+        std::fs::write(dir.join("operator-notes/readme"), "x").unwrap();
+        set(&["a.hoge.test"]);
+        assert!(dir.join("a.hoge.test/privkey.pem").is_file());
+        assert!(!dir.join("b.fuga.test").exists());
+        assert!(dir.join("operator-notes/readme").is_file());
+        let mode = std::fs::metadata(dir.join("a.hoge.test/privkey.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_map_holds_checked_routes_only() {

@@ -644,8 +644,10 @@ fn the_nginx_edge_agent_routes_both_hostnames() {
     );
     let _ = running.kill();
     let _ = running.wait();
+    // TERM: the master stops its workers before it exits (a killed master
+    // would leave them serving).
     let _ = std::process::Command::new("kill")
-        .arg("-QUIT")
+        .arg("-TERM")
         .arg(nginx_proc.id().to_string())
         .status();
     let _ = nginx_proc.wait();

@@ -208,6 +208,11 @@ impl CipherIn {
     /// What is left.
     fn into_vec(mut self) -> Vec<u8> {
         self.buf.drain(..self.pos);
+        // Nothing left over (the usual case): no record-sized buffer stays
+        // with the session.
+        if self.buf.is_empty() {
+            return Vec::new();
+        }
         self.buf
     }
 
@@ -361,6 +366,11 @@ pub struct RecordIn {
 }
 
 impl RecordIn {
+    /// Nothing read and waiting: the next read goes to the socket.
+    fn idle(&self) -> bool {
+        self.plain.is_empty() && self.pending.is_empty() && !self.closed
+    }
+
     /// Append decrypted bytes to `sink`; 0 means EOF. Reads the socket
     /// straight into `sink`'s spare room and opens the records there,
     /// moving each record's plaintext down over its header: the bytes are
@@ -387,7 +397,11 @@ impl RecordIn {
                 sink.reserve(room);
             }
             sink.extend_from_slice(&self.pending);
-            self.pending.clear();
+            if self.pending.capacity() > 4096 {
+                self.pending = Vec::new();
+            } else {
+                self.pending.clear();
+            }
             if need > 0 || sink.len() == start {
                 let len = sink.len();
                 let cap = sink.capacity();
@@ -614,7 +628,19 @@ impl TlsStream {
     /// Append decrypted bytes to `buf`; 0 means EOF.
     pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let r = match &mut self.state {
-            TlsState::Record(_, rin) => rin.read_into(&mut self.io, &mut buf).await,
+            TlsState::Record(_, rin) => {
+                // A read needs room for a whole record (16 KiB); an idle
+                // keep-alive connection waits for bytes before it takes
+                // that much, so that it holds no read buffer while idle.
+                if rin.idle()
+                    && buf.capacity() - buf.len() < tls13::HEADER_LEN + tls13::MAX_CIPHERTEXT
+                {
+                    if let Err(e) = self.io.readable(false).await {
+                        return (Err(e), buf);
+                    }
+                }
+                rin.read_into(&mut self.io, &mut buf).await
+            }
             TlsState::Rustls(conn, cin) => {
                 rustls_read(&mut self.io, &RefCell::new(conn), cin, &mut buf).await
             }
