@@ -52,6 +52,7 @@ pub mod policy;
 pub mod ring;
 pub mod shm_auth;
 pub mod snappy;
+pub mod stun;
 pub mod ticket;
 pub mod tls13;
 pub mod vhost;

@@ -389,9 +389,29 @@ fn sni() -> Seeds {
     vec![("one-record", one), ("two-records", two)]
 }
 
+/// The stun target's input: a control byte (second address, source
+/// family, receiving socket), then a datagram: a Binding request, one with
+/// CHANGE-REQUEST and FINGERPRINT, and one with an unknown attribute.
+fn stun() -> Seeds {
+    use proto::stun::{attr, kind, Builder};
+    let txid = [7u8; 12];
+    let mut plain = vec![0u8];
+    Builder::new(&mut plain, kind::BINDING_REQUEST, txid);
+    let mut change = vec![1u8];
+    Builder::new(&mut change, kind::BINDING_REQUEST, txid)
+        .attr(attr::CHANGE_REQUEST, &[0, 0, 0, 6])
+        .fingerprint();
+    let mut unknown = vec![2u8];
+    Builder::new(&mut unknown, kind::BINDING_REQUEST, txid)
+        .attr(0x0024, &[0, 0, 0, 1])
+        .integrity(b"key")
+        .fingerprint();
+    vec![("binding", plain), ("change-request", change), ("unknown", unknown)]
+}
+
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 12] = [
+    let targets: [(&str, SeedFn); 13] = [
         ("certstore", certstore),
         ("cfb", cfb),
         ("events", events),
@@ -400,6 +420,7 @@ fn main() -> std::io::Result<()> {
         ("policy_table", policy_table),
         ("snappy", snappy),
         ("sni", sni),
+        ("stun", stun),
         ("ticket", ticket),
         ("tls13", tls13),
         ("wire_v2", wire_v2),
