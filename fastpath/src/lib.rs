@@ -44,4 +44,5 @@ pub mod policy;
 pub mod relay;
 pub mod report;
 pub mod runtime;
+pub mod stun;
 pub mod transport;

@@ -218,6 +218,22 @@ pub struct FastpathConfig {
     /// Bytes queued for one mesh node that it has not read yet; past it
     /// frames to it are dropped (and counted), as a router drops.
     pub mesh_queue_bytes: usize,
+    /// A STUN server (RFC 5389 Binding, what frpc's `natHoleStunServer`
+    /// and mesh nodes point at) on this UDP port; 0 = none.
+    pub stun_port: u16,
+    /// The IP the STUN server listens on and names as its own (seed 003's
+    /// `stun_external_ip`: a public address with nothing in between).
+    /// Empty: `bindAddr`.
+    #[serde(rename = "stunIP")]
+    pub stun_ip: String,
+    /// A second IP of this host (seed 003's `secondary_ip`): with it the
+    /// server also answers on it and on `stunAlternatePort`, and does RFC
+    /// 5780's behaviour discovery (CHANGE-REQUEST, OTHER-ADDRESS). Empty:
+    /// none.
+    #[serde(rename = "stunSecondaryIP")]
+    pub stun_secondary_ip: String,
+    /// The alternate UDP port with a secondary IP; 0 = `stunPort` + 1.
+    pub stun_alternate_port: u16,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -354,6 +370,10 @@ impl Default for FastpathConfig {
             window_autotune: true,
             mesh_relay_port: 0,
             mesh_queue_bytes: 4 << 20,
+            stun_port: 0,
+            stun_ip: String::new(),
+            stun_secondary_ip: String::new(),
+            stun_alternate_port: 0,
         }
     }
 }
@@ -433,6 +453,74 @@ impl Config {
         toml::to_string(self)
     }
 
+    /// The STUN server's addresses (None: `fastpath.stunPort` is 0).
+    pub fn stun_site(&self) -> Option<crate::stun::Site> {
+        let f = &self.fastpath;
+        if f.stun_port == 0 {
+            return None;
+        }
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let primary = if f.stun_ip.is_empty() {
+            ip(&self.bind_addr)?
+        } else {
+            ip(&f.stun_ip)?
+        };
+        let secondary = ip(&f.stun_secondary_ip);
+        let alternate_port = match f.stun_alternate_port {
+            0 => f.stun_port.checked_add(1)?,
+            p => p,
+        };
+        Some(crate::stun::Site {
+            ips: [primary, secondary.unwrap_or(primary)],
+            ports: [f.stun_port, alternate_port],
+            alternate: secondary.is_some(),
+        })
+    }
+
+    fn check_stun(&self) -> Result<(), ConfigError> {
+        let f = &self.fastpath;
+        for (key, v) in [
+            ("fastpath.stunIP", &f.stun_ip),
+            ("fastpath.stunSecondaryIP", &f.stun_secondary_ip),
+        ] {
+            if !v.is_empty() && v.parse::<IpAddr>().is_err() {
+                return Err(invalid(key, format!("{v:?} is not an IP address")));
+            }
+        }
+        if f.stun_port == 0 || f.stun_secondary_ip.is_empty() {
+            return Ok(());
+        }
+        let primary: IpAddr = if f.stun_ip.is_empty() {
+            self.bind_addr.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        } else {
+            f.stun_ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        };
+        let secondary: IpAddr = f.stun_secondary_ip.parse().unwrap_or(primary);
+        if primary.is_unspecified() {
+            return Err(invalid(
+                "fastpath.stunIP",
+                "with fastpath.stunSecondaryIP the primary IP must be given (or bindAddr be one address)",
+            ));
+        }
+        if secondary == primary || secondary.is_ipv4() != primary.is_ipv4() {
+            return Err(invalid(
+                "fastpath.stunSecondaryIP",
+                "must be another address of the same family as the primary",
+            ));
+        }
+        let alternate = match f.stun_alternate_port {
+            0 => f.stun_port.checked_add(1).unwrap_or(0),
+            p => p,
+        };
+        if alternate == 0 || alternate == f.stun_port {
+            return Err(invalid(
+                "fastpath.stunAlternatePort",
+                "must be a port other than fastpath.stunPort",
+            ));
+        }
+        Ok(())
+    }
+
     /// Check every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr.parse::<IpAddr>().map_err(|_| {
@@ -486,6 +574,7 @@ impl Config {
                 "the mesh relay needs a slowpath (fastpath.policyDir)",
             ));
         }
+        self.check_stun()?;
         if !(64 << 10..=1 << 30).contains(&self.fastpath.mesh_queue_bytes) {
             return Err(invalid(
                 "fastpath.meshQueueBytes",
@@ -803,6 +892,23 @@ taskWork = "coop"
             (
                 "[fastpath]\nsessionBudget = 1099511627775\nworkerBudget = 268435456",
                 "fastpath.sessionBudget",
+            ),
+            ("[fastpath]\nstunIP = \"here\"", "fastpath.stunIP"),
+            (
+                "[fastpath]\nstunPort = 3478\nstunSecondaryIP = \"10.0.0.2\"",
+                "fastpath.stunIP",
+            ),
+            (
+                "[fastpath]\nstunPort = 3478\nstunIP = \"10.0.0.1\"\nstunSecondaryIP = \"10.0.0.1\"",
+                "fastpath.stunSecondaryIP",
+            ),
+            (
+                "[fastpath]\nstunPort = 3478\nstunIP = \"10.0.0.1\"\nstunSecondaryIP = \"::2\"",
+                "fastpath.stunSecondaryIP",
+            ),
+            (
+                "[fastpath]\nstunPort = 65535\nstunIP = \"10.0.0.1\"\nstunSecondaryIP = \"10.0.0.2\"",
+                "fastpath.stunAlternatePort",
             ),
             ("[etcd]\nendpoints = [\"a:1\", 5]", "etcd.endpoints[1]"),
             ("etcd = 1", "etcd"),

@@ -482,7 +482,11 @@ pub fn answer(
     let mut b = Builder::new(out, kind::BINDING_SUCCESS, m.txid);
     b.address(attr::XOR_MAPPED_ADDRESS, src, true);
     b.address(attr::MAPPED_ADDRESS, src, false);
-    b.address(attr::RESPONSE_ORIGIN, site.addr(from), false);
+    // An unspecified IP (a server bound to 0.0.0.0) cannot say where it
+    // answers from.
+    if !site.addr(from).ip().is_unspecified() {
+        b.address(attr::RESPONSE_ORIGIN, site.addr(from), false);
+    }
     if site.alternate {
         b.address(attr::OTHER_ADDRESS, site.addr((at.0 ^ 1, at.1 ^ 1)), false);
     }

@@ -84,6 +84,14 @@ pub struct WorkerStats {
     pub edge_origin_down: AtomicU64,
     /// ACME HTTP-01 challenges answered.
     pub acme_answers: AtomicU64,
+    /// STUN Binding requests answered with the client's address.
+    pub stun_answers: AtomicU64,
+    /// STUN requests answered with an error (420: an attribute not
+    /// understood, or CHANGE-REQUEST without a second address).
+    pub stun_errors: AtomicU64,
+    /// Datagrams on the STUN port that were not answered (malformed, not
+    /// a request, not Binding).
+    pub stun_dropped: AtomicU64,
     /// Mesh nodes connected to this worker's relay now.
     pub mesh_nodes: AtomicI64,
     /// Mesh connections refused at authentication (ERROR 1001-1006).
@@ -152,6 +160,9 @@ impl WorkerStats {
             edge_origin_requests: self.edge_origin_requests.load(Relaxed),
             edge_origin_down: self.edge_origin_down.load(Relaxed),
             acme_answers: self.acme_answers.load(Relaxed),
+            stun_answers: self.stun_answers.load(Relaxed),
+            stun_errors: self.stun_errors.load(Relaxed),
+            stun_dropped: self.stun_dropped.load(Relaxed),
             mesh_nodes: self.mesh_nodes.load(Relaxed),
             mesh_refused: self.mesh_refused.load(Relaxed),
             mesh_tls: self.mesh_tls.load(Relaxed),
@@ -209,6 +220,12 @@ pub struct StatsSnapshot {
     pub edge_origin_down: u64,
     /// See [`WorkerStats::acme_answers`].
     pub acme_answers: u64,
+    /// See [`WorkerStats::stun_answers`].
+    pub stun_answers: u64,
+    /// See [`WorkerStats::stun_errors`].
+    pub stun_errors: u64,
+    /// See [`WorkerStats::stun_dropped`].
+    pub stun_dropped: u64,
     /// See [`WorkerStats::mesh_nodes`].
     pub mesh_nodes: i64,
     /// See [`WorkerStats::mesh_refused`].

@@ -100,6 +100,27 @@ impl Server {
             "fastpath.meshRelayPort",
             workers,
         )?;
+        let site = config.stun_site();
+        let mut stun: Vec<Option<crate::stun::WorkerSockets>> = match &site {
+            Some(site) => crate::stun::bind(site, workers)
+                .with_context(|| {
+                    format!(
+                        "cannot listen for STUN on {} (fastpath.stunPort, stunIP, stunSecondaryIP)",
+                        site.addr((0, 0))
+                    )
+                })?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..workers).map(|_| None).collect(),
+        };
+        if let Some(site) = &site {
+            tracing::info!(
+                addr = %site.addr((0, 0)),
+                alternate = site.alternate.then(|| site.addr((1, 1)).to_string()),
+                "STUN server listening"
+            );
+        }
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| flume::unbounded()).unzip();
         let token_key = proto::cfb::derive_key(config.auth.token.as_bytes());
@@ -181,6 +202,7 @@ impl Server {
             listeners.zip(receivers).enumerate()
         {
             let shared = shared.clone();
+            let stun = stun.get_mut(id).and_then(Option::take);
             let t = std::thread::Builder::new()
                 .name(format!("fastpath-w{id}"))
                 .spawn(move || {
@@ -195,6 +217,7 @@ impl Server {
                         https,
                         tcpmux,
                         mesh,
+                        stun: site.zip(stun),
                     };
                     worker::run(id, shared, listeners, inbox)
                 })?;

@@ -36,6 +36,8 @@ pub struct Listeners {
     pub tcpmux: Option<std::net::TcpListener>,
     /// `fastpath.meshRelayPort`, when set.
     pub mesh: Option<std::net::TcpListener>,
+    /// The STUN server's UDP sockets (`fastpath.stunPort`), when set.
+    pub stun: Option<(proto::stun::Site, crate::stun::WorkerSockets)>,
 }
 
 /// Run a worker until told to stop. Called on the worker's own thread.
@@ -160,6 +162,10 @@ async fn serve(
         let task = mesh::relay::accept_loop(ctx.clone(), mesh_nodes.clone(), l, canceller.handle());
         monoio::spawn(task)
     });
+    if let Some((site, sockets)) = listeners.stun {
+        // Not awaited at stop: its sockets go with the runtime.
+        monoio::spawn(crate::stun::serve(ctx.clone(), site, sockets));
+    }
     if ctx.shared.policy.governed().is_some() {
         monoio::spawn(traffic_sampler(ctx.clone(), sessions.clone()));
     }
