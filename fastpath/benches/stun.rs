@@ -54,7 +54,8 @@ fn main() {
             let (stop, answered, sent) = (stop.clone(), answered.clone(), sent.clone());
             std::thread::spawn(move || {
                 let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
                 let mut n = 0u64;
                 let mut req = Vec::new();
                 let mut send = |s: &UdpSocket, n: &mut u64| {

@@ -13,23 +13,51 @@ fn hook(sp: &Slowpath, path: &str, body: Value) -> Value {
     v
 }
 
-fn login(sp: &Slowpath, ticket: Option<&str>) -> Value {
+fn login_body(ticket: Option<&str>) -> Value {
     let mut content =
         json!({ "version": "0.61.1", "user": "", "privilege_key": "x", "timestamp": 1 });
     if let Some(t) = ticket {
         content["metas"] = json!({ "ticket": t });
     }
-    hook(
-        sp,
-        "/api/v1/frps/auth/handshake",
-        json!({ "version": "0.1.0", "op": "Login", "content": content }),
-    )
+    json!({ "version": "0.1.0", "op": "Login", "content": content })
+}
+
+/// The hook paths of the local node, as the admin API gives them, with
+/// the `?version=…&op=…` frps appends to each.
+struct Hooks {
+    login: String,
+    proxy: String,
+    token: String,
+}
+
+fn hooks(sp: &Slowpath) -> Hooks {
+    let (st, v) = sp.admin_call(
+        "GET",
+        &format!("/api/v1/admin/nodes/{}/frps-hook", sp.local_node),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let path = |k: &str| v[k].as_str().unwrap().to_owned();
+    assert!(v["frps_toml"]
+        .as_str()
+        .unwrap()
+        .contains(&path("proxy_path")));
+    let token = path("handshake_path").split('/').nth(5).unwrap().to_owned();
+    Hooks {
+        login: format!("{}?version=0.1.0&op=Login", path("handshake_path")),
+        proxy: format!("{}?version=0.1.0&op=NewProxy", path("proxy_path")),
+        token,
+    }
+}
+
+fn login(sp: &Slowpath, ticket: Option<&str>) -> Value {
+    hook(sp, &hooks(sp).login, login_body(ticket))
 }
 
 fn new_proxy(sp: &Slowpath, ticket: &str, proxy_type: &str, port: u16) -> Value {
     hook(
         sp,
-        "/api/v1/frps/auth/proxy",
+        &hooks(sp).proxy,
         json!({ "version": "0.1.0", "op": "NewProxy", "content": {
             "user": { "user": "", "metas": { "ticket": ticket }, "run_id": "r1" },
             "proxy_name": "p", "proxy_type": proxy_type, "remote_port": port,
@@ -95,19 +123,47 @@ fn plugin_hooks_decide_like_the_fastpath() {
         assert_eq!(new_proxy(&sp, &ticket, "tcp", 10005)["reject"], true);
 
         // A wrong op is refused, a malformed body is a 400 naming the field.
-        let v = hook(
-            &sp,
-            "/api/v1/frps/auth/handshake",
-            json!({ "op": "NewProxy", "content": {} }),
-        );
+        let h = hooks(&sp);
+        let v = hook(&sp, &h.login, json!({ "op": "NewProxy", "content": {} }));
         assert_eq!(v["reject"], true);
-        let (st, v) = sp.call(
-            "POST",
-            "/api/v1/frps/auth/handshake",
-            None,
-            Some("{\"op\": 5}"),
-        );
+        let (st, v) = sp.call("POST", &h.login, None, Some("{\"op\": 5}"));
         assert_eq!(st, 400, "{v}");
         assert_eq!(v["field"], "op", "{v}");
+
+        // Seed 001's path takes the node and token in the query, read up
+        // to the `?version=…` frps appends (which used to corrupt the node).
+        let body = login_body(None).to_string();
+        let seed_path = format!(
+            "/api/v1/frps/auth/handshake?node_id={node}&token={}?version=0.1.0&op=Login",
+            h.token
+        );
+        let (st, v) = sp.call("POST", &seed_path, None, Some(&body));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["reject"], true, "private node, no ticket: {v}");
+        // No token: 401; a wrong one, or the token for another node: 403.
+        // Each names the field.
+        for (path, want) in [
+            (
+                "/api/v1/frps/auth/handshake?version=0.1.0&op=Login".to_owned(),
+                401,
+            ),
+            (
+                "/api/v1/frps/auth/handshake?token=fh_00?version=0.1.0&op=Login".to_owned(),
+                403,
+            ),
+            (
+                format!("/api/v1/frps/auth/proxy?node_id=other&token={}", h.token),
+                403,
+            ),
+            (
+                format!("/api/v1/frps/{node}/fh_{}/auth/handshake", "ab".repeat(32)),
+                403,
+            ),
+            (format!("/api/v1/frps/other/{}/auth/proxy", h.token), 403),
+        ] {
+            let (st, v) = sp.call("POST", &path, None, Some(&body));
+            assert_eq!(st, want, "{path}: {v}");
+            assert_eq!(v["field"], "token", "{path}: {v}");
+        }
     });
 }

@@ -51,6 +51,34 @@ pub async fn get_node(
     Ok(Json(nodes::get(&app.db, &id).await?.info(true)))
 }
 
+/// `GET /api/v1/admin/nodes/{id}/frps-hook`: the hook paths of a stock
+/// frps running as this node (with its token), and the frps.toml lines.
+pub async fn frps_hook(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth::admin(&app, &headers)?;
+    let node = nodes::get(&app.db, &id).await?;
+    let token = nodes::frps_hook_token(&app.db, &node.id).await?;
+    let base = format!("/api/v1/frps/{}/{token}/auth", node.id);
+    // Where frps reaches this API: as the caller did, by default.
+    let addr = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:7400");
+    let toml = format!(
+        "[[httpPlugins]]\nname = \"totoro-login\"\naddr = \"{addr}\"\npath = \"{base}/handshake\"\nops = [\"Login\"]\n\n\
+         [[httpPlugins]]\nname = \"totoro-proxy\"\naddr = \"{addr}\"\npath = \"{base}/proxy\"\nops = [\"NewProxy\"]\n"
+    );
+    Ok(Json(serde_json::json!({
+        "node_id": node.id,
+        "handshake_path": format!("{base}/handshake"),
+        "proxy_path": format!("{base}/proxy"),
+        "frps_toml": toml,
+    })))
+}
+
 /// `PATCH /api/v1/admin/nodes/{id}`.
 pub async fn patch_node(
     State(app): State<AppState>,

@@ -2,15 +2,23 @@
 //! rules the fastpath enforces from its table: frps posts
 //! `{"version","op","content"}` and gets `{"reject","reject_reason","unchange"}`.
 //!
-//! The node is `?node_id=` on the hook URL (frps `httpPlugins.path`), or the
-//! local node. The verdicts come from the same decisions the fastpath makes
+//! The node and the hook's secret are in the path
+//! (`/api/v1/frps/{node_id}/{token}/auth/handshake`, `…/auth/proxy`; `GET
+//! /api/v1/admin/nodes/{id}/frps-hook` gives both and the frps.toml
+//! lines): frps appends its own `?version=…&op=…` to `httpPlugins.path`,
+//! which corrupted a node given as `?node_id=`. Seed 001's paths
+//! (`/api/v1/frps/auth/handshake`, `…/proxy`) stay, with `?token=` (and
+//! `?node_id=`, default the local node) read up to the `?` frps adds. The
+//! token is per node, an HMAC of its id under a secret kept in `meta`: a
+//! hook call without it is 401, with another node's or a wrong one 403.
+//! The verdicts come from the same decisions the fastpath makes
 //! ([`proto::policy::decide`]) over the node's and invite's rows instead of
 //! the table, so the answer and its words are the same. Counting limits
 //! (max_conns, max_proxies, max_proxies_per_session) need session state
 //! that these stateless hooks do not see; they are enforced by the fastpath
 //! only.
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use proto::policy::decide::{
     self, Counts, InviteRules, NodeEntry, NodeRules, ProxyRequest, Scope, ServerRules, Subdomain,
@@ -40,11 +48,72 @@ pub struct PluginRequest {
     pub content: serde_json::Value,
 }
 
-/// Hook URL query.
-#[derive(Debug, Default, Deserialize)]
+/// The hook's node and token, from the path or (seed 001's paths) the
+/// query.
+#[derive(Debug, Default)]
 pub struct PluginQuery {
-    /// The node frps runs as.
+    /// The node frps runs as (None: the local node).
     pub node_id: Option<String>,
+    /// The node's hook token.
+    pub token: Option<String>,
+}
+
+impl PluginQuery {
+    /// `node_id` and `token` from a raw query, each value read up to a
+    /// `?`: frps appends `?version=…&op=…` to a path that has a query
+    /// already.
+    fn from_raw(raw: Option<&str>) -> PluginQuery {
+        let mut q = PluginQuery::default();
+        for pair in raw.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = v.split('?').next().unwrap_or("").to_owned();
+            match k {
+                "node_id" if !v.is_empty() => q.node_id = Some(v),
+                "token" if !v.is_empty() => q.token = Some(v),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// Where a hook call says it comes from: the path's node and token, or
+/// seed 001's query.
+pub enum HookAt {
+    /// `/api/v1/frps/{node_id}/{token}/auth/…`.
+    Path(String, String),
+    /// `/api/v1/frps/auth/…?token=…[&node_id=…]`.
+    Query(PluginQuery),
+}
+
+/// The node a hook call is for, once its token is checked.
+async fn authorized_node(app: &AppState, at: HookAt) -> Result<Node, ApiError> {
+    let (node_id, token) = match at {
+        HookAt::Path(n, t) => (n, Some(t)),
+        HookAt::Query(q) => (
+            q.node_id.unwrap_or_else(|| app.local_node_id.clone()),
+            q.token,
+        ),
+    };
+    let Some(token) = token else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::UNAUTHORIZED,
+            message: "the frps hook needs its token: use the paths GET \
+                      /api/v1/admin/nodes/{id}/frps-hook gives"
+                .into(),
+            field: Some("token".into()),
+            retry_after: None,
+        });
+    };
+    if !nodes::frps_hook_token_ok(&app.db, &node_id, &token).await? {
+        return Err(ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            message: format!("the hook token is not node {node_id:?}'s"),
+            field: Some("token".into()),
+            retry_after: None,
+        });
+    }
+    Ok(nodes::get(&app.db, &node_id).await?)
 }
 
 /// A plugin answer.
@@ -73,10 +142,6 @@ fn reject(reason: impl Into<String>) -> Json<PluginResponse> {
         reject_reason: reason.into(),
         unchange: true,
     })
-}
-
-async fn node_for(app: &AppState, q: &PluginQuery) -> Result<Node, Error> {
-    nodes::get(&app.db, q.node_id.as_deref().unwrap_or(&app.local_node_id)).await
 }
 
 /// The ticket in a Login's `metas`, as the fastpath reads it.
@@ -139,19 +204,58 @@ async fn entry(
     Ok(decide::invite_entry(id, invite.as_ref().map(invite_rules).as_ref()).map(|()| invite))
 }
 
-/// `POST /api/v1/frps/auth/handshake` (op Login).
+/// `POST /api/v1/frps/auth/handshake?token=…` (seed 001's path).
 pub async fn handshake(
     State(app): State<AppState>,
-    Query(q): Query<PluginQuery>,
+    RawQuery(raw): RawQuery,
     JsonBody(req): JsonBody<PluginRequest>,
 ) -> Result<Json<PluginResponse>, ApiError> {
+    let at = HookAt::Query(PluginQuery::from_raw(raw.as_deref()));
+    login_hook(&app, at, req).await
+}
+
+/// `POST /api/v1/frps/{node_id}/{token}/auth/handshake`.
+pub async fn handshake_at(
+    State(app): State<AppState>,
+    Path((node_id, token)): Path<(String, String)>,
+    JsonBody(req): JsonBody<PluginRequest>,
+) -> Result<Json<PluginResponse>, ApiError> {
+    login_hook(&app, HookAt::Path(node_id, token), req).await
+}
+
+/// `POST /api/v1/frps/auth/proxy?token=…` (seed 001's path).
+pub async fn new_proxy(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+    JsonBody(req): JsonBody<PluginRequest>,
+) -> Result<Json<PluginResponse>, ApiError> {
+    let at = HookAt::Query(PluginQuery::from_raw(raw.as_deref()));
+    proxy_hook(&app, at, req).await
+}
+
+/// `POST /api/v1/frps/{node_id}/{token}/auth/proxy`.
+pub async fn new_proxy_at(
+    State(app): State<AppState>,
+    Path((node_id, token)): Path<(String, String)>,
+    JsonBody(req): JsonBody<PluginRequest>,
+) -> Result<Json<PluginResponse>, ApiError> {
+    proxy_hook(&app, HookAt::Path(node_id, token), req).await
+}
+
+/// The Login hook.
+async fn login_hook(
+    app: &AppState,
+    at: HookAt,
+    req: PluginRequest,
+) -> Result<Json<PluginResponse>, ApiError> {
+    let node = authorized_node(app, at).await?;
     if req.op != "Login" {
         return Ok(reject(format!(
             "handshake hook got op {:?}, expected Login",
             req.op
         )));
     }
-    let node = node_for(&app, &q).await?;
+    let app = app.clone();
     let ticket = ticket_in(req.content.get("metas"));
     Ok(match entry(&app, &node, ticket).await? {
         Ok(_) => allow(),
@@ -159,19 +263,20 @@ pub async fn handshake(
     })
 }
 
-/// `POST /api/v1/frps/auth/proxy` (op NewProxy).
-pub async fn new_proxy(
-    State(app): State<AppState>,
-    Query(q): Query<PluginQuery>,
-    JsonBody(req): JsonBody<PluginRequest>,
+/// The NewProxy hook.
+async fn proxy_hook(
+    app: &AppState,
+    at: HookAt,
+    req: PluginRequest,
 ) -> Result<Json<PluginResponse>, ApiError> {
+    let node = authorized_node(app, at).await?;
     if req.op != "NewProxy" {
         return Ok(reject(format!(
             "proxy hook got op {:?}, expected NewProxy",
             req.op
         )));
     }
-    let node = node_for(&app, &q).await?;
+    let app = app.clone();
     let content = &req.content;
     let proxy_type = content
         .get("proxy_type")

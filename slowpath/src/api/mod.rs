@@ -158,6 +158,7 @@ route_table! {
     post "/api/v1/admin/nodes" => admin::create_node, AdminKey, BODY_LIMIT_REQUEST, "Register a node (returns its node key once)";
     get "/api/v1/admin/nodes" => admin::list_nodes, AdminKey, BODY_LIMIT_EMPTY, "List nodes";
     get "/api/v1/admin/nodes/{id}" => admin::get_node, AdminKey, BODY_LIMIT_EMPTY, "Show a node";
+    get "/api/v1/admin/nodes/{id}/frps-hook" => admin::frps_hook, AdminKey, BODY_LIMIT_EMPTY, "The frps hook paths (with the node's token) and frps.toml lines for a stock frps running as this node";
     patch "/api/v1/admin/nodes/{id}" => admin::patch_node, AdminKey, BODY_LIMIT_REQUEST, "Change a node (public/private, pool, types, ...)";
     delete "/api/v1/admin/nodes/{id}" => admin::delete_node, AdminKey, BODY_LIMIT_EMPTY, "Delete a node and its invites";
     post "/api/v1/admin/nodes/{id}/invites" => admin::create_invite, AdminKey, BODY_LIMIT_REQUEST, "Create an invite on a node";
@@ -220,8 +221,10 @@ route_table! {
     get "/api/v1/dns/records" => edge::dns_records, AdminKey, BODY_LIMIT_EMPTY, "Edge: the records the DNS manager keeps in its zone, and its state";
     get "/api/v1/certificates" => edge::list_certificates, AdminKey, BODY_LIMIT_EMPTY, "Edge: managed certificates and the ACME task's state";
     post "/api/v1/certificates/{hostname}/renew" => edge::renew_certificate, AdminKey, BODY_LIMIT_EMPTY, "Edge: order a new certificate for a hostname now";
-    post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login";
-    post "/api/v1/frps/auth/proxy" => frps_plugin::new_proxy, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for NewProxy";
+    post "/api/v1/frps/auth/handshake" => frps_plugin::handshake, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login (?token=…[&node_id=…]; seed 001's path)";
+    post "/api/v1/frps/auth/proxy" => frps_plugin::new_proxy, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for NewProxy (?token=…[&node_id=…]; seed 001's path)";
+    post "/api/v1/frps/{node_id}/{token}/auth/handshake" => frps_plugin::handshake_at, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for Login, for node_id (token: GET /api/v1/admin/nodes/{id}/frps-hook)";
+    post "/api/v1/frps/{node_id}/{token}/auth/proxy" => frps_plugin::new_proxy_at, Anonymous, BODY_LIMIT_FRPS_HOOK, "frps server-plugin hook for NewProxy, for node_id";
 }
 
 async fn not_found() -> ApiError {

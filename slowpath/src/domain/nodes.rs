@@ -617,3 +617,42 @@ pub async fn heartbeat(db: &Db, id: &str, body: &Heartbeat) -> Result<i64> {
         .await?;
     Ok(now)
 }
+
+/// Where the secret of the frps hook tokens is kept (`meta`).
+const FRPS_HOOK_SECRET: &str = "frps.hook_secret";
+
+async fn frps_hook_key(db: &Db) -> Result<ring::hmac::Key> {
+    // Made once; two control planes starting together agree on the first
+    // one written.
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+        .bind(FRPS_HOOK_SECRET)
+        .bind(crate::credentials::random_hex(32))
+        .execute(db)
+        .await?;
+    let secret = crate::store::db::meta_get(db, FRPS_HOOK_SECRET)
+        .await?
+        .unwrap_or_default();
+    Ok(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        secret.as_bytes(),
+    ))
+}
+
+/// The token a stock frps running as `node_id` puts in its hook paths:
+/// `fh_` and an HMAC-SHA256 of the node id, in hex.
+pub async fn frps_hook_token(db: &Db, node_id: &str) -> Result<String> {
+    let key = frps_hook_key(db).await?;
+    Ok(format!(
+        "fh_{}",
+        hex::encode(ring::hmac::sign(&key, node_id.as_bytes()).as_ref())
+    ))
+}
+
+/// Whether `token` is `node_id`'s hook token (compared in constant time).
+pub async fn frps_hook_token_ok(db: &Db, node_id: &str, token: &str) -> Result<bool> {
+    let Some(tag) = token.strip_prefix("fh_").and_then(|h| hex::decode(h).ok()) else {
+        return Ok(false);
+    };
+    let key = frps_hook_key(db).await?;
+    Ok(ring::hmac::verify(&key, node_id.as_bytes(), &tag).is_ok())
+}
