@@ -234,6 +234,10 @@ pub struct FastpathConfig {
     pub stun_secondary_ip: String,
     /// The alternate UDP port with a secondary IP; 0 = `stunPort` + 1.
     pub stun_alternate_port: u16,
+    /// Prometheus metrics (`GET /metrics`, OpenMetrics text) on this
+    /// `ip:port`; empty = none. Per-worker counters and gauges, the same
+    /// as the stats file's.
+    pub metrics_addr: String,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -374,6 +378,7 @@ impl Default for FastpathConfig {
             stun_ip: String::new(),
             stun_secondary_ip: String::new(),
             stun_alternate_port: 0,
+            metrics_addr: String::new(),
         }
     }
 }
@@ -575,6 +580,13 @@ impl Config {
             ));
         }
         self.check_stun()?;
+        let m = &self.fastpath.metrics_addr;
+        if !m.is_empty() && m.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "fastpath.metricsAddr",
+                format!("{m:?} is not an ip:port"),
+            ));
+        }
         if !(64 << 10..=1 << 30).contains(&self.fastpath.mesh_queue_bytes) {
             return Err(invalid(
                 "fastpath.meshQueueBytes",
@@ -894,6 +906,7 @@ taskWork = "coop"
                 "fastpath.sessionBudget",
             ),
             ("[fastpath]\nstunIP = \"here\"", "fastpath.stunIP"),
+            ("[fastpath]\nmetricsAddr = \"9100\"", "fastpath.metricsAddr"),
             (
                 "[fastpath]\nstunPort = 3478\nstunSecondaryIP = \"10.0.0.2\"",
                 "fastpath.stunIP",

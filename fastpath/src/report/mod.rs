@@ -2,4 +2,5 @@
 //! and events for the slowpath through shared-memory rings ([`events`]).
 
 pub mod events;
+pub mod metrics;
 pub mod stats;

@@ -176,6 +176,16 @@ impl Server {
                 })?;
         }
         spawn_trimmer(shared.clone())?;
+        if !shared.config.fastpath.metrics_addr.is_empty() {
+            let at = &shared.config.fastpath.metrics_addr;
+            let l = std::net::TcpListener::bind(at)
+                .with_context(|| format!("cannot listen on {at} (fastpath.metricsAddr)"))?;
+            tracing::info!(addr = %at, "metrics on /metrics");
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("fastpath-metrics".into())
+                .spawn(move || crate::report::metrics::serve(l, s))?;
+        }
         // Our own listening port must never be handed to a proxy.
         shared.ports.claim(addr.port());
         for port in [

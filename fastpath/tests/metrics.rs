@@ -1,0 +1,124 @@
+//! `fastpath.metricsAddr`: `GET /metrics` on the real binary answers the
+//! stats as OpenMetrics text that moves with the traffic, and that
+//! Prometheus's own checker (`promtool check metrics`, Debian's
+//! `prometheus`) accepts when it is installed (under CI it must be).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use bench::proc::free_port;
+use common::Fastpath;
+
+fn get(port: u16, path: &str) -> (String, String) {
+    get_as(port, path, "application/openmetrics-text; version=1.0.0")
+}
+
+fn get_as(port: u16, path: &str, accept: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn metrics_follow_the_traffic_and_pass_promtool() {
+    let (metrics, stun) = (free_port(), free_port());
+    let fp = Fastpath::start(
+        &format!("fastpath.metricsAddr = \"127.0.0.1:{metrics}\"\nfastpath.stunPort = {stun}\n"),
+        2,
+    );
+    assert!(bench::proc::wait_listening(
+        format!("127.0.0.1:{metrics}").parse().unwrap(),
+        Duration::from_secs(10)
+    ));
+    let (head, body) = get(metrics, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(
+        body.contains("# TYPE totoro_fastpath_sessions gauge"),
+        "{body}"
+    );
+    assert!(
+        body.contains("totoro_fastpath_stun_answers_total{worker=\"0\"} 0"),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"));
+
+    // Three STUN answers show up in the sum over the workers.
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for i in 0..3u8 {
+        let mut req = Vec::new();
+        proto::stun::Builder::new(&mut req, proto::stun::kind::BINDING_REQUEST, [i; 12]);
+        c.send_to(&req, ("127.0.0.1", stun)).unwrap();
+        let mut buf = [0u8; 256];
+        c.recv_from(&mut buf).unwrap();
+    }
+    let (_, body) = get(metrics, "/metrics");
+    let answers: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("totoro_fastpath_stun_answers_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(answers, 3, "{body}");
+    assert!(get(metrics, "/other").0.starts_with("HTTP/1.1 404"));
+
+    // Without OpenMetrics in Accept: the classic text format, which is
+    // what promtool checks.
+    let (head, body) = get_as(metrics, "/metrics", "*/*");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(
+        body.contains("# TYPE totoro_fastpath_stun_answers_total counter"),
+        "{body}"
+    );
+    match which("promtool") {
+        Some(promtool) => {
+            let mut child = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed (.ci/metrics.sh installs Debian's prometheus)"
+            );
+            println!("SKIPPED: promtool not installed");
+        }
+    }
+    drop(fp);
+}
