@@ -259,3 +259,31 @@ pub fn open_fds(pid: u32) -> Option<u64> {
 pub fn peak_rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM:")
 }
+
+/// `promtool check metrics` (Debian's prometheus) on `text`: None when
+/// promtool is not installed, else its verdict with what it said.
+pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write as _;
+    let promtool = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file())?;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let _ = child.stdin.take()?.write_all(text.as_bytes());
+    let out = child.wait_with_output().ok()?;
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })
+}

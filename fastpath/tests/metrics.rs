@@ -30,14 +30,6 @@ fn get_as(port: u16, path: &str, accept: &str) -> (String, String) {
     (head.to_owned(), body.to_owned())
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([std::path::PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn metrics_follow_the_traffic_and_pass_promtool() {
     let (metrics, stun) = (free_port(), free_port());
@@ -89,29 +81,8 @@ fn metrics_follow_the_traffic_and_pass_promtool() {
         body.contains("# TYPE totoro_fastpath_stun_answers_total counter"),
         "{body}"
     );
-    match which("promtool") {
-        Some(promtool) => {
-            let mut child = std::process::Command::new(promtool)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+    match bench::proc::promtool_check(&body) {
+        Some(verdict) => verdict.unwrap_or_else(|e| panic!("promtool: {e}\n{body}")),
         None => {
             assert!(
                 std::env::var_os("CI").is_none(),

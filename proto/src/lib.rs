@@ -44,6 +44,7 @@ pub mod certstore;
 pub mod cfb;
 pub mod config;
 pub mod events;
+pub mod exposition;
 pub mod frame;
 pub mod jwt;
 pub mod mesh;

@@ -5,7 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{each_backend, strings_at, wait_within, Slowpath};
+use harness::{each_backend, strings_at, wait_within, Backend, Slowpath};
 use proto::policy::{InviteId, PolicyTable};
 use serde_json::json;
 
@@ -404,4 +404,62 @@ fn public_directory_and_heartbeat() {
         let (_, list) = sp.call("GET", "/api/v1/public/nodes", None, None);
         assert_eq!(list.as_array().unwrap().len(), 0);
     });
+}
+
+/// `GET /metrics`: requests counted by route, method and status (the
+/// guards' refusals too), their latency, and the drain; OpenMetrics when
+/// asked, and the classic text format that `promtool check metrics`
+/// accepts (Debian's prometheus; under CI it must be installed).
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let sp = Slowpath::start(&Backend::Sqlite, &[]);
+    let node = sp.local_node.clone();
+    let get = |accept: &str| {
+        let r = ureq::get(&format!("{}/metrics", sp.base))
+            .set("Accept", accept)
+            .call()
+            .unwrap();
+        let kind = r.header("content-type").unwrap_or_default().to_owned();
+        (kind, r.into_string().unwrap())
+    };
+    let healthz =
+        "totoro_slowpath_api_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} ";
+    let sample = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = sample(&get("application/openmetrics-text").1, healthz);
+    for _ in 0..3 {
+        assert_eq!(sp.call("GET", "/healthz", None, None).0, 200);
+    }
+    let path = format!("/api/v1/admin/nodes/{node}");
+    assert_eq!(sp.call("GET", &path, None, None).0, 401);
+    assert_eq!(sp.admin_call("GET", &path, None).0, 200);
+    let (kind, open) = get("application/openmetrics-text; version=1.0.0");
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert_eq!(sample(&open, healthz), before + 3, "{open}");
+    for want in [
+        "totoro_slowpath_api_requests_total{route=\"/api/v1/admin/nodes/{id}\",method=\"GET\",status=\"401\"} 1",
+        "totoro_slowpath_api_requests_total{route=\"/api/v1/admin/nodes/{id}\",method=\"GET\",status=\"200\"} 1",
+        "# TYPE totoro_slowpath_api_request_duration_seconds histogram",
+        "totoro_slowpath_events_ingested_total ",
+        "totoro_slowpath_policy_generation ",
+    ] {
+        assert!(open.contains(want), "{want} missing from:\n{open}");
+    }
+    assert!(open.ends_with("# EOF\n"));
+    let (kind, text) = get("text/plain");
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    match bench::proc::promtool_check(&text) {
+        Some(verdict) => verdict.unwrap_or_else(|e| panic!("promtool: {e}\n{text}")),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed (.ci/metrics.sh installs Debian's prometheus)"
+            );
+            println!("SKIPPED: promtool not installed");
+        }
+    }
 }

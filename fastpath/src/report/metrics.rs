@@ -75,32 +75,6 @@ pub fn render(workers: &[serde_json::Value], generation: u64) -> String {
     out
 }
 
-/// The classic Prometheus text format (0.0.4) of an OpenMetrics
-/// exposition: a counter family is named with its `_total` samples, and
-/// there is no `# EOF`.
-pub fn to_text_format(open: &str) -> String {
-    let counters: Vec<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len() + 16 * counters.len());
-    for line in open.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-            let rest = line.strip_prefix(p)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(&name)
-                .then(|| format!("{p}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
 /// A counter's family name: the encoder adds `_total`, so a field that
 /// ends in it loses it (`conns_total` would then meet the `conns` gauge:
 /// it becomes `conns_accepted`).
@@ -150,23 +124,9 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .map(|s| serde_json::to_value(s.snapshot()).unwrap_or_default())
                 .collect();
             let body = render(&workers, shared.policy.generation());
-            // Prometheus asks for OpenMetrics; anything else (curl, older
-            // scrapers, promtool) gets the classic text format.
-            let open = String::from_utf8_lossy(&head)
-                .to_ascii_lowercase()
-                .lines()
-                .any(|l| l.starts_with("accept:") && l.contains("application/openmetrics-text"));
-            let (kind, body) = if open {
-                (
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body,
-                )
-            } else {
-                (
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    to_text_format(&body),
-                )
-            };
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let accept = head.lines().find_map(|l| l.strip_prefix("accept:"));
+            let (kind, body) = proto::exposition::negotiate(accept, body);
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -223,7 +183,7 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
-        let classic = to_text_format(&text);
+        let classic = proto::exposition::to_text_format(&text);
         assert!(
             classic.contains("# TYPE totoro_fastpath_bytes_in_total counter\n"),
             "{classic}"

@@ -69,6 +69,8 @@ pub struct App {
     pub dns: Option<crate::dns::manager::DnsManager>,
     /// The domain ownership checker (or why there is none: no resolver).
     pub verifier: std::result::Result<crate::dns::verify::Verifier, String>,
+    /// API request counts and latencies, for `/metrics`.
+    pub metrics: Arc<crate::telemetry::metrics::ApiMetrics>,
     /// Where an nginx edge reaches a tunnel origin: this node's
     /// `host:vhostHTTPPort` (None: no http vhost port).
     pub tunnel_addr: Option<String>,
@@ -139,7 +141,11 @@ macro_rules! route_table {
         fn routed(router: Router<AppState>, state: &AppState) -> Router<AppState> {
             $( let router = router.route(
                 $path,
-                guarded(axum::routing::$method($handler), Access::$access, bounds::$body, state),
+                measured(
+                    guarded(axum::routing::$method($handler), Access::$access, bounds::$body, state),
+                    $path,
+                    state,
+                ),
             ); )*
             router
         }
@@ -148,6 +154,7 @@ macro_rules! route_table {
 
 route_table! {
     get "/healthz" => public::healthz, Anonymous, BODY_LIMIT_EMPTY, "Liveness probe";
+    get "/metrics" => public::metrics, Anonymous, BODY_LIMIT_EMPTY, "Prometheus metrics (OpenMetrics when asked, else the classic text format): API requests and latency, the event drain, ACME, DNS, etcd";
     get "/api/v1/openapi.json" => openapi::document, Anonymous, BODY_LIMIT_EMPTY, "This OpenAPI document";
     get "/api/v1/public/nodes" => public::nodes, Anonymous, BODY_LIMIT_EMPTY, "Public node directory";
     post "/api/v1/invites/resolve" => public::resolve, Anonymous, BODY_LIMIT_RESOLVE, "Resolve an invite code into a ticket and frpc.toml (rate-limited per IP)";
@@ -249,6 +256,26 @@ fn guarded(
                 auth::guard(access, app, req, next)
             },
         ))
+}
+
+/// A route counted and timed for `/metrics`, outermost: refusals by its
+/// guards (401, 403, 413) are counted too.
+fn measured(
+    route: MethodRouter<AppState>,
+    path: &'static str,
+    state: &AppState,
+) -> MethodRouter<AppState> {
+    let metrics = state.metrics.clone();
+    route.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        let metrics = metrics.clone();
+        async move {
+            let method = req.method().as_str().to_owned();
+            let started = std::time::Instant::now();
+            let resp = next.run(req).await;
+            metrics.observe(path, &method, resp.status().as_u16(), started.elapsed());
+            resp
+        }
+    }))
 }
 
 /// The router over every route in [`ROUTES`].

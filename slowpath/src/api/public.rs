@@ -65,3 +65,18 @@ pub async fn resolve(
         invites::resolve(&app.db, &app.signer, &req.code, &peer.ip().to_string()).await?;
     Ok(Json(resolved))
 }
+
+/// `GET /metrics`: OpenMetrics text when the scraper asks for it
+/// (Prometheus does), the classic text format otherwise.
+pub async fn metrics(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let body = crate::telemetry::metrics::render(&app);
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (kind, body) = proto::exposition::negotiate(accept, body);
+    ([(axum::http::header::CONTENT_TYPE, kind)], body).into_response()
+}

@@ -137,6 +137,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         }),
         dns,
         verifier,
+        metrics: Default::default(),
         tunnel_addr: (node.vhost_http_port != 0)
             .then(|| SocketAddrText(&args.public_addr, node.vhost_http_port).to_string()),
     });

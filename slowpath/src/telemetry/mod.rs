@@ -5,4 +5,5 @@
 
 pub mod audit;
 pub mod events_drain;
+pub mod metrics;
 pub mod traffic_reports;
