@@ -44,7 +44,12 @@ fn hijack_case(victim_mux: bool, workers: usize, offer: Offer) {
     // No pooled work connection of the victim's own: the first user
     // connection takes whatever is pooled — the attacker's, if it was let in.
     o.pool_count = 0;
-    let victim = Client::login(o).expect("victim login");
+    let victim = Client::login(o).unwrap_or_else(|e| {
+        panic!(
+            "victim login: {e:?} ({what}); fastpath log:\n{}",
+            fp.daemon.log().join("\n")
+        )
+    });
     let port = tcp_proxy(&victim, "victim", 0, echo.addr(), false, false);
 
     let dial = fp.plain_dial();
