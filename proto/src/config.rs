@@ -464,22 +464,33 @@ impl Config {
         if f.stun_port == 0 {
             return None;
         }
-        let ip = |s: &str| s.parse::<IpAddr>().ok();
-        let primary = if f.stun_ip.is_empty() {
-            ip(&self.bind_addr)?
-        } else {
-            ip(&f.stun_ip)?
-        };
-        let secondary = ip(&f.stun_secondary_ip);
-        let alternate_port = match f.stun_alternate_port {
-            0 => f.stun_port.checked_add(1)?,
-            p => p,
-        };
+        let primary = self.stun_primary()?;
+        let secondary = f.stun_secondary_ip.parse::<IpAddr>().ok();
         Some(crate::stun::Site {
             ips: [primary, secondary.unwrap_or(primary)],
-            ports: [f.stun_port, alternate_port],
+            // Without a secondary IP the alternate port is never bound.
+            ports: [
+                f.stun_port,
+                self.stun_alternate_port().unwrap_or(f.stun_port),
+            ],
             alternate: secondary.is_some(),
         })
+    }
+
+    /// The STUN server's own IP: `stunIP`, else `bindAddr`.
+    fn stun_primary(&self) -> Option<IpAddr> {
+        match self.fastpath.stun_ip.as_str() {
+            "" => self.bind_addr.parse().ok(),
+            ip => ip.parse().ok(),
+        }
+    }
+
+    /// `stunAlternatePort`, or `stunPort` + 1 when it is 0 (None past 65535).
+    fn stun_alternate_port(&self) -> Option<u16> {
+        match self.fastpath.stun_alternate_port {
+            0 => self.fastpath.stun_port.checked_add(1),
+            p => Some(p),
+        }
     }
 
     fn check_stun(&self) -> Result<(), ConfigError> {
@@ -492,15 +503,10 @@ impl Config {
                 return Err(invalid(key, format!("{v:?} is not an IP address")));
             }
         }
-        if f.stun_port == 0 || f.stun_secondary_ip.is_empty() {
+        let Some(site) = self.stun_site().filter(|s| s.alternate) else {
             return Ok(());
-        }
-        let primary: IpAddr = if f.stun_ip.is_empty() {
-            self.bind_addr.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
-        } else {
-            f.stun_ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
         };
-        let secondary: IpAddr = f.stun_secondary_ip.parse().unwrap_or(primary);
+        let [primary, secondary] = site.ips;
         if primary.is_unspecified() {
             return Err(invalid(
                 "fastpath.stunIP",
@@ -513,11 +519,7 @@ impl Config {
                 "must be another address of the same family as the primary",
             ));
         }
-        let alternate = match f.stun_alternate_port {
-            0 => f.stun_port.checked_add(1).unwrap_or(0),
-            p => p,
-        };
-        if alternate == 0 || alternate == f.stun_port {
+        if self.stun_alternate_port().is_none_or(|p| p == f.stun_port) {
             return Err(invalid(
                 "fastpath.stunAlternatePort",
                 "must be a port other than fastpath.stunPort",

@@ -164,12 +164,18 @@ fn rr_head(out: &mut Vec<u8>, name: &str, rtype: u16, class: u16, ttl: u32) -> R
     Ok(())
 }
 
-/// The TSIG variables (RFC 8945 §4.3.3) after the message.
-fn tsig_variables(out: &mut Vec<u8>, key: &TsigKey, time: u64, error: u16, other: &[u8]) {
+/// The TSIG variables' first part (RFC 8945 §4.3.3): key name, class,
+/// TTL, algorithm; time signed, fudge, error and other data follow.
+fn tsig_key_variables(out: &mut Vec<u8>, key: &TsigKey) {
     let _ = encode_name(out, &key.name);
     out.extend_from_slice(&CLASS_ANY.to_be_bytes());
     out.extend_from_slice(&0u32.to_be_bytes());
     let _ = encode_name(out, key.algorithm.name());
+}
+
+/// The TSIG variables of a message this side signs, after the message.
+fn tsig_variables(out: &mut Vec<u8>, key: &TsigKey, time: u64, error: u16, other: &[u8]) {
+    tsig_key_variables(out, key);
     out.extend_from_slice(&time.to_be_bytes()[2..]);
     out.extend_from_slice(&FUDGE.to_be_bytes());
     out.extend_from_slice(&error.to_be_bytes());
@@ -387,12 +393,7 @@ pub fn check_answer(sent: &Signed, key: Option<&TsigKey>, answer: &[u8]) -> Resu
     data.extend_from_slice(&answer[..start]);
     let ad = counts[3].saturating_sub(1);
     data[body_start + 10..body_start + 12].copy_from_slice(&ad.to_be_bytes());
-    let mut time = [0u8; 8];
-    time[2..].copy_from_slice(&answer[time_at..time_at + 6]);
-    let _ = encode_name(&mut data, &key.name);
-    data.extend_from_slice(&CLASS_ANY.to_be_bytes());
-    data.extend_from_slice(&0u32.to_be_bytes());
-    let _ = encode_name(&mut data, key.algorithm.name());
+    tsig_key_variables(&mut data, key);
     data.extend_from_slice(&answer[time_at..time_at + 8]); // time signed, fudge
     let orig_id_at = mac_at + mac_len;
     data.extend_from_slice(&answer[orig_id_at + 2..]); // error, other len, other

@@ -622,8 +622,12 @@ pub async fn heartbeat(db: &Db, id: &str, body: &Heartbeat) -> Result<i64> {
 const FRPS_HOOK_SECRET: &str = "frps.hook_secret";
 
 async fn frps_hook_key(db: &Db) -> Result<ring::hmac::Key> {
-    // Made once; two control planes starting together agree on the first
-    // one written.
+    let key = |s: String| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes());
+    // Every hook call reads it; it is written once, and two control
+    // planes making it together agree on the first one written.
+    if let Some(secret) = crate::store::db::meta_get(db, FRPS_HOOK_SECRET).await? {
+        return Ok(key(secret));
+    }
     sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
         .bind(FRPS_HOOK_SECRET)
         .bind(crate::credentials::random_hex(32))
@@ -632,10 +636,7 @@ async fn frps_hook_key(db: &Db) -> Result<ring::hmac::Key> {
     let secret = crate::store::db::meta_get(db, FRPS_HOOK_SECRET)
         .await?
         .unwrap_or_default();
-    Ok(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        secret.as_bytes(),
-    ))
+    Ok(key(secret))
 }
 
 /// The token a stock frps running as `node_id` puts in its hook paths:
