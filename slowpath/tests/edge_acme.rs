@@ -24,15 +24,9 @@ use std::time::{Duration, Instant};
 
 use bench::client::ProxySpec;
 use bench::proc::free_port;
+use harness::dns::{have, ChallTestSrv};
 use harness::{first_login, ticket_opts, wait_within, Backend, Slowpath};
 use serde_json::{json, Value};
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
 
 /// An origin answering every request with `body`, keeping the connection.
 fn origin(body: &'static str) -> SocketAddr {
@@ -74,24 +68,21 @@ fn origin(body: &'static str) -> SocketAddr {
 
 /// pebble and its DNS server, killed on drop.
 struct Pebble {
-    children: Vec<Child>,
+    child: Child,
+    /// The DNS server pebble resolves names with (TXT records set there).
+    dns: ChallTestSrv,
     /// The ACME directory URL.
     directory: String,
     /// The CA of pebble's own HTTPS (for `--acme-ca-file`).
     https_ca: PathBuf,
     /// Management address (the issuing root is at `/roots/0`).
     management: u16,
-    /// The DNS server's port, and its management port.
-    dns: u16,
-    dns_management: u16,
 }
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -116,8 +107,7 @@ impl Pebble {
         std::fs::write(&https_ca, ca.pem()).unwrap();
         std::fs::write(dir.join("pebble.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.join("pebble.key"), key.serialize_pem()).unwrap();
-        let (acme, management, dns, dns_mgmt) =
-            (free_port(), free_port(), free_port(), free_port());
+        let (acme, management) = (free_port(), free_port());
         let config = json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{acme}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -131,19 +121,11 @@ impl Pebble {
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
         let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-        let dns_srv = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
-            .stdout(Stdio::from(log("challtestsrv.log")))
-            .stderr(Stdio::from(log("challtestsrv.err")))
-            .spawn()
-            .expect("pebble-challtestsrv");
+        let dns = ChallTestSrv::start(dir);
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &format!("127.0.0.1:{}", dns.dns)])
             // No random sleeps before validation, no random nonce
             // refusals: the test measures us, not pebble's chaos.
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -153,25 +135,16 @@ impl Pebble {
             .spawn()
             .expect("pebble");
         let p = Pebble {
-            children: vec![dns_srv, pebble],
+            child: pebble,
+            dns,
             directory: format!("https://127.0.0.1:{acme}/dir"),
             https_ca,
             management,
-            dns,
-            dns_management: dns_mgmt,
         };
         wait_within(Duration::from_secs(20), "pebble listening", || {
             TcpStream::connect(("127.0.0.1", acme)).is_ok()
         });
         p
-    }
-
-    /// Publish a TXT record on the DNS server.
-    fn set_txt(&self, host: &str, value: &str) {
-        let body = json!({ "host": format!("{host}."), "value": value });
-        ureq::post(&format!("http://127.0.0.1:{}/set-txt", self.dns_management))
-            .send_string(&body.to_string())
-            .expect("challtestsrv set-txt");
     }
 
     /// The root pebble issues under (new at every start).
@@ -286,12 +259,7 @@ fn cert<'a>(list: &'a Value, host: &str) -> Option<&'a Value> {
 
 #[test]
 fn certificates_from_a_real_acme_ca_terminate_tls_at_the_edge() {
-    if which("pebble").is_none() || which("pebble-challtestsrv").is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pebble is not installed (.ci/run installs Debian's pebble)"
-        );
-        println!("SKIPPED: pebble not installed");
+    if !have(&["pebble", "pebble-challtestsrv", "curl"]) {
         return;
     }
     let http = free_port();
@@ -314,7 +282,7 @@ fn certificates_from_a_real_acme_ca_terminate_tls_at_the_edge() {
             "--sub-domain-host",
             "hoge.test",
             "--dns-resolver",
-            &format!("127.0.0.1:{}", pebble.dns),
+            &format!("127.0.0.1:{}", pebble.dns.dns),
         ],
     );
     sp.wait_frp();
@@ -324,7 +292,7 @@ fn certificates_from_a_real_acme_ca_terminate_tls_at_the_edge() {
     for domain in ["fuga.test", "blocked.test"] {
         let (st, d) = sp.admin_call("POST", "/api/v1/domains", Some(json!({ "domain": domain })));
         assert_eq!(st, 201, "{d}");
-        pebble.set_txt(
+        pebble.dns.set_txt(
             &format!("_totoro-verify.{domain}"),
             d["token"].as_str().unwrap(),
         );

@@ -39,6 +39,36 @@ fn route(sp: &Slowpath, host: &str, origin: &Value) -> (u16, Value) {
     )
 }
 
+/// `slowpath up` managing zone hoge.test on `server` with the TSIG key in
+/// `key_file`, its records pointing at `addresses`; and an address origin
+/// at `origin_ip`.
+fn managing(
+    server: &str,
+    key_file: &str,
+    addresses: &[&str],
+    origin_ip: &str,
+) -> (Slowpath, Value) {
+    let mut args = vec![
+        "--dns-zone",
+        "hoge.test",
+        "--dns-server",
+        server,
+        "--dns-tsig-key-file",
+        key_file,
+    ];
+    for a in addresses {
+        args.extend(["--dns-address", a]);
+    }
+    let sp = Slowpath::up(&Backend::Sqlite, &args);
+    let (st, origin) = sp.admin_call(
+        "POST",
+        "/api/v1/origins",
+        Some(json!({ "name": "home", "wireguard_ip": origin_ip })),
+    );
+    assert_eq!(st, 201, "{origin}");
+    (sp, origin)
+}
+
 fn records(sp: &Slowpath) -> Value {
     let (st, v) = sp.admin_call("GET", "/api/v1/dns/records", None);
     assert_eq!(st, 200, "{v}");
@@ -56,27 +86,7 @@ fn routes_under_the_managed_zone_get_records_by_signed_dynamic_updates() {
     let knot = Knot::start(&dir, "hoge.test");
     let server = format!("127.0.0.1:{}", knot.port);
     let key = key_file(&dir, "tsig.key", &knot.key);
-    let sp = Slowpath::up(
-        &Backend::Sqlite,
-        &[
-            "--dns-zone",
-            "hoge.test",
-            "--dns-server",
-            &server,
-            "--dns-tsig-key-file",
-            &key,
-            "--dns-address",
-            "192.0.2.10",
-            "--dns-address",
-            "2001:db8::10",
-        ],
-    );
-    let (st, origin) = sp.admin_call(
-        "POST",
-        "/api/v1/origins",
-        Some(json!({ "name": "home", "wireguard_ip": "10.8.0.2" })),
-    );
-    assert_eq!(st, 201, "{origin}");
+    let (sp, origin) = managing(&server, &key, &["192.0.2.10", "2001:db8::10"], "10.8.0.2");
 
     // Under the zone: official, routed without verification, and in DNS
     // soon after (a route change passes at once).
@@ -155,24 +165,7 @@ fn routes_under_the_managed_zone_get_records_by_signed_dynamic_updates() {
         "wrong.key",
         "hmac-sha256:totoro-key:d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZy0hIQ==",
     );
-    let sp2 = Slowpath::up(
-        &Backend::Sqlite,
-        &[
-            "--dns-zone",
-            "hoge.test",
-            "--dns-server",
-            &server,
-            "--dns-tsig-key-file",
-            &wrong,
-            "--dns-address",
-            "192.0.2.99",
-        ],
-    );
-    let (_, origin2) = sp2.admin_call(
-        "POST",
-        "/api/v1/origins",
-        Some(json!({ "name": "home", "wireguard_ip": "10.8.0.3" })),
-    );
+    let (sp2, origin2) = managing(&server, &wrong, &["192.0.2.99"], "10.8.0.3");
     let (st, v) = route(&sp2, "bad.hoge.test", &origin2);
     assert_eq!(st, 201, "{v}");
     wait_within(
