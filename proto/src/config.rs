@@ -68,6 +68,11 @@ pub struct Config {
     /// frps `tcpmuxPassthrough`: the CONNECT request goes on to frpc's
     /// service instead of being answered with 200 here.
     pub tcpmux_passthrough: bool,
+    /// frps `udpPacketSize`: the largest datagram a `udp` proxy reads from
+    /// its users, bytes (a longer one is cut there, as frps does); 1500
+    /// by default.
+    #[serde(rename = "udpPacketSize")]
+    pub udp_packet_size: i64,
     /// Transport settings (frps `transport.*`).
     pub transport: TransportConfig,
     /// Logging (frps `log.*`).
@@ -238,6 +243,10 @@ pub struct FastpathConfig {
     /// `ip:port`; empty = none. Per-worker counters and gauges, the same
     /// as the stats file's.
     pub metrics_addr: String,
+    /// Datagrams a `udp` proxy keeps for frpc while its work connection
+    /// is busy or being replaced (frps: 1024); past it, new ones are
+    /// dropped and counted (`udp_dropped`).
+    pub udp_queue: usize,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -306,6 +315,7 @@ impl Default for Config {
             sub_domain_host: String::new(),
             tcpmux_http_connect_port: 0,
             tcpmux_passthrough: false,
+            udp_packet_size: 1500,
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             fastpath: FastpathConfig::default(),
@@ -379,6 +389,7 @@ impl Default for FastpathConfig {
             stun_secondary_ip: String::new(),
             stun_alternate_port: 0,
             metrics_addr: String::new(),
+            udp_queue: 1024,
         }
     }
 }
@@ -620,6 +631,18 @@ impl Config {
             return Err(invalid(
                 "userConnTimeout",
                 "must be between 1 and 3600 seconds",
+            ));
+        }
+        if !(1..=65507).contains(&self.udp_packet_size) {
+            return Err(invalid(
+                "udpPacketSize",
+                format!("{} must be 1 to 65507 bytes", self.udp_packet_size),
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.fastpath.udp_queue) {
+            return Err(invalid(
+                "fastpath.udpQueue",
+                format!("{} must be 1 to 1048576 datagrams", self.fastpath.udp_queue),
             ));
         }
         if self.transport.max_pool_count > 1000 {

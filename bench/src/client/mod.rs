@@ -5,11 +5,13 @@
 //! [`transport`] (TCP, TLS with or without frp's 0x17 byte), [`mux`] (a
 //! yamux client session over the sans-IO `proto::yamux`), [`session`]
 //! (login, control channel, proxies, work connections) and [`codec`]
-//! (useEncryption / useCompression wrappers).
+//! (useEncryption / useCompression wrappers); [`udp`] serves a `udp`
+//! proxy's work connection.
 
 pub mod codec;
 pub mod mux;
 pub mod session;
 pub mod transport;
+pub mod udp;
 
 pub use session::{Client, ClientError, ClientOpts, ProxySpec};

@@ -305,7 +305,8 @@ pub fn read_msg_exact(r: &mut dyn Read, v2: bool) -> Result<Message, ClientError
     }
 }
 
-fn encode_msg(msg: &Message, v2: bool) -> Vec<u8> {
+/// One message, framed (v1, or v2 without the magic).
+pub(super) fn encode_msg(msg: &Message, v2: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     if v2 {
         let _ = wire_v2::encode_message(msg, &mut out);
@@ -434,6 +435,11 @@ struct Inner {
     /// writer) for as long as it blocks, so killing must not wait for it.
     conn: TcpStream,
     proxies: Mutex<HashMap<String, ProxySpec>>,
+    /// The proxies registered as `udp`: their work connections carry
+    /// messages ([`super::udp`]).
+    udp_proxies: Mutex<std::collections::HashSet<String>>,
+    /// Set by [`Client::pause_udp`]: udp work connections are not read.
+    udp_paused: Arc<AtomicBool>,
     resps: Mutex<HashMap<String, NewProxyResp>>,
     resp_cond: Condvar,
     closed: AtomicBool,
@@ -586,6 +592,8 @@ impl Client {
             ctl: Mutex::new(ControlWriter { w, cipher }),
             conn,
             proxies: Mutex::new(HashMap::new()),
+            udp_proxies: Mutex::new(std::collections::HashSet::new()),
+            udp_paused: Arc::new(AtomicBool::new(false)),
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -726,6 +734,13 @@ impl Client {
             ..Default::default()
         };
         adjust(&mut np);
+        if np.proxy_type == "udp" {
+            self.inner
+                .udp_proxies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone());
+        }
         self.send(&Message::NewProxy(np))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut resps = self.inner.resps.lock().unwrap_or_else(|e| e.into_inner());
@@ -791,6 +806,12 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(msg)?)
+    }
+
+    /// Stop reading (true) or read again (false) the work connections of
+    /// `udp` proxies: a frpc too slow for what its users send.
+    pub fn pause_udp(&self, paused: bool) {
+        self.inner.udp_paused.store(paused, Ordering::Release);
     }
 
     /// Pongs received so far.
@@ -884,9 +905,25 @@ fn work_conn(c: Arc<Inner>) {
                 start.proxy_name
             )));
         };
+        let key = spec.use_encryption.then_some(c.key);
+        let udp = c
+            .udp_proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&start.proxy_name);
+        if udp {
+            let work = super::udp::UdpWork {
+                local: spec.local,
+                key,
+                compress: spec.use_compression,
+                v2,
+                paused: c.udp_paused.clone(),
+            };
+            super::udp::serve(work, r, w);
+            return Ok(());
+        }
         let local = TcpStream::connect(spec.local)?;
         local.set_nodelay(true)?;
-        let key = spec.use_encryption.then_some(c.key);
         join(local, r, w, key, spec.use_compression);
         Ok(())
     })();

@@ -721,11 +721,17 @@ impl Control {
     /// Take a work connection for a user connection and start it with
     /// `start` (see [`WorkConnPool::take`]).
     pub async fn take_work_conn(&self, start: StartWorkConn) -> Option<Conn> {
+        self.take_work_conn_wired(start).await.map(|(c, _)| c)
+    }
+
+    /// [`Control::take_work_conn`], with the wire protocol the connection
+    /// speaks: for a proxy whose payload is frp messages (`udp`).
+    pub async fn take_work_conn_wired(&self, start: StartWorkConn) -> Option<(Conn, Wire)> {
         let wait = Duration::from_secs(self.ctx.shared.config.user_conn_timeout as u64);
         let start = Message::StartWorkConn(start);
         let ask = || self.send(Message::ReqWorkConn(ReqWorkConn {}));
         match self.pool.take(&start, wait, ask).await {
-            Ok(conn) => Some(conn),
+            Ok(taken) => Some(taken),
             Err(NoWorkConn::TimedOut) => {
                 tracing::info!(session = %self.who.run_id, "no work connection arrived in time");
                 None

@@ -2,7 +2,9 @@
 //! to a session ([`control`]) and its public ports ([`proxy`]); the
 //! connections frpc opens for users reach the session's pool through
 //! [`work_conns`]; frp messages over any transport are read and written by
-//! [`msgio`]. Virtual hosts (`vhostHTTPSPort`) are routed by [`vhost`].
+//! [`msgio`]. Virtual hosts (`vhostHTTPSPort`) are routed by [`vhost`]; a
+//! `udp` proxy's datagrams travel as messages on one work connection
+//! ([`udp`]).
 
 pub mod accept;
 pub mod control;
@@ -11,5 +13,6 @@ pub mod http;
 pub mod msgio;
 pub mod proxy;
 pub mod targets;
+pub mod udp;
 pub mod vhost;
 pub mod work_conns;

@@ -98,7 +98,7 @@ struct VhostRoutes {
 /// `vhostHTTPSPort`, `tcpmux` `tcpmuxHTTPConnectPort`); the policy decides
 /// every type first, then the others are refused as not supported.
 pub fn supported(cfg: &Config) -> ProxyTypes {
-    let mut types = ProxyTypes::only(ProxyType::Tcp);
+    let mut types = ProxyTypes::only(ProxyType::Tcp).with(ProxyType::Udp);
     if cfg.vhost_http_port != 0 {
         types = types.with(ProxyType::Http);
     }
@@ -191,9 +191,19 @@ impl Proxy {
             ProxyType::Tcp if !np.group.is_empty() => {
                 claim_tcp_group(control, &np, &decided, valid.remote_port)
             }
+            ProxyType::Udp => {
+                claim_udp(shared, &np.proxy_name, &decided).map(|(port, s)| Claimed {
+                    port,
+                    listener: None,
+                    udp: Some(s),
+                    vhost: None,
+                    group: None,
+                })
+            }
             _ => claim(shared, &np.proxy_name, &decided).map(|(port, l)| Claimed {
                 port,
                 listener: Some(l),
+                udp: None,
                 vhost: None,
                 group: None,
             }),
@@ -201,6 +211,7 @@ impl Proxy {
         let Claimed {
             port,
             listener,
+            udp,
             vhost,
             group,
         } = match claimed {
@@ -242,13 +253,18 @@ impl Proxy {
             kept_idle: Cell::new(0),
             report_every,
         });
-        proxy.announce(control, listener);
+        proxy.announce(control, listener, udp);
         Ok(proxy)
     }
 
     /// Count the proxy, report it and start accepting visitors (a vhost
     /// proxy's come through the vhost listeners).
-    fn announce(self: &Rc<Self>, control: &Rc<Control>, listener: Option<std::net::TcpListener>) {
+    fn announce(
+        self: &Rc<Self>,
+        control: &Rc<Control>,
+        listener: Option<std::net::TcpListener>,
+        udp: Option<std::net::UdpSocket>,
+    ) {
         let ctx = control.ctx();
         let invite = control.auth.grant.invite();
         WorkerStats::add(&ctx.stats().proxies, 1);
@@ -266,6 +282,10 @@ impl Proxy {
         });
         if let Some(listener) = listener {
             monoio::spawn(accept_loop(self.clone(), control.clone(), listener));
+        }
+        if let Some(socket) = udp {
+            let ctx = control.ctx().clone();
+            monoio::spawn(crate::frp::udp::serve(self.clone(), ctx, socket, self.port));
         }
     }
 
@@ -326,6 +346,11 @@ impl Proxy {
         }
         let c = std::mem::replace(&mut *self.canceller.borrow_mut(), Canceller::new());
         let _ = c.cancel();
+        // A udp proxy's work connection is its own, not a user's: it ends
+        // with the proxy.
+        if self.proxy_type == ProxyType::Udp.name() {
+            self.abort_relays();
+        }
         // The closing report goes out whatever else is gone: it is what
         // makes the slowpath report the remainder it holds.
         if let Some(ctx) = self.worker.upgrade() {
@@ -480,6 +505,51 @@ impl Proxy {
     }
 }
 
+impl crate::frp::udp::Owner for Proxy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn cancel_handle(&self) -> monoio::io::CancelHandle {
+        self.canceller.borrow().handle()
+    }
+
+    fn wrapping(&self) -> (Option<[u8; 16]>, bool) {
+        let key = self.control.upgrade().map(|c| c.auth.token_key);
+        (key.filter(|_| self.use_encryption), self.use_compression)
+    }
+
+    async fn meter(&self, stats: &WorkerStats, to_frpc: bool, n: usize) {
+        Proxy::meter(self, stats, to_frpc, n).await
+    }
+
+    fn track(&self, ends: [Aborter; 2]) -> u64 {
+        Proxy::track(self, ends)
+    }
+
+    fn untrack(&self, id: u64) {
+        Proxy::untrack(self, id)
+    }
+
+    async fn work_conn(&self) -> Option<(Conn, crate::frp::msgio::Wire)> {
+        let control = self.control.upgrade()?;
+        // frps names only the proxy: a udp work connection serves all users.
+        let start = StartWorkConn {
+            proxy_name: self.name.clone(),
+            ..Default::default()
+        };
+        control.take_work_conn_wired(start).await
+    }
+
+    fn session_closed(&self) -> bool {
+        self.control.upgrade().is_none_or(|c| c.is_closed())
+    }
+}
+
 /// Check what the policy does not decide: a name, a port number, and the
 /// bandwidth settings.
 fn validate(np: &NewProxy) -> Result<Validated, Refusal> {
@@ -535,8 +605,28 @@ fn claim(
     bound
 }
 
-/// Claim the port the decision names (or one of its set) and bind it;
-/// `shared`: with SO_REUSEPORT, for a tcp group's members.
+/// Claim a udp proxy's name and its UDP port server-wide and bind its
+/// socket; on failure nothing stays claimed.
+fn claim_udp(
+    shared: &Shared,
+    name: &str,
+    decided: &ProxyGrant,
+) -> Result<(u16, std::net::UdpSocket), Refusal> {
+    if !shared.directory.claim_proxy(name) {
+        return Err(Refusal::proxy_exists(name));
+    }
+    let ip = shared.config.proxy_ip();
+    let bound = claim_port_in(&shared.udp_ports, decided, |port| {
+        crate::frp::udp::bind(ip, port)
+    });
+    if bound.is_err() {
+        shared.directory.release_proxy(name);
+    }
+    bound
+}
+
+/// Claim the TCP port the decision names (or one of its set) and bind it;
+/// `reuse`: with SO_REUSEPORT, for a tcp group's members.
 fn claim_port(
     shared: &Shared,
     decided: &ProxyGrant,
@@ -544,16 +634,24 @@ fn claim_port(
 ) -> Result<(u16, std::net::TcpListener), Refusal> {
     let ip = shared.config.proxy_ip();
     let lowat = shared.config.fastpath.user_not_sent_lowat;
+    claim_port_in(&shared.ports, decided, |port| bind(ip, port, lowat, reuse))
+}
+
+/// Claim the port the decision names (or one of its set) in `ports` and
+/// `bind` it; a port that does not bind goes back.
+fn claim_port_in<T>(
+    ports: &crate::runtime::shared::PortTable,
+    decided: &ProxyGrant,
+    bind: impl Fn(u16) -> std::io::Result<T>,
+) -> Result<(u16, T), Refusal> {
     match &decided.port {
-        PortChoice::AnyOf(set) => allocate_port(set.ranges(), &shared.ports, ip, lowat, reuse),
+        PortChoice::AnyOf(set) => allocate_port(set.ranges(), ports, bind),
         &PortChoice::Exactly(port) => {
-            if shared.ports.claim(port) {
-                bind(ip, port, lowat, reuse)
-                    .map(|l| (port, l))
-                    .map_err(|e| {
-                        shared.ports.release(port);
-                        Refusal::port_unavailable(e)
-                    })
+            if ports.claim(port) {
+                bind(port).map(|l| (port, l)).map_err(|e| {
+                    ports.release(port);
+                    Refusal::port_unavailable(e)
+                })
             } else {
                 Err(Refusal::port_already_used())
             }
@@ -624,6 +722,7 @@ fn claim_tcp_group(
         Ok(l) => Ok(Claimed {
             port,
             listener: Some(l),
+            udp: None,
             vhost: None,
             group: Some(group),
         }),
@@ -655,6 +754,8 @@ fn member(control: &Control, proxy: &str) -> VhostTarget {
 struct Claimed {
     port: u16,
     listener: Option<std::net::TcpListener>,
+    /// A udp proxy's socket.
+    udp: Option<std::net::UdpSocket>,
     vhost: Option<VhostRoutes>,
     group: Option<Arc<Group>>,
 }
@@ -759,6 +860,7 @@ fn claim_routes(
     Ok(Claimed {
         port: 0,
         listener: None,
+        udp: None,
         vhost: Some(routes),
         group,
     })
@@ -800,13 +902,11 @@ fn http_edits(np: &NewProxy) -> Result<HttpEdits, Refusal> {
     })
 }
 
-fn allocate_port(
+fn allocate_port<T>(
     ranges: &[(u16, u16)],
     ports: &crate::runtime::shared::PortTable,
-    ip: IpAddr,
-    lowat: u32,
-    reuse: bool,
-) -> Result<(u16, std::net::TcpListener), Refusal> {
+    bind: impl Fn(u16) -> std::io::Result<T>,
+) -> Result<(u16, T), Refusal> {
     let total: u64 = ranges.iter().map(|(a, b)| (*b - *a) as u64 + 1).sum();
     let start = rand_u64() % total.max(1);
     // Walk the allowed set from a random point; try every port at most once
@@ -826,7 +926,7 @@ fn allocate_port(
         if port == 0 || !ports.claim(port) {
             continue;
         }
-        match bind(ip, port, lowat, reuse) {
+        match bind(port) {
             Ok(l) => return Ok((port, l)),
             Err(_) => {
                 ports.release(port);

@@ -92,6 +92,14 @@ pub struct WorkerStats {
     /// Datagrams on the STUN port that were not answered (malformed, not
     /// a request, not Binding).
     pub stun_dropped: AtomicU64,
+    /// Datagrams `udp` proxies received from their users and queued for
+    /// frpc.
+    pub udp_datagrams_in: AtomicU64,
+    /// Datagrams frpc sent back that `udp` proxies sent to their users.
+    pub udp_datagrams_out: AtomicU64,
+    /// Datagrams a `udp` proxy dropped: its queue for frpc was full
+    /// (`fastpath.udpQueue`), or frpc's answer named no user address.
+    pub udp_dropped: AtomicU64,
     /// Mesh nodes connected to this worker's relay now.
     pub mesh_nodes: AtomicI64,
     /// Mesh connections refused at authentication (ERROR 1001-1006).
@@ -163,6 +171,9 @@ impl WorkerStats {
             stun_answers: self.stun_answers.load(Relaxed),
             stun_errors: self.stun_errors.load(Relaxed),
             stun_dropped: self.stun_dropped.load(Relaxed),
+            udp_datagrams_in: self.udp_datagrams_in.load(Relaxed),
+            udp_datagrams_out: self.udp_datagrams_out.load(Relaxed),
+            udp_dropped: self.udp_dropped.load(Relaxed),
             mesh_nodes: self.mesh_nodes.load(Relaxed),
             mesh_refused: self.mesh_refused.load(Relaxed),
             mesh_tls: self.mesh_tls.load(Relaxed),
@@ -226,6 +237,12 @@ pub struct StatsSnapshot {
     pub stun_errors: u64,
     /// See [`WorkerStats::stun_dropped`].
     pub stun_dropped: u64,
+    /// See [`WorkerStats::udp_datagrams_in`].
+    pub udp_datagrams_in: u64,
+    /// See [`WorkerStats::udp_datagrams_out`].
+    pub udp_datagrams_out: u64,
+    /// See [`WorkerStats::udp_dropped`].
+    pub udp_dropped: u64,
     /// See [`WorkerStats::mesh_nodes`].
     pub mesh_nodes: i64,
     /// See [`WorkerStats::mesh_refused`].

@@ -129,6 +129,7 @@ impl Server {
             config,
             token_key,
             ports: PortTable::default(),
+            udp_ports: PortTable::default(),
             directory: Directory::default(),
             inboxes: senders,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
@@ -196,6 +197,13 @@ impl Server {
         ] {
             if port != 0 {
                 shared.ports.claim(port);
+            }
+        }
+        // Nor the STUN server's UDP ports to a udp proxy.
+        if let Some(site) = shared.config.stun_site() {
+            let n = if site.alternate { 2 } else { 1 };
+            for &port in &site.ports[..n] {
+                shared.udp_ports.claim(port);
             }
         }
         let cores = std::thread::available_parallelism()

@@ -174,8 +174,11 @@ pub struct Shared {
     pub config: Config,
     /// Derived control-channel key (PBKDF2 of the token), computed once.
     pub token_key: [u8; 16],
-    /// Taken public ports.
+    /// Taken public TCP ports.
     pub ports: PortTable,
+    /// Taken public UDP ports (`udp` proxies, the STUN server's): a
+    /// space of their own, as frps keeps.
+    pub udp_ports: PortTable,
     /// Sessions and proxy names.
     pub directory: Directory,
     /// One inbox per worker, indexed by worker id.

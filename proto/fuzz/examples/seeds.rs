@@ -65,7 +65,31 @@ fn frame_v1() -> Seeds {
     for msg in session() {
         proto::frame::encode(&msg, &mut all);
     }
-    vec![("frpc-session", all)]
+    // A udp proxy's work connection (StartWorkConn, then datagrams and
+    // frpc's Ping), and the xtcp broker's messages, as Go writes them.
+    let bodies: [(u8, &str, &str); 8] = [
+        (b's', "udp-work-conn", r#"{"proxy_name":"dns","src_addr":"","dst_addr":"","src_port":0,"dst_port":0,"error":""}"#),
+        (b'u', "udp-work-conn", r#"{"c":"AAEAAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB","r":{"IP":"192.0.2.7","Port":53535,"Zone":""}}"#),
+        (b'u', "udp-work-conn", r#"{"c":"aGVsbG8=","l":{"IP":"","Port":0,"Zone":""},"r":{"IP":"fe80::1","Port":1,"Zone":"eth0"}}"#),
+        (b'h', "udp-work-conn", r#"{}"#),
+        (b'i', "nathole", r#"{"transaction_id":"1733200000a1b2c3d4e5f60718","proxy_name":"p2p","protocol":"quic","sign_key":"0123456789abcdef0123456789abcdef","timestamp":1733200000,"mapped_addrs":["203.0.113.5:40000","203.0.113.5:40001"],"assisted_addrs":["10.0.0.2:40000"]}"#),
+        (b'n', "nathole", r#"{"transaction_id":"t2","proxy_name":"p2p","sid":"s1","mapped_addrs":["198.51.100.9:50000"],"assisted_addrs":["192.168.1.3:50000"]}"#),
+        (b'm', "nathole", r#"{"transaction_id":"t2","sid":"s1","protocol":"quic","candidate_addrs":["203.0.113.5:40000"],"assisted_addrs":["10.0.0.2:40000"],"detect_behavior":{"role":"sender","mode":1,"ttl":7,"send_delay_ms":10,"read_timeout":5000,"candidate_ports":[{"from":40000,"to":40010}],"send_random_ports":3,"listen_random_ports":4}}"#),
+        (b'5', "nathole", r#"{"sid":"s1"}"#),
+    ];
+    let mut named: Vec<(&'static str, Vec<u8>)> = vec![("frpc-session", all)];
+    for (ty, seed, body) in bodies {
+        let msg = Message::from_json(ty, body.as_bytes()).expect("seed body parses");
+        match named.iter_mut().find(|(n, _)| *n == seed) {
+            Some((_, bytes)) => proto::frame::encode(&msg, bytes),
+            None => {
+                let mut bytes = Vec::new();
+                proto::frame::encode(&msg, &mut bytes);
+                named.push((seed, bytes));
+            }
+        }
+    }
+    named
 }
 
 fn wire_v2() -> Seeds {

@@ -18,7 +18,7 @@ use crate::frp::msgio::{self, Wire};
 use crate::transport::conn::Conn;
 
 /// A work connection and the wire protocol it speaks.
-type WorkConn = (Conn, Wire);
+pub type WorkConn = (Conn, Wire);
 
 /// Why [`WorkConnPool::take`] came back without a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,8 @@ impl WorkConnPool {
         true
     }
 
-    /// Take a work connection and send it `start` (a StartWorkConn).
+    /// Take a work connection and send it `start` (a StartWorkConn); the
+    /// connection and the wire protocol it speaks.
     /// `ask` asks frpc for one more: when none is idle (then waits up to
     /// `wait` for it), and after each take to refill the pool.
     pub async fn take(
@@ -114,7 +115,7 @@ impl WorkConnPool {
         start: &Message,
         wait: Duration,
         ask: impl Fn(),
-    ) -> Result<Conn, NoWorkConn> {
+    ) -> Result<WorkConn, NoWorkConn> {
         for _ in 0..=self.count {
             if self.closed.get() {
                 return Err(NoWorkConn::Closed);
@@ -144,7 +145,7 @@ impl WorkConnPool {
             ask();
             let (r, _) = conn.write_all(msgio::encode(start, wire)).await;
             if r.is_ok() {
-                return Ok(conn);
+                return Ok((conn, wire));
             }
         }
         Err(NoWorkConn::Stale)

@@ -1,0 +1,578 @@
+//! `udp` proxies, as frps serves them: a UDP socket on the proxy's public
+//! port, owned by its session's worker, and **one** work connection from
+//! frpc that carries every datagram both ways as a `UDPPacket` message
+//! (the datagram in base64, and the user's address), wrapped in the
+//! proxy's `useEncryption`/`useCompression` like any work connection's
+//! payload.
+//!
+//! - Users → frpc: each datagram (cut at `udpPacketSize`) is queued for the
+//!   work connection, at most `fastpath.udpQueue` of them (frps: 1024);
+//!   past that, new ones are dropped and counted (`udp_dropped`), so a
+//!   flood at a proxy whose frpc is slow costs a bounded queue.
+//! - The writer takes everything queued at once and writes it as one
+//!   buffer (frps writes each message on its own).
+//! - frpc → users: each `UDPPacket` is sent to the address it names.
+//!   frpc's `Ping`s keep the connection; with no message for 60 s it is
+//!   closed (as frps does), and so is one that sends a malformed or
+//!   oversized message (a frame over 10 KiB), with the reason logged.
+//! - A failed work connection is replaced: the proxy takes another from
+//!   the session's pool (after 1 s when none comes), as frps does.
+//!
+//! Bytes are counted in the proxy's traffic and paced by its tenant's
+//! bandwidth bucket like any relay's (a paced receive leaves datagrams in
+//! the kernel's socket buffer, which drops what overflows it).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use monoio::io::CancelHandle;
+use monoio::net::udp::UdpSocket;
+use proto::cfb::{CfbStreamReader, CfbStreamWriter};
+use proto::msg::{Message, UdpPacket};
+use proto::snappy::{SnappyDecoder, SnappyEncoder};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::frp::msgio::{self, ByteRead, MsgError, MsgReader, Wire};
+use crate::report::stats::WorkerStats;
+use crate::runtime::ctx::WorkerCtx;
+use crate::transport::conn::{Aborter, Conn, ConnReader, ConnWriter};
+
+/// frps closes a udp work connection after this long without a message
+/// (frpc sends a Ping every 30 s).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// frps waits this long after registering the proxy before it asks for
+/// the work connection, so that NewProxyResp reaches frpc first.
+const FIRST_WAIT: Duration = Duration::from_millis(500);
+
+/// How long to wait before asking again when no work connection came.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The most bytes of messages written to frpc in one write.
+const BATCH: usize = 64 * 1024;
+
+/// What the datagram pump needs of its proxy and the proxy's session
+/// (the proxy implements it; this module knows neither).
+#[allow(async_fn_in_trait)]
+pub trait Owner {
+    /// The proxy's name, for logs.
+    fn name(&self) -> &str;
+    /// Whether the proxy has closed.
+    fn is_closed(&self) -> bool;
+    /// What ends a pending receive when the proxy closes.
+    fn cancel_handle(&self) -> CancelHandle;
+    /// Its work connections' wrapping: the AES-CFB key (`useEncryption`)
+    /// and whether they are snappy-framed (`useCompression`).
+    fn wrapping(&self) -> (Option<[u8; 16]>, bool);
+    /// Count `n` bytes towards frpc (`to_frpc`) or from it, and wait as
+    /// long as the bandwidth limits ask.
+    async fn meter(&self, stats: &WorkerStats, to_frpc: bool, n: usize);
+    /// Keep the work connection where a policy close reaches it.
+    fn track(&self, ends: [Aborter; 2]) -> u64;
+    /// Forget what `track` kept.
+    fn untrack(&self, id: u64);
+    /// A work connection from the session, started for this proxy, and
+    /// its wire protocol; None when none came.
+    async fn work_conn(&self) -> Option<(Conn, Wire)>;
+    /// Whether the session has ended (no work connection will come).
+    fn session_closed(&self) -> bool;
+}
+
+/// Bind a udp proxy's socket.
+pub fn bind(ip: IpAddr, port: u16) -> io::Result<std::net::UdpSocket> {
+    let addr = SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Datagrams from users waiting for the work connection, bounded.
+struct Queue {
+    items: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
+    cap: usize,
+    waker: Cell<Option<Waker>>,
+    /// The proxy's socket is done receiving: the writer ends.
+    closed: Cell<bool>,
+}
+
+impl Queue {
+    fn new(cap: usize) -> Queue {
+        Queue {
+            items: RefCell::new(VecDeque::new()),
+            cap,
+            waker: Cell::new(None),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Queue one datagram; false (dropped) when the queue is full.
+    fn push(&self, datagram: Vec<u8>, from: SocketAddr) -> bool {
+        let mut items = self.items.borrow_mut();
+        if items.len() >= self.cap {
+            return false;
+        }
+        items.push_back((datagram, from));
+        drop(items);
+        self.wake();
+        true
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+
+    /// Wait until something is queued (true), or the queue closed or
+    /// `stop` was set (false).
+    async fn ready(&self, stop: &Cell<bool>) -> bool {
+        poll_fn(|cx| {
+            if self.closed.get() || stop.get() {
+                Poll::Ready(false)
+            } else if !self.items.borrow().is_empty() {
+                Poll::Ready(true)
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Serve a udp proxy on `socket` (its public `port`) until it closes,
+/// then free the port.
+pub async fn serve<O: Owner + 'static>(
+    proxy: Rc<O>,
+    ctx: Rc<WorkerCtx>,
+    socket: std::net::UdpSocket,
+    port: u16,
+) {
+    match UdpSocket::from_std(socket) {
+        Ok(sock) => {
+            let sock = Rc::new(sock);
+            let queue = Rc::new(Queue::new(ctx.shared.config.fastpath.udp_queue));
+            let feeder = monoio::spawn(feed(
+                proxy.clone(),
+                ctx.clone(),
+                sock.clone(),
+                queue.clone(),
+            ));
+            receive(&*proxy, &ctx, &sock, &queue).await;
+            queue.close();
+            feeder.await;
+        }
+        Err(e) => {
+            tracing::warn!(proxy = %proxy.name(), error = %e, "cannot register udp proxy socket")
+        }
+    }
+    // The socket is closed by now.
+    ctx.shared.udp_ports.release(port);
+}
+
+/// Users' datagrams into the queue, until the proxy closes.
+async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: &Queue) {
+    let stats = ctx.stats();
+    let size = ctx.shared.config.udp_packet_size as usize;
+    let handle = proxy.cancel_handle();
+    let mut buf = vec![0u8; size];
+    let mut dropped_logged = 0u64;
+    while !proxy.is_closed() {
+        let (r, b) = sock.cancelable_recv_from(buf, handle.clone()).await;
+        buf = b;
+        match r {
+            Ok((n, from)) => {
+                if queue.push(buf[..n].to_vec(), from) {
+                    WorkerStats::bump(&stats.udp_datagrams_in, 1);
+                    proxy.meter(stats, true, n).await;
+                } else {
+                    WorkerStats::bump(&stats.udp_dropped, 1);
+                    // One line per 1024 drops, not one per datagram.
+                    if dropped_logged.is_multiple_of(1024) {
+                        tracing::info!(proxy = %proxy.name(), queued = queue.cap,
+                            "udp datagrams dropped: the queue for frpc is full (fastpath.udpQueue)");
+                    }
+                    dropped_logged += 1;
+                }
+            }
+            Err(_) if proxy.is_closed() => break,
+            Err(e) => {
+                tracing::debug!(proxy = %proxy.name(), error = %e, "udp receive failed");
+            }
+        }
+    }
+}
+
+/// Keep one work connection carrying the queue, replacing it when it
+/// fails, until the proxy closes.
+async fn feed<O: Owner + 'static>(
+    proxy: Rc<O>,
+    ctx: Rc<WorkerCtx>,
+    sock: Rc<UdpSocket>,
+    queue: Rc<Queue>,
+) {
+    monoio::time::sleep(FIRST_WAIT).await;
+    while !proxy.is_closed() && !queue.closed.get() {
+        match proxy.work_conn().await {
+            Some((work, wire)) => {
+                let reason = carry(&proxy, &ctx, &sock, &queue, work, wire).await;
+                if !proxy.is_closed() {
+                    tracing::info!(proxy = %proxy.name(), %reason, "udp work connection ended; taking another");
+                }
+            }
+            None if proxy.session_closed() => break,
+            None => monoio::time::sleep(RETRY).await,
+        }
+    }
+}
+
+/// Carry datagrams both ways over one work connection until it fails;
+/// why it ended.
+async fn carry<O: Owner + 'static>(
+    proxy: &Rc<O>,
+    ctx: &Rc<WorkerCtx>,
+    sock: &Rc<UdpSocket>,
+    queue: &Rc<Queue>,
+    work: Conn,
+    wire: Wire,
+) -> String {
+    let (key, compress) = proxy.wrapping();
+    let aborter = work.aborter();
+    // A policy close of the proxy (or of its session) ends it too.
+    let id = proxy.track([aborter.clone(), aborter.clone()]);
+    let (r, w) = work.into_split();
+    let stop = Rc::new(Cell::new(false));
+    let writer = monoio::spawn(write_loop(
+        proxy.clone(),
+        ctx.clone(),
+        w,
+        queue.clone(),
+        Framer::new(wire, key, compress),
+        stop.clone(),
+        aborter.clone(),
+    ));
+    let reason = read_loop(&**proxy, ctx, sock, r, wire, key, compress).await;
+    stop.set(true);
+    queue.wake();
+    aborter.abort();
+    writer.await;
+    proxy.untrack(id);
+    reason
+}
+
+/// frpc's answers to their users; returns why it stopped.
+async fn read_loop<O: Owner>(
+    proxy: &O,
+    ctx: &WorkerCtx,
+    sock: &UdpSocket,
+    r: ConnReader,
+    wire: Wire,
+    key: Option<[u8; 16]>,
+    compress: bool,
+) -> String {
+    let stats = ctx.stats();
+    let mut src = Unwrap {
+        r,
+        cipher: key.map(CfbStreamReader::new),
+        snappy: compress.then(SnappyDecoder::new),
+        raw: Vec::new(),
+        carry: Vec::new(),
+    };
+    let mut reader = MsgReader::new(Vec::new(), wire);
+    loop {
+        let msg = match reader.next_within(&mut src, READ_TIMEOUT).await {
+            Ok(m) => m,
+            Err(MsgError::Timeout) => return "no message from frpc for 60 s".into(),
+            Err(e) => {
+                if e.is_malformed() {
+                    WorkerStats::bump(&stats.protocol_errors, 1);
+                    tracing::warn!(proxy = %proxy.name(), error = %e,
+                        "udp work connection closed: malformed message from frpc");
+                }
+                return e.to_string();
+            }
+        };
+        let packet = match msg {
+            Message::UdpPacket(p) => p,
+            // frpc's keep-alive.
+            Message::Ping(_) => continue,
+            other => {
+                // frps ignores other messages here.
+                tracing::debug!(proxy = %proxy.name(), msg = other.name(), "ignored on a udp work connection");
+                continue;
+            }
+        };
+        let Some(to) = user_addr(&packet) else {
+            WorkerStats::bump(&stats.udp_dropped, 1);
+            tracing::debug!(proxy = %proxy.name(), "udp packet from frpc names no user address; dropped");
+            continue;
+        };
+        let n = packet.content.len();
+        let (res, _) = sock.send_to(packet.content, to).await;
+        match res {
+            Ok(_) => {
+                WorkerStats::bump(&stats.udp_datagrams_out, 1);
+                proxy.meter(stats, false, n).await;
+            }
+            Err(e) => {
+                tracing::debug!(proxy = %proxy.name(), %to, error = %e, "udp send to user failed")
+            }
+        }
+    }
+}
+
+/// The user address of a packet from frpc.
+fn user_addr(p: &UdpPacket) -> Option<SocketAddr> {
+    let a = p.remote_addr.as_ref()?;
+    let port = u16::try_from(a.port).ok().filter(|&p| p != 0)?;
+    Some(SocketAddr::new(a.ip?, port))
+}
+
+/// Queued datagrams to frpc, as many per write as are queued.
+async fn write_loop<O: Owner>(
+    proxy: Rc<O>,
+    ctx: Rc<WorkerCtx>,
+    mut w: ConnWriter,
+    queue: Rc<Queue>,
+    mut framer: Framer,
+    stop: Rc<Cell<bool>>,
+    aborter: Aborter,
+) {
+    let mut out = Vec::with_capacity(BATCH + 4096);
+    while queue.ready(&stop).await {
+        out.clear();
+        while out.len() < BATCH {
+            let Some((data, from)) = queue.items.borrow_mut().pop_front() else {
+                break;
+            };
+            framer.push(
+                &Message::UdpPacket(UdpPacket {
+                    content: data,
+                    local_addr: None,
+                    remote_addr: Some(from.into()),
+                }),
+                &mut out,
+            );
+        }
+        framer.seal(&mut out);
+        let (r, o) = w.write_all(std::mem::take(&mut out)).await;
+        out = o;
+        if let Err(e) = r {
+            if !stop.get() {
+                tracing::debug!(proxy = %proxy.name(), error = %e, "udp work connection write failed");
+            }
+            aborter.abort();
+            break;
+        }
+    }
+    drop(ctx);
+}
+
+/// Frames messages and wraps them as the proxy asks (snappy, then AES-CFB
+/// with the IV ahead of the first bytes), as one buffer per write.
+struct Framer {
+    wire: Wire,
+    snappy: Option<SnappyEncoder>,
+    cipher: Option<CfbStreamWriter>,
+    plain: Vec<u8>,
+}
+
+impl Framer {
+    fn new(wire: Wire, key: Option<[u8; 16]>, compress: bool) -> Framer {
+        Framer {
+            wire,
+            snappy: compress.then(SnappyEncoder::new),
+            cipher: key.map(CfbStreamWriter::new),
+            plain: Vec::new(),
+        }
+    }
+
+    /// Frame `msg` into `out` (plaintext, or into the framer's staging
+    /// buffer when it compresses).
+    fn push(&mut self, msg: &Message, out: &mut Vec<u8>) {
+        match &self.snappy {
+            Some(_) => msgio::encode_into(msg, self.wire, &mut self.plain),
+            None => msgio::encode_into(msg, self.wire, out),
+        }
+    }
+
+    /// Compress and encrypt what was pushed, leaving `out` ready to write.
+    fn seal(&mut self, out: &mut Vec<u8>) {
+        if let Some(s) = &mut self.snappy {
+            s.encode(&self.plain, out);
+            self.plain.clear();
+        }
+        if let Some(c) = &mut self.cipher {
+            if let Some(iv) = c.encrypt_in_place(out) {
+                // The first write of the connection carries the IV first.
+                out.splice(0..0, iv);
+            }
+        }
+    }
+}
+
+/// A work connection's reading half with the proxy's wrapping undone.
+struct Unwrap {
+    r: ConnReader,
+    cipher: Option<CfbStreamReader>,
+    snappy: Option<SnappyDecoder>,
+    raw: Vec<u8>,
+    carry: Vec<u8>,
+}
+
+impl ByteRead for Unwrap {
+    async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if self.cipher.is_none() && self.snappy.is_none() {
+            return self.r.read(buf).await;
+        }
+        loop {
+            let mut raw = std::mem::take(&mut self.raw);
+            raw.clear();
+            let (res, raw) = self.r.read(raw).await;
+            let n = match res {
+                Ok(0) => {
+                    self.raw = raw;
+                    return (Ok(0), buf);
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.raw = raw;
+                    return (Err(e), buf);
+                }
+            };
+            self.raw = raw;
+            let plain: &[u8] = match &mut self.cipher {
+                // The reader swallows the IV at the start of the stream.
+                Some(c) => c.decrypt_in_place(&mut self.raw[..n]),
+                None => &self.raw[..n],
+            };
+            let before = buf.len();
+            match &mut self.snappy {
+                Some(s) => {
+                    self.carry.extend_from_slice(plain);
+                    match s.decode(&self.carry, &mut buf) {
+                        Ok(used) => {
+                            self.carry.drain(..used);
+                        }
+                        Err(e) => {
+                            return (
+                                Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                                buf,
+                            )
+                        }
+                    }
+                }
+                None => buf.extend_from_slice(plain),
+            }
+            if buf.len() > before {
+                return (Ok(buf.len() - before), buf);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let q = Queue::new(2);
+        let from: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        assert!(q.push(vec![1], from));
+        assert!(q.push(vec![2], from));
+        assert!(!q.push(vec![3], from));
+        assert_eq!(q.items.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_packet_without_a_usable_address_has_no_user() {
+        let mut p = UdpPacket {
+            content: b"x".to_vec(),
+            local_addr: None,
+            remote_addr: Some("192.0.2.1:53".parse::<SocketAddr>().unwrap().into()),
+        };
+        assert_eq!(user_addr(&p), Some("192.0.2.1:53".parse().unwrap()));
+        p.remote_addr.as_mut().unwrap().port = 70000;
+        assert_eq!(user_addr(&p), None);
+        p.remote_addr.as_mut().unwrap().port = 0;
+        assert_eq!(user_addr(&p), None);
+        p.remote_addr.as_mut().unwrap().ip = None;
+        p.remote_addr.as_mut().unwrap().port = 53;
+        assert_eq!(user_addr(&p), None);
+        p.remote_addr = None;
+        assert_eq!(user_addr(&p), None);
+    }
+
+    #[test]
+    fn framed_batches_decode_back_through_the_wrapping() {
+        let key = proto::cfb::derive_key(b"t");
+        for (enc, comp) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut f = Framer::new(Wire::V1, enc.then_some(key), comp);
+            let mut wire_bytes = Vec::new();
+            for round in 0..2u8 {
+                let mut out = Vec::new();
+                for i in 0..3u8 {
+                    let m = Message::UdpPacket(UdpPacket {
+                        content: vec![round, i],
+                        local_addr: None,
+                        remote_addr: Some("192.0.2.1:9".parse::<SocketAddr>().unwrap().into()),
+                    });
+                    f.push(&m, &mut out);
+                }
+                f.seal(&mut out);
+                wire_bytes.extend_from_slice(&out);
+            }
+            // Undo as the client does: decrypt, decompress, then frames.
+            let mut plain = wire_bytes.clone();
+            let plain = match enc {
+                true => CfbStreamReader::new(key)
+                    .decrypt_in_place(&mut plain)
+                    .to_vec(),
+                false => plain,
+            };
+            let plain = if comp {
+                let mut out = Vec::new();
+                let used = SnappyDecoder::new().decode(&plain, &mut out).unwrap();
+                assert_eq!(used, plain.len());
+                out
+            } else {
+                plain
+            };
+            let mut at = 0;
+            let mut got = Vec::new();
+            while let Some((m, used)) = proto::frame::decode(&plain[at..]).unwrap() {
+                at += used;
+                let Message::UdpPacket(p) = m else { panic!() };
+                got.push(p.content);
+            }
+            assert_eq!(at, plain.len(), "enc {enc} comp {comp}");
+            assert_eq!(
+                got,
+                vec![
+                    vec![0, 0],
+                    vec![0, 1],
+                    vec![0, 2],
+                    vec![1, 0],
+                    vec![1, 1],
+                    vec![1, 2]
+                ]
+            );
+        }
+    }
+}
