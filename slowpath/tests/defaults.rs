@@ -148,17 +148,17 @@ fn the_demo_invite_is_limited_and_says_so() {
     assert_eq!(demo["used"], 1, "{demo}");
     assert_eq!(demo["scope"]["max_conns"], 2, "{demo}");
     assert_eq!(demo["scope"]["max_proxies"], 10, "{demo}");
-    assert_eq!(demo["scope"]["proxy_types"], json!(["tcp"]), "{demo}");
+    assert_eq!(demo["scope"]["proxy_types"], json!(["tcp", "udp"]), "{demo}");
     let left = demo["expires_ms"].as_i64().unwrap() - now_ms();
     assert!(
         (23 * 3_600_000..=24 * 3_600_000).contains(&left),
         "demo invite expires in {left} ms: {demo}"
     );
 
-    // The printed frpc.toml: only served types, its limits, the way to a
-    // real invite.
+    // The printed frpc.toml: only served types (the node's tcp and udp),
+    // its limits, the way to a real invite.
     let text = std::fs::read_to_string(sp.dir.join("frpc-demo.toml")).unwrap();
-    assert!(!text.contains("udp"), "{text}");
+    assert!(text.contains("Allowed: types tcp,udp;"), "{text}");
     assert!(text.contains("slowpath invite create"), "{text}");
     assert!(text.contains("at most 5 resolves"), "{text}");
     let cfg: toml::Table = toml::from_str(&text).expect("frpc-demo.toml parses");
@@ -206,7 +206,7 @@ fn the_demo_invite_is_limited_and_says_so() {
     }
     let text = std::fs::read_to_string(sp.dir.join("frpc-demo.toml")).unwrap();
     assert!(text.contains("at most 5 resolves (1 used)"), "{text}");
-    assert!(!text.contains("udp"), "{text}");
+    assert!(text.contains("Allowed: types tcp,udp;"), "{text}");
 }
 
 fn assert_defaults(inv: &Value) {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::cfb::{CfbStreamReader, CfbStreamWriter};
 use proto::frame;
-use proto::msg::{ClientSpec, Login, Message, NewProxy, NewProxyResp, NewWorkConn, Ping};
+use proto::msg::{
+    ClientSpec, Login, Message, NewProxy, NewProxyResp, NewVisitorConn, NewWorkConn, Ping,
+};
 use proto::wire_v2::{
     self, AeadAlgorithm, AeadReader, AeadWriter, BootstrapInfo, ClientHello, FrameType, ServerHello,
 };
@@ -734,7 +736,7 @@ impl Client {
             ..Default::default()
         };
         adjust(&mut np);
-        if np.proxy_type == "udp" {
+        if np.proxy_type == "udp" || np.proxy_type == "sudp" {
             self.inner
                 .udp_proxies
                 .lock()
@@ -806,6 +808,48 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(msg)?)
+    }
+
+    /// Open a visitor connection to the secret proxy `proxy` (its full
+    /// name, `user.name`) as frpc's stcp/sudp visitor does: NewVisitorConn
+    /// signed with `sk` at `timestamp` (None: now), then the stream,
+    /// wrapped in `useEncryption` (key: `sk`) and `useCompression` as
+    /// asked. The server's refusal is `ClientError::Refused`.
+    pub fn visit(
+        &self,
+        proxy: &str,
+        sk: &str,
+        timestamp: Option<i64>,
+        use_encryption: bool,
+        use_compression: bool,
+    ) -> Result<(DecodeReader<BoxRead>, EncodeWriter<BoxWrite>), ClientError> {
+        let (mut r, mut w) = self.inner.open_conn()?;
+        let v2 = self.inner.opts.wire_v2;
+        let ts = timestamp.unwrap_or_else(now_secs);
+        let mut first = Vec::new();
+        if v2 {
+            first.extend_from_slice(&wire_v2::MAGIC);
+        }
+        let nvc = Message::NewVisitorConn(NewVisitorConn {
+            run_id: self.inner.run_id.clone(),
+            proxy_name: proxy.to_string(),
+            sign_key: proto::auth::privilege_key(sk, ts),
+            timestamp: ts,
+            use_encryption,
+            use_compression,
+        });
+        first.extend_from_slice(&encode_msg(&nvc, v2));
+        w.write_all(&first)?;
+        match read_msg_exact(&mut r, v2)? {
+            Message::NewVisitorConnResp(resp) if resp.error.is_empty() => {}
+            Message::NewVisitorConnResp(resp) => return Err(ClientError::Refused(resp.error)),
+            other => return Err(unexpected("NewVisitorConnResp", &other)),
+        }
+        let key = use_encryption.then(|| proto::cfb::derive_key(sk.as_bytes()));
+        Ok((
+            DecodeReader::new(r, key, use_compression),
+            EncodeWriter::new(w, key, use_compression),
+        ))
     }
 
     /// Stop reading (true) or read again (false) the work connections of

@@ -14,7 +14,7 @@
 //!    → into the owning session's pool, moving to the owner worker when it
 //!    lives elsewhere, if it came the way that session's frpc sends them
 //!    ([`work_conns`]);
-//!    `NewVisitorConn` → refused (visitors come later).
+//!    `NewVisitorConn` → a visitor of a secret proxy ([`visitor`]).
 //!
 //! Before step 1 the connection takes its place at the worker's pre-auth
 //! gate ([`preauth`](crate::transport::preauth)) or is closed; it gives the
@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
-use proto::msg::{Message, NewVisitorConnResp};
-use proto::policy::Refusal;
+use proto::msg::Message;
 use proto::wire_v2::{self, FrameType};
 
 use crate::frp::control::{self, ControlWire, Sessions};
-use crate::frp::msgio::{self, MsgError, MsgReader, Wire};
+use crate::frp::msgio::{MsgError, MsgReader, Wire};
+use crate::frp::visitor;
 use crate::frp::work_conns;
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::{WorkerCtx, IDENTIFY_DEADLINE};
@@ -277,13 +277,8 @@ async fn identify(
             work_conns::route(&ctx, &sessions, conn, offer).await;
         }
         Message::NewVisitorConn(v) => {
-            let r = Refusal::visitors_not_supported();
-            tracing::info!(%peer, proxy = %v.proxy_name, kind = %r.kind, reason = %r.detail, "visitor connection refused");
-            let resp = Message::NewVisitorConnResp(NewVisitorConnResp {
-                proxy_name: v.proxy_name,
-                error: r.detail,
-            });
-            msgio::refuse(conn, &resp, wire).await;
+            let pending = reader.into_pending();
+            Box::pin(visitor::serve(ctx, conn, v, wire, pending, peer)).await
         }
         other => {
             WorkerStats::bump(&ctx.stats().protocol_errors, 1);

@@ -377,11 +377,13 @@ fn admit(
     decide::login_metas(&login.metas)
         .and_then(|()| authorize(shared, login))
         .and_then(|a| {
-            let reg = shared
-                .directory
-                .register(&login.run_id, a.grant, me, |reconnect| {
-                    shared.policy.admit_session(a.grant, reconnect)
-                })?;
+            let reg = shared.directory.register(
+                &login.run_id,
+                a.grant,
+                &login.user,
+                me,
+                |reconnect| shared.policy.admit_session(a.grant, reconnect),
+            )?;
             Ok((a, reg))
         })
 }

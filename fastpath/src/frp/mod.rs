@@ -4,7 +4,8 @@
 //! [`work_conns`]; frp messages over any transport are read and written by
 //! [`msgio`]. Virtual hosts (`vhostHTTPSPort`) are routed by [`vhost`]; a
 //! `udp` proxy's datagrams travel as messages on one work connection
-//! ([`udp`]).
+//! ([`udp`]). Visitors of secret proxies (`stcp`, `sudp`) are joined to
+//! them by [`visitor`].
 
 pub mod accept;
 pub mod control;
@@ -15,4 +16,5 @@ pub mod proxy;
 pub mod targets;
 pub mod udp;
 pub mod vhost;
+pub mod visitor;
 pub mod work_conns;

@@ -108,7 +108,7 @@ pub fn supported(cfg: &Config) -> ProxyTypes {
     if cfg.tcpmux_http_connect_port != 0 {
         types = types.with(ProxyType::Tcpmux);
     }
-    types
+    types.with(ProxyType::Stcp).with(ProxyType::Sudp)
 }
 
 /// The shared route table of a vhost proxy type.
@@ -191,6 +191,7 @@ impl Proxy {
             ProxyType::Tcp if !np.group.is_empty() => {
                 claim_tcp_group(control, &np, &decided, valid.remote_port)
             }
+            kind @ (ProxyType::Stcp | ProxyType::Sudp) => claim_secret(control, &np, kind),
             ProxyType::Udp => {
                 claim_udp(shared, &np.proxy_name, &decided).map(|(port, s)| Claimed {
                     port,
@@ -333,6 +334,12 @@ impl Proxy {
                 Some(g) => ctx.shared.groups.leave(g, &self.name),
                 None => true,
             };
+            if matches!(
+                ProxyType::from_frp(&self.proxy_type),
+                Some(ProxyType::Stcp | ProxyType::Sudp)
+            ) {
+                ctx.shared.visitors.remove(&self.name);
+            }
             if let Some(invite) = self.vhost.as_ref().and_then(|v| v.tunnel) {
                 ctx.shared.edge.tunnels.remove(invite, &self.name);
             }
@@ -603,6 +610,45 @@ fn claim(
         shared.directory.release_proxy(name);
     }
     bound
+}
+
+/// Claim a secret proxy's (`stcp`, `sudp`) name server-wide and list it
+/// for its visitors; it has no port.
+fn claim_secret(control: &Control, np: &NewProxy, kind: ProxyType) -> Result<Claimed, Refusal> {
+    let shared = &control.ctx().shared;
+    if np.sk.is_empty() {
+        return Err(Refusal::invalid_proxy(format!(
+            "{} proxy [{}] needs a secretKey",
+            kind.name(),
+            np.proxy_name
+        )));
+    }
+    if !shared.directory.claim_proxy(&np.proxy_name) {
+        return Err(Refusal::proxy_exists(&np.proxy_name));
+    }
+    // frps: no allowUsers admits only the proxy's own user.
+    let allow_users = if np.allow_users.is_empty() {
+        vec![control.who.login.user.clone()]
+    } else {
+        np.allow_users.clone()
+    };
+    shared.visitors.add(
+        &np.proxy_name,
+        crate::frp::targets::SecretProxy {
+            kind,
+            worker: control.ctx().id,
+            control_id: control.who.id,
+            sk: np.sk.clone(),
+            allow_users,
+        },
+    );
+    Ok(Claimed {
+        port: 0,
+        listener: None,
+        udp: None,
+        vhost: None,
+        group: None,
+    })
 }
 
 /// Claim a udp proxy's name and its UDP port server-wide and bind its

@@ -395,3 +395,42 @@ mod tests {
         join(Grant::Node, "k", "d").unwrap();
     }
 }
+
+/// A secret proxy, as visitors find it.
+#[derive(Debug, Clone)]
+pub struct SecretProxy {
+    /// `stcp` or `sudp`.
+    pub kind: ProxyType,
+    /// The worker of its session.
+    pub worker: usize,
+    /// Its session's control there.
+    pub control_id: u64,
+    /// `secretKey`.
+    pub sk: String,
+    /// Users whose visitors may connect: `allowUsers`, or the proxy's own
+    /// user when it gave none; `*` is anyone.
+    pub allow_users: Vec<String>,
+}
+
+/// The secret proxies of all workers, by full name.
+#[derive(Default)]
+pub struct Visitors {
+    proxies: parking_lot::RwLock<HashMap<String, SecretProxy>>,
+}
+
+impl Visitors {
+    /// A secret proxy registered (its name is claimed already).
+    pub fn add(&self, name: &str, p: SecretProxy) {
+        self.proxies.write().insert(name.to_owned(), p);
+    }
+
+    /// It closed.
+    pub fn remove(&self, name: &str) {
+        self.proxies.write().remove(name);
+    }
+
+    /// The secret proxy of this name.
+    pub fn get(&self, name: &str) -> Option<SecretProxy> {
+        self.proxies.read().get(name).cloned()
+    }
+}

@@ -135,7 +135,7 @@ async fn serve(ctx: Rc<WorkerCtx>, nodes: Rc<MeshNodes>, stream: TcpStream, peer
             let (s, state) = t.into_parts();
             (detach(s), Some(state))
         }
-        Conn::Mux(_) => return,
+        Conn::Mux(_) | Conn::Bridge(_) => return,
     };
     let moved = MovedMesh {
         socket,

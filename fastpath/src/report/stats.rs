@@ -100,6 +100,11 @@ pub struct WorkerStats {
     /// Datagrams a `udp` proxy dropped: its queue for frpc was full
     /// (`fastpath.udpQueue`), or frpc's answer named no user address.
     pub udp_dropped: AtomicU64,
+    /// Visitor connections joined to their secret proxy (`stcp`, `sudp`).
+    pub visitors: AtomicU64,
+    /// Visitor connections refused (no such proxy, a bad signature or
+    /// timestamp, a user not allowed).
+    pub visitors_refused: AtomicU64,
     /// Mesh nodes connected to this worker's relay now.
     pub mesh_nodes: AtomicI64,
     /// Mesh connections refused at authentication (ERROR 1001-1006).
@@ -174,6 +179,8 @@ impl WorkerStats {
             udp_datagrams_in: self.udp_datagrams_in.load(Relaxed),
             udp_datagrams_out: self.udp_datagrams_out.load(Relaxed),
             udp_dropped: self.udp_dropped.load(Relaxed),
+            visitors: self.visitors.load(Relaxed),
+            visitors_refused: self.visitors_refused.load(Relaxed),
             mesh_nodes: self.mesh_nodes.load(Relaxed),
             mesh_refused: self.mesh_refused.load(Relaxed),
             mesh_tls: self.mesh_tls.load(Relaxed),
@@ -243,6 +250,10 @@ pub struct StatsSnapshot {
     pub udp_datagrams_out: u64,
     /// See [`WorkerStats::udp_dropped`].
     pub udp_dropped: u64,
+    /// See [`WorkerStats::visitors`].
+    pub visitors: u64,
+    /// See [`WorkerStats::visitors_refused`].
+    pub visitors_refused: u64,
     /// See [`WorkerStats::mesh_nodes`].
     pub mesh_nodes: i64,
     /// See [`WorkerStats::mesh_refused`].

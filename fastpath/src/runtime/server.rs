@@ -138,6 +138,7 @@ impl Server {
             tls,
             http_routes: Default::default(),
             groups: Default::default(),
+            visitors: Default::default(),
             not_found_page,
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),

@@ -71,6 +71,9 @@ pub struct SessionRef {
 struct SessionEntry {
     at: SessionRef,
     owner: Grant,
+    /// Its Login's `user`: who its visitor connections speak for
+    /// (`allowUsers` of stcp/sudp proxies).
+    user: String,
 }
 
 /// What [`Directory::register`] did for a login.
@@ -113,6 +116,7 @@ impl Directory {
         &self,
         wanted: &str,
         owner: Grant,
+        user: &str,
         at: SessionRef,
         admit: impl FnOnce(bool) -> Result<(), E>,
     ) -> Result<Registered, E> {
@@ -125,7 +129,14 @@ impl Directory {
         };
         admit(reconnect)?;
         let replaced = map
-            .insert(run_id.clone(), SessionEntry { at, owner })
+            .insert(
+                run_id.clone(),
+                SessionEntry {
+                    at,
+                    owner,
+                    user: user.to_owned(),
+                },
+            )
             .map(|old| old.at);
         Ok(Registered { run_id, replaced })
     }
@@ -141,6 +152,11 @@ impl Directory {
     /// Where the session with this run_id lives.
     pub fn find_session(&self, run_id: &str) -> Option<SessionRef> {
         self.sessions.lock().get(run_id).map(|e| e.at)
+    }
+
+    /// The Login `user` of the session with this run_id.
+    pub fn session_user(&self, run_id: &str) -> Option<String> {
+        self.sessions.lock().get(run_id).map(|e| e.user.clone())
     }
 
     /// Reserve a proxy name server-wide; false if it exists.
@@ -197,6 +213,8 @@ pub struct Shared {
     /// The body of the 404 for a request no `http` proxy serves
     /// (`custom404Page`, or our own page).
     pub not_found_page: Vec<u8>,
+    /// Secret proxies (`stcp`, `sudp`), all workers', for their visitors.
+    pub visitors: crate::frp::targets::Visitors,
     /// Load-balancing groups (`loadBalancer.group`), all workers'.
     pub groups: crate::frp::targets::Groups,
     /// Live `https` routes (server name → proxy), all workers'.
@@ -255,7 +273,7 @@ mod tests {
     fn register(d: &Directory, wanted: &str, owner: Grant, at: SessionRef) -> (Registered, bool) {
         let mut seen = None;
         let r = d
-            .register(wanted, owner, at, |reconnect| {
+            .register(wanted, owner, "", at, |reconnect| {
                 seen = Some(reconnect);
                 Ok::<(), ()>(())
             })
@@ -302,10 +320,10 @@ mod tests {
     fn a_refused_login_registers_nothing() {
         let d = Directory::default();
         register(&d, "r", Grant::Node, A);
-        let r = d.register("r", Grant::Node, B, |_| Err("full"));
+        let r = d.register("r", Grant::Node, "", B, |_| Err("full"));
         assert_eq!(r, Err("full"));
         assert_eq!(d.find_session("r"), Some(A));
-        let r = d.register("", Grant::Node, B, |_| Err("full"));
+        let r = d.register("", Grant::Node, "", B, |_| Err("full"));
         assert_eq!(r, Err("full"));
     }
 }

@@ -246,6 +246,7 @@ async fn inbox_loop(
             }
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
             WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
+            WorkerMsg::Visitor(moved) => crate::frp::visitor::adopt(sessions, *moved),
             WorkerMsg::MeshConn(moved) => {
                 monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
             }

@@ -15,6 +15,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+use crate::transport::bridge::{BridgeAborter, BridgeEnd, BridgeReader, BridgeWriter};
 use crate::transport::mux::{MuxReader, MuxStream, MuxWriter};
 use crate::transport::tls::{TlsReader, TlsStream, TlsWriter};
 
@@ -72,6 +73,8 @@ pub enum Conn {
     Tls(Box<TlsStream>, Rc<SocketFd>),
     /// A yamux stream.
     Mux(MuxStream),
+    /// One end of a [`bridge`](crate::transport::bridge) to another task.
+    Bridge(BridgeEnd),
 }
 
 impl Conn {
@@ -93,6 +96,7 @@ impl Conn {
             Conn::Tcp(..) => "tcp",
             Conn::Tls(..) => "tls",
             Conn::Mux(_) => "mux",
+            Conn::Bridge(_) => "bridge",
         }
     }
 
@@ -103,7 +107,7 @@ impl Conn {
     pub fn mux_session(&self) -> Option<u64> {
         match self {
             Conn::Mux(s) => Some(s.conn().id()),
-            Conn::Tcp(..) | Conn::Tls(..) => None,
+            Conn::Tcp(..) | Conn::Tls(..) | Conn::Bridge(_) => None,
         }
     }
 
@@ -113,6 +117,7 @@ impl Conn {
             Conn::Tcp(s, _) => read_append(s, buf).await,
             Conn::Tls(s, _) => s.read(buf).await,
             Conn::Mux(s) => s.read(buf).await,
+            Conn::Bridge(b) => b.read(buf).await,
         }
     }
 
@@ -125,6 +130,10 @@ impl Conn {
             }
             Conn::Tls(s, _) => s.write_all(buf).await,
             Conn::Mux(s) => s.write_all(buf).await,
+            Conn::Bridge(b) => {
+                let r = b.write_all(&buf).await;
+                (r, buf)
+            }
         }
     }
 
@@ -168,6 +177,10 @@ impl Conn {
                 let (r, w) = s.into_split();
                 (ConnReader::Mux(r), ConnWriter::Mux(w))
             }
+            Conn::Bridge(b) => {
+                let (r, w) = b.into_split();
+                (ConnReader::Bridge(r), ConnWriter::Bridge(w))
+            }
         }
     }
 
@@ -177,6 +190,7 @@ impl Conn {
         match self {
             Conn::Tcp(_, fd) | Conn::Tls(_, fd) => Aborter::Socket(Rc::downgrade(fd)),
             Conn::Mux(s) => Aborter::Mux(s.conn().clone(), s.id()),
+            Conn::Bridge(b) => Aborter::Bridge(b.aborter()),
         }
     }
 }
@@ -186,6 +200,7 @@ pub enum ConnReader {
     Tcp(OwnedReadHalf<TcpStream>, Rc<SocketFd>),
     Tls(TlsReader, Rc<SocketFd>),
     Mux(MuxReader),
+    Bridge(BridgeReader),
 }
 
 impl ConnReader {
@@ -195,6 +210,7 @@ impl ConnReader {
             ConnReader::Tcp(s, _) => read_append(s, buf).await,
             ConnReader::Tls(s, _) => s.read(buf).await,
             ConnReader::Mux(s) => s.read(buf).await,
+            ConnReader::Bridge(b) => b.read(buf).await,
         }
     }
 
@@ -237,6 +253,7 @@ impl ConnReader {
         match self {
             ConnReader::Tcp(_, fd) | ConnReader::Tls(_, fd) => Aborter::Socket(Rc::downgrade(fd)),
             ConnReader::Mux(r) => r.aborter(),
+            ConnReader::Bridge(b) => Aborter::Bridge(b.aborter()),
         }
     }
 }
@@ -246,6 +263,7 @@ pub enum ConnWriter {
     Tcp(OwnedWriteHalf<TcpStream>, Rc<SocketFd>),
     Tls(TlsWriter, Rc<SocketFd>),
     Mux(MuxWriter),
+    Bridge(BridgeWriter),
 }
 
 impl ConnWriter {
@@ -264,6 +282,10 @@ impl ConnWriter {
                 let r = s.write_slice(init_slice(&buf)).await;
                 (r, buf)
             }
+            ConnWriter::Bridge(b) => {
+                let r = b.write_all(init_slice(&buf)).await;
+                (r, buf)
+            }
         }
     }
 
@@ -275,6 +297,7 @@ impl ConnWriter {
             }
             ConnWriter::Tls(s, _) => s.shutdown().await,
             ConnWriter::Mux(s) => s.shutdown(),
+            ConnWriter::Bridge(b) => b.shutdown(),
         }
     }
 }
@@ -289,6 +312,8 @@ pub enum Aborter {
     Socket(Weak<SocketFd>),
     /// A yamux stream: the session and the stream id.
     Mux(Rc<crate::transport::mux::MuxConn>, u32),
+    /// A bridge between two tasks.
+    Bridge(BridgeAborter),
 }
 
 impl Aborter {
@@ -306,6 +331,7 @@ impl Aborter {
                 }
             }
             Aborter::Mux(conn, id) => crate::transport::mux::abort_stream(conn, *id),
+            Aborter::Bridge(b) => b.abort(),
         }
     }
 }

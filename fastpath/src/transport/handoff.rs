@@ -3,7 +3,9 @@
 //! The only cross-thread traffic in the fastpath: a connection that landed
 //! on the wrong worker moves to its owner as a file descriptor (plus, for
 //! TLS, the rustls session state), and a session that was replaced on
-//! another worker is told to close. Bytes are never relayed across threads.
+//! another worker is told to close. Bytes cross threads only through the
+//! [`bridge`](crate::transport::bridge) of a visitor whose proxy lives on
+//! another worker.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -23,6 +25,9 @@ pub enum WorkerMsg {
     /// Mesh frames for a link this worker holds (`relay` ≠ 0) or for nodes
     /// it serves (`relay` = 0): whole seed frames back to back.
     MeshFrames { relay: u32, frames: Vec<u8> },
+    /// A visitor of a secret proxy whose session this worker owns: the
+    /// far end of the bridge to relay with a work connection.
+    Visitor(Box<MovedVisitor>),
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },
@@ -72,6 +77,18 @@ pub struct MovedVhost {
     pub peer: SocketAddr,
     /// The route it matched.
     pub target: crate::frp::targets::VhostTarget,
+}
+
+/// A visitor's far end, in transit to the proxy's worker.
+pub struct MovedVisitor {
+    /// The proxy's full name.
+    pub proxy: String,
+    /// The control of its session.
+    pub control_id: u64,
+    /// The bridge end to relay with a work connection.
+    pub end: crate::transport::bridge::BridgeEnd,
+    /// The visitor's address (StartWorkConn's source).
+    pub peer: SocketAddr,
 }
 
 /// What a work connection said about itself, apart from the connection.

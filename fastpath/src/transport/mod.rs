@@ -1,8 +1,9 @@
 //! The byte-moving core: the three kinds of byte stream ([`conn`]: plain
 //! TCP, [`tls`], and [`mux`] streams over yamux), the listeners
-//! ([`listener`]), and the file-descriptor handoff between workers
-//! ([`handoff`]).
+//! ([`listener`]), the file-descriptor handoff between workers
+//! ([`handoff`]), and [`bridge`]s joining two relays.
 
+pub mod bridge;
 pub mod conn;
 pub mod handoff;
 pub mod listener;

@@ -247,14 +247,6 @@ impl Refusal {
         )
     }
 
-    /// Visitor connections (stcp, sudp, xtcp) are not implemented (yet).
-    pub fn visitors_not_supported() -> Refusal {
-        Refusal::new(
-            RefusalKind::TypeNotSupported,
-            "visitor connections are not supported by this server yet",
-        )
-    }
-
     /// frps: a virtual-host route another proxy holds ("router config
     /// conflict"); the domain follows.
     pub fn route_conflict(domain: &str) -> Refusal {

@@ -22,13 +22,17 @@ pub const ONLINE_WINDOW_MS: i64 = 30_000;
 /// Default port pool for a node registered without one.
 pub const DEFAULT_PORT_POOL: &str = "10000-10999";
 
-/// The proxy types the fastpath serves on `node`: tcp always, http and
-/// https when the node has the vhost port for them (`fastpath/src/frp/proxy.rs`
-/// refuses the others as "not supported by this server yet"). A node may
-/// allow more (a stock frps governed through the frps plugin serves udp),
-/// but what `slowpath up` hands out for its own fastpath lists only these.
+/// The proxy types the fastpath serves on `node`: tcp, udp, stcp and sudp
+/// always, http and https when the node has the vhost port for them
+/// (`fastpath/src/frp/proxy.rs` refuses the others as "not supported by
+/// this server"). A node may allow more (a stock frps governed through the
+/// frps plugin serves xtcp), but what `slowpath up` hands out for its own
+/// fastpath lists only these.
 pub fn fastpath_proxy_types(node: &Node) -> ProxyTypes {
-    let mut types = ProxyTypes::only(ProxyType::Tcp);
+    let mut types = ProxyTypes::only(ProxyType::Tcp)
+        .with(ProxyType::Udp)
+        .with(ProxyType::Stcp)
+        .with(ProxyType::Sudp);
     if node.vhost_http_port != 0 {
         types = types.with(ProxyType::Http);
     }
