@@ -148,7 +148,11 @@ fn the_demo_invite_is_limited_and_says_so() {
     assert_eq!(demo["used"], 1, "{demo}");
     assert_eq!(demo["scope"]["max_conns"], 2, "{demo}");
     assert_eq!(demo["scope"]["max_proxies"], 10, "{demo}");
-    assert_eq!(demo["scope"]["proxy_types"], json!(["tcp", "udp"]), "{demo}");
+    assert_eq!(
+        demo["scope"]["proxy_types"],
+        json!(["tcp", "udp"]),
+        "{demo}"
+    );
     let left = demo["expires_ms"].as_i64().unwrap() - now_ms();
     assert!(
         (23 * 3_600_000..=24 * 3_600_000).contains(&left),

@@ -90,6 +90,36 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// UDP datagrams through a `udp` proxy, fastpath against frps with the
+    /// same stock frpc, open loop at each offered rate; prints a markdown
+    /// table (medians over the repeats).
+    Udp {
+        /// frps (FRPS_BIN).
+        #[arg(long, env = "FRPS_BIN")]
+        frps: PathBuf,
+        /// frpc (FRPC_BIN).
+        #[arg(long, env = "FRPC_BIN")]
+        frpc: PathBuf,
+        /// The fastpath (default: the one built next to this binary).
+        #[arg(long, env = "FASTPATH_BIN")]
+        fastpath: Option<PathBuf>,
+        /// Datagram sizes, bytes.
+        #[arg(long, value_delimiter = ',', default_value = "64,1200")]
+        sizes: Vec<usize>,
+        /// Offered rates, datagrams/s (0: as fast as the sender goes).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,20000,40000,80000,160000,0"
+        )]
+        rates: Vec<f64>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Rounds (systems alternate which goes first).
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+    },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
         /// A directory holding run.json.
@@ -188,6 +218,39 @@ fn main() -> ExitCode {
             eprintln!("{} lookups of each kind, mean per lookup", r.lookups);
             Ok(())
         }
+        Cmd::Udp {
+            frps,
+            frpc,
+            fastpath,
+            sizes,
+            rates,
+            secs,
+            repeats,
+        } => (|| -> anyhow::Result<()> {
+            let fastpath = fastpath
+                .or_else(|| bench::harness::systems::sibling_binary("fastpath"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no fastpath binary next to this one: build it, or give --fastpath"
+                    )
+                })?;
+            let scratch =
+                std::env::temp_dir().join(format!("totoro-bench-udp-{}", std::process::id()));
+            let c = bench::load::udp::Compare {
+                fastpath,
+                frps,
+                frpc,
+                sizes,
+                rates,
+                secs,
+                repeats: repeats.max(1),
+                scratch: scratch.clone(),
+            };
+            let cells = bench::load::udp::compare(&c);
+            let _ = std::fs::remove_dir_all(&scratch);
+            print!("{}", bench::load::udp::markdown(&c, &cells?));
+            Ok(())
+        })(),
         Cmd::Report { dir } => (|| -> anyhow::Result<()> {
             let p = dir.join("run.json");
             let text =

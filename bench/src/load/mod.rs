@@ -11,6 +11,8 @@
 //! - [`login`]: frp logins per second, each a fresh session that is then
 //!   dropped.
 //! - [`proxies`]: many registered (idle) proxies, and their cost in RSS.
+//! - [`udp`]: datagrams through a `udp` proxy at an offered rate, and what
+//!   came back (`totoro-bench udp`: fastpath against frps, same frpc).
 //! - [`attack`]: attacks on the server's memory (streams before login,
 //!   stalled connections, users who never read, a Ping flood), and what the
 //!   server holds during and after each.
@@ -40,6 +42,7 @@ pub mod idle;
 pub mod latency;
 pub mod login;
 pub mod proxies;
+pub mod udp;
 
 /// Largest latency a histogram holds (60 s, in µs); larger values saturate.
 const MAX_US: u64 = 60_000_000;

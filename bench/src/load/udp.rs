@@ -1,0 +1,423 @@
+//! UDP datagrams through a `udp` proxy: an open-loop sender at a fixed
+//! offered rate (or as fast as it can, rate 0), numbered datagrams to an
+//! echo service behind the proxy, and a receiver that counts each number
+//! back once. What comes back after the sending window and a grace second
+//! is lost.
+//!
+//! [`compare`] runs the side-by-side table of `totoro-bench udp`: the
+//! fastpath and frps, each with the same stock frpc and one udp proxy to
+//! an in-process echo service, at every size and offered rate, systems
+//! alternating in each repeat.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::proc::{cpu_seconds, free_port, wait_listening, Daemon};
+
+/// What one run saw.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpRun {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Distinct datagrams that came back.
+    pub received: u64,
+    /// How long the sending took, seconds.
+    pub secs: f64,
+}
+
+impl UdpRun {
+    /// Datagrams offered per second (what was sent).
+    pub fn offered(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
+
+    /// Datagrams echoed per second of the sending window.
+    pub fn echoed(&self) -> f64 {
+        self.received as f64 / self.secs
+    }
+
+    /// The share of datagrams that did not come back, percent.
+    pub fn loss_pct(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        100.0 * (self.sent - self.received.min(self.sent)) as f64 / self.sent as f64
+    }
+}
+
+/// A UDP echo service on loopback, in this process, until dropped.
+pub struct Echo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    /// Start it.
+    pub fn start() -> io::Result<Echo> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+        let addr = s.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::Builder::new()
+            .name("udp-echo".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !st.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            })?;
+        Ok(Echo { addr, stop })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Offer `rate` datagrams/s (0: as fast as the sender goes) of `size`
+/// bytes to `target` for `secs` seconds; count what comes back.
+pub fn open_loop(target: SocketAddr, size: usize, rate: f64, secs: f64) -> io::Result<UdpRun> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.connect(target)?;
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+    s.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let r = s.try_clone()?;
+    let size = size.max(8);
+    let done = Arc::new(AtomicBool::new(false));
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let receiver = {
+        let (done, sent_total) = (done.clone(), sent_total.clone());
+        std::thread::spawn(move || {
+            let mut seen: Vec<u64> = Vec::new();
+            let mut received = 0u64;
+            let mut buf = vec![0u8; 65536];
+            let mut grace: Option<Instant> = None;
+            loop {
+                if done.load(Ordering::Acquire) {
+                    let g = *grace.get_or_insert_with(Instant::now);
+                    if g.elapsed() > Duration::from_secs(1) {
+                        break;
+                    }
+                }
+                let Ok(n) = r.recv(&mut buf) else { continue };
+                if n < 8 {
+                    continue;
+                }
+                let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8]));
+                if seq >= sent_total.load(Ordering::Acquire) + 1_000_000 {
+                    continue;
+                }
+                let (w, b) = ((seq / 64) as usize, 1u64 << (seq % 64));
+                if seen.len() <= w {
+                    seen.resize(w + 1024, 0);
+                }
+                if seen[w] & b == 0 {
+                    seen[w] |= b;
+                    received += 1;
+                }
+            }
+            received
+        })
+    };
+    let mut d = vec![0x5au8; size];
+    let t0 = Instant::now();
+    let window = Duration::from_secs_f64(secs);
+    let mut seq = 0u64;
+    loop {
+        let elapsed = t0.elapsed();
+        if elapsed >= window {
+            break;
+        }
+        let due = if rate > 0.0 {
+            (elapsed.as_secs_f64() * rate) as u64
+        } else {
+            seq + 64
+        };
+        if seq >= due {
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        while seq < due {
+            d[..8].copy_from_slice(&seq.to_be_bytes());
+            // A full socket buffer drops the datagram here: it counts as
+            // sent and lost, as it would for a real sender.
+            let _ = s.send(&d);
+            seq += 1;
+        }
+        sent_total.store(seq, Ordering::Release);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    sent_total.store(seq, Ordering::Release);
+    done.store(true, Ordering::Release);
+    let received = receiver.join().unwrap_or(0);
+    Ok(UdpRun {
+        sent: seq,
+        received,
+        secs,
+    })
+}
+
+/// A server under test, and the stock frpc that serves its udp proxy.
+struct System {
+    _server: Daemon,
+    _frpc: Daemon,
+    server_pid: u32,
+    frpc_pid: u32,
+    port: u16,
+}
+
+/// What to compare and how.
+pub struct Compare {
+    /// The fastpath binary.
+    pub fastpath: PathBuf,
+    /// frps.
+    pub frps: PathBuf,
+    /// frpc, the same for both.
+    pub frpc: PathBuf,
+    /// Datagram sizes.
+    pub sizes: Vec<usize>,
+    /// Offered rates (0: unpaced).
+    pub rates: Vec<f64>,
+    /// Seconds per run.
+    pub secs: f64,
+    /// Rounds, systems alternating.
+    pub repeats: usize,
+    /// Where configs and logs go.
+    pub scratch: PathBuf,
+}
+
+/// One cell: a system at a size and rate in one round.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// "fastpath" or "frps".
+    pub system: &'static str,
+    /// Round.
+    pub repeat: usize,
+    /// Datagram size.
+    pub size: usize,
+    /// Offered rate asked (0: unpaced).
+    pub rate: f64,
+    /// What it saw.
+    pub run: UdpRun,
+    /// Server CPU-seconds during the run.
+    pub server_cpu: f64,
+    /// frpc CPU-seconds during the run.
+    pub frpc_cpu: f64,
+}
+
+fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
+    let dir = c.scratch.join(kind);
+    std::fs::create_dir_all(&dir)?;
+    let bind = free_port();
+    let remote = free_port();
+    let token = "udp-bench";
+    let server_cfg = dir.join("server.toml");
+    let server = match kind {
+        "fastpath" => {
+            std::fs::write(
+                &server_cfg,
+                format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"{token}\"\n"),
+            )?;
+            Daemon::spawn_logging(&c.fastpath, &["-c", path(&server_cfg)?], "warn")?
+        }
+        _ => {
+            std::fs::write(
+                &server_cfg,
+                format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n"),
+            )?;
+            Daemon::spawn_logging(&c.frps, &["-c", path(&server_cfg)?], "warn")?
+        }
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{bind}").parse()?;
+    anyhow::ensure!(
+        wait_listening(addr, Duration::from_secs(10)),
+        "{kind} did not start: {:?}",
+        server.log()
+    );
+    let frpc_cfg = dir.join("frpc.toml");
+    std::fs::write(
+        &frpc_cfg,
+        format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n\
+             [[proxies]]\nname = \"udp\"\ntype = \"udp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {}\nremotePort = {remote}\n",
+            echo.port()
+        ),
+    )?;
+    let frpc = Daemon::spawn_logging(&c.frpc, &["-c", path(&frpc_cfg)?], "warn")?;
+    // Ready when a datagram comes back.
+    let probe = UdpSocket::bind("127.0.0.1:0")?;
+    probe.connect(("127.0.0.1", remote))?;
+    probe.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 64];
+    loop {
+        let _ = probe.send(&[0u8; 8]);
+        if probe.recv(&mut buf).is_ok() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{kind}: the udp proxy did not answer within 15 s; frpc: {:?}",
+            frpc.log()
+        );
+    }
+    // Let the probes' answers drain.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(System {
+        server_pid: server.pid(),
+        frpc_pid: frpc.pid(),
+        _server: server,
+        _frpc: frpc,
+        port: remote,
+    })
+}
+
+fn path(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", p.display()))
+}
+
+/// Run the comparison; every cell, in the order run.
+pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
+    let echo = Echo::start()?;
+    let mut cells = Vec::new();
+    for repeat in 0..c.repeats {
+        // Alternate which system goes first.
+        let order: [&'static str; 2] = if repeat % 2 == 0 {
+            ["fastpath", "frps"]
+        } else {
+            ["frps", "fastpath"]
+        };
+        for system in order {
+            let sys = start(system, c, echo.addr)?;
+            let target: SocketAddr = format!("127.0.0.1:{}", sys.port).parse()?;
+            for &size in &c.sizes {
+                for &rate in &c.rates {
+                    let (s0, f0) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.frpc_pid));
+                    let run = open_loop(target, size, rate, c.secs)?;
+                    let (s1, f1) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.frpc_pid));
+                    eprintln!(
+                        "  {system} {size} B @ {}: offered {:.0}/s echoed {:.0}/s loss {:.2}%",
+                        if rate > 0.0 {
+                            format!("{rate:.0}")
+                        } else {
+                            "max".into()
+                        },
+                        run.offered(),
+                        run.echoed(),
+                        run.loss_pct()
+                    );
+                    cells.push(Cell {
+                        system,
+                        repeat,
+                        size,
+                        rate,
+                        run,
+                        server_cpu: s1 - s0,
+                        frpc_cpu: f1 - f0,
+                    });
+                    // Whatever is still queued drains before the next rate.
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+    Ok(cells)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The markdown table: per size and offered rate, each system's median
+/// echo rate, loss and server CPU per 100k datagrams, and the ratio of
+/// the echo rates.
+pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
+    let mut o = String::from(
+        "| size | offered/s | fastpath echoed/s | loss | frps echoed/s | loss | ratio | fastpath server CPU-s per 100k | frps | frpc CPU-s per 100k, fastpath / frps |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &size in &c.sizes {
+        for &rate in &c.rates {
+            let pick = |sys: &str| -> Vec<&Cell> {
+                cells
+                    .iter()
+                    .filter(|x| x.system == sys && x.size == size && x.rate == rate)
+                    .collect()
+            };
+            let stat = |v: &[&Cell]| {
+                (
+                    median(v.iter().map(|x| x.run.offered()).collect()),
+                    median(v.iter().map(|x| x.run.echoed()).collect()),
+                    median(v.iter().map(|x| x.run.loss_pct()).collect()),
+                    median(
+                        v.iter()
+                            .map(|x| 1e5 * x.server_cpu / x.run.received.max(1) as f64)
+                            .collect(),
+                    ),
+                    median(
+                        v.iter()
+                            .map(|x| 1e5 * x.frpc_cpu / x.run.received.max(1) as f64)
+                            .collect(),
+                    ),
+                )
+            };
+            let (fo, fe, fl, fc, ff) = stat(&pick("fastpath"));
+            let (_, se, sl, sc, sf) = stat(&pick("frps"));
+            let offered = if rate > 0.0 {
+                format!("{rate:.0}")
+            } else {
+                format!("max ({fo:.0})")
+            };
+            o.push_str(&format!(
+                "| {size} B | {offered} | {fe:.0} | {fl:.2}% | {se:.0} | {sl:.2}% | {:.2}× | {fc:.3} | {sc:.3} | {ff:.3} / {sf:.3} |\n",
+                fe / se
+            ));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_on_loopback_loses_nothing_at_a_low_rate() {
+        let echo = Echo::start().unwrap();
+        let run = open_loop(echo.addr, 64, 2000.0, 0.5).unwrap();
+        assert!(run.sent >= 900, "{run:?}");
+        assert_eq!(run.received, run.sent, "{run:?}");
+        assert_eq!(run.loss_pct(), 0.0);
+    }
+
+    #[test]
+    fn nothing_listening_is_all_lost() {
+        let port = free_port();
+        let run = open_loop(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            64,
+            1000.0,
+            0.2,
+        )
+        .unwrap();
+        assert!(run.sent > 0);
+        assert_eq!(run.received, 0);
+        assert_eq!(run.loss_pct(), 100.0);
+    }
+}
