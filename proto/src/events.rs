@@ -128,6 +128,20 @@ pub enum Event {
         /// Whether this is the proxy's last sample.
         closed: bool,
     },
+    /// A visitor of a secret proxy (stcp, sudp) was joined to it (`reason`
+    /// empty) or refused.
+    Visitor {
+        /// The visitor's session (empty for a pre-0.50 visitor).
+        run_id: String,
+        /// The invite of the proxy's session.
+        invite: Option<InviteId>,
+        /// The proxy it asked for.
+        proxy: String,
+        /// The visitor's address.
+        peer: String,
+        /// Why it was refused; empty when joined.
+        reason: String,
+    },
     /// A mesh node's connection to this host's relay began (`up`) or
     /// ended: where the node is, for the controller's SERVER_NODE_LOC.
     MeshNode {
@@ -152,6 +166,8 @@ impl Event {
             Event::AuthFailed { .. } => "auth.failed",
             Event::Traffic { .. } => "proxy.traffic",
             Event::TenantTraffic { .. } => "tenant.traffic",
+            Event::Visitor { reason, .. } if reason.is_empty() => "visitor.connected",
+            Event::Visitor { .. } => "visitor.refused",
             Event::MeshNode { up: true, .. } => "mesh.node.up",
             Event::MeshNode { up: false, .. } => "mesh.node.down",
         }
@@ -168,6 +184,7 @@ impl Event {
             Event::Traffic { .. } => 7,
             Event::TenantTraffic { .. } => 8,
             Event::MeshNode { .. } => 9,
+            Event::Visitor { .. } => 10,
         }
     }
 
@@ -191,7 +208,8 @@ impl Event {
             | Event::ProxyRejected { invite, .. }
             | Event::ProxyClosed { invite, .. }
             | Event::AuthFailed { invite, .. }
-            | Event::Traffic { invite, .. } => *invite,
+            | Event::Traffic { invite, .. }
+            | Event::Visitor { invite, .. } => *invite,
             Event::TenantTraffic { .. } | Event::MeshNode { .. } => None,
         }
     }
@@ -448,6 +466,19 @@ impl EventRecord {
                 w.0.extend_from_slice(&network_id.to_le_bytes());
                 w.0.push(*up as u8);
             }
+            Event::Visitor {
+                run_id,
+                invite,
+                proxy,
+                peer,
+                reason,
+            } => {
+                w.str(run_id);
+                w.invite(invite);
+                w.str(proxy);
+                w.str(peer);
+                w.str(reason);
+            }
         }
     }
 
@@ -543,6 +574,13 @@ impl EventRecord {
                     1 => true,
                     _ => return Err(EventError::BadFlag),
                 },
+            },
+            10 => Event::Visitor {
+                run_id: r.str()?,
+                invite: r.invite()?,
+                proxy: r.str()?,
+                peer: r.str()?,
+                reason: r.str()?,
             },
             k => return Err(EventError::UnknownKind(k)),
         };
@@ -646,6 +684,13 @@ mod tests {
                 node_id: 7,
                 network_id: 1 << 31,
                 up: true,
+            },
+            Event::Visitor {
+                run_id: "r2".into(),
+                invite: inv,
+                proxy: "alice.db".into(),
+                peer: "127.0.0.1:4000".into(),
+                reason: "visitor connection of [alice.db] auth failed".into(),
             },
         ]
     }

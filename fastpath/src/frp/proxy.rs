@@ -639,6 +639,7 @@ fn claim_secret(control: &Control, np: &NewProxy, kind: ProxyType) -> Result<Cla
             worker: control.ctx().id,
             control_id: control.who.id,
             sk: np.sk.clone(),
+            invite: control.auth.grant.invite(),
             allow_users,
         },
     );

@@ -407,6 +407,8 @@ pub struct SecretProxy {
     pub control_id: u64,
     /// `secretKey`.
     pub sk: String,
+    /// The invite of its session, for the audit of its visitors.
+    pub invite: Option<proto::policy::InviteId>,
     /// Users whose visitors may connect: `allowUsers`, or the proxy's own
     /// user when it gave none; `*` is anyone.
     pub allow_users: Vec<String>,

@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use proto::events::Event;
 use proto::msg::{Message, NewVisitorConn, NewVisitorConnResp};
 
 use crate::frp::control::Sessions;
@@ -95,11 +96,26 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let stats = ctx.stats();
+    let audit = |invite, reason: &str| {
+        ctx.events.emit(Event::Visitor {
+            run_id: v.run_id.clone(),
+            invite,
+            proxy: v.proxy_name.clone(),
+            peer: peer.to_string(),
+            reason: reason.to_string(),
+        })
+    };
     let target = match check(&ctx, &v, now_secs()) {
         Ok(t) => t,
         Err(reason) => {
             WorkerStats::bump(&stats.visitors_refused, 1);
             tracing::warn!(%peer, proxy = %v.proxy_name, %reason, "visitor connection refused");
+            let invite = ctx
+                .shared
+                .visitors
+                .get(&v.proxy_name)
+                .and_then(|p| p.invite);
+            audit(invite, &reason);
             let error = if ctx.shared.config.detailed_errors_to_client {
                 reason
             } else {
@@ -126,6 +142,7 @@ pub async fn serve(
         return;
     }
     WorkerStats::bump(&stats.visitors, 1);
+    audit(target.invite, "");
     let across_workers = target.worker != ctx.id;
     tracing::info!(%peer, proxy = %v.proxy_name, kind = target.kind.name(), across_workers, "visitor connected");
     let (near, far) = bridge::pair();

@@ -239,12 +239,20 @@ fn events() -> Seeds {
             reason: "bad ticket".into(),
             refusal: None,
         },
+        Event::Visitor {
+            run_id: "r2".into(),
+            invite: None,
+            proxy: "alice.db".into(),
+            peer: "192.0.2.3:4000".into(),
+            reason: "visitor connection of [alice.db] auth failed".into(),
+        },
     ];
     let names = [
         "session-open",
         "proxy-rejected",
         "tenant-traffic",
         "auth-failed",
+        "visitor",
     ];
     names
         .into_iter()

@@ -552,6 +552,19 @@ impl EventDrain {
                     entry.reason = reason.clone();
                     entry.detail = serde_json::json!({ "peer": peer, "worker": r.worker });
                 }
+                Event::Visitor {
+                    run_id,
+                    proxy,
+                    peer,
+                    reason,
+                    ..
+                } => {
+                    // The visitor's session; the invite is the proxy's.
+                    entry.run_id = run_id.clone();
+                    entry.proxy = proxy.clone();
+                    entry.reason = reason.clone();
+                    entry.detail = serde_json::json!({ "peer": peer, "worker": r.worker });
+                }
                 Event::Traffic {
                     proxy,
                     bytes_in,
