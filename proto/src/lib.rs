@@ -49,6 +49,7 @@ pub mod frame;
 pub mod jwt;
 pub mod mesh;
 pub mod msg;
+pub mod nathole;
 pub mod policy;
 pub mod ring;
 pub mod shm_auth;

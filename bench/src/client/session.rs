@@ -440,6 +440,13 @@ struct Inner {
     /// The proxies registered as `udp`: their work connections carry
     /// messages ([`super::udp`]).
     udp_proxies: Mutex<std::collections::HashSet<String>>,
+    /// The proxies registered as `xtcp`: their work connections bring a
+    /// NatHoleSid.
+    xtcp_proxies: Mutex<std::collections::HashSet<String>>,
+    /// Messages no one waits for by name (NatHoleResp, NatHoleSid), for
+    /// [`Client::next_message`].
+    others: Mutex<std::collections::VecDeque<Message>>,
+    others_cond: Condvar,
     /// Set by [`Client::pause_udp`]: udp work connections are not read.
     udp_paused: Arc<AtomicBool>,
     resps: Mutex<HashMap<String, NewProxyResp>>,
@@ -465,6 +472,16 @@ fn now_secs() -> i64 {
 }
 
 impl Inner {
+    /// Keep a message for [`Client::next_message`].
+    fn deliver(&self, m: Message) {
+        let mut q = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a test that never asks does not grow without end.
+        if q.len() < 1024 {
+            q.push_back(m);
+        }
+        self.others_cond.notify_all();
+    }
+
     fn open_conn(&self) -> io::Result<(BoxRead, BoxWrite)> {
         match &self.mux {
             Some(m) => {
@@ -596,6 +613,9 @@ impl Client {
             proxies: Mutex::new(HashMap::new()),
             udp_proxies: Mutex::new(std::collections::HashSet::new()),
             udp_paused: Arc::new(AtomicBool::new(false)),
+            xtcp_proxies: Mutex::new(std::collections::HashSet::new()),
+            others: Mutex::new(std::collections::VecDeque::new()),
+            others_cond: Condvar::new(),
             resps: Mutex::new(HashMap::new()),
             resp_cond: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -644,7 +664,7 @@ impl Client {
                         Message::Pong(_) => {
                             rd.pongs.fetch_add(1, Ordering::Relaxed);
                         }
-                        _ => {}
+                        other => rd.deliver(other),
                     }
                 }
                 rd.closed.store(true, Ordering::Release);
@@ -736,6 +756,13 @@ impl Client {
             ..Default::default()
         };
         adjust(&mut np);
+        if np.proxy_type == "xtcp" {
+            self.inner
+                .xtcp_proxies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone());
+        }
         if np.proxy_type == "udp" || np.proxy_type == "sudp" {
             self.inner
                 .udp_proxies
@@ -852,6 +879,33 @@ impl Client {
         ))
     }
 
+    /// The first message the server sent that nothing else took (a
+    /// NatHoleResp on the control, a NatHoleSid on an xtcp proxy's work
+    /// connection) for which `pick` holds, waiting up to `limit`.
+    pub fn next_message(
+        &self,
+        limit: Duration,
+        pick: impl Fn(&Message) -> bool,
+    ) -> Option<Message> {
+        let deadline = Instant::now() + limit;
+        let mut q = self.inner.others.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(i) = q.iter().position(&pick) {
+                return q.remove(i);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            q = self
+                .inner
+                .others_cond
+                .wait_timeout(q, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Stop reading (true) or read again (false) the work connections of
     /// `udp` proxies: a frpc too slow for what its users send.
     pub fn pause_udp(&self, paused: bool) {
@@ -949,6 +1003,17 @@ fn work_conn(c: Arc<Inner>) {
                 start.proxy_name
             )));
         };
+        let xtcp = c
+            .xtcp_proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&start.proxy_name);
+        if xtcp {
+            // The broker's sid, then the server closes the connection.
+            let sid = read_msg_exact(&mut r, v2)?;
+            c.deliver(sid);
+            return Ok(());
+        }
         let key = spec.use_encryption.then_some(c.key);
         let udp = c
             .udp_proxies

@@ -40,6 +40,7 @@ use proto::msg::{
 use crate::frp::msgio::{self, MsgError, MsgReader, MsgWriter, Wire};
 use crate::frp::proxy::Proxy;
 use crate::frp::work_conns::pool::{NoWorkConn, WorkConnPool};
+use crate::frp::xtcp;
 use crate::policy::{Grant, TenantLive};
 use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
@@ -603,7 +604,8 @@ async fn read_loop(control: &Rc<Control>, mut r: ConnReader, mut reader: MsgRead
 }
 
 impl Control {
-    fn send(&self, msg: Message) {
+    /// Queue `msg` for frpc on the control channel.
+    pub fn send(&self, msg: Message) {
         self.channel.send(msg);
     }
 
@@ -668,6 +670,13 @@ impl Control {
                 };
                 self.send(Message::Pong(Pong { error }));
             }
+            Message::NatHoleVisitor(m) => {
+                let me = (self.ctx.id, self.who.id);
+                let reply = |r| self.send(r);
+                xtcp::on_visitor(&self.ctx, me, &self.who.login.user, m, &reply);
+            }
+            Message::NatHoleClient(m) => xtcp::on_client(&self.ctx, (self.ctx.id, self.who.id), m),
+            Message::NatHoleReport(m) => xtcp::on_report(&self.ctx, m),
             other => {
                 tracing::debug!(session = %self.who.run_id, msg = other.name(), "ignoring unsupported control message");
             }

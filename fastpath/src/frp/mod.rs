@@ -5,7 +5,8 @@
 //! [`msgio`]. Virtual hosts (`vhostHTTPSPort`) are routed by [`vhost`]; a
 //! `udp` proxy's datagrams travel as messages on one work connection
 //! ([`udp`]). Visitors of secret proxies (`stcp`, `sudp`) are joined to
-//! them by [`visitor`].
+//! them by [`visitor`]; [`xtcp`] introduces two frpc that punch a path
+//! of their own.
 
 pub mod accept;
 pub mod control;
@@ -18,3 +19,4 @@ pub mod udp;
 pub mod vhost;
 pub mod visitor;
 pub mod work_conns;
+pub mod xtcp;

@@ -108,7 +108,10 @@ pub fn supported(cfg: &Config) -> ProxyTypes {
     if cfg.tcpmux_http_connect_port != 0 {
         types = types.with(ProxyType::Tcpmux);
     }
-    types.with(ProxyType::Stcp).with(ProxyType::Sudp)
+    types
+        .with(ProxyType::Stcp)
+        .with(ProxyType::Sudp)
+        .with(ProxyType::Xtcp)
 }
 
 /// The shared route table of a vhost proxy type.
@@ -191,7 +194,9 @@ impl Proxy {
             ProxyType::Tcp if !np.group.is_empty() => {
                 claim_tcp_group(control, &np, &decided, valid.remote_port)
             }
-            kind @ (ProxyType::Stcp | ProxyType::Sudp) => claim_secret(control, &np, kind),
+            kind @ (ProxyType::Stcp | ProxyType::Sudp | ProxyType::Xtcp) => {
+                claim_secret(control, &np, kind)
+            }
             ProxyType::Udp => {
                 claim_udp(shared, &np.proxy_name, &decided).map(|(port, s)| Claimed {
                     port,
@@ -295,12 +300,17 @@ impl Proxy {
         self.port
     }
 
-    /// NewProxyResp.remote_addr, as frps writes it: `:port`, or a vhost
+    /// NewProxyResp.remote_addr, as frps writes it: `:port`, nothing for a
+    /// secret proxy, or a vhost
     /// proxy's domains with its vhost port (left out when 80 or 443),
     /// comma-separated.
     pub fn remote_addr(&self, cfg: &Config) -> String {
         let Some(v) = &self.vhost else {
-            return format!(":{}", self.port);
+            // A secret proxy (stcp, sudp, xtcp) has no address.
+            return match self.port {
+                0 => String::new(),
+                port => format!(":{port}"),
+            };
         };
         let port = match v.kind {
             ProxyType::Tcpmux => cfg.tcpmux_http_connect_port,
@@ -336,7 +346,7 @@ impl Proxy {
             };
             if matches!(
                 ProxyType::from_frp(&self.proxy_type),
-                Some(ProxyType::Stcp | ProxyType::Sudp)
+                Some(ProxyType::Stcp | ProxyType::Sudp | ProxyType::Xtcp)
             ) {
                 ctx.shared.visitors.remove(&self.name);
             }
@@ -612,8 +622,9 @@ fn claim(
     bound
 }
 
-/// Claim a secret proxy's (`stcp`, `sudp`) name server-wide and list it
-/// for its visitors; it has no port.
+/// Claim a secret proxy's (`stcp`, `sudp`, `xtcp`) name server-wide and
+/// list it for its visitors (an xtcp proxy's come through the broker); it
+/// has no port.
 fn claim_secret(control: &Control, np: &NewProxy, kind: ProxyType) -> Result<Claimed, Refusal> {
     let shared = &control.ctx().shared;
     if np.sk.is_empty() {

@@ -399,7 +399,7 @@ mod tests {
 /// A secret proxy, as visitors find it.
 #[derive(Debug, Clone)]
 pub struct SecretProxy {
-    /// `stcp` or `sudp`.
+    /// `stcp`, `sudp` or `xtcp`.
     pub kind: ProxyType,
     /// The worker of its session.
     pub worker: usize,
@@ -435,4 +435,30 @@ impl Visitors {
     pub fn get(&self, name: &str) -> Option<SecretProxy> {
         self.proxies.read().get(name).cloned()
     }
+}
+
+/// An xtcp attempt that waits for the owner's NatHoleClient.
+#[derive(Debug, Clone)]
+pub struct XtcpPending {
+    /// What the visitor asked, with its mapped addresses.
+    pub visitor: proto::msg::NatHoleVisitor,
+    /// Where the visitor's session lives: worker and control.
+    pub visitor_at: (usize, u64),
+    /// Where the proxy's owner lives: worker and control.
+    pub owner_at: (usize, u64),
+    /// When the owner's answer is no longer awaited.
+    pub expires: std::time::Instant,
+}
+
+/// The xtcp broker's state, shared by the workers: attempts waiting for
+/// the owner, attempts decided (to credit a reported success), and what
+/// was learned per pair of NATs.
+#[derive(Default)]
+pub struct XtcpBroker {
+    /// By sid.
+    pub pending: parking_lot::Mutex<HashMap<String, XtcpPending>>,
+    /// By sid, until the attempt's outcome can no longer be reported.
+    pub decided: parking_lot::Mutex<HashMap<String, (proto::nathole::Attempt, std::time::Instant)>>,
+    /// Scores per pair of NATs.
+    pub analyzer: parking_lot::Mutex<proto::nathole::Analyzer>,
 }

@@ -31,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::events::Event;
 use proto::msg::{Message, NewVisitorConn, NewVisitorConnResp};
+use proto::policy::ProxyType;
 
 use crate::frp::control::Sessions;
 use crate::frp::msgio::{self, Wire};
@@ -50,7 +51,13 @@ pub const MAX_SKEW: i64 = 15 * 60;
 /// Why a visitor is refused: frps's words.
 fn check(ctx: &WorkerCtx, v: &NewVisitorConn, now: i64) -> Result<SecretProxy, String> {
     let name = &v.proxy_name;
-    let Some(target) = ctx.shared.visitors.get(name) else {
+    // An xtcp proxy's visitors come through the broker, not here.
+    let found = ctx
+        .shared
+        .visitors
+        .get(name)
+        .filter(|p| p.kind != ProxyType::Xtcp);
+    let Some(target) = found else {
         return Err(format!("custom listener for [{name}] doesn't exist"));
     };
     // An empty run_id is a pre-0.50 visitor: user "" (frps tolerates it).

@@ -139,6 +139,7 @@ impl Server {
             http_routes: Default::default(),
             groups: Default::default(),
             visitors: Default::default(),
+            xtcp: Default::default(),
             not_found_page,
             https_routes: Default::default(),
             tcpmux_routes: Default::default(),

@@ -215,6 +215,8 @@ pub struct Shared {
     pub not_found_page: Vec<u8>,
     /// Secret proxies (`stcp`, `sudp`), all workers', for their visitors.
     pub visitors: crate::frp::targets::Visitors,
+    /// The xtcp broker's attempts and what it learned.
+    pub xtcp: crate::frp::targets::XtcpBroker,
     /// Load-balancing groups (`loadBalancer.group`), all workers'.
     pub groups: crate::frp::targets::Groups,
     /// Live `https` routes (server name → proxy), all workers'.

@@ -247,6 +247,31 @@ async fn inbox_loop(
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
             WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
             WorkerMsg::Visitor(moved) => crate::frp::visitor::adopt(sessions, *moved),
+            WorkerMsg::XtcpSid {
+                control_id,
+                proxy,
+                sid,
+            } => {
+                if let Some(c) = sessions.by_id(control_id) {
+                    monoio::spawn(hand_sid(c, proxy, sid));
+                }
+            }
+            WorkerMsg::ControlMsg {
+                control_id,
+                msg,
+                delay_ms,
+            } => {
+                if let Some(c) = sessions.by_id(control_id) {
+                    monoio::spawn(async move {
+                        if delay_ms > 0 {
+                            monoio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        }
+                        if !c.is_closed() {
+                            c.send(*msg);
+                        }
+                    });
+                }
+            }
             WorkerMsg::MeshConn(moved) => {
                 monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
             }
@@ -256,6 +281,22 @@ async fn inbox_loop(
                 mesh::links::deliver(ctx, mesh_nodes, relay, frames);
             }
         }
+    }
+}
+
+/// xtcp: hand an attempt's sid to the owner of `proxy` on a work
+/// connection, as frps does (StartWorkConn, NatHoleSid, close).
+async fn hand_sid(control: std::rc::Rc<crate::frp::control::Control>, proxy: String, sid: String) {
+    let start = proto::msg::StartWorkConn {
+        proxy_name: proxy,
+        ..Default::default()
+    };
+    if let Some((conn, wire)) = control.take_work_conn_wired(start).await {
+        let m = proto::msg::Message::NatHoleSid(proto::msg::NatHoleSid {
+            sid,
+            ..Default::default()
+        });
+        crate::frp::msgio::refuse(conn, &m, wire).await;
     }
 }
 

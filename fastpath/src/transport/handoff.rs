@@ -28,6 +28,20 @@ pub enum WorkerMsg {
     /// A visitor of a secret proxy whose session this worker owns: the
     /// far end of the bridge to relay with a work connection.
     Visitor(Box<MovedVisitor>),
+    /// xtcp: hand the owner of `proxy` (control `control_id` here) the
+    /// attempt's sid on a work connection.
+    XtcpSid {
+        control_id: u64,
+        proxy: String,
+        sid: String,
+    },
+    /// Send `msg` on the control with this id, after `delay_ms` (the
+    /// xtcp broker's answers).
+    ControlMsg {
+        control_id: u64,
+        msg: Box<proto::msg::Message>,
+        delay_ms: u64,
+    },
     /// Close the control with this id (its run_id was taken over by a
     /// new login elsewhere).
     Kick { control_id: u64 },

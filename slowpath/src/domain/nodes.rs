@@ -22,17 +22,17 @@ pub const ONLINE_WINDOW_MS: i64 = 30_000;
 /// Default port pool for a node registered without one.
 pub const DEFAULT_PORT_POOL: &str = "10000-10999";
 
-/// The proxy types the fastpath serves on `node`: tcp, udp, stcp and sudp
-/// always, http and https when the node has the vhost port for them
-/// (`fastpath/src/frp/proxy.rs` refuses the others as "not supported by
-/// this server"). A node may allow more (a stock frps governed through the
-/// frps plugin serves xtcp), but what `slowpath up` hands out for its own
-/// fastpath lists only these.
+/// The proxy types the fastpath serves on `node`: tcp, udp, stcp, sudp and
+/// xtcp always, http and https when the node has the vhost port for them
+/// (`fastpath/src/frp/proxy.rs` refuses the others, tcpmux among them when
+/// no port is set, as "not supported by this server"). What `slowpath up`
+/// hands out for its own fastpath lists only these.
 pub fn fastpath_proxy_types(node: &Node) -> ProxyTypes {
     let mut types = ProxyTypes::only(ProxyType::Tcp)
         .with(ProxyType::Udp)
         .with(ProxyType::Stcp)
-        .with(ProxyType::Sudp);
+        .with(ProxyType::Sudp)
+        .with(ProxyType::Xtcp);
     if node.vhost_http_port != 0 {
         types = types.with(ProxyType::Http);
     }
