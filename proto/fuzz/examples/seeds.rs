@@ -92,6 +92,34 @@ fn frame_v1() -> Seeds {
     named
 }
 
+/// A visitor's and an owner's addresses, as two v1 frames.
+fn nathole() -> Seeds {
+    let pair = |v: &str, c: &str| {
+        let mut out = Vec::new();
+        for (ty, body) in [(b'i', v), (b'n', c)] {
+            let m = Message::from_json(ty, body.as_bytes()).expect("seed body parses");
+            proto::frame::encode(&m, &mut out);
+        }
+        out
+    };
+    vec![
+        (
+            "easy-easy",
+            pair(
+                r#"{"transaction_id":"tv","proxy_name":"p","protocol":"quic","mapped_addrs":["198.51.100.1:4000","198.51.100.1:4000"],"assisted_addrs":["192.168.1.2:4000"]}"#,
+                r#"{"transaction_id":"tc","proxy_name":"p","sid":"s","mapped_addrs":["203.0.113.9:6000","203.0.113.9:6000"],"assisted_addrs":["10.0.0.2:6000"]}"#,
+            ),
+        ),
+        (
+            "hard-regular",
+            pair(
+                r#"{"transaction_id":"tv","proxy_name":"p","mapped_addrs":["198.51.100.1:65534","198.51.100.1:65535"]}"#,
+                r#"{"transaction_id":"tc","sid":"s","mapped_addrs":["[2001:db8::1]:1","[2001:db8::2]:9"],"assisted_addrs":["[2001:db8::1]:1"]}"#,
+            ),
+        ),
+    ]
+}
+
 fn wire_v2() -> Seeds {
     let mut control = wire_v2::MAGIC.to_vec();
     let bootstrap = BootstrapInfo {
@@ -443,11 +471,12 @@ fn stun() -> Seeds {
 
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 13] = [
+    let targets: [(&str, SeedFn); 14] = [
         ("certstore", certstore),
         ("cfb", cfb),
         ("events", events),
         ("frame_v1", frame_v1),
+        ("nathole", nathole),
         ("http_head", http_head),
         ("policy_table", policy_table),
         ("snappy", snappy),
