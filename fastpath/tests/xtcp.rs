@@ -191,3 +191,470 @@ fn the_broker_introduces_the_visitor_and_the_owner() {
         "classify visitor nat feature error: not enough addresses"
     );
 }
+
+/// Two hosts, each behind its own source NAT, and the fastpath on the
+/// "internet" between them:
+///
+/// - `<tag>i`: a bridge with 10.77.0.1 and 10.77.0.2 (the fastpath, its
+///   STUN server on both), where packets with a TTL under 16 die: the
+///   internet is wider than the low TTL frpc's receiver probes with, so
+///   they open its own NAT without reaching the peer's (on a path this
+///   short they would, and Linux's NAT would then give the peer's first
+///   packet another port).
+/// - `<tag>ra` / `<tag>rb`: routers, 10.77.0.11 / .12 on the bridge,
+///   masquerading (nftables) for 192.168.10.0/24 / 192.168.20.0/24.
+/// - `<tag>ha` / `<tag>hb`: the two frpc hosts, .2 on those LANs.
+struct NatLab {
+    tag: String,
+}
+
+const INET: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
+
+impl NatLab {
+    fn new() -> NatLab {
+        use bench::netns::sh;
+        let lab = NatLab {
+            tag: format!("tx{}", std::process::id() % 100_000),
+        };
+        lab.down();
+        for n in ["i", "ra", "rb", "ha", "hb"] {
+            sh(&["ip", "netns", "add", &lab.ns(n)]);
+            lab.run(n, &["ip", "link", "set", "lo", "up"]);
+        }
+        lab.run("i", &["ip", "link", "add", "br0", "type", "bridge"]);
+        lab.run("i", &["ip", "link", "set", "br0", "up"]);
+        for a in INET {
+            lab.run(
+                "i",
+                &["ip", "addr", "add", &format!("{a}/24"), "dev", "br0"],
+            );
+        }
+        lab.nft(
+            "i",
+            "table bridge internet { chain path { type filter hook forward priority 0; \
+             ip ttl lt 16 counter drop; }; }",
+        );
+        for (r, h, wan, lan) in [
+            ("ra", "ha", "10.77.0.11", 10),
+            ("rb", "hb", "10.77.0.12", 20),
+        ] {
+            let port = format!("{r}w");
+            lab.run(
+                "i",
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "wan",
+                    "netns",
+                    &lab.ns(r),
+                ],
+            );
+            lab.run("i", &["ip", "link", "set", &port, "master", "br0", "up"]);
+            lab.run(
+                r,
+                &["ip", "addr", "add", &format!("{wan}/24"), "dev", "wan"],
+            );
+            lab.run(r, &["ip", "link", "set", "wan", "up"]);
+            lab.run(
+                r,
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    "lan",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &lab.ns(h),
+                ],
+            );
+            lab.run(
+                r,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("192.168.{lan}.1/24"),
+                    "dev",
+                    "lan",
+                ],
+            );
+            lab.run(r, &["ip", "link", "set", "lan", "up"]);
+            lab.run(
+                h,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("192.168.{lan}.2/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            lab.run(h, &["ip", "link", "set", "eth0", "up"]);
+            lab.run(
+                h,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("192.168.{lan}.1"),
+                ],
+            );
+            lab.run(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            lab.nft(
+                r,
+                "table ip nat { chain post { type nat hook postrouting priority 100; \
+                 oifname \"wan\" masquerade; }; }",
+            );
+        }
+        lab
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.tag)
+    }
+
+    fn run(&self, n: &str, args: &[&str]) {
+        let ns = self.ns(n);
+        let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+        v.extend_from_slice(args);
+        bench::netns::sh(&v);
+    }
+
+    fn nft(&self, n: &str, rules: &str) {
+        self.run(n, &["nft", rules]);
+    }
+
+    /// Packets dropped on the internet for their low TTL.
+    fn ttl_drops(&self) -> u64 {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns("i"),
+                "nft",
+                "list",
+                "chain",
+                "bridge",
+                "internet",
+                "path",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn down(&self) {
+        for n in ["i", "ra", "rb", "ha", "hb"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(n)])
+                .output();
+        }
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// What each side of a punching attempt saw.
+#[derive(Debug)]
+struct Side {
+    mapped: Vec<String>,
+    resp: NatHoleResp,
+    hole: Result<std::net::SocketAddr, String>,
+}
+
+/// frpc's side of one attempt after the broker has been asked: discover,
+/// (the owner) answer the sid, wait for the NatHoleResp, punch.
+fn punch(
+    c: &Client,
+    stun: std::net::SocketAddr,
+    tid: &str,
+    sid: Option<&str>,
+) -> (Side, std::net::UdpSocket) {
+    use bench::client::nathole;
+    let d = nathole::discover(stun).expect("STUN discovery through the NAT");
+    match sid {
+        Some(sid) => c
+            .send(&Message::NatHoleClient(NatHoleClient {
+                transaction_id: tid.into(),
+                proxy_name: "alice.p2p".into(),
+                sid: sid.into(),
+                mapped_addrs: d.mapped.clone(),
+                assisted_addrs: d.assisted.clone(),
+            }))
+            .unwrap(),
+        None => {
+            let ts = now();
+            c.send(&Message::NatHoleVisitor(NatHoleVisitor {
+                transaction_id: tid.into(),
+                proxy_name: "alice.p2p".into(),
+                pre_check: false,
+                protocol: "quic".into(),
+                sign_key: proto::auth::privilege_key(SK, ts),
+                timestamp: ts,
+                mapped_addrs: d.mapped.clone(),
+                assisted_addrs: d.assisted.clone(),
+            }))
+            .unwrap()
+        }
+    }
+    let resp = resp(c, tid, Duration::from_secs(15)).expect("NatHoleResp");
+    assert_eq!(resp.error, "", "{resp:?}");
+    let hole = nathole::make_hole(&d.socket, &resp, SK).map_err(|e| e.to_string());
+    (
+        Side {
+            mapped: d.mapped,
+            resp,
+            hole,
+        },
+        d.socket,
+    )
+}
+
+#[test]
+fn xtcp_punches_through_two_nats_and_falls_back_to_stcp_when_it_cannot() {
+    use std::sync::mpsc;
+    if let Some(why) = bench::netns::missing().or_else(|| {
+        std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "no nft".into())
+    }) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the NAT test: {why}"
+        );
+        eprintln!("[xtcp_nat] SKIPPED: {why}");
+        return;
+    }
+    let lab = NatLab::new();
+    let dir = std::env::temp_dir().join(format!("totoro-xtcp-nat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("fastpath.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bindAddr = \"0.0.0.0\"\nbindPort = 7000\nauth.token = \"{}\"\nlog.level = \"debug\"\n\
+             fastpath.workers = 2\nfastpath.stunPort = 3478\nfastpath.stunIP = \"{}\"\n\
+             fastpath.stunSecondaryIP = \"{}\"\n",
+            common::TOKEN,
+            INET[0],
+            INET[1]
+        ),
+    )
+    .unwrap();
+    let server: std::net::SocketAddr = format!("{}:7000", INET[0]).parse().unwrap();
+    let stun: std::net::SocketAddr = format!("{}:3478", INET[0]).parse().unwrap();
+    let fp = bench::netns::in_ns(&lab.ns("i"), move || {
+        let d = bench::proc::Daemon::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_fastpath")),
+            &["-c", cfg.to_str().unwrap()],
+        )
+        .expect("start fastpath");
+        assert!(
+            bench::proc::wait_listening(server, Duration::from_secs(10)),
+            "fastpath did not start: {:?}",
+            d.log()
+        );
+        d
+    })
+    .join()
+    .unwrap();
+    let opts = move |user: &str| {
+        let mut o = bench::client::ClientOpts::new(server, common::TOKEN);
+        o.user = user.into();
+        o
+    };
+
+    // The owner, on hb: an xtcp proxy and, for the fallback, an stcp one
+    // to the same echo service.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let owner_opts = opts("alice");
+    let owner = bench::netns::in_ns(&lab.ns("hb"), move || {
+        let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in echo.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let mut w = s;
+                    let _ = std::io::copy(&mut r, &mut w);
+                });
+            }
+        });
+        let owner = Client::login(owner_opts).expect("owner login through its NAT");
+        for (name, ty) in [("p2p", "xtcp"), ("relay", "stcp")] {
+            owner
+                .register_proxy(ProxySpec::plain(name, 0, local), |np| {
+                    np.proxy_type = ty.into();
+                    np.sk = SK.into();
+                    np.allow_users = vec!["bob".into()];
+                })
+                .unwrap_or_else(|e| panic!("{ty} proxy: {e}"));
+        }
+        ready_tx.send(()).unwrap();
+        let mut sides = Vec::new();
+        for attempt in 0..2 {
+            let sid = sid(&owner);
+            let (side, socket) = punch(&owner, stun, &format!("owner{attempt}"), Some(&sid));
+            if let Ok(peer) = side.hole {
+                // Echo what the visitor sends over the hole.
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if from == peer && buf[..n].starts_with(b"ping") {
+                        let mut answer = b"pong".to_vec();
+                        answer.extend_from_slice(&buf[4..n]);
+                        socket.send_to(&answer, from).unwrap();
+                        break;
+                    }
+                }
+            }
+            sides.push(side);
+        }
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+        owner.close();
+        sides
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("owner ready");
+
+    // The visitor, on ha.
+    let block = format!(
+        "ip netns exec {} nft add rule bridge internet path ip saddr 10.77.0.11 ip daddr 10.77.0.12 udp dport != 3478 drop",
+        lab.ns("i")
+    );
+    let block_back = block.replace(
+        "saddr 10.77.0.11 ip daddr 10.77.0.12",
+        "saddr 10.77.0.12 ip daddr 10.77.0.11",
+    );
+    let visitor = bench::netns::in_ns(&lab.ns("ha"), move || {
+        let bob = Client::login(opts("bob")).expect("visitor login through its NAT");
+        ask(&bob, "pre", "alice.p2p", true, "", &[]);
+        assert_eq!(resp(&bob, "pre", Duration::from_secs(5)).unwrap().error, "");
+        let (first, socket) = punch(&bob, stun, "v0", None);
+        let mut echoed = None;
+        if let Ok(peer) = first.hole {
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 1500];
+            for _ in 0..10 {
+                socket.send_to(b"ping through the hole", peer).unwrap();
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if from == peer && buf.starts_with(b"pong") {
+                        echoed = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                        break;
+                    }
+                }
+            }
+            bob.send(&Message::NatHoleReport(proto::msg::NatHoleReport {
+                sid: first.resp.sid.clone(),
+                success: echoed.is_some(),
+            }))
+            .unwrap();
+        }
+        // Now the internet drops UDP between the two NATs: punching fails
+        // and the visitor falls back to the stcp proxy through the relay,
+        // as frpc's fallbackTo does.
+        for rule in [&block, &block_back] {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", rule])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{rule}");
+        }
+        let (second, _socket) = punch(&bob, stun, "v1", None);
+        let fallback = if second.hole.is_err() {
+            let (mut r, mut w) = bob
+                .visit("alice.relay", SK, None, true, false)
+                .expect("the stcp fallback");
+            use std::io::{Read, Write};
+            w.write_all(b"through the relay instead").unwrap();
+            w.flush().unwrap();
+            let mut got = [0u8; 25];
+            r.read_exact(&mut got).unwrap();
+            Some(String::from_utf8_lossy(&got).into_owned())
+        } else {
+            None
+        };
+        bob.close();
+        (first, echoed, second, fallback)
+    })
+    .join()
+    .unwrap();
+    done_tx.send(()).unwrap();
+    let owner_sides = owner.join().unwrap();
+    let (v1, echoed, v2, fallback) = visitor;
+    let log = fp.log();
+    let (o1, o2) = (&owner_sides[0], &owner_sides[1]);
+
+    // The STUN server saw each host as its NAT's public address, the same
+    // port from both of its addresses (an easy NAT).
+    for (side, public) in [(&v1, "10.77.0.11:"), (o1, "10.77.0.12:")] {
+        assert_eq!(side.mapped.len(), 2, "{side:?}");
+        assert!(
+            side.mapped.iter().all(|m| m.starts_with(public)),
+            "{side:?}"
+        );
+        assert_eq!(side.mapped[0], side.mapped[1], "{side:?}");
+    }
+    // The broker gave each the other's mapped address, roles as frp's mode
+    // 0 first behaviour: the receiver probes with TTL 7.
+    assert_eq!(v1.resp.candidate_addrs, vec![o1.mapped[0].clone()]);
+    assert_eq!(o1.resp.candidate_addrs, vec![v1.mapped[0].clone()]);
+    assert_eq!(v1.resp.detect_behavior.mode, 0);
+    let (recv, send) = if v1.resp.detect_behavior.role == "receiver" {
+        (&v1, o1)
+    } else {
+        (o1, &v1)
+    };
+    assert_eq!(recv.resp.detect_behavior.ttl, 7, "{recv:?}");
+    assert_eq!(send.resp.detect_behavior.role, "sender");
+    // The hole: each reached the other at its public address.
+    assert_eq!(
+        v1.hole.as_ref().map(|a| a.to_string()),
+        Ok(o1.mapped[0].clone()),
+        "log: {log:?}"
+    );
+    assert_eq!(
+        o1.hole.as_ref().map(|a| a.to_string()),
+        Ok(v1.mapped[0].clone())
+    );
+    assert_eq!(echoed.as_deref(), Some("pong through the hole"));
+    assert!(
+        lab.ttl_drops() >= 1,
+        "the receiver's low-TTL probe died on the way"
+    );
+    // Made to fail: both sides time out, the stcp visitor carries on.
+    assert!(v2.hole.is_err() && o2.hole.is_err(), "{v2:?} {o2:?}");
+    assert_eq!(fallback.as_deref(), Some("through the relay instead"));
+    drop(fp);
+    let _ = std::fs::remove_dir_all(&dir);
+}

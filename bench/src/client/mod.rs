@@ -6,10 +6,12 @@
 //! yamux client session over the sans-IO `proto::yamux`), [`session`]
 //! (login, control channel, proxies, work connections) and [`codec`]
 //! (useEncryption / useCompression wrappers); [`udp`] serves a `udp`
-//! proxy's work connection.
+//! proxy's work connection; [`nathole`] is xtcp's STUN discovery and hole
+//! punching.
 
 pub mod codec;
 pub mod mux;
+pub mod nathole;
 pub mod session;
 pub mod transport;
 pub mod udp;
