@@ -5,7 +5,9 @@
 //! proxy's `useEncryption`/`useCompression` like any work connection's
 //! payload.
 //!
-//! - Users → frpc: each datagram (cut at `udpPacketSize`) is queued for the
+//! - Users → frpc: one io_uring receive waits for a datagram, then
+//!   recvmmsg(2) takes what else the socket holds, 32 per call; each
+//!   datagram (cut at `udpPacketSize`) is queued for the
 //!   work connection, at most `fastpath.udpQueue` of them (frps: 1024);
 //!   past that, new ones are dropped and counted (`udp_dropped`), so a
 //!   flood at a proxy whose frpc is slow costs a bounded queue.
@@ -27,6 +29,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -185,29 +188,35 @@ pub async fn serve<O: Owner + 'static>(
     ctx.shared.udp_ports.release(port);
 }
 
-/// Users' datagrams into the queue, until the proxy closes.
+/// Users' datagrams into the queue, until the proxy closes: an io_uring
+/// receive waits for the first, then what else the socket already holds
+/// is taken [`BURST`] at a time with recvmmsg(2), without waiting.
 async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: &Queue) {
     let stats = ctx.stats();
     let size = ctx.shared.config.udp_packet_size as usize;
     let handle = proxy.cancel_handle();
     let mut buf = vec![0u8; size];
-    let mut dropped_logged = 0u64;
+    let mut burst = Burst::new(size);
+    let mut dropped = 0u64;
     while !proxy.is_closed() {
         let (r, b) = sock.cancelable_recv_from(buf, handle.clone()).await;
         buf = b;
         match r {
             Ok((n, from)) => {
-                if queue.push(buf[..n].to_vec(), from) {
-                    WorkerStats::bump(&stats.udp_datagrams_in, 1);
-                    proxy.meter(stats, true, n).await;
-                } else {
-                    WorkerStats::bump(&stats.udp_dropped, 1);
-                    // One line per 1024 drops, not one per datagram.
-                    if dropped_logged.is_multiple_of(1024) {
-                        tracing::info!(proxy = %proxy.name(), queued = queue.cap,
-                            "udp datagrams dropped: the queue for frpc is full (fastpath.udpQueue)");
+                take_in(proxy, stats, queue, buf[..n].to_vec(), from, &mut dropped).await;
+                // What came in meanwhile, a bounded number of rounds before
+                // the next wait lets other tasks run.
+                for _ in 0..BURST_ROUNDS {
+                    let k = burst.take(sock.as_raw_fd());
+                    for i in 0..k {
+                        if let Some((datagram, from)) = burst.get(i) {
+                            let datagram = datagram.to_vec();
+                            take_in(proxy, stats, queue, datagram, from, &mut dropped).await;
+                        }
                     }
-                    dropped_logged += 1;
+                    if k < BURST {
+                        break;
+                    }
                 }
             }
             Err(_) if proxy.is_closed() => break,
@@ -215,6 +224,133 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
                 tracing::debug!(proxy = %proxy.name(), error = %e, "udp receive failed");
             }
         }
+    }
+}
+
+/// One user datagram into the queue, or dropped and counted when it is
+/// full (one log line per 1024 drops).
+async fn take_in<O: Owner>(
+    proxy: &O,
+    stats: &WorkerStats,
+    queue: &Queue,
+    datagram: Vec<u8>,
+    from: SocketAddr,
+    dropped: &mut u64,
+) {
+    let n = datagram.len();
+    if queue.push(datagram, from) {
+        WorkerStats::bump(&stats.udp_datagrams_in, 1);
+        proxy.meter(stats, true, n).await;
+    } else {
+        WorkerStats::bump(&stats.udp_dropped, 1);
+        if dropped.is_multiple_of(1024) {
+            tracing::info!(proxy = %proxy.name(), queued = queue.cap,
+                "udp datagrams dropped: the queue for frpc is full (fastpath.udpQueue)");
+        }
+        *dropped += 1;
+    }
+}
+
+/// Datagrams per recvmmsg(2).
+const BURST: usize = 32;
+
+/// recvmmsg(2) calls after one io_uring receive, at most.
+const BURST_ROUNDS: usize = 8;
+
+/// Buffers for one recvmmsg(2) of up to [`BURST`] datagrams of `size`
+/// bytes (a longer one is cut, as the first receive cuts it).
+struct Burst {
+    size: usize,
+    bufs: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Burst {
+    fn new(size: usize) -> Burst {
+        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr (null
+        // pointers, zero lengths); `take` fills them before each call.
+        let (addr, hdr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        Burst {
+            size,
+            bufs: vec![0u8; size * BURST],
+            iov: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                BURST
+            ],
+            addrs: vec![addr; BURST],
+            hdrs: vec![hdr; BURST],
+        }
+    }
+
+    /// Take what the socket holds now, up to [`BURST`] datagrams, without
+    /// waiting: how many (none on EAGAIN or any error).
+    fn take(&mut self, fd: std::os::fd::RawFd) -> usize {
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..BURST {
+            self.iov[i] = libc::iovec {
+                // SAFETY: i * size is within `bufs` (BURST * size bytes).
+                iov_base: unsafe { base.add(i * self.size) }.cast(),
+                iov_len: self.size,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at buffers owned by `self`, which
+        // outlive the call; MSG_DONTWAIT keeps it from blocking.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BURST as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// Datagram `i` of the last [`Burst::take`] and who sent it.
+    fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let len = (self.hdrs[i].msg_len as usize).min(self.size);
+        let from = sockaddr(&self.addrs[i])?;
+        Some((&self.bufs[i * self.size..i * self.size + len], from))
+    }
+}
+
+/// The address in a sockaddr_storage the kernel filled.
+fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in, which fits.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6, which fits.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -489,6 +625,32 @@ impl ByteRead for Unwrap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_takes_what_is_queued_without_waiting_and_cuts_at_the_size() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(1 << 20);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut burst = Burst::new(8);
+        // Nothing queued: no datagram, no wait.
+        assert_eq!(burst.take(rx.as_raw_fd()), 0);
+        for i in 0..40u8 {
+            tx.send_to(&[i; 10], rx.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut seen = Vec::new();
+        for want in [BURST, 40 - BURST, 0] {
+            let k = burst.take(rx.as_raw_fd());
+            assert_eq!(k, want);
+            for i in 0..k {
+                let (d, from) = burst.get(i).unwrap();
+                assert_eq!(from, tx.local_addr().unwrap());
+                assert_eq!(d.len(), 8, "cut at the size");
+                seen.push(d[0]);
+            }
+        }
+        assert_eq!(seen, (0..40u8).collect::<Vec<_>>());
+    }
 
     #[test]
     fn the_queue_is_bounded() {
