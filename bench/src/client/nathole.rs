@@ -160,10 +160,6 @@ pub fn decode_sid(datagram: &[u8], secret_key: &str) -> Option<NatHoleSid> {
     }
 }
 
-fn set_ttl(socket: &UdpSocket, ttl: u32) {
-    let _ = socket.set_ttl(ttl);
-}
-
 /// Punch from `socket` as `resp` says; the peer's address once the
 /// exchange of sid messages succeeded (frpc's `MakeHole` with one
 /// listening socket).
@@ -191,7 +187,12 @@ pub fn make_hole(
     }
     targets.dedup();
     let tid = format!("{:016x}", rand::random::<u64>());
+    // The probes go out with the behaviour's TTL, the answer with the
+    // socket's own.
     let original = socket.ttl().unwrap_or(64);
+    if b.ttl > 0 {
+        let _ = socket.set_ttl(b.ttl as u32);
+    }
     let send = |to: &str| {
         let Ok(to) = to.parse::<SocketAddr>() else {
             return;
@@ -202,13 +203,7 @@ pub fn make_hole(
             response: false,
             nonce: "0".repeat(rand::random::<usize>() % 20),
         };
-        if b.ttl > 0 {
-            set_ttl(socket, b.ttl as u32);
-        }
         let _ = socket.send_to(&encode_sid(&sid, secret_key), to);
-        if b.ttl > 0 {
-            set_ttl(socket, original);
-        }
     };
     for t in &targets {
         send(t);
@@ -229,6 +224,9 @@ pub fn make_hole(
                 }
             }
         }
+    }
+    if b.ttl > 0 {
+        let _ = socket.set_ttl(original);
     }
     let wait = if b.read_timeout_ms > 0 {
         Duration::from_millis(b.read_timeout_ms as u64)

@@ -179,13 +179,14 @@ pub fn on_report(ctx: &WorkerCtx, m: NatHoleReport) {
     if !m.success {
         return;
     }
+    // A sid's success counts once.
     let attempt = ctx
         .shared
         .xtcp
         .decided
         .lock()
-        .get(&m.sid)
-        .map(|(a, _)| a.clone());
+        .remove(&m.sid)
+        .map(|(a, _)| a);
     if let Some(a) = attempt {
         ctx.shared
             .xtcp
