@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::runtime::server::Server;
-use clap::Parser;
+use crate::runtime::server::{Launch, Server};
+use crate::runtime::upgrade;
+use clap::{Parser, Subcommand};
 
 /// Totoro fastpath: an io_uring, thread-per-core frp server (drop-in frps).
 #[derive(Parser, Debug)]
@@ -16,8 +17,12 @@ use clap::Parser;
 struct Cli {
     /// Config file (frps.toml keys plus a [fastpath] table). Without it,
     /// built-in defaults are used.
-    #[arg(short = 'c', long = "config")]
+    #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
+    /// Take the listening sockets over from the fastpath running with this
+    /// config (at fastpath.upgradeSocket), which then drains and exits.
+    #[arg(long)]
+    takeover: bool,
     /// Worker threads (overrides fastpath.workers; 0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -31,6 +36,17 @@ struct Cli {
     /// fastpath.policyDir; `slowpath up` passes its own).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Upgrade the fastpath running with this config without dropping a
+    /// tunnel: it starts its binary again (as found on disk now), hands
+    /// the new process its listening sockets, and drains (the same as
+    /// sending it SIGUSR2). Prints the new pid.
+    Upgrade,
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -67,12 +83,13 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Wait up to `wait` for SIGINT/SIGTERM; returns the signal number.
+/// Wait up to `wait` for SIGINT/SIGTERM/SIGUSR2; returns the signal number.
 fn wait_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: wait.as_secs() as _,
@@ -94,7 +111,8 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     shm::owner_only_umask();
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -123,6 +141,23 @@ where
     if let Err(e) = cfg.validate() {
         eprintln!("fastpath: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(Command::Upgrade) = cli.command {
+        let path = &cfg.fastpath.upgrade_socket;
+        if path.is_empty() {
+            eprintln!("fastpath: fastpath.upgradeSocket is not set in the config");
+            return ExitCode::from(2);
+        }
+        return match upgrade::request(path) {
+            Ok(pid) => {
+                println!("upgraded: the new fastpath is pid {pid}; the old one drains");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fastpath: upgrade failed: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     // The one key that names a file the parser cannot check: unreadable
     // is a config error, as a bad value is.
@@ -161,7 +196,27 @@ where
         tracing::warn!("auth.token is empty: any client can log in");
     }
     let signals = block_signals();
-    let server = match Server::start(cfg) {
+    let mut launch = Launch {
+        takeover: None,
+        exe: own_binary(),
+    };
+    if cli.takeover {
+        let path = cfg.fastpath.upgrade_socket.clone();
+        if path.is_empty() {
+            eprintln!("fastpath: --takeover needs fastpath.upgradeSocket in the config");
+            return ExitCode::from(2);
+        }
+        match upgrade::Inherited::take(&path) {
+            Ok(i) => launch.takeover = Some(i),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("fastpath: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let drain_for = Duration::from_secs(cfg.fastpath.drain_secs);
+    let server = match Server::launch(cfg, launch) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -169,18 +224,40 @@ where
             return ExitCode::from(1);
         }
     };
-    let sig = loop {
+    upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    loop {
         if let Some(path) = &cli.stats_file {
             write_stats(&server, path);
         }
-        if let Some(sig) = wait_signal(&signals, Duration::from_secs(1)) {
-            break sig;
+        if let Some(since) = server.draining_since() {
+            let live = server.live();
+            if live == 0 {
+                tracing::info!("drained: every session and transfer ended");
+                break;
+            }
+            if since.elapsed() >= drain_for {
+                tracing::info!(
+                    live,
+                    "fastpath.drainSecs passed: closing what is left (clients reconnect to the new process)"
+                );
+                break;
+            }
         }
-    };
-    tracing::info!(
-        signal = sig,
-        "stopping: no new connections, closing sessions"
-    );
+        match wait_signal(&signals, Duration::from_secs(1)) {
+            Some(libc::SIGUSR2) => match server.upgrade() {
+                Ok(pid) => tracing::info!(pid, "upgrade: the new fastpath took over"),
+                Err(e) => tracing::warn!("upgrade not done: {e}"),
+            },
+            Some(sig) => {
+                tracing::info!(
+                    signal = sig,
+                    "stopping: no new connections, closing sessions"
+                );
+                break;
+            }
+            None => {}
+        }
+    }
     let totals = server.stats();
     if let Some(path) = &cli.stats_file {
         write_stats(&server, path);
@@ -188,6 +265,31 @@ where
     let clean = server.stop(Duration::from_millis(4500));
     tracing::info!(stats = ?totals, clean, "stopped");
     ExitCode::SUCCESS
+}
+
+/// This binary as it was started (the path, so that a binary replaced on
+/// disk is the one an upgrade starts) and its arguments, for a successor.
+/// The process's own argv, not the arguments given to [`main`]: under
+/// `slowpath fastpath …` the binary is the slowpath and its first argument
+/// the subcommand.
+fn own_binary() -> Option<(PathBuf, Vec<std::ffi::OsString>)> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let exe = std::env::current_exe().ok()?;
+    // /proc/self/exe names a replaced binary "<path> (deleted)".
+    let shown = exe.to_string_lossy();
+    let exe = PathBuf::from(
+        shown
+            .strip_suffix(" (deleted)")
+            .unwrap_or(&shown)
+            .to_string(),
+    );
+    let rest: Vec<_> = args
+        .iter()
+        .skip(1)
+        .filter(|a| a.as_os_str() != "--takeover")
+        .cloned()
+        .collect();
+    Some((exe, rest))
 }
 
 fn write_stats(server: &Server, path: &std::path::Path) {

@@ -30,17 +30,31 @@ type Sockets = Rc<Vec<((usize, usize), Rc<UdpSocket>)>>;
 const RECV_BUF: usize = 2048;
 
 /// Bind the server's sockets for `workers` workers.
-pub fn bind(site: &Site, workers: usize) -> std::io::Result<Vec<WorkerSockets>> {
+/// `get(worker, place, address, bind)` gives each socket: `bind` makes a
+/// new one, or it comes from a predecessor that handed its sockets over.
+pub fn bind(
+    site: &Site,
+    workers: usize,
+    mut get: impl FnMut(
+        usize,
+        (usize, usize),
+        SocketAddr,
+        &dyn Fn() -> std::io::Result<std::net::UdpSocket>,
+    ) -> std::io::Result<std::net::UdpSocket>,
+) -> std::io::Result<Vec<WorkerSockets>> {
     let places: Vec<(usize, usize)> = if site.alternate {
         vec![(0, 0), (0, 1), (1, 0), (1, 1)]
     } else {
         vec![(0, 0)]
     };
     (0..workers)
-        .map(|_| {
+        .map(|w| {
             places
                 .iter()
-                .map(|&at| bind_udp(site.addr(at)).map(|s| (at, s)))
+                .map(|&at| {
+                    let a = site.addr(at);
+                    get(w, at, a, &|| bind_udp(a)).map(|s| (at, s))
+                })
                 .collect()
         })
         .collect()
@@ -90,7 +104,8 @@ async fn recv_loop(
     let mut buf = vec![0u8; RECV_BUF];
     let mut out = Vec::with_capacity(256);
     let stats = ctx.stats();
-    while !ctx.shared.is_stopping() {
+    // A successor that took the sockets over answers from here on.
+    while ctx.shared.is_accepting() {
         let (r, b) = sock.recv_from(buf).await;
         buf = b;
         let (n, src) = match r {

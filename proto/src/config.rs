@@ -247,6 +247,13 @@ pub struct FastpathConfig {
     /// is busy or being replaced (frps: 1024); past it, new ones are
     /// dropped and counted (`udp_dropped`).
     pub udp_queue: usize,
+    /// The Unix socket through which a new fastpath takes this one's
+    /// listening sockets over (`fastpath upgrade`, SIGUSR2); empty = none.
+    pub upgrade_socket: String,
+    /// After handing its listeners over, how long this process keeps
+    /// serving its live sessions and transfers before closing what is
+    /// left, seconds.
+    pub drain_secs: u64,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -390,6 +397,8 @@ impl Default for FastpathConfig {
             stun_alternate_port: 0,
             metrics_addr: String::new(),
             udp_queue: 1024,
+            upgrade_socket: String::new(),
+            drain_secs: 600,
         }
     }
 }
@@ -645,6 +654,14 @@ impl Config {
                 format!("{} must be 1 to 1048576 datagrams", self.fastpath.udp_queue),
             ));
         }
+        let up = &self.fastpath.upgrade_socket;
+        // sun_path holds 108 bytes with its NUL.
+        if !up.is_empty() && (!up.starts_with('/') || up.len() > 107) {
+            return Err(invalid(
+                "fastpath.upgradeSocket",
+                format!("{up:?} must be an absolute path of at most 107 bytes"),
+            ));
+        }
         if self.transport.max_pool_count > 1000 {
             return Err(invalid(
                 "transport.maxPoolCount",
@@ -724,7 +741,7 @@ impl Config {
                 "must be between 4096 and 16777216 bytes",
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 9] = [
+        let ranges: [(&str, u64, u64, u64); 10] = [
             (
                 "fastpath.preAuthPerSource",
                 fp.pre_auth_per_source.into(),
@@ -759,6 +776,7 @@ impl Config {
                 1 << 20,
             ),
             ("fastpath.writeStallSecs", fp.write_stall_secs, 1, 86_400),
+            ("fastpath.drainSecs", fp.drain_secs, 0, 7 * 86_400),
         ];
         for (key, v, lo, hi) in ranges {
             if v < lo || v > hi {
@@ -932,6 +950,11 @@ taskWork = "coop"
             ),
             ("[fastpath]\nstunIP = \"here\"", "fastpath.stunIP"),
             ("[fastpath]\nmetricsAddr = \"9100\"", "fastpath.metricsAddr"),
+            (
+                "[fastpath]\nupgradeSocket = \"run/up.sock\"",
+                "fastpath.upgradeSocket",
+            ),
+            ("[fastpath]\ndrainSecs = 9999999", "fastpath.drainSecs"),
             (
                 "[fastpath]\nstunPort = 3478\nstunSecondaryIP = \"10.0.0.2\"",
                 "fastpath.stunIP",

@@ -266,7 +266,8 @@ impl ShmDir {
         Ok(())
     }
 
-    fn unlink(&self, name: &str) {
+    /// Remove `name` from the directory (nothing if it is not there).
+    pub fn unlink(&self, name: &str) {
         if let Ok(c) = cstr(name) {
             // SAFETY: a NUL-terminated name relative to our directory fd.
             unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) };

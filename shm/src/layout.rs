@@ -12,6 +12,9 @@
 //!                                  by the table's SHA-256 (slowpath → fastpath)
 //!   events-<worker>.ring           one event ring per fastpath worker
 //!   fastpath.lock, slowpath.lock   POSIX-locked by the running processes
+//!   draining-<pid>.lock            POSIX-locked by a fastpath that handed its
+//!                                  listeners to a successor and still serves
+//!                                  its sessions (its rings stay live)
 //! ```
 
 use std::path::PathBuf;
@@ -40,6 +43,12 @@ pub fn instance_path(instance: &str) -> PathBuf {
 /// File name of worker `id`'s event ring.
 pub fn ring_file(id: usize) -> String {
     format!("events-{id}.ring")
+}
+
+/// File a draining fastpath (process `pid`) holds locked while it still
+/// writes to event rings that a successor's have replaced.
+pub fn draining_file(pid: u32) -> String {
+    format!("draining-{pid}.lock")
 }
 
 /// The worker id of an event ring's file name (None for any other file,

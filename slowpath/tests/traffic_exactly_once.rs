@@ -726,6 +726,50 @@ fn fastpath_sigkill_mid_transfer_flushes_what_the_rings_delivered() {
     each_backend("t19_sigkill", fastpath_killed);
 }
 
+// 11. The fastpath is upgraded mid-transfer (SIGUSR2: it starts itself
+//     again and hands its sockets over): the transfer is not cut, the
+//     session then moves to the new process, and the old one's rings are
+//     still read while it drains, so every byte is reported once.
+fn fastpath_upgraded(b: Backend) {
+    let sock = std::env::temp_dir().join(format!("totoro-t19-up-{}.sock", free_port()));
+    let fastpath = format!(
+        "[fastpath]\nupgradeSocket = \"{}\"\ndrainSecs = 60\n",
+        sock.display()
+    );
+    let Some(n) = Node::start("t19_upgrade", &b, &fastpath) else {
+        return;
+    };
+    let token = "t19_upgrade";
+    n.put_tenant(token, json!({"bandwidthLimit": "1MB"}));
+    let c = n.login(ClientOpts::new(n.frp, token));
+    let dl = Download::through(&c, "dl", None);
+    dl.wait_for(1 << 20);
+    let old = n.signal_fastpath(libc::SIGUSR2);
+    let got = dl.finish();
+    assert_eq!(got, DOWNLOAD, "the transfer across the upgrade was cut");
+    wait_closed(&c, "the session did not move once its transfer ended");
+    n.assert_reported_exactly(token, "dl", got);
+    let new = harness::instance_fastpath(&n.sp.shm);
+    assert!(
+        new.is_some() && new != Some(old),
+        "the new fastpath does not hold the instance: {new:?}\n{}",
+        n.sp.log()
+    );
+    // The client logs in again, to the new process.
+    let c2 = n.login(ClientOpts::new(n.frp, token));
+    let port = c2
+        .add_plain_proxy("again", 0, source(ECHO as u64, None))
+        .unwrap();
+    assert_eq!(Download::start(port).finish(), ECHO as u64);
+    c2.close();
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn fastpath_upgrade_mid_transfer_reports_every_byte_once() {
+    each_backend("t19_upgrade", fastpath_upgraded);
+}
+
 // 10. An invite's proxy: its traffic goes to the node's totals (stats) and
 //     the per-invite table; they must equal the bytes moved when the
 //     client exits, and when the invite is revoked mid-transfer.

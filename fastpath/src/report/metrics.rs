@@ -102,6 +102,10 @@ fn worker(i: usize) -> Labels {
 /// Serve `/metrics` on `listener` until the process ends.
 pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
     for conn in listener.incoming() {
+        // A successor that took the listener over answers from here on.
+        if !shared.is_accepting() {
+            break;
+        }
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));

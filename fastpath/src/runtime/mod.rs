@@ -5,4 +5,5 @@
 pub mod ctx;
 pub mod server;
 pub mod shared;
+pub mod upgrade;
 pub mod worker;

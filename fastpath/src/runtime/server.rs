@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::report::stats::{StatsSnapshot, WorkerStats};
 use crate::runtime::shared::{Directory, PortTable, Shared};
+use crate::runtime::upgrade::{Entry, Inherited, Upgrader};
 use crate::runtime::worker;
 use crate::transport::handoff::WorkerMsg;
 use crate::transport::listener::bind_tcp;
@@ -30,26 +31,112 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Held while we run (see [`ShmDir::lock`]): two fastpaths on one
     /// directory would both bind the frp port (SO_REUSEPORT) and split the
-    /// clients between them; the second one stops at start instead.
-    _instance_lock: Option<std::fs::File>,
+    /// clients between them; the second one stops at start instead. An
+    /// upgrade hands it to the successor (see [`crate::runtime::upgrade`]).
+    instance_lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
     threads: Vec<JoinHandle<()>>,
     addr: SocketAddr,
+    upgrader: Option<Arc<Upgrader>>,
+}
+
+/// How a server starts besides its config.
+#[derive(Default)]
+pub struct Launch {
+    /// The sockets of the fastpath this one takes over (`--takeover`).
+    pub takeover: Option<Inherited>,
+    /// This binary and its arguments, to start a successor with.
+    pub exe: Option<(std::path::PathBuf, Vec<std::ffi::OsString>)>,
+}
+
+/// Listening sockets: taken over from a predecessor where it had them,
+/// bound otherwise; a duplicate of each is kept for the next successor.
+struct Binder {
+    inherited: Option<Inherited>,
+    keep: Vec<(Entry, std::os::fd::OwnedFd)>,
+}
+
+impl Binder {
+    fn keep(&mut self, entry: Entry, fd: std::io::Result<std::os::fd::OwnedFd>) {
+        match fd {
+            Ok(fd) => self.keep.push((entry, fd)),
+            // Only an upgrade misses it, which then binds that one anew.
+            Err(e) => {
+                tracing::warn!(error = %e, kind = entry.kind, "cannot keep a socket for upgrades")
+            }
+        }
+    }
+
+    fn tcp(
+        &mut self,
+        kind: &str,
+        worker: usize,
+        addr: SocketAddr,
+        bind: impl FnOnce() -> std::io::Result<std::net::TcpListener>,
+    ) -> std::io::Result<std::net::TcpListener> {
+        let taken = self
+            .inherited
+            .as_mut()
+            .and_then(|i| i.tcp(kind, worker, addr));
+        let l = match taken {
+            Some(l) => l,
+            None => bind()?,
+        };
+        let dup = l.try_clone().map(std::os::fd::OwnedFd::from);
+        self.keep(Entry::new(kind, worker), dup);
+        Ok(l)
+    }
+
+    fn udp(
+        &mut self,
+        worker: usize,
+        place: (usize, usize),
+        addr: SocketAddr,
+        bind: impl FnOnce() -> std::io::Result<std::net::UdpSocket>,
+    ) -> std::io::Result<std::net::UdpSocket> {
+        let taken = self
+            .inherited
+            .as_mut()
+            .and_then(|i| i.udp(worker, place, addr));
+        let s = match taken {
+            Some(s) => s,
+            None => bind()?,
+        };
+        let dup = s.try_clone().map(std::os::fd::OwnedFd::from);
+        let mut entry = Entry::new("stun", worker);
+        entry.place = place;
+        self.keep(entry, dup);
+        Ok(s)
+    }
 }
 
 impl Server {
     /// Bind the bind port on every worker and start the workers.
     pub fn start(config: Config) -> anyhow::Result<Server> {
+        Server::launch(config, Launch::default())
+    }
+
+    /// [`Server::start`], taking a predecessor's sockets over when
+    /// `launch` carries them.
+    pub fn launch(config: Config, launch: Launch) -> anyhow::Result<Server> {
         let mut instance_lock = None;
+        let taking_over = launch.takeover.is_some();
+        let mut binder = Binder {
+            inherited: launch.takeover,
+            keep: Vec::new(),
+        };
         let governed = if config.fastpath.policy_dir.is_empty() {
             None
         } else {
             let path = std::path::Path::new(&config.fastpath.policy_dir);
             let dir = ShmDir::open(path).context("fastpath.policyDir")?;
             let note = format!("pid {} fastpath", std::process::id());
-            instance_lock = Some(
-                dir.lock(LOCK_FILE, &note)
-                    .with_context(|| format!("fastpath.policyDir {} is taken", path.display()))?,
-            );
+            // A successor takes the lock once its predecessor let it go.
+            if !taking_over {
+                instance_lock =
+                    Some(dir.lock(LOCK_FILE, &note).with_context(|| {
+                        format!("fastpath.policyDir {} is taken", path.display())
+                    })?);
+            }
             let key = dir
                 .instance_key()
                 .context("fastpath.policyDir: instance key")?;
@@ -71,23 +158,41 @@ impl Server {
         let addr = SocketAddr::new(ip, config.bind_port);
         let tls = crate::transport::tls::server_config(&config.transport.tls)?;
         let mut listeners = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        for w in 0..workers {
             listeners.push(
-                bind_tcp(addr, true)
+                binder
+                    .tcp("bind", w, addr, || bind_tcp(addr, true))
                     .with_context(|| format!("cannot listen on {addr} (bindAddr/bindPort)"))?,
             );
         }
         let addr = listeners[0].local_addr()?;
         // frps's vhost listeners bind proxyBindAddr, as proxies do.
         let ip = config.proxy_ip();
-        let http = vhost_listeners(ip, config.vhost_http_port, "vhostHTTPPort", workers)?;
-        let https = vhost_listeners(ip, config.vhost_https_port, "vhostHTTPSPort", workers)?;
+        let b = &mut binder;
+        let http = vhost_listeners(
+            b,
+            "http",
+            ip,
+            config.vhost_http_port,
+            "vhostHTTPPort",
+            workers,
+        )?;
+        let https = vhost_listeners(
+            b,
+            "https",
+            ip,
+            config.vhost_https_port,
+            "vhostHTTPSPort",
+            workers,
+        )?;
         let not_found_page = match config.custom_404_page.as_str() {
             "" => crate::frp::http::NOT_FOUND_PAGE.as_bytes().to_vec(),
             path => std::fs::read(path)
                 .with_context(|| format!("custom404Page: cannot read {path:?}"))?,
         };
         let tcpmux = vhost_listeners(
+            b,
+            "tcpmux",
             ip,
             config.tcpmux_http_connect_port,
             "tcpmuxHTTPConnectPort",
@@ -95,6 +200,8 @@ impl Server {
         )?;
         // The mesh relay binds bindAddr, as the frp port does.
         let mesh = vhost_listeners(
+            b,
+            "mesh",
             addr.ip(),
             config.fastpath.mesh_relay_port,
             "fastpath.meshRelayPort",
@@ -102,16 +209,18 @@ impl Server {
         )?;
         let site = config.stun_site();
         let mut stun: Vec<Option<crate::stun::WorkerSockets>> = match &site {
-            Some(site) => crate::stun::bind(site, workers)
-                .with_context(|| {
-                    format!(
-                        "cannot listen for STUN on {} (fastpath.stunPort, stunIP, stunSecondaryIP)",
-                        site.addr((0, 0))
-                    )
-                })?
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Some(site) => crate::stun::bind(site, workers, |w, place, at, bind| {
+                b.udp(w, place, at, bind)
+            })
+            .with_context(|| {
+                format!(
+                    "cannot listen for STUN on {} (fastpath.stunPort, stunIP, stunSecondaryIP)",
+                    site.addr((0, 0))
+                )
+            })?
+            .into_iter()
+            .map(Some)
+            .collect(),
             None => (0..workers).map(|_| None).collect(),
         };
         if let Some(site) = &site {
@@ -134,6 +243,7 @@ impl Server {
             inboxes: senders,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             stopping: Default::default(),
+            draining: Default::default(),
             policy,
             tls,
             http_routes: Default::default(),
@@ -181,8 +291,11 @@ impl Server {
         spawn_trimmer(shared.clone())?;
         if !shared.config.fastpath.metrics_addr.is_empty() {
             let at = &shared.config.fastpath.metrics_addr;
-            let l = std::net::TcpListener::bind(at)
-                .with_context(|| format!("cannot listen on {at} (fastpath.metricsAddr)"))?;
+            let l = match at.parse::<SocketAddr>() {
+                Ok(sa) => binder.tcp("metrics", 0, sa, || std::net::TcpListener::bind(sa)),
+                Err(_) => std::net::TcpListener::bind(at),
+            }
+            .with_context(|| format!("cannot listen on {at} (fastpath.metricsAddr)"))?;
             tracing::info!(addr = %at, "metrics on /metrics");
             let s = shared.clone();
             std::thread::Builder::new()
@@ -244,12 +357,81 @@ impl Server {
             threads.push(t);
         }
         tracing::info!(%addr, workers, "fastpath listening");
-        Ok(Server {
+        let mut server = Server {
             shared,
-            _instance_lock: instance_lock,
+            instance_lock: Arc::new(std::sync::Mutex::new(instance_lock)),
             threads,
             addr,
-        })
+            upgrader: None,
+        };
+        if let Some(inherited) = binder.inherited.take() {
+            let from = match inherited.ready() {
+                Ok(pid) => pid,
+                Err(e) => {
+                    server.stop(Duration::from_secs(2));
+                    return Err(e.context("taking over"));
+                }
+            };
+            tracing::info!(
+                predecessor = from,
+                "took the listening sockets over; the predecessor drains"
+            );
+            if let Some(g) = server.shared.policy.governed() {
+                server.take_instance_lock(&g.dir)?;
+            }
+        }
+        let up = &server.shared.config.fastpath.upgrade_socket;
+        if !up.is_empty() {
+            server.upgrader = Some(Upgrader::start(
+                up,
+                server.shared.clone(),
+                std::mem::take(&mut binder.keep),
+                server.instance_lock.clone(),
+                launch.exe,
+            )?);
+        }
+        Ok(server)
+    }
+
+    /// After a takeover: the lock the predecessor let go.
+    fn take_instance_lock(&self, dir: &ShmDir) -> anyhow::Result<()> {
+        let note = format!("pid {} fastpath", std::process::id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match dir.lock(LOCK_FILE, &note) {
+                Ok(f) => {
+                    *self.instance_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(anyhow::anyhow!("fastpath.policyDir: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Since when this process drains: a successor took its sockets.
+    pub fn draining_since(&self) -> Option<Instant> {
+        self.upgrader.as_ref().and_then(|u| u.draining_since())
+    }
+
+    /// Live sessions and user connections, all workers together.
+    pub fn live(&self) -> i64 {
+        self.shared
+            .stats
+            .iter()
+            .map(|s| s.sessions.load(Ordering::Relaxed) + s.conns.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Start a successor from this binary (`fastpath upgrade`, SIGUSR2);
+    /// its pid once it took over.
+    pub fn upgrade(&self) -> Result<u32, String> {
+        match &self.upgrader {
+            Some(u) => u.spawn_successor(),
+            None => Err("fastpath.upgradeSocket is not set".into()),
+        }
     }
 
     /// The bind address actually in use (port 0 resolved).
@@ -270,16 +452,22 @@ impl Server {
             let _ = inbox.send(WorkerMsg::Stop);
         }
         let deadline = Instant::now() + limit;
+        let mut clean = true;
         for t in self.threads {
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if !t.is_finished() {
-                return false;
+                clean = false;
+                break;
             }
             let _ = t.join();
         }
-        true
+        // After the workers (they write events until they end).
+        if let Some(u) = &self.upgrader {
+            u.close();
+        }
+        clean
     }
 }
 
@@ -314,18 +502,21 @@ fn spawn_trimmer(shared: Arc<Shared>) -> std::io::Result<()> {
 /// One listener per worker on a vhost port (SO_REUSEPORT), or none when
 /// the port is 0; the error names the key.
 fn vhost_listeners(
+    binder: &mut Binder,
+    kind: &str,
     ip: IpAddr,
     port: u16,
     key: &str,
     workers: usize,
 ) -> anyhow::Result<Vec<Option<std::net::TcpListener>>> {
     (0..workers)
-        .map(|_| {
+        .map(|w| {
             if port == 0 {
                 return Ok(None);
             }
             let a = SocketAddr::new(ip, port);
-            bind_tcp(a, true)
+            binder
+                .tcp(kind, w, a, || bind_tcp(a, true))
                 .map(Some)
                 .with_context(|| format!("cannot listen on {a} (proxyBindAddr/{key})"))
         })

@@ -203,6 +203,9 @@ pub struct Shared {
     pub stats: Vec<WorkerStats>,
     /// Set when the process is shutting down.
     pub stopping: AtomicBool,
+    /// Set once a successor took the listening sockets over (an upgrade):
+    /// nothing new is accepted here, live sessions are served on.
+    pub draining: AtomicBool,
     /// The slowpath's policy (or standalone rules).
     pub policy: Arc<crate::policy::Policy>,
     /// TLS server configuration for the bind port.
@@ -242,6 +245,12 @@ impl Shared {
     /// Whether shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether this process still takes new connections and datagrams on
+    /// its listening sockets (neither stopping nor handed over).
+    pub fn is_accepting(&self) -> bool {
+        !self.is_stopping() && !self.draining.load(Ordering::Acquire)
     }
 }
 

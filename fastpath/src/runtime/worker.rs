@@ -172,9 +172,12 @@ async fn serve(
     if mesh_task.is_some() {
         monoio::spawn(mesh_ticker(ctx.clone(), mesh_nodes.clone()));
     }
-    inbox_loop(&ctx, &sessions, &mesh_nodes, inbox).await;
+    let canceller = std::cell::RefCell::new(Some(canceller));
+    inbox_loop(&ctx, &sessions, &mesh_nodes, inbox, &canceller).await;
     // Stop: no new connections, close every session we own.
-    let _ = canceller.cancel();
+    if let Some(c) = canceller.take() {
+        let _ = c.cancel();
+    }
     let _ = accept_task.await;
     for t in vhost_tasks {
         let _ = t.await;
@@ -226,10 +229,25 @@ async fn inbox_loop(
     sessions: &Rc<Sessions>,
     mesh_nodes: &Rc<MeshNodes>,
     inbox: flume::Receiver<WorkerMsg>,
+    accepting: &std::cell::RefCell<Option<monoio::io::Canceller>>,
 ) {
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
             WorkerMsg::Stop => break,
+            WorkerMsg::Drain => {
+                // The successor accepts on the same sockets; ours close
+                // as the accept loops end. Sessions and their proxies'
+                // own listeners stay.
+                if let Some(c) = accepting.take() {
+                    let _ = c.cancel();
+                }
+                tracing::info!(
+                    worker = ctx.id,
+                    sessions = sessions.all().len(),
+                    "draining: no longer accepting"
+                );
+                monoio::spawn(move_idle_sessions(sessions.clone()));
+            }
             WorkerMsg::Kick { control_id } => {
                 if let Some(c) = sessions.by_id(control_id) {
                     c.close("replaced by a new login with the same run_id");
@@ -281,6 +299,24 @@ async fn inbox_loop(
                 mesh::links::deliver(ctx, mesh_nodes, relay, frames);
             }
         }
+    }
+}
+
+/// How often a draining worker looks for sessions with nothing in flight.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// After an upgrade: a session is closed as soon as none of its proxies
+/// relays anything, so that its client logs in again to the new process
+/// (frpc does so at once) while no transfer is cut. What still relays at
+/// `fastpath.drainSecs` is closed by the stop.
+async fn move_idle_sessions(sessions: Rc<Sessions>) {
+    loop {
+        for c in sessions.all() {
+            if !c.is_closed() && c.proxies().iter().all(|p| !p.relaying()) {
+                c.close("server upgraded: log in again to the new process");
+            }
+        }
+        monoio::time::sleep(DRAIN_TICK).await;
     }
 }
 

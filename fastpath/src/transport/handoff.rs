@@ -48,6 +48,9 @@ pub enum WorkerMsg {
     /// A new policy table is in force: end the sessions it no longer
     /// allows, then report the generation as applied.
     PolicyChanged { generation: u64 },
+    /// A successor took the listening sockets over: stop accepting,
+    /// serve the live sessions on.
+    Drain,
     /// The process is stopping: close everything.
     Stop,
 }

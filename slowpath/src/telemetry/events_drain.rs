@@ -133,6 +133,8 @@ pub struct EventDrain {
     retired: Vec<Mapped>,
     /// Retired rings read into the batch being written, dropped once it is.
     draining: Vec<Mapped>,
+    /// Retired rings of a producer that still drains, during one pass.
+    still_written: Vec<Mapped>,
     /// Tenant proxies with samples and no closing mark yet, by the ring
     /// (producer pid, worker) that reported them: (token, proxy) → run_id.
     open: HashMap<(u64, u32), HashMap<(String, String), String>>,
@@ -164,6 +166,7 @@ impl EventDrain {
             rings: HashMap::new(),
             retired: Vec::new(),
             draining: Vec::new(),
+            still_written: Vec::new(),
             open: HashMap::new(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
             reports: None,
@@ -322,10 +325,20 @@ impl EventDrain {
     /// What was read is committed (or given up): give the rings' space back
     /// and let drained retired rings go.
     fn release_read(&mut self) {
-        for m in self.rings.values() {
+        for m in self.rings.values().chain(&self.retired) {
             m.ring.release(m.read_to);
         }
         self.draining.clear();
+    }
+
+    /// Whether `producer` is a fastpath that handed its sockets to a
+    /// successor and still serves (and writes events): it holds its
+    /// draining lock, as the kernel says.
+    fn draining_producer(&self, producer: u64) -> bool {
+        let Ok(pid) = u32::try_from(producer) else {
+            return false;
+        };
+        self.shm.dir.holder(&shm::draining_file(pid)) == i32::try_from(pid).ok()
     }
 
     /// The producer of a ring is gone and the ring is empty: close the
@@ -381,7 +394,9 @@ impl EventDrain {
             .and_then(|p| u64::try_from(p).ok());
         if take {
             // Retired rings first, to their end: their records are older
-            // than anything in the rings that replaced them.
+            // than anything in the rings that replaced them. A ring whose
+            // producer still drains after an upgrade is read again next
+            // time: it still writes into it.
             for mut m in std::mem::take(&mut self.retired) {
                 self.read_into_batch(
                     &mut m,
@@ -390,11 +405,16 @@ impl EventDrain {
                     &mut undecodable,
                     &mut unauthenticated,
                 );
+                if self.draining_producer(m.producer) {
+                    self.still_written.push(m);
+                    continue;
+                }
                 if Some(m.producer) != live {
                     orphans += self.close_orphans(m.producer, m.worker);
                 }
                 self.draining.push(m);
             }
+            self.retired.append(&mut self.still_written);
         }
         let names: Vec<String> = self.rings.keys().cloned().collect();
         for name in names {
@@ -409,7 +429,7 @@ impl EventDrain {
                     &mut undecodable,
                     &mut unauthenticated,
                 );
-                if Some(m.producer) == live {
+                if Some(m.producer) == live || self.draining_producer(m.producer) {
                     m.gone_handled = false;
                 } else if !m.gone_handled && at_end {
                     m.gone_handled = true;
