@@ -36,6 +36,12 @@ struct Cli {
     /// fastpath.policyDir; `slowpath up` passes its own).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// Log line format: text or json (overrides log.format).
+    #[arg(long, env = "TOTORO_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// This node's id on every JSON log line (overrides fastpath.nodeId).
+    #[arg(long)]
+    node_id: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,22 +62,37 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    if cfg.log.format == "json" {
+        let lines = logfmt::JsonLines::new([("node_id", cfg.fastpath.node_id.clone())]);
+        let builder = builder.event_format(lines);
+        if cfg.log.to == "console" || cfg.log.to.is_empty() {
+            builder.with_writer(std::io::stderr).init();
+        } else {
+            builder
+                .with_writer(std::sync::Mutex::new(log_file(cfg)?))
+                .init();
+        }
+        return Ok(());
+    }
     if cfg.log.to == "console" || cfg.log.to.is_empty() {
         let color =
             !cfg.log.disable_print_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
         builder.with_ansi(color).with_writer(std::io::stderr).init();
     } else {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.log.to)
-            .map_err(|e| anyhow::anyhow!("log.to {}: {e}", cfg.log.to))?;
         builder
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
+            .with_writer(std::sync::Mutex::new(log_file(cfg)?))
             .init();
     }
     Ok(())
+}
+
+fn log_file(cfg: &Config) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cfg.log.to)
+        .map_err(|e| anyhow::anyhow!("log.to {}: {e}", cfg.log.to))
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -137,6 +158,12 @@ where
     }
     if let Some(d) = &cli.policy_dir {
         cfg.fastpath.policy_dir = d.display().to_string();
+    }
+    if let Some(f) = &cli.log_format {
+        cfg.log.format = f.clone();
+    }
+    if let Some(n) = &cli.node_id {
+        cfg.fastpath.node_id = n.clone();
     }
     if let Err(e) = cfg.validate() {
         eprintln!("fastpath: {e}");

@@ -107,3 +107,52 @@ fn pool_is_capped_by_max_pool_count() {
         "frpc asked for 50; the server must request only maxPoolCount"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_fields_named() {
+    let port = bench::proc::free_port();
+    let fp = Fastpath::start(
+        &format!(
+            "log.format = \"json\"\nfastpath.nodeId = \"node-json\"\nallowPorts = [{{ single = {port} }}]"
+        ),
+        1,
+    );
+    let echo = bench::backend::Backend::echo().unwrap();
+    let c = Client::login(fp.opts()).unwrap();
+    tcp_proxy(&c, "web", i64::from(port), echo.addr(), false, false);
+    let refused = c.add_proxy(bench::client::ProxySpec {
+        name: "outside".into(),
+        remote_port: i64::from(port) + 1,
+        local: echo.addr(),
+        use_encryption: false,
+        use_compression: false,
+        server_bandwidth_limit: String::new(),
+    });
+    assert!(refused.is_err());
+    assert!(fp.daemon.wait_log("proxy refused", Duration::from_secs(5)));
+    let lines = fp.daemon.log();
+    let objects: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for o in &objects {
+        assert_eq!(o["node_id"], "node-json", "{o}");
+        assert!(
+            o["ts"].is_string() && o["level"].is_string() && o["msg"].is_string(),
+            "{o}"
+        );
+    }
+    let find = |msg: &str| {
+        objects
+            .iter()
+            .find(|o| o["msg"] == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} line in {lines:#?}"))
+    };
+    assert_eq!(find("proxy registered")["proxy_name"], "web");
+    assert_eq!(find("proxy registered")["port"], port);
+    let r = find("proxy refused");
+    assert_eq!(r["proxy_name"], "outside");
+    assert_eq!(r["level"], "info");
+    assert!(r["reason"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+    assert!(find("client logged in")["session"].is_string());
+}

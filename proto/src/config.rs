@@ -147,6 +147,9 @@ pub struct LogConfig {
     pub max_days: i64,
     /// Accepted for frps compatibility.
     pub disable_print_color: bool,
+    /// "text" (frps's look) or "json" (one object per line, for log
+    /// shippers; `logfmt`).
+    pub format: String,
 }
 
 /// Data-plane knobs (`[fastpath]` table).
@@ -254,6 +257,9 @@ pub struct FastpathConfig {
     /// serving its live sessions and transfers before closing what is
     /// left, seconds.
     pub drain_secs: u64,
+    /// This node's id, written as `node_id` on every JSON log line
+    /// (`slowpath up` passes its local node's); empty = none.
+    pub node_id: String,
 }
 
 /// Seed 002's `[etcd]` table as written. The slowpath checks it into its
@@ -361,6 +367,7 @@ impl Default for LogConfig {
             level: "info".into(),
             max_days: 3,
             disable_print_color: false,
+            format: "text".into(),
         }
     }
 }
@@ -399,6 +406,7 @@ impl Default for FastpathConfig {
             udp_queue: 1024,
             upgrade_socket: String::new(),
             drain_secs: 600,
+            node_id: String::new(),
         }
     }
 }
@@ -698,6 +706,12 @@ impl Config {
                 ))
             }
         }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not one of text, json", self.log.format),
+            ));
+        }
         let fp = &self.fastpath;
         if fp.workers > 1024 {
             return Err(invalid(
@@ -928,6 +942,7 @@ taskWork = "coop"
                 "allowPorts[1]",
             ),
             ("log.level = \"loud\"", "log.level"),
+            ("log.format = \"xml\"", "log.format"),
             ("[fastpath]\nyamuxWindow = 5", "fastpath.yamuxWindow"),
             (
                 "[fastpath]\npreAuthPerSource = 0",

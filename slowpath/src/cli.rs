@@ -17,6 +17,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log line format on stderr: text, or json (one object per line with
+    /// `ts`, `level`, `msg` and the event's fields; `up` gives its
+    /// fastpath the same).
+    #[arg(long, global = true, env = "TOTORO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Subcommands.

@@ -20,14 +20,21 @@ fn main() -> ExitCode {
         return run_fastpath(args);
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        // `up`'s fastpath child logs the same way (its --log-format reads
+        // this variable). Set before any thread exists.
+        std::env::set_var("TOTORO_LOG_FORMAT", "json");
+        logs.event_format(logfmt::JsonLines::default()).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
         Command::Up(up) => serve(up.serve.clone(), Some(up)),
         Command::Serve(args) => serve(args, None),

@@ -285,7 +285,7 @@ pub async fn run(
         Err(r) => return refuse_login(&ctx, conn, &login, peer, r, wire, preface).await,
     };
     if run_id != login.run_id && !login.run_id.is_empty() {
-        tracing::info!(%peer, session = %run_id, asked = %login.run_id, invite = ?authorized.grant.invite(),
+        tracing::info!(%peer, session = %run_id, asked = %login.run_id, invite_id = ?authorized.grant.invite(),
             "login asked for a run_id that belongs to another credential; it gets a session of its own");
     }
     if let Some(old) = replaced {
@@ -399,7 +399,7 @@ async fn refuse_login(
     wire: Wire,
     preface: Vec<u8>,
 ) {
-    tracing::info!(%peer, user = %login.user, invite = ?r.invite, kind = %r.kind, reason = %r.detail, "login refused");
+    tracing::info!(%peer, user = %login.user, invite_id = ?r.invite, kind = %r.kind, reason = %r.detail, "login refused");
     let out = login_refusal(ctx, &r.detail, wire, preface);
     ctx.events.emit(Event::AuthFailed {
         peer: peer.to_string(),
@@ -501,7 +501,7 @@ fn open(
     WorkerStats::add(&ctx.stats().sessions, 1);
     tracing::info!(
         session = %control.who.run_id, %peer, user = %control.who.login.user, version = %control.who.login.version,
-        invite = ?grant.invite(), transport = conn.kind(), wire = wire.name(), worker = ctx.id,
+        invite_id = ?grant.invite(), transport = conn.kind(), wire = wire.name(), worker = ctx.id,
         "client logged in"
     );
     ctx.events.emit(Event::SessionOpen {
@@ -626,7 +626,7 @@ impl Control {
                         }
                     }
                     Err(r) => {
-                        tracing::info!(session = %self.who.run_id, proxy = %name, invite = ?self.auth.grant.invite(), kind = %r.kind, reason = %r.detail, "proxy refused");
+                        tracing::info!(session = %self.who.run_id, proxy_name = %name, invite_id = ?self.auth.grant.invite(), kind = %r.kind, reason = %r.detail, "proxy refused");
                         self.ctx.events.emit(Event::ProxyRejected {
                             run_id: self.who.run_id.clone(),
                             invite: self.auth.grant.invite(),

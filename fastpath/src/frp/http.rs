@@ -427,7 +427,7 @@ impl UserConn<'_> {
         };
         if let Some(want) = &target.credentials {
             if (head.user.as_str(), head.password.as_str()) != (want.0.as_str(), want.1.as_str()) {
-                tracing::info!(worker = self.ctx.id, peer = %self.peer, proxy = %proxy.name, "http request without the proxy's credentials");
+                tracing::info!(worker = self.ctx.id, peer = %self.peer, proxy_name = %proxy.name, "http request without the proxy's credentials");
                 return Ok(self
                     .answer(
                         401,

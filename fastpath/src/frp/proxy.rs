@@ -274,7 +274,7 @@ impl Proxy {
         let ctx = control.ctx();
         let invite = control.auth.grant.invite();
         WorkerStats::add(&ctx.stats().proxies, 1);
-        tracing::info!(session = %control.who.run_id, proxy = %self.name, port = self.port, ?invite, "proxy registered");
+        tracing::info!(session = %control.who.run_id, proxy_name = %self.name, port = self.port, invite_id = ?invite, "proxy registered");
         ctx.events.emit(Event::ProxyRegistered {
             run_id: control.who.run_id.clone(),
             invite,
@@ -385,7 +385,7 @@ impl Proxy {
                 reason: reason.to_string(),
                 refusal: None,
             });
-            tracing::info!(session = %c.who.run_id, proxy = %self.name, %reason, "proxy closed");
+            tracing::info!(session = %c.who.run_id, proxy_name = %self.name, %reason, "proxy closed");
         }
     }
 
@@ -1028,13 +1028,15 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
                     }
                     Err(_) if proxy.closed.get() => break,
                     Err(e) => {
-                        tracing::warn!(proxy = %proxy.name, error = %e, "accept failed");
+                        tracing::warn!(proxy_name = %proxy.name, error = %e, "accept failed");
                         monoio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 }
             }
         }
-        Err(e) => tracing::warn!(proxy = %proxy.name, error = %e, "cannot register proxy listener"),
+        Err(e) => {
+            tracing::warn!(proxy_name = %proxy.name, error = %e, "cannot register proxy listener")
+        }
     }
     // The listener is dropped (closed) by now. A tcp group's port stays
     // claimed until its last member closes.

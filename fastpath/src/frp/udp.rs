@@ -181,7 +181,7 @@ pub async fn serve<O: Owner + 'static>(
             feeder.await;
         }
         Err(e) => {
-            tracing::warn!(proxy = %proxy.name(), error = %e, "cannot register udp proxy socket")
+            tracing::warn!(proxy_name = %proxy.name(), error = %e, "cannot register udp proxy socket")
         }
     }
     // The socket is closed by now.
@@ -221,7 +221,7 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
             }
             Err(_) if proxy.is_closed() => break,
             Err(e) => {
-                tracing::debug!(proxy = %proxy.name(), error = %e, "udp receive failed");
+                tracing::debug!(proxy_name = %proxy.name(), error = %e, "udp receive failed");
             }
         }
     }
@@ -244,7 +244,7 @@ async fn take_in<O: Owner>(
     } else {
         WorkerStats::bump(&stats.udp_dropped, 1);
         if dropped.is_multiple_of(1024) {
-            tracing::info!(proxy = %proxy.name(), queued = queue.cap,
+            tracing::info!(proxy_name = %proxy.name(), queued = queue.cap,
                 "udp datagrams dropped: the queue for frpc is full (fastpath.udpQueue)");
         }
         *dropped += 1;
@@ -368,7 +368,7 @@ async fn feed<O: Owner + 'static>(
             Some((work, wire)) => {
                 let reason = carry(&proxy, &ctx, &sock, &queue, work, wire).await;
                 if !proxy.is_closed() {
-                    tracing::info!(proxy = %proxy.name(), %reason, "udp work connection ended; taking another");
+                    tracing::info!(proxy_name = %proxy.name(), %reason, "udp work connection ended; taking another");
                 }
             }
             None if proxy.session_closed() => break,
@@ -437,7 +437,7 @@ async fn read_loop<O: Owner>(
             Err(e) => {
                 if e.is_malformed() {
                     WorkerStats::bump(&stats.protocol_errors, 1);
-                    tracing::warn!(proxy = %proxy.name(), error = %e,
+                    tracing::warn!(proxy_name = %proxy.name(), error = %e,
                         "udp work connection closed: malformed message from frpc");
                 }
                 return e.to_string();
@@ -449,13 +449,13 @@ async fn read_loop<O: Owner>(
             Message::Ping(_) => continue,
             other => {
                 // frps ignores other messages here.
-                tracing::debug!(proxy = %proxy.name(), msg = other.name(), "ignored on a udp work connection");
+                tracing::debug!(proxy_name = %proxy.name(), msg = other.name(), "ignored on a udp work connection");
                 continue;
             }
         };
         let Some(to) = user_addr(&packet) else {
             WorkerStats::bump(&stats.udp_dropped, 1);
-            tracing::debug!(proxy = %proxy.name(), "udp packet from frpc names no user address; dropped");
+            tracing::debug!(proxy_name = %proxy.name(), "udp packet from frpc names no user address; dropped");
             continue;
         };
         let n = packet.content.len();
@@ -466,7 +466,7 @@ async fn read_loop<O: Owner>(
                 proxy.meter(stats, false, n).await;
             }
             Err(e) => {
-                tracing::debug!(proxy = %proxy.name(), %to, error = %e, "udp send to user failed")
+                tracing::debug!(proxy_name = %proxy.name(), %to, error = %e, "udp send to user failed")
             }
         }
     }
@@ -510,7 +510,7 @@ async fn write_loop<O: Owner>(
         out = o;
         if let Err(e) = r {
             if !stop.get() {
-                tracing::debug!(proxy = %proxy.name(), error = %e, "udp work connection write failed");
+                tracing::debug!(proxy_name = %proxy.name(), error = %e, "udp work connection write failed");
             }
             aborter.abort();
             break;

@@ -404,7 +404,7 @@ pub fn adopt(ctx: &Rc<WorkerCtx>, sessions: &Rc<Sessions>, moved: MovedVhost) {
         peer,
         target,
     } = moved;
-    tracing::debug!(worker = ctx.id, %peer, proxy = %target.proxy, "vhost connection moved here");
+    tracing::debug!(worker = ctx.id, %peer, proxy_name = %target.proxy, "vhost connection moved here");
     let stream = match TcpStream::from_std(socket) {
         Ok(s) => s,
         Err(e) => {

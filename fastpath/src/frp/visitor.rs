@@ -116,7 +116,7 @@ pub async fn serve(
         Ok(t) => t,
         Err(reason) => {
             WorkerStats::bump(&stats.visitors_refused, 1);
-            tracing::warn!(%peer, proxy = %v.proxy_name, %reason, "visitor connection refused");
+            tracing::warn!(%peer, proxy_name = %v.proxy_name, %reason, "visitor connection refused");
             let invite = ctx
                 .shared
                 .visitors
@@ -137,7 +137,7 @@ pub async fn serve(
     };
     if !pending.is_empty() {
         // frpc waits for the answer before it sends a byte.
-        tracing::warn!(%peer, proxy = %v.proxy_name, "visitor sent data before NewVisitorConnResp; closing it");
+        tracing::warn!(%peer, proxy_name = %v.proxy_name, "visitor sent data before NewVisitorConnResp; closing it");
         return;
     }
     let mut conn = conn;
@@ -151,7 +151,7 @@ pub async fn serve(
     WorkerStats::bump(&stats.visitors, 1);
     audit(target.invite, "");
     let across_workers = target.worker != ctx.id;
-    tracing::info!(%peer, proxy = %v.proxy_name, kind = target.kind.name(), across_workers, "visitor connected");
+    tracing::info!(%peer, proxy_name = %v.proxy_name, kind = target.kind.name(), across_workers, "visitor connected");
     let (near, far) = bridge::pair();
     let moved = MovedVisitor {
         proxy: v.proxy_name.clone(),
@@ -210,7 +210,7 @@ pub fn adopt(sessions: &Sessions, moved: MovedVisitor) {
         None => {
             // The proxy closed on the way: the visitor's leg ends.
             end.aborter().abort();
-            tracing::debug!(%peer, %proxy, "visitor's proxy is gone");
+            tracing::debug!(%peer, proxy_name = %proxy, "visitor's proxy is gone");
         }
     }
 }

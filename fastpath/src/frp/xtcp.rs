@@ -71,7 +71,7 @@ fn send_to(ctx: &WorkerCtx, at: At, msg: Message, delay: Duration) {
 pub fn on_visitor(ctx: &WorkerCtx, me: At, user: &str, m: NatHoleVisitor, reply: &dyn Fn(Message)) {
     let name = m.proxy_name.clone();
     let answer = |error: String| {
-        tracing::info!(proxy = %name, user, %error, "xtcp visitor refused");
+        tracing::info!(proxy_name = %name, user, %error, "xtcp visitor refused");
         reply(Message::NatHoleResp(refusal(&m.transaction_id, &error)));
     };
     let Some(target) = find(ctx, &name) else {
@@ -108,7 +108,7 @@ pub fn on_visitor(ctx: &WorkerCtx, me: At, user: &str, m: NatHoleVisitor, reply:
             },
         );
     }
-    tracing::debug!(proxy = %name, %sid, "xtcp attempt waits for the owner");
+    tracing::debug!(proxy_name = %name, %sid, "xtcp attempt waits for the owner");
     let handoff = WorkerMsg::XtcpSid {
         control_id: target.control_id,
         proxy: name,
@@ -151,14 +151,14 @@ pub fn on_client(ctx: &WorkerCtx, me: At, m: NatHoleClient) {
             (v, c)
         }
         Err(e) => {
-            tracing::info!(sid = %m.sid, proxy = %m.proxy_name, error = %e, "xtcp attempt cannot be decided");
+            tracing::info!(sid = %m.sid, proxy_name = %m.proxy_name, error = %e, "xtcp attempt cannot be decided");
             (
                 refusal(&p.visitor.transaction_id, &e),
                 refusal(&m.transaction_id, &e),
             )
         }
     };
-    tracing::info!(sid = %m.sid, proxy = %m.proxy_name, mode = v.detect_behavior.mode,
+    tracing::info!(sid = %m.sid, proxy_name = %m.proxy_name, mode = v.detect_behavior.mode,
         visitor = %v.detect_behavior.role, owner = %c.detect_behavior.role, "xtcp attempt decided");
     // A sender hears a second later, once the receiver listens.
     let delay = |r: &NatHoleResp| {

@@ -188,6 +188,8 @@ pub async fn run(
             .arg(fp.stats_file())
             .arg("--policy-dir")
             .arg(fp.shm.dir.path())
+            .arg("--node-id")
+            .arg(&node_id)
             .kill_on_drop(true)
             .spawn();
         let mut child = match child {

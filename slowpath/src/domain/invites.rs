@@ -561,7 +561,7 @@ pub async fn create(db: &Db, node: &Node, req: NewInvite) -> Result<(Invite, Str
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(node = %invite.node_id, invite = %invite.id, max_uses = invite.max_uses, "invite created");
+    tracing::info!(node_id = %invite.node_id, invite_id = %invite.id, max_uses = invite.max_uses, "invite created");
     Ok((invite, code))
 }
 
@@ -685,7 +685,7 @@ pub async fn revoke(db: &Db, id: &str, node_id: Option<&str>, by: &str) -> Resul
         .await?;
         invite.revoked = true;
         invite.revoked_ms = now;
-        tracing::info!(invite = %invite.id, by, "invite revoked");
+        tracing::info!(invite_id = %invite.id, by, "invite revoked");
     }
     tx.commit().await?;
     Ok(invite)
@@ -825,7 +825,7 @@ async fn resolve_where(
     })
     .map_err(|e| Error::Internal(format!("cannot write the frpc.toml: {e}")))?;
     tx.commit().await?;
-    tracing::info!(invite = %invite.id, node = %invite.node_id, use_n = invite.used, client, "invite resolved");
+    tracing::info!(invite_id = %invite.id, node_id = %invite.node_id, use_n = invite.used, client, "invite resolved");
     Ok(Resolved {
         server_addr,
         server_port,

@@ -467,7 +467,7 @@ pub async fn register(db: &Db, req: NewNode) -> Result<(Node, String)> {
     .bind(i64::from(node.vhost_https_port))
     .execute(db)
     .await?;
-    tracing::info!(node = %node.id, name = %node.name, public = node.public, "node registered");
+    tracing::info!(node_id = %node.id, name = %node.name, public = node.public, "node registered");
     Ok((node, node_key))
 }
 
@@ -586,7 +586,7 @@ pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::info!(node = %node.id, public = node.public, port_pool = %node.port_pool, "node updated");
+    tracing::info!(node_id = %node.id, public = node.public, port_pool = %node.port_pool, "node updated");
     Ok(node)
 }
 
@@ -606,7 +606,7 @@ pub async fn delete(db: &Db, id: &str) -> Result<()> {
         return Err(Error::NotFound(format!("node {id} not found")));
     }
     tx.commit().await?;
-    tracing::info!(node = %id, "node deleted");
+    tracing::info!(node_id = %id, "node deleted");
     Ok(())
 }
 

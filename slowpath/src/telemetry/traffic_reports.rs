@@ -474,7 +474,7 @@ pub async fn run_sender(db: Db, settings: std::sync::Arc<ReportSettings>) {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(
-                            tenant = %report.token, proxy = %report.proxy_name, error = %e,
+                            tenant = %report.token, proxy_name = %report.proxy_name, error = %e,
                             retry_in_s = backoff.as_secs(), "traffic report not delivered"
                         );
                         {
