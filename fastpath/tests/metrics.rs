@@ -73,6 +73,23 @@ fn metrics_follow_the_traffic_and_pass_promtool() {
     assert_eq!(answers, 3, "{body}");
     assert!(get(metrics, "/other").0.starts_with("HTTP/1.1 404"));
 
+    // A login and a refused one land in the decision histogram.
+    let _c = bench::client::Client::login(fp.opts()).unwrap();
+    let mut bad = fp.opts();
+    bad.token = "wrong".into();
+    assert!(bench::client::Client::login(bad).is_err());
+    let (_, body) = get(metrics, "/metrics");
+    let count = |outcome: &str| -> u64 {
+        body.lines()
+            .filter(|l| {
+                l.starts_with("totoro_fastpath_login_decision_seconds_count{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((count("admitted"), count("refused")), (1, 1), "{body}");
+
     // Without OpenMetrics in Accept: the classic text format, which is
     // what promtool checks.
     let (head, body) = get_as(metrics, "/metrics", "*/*");

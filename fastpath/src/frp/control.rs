@@ -280,7 +280,11 @@ pub async fn run(
         worker: ctx.id,
         control_id: ctx.next_control_id(),
     };
-    let (authorized, Registered { run_id, replaced }) = match admit(&ctx.shared, &login, me) {
+    let decided = std::time::Instant::now();
+    let admitted = admit(&ctx.shared, &login, me);
+    let timings = &ctx.shared.timings;
+    timings.login(ctx.id, admitted.is_ok(), decided.elapsed());
+    let (authorized, Registered { run_id, replaced }) = match admitted {
         Ok(x) => x,
         Err(r) => return refuse_login(&ctx, conn, &login, peer, r, wire, preface).await,
     };

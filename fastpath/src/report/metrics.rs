@@ -16,6 +16,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::runtime::shared::Shared;
@@ -33,10 +34,69 @@ const GAUGES: &[&str] = &[
 
 type Labels = Vec<(String, String)>;
 
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Latencies the workers observe (a histogram per worker and outcome).
+#[derive(Clone)]
+pub struct Timings {
+    /// From a Login read to its decision (token, policy, limits, the
+    /// session registered), seconds, by worker and outcome.
+    login: Histograms,
+    /// From the slowpath compiling a policy table to this worker having
+    /// applied it (sessions it no longer allows closed), seconds.
+    propagation: Histograms,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            login: Family::new_with_constructor(|| {
+                Histogram::new([
+                    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05,
+                    0.1,
+                ])
+            }),
+            propagation: Family::new_with_constructor(|| {
+                Histogram::new([
+                    1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+        }
+    }
+}
+
+impl Timings {
+    /// A login decided on `worker` in `took`.
+    pub fn login(&self, worker: usize, admitted: bool, took: Duration) {
+        let mut l = self::worker(worker);
+        let outcome = if admitted { "admitted" } else { "refused" };
+        l.push(("outcome".into(), outcome.into()));
+        self.login.get_or_create(&l).observe(took.as_secs_f64());
+    }
+
+    /// A table made at `created_ms` applied on `worker` at `now_ms`.
+    pub fn propagated(&self, worker: usize, created_ms: u64, now_ms: u64) {
+        let secs = now_ms.saturating_sub(created_ms) as f64 / 1000.0;
+        self.propagation
+            .get_or_create(&self::worker(worker))
+            .observe(secs);
+    }
+}
+
 /// The exposition of these per-worker snapshots (as the stats file has
 /// them) and the policy generation.
-pub fn render(workers: &[serde_json::Value], generation: u64) -> String {
+pub fn render(workers: &[serde_json::Value], generation: u64, timings: &Timings) -> String {
     let mut registry = Registry::with_prefix("totoro_fastpath");
+    registry.register(
+        "login_decision_seconds",
+        "time from a Login read to its decision, by worker and outcome",
+        timings.login.clone(),
+    );
+    registry.register(
+        "policy_propagation_seconds",
+        "time from the slowpath compiling a policy table to a worker applying it",
+        timings.propagation.clone(),
+    );
     let mut names: Vec<&String> = workers
         .iter()
         .filter_map(|w| w.as_object())
@@ -127,7 +187,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .iter()
                 .map(|s| serde_json::to_value(s.snapshot()).unwrap_or_default())
                 .collect();
-            let body = render(&workers, shared.policy.generation());
+            let body = render(&workers, shared.policy.generation(), &shared.timings);
             let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
             let accept = head.lines().find_map(|l| l.strip_prefix("accept:"));
             let (kind, body) = proto::exposition::negotiate(accept, body);
@@ -153,7 +213,26 @@ mod tests {
                                 "x_total_total": 1, "y": 2, "y_total": 3 }),
             serde_json::json!({ "sessions": 1, "bytes_in": 5 }),
         ];
-        let text = render(&w, 7);
+        let t = Timings::default();
+        t.login(1, true, Duration::from_micros(40));
+        t.login(1, false, Duration::from_micros(3));
+        t.propagated(0, 1_000, 1_004);
+        let text = render(&w, 7, &t);
+        assert!(
+            text.contains("# TYPE totoro_fastpath_login_decision_seconds histogram"),
+            "{text}"
+        );
+        // 40 µs is above the 25 µs bound and within the 50 µs one.
+        for (le, n) in [("0.000025", 0), ("0.00005", 1)] {
+            let line = format!(
+                "totoro_fastpath_login_decision_seconds_bucket{{le=\"{le}\",worker=\"1\",outcome=\"admitted\"}} {n}"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            text.contains("totoro_fastpath_policy_propagation_seconds_count{worker=\"0\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE totoro_fastpath_sessions gauge"),
             "{text}"

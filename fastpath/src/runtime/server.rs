@@ -242,6 +242,7 @@ impl Server {
             directory: Directory::default(),
             inboxes: senders,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            timings: Default::default(),
             stopping: Default::default(),
             draining: Default::default(),
             policy,

@@ -201,6 +201,8 @@ pub struct Shared {
     pub inboxes: Vec<Inbox>,
     /// One counter block per worker, indexed by worker id.
     pub stats: Vec<WorkerStats>,
+    /// Login decision and policy propagation latencies.
+    pub timings: crate::report::metrics::Timings,
     /// Set when the process is shutting down.
     pub stopping: AtomicBool,
     /// Set once a successor took the listening sockets over (an upgrade):

@@ -261,6 +261,12 @@ async fn inbox_loop(
                 }
                 mesh::relay::recheck(ctx, mesh_nodes);
                 ctx.events.set_applied_generation(generation);
+                if let Some(t) = ctx.shared.policy.current() {
+                    let now = crate::report::events::now_ms();
+                    ctx.shared
+                        .timings
+                        .propagated(ctx.id, t.get().created_ms(), now);
+                }
             }
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
             WorkerMsg::VhostConn(moved) => vhost::adopt(ctx, sessions, *moved),
