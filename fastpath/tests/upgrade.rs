@@ -155,7 +155,7 @@ fn login(addr: std::net::SocketAddr) -> Client {
 #[test]
 fn an_upgrade_keeps_live_transfers_and_the_new_process_takes_the_port() {
     // The client is held: its session is the one that drains.
-    let (s, mut old, echo, _client, port) = serving("live");
+    let (s, mut old, echo, client, port) = serving("live");
 
     // A transfer of about 3 s, in flight across the upgrade.
     let transfer = slow_echo(port, 48 << 20, 3.0);
@@ -190,9 +190,11 @@ fn an_upgrade_keeps_live_transfers_and_the_new_process_takes_the_port() {
     let log = old.log().join("\n");
     assert!(log.contains("listeners handed over"), "{log}");
     assert!(log.contains("drained"), "{log}");
-    // The client logs in again, now to the successor, and the same
-    // port serves through it.
-    let again = login(s.addr);
+    // The client logs in again with its run_id, as frpc does, now to the
+    // successor, and the same port serves through it.
+    let mut o = bench::client::ClientOpts::new(s.addr, TOKEN);
+    o.run_id = client.run_id().to_string();
+    let again = Client::login(o).expect("log in again");
     let port2 = tcp_proxy(&again, "web", i64::from(port), echo.addr(), false, false);
     assert_eq!(port2, port);
     let (a, b) = echo_integrity(port, 4 << 20, 9);
@@ -264,6 +266,112 @@ fn a_binary_that_fails_to_start_leaves_the_old_one_serving_and_upgrades_do_not_o
     let (a, b) = echo_integrity(p, 1 << 20, 5);
     assert_eq!(a, b);
     drop(client);
+    drop(successor);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// What a client opening a connection every millisecond saw.
+#[derive(Debug, Default)]
+struct Probes {
+    ok: u64,
+    failed: Vec<String>,
+    /// The longest time from one connection's start to its echo.
+    slowest: Duration,
+}
+
+/// Opens a connection to `port` every millisecond (each echoes one byte
+/// and closes) until `stop`; a refusal, reset or missing echo is a failure.
+fn probe(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Probes> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut p = Probes::default();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t0 = Instant::now();
+            let one = (|| -> std::io::Result<()> {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(5),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"x")?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                Ok(())
+            })();
+            match one {
+                Ok(()) => p.ok += 1,
+                Err(e) => p
+                    .failed
+                    .push(format!("{:?} after {:?}: {e}", t0.elapsed(), t0)),
+            }
+            p.slowest = p.slowest.max(t0.elapsed());
+            std::thread::sleep(Duration::from_millis(1).saturating_sub(t0.elapsed()));
+        }
+        p
+    })
+}
+
+#[test]
+fn a_client_connecting_every_millisecond_sees_no_refusal_across_an_upgrade() {
+    let (s, mut old, echo, client, port) = serving("probe");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe(port, stop.clone());
+    // 256 MiB through the live tunnel, across the upgrade.
+    let transfer = slow_echo(port, 256 << 20, 4.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = upgrade(&s.bin, &s.cfg);
+    assert_eq!(code, 0, "upgrade failed: {out} {err}");
+    let successor = Pid(new_pid(&out));
+    let (sent, got) = transfer.join().unwrap();
+    assert_eq!(
+        sent, got,
+        "the 256 MiB transfer across the upgrade was damaged"
+    );
+    // The session moves once nothing is in flight; the client logs in
+    // again with its run_id, as frpc does, and asks for the same port.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(
+            Instant::now() < end,
+            "the session was never moved:\n{}",
+            old.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut o = bench::client::ClientOpts::new(s.addr, TOKEN);
+    o.run_id = client.run_id().to_string();
+    let back = Client::login(o).expect("log in again");
+    let port2 = tcp_proxy(&back, "web", i64::from(port), echo.addr(), false, false);
+    assert_eq!(port2, port);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let p = prober.join().unwrap();
+    eprintln!(
+        "probes: {} ok, {} failed, slowest {:?}",
+        p.ok,
+        p.failed.len(),
+        p.slowest
+    );
+    assert!(p.ok > 1000, "{p:?}");
+    assert!(
+        p.failed.is_empty(),
+        "connections failed across the upgrade: {:?}\n{}",
+        p.failed,
+        old.log().join("\n")
+    );
+    assert!(
+        old.wait_exit(Duration::from_secs(10)).is_some(),
+        "{:?}",
+        old.log()
+    );
+    let log = old.log().join("\n");
+    assert!(
+        log.contains("proxy registered again on its handed-over socket"),
+        "{log}"
+    );
     drop(successor);
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -840,6 +840,36 @@ impl Control {
         self.proxies.borrow().get(name).cloned()
     }
 
+    /// Whether a user connection of this session is relayed or waits for
+    /// a work connection.
+    pub fn in_flight(&self) -> bool {
+        self.pool.waiting() > 0
+            || self
+                .proxies
+                .borrow()
+                .values()
+                .any(|p| p.relaying() || p.starting())
+    }
+
+    /// After an upgrade: close this session if nothing is in flight, so
+    /// that its client logs in again to the new process, its tcp proxies'
+    /// listening sockets handed there first (users connecting meanwhile
+    /// wait in their queues, and the proxies registered again take them).
+    /// Whether it was moved.
+    pub fn move_if_idle(&self) -> bool {
+        if self.closed.get() || self.in_flight() {
+            return false;
+        }
+        let shared = &self.ctx.shared;
+        for p in self.proxies() {
+            if let Some((port, fd)) = p.listener_copy() {
+                crate::runtime::upgrade::park(shared, port, &self.who.run_id, &p.name, fd);
+            }
+        }
+        self.close("server upgraded: log in again to the new process");
+        true
+    }
+
     /// The proxies the session holds now.
     pub fn proxies(&self) -> Vec<Rc<Proxy>> {
         self.proxies.borrow().values().cloned().collect()

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::Canceller;
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
 use proto::msg::{NewProxy, StartWorkConn};
 
 use crate::config::Config;
@@ -49,6 +49,12 @@ pub struct Proxy {
     /// Whether its port goes back to the pool when its listener closes:
     /// a tcp group's port stays until its last member leaves.
     releases_port: Cell<bool>,
+    /// The listening socket's descriptor while its accept loop runs (-1
+    /// otherwise): an upgrade hands a copy to the successor.
+    listen_fd: Cell<std::os::fd::RawFd>,
+    /// User connections accepted whose task has not started yet (until
+    /// then they are neither waiting for a work connection nor relayed).
+    unstarted: Cell<u32>,
     use_encryption: bool,
     use_compression: bool,
     proxy_type: String,
@@ -206,12 +212,14 @@ impl Proxy {
                     group: None,
                 })
             }
-            _ => claim(shared, &np.proxy_name, &decided).map(|(port, l)| Claimed {
-                port,
-                listener: Some(l),
-                udp: None,
-                vhost: None,
-                group: None,
+            _ => claim(shared, &np.proxy_name, &decided, &control.who.run_id).map(|(port, l)| {
+                Claimed {
+                    port,
+                    listener: Some(l),
+                    udp: None,
+                    vhost: None,
+                    group: None,
+                }
             }),
         };
         let Claimed {
@@ -235,6 +243,8 @@ impl Proxy {
             name: np.proxy_name,
             port,
             releases_port: Cell::new(group.is_none()),
+            listen_fd: Cell::new(-1),
+            unstarted: Cell::new(0),
             group,
             vhost,
             proxy_type: decided.proxy_type.name().to_string(),
@@ -498,9 +508,34 @@ impl Proxy {
         }
     }
 
+    /// A copy of the listening socket of a plain tcp proxy (not a group
+    /// member's, which shares its port), for an upgrade's successor.
+    pub fn listener_copy(&self) -> Option<(u16, std::os::fd::OwnedFd)> {
+        let fd = self.listen_fd.get();
+        if fd < 0 || self.group.is_some() || !self.releases_port.get() {
+            return None;
+        }
+        // SAFETY: `fd` is the listener the accept loop owns and holds open
+        // while listen_fd names it (reset before it is dropped); fcntl
+        // makes a new descriptor of the same socket, owned by the caller.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor fcntl just made and nobody else holds.
+        Some((self.port, unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(dup)
+        }))
+    }
+
     /// Whether visitor connections are still being relayed.
     pub fn relaying(&self) -> bool {
         !self.relays.borrow().is_empty()
+    }
+
+    /// Whether a user connection is accepted and its task not started yet.
+    pub fn starting(&self) -> bool {
+        self.unstarted.get() > 0
     }
 
     /// Sample now if the tenant's report interval is unreported.
@@ -611,9 +646,20 @@ fn claim(
     shared: &Shared,
     name: &str,
     decided: &ProxyGrant,
+    run_id: &str,
 ) -> Result<(u16, std::net::TcpListener), Refusal> {
     if !shared.directory.claim_proxy(name) {
         return Err(Refusal::proxy_exists(name));
+    }
+    // The same proxy of the same session, back after an upgrade: its
+    // listening socket, with what queued on it meanwhile.
+    let allowed = |port: u16| match &decided.port {
+        PortChoice::AnyOf(set) => set.contains(port),
+        &PortChoice::Exactly(p) => p == port,
+        PortChoice::NoPort => false,
+    };
+    if let Some(parked) = shared.parked.take(run_id, name, allowed) {
+        return Ok(parked);
     }
     let bound = claim_port(shared, decided, false);
     if bound.is_err() {
@@ -1008,24 +1054,47 @@ fn bind(ip: IpAddr, port: u16, lowat: u32, reuse: bool) -> std::io::Result<std::
     crate::transport::listener::bind_user(SocketAddr::new(ip, port), lowat, reuse)
 }
 
+/// Serve an accepted user connection in a task of its own, counted as
+/// starting until the task runs (see [`Proxy::starting`]).
+fn start_user(proxy: &Rc<Proxy>, control: &Rc<Control>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    proxy.unstarted.set(proxy.unstarted.get() + 1);
+    monoio::spawn(serve_user(
+        proxy.clone(),
+        control.clone(),
+        Conn::tcp(stream),
+        peer,
+        Vec::new(),
+    ));
+}
+
 async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net::TcpListener) {
     let ctx = control.ctx().clone();
     let port = proxy.port;
     match TcpListener::from_std(listener) {
         Ok(listener) => {
+            proxy
+                .listen_fd
+                .set(std::os::fd::AsRawFd::as_raw_fd(&listener));
+            // Users a predecessor accepted for this port as it handed it
+            // over (an upgrade).
+            for (user, peer) in ctx.shared.parked.users(port) {
+                match monoio::net::TcpStream::from_std(user) {
+                    Ok(stream) => start_user(&proxy, &control, stream, peer),
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "cannot register a handed-over user connection")
+                    }
+                }
+            }
             let handle = proxy.canceller.borrow().handle();
             while !proxy.closed.get() {
                 match listener.cancelable_accept(handle.clone()).await {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        monoio::spawn(serve_user(
-                            proxy.clone(),
-                            control.clone(),
-                            Conn::tcp(stream),
-                            peer,
-                            Vec::new(),
-                        ));
+                    Ok((stream, peer)) if proxy.closed.get() => {
+                        // Accepted as the session moved to an upgrade's
+                        // successor, which holds the port now.
+                        crate::runtime::upgrade::hand_user(&ctx.shared, port, stream, peer);
                     }
+                    Ok((stream, peer)) => start_user(&proxy, &control, stream, peer),
                     Err(_) if proxy.closed.get() => break,
                     Err(e) => {
                         tracing::warn!(proxy_name = %proxy.name, error = %e, "accept failed");
@@ -1038,6 +1107,7 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
             tracing::warn!(proxy_name = %proxy.name, error = %e, "cannot register proxy listener")
         }
     }
+    proxy.listen_fd.set(-1);
     // The listener is dropped (closed) by now. A tcp group's port stays
     // claimed until its last member closes.
     if proxy.releases_port.get() {
@@ -1065,6 +1135,7 @@ pub fn serve_user(
     pending: Vec<u8>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        proxy.unstarted.set(proxy.unstarted.get().saturating_sub(1));
         let ctx = control.ctx().clone();
         let stats = ctx.stats();
         WorkerStats::bump(&stats.conns_total, 1);
@@ -1109,6 +1180,13 @@ pub fn serve_user(
             proxy.report_traffic(&ctx.events, true);
         }
         WorkerStats::add(&stats.conns, -1);
+        // After an upgrade, the moment a session has nothing in flight is
+        // the moment to move it (a busy one rarely is when sampled).
+        if !ctx.shared.is_accepting() && !ctx.shared.is_stopping() {
+            if let Some(c) = proxy.control.upgrade() {
+                c.move_if_idle();
+            }
+        }
     }
 }
 

@@ -16,9 +16,9 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::report::timings::Timings;
 use crate::runtime::shared::Shared;
 
 /// Fields of the stats that are levels, not running totals.
@@ -34,55 +34,6 @@ const GAUGES: &[&str] = &[
 
 type Labels = Vec<(String, String)>;
 
-type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
-
-/// Latencies the workers observe (a histogram per worker and outcome).
-#[derive(Clone)]
-pub struct Timings {
-    /// From a Login read to its decision (token, policy, limits, the
-    /// session registered), seconds, by worker and outcome.
-    login: Histograms,
-    /// From the slowpath compiling a policy table to this worker having
-    /// applied it (sessions it no longer allows closed), seconds.
-    propagation: Histograms,
-}
-
-impl Default for Timings {
-    fn default() -> Timings {
-        Timings {
-            login: Family::new_with_constructor(|| {
-                Histogram::new([
-                    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05,
-                    0.1,
-                ])
-            }),
-            propagation: Family::new_with_constructor(|| {
-                Histogram::new([
-                    1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-            }),
-        }
-    }
-}
-
-impl Timings {
-    /// A login decided on `worker` in `took`.
-    pub fn login(&self, worker: usize, admitted: bool, took: Duration) {
-        let mut l = self::worker(worker);
-        let outcome = if admitted { "admitted" } else { "refused" };
-        l.push(("outcome".into(), outcome.into()));
-        self.login.get_or_create(&l).observe(took.as_secs_f64());
-    }
-
-    /// A table made at `created_ms` applied on `worker` at `now_ms`.
-    pub fn propagated(&self, worker: usize, created_ms: u64, now_ms: u64) {
-        let secs = now_ms.saturating_sub(created_ms) as f64 / 1000.0;
-        self.propagation
-            .get_or_create(&self::worker(worker))
-            .observe(secs);
-    }
-}
-
 /// The exposition of these per-worker snapshots (as the stats file has
 /// them) and the policy generation.
 pub fn render(workers: &[serde_json::Value], generation: u64, timings: &Timings) -> String {
@@ -90,12 +41,12 @@ pub fn render(workers: &[serde_json::Value], generation: u64, timings: &Timings)
     registry.register(
         "login_decision_seconds",
         "time from a Login read to its decision, by worker and outcome",
-        timings.login.clone(),
+        timings.login_family(),
     );
     registry.register(
         "policy_propagation_seconds",
         "time from the slowpath compiling a policy table to a worker applying it",
-        timings.propagation.clone(),
+        timings.propagation_family(),
     );
     let mut names: Vec<&String> = workers
         .iter()

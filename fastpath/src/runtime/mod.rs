@@ -3,6 +3,7 @@
 //! [`shared`]; what every task on a worker may reach is its [`ctx`].
 
 pub mod ctx;
+pub mod parked;
 pub mod server;
 pub mod shared;
 pub mod upgrade;

@@ -245,6 +245,8 @@ impl Server {
             timings: Default::default(),
             stopping: Default::default(),
             draining: Default::default(),
+            successor: Default::default(),
+            parked: Default::default(),
             policy,
             tls,
             http_routes: Default::default(),
@@ -367,7 +369,10 @@ impl Server {
         };
         if let Some(inherited) = binder.inherited.take() {
             let from = match inherited.ready() {
-                Ok(pid) => pid,
+                Ok((pid, stream)) => {
+                    crate::runtime::upgrade::receive_parked(server.shared.clone(), stream)?;
+                    pid
+                }
                 Err(e) => {
                     server.stop(Duration::from_secs(2));
                     return Err(e.context("taking over"));

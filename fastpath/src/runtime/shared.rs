@@ -202,12 +202,17 @@ pub struct Shared {
     /// One counter block per worker, indexed by worker id.
     pub stats: Vec<WorkerStats>,
     /// Login decision and policy propagation latencies.
-    pub timings: crate::report::metrics::Timings,
+    pub timings: crate::report::timings::Timings,
     /// Set when the process is shutting down.
     pub stopping: AtomicBool,
     /// Set once a successor took the listening sockets over (an upgrade):
     /// nothing new is accepted here, live sessions are served on.
     pub draining: AtomicBool,
+    /// While draining: the stream to the successor, which takes the
+    /// proxies' sockets of the sessions that move.
+    pub successor: parking_lot::Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// After a takeover: proxies' sockets the predecessor handed over.
+    pub parked: crate::runtime::parked::Parked,
     /// The slowpath's policy (or standalone rules).
     pub policy: Arc<crate::policy::Policy>,
     /// TLS server configuration for the bind port.

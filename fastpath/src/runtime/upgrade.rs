@@ -151,8 +151,10 @@ impl Inherited {
     }
 
     /// Tell the predecessor this process serves; returns once it stopped
-    /// accepting and let go of the instance lock and the socket's path.
-    pub fn ready(mut self) -> anyhow::Result<u32> {
+    /// accepting and let go of the instance lock and the socket's path,
+    /// with its pid and the stream on which it hands over the listening
+    /// sockets of the sessions it moves ([`receive_parked`]).
+    pub fn ready(mut self) -> anyhow::Result<(u32, UnixStream)> {
         let unused = self.items.iter().filter(|(_, fd)| fd.is_some()).count();
         if unused > 0 {
             tracing::warn!(
@@ -163,7 +165,8 @@ impl Inherited {
         self.stream.write_all(b"ready\n")?;
         let line = read_line(&mut self.stream)?;
         anyhow::ensure!(line == "done", "the predecessor answered {line:?} to ready");
-        Ok(self.from_pid)
+        let _ = self.stream.set_read_timeout(None);
+        Ok((self.from_pid, self.stream))
     }
 }
 
@@ -364,7 +367,9 @@ impl Upgrader {
             Ok(l) => return Err(format!("the successor said {l:?} instead of ready")),
             Err(e) => return Err(format!("the successor went away before ready: {e}")),
         }
-        // From here on the sockets are the successor's.
+        // From here on the sockets are the successor's, and so are the
+        // proxies' listening sockets of the sessions that move.
+        *self.shared.successor.lock() = conn.try_clone().ok();
         *lock(&self.phase) = Phase::Draining;
         *lock(&self.drained_since) = Some(Instant::now());
         self.shared.draining.store(true, Ordering::Release);
@@ -416,6 +421,115 @@ impl Upgrader {
             drop(f);
         }
     }
+}
+
+/// How long a proxy's listening socket handed over with its session waits
+/// for that session to register the proxy again.
+const PARK_FOR: Duration = Duration::from_secs(30);
+
+/// What a handed-over proxy socket is, or (an empty proxy name) a user
+/// connection accepted on one as it was handed over.
+#[derive(Serialize, Deserialize)]
+struct ParkMsg {
+    port: u16,
+    run_id: String,
+    proxy: String,
+    #[serde(default)]
+    peer: Option<SocketAddr>,
+}
+
+/// The predecessor's side: hand `proxy`'s listening socket (`port`, of
+/// session `run_id`) to the successor before the session is closed, so
+/// that users connecting meanwhile wait in its queue instead of being
+/// refused, and the proxy registered again takes them.
+pub fn park(shared: &Shared, port: u16, run_id: &str, proxy: &str, fd: OwnedFd) {
+    let msg = ParkMsg {
+        port,
+        run_id: run_id.into(),
+        proxy: proxy.into(),
+        peer: None,
+    };
+    send_parked(shared, &msg, fd);
+}
+
+/// The predecessor's side: a user connection its proxy accepted on `port`
+/// just as the proxy's session moved; the successor serves it once the
+/// proxy is registered again there (or closes it with the port).
+pub fn hand_user(shared: &Shared, port: u16, user: monoio::net::TcpStream, peer: SocketAddr) {
+    let fd = OwnedFd::from(crate::transport::handoff::detach(user));
+    let msg = ParkMsg {
+        port,
+        run_id: String::new(),
+        proxy: String::new(),
+        peer: Some(peer),
+    };
+    send_parked(shared, &msg, fd);
+}
+
+fn send_parked(shared: &Shared, msg: &ParkMsg, fd: OwnedFd) {
+    let (port, proxy) = (msg.port, msg.proxy.as_str());
+    let mut successor = shared.successor.lock();
+    let Some(s) = successor.as_mut() else {
+        return;
+    };
+    let sent = serde_json::to_string(msg)
+        .map_err(io::Error::other)
+        .and_then(|m| writeln!(s, "park {m}"))
+        .and_then(|()| send_fds(s, &[fd.as_raw_fd()]));
+    if let Err(e) = sent {
+        tracing::warn!(port, proxy_name = proxy, error = %e, "cannot hand a proxy's socket to the successor");
+        *successor = None;
+    }
+}
+
+/// The successor's side: take the proxies' sockets the predecessor hands
+/// over until it exits, and close those not taken in time.
+pub fn receive_parked(shared: Arc<Shared>, mut stream: UnixStream) -> io::Result<()> {
+    let sweeper = shared.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    std::thread::Builder::new()
+        .name("fastpath-parked".into())
+        .spawn(move || {
+            while !sweeper.is_stopping() {
+                let left = sweeper.parked.expire(&sweeper.ports);
+                if left == 0 && finished.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("fastpath-handover".into())
+        .spawn(move || {
+            while let Ok(line) = read_line(&mut stream) {
+                let Some(m) = line
+                    .strip_prefix("park ")
+                    .and_then(|m| serde_json::from_str::<ParkMsg>(m).ok())
+                else {
+                    tracing::warn!(line, "unexpected message from the predecessor");
+                    break;
+                };
+                let Ok(mut fds) = recv_fds(&stream, 1) else {
+                    break;
+                };
+                let Some(fd) = fds.pop() else { break };
+                if let Some(peer) = m.peer {
+                    shared
+                        .parked
+                        .add_user(m.port, std::net::TcpStream::from(fd), peer);
+                    continue;
+                }
+                // Nobody here can have it: the predecessor held it.
+                shared.ports.claim(m.port);
+                let listener = std::net::TcpListener::from(fd);
+                shared
+                    .parked
+                    .add(m.port, m.run_id, m.proxy, listener, PARK_FOR);
+            }
+            done.store(true, Ordering::Release);
+        })?;
+    Ok(())
 }
 
 /// Ask the fastpath at `path` to upgrade itself; its answer.

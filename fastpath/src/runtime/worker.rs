@@ -311,16 +311,14 @@ async fn inbox_loop(
 /// How often a draining worker looks for sessions with nothing in flight.
 const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// After an upgrade: a session is closed as soon as none of its proxies
-/// relays anything, so that its client logs in again to the new process
-/// (frpc does so at once) while no transfer is cut. What still relays at
-/// `fastpath.drainSecs` is closed by the stop.
+/// After an upgrade: sessions with nothing in flight move to the new
+/// process ([`Control::move_if_idle`](crate::frp::control::Control::move_if_idle)),
+/// checked here every tick and by each relay as it ends. What still
+/// relays at `fastpath.drainSecs` is closed by the stop.
 async fn move_idle_sessions(sessions: Rc<Sessions>) {
     loop {
         for c in sessions.all() {
-            if !c.is_closed() && c.proxies().iter().all(|p| !p.relaying()) {
-                c.close("server upgraded: log in again to the new process");
-            }
+            c.move_if_idle();
         }
         monoio::time::sleep(DRAIN_TICK).await;
     }

@@ -79,6 +79,11 @@ impl WorkConnPool {
         self.count
     }
 
+    /// User connections waiting for a work connection now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.get()
+    }
+
     /// A work connection arrived: hand it to the first user connection
     /// still waiting, else keep it. False when it was dropped (the pool is
     /// closed or full).
