@@ -125,11 +125,28 @@ fn setup(name: &str) -> Setup {
     }
 }
 
+/// Start a binary this test wrote. Another test thread that forks while
+/// the file is still open for writing here holds it open until its child
+/// execs (ETXTBSY, "Text file busy"): that passes, so try again.
+fn spawn_copy(bin: &Path, args: &[&str]) -> Daemon {
+    let mut tries = 0;
+    loop {
+        match Daemon::spawn(bin, args) {
+            Ok(d) => return d,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("start {}: {e}", bin.display()),
+        }
+    }
+}
+
 /// A fastpath started from the copy in `setup`, a client logged in to it
 /// and a TCP proxy of that client to an echo backend (its port).
 fn serving(name: &str) -> (Setup, Daemon, Backend, Client, u16) {
     let s = setup(name);
-    let old = Daemon::spawn(&s.bin, &["-c", s.cfg.to_str().unwrap()]).unwrap();
+    let old = spawn_copy(&s.bin, &["-c", s.cfg.to_str().unwrap()]);
     assert!(
         wait_listening(s.addr, Duration::from_secs(10)),
         "{:?}",
@@ -212,6 +229,9 @@ fn a_binary_that_fails_to_start_leaves_the_old_one_serving_and_upgrades_do_not_o
     std::fs::rename(&s.bin, &good).unwrap();
     std::fs::write(&s.bin, "#!/bin/sh\nexit 3\n").unwrap();
     std::fs::set_permissions(&s.bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Other test threads' children that inherited the file open for
+    // writing (until they exec) would make its start fail differently.
+    std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = upgrade(&good, &s.cfg);
     assert_eq!(code, 1, "{out} {err}");
     assert!(err.contains("exited before taking over"), "{err}");

@@ -52,8 +52,10 @@ pub struct Proxy {
     /// The listening socket's descriptor while its accept loop runs (-1
     /// otherwise): an upgrade hands a copy to the successor.
     listen_fd: Cell<std::os::fd::RawFd>,
-    /// User connections accepted whose task has not started yet (until
-    /// then they are neither waiting for a work connection nor relayed).
+    /// User connections accepted and not relayed yet (their task not
+    /// started, or a work connection being readied for them): with the
+    /// relays and the connections waiting for a work connection, what a
+    /// session has in flight.
     unstarted: Cell<u32>,
     use_encryption: bool,
     use_compression: bool,
@@ -533,9 +535,15 @@ impl Proxy {
         !self.relays.borrow().is_empty()
     }
 
-    /// Whether a user connection is accepted and its task not started yet.
+    /// Whether a user connection is accepted and not relayed yet (its
+    /// task not started, or handing frpc a work connection for it).
     pub fn starting(&self) -> bool {
         self.unstarted.get() > 0
+    }
+
+    /// One of [`Proxy::starting`]'s connections is relayed or gone.
+    fn started(&self) {
+        self.unstarted.set(self.unstarted.get().saturating_sub(1));
     }
 
     /// Sample now if the tenant's report interval is unreported.
@@ -1135,7 +1143,6 @@ pub fn serve_user(
     pending: Vec<u8>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        proxy.unstarted.set(proxy.unstarted.get().saturating_sub(1));
         let ctx = control.ctx().clone();
         let stats = ctx.stats();
         WorkerStats::bump(&stats.conns_total, 1);
@@ -1149,6 +1156,7 @@ pub fn serve_user(
         };
         let start = start_work_conn(&proxy, local, peer);
         let Some(work) = Box::pin(control.take_work_conn(start)).await else {
+            proxy.started();
             WorkerStats::add(&stats.conns, -1);
             return;
         };
@@ -1166,6 +1174,7 @@ pub fn serve_user(
             .relays
             .borrow_mut()
             .insert(id, [user.aborter(), work.aborter()]);
+        proxy.started();
         let due = || proxy.report_if_due(&ctx.events);
         let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
         let ends = relay::Ends {

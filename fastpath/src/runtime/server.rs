@@ -370,7 +370,9 @@ impl Server {
         if let Some(inherited) = binder.inherited.take() {
             let from = match inherited.ready() {
                 Ok((pid, stream)) => {
-                    crate::runtime::upgrade::receive_parked(server.shared.clone(), stream)?;
+                    if let Some(stream) = stream {
+                        crate::runtime::upgrade::receive_parked(server.shared.clone(), stream)?;
+                    }
                     pid
                 }
                 Err(e) => {
@@ -382,19 +384,28 @@ impl Server {
                 predecessor = from,
                 "took the listening sockets over; the predecessor drains"
             );
+            // From here on this process serves whatever happens: the
+            // predecessor has stopped accepting.
             if let Some(g) = server.shared.policy.governed() {
-                server.take_instance_lock(&g.dir)?;
+                if let Err(e) = server.take_instance_lock(&g.dir) {
+                    tracing::error!("{e:#}");
+                }
             }
         }
         let up = &server.shared.config.fastpath.upgrade_socket;
         if !up.is_empty() {
-            server.upgrader = Some(Upgrader::start(
+            let started = Upgrader::start(
                 up,
                 server.shared.clone(),
                 std::mem::take(&mut binder.keep),
                 server.instance_lock.clone(),
                 launch.exe,
-            )?);
+            );
+            match started {
+                Ok(u) => server.upgrader = Some(u),
+                Err(e) if taking_over => tracing::error!("upgrades off: {e:#}"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(server)
     }

@@ -153,8 +153,12 @@ impl Inherited {
     /// Tell the predecessor this process serves; returns once it stopped
     /// accepting and let go of the instance lock and the socket's path,
     /// with its pid and the stream on which it hands over the listening
-    /// sockets of the sessions it moves ([`receive_parked`]).
-    pub fn ready(mut self) -> anyhow::Result<(u32, UnixStream)> {
+    /// sockets of the sessions it moves ([`receive_parked`]). An error only
+    /// when the predecessor clearly did not let go (it answered something
+    /// else, or ready could not be sent): once ready is said, a predecessor
+    /// that goes silent may have let go and died, so this process serves
+    /// on (without the proxies' sockets: `None`).
+    pub fn ready(mut self) -> anyhow::Result<(u32, Option<UnixStream>)> {
         let unused = self.items.iter().filter(|(_, fd)| fd.is_some()).count();
         if unused > 0 {
             tracing::warn!(
@@ -163,10 +167,17 @@ impl Inherited {
             );
         }
         self.stream.write_all(b"ready\n")?;
-        let line = read_line(&mut self.stream)?;
-        anyhow::ensure!(line == "done", "the predecessor answered {line:?} to ready");
-        let _ = self.stream.set_read_timeout(None);
-        Ok((self.from_pid, self.stream))
+        match read_line(&mut self.stream) {
+            Ok(line) if line == "done" => {
+                let _ = self.stream.set_read_timeout(None);
+                Ok((self.from_pid, Some(self.stream)))
+            }
+            Ok(line) => anyhow::bail!("the predecessor answered {line:?} to ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the predecessor did not confirm; serving on");
+                Ok((self.from_pid, None))
+            }
+        }
     }
 }
 
@@ -367,22 +378,30 @@ impl Upgrader {
             Ok(l) => return Err(format!("the successor said {l:?} instead of ready")),
             Err(e) => return Err(format!("the successor went away before ready: {e}")),
         }
+        // Committed: no other upgrade, no lock or path of ours from here on.
+        *lock(&self.phase) = Phase::Draining;
+        lock(&self.instance_lock).take();
+        // Wake the accept loop so that it sees the phase and ends, then
+        // leave the path to the successor.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        // "done" goes before anything else on this stream: the successor
+        // reads the proxies' sockets (park messages) only after it.
+        if let Err(e) = conn.write_all(b"done\n") {
+            // It went away after ready: serve on, as before (without
+            // upgrades until a restart: the socket's path is gone).
+            tracing::error!(error = %e, "the successor went away after saying ready; serving on, upgrades off");
+            return Err(format!("the successor went away after ready: {e}"));
+        }
         // From here on the sockets are the successor's, and so are the
         // proxies' listening sockets of the sessions that move.
         *self.shared.successor.lock() = conn.try_clone().ok();
-        *lock(&self.phase) = Phase::Draining;
         *lock(&self.drained_since) = Some(Instant::now());
         self.shared.draining.store(true, Ordering::Release);
         for inbox in &self.shared.inboxes {
             let _ = inbox.send(WorkerMsg::Drain);
         }
         lock(&self.sockets).clear();
-        lock(&self.instance_lock).take();
-        // Wake the accept loop so that it sees the phase and ends, then
-        // leave the path to the successor.
-        let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
-        let _ = conn.write_all(b"done\n");
         Ok(())
     }
 
