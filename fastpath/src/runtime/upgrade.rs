@@ -90,6 +90,7 @@ impl Inherited {
         let mut stream = UnixStream::connect(path).map_err(|e| {
             anyhow::anyhow!("no fastpath to take over at {path} (fastpath.upgradeSocket): {e}")
         })?;
+        same_user(&stream).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         writeln!(stream, "takeover {}", std::process::id())?;
         let line = read_line(&mut stream)?;
@@ -267,6 +268,10 @@ impl Upgrader {
     }
 
     fn serve(&self, mut conn: UnixStream) {
+        if let Err(e) = same_user(&conn) {
+            tracing::warn!("upgrade socket: {e}");
+            return;
+        }
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
         let Ok(line) = read_line(&mut conn) else {
             return;
@@ -556,6 +561,7 @@ pub fn request(path: &str) -> anyhow::Result<u32> {
     let mut s = UnixStream::connect(path).map_err(|e| {
         anyhow::anyhow!("no fastpath answers at {path} (fastpath.upgradeSocket): {e}")
     })?;
+    same_user(&s).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     s.set_read_timeout(Some(READY_WAIT + Duration::from_secs(15)))?;
     s.write_all(b"upgrade\n")?;
     let line = read_line(&mut s)?;
@@ -603,6 +609,47 @@ fn listen(path: &str) -> anyhow::Result<UnixListener> {
                 .map_err(|e| anyhow::anyhow!("fastpath.upgradeSocket {path}: {e}"))
         }
         Err(e) => Err(anyhow::anyhow!("fastpath.upgradeSocket {path}: {e}")),
+    }
+}
+
+/// Whoever is at the other end of the upgrade socket runs as this
+/// process's user (or root): the sockets handed over are the node's
+/// listening ports, and a successor takes whatever it is given, so a
+/// socket file another local user planted (in a shared directory) must
+/// not be talked to, in either direction.
+fn same_user(s: &UnixStream) -> Result<(), String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, a ucred
+    // we own, on a socket we own.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cannot tell who is at the other end: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid == me || cred.uid == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the other end runs as uid {} (pid {}), not as this process's uid {me}; refused",
+            cred.uid, cred.pid
+        ))
     }
 }
 
@@ -750,6 +797,43 @@ mod tests {
             let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             assert!(theirs.accept().is_ok());
         }
+    }
+
+    #[test]
+    fn the_other_end_of_our_own_pair_is_our_user() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(same_user(&a), Ok(()));
+    }
+
+    #[test]
+    fn another_user_at_the_other_end_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root to connect as another user");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("totoro-peercred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.join("up.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(2)")
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap();
+        let (conn, _) = l.accept().unwrap();
+        let why = same_user(&conn).unwrap_err();
+        assert!(why.contains("uid 65534"), "{why}");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
