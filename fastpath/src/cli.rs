@@ -252,9 +252,16 @@ where
         }
     };
     upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    // The stats file is the successor's once it took over.
+    let stats_file = |server: &Server| {
+        cli.stats_file
+            .as_ref()
+            .filter(|_| server.draining_since().is_none())
+            .cloned()
+    };
     loop {
-        if let Some(path) = &cli.stats_file {
-            write_stats(&server, path);
+        if let Some(path) = stats_file(&server) {
+            write_stats(&server, &path);
         }
         if let Some(since) = server.draining_since() {
             let live = server.live();
@@ -286,8 +293,8 @@ where
         }
     }
     let totals = server.stats();
-    if let Some(path) = &cli.stats_file {
-        write_stats(&server, path);
+    if let Some(path) = stats_file(&server) {
+        write_stats(&server, &path);
     }
     let clean = server.stop(Duration::from_millis(4500));
     tracing::info!(stats = ?totals, clean, "stopped");
