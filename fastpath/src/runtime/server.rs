@@ -56,14 +56,26 @@ struct Binder {
 }
 
 impl Binder {
-    fn keep(&mut self, entry: Entry, fd: std::io::Result<std::os::fd::OwnedFd>) {
-        match fd {
+    /// The socket a predecessor handed over (`taken`), or a new one; a
+    /// duplicate is kept, as `entry`, for the next successor.
+    fn keep<T: std::os::fd::AsFd>(
+        &mut self,
+        entry: Entry,
+        taken: Option<T>,
+        bind: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let socket = match taken {
+            Some(s) => s,
+            None => bind()?,
+        };
+        match socket.as_fd().try_clone_to_owned() {
             Ok(fd) => self.keep.push((entry, fd)),
             // Only an upgrade misses it, which then binds that one anew.
             Err(e) => {
                 tracing::warn!(error = %e, kind = entry.kind, "cannot keep a socket for upgrades")
             }
         }
+        Ok(socket)
     }
 
     fn tcp(
@@ -77,13 +89,7 @@ impl Binder {
             .inherited
             .as_mut()
             .and_then(|i| i.tcp(kind, worker, addr));
-        let l = match taken {
-            Some(l) => l,
-            None => bind()?,
-        };
-        let dup = l.try_clone().map(std::os::fd::OwnedFd::from);
-        self.keep(Entry::new(kind, worker), dup);
-        Ok(l)
+        self.keep(Entry::new(kind, worker), taken, bind)
     }
 
     fn udp(
@@ -97,15 +103,9 @@ impl Binder {
             .inherited
             .as_mut()
             .and_then(|i| i.udp(worker, place, addr));
-        let s = match taken {
-            Some(s) => s,
-            None => bind()?,
-        };
-        let dup = s.try_clone().map(std::os::fd::OwnedFd::from);
         let mut entry = Entry::new("stun", worker);
         entry.place = place;
-        self.keep(entry, dup);
-        Ok(s)
+        self.keep(entry, taken, bind)
     }
 }
 
@@ -294,11 +294,11 @@ impl Server {
         spawn_trimmer(shared.clone())?;
         if !shared.config.fastpath.metrics_addr.is_empty() {
             let at = &shared.config.fastpath.metrics_addr;
-            let l = match at.parse::<SocketAddr>() {
-                Ok(sa) => binder.tcp("metrics", 0, sa, || std::net::TcpListener::bind(sa)),
-                Err(_) => std::net::TcpListener::bind(at),
-            }
-            .with_context(|| format!("cannot listen on {at} (fastpath.metricsAddr)"))?;
+            // Validated as an address with the config.
+            let sa: SocketAddr = at.parse().context("fastpath.metricsAddr")?;
+            let l = binder
+                .tcp("metrics", 0, sa, || std::net::TcpListener::bind(sa))
+                .with_context(|| format!("cannot listen on {at} (fastpath.metricsAddr)"))?;
             tracing::info!(addr = %at, "metrics on /metrics");
             let s = shared.clone();
             std::thread::Builder::new()

@@ -594,7 +594,16 @@ pub fn notify_systemd(state: &str) {
     }
 }
 
+/// The upgrade socket, owner-only whatever the umask (the peer's uid is
+/// checked too, see [`same_user`]).
 fn listen(path: &str) -> anyhow::Result<UnixListener> {
+    let l = bind_socket(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("fastpath.upgradeSocket {path}: {e}"))?;
+    Ok(l)
+}
+
+fn bind_socket(path: &str) -> anyhow::Result<UnixListener> {
     match UnixListener::bind(path) {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
