@@ -125,6 +125,24 @@ fn setup(name: &str) -> Setup {
     }
 }
 
+/// Every process started from this test's directory (the successors an
+/// upgrade made, which no `Daemon` owns) is killed when the test ends,
+/// passed or failed: one left running would hold its ports and sessions
+/// into the test binaries that run after this one.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let needle = self.dir.to_string_lossy().into_owned();
+        for _ in 0..20 {
+            let Some(pid) = bench::netns::pid_with(&needle) else {
+                break;
+            };
+            drop(Pid(pid));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Start a binary this test wrote. Another test thread that forks while
 /// the file is still open for writing here holds it open until its child
 /// execs (ETXTBSY, "Text file busy"): that passes, so try again.
@@ -245,37 +263,46 @@ fn a_binary_that_fails_to_start_leaves_the_old_one_serving_and_upgrades_do_not_o
     let fresh = Client::login(bench::client::ClientOpts::new(s.addr, TOKEN));
     assert!(fresh.is_ok(), "the old process stopped accepting logins");
 
-    // The good binary back: two upgrades at once, one wins.
-    std::fs::rename(&good, &s.bin).unwrap();
-    let spawn = || {
-        Command::new(&s.bin)
-            .args(["upgrade", "-c", s.cfg.to_str().unwrap()])
-            .output()
-            .unwrap()
+    // Two upgrades that overlap, whatever the scheduling: the binary on
+    // disk is now a script that says it started and holds the first
+    // upgrade until the test has tried a second one, then runs the good
+    // binary. (Two commands merely started together could run one after
+    // the other on a loaded machine, and both win.)
+    let started = s.dir.join("started");
+    let go = s.dir.join("go");
+    std::fs::write(
+        &s.bin,
+        format!(
+            "#!/bin/sh\ntouch {}\ni=0\nwhile [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\nexec {} \"$@\"\n",
+            started.display(),
+            go.display(),
+            good.display()
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let first = {
+        let (good, cfg) = (good.clone(), s.cfg.clone());
+        std::thread::spawn(move || upgrade(&good, &cfg))
     };
-    let (first, second) = std::thread::scope(|sc| {
-        let a = sc.spawn(spawn);
-        let b = sc.spawn(spawn);
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let outcomes: Vec<(bool, String)> = [first, second]
-        .iter()
-        .map(|o| {
-            (
-                o.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            )
-        })
-        .collect();
-    let won: Vec<_> = outcomes.iter().filter(|(ok, _)| *ok).collect();
-    assert_eq!(won.len(), 1, "{outcomes:?}");
-    let lost = outcomes.iter().find(|(ok, _)| !ok).unwrap();
-    assert!(lost.1.contains("already under way"), "{outcomes:?}");
-    let successor = Pid(new_pid(&won[0].1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first upgrade never started its binary"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = upgrade(&good, &s.cfg);
+    assert_eq!(
+        code, 1,
+        "a second upgrade while one is under way: {out} {err}"
+    );
+    assert!(err.contains("already under way"), "{out} {err}");
+    std::fs::write(&go, "").unwrap();
+    let (code, out, err) = first.join().unwrap();
+    assert_eq!(code, 0, "the first upgrade: {out} {err}");
+    let successor = Pid(new_pid(&out));
     assert!(
         old.wait_exit(Duration::from_secs(10)).is_some(),
         "{:?}",
