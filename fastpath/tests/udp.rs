@@ -344,3 +344,106 @@ fn a_bad_udp_packet_closes_its_work_connection_only() {
         c.kill();
     }
 }
+
+/// A udp work connection frpc says nothing on for 60 s is closed (frps's
+/// read timeout, with the reason logged), and the proxy goes on over a new
+/// one; frpc's Pings (every 30 s in frpc; every 20 s here) keep one open
+/// past that.
+#[test]
+fn a_udp_work_connection_silent_for_60_s_is_closed_and_pings_keep_one() {
+    let fp = Fastpath::start("", 1);
+    let echo = Echo::start();
+    let c = login(&fp, |o| {
+        (o.tls, o.mux) = (false, false);
+        o.pool_count = 0;
+    });
+    // Two work connections made by hand, offered before the two proxies
+    // ask: each proxy takes one. One says nothing, the other pings.
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (r, mut w) = fp.plain_dial().connect().expect("connect");
+        let mut nwc = Vec::new();
+        proto::frame::encode(
+            &Message::NewWorkConn(NewWorkConn {
+                run_id: c.run_id().to_string(),
+                ..Default::default()
+            }),
+            &mut nwc,
+        );
+        w.write_all(&nwc).unwrap();
+        conns.push((r, w));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ports = [
+        udp_proxy(&c, "u1", echo.addr, false, false),
+        udp_proxy(&c, "u2", echo.addr, false, false),
+    ];
+    let t0 = Instant::now();
+    // For each connection: the proxy it serves, and when the server closed
+    // it.
+    let (names, closed_at): (Vec<_>, Vec<_>) = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut r, mut w))| {
+            let (name_tx, name_rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                match read_msg_exact(&mut r, false) {
+                    Ok(Message::StartWorkConn(s)) => {
+                        let _ = name_tx.send(s.proxy_name);
+                    }
+                    other => panic!("connection {i}: {other:?}"),
+                }
+                if i == 1 {
+                    std::thread::spawn(move || {
+                        let mut ping = Vec::new();
+                        proto::frame::encode(&Message::Ping(Default::default()), &mut ping);
+                        for _ in 0..4 {
+                            std::thread::sleep(Duration::from_secs(20));
+                            if w.write_all(&ping).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                } else {
+                    std::mem::forget(w);
+                }
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+                let _ = tx.send(Instant::now());
+            });
+            (name_rx, rx)
+        })
+        .unzip();
+    let silent_proxy = names[0]
+        .recv_timeout(Duration::from_secs(5))
+        .expect("StartWorkConn on the first connection");
+    let silent = closed_at[0]
+        .recv_timeout(Duration::from_secs(75))
+        .expect("the silent work connection stayed open past 75 s");
+    let after = silent.duration_since(t0);
+    assert!(
+        after >= Duration::from_secs(58) && after <= Duration::from_secs(68),
+        "the silent work connection was closed after {after:?}, not 60 s"
+    );
+    assert!(
+        fp.daemon
+            .wait_log("no message from frpc for 60 s", Duration::from_secs(2)),
+        "reason not logged"
+    );
+    // The one that pings: still open 10 s past its neighbour's close.
+    assert!(
+        closed_at[1].recv_timeout(Duration::from_secs(10)).is_err(),
+        "the work connection that pings was closed"
+    );
+    // The proxy whose connection was closed carries datagrams again, over
+    // the client's own connection that replaced it.
+    let port = if silent_proxy == "u1" {
+        ports[0]
+    } else {
+        ports[1]
+    };
+    let run = echo_run(port, 200, 100, 16);
+    assert_eq!((run.lost, run.wrong), (0, 0), "{silent_proxy}: {run:?}");
+    c.kill();
+}
