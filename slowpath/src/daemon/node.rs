@@ -10,13 +10,10 @@ use proto::policy::ProxyType;
 use slowpath::domain::nodes::{self, NewNode, Node, NodePatch};
 use slowpath::etcd::EtcdConfig;
 use slowpath::frpc_config;
-use slowpath::store::db::{self, Db};
+use slowpath::store::db::Db;
 use slowpath::store::private_files;
 
 use crate::cli::ServeArgs;
-
-/// `meta` key of the local node's id.
-const LOCAL_NODE_KEY: &str = "local_node_id";
 
 /// What a fastpath config says about the node it serves (all None without
 /// `--fastpath-config`; the node row keeps or takes its own values then).
@@ -117,8 +114,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "local".to_owned())
 }
 
-/// Registers this host as a node on first start (remembered in `meta`), and
-/// brings it in line with the fastpath config on later ones.
+/// Registers this host as a node on first start (its node key kept in the
+/// data directory names it from then on), and brings it in line with the
+/// fastpath config on later ones.
 pub async fn ensure_local_node(
     db: &Db,
     args: &ServeArgs,
@@ -131,8 +129,17 @@ pub async fn ensure_local_node(
     // not patched at every start.
     let sub_domain_host = nodes::parse_sub_domain_host(&vhost.sub_domain_host)
         .map_err(|e| anyhow!("--sub-domain-host / subDomainHost: {e}"))?;
-    if let Some(id) = db::meta_get(db, LOCAL_NODE_KEY).await? {
-        if let Ok(node) = nodes::get(db, &id).await {
+    // This host's node is the one its key file names: several hosts may
+    // share one database (one PostgreSQL under several `slowpath serve`),
+    // so nothing in the database itself can say which node is "local".
+    let key_path = data_dir.join("node.key");
+    let mine = match private_files::read(&key_path)? {
+        Some(key) => nodes::by_key(db, key.trim()).await?,
+        None => None,
+    };
+    if let Some(node) = mine {
+        let id = node.id.clone();
+        {
             let mut patch = NodePatch::default();
             if node.server_port != port {
                 patch.server_port = Some(port);
@@ -206,8 +213,6 @@ pub async fn ensure_local_node(
         },
     )
     .await?;
-    db::meta_set(db, LOCAL_NODE_KEY, &node.id).await?;
-    let key_path = data_dir.join("node.key");
     private_files::write(&key_path, format!("{key}\n").as_bytes())?;
     println!(
         "Registered this host as node {} (node key in {})",
