@@ -28,7 +28,7 @@ use shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE};
 use slowpath::api::{self, App};
 use slowpath::credentials;
 use slowpath::rate_limit::RateLimiter;
-use slowpath::store::private_files;
+use slowpath::store::{db, private_files};
 use tokio::sync::watch;
 
 use crate::cli::{ServeArgs, UpArgs};
@@ -95,6 +95,21 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     .await?;
 
     let services = services::start(&db, &shm, &node, &fp_settings, relay_id).await?;
+    // Other control planes on the same PostgreSQL hear of the changes made
+    // here, and this one of theirs (issue 17); SQLite has nobody to tell.
+    let pg_url = args
+        .database_url
+        .clone()
+        .filter(|u| db::Backend::of_url(u).ok() == Some(db::Backend::Postgres));
+    let changes = slowpath::store::changes::Changes::new(db.clone(), pg_url);
+    services.publisher.set_changes(Arc::clone(&changes));
+    {
+        let publisher = Arc::clone(&services.publisher);
+        tokio::spawn(changes.listen(move |change| {
+            let publisher = Arc::clone(&publisher);
+            async move { publisher.apply_remote(change).await }
+        }));
+    }
 
     // Bound before the fastpath starts: a taken port stops `up` here.
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -44,6 +44,7 @@ use crate::clock::now_ms;
 use crate::domain::tenants::{self, Tenant};
 use crate::domain::{invites, nodes, tickets};
 use crate::error::{Error, Result};
+use crate::store::changes::{Change, Changes};
 use crate::store::db::{self, Db};
 
 /// File name of the published table inside the shm directory.
@@ -125,6 +126,9 @@ pub struct Publisher {
     /// One publish at a time, over the compiled state and the writer.
     table: tokio::sync::Mutex<Table>,
     status: Mutex<PublishStatus>,
+    /// Tells the control planes sharing the database about the changes
+    /// API calls make here (set once, at start; none: nobody to tell).
+    changes: OnceLock<Arc<Changes>>,
 }
 
 /// A poisoned lock only means a panic elsewhere while it was held; what it
@@ -148,7 +152,34 @@ impl Publisher {
             inputs: Mutex::new(Inputs::default()),
             on_tenants: OnceLock::new(),
             status: Mutex::new(PublishStatus::default()),
+            changes: OnceLock::new(),
         })
+    }
+
+    /// Announce the changes [`Publisher::sync`] and its kin publish to the
+    /// other control planes on the same database (once, at start).
+    pub fn set_changes(&self, changes: Arc<Changes>) {
+        let _ = self.changes.set(changes);
+    }
+
+    /// Tells the other control planes (their nodes republish too).
+    async fn announce(&self, change: Change) {
+        if let Some(c) = self.changes.get() {
+            c.announce(change).await;
+        }
+    }
+
+    /// Applies a change another control plane announced: publishes it
+    /// here (not announced again).
+    pub async fn apply_remote(&self, change: Change) {
+        let result = match change {
+            Change::All => self.publish(false).await,
+            Change::Invite(id) => self.publish_invite(id).await,
+            Change::Edge => self.publish_edge().await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, ?change, "publishing another control plane's change failed; the fastpath keeps its last table");
+        }
     }
 
     /// Replace the tenants that came from etcd, and publish soon.
@@ -223,9 +254,11 @@ impl Publisher {
     /// fresh invite's ticket logs in, a revoked invite's sessions are gone.
     /// Returns how long enforcement took; when the fastpath does not apply
     /// the change in time the change is recorded but the call fails with
-    /// [`Error::Unavailable`] saying why.
+    /// [`Error::Unavailable`] saying why. The other control planes on the
+    /// same database are told first, and publish it to their nodes.
     pub async fn sync(&self) -> Result<Duration> {
         let started = Instant::now();
+        self.announce(Change::All).await;
         let generation = self.publish(false).await?;
         applied::wait_applied(&self.shm, generation, started).await
     }
@@ -233,6 +266,7 @@ impl Publisher {
     /// Like [`Publisher::sync`] for a change of the edge.
     pub async fn sync_edge(&self) -> Result<Duration> {
         let started = Instant::now();
+        self.announce(Change::Edge).await;
         let generation = self.publish_edge().await?;
         applied::wait_applied(&self.shm, generation, started).await
     }
@@ -240,6 +274,7 @@ impl Publisher {
     /// Like [`Publisher::sync`] for a change to one invite.
     pub async fn sync_invite(&self, id: InviteId) -> Result<Duration> {
         let started = Instant::now();
+        self.announce(Change::Invite(id)).await;
         let generation = self.publish_invite(id).await?;
         applied::wait_applied(&self.shm, generation, started).await
     }

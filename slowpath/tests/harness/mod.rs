@@ -332,6 +332,18 @@ impl Slowpath {
         sp
     }
 
+    /// A second `slowpath up` on `first`'s PostgreSQL database, with its
+    /// own data and shm directories (so its own node and fastpath); the
+    /// database stays `first`'s, dropped with it.
+    pub fn up_sharing(first: &Slowpath, extra: &[&str]) -> Slowpath {
+        let url = first
+            .database_url()
+            .expect("a database to share: the first run is on PostgreSQL");
+        let mut args = vec!["--database-url", url.as_str()];
+        args.extend_from_slice(extra);
+        Self::up(&Backend::Sqlite, &args)
+    }
+
     fn launch(mode: &str, backend: &Backend, extra: &[&str]) -> Slowpath {
         let dir = std::env::temp_dir().join(unique("totoro-sp-"));
         let shm = dir.join("shm");
@@ -444,9 +456,16 @@ impl Slowpath {
 
     /// The PostgreSQL URL of this run's database (None on SQLite).
     pub fn database_url(&self) -> Option<String> {
-        self.pg
-            .as_ref()
-            .map(|(base, name)| with_database(base, name))
+        if let Some((base, name)) = &self.pg {
+            return Some(with_database(base, name));
+        }
+        // A second control plane on another run's database
+        // ([`Slowpath::up_sharing`]).
+        let args = &self.cmd_args;
+        args.iter()
+            .position(|a| a == "--database-url")
+            .and_then(|i| args.get(i + 1))
+            .map(|u| u.to_string_lossy().into_owned())
     }
 
     /// The slowpath's log so far.

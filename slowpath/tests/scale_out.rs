@@ -1,0 +1,100 @@
+//! Several control planes on one PostgreSQL (issue 17): two `slowpath up`
+//! share a database, each with its own data directory, node and fastpath.
+//! An invite made through the first for the second's node reaches that
+//! node's table, and revoking it through the first ends its session on
+//! the second's fastpath: 100 times, with the p50 and p99 printed.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use serde_json::json;
+
+/// The PostgreSQL server's URL (None, and a skip line, without one; CI
+/// always has one).
+fn postgres(test: &str) -> Option<String> {
+    match std::env::var("TOTORO_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run {test} on PostgreSQL"
+            );
+            eprintln!("[{test}] SKIPPED (TOTORO_TEST_DATABASE_URL not set)");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_revocation_through_one_control_plane_ends_sessions_on_the_node_of_another() {
+    let Some(url) = postgres("scale_out") else {
+        return;
+    };
+    let a = Slowpath::up(&Backend::Postgres(url), &[]);
+    let b = Slowpath::up_sharing(&a, &["--resolve-rate", "10000"]);
+    a.wait_frp();
+    b.wait_frp();
+    assert_ne!(
+        a.local_node, b.local_node,
+        "the second control plane took the first one's node"
+    );
+    // Each lists both nodes: one database.
+    let (st, nodes) = b.admin_call("GET", "/api/v1/admin/nodes", None);
+    assert_eq!(st, 200, "{nodes}");
+    let ids = strings_at(&nodes, "id");
+    assert!(
+        ids.contains(&a.local_node.as_str()) && ids.contains(&b.local_node.as_str()),
+        "{nodes}"
+    );
+
+    let rounds = 100;
+    let mut took = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        // Made through a, for b's node: b's table takes it (the first
+        // login waits for that, at most 5 s).
+        let path = format!("/api/v1/admin/nodes/{}/invites", b.local_node);
+        let (st, inv) = a.admin_call(
+            "POST",
+            &path,
+            Some(json!({ "max_uses": 1, "ttl_s": 600, "scope": { "proxy_types": ["tcp"] } })),
+        );
+        assert_eq!(st, 201, "round {i}: {inv}");
+        let (st, resolved) = b.resolve(inv["code"].as_str().unwrap());
+        assert_eq!(st, 200, "round {i}: {resolved}");
+        let client = first_login(&ticket_opts(&b, &resolved));
+
+        // Revoked through a: the session on b's fastpath ends.
+        let t0 = Instant::now();
+        let id = inv["id"].as_str().unwrap();
+        let (st, v) = a.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
+        assert_eq!(st, 200, "round {i}: {v}");
+        while !client.is_closed() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "round {i}: the session on the other node was alive 5 s after the revocation\n\
+                 first control plane:\n{}\nsecond:\n{}",
+                a.log(),
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    let p50 = took[rounds / 2];
+    let p99 = took[rounds * 99 / 100 - 1];
+    let max = took[rounds - 1];
+    eprintln!(
+        "revoked through one control plane → session closed on the other's node, {rounds} rounds: \
+         p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?} (max {max:?})");
+    assert!(
+        b.log()
+            .contains("listening for other control planes' changes"),
+        "{}",
+        b.log()
+    );
+}
