@@ -49,6 +49,10 @@ pub enum Command {
     /// certificates, writes nginx's map file and PEM files, reloads nginx
     /// when they change.
     EdgeAgent(EdgeAgentArgs),
+    /// The node agent of a relay host governed by a control plane
+    /// elsewhere: keeps its fastpath's policy table current (a long poll
+    /// with the node key; no database credentials here).
+    Agent(AgentArgs),
     /// Edge routes (seed 004): hostnames to origins.
     #[command(subcommand)]
     Route(RouteCommand),
@@ -355,6 +359,32 @@ pub enum MeshCommand {
     Status(ClientArgs),
     /// Measured latencies.
     Latency(ClientArgs),
+}
+
+/// Flags of `agent`.
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// The control plane's base URL (`https://cp.example.com`); repeat it
+    /// for several control planes on one database: the agent moves to the
+    /// next when one fails.
+    #[arg(long, required = true)]
+    pub control: Vec<String>,
+    /// This node's key (`slowpath node add` prints it once).
+    #[arg(long, env = "TOTORO_NODE_KEY", hide_env_values = true)]
+    pub node_key: Option<String>,
+    /// A file holding the node key.
+    #[arg(long)]
+    pub node_key_file: Option<PathBuf>,
+    /// Root certificate (PEM) for the control plane's HTTPS, when it is
+    /// not publicly trusted.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// The fastpath's policy directory (its `fastpath.policyDir`).
+    #[arg(long)]
+    pub shm_dir: PathBuf,
+    /// Seconds each long poll waits for a change (1-60).
+    #[arg(long, default_value_t = slowpath::agent::WAIT_S)]
+    pub wait_secs: u64,
 }
 
 /// Flags of `edge-agent`.

@@ -73,8 +73,15 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
 }
 
 fn agent(cfg: &AgentConfig) -> Result<ureq::Agent> {
-    let mut b = ureq::AgentBuilder::new().timeout(Duration::from_secs(15));
-    if let Some(ca) = &cfg.ca_file {
+    http_agent(cfg.ca_file.as_deref(), Duration::from_secs(15))
+}
+
+/// An HTTP(S) client with `timeout` per request that trusts the public
+/// roots, or only the PEM certificates in `ca_file` when given (also the
+/// node agent's, [`crate::agent`]).
+pub(crate) fn http_agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent> {
+    let mut b = ureq::AgentBuilder::new().timeout(timeout);
+    if let Some(ca) = ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut pem.as_slice()) {

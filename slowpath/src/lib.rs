@@ -18,6 +18,8 @@
 //!   yields the OpenAPI document.
 //! - [`etcd`]: seed 002's tenant tokens kept in sync with an etcd prefix on
 //!   a thread of its own.
+//! - [`agent`]: the node agent of a relay host governed from elsewhere
+//!   (pulls its node's table by long poll; no database credentials).
 //! - [`credentials`], [`clock`], [`rate_limit`], [`frpc_config`],
 //!   [`error`]: small pieces the above share.
 //!
@@ -29,6 +31,7 @@
 //! (`slowpath fastpath …`), so one installed binary is a whole node.
 
 pub mod acme;
+pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod credentials;

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => client::stats(args),
         Command::Mesh(cmd) => client::mesh(cmd),
         Command::EdgeAgent(args) => edge_agent(args),
+        Command::Agent(args) => node_agent(args),
         Command::Route(cmd) => client::route(cmd),
         Command::Domain(cmd) => client::domain(cmd),
         Command::Origin(cmd) => client::origin(cmd),
@@ -89,21 +90,42 @@ fn relay(args: cli::RelayArgs) -> anyhow::Result<()> {
     result
 }
 
-fn edge_agent(a: cli::EdgeAgentArgs) -> anyhow::Result<()> {
+/// A secret given as `--<flag>` (or its environment variable `env`) or in
+/// `--<flag>-file`: trimmed, and not empty.
+fn secret(
+    value: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    flag: &str,
+    env: &str,
+) -> anyhow::Result<String> {
     use anyhow::Context as _;
-    let token = match (&a.token, &a.token_file) {
-        (Some(t), _) => t.trim().to_owned(),
+    let text = match (value, file) {
+        (Some(v), _) => v.trim().to_owned(),
         (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("--token-file {}", f.display()))?
+            .with_context(|| format!("--{flag}-file {}", f.display()))?
             .trim()
             .to_owned(),
-        (None, None) => {
-            anyhow::bail!("--token (or TOTORO_EDGE_TOKEN, or --token-file) is required")
-        }
+        (None, None) => anyhow::bail!("--{flag} (or {env}, or --{flag}-file) is required"),
     };
-    if token.is_empty() {
-        anyhow::bail!("--token is empty");
+    if text.is_empty() {
+        anyhow::bail!("--{flag} is empty");
     }
+    Ok(text)
+}
+
+fn node_agent(a: cli::AgentArgs) -> anyhow::Result<()> {
+    let node_key = secret(&a.node_key, &a.node_key_file, "node-key", "TOTORO_NODE_KEY")?;
+    slowpath::agent::run(slowpath::agent::AgentConfig {
+        control: a.control,
+        node_key,
+        ca_file: a.ca_file,
+        shm_dir: a.shm_dir,
+        wait_s: a.wait_secs,
+    })
+}
+
+fn edge_agent(a: cli::EdgeAgentArgs) -> anyhow::Result<()> {
+    let token = secret(&a.token, &a.token_file, "token", "TOTORO_EDGE_TOKEN")?;
     slowpath::edge_agent::run(slowpath::edge_agent::AgentConfig {
         control: a.control,
         token,

@@ -98,3 +98,89 @@ fn a_revocation_through_one_control_plane_ends_sessions_on_the_node_of_another()
         b.log()
     );
 }
+
+/// Issue 17's shape: one PostgreSQL, two `slowpath serve`, three relay
+/// nodes each with its own agent and fastpath. Two agents are attached to
+/// the second control plane, the third to the first (and the second after
+/// it). 100 invites made and revoked through the first, on the three nodes
+/// in turn, end their sessions within 1 s at p99; then the first is killed
+/// and the third agent moves to the second, which governs its node from
+/// then on.
+#[test]
+fn three_agents_follow_two_control_planes_on_one_database() {
+    use harness::agent::{ended_within, invite, revoke, Host};
+    let Some(url) = postgres("scale_out_agents") else {
+        return;
+    };
+    let mut a = Slowpath::start(&Backend::Postgres(url), &["--resolve-rate", "10000"]);
+    let b = Slowpath::start_sharing(&a, &["--resolve-rate", "10000"]);
+    let token = "relay-token";
+    let mut hosts = Vec::new();
+    let mut node_ids = Vec::new();
+    for i in 0..3 {
+        let port = bench::proc::free_port();
+        let (node, key) = a.node(json!({
+            "name": format!("relay-{i}"), "server_addr": "127.0.0.1", "server_port": port,
+            "proxy_types": ["tcp"], "token": token,
+        }));
+        node_ids.push(node["id"].as_str().unwrap().to_owned());
+        let controls: Vec<&Slowpath> = if i < 2 { vec![&b] } else { vec![&a, &b] };
+        hosts.push(Host::start(
+            &controls,
+            &format!("relay-{i}"),
+            &key,
+            port,
+            token,
+            true,
+        ));
+    }
+
+    let rounds = 100;
+    let mut took = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let n = round % 3;
+        let (id, o) = invite(&a, &node_ids[n], hosts[n].frp);
+        let client = first_login(&o);
+        let t0 = Instant::now();
+        revoke(&a, &id);
+        let what = format!("round {round}, node {n}");
+        took.push(ended_within(
+            &client,
+            t0,
+            Duration::from_secs(5),
+            &what,
+            &hosts[n],
+        ));
+    }
+    took.sort();
+    let (p50, p99) = (took[rounds / 2], took[rounds * 99 / 100 - 1]);
+    eprintln!(
+        "revoked through serve #1 → session closed on 3 agents' nodes (2 attached to serve #2), \
+         {rounds} rounds: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took[rounds - 1]
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+
+    // Serve #1 dies: the third agent moves to #2, which governs its node.
+    let (id, o) = invite(&a, &node_ids[2], hosts[2].frp);
+    let client = first_login(&o);
+    a.kill_hard();
+    assert!(
+        hosts[2]
+            .agent
+            .wait_log("moving to the next control plane", Duration::from_secs(15)),
+        "{}",
+        hosts[2].agent_log()
+    );
+    assert!(!client.is_closed(), "a session ended when serve #1 died");
+    let t0 = Instant::now();
+    revoke(&b, &id);
+    let what = "serve #2 governs the moved agent's node";
+    let moved = ended_within(&client, t0, Duration::from_secs(5), what, &hosts[2]);
+    eprintln!(
+        "after the move: revoked through serve #2 → closed in {:?}",
+        moved
+    );
+    drop(hosts);
+    drop(b);
+}

@@ -132,7 +132,7 @@ pub struct InviteQuery {
     pub node_id: Option<String>,
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+pub(super) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_field(None, format!("bad query string: {}", e.body_text()))
 }
 

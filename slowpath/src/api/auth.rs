@@ -15,7 +15,7 @@ use super::{Access, App, AppState};
 use crate::credentials::sha256_hex;
 use crate::domain::nodes::{self, Node};
 
-fn bearer<'a>(headers: &'a HeaderMap, what: &str) -> Result<&'a str, ApiError> {
+pub(super) fn bearer<'a>(headers: &'a HeaderMap, what: &str) -> Result<&'a str, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -56,3 +56,73 @@ pub async fn revoke_invite(
     app.publisher.sync_invite(invite.id).await?;
     Ok(Json(invite.info(None)))
 }
+
+/// `GET /api/v1/nodes/policy` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyQuery {
+    /// The digest of the table the agent holds (empty: none).
+    #[serde(default)]
+    pub have: String,
+    /// How long to wait for a different table, in seconds (at most
+    /// [`crate::agent::MAX_WAIT_S`]; default [`crate::agent::WAIT_S`]).
+    pub wait: Option<u64>,
+}
+
+/// `GET /api/v1/nodes/policy`: the calling node's table, as soon as it
+/// differs from the one the agent holds (`have`); 204 after `wait`
+/// seconds without a change (a long poll: the agent asks again at once).
+pub async fn policy(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<PolicyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let node = auth::node(&app, &headers).await?;
+    let axum::extract::Query(q) = query.map_err(super::admin::query_error)?;
+    let wait = std::time::Duration::from_secs(
+        q.wait
+            .unwrap_or(crate::agent::WAIT_S)
+            .min(crate::agent::MAX_WAIT_S),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.publisher.changes_epoch();
+    let key = auth::bearer(&headers, "node key")?.to_owned();
+    loop {
+        changes.borrow_and_update();
+        let table = app.publisher.compile_for(&node.id).await?;
+        let digest = crate::agent::digest(&table);
+        if digest != q.have {
+            let mac = crate::agent::mac(&key, &table);
+            return Ok((
+                StatusCode::OK,
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/octet-stream".to_owned(),
+                    ),
+                    (
+                        axum::http::HeaderName::from_static(crate::agent::DIGEST_HEADER),
+                        digest,
+                    ),
+                    (
+                        axum::http::HeaderName::from_static(crate::agent::MAC_HEADER),
+                        mac,
+                    ),
+                ],
+                table,
+            )
+                .into_response());
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(StatusCode::NO_CONTENT.into_response());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+        }
+    }
+}

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use proto::policy::{table, InviteId, PolicySpec};
 use serde::Serialize;
 use shm::InstanceDir;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::applied;
 use super::compile::{self, PolicyState};
@@ -129,6 +129,9 @@ pub struct Publisher {
     /// Tells the control planes sharing the database about the changes
     /// API calls make here (set once, at start; none: nobody to tell).
     changes: OnceLock<Arc<Changes>>,
+    /// Counts the changes this control plane made or heard of: node
+    /// agents' long polls wait on it ([`Publisher::changes_epoch`]).
+    epoch: watch::Sender<u64>,
 }
 
 /// A poisoned lock only means a panic elsewhere while it was held; what it
@@ -153,7 +156,41 @@ impl Publisher {
             on_tenants: OnceLock::new(),
             status: Mutex::new(PublishStatus::default()),
             changes: OnceLock::new(),
+            epoch: watch::Sender::new(0),
         })
+    }
+
+    /// Changes as they come: the value moves at every change made here or
+    /// told by another control plane (a node agent's long poll compiles
+    /// its node's table again then).
+    pub fn changes_epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    fn bump(&self) {
+        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    /// The table of node `node_id`, for its agent ([`crate::agent`]): the
+    /// node's row, the ticket keys, its invites, and the tenants as this
+    /// control plane has them (database, etcd, over quota); encoded, but
+    /// neither stamped nor sealed, which the agent does under its own
+    /// instance key. No mesh relay, edge routes or certificates: those are
+    /// not served to remote nodes yet.
+    pub async fn compile_for(&self, node_id: &str) -> Result<Vec<u8>> {
+        let now = now_ms();
+        let node = nodes::get(&self.db, node_id).await?;
+        let keys = tickets::public_keys(&self.db).await?;
+        let invites = invites::for_policy(&self.db, node_id, now).await?;
+        let database = tenants::list(&self.db).await?;
+        let (etcd, over_quota) = {
+            let inputs = lock(&self.inputs);
+            (inputs.etcd_tenants.clone(), inputs.over_quota.clone())
+        };
+        let all = compile::merge_tenants(database, etcd.as_deref());
+        let tenants = compile::tenant_policies(&all, &over_quota);
+        let mesh = compile_mesh(&self.db, 0).await?;
+        Ok(PolicyState::new(&node, keys, invites, tenants, mesh).encode())
     }
 
     /// Announce the changes [`Publisher::sync`] and its kin publish to the
@@ -162,8 +199,10 @@ impl Publisher {
         let _ = self.changes.set(changes);
     }
 
-    /// Tells the other control planes (their nodes republish too).
+    /// Tells the node agents waiting here and the other control planes
+    /// (their nodes republish too).
     async fn announce(&self, change: Change) {
+        self.bump();
         if let Some(c) = self.changes.get() {
             c.announce(change).await;
         }
@@ -172,6 +211,7 @@ impl Publisher {
     /// Applies a change another control plane announced: publishes it
     /// here (not announced again).
     pub async fn apply_remote(&self, change: Change) {
+        self.bump();
         let result = match change {
             Change::All => self.publish(false).await,
             Change::Invite(id) => self.publish_invite(id).await,
@@ -214,6 +254,7 @@ impl Publisher {
     /// A tenant source changed: recompile tenants on the next pass.
     pub fn tenants_changed(&self) {
         lock(&self.inputs).tenants_dirty = true;
+        self.bump();
         self.request();
     }
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod dns;
 pub mod etcd;
 pub mod mesh;
@@ -336,12 +337,23 @@ impl Slowpath {
     /// own data and shm directories (so its own node and fastpath); the
     /// database stays `first`'s, dropped with it.
     pub fn up_sharing(first: &Slowpath, extra: &[&str]) -> Slowpath {
+        Self::up(&Backend::Sqlite, &Self::sharing(first, extra))
+    }
+
+    /// [`Slowpath::up_sharing`] for `slowpath serve` (no fastpath).
+    pub fn start_sharing(first: &Slowpath, extra: &[&str]) -> Slowpath {
+        Self::start(&Backend::Sqlite, &Self::sharing(first, extra))
+    }
+
+    /// `extra` after `--database-url` of `first`'s database.
+    fn sharing<'a>(first: &Slowpath, extra: &[&'a str]) -> Vec<&'a str> {
         let url = first
             .database_url()
             .expect("a database to share: the first run is on PostgreSQL");
-        let mut args = vec!["--database-url", url.as_str()];
+        // Leaked: a few bytes per test, for flags borrowed like the rest.
+        let mut args = vec!["--database-url", &*String::leak(url)];
         args.extend_from_slice(extra);
-        Self::up(&Backend::Sqlite, &args)
+        args
     }
 
     fn launch(mode: &str, backend: &Backend, extra: &[&str]) -> Slowpath {
