@@ -22,8 +22,13 @@
 //!
 //! While the control plane is unreachable, or refuses the key, the
 //! fastpath keeps enforcing the last table; the agent retries with backoff.
-//! Not done yet: shipping the event rings and traffic upstream, heartbeats
-//! with host metrics, and the mesh relay, edge and certificates in remote
+//! A thread heartbeats (`POST /api/v1/nodes/heartbeat`, every 10 s) with
+//! seed 000 §3.3's figures: the fastpath's sessions, proxies and
+//! bandwidth (its `--stats-file`), its CPU and memory, the disk, versions.
+//!
+//! Not done yet: shipping the event rings and traffic upstream (a remote
+//! node's audit events and tenant traffic stay in its rings, which drop
+//! what overflows), and the mesh relay, edge and certificates in remote
 //! nodes' tables.
 
 use std::path::PathBuf;
@@ -32,6 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE, TABLE_FILE};
+
+use crate::domain::nodes::Heartbeat;
+use crate::telemetry::host::Probe;
 
 /// The SHA-256 of the body, hex.
 pub const DIGEST_HEADER: &str = "x-totoro-policy-digest";
@@ -81,6 +89,11 @@ pub struct AgentConfig {
     pub shm_dir: PathBuf,
     /// Seconds each poll waits for a change.
     pub wait_s: u64,
+    /// The fastpath's `--stats-file` (sessions, proxies, bytes for the
+    /// heartbeat; without it those read 0).
+    pub stats_file: Option<PathBuf>,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
 }
 
 /// Why a poll did not bring a table.
@@ -123,6 +136,19 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         .collect();
     anyhow::ensure!(!controls.is_empty(), "--control is required");
     let mut at = 0;
+    {
+        let (controls, key, shm) = (controls.clone(), cfg.node_key.clone(), Arc::clone(&shm));
+        let probe = Probe::new(
+            cfg.stats_file.clone().unwrap_or_default(),
+            cfg.shm_dir.clone(),
+        );
+        let http = crate::edge_agent::http_agent(cfg.ca_file.as_deref(), Duration::from_secs(15))?;
+        let every = cfg.heartbeat.max(Duration::from_secs(1));
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || heartbeats(&controls, &key, &http, &shm, probe, every))
+            .context("starting the heartbeat thread")?;
+    }
     let mut have = String::new();
     let mut generation = shm.table_generation().unwrap_or(0);
     let mut backoff = Duration::from_millis(500);
@@ -175,6 +201,43 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Heartbeats every `every` (seed 000 §3.3's figures: the fastpath's
+/// sessions, proxies, bandwidth, CPU and memory, the disk, versions), to
+/// the control planes in turn as they fail; forever.
+fn heartbeats(
+    controls: &[String],
+    node_key: &str,
+    http: &ureq::Agent,
+    shm: &InstanceDir,
+    mut probe: Probe,
+    every: Duration,
+) {
+    let mut at = 0;
+    loop {
+        let mut hb = match shm.dir.holder(shm::LOCK_FILE) {
+            Some(pid) => probe.sample(pid),
+            // No fastpath running: the host's own figures only.
+            None => Heartbeat {
+                disk_total_bytes: probe.disk().0,
+                disk_free_bytes: probe.disk().1,
+                ..Heartbeat::default()
+            },
+        };
+        hb.versions
+            .insert("agent".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        let url = format!("{}/api/v1/nodes/heartbeat", controls[at]);
+        let sent = http
+            .post(&url)
+            .set("Authorization", &format!("Bearer {node_key}"))
+            .send_json(&hb);
+        if let Err(e) = sent {
+            tracing::warn!(control = %controls[at], error = %e, "heartbeat failed");
+            at = (at + 1) % controls.len();
+        }
+        std::thread::sleep(every);
     }
 }
 

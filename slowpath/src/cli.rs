@@ -385,6 +385,13 @@ pub struct AgentArgs {
     /// Seconds each long poll waits for a change (1-60).
     #[arg(long, default_value_t = slowpath::agent::WAIT_S)]
     pub wait_secs: u64,
+    /// The fastpath's `--stats-file`, for the heartbeat's sessions,
+    /// proxies and bandwidth.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_secs: u64,
 }
 
 /// Flags of `edge-agent`.

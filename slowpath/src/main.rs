@@ -121,6 +121,8 @@ fn node_agent(a: cli::AgentArgs) -> anyhow::Result<()> {
         ca_file: a.ca_file,
         shm_dir: a.shm_dir,
         wait_s: a.wait_secs,
+        stats_file: a.stats_file,
+        heartbeat: std::time::Duration::from_secs(a.heartbeat_secs),
     })
 }
 

@@ -4,8 +4,9 @@
 //! the real binaries: the node's table arrives and logins under its
 //! invites work; revocations through the API end sessions on the remote
 //! node (20 rounds, p50/p99 printed); a wrong node key is refused and
-//! nothing is written; with the control plane killed the fastpath keeps
-//! enforcing the last table, and once it is back the agent resumes.
+//! nothing is written; the agent heartbeats with the fastpath's figures;
+//! with the control plane killed the fastpath keeps enforcing the last
+//! table, and once it is back the agent resumes.
 
 mod harness;
 
@@ -67,6 +68,23 @@ fn a_remote_node_follows_its_control_plane_through_its_agent() {
     // ticket resolved before still logs in), and the agent says so.
     let (kept_id, kept) = invite(&sp, &node, host.frp);
     let before = first_login(&kept);
+
+    // The agent heartbeats with seed 000 §3.3's figures, the session
+    // just opened among them.
+    wait_within(
+        Duration::from_secs(10),
+        "a heartbeat counting the session",
+        || {
+            let (st, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+            assert_eq!(st, 200, "{n}");
+            let hb = &n["heartbeat"];
+            n["status"] == "online"
+                && hb["versions"]["agent"].is_string()
+                && hb["connections"].as_u64() >= Some(1)
+                && hb["mem_bytes"].as_u64() > Some(0)
+                && hb["disk_total_bytes"].as_u64() > Some(0)
+        },
+    );
     sp.kill_hard();
     assert!(
         host.agent

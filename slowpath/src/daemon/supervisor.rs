@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shm::InstanceDir;
-use slowpath::domain::nodes::{self, Heartbeat};
+use slowpath::domain::nodes;
 use slowpath::store::db::Db;
+use slowpath::telemetry::host::Probe;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -40,77 +41,6 @@ impl Fastpath {
     }
 }
 
-/// Builds the local node's heartbeat from what the fastpath exposes: its
-/// counters file (sessions, proxies, bytes) and /proc (CPU, memory).
-struct Probe {
-    stats: PathBuf,
-    last: Option<(std::time::Instant, u64, u64, u64)>,
-}
-
-impl Probe {
-    fn new(fp: &Fastpath) -> Probe {
-        Probe {
-            stats: fp.stats_file(),
-            last: None,
-        }
-    }
-
-    fn sample(&mut self, pid: i32) -> Heartbeat {
-        let mut hb = Heartbeat {
-            versions: [
-                ("slowpath".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-                ("fastpath".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-            ]
-            .into(),
-            ..Heartbeat::default()
-        };
-        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
-        if let Some(workers) = std::fs::read_to_string(&self.stats)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["workers"].as_array().cloned())
-        {
-            for w in workers {
-                let n = |k: &str| w[k].as_i64().unwrap_or(0).max(0) as u64;
-                hb.connections += n("sessions");
-                hb.proxies += n("proxies");
-                bytes_in += n("bytes_in");
-                bytes_out += n("bytes_out");
-            }
-        }
-        let ticks = proc_cpu_ticks(pid).unwrap_or(0);
-        hb.mem_bytes = proc_rss_bytes(pid).unwrap_or(0);
-        let now = std::time::Instant::now();
-        if let Some((then, bin, bout, t0)) = self.last {
-            let secs = now.duration_since(then).as_secs_f64().max(0.001);
-            hb.bandwidth_in_bps = (bytes_in.saturating_sub(bin) as f64 * 8.0 / secs) as u64;
-            hb.bandwidth_out_bps = (bytes_out.saturating_sub(bout) as f64 * 8.0 / secs) as u64;
-            // SAFETY: sysconf is a plain libc query.
-            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-            hb.cpu_percent = ticks.saturating_sub(t0) as f64 / hz / secs * 100.0;
-        }
-        self.last = Some((now, bytes_in, bytes_out, ticks));
-        hb
-    }
-}
-
-/// utime + stime of a process, in clock ticks.
-fn proc_cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at 3.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// Resident memory of a process, bytes.
-fn proc_rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Watch an adopted fastpath until it exits (Some) or we are told to stop
 /// (None, after stopping it).
 async fn adopt(
@@ -123,7 +53,7 @@ async fn adopt(
     tracing::info!(pid, dir = %fp.shm.dir.path().display(), "a fastpath already serves this instance; supervising it");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut beats = 0u32;
-    let mut probe = Probe::new(fp);
+    let mut probe = Probe::new(fp.stats_file(), fp.shm.dir.path().to_path_buf());
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -206,7 +136,7 @@ pub async fn run(
         tracing::info!(pid, config = %fp.config.display(), "fastpath started");
         let started = tokio::time::Instant::now();
         let mut beat = tokio::time::interval(Duration::from_secs(10));
-        let mut probe = Probe::new(&fp);
+        let mut probe = Probe::new(fp.stats_file(), fp.shm.dir.path().to_path_buf());
         let status = loop {
             tokio::select! {
                 status = child.wait() => break Some(status),

@@ -186,6 +186,12 @@ pub struct Heartbeat {
     /// Registered proxies.
     #[serde(default)]
     pub proxies: u64,
+    /// Size of the file system under the node's policy directory, bytes.
+    #[serde(default)]
+    pub disk_total_bytes: u64,
+    /// Space left on it, bytes.
+    #[serde(default)]
+    pub disk_free_bytes: u64,
 }
 
 /// A node as the API shows it.

@@ -48,6 +48,8 @@ impl Host {
             args.extend_from_slice(&["--control", c.base.as_str()]);
         }
         let (key_file, shm_text) = (key_file.to_str().unwrap(), shm.to_str().unwrap());
+        let stats = dir.join("stats.json");
+        let stats_text = stats.to_str().unwrap().to_owned();
         args.extend_from_slice(&[
             "--node-key-file",
             key_file,
@@ -55,6 +57,10 @@ impl Host {
             shm_text,
             "--wait-secs",
             "5",
+            "--stats-file",
+            &stats_text,
+            "--heartbeat-secs",
+            "1",
         ]);
         let agent = Daemon::spawn_logging(Path::new(BIN), &args, "info").expect("start the agent");
         let frp = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -81,7 +87,13 @@ impl Host {
             .unwrap();
             let fp = Daemon::spawn_logging(
                 Path::new(BIN),
-                &["fastpath", "-c", cfg.to_str().unwrap()],
+                &[
+                    "fastpath",
+                    "-c",
+                    cfg.to_str().unwrap(),
+                    "--stats-file",
+                    &stats_text,
+                ],
                 "info",
             )
             .expect("start the fastpath");
