@@ -364,10 +364,10 @@ pub enum MeshCommand {
 /// Flags of `agent`.
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// The control plane's base URL (`https://cp.example.com`); repeat it
-    /// for several control planes on one database: the agent moves to the
-    /// next when one fails.
-    #[arg(long, required = true)]
+    /// The control plane's base URL (`https://cp.example.com`); repeat it,
+    /// or separate with commas, for several control planes on one
+    /// database: the agent moves to the next when one fails.
+    #[arg(long, env = "TOTORO_CONTROL", value_delimiter = ',', required = true)]
     pub control: Vec<String>,
     /// This node's key (`slowpath node add` prints it once).
     #[arg(long, env = "TOTORO_NODE_KEY", hide_env_values = true)]
