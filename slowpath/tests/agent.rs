@@ -53,6 +53,33 @@ fn a_remote_node_follows_its_control_plane_through_its_agent() {
     );
     assert!(took[19] < Duration::from_secs(1), "{took:?}");
 
+    // The control plane's /metrics counts the agent (its next long poll
+    // is open within moments of each answer) and what it was sent.
+    let value = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let scrape = || {
+        ureq::get(&format!("{}/metrics", sp.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    wait_within(
+        Duration::from_secs(5),
+        "the agent counted in /metrics",
+        || value(&scrape(), "totoro_slowpath_agents_connected") == 1.0,
+    );
+    let metrics = scrape();
+    assert!(
+        value(&metrics, "totoro_slowpath_agent_tables_sent_total") >= 21.0,
+        "{metrics}"
+    );
+
     // A wrong key: refused, said, nothing written.
     let wrong = Host::start(&[&sp], "wrong", "nk_0000", free_port(), token, false);
     assert!(

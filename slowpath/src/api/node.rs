@@ -88,12 +88,14 @@ pub async fn policy(
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = app.publisher.changes_epoch();
     let key = auth::bearer(&headers, "node key")?.to_owned();
+    let _open = app.metrics.agent_poll();
     loop {
         changes.borrow_and_update();
         let table = app.publisher.compile_for(&node.id).await?;
         let digest = crate::agent::digest(&table);
         if digest != q.have {
             let mac = crate::agent::mac(&key, &table);
+            app.metrics.agent_table_sent();
             return Ok((
                 StatusCode::OK,
                 [

@@ -1,5 +1,6 @@
 //! The slowpath's Prometheus metrics (`GET /metrics`, `prometheus-client`):
-//! API requests by route, method and status, with their latency; and, read
+//! API requests by route, method and status, with their latency; node
+//! agents connected and the tables sent to them; and, read
 //! when scraped, the event drain (events written and lost, refusals by
 //! kind, each fastpath worker's ring drops and applied policy
 //! generation), the ACME task, the DNS manager and the etcd source.
@@ -39,6 +40,19 @@ pub struct RouteLabels {
 pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    /// Node agents' long polls open now.
+    agents: Gauge,
+    /// Tables sent to node agents.
+    agent_tables: Counter,
+}
+
+/// One node agent's long poll, counted while it is open.
+pub struct AgentPoll(Gauge);
+
+impl Drop for AgentPoll {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for ApiMetrics {
@@ -49,11 +63,24 @@ impl Default for ApiMetrics {
                 // 0.25 ms to about 8 s.
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
             }),
+            agents: Gauge::default(),
+            agent_tables: Counter::default(),
         }
     }
 }
 
 impl ApiMetrics {
+    /// A node agent's long poll opens; it counts until the guard drops.
+    pub fn agent_poll(&self) -> AgentPoll {
+        self.agents.inc();
+        AgentPoll(self.agents.clone())
+    }
+
+    /// A table went to a node agent.
+    pub fn agent_table_sent(&self) {
+        self.agent_tables.inc();
+    }
+
     /// One answered request.
     pub fn observe(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         self.requests
@@ -86,6 +113,16 @@ pub fn render(app: &crate::api::App) -> String {
         "api_request_duration_seconds",
         "time to answer an API request, by route and method",
         m.latency.clone(),
+    );
+    r.register(
+        "agents_connected",
+        "node agents waiting on a policy long poll now",
+        m.agents.clone(),
+    );
+    r.register(
+        "agent_tables_sent",
+        "policy tables sent to node agents",
+        m.agent_tables.clone(),
     );
     let counter = |v: u64| {
         let c: Counter = Counter::default();
