@@ -34,7 +34,21 @@ impl Host {
         token: &str,
         fastpath: bool,
     ) -> Host {
-        let sp = controls[0];
+        let urls: Vec<&str> = controls.iter().map(|c| c.base.as_str()).collect();
+        Host::start_at(controls[0], &urls, name, key, port, token, fastpath)
+    }
+
+    /// [`Host::start`] with the agent pointed at `urls` (any servers), its
+    /// directory next to `sp`'s.
+    pub fn start_at(
+        sp: &Slowpath,
+        urls: &[&str],
+        name: &str,
+        key: &str,
+        port: u16,
+        token: &str,
+        fastpath: bool,
+    ) -> Host {
         let dir = sp.dir.with_file_name(format!(
             "{}-{name}",
             sp.dir.file_name().unwrap().to_string_lossy()
@@ -44,8 +58,8 @@ impl Host {
         let key_file = dir.join("node.key");
         std::fs::write(&key_file, key).unwrap();
         let mut args = vec!["agent"];
-        for c in controls {
-            args.extend_from_slice(&["--control", c.base.as_str()]);
+        for url in urls {
+            args.extend_from_slice(&["--control", url]);
         }
         let (key_file, shm_text) = (key_file.to_str().unwrap(), shm.to_str().unwrap());
         let stats = dir.join("stats.json");
