@@ -282,8 +282,7 @@ pub async fn run(
     };
     let decided = std::time::Instant::now();
     let admitted = admit(&ctx.shared, &login, me);
-    let timings = &ctx.shared.timings;
-    timings.login(ctx.id, admitted.is_ok(), decided.elapsed());
+    ctx.timings.login(admitted.is_ok(), decided.elapsed());
     let (authorized, Registered { run_id, replaced }) = match admitted {
         Ok(x) => x,
         Err(r) => return refuse_login(&ctx, conn, &login, peer, r, wire, preface).await,

@@ -165,9 +165,9 @@ mod tests {
             serde_json::json!({ "sessions": 1, "bytes_in": 5 }),
         ];
         let t = Timings::default();
-        t.login(1, true, Duration::from_micros(40));
-        t.login(1, false, Duration::from_micros(3));
-        t.propagated(0, 1_000, 1_004);
+        t.for_worker(1).login(true, Duration::from_micros(40));
+        t.for_worker(1).login(false, Duration::from_micros(3));
+        t.for_worker(0).propagated(1_000, 1_004);
         let text = render(&w, 7, &t);
         assert!(
             text.contains("# TYPE totoro_fastpath_login_decision_seconds histogram"),

@@ -40,24 +40,21 @@ impl Default for Timings {
 }
 
 impl Timings {
-    /// A login decided on `worker` in `took`.
-    pub fn login(&self, worker: usize, admitted: bool, took: Duration) {
-        let mut l = labels(worker);
-        let outcome = if admitted { "admitted" } else { "refused" };
-        l.push(("outcome".into(), outcome.into()));
-        self.login.get_or_create(&l).observe(took.as_secs_f64());
+    /// Worker `worker`'s histograms, looked up once: a login or a table
+    /// applied then costs no label allocation and no family lookup.
+    pub fn for_worker(&self, worker: usize) -> WorkerTimings {
+        let outcome = |o: &str| {
+            let mut l = labels(worker);
+            l.push(("outcome".into(), o.into()));
+            self.login.get_or_create(&l).clone()
+        };
+        WorkerTimings {
+            admitted: outcome("admitted"),
+            refused: outcome("refused"),
+            propagation: self.propagation.get_or_create(&labels(worker)).clone(),
+        }
     }
 
-    /// A table made at `created_ms` applied on `worker` at `now_ms`.
-    pub fn propagated(&self, worker: usize, created_ms: u64, now_ms: u64) {
-        let secs = now_ms.saturating_sub(created_ms) as f64 / 1000.0;
-        self.propagation
-            .get_or_create(&labels(worker))
-            .observe(secs);
-    }
-}
-
-impl Timings {
     /// The login histograms, to register.
     pub fn login_family(&self) -> Histograms {
         self.login.clone()
@@ -66,6 +63,31 @@ impl Timings {
     /// The propagation histograms, to register.
     pub fn propagation_family(&self) -> Histograms {
         self.propagation.clone()
+    }
+}
+
+/// One worker's histograms ([`Timings::for_worker`]).
+pub struct WorkerTimings {
+    admitted: Histogram,
+    refused: Histogram,
+    propagation: Histogram,
+}
+
+impl WorkerTimings {
+    /// A login decided in `took`.
+    pub fn login(&self, admitted: bool, took: Duration) {
+        let h = if admitted {
+            &self.admitted
+        } else {
+            &self.refused
+        };
+        h.observe(took.as_secs_f64());
+    }
+
+    /// A table made at `created_ms` applied at `now_ms`.
+    pub fn propagated(&self, created_ms: u64, now_ms: u64) {
+        let secs = now_ms.saturating_sub(created_ms) as f64 / 1000.0;
+        self.propagation.observe(secs);
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::report::events::EventSink;
 use crate::report::stats::WorkerStats;
+use crate::report::timings::WorkerTimings;
 use crate::runtime::shared::Shared;
 use crate::transport::mux::MuxBudget;
 use crate::transport::preauth::{Limits, PreAuth, Ticket};
@@ -38,6 +39,8 @@ pub struct WorkerCtx {
     pub preauth: Rc<PreAuth>,
     /// Memory limits of this worker's yamux sessions.
     pub mux: Rc<MuxBudget>,
+    /// This worker's latency histograms.
+    pub timings: WorkerTimings,
     next_control: Cell<u64>,
 }
 
@@ -59,12 +62,14 @@ impl WorkerCtx {
             IDENTIFY_DEADLINE,
             shared.stats[id].mux.clone(),
         );
+        let timings = shared.timings.for_worker(id);
         WorkerCtx {
             id,
             shared,
             events,
             preauth,
             mux,
+            timings,
             next_control: Cell::new(0),
         }
     }

@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::shared::Shared;
 use crate::transport::handoff::WorkerMsg;
 
+/// The longest a park message may wait to be written to the successor.
+const PARK_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long the predecessor waits for a successor's "ready".
 const READY_WAIT: Duration = Duration::from_secs(60);
 /// Descriptors per message (the kernel takes at most 253).
@@ -400,7 +403,13 @@ impl Upgrader {
         }
         // From here on the sockets are the successor's, and so are the
         // proxies' listening sockets of the sessions that move.
-        *self.shared.successor.lock() = conn.try_clone().ok();
+        // Workers write park messages on it (see `send_parked`): a
+        // successor that stops reading must not hold them for long.
+        let to_successor = conn
+            .try_clone()
+            .ok()
+            .filter(|c| c.set_write_timeout(Some(PARK_WRITE_TIMEOUT)).is_ok());
+        *self.shared.successor.lock() = to_successor;
         *lock(&self.drained_since) = Some(Instant::now());
         self.shared.draining.store(true, Ordering::Release);
         for inbox in &self.shared.inboxes {
@@ -490,6 +499,14 @@ pub fn hand_user(shared: &Shared, port: u16, user: monoio::net::TcpStream, peer:
     send_parked(shared, &msg, fd);
 }
 
+/// Writes one park message and its descriptor. On the worker's thread and
+/// under the lock on purpose: the line and its descriptor must not
+/// interleave with another worker's, and the socket must be the
+/// successor's before the session closes (else frpc, logging in again
+/// there at once, would find the port still bound here). The successor
+/// reads these as they come; a write that blocks longer than
+/// [`PARK_WRITE_TIMEOUT`] gives up on it, and the sessions still to move
+/// are then closed without their sockets.
 fn send_parked(shared: &Shared, msg: &ParkMsg, fd: OwnedFd) {
     let (port, proxy) = (msg.port, msg.proxy.as_str());
     let mut successor = shared.successor.lock();

@@ -263,9 +263,7 @@ async fn inbox_loop(
                 ctx.events.set_applied_generation(generation);
                 if let Some(t) = ctx.shared.policy.current() {
                     let now = crate::report::events::now_ms();
-                    ctx.shared
-                        .timings
-                        .propagated(ctx.id, t.get().created_ms(), now);
+                    ctx.timings.propagated(t.get().created_ms(), now);
                 }
             }
             WorkerMsg::WorkConn(moved) => work_conns::adopt(ctx, sessions, *moved).await,
