@@ -150,6 +150,23 @@ impl ShmDir {
 }
 
 impl InstanceDir {
+    /// Puts an encoded policy table in place: stamped with `generation`
+    /// and `created_ms`, sealed under the instance key, written aside and
+    /// renamed over the last one (a reader sees one or the other, whole).
+    /// Returns the file's length. The slowpath's publisher and the node
+    /// agent both write tables this way.
+    pub fn write_table(
+        &self,
+        mut table: Vec<u8>,
+        generation: u64,
+        created_ms: u64,
+    ) -> io::Result<usize> {
+        proto::policy::table::stamp(&mut table, generation, created_ms);
+        self.key.seal_table(&mut table);
+        self.dir.write_replacing(TABLE_FILE, &table)?;
+        Ok(table.len())
+    }
+
     /// The generation of the table in the directory; None when there is
     /// none, or it is unreadable, or not sealed with this instance's key (a
     /// planted table must not push the generation counter to its end).

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE, TABLE_FILE};
+use shm::{InstanceDir, LockError, SLOWPATH_LOCK_FILE};
 
 use crate::domain::nodes::Heartbeat;
 use crate::telemetry::host::Probe;
@@ -160,9 +160,12 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         match poll(&http, &url, &cfg.node_key) {
             Ok((table, digest)) => {
                 let started = Instant::now();
-                generation = generation.max(shm.table_generation().unwrap_or(0)) + 1;
-                match write(&shm, table, generation) {
-                    Ok(()) => {
+                // The directory's lock makes this the only writer: the
+                // table on disk was read once, at start.
+                let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
+                match shm.write_table(table, generation + 1, now) {
+                    Ok(_) => {
+                        generation += 1;
                         tracing::info!(
                             generation,
                             write_us = started.elapsed().as_micros() as u64,
@@ -220,11 +223,14 @@ fn heartbeats(
         let mut hb = match shm.dir.holder(shm::LOCK_FILE) {
             Some(pid) => probe.sample(pid),
             // No fastpath running: the host's own figures only.
-            None => Heartbeat {
-                disk_total_bytes: probe.disk().0,
-                disk_free_bytes: probe.disk().1,
-                ..Heartbeat::default()
-            },
+            None => {
+                let (disk_total_bytes, disk_free_bytes) = probe.disk();
+                Heartbeat {
+                    disk_total_bytes,
+                    disk_free_bytes,
+                    ..Heartbeat::default()
+                }
+            }
         };
         hb.versions
             .insert("agent".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
@@ -288,14 +294,6 @@ fn check(body: &[u8], said_digest: &str, said_mac: &str, node_key: &str) -> Resu
     }
     proto::policy::table::PolicyTable::parse(body).map_err(|e| format!("table refused: {e}"))?;
     Ok(())
-}
-
-/// Stamp `generation`, seal under the instance key, rename into place.
-fn write(shm: &InstanceDir, mut table: Vec<u8>, generation: u64) -> std::io::Result<()> {
-    let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
-    proto::policy::table::stamp(&mut table, generation, now);
-    shm.key.seal_table(&mut table);
-    shm.dir.write_replacing(TABLE_FILE, &table)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use proto::policy::{table, InviteId, PolicySpec};
+use proto::policy::{InviteId, PolicySpec};
 use serde::Serialize;
 use shm::InstanceDir;
 use tokio::sync::{watch, Notify};
@@ -182,12 +182,7 @@ impl Publisher {
         let node = nodes::get(&self.db, node_id).await?;
         let keys = tickets::public_keys(&self.db).await?;
         let invites = invites::for_policy(&self.db, node_id, now).await?;
-        let database = tenants::list(&self.db).await?;
-        let (etcd, over_quota) = {
-            let inputs = lock(&self.inputs);
-            (inputs.etcd_tenants.clone(), inputs.over_quota.clone())
-        };
-        let all = compile::merge_tenants(database, etcd.as_deref());
+        let (all, over_quota) = self.tenants_now().await?;
         let tenants = compile::tenant_policies(&all, &over_quota);
         let mesh = compile_mesh(&self.db, 0).await?;
         Ok(PolicyState::new(&node, keys, invites, tenants, mesh).encode())
@@ -427,16 +422,25 @@ impl Publisher {
         // Cleared before reading: an input that changes meanwhile marks
         // the tenants again for the next pass.
         lock(&self.inputs).tenants_dirty = false;
+        let (all, over_quota) = self.tenants_now().await?;
+        if let Some(hook) = self.on_tenants.get() {
+            hook(&all);
+        }
+        Ok(compile::tenant_policies(&all, &over_quota))
+    }
+
+    /// Every tenant from every source (the database and etcd), and the
+    /// tokens over quota.
+    async fn tenants_now(&self) -> Result<(Vec<Tenant>, HashSet<String>)> {
         let database = tenants::list(&self.db).await?;
         let (etcd, over_quota) = {
             let inputs = lock(&self.inputs);
             (inputs.etcd_tenants.clone(), inputs.over_quota.clone())
         };
-        let all = compile::merge_tenants(database, etcd.as_deref());
-        if let Some(hook) = self.on_tenants.get() {
-            hook(&all);
-        }
-        Ok(compile::tenant_policies(&all, &over_quota))
+        Ok((
+            compile::merge_tenants(database, etcd.as_deref()),
+            over_quota,
+        ))
     }
 
     /// The mesh relay's part: this host's relay id, the authorized nodes
@@ -593,7 +597,7 @@ impl TableWriter {
         compile_us: u64,
     ) -> Result<Option<PublishStatus>> {
         let now = now_ms();
-        let mut bytes = state.encode();
+        let bytes = state.encode();
         let encode_us = elapsed_us(started) - compile_us;
         if !force && self.last_content.as_deref() == Some(&bytes[..]) {
             return Ok(None);
@@ -630,20 +634,18 @@ impl TableWriter {
             .checked_add(1)
             .ok_or_else(|| Error::Internal("policy generations are exhausted".into()))?;
         db::meta_set(&self.db, GENERATION_KEY, &generation.to_string()).await?;
-        table::stamp(&mut bytes, generation, u64::try_from(now).unwrap_or(0));
-        self.shm.key.seal_table(&mut bytes);
         let shm = Arc::clone(&self.shm);
-        let file = bytes;
-        let bytes_len = file.len();
-        tokio::task::spawn_blocking(move || shm.dir.write_replacing(TABLE_FILE, &file))
-            .await
-            .map_err(|e| Error::Internal(format!("table writer: {e}")))?
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "cannot write {}: {e}",
-                    self.shm.dir.path().join(TABLE_FILE).display()
-                ))
-            })?;
+        let created_ms = u64::try_from(now).unwrap_or(0);
+        let bytes_len =
+            tokio::task::spawn_blocking(move || shm.write_table(bytes, generation, created_ms))
+                .await
+                .map_err(|e| Error::Internal(format!("table writer: {e}")))?
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "cannot write {}: {e}",
+                        self.shm.dir.path().join(TABLE_FILE).display()
+                    ))
+                })?;
         let publish_us = elapsed_us(started);
         self.last_content = Some(content);
         self.generation = generation;
