@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bench::client::session::read_msg_exact;
+use bench::client::transport::{BoxRead, BoxWrite};
 use bench::client::{Client, ClientOpts, ProxySpec};
 use common::Fastpath;
 use proto::msg::{Message, NewWorkConn};
@@ -275,6 +276,22 @@ fn a_flood_at_a_stalled_frpc_is_dropped_not_queued() {
     c.kill();
 }
 
+/// A plain work connection made by hand for `c`'s session (its NewWorkConn
+/// sent): its two halves.
+fn offer_work_conn(fp: &Fastpath, c: &Client) -> (BoxRead, BoxWrite) {
+    let (r, mut w) = fp.plain_dial().connect().expect("connect");
+    let mut nwc = Vec::new();
+    proto::frame::encode(
+        &Message::NewWorkConn(NewWorkConn {
+            run_id: c.run_id().to_string(),
+            ..Default::default()
+        }),
+        &mut nwc,
+    );
+    w.write_all(&nwc).unwrap();
+    (r, w)
+}
+
 /// A UDPPacket frpc should never send closes that work connection with a
 /// logged reason, and the proxy goes on over a new one.
 #[test]
@@ -303,16 +320,7 @@ fn a_bad_udp_packet_closes_its_work_connection_only() {
             (o.tls, o.mux) = (false, false);
             o.pool_count = 0;
         });
-        let (mut r, mut w) = fp.plain_dial().connect().expect("connect");
-        let mut nwc = Vec::new();
-        proto::frame::encode(
-            &Message::NewWorkConn(NewWorkConn {
-                run_id: c.run_id().to_string(),
-                ..Default::default()
-            }),
-            &mut nwc,
-        );
-        w.write_all(&nwc).unwrap();
+        let (mut r, mut w) = offer_work_conn(&fp, &c);
         std::thread::sleep(Duration::from_millis(300));
         let port = udp_proxy(&c, "u", echo.addr, false, false);
         let (tx, rx) = mpsc::channel();
@@ -361,17 +369,7 @@ fn a_udp_work_connection_silent_for_60_s_is_closed_and_pings_keep_one() {
     // ask: each proxy takes one. One says nothing, the other pings.
     let mut conns = Vec::new();
     for _ in 0..2 {
-        let (r, mut w) = fp.plain_dial().connect().expect("connect");
-        let mut nwc = Vec::new();
-        proto::frame::encode(
-            &Message::NewWorkConn(NewWorkConn {
-                run_id: c.run_id().to_string(),
-                ..Default::default()
-            }),
-            &mut nwc,
-        );
-        w.write_all(&nwc).unwrap();
-        conns.push((r, w));
+        conns.push(offer_work_conn(&fp, &c));
     }
     std::thread::sleep(Duration::from_millis(300));
     let ports = [
