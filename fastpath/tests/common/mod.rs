@@ -50,6 +50,24 @@ impl Fastpath {
             "fastpath did not start: {:?}",
             daemon.log()
         );
+        // Ready when every worker says it started, not when the port first
+        // accepts: twice in CI a login made in the first moments after the
+        // bind was reset, with nothing logged yet (never reproduced here).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while daemon
+            .log()
+            .iter()
+            .filter(|l| l.contains("worker started"))
+            .count()
+            < workers
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fastpath workers did not start: {:?}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Fastpath { daemon, addr, dir }
     }
 
