@@ -7,6 +7,9 @@
 #                   but runs none
 #   FUZZ_TARGETS    space-separated targets to run (default: all of them)
 #   FUZZ_SANITIZER  address (default) or none
+#   FUZZ_JOBS       targets run at once (default: one per CPU); libFuzzer
+#                   is single-threaded, so on a 2-core CI machine two at a
+#                   time halve the wall time at the same seconds per target
 #   FUZZ_INPUT_TIMEOUT, FUZZ_RSS_MB  limits on one input (10 s, 2048 MB)
 #   FUZZ_LOG_DIR    where each target's libFuzzer log goes (default: a
 #                   fresh temporary directory)
@@ -71,22 +74,29 @@ if [ "$seconds" = 0 ]; then
 fi
 
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo fuzz list | tr '\n' ' ')}"
-failed=()
-for target in "${targets[@]}"; do
-    corpus=fuzz/corpus/$target
-    seeds=fuzz/seeds/$target
+jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+[ "$jobs" -ge 1 ] 2>/dev/null || jobs=1
+
+# Runs one target; its exit status goes to $log_dir/<target>.status, its
+# report is printed by `report` once every target has run.
+run_one() {
+    local target=$1 corpus=fuzz/corpus/$1 seeds=fuzz/seeds/$1 status=0
     mkdir -p "$corpus"
-    dirs=("$corpus")
+    local dirs=("$corpus")
     [ -d "$seeds" ] && dirs+=("$seeds")
-    log=$log_dir/$target.log
-    status=0
     # The outer timeout only guards against libFuzzer itself getting stuck
     # (loading a huge corpus, a hang outside one input).
     timeout --kill-after=10 $((seconds + 120)) \
         cargo fuzz run "${fuzz_flags[@]}" "$target" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout="$per_input_timeout" \
         -rss_limit_mb="$rss_limit_mb" -print_final_stats=1 \
-        >"$log" 2>&1 || status=$?
+        >"$log_dir/$target.log" 2>&1 || status=$?
+    echo "$status" >"$log_dir/$target.status"
+}
+
+report() {
+    local target=$1 log=$log_dir/$1.log status
+    status=$(cat "$log_dir/$target.status" 2>/dev/null || echo "?")
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
     echo "fuzz: $target: ${runs:-?} runs, ${last:-no coverage line}, exit $status"
@@ -107,7 +117,26 @@ for target in "${targets[@]}"; do
             echo "    reproduce: cd proto && RUSTC_BOOTSTRAP=1 cargo fuzz run ${fuzz_flags[*]} $target $input"
         fi
     fi
+}
+
+# At most $jobs targets at once (the build is done, so each `cargo fuzz
+# run` only starts its binary).
+start=$SECONDS
+running=0
+for target in "${targets[@]}"; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    run_one "$target" &
+    running=$((running + 1))
 done
+wait || true
+failed=()
+for target in "${targets[@]}"; do
+    report "$target"
+done
+echo "fuzz: ran ${#targets[@]} targets, $jobs at a time, in $((SECONDS - start)) s"
 
 if [ "${#failed[@]}" != 0 ]; then
     echo "fuzz: failing targets: ${failed[*]} (logs in $log_dir)"

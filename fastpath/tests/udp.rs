@@ -353,13 +353,14 @@ fn a_bad_udp_packet_closes_its_work_connection_only() {
     }
 }
 
-/// A udp work connection frpc says nothing on for 60 s is closed (frps's
-/// read timeout, with the reason logged), and the proxy goes on over a new
-/// one; frpc's Pings (every 30 s in frpc; every 20 s here) keep one open
-/// past that.
+/// A udp work connection frpc says nothing on for `fastpath.udpIdleSecs`
+/// (frps's fixed 60 s; 6 s here, so the test takes seconds) is closed with
+/// the reason logged, and the proxy goes on over a new one; Pings (every
+/// 30 s in frpc against 60; every 2 s here against 6) keep one open past
+/// that.
 #[test]
-fn a_udp_work_connection_silent_for_60_s_is_closed_and_pings_keep_one() {
-    let fp = Fastpath::start("", 1);
+fn a_silent_udp_work_connection_is_closed_and_pings_keep_one() {
+    let fp = Fastpath::start("fastpath.udpIdleSecs = 6", 1);
     let echo = Echo::start();
     let c = login(&fp, |o| {
         (o.tls, o.mux) = (false, false);
@@ -396,8 +397,8 @@ fn a_udp_work_connection_silent_for_60_s_is_closed_and_pings_keep_one() {
                     std::thread::spawn(move || {
                         let mut ping = Vec::new();
                         proto::frame::encode(&Message::Ping(Default::default()), &mut ping);
-                        for _ in 0..4 {
-                            std::thread::sleep(Duration::from_secs(20));
+                        for _ in 0..8 {
+                            std::thread::sleep(Duration::from_secs(2));
                             if w.write_all(&ping).is_err() {
                                 return;
                             }
@@ -417,21 +418,21 @@ fn a_udp_work_connection_silent_for_60_s_is_closed_and_pings_keep_one() {
         .recv_timeout(Duration::from_secs(5))
         .expect("StartWorkConn on the first connection");
     let silent = closed_at[0]
-        .recv_timeout(Duration::from_secs(75))
-        .expect("the silent work connection stayed open past 75 s");
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the silent work connection stayed open past 15 s");
     let after = silent.duration_since(t0);
     assert!(
-        after >= Duration::from_secs(58) && after <= Duration::from_secs(68),
-        "the silent work connection was closed after {after:?}, not 60 s"
+        after >= Duration::from_millis(5500) && after <= Duration::from_secs(9),
+        "the silent work connection was closed after {after:?}, not 6 s"
     );
     assert!(
         fp.daemon
-            .wait_log("no message from frpc for 60 s", Duration::from_secs(2)),
+            .wait_log("no message from frpc for 6 s", Duration::from_secs(2)),
         "reason not logged"
     );
-    // The one that pings: still open 10 s past its neighbour's close.
+    // The one that pings: still open 6 s past its neighbour's close.
     assert!(
-        closed_at[1].recv_timeout(Duration::from_secs(10)).is_err(),
+        closed_at[1].recv_timeout(Duration::from_secs(6)).is_err(),
         "the work connection that pings was closed"
     );
     // The proxy whose connection was closed carries datagrams again, over

@@ -250,6 +250,9 @@ pub struct FastpathConfig {
     /// is busy or being replaced (frps: 1024); past it, new ones are
     /// dropped and counted (`udp_dropped`).
     pub udp_queue: usize,
+    /// A udp work connection frpc says nothing on for this long is closed
+    /// and replaced, seconds (frps: 60; frpc pings every 30).
+    pub udp_idle_secs: u64,
     /// The Unix socket through which a new fastpath takes this one's
     /// listening sockets over (`fastpath upgrade`, SIGUSR2); empty = none.
     pub upgrade_socket: String,
@@ -404,6 +407,7 @@ impl Default for FastpathConfig {
             stun_alternate_port: 0,
             metrics_addr: String::new(),
             udp_queue: 1024,
+            udp_idle_secs: 60,
             upgrade_socket: String::new(),
             drain_secs: 600,
             node_id: String::new(),
@@ -755,7 +759,7 @@ impl Config {
                 "must be between 4096 and 16777216 bytes",
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 10] = [
+        let ranges: [(&str, u64, u64, u64); 11] = [
             (
                 "fastpath.preAuthPerSource",
                 fp.pre_auth_per_source.into(),
@@ -791,6 +795,7 @@ impl Config {
             ),
             ("fastpath.writeStallSecs", fp.write_stall_secs, 1, 86_400),
             ("fastpath.drainSecs", fp.drain_secs, 0, 7 * 86_400),
+            ("fastpath.udpIdleSecs", fp.udp_idle_secs, 2, 86_400),
         ];
         for (key, v, lo, hi) in ranges {
             if v < lo || v > hi {
@@ -970,6 +975,7 @@ taskWork = "coop"
                 "fastpath.upgradeSocket",
             ),
             ("[fastpath]\ndrainSecs = 9999999", "fastpath.drainSecs"),
+            ("[fastpath]\nudpIdleSecs = 1", "fastpath.udpIdleSecs"),
             (
                 "[fastpath]\nstunPort = 3478\nstunSecondaryIP = \"10.0.0.2\"",
                 "fastpath.stunIP",

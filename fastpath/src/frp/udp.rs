@@ -46,10 +46,6 @@ use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
 use crate::transport::conn::{Aborter, Conn, ConnReader, ConnWriter};
 
-/// frps closes a udp work connection after this long without a message
-/// (frpc sends a Ping every 30 s).
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// frps waits this long after registering the proxy before it asks for
 /// the work connection, so that NewProxyResp reaches frpc first.
 const FIRST_WAIT: Duration = Duration::from_millis(500);
@@ -430,10 +426,16 @@ async fn read_loop<O: Owner>(
         carry: Vec::new(),
     };
     let mut reader = MsgReader::new(Vec::new(), wire);
+    // frps closes a udp work connection after 60 s without a message
+    // (frpc sends a Ping every 30 s): `fastpath.udpIdleSecs`.
+    let idle = ctx.shared.config.fastpath.udp_idle_secs;
     loop {
-        let msg = match reader.next_within(&mut src, READ_TIMEOUT).await {
+        let msg = match reader
+            .next_within(&mut src, Duration::from_secs(idle))
+            .await
+        {
             Ok(m) => m,
-            Err(MsgError::Timeout) => return "no message from frpc for 60 s".into(),
+            Err(MsgError::Timeout) => return format!("no message from frpc for {idle} s"),
             Err(e) => {
                 if e.is_malformed() {
                     WorkerStats::bump(&stats.protocol_errors, 1);
