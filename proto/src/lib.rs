@@ -43,6 +43,7 @@ pub mod auth;
 pub mod certstore;
 pub mod cfb;
 pub mod config;
+pub mod event_batch;
 pub mod events;
 pub mod exposition;
 pub mod frame;

@@ -14,6 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use proto::event_batch::Batch;
 use proto::events::{Event, EventRecord};
 use proto::msg::Message;
 use proto::policy::{
@@ -296,6 +297,37 @@ fn events() -> Seeds {
         .collect()
 }
 
+/// Two batches back to back (every event kind the events seeds have), and
+/// an empty one that follows dropped records.
+fn event_batch() -> Seeds {
+    let records: Vec<EventRecord> = events()
+        .into_iter()
+        .filter_map(|(_, bytes)| EventRecord::decode(&bytes).ok())
+        .collect();
+    let mut two = Batch {
+        spool: [9; 16],
+        seq: 1,
+        dropped: 0,
+        records,
+    }
+    .to_bytes();
+    Batch {
+        spool: [9; 16],
+        seq: 2,
+        dropped: 0,
+        records: Vec::new(),
+    }
+    .encode(&mut two);
+    let gap = Batch {
+        spool: [9; 16],
+        seq: 40,
+        dropped: 1234,
+        records: Vec::new(),
+    }
+    .to_bytes();
+    vec![("two", two), ("after-drops", gap)]
+}
+
 fn policy_table() -> Seeds {
     let invite = |n: u128, revoked| InvitePolicy {
         id: InviteId::from_u128(n),
@@ -471,10 +503,11 @@ fn stun() -> Seeds {
 
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets: [(&str, SeedFn); 14] = [
+    let targets: [(&str, SeedFn); 15] = [
         ("certstore", certstore),
         ("cfb", cfb),
         ("events", events),
+        ("event_batch", event_batch),
         ("frame_v1", frame_v1),
         ("nathole", nathole),
         ("http_head", http_head),
