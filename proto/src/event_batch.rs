@@ -206,7 +206,7 @@ mod tests {
                 proxy: "web".into(),
                 bytes_in: n,
                 bytes_out: 2 * n,
-                closed: n % 2 == 0,
+                closed: n.is_multiple_of(2),
             },
         }
     }

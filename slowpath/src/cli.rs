@@ -392,6 +392,18 @@ pub struct AgentArgs {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_secs: u64,
+    /// Where events and traffic wait on disk until a control plane has
+    /// written them (made 0700 if missing).
+    #[arg(
+        long,
+        env = "TOTORO_SPOOL_DIR",
+        default_value = "/var/lib/totoro/agent-spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// The most the spool keeps on disk, KiB; past it the oldest batches
+    /// are dropped and counted.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(16..))]
+    pub spool_max_kib: u64,
 }
 
 /// Flags of `edge-agent`.

@@ -123,6 +123,8 @@ fn node_agent(a: cli::AgentArgs) -> anyhow::Result<()> {
         wait_s: a.wait_secs,
         stats_file: a.stats_file,
         heartbeat: std::time::Duration::from_secs(a.heartbeat_secs),
+        spool_dir: a.spool_dir,
+        spool_budget: a.spool_max_kib.saturating_mul(1024),
     })
 }
 

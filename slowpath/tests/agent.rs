@@ -18,16 +18,22 @@ use harness::agent::{ended_within, invite, revoke, Host};
 use harness::*;
 use serde_json::json;
 
+/// A node registered through `sp`'s API for a relay at `port` with frp
+/// token `token`: (id, node key).
+fn remote_node(sp: &Slowpath, port: u16, token: &str) -> (String, String) {
+    let (node, key) = sp.node(json!({
+        "name": "remote", "server_addr": "127.0.0.1", "server_port": port,
+        "proxy_types": ["tcp"], "token": token,
+    }));
+    (node["id"].as_str().unwrap().to_owned(), key)
+}
+
 #[test]
 fn a_remote_node_follows_its_control_plane_through_its_agent() {
     let mut sp = Slowpath::start(&Backend::Sqlite, &["--resolve-rate", "10000"]);
     let port = free_port();
     let token = "remote-node-token";
-    let (node, key) = sp.node(json!({
-        "name": "remote", "server_addr": "127.0.0.1", "server_port": port,
-        "proxy_types": ["tcp"], "token": token,
-    }));
-    let node = node["id"].as_str().unwrap().to_owned();
+    let (node, key) = remote_node(&sp, port, token);
     let host = Host::start(&[&sp], "remote", &key, port, token, true);
 
     // Invites made through the API reach the node; revoking one ends its
@@ -287,4 +293,246 @@ fn a_table_changed_or_cut_on_the_way_is_refused_and_the_last_good_one_stays() {
         good,
         "the last good table was replaced"
     );
+}
+
+/// Audit rows of `kind` for `node` (at most 1000).
+fn audit_count(sp: &Slowpath, node: &str, kind: &str) -> usize {
+    let (st, rows) = sp.admin_call(
+        "GET",
+        &format!("/api/v1/admin/audit?node_id={node}&kind={kind}&limit=1000"),
+        None,
+    );
+    assert_eq!(st, 200, "{rows}");
+    rows.as_array().unwrap().len()
+}
+
+/// Bytes relayed through invite proxies, as the control plane has them.
+fn traffic(sp: &Slowpath) -> (u64, u64) {
+    let (st, v) = sp.admin_call("GET", "/api/v1/admin/stats", None);
+    assert_eq!(st, 200, "{v}");
+    (
+        v["traffic"]["bytes_in"].as_u64().unwrap_or(0),
+        v["traffic"]["bytes_out"].as_u64().unwrap_or(0),
+    )
+}
+
+/// One session on the remote node: a tcp proxy to an echo server, `len`
+/// bytes echoed through it, then the client closes.
+fn one_session(o: &bench::client::ClientOpts, len: usize) {
+    let echo_srv = bench::backend::Backend::echo().unwrap();
+    let c = first_login(o);
+    let port = c.add_plain_proxy("web", 0, echo_srv.addr()).unwrap();
+    echo(port, len);
+    c.close();
+    while !c.is_closed() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Issue 17, item 1: a remote node's events and traffic reach the control
+/// plane through its agent, each once: while the control plane is up; while
+/// it is down (they wait in the agent's spool and arrive when it is back);
+/// across the agent killed and restarted; and when a batch is sent again,
+/// the control plane acknowledges it without writing it twice. On SQLite
+/// and PostgreSQL.
+#[test]
+fn a_remote_nodes_events_and_traffic_reach_the_control_plane_once() {
+    each_backend("agent_events", events_once);
+}
+
+fn events_once(backend: Backend) {
+    const LEN: usize = 100_000;
+    let mut sp = Slowpath::start(&backend, &["--resolve-rate", "10000"]);
+    let port = free_port();
+    let token = "remote-node-token";
+    let (node, key) = remote_node(&sp, port, token);
+    let mut host = Host::start(&[&sp], "remote", &key, port, token, true);
+    // Invites for every round, made while the control plane is up.
+    let invites: Vec<_> = (0..9).map(|_| invite(&sp, &node, host.frp).1).collect();
+    let expect = |sp: &Slowpath, sessions: usize, what: &str, host: &Host| {
+        let moved = (sessions * LEN) as u64;
+        wait_within(Duration::from_secs(20), what, || {
+            audit_count(sp, &node, "session.close") >= sessions && traffic(sp) == (moved, moved)
+        });
+        // Exactly, and still so a moment later (nothing doubled).
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(
+            (
+                audit_count(sp, &node, "session.open"),
+                audit_count(sp, &node, "session.close"),
+                audit_count(sp, &node, "proxy.registered"),
+                traffic(sp)
+            ),
+            (sessions, sessions, sessions, (moved, moved)),
+            "{what}\n{}",
+            host.agent_log()
+        );
+    };
+
+    // Up: three sessions.
+    for o in &invites[0..3] {
+        one_session(o, LEN);
+    }
+    expect(&sp, 3, "the first three sessions written", &host);
+
+    // Down: three more wait in the spool.
+    sp.kill_hard();
+    for o in &invites[3..6] {
+        one_session(o, LEN);
+    }
+    assert!(
+        host.agent
+            .wait_log("cannot ship events", Duration::from_secs(15)),
+        "{}",
+        host.agent_log()
+    );
+    let waiting = std::fs::read_dir(&host.spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+        })
+        .count();
+    assert!(waiting >= 2, "{waiting} batch files in the spool");
+    // The agent crashes meanwhile and comes back.
+    host.restart_agent();
+    one_session(&invites[6], LEN);
+    sp.restart();
+    expect(&sp, 7, "the sessions of the outage written once", &host);
+
+    // The agent killed again while the control plane is up, between
+    // sessions: nothing lost or doubled.
+    one_session(&invites[7], LEN);
+    host.restart_agent();
+    one_session(&invites[8], LEN);
+    expect(&sp, 9, "the sessions around an agent restart", &host);
+
+    // A batch sent again (its answer lost): acknowledged, not written.
+    let newest = std::fs::read_dir(&host.spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+        .max()
+        .expect("the newest batch file stays");
+    let file = std::fs::read(&newest).unwrap();
+    let state = u32::from_le_bytes(file[4..8].try_into().unwrap()) as usize;
+    let batch = &file[8 + state..];
+    let send = |body: &[u8]| match ureq::post(&format!("{}/api/v1/nodes/events", sp.base))
+        .set("Authorization", &format!("Bearer {key}"))
+        .set("Content-Type", "application/octet-stream")
+        .send_bytes(body)
+    {
+        Ok(r) => (r.status(), r.into_json::<serde_json::Value>().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    };
+    let (st, v) = send(batch);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["batches_repeated"].as_u64(), v["events_written"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    expect(&sp, 9, "nothing written twice", &host);
+    // A body that is not batches: 400 naming it; cut short, likewise.
+    let (st, v) = send(b"not a batch");
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["field"], "body", "{v}");
+    let (st, v) = send(&batch[..batch.len() - 1]);
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("truncated"),
+        "{v}"
+    );
+    // The heartbeat says the spool is empty of unacknowledged batches.
+    wait_within(Duration::from_secs(10), "an empty spool heartbeat", || {
+        let (_, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+        n["heartbeat"]["spool_batches"] == 0 && n["heartbeat"]["spool_bytes"].as_u64() > Some(0)
+    });
+}
+
+/// Issue 17's spool fault: a spool that fills its disk budget while the
+/// control plane is away drops its oldest batches and counts them, and
+/// never crashes; once the control plane is back, every refused login the
+/// fastpath recorded is either written or counted as dropped, exactly.
+#[test]
+fn a_full_spool_drops_its_oldest_batches_and_counts_them() {
+    const ATTEMPTS: usize = 600;
+    let mut sp = Slowpath::start(&Backend::Sqlite, &[]);
+    let port = free_port();
+    let token = "remote-node-token";
+    let (node, key) = remote_node(&sp, port, token);
+    let urls = [sp.base.as_str()];
+    let mut host = Host::start_with(
+        &sp,
+        &urls,
+        "small-spool",
+        &key,
+        port,
+        token,
+        true,
+        &["--spool-max-kib", "16"],
+    );
+    sp.kill_hard();
+    // Logins with a wrong token: each one a refusal event of ~100 bytes,
+    // about 60 KiB in all, four times the budget. Paced under the
+    // fastpath's per-source rate of new connections.
+    let wrong = bench::client::ClientOpts::new(host.frp, "not-the-token");
+    for i in 0..ATTEMPTS {
+        assert!(login(&wrong).is_err(), "login {i} with a wrong token");
+        std::thread::sleep(Duration::from_millis(7));
+    }
+    assert!(
+        host.agent
+            .wait_log("dropped its oldest batch", Duration::from_secs(10)),
+        "{}",
+        host.agent_log()
+    );
+    assert!(host.agent.alive(), "the agent died: {}", host.agent_log());
+    let spool_bytes: u64 = std::fs::read_dir(&host.spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        spool_bytes <= 16 * 1024 + 8 * 1024,
+        "{spool_bytes} bytes in the spool"
+    );
+    sp.restart();
+    let dropped = |sp: &Slowpath| {
+        let metrics = ureq::get(&format!("{}/metrics", sp.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("totoro_slowpath_agent_events_dropped_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as usize
+    };
+    wait_within(
+        Duration::from_secs(20),
+        "written + dropped = attempts",
+        || audit_count(&sp, &node, "auth.failed") + dropped(&sp) == ATTEMPTS,
+    );
+    let (written, lost) = (audit_count(&sp, &node, "auth.failed"), dropped(&sp));
+    eprintln!("{ATTEMPTS} refusals: {written} written, {lost} dropped by the spool for room");
+    assert!(lost > 0 && written > 0, "{written} written, {lost} dropped");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        audit_count(&sp, &node, "auth.failed") + dropped(&sp),
+        ATTEMPTS
+    );
+    wait_within(
+        Duration::from_secs(10),
+        "the drops in the heartbeat",
+        || {
+            let (_, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+            n["heartbeat"]["spool_dropped_events"].as_u64() == Some(lost as u64)
+        },
+    );
+    host.restart_agent();
 }

@@ -167,7 +167,10 @@ async fn record_all(db: &Db, settings: &ReportSettings, samples: &[Sample<'_>]) 
     let mut tx = db.begin().await.unwrap();
     let mut queued = 0;
     for s in samples {
-        if traffic_reports::record(&mut tx, s, settings).await.unwrap() {
+        if traffic_reports::record(&mut tx, s, settings, None)
+            .await
+            .unwrap()
+        {
             queued += 1;
         }
     }

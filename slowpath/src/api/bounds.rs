@@ -29,6 +29,8 @@ pub const BODY_LIMIT_FRPS_HOOK: usize = 16 * 1024;
 pub const BODY_LIMIT_REQUEST: usize = 16 * 1024;
 /// A tenant record (seed 002 JSON).
 pub const BODY_LIMIT_TENANT: usize = 64 * 1024;
+/// Event batches a node agent ships at once (it sends at most 4 MiB).
+pub const BODY_LIMIT_EVENTS: usize = 8 << 20;
 
 /// Time to receive a whole request body once its head is in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);

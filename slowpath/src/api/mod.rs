@@ -160,6 +160,7 @@ route_table! {
     post "/api/v1/invites/resolve" => public::resolve, Anonymous, BODY_LIMIT_RESOLVE, "Resolve an invite code into a ticket and frpc.toml (rate-limited per IP)";
     post "/api/v1/nodes/heartbeat" => node::heartbeat, NodeKey, BODY_LIMIT_REQUEST, "Node heartbeat with versions and load";
     get "/api/v1/nodes/policy" => node::policy, NodeKey, BODY_LIMIT_EMPTY, "The calling node's policy table for its agent (?have=<sha256>&wait=<s>: a long poll, 204 when unchanged; the body's SHA-256 and HMAC under the node key in headers)";
+    post "/api/v1/nodes/events" => node::events, NodeKey, BODY_LIMIT_EVENTS, "Event batches from the calling node's agent spool (application/octet-stream, proto::event_batch); a batch already written is acknowledged, not written again";
     post "/api/v1/nodes/invites" => node::create_invite, NodeKey, BODY_LIMIT_REQUEST, "Create an invite for the calling node";
     get "/api/v1/nodes/invites" => node::list_invites, NodeKey, BODY_LIMIT_EMPTY, "List the calling node's invites";
     post "/api/v1/nodes/invites/{id}/revoke" => node::revoke_invite, NodeKey, BODY_LIMIT_EMPTY, "Revoke one of the calling node's invites";

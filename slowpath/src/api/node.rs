@@ -128,3 +128,38 @@ pub async fn policy(
         }
     }
 }
+
+/// `POST /api/v1/nodes/events`: batches of event records from the calling
+/// node's agent spool ([`proto::event_batch`]), written as the control
+/// plane's own drain writes its node's (audit, traffic, tenant reports and
+/// quotas), all in one transaction. Each batch is written once: the spool's
+/// last sequence number is kept with the records, and a batch at or below
+/// it (sent again after a lost answer, or to another control plane) is
+/// acknowledged without being written.
+pub async fn events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = auth::node(&app, &headers).await?;
+    let batches = proto::event_batch::decode(&body)
+        .map_err(|e| ApiError::bad_field(Some("body".into()), e.to_string()))?;
+    let ingest = crate::telemetry::events_drain::Ingest::for_agents(
+        std::sync::Arc::clone(&app.tenants.reports),
+        std::sync::Arc::clone(&app.tenants.quotas),
+    );
+    let shipped = ingest
+        .write_batches(&app.db, &node.id, &node.region, &batches)
+        .await?;
+    let (written, repeated, dropped) = (shipped.written, shipped.repeated, shipped.dropped);
+    app.metrics.agent_events(written, repeated, dropped);
+    if dropped > 0 {
+        tracing::warn!(node_id = %node.id, dropped, "the node agent's spool dropped events for room");
+    }
+    Ok(Json(serde_json::json!({
+        "node_id": node.id,
+        "acked_seq": shipped.acked,
+        "events_written": written,
+        "batches_repeated": repeated,
+    })))
+}

@@ -192,6 +192,15 @@ pub struct Heartbeat {
     /// Space left on it, bytes.
     #[serde(default)]
     pub disk_free_bytes: u64,
+    /// Event batches in the agent's spool not yet acknowledged.
+    #[serde(default)]
+    pub spool_batches: u64,
+    /// Bytes the agent's spool takes on disk.
+    #[serde(default)]
+    pub spool_bytes: u64,
+    /// Event records the agent's spool dropped for room since it started.
+    #[serde(default)]
+    pub spool_dropped_events: u64,
 }
 
 /// A node as the API shows it.
@@ -601,6 +610,10 @@ pub async fn update(db: &Db, id: &str, patch: NodePatch) -> Result<Node> {
 pub async fn delete(db: &Db, id: &str) -> Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query("DELETE FROM invites WHERE node_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM agent_spools WHERE node_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;

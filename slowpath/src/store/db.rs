@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "domains",
         include_str!("../../migrations/0007_domains.sql"),
     ),
+    (
+        8,
+        "agent_spools",
+        include_str!("../../migrations/0008_agent_spools.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.

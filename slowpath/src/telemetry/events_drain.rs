@@ -123,11 +123,14 @@ fn map_ring(shm: &InstanceDir, name: &str, worker: u32) -> std::io::Result<Mappe
     })
 }
 
-/// Drains rings in `dir` for the local node.
-pub struct EventDrain {
-    db: Db,
+/// Reads the fastpath's rings in an instance directory: maps new rings,
+/// drains replaced ones to their end, authenticates and decodes records,
+/// and closes the tenant proxies of a fastpath that went away. What it
+/// read is given back to the rings only by [`RingReader::release`], once
+/// the caller has stored it (the database for `up`, the disk spool for the
+/// node agent).
+pub struct RingReader {
     shm: Arc<InstanceDir>,
-    node_id: String,
     rings: HashMap<String, Mapped>,
     /// Rings whose file was replaced or removed, drained before dropping.
     retired: Vec<Mapped>,
@@ -138,18 +141,94 @@ pub struct EventDrain {
     /// Tenant proxies with samples and no closing mark yet, by the ring
     /// (producer pid, worker) that reported them: (token, proxy) → run_id.
     open: HashMap<(u64, u32), HashMap<(String, String), String>>,
-    status: Arc<Mutex<DrainStatus>>,
+}
+
+/// What one [`RingReader::pass`] saw.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Per-worker ring state, by worker index.
+    pub workers: Vec<WorkerStatus>,
+    /// Records that did not decode.
+    pub undecodable: u64,
+    /// Records without a valid tag under the instance key.
+    pub unauthenticated: u64,
+    /// Tenant proxies closed for a fastpath that went away.
+    pub orphans: u64,
+}
+
+/// Where a reader was in one ring, kept by the node agent with what it
+/// spooled so that a restart reads on from there (not again from what the
+/// ring still holds unreleased).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The ring file's name.
+    pub name: String,
+    /// Its identity (inode, size): a ring made anew is not the same ring.
+    pub identity: (u64, u64),
+    /// The fastpath that made it.
+    pub producer: u64,
+    /// Read up to here.
+    pub read_to: u64,
+}
+
+/// Writes event records down: audit rows, per-proxy traffic, tenant
+/// traffic reports and quota usage, mesh node locations. Used by the local
+/// drain and by the control plane for what node agents ship.
+#[derive(Default, Clone)]
+pub struct Ingest {
     reports: Option<Arc<ReportSettings>>,
     quotas: Option<Arc<QuotaTracker>>,
-    /// Records taken from the rings but not yet committed.
-    unwritten: Vec<EventRecord>,
-    /// Failed attempts at writing `unwritten`.
-    write_failures: u32,
     /// The built-in mesh relay's server id (0: none): `mesh.node.*` events
     /// are recorded as its node locations.
     mesh_relay: u32,
     /// Called after locations were recorded.
     mesh: MeshLocations,
+}
+
+/// What one [`Ingest::write`] did that matters after its commit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// Traffic reports queued.
+    pub reports_queued: usize,
+    /// Mesh node locations changed.
+    pub mesh_changed: bool,
+}
+
+/// What [`Ingest::write_batches`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Shipped {
+    /// The highest sequence number among the batches (all written now,
+    /// by this call or before).
+    pub acked: u64,
+    /// Records written.
+    pub written: u64,
+    /// Batches already written before.
+    pub repeated: u64,
+    /// Records the spool said it dropped, in the batches written.
+    pub dropped: u64,
+}
+
+/// The node a batch of records came from, when not this control plane's
+/// own: its traffic reports carry its region.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The node's id.
+    pub node_id: &'a str,
+    /// Its region.
+    pub region: &'a str,
+}
+
+/// Drains rings in `dir` for the local node.
+pub struct EventDrain {
+    db: Db,
+    node_id: String,
+    reader: RingReader,
+    ingest: Ingest,
+    status: Arc<Mutex<DrainStatus>>,
+    /// Records taken from the rings but not yet committed.
+    unwritten: Vec<EventRecord>,
+    /// Failed attempts at writing `unwritten`.
+    write_failures: u32,
 }
 
 /// What the drain calls once it recorded node locations of the built-in
@@ -161,43 +240,35 @@ impl EventDrain {
     pub fn new(db: Db, shm: Arc<InstanceDir>, node_id: String) -> EventDrain {
         EventDrain {
             db,
-            shm,
             node_id,
-            rings: HashMap::new(),
-            retired: Vec::new(),
-            draining: Vec::new(),
-            still_written: Vec::new(),
-            open: HashMap::new(),
+            reader: RingReader::new(shm),
+            ingest: Ingest::default(),
             status: Arc::new(Mutex::new(DrainStatus::default())),
-            reports: None,
-            quotas: None,
             unwritten: Vec::new(),
             write_failures: 0,
-            mesh_relay: 0,
-            mesh: Arc::default(),
         }
     }
 
     /// Record `mesh.node.*` events as node locations of relay `id` (0: not).
     pub fn with_mesh_relay(mut self, id: u32) -> EventDrain {
-        self.mesh_relay = id;
+        self.ingest.mesh_relay = id;
         self
     }
 
     /// The handle through which the built-in relay is named, later.
     pub fn mesh_locations(&self) -> MeshLocations {
-        Arc::clone(&self.mesh)
+        Arc::clone(&self.ingest.mesh)
     }
 
     /// Feeds `tenant.traffic` samples to the traffic reports.
     pub fn with_reports(mut self, reports: Arc<ReportSettings>) -> EventDrain {
-        self.reports = Some(reports);
+        self.ingest.reports = Some(reports);
         self
     }
 
     /// Feeds `tenant.traffic` samples to the quota usage.
     pub fn with_quotas(mut self, quotas: Arc<QuotaTracker>) -> EventDrain {
-        self.quotas = Some(quotas);
+        self.ingest.quotas = Some(quotas);
         self
     }
 
@@ -212,7 +283,7 @@ impl EventDrain {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.rescan();
+            self.reader.rescan();
             if let Err(e) = self.drain_once().await {
                 tracing::warn!(error = %e, "event drain failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -220,9 +291,193 @@ impl EventDrain {
         }
     }
 
+    /// Takes what is in every ring and writes it down.
+    async fn drain_once(&mut self) -> Result<()> {
+        // A batch that failed to commit is written again before anything
+        // new is taken; meanwhile the rings fill, and drop (and count) what
+        // does not fit, as they would with no slowpath at all.
+        let take = self.unwritten.is_empty();
+        let pass = self.reader.pass(take, MAX_PER_RING, &mut self.unwritten);
+        let written = if self.unwritten.is_empty() {
+            Ok(Written::default())
+        } else {
+            self.write().await
+        };
+        let status = Arc::clone(&self.status);
+        let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+        status.workers = pass.workers;
+        status.undecodable += pass.undecodable;
+        status.unauthenticated += pass.unauthenticated;
+        status.flushed_without_close += pass.orphans;
+        match written {
+            Ok(w) => {
+                status.events_ingested += self.unwritten.len() as u64;
+                for name in self.unwritten.iter().filter_map(|r| refusal_name(&r.event)) {
+                    *status.refusals.entry(name).or_default() += 1;
+                }
+                self.unwritten.clear();
+                self.reader.release();
+                self.write_failures = 0;
+                self.ingest.committed(w);
+                Ok(())
+            }
+            Err(e) => {
+                self.write_failures += 1;
+                if self.write_failures >= MAX_WRITE_ATTEMPTS {
+                    tracing::error!(
+                        error = %e, events = self.unwritten.len(),
+                        "the database refused a batch of events {MAX_WRITE_ATTEMPTS} times; dropping it"
+                    );
+                    status.events_lost += self.unwritten.len() as u64;
+                    self.unwritten.clear();
+                    self.reader.release();
+                    self.write_failures = 0;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the unwritten records in one transaction.
+    async fn write(&self) -> Result<Written> {
+        let mut tx = self.db.begin().await?;
+        let w = self
+            .ingest
+            .write(&mut tx, &self.node_id, None, &self.unwritten)
+            .await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+}
+
+impl RingReader {
+    /// A reader of the rings in `shm`; nothing is mapped before
+    /// [`RingReader::rescan`].
+    pub fn new(shm: Arc<InstanceDir>) -> RingReader {
+        RingReader {
+            shm,
+            rings: HashMap::new(),
+            retired: Vec::new(),
+            draining: Vec::new(),
+            still_written: Vec::new(),
+            open: HashMap::new(),
+        }
+    }
+
+    /// Where the reader is in each ring mapped now.
+    pub fn cursors(&self) -> Vec<Cursor> {
+        let mut v: Vec<Cursor> = self
+            .rings
+            .iter()
+            .map(|(name, m)| Cursor {
+                name: name.clone(),
+                identity: m.ring.identity(),
+                producer: m.producer,
+                read_to: m.read_to,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Reads on from `cursors` (kept from before a restart) in each ring
+    /// that is still the same ring, where the position lies within what the
+    /// ring holds; returns how many were taken.
+    pub fn restore(&mut self, cursors: &[Cursor]) -> usize {
+        let mut n = 0;
+        for c in cursors {
+            let Some(m) = self.rings.get_mut(&c.name) else {
+                continue;
+            };
+            if m.ring.identity() != c.identity || m.producer != c.producer {
+                continue;
+            }
+            let tail = m.ring.tail();
+            if c.read_to.wrapping_sub(tail) <= m.ring.pending_bytes() {
+                m.read_to = c.read_to;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Reads every ring (when `take`; otherwise only looks at their state)
+    /// into `out`, up to `max_per_ring` records from each live ring (retired
+    /// rings are read to their end). What was read stays unreleased.
+    pub fn pass(&mut self, take: bool, max_per_ring: usize, out: &mut Vec<EventRecord>) -> Pass {
+        let mut pass = Pass::default();
+        let mut buf = Vec::with_capacity(512);
+        let mut workers = Vec::with_capacity(self.rings.len());
+        // The fastpath alive now, as the kernel names it: a ring of any
+        // other producer will get no more records.
+        let live = self
+            .shm
+            .dir
+            .holder(shm::LOCK_FILE)
+            .and_then(|p| u64::try_from(p).ok());
+        if take {
+            // Retired rings first, to their end: their records are older
+            // than anything in the rings that replaced them. A ring whose
+            // producer still drains after an upgrade is read again next
+            // time: it still writes into it.
+            for mut m in std::mem::take(&mut self.retired) {
+                self.read_into_batch(
+                    &mut m,
+                    usize::MAX,
+                    out,
+                    &mut buf,
+                    &mut pass.undecodable,
+                    &mut pass.unauthenticated,
+                );
+                if self.draining_producer(m.producer) {
+                    self.still_written.push(m);
+                    continue;
+                }
+                if Some(m.producer) != live {
+                    pass.orphans += self.close_orphans(m.producer, m.worker, out);
+                }
+                self.draining.push(m);
+            }
+            self.retired.append(&mut self.still_written);
+        }
+        let names: Vec<String> = self.rings.keys().cloned().collect();
+        for name in names {
+            let Some(mut m) = self.rings.remove(&name) else {
+                continue;
+            };
+            if take {
+                let at_end = self.read_into_batch(
+                    &mut m,
+                    max_per_ring,
+                    out,
+                    &mut buf,
+                    &mut pass.undecodable,
+                    &mut pass.unauthenticated,
+                );
+                if Some(m.producer) == live || self.draining_producer(m.producer) {
+                    m.gone_handled = false;
+                } else if !m.gone_handled && at_end {
+                    m.gone_handled = true;
+                    pass.orphans += self.close_orphans(m.producer, m.worker, out);
+                }
+            }
+            workers.push(WorkerStatus {
+                worker: m.worker,
+                applied_generation: m.ring.applied_generation(),
+                dropped: m.ring.dropped(),
+                pushed: m.ring.pushed(),
+                pid: m.ring.producer_pid(),
+            });
+            self.rings.insert(name, m);
+        }
+        workers.sort_by_key(|w| w.worker);
+        pass.workers = workers;
+        pass
+    }
+
     /// Maps new rings and remaps replaced ones; a replaced or removed
     /// ring is retired (drained to its end before it is dropped).
-    fn rescan(&mut self) {
+    pub fn rescan(&mut self) {
         let Ok(names) = self.shm.dir.names() else {
             self.retired.extend(self.rings.drain().map(|(_, m)| m));
             return;
@@ -271,12 +526,13 @@ impl EventDrain {
     }
 
     /// Read up to `max` records of `m` (from where it was last read) into
-    /// `unwritten`, tracking which tenant proxies its producer has open;
+    /// `out`, tracking which tenant proxies its producer has open;
     /// counts what was refused. Returns whether it read to the end.
     fn read_into_batch(
         &mut self,
         m: &mut Mapped,
         max: usize,
+        out: &mut Vec<EventRecord>,
         buf: &mut Vec<u8>,
         undecodable: &mut u64,
         unauthenticated: &mut u64,
@@ -311,7 +567,7 @@ impl EventDrain {
                             open.insert(key, run_id.clone());
                         }
                     }
-                    self.unwritten.push(r);
+                    out.push(r);
                 }
                 Err(e) => {
                     *undecodable += 1;
@@ -324,7 +580,7 @@ impl EventDrain {
 
     /// What was read is committed (or given up): give the rings' space back
     /// and let drained retired rings go.
-    fn release_read(&mut self) {
+    pub fn release(&mut self) {
         for m in self.rings.values().chain(&self.retired) {
             m.ring.release(m.read_to);
         }
@@ -344,7 +600,7 @@ impl EventDrain {
     /// The producer of a ring is gone and the ring is empty: close the
     /// tenant proxies it left open (a closing mark of zero bytes each,
     /// which makes their reports flush).
-    fn close_orphans(&mut self, producer: u64, worker: u32) -> u64 {
+    fn close_orphans(&mut self, producer: u64, worker: u32, out: &mut Vec<EventRecord>) -> u64 {
         let Some(open) = self.open.remove(&(producer, worker)) else {
             return 0;
         };
@@ -358,7 +614,7 @@ impl EventDrain {
         }
         let ts_ms = u64::try_from(now_ms()).unwrap_or(0);
         for ((token, proxy), run_id) in open {
-            self.unwritten.push(EventRecord {
+            out.push(EventRecord {
                 ts_ms,
                 worker: u16::try_from(worker).unwrap_or(u16::MAX),
                 event: Event::TenantTraffic {
@@ -373,127 +629,19 @@ impl EventDrain {
         }
         n
     }
+}
 
-    /// Takes what is in every ring and writes it down.
-    async fn drain_once(&mut self) -> Result<()> {
-        // A batch that failed to commit is written again before anything
-        // new is taken; meanwhile the rings fill, and drop (and count) what
-        // does not fit, as they would with no slowpath at all.
-        let take = self.unwritten.is_empty();
-        let mut undecodable = 0u64;
-        let mut unauthenticated = 0u64;
-        let mut orphans = 0u64;
-        let mut buf = Vec::with_capacity(512);
-        let mut workers = Vec::with_capacity(self.rings.len());
-        // The fastpath alive now, as the kernel names it: a ring of any
-        // other producer will get no more records.
-        let live = self
-            .shm
-            .dir
-            .holder(shm::LOCK_FILE)
-            .and_then(|p| u64::try_from(p).ok());
-        if take {
-            // Retired rings first, to their end: their records are older
-            // than anything in the rings that replaced them. A ring whose
-            // producer still drains after an upgrade is read again next
-            // time: it still writes into it.
-            for mut m in std::mem::take(&mut self.retired) {
-                self.read_into_batch(
-                    &mut m,
-                    usize::MAX,
-                    &mut buf,
-                    &mut undecodable,
-                    &mut unauthenticated,
-                );
-                if self.draining_producer(m.producer) {
-                    self.still_written.push(m);
-                    continue;
-                }
-                if Some(m.producer) != live {
-                    orphans += self.close_orphans(m.producer, m.worker);
-                }
-                self.draining.push(m);
-            }
-            self.retired.append(&mut self.still_written);
-        }
-        let names: Vec<String> = self.rings.keys().cloned().collect();
-        for name in names {
-            let Some(mut m) = self.rings.remove(&name) else {
-                continue;
-            };
-            if take {
-                let at_end = self.read_into_batch(
-                    &mut m,
-                    MAX_PER_RING,
-                    &mut buf,
-                    &mut undecodable,
-                    &mut unauthenticated,
-                );
-                if Some(m.producer) == live || self.draining_producer(m.producer) {
-                    m.gone_handled = false;
-                } else if !m.gone_handled && at_end {
-                    m.gone_handled = true;
-                    orphans += self.close_orphans(m.producer, m.worker);
-                }
-            }
-            workers.push(WorkerStatus {
-                worker: m.worker,
-                applied_generation: m.ring.applied_generation(),
-                dropped: m.ring.dropped(),
-                pushed: m.ring.pushed(),
-                pid: m.ring.producer_pid(),
-            });
-            self.rings.insert(name, m);
-        }
-        workers.sort_by_key(|w| w.worker);
-        let written = if self.unwritten.is_empty() {
-            Ok(0)
-        } else {
-            self.write(&self.unwritten).await
-        };
-        let status = Arc::clone(&self.status);
-        let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
-        status.workers = workers;
-        status.undecodable += undecodable;
-        status.unauthenticated += unauthenticated;
-        status.flushed_without_close += orphans;
-        match written {
-            Ok(queued) => {
-                status.events_ingested += self.unwritten.len() as u64;
-                for name in self.unwritten.iter().filter_map(|r| refusal_name(&r.event)) {
-                    *status.refusals.entry(name).or_default() += 1;
-                }
-                self.unwritten.clear();
-                self.release_read();
-                self.write_failures = 0;
-                if queued > 0 {
-                    if let Some(reports) = &self.reports {
-                        reports.poke();
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.write_failures += 1;
-                if self.write_failures >= MAX_WRITE_ATTEMPTS {
-                    tracing::error!(
-                        error = %e, events = self.unwritten.len(),
-                        "the database refused a batch of events {MAX_WRITE_ATTEMPTS} times; dropping it"
-                    );
-                    status.events_lost += self.unwritten.len() as u64;
-                    self.unwritten.clear();
-                    self.release_read();
-                    self.write_failures = 0;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Writes one batch in one transaction; returns how many traffic
-    /// reports it queued.
-    async fn write(&self, records: &[EventRecord]) -> Result<usize> {
-        let mut tx = self.db.begin().await?;
+impl Ingest {
+    /// Writes `records` of node `node_id` within `tx`; `origin` names the
+    /// node's region for traffic reports when it is not this control
+    /// plane's own node. Call [`Ingest::committed`] after the commit.
+    pub async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        node_id: &str,
+        origin: Option<Origin<'_>>,
+        records: &[EventRecord],
+    ) -> Result<Written> {
         let mut queued = 0;
         // Quota usage is summed per token over the batch: one upsert per
         // tenant per tick rather than one per proxy sample.
@@ -505,7 +653,7 @@ impl EventDrain {
             let mut entry = Entry {
                 ts_ms,
                 kind: r.event.kind(),
-                node_id: self.node_id.clone(),
+                node_id: node_id.to_owned(),
                 invite_id,
                 ..Entry::default()
             };
@@ -607,7 +755,7 @@ impl EventDrain {
                     .bind(i64::try_from(*bytes_in).unwrap_or(i64::MAX))
                     .bind(i64::try_from(*bytes_out).unwrap_or(i64::MAX))
                     .bind(ts_ms)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                     continue;
                 }
@@ -630,7 +778,7 @@ impl EventDrain {
                             closed: *closed,
                             ts_ms,
                         };
-                        if traffic_reports::record(&mut tx, &sample, reports).await? {
+                        if traffic_reports::record(tx, &sample, reports, origin).await? {
                             queued += 1;
                         }
                     }
@@ -658,7 +806,7 @@ impl EventDrain {
                         .bind(i64::from(*relay))
                         .bind(ts_ms)
                         .bind(i64::from(*node_id))
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                     } else {
                         sqlx::query(
@@ -666,7 +814,7 @@ impl EventDrain {
                         )
                         .bind(i64::from(*relay))
                         .bind(i64::from(*node_id))
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                     }
                     mesh_changed = true;
@@ -679,19 +827,98 @@ impl EventDrain {
             {
                 detail.insert("refusal".into(), name.into());
             }
-            audit::record(&mut *tx, &entry).await?;
+            audit::record(&mut **tx, &entry).await?;
         }
         if let Some(quotas) = &self.quotas {
             for (token, (bytes, ts_ms)) in usage {
-                quotas.record(&mut tx, token, bytes, ts_ms).await?;
+                quotas.record(tx, token, bytes, ts_ms).await?;
             }
         }
-        tx.commit().await?;
-        if mesh_changed {
+        Ok(Written {
+            reports_queued: queued,
+            mesh_changed,
+        })
+    }
+
+    /// After the transaction of a [`Ingest::write`] committed: wake the
+    /// report sender and the mesh relay's listeners.
+    pub fn committed(&self, w: Written) {
+        if w.reports_queued > 0 {
+            if let Some(reports) = &self.reports {
+                reports.poke();
+            }
+        }
+        if w.mesh_changed {
             if let Some(changed) = self.mesh.get() {
                 changed();
             }
         }
-        Ok(queued)
+    }
+
+    /// Writes batches a node agent shipped, in one transaction, each at
+    /// most once: the spool's last sequence number is kept with the
+    /// records, and a batch at or below it (sent again after a lost answer,
+    /// or to another control plane) is counted as repeated, not written.
+    pub async fn write_batches(
+        &self,
+        db: &Db,
+        node_id: &str,
+        region: &str,
+        batches: &[proto::event_batch::Batch],
+    ) -> Result<Shipped> {
+        let origin = Origin { node_id, region };
+        let now = now_ms();
+        let mut tx = db.begin().await?;
+        let mut out = Shipped::default();
+        let mut done = Written::default();
+        for b in batches {
+            let n = i64::try_from(b.records.len()).unwrap_or(i64::MAX);
+            // Taken only when the batch is newer than the last one written
+            // from this spool. In PostgreSQL the row lock holds a second
+            // control plane given the same batch until this one commits,
+            // and it then finds the batch written.
+            let fresh = sqlx::query(
+                "INSERT INTO agent_spools (node_id, spool_id, last_seq, dropped, events, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (node_id, spool_id) DO UPDATE SET last_seq = excluded.last_seq, \
+                 dropped = agent_spools.dropped + excluded.dropped, \
+                 events = agent_spools.events + excluded.events, updated_ms = excluded.updated_ms \
+                 WHERE agent_spools.last_seq < excluded.last_seq",
+            )
+            .bind(node_id)
+            .bind(hex::encode(b.spool))
+            .bind(i64::try_from(b.seq).unwrap_or(i64::MAX))
+            .bind(i64::try_from(b.dropped).unwrap_or(i64::MAX))
+            .bind(n)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            out.acked = out.acked.max(b.seq);
+            if !fresh {
+                out.repeated += 1;
+                continue;
+            }
+            let w = self
+                .write(&mut tx, node_id, Some(origin), &b.records)
+                .await?;
+            done.reports_queued += w.reports_queued;
+            out.written += b.records.len() as u64;
+            out.dropped = out.dropped.saturating_add(b.dropped);
+        }
+        tx.commit().await?;
+        self.committed(done);
+        Ok(out)
+    }
+
+    /// An ingest for records node agents ship: traffic reports and quotas
+    /// as the control plane's own drain has them; no mesh relay.
+    pub fn for_agents(reports: Arc<ReportSettings>, quotas: Arc<QuotaTracker>) -> Ingest {
+        Ingest {
+            reports: Some(reports),
+            quotas: Some(quotas),
+            ..Ingest::default()
+        }
     }
 }

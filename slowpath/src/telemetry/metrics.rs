@@ -44,6 +44,12 @@ pub struct ApiMetrics {
     agents: Gauge,
     /// Tables sent to node agents.
     agent_tables: Counter,
+    /// Event records node agents shipped, written.
+    agent_events: Counter,
+    /// Event batches node agents sent again, already written.
+    agent_batches_repeated: Counter,
+    /// Event records node agents' spools dropped for room, as they said.
+    agent_events_dropped: Counter,
 }
 
 /// One node agent's long poll, counted while it is open.
@@ -65,6 +71,9 @@ impl Default for ApiMetrics {
             }),
             agents: Gauge::default(),
             agent_tables: Counter::default(),
+            agent_events: Counter::default(),
+            agent_batches_repeated: Counter::default(),
+            agent_events_dropped: Counter::default(),
         }
     }
 }
@@ -79,6 +88,14 @@ impl ApiMetrics {
     /// A table went to a node agent.
     pub fn agent_table_sent(&self) {
         self.agent_tables.inc();
+    }
+
+    /// Event batches from a node agent: records written, batches already
+    /// written, records its spool dropped.
+    pub fn agent_events(&self, written: u64, repeated: u64, dropped: u64) {
+        self.agent_events.inc_by(written);
+        self.agent_batches_repeated.inc_by(repeated);
+        self.agent_events_dropped.inc_by(dropped);
     }
 
     /// One answered request.
@@ -123,6 +140,21 @@ pub fn render(app: &crate::api::App) -> String {
         "agent_tables_sent",
         "policy tables sent to node agents",
         m.agent_tables.clone(),
+    );
+    r.register(
+        "agent_events",
+        "Event records node agents shipped, written once each",
+        m.agent_events.clone(),
+    );
+    r.register(
+        "agent_batches_repeated",
+        "Event batches node agents sent again that were already written (acknowledged, not written twice)",
+        m.agent_batches_repeated.clone(),
+    );
+    r.register(
+        "agent_events_dropped",
+        "Event records node agents' spools dropped for room, oldest first, as the agents said",
+        m.agent_events_dropped.clone(),
     );
     let counter = |v: u64| {
         let c: Counter = Counter::default();

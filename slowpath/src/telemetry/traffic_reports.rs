@@ -247,13 +247,23 @@ struct Thresholds {
 /// they reach the token's threshold or the proxy closes, inside the drain's
 /// transaction. Returns whether a report was queued (then [`ReportSettings::poke`]
 /// the sender after the commit).
+///
+/// `origin` is the node that relayed the bytes when it is not this control
+/// plane's own (a node agent shipped them): its unreported bytes are kept
+/// apart from other nodes' proxies of the same name, and its reports carry
+/// its region; they go out through this control plane's outbox.
 pub async fn record(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     sample: &Sample<'_>,
     settings: &ReportSettings,
+    origin: Option<crate::telemetry::events_drain::Origin<'_>>,
 ) -> Result<bool> {
     let threshold = settings.threshold(sample.token);
-    let key = (&settings.node_id, sample.token, sample.proxy);
+    let (node_id, region) = match origin {
+        Some(o) => (o.node_id, o.region),
+        None => (settings.node_id.as_str(), settings.region.as_str()),
+    };
+    let key = (node_id, sample.token, sample.proxy);
     if threshold == 0 {
         if sample.closed {
             // Reports were turned off while the proxy had bytes counted:
@@ -294,7 +304,7 @@ pub async fn record(
             settings,
             &Report {
                 token: sample.token.to_owned(),
-                region: settings.region.clone(),
+                region: region.to_owned(),
                 proxy_name: sample.proxy.to_owned(),
                 traffic_in,
                 traffic_out,
@@ -330,7 +340,7 @@ pub async fn record(
 
 async fn delete_pending(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    (node_id, token, proxy): (&String, &str, &str),
+    (node_id, token, proxy): (&str, &str, &str),
 ) -> Result<()> {
     sqlx::query(
         "DELETE FROM traffic_report_pending WHERE node_id = $1 AND token = $2 AND proxy = $3",

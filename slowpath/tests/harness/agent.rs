@@ -16,6 +16,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_slowpath");
 /// A remote relay host: its directory, agent and fastpath.
 pub struct Host {
     pub dir: PathBuf,
+    /// The agent's event spool.
+    pub spool: PathBuf,
+    agent_args: Vec<String>,
     pub shm: PathBuf,
     pub agent: Daemon,
     pub fastpath: Option<Daemon>,
@@ -49,6 +52,21 @@ impl Host {
         token: &str,
         fastpath: bool,
     ) -> Host {
+        Host::start_with(sp, urls, name, key, port, token, fastpath, &[])
+    }
+
+    /// [`Host::start_at`] with `extra` flags for the agent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        sp: &Slowpath,
+        urls: &[&str],
+        name: &str,
+        key: &str,
+        port: u16,
+        token: &str,
+        fastpath: bool,
+        extra: &[&str],
+    ) -> Host {
         let dir = sp.dir.with_file_name(format!(
             "{}-{name}",
             sp.dir.file_name().unwrap().to_string_lossy()
@@ -64,7 +82,11 @@ impl Host {
         let (key_file, shm_text) = (key_file.to_str().unwrap(), shm.to_str().unwrap());
         let stats = dir.join("stats.json");
         let stats_text = stats.to_str().unwrap().to_owned();
+        let spool = dir.join("spool");
+        let spool_text = spool.to_str().unwrap().to_owned();
         args.extend_from_slice(&[
+            "--spool-dir",
+            &spool_text,
             "--node-key-file",
             key_file,
             "--shm-dir",
@@ -76,9 +98,13 @@ impl Host {
             "--heartbeat-secs",
             "1",
         ]);
+        args.extend_from_slice(extra);
         let agent = Daemon::spawn_logging(Path::new(BIN), &args, "info").expect("start the agent");
+        let agent_args = args.iter().map(|a| a.to_string()).collect();
         let frp = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut host = Host {
+            agent_args,
+            spool,
             dir,
             shm,
             agent,
@@ -119,6 +145,16 @@ impl Host {
             host.fastpath = Some(fp);
         }
         host
+    }
+
+    /// Kills the agent (SIGKILL, as a crash) and starts it again with the
+    /// same flags.
+    pub fn restart_agent(&mut self) {
+        self.agent.signal(9);
+        self.agent.wait_exit(Duration::from_secs(5));
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        self.agent =
+            Daemon::spawn_logging(Path::new(BIN), &args, "info").expect("restart the agent");
     }
 
     pub fn agent_log(&self) -> String {

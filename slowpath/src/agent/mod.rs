@@ -26,10 +26,20 @@
 //! seed 000 §3.3's figures: the fastpath's sessions, proxies and
 //! bandwidth (its `--stats-file`), its CPU and memory, the disk, versions.
 //!
-//! Not done yet: shipping the event rings and traffic upstream (a remote
-//! node's audit events and tenant traffic stay in its rings, which drop
-//! what overflows), and the mesh relay, edge and certificates in remote
-//! nodes' tables.
+//! Events and traffic go the other way ([`ship`]): the fastpath's rings
+//! are read into a disk spool ([`spool`], `--spool-dir`), and its batches
+//! are sent to the control plane, which writes each once (audit log,
+//! per-proxy traffic, tenant traffic reports and quotas) in the same
+//! transaction as the spool's last batch number. While no control plane
+//! answers they wait on disk, up to `--spool-max-kib`.
+//!
+//! Not done yet: the mesh relay, edge and certificates in remote nodes'
+//! tables.
+
+pub mod ship;
+pub mod spool;
+
+pub use crate::telemetry::events_drain::Cursor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +104,10 @@ pub struct AgentConfig {
     pub stats_file: Option<PathBuf>,
     /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// The event spool's directory.
+    pub spool_dir: PathBuf,
+    /// The most bytes the spool keeps on disk.
+    pub spool_budget: u64,
 }
 
 /// Why a poll did not bring a table.
@@ -136,6 +150,25 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         .collect();
     anyhow::ensure!(!controls.is_empty(), "--control is required");
     let mut at = 0;
+    let (spool, cursors) = spool::Spool::open(&cfg.spool_dir, cfg.spool_budget)
+        .with_context(|| format!("--spool-dir {}", cfg.spool_dir.display()))?;
+    let spool_stats = spool.stats();
+    let shared = ship::Shared::new(spool);
+    {
+        let (shm, shared) = (Arc::clone(&shm), Arc::clone(&shared));
+        std::thread::Builder::new()
+            .name("rings".into())
+            .spawn(move || ship::read_rings(shm, shared, cursors))
+            .context("starting the ring reader")?;
+    }
+    {
+        let (controls, key) = (controls.clone(), cfg.node_key.clone());
+        let http = crate::edge_agent::http_agent(cfg.ca_file.as_deref(), Duration::from_secs(30))?;
+        std::thread::Builder::new()
+            .name("ship".into())
+            .spawn(move || ship::send(controls, key, http, shared))
+            .context("starting the event sender")?;
+    }
     {
         let (controls, key, shm) = (controls.clone(), cfg.node_key.clone(), Arc::clone(&shm));
         let probe = Probe::new(
@@ -146,7 +179,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         let every = cfg.heartbeat.max(Duration::from_secs(1));
         std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || heartbeats(&controls, &key, &http, &shm, probe, every))
+            .spawn(move || heartbeats(&controls, &key, &http, &shm, probe, &spool_stats, every))
             .context("starting the heartbeat thread")?;
     }
     let mut have = String::new();
@@ -208,7 +241,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
 }
 
 /// Heartbeats every `every` (seed 000 §3.3's figures: the fastpath's
-/// sessions, proxies, bandwidth, CPU and memory, the disk, versions), to
+/// sessions, proxies, bandwidth, CPU and memory, the disk, versions; and
+/// the event spool's backlog and drops), to
 /// the control planes in turn as they fail; forever.
 fn heartbeats(
     controls: &[String],
@@ -216,6 +250,7 @@ fn heartbeats(
     http: &ureq::Agent,
     shm: &InstanceDir,
     mut probe: Probe,
+    spool: &spool::SpoolStats,
     every: Duration,
 ) {
     let mut at = 0;
@@ -234,6 +269,12 @@ fn heartbeats(
         };
         hb.versions
             .insert("agent".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            hb.spool_batches = spool.batches.load(Relaxed);
+            hb.spool_bytes = spool.bytes.load(Relaxed);
+            hb.spool_dropped_events = spool.dropped.load(Relaxed);
+        }
         let url = format!("{}/api/v1/nodes/heartbeat", controls[at]);
         let sent = http
             .post(&url)
