@@ -105,7 +105,8 @@ fn a_revocation_through_one_control_plane_ends_sessions_on_the_node_of_another()
 /// it). 100 invites made and revoked through the first, on the three nodes
 /// in turn, end their sessions within 1 s at p99; then the first is killed
 /// and the third agent moves to the second, which governs its node from
-/// then on.
+/// then on. Every session's opening and closing reaches the audit log
+/// through the agents exactly once, across the kill (counted per node).
 #[test]
 fn three_agents_follow_two_control_planes_on_one_database() {
     use harness::agent::{ended_within, invite, revoke, Host};
@@ -181,6 +182,48 @@ fn three_agents_follow_two_control_planes_on_one_database() {
         "after the move: revoked through serve #2 → closed in {:?}",
         moved
     );
+    // Three more sessions on the moved agent's node, under serve #2.
+    for _ in 0..3 {
+        let (_, o) = invite(&b, &node_ids[2], hosts[2].frp);
+        let c = first_login(&o);
+        c.close();
+        while !c.is_closed() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Audit through the agents: each node's sessions, every one opened
+    // and closed once, nothing lost to the kill and nothing doubled by a
+    // batch sent again to serve #2.
+    let expected = [34, 33, 33 + 1 + 3];
+    let count = |node: &str, kind: &str| {
+        let (st, rows) = b.admin_call(
+            "GET",
+            &format!("/api/v1/admin/audit?node_id={node}&kind={kind}&limit=1000"),
+            None,
+        );
+        assert_eq!(st, 200, "{rows}");
+        rows.as_array().unwrap().len()
+    };
+    let counts = || {
+        node_ids
+            .iter()
+            .map(|n| (count(n, "session.open"), count(n, "session.close")))
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<(usize, usize)> = expected.iter().map(|&n| (n, n)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counts() != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        counts(),
+        want,
+        "sessions opened and closed per node, as audited
+{}",
+        hosts[2].agent_log()
+    );
+    eprintln!("audited through the agents, per node (opened, closed): {want:?}");
     drop(hosts);
     drop(b);
 }
