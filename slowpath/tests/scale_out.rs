@@ -227,3 +227,46 @@ fn three_agents_follow_two_control_planes_on_one_database() {
     drop(hosts);
     drop(b);
 }
+
+/// Mesh nodes' online flags belong to the control plane holding their
+/// control channels: another control plane on the same PostgreSQL that
+/// starts (or restarts) leaves them alone, and a node that came back on a
+/// newer channel stays online when its older one closes.
+#[test]
+fn a_control_plane_starting_leaves_another_ones_mesh_channels_alone() {
+    use harness::mesh::{authorized, join, Node};
+    let Some(url) = postgres("scale_out_mesh") else {
+        return;
+    };
+    let a = Slowpath::start(&Backend::Postgres(url), &[]);
+    let mut b = Slowpath::start_sharing(&a, &[]);
+    let online = |sp: &Slowpath, id: u32| {
+        let (st, v) = sp.admin_call("GET", &format!("/api/v1/mesh/nodes/{id}"), None);
+        assert_eq!(st, 200, "{v}");
+        v["online"] == true
+    };
+    let n = Node::new();
+    let (ws_a, id, _) = authorized(&a, &n, "default");
+    assert!(online(&b, id));
+    // #2 restarts: the node's channel, held by #1, keeps it online.
+    b.kill_hard();
+    b.restart();
+    assert!(
+        online(&b, id),
+        "another control plane's start set the node offline"
+    );
+    // The node comes back through #2 while its channel to #1 is still
+    // open; that older channel closing leaves it online.
+    let (ws_b, _, _) = join(&b, &n);
+    drop(ws_a);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        online(&a, id),
+        "an older channel's close set the node offline"
+    );
+    // Its only channel closes: offline.
+    drop(ws_b);
+    wait_within(Duration::from_secs(5), "the node offline", || {
+        !online(&a, id)
+    });
+}

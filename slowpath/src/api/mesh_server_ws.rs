@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use super::mesh_ws::{json, upgrade, Channel, AUTH_TIMEOUT, MAX_CONTROL_PAYLOAD};
 use super::AppState;
 use crate::clock::now_ms;
+use crate::domain::mesh::channels;
 use crate::domain::mesh::servers::{self, Server};
 use crate::domain::mesh::{settings, tokens};
 
@@ -113,13 +114,24 @@ impl ServerChannel {
         let id = server.id;
         let mut changes = app.mesh.subscribe();
         tracing::info!(server = id, name = %server.name, version = %reg.version, "mesh server registered");
+        // Held here from now on (a start of another control plane on the
+        // same database leaves this relay's locations alone).
+        let ch = channels::Channel::new(&app.local_node_id);
+        if let Err(e) = channels::open(&app.db, channels::Kind::Server, id, &ch).await {
+            tracing::warn!(server = id, error = %e, "cannot record the relay's channel");
+        }
         let result = self.session(app, server, &reg.token, &mut changes).await;
         let _ = servers::heartbeat(&app.db, id, now_ms()).await;
         // Its nodes are no longer known to be there (it reports them all
-        // again when it comes back).
-        if servers::report_locations(&app.db, id, true, &[], &[], now_ms())
+        // again when it comes back), unless it already came back on a
+        // newer channel, here or through another control plane.
+        let ours = channels::close(&app.db, channels::Kind::Server, id, &ch)
             .await
-            .is_ok()
+            .unwrap_or(true);
+        if ours
+            && servers::report_locations(&app.db, id, true, &[], &[], now_ms())
+                .await
+                .is_ok()
         {
             app.mesh.locations_changed();
         }

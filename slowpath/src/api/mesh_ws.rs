@@ -400,8 +400,9 @@ impl Channel {
         }
         let net = node.network_id;
         let mut changes = app.mesh.subscribe();
-        let result = self.session(app, &mut node, &mut changes).await;
-        let _ = nodes::set_online(&app.db, node.id, false).await;
+        let ch = crate::domain::mesh::channels::Channel::new(&app.local_node_id);
+        let result = self.session(app, &mut node, &mut changes, &ch).await;
+        let _ = nodes::set_online(&app.db, node.id, false, &ch).await;
         app.mesh.changed(net);
         result
     }
@@ -411,10 +412,13 @@ impl Channel {
         app: &AppState,
         node: &mut nodes::MeshNode,
         changes: &mut broadcast::Receiver<u32>,
+        ch: &crate::domain::mesh::channels::Channel,
     ) -> Result<(), String> {
         let db = &app.db;
         let err = |e: crate::error::Error| e.to_string();
-        nodes::set_online(db, node.id, true).await.map_err(err)?;
+        nodes::set_online(db, node.id, true, ch)
+            .await
+            .map_err(err)?;
         app.mesh.changed(node.network_id);
         let signer = app.signer.mesh_signer();
         let auth = tokens::auth(db, &signer, node, now_ms())

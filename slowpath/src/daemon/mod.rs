@@ -83,14 +83,17 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
         .await
         .context("the built-in mesh relay's server record")?
     };
-    // No other relay is connected to a control plane that just started
-    // (they report their nodes again when they register); the built-in
-    // relay's nodes stay where they are when its fastpath outlived the
-    // last slowpath and is adopted, and are gone otherwise.
+    // No relay is connected to a control plane that just started (they
+    // report their nodes again when they register); the built-in relay's
+    // nodes stay where they are when its fastpath outlived the last
+    // slowpath and is adopted, and are gone otherwise. Relays held by
+    // another control plane on the same database keep theirs.
     let adopted = supervisor::running_fastpath(&shm).is_some();
     slowpath::domain::mesh::servers::reset_locations(
         &db,
-        (adopted && relay_id != 0).then_some(relay_id),
+        &node.id,
+        (relay_id != 0).then_some(relay_id),
+        adopted,
     )
     .await?;
 
@@ -115,7 +118,7 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-    slowpath::domain::mesh::nodes::reset_online(&db).await?;
+    slowpath::domain::mesh::nodes::reset_online(&db, &node.id).await?;
     let verifier = slowpath::dns::verify::Verifier::new(&slowpath::dns::verify::VerifyConfig {
         nameservers: args
             .dns_resolvers

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_spools",
         include_str!("../../migrations/0008_agent_spools.sql"),
     ),
+    (
+        9,
+        "mesh_channels",
+        include_str!("../../migrations/0009_mesh_channels.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as a sqlx migration source.

@@ -7,6 +7,7 @@
 //! ([`tokens`]). Tables `mesh_*` (migration 0005);
 //! audit rows go to the shared audit log with kinds `mesh.*`.
 
+pub mod channels;
 pub mod config;
 pub mod networks;
 pub mod nodes;

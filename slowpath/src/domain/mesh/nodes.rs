@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
+use super::channels::{self, Channel, Kind};
 use super::networks::{self, Subnet};
 use super::{audited, next_id, settings, small, text};
 use crate::clock::now_ms;
@@ -368,23 +369,44 @@ pub async fn rotate_key(
     Ok(get(db, id).await?)
 }
 
-/// Mark every node offline: at start, no control channel is open (a
-/// stop does not close them one by one).
-pub async fn reset_online(db: &Db) -> Result<()> {
-    sqlx::query("UPDATE mesh_nodes SET online = 0 WHERE online <> 0")
-        .execute(db)
-        .await?;
+/// At start: the control channels `control_plane` held died with it;
+/// every node no live channel holds is offline. Nodes whose channels
+/// another control plane on the same database holds stay online.
+pub async fn reset_online(db: &Db, control_plane: &str) -> Result<()> {
+    let mut tx = db.begin().await?;
+    channels::forget_own(&mut *tx, Kind::Node, control_plane).await?;
+    sqlx::query(
+        "UPDATE mesh_nodes SET online = 0 WHERE online <> 0 \
+         AND id NOT IN (SELECT node_id FROM mesh_node_channels)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
-/// Mark a node's control channel open or closed.
-pub async fn set_online(db: &Db, id: u32, online: bool) -> Result<()> {
+/// A node's control channel `ch` opened (online) or closed (offline, unless
+/// a newer channel of the node holds it by now).
+pub async fn set_online(db: &Db, id: u32, online: bool, ch: &Channel) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let held = if online {
+        channels::open(&mut *tx, Kind::Node, id, ch).await?;
+        true
+    } else {
+        !channels::close(&mut *tx, Kind::Node, id, ch).await?
+            && sqlx::query("SELECT 1 FROM mesh_node_channels WHERE node_id = $1")
+                .bind(i64::from(id))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some()
+    };
     sqlx::query("UPDATE mesh_nodes SET online = $1, last_seen_ms = $2 WHERE id = $3")
-        .bind(i64::from(online))
+        .bind(i64::from(held))
         .bind(now_ms())
         .bind(i64::from(id))
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 

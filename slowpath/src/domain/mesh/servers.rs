@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
+use super::channels::{self, Channel, Kind};
 use super::{audited, next_id, small, text, tokens};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
@@ -653,14 +654,34 @@ pub async fn report_locations(
     Ok(())
 }
 
-/// Forget every location (at start: no relay is connected yet) but those
-/// of server `keep` (a built-in relay whose fastpath is still serving).
-pub async fn reset_locations(db: &Db, keep: Option<u32>) -> Result<()> {
-    // Server ids are positive: -1 keeps nothing.
-    sqlx::query("DELETE FROM mesh_node_server_connections WHERE server_id <> $1")
-        .bind(keep.map_or(-1, i64::from))
-        .execute(db)
-        .await?;
+/// At start: the relay channels `control_plane` held died with it, and
+/// the locations of every relay no live channel holds are forgotten (they
+/// report their nodes again when they register). Relays whose channels
+/// another control plane on the same database holds keep theirs, and so
+/// does this control plane's built-in relay `builtin` when its fastpath is
+/// still serving (`adopted`); from now on it counts as held here.
+pub async fn reset_locations(
+    db: &Db,
+    control_plane: &str,
+    builtin: Option<u32>,
+    adopted: bool,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    channels::forget_own(&mut *tx, Kind::Server, control_plane).await?;
+    let held = builtin.map(|id| (id, Channel::new(control_plane)));
+    if let (Some((id, ch)), true) = (&held, adopted) {
+        channels::open(&mut *tx, Kind::Server, *id, ch).await?;
+    }
+    sqlx::query(
+        "DELETE FROM mesh_node_server_connections \
+         WHERE server_id NOT IN (SELECT server_id FROM mesh_server_channels)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    if let (Some((id, ch)), false) = (&held, adopted) {
+        channels::open(&mut *tx, Kind::Server, *id, ch).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
