@@ -224,8 +224,24 @@ fn three_agents_follow_two_control_planes_on_one_database() {
         hosts[2].agent_log()
     );
     eprintln!("audited through the agents, per node (opened, closed): {want:?}");
+    // Stopped with agents' long polls open (they wait 5 s here, 25 s by
+    // default), serve #2 ends them and exits at once rather than after
+    // its shutdown grace.
+    let mut b = b;
+    let took = b.terminate(Duration::from_secs(15));
+    eprintln!("serve #2 stopped with 3 agents polling in {took:?}");
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(2)),
+        "SIGTERM → exit took {took:?}"
+    );
+    assert!(
+        hosts[0]
+            .agent
+            .wait_log("shutting down", Duration::from_secs(5)),
+        "{}",
+        hosts[0].agent_log()
+    );
     drop(hosts);
-    drop(b);
 }
 
 /// Mesh nodes' online flags belong to the control plane holding their

@@ -91,6 +91,12 @@ pub async fn policy(
     let _open = app.metrics.agent_poll();
     loop {
         changes.borrow_and_update();
+        if app.publisher.polls_stopped() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this control plane is shutting down",
+            ));
+        }
         let table = app.publisher.compile_for(&node.id).await?;
         let digest = crate::agent::digest(&table);
         if digest != q.have {

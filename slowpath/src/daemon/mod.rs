@@ -351,6 +351,7 @@ async fn serve_api(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
 ) -> Result<()> {
+    let publisher = Arc::clone(&app.publisher);
     api::serve::run(
         listener,
         api::router(app),
@@ -359,7 +360,11 @@ async fn serve_api(
             max_connections_per_ip: args.api_max_connections_per_ip,
             ..api::serve::ApiLimits::default()
         },
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            // Agents' long polls would hold the shutdown for their wait.
+            publisher.stop_polls();
+        },
     )
     .await
     .context("API server failed")

@@ -132,6 +132,8 @@ pub struct Publisher {
     /// Counts the changes this control plane made or heard of: node
     /// agents' long polls wait on it ([`Publisher::changes_epoch`]).
     epoch: watch::Sender<u64>,
+    /// Set when the control plane shuts down: agents' long polls end.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A poisoned lock only means a panic elsewhere while it was held; what it
@@ -157,6 +159,7 @@ impl Publisher {
             status: Mutex::new(PublishStatus::default()),
             changes: OnceLock::new(),
             epoch: watch::Sender::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -165,6 +168,20 @@ impl Publisher {
     /// its node's table again then).
     pub fn changes_epoch(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
+    }
+
+    /// The control plane is shutting down: agents' long polls end now
+    /// (they move to another control plane) rather than holding the
+    /// shutdown for their wait.
+    pub fn stop_polls(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.bump();
+    }
+
+    /// Whether [`Publisher::stop_polls`] was called.
+    pub fn polls_stopped(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn bump(&self) {

@@ -442,6 +442,23 @@ impl Slowpath {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, as systemd stops it; how long it took to exit (None: not
+    /// within `limit`, then it is killed).
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        // SAFETY: kill(2) touches no memory of ours; the pid is our child's,
+        // not reaped yet (only this struct waits for it).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        while t0.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill_hard();
+        None
+    }
+
     /// Start it again with the same flags, data directory and database.
     pub fn restart(&mut self) {
         self.child = spawn(&self.cmd_args, &self.dir);
