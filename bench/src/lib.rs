@@ -14,6 +14,7 @@
 //! - [`netns`]: network namespaces as machines, for the mesh's tests and
 //!   its bench ([`mesh`]).
 
+pub mod agents;
 pub mod backend;
 pub mod client;
 pub mod harness;

@@ -69,6 +69,23 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         lookups: usize,
     },
+    /// Node agents at scale (issue 17): N nodes with a long poll open each
+    /// on one `slowpath serve`; an invite made on one node at a time; the
+    /// time until its poll answers, and the control plane's CPU per change.
+    Agents {
+        /// The `slowpath` binary (SLOWPATH_BIN).
+        #[arg(long, env = "SLOWPATH_BIN")]
+        slowpath: PathBuf,
+        /// Node counts, comma-separated, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,300")]
+        nodes: Vec<usize>,
+        /// Changes per run.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// A PostgreSQL URL with a fresh database (default: SQLite).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Seed 003's mesh in network namespaces (root): TCP with 1 and 8
     /// streams and RTT between two nodes through the built-in relay, the
     /// relay's frames/s at 64 and 1400 bytes, CPU-s per GB; anchors: the
@@ -183,6 +200,22 @@ fn main() -> ExitCode {
             print!("{}", report::markdown(&record));
             Ok(())
         })(),
+        Cmd::Agents {
+            slowpath,
+            nodes,
+            changes,
+            database_url,
+        } => {
+            let o = bench::agents::AgentsOpts {
+                slowpath,
+                nodes,
+                changes: changes.max(1),
+                database_url,
+            };
+            bench::agents::run(&o)
+                .map(|rows| print!("{}", bench::agents::markdown(&rows)))
+                .map_err(|e| anyhow::anyhow!("agents: {e}"))
+        }
         Cmd::Mesh {
             slowpath,
             mesh,

@@ -89,8 +89,8 @@ pub async fn policy(
     let mut changes = app.publisher.changes_epoch();
     let key = auth::bearer(&headers, "node key")?.to_owned();
     let _open = app.metrics.agent_poll();
+    let mut seen = changes.borrow_and_update().0;
     loop {
-        changes.borrow_and_update();
         if app.publisher.polls_stopped() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -122,14 +122,26 @@ pub async fn policy(
             )
                 .into_response());
         }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
+        // Wait for a change that may concern this node: one change for
+        // another node's invite alone does not (more than one since the
+        // last look, and which they were is not known: compile).
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(StatusCode::NO_CONTENT.into_response());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
                     return Ok(StatusCode::NO_CONTENT.into_response());
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(StatusCode::NO_CONTENT.into_response());
+            let (count, scope) = changes.borrow_and_update().clone();
+            let elsewhere =
+                count == seen.wrapping_add(1) && scope.as_deref().is_some_and(|n| n != node.id);
+            seen = count;
+            if !elsewhere || app.publisher.polls_stopped() {
+                break;
             }
         }
     }

@@ -130,8 +130,9 @@ pub struct Publisher {
     /// API calls make here (set once, at start; none: nobody to tell).
     changes: OnceLock<Arc<Changes>>,
     /// Counts the changes this control plane made or heard of: node
-    /// agents' long polls wait on it ([`Publisher::changes_epoch`]).
-    epoch: watch::Sender<u64>,
+    /// agents' long polls wait on it ([`Publisher::changes_epoch`]), with
+    /// the one node whose table the latest change concerns (None: any).
+    epoch: watch::Sender<(u64, Option<String>)>,
     /// Set when the control plane shuts down: agents' long polls end.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -158,15 +159,18 @@ impl Publisher {
             on_tenants: OnceLock::new(),
             status: Mutex::new(PublishStatus::default()),
             changes: OnceLock::new(),
-            epoch: watch::Sender::new(0),
+            epoch: watch::Sender::new((0, None)),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Changes as they come: the value moves at every change made here or
-    /// told by another control plane (a node agent's long poll compiles
-    /// its node's table again then).
-    pub fn changes_epoch(&self) -> watch::Receiver<u64> {
+    /// Changes as they come: the count moves at every change made here or
+    /// told by another control plane, with the node whose table the change
+    /// concerns when it concerns one only (an invite). A node agent's long
+    /// poll compiles its node's table again after a change that may
+    /// concern it; one that sees the count move by one for another node
+    /// goes on waiting.
+    pub fn changes_epoch(&self) -> watch::Receiver<(u64, Option<String>)> {
         self.epoch.subscribe()
     }
 
@@ -185,7 +189,21 @@ impl Publisher {
     }
 
     fn bump(&self) {
-        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+        self.bump_for(None);
+    }
+
+    /// A change that concerns `node`'s table only (Some), or any (None).
+    fn bump_for(&self, node: Option<String>) {
+        self.epoch.send_modify(|e| *e = (e.0.wrapping_add(1), node));
+    }
+
+    /// The node an invite belongs to, for [`Publisher::bump_for`] (None when
+    /// it is gone or unreadable: then any node may be concerned).
+    async fn invite_node(&self, id: InviteId) -> Option<String> {
+        invites::get(&self.db, &id.to_string())
+            .await
+            .ok()
+            .map(|inv| inv.node_id)
     }
 
     /// The table of node `node_id`, for its agent ([`crate::agent`]): the
@@ -214,7 +232,11 @@ impl Publisher {
     /// Tells the node agents waiting here and the other control planes
     /// (their nodes republish too).
     async fn announce(&self, change: Change) {
-        self.bump();
+        let node = match change {
+            Change::Invite(id) => self.invite_node(id).await,
+            _ => None,
+        };
+        self.bump_for(node);
         if let Some(c) = self.changes.get() {
             c.announce(change).await;
         }
@@ -223,7 +245,11 @@ impl Publisher {
     /// Applies a change another control plane announced: publishes it
     /// here (not announced again).
     pub async fn apply_remote(&self, change: Change) {
-        self.bump();
+        let node = match change {
+            Change::Invite(id) => self.invite_node(id).await,
+            _ => None,
+        };
+        self.bump_for(node);
         let result = match change {
             Change::All => self.publish(false).await,
             Change::Invite(id) => self.publish_invite(id).await,
