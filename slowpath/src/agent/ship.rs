@@ -22,6 +22,9 @@ use crate::telemetry::events_drain::RingReader;
 const TICK: Duration = Duration::from_millis(200);
 /// Records taken from one ring per pass.
 const MAX_PER_RING: usize = 8192;
+/// Record bytes taken in one pass (one batch file): well inside one
+/// request to the control plane, which takes 8 MiB.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// The most bytes of batches in one request (the control plane takes 8 MiB).
 const MAX_BODY: usize = 4 << 20;
 
@@ -69,7 +72,7 @@ pub fn read_rings(shm: Arc<InstanceDir>, shared: Arc<Shared>, cursors: Vec<super
             }
         }
         let take = unwritten.is_empty();
-        let pass = reader.pass(take, MAX_PER_RING, &mut unwritten);
+        let pass = reader.pass(take, MAX_PER_RING, MAX_BATCH_BYTES, &mut unwritten);
         if pass.unauthenticated + pass.undecodable > 0 {
             tracing::warn!(
                 unauthenticated = pass.unauthenticated,
@@ -158,14 +161,17 @@ pub fn send(controls: Vec<String>, node_key: String, http: ureq::Agent, shared: 
                 }
                 std::thread::sleep(Duration::from_secs(5));
             }
-            Err(ureq::Error::Status(400, r)) => {
+            Err(ureq::Error::Status(s @ (400 | 413), r)) => {
                 let why = r.into_string().unwrap_or_default();
                 let mut spool = shared.spool();
                 spool.not_sent();
                 if one_at_a_time {
-                    spool.set_aside(last, &format!("the control plane refused it: {why}"));
+                    spool.set_aside(
+                        last,
+                        &format!("the control plane refused it (HTTP {s}): {why}"),
+                    );
                 } else {
-                    tracing::warn!(reason = %why, "the control plane refused a body of event batches; sending them one at a time");
+                    tracing::warn!(status = s, reason = %why, "the control plane refused a body of event batches; sending them one at a time");
                     one_at_a_time = true;
                 }
             }

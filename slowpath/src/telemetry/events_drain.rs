@@ -141,6 +141,8 @@ pub struct RingReader {
     /// Tenant proxies with samples and no closing mark yet, by the ring
     /// (producer pid, worker) that reported them: (token, proxy) → run_id.
     open: HashMap<(u64, u32), HashMap<(String, String), String>>,
+    /// Record bytes the pass under way may still take.
+    bytes_left: usize,
 }
 
 /// What one [`RingReader::pass`] saw.
@@ -297,7 +299,9 @@ impl EventDrain {
         // new is taken; meanwhile the rings fill, and drop (and count) what
         // does not fit, as they would with no slowpath at all.
         let take = self.unwritten.is_empty();
-        let pass = self.reader.pass(take, MAX_PER_RING, &mut self.unwritten);
+        let pass = self
+            .reader
+            .pass(take, MAX_PER_RING, usize::MAX, &mut self.unwritten);
         let written = if self.unwritten.is_empty() {
             Ok(Written::default())
         } else {
@@ -361,6 +365,7 @@ impl RingReader {
             draining: Vec::new(),
             still_written: Vec::new(),
             open: HashMap::new(),
+            bytes_left: 0,
         }
     }
 
@@ -403,9 +408,18 @@ impl RingReader {
 
     /// Reads every ring (when `take`; otherwise only looks at their state)
     /// into `out`, up to `max_per_ring` records from each live ring (retired
-    /// rings are read to their end). What was read stays unreleased.
-    pub fn pass(&mut self, take: bool, max_per_ring: usize, out: &mut Vec<EventRecord>) -> Pass {
+    /// rings are read to their end) and `max_bytes` of records in all (a
+    /// retired ring not read to its end then is read on next time, before
+    /// the live ones). What was read stays unreleased.
+    pub fn pass(
+        &mut self,
+        take: bool,
+        max_per_ring: usize,
+        max_bytes: usize,
+        out: &mut Vec<EventRecord>,
+    ) -> Pass {
         let mut pass = Pass::default();
+        self.bytes_left = max_bytes;
         let mut buf = Vec::with_capacity(512);
         let mut workers = Vec::with_capacity(self.rings.len());
         // The fastpath alive now, as the kernel names it: a ring of any
@@ -421,7 +435,7 @@ impl RingReader {
             // producer still drains after an upgrade is read again next
             // time: it still writes into it.
             for mut m in std::mem::take(&mut self.retired) {
-                self.read_into_batch(
+                let at_end = self.read_into_batch(
                     &mut m,
                     usize::MAX,
                     out,
@@ -429,7 +443,7 @@ impl RingReader {
                     &mut pass.undecodable,
                     &mut pass.unauthenticated,
                 );
-                if self.draining_producer(m.producer) {
+                if !at_end || self.draining_producer(m.producer) {
                     self.still_written.push(m);
                     continue;
                 }
@@ -538,9 +552,13 @@ impl RingReader {
         unauthenticated: &mut u64,
     ) -> bool {
         for _ in 0..max {
+            if self.bytes_left == 0 {
+                return false;
+            }
             if !m.ring.peek(&mut m.read_to, buf) {
                 return true;
             }
+            self.bytes_left = self.bytes_left.saturating_sub(buf.len().max(1));
             let record = match self.shm.key.open_record(buf) {
                 Ok(r) => r,
                 Err(e) => {
@@ -920,5 +938,66 @@ impl Ingest {
             quotas: Some(quotas),
             ..Ingest::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass takes at most its byte budget; the rest stays for the next
+    /// pass, in order, and nothing is read twice.
+    #[test]
+    fn a_pass_takes_at_most_its_bytes_and_the_next_goes_on() {
+        let path = std::env::temp_dir().join(format!("totoro-ringreader-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let shm = Arc::new(InstanceDir::open(&path).unwrap());
+        let ring = MappedRing::create(
+            &shm.dir,
+            "events-0.ring",
+            proto::ring::RING_HEADER + (1 << 20),
+        )
+        .unwrap();
+        for i in 0..100u32 {
+            let mut bytes = EventRecord {
+                ts_ms: 1,
+                worker: 0,
+                event: Event::AuthFailed {
+                    peer: format!("192.0.2.1:{i}"),
+                    invite: None,
+                    reason: "x".repeat(100),
+                    refusal: None,
+                },
+            }
+            .to_bytes();
+            shm.key.seal_record(&mut bytes);
+            assert!(ring.push(&bytes));
+        }
+        let mut reader = RingReader::new(Arc::clone(&shm));
+        reader.rescan();
+        let mut seen = Vec::new();
+        let mut passes = 0;
+        loop {
+            let mut out = Vec::new();
+            reader.pass(true, usize::MAX, 2000, &mut out);
+            if out.is_empty() {
+                break;
+            }
+            // About 2000 bytes: one record past the budget at most.
+            assert!(out.len() <= 2000 / 100 + 1, "{} records", out.len());
+            reader.release();
+            seen.extend(out.into_iter().map(|r| match r.event {
+                Event::AuthFailed { peer, .. } => peer,
+                e => panic!("{e:?}"),
+            }));
+            passes += 1;
+        }
+        let want: Vec<String> = (0..100).map(|i| format!("192.0.2.1:{i}")).collect();
+        assert_eq!(seen, want);
+        assert!(passes >= 5, "{passes} passes");
+        let _ = std::fs::remove_dir_all(&path);
     }
 }
