@@ -13,7 +13,10 @@
 //!   flood at a proxy whose frpc is slow costs a bounded queue.
 //! - The writer takes everything queued at once and writes it as one
 //!   buffer (frps writes each message on its own).
-//! - frpc → users: each `UDPPacket` is sent to the address it names.
+//! - frpc → users: each `UDPPacket` is sent to the address it names; the
+//!   answers among the messages one read brought in (up to 32) go out with
+//!   one sendmmsg(2), and whatever the socket did not take at once (and a
+//!   lone answer) by io_uring, one send each.
 //!   frpc's `Ping`s keep the connection; with no message for 60 s it is
 //!   closed (as frps does), and so is one that sends a malformed or
 //!   oversized message (a frame over 10 KiB), with the reason logged.
@@ -429,49 +432,139 @@ async fn read_loop<O: Owner>(
     // frps closes a udp work connection after 60 s without a message
     // (frpc sends a Ping every 30 s): `fastpath.udpIdleSecs`.
     let idle = ctx.shared.config.fastpath.udp_idle_secs;
+    let mut out = Answers::default();
     loop {
-        let msg = match reader
+        // One message waited for, then every whole one already read: the
+        // answers among them go out together (sendmmsg(2)).
+        let first = reader
             .next_within(&mut src, Duration::from_secs(idle))
-            .await
-        {
-            Ok(m) => m,
-            Err(MsgError::Timeout) => return format!("no message from frpc for {idle} s"),
-            Err(e) => {
-                if e.is_malformed() {
-                    WorkerStats::bump(&stats.protocol_errors, 1);
-                    tracing::warn!(proxy_name = %proxy.name(), error = %e,
-                        "udp work connection closed: malformed message from frpc");
+            .await;
+        let mut next = Some(first);
+        let mut stop = None;
+        while let Some(msg) = next.take() {
+            match msg {
+                Ok(Message::UdpPacket(packet)) => match user_addr(&packet) {
+                    Some(to) => out.push(packet.content, to),
+                    None => {
+                        WorkerStats::bump(&stats.udp_dropped, 1);
+                        tracing::debug!(proxy_name = %proxy.name(), "udp packet from frpc names no user address; dropped");
+                    }
+                },
+                // frpc's keep-alive.
+                Ok(Message::Ping(_)) => {}
+                Ok(other) => {
+                    // frps ignores other messages here.
+                    tracing::debug!(proxy_name = %proxy.name(), msg = other.name(), "ignored on a udp work connection");
                 }
-                return e.to_string();
+                Err(MsgError::Timeout) => {
+                    stop = Some(format!("no message from frpc for {idle} s"));
+                    break;
+                }
+                Err(e) => {
+                    if e.is_malformed() {
+                        WorkerStats::bump(&stats.protocol_errors, 1);
+                        tracing::warn!(proxy_name = %proxy.name(), error = %e,
+                            "udp work connection closed: malformed message from frpc");
+                    }
+                    stop = Some(e.to_string());
+                    break;
+                }
             }
-        };
-        let packet = match msg {
-            Message::UdpPacket(p) => p,
-            // frpc's keep-alive.
-            Message::Ping(_) => continue,
-            other => {
-                // frps ignores other messages here.
-                tracing::debug!(proxy_name = %proxy.name(), msg = other.name(), "ignored on a udp work connection");
-                continue;
-            }
-        };
-        let Some(to) = user_addr(&packet) else {
-            WorkerStats::bump(&stats.udp_dropped, 1);
-            tracing::debug!(proxy_name = %proxy.name(), "udp packet from frpc names no user address; dropped");
-            continue;
-        };
-        let n = packet.content.len();
-        let (res, _) = sock.send_to(packet.content, to).await;
-        match res {
-            Ok(_) => {
-                WorkerStats::bump(&stats.udp_datagrams_out, 1);
-                proxy.meter(stats, false, n).await;
-            }
-            Err(e) => {
-                tracing::debug!(proxy_name = %proxy.name(), %to, error = %e, "udp send to user failed")
+            if out.len() < BURST {
+                next = reader.try_next().transpose();
             }
         }
+        let (sent, bytes) = out.send(sock, proxy.name()).await;
+        if sent > 0 {
+            WorkerStats::bump(&stats.udp_datagrams_out, sent);
+            proxy.meter(stats, false, bytes).await;
+        }
+        if let Some(reason) = stop {
+            return reason;
+        }
     }
+}
+
+/// frpc's answers to their users, sent together.
+#[derive(Default)]
+struct Answers {
+    items: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+impl Answers {
+    fn push(&mut self, content: Vec<u8>, to: SocketAddr) {
+        self.items.push((content, to));
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Sends every answer (and forgets them): as many as the socket takes
+    /// at once with one sendmmsg(2), the rest (and a lone one) by io_uring
+    /// one at a time. Returns how many went and their bytes.
+    async fn send(&mut self, sock: &UdpSocket, proxy: &str) -> (u64, usize) {
+        let mut items = std::mem::take(&mut self.items);
+        let mut done = 0;
+        if items.len() > 1 {
+            done = sendmmsg(sock.as_raw_fd(), &items);
+        }
+        let mut bytes: usize = items[..done].iter().map(|(c, _)| c.len()).sum();
+        let mut sent = done as u64;
+        for (content, to) in items.drain(done..) {
+            let n = content.len();
+            let (res, _) = sock.send_to(content, to).await;
+            match res {
+                Ok(_) => {
+                    sent += 1;
+                    bytes += n;
+                }
+                Err(e) => {
+                    tracing::debug!(proxy_name = %proxy, %to, error = %e, "udp send to user failed")
+                }
+            }
+        }
+        items.clear();
+        self.items = items;
+        (sent, bytes)
+    }
+}
+
+/// Sends `items` with one sendmmsg(2), without waiting: how many the
+/// kernel took (0 on EAGAIN or any error; the caller sends the rest).
+fn sendmmsg(fd: std::os::fd::RawFd, items: &[(Vec<u8>, SocketAddr)]) -> usize {
+    let addrs: Vec<socket2::SockAddr> = items
+        .iter()
+        .map(|(_, to)| socket2::SockAddr::from(*to))
+        .collect();
+    let mut iov: Vec<libc::iovec> = items
+        .iter()
+        .map(|(c, _)| libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.len(),
+        })
+        .collect();
+    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths);
+    // each is filled below.
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; items.len()];
+    for (i, h) in hdrs.iter_mut().enumerate() {
+        h.msg_hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
+        h.msg_hdr.msg_namelen = addrs[i].len();
+        h.msg_hdr.msg_iov = &mut iov[i];
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at addresses and buffers that live until
+    // the call returns (`addrs`, `iov`, `items`); the kernel only reads the
+    // data; MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            u32::try_from(hdrs.len()).unwrap_or(u32::MAX),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// The user address of a packet from frpc.
@@ -652,6 +745,31 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..40u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn answers_to_several_users_go_out_in_one_call_each_to_its_own() {
+        let users: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let items: Vec<(Vec<u8>, SocketAddr)> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (vec![i as u8; 5 + i], u.local_addr().unwrap()))
+            .collect();
+        assert_eq!(sendmmsg(tx.as_raw_fd(), &items), 3);
+        for (i, u) in users.iter().enumerate() {
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = u.recv_from(&mut buf).unwrap();
+            assert_eq!(
+                (&buf[..n], from),
+                (&vec![i as u8; 5 + i][..], tx.local_addr().unwrap())
+            );
+        }
+        // A closed descriptor: nothing sent, the caller sends the rest.
+        assert_eq!(sendmmsg(-1, &items), 0);
     }
 
     #[test]
