@@ -301,3 +301,16 @@ fn a_clean_up_logs_no_warning() {
         warnings.join("\n")
     );
 }
+
+/// The compose delivery's fastpath.toml, as shipped, names a placeholder
+/// frp token: the control plane refuses to start on it, naming the key,
+/// rather than put a node live with a token everyone can read.
+#[test]
+fn the_shipped_compose_config_is_refused_until_its_token_is_set() {
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/compose/fastpath.toml"
+    );
+    let err = harness::start_fails(&["--fastpath-config", shipped]);
+    assert!(err.contains("auth.token is still the placeholder"), "{err}");
+}

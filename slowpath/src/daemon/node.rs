@@ -88,6 +88,20 @@ fn read_fastpath_config(path: &Path) -> Result<FastpathSettings> {
         .map_err(|e| anyhow!("--fastpath-config {}: {e}", path.display()))?;
     let etcd = EtcdConfig::from_config(&config, &unknown)
         .map_err(|e| anyhow!("--fastpath-config {}: {e}", path.display()))?;
+    // deploy/compose/fastpath.toml ships a placeholder the operator must
+    // replace: a node must not go live with a token everyone can read.
+    if config
+        .auth
+        .token
+        .to_ascii_lowercase()
+        .starts_with("change-me")
+    {
+        anyhow::bail!(
+            "--fastpath-config {}: auth.token is still the placeholder {:?}; set a long random one (e.g. `openssl rand -hex 24`)",
+            path.display(),
+            config.auth.token
+        );
+    }
     let allow_ports: proto::policy::PortSet = config.allow_ports.iter().copied().collect();
     Ok(FastpathSettings {
         bind_port: Some(config.bind_port),
