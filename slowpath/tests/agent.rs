@@ -536,3 +536,37 @@ fn a_full_spool_drops_its_oldest_batches_and_counts_them() {
     );
     host.restart_agent();
 }
+
+/// `serve` with a fastpath beside it on its policy directory (as the
+/// compose stack runs them, in two containers): the control plane
+/// heartbeats its own node for that fastpath, so the node shows online
+/// with the fastpath's memory, as under `up`.
+#[test]
+fn serve_heartbeats_for_a_fastpath_beside_it() {
+    let sp = Slowpath::start(&Backend::Sqlite, &[]);
+    let node = sp.local_node.clone();
+    let (st, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+    assert_eq!(st, 200, "{n}");
+    assert_ne!(n["status"], "online", "online before any fastpath: {n}");
+    let port = free_port();
+    let cfg = sp.dir.join("beside.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {port}\nauth.token = \"t\"\n\
+             fastpath.workers = 1\nfastpath.policyDir = \"{}\"\n",
+            sp.shm.display()
+        ),
+    )
+    .unwrap();
+    let _fp = bench::proc::Daemon::spawn_logging(
+        std::path::Path::new(env!("CARGO_BIN_EXE_slowpath")),
+        &["fastpath", "-c", cfg.to_str().unwrap()],
+        "info",
+    )
+    .expect("start the fastpath");
+    wait_within(Duration::from_secs(10), "the node online", || {
+        let (_, n) = sp.admin_call("GET", &format!("/api/v1/admin/nodes/{node}"), None);
+        n["status"] == "online" && n["heartbeat"]["mem_bytes"].as_u64() > Some(0)
+    });
+}

@@ -200,6 +200,11 @@ pub async fn run(args: ServeArgs, up: Option<UpArgs>) -> Result<()> {
             Some(up.start(stop_rx).await?)
         }
         None => {
+            tokio::spawn(supervisor::heartbeat_beside(
+                db.clone(),
+                node.id.clone(),
+                Arc::clone(&shm),
+            ));
             println!(
                 "slowpath serving on http://{} (node {}, policy {})",
                 args.listen,

@@ -41,6 +41,31 @@ impl Fastpath {
     }
 }
 
+/// `serve`: a fastpath that runs beside it on the same policy directory (in
+/// another container sharing its pid namespace, or another unit) is this
+/// host's node; heartbeat for it as `up` does for its child, every 10 s
+/// while the kernel names it the directory's holder (and at once when a
+/// new one appears), so the node shows online with its CPU, memory and
+/// disk. Forever.
+pub async fn heartbeat_beside(db: Db, node_id: String, shm: Arc<InstanceDir>) {
+    let mut probe = Probe::new(PathBuf::new(), shm.dir.path().to_path_buf());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(i32, tokio::time::Instant)> = None;
+    loop {
+        tick.tick().await;
+        let Some(pid) = running_fastpath(&shm) else {
+            continue;
+        };
+        if last.is_some_and(|(p, at)| p == pid && at.elapsed() < Duration::from_secs(10)) {
+            continue;
+        }
+        last = Some((pid, tokio::time::Instant::now()));
+        if let Err(e) = nodes::heartbeat(&db, &node_id, &probe.sample(pid)).await {
+            tracing::warn!(error = %e, "local heartbeat failed");
+        }
+    }
+}
+
 /// Watch an adopted fastpath until it exits (Some) or we are told to stop
 /// (None, after stopping it).
 async fn adopt(
