@@ -316,6 +316,17 @@ sed -E 's/^(metadatas\.ticket|ticket) = .*/\1 = "…"/' "$WORK/frpc.toml" | grep
 "$TARGET_DIR/release/examples/tunnel_check" "$WORK/frpc.toml"
 log "tunnel through the fastpath checked"
 
+# The control plane heartbeats its node for the fastpath in the other
+# container (they share a pid namespace): the node shows online.
+status=""
+for _ in $(seq 1 30); do
+	status=$(api -H "Authorization: Bearer $admin_key" https://localhost/api/v1/admin/nodes/"$node_id" | jq -r .status)
+	[ "$status" = online ] && break
+	sleep 1
+done
+[ "$status" = online ] || die "node $node_id is $status, not online"
+log "node $node_id online (heartbeats for the fastpath beside the control plane)"
+
 # ---------------------------------------------------------------------------
 phase "compose down"
 trap - EXIT

@@ -458,8 +458,9 @@ pub async fn regenerate_token(db: &Db, signer: &Signer<'_>, id: u32) -> Result<W
         serde_json::json!({ "server_id": id, "name": s.name }),
     )
     .await?;
+    // With the new token, in one transaction (see `delete`).
+    revoke_server_token(&mut *tx, &old).await?;
     tx.commit().await?;
-    revoke_server_token(db, &old).await?;
     Ok(WithToken {
         server: s,
         token: t.token,
@@ -468,7 +469,10 @@ pub async fn regenerate_token(db: &Db, signer: &Signer<'_>, id: u32) -> Result<W
 
 /// Blacklist a server token's id. Its expiry is not stored, so the entry
 /// is kept for the longest a server token lives.
-async fn revoke_server_token(db: &Db, jti: &str) -> Result<()> {
+async fn revoke_server_token<'c, E>(db: E, jti: &str) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     if jti.is_empty() {
         return Ok(());
     }
@@ -496,8 +500,11 @@ pub async fn delete(db: &Db, id: u32) -> Result<()> {
         serde_json::json!({ "server_id": id, "name": s.name }),
     )
     .await?;
-    tx.commit().await?;
-    revoke_server_token(db, &jti).await
+    // In the same transaction: a channel that looks at its server after
+    // the commit finds its token revoked (1003), never a moment where the
+    // server is gone and its token still good (1001).
+    revoke_server_token(&mut *tx, &jti).await?;
+    tx.commit().await.map_err(Into::into)
 }
 
 /// The relay in this control plane's own fastpath: the `builtin` server

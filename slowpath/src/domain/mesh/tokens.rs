@@ -149,7 +149,10 @@ pub fn server(
 }
 
 /// Blacklist `jti` (of a token of `node_id` expiring at `exp_s`).
-pub async fn revoke(db: &Db, jti: &str, node_id: u32, reason: &str, exp_s: u64) -> Result<()> {
+pub async fn revoke<'c, E>(db: E, jti: &str, node_id: u32, reason: &str, exp_s: u64) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO mesh_token_blacklist (jti, node_id, reason, expires_ms, created_ms) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
