@@ -432,7 +432,7 @@ async fn read_loop<O: Owner>(
     // frps closes a udp work connection after 60 s without a message
     // (frpc sends a Ping every 30 s): `fastpath.udpIdleSecs`.
     let idle = ctx.shared.config.fastpath.udp_idle_secs;
-    let mut out = Answers::default();
+    let mut out: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     loop {
         // One message waited for, then every whole one already read: the
         // answers among them go out together (sendmmsg(2)).
@@ -444,7 +444,7 @@ async fn read_loop<O: Owner>(
         while let Some(msg) = next.take() {
             match msg {
                 Ok(Message::UdpPacket(packet)) => match user_addr(&packet) {
-                    Some(to) => out.push(packet.content, to),
+                    Some(to) => out.push((packet.content, to)),
                     None => {
                         WorkerStats::bump(&stats.udp_dropped, 1);
                         tracing::debug!(proxy_name = %proxy.name(), "udp packet from frpc names no user address; dropped");
@@ -474,7 +474,7 @@ async fn read_loop<O: Owner>(
                 next = reader.try_next().transpose();
             }
         }
-        let (sent, bytes) = out.send(sock, proxy.name()).await;
+        let (sent, bytes) = send_answers(sock, proxy.name(), &mut out).await;
         if sent > 0 {
             WorkerStats::bump(&stats.udp_datagrams_out, sent);
             proxy.meter(stats, false, bytes).await;
@@ -485,49 +485,35 @@ async fn read_loop<O: Owner>(
     }
 }
 
-/// frpc's answers to their users, sent together.
-#[derive(Default)]
-struct Answers {
-    items: Vec<(Vec<u8>, SocketAddr)>,
-}
-
-impl Answers {
-    fn push(&mut self, content: Vec<u8>, to: SocketAddr) {
-        self.items.push((content, to));
-    }
-
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Sends every answer (and forgets them): as many as the socket takes
-    /// at once with one sendmmsg(2), the rest (and a lone one) by io_uring
-    /// one at a time. Returns how many went and their bytes.
-    async fn send(&mut self, sock: &UdpSocket, proxy: &str) -> (u64, usize) {
-        let mut items = std::mem::take(&mut self.items);
-        let mut done = 0;
-        if items.len() > 1 {
-            done = sendmmsg(sock.as_raw_fd(), &items);
-        }
-        let mut bytes: usize = items[..done].iter().map(|(c, _)| c.len()).sum();
-        let mut sent = done as u64;
-        for (content, to) in items.drain(done..) {
-            let n = content.len();
-            let (res, _) = sock.send_to(content, to).await;
-            match res {
-                Ok(_) => {
-                    sent += 1;
-                    bytes += n;
-                }
-                Err(e) => {
-                    tracing::debug!(proxy_name = %proxy, %to, error = %e, "udp send to user failed")
-                }
+/// Sends frpc's answers to their users (and empties `items`): as many as
+/// the socket takes at once with one sendmmsg(2), the rest (and a lone
+/// one) by io_uring one at a time. Returns how many went and their bytes.
+async fn send_answers(
+    sock: &UdpSocket,
+    proxy: &str,
+    items: &mut Vec<(Vec<u8>, SocketAddr)>,
+) -> (u64, usize) {
+    let done = if items.len() > 1 {
+        sendmmsg(sock.as_raw_fd(), items)
+    } else {
+        0
+    };
+    let mut bytes: usize = items[..done].iter().map(|(c, _)| c.len()).sum();
+    let mut sent = done as u64;
+    for (content, to) in items.drain(..).skip(done) {
+        let n = content.len();
+        let (res, _) = sock.send_to(content, to).await;
+        match res {
+            Ok(_) => {
+                sent += 1;
+                bytes += n;
+            }
+            Err(e) => {
+                tracing::debug!(proxy_name = %proxy, %to, error = %e, "udp send to user failed")
             }
         }
-        items.clear();
-        self.items = items;
-        (sent, bytes)
     }
+    (sent, bytes)
 }
 
 /// Sends `items` with one sendmmsg(2), without waiting: how many the
