@@ -81,6 +81,41 @@ fn integrity_nomux_plain() {
     integrity_case(false, false);
 }
 
+/// Pipes `pid` holds open (the splice relay makes one per direction).
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// A plain relay between peers on this host copies through the worker's
+/// buffer (no pipe); with `fastpath.spliceLocal` it splices (a pipe per
+/// direction). Either way the bytes arrive intact.
+#[test]
+fn plain_relay_to_local_peers_copies_unless_splice_local() {
+    for (extra, pipes) in [("", 0), ("fastpath.spliceLocal = true", 4)] {
+        let fp = Fastpath::start(extra, 1);
+        let echo = Backend::echo().unwrap();
+        let (_c, port) = tunnel(opts_over(&fp, false, false), "p", &echo);
+        let before = pipes_of(fp.daemon.pid());
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        assert_eq!(
+            pipes_of(fp.daemon.pid()) - before,
+            pipes,
+            "{extra:?}: pipe descriptors of a relay in progress"
+        );
+        let (sent, got) = echo_integrity(port, 16 << 20, 7);
+        assert_eq!(sent, got, "{extra:?}: data differs");
+    }
+}
+
 #[test]
 fn legacy_tls_first_byte_is_accepted() {
     let fp = Fastpath::start("", 1);

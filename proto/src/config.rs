@@ -169,6 +169,11 @@ pub struct FastpathConfig {
     pub relay_buffer: usize,
     /// Use splice(2) for plain relays where the path allows.
     pub splice: bool,
+    /// Splice also towards a peer on this host (loopback, or the address
+    /// the connection came in on). Off: that direction copies through a
+    /// 32 KiB buffer per worker, so the local reader gets bytes still in
+    /// cache rather than pages another process wrote long before.
+    pub splice_local: bool,
     /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub driver: String,
@@ -384,6 +389,7 @@ impl Default for FastpathConfig {
             pre_auth_streams: 8,
             relay_buffer: 64 * 1024,
             splice: true,
+            splice_local: false,
             driver: "auto".into(),
             task_work: "auto".into(),
             policy_dir: String::new(),

@@ -860,6 +860,7 @@ impl UserConn<'_> {
             compression: false,
             buffer: cfg.relay_buffer,
             splice: cfg.splice,
+            splice_local: cfg.splice_local,
         };
         // The tracked aborters already name these two connections.
         let (proxy, tracked) = (up.proxy.clone(), up.tracked);

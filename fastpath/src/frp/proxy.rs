@@ -1166,6 +1166,7 @@ pub fn serve_user(
             compression: proxy.use_compression,
             buffer: ctx.shared.config.fastpath.relay_buffer,
             splice: ctx.shared.config.fastpath.splice,
+            splice_local: ctx.shared.config.fastpath.splice_local,
         };
         drop(control);
         let id = proxy.next_relay.get();

@@ -172,6 +172,7 @@ pub async fn serve(
         compression: v.use_compression,
         buffer: ctx.shared.config.fastpath.relay_buffer,
         splice: false,
+        splice_local: false,
     };
     // The visitor's leg: its bytes are the proxy's traffic, counted once,
     // on the proxy's side; this leg's counters are its own.

@@ -1,9 +1,14 @@
 //! Moving bytes between a user connection and a work connection.
 //!
 //! Two paths:
-//! - **splice**: both ends are plain TCP sockets and the proxy neither
-//!   encrypts nor compresses: the kernel moves pages socket → pipe → socket,
-//!   the bytes never enter user space.
+//! - **direct**: both ends are plain TCP sockets and the proxy neither
+//!   encrypts nor compresses: nonblocking syscalls, waiting for readiness
+//!   when a side would block. Towards a remote peer the kernel moves pages
+//!   socket → pipe → socket (splice), the bytes never enter user space.
+//!   Towards a peer on this host each read is copied through a 32 KiB
+//!   buffer per worker instead: that reader then copies bytes that are
+//!   still in cache, where spliced pages were written long before by
+//!   another process (measured: `bench/RESULTS.md`, issue 13 point 7).
 //! - **buffered**: anything else (TLS, yamux, `useEncryption`,
 //!   `useCompression`). One buffer per direction, reused for the life of the
 //!   connection; no allocation per chunk in steady state.
@@ -38,6 +43,8 @@ pub struct RelayOpts {
     pub buffer: usize,
     /// Whether splice may be used.
     pub splice: bool,
+    /// Whether splice may be used towards a peer on this host.
+    pub splice_local: bool,
 }
 
 impl RelayOpts {
@@ -168,8 +175,9 @@ pub fn run<'a>(
         // pumps are done, and the task holds no second copy of either.
         if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
             if spliced {
-                let up = splice_pump(u, w, &meter_in, &aborters);
-                let down = splice_pump(w, u, &meter_out, &aborters);
+                let copy = |s: &TcpStream| !opts.splice_local && peer_on_this_host(s);
+                let up = direct_pump(u, w, copy(w), &meter_in, &aborters);
+                let down = direct_pump(w, u, copy(u), &meter_out, &aborters);
                 monoio::join!(up, down);
                 return;
             }
@@ -334,13 +342,67 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
     }
 }
 
-/// A splice that read less than this took all the socket had (bulk data
-/// comes in reads of 64 KiB and more, as the pipe and the socket's
-/// segments allow).
+/// A splice or read that took less than this took all the socket had
+/// (bulk data comes in reads of 64 KiB and more, as the pipe and the
+/// socket's segments allow; a copying read asks for [`COPY_CHUNK`]).
 const SMALL_READ: usize = 16 * 1024;
 
-/// One direction of a zero-copy relay: socket → pipe → socket with
-/// nonblocking splice(2), waiting for readiness when a side would block.
+/// What a copying direct relay reads at once: the size Go's `io.Copy`
+/// uses. Measured on Intel with the bench client, 128 KiB moved less.
+const COPY_CHUNK: usize = 32 * 1024;
+
+thread_local! {
+    /// The worker's copy buffer: a direction holds it only between a read
+    /// and the write of what was read, with no wait in between, so one
+    /// serves every relay on the worker.
+    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_CHUNK].into_boxed_slice());
+}
+
+/// Whether the peer of `s` runs on this host: a loopback address, or the
+/// address the connection came in on (a host's own address also goes
+/// through the loopback device). Unknown counts as remote.
+fn peer_on_this_host(s: &TcpStream) -> bool {
+    match (s.peer_addr(), s.local_addr()) {
+        (Ok(p), Ok(l)) => {
+            let p = p.ip().to_canonical();
+            p.is_loopback() || p == l.ip().to_canonical()
+        }
+        _ => false,
+    }
+}
+
+/// One read into `buf`, then one write of what came: `Ok(None)` at end of
+/// stream, else how much was read and what the writer did not take.
+fn read_then_write(sfd: i32, dfd: i32, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
+    // SAFETY: read(2) writes at most `buf.len()` bytes into `buf`, which
+    // we borrow mutably; `sfd` is the caller's borrowed socket, open.
+    let n = unsafe { libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: write(2) reads the `n` bytes just read, inside `buf`; `dfd`
+    // is the caller's borrowed socket, open.
+    let w = unsafe { libc::write(dfd, buf.as_ptr().cast(), n) };
+    let w = if w >= 0 {
+        w as usize
+    } else {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+        0
+    };
+    Ok(Some((n, buf[w..n].to_vec())))
+}
+
+/// One direction of a direct relay: nonblocking syscalls, waiting for
+/// readiness when a side would block. `copy`: through the worker's buffer
+/// (the destination is on this host); else socket → pipe → socket with
+/// splice(2).
 ///
 /// Not io_uring's own splice op: measured on loopback, the ring punts
 /// socket splices to its worker threads, costing about twice the CPU per GB
@@ -348,9 +410,10 @@ const SMALL_READ: usize = 16 * 1024;
 // An async move block on purpose: an async fn would keep each argument
 // twice in the connection's task (see `run`).
 #[allow(clippy::manual_async_fn)]
-fn splice_pump<'a>(
+fn direct_pump<'a>(
     src: &'a TcpStream,
     dst: &'a TcpStream,
+    copy: bool,
     counter: &'a Meter<'a>,
     aborters: &'a [Aborter; 2],
 ) -> impl std::future::Future<Output = ()> + 'a {
@@ -359,6 +422,52 @@ fn splice_pump<'a>(
         set_nonblocking(sfd);
         set_nonblocking(dfd);
         let r: io::Result<()> = async {
+            if copy {
+                // Whether the last read took what the socket had (as below).
+                let mut drained = false;
+                loop {
+                    if drained {
+                        src.readable(false).await?;
+                    }
+                    let asked = counter.chunk(COPY_CHUNK);
+                    let step =
+                        COPY_BUF.with(|b| read_then_write(sfd, dfd, &mut b.borrow_mut()[..asked]));
+                    let (n, mut rest) = match step {
+                        Ok(None) => return Ok(()),
+                        Ok(Some(moved)) => moved,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            drained = true;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    drained = n < asked.min(SMALL_READ);
+                    // What the socket did not take waits in a buffer of
+                    // this direction's own, which goes once written.
+                    while !rest.is_empty() {
+                        dst.writable(false).await?;
+                        // SAFETY: write(2) reads `rest`, which we own;
+                        // `dfd` is `dst`'s descriptor, borrowed, so open.
+                        let w = unsafe { libc::write(dfd, rest.as_ptr().cast(), rest.len()) };
+                        match w {
+                            0 => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::WriteZero,
+                                    "peer stopped accepting data",
+                                ))
+                            }
+                            w if w > 0 => drop(rest.drain(..w as usize)),
+                            _ => {
+                                let e = io::Error::last_os_error();
+                                if e.kind() != io::ErrorKind::WouldBlock {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    }
+                    counter.add_paced(n).await;
+                }
+            }
             let pipe = Pipe::new()?;
             // Whether the last read took what the socket had: then the
             // next splice would most likely find nothing and fail with

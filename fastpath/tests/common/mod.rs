@@ -172,7 +172,12 @@ pub fn echo_integrity(port: u16, len: usize, seed: u64) -> (String, String) {
     let mut got = 0;
     let mut buf = vec![0u8; 256 * 1024];
     while got < len {
-        let n = r.read(&mut buf).expect("read from tunnel");
+        let n = match r.read(&mut buf) {
+            // A socket with a receive timeout reports a signal as EINTR
+            // rather than restarting; the read is simply tried again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read from tunnel"),
+        };
         assert!(n > 0, "tunnel closed after {got} of {len} bytes");
         h.update(&buf[..n]);
         got += n;
