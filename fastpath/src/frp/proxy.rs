@@ -1129,12 +1129,11 @@ async fn accept_loop(proxy: Rc<Proxy>, control: Rc<Control>, listener: std::net:
 /// `pending`, what was read from it to route it (a vhost connection's
 /// ClientHello), goes to frpc first.
 ///
-/// A plain function returning an `async move` block: as an `async fn` its
-/// state would keep each argument twice, and this task lives as long as
-/// the connection (see [`relay::run`]).
-// An async move block on purpose: an async fn would keep each argument
-// twice in the connection's task (see `run`).
-#[allow(clippy::manual_async_fn)]
+/// The wait for a work connection runs in a box of its own, made here,
+/// and gives back what the relay needs: the task's `async` block captures
+/// neither the connection nor the session (captured values keep their
+/// place in a task's state for its whole life, moved out or not), and
+/// this task lives as long as the connection (see [`relay::run`]).
 pub fn serve_user(
     proxy: Rc<Proxy>,
     control: Rc<Control>,
@@ -1142,47 +1141,23 @@ pub fn serve_user(
     peer: SocketAddr,
     pending: Vec<u8>,
 ) -> impl std::future::Future<Output = ()> {
+    let ctx = control.ctx().clone();
+    let ready = Box::pin(ready_relay(proxy.clone(), control, user, peer, pending));
     async move {
-        let ctx = control.ctx().clone();
         let stats = ctx.stats();
         WorkerStats::bump(&stats.conns_total, 1);
         WorkerStats::add(&stats.conns, 1);
-        // Boxed: waiting for a work connection takes more state than the
-        // relay after it, and the task would keep that size for as long as
-        // the connection lives.
-        let local = match &user {
-            Conn::Tcp(s, _) => s.local_addr().ok(),
-            _ => None,
-        };
-        let start = start_work_conn(&proxy, local, peer);
-        let Some(work) = Box::pin(control.take_work_conn(start)).await else {
+        let Some((ends, opts, aborters)) = ready.await else {
             proxy.started();
             WorkerStats::add(&stats.conns, -1);
             return;
         };
-        let key = control.auth.token_key;
-        let opts = RelayOpts {
-            encryption_key: proxy.use_encryption.then_some(key),
-            compression: proxy.use_compression,
-            buffer: ctx.shared.config.fastpath.relay_buffer,
-            splice: ctx.shared.config.fastpath.splice,
-            splice_local: ctx.shared.config.fastpath.splice_local,
-        };
-        drop(control);
         let id = proxy.next_relay.get();
         proxy.next_relay.set(id + 1);
-        proxy
-            .relays
-            .borrow_mut()
-            .insert(id, [user.aborter(), work.aborter()]);
+        proxy.relays.borrow_mut().insert(id, aborters);
         proxy.started();
         let due = || proxy.report_if_due(&ctx.events);
         let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
-        let ends = relay::Ends {
-            user,
-            work,
-            pending,
-        };
         relay::run(stats, ends, opts, &proxy.bytes, &proxy.limits, report).await;
         proxy.relays.borrow_mut().remove(&id);
         if proxy.closed.get() {
@@ -1198,6 +1173,38 @@ pub fn serve_user(
             }
         }
     }
+}
+
+/// A work connection for `user`, and the relay's options and aborters;
+/// `None` when the session gave none.
+async fn ready_relay(
+    proxy: Rc<Proxy>,
+    control: Rc<Control>,
+    user: Conn,
+    peer: SocketAddr,
+    pending: Vec<u8>,
+) -> Option<(relay::Ends, RelayOpts, [Aborter; 2])> {
+    let local = match &user {
+        Conn::Tcp(s, _) => s.local_addr().ok(),
+        _ => None,
+    };
+    let start = start_work_conn(&proxy, local, peer);
+    let work = control.take_work_conn(start).await?;
+    let fp = &control.ctx().shared.config.fastpath;
+    let opts = RelayOpts {
+        encryption_key: proxy.use_encryption.then_some(control.auth.token_key),
+        compression: proxy.use_compression,
+        buffer: fp.relay_buffer,
+        splice: fp.splice,
+        splice_local: fp.splice_local,
+    };
+    let aborters = [user.aborter(), work.aborter()];
+    let ends = relay::Ends {
+        user,
+        work,
+        pending,
+    };
+    Some((ends, opts, aborters))
 }
 
 /// What frpc is told about a user connection (from `peer`, accepted on

@@ -133,7 +133,7 @@ pub struct Ends {
 #[allow(clippy::manual_async_fn)]
 pub fn run<'a>(
     stats: &'a WorkerStats,
-    ends: Ends,
+    mut ends: Ends,
     opts: RelayOpts,
     proxy_bytes: &'a [Cell<u64>; 2],
     limits: &'a Limits,
@@ -150,18 +150,18 @@ pub fn run<'a>(
         };
         let meter_in = meter(&stats.bytes_in, &proxy_bytes[0]);
         let meter_out = meter(&stats.bytes_out, &proxy_bytes[1]);
-        let Ends {
-            user,
-            mut work,
-            mut pending,
-        } = ends;
-        let aborters = [user.aborter(), work.aborter()];
-        let spliced =
-            opts.splice && opts.plain() && matches!((&user, &work), (Conn::Tcp(..), Conn::Tcp(..)));
-        if spliced && !pending.is_empty() {
-            let n = pending.len();
-            if work
-                .write_all(std::mem::take(&mut pending))
+        // `ends` is used where it was captured, never moved into locals:
+        // the task would keep the connections twice (the captured copy
+        // stays in its state), 216 bytes more per idle connection.
+        let aborters = [ends.user.aborter(), ends.work.aborter()];
+        let spliced = opts.splice
+            && opts.plain()
+            && matches!((&ends.user, &ends.work), (Conn::Tcp(..), Conn::Tcp(..)));
+        if spliced && !ends.pending.is_empty() {
+            let n = ends.pending.len();
+            if ends
+                .work
+                .write_all(std::mem::take(&mut ends.pending))
                 .await
                 .0
                 .is_err()
@@ -173,7 +173,7 @@ pub fn run<'a>(
         // Borrowed, not destructured: the connections (and the SocketFds
         // that keep the aborters alive) stay where they are until both
         // pumps are done, and the task holds no second copy of either.
-        if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&user, &work) {
+        if let (Conn::Tcp(u, _), Conn::Tcp(w, _)) = (&ends.user, &ends.work) {
             if spliced {
                 let copy = |s: &TcpStream| !opts.splice_local && peer_on_this_host(s);
                 let up = direct_pump(u, w, copy(w), &meter_in, &aborters);
@@ -185,11 +185,6 @@ pub fn run<'a>(
         // The copying relay's state (transforms, cipher and compressor
         // state) is large; its directions are boxed, which keeps every
         // connection's task the size of the splice relay.
-        let ends = Ends {
-            user,
-            work,
-            pending,
-        };
         copy_relay(ends, opts, &meter_in, &meter_out, &aborters).await;
     }
 }
