@@ -366,6 +366,15 @@ fn peer_on_this_host(s: &TcpStream) -> bool {
     }
 }
 
+/// send(2) of `buf` on the socket `fd`, without SIGPIPE when the peer has
+/// gone (EPIPE instead): what the call returned.
+fn send_some(fd: i32, buf: &[u8]) -> isize {
+    // SAFETY: send(2) reads at most `buf.len()` bytes from `buf`, which we
+    // borrow; the callers pass the descriptor of a socket they borrow, so
+    // it is open and is that socket.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }
+}
+
 /// One read into `buf`, then one write of what came: `Ok(None)` at end of
 /// stream, else how much was read and what the writer did not take.
 fn read_then_write(sfd: i32, dfd: i32, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
@@ -379,9 +388,7 @@ fn read_then_write(sfd: i32, dfd: i32, buf: &mut [u8]) -> io::Result<Option<(usi
     if n == 0 {
         return Ok(None);
     }
-    // SAFETY: write(2) reads the `n` bytes just read, inside `buf`; `dfd`
-    // is the caller's borrowed socket, open.
-    let w = unsafe { libc::write(dfd, buf.as_ptr().cast(), n) };
+    let w = send_some(dfd, &buf[..n]);
     let w = if w >= 0 {
         w as usize
     } else {
@@ -441,9 +448,7 @@ fn direct_pump<'a>(
                     // this direction's own, which goes once written.
                     while !rest.is_empty() {
                         dst.writable(false).await?;
-                        // SAFETY: write(2) reads `rest`, which we own;
-                        // `dfd` is `dst`'s descriptor, borrowed, so open.
-                        let w = unsafe { libc::write(dfd, rest.as_ptr().cast(), rest.len()) };
+                        let w = send_some(dfd, &rest);
                         match w {
                             0 => {
                                 return Err(io::Error::new(
