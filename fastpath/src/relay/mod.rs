@@ -367,38 +367,99 @@ fn peer_on_this_host(s: &TcpStream) -> bool {
 }
 
 /// send(2) of `buf` on the socket `fd`, without SIGPIPE when the peer has
-/// gone (EPIPE instead): what the call returned.
-fn send_some(fd: i32, buf: &[u8]) -> isize {
+/// gone (EPIPE instead).
+fn send_some(fd: i32, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: send(2) reads at most `buf.len()` bytes from `buf`, which we
     // borrow; the callers pass the descriptor of a socket they borrow, so
     // it is open and is that socket.
-    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
-/// One read into `buf`, then one write of what came: `Ok(None)` at end of
-/// stream, else how much was read and what the writer did not take.
-fn read_then_write(sfd: i32, dfd: i32, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
-    // SAFETY: read(2) writes at most `buf.len()` bytes into `buf`, which
-    // we borrow mutably; `sfd` is the caller's borrowed socket, open.
-    let n = unsafe { libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    if n == 0 {
-        return Ok(None);
-    }
-    let w = send_some(dfd, &buf[..n]);
-    let w = if w >= 0 {
-        w as usize
-    } else {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(e);
+/// How a direct relay direction moves what it reads, and what it holds
+/// that the destination has not taken yet.
+enum Mover {
+    /// socket → pipe → socket; the bytes in the pipe.
+    Splice(Pipe, usize),
+    /// Read into the worker's buffer and sent at once; what the socket
+    /// did not take, in a buffer of this direction's own until written.
+    Copy(Vec<u8>),
+}
+
+impl Mover {
+    /// The most one step reads.
+    fn chunk(&self) -> usize {
+        match self {
+            Mover::Splice(..) => 1 << 20,
+            Mover::Copy(_) => COPY_CHUNK,
         }
-        0
-    };
-    Ok(Some((n, buf[w..n].to_vec())))
+    }
+
+    /// Reads at most `asked` bytes from `sfd` (0: end of stream). A copy
+    /// sends them to `dfd` in the same step, since the worker's buffer is
+    /// free again only then.
+    fn take(&mut self, sfd: i32, dfd: i32, asked: usize) -> io::Result<usize> {
+        match self {
+            Mover::Splice(pipe, held) => {
+                let n = splice(sfd, pipe.0[1], asked)?;
+                *held = n;
+                Ok(n)
+            }
+            Mover::Copy(rest) => COPY_BUF.with(|b| {
+                let buf = &mut b.borrow_mut()[..asked];
+                // SAFETY: read(2) writes at most `buf.len()` bytes into
+                // `buf`, which we borrow mutably; `sfd` is the caller's
+                // borrowed socket, open.
+                let n = unsafe { libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                if n == 0 {
+                    return Ok(0);
+                }
+                let sent = match send_some(dfd, &buf[..n]) {
+                    Ok(w) => w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(e),
+                };
+                rest.extend_from_slice(&buf[sent..n]);
+                Ok(n)
+            }),
+        }
+    }
+
+    /// Whether bytes wait for the destination.
+    fn holds(&self) -> bool {
+        match self {
+            Mover::Splice(_, held) => *held > 0,
+            Mover::Copy(rest) => !rest.is_empty(),
+        }
+    }
+
+    /// Writes some of what it holds to `dfd`: how much went.
+    fn give(&mut self, dfd: i32) -> io::Result<usize> {
+        match self {
+            Mover::Splice(pipe, held) => {
+                let m = splice(pipe.0[0], dfd, *held)?;
+                *held -= m;
+                Ok(m)
+            }
+            Mover::Copy(rest) => {
+                let m = send_some(dfd, rest)?;
+                rest.drain(..m);
+                if rest.is_empty() {
+                    // The allocation goes with the backlog.
+                    *rest = Vec::new();
+                }
+                Ok(m)
+            }
+        }
+    }
 }
 
 /// One direction of a direct relay: nonblocking syscalls, waiting for
@@ -424,53 +485,13 @@ fn direct_pump<'a>(
         set_nonblocking(sfd);
         set_nonblocking(dfd);
         let r: io::Result<()> = async {
-            if copy {
-                // Whether the last read took what the socket had (as below).
-                let mut drained = false;
-                loop {
-                    if drained {
-                        src.readable(false).await?;
-                    }
-                    let asked = counter.chunk(COPY_CHUNK);
-                    let step =
-                        COPY_BUF.with(|b| read_then_write(sfd, dfd, &mut b.borrow_mut()[..asked]));
-                    let (n, mut rest) = match step {
-                        Ok(None) => return Ok(()),
-                        Ok(Some(moved)) => moved,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            drained = true;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    drained = n < asked.min(SMALL_READ);
-                    // What the socket did not take waits in a buffer of
-                    // this direction's own, which goes once written.
-                    while !rest.is_empty() {
-                        dst.writable(false).await?;
-                        let w = send_some(dfd, &rest);
-                        match w {
-                            0 => {
-                                return Err(io::Error::new(
-                                    io::ErrorKind::WriteZero,
-                                    "peer stopped accepting data",
-                                ))
-                            }
-                            w if w > 0 => drop(rest.drain(..w as usize)),
-                            _ => {
-                                let e = io::Error::last_os_error();
-                                if e.kind() != io::ErrorKind::WouldBlock {
-                                    return Err(e);
-                                }
-                            }
-                        }
-                    }
-                    counter.add_paced(n).await;
-                }
-            }
-            let pipe = Pipe::new()?;
+            let mut mover = if copy {
+                Mover::Copy(Vec::new())
+            } else {
+                Mover::Splice(Pipe::new()?, 0)
+            };
             // Whether the last read took what the socket had: then the
-            // next splice would most likely find nothing and fail with
+            // next read would most likely find nothing and fail with
             // EAGAIN, a syscall spent on learning that (one per request
             // and direction of a keep-alive HTTP connection); waiting for
             // readiness first answers at once if more has arrived.
@@ -479,8 +500,8 @@ fn direct_pump<'a>(
                 if drained {
                     src.readable(false).await?;
                 }
-                let asked = counter.chunk(1 << 20);
-                let n = match splice(sfd, pipe.0[1], asked) {
+                let asked = counter.chunk(mover.chunk());
+                let n = match mover.take(sfd, dfd, asked) {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -492,16 +513,15 @@ fn direct_pump<'a>(
                 // A paced relay may ask for less than SMALL_READ and get
                 // all of it: that says nothing about what is left.
                 drained = n < asked.min(SMALL_READ);
-                let mut left = n;
-                while left > 0 {
-                    match splice(pipe.0[0], dfd, left) {
+                while mover.holds() {
+                    match mover.give(dfd) {
                         Ok(0) => {
                             return Err(io::Error::new(
                                 io::ErrorKind::WriteZero,
                                 "peer stopped accepting data",
                             ))
                         }
-                        Ok(m) => left -= m,
+                        Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             dst.writable(false).await?
                         }
