@@ -41,6 +41,14 @@ impl Fastpath {
     }
 }
 
+/// The local node's heartbeat with the fastpath `pid`'s figures; a failure
+/// is logged, and the next beat tries again.
+async fn heartbeat(db: &Db, node_id: &str, probe: &mut Probe, pid: i32) {
+    if let Err(e) = nodes::heartbeat(db, node_id, &probe.sample(pid)).await {
+        tracing::warn!(error = %e, "local heartbeat failed");
+    }
+}
+
 /// `serve`: a fastpath that runs beside it on the same policy directory (in
 /// another container sharing its pid namespace, or another unit) is this
 /// host's node; heartbeat for it as `up` does for its child, every 10 s
@@ -60,9 +68,7 @@ pub async fn heartbeat_beside(db: Db, node_id: String, shm: Arc<InstanceDir>) {
             continue;
         }
         last = Some((pid, tokio::time::Instant::now()));
-        if let Err(e) = nodes::heartbeat(&db, &node_id, &probe.sample(pid)).await {
-            tracing::warn!(error = %e, "local heartbeat failed");
-        }
+        heartbeat(&db, &node_id, &mut probe, pid).await;
     }
 }
 
@@ -88,9 +94,7 @@ async fn adopt(
                 }
                 beats += 1;
                 if let (true, Some(db)) = (beats % 20 == 1, db) {
-                    if let Err(e) = nodes::heartbeat(db, node_id, &probe.sample(pid)).await {
-                        tracing::warn!(error = %e, "local heartbeat failed");
-                    }
+                    heartbeat(db, node_id, &mut probe, pid).await;
                 }
             }
             _ = stop.changed() => {
@@ -167,9 +171,7 @@ pub async fn run(
                 status = child.wait() => break Some(status),
                 _ = beat.tick() => {
                     let Some(db) = &db else { continue };
-                    if let Err(e) = nodes::heartbeat(db, &node_id, &probe.sample(pid as i32)).await {
-                        tracing::warn!(error = %e, "local heartbeat failed");
-                    }
+                    heartbeat(db, &node_id, &mut probe, pid as i32).await;
                 }
                 _ = stop.changed() => break None,
             }
