@@ -61,6 +61,74 @@ pub fn free_port_run(len: u16) -> u16 {
     FREE_RUNS.start
 }
 
+/// CPUs online on this machine (not only those this process may use).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// Parses a CPU list as taskset and /sys write it: `0-7,12,14-15`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{part:?} is not a CPU number or range"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("{part:?}: range runs backwards"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    if out.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(format!("{s:?}: CPU number too large"));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+fn cpu_set(cpus: &[usize]) -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("CPU {c} out of range"),
+            ));
+        }
+        // SAFETY: c is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    Ok(set)
+}
+
+/// Confines the calling thread, and every thread it starts from now on,
+/// to `cpus` (call it before starting threads to confine a process).
+pub fn pin_this_thread(cpus: &[usize]) -> std::io::Result<()> {
+    let set = cpu_set(cpus)?;
+    // SAFETY: the set is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Wait until something accepts on `addr`.
 pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     let end = Instant::now() + limit;
@@ -89,12 +157,39 @@ impl Daemon {
     /// Like [`Daemon::spawn`] with `RUST_LOG` set to `level` (benchmarks
     /// run servers at `warn` so that logging is not what they measure).
     pub fn spawn_logging(bin: &Path, args: &[&str], level: &str) -> std::io::Result<Daemon> {
-        let mut child = Command::new(bin)
-            .args(args)
+        Daemon::spawn_logging_on(bin, args, level, &[])
+    }
+
+    /// Like [`Daemon::spawn_logging`], the process (and every thread it
+    /// starts) confined to `cpus` from its first instruction; `cpus` empty:
+    /// wherever this process may run.
+    pub fn spawn_logging_on(
+        bin: &Path,
+        args: &[&str],
+        level: &str,
+        cpus: &[usize],
+    ) -> std::io::Result<Daemon> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        if !cpus.is_empty() {
+            let set = cpu_set(cpus)?;
+            use std::os::unix::process::CommandExt;
+            // SAFETY: sched_setaffinity is async-signal-safe, and the set
+            // was built before the fork; nothing here allocates.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
             child

@@ -43,6 +43,19 @@ enum Cmd {
         /// Override the suite's repeat count.
         #[arg(long)]
         repeats: Option<usize>,
+        /// Confine each server to these CPUs (`0-7`): with N workers the
+        /// first N of them, or these and --load-cpus together when there
+        /// are fewer than N.
+        #[arg(long)]
+        server_cpus: Option<String>,
+        /// Confine the harness (load generators, bench clients, backends,
+        /// stock clients) to these CPUs (`8-15`).
+        #[arg(long)]
+        load_cpus: Option<String>,
+        /// Spread the bench client's load over this many sessions
+        /// (default: the suite's; scaling 32, others 1).
+        #[arg(long)]
+        sessions: Option<usize>,
         /// Override the idle-connection count (e.g. 10000, 50000; needs an
         /// open-file limit of about eight per connection).
         #[arg(long)]
@@ -155,6 +168,9 @@ fn main() -> ExitCode {
             workers,
             scale_workers,
             repeats,
+            server_cpus,
+            load_cpus,
+            sessions,
             idle_conns,
             metrics,
             attack_scale,
@@ -172,6 +188,26 @@ fn main() -> ExitCode {
                 suite.idle_conns = n;
             }
             suite.metrics = metrics;
+            if let Some(n) = sessions {
+                if n == 0 {
+                    anyhow::bail!("--sessions must be at least 1");
+                }
+                suite.sessions = n;
+            }
+            let cpus = |flag: &str, v: Option<String>| match v {
+                None => Ok(Vec::new()),
+                Some(v) => bench::proc::parse_cpu_list(&v)
+                    .and_then(|c| {
+                        if c.is_empty() {
+                            Err("no CPUs".into())
+                        } else {
+                            Ok(c)
+                        }
+                    })
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}")),
+            };
+            let server_cpus = cpus("--server-cpus", server_cpus)?;
+            let load_cpus = cpus("--load-cpus", load_cpus)?;
             if let Some(n) = attack_scale {
                 suite.attack.scale = n;
             }
@@ -191,6 +227,8 @@ fn main() -> ExitCode {
                 only,
                 workers: workers.unwrap_or_else(runner::cores).max(1),
                 scale_workers,
+                server_cpus,
+                load_cpus,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
             let record = runner::run(&opts)?;

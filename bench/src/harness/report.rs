@@ -609,7 +609,38 @@ fn attack_cell(
 }
 
 fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
+    use super::runner::server_cpus_for;
     let first = r.workers.first().copied().unwrap_or(1);
+    // The suite's bulk cell (`bulk32_up` since the suite spread its load
+    // over sessions; `bulk8_up` in older records).
+    let (streams, bulk) = r
+        .suite
+        .bulk
+        .first()
+        .map(|&(n, _)| (n, format!("bulk{n}_up")))
+        .unwrap_or((8, "bulk8_up".into()));
+    let cpus = |w: usize| {
+        let c = server_cpus_for(w, &r.server_cpus, &r.load_cpus);
+        if c.is_empty() {
+            "any".to_string()
+        } else {
+            let shared = c.iter().any(|x| r.load_cpus.contains(x));
+            format!(
+                "{}{}",
+                cpu_list(&c),
+                if shared { " (shared with load)" } else { "" }
+            )
+        }
+    };
+    if !r.load_cpus.is_empty() || r.suite.sessions > 1 {
+        let _ = writeln!(
+            o,
+            "Load: {} bench-client session(s), {streams} bulk stream(s) and {} connection-rate threads spread over them; harness on CPUs {}.\n",
+            r.suite.sessions,
+            r.suite.connrate_threads,
+            if r.load_cpus.is_empty() { "any".to_string() } else { cpu_list(&r.load_cpus) },
+        );
+    }
     for s in r.systems.iter().filter(|s| s.kind != "direct") {
         let _ = writeln!(
             o,
@@ -618,14 +649,14 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
         );
         let _ = writeln!(
             o,
-            "| workers | bulk 8 up Gbit/s | of linear | server CPU-s/GB | conns/s | of linear |"
+            "| workers | server CPUs | bulk {streams} up Gbit/s | of linear | server CPU-s/GB | conns/s | of linear |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|");
-        let base_b = cell(t, &s.name, first, "bulk8_up", "gbit_s").map(|c| c.median);
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+        let base_b = cell(t, &s.name, first, &bulk, "gbit_s").map(|c| c.median);
         let base_c = cell(t, &s.name, first, "connrate", "conns_per_s").map(|c| c.median);
         for &w in &r.workers {
-            let b = cell(t, &s.name, w, "bulk8_up", "gbit_s");
-            let cpu = cell(t, &s.name, w, "bulk8_up", "server_cpu_s_per_gb");
+            let b = cell(t, &s.name, w, &bulk, "gbit_s");
+            let cpu = cell(t, &s.name, w, &bulk, "server_cpu_s_per_gb");
             let c = cell(t, &s.name, w, "connrate", "conns_per_s");
             let lin = |v: Option<&Cell>, base: Option<f64>| match (v, base) {
                 (Some(v), Some(b)) if b > 0.0 => {
@@ -635,7 +666,8 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
             };
             let _ = writeln!(
                 o,
-                "| {w} | {} | {} | {} | {} | {} |",
+                "| {w} | {} | {} | {} | {} | {} | {} |",
+                cpus(w),
                 b.as_ref().map(|c| show(c, 1.0)).unwrap_or("—".into()),
                 lin(b.as_ref(), base_b),
                 cpu.as_ref().map(|c| show(c, 1.0)).unwrap_or("—".into()),
@@ -646,15 +678,34 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
         o.push('\n');
     }
     if let Some(d) = r.systems.iter().find(|s| s.kind == "direct") {
-        let b = cell(t, &d.name, first, "bulk8_up", "gbit_s");
+        let b = cell(t, &d.name, first, &bulk, "gbit_s");
         let c = cell(t, &d.name, first, "connrate", "conns_per_s");
         let _ = writeln!(
             o,
-            "Direct loopback on the same machine: bulk 8 up {} Gbit/s, {} conns/s.\n",
+            "Direct loopback on the same machine: bulk {streams} up {} Gbit/s, {} conns/s.\n",
             b.map(|c| show(&c, 1.0)).unwrap_or("—".into()),
             c.map(|c| show(&c, 1.0)).unwrap_or("—".into())
         );
     }
+}
+
+/// `0-7,9` for [0, 1, …, 7, 9].
+fn cpu_list(c: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let mut j = i;
+        while j + 1 < c.len() && c[j + 1] == c[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            c[i].to_string()
+        } else {
+            format!("{}-{}", c[i], c[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 /// One line of a chart.
@@ -832,9 +883,11 @@ pub fn plots(r: &RunRecord) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if r.suite.scaling {
         let mut series = Vec::new();
+        let n = r.suite.bulk.first().map(|b| b.0).unwrap_or(8);
+        let (bulk, bulk_label) = (format!("bulk{n}_up"), format!("bulk {n} up, Gbit/s"));
         for (i, s) in r.systems.iter().filter(|s| s.kind != "direct").enumerate() {
             for (metric, fig, label, dashed) in [
-                ("bulk8_up", "gbit_s", "bulk 8 up, Gbit/s", false),
+                (bulk.as_str(), "gbit_s", bulk_label.as_str(), false),
                 ("connrate", "conns_per_s", "conns/s ÷ 1000", true),
             ] {
                 let scale = if fig == "conns_per_s" { 1e-3 } else { 1.0 };
@@ -984,6 +1037,8 @@ mod tests {
                 spec("b", "tunnel", None),
             ],
             skipped: vec![],
+            server_cpus: vec![],
+            load_cpus: vec![],
             workers: vec![2],
             versions: BTreeMap::new(),
             samples,
@@ -1105,5 +1160,34 @@ mod tests {
     fn dates() {
         assert_eq!(crate::harness::runner::date_of(0), "1970-01-01");
         assert_eq!(crate::harness::runner::date_of(1_795_400_000), "2026-11-23");
+    }
+
+    #[test]
+    fn cpu_lists_fold_runs() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 5, 7, 8]), "0-3,5,7-8");
+        assert_eq!(cpu_list(&[4]), "4");
+        assert_eq!(cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn scaling_table_reads_the_suites_bulk_cell_and_placement() {
+        let mut s = Vec::new();
+        for (w, g) in [(1, 10.0), (2, 19.0)] {
+            let mut x = sample("a", 0, "bulk32_up", "gbit_s", g);
+            x.workers = w;
+            s.push(x);
+        }
+        let mut r = record(s);
+        r.suite = Suite::named("scaling").expect("scaling suite");
+        r.workers = vec![1, 2, 4];
+        r.server_cpus = vec![0, 1];
+        r.load_cpus = vec![2, 3];
+        r.systems.retain(|x| x.name == "a");
+        let mut o = String::new();
+        scaling_table(&mut o, &r, &collect(&r.samples));
+        assert!(o.contains("32 bench-client session(s)"), "{o}");
+        assert!(o.contains("| 1 | 0 | 10.00 | 1.00 |"), "{o}");
+        assert!(o.contains("| 2 | 0-1 | 19.00 | 0.95 |"), "{o}");
+        assert!(o.contains("| 4 | 0-3 (shared with load) | — |"), "{o}");
     }
 }

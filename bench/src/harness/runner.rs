@@ -11,6 +11,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+fn one() -> usize {
+    1
+}
+
 /// The shared secret every system is started with.
 pub const TOKEN: &str = "totoro-bench-token";
 
@@ -46,6 +50,11 @@ pub struct Suite {
     /// Only bulk and connection rate, once per worker count (the scaling
     /// suite).
     pub scaling: bool,
+    /// Bench-client sessions the load is spread over (scaling suite): one
+    /// session's connections are relayed by one worker, so a single
+    /// session cannot show more than one worker's worth.
+    #[serde(default = "one")]
+    pub sessions: usize,
     /// Only the metrics named here (`bulk1_up`, `open`, `connrate`, …; a
     /// name matches itself and every `name@…`, and `attack` every
     /// `attack_…`); all but the attack family when empty.
@@ -104,6 +113,7 @@ impl Suite {
             login_threads: 8,
             login_secs: 3.0,
             scaling: false,
+            sessions: 1,
             metrics: Vec::new(),
             attack: AttackPlan::full(),
         };
@@ -128,13 +138,17 @@ impl Suite {
                 login_threads: 2,
                 login_secs: 1.0,
                 scaling: false,
+                sessions: 1,
                 metrics: Vec::new(),
                 attack: AttackPlan::smoke(),
             }),
+            // One stream per session, 32 sessions: enough for the kernel's
+            // reuseport hash to give each of 16 workers some.
             "scaling" => Some(Suite {
                 name: "scaling".into(),
-                bulk: vec![(8, Up)],
+                bulk: vec![(32, Up)],
                 scaling: true,
+                sessions: 32,
                 ..full
             }),
             _ => None,
@@ -170,7 +184,7 @@ impl Machine {
             .unwrap_or(0.0);
         Machine {
             cpu,
-            cores: cores(),
+            cores: proc::online_cpus(),
             mem_gib: (mem_kib / 1048576.0 * 10.0).round() / 10.0,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
@@ -221,6 +235,13 @@ pub struct RunRecord {
     pub skipped: Vec<(String, String)>,
     /// Worker counts the run used (`{workers}`).
     pub workers: Vec<usize>,
+    /// CPUs the servers were confined to (`--server-cpus`; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_cpus: Vec<usize>,
+    /// CPUs the harness (load, bench clients, backends, stock clients)
+    /// was confined to (`--load-cpus`; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_cpus: Vec<usize>,
     /// `--version` of each program that ran, keyed by path.
     pub versions: BTreeMap<String, String>,
     pub samples: Vec<Sample>,
@@ -240,6 +261,10 @@ pub struct RunOpts {
     pub workers: usize,
     /// Worker counts for the scaling suite (filtered to the cores here).
     pub scale_workers: Vec<usize>,
+    /// CPUs for the server (see [`server_cpus_for`]; empty: not confined).
+    pub server_cpus: Vec<usize>,
+    /// CPUs for this process and what it starts other than the server.
+    pub load_cpus: Vec<usize>,
     pub command: String,
 }
 
@@ -265,8 +290,32 @@ fn version_of(path: &str) -> String {
     "unknown".into()
 }
 
+/// The CPUs a server with `workers` workers runs on: the first `workers`
+/// of `server` (one per worker, so the scaling table reads per core), or
+/// all of `server` and `load` together when `server` has fewer (then
+/// server and load share cores, and the report says so); empty when
+/// `server` is.
+pub fn server_cpus_for(workers: usize, server: &[usize], load: &[usize]) -> Vec<usize> {
+    if server.is_empty() {
+        return Vec::new();
+    }
+    if workers <= server.len() {
+        return server[..workers.max(1)].to_vec();
+    }
+    let mut all: Vec<usize> = server.iter().chain(load).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// Runs the suite and writes `run.json` into `opts.out`; returns the record.
 pub fn run(opts: &RunOpts) -> anyhow::Result<RunRecord> {
+    let machine = Machine::here();
+    if !opts.load_cpus.is_empty() {
+        // Before any thread starts, so that every one of them inherits it.
+        proc::pin_this_thread(&opts.load_cpus)
+            .map_err(|e| anyhow::anyhow!("--load-cpus {:?}: {e}", opts.load_cpus))?;
+    }
     let file = SystemsFile::load(&opts.systems_file)?;
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -322,7 +371,7 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<RunRecord> {
     std::fs::create_dir_all(&scratch)?;
     let backends = Backends::start()?;
     let workers: Vec<usize> = if opts.suite.scaling {
-        let here = cores();
+        let here = proc::online_cpus();
         let w: Vec<usize> = opts
             .scale_workers
             .iter()
@@ -349,7 +398,15 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<RunRecord> {
                     repeat + 1,
                     opts.suite.repeats
                 );
-                let got = run_system(&opts.suite, s, &backends, w, repeat, &scratch);
+                let place = systems::Placement {
+                    workers: w,
+                    server_cpus: server_cpus_for(w, &opts.server_cpus, &opts.load_cpus),
+                    extra_sessions: match &s.client {
+                        Some(c) if c.kind == "bench" => opts.suite.sessions.saturating_sub(1),
+                        _ => 0,
+                    },
+                };
+                let got = run_system(&opts.suite, s, &backends, &place, repeat, &scratch);
                 for x in &got {
                     eprintln!("   {:<18} {}", x.metric, brief(x));
                 }
@@ -361,12 +418,14 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<RunRecord> {
         suite: opts.suite.clone(),
         started,
         date: date_of(started),
-        machine: Machine::here(),
+        machine,
         command: opts.command.clone(),
         commit: git_describe(),
         systems: chosen,
         skipped,
         workers,
+        server_cpus: opts.server_cpus.clone(),
+        load_cpus: opts.load_cpus.clone(),
         versions,
         samples,
         wall_s: t0.elapsed().as_secs_f64(),
@@ -406,19 +465,19 @@ fn run_system(
     suite: &Suite,
     spec: &SystemSpec,
     backends: &Backends,
-    workers: usize,
+    place: &systems::Placement,
     repeat: usize,
     scratch: &Path,
 ) -> Vec<Sample> {
     let mut rec = Recorder {
         system: spec.name.clone(),
-        workers,
+        workers: place.workers,
         repeat,
         server_pid: None,
         out: Vec::new(),
     };
     if suite.wants_regular() {
-        run_regular(suite, spec, backends, workers, scratch, &mut rec);
+        run_regular(suite, spec, backends, place, scratch, &mut rec);
     }
     // Only frp servers are attacked: the attacks speak frp to the bind port.
     if spec.frp {
@@ -427,7 +486,7 @@ fn run_system(
                 continue;
             }
             eprintln!("   {metric} …");
-            let mut running = match systems::start(spec, backends, workers, scratch, TOKEN) {
+            let mut running = match systems::start_placed(spec, backends, place, scratch, TOKEN) {
                 Ok(r) => r,
                 Err(e) => {
                     rec.server_pid = None;
@@ -538,11 +597,11 @@ fn run_regular(
     suite: &Suite,
     spec: &SystemSpec,
     backends: &Backends,
-    workers: usize,
+    place: &systems::Placement,
     scratch: &Path,
     rec: &mut Recorder,
 ) {
-    let running = match systems::start(spec, backends, workers, scratch, TOKEN) {
+    let running = match systems::start_placed(spec, backends, place, scratch, TOKEN) {
         Ok(r) => r,
         Err(e) => {
             rec.push("start", Err(e));
@@ -671,14 +730,14 @@ impl Measure<'_> {
     }
 
     fn bulk(&self, suite: &Suite, streams: usize, dir: bulk::Direction) -> Measured {
-        let (target, counter) = match dir {
-            bulk::Direction::Down => (self.running.targets.source, &self.backends.source),
-            _ => (self.running.targets.sink, &self.backends.sink),
+        let (targets, counter) = match dir {
+            bulk::Direction::Down => (vec![self.running.targets.source], &self.backends.source),
+            _ => (self.running.sinks(), &self.backends.sink),
         };
         let cpu0 = self.cpu();
         let bytes0 = counter.bytes();
-        let r = bulk::run(
-            target,
+        let r = bulk::run_spread(
+            &targets,
             bulk::BulkOpts {
                 streams,
                 direction: dir,
@@ -723,8 +782,8 @@ impl Measure<'_> {
     }
 
     fn connrate(&self, suite: &Suite) -> Measured {
-        let r = connrate::run(
-            self.running.targets.echo,
+        let r = connrate::run_spread(
+            &self.running.echos(),
             connrate::ConnRateOpts {
                 threads: suite.connrate_threads,
                 duration: secs(suite.connrate_secs),
@@ -894,5 +953,43 @@ mod tests {
         s.metrics = vec!["attack_preauth_streams".into(), "login".into()];
         assert!(s.wants("attack_preauth_streams") && !s.wants("attack_preauth_streams_x10"));
         assert!(s.wants_regular());
+    }
+
+    #[test]
+    fn servers_get_one_cpu_per_worker_until_the_set_runs_out() {
+        let (srv, load) = (vec![0, 1, 2, 3], vec![4, 5, 6, 7]);
+        assert_eq!(super::server_cpus_for(1, &srv, &load), vec![0]);
+        assert_eq!(super::server_cpus_for(4, &srv, &load), vec![0, 1, 2, 3]);
+        assert_eq!(
+            super::server_cpus_for(8, &srv, &load),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert!(super::server_cpus_for(2, &[], &load).is_empty());
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_taskset_writes_them() {
+        assert_eq!(
+            crate::proc::parse_cpu_list("0-3,7, 5"),
+            Ok(vec![0, 1, 2, 3, 5, 7])
+        );
+        assert!(crate::proc::parse_cpu_list("3-1").is_err());
+        assert!(crate::proc::parse_cpu_list("x").is_err());
+        assert!(crate::proc::parse_cpu_list("99999").is_err());
+    }
+
+    #[test]
+    fn a_pinned_child_runs_only_on_its_cpus() {
+        let d = crate::proc::Daemon::spawn_logging_on(
+            std::path::Path::new("/bin/sh"),
+            &["-c", "grep Cpus_allowed_list /proc/self/status"],
+            "warn",
+            &[0],
+        )
+        .expect("spawn");
+        let mut d = d;
+        d.wait_exit(std::time::Duration::from_secs(5));
+        let log = d.log().join("\n");
+        assert!(log.contains("Cpus_allowed_list:\t0"), "{log}");
     }
 }

@@ -281,13 +281,34 @@ pub struct Running {
     pub client: Option<Daemon>,
     /// Keeps the in-process client's session (and its tunnels) alive.
     pub bench_client: Option<Client>,
+    /// Further bench-client sessions ([`Placement::extra_sessions`]).
+    pub more_sessions: Vec<Session>,
     pub dir: PathBuf,
+}
+
+/// A further bench-client session and its two tunnels.
+pub struct Session {
+    pub client: Client,
+    pub echo: SocketAddr,
+    pub sink: SocketAddr,
 }
 
 impl Running {
     /// Server pid, if the system has a server process.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().map(|d| d.pid())
+    }
+
+    /// Every echo tunnel: the first session's, then the further ones'.
+    pub fn echos(&self) -> Vec<SocketAddr> {
+        let more = self.more_sessions.iter().map(|s| s.echo);
+        std::iter::once(self.targets.echo).chain(more).collect()
+    }
+
+    /// Every sink tunnel, as [`Running::echos`].
+    pub fn sinks(&self) -> Vec<SocketAddr> {
+        let more = self.more_sessions.iter().map(|s| s.sink);
+        std::iter::once(self.targets.sink).chain(more).collect()
     }
 
     /// Client pid, if the client is a separate process.
@@ -316,6 +337,9 @@ impl Drop for Running {
         if let Some(c) = self.bench_client.take() {
             c.kill();
         }
+        for s in self.more_sessions.drain(..) {
+            s.client.kill();
+        }
         // Client first, so the server does not log a storm of reconnects.
         for d in [self.client.take(), self.server.take()]
             .into_iter()
@@ -340,6 +364,19 @@ pub fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// Where and how wide a system runs.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// `{workers}` for servers that take a count.
+    pub workers: usize,
+    /// CPUs the server process is confined to (empty: not confined).
+    pub server_cpus: Vec<usize>,
+    /// Bench-client sessions beyond the first, each with an echo and a
+    /// sink tunnel of its own ([`Running::echos`], [`Running::sinks`]);
+    /// only for systems whose client is the bench's.
+    pub extra_sessions: usize,
+}
+
 /// Starts `spec` against `backends` with `workers` worker threads (for
 /// servers that take `{workers}`), in a fresh directory under `scratch`.
 pub fn start(
@@ -349,6 +386,22 @@ pub fn start(
     scratch: &Path,
     token: &str,
 ) -> anyhow::Result<Running> {
+    let place = Placement {
+        workers,
+        ..Placement::default()
+    };
+    start_placed(spec, backends, &place, scratch, token)
+}
+
+/// [`start`] with a [`Placement`].
+pub fn start_placed(
+    spec: &SystemSpec,
+    backends: &Backends,
+    place: &Placement,
+    scratch: &Path,
+    token: &str,
+) -> anyhow::Result<Running> {
+    let workers = place.workers;
     if spec.kind == "direct" {
         return Ok(Running {
             targets: Targets {
@@ -361,6 +414,7 @@ pub fn start(
             server: None,
             client: None,
             bench_client: None,
+            more_sessions: Vec::new(),
             dir: scratch.to_path_buf(),
         });
     }
@@ -404,7 +458,7 @@ pub fn start(
         .server
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{}: no server", spec.name))?;
-    let server = launch(server_spec, &vars, &dir)?;
+    let server = launch(server_spec, &vars, &dir, &place.server_cpus)?;
     let control: SocketAddr = ([127, 0, 0, 1], bind_port).into();
     let mut running = Running {
         targets: Targets {
@@ -417,6 +471,7 @@ pub fn start(
         server: Some(server),
         client: None,
         bench_client: None,
+        more_sessions: Vec::new(),
         dir: dir.clone(),
     };
     if !wait_listening(control, Duration::from_secs(10)) {
@@ -441,8 +496,32 @@ pub fn start(
                 .map_err(|e| anyhow::anyhow!("{}: proxy {name}: {e}", spec.name))?;
         }
         running.bench_client = Some(c);
+        for i in 0..place.extra_sessions {
+            let mut opts = ClientOpts::new(control, token);
+            opts.tls = client.tls;
+            opts.mux = client.mux;
+            opts.pool_count = client.pool;
+            let c = Client::login(opts)
+                .map_err(|e| anyhow::anyhow!("{}: session {}: login: {e}", spec.name, i + 2))?;
+            let tunnel = |name: &str, backend: SocketAddr| {
+                let remote = free_port();
+                c.add_plain_proxy(&format!("{name}-{}", i + 2), remote, backend)
+                    .map_err(|e| anyhow::anyhow!("{}: session {}: {e}", spec.name, i + 2))?;
+                anyhow::Ok(SocketAddr::from(([127, 0, 0, 1], remote)))
+            };
+            let echo = tunnel("echo", backends.echo.addr())?;
+            let sink = tunnel("sink", backends.sink.addr())?;
+            running.more_sessions.push(Session {
+                client: c,
+                echo,
+                sink,
+            });
+        }
     } else if let Some(cmd) = &client.command {
-        running.client = Some(launch(cmd, &vars, &dir)?);
+        if place.extra_sessions > 0 {
+            anyhow::bail!("{}: more sessions need the bench client", spec.name);
+        }
+        running.client = Some(launch(cmd, &vars, &dir, &[])?);
     }
     // Ready when an echo goes through the tunnel (a listening public port
     // is not enough: rathole listens before its client has connected).
@@ -459,6 +538,17 @@ pub fn start(
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in &running.more_sessions {
+        if !wait_listening(s.sink, Duration::from_secs(10)) || echo_once(s.echo).is_err() {
+            anyhow::bail!(
+                "{}: a further session's tunnels ({}, {}) do not work\n{}",
+                spec.name,
+                s.echo,
+                s.sink,
+                running.log_tail()
+            );
+        }
     }
     for t in [
         running.targets.sink,
@@ -482,7 +572,12 @@ fn next_seq() -> u64 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-fn launch(c: &CommandSpec, vars: &BTreeMap<String, String>, dir: &Path) -> anyhow::Result<Daemon> {
+fn launch(
+    c: &CommandSpec,
+    vars: &BTreeMap<String, String>,
+    dir: &Path,
+    cpus: &[usize],
+) -> anyhow::Result<Daemon> {
     for (file, template) in &c.files {
         std::fs::write(dir.join(file), fill(template, vars))?;
     }
@@ -494,7 +589,8 @@ fn launch(c: &CommandSpec, vars: &BTreeMap<String, String>, dir: &Path) -> anyho
         .collect::<Result<_, _>>()?;
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let level = std::env::var("TOTORO_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    Daemon::spawn_logging(Path::new(&cmd), &argv, &level).map_err(|e| anyhow::anyhow!("{cmd}: {e}"))
+    Daemon::spawn_logging_on(Path::new(&cmd), &argv, &level, cpus)
+        .map_err(|e| anyhow::anyhow!("{cmd}: {e}"))
 }
 
 /// One 64-byte round trip to an echo service.

@@ -103,10 +103,20 @@ struct Stream {
 /// Fails only if a connection cannot be opened or set up (or a thread
 /// cannot be started); I/O errors during the run are counted in `errors`.
 pub fn run(target: SocketAddr, opts: BulkOpts) -> io::Result<BulkResult> {
+    run_spread(&[target], opts)
+}
+
+/// Like [`run`], stream `k` to `targets[k % targets.len()]` (several
+/// tunnels, e.g. one per client session).
+pub fn run_spread(targets: &[SocketAddr], opts: BulkOpts) -> io::Result<BulkResult> {
+    if targets.is_empty() {
+        return Err(io::Error::new(ErrorKind::InvalidInput, "no bulk target"));
+    }
     let buffer = opts.buffer.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut conns = Vec::with_capacity(opts.streams);
-    for _ in 0..opts.streams {
+    for k in 0..opts.streams {
+        let target = targets[k % targets.len()];
         let s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
         s.set_read_timeout(Some(POLL))?;
         s.set_write_timeout(Some(POLL))?;

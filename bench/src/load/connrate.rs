@@ -69,12 +69,19 @@ struct Counts {
 /// Never fails: every problem is counted as a failure (a worker thread that
 /// cannot be started is simply absent from the totals).
 pub fn run(target: SocketAddr, opts: ConnRateOpts) -> ConnRateResult {
+    run_spread(&[target], opts)
+}
+
+/// Like [`run`], worker `k` against `targets[k % targets.len()]`.
+pub fn run_spread(targets: &[SocketAddr], opts: ConnRateOpts) -> ConnRateResult {
     let start = Instant::now();
     let end = start + opts.duration;
     let results = {
         let opts = opts.clone();
-        run_workers("connrate", opts.threads, move |k| {
-            worker(target, k, &opts, end)
+        let targets = targets.to_vec();
+        run_workers("connrate", opts.threads, move |k| match targets.len() {
+            0 => (Counts::default(), new_histogram()),
+            n => worker(targets[k % n], k, &opts, end),
         })
     };
     let (c, hist) = merge(results, |t, c| {
