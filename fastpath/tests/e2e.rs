@@ -81,6 +81,18 @@ fn integrity_nomux_plain() {
     integrity_case(false, false);
 }
 
+/// A connection to the echo tunnel at `port` that echoed a ping: its
+/// relay is set up and running.
+fn pinged(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    s
+}
+
 /// Pipes `pid` holds open (the splice relay makes one per direction).
 fn pipes_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -100,12 +112,7 @@ fn plain_relay_to_local_peers_copies_unless_splice_local() {
         let echo = Backend::echo().unwrap();
         let (_c, port) = tunnel(opts_over(&fp, false, false), "p", &echo);
         let before = pipes_of(fp.daemon.pid());
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"ping").unwrap();
-        let mut got = [0u8; 4];
-        s.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ping");
+        let _s = pinged(port);
         assert_eq!(
             pipes_of(fp.daemon.pid()) - before,
             pipes,
@@ -113,6 +120,47 @@ fn plain_relay_to_local_peers_copies_unless_splice_local() {
         );
         let (sent, got) = echo_integrity(port, 16 << 20, 7);
         assert_eq!(sent, got, "{extra:?}: data differs");
+    }
+}
+
+/// One session's plain relays go to the worker that relays the fewest
+/// connections (`fastpath.spreadRelays`, on by default): four connections
+/// through one session on two workers are relayed two and two, and move
+/// their bytes intact while spread. With the key off, the session's worker
+/// relays all four.
+#[test]
+fn one_sessions_relays_spread_over_workers() {
+    for (extra, want) in [("", [2, 2]), ("fastpath.spreadRelays = false", [0, 4])] {
+        let fp = Fastpath::start(extra, 2);
+        let echo = Backend::echo().unwrap();
+        let (_c, port) = tunnel(opts_over(&fp, false, false), "p", &echo);
+        let held: Vec<TcpStream> = (0..4).map(|_| pinged(port)).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let per = loop {
+            let s = fp.stats();
+            let mut per: Vec<i64> = s["workers"]
+                .as_array()
+                .map(|ws| {
+                    ws.iter()
+                        .map(|w| w["conns"].as_i64().unwrap_or(0))
+                        .collect()
+                })
+                .unwrap_or_default();
+            per.sort_unstable();
+            if per.iter().sum::<i64>() == 4 || Instant::now() > deadline {
+                break per;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(per, want, "{extra:?}: connections relayed per worker");
+        let movers: Vec<_> = (0..4)
+            .map(|i| std::thread::spawn(move || echo_integrity(port, 8 << 20, 11 + i)))
+            .collect();
+        for m in movers {
+            let (sent, got) = m.join().unwrap();
+            assert_eq!(sent, got, "{extra:?}: data differs");
+        }
+        drop(held);
     }
 }
 

@@ -174,6 +174,12 @@ pub struct FastpathConfig {
     /// 32 KiB buffer per worker, so the local reader gets bytes still in
     /// cache rather than pages another process wrote long before.
     pub splice_local: bool,
+    /// Relay a session's plain TCP connections on whichever worker relays
+    /// the fewest connections, not only on the session's own: one frpc
+    /// with many busy connections then gets every core, not one. A
+    /// connection moves between workers as two file descriptors, once,
+    /// before its first byte is relayed.
+    pub spread_relays: bool,
     /// I/O driver: "auto" (io_uring when the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub driver: String,
@@ -390,6 +396,7 @@ impl Default for FastpathConfig {
             relay_buffer: 64 * 1024,
             splice: true,
             splice_local: false,
+            spread_relays: true,
             driver: "auto".into(),
             task_work: "auto".into(),
             policy_dir: String::new(),

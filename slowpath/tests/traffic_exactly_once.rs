@@ -781,7 +781,7 @@ fn invite_traffic(b: Backend) {
     let (st, v) = sp.admin_call(
         "PATCH",
         &format!("/api/v1/admin/nodes/{node}"),
-        Some(json!({ "public": false, "port_pool": format!("{}-{}", base, base + 19) })),
+        Some(json!({ "public": false, "port_pool": format!("{}-{}", base, base + 29) })),
     );
     assert_eq!(st, 200, "{v}");
     let invite = |pool: (u16, u16)| -> (String, ClientOpts) {
@@ -843,6 +843,11 @@ fn invite_traffic(b: Backend) {
         );
     };
 
+    let revoke = |id: &str| {
+        let (st, v) = sp.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
+        assert_eq!(st, 200, "{v}");
+    };
+
     // The client exits after a finished transfer.
     let echo_srv = Echo::echo().unwrap();
     let (first, o1) = invite((base, base + 9));
@@ -858,16 +863,48 @@ fn invite_traffic(b: Backend) {
     let c = login(&o2);
     let dl = Download::through(&c, "inv-dl", Some(16 << 10));
     dl.wait_for(3 << 19);
-    let (st, v) = sp.admin_call(
-        "POST",
-        &format!("/api/v1/admin/invites/{second}/revoke"),
-        None,
-    );
-    assert_eq!(st, 200, "{v}");
+    revoke(&second);
     let got = dl.finish();
     assert_cut_short(got);
     wait_closed(&c, "the revoked invite's session survived");
     assert_totals(&second, moved + got, got, "invite revoked");
+
+    // Without TLS and yamux, one session's relays spread over the workers
+    // (fastpath.spreadRelays): their bytes are counted into the proxy from
+    // another worker and still reported once, and a revocation ends the
+    // relays running there too.
+    let (third, mut o3) = invite((base + 20, base + 29));
+    o3.tls = false;
+    o3.mux = false;
+    let c = login(&o3);
+    let port = c.add_plain_proxy("inv-spread", 0, echo_srv.addr()).unwrap();
+    let echoes: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || echo(port, ECHO)))
+        .collect();
+    let spread: u64 = echoes.into_iter().map(|t| t.join().unwrap()).sum();
+    let dl_port = c
+        .add_plain_proxy("inv-spread-dl", 0, source(DOWNLOAD, Some(16 << 10)))
+        .unwrap();
+    let dls: Vec<Download> = (0..4).map(|_| Download::start(dl_port)).collect();
+    for d in &dls {
+        d.wait_for(1 << 19);
+    }
+    revoke(&third);
+    let cut: u64 = dls
+        .into_iter()
+        .map(|d| {
+            let got = d.finish();
+            assert_cut_short(got);
+            got
+        })
+        .sum();
+    wait_closed(&c, "the revoked invite's spread session survived");
+    assert_totals(
+        &third,
+        moved + got + spread + cut,
+        spread + cut,
+        "spread relays, invite revoked",
+    );
 }
 
 #[test]

@@ -871,7 +871,10 @@ impl UserConn<'_> {
         };
         let Some(proxy) = proxy else {
             // An address origin: counted in the worker's bytes only.
-            let bytes = [std::cell::Cell::new(0), std::cell::Cell::new(0)];
+            let bytes = [
+                std::sync::atomic::AtomicU64::new(0),
+                std::sync::atomic::AtomicU64::new(0),
+            ];
             let limits = crate::policy::tenants::Limits::default();
             return relay::run(stats, ends, opts, &bytes, &limits, None).await;
         };

@@ -14,6 +14,7 @@ pub mod domains;
 pub mod http;
 pub mod msgio;
 pub mod proxy;
+pub mod spread;
 pub mod targets;
 pub mod udp;
 pub mod vhost;

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use monoio::io::Canceller;
@@ -21,6 +22,7 @@ use proto::msg::{NewProxy, StartWorkConn};
 use crate::config::Config;
 use crate::frp::control::Control;
 use crate::frp::domains;
+use crate::frp::spread::{self, Handed};
 use crate::frp::targets::{Group, Params};
 use crate::frp::targets::{HttpEdits, VhostTarget};
 use crate::policy::tenants::{Bucket, Limits};
@@ -30,6 +32,7 @@ use crate::report::stats::WorkerStats;
 use crate::runtime::ctx::WorkerCtx;
 use crate::runtime::shared::Shared;
 use crate::transport::conn::{Aborter, Conn};
+use crate::transport::handoff::WorkerMsg;
 use proto::events::Event;
 use proto::policy::decide::{
     self, Counts, PortChoice, ProxyGrant, ProxyRequest, ServerRules, Subdomain,
@@ -66,8 +69,9 @@ pub struct Proxy {
     /// The worker, for the events a proxy reports on its own (its closing
     /// report does not depend on its session still being there).
     worker: std::rc::Weak<WorkerCtx>,
-    /// Bytes relayed visitor → frpc and frpc → visitor.
-    bytes: [Cell<u64>; 2],
+    /// Bytes relayed visitor → frpc and frpc → visitor; shared with the
+    /// workers that relay for it ([`crate::frp::spread`]).
+    bytes: Arc<[AtomicU64; 2]>,
     /// What of `bytes` has been reported already.
     reported: [Cell<u64>; 2],
     /// Whether the closing report (the tenant's `closed` mark) went out.
@@ -79,14 +83,22 @@ pub struct Proxy {
     /// The relays' limits: the tenant's shared budget, and the proxy's own
     /// `bandwidthLimit` when frpc asked for `bandwidthLimitMode = "server"`.
     limits: Limits,
-    /// Live visitor relays, so that a policy close can end them.
-    relays: RefCell<HashMap<u64, [Aborter; 2]>>,
+    /// Live relays, so that a policy close can end them.
+    relays: RefCell<HashMap<u64, Tracked>>,
     /// Sample traffic as soon as this many bytes are unreported (the
     /// tenant's report interval; 0 = periodic samples only).
     report_every: u64,
     next_relay: Cell<u64>,
     /// Work connections kept by idle keep-alive http connections.
     kept_idle: Cell<u32>,
+}
+
+/// A relay of a proxy, where a policy close reaches it.
+pub enum Tracked {
+    /// On this worker: its two connections' aborters.
+    Here([Aborter; 2]),
+    /// On worker `worker`, known there by `key` ([`crate::frp::spread`]).
+    There { worker: usize, key: u64 },
 }
 
 /// The routes of a vhost proxy: its kind, domains (routing form),
@@ -407,7 +419,10 @@ impl Proxy {
     /// the remainder it holds; relays that outlive the proxy report what
     /// they moved after it the same way, when they moved anything.
     pub fn report_traffic(&self, events: &EventSink, closed: bool) {
-        let now = [self.bytes[0].get(), self.bytes[1].get()];
+        let now = [
+            self.bytes[0].load(Ordering::Relaxed),
+            self.bytes[1].load(Ordering::Relaxed),
+        ];
         let delta = [
             now[0] - self.reported[0].get(),
             now[1] - self.reported[1].get(),
@@ -439,8 +454,13 @@ impl Proxy {
     }
 
     /// Bytes relayed towards frpc and from it, as [`relay::run`] counts.
-    pub fn bytes(&self) -> &[Cell<u64>; 2] {
+    pub fn bytes(&self) -> &[AtomicU64; 2] {
         &self.bytes
+    }
+
+    /// The same counters, for a relay on another worker.
+    pub fn bytes_shared(&self) -> Arc<[AtomicU64; 2]> {
+        self.bytes.clone()
     }
 
     /// The bandwidth limits its relays keep to.
@@ -472,9 +492,18 @@ impl Proxy {
     /// Keep a user connection and its work connection where a policy
     /// close reaches them ([`Proxy::abort_relays`]); the id to untrack.
     pub fn track(&self, ends: [Aborter; 2]) -> u64 {
+        self.track_any(Tracked::Here(ends))
+    }
+
+    /// [`Proxy::track`] for a relay of its on another worker.
+    pub fn track_there(&self, worker: usize, key: u64) -> u64 {
+        self.track_any(Tracked::There { worker, key })
+    }
+
+    fn track_any(&self, t: Tracked) -> u64 {
         let id = self.next_relay.get();
         self.next_relay.set(id + 1);
-        self.relays.borrow_mut().insert(id, ends);
+        self.relays.borrow_mut().insert(id, t);
         id
     }
 
@@ -500,7 +529,7 @@ impl Proxy {
             (&stats.bytes_out, &self.bytes[1])
         };
         WorkerStats::bump(worker, n as u64);
-        proxy.set(proxy.get() + n as u64);
+        proxy.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(ctx) = self.worker.upgrade() {
             self.report_if_due(&ctx.events);
         }
@@ -548,18 +577,36 @@ impl Proxy {
 
     /// Sample now if the tenant's report interval is unreported.
     pub fn report_if_due(&self, events: &EventSink) {
-        let moved = self.bytes[0].get() + self.bytes[1].get();
+        let moved = self.bytes[0].load(Ordering::Relaxed) + self.bytes[1].load(Ordering::Relaxed);
         let reported = self.reported[0].get() + self.reported[1].get();
         if self.report_every > 0 && moved - reported >= self.report_every {
             self.report_traffic(events, false);
         }
     }
 
-    /// End every visitor connection this proxy is relaying.
+    /// End every connection this proxy is relaying, here and on other
+    /// workers.
     pub fn abort_relays(&self) {
-        for a in self.relays.borrow().values() {
-            for x in a {
-                x.abort();
+        for t in self.relays.borrow().values() {
+            match t {
+                Tracked::Here(a) => a.iter().for_each(Aborter::abort),
+                Tracked::There { worker, key } => {
+                    if let Some(ctx) = self.worker.upgrade() {
+                        let msg = WorkerMsg::AbortRelay { key: *key };
+                        let _ = ctx.shared.inboxes[*worker].send(msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A relay of this proxy ended: after an upgrade, the moment its
+    /// session has nothing in flight is the moment to move it (a busy one
+    /// rarely is when sampled).
+    pub fn relay_ended(&self, shared: &Shared) {
+        if !shared.is_accepting() && !shared.is_stopping() {
+            if let Some(c) = self.control.upgrade() {
+                c.move_if_idle();
             }
         }
     }
@@ -1152,26 +1199,31 @@ pub fn serve_user(
             WorkerStats::add(&stats.conns, -1);
             return;
         };
-        let id = proxy.next_relay.get();
-        proxy.next_relay.set(id + 1);
-        proxy.relays.borrow_mut().insert(id, aborters);
         proxy.started();
+        // A plain relay may go to a less busy worker (fastpath.spreadRelays).
+        let samples = proxy.report_every > 0;
+        let ends = match spread::hand_over(&ctx, ends, opts, &proxy.limits, &proxy.bytes, samples) {
+            Handed::There { worker, key } => {
+                let id = proxy.track_there(worker, key);
+                let (p, shared) = (proxy.clone(), ctx.shared.clone());
+                let on_done = Box::new(move || {
+                    p.untrack(id);
+                    p.relay_ended(&shared);
+                });
+                ctx.relays_out.borrow_mut().insert(key, on_done);
+                return WorkerStats::add(&stats.conns, -1);
+            }
+            Handed::Here(ends) => ends,
+            Handed::Gone => return WorkerStats::add(&stats.conns, -1),
+        };
+        let id = proxy.track(aborters);
         let due = || proxy.report_if_due(&ctx.events);
         let report = (proxy.report_every > 0).then_some(&due as &dyn Fn());
         relay::run(stats, ends, opts, &proxy.bytes, &proxy.limits, report).await;
-        proxy.relays.borrow_mut().remove(&id);
-        if proxy.closed.get() {
-            // Bytes moved after the proxy's last report.
-            proxy.report_traffic(&ctx.events, true);
-        }
+        // Bytes moved after the proxy's last report go out here.
+        proxy.untrack(id);
         WorkerStats::add(&stats.conns, -1);
-        // After an upgrade, the moment a session has nothing in flight is
-        // the moment to move it (a busy one rarely is when sampled).
-        if !ctx.shared.is_accepting() && !ctx.shared.is_stopping() {
-            if let Some(c) = proxy.control.upgrade() {
-                c.move_if_idle();
-            }
-        }
+        proxy.relay_ended(&ctx.shared);
     }
 }
 

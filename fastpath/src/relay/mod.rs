@@ -17,7 +17,7 @@
 //! TCP proxy should; an error in either direction aborts both connections
 //! so that the other direction's pending I/O wakes up and the relay ends.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -55,10 +55,11 @@ impl RelayOpts {
 
 /// Counts relayed bytes for the worker (process stats) and for the proxy
 /// (traffic events), and paces them when bandwidth is limited. The proxy
-/// side is a plain cell: it never leaves the worker.
+/// side is shared with the proxy's worker, which may not be this one (a
+/// spread relay): an uncontended add per chunk.
 pub struct Meter<'a> {
     worker: &'a AtomicU64,
-    proxy: &'a Cell<u64>,
+    proxy: &'a AtomicU64,
     limits: Option<&'a Limits>,
     /// Called after each chunk when the proxy samples its traffic early
     /// (tenant traffic reports).
@@ -72,7 +73,8 @@ pub struct Meter<'a> {
 impl Meter<'_> {
     fn add(&self, n: u64) {
         WorkerStats::bump(self.worker, n);
-        self.proxy.set(self.proxy.get() + n);
+        self.proxy
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         if let Some(r) = self.report {
             r();
         }
@@ -135,7 +137,7 @@ pub fn run<'a>(
     stats: &'a WorkerStats,
     mut ends: Ends,
     opts: RelayOpts,
-    proxy_bytes: &'a [Cell<u64>; 2],
+    proxy_bytes: &'a [AtomicU64; 2],
     limits: &'a Limits,
     report: Option<&'a dyn Fn()>,
 ) -> impl std::future::Future<Output = ()> + 'a {

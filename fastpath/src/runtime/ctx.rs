@@ -4,7 +4,8 @@
 //! take it without an import circle. The sessions a worker owns are the frp
 //! server's ([`Sessions`](crate::frp::control::Sessions)).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::report::events::EventSink;
 use crate::report::stats::WorkerStats;
 use crate::report::timings::WorkerTimings;
 use crate::runtime::shared::Shared;
+use crate::transport::conn::Aborter;
 use crate::transport::mux::MuxBudget;
 use crate::transport::preauth::{Limits, PreAuth, Ticket};
 
@@ -42,6 +44,13 @@ pub struct WorkerCtx {
     /// This worker's latency histograms.
     pub timings: WorkerTimings,
     next_control: Cell<u64>,
+    /// Relays this worker runs for other workers' sessions, by key: what
+    /// ends them when their owner asks ([`crate::frp::spread`]).
+    pub relays_in: RefCell<HashMap<u64, [Aborter; 2]>>,
+    /// Relays of this worker's sessions that run elsewhere, by key: what
+    /// to do here when one ends (untrack it from its proxy, report).
+    pub relays_out: RefCell<HashMap<u64, Box<dyn FnOnce()>>>,
+    next_relay_key: Cell<u64>,
 }
 
 impl WorkerCtx {
@@ -71,7 +80,18 @@ impl WorkerCtx {
             mux,
             timings,
             next_control: Cell::new(0),
+            relays_in: RefCell::default(),
+            relays_out: RefCell::default(),
+            next_relay_key: Cell::new(0),
         }
+    }
+
+    /// A key for a relay handed to another worker, unique in the process
+    /// (this worker's id in the top 16 bits).
+    pub fn relay_key(&self) -> u64 {
+        let n = self.next_relay_key.get();
+        self.next_relay_key.set(n + 1);
+        ((self.id as u64) << 48) | (n & ((1 << 48) - 1))
     }
 
     /// This worker's counters.

@@ -173,7 +173,7 @@ async fn serve(
         monoio::spawn(mesh_ticker(ctx.clone(), mesh_nodes.clone()));
     }
     let canceller = std::cell::RefCell::new(Some(canceller));
-    inbox_loop(&ctx, &sessions, &mesh_nodes, inbox, &canceller).await;
+    inbox_loop(&ctx, &sessions, &mesh_nodes, &inbox, &canceller).await;
     // Stop: no new connections, close every session we own.
     if let Some(c) = canceller.take() {
         let _ = c.cancel();
@@ -194,13 +194,20 @@ async fn serve(
     // Relays are ended too, and given a moment to finish, so that each
     // reports the bytes it moved since the last sample before the worker
     // goes (their tasks would otherwise be dropped with the runtime).
+    // Relays this worker runs for other workers' sessions end as well;
+    // their owners hear of it through their inboxes, read here too.
     let controls = sessions.all();
     let proxies: Vec<_> = controls.iter().flat_map(|c| c.proxies()).collect();
     for c in controls {
         c.close_for_policy("server shutting down");
     }
+    crate::frp::spread::abort_all_here(&ctx);
     let deadline = std::time::Instant::now() + RELAYS_DRAIN;
-    while proxies.iter().any(|p| p.relaying()) && std::time::Instant::now() < deadline {
+    let busy = || proxies.iter().any(|p| p.relaying()) || !ctx.relays_in.borrow().is_empty();
+    while busy() && std::time::Instant::now() < deadline {
+        while let Ok(msg) = inbox.try_recv() {
+            crate::frp::spread::stopping_mail(&ctx, msg);
+        }
         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     monoio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -228,7 +235,7 @@ async fn inbox_loop(
     ctx: &Rc<WorkerCtx>,
     sessions: &Rc<Sessions>,
     mesh_nodes: &Rc<MeshNodes>,
-    inbox: flume::Receiver<WorkerMsg>,
+    inbox: &flume::Receiver<WorkerMsg>,
     accepting: &std::cell::RefCell<Option<monoio::io::Canceller>>,
 ) {
     while let Ok(msg) = inbox.recv_async().await {
@@ -294,6 +301,11 @@ async fn inbox_loop(
                     });
                 }
             }
+            WorkerMsg::Relay(moved) => {
+                monoio::spawn(crate::frp::spread::host(ctx.clone(), *moved));
+            }
+            WorkerMsg::AbortRelay { key } => crate::frp::spread::abort_here(ctx, key),
+            WorkerMsg::RelayDone { key } => crate::frp::spread::done(ctx, key),
             WorkerMsg::MeshConn(moved) => {
                 monoio::spawn(mesh::relay::adopt(ctx.clone(), mesh_nodes.clone(), *moved));
             }

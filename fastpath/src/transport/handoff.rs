@@ -2,8 +2,9 @@
 //!
 //! The only cross-thread traffic in the fastpath: a connection that landed
 //! on the wrong worker moves to its owner as a file descriptor (plus, for
-//! TLS, the rustls session state), and a session that was replaced on
-//! another worker is told to close. Bytes cross threads only through the
+//! TLS, the rustls session state), a plain relay moves to a less busy
+//! worker as two, and a session that was replaced on another worker is
+//! told to close. Bytes cross threads only through the
 //! [`bridge`](crate::transport::bridge) of a visitor whose proxy lives on
 //! another worker.
 
@@ -20,6 +21,14 @@ pub enum WorkerMsg {
     /// A connection on a vhost port for a proxy of a session this worker
     /// owns, with what was read of it to route it.
     VhostConn(Box<MovedVhost>),
+    /// A plain relay to run for a session of worker `owner`
+    /// ([`crate::frp::spread`]).
+    Relay(Box<MovedRelay>),
+    /// End the relay this worker runs under `key` (its proxy was closed by
+    /// policy, or its session ended).
+    AbortRelay { key: u64 },
+    /// The relay this worker handed over under `key` has ended.
+    RelayDone { key: u64 },
     /// An authenticated mesh node for a network this worker serves.
     MeshConn(Box<MovedMesh>),
     /// Mesh frames for a link this worker holds (`relay` ≠ 0) or for nodes
@@ -64,6 +73,27 @@ pub struct MovedConn {
     pub tls: Option<crate::transport::tls::TlsState>,
     /// What it offered to be.
     pub offer: WorkConnOffer,
+}
+
+/// A user connection and its work connection, both plain TCP, in transit
+/// to the worker that relays them for their session's worker.
+pub struct MovedRelay {
+    /// The user's connection, detached.
+    pub user: std::net::TcpStream,
+    /// The work connection to frpc, detached.
+    pub work: std::net::TcpStream,
+    /// What was read of the user's connection, to go to frpc first.
+    pub pending: Vec<u8>,
+    /// The relay's options.
+    pub opts: crate::relay::RelayOpts,
+    /// The proxy's bandwidth limits.
+    pub limits: crate::policy::tenants::Limits,
+    /// The proxy's byte counters.
+    pub bytes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// The worker that owns the session, told when the relay ends.
+    pub owner: usize,
+    /// The relay's name on both workers.
+    pub key: u64,
 }
 
 /// A mesh connection in transit to its home worker: a node's to its
