@@ -50,7 +50,7 @@ pub enum Handed {
     There { worker: usize, key: u64 },
     /// Not spread: relay it here.
     Here(Ends),
-    /// Lost on the way (the process is stopping): nothing to relay.
+    /// Closed on the way (the process is stopping): nothing to relay.
     Gone,
 }
 
@@ -93,25 +93,12 @@ pub fn hand_over(
     };
     // Counted there from now on, so that the next choice sees it.
     WorkerStats::add(&ctx.shared.stats[to].conns, 1);
-    if let Err(flume::SendError(WorkerMsg::Relay(back))) =
-        ctx.shared.inboxes[to].send(WorkerMsg::Relay(Box::new(moved)))
-    {
+    if ctx.shared.inboxes[to].send(WorkerMsg::Relay(Box::new(moved))).is_err() {
+        // Only when that worker has stopped, and so is the process: the
+        // connections close (this worker's aborters for them are dead).
         WorkerStats::add(&ctx.shared.stats[to].conns, -1);
-        // Only when that worker has stopped: relay here after all.
-        let MovedRelay {
-            user,
-            work,
-            pending,
-            ..
-        } = *back;
-        return match (TcpStream::from_std(user), TcpStream::from_std(work)) {
-            (Ok(u), Ok(w)) => Handed::Here(Ends {
-                user: Conn::tcp(u),
-                work: Conn::tcp(w),
-                pending,
-            }),
-            _ => Handed::Gone,
-        };
+        tracing::warn!(worker = to, "relaying worker is gone; closing the connection");
+        return Handed::Gone;
     }
     WorkerStats::bump(&ctx.stats().handoffs_out, 1);
     Handed::There { worker: to, key }
