@@ -161,3 +161,87 @@ cmd = "/bin/true"
     assert!(stderr.contains("compre"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The first CPU this process may run on (`Cpus_allowed_list`).
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    list.trim()
+        .split([',', '-'])
+        .next()
+        .expect("a CPU")
+        .to_string()
+}
+
+/// The scaling suite as a 16-core host runs it, cut down: its load is
+/// spread over several bench-client sessions (each with tunnels of its
+/// own), and server and harness are confined to the CPUs given.
+#[test]
+fn scaling_suite_spreads_its_load_over_sessions() {
+    let out = std::env::temp_dir().join(format!("totoro-bench-scaling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let cpu = first_allowed_cpu();
+    let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
+        .args([
+            "run",
+            "--suite",
+            "scaling",
+            "--scale-workers",
+            "1,2",
+            "--repeats",
+            "1",
+        ])
+        .args([
+            "--sessions",
+            "4",
+            "--server-cpus",
+            &cpu,
+            "--load-cpus",
+            &cpu,
+            "--out",
+        ])
+        .arg(&out)
+        .env("FASTPATH_BIN", fastpath_bin())
+        .output()
+        .expect("run totoro-bench");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "totoro-bench failed:\n{stderr}\n{stdout}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("run.json parses");
+    assert_eq!(record["suite"]["sessions"], 4);
+    assert_eq!(record["server_cpus"][0].to_string(), cpu);
+    let samples = record["samples"].as_array().expect("samples");
+    let errors: Vec<String> = samples
+        .iter()
+        .filter(|s| !s["error"].is_null())
+        .map(|s| format!("{} {}: {}", s["system"], s["metric"], s["error"]))
+        .collect();
+    assert!(errors.is_empty(), "metrics failed: {errors:#?}\n{stderr}");
+    for w in [1, 2] {
+        let s = samples
+            .iter()
+            .find(|s| {
+                s["system"] == "fastpath+bench" && s["workers"] == w && s["metric"] == "bulk32_up"
+            })
+            .unwrap_or_else(|| panic!("no bulk32_up at {w} workers:\n{stderr}"));
+        // 32 streams over 4 sessions' sink tunnels: a tunnel that does
+        // not work fails the run (its streams' connections are refused).
+        assert!(s["figures"]["gbit_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert_eq!(s["figures"]["errors"], 0.0, "{s}");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(md.contains("4 bench-client session(s)"), "{md}");
+    assert!(
+        md.contains(&format!("| 2 | {cpu} (shared with load) |")),
+        "{md}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -93,11 +93,17 @@ pub fn hand_over(
     };
     // Counted there from now on, so that the next choice sees it.
     WorkerStats::add(&ctx.shared.stats[to].conns, 1);
-    if ctx.shared.inboxes[to].send(WorkerMsg::Relay(Box::new(moved))).is_err() {
+    if ctx.shared.inboxes[to]
+        .send(WorkerMsg::Relay(Box::new(moved)))
+        .is_err()
+    {
         // Only when that worker has stopped, and so is the process: the
         // connections close (this worker's aborters for them are dead).
         WorkerStats::add(&ctx.shared.stats[to].conns, -1);
-        tracing::warn!(worker = to, "relaying worker is gone; closing the connection");
+        tracing::warn!(
+            worker = to,
+            "relaying worker is gone; closing the connection"
+        );
         return Handed::Gone;
     }
     WorkerStats::bump(&ctx.stats().handoffs_out, 1);
