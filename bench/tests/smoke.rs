@@ -18,38 +18,49 @@ fn fastpath_bin() -> PathBuf {
     })
 }
 
-#[test]
-fn smoke_suite_measures_every_metric_on_fastpath_and_direct() {
-    let out = std::env::temp_dir().join(format!("totoro-bench-smoke-{}", std::process::id()));
+/// Runs the real `totoro-bench run` with `args` and `--out` a fresh
+/// directory named after `name`; returns run.json, that directory and what
+/// it printed. Fails unless it exits 0 and every metric produced figures.
+fn bench_run(name: &str, args: &[&str]) -> (serde_json::Value, PathBuf, String) {
+    let out = std::env::temp_dir().join(format!("totoro-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let t0 = std::time::Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
-        .args(["run", "--suite", "smoke", "--workers", "2", "--out"])
+        .arg("run")
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .env("FASTPATH_BIN", fastpath_bin())
         .output()
         .expect("run totoro-bench");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "totoro-bench failed:\n{stderr}\n{stdout}"
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
     );
-    eprintln!(
-        "{stderr}\n{stdout}\nsmoke run took {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-
+    assert!(o.status.success(), "totoro-bench failed:\n{printed}");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
             .expect("run.json parses");
-    let samples = record["samples"].as_array().expect("samples");
-    let errors: Vec<String> = samples
+    let errors: Vec<String> = record["samples"]
+        .as_array()
+        .expect("samples")
         .iter()
         .filter(|s| !s["error"].is_null())
         .map(|s| format!("{} {}: {}", s["system"], s["metric"], s["error"]))
         .collect();
-    assert!(errors.is_empty(), "metrics failed: {errors:#?}");
+    assert!(errors.is_empty(), "metrics failed: {errors:#?}\n{printed}");
+    (record, out, printed)
+}
+
+#[test]
+fn smoke_suite_measures_every_metric_on_fastpath_and_direct() {
+    let t0 = std::time::Instant::now();
+    let (record, out, printed) = bench_run("smoke", &["--suite", "smoke", "--workers", "2"]);
+    eprintln!(
+        "{printed}\nsmoke run took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let samples = record["samples"].as_array().expect("samples");
     let fig = |system: &str, metric: &str, name: &str| -> f64 {
         samples
             .iter()
@@ -181,67 +192,39 @@ fn first_allowed_cpu() -> String {
 /// own), and server and harness are confined to the CPUs given.
 #[test]
 fn scaling_suite_spreads_its_load_over_sessions() {
-    let out = std::env::temp_dir().join(format!("totoro-bench-scaling-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
     let cpu = first_allowed_cpu();
-    let o = Command::new(env!("CARGO_BIN_EXE_totoro-bench"))
-        .args([
-            "run",
-            "--suite",
-            "scaling",
-            "--scale-workers",
-            "1,2",
-            "--repeats",
-            "1",
-        ])
-        .args([
-            "--sessions",
-            "4",
-            "--server-cpus",
-            &cpu,
-            "--load-cpus",
-            &cpu,
-            "--out",
-        ])
-        .arg(&out)
-        .env("FASTPATH_BIN", fastpath_bin())
-        .output()
-        .expect("run totoro-bench");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "totoro-bench failed:\n{stderr}\n{stdout}"
-    );
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
-            .expect("run.json parses");
+    let args = [
+        "--suite",
+        "scaling",
+        "--scale-workers",
+        "1,2",
+        "--repeats",
+        "1",
+        "--sessions",
+        "4",
+    ];
+    let pin = ["--server-cpus", &cpu, "--load-cpus", &cpu];
+    let (record, out, printed) = bench_run("scaling", &[&args[..], &pin[..]].concat());
     assert_eq!(record["suite"]["sessions"], 4);
     assert_eq!(record["server_cpus"][0].to_string(), cpu);
     let samples = record["samples"].as_array().expect("samples");
-    let errors: Vec<String> = samples
-        .iter()
-        .filter(|s| !s["error"].is_null())
-        .map(|s| format!("{} {}: {}", s["system"], s["metric"], s["error"]))
-        .collect();
-    assert!(errors.is_empty(), "metrics failed: {errors:#?}\n{stderr}");
     for w in [1, 2] {
         let s = samples
             .iter()
             .find(|s| {
                 s["system"] == "fastpath+bench" && s["workers"] == w && s["metric"] == "bulk32_up"
             })
-            .unwrap_or_else(|| panic!("no bulk32_up at {w} workers:\n{stderr}"));
+            .unwrap_or_else(|| panic!("no bulk32_up at {w} workers:\n{printed}"));
         // 32 streams over 4 sessions' sink tunnels: a tunnel that does
         // not work fails the run (its streams' connections are refused).
         assert!(s["figures"]["gbit_s"].as_f64().unwrap() > 0.0, "{s}");
         assert_eq!(s["figures"]["errors"], 0.0, "{s}");
     }
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    let _ = std::fs::remove_dir_all(&out);
     assert!(md.contains("4 bench-client session(s)"), "{md}");
     assert!(
         md.contains(&format!("| 2 | {cpu} (shared with load) |")),
         "{md}"
     );
-    let _ = std::fs::remove_dir_all(&out);
 }
