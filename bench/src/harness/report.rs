@@ -611,14 +611,7 @@ fn attack_cell(
 fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
     use super::runner::server_cpus_for;
     let first = r.workers.first().copied().unwrap_or(1);
-    // The suite's bulk cell (`bulk32_up` since the suite spread its load
-    // over sessions; `bulk8_up` in older records).
-    let (streams, bulk) = r
-        .suite
-        .bulk
-        .first()
-        .map(|&(n, _)| (n, format!("bulk{n}_up")))
-        .unwrap_or((8, "bulk8_up".into()));
+    let (streams, bulk) = scaling_bulk(r);
     let cpus = |w: usize| {
         let c = server_cpus_for(w, &r.server_cpus, &r.load_cpus);
         if c.is_empty() {
@@ -687,6 +680,14 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
             c.map(|c| show(&c, 1.0)).unwrap_or("—".into())
         );
     }
+}
+
+/// The scaling suite's bulk cell: its stream count and metric name
+/// (`bulk32_up` since the suite spreads its load over sessions; `bulk8_up`
+/// in older records).
+fn scaling_bulk(r: &RunRecord) -> (usize, String) {
+    let n = r.suite.bulk.first().map_or(8, |b| b.0);
+    (n, format!("bulk{n}_up"))
 }
 
 /// `0-7,9` for [0, 1, …, 7, 9].
@@ -883,8 +884,8 @@ pub fn plots(r: &RunRecord) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if r.suite.scaling {
         let mut series = Vec::new();
-        let n = r.suite.bulk.first().map(|b| b.0).unwrap_or(8);
-        let (bulk, bulk_label) = (format!("bulk{n}_up"), format!("bulk {n} up, Gbit/s"));
+        let (n, bulk) = scaling_bulk(r);
+        let bulk_label = format!("bulk {n} up, Gbit/s");
         for (i, s) in r.systems.iter().filter(|s| s.kind != "direct").enumerate() {
             for (metric, fig, label, dashed) in [
                 (bulk.as_str(), "gbit_s", bulk_label.as_str(), false),

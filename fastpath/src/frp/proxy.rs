@@ -458,11 +458,6 @@ impl Proxy {
         &self.bytes
     }
 
-    /// The same counters, for a relay on another worker.
-    pub fn bytes_shared(&self) -> Arc<[AtomicU64; 2]> {
-        self.bytes.clone()
-    }
-
     /// The bandwidth limits its relays keep to.
     pub fn limits(&self) -> &Limits {
         &self.limits

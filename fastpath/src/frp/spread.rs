@@ -65,13 +65,7 @@ pub fn hand_over(
     bytes: &Arc<[AtomicU64; 2]>,
     samples: bool,
 ) -> Handed {
-    let fp = &ctx.shared.config.fastpath;
-    let plain = opts.encryption_key.is_none() && !opts.compression && opts.splice;
-    if !fp.spread_relays
-        || !plain
-        || samples
-        || !matches!((&ends.user, &ends.work), (Conn::Tcp(..), Conn::Tcp(..)))
-    {
+    if !ctx.shared.config.fastpath.spread_relays || samples || !relay::is_direct(&ends, &opts) {
         return Handed::Here(ends);
     }
     let Some(to) = least_busy(ctx) else {

@@ -123,6 +123,15 @@ pub struct Ends {
     pub pending: Vec<u8>,
 }
 
+/// Whether `ends` take the direct path (module docs): both plain TCP, the
+/// payload neither encrypted nor compressed, splice allowed. Only such a
+/// relay may move to another worker ([`crate::frp::spread`]).
+pub fn is_direct(ends: &Ends, opts: &RelayOpts) -> bool {
+    opts.splice
+        && opts.plain()
+        && matches!((&ends.user, &ends.work), (Conn::Tcp(..), Conn::Tcp(..)))
+}
+
 /// Relay until both directions are done, counting the bytes in the
 /// worker's `stats` and the proxy's `proxy_bytes`.
 ///
@@ -156,9 +165,7 @@ pub fn run<'a>(
         // the task would keep the connections twice (the captured copy
         // stays in its state), 216 bytes more per idle connection.
         let aborters = [ends.user.aborter(), ends.work.aborter()];
-        let spliced = opts.splice
-            && opts.plain()
-            && matches!((&ends.user, &ends.work), (Conn::Tcp(..), Conn::Tcp(..)));
+        let spliced = is_direct(&ends, &opts);
         if spliced && !ends.pending.is_empty() {
             let n = ends.pending.len();
             if ends
