@@ -4,6 +4,7 @@
 
 pub mod ctx;
 pub mod parked;
+pub mod ring;
 pub mod server;
 pub mod shared;
 pub mod upgrade;

@@ -20,6 +20,7 @@ use crate::mesh;
 use crate::mesh::nodes::MeshNodes;
 use crate::report::events::EventSink;
 use crate::runtime::ctx::WorkerCtx;
+use crate::runtime::ring::uring_runtime;
 use crate::runtime::shared::Shared;
 use crate::transport::handoff::WorkerMsg;
 use crate::transport::listener::accept_each;
@@ -67,53 +68,6 @@ pub fn run(id: usize, shared: Arc<Shared>, listener: Listeners, inbox: flume::Re
         tracing::error!(worker = id, driver, error = %e, "cannot start worker runtime");
     }
     tracing::debug!(worker = id, "worker stopped");
-}
-
-type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
-
-/// The worker's ring, set up for the task-work mode asked for; "auto" takes
-/// the first of defer, coop and signal that the kernel accepts.
-///
-/// How the kernel runs completion work (a socket became readable: finish
-/// the poll and post its completion) matters for small messages. By
-/// default it interrupts the worker at once for each one; measured on the
-/// bench's keep-alive HTTP cell (2 vCPUs, `totoro-bench --metrics http`),
-/// deferring that work to the moment the worker waits for completions ran
-/// 1.3–1.4× the requests per second of the default, with a lower p99 RTT
-/// and less CPU per GB (bench/RESULTS.md, "task work").
-fn uring_runtime(mode: &str) -> std::io::Result<(UringRuntime, &'static str)> {
-    // The config allows only these names and "auto".
-    let modes = ["defer", "coop", "signal"]
-        .into_iter()
-        .filter(|m| mode == "auto" || mode == *m);
-    let mut last = None;
-    for m in modes {
-        let mut ring = io_uring::IoUring::builder();
-        match m {
-            // Deferred task work needs a ring that only its creating
-            // thread submits to: a worker's ring is that by construction.
-            "defer" => {
-                ring.setup_single_issuer().setup_defer_taskrun();
-            }
-            "coop" => {
-                ring.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            _ => {}
-        }
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .with_entries(4096)
-            .uring_builder(ring)
-            .build()
-        {
-            Ok(rt) => return Ok((rt, m)),
-            Err(e) => {
-                tracing::debug!(task_work = m, error = %e, "ring setup refused");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no ring setup tried")))
 }
 
 async fn serve(
