@@ -129,6 +129,21 @@ pub fn pin_this_thread(cpus: &[usize]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The CPUs this process may run on (its `Cpus_allowed_list`), or every
+/// online CPU where that cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            parse_cpu_list(list).ok()
+        })
+        .filter(|cpus| !cpus.is_empty())
+        .unwrap_or_else(|| (0..online_cpus()).collect())
+}
+
 /// Wait until something accepts on `addr`.
 pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     let end = Instant::now() + limit;

@@ -175,16 +175,7 @@ cmd = "/bin/true"
 
 /// The first CPU this process may run on (`Cpus_allowed_list`).
 fn first_allowed_cpu() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list");
-    list.trim()
-        .split([',', '-'])
-        .next()
-        .expect("a CPU")
-        .to_string()
+    bench::proc::allowed_cpus()[0].to_string()
 }
 
 /// The scaling suite as a 16-core host runs it, cut down: its load is

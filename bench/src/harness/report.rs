@@ -642,14 +642,21 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
         );
         let _ = writeln!(
             o,
-            "| workers | server CPUs | bulk {streams} up Gbit/s | of linear | server CPU-s/GB | conns/s | of linear |"
+            "| workers | server CPUs | bulk {streams} up Gbit/s | of linear | slowest / fastest stream | server CPU-s/GB | conns/s | of linear |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
         let base_b = cell(t, &s.name, first, &bulk, "gbit_s").map(|c| c.median);
         let base_c = cell(t, &s.name, first, "connrate", "conns_per_s").map(|c| c.median);
         for &w in &r.workers {
             let b = cell(t, &s.name, w, &bulk, "gbit_s");
             let cpu = cell(t, &s.name, w, &bulk, "server_cpu_s_per_gb");
+            // Medians over repeats; records before these figures: "—".
+            let slow = cell(t, &s.name, w, &bulk, "stream_min_gbit_s");
+            let fast = cell(t, &s.name, w, &bulk, "stream_max_gbit_s");
+            let spread = match (slow, fast) {
+                (Some(a), Some(b)) => format!("{:.2} / {:.2}", a.median, b.median),
+                _ => "—".into(),
+            };
             let c = cell(t, &s.name, w, "connrate", "conns_per_s");
             let lin = |v: Option<&Cell>, base: Option<f64>| match (v, base) {
                 (Some(v), Some(b)) if b > 0.0 => {
@@ -659,7 +666,7 @@ fn scaling_table(o: &mut String, r: &RunRecord, t: &Table) {
             };
             let _ = writeln!(
                 o,
-                "| {w} | {} | {} | {} | {} | {} | {} |",
+                "| {w} | {} | {} | {} | {spread} | {} | {} | {} |",
                 cpus(w),
                 b.as_ref().map(|c| show(c, 1.0)).unwrap_or("—".into()),
                 lin(b.as_ref(), base_b),
@@ -1178,6 +1185,10 @@ mod tests {
             x.workers = w;
             s.push(x);
         }
+        let mut slowest = sample("a", 0, "bulk32_up", "stream_min_gbit_s", 0.25);
+        slowest.workers = 1;
+        slowest.figures.insert("stream_max_gbit_s".into(), 0.5);
+        s.push(slowest);
         let mut r = record(s);
         r.suite = Suite::named("scaling").expect("scaling suite");
         r.workers = vec![1, 2, 4];
@@ -1187,8 +1198,8 @@ mod tests {
         let mut o = String::new();
         scaling_table(&mut o, &r, &collect(&r.samples));
         assert!(o.contains("32 bench-client session(s)"), "{o}");
-        assert!(o.contains("| 1 | 0 | 10.00 | 1.00 |"), "{o}");
-        assert!(o.contains("| 2 | 0-1 | 19.00 | 0.95 |"), "{o}");
+        assert!(o.contains("| 1 | 0 | 10.00 | 1.00 | 0.25 / 0.50 |"), "{o}");
+        assert!(o.contains("| 2 | 0-1 | 19.00 | 0.95 | — |"), "{o}");
         assert!(o.contains("| 4 | 0-3 (shared with load) | — |"), "{o}");
     }
 }

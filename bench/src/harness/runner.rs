@@ -749,7 +749,12 @@ impl Measure<'_> {
         // CPU over the whole call (warm-up included) against every byte the
         // backend handled in that time, so both cover the same interval.
         let relayed = counter.bytes().saturating_sub(bytes0);
-        let mut f = figs(&[("gbit_s", r.gbit_per_s), ("errors", r.errors as f64)]);
+        let mut f = figs(&[
+            ("gbit_s", r.gbit_per_s),
+            ("errors", r.errors as f64),
+            ("stream_min_gbit_s", r.stream_gbit_min),
+            ("stream_max_gbit_s", r.stream_gbit_max),
+        ]);
         self.cpu_per_gb(&mut f, cpu0, relayed);
         if r.errors > 0 {
             anyhow::bail!("{} of {streams} streams failed", r.errors);

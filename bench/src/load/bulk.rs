@@ -11,6 +11,14 @@
 //! and `Echo`. Each stream keeps a running total; the totals are read at
 //! the end of the warm-up and at the end of the window, and the difference
 //! is the figure.
+//!
+//! The warm-up lasts at least its set time and then until every stream is
+//! moving (each total grew within the last [`START_CHECK`]), for at most
+//! [`START_WAIT`] more: a stream still waiting to be set up (a tunnel's
+//! work connection comes late on a machine where the load starves the
+//! server) would otherwise count as a stream the server starves. What the
+//! warm-up took is recorded (`warmup_s`); a stream that moves nothing
+//! after it shows as a slowest stream of 0.
 
 use super::per_sec;
 use serde::Serialize;
@@ -79,10 +87,21 @@ pub struct BulkResult {
     /// Streams that hit an I/O error (other than a timeout) or an early
     /// close before the end of the window.
     pub errors: u64,
+    /// How long the warm-up took: its set time, or longer while a stream
+    /// had not started moving (see the module).
+    pub warmup_s: f64,
 }
 
 /// How often a blocked read or write wakes up to check for the end.
 const POLL: Duration = Duration::from_millis(100);
+
+/// The most the warm-up waits past its set time for every stream to move.
+pub const START_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the warm-up looks whether every stream moves: long enough
+/// that a stream served in turns with many others moved in between, a
+/// stream still being set up has filled its socket buffers and stopped.
+const START_CHECK: Duration = Duration::from_millis(500);
 
 /// Sets the stop flag when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
@@ -156,12 +175,33 @@ pub fn run_spread(targets: &[SocketAddr], opts: BulkOpts) -> io::Result<BulkResu
             );
         }
     }
-    std::thread::sleep(opts.warmup);
+    let warming = Instant::now();
+    // The first look comes one check before the set time is up.
+    std::thread::sleep(opts.warmup.saturating_sub(START_CHECK));
+    let totals = || -> Vec<u64> {
+        stats
+            .iter()
+            .map(|s| s.count.load(Ordering::Relaxed))
+            .collect()
+    };
+    let mut last = totals();
+    while warming.elapsed() < opts.warmup + START_WAIT {
+        std::thread::sleep(START_CHECK);
+        let now = totals();
+        // A stream that failed counts as started: it will not move again.
+        let all_moving = now
+            .iter()
+            .zip(&last)
+            .zip(&stats)
+            .all(|((n, l), s)| n > l || s.failed.load(Ordering::Acquire));
+        last = now;
+        if all_moving {
+            break;
+        }
+    }
+    let warmup_s = warming.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let before: Vec<u64> = stats
-        .iter()
-        .map(|s| s.count.load(Ordering::Relaxed))
-        .collect();
+    let before = last;
     std::thread::sleep(opts.duration);
     let after: Vec<u64> = stats
         .iter()
@@ -193,6 +233,7 @@ pub fn run_spread(targets: &[SocketAddr], opts: BulkOpts) -> io::Result<BulkResu
         stream_gbit_min: per.iter().copied().min().map(gbit).unwrap_or(0.0),
         stream_gbit_max: per.iter().copied().max().map(gbit).unwrap_or(0.0),
         errors,
+        warmup_s,
     })
 }
 
