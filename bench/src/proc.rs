@@ -33,12 +33,38 @@ fn bindable(port: u16) -> bool {
     TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
-/// A TCP port nobody listens on now (racy by nature; fine for tests).
+/// Takes `ports` for this process if none was handed out before and all
+/// can be listened on now. A port handed out is not handed out again by
+/// this process: tests run in parallel threads, and a port one of them
+/// picked but whose server has not bound it yet looks free to another
+/// (a CI run once failed with "Address already in use" that way). The
+/// last [`REMEMBERED`] are remembered, so that a long bench run, which
+/// starts servers by the thousand, does not run out.
+fn claim(ports: std::ops::RangeInclusive<u16>) -> bool {
+    static GIVEN: Mutex<std::collections::VecDeque<u16>> =
+        Mutex::new(std::collections::VecDeque::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if ports.clone().any(|p| given.contains(&p)) || !ports.clone().all(bindable) {
+        return false;
+    }
+    given.extend(ports);
+    while given.len() > REMEMBERED {
+        given.pop_front();
+    }
+    true
+}
+
+/// How many handed-out ports [`claim`] remembers: under half of
+/// [`FREE_PORTS`], so that a free one is still found at random.
+const REMEMBERED: usize = 4096;
+
+/// A TCP port nobody listens on now, and not handed out before in this
+/// process (racy against other processes by nature; fine for tests).
 pub fn free_port() -> u16 {
     let span = u64::from(FREE_PORTS.end - FREE_PORTS.start);
     for _ in 0..1000 {
         let port = FREE_PORTS.start + (spread() % span) as u16;
-        if bindable(port) {
+        if claim(port..=port) {
             return port;
         }
     }
@@ -49,12 +75,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The first of `len` consecutive ports nobody listens on now, for a
-/// proxy port pool (racy by nature; fine for tests).
+/// proxy port pool, none handed out before in this process (racy against
+/// other processes by nature; fine for tests).
 pub fn free_port_run(len: u16) -> u16 {
     let span = u64::from(FREE_RUNS.end - FREE_RUNS.start - len);
     for _ in 0..1000 {
         let base = FREE_RUNS.start + (spread() % span) as u16;
-        if (base..=base + len).all(bindable) {
+        if claim(base..=base + len) {
             return base;
         }
     }
@@ -396,4 +423,21 @@ pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
             String::from_utf8_lossy(&out.stderr)
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Tests of one binary run in parallel threads and pick ports before
+    /// their servers bind them: no port is handed out twice. 500 picks at
+    /// random from 9,000 ports would repeat one about 14 times over.
+    #[test]
+    fn a_port_is_handed_out_once_per_process() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            let p = super::free_port();
+            assert!(seen.insert(p), "port {p} handed out twice");
+        }
+        let run = super::free_port_run(10);
+        assert!((run..=run + 10).all(|p| !seen.contains(&p)));
+    }
 }
