@@ -355,7 +355,7 @@ const SMALL_READ: usize = 16 * 1024;
 /// other connections run: with 32 busy relays on a worker, one round of
 /// them moves 32 MiB (about 13 ms at 20 Gbit/s), and the wait it costs
 /// is one readiness poll per MiB.
-const TURN: usize = 1 << 20;
+const TURN: u32 = 1 << 20;
 
 /// What a copying direct relay reads at once: the size Go's `io.Copy`
 /// uses. Measured on Intel with the bench client, 128 KiB moved less.
@@ -511,7 +511,8 @@ fn direct_pump<'a>(
             // and direction of a keep-alive HTTP connection); waiting for
             // readiness first answers at once if more has arrived.
             let mut drained = false;
-            let mut turn = 0usize;
+            // u32: it sits in the task beside `drained` for the relay's life.
+            let mut turn = 0u32;
             loop {
                 if drained {
                     src.readable(false).await?;
@@ -536,7 +537,7 @@ fn direct_pump<'a>(
                 // returns at once but only once the worker has gone round
                 // its ring (a plain yield would not: with deferred task work
                 // the kernel posts completions only when the worker waits).
-                turn += n;
+                turn += u32::try_from(n).unwrap_or(TURN);
                 if turn >= TURN {
                     turn = 0;
                     drained = true;
