@@ -577,18 +577,28 @@ pub async fn authenticate(
     let Claims::Server(c) = claims else {
         return Err(Refusal::Server("not a server token".into()));
     };
+    // The revocation was read before the server's row: a delete or a new
+    // token committed in between (which revokes this token in the same
+    // transaction) shows here as a missing row or another live token.
+    // Read again, so that such a server hears that its token is revoked,
+    // as it would have a moment later.
+    let jti = c.jti.as_str();
+    let revoked_since = |reason: String| async move {
+        match tokens::is_revoked(db, jti).await {
+            Ok(true) => Refusal::Token(TokenError::Revoked),
+            Ok(false) => Refusal::Server(reason),
+            Err(e) => e.into(),
+        }
+    };
     let s = match get(db, c.server_id).await {
         Ok(s) => s,
         Err(Error::NotFound(_)) => {
-            return Err(Refusal::Server(format!("server {} is gone", c.server_id)))
+            return Err(revoked_since(format!("server {} is gone", c.server_id)).await)
         }
         Err(e) => return Err(e.into()),
     };
     if live_jti(db, s.id).await? != c.jti {
-        return Err(Refusal::Server(format!(
-            "server {} holds a newer token",
-            s.id
-        )));
+        return Err(revoked_since(format!("server {} holds a newer token", s.id)).await);
     }
     if !s.enabled {
         return Err(Refusal::Server(format!("server {} is disabled", s.id)));
