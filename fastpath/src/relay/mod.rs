@@ -827,7 +827,11 @@ mod tests {
     fn a_relay_that_never_waits_gives_its_worker_back() {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut rt, _) = crate::runtime::ring::uring_runtime("auto").expect("a ring");
+            let Ok((mut rt, _)) = crate::runtime::ring::uring_runtime("auto") else {
+                // No io_uring here (the worker would run on epoll).
+                let _ = done_tx.send(None);
+                return;
+            };
             rt.block_on(async move {
                 let zero = std::fs::File::open("/dev/zero").unwrap();
                 let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -871,13 +875,17 @@ mod tests {
                     _ = relay => (false, 0),
                     r = others => r,
                 };
-                let _ = done_tx.send((accepted, moved));
+                let _ = done_tx.send(Some((accepted, moved)));
                 drop(sink);
             });
         });
-        let (accepted, moved) = done_rx
+        let Some((accepted, moved)) = done_rx
             .recv_timeout(Duration::from_secs(10))
-            .expect("the worker's timer and accept waited behind one relay for 10 s");
+            .expect("the worker's timer and accept waited behind one relay for 10 s")
+        else {
+            eprintln!("skipped: this kernel gives no io_uring");
+            return;
+        };
         assert!(accepted, "the other task's connection was not accepted");
         assert!(
             moved > 1 << 20,
