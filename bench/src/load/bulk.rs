@@ -13,8 +13,8 @@
 //! is the figure.
 //!
 //! The warm-up lasts at least its set time and then until every stream is
-//! moving (each total grew within the last [`START_CHECK`]), for at most
-//! [`START_WAIT`] more: a stream still waiting to be set up (a tunnel's
+//! moving (each total grew within the last 0.5 s), for at most 10 s
+//! more: a stream still waiting to be set up (a tunnel's
 //! work connection comes late on a machine where the load starves the
 //! server) would otherwise count as a stream the server starves. What the
 //! warm-up took is recorded (`warmup_s`); a stream that moves nothing
@@ -96,7 +96,7 @@ pub struct BulkResult {
 const POLL: Duration = Duration::from_millis(100);
 
 /// The most the warm-up waits past its set time for every stream to move.
-pub const START_WAIT: Duration = Duration::from_secs(10);
+const START_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the warm-up looks whether every stream moves: long enough
 /// that a stream served in turns with many others moved in between, a
@@ -203,10 +203,7 @@ pub fn run_spread(targets: &[SocketAddr], opts: BulkOpts) -> io::Result<BulkResu
     let t0 = Instant::now();
     let before = last;
     std::thread::sleep(opts.duration);
-    let after: Vec<u64> = stats
-        .iter()
-        .map(|s| s.count.load(Ordering::Relaxed))
-        .collect();
+    let after = totals();
     let duration_s = t0.elapsed().as_secs_f64();
     let errors = stats
         .iter()
