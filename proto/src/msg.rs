@@ -354,6 +354,38 @@ pub struct UdpPacket {
     pub remote_addr: Option<UdpAddr>,
 }
 
+impl UdpPacket {
+    /// Writes the JSON body as Go's `json.Marshal` would, byte for byte the
+    /// same as the serde path ([`write_go_json`]), without it: the content's
+    /// base64 goes straight into `out`, and since the base64 alphabet needs
+    /// no JSON escape, the scan for escapes is skipped. A udp proxy writes
+    /// one of these per datagram.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        if !self.content.is_empty() {
+            out.extend_from_slice(b"\"c\":\"");
+            go_bytes::encode_into(&self.content, out);
+            out.push(b'"');
+            first = false;
+        }
+        for (key, addr) in [
+            (b"\"l\":", &self.local_addr),
+            (b"\"r\":", &self.remote_addr),
+        ] {
+            if let Some(addr) = addr {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(key);
+                write_go_json(addr, out);
+                first = false;
+            }
+        }
+        out.push(b'}');
+    }
+}
+
 /// `NatHoleVisitor` (`'i'`): an xtcp visitor asks the server to broker a hole punch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -591,7 +623,12 @@ macro_rules! messages {
 
             /// Writes the JSON body exactly as Go's `json.Marshal` would.
             pub fn to_json(&self, out: &mut Vec<u8>) {
-                match self { $( Message::$variant(m) => write_go_json(m, out), )* }
+                #[allow(unreachable_patterns)]
+                match self {
+                    // One per datagram on a udp proxy: written by hand.
+                    Message::UdpPacket(p) => p.write_json(out),
+                    $( Message::$variant(m) => write_go_json(m, out), )*
+                }
             }
         }
 
@@ -691,22 +728,35 @@ impl serde_json::ser::Formatter for GoFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        let mut rest = fragment;
-        while let Some(pos) = rest.find(['<', '>', '&', '\u{2028}', '\u{2029}']) {
-            let (plain, tail) = rest.split_at(pos);
-            writer.write_all(plain.as_bytes())?;
-            let mut chars = tail.chars();
-            let escape: &[u8] = match chars.next() {
-                Some('<') => b"\\u003c",
-                Some('>') => b"\\u003e",
-                Some('&') => b"\\u0026",
-                Some('\u{2028}') => b"\\u2028",
-                _ => b"\\u2029",
+        // A byte scan: U+2028 and U+2029 are E2 80 A8 and E2 80 A9 in
+        // UTF-8, and no other character's encoding holds those bytes in a
+        // row.
+        let bytes = fragment.as_bytes();
+        let (mut plain, mut at) = (0, 0);
+        while at < bytes.len() {
+            let escape: &[u8] = match bytes[at] {
+                b'<' => b"\\u003c",
+                b'>' => b"\\u003e",
+                b'&' => b"\\u0026",
+                0xE2 if bytes.get(at + 1) == Some(&0x80) => match bytes.get(at + 2) {
+                    Some(0xA8) => b"\\u2028",
+                    Some(0xA9) => b"\\u2029",
+                    _ => {
+                        at += 1;
+                        continue;
+                    }
+                },
+                _ => {
+                    at += 1;
+                    continue;
+                }
             };
+            writer.write_all(&bytes[plain..at])?;
             writer.write_all(escape)?;
-            rest = chars.as_str();
+            at += if bytes[at] == 0xE2 { 3 } else { 1 };
+            plain = at;
         }
-        writer.write_all(rest.as_bytes())
+        writer.write_all(&bytes[plain..])
     }
 }
 
@@ -729,7 +779,8 @@ fn is_zero_u16(v: &u16) -> bool {
 pub(crate) mod go_bytes {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::Visitor;
+    use serde::{Deserializer, Serializer};
 
     const GO_STD: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -743,18 +794,64 @@ pub(crate) mod go_bytes {
         s.serialize_str(&GO_STD.encode(bytes))
     }
 
+    /// Appends the base64 text of `bytes` (no quotes) to `out`.
+    pub fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        // Padded output of n bytes: 4 per started 3.
+        out.resize(start + bytes.len().div_ceil(3) * 4, 0);
+        match GO_STD.encode_slice(bytes, &mut out[start..]) {
+            Ok(n) => out.truncate(start + n),
+            // Cannot happen: the room is exactly the padded length.
+            Err(_) => {
+                out.truncate(start);
+                out.extend_from_slice(GO_STD.encode(bytes).as_bytes());
+            }
+        }
+    }
+
     /// Decodes as Go does.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(Vec::new());
-        };
-        let decoded = if text.contains(['\r', '\n']) {
-            let cleaned: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
-            GO_STD.decode(cleaned)
-        } else {
-            GO_STD.decode(text)
-        };
-        decoded.map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+        d.deserialize_option(Text)
+    }
+
+    /// `null` or a string, decoded from the text serde hands over (borrowed
+    /// from the body where it has no escapes) without copying it first.
+    struct Text;
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a base64 string or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Vec<u8>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<u8>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+            d.deserialize_str(Text)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+            // `\r` and `\n` are outside the alphabet, so text holding
+            // them fails the first decode; only then is it looked at
+            // (a scan of every datagram cost as much as the decoding).
+            let decoded = GO_STD.decode(text).or_else(|e| {
+                if text.bytes().any(|b| b == b'\r' || b == b'\n') {
+                    let cleaned: String =
+                        text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+                    GO_STD.decode(cleaned)
+                } else {
+                    Err(e)
+                }
+            });
+            decoded.map_err(|e| E::custom(format!("invalid base64: {e}")))
+        }
     }
 }
 
@@ -964,6 +1061,78 @@ mod tests {
         assert!(Message::from_json(b'u', br#"{"c":"!!"}"#).is_err());
         assert!(Message::from_json(b'u', br#"{"c":"aGVsbG8"}"#).is_err());
         assert!(Message::from_json(b'u', br#"{"r":{"IP":"1.2.3"}}"#).is_err());
+    }
+
+    #[test]
+    fn udp_packet_written_by_hand_is_the_serde_body() {
+        let addrs = [
+            None,
+            Some(UdpAddr::default()),
+            Some(
+                "1.2.3.4:5353"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            ),
+            Some(UdpAddr {
+                ip: Some("fe80::1".parse().unwrap()),
+                port: 65535,
+                zone: "eth<0>&\u{2028}".into(),
+            }),
+        ];
+        let mut contents: Vec<Vec<u8>> = (0..8).map(|n| (0..n as u8).collect()).collect();
+        contents.push((0..1200).map(|i| (i * 7 % 256) as u8).collect());
+        contents.push(vec![0xff; 65507]);
+        let mut cases = 0;
+        for content in &contents {
+            for l in &addrs {
+                for r in &addrs {
+                    let p = UdpPacket {
+                        content: content.clone(),
+                        local_addr: l.clone(),
+                        remote_addr: r.clone(),
+                    };
+                    let (mut by_hand, mut by_serde) = (Vec::new(), Vec::new());
+                    p.write_json(&mut by_hand);
+                    write_go_json(&p, &mut by_serde);
+                    assert_eq!(
+                        String::from_utf8_lossy(&by_hand),
+                        String::from_utf8_lossy(&by_serde)
+                    );
+                    assert_eq!(Message::from_json(b'u', &by_hand).unwrap(), p.into());
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 10 * 4 * 4);
+        // Appended after what is already there, as to_json does.
+        let mut out = b"xyz".to_vec();
+        Message::UdpPacket(UdpPacket {
+            content: b"hi".to_vec(),
+            ..Default::default()
+        })
+        .to_json(&mut out);
+        assert_eq!(out, br#"xyz{"c":"aGk="}"#);
+        // `"c":null` is no content, as in Go.
+        let Message::UdpPacket(p) = Message::from_json(b'u', br#"{"c":null}"#).unwrap() else {
+            panic!()
+        };
+        assert!(p.content.is_empty());
+        assert!(Message::from_json(b'u', br#"{"c":5}"#).is_err());
+    }
+
+    #[test]
+    fn go_html_escaping_leaves_other_three_byte_characters() {
+        // U+2027, U+202A and the euro sign share the lead byte E2 with
+        // U+2028/U+2029; only those two are escaped.
+        let m = Message::Pong(Pong {
+            error: "\u{2027}\u{202a}€\u{2028}x\u{2029}\u{20ac}<".into(),
+        });
+        assert_eq!(
+            json(&m),
+            "{\"error\":\"\u{2027}\u{202a}€\\u2028x\\u2029€\\u003c\"}"
+        );
+        assert_eq!(Message::from_json(b'4', json(&m).as_bytes()).unwrap(), m);
     }
 
     #[test]
