@@ -121,15 +121,20 @@ enum Cmd {
         seconds: u64,
     },
     /// UDP datagrams through a `udp` proxy, fastpath against frps with the
-    /// same stock frpc, open loop at each offered rate; prints a markdown
+    /// same client, open loop at each offered rate; prints a markdown
     /// table (medians over the repeats).
     Udp {
         /// frps (FRPS_BIN).
         #[arg(long, env = "FRPS_BIN")]
         frps: PathBuf,
-        /// frpc (FRPC_BIN).
+        /// frpc (FRPC_BIN); needed with `--client frpc`.
         #[arg(long, env = "FRPC_BIN")]
-        frpc: PathBuf,
+        frpc: Option<PathBuf>,
+        /// Which client serves the proxy for both servers: `frpc` (stock,
+        /// TLS + tcpMux) or `bench` (this bench's own frp client in a
+        /// process of its own: plain TCP, no mux).
+        #[arg(long, default_value = "frpc", value_parser = ["frpc", "bench"])]
+        client: String,
         /// The fastpath (default: the one built next to this binary).
         #[arg(long, env = "FASTPATH_BIN")]
         fastpath: Option<PathBuf>,
@@ -154,6 +159,23 @@ enum Cmd {
     Report {
         /// A directory holding run.json.
         dir: PathBuf,
+    },
+    /// The bench client serving one udp proxy (`udp --client bench` runs
+    /// it), until the server closes the session.
+    #[command(hide = true)]
+    UdpClient {
+        /// The server's frp address.
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        /// auth.token.
+        #[arg(long)]
+        token: String,
+        /// The local service.
+        #[arg(long)]
+        local: std::net::SocketAddr,
+        /// remotePort.
+        #[arg(long)]
+        remote_port: u16,
     },
 }
 
@@ -292,6 +314,7 @@ fn main() -> ExitCode {
         Cmd::Udp {
             frps,
             frpc,
+            client,
             fastpath,
             sizes,
             rates,
@@ -305,12 +328,19 @@ fn main() -> ExitCode {
                         "no fastpath binary next to this one: build it, or give --fastpath"
                     )
                 })?;
+            let client =
+                match client.as_str() {
+                    "bench" => bench::load::udp::UdpClient::Bench(std::env::current_exe()?),
+                    _ => bench::load::udp::UdpClient::Frpc(frpc.ok_or_else(|| {
+                        anyhow::anyhow!("--client frpc needs --frpc (or FRPC_BIN)")
+                    })?),
+                };
             let scratch =
                 std::env::temp_dir().join(format!("totoro-bench-udp-{}", std::process::id()));
             let c = bench::load::udp::Compare {
                 fastpath,
                 frps,
-                frpc,
+                client,
                 sizes,
                 rates,
                 secs,
@@ -322,6 +352,12 @@ fn main() -> ExitCode {
             print!("{}", bench::load::udp::markdown(&c, &cells?));
             Ok(())
         })(),
+        Cmd::UdpClient {
+            server,
+            token,
+            local,
+            remote_port,
+        } => bench::load::udp::serve_bench_client(server, &token, local, remote_port),
         Cmd::Report { dir } => (|| -> anyhow::Result<()> {
             let p = dir.join("run.json");
             let text =

@@ -5,9 +5,12 @@
 //! is lost.
 //!
 //! [`compare`] runs the side-by-side table of `totoro-bench udp`: the
-//! fastpath and frps, each with the same stock frpc and one udp proxy to
-//! an in-process echo service, at every size and offered rate, systems
-//! alternating in each repeat.
+//! fastpath and frps, each with the same client and one udp proxy to an
+//! in-process echo service, at every size and offered rate, systems
+//! alternating in each repeat. The client is stock frpc (TLS + tcpMux, its
+//! defaults) or the bench's own frp client in a process of its own
+//! ([`serve_bench_client`]: plain TCP, no mux), which costs less per
+//! datagram than frpc and so leaves more of the machine to the server.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -168,12 +171,12 @@ pub fn open_loop(target: SocketAddr, size: usize, rate: f64, secs: f64) -> io::R
     })
 }
 
-/// A server under test, and the stock frpc that serves its udp proxy.
+/// A server under test, and the client that serves its udp proxy.
 struct System {
     _server: Daemon,
-    _frpc: Daemon,
+    _client: Daemon,
     server_pid: u32,
-    frpc_pid: u32,
+    client_pid: u32,
     port: u16,
 }
 
@@ -183,8 +186,8 @@ pub struct Compare {
     pub fastpath: PathBuf,
     /// frps.
     pub frps: PathBuf,
-    /// frpc, the same for both.
-    pub frpc: PathBuf,
+    /// The client, the same for both.
+    pub client: UdpClient,
     /// Datagram sizes.
     pub sizes: Vec<usize>,
     /// Offered rates (0: unpaced).
@@ -195,6 +198,53 @@ pub struct Compare {
     pub repeats: usize,
     /// Where configs and logs go.
     pub scratch: PathBuf,
+}
+
+/// Which frp client serves the udp proxy.
+#[derive(Debug, Clone)]
+pub enum UdpClient {
+    /// Stock frpc at this path, with its defaults (TLS + tcpMux).
+    Frpc(PathBuf),
+    /// The bench's own client, run as `<exe> udp-client …` (this binary's
+    /// hidden subcommand, [`serve_bench_client`]): plain TCP work
+    /// connections, no mux.
+    Bench(PathBuf),
+}
+
+impl UdpClient {
+    /// How the table names it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UdpClient::Frpc(_) => "frpc",
+            UdpClient::Bench(_) => "bench client",
+        }
+    }
+}
+
+/// The bench client's side of `totoro-bench udp --client bench`: log in to
+/// `server` (plain TCP, no mux, as frpc with `transport.tls.enable = false`
+/// and `transport.tcpMux = false`), register a udp proxy on `remote_port`
+/// to `local`, and serve it until the server closes the session.
+pub fn serve_bench_client(
+    server: SocketAddr,
+    token: &str,
+    local: SocketAddr,
+    remote_port: u16,
+) -> anyhow::Result<()> {
+    use crate::client::{Client, ClientOpts, ProxySpec};
+    let mut opts = ClientOpts::new(server, token);
+    opts.tls = false;
+    opts.mux = false;
+    opts.proxy_type = "udp".into();
+    opts.heartbeat = Some(Duration::from_secs(30));
+    let client = Client::login(opts).map_err(|e| anyhow::anyhow!("login: {e}"))?;
+    client
+        .add_proxy(ProxySpec::plain("udp", remote_port, local))
+        .map_err(|e| anyhow::anyhow!("udp proxy: {e}"))?;
+    while !client.is_closed() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("the server closed the session")
 }
 
 /// One cell: a system at a size and rate in one round.
@@ -212,8 +262,8 @@ pub struct Cell {
     pub run: UdpRun,
     /// Server CPU-seconds during the run.
     pub server_cpu: f64,
-    /// frpc CPU-seconds during the run.
-    pub frpc_cpu: f64,
+    /// Client CPU-seconds during the run.
+    pub client_cpu: f64,
 }
 
 fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
@@ -234,7 +284,15 @@ fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
         _ => {
             std::fs::write(
                 &server_cfg,
-                format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n"),
+                format!(
+                    "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n{}",
+                    // frps expects the client's tcpMux setting; the
+                    // fastpath tells from the first bytes.
+                    match c.client {
+                        UdpClient::Frpc(_) => "",
+                        UdpClient::Bench(_) => "transport.tcpMux = false\n",
+                    }
+                ),
             )?;
             Daemon::spawn_logging(&c.frps, &["-c", path(&server_cfg)?], "warn")?
         }
@@ -245,16 +303,35 @@ fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
         "{kind} did not start: {:?}",
         server.log()
     );
-    let frpc_cfg = dir.join("frpc.toml");
-    std::fs::write(
-        &frpc_cfg,
-        format!(
-            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n\
-             [[proxies]]\nname = \"udp\"\ntype = \"udp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {}\nremotePort = {remote}\n",
-            echo.port()
-        ),
-    )?;
-    let frpc = Daemon::spawn_logging(&c.frpc, &["-c", path(&frpc_cfg)?], "warn")?;
+    let client = match &c.client {
+        UdpClient::Frpc(frpc) => {
+            let frpc_cfg = dir.join("frpc.toml");
+            std::fs::write(
+                &frpc_cfg,
+                format!(
+                    "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"{token}\"\nlog.level = \"warn\"\n\
+                     [[proxies]]\nname = \"udp\"\ntype = \"udp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {}\nremotePort = {remote}\n",
+                    echo.port()
+                ),
+            )?;
+            Daemon::spawn_logging(frpc, &["-c", path(&frpc_cfg)?], "warn")?
+        }
+        UdpClient::Bench(exe) => Daemon::spawn_logging(
+            exe,
+            &[
+                "udp-client",
+                "--server",
+                &addr.to_string(),
+                "--token",
+                token,
+                "--local",
+                &echo.to_string(),
+                "--remote-port",
+                &remote.to_string(),
+            ],
+            "warn",
+        )?,
+    };
     // Ready when a datagram comes back.
     let probe = UdpSocket::bind("127.0.0.1:0")?;
     probe.connect(("127.0.0.1", remote))?;
@@ -268,17 +345,17 @@ fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{kind}: the udp proxy did not answer within 15 s; frpc: {:?}",
-            frpc.log()
+            "{kind}: the udp proxy did not answer within 15 s; client: {:?}",
+            client.log()
         );
     }
     // Let the probes' answers drain.
     std::thread::sleep(Duration::from_millis(300));
     Ok(System {
         server_pid: server.pid(),
-        frpc_pid: frpc.pid(),
+        client_pid: client.pid(),
         _server: server,
-        _frpc: frpc,
+        _client: client,
         port: remote,
     })
 }
@@ -304,9 +381,9 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
             let target: SocketAddr = format!("127.0.0.1:{}", sys.port).parse()?;
             for &size in &c.sizes {
                 for &rate in &c.rates {
-                    let (s0, f0) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.frpc_pid));
+                    let (s0, f0) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
                     let run = open_loop(target, size, rate, c.secs)?;
-                    let (s1, f1) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.frpc_pid));
+                    let (s1, f1) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
                     eprintln!(
                         "  {system} {size} B @ {}: offered {:.0}/s echoed {:.0}/s loss {:.2}%",
                         if rate > 0.0 {
@@ -325,7 +402,7 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
                         rate,
                         run,
                         server_cpu: s1 - s0,
-                        frpc_cpu: f1 - f0,
+                        client_cpu: f1 - f0,
                     });
                     // Whatever is still queued drains before the next rate.
                     std::thread::sleep(Duration::from_millis(500));
@@ -349,8 +426,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// echo rate, loss and server CPU per 100k datagrams, and the ratio of
 /// the echo rates.
 pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
-    let mut o = String::from(
-        "| size | offered/s | fastpath echoed/s | loss | frps echoed/s | loss | ratio | fastpath server CPU-s per 100k | frps | frpc CPU-s per 100k, fastpath / frps |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    let mut o = format!(
+        "| size | offered/s | fastpath echoed/s | loss | frps echoed/s | loss | ratio | fastpath server CPU-s per 100k | frps | {} CPU-s per 100k, fastpath / frps |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        c.client.label()
     );
     for &size in &c.sizes {
         for &rate in &c.rates {
@@ -372,7 +450,7 @@ pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
                     ),
                     median(
                         v.iter()
-                            .map(|x| 1e5 * x.frpc_cpu / x.run.received.max(1) as f64)
+                            .map(|x| 1e5 * x.client_cpu / x.run.received.max(1) as f64)
                             .collect(),
                     ),
                 )
