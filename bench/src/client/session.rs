@@ -310,12 +310,17 @@ pub fn read_msg_exact(r: &mut dyn Read, v2: bool) -> Result<Message, ClientError
 /// One message, framed (v1, or v2 without the magic).
 pub(super) fn encode_msg(msg: &Message, v2: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    if v2 {
-        let _ = wire_v2::encode_message(msg, &mut out);
-    } else {
-        frame::encode(msg, &mut out);
-    }
+    encode_msg_into(msg, v2, &mut out);
     out
+}
+
+/// [`encode_msg`], appended to `out`.
+pub(super) fn encode_msg_into(msg: &Message, v2: bool, out: &mut Vec<u8>) {
+    if v2 {
+        let _ = wire_v2::encode_message(msg, out);
+    } else {
+        frame::encode(msg, out);
+    }
 }
 
 // One per control channel; boxing the common (CFB) case would only add

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use proto::msg::{Message, Ping, UdpPacket};
 
 use super::codec::{DecodeReader, EncodeWriter};
-use super::session::{encode_msg, read_msg_exact};
+use super::session::{encode_msg, encode_msg_into, read_msg_exact};
 use super::transport::{BoxRead, BoxWrite, WriteHalf};
 
 /// frpc's heartbeat on a udp work connection.
@@ -23,6 +23,10 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// A local socket idle this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// At most this many of the service's answers already waiting go back in
+/// one write.
+const BATCH: usize = 32;
 
 /// How a udp work connection is wrapped and framed.
 pub struct UdpWork {
@@ -43,6 +47,8 @@ type Sender = Arc<Mutex<EncodeWriter<BoxWrite>>>;
 /// Serve the work connection until it ends (the server closed it, or a
 /// write failed).
 pub fn serve(work: UdpWork, r: BoxRead, w: BoxWrite) {
+    // Buffered: a read takes as many whole messages as have arrived.
+    let r: BoxRead = Box::new(std::io::BufReader::with_capacity(64 * 1024, r));
     let mut r = DecodeReader::new(r, work.key, work.compress);
     let w: Sender = Arc::new(Mutex::new(EncodeWriter::new(w, work.key, work.compress)));
     let done = Arc::new(AtomicBool::new(false));
@@ -98,9 +104,38 @@ pub fn serve(work: UdpWork, r: BoxRead, w: BoxWrite) {
 }
 
 fn send(w: &Sender, msg: &Message, v2: bool) -> std::io::Result<()> {
-    let bytes = encode_msg(msg, v2);
+    write(w, &encode_msg(msg, v2))
+}
+
+fn write(w: &Sender, bytes: &[u8]) -> std::io::Result<()> {
     let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-    w.write_all(&bytes)
+    w.write_all(bytes)
+}
+
+/// The `UDPPacket` that carries `data` back to `user`, appended to `out`.
+fn encode_answer(data: &[u8], user: SocketAddr, v2: bool, out: &mut Vec<u8>) {
+    let m = Message::UdpPacket(UdpPacket {
+        content: data.to_vec(),
+        local_addr: None,
+        remote_addr: Some(user.into()),
+    });
+    encode_msg_into(&m, v2, out);
+}
+
+/// A datagram already waiting on `s`, without waiting for one.
+fn recv_waiting(s: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and the
+    // descriptor stays open while `s` is borrowed.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).ok()
 }
 
 /// A socket to the local service for one user, with a thread that sends
@@ -126,17 +161,22 @@ fn open(
         .stack_size(128 * 1024)
         .spawn(move || {
             let mut buf = vec![0u8; 65536];
+            let mut out = Vec::new();
             let mut last = Instant::now();
             while !done.load(Ordering::Acquire) && last.elapsed() < IDLE {
                 match reader.recv(&mut buf) {
                     Ok(n) => {
                         last = Instant::now();
-                        let m = Message::UdpPacket(UdpPacket {
-                            content: buf[..n].to_vec(),
-                            local_addr: None,
-                            remote_addr: Some(user.into()),
-                        });
-                        if send(&w, &m, v2).is_err() {
+                        out.clear();
+                        encode_answer(&buf[..n], user, v2, &mut out);
+                        // The answers already waiting go in the same write.
+                        for _ in 1..BATCH {
+                            let Some(n) = recv_waiting(&reader, &mut buf) else {
+                                break;
+                            };
+                            encode_answer(&buf[..n], user, v2, &mut out);
+                        }
+                        if write(&w, &out).is_err() {
                             break;
                         }
                     }

@@ -468,7 +468,68 @@ pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
             ));
         }
     }
+    o.push('\n');
+    for &size in &c.sizes {
+        let f = summary(cells, "fastpath", size);
+        let s = summary(cells, "frps", size);
+        let rate = |r: Option<f64>| r.map_or("none".to_string(), |r| format!("{r:.0}/s"));
+        let ratio = match (f.lossless, s.lossless) {
+            (Some(a), Some(b)) => format!(" ({:.2}×)", a / b),
+            _ => String::new(),
+        };
+        o.push_str(&format!(
+            "- {size} B: highest paced rate with at most {LOSSLESS_PCT}% loss: fastpath {}, frps {}{ratio}; \
+             peak echo: fastpath {:.0}/s, frps {:.0}/s ({:.2}×)\n",
+            rate(f.lossless),
+            rate(s.lossless),
+            f.peak,
+            s.peak,
+            f.peak / s.peak
+        ));
+    }
     o
+}
+
+/// The loss (median over the repeats, percent) under which a paced rate
+/// counts as carried.
+pub const LOSSLESS_PCT: f64 = 1.0;
+
+/// One system's figures at one size, over every rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// The highest paced offered rate whose median loss is at most
+    /// [`LOSSLESS_PCT`], if any.
+    pub lossless: Option<f64>,
+    /// The highest median echo rate at any offered rate.
+    pub peak: f64,
+}
+
+/// [`Summary`] of `system` at `size`.
+pub fn summary(cells: &[Cell], system: &str, size: usize) -> Summary {
+    let mut rates: Vec<f64> = cells
+        .iter()
+        .filter(|x| x.system == system && x.size == size)
+        .map(|x| x.rate)
+        .collect();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    rates.dedup();
+    let mut out = Summary {
+        lossless: None,
+        peak: 0.0,
+    };
+    for rate in rates {
+        let at: Vec<&Cell> = cells
+            .iter()
+            .filter(|x| x.system == system && x.size == size && x.rate == rate)
+            .collect();
+        let loss = median(at.iter().map(|x| x.run.loss_pct()).collect());
+        let echoed = median(at.iter().map(|x| x.run.echoed()).collect());
+        if rate > 0.0 && loss <= LOSSLESS_PCT {
+            out.lossless = Some(out.lossless.map_or(rate, |r: f64| r.max(rate)));
+        }
+        out.peak = out.peak.max(echoed);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -482,6 +543,62 @@ mod tests {
         assert!(run.sent >= 900, "{run:?}");
         assert_eq!(run.received, run.sent, "{run:?}");
         assert_eq!(run.loss_pct(), 0.0);
+    }
+
+    #[test]
+    fn the_summary_takes_medians_and_the_highest_paced_rate_under_the_loss_bound() {
+        let cell = |system: &'static str, size, rate, sent, received| Cell {
+            system,
+            repeat: 0,
+            size,
+            rate,
+            run: UdpRun {
+                sent,
+                received,
+                secs: 1.0,
+            },
+            server_cpu: 0.0,
+            client_cpu: 0.0,
+        };
+        let cells = vec![
+            cell("fastpath", 64, 1000.0, 1000, 1000),
+            // 2000/s: two rounds of three lose more than 1%, so the
+            // median does too.
+            cell("fastpath", 64, 2000.0, 2000, 2000),
+            cell("fastpath", 64, 2000.0, 2000, 1900),
+            cell("fastpath", 64, 2000.0, 2000, 1950),
+            // 4000/s: one bad round of three; the median is lossless.
+            cell("fastpath", 64, 4000.0, 4000, 4000),
+            cell("fastpath", 64, 4000.0, 4000, 1000),
+            cell("fastpath", 64, 4000.0, 4000, 3990),
+            // Unpaced: never counts as a carried rate, but its echo
+            // counts for the peak.
+            cell("fastpath", 64, 0.0, 9000, 5000),
+            cell("frps", 64, 1000.0, 1000, 980),
+            cell("frps", 1200, 1000.0, 1000, 1000),
+        ];
+        assert_eq!(
+            summary(&cells, "fastpath", 64),
+            Summary {
+                lossless: Some(4000.0),
+                peak: 5000.0
+            }
+        );
+        assert_eq!(
+            summary(&cells, "frps", 64),
+            Summary {
+                lossless: None,
+                peak: 980.0
+            }
+        );
+        assert_eq!(summary(&cells, "frps", 1200).lossless, Some(1000.0));
+        assert_eq!(
+            summary(&cells, "frps", 9),
+            Summary {
+                lossless: None,
+                peak: 0.0
+            }
+        );
     }
 
     #[test]
