@@ -30,6 +30,9 @@ pub struct UdpRun {
     pub received: u64,
     /// How long the sending took, seconds.
     pub secs: f64,
+    /// Answers the kernel dropped at the sender's own socket (its receive
+    /// buffer was full: the harness's receiver fell behind).
+    pub receiver_drops: u64,
 }
 
 impl UdpRun {
@@ -96,6 +99,7 @@ pub fn open_loop(target: SocketAddr, size: usize, rate: f64, secs: f64) -> io::R
     let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     s.set_read_timeout(Some(Duration::from_millis(50)))?;
     let r = s.try_clone()?;
+    let own_port = s.local_addr()?.port();
     let size = size.max(8);
     let done = Arc::new(AtomicBool::new(false));
     let sent_total = Arc::new(AtomicU64::new(0));
@@ -168,7 +172,47 @@ pub fn open_loop(target: SocketAddr, size: usize, rate: f64, secs: f64) -> io::R
         sent: seq,
         received,
         secs,
+        receiver_drops: socket_drops(Bound::Local(own_port)),
     })
+}
+
+/// Which UDP sockets [`socket_drops`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Bound {
+    /// Those bound to this local port.
+    Local(u16),
+    /// Those connected to this remote port (a client's sockets to its
+    /// local service).
+    Remote(u16),
+}
+
+/// Datagrams the kernel dropped at the UDP sockets `which` names in this
+/// network namespace, for lack of receive buffer (the last column of
+/// `/proc/net/udp` and `udp6`), summed over the sockets.
+pub fn socket_drops(which: Bound) -> u64 {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| drops_in(&text, which))
+        .sum()
+}
+
+/// [`socket_drops`] over the text of one `/proc/net/udp*` table.
+fn drops_in(table: &str, which: Bound) -> u64 {
+    let (column, port) = match which {
+        Bound::Local(port) => (1, port),
+        Bound::Remote(port) => (2, port),
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = fields.get(column)?;
+            let p = u16::from_str_radix(addr.rsplit(':').next()?, 16).ok()?;
+            (p == port).then(|| fields.last()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// A server under test, and the client that serves its udp proxy.
@@ -264,6 +308,14 @@ pub struct Cell {
     pub server_cpu: f64,
     /// Client CPU-seconds during the run.
     pub client_cpu: f64,
+    /// Datagrams the kernel dropped at the proxy's public port (the server
+    /// did not read them in time).
+    pub server_drops: u64,
+    /// Datagrams the kernel dropped at the client's sockets to the echo
+    /// service (the echo's answers, not read by the client in time).
+    pub client_drops: u64,
+    /// Datagrams the kernel dropped at the echo service's socket.
+    pub echo_drops: u64,
 }
 
 fn start(kind: &str, c: &Compare, echo: SocketAddr) -> anyhow::Result<System> {
@@ -382,8 +434,17 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
             for &size in &c.sizes {
                 for &rate in &c.rates {
                     let (s0, f0) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
+                    let drops = || {
+                        (
+                            socket_drops(Bound::Local(sys.port)),
+                            socket_drops(Bound::Remote(echo.addr.port())),
+                            socket_drops(Bound::Local(echo.addr.port())),
+                        )
+                    };
+                    let (p0, c0, e0) = drops();
                     let run = open_loop(target, size, rate, c.secs)?;
                     let (s1, f1) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
+                    let (p1, c1, e1) = drops();
                     eprintln!(
                         "  {system} {size} B @ {}: offered {:.0}/s echoed {:.0}/s loss {:.2}%",
                         if rate > 0.0 {
@@ -403,6 +464,9 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
                         run,
                         server_cpu: s1 - s0,
                         client_cpu: f1 - f0,
+                        server_drops: p1.saturating_sub(p0),
+                        client_drops: c1.saturating_sub(c0),
+                        echo_drops: e1.saturating_sub(e0),
                     });
                     // Whatever is still queued drains before the next rate.
                     std::thread::sleep(Duration::from_millis(500));
@@ -427,7 +491,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// the echo rates.
 pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
     let mut o = format!(
-        "| size | offered/s | fastpath echoed/s | loss | frps echoed/s | loss | ratio | fastpath server CPU-s per 100k | frps | {} CPU-s per 100k, fastpath / frps |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| size | offered/s | fastpath echoed/s | loss | frps echoed/s | loss | ratio | fastpath server CPU-s per 100k | frps | {} CPU-s per 100k, fastpath / frps | kernel drops, % of sent, at the proxy port · the client's sockets · echo · receiver: fastpath / frps |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         c.client.label()
     );
     for &size in &c.sizes {
@@ -457,13 +521,30 @@ pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
             };
             let (fo, fe, fl, fc, ff) = stat(&pick("fastpath"));
             let (_, se, sl, sc, sf) = stat(&pick("frps"));
+            let drops = |v: &[&Cell]| {
+                let share = |f: &dyn Fn(&Cell) -> u64| {
+                    median(
+                        v.iter()
+                            .map(|x| 100.0 * f(x) as f64 / x.run.sent.max(1) as f64)
+                            .collect(),
+                    )
+                };
+                format!(
+                    "{:.1} · {:.1} · {:.1} · {:.1}",
+                    share(&|x| x.server_drops),
+                    share(&|x| x.client_drops),
+                    share(&|x| x.echo_drops),
+                    share(&|x| x.run.receiver_drops)
+                )
+            };
+            let (fd, sd) = (drops(&pick("fastpath")), drops(&pick("frps")));
             let offered = if rate > 0.0 {
                 format!("{rate:.0}")
             } else {
                 format!("max ({fo:.0})")
             };
             o.push_str(&format!(
-                "| {size} B | {offered} | {fe:.0} | {fl:.2}% | {se:.0} | {sl:.2}% | {:.2}× | {fc:.3} | {sc:.3} | {ff:.3} / {sf:.3} |\n",
+                "| {size} B | {offered} | {fe:.0} | {fl:.2}% | {se:.0} | {sl:.2}% | {:.2}× | {fc:.3} | {sc:.3} | {ff:.3} / {sf:.3} | {fd} / {sd} |\n",
                 fe / se
             ));
         }
@@ -556,9 +637,13 @@ mod tests {
                 sent,
                 received,
                 secs: 1.0,
+                receiver_drops: 0,
             },
             server_cpu: 0.0,
             client_cpu: 0.0,
+            server_drops: 0,
+            client_drops: 0,
+            echo_drops: 0,
         };
         let cells = vec![
             cell("fastpath", 64, 1000.0, 1000, 1000),
@@ -599,6 +684,37 @@ mod tests {
                 peak: 0.0
             }
         );
+    }
+
+    #[test]
+    fn drops_are_read_per_local_port_from_the_kernels_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 0100007F:464D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 ffff 230109
+  2: 0100007F:88BE 0100007F:464D 01 00000000:00000000 00:00000000 00000000     0        0 3 2 ffff 7
+  3: 0100007F:464D 0100007F:A7F5 01 00000000:00000000 00:00000000 00000000     0        0 4 2 ffff 5
+  4: garbage
+";
+        // Sockets 1 and 3 are bound to 0x464D; socket 2 is connected to it.
+        assert_eq!(drops_in(table, Bound::Local(0x464D)), 230114);
+        assert_eq!(drops_in(table, Bound::Local(0x88BE)), 7);
+        assert_eq!(drops_in(table, Bound::Local(0xA7F5)), 0);
+        assert_eq!(drops_in(table, Bound::Remote(0x464D)), 7);
+        assert_eq!(drops_in(table, Bound::Remote(0xA7F5)), 5);
+    }
+
+    #[test]
+    fn a_receiver_that_never_reads_is_seen_dropping() {
+        // A socket with a small buffer that nobody reads, on a port of its own.
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(4096);
+        let port = sink.local_addr().unwrap().port();
+        let before = socket_drops(Bound::Local(port));
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..2000 {
+            let _ = s.send_to(&[0u8; 512], ("127.0.0.1", port));
+        }
+        let after = socket_drops(Bound::Local(port));
+        assert!(after - before > 1000, "{before} → {after}");
     }
 
     #[test]
