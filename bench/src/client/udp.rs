@@ -155,6 +155,8 @@ fn open(
     let s = UdpSocket::bind(bind).ok()?;
     s.connect(local).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    // Room for the service's answers while this thread waits for a CPU.
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     let s = Arc::new(s);
     let reader = s.clone();
     std::thread::Builder::new()
