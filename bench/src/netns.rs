@@ -34,8 +34,8 @@ pub fn sh(args: &[&str]) {
 }
 
 /// Namespaces `<tag><name>`, each joined to the root namespace by a veth
-/// pair: root side `<tag><name>` 10.<net>.<i>.1/24, namespace side
-/// `<tag><name>p` 10.<net>.<i>.2/24 with the root side as its default
+/// pair: root side `<tag><name>` `10.<net>.<i>.1/24`, namespace side
+/// `<tag><name>p` `10.<net>.<i>.2/24` with the root side as its default
 /// route (i counts from 1 in the order given).
 pub struct Lab {
     /// Prefix of every name made.
@@ -149,7 +149,7 @@ impl Lab {
     }
 
     /// A LAN 192.168.77.0/24 behind `gateways`: namespace `<tag>lan` holds
-    /// a bridge with the host 192.168.77.10; gateway i gets 192.168.77.<i>
+    /// a bridge with the host 192.168.77.10; gateway i gets `192.168.77.<i>`
     /// on a veth into it.
     pub fn lan(&self, gateways: &[&str]) {
         let lan = self.ns("lan");

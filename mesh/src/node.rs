@@ -1,16 +1,16 @@
 //! `totoro-mesh up`: a node's life. Three threads share the node's state:
 //!
-//! - **control** ([`Node::control_loop`]): `/ws/control` on the
+//! - **control** (`Node::control_loop`): `/ws/control` on the
 //!   controller; a machine-key-signed AUTH_REQUEST (registering on first
 //!   contact; an unauthorized node waits and asks again), then CONFIG and
 //!   CONFIG_UPDATEs: the node's address, its peers and their node keys, the
 //!   relays and a relay token, the routes. PING every 10 s; reconnects
 //!   with backoff.
-//! - **relay** ([`Node::relay_loop`]): `/ws/data` on a relay of the
+//! - **relay** (`Node::relay_loop`): `/ws/data` on a relay of the
 //!   CONFIG with the relay token; DATA frames are opened with the sending
 //!   peer's session and written to the TUN device. Reconnects with backoff,
 //!   to the next relay when one fails.
-//! - **tun** ([`Node::tun_loop`]): IP packets read from the TUN device go
+//! - **tun** (`Node::tun_loop`): IP packets read from the TUN device go
 //!   to the peer that holds their destination (its virtual IP, or a subnet
 //!   route it advertises: longest prefix, then lowest priority among online
 //!   gateways), sealed with that peer's session, over the relay.

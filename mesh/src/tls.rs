@@ -8,7 +8,7 @@
 //! `--ca-file` when given, else the web PKI's (Mozilla's list, built in).
 //! Memory stays bounded both ways: plaintext from the socket pair is taken
 //! only once the TLS records before it are written, and the TLS socket is
-//! read only while less than [`HELD`] bytes wait for the local side.
+//! read only while less than `HELD` bytes wait for the local side.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

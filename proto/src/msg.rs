@@ -356,7 +356,7 @@ pub struct UdpPacket {
 
 impl UdpPacket {
     /// Writes the JSON body as Go's `json.Marshal` would, byte for byte the
-    /// same as the serde path ([`write_go_json`]), without it: the content's
+    /// same as the serde path (`write_go_json`), without it: the content's
     /// base64 goes straight into `out`, and since the base64 alphabet needs
     /// no JSON escape, the scan for escapes is skipped. A udp proxy writes
     /// one of these per datagram.

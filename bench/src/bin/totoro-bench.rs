@@ -27,7 +27,7 @@ enum Cmd {
         /// The systems file.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/systems.toml"))]
         systems: PathBuf,
-        /// Output directory (default: bench/runs/<suite>-<unix time>).
+        /// Output directory (default: bench/runs/SUITE-UNIXTIME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Only these systems (comma-separated names).

@@ -78,7 +78,7 @@ pub struct IdleResult {
 const WANT_NOFILE: u64 = 262_144;
 
 /// Raises `RLIMIT_NOFILE` (soft and, where permitted, hard) to
-/// [`WANT_NOFILE`], or the soft limit to the hard limit where raising the
+/// 262,144, or the soft limit to the hard limit where raising the
 /// hard one is not permitted; returns the soft limit in force afterwards.
 /// Processes the harness starts inherit it.
 pub fn raise_nofile() -> io::Result<u64> {

@@ -1,4 +1,4 @@
-//! Reading and writing frp messages over a [`Conn`](crate::transport::conn::Conn) or
+//! Reading and writing frp messages over a [`Conn`] or
 //! one of its halves, in either wire protocol, optionally inside the
 //! control channel's cipher:
 //!

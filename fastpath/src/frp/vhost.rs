@@ -44,7 +44,7 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `vhostHTTPPort`: each request routed by Host, path and user
-    /// ([`http`](crate::frp::http)).
+    /// ([`http`]).
     Http,
     /// `vhostHTTPSPort`: routed by TLS server name.
     Https,

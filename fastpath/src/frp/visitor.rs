@@ -8,16 +8,16 @@
 //!
 //! In named steps:
 //! 1. **find** the proxy in the server-wide table of secret proxies
-//!    ([`Visitors`](crate::frp::targets::Visitors)): frps's "custom listener for [X] doesn't exist".
+//!    ([`Visitors`](crate::frp::targets::Visitors)): frps's "custom listener for \[X\] doesn't exist".
 //! 2. **check** the visitor: its session's user (from the run_id; frps's
-//!    "no client control found for run id [..]"), the signature
-//!    `md5(sk ‖ timestamp)` ("visitor connection of [X] auth failed"; also
+//!    "no client control found for run id \[..\]"), the signature
+//!    `md5(sk ‖ timestamp)` ("visitor connection of \[X\] auth failed"; also
 //!    a timestamp more than [`MAX_SKEW`] from the server's clock, which
 //!    frps does not check), and the proxy's `allowUsers` ("visitor
-//!    connection of [X] user [U] not allowed"; empty allows the proxy's
+//!    connection of \[X\] user \[U\] not allowed"; empty allows the proxy's
 //!    own user, `*` anyone).
 //! 3. **answer** `NewVisitorConnResp` (the refusal, or empty).
-//! 4. **join** through a [`bridge`](crate::transport::bridge): the
+//! 4. **join** through a [`bridge`]: the
 //!    visitor's leg stays on this worker (a yamux stream cannot leave its
 //!    session), wrapped with the visitor's `useEncryption` (key: the
 //!    secret key) and `useCompression`; the other end goes to the worker

@@ -4,9 +4,9 @@
 //!
 //! 1. The visitor's frpc sends `NatHoleVisitor` on its control. With
 //!    `pre_check` it only learns whether the proxy exists and admits it
-//!    ("xtcp server for [X] doesn't exist", "xtcp visitor user [U] not
-//!    allowed for [X]"). Otherwise, its signature checked ("xtcp
-//!    connection of [X] auth failed"), the attempt gets a sid and waits.
+//!    ("xtcp server for \[X\] doesn't exist", "xtcp visitor user \[U\] not
+//!    allowed for \[X\]"). Otherwise, its signature checked ("xtcp
+//!    connection of \[X\] auth failed"), the attempt gets a sid and waits.
 //! 2. The owner's session, on its worker, hands the sid to frpc on a work
 //!    connection (StartWorkConn, then `NatHoleSid`, then close).
 //! 3. The owner's frpc sends `NatHoleClient` with the sid and its own

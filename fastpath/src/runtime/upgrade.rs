@@ -28,7 +28,7 @@
 //! `fastpath upgrade -c <config>` (or SIGUSR2) asks the running process to
 //! start its own binary again (the path it was started from, so a binary
 //! replaced on disk is the one that starts) with its own arguments and
-//! `--takeover`, and answers "ok <pid>" or "err <why>".
+//! `--takeover`, and answers `ok <pid>` or `err <why>`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;

@@ -46,7 +46,7 @@ use crate::transport::preauth::Ticket;
 const HIGH_WATER: usize = 1024 * 1024;
 
 /// Outbound bytes above which the reader stops reading: the peer is not
-/// reading what we send (stream writers stop at [`HIGH_WATER`] already;
+/// reading what we send (stream writers stop at `HIGH_WATER` already;
 /// what passes it is answers to the peer's own frames).
 pub const OUTBOUND_LIMIT: usize = 2 * HIGH_WATER;
 

@@ -356,7 +356,7 @@ impl Session {
     }
 
     /// [`Session::consumed`] at `now`. With auto-tuning, a stream that
-    /// consumed half its window within [`Session::growth_interval`] has its
+    /// consumed half its window within `Session::growth_interval` has its
     /// window doubled (up to `max_stream_window`, within the session's
     /// budget and allowance), the growth granted with the next credit.
     pub fn consumed_at(&mut self, id: u32, n: usize, now: Instant) {

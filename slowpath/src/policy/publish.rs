@@ -317,7 +317,7 @@ impl Publisher {
         self.shm.dir.path()
     }
 
-    /// Asks for a publish soon (after [`DEBOUNCE`]).
+    /// Asks for a publish soon (after `DEBOUNCE`).
     pub fn request(&self) {
         self.wake.notify_one();
     }
@@ -358,7 +358,7 @@ impl Publisher {
         applied::wait_applied(&self.shm, generation, started).await
     }
 
-    /// Runs forever: publishes on request (debounced) and every [`REFRESH`].
+    /// Runs forever: publishes on request (debounced) and every `REFRESH`.
     pub async fn run(self: Arc<Self>) {
         loop {
             tokio::select! {

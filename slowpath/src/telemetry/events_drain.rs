@@ -79,7 +79,7 @@ pub struct DrainStatus {
     /// reports flushed what the rings had delivered.
     pub flushed_without_close: u64,
     /// Events given up after the database refused them
-    /// [`MAX_WRITE_ATTEMPTS`] times.
+    /// `MAX_WRITE_ATTEMPTS` times.
     pub events_lost: u64,
     /// Refusals written down (refused logins and proxies, sessions the
     /// policy ended), by [`RefusalKind`] name; refusals from fastpaths
