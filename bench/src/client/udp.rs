@@ -112,14 +112,14 @@ fn write(w: &Sender, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes)
 }
 
-/// The `UDPPacket` that carries `data` back to `user`, appended to `out`.
-fn encode_answer(data: &[u8], user: SocketAddr, v2: bool, out: &mut Vec<u8>) {
-    let m = Message::UdpPacket(UdpPacket {
-        content: data.to_vec(),
-        local_addr: None,
-        remote_addr: Some(user.into()),
-    });
-    encode_msg_into(&m, v2, out);
+/// `answer` (a `UDPPacket` naming its user) carrying `data`, appended to
+/// `out`; the packet's buffer is kept from one answer to the next.
+fn encode_answer(answer: &mut Message, data: &[u8], v2: bool, out: &mut Vec<u8>) {
+    if let Message::UdpPacket(p) = answer {
+        p.content.clear();
+        p.content.extend_from_slice(data);
+    }
+    encode_msg_into(answer, v2, out);
 }
 
 /// A datagram already waiting on `s`, without waiting for one.
@@ -164,19 +164,24 @@ fn open(
         .spawn(move || {
             let mut buf = vec![0u8; 65536];
             let mut out = Vec::new();
+            let mut answer = Message::UdpPacket(UdpPacket {
+                content: Vec::new(),
+                local_addr: None,
+                remote_addr: Some(user.into()),
+            });
             let mut last = Instant::now();
             while !done.load(Ordering::Acquire) && last.elapsed() < IDLE {
                 match reader.recv(&mut buf) {
                     Ok(n) => {
                         last = Instant::now();
                         out.clear();
-                        encode_answer(&buf[..n], user, v2, &mut out);
+                        encode_answer(&mut answer, &buf[..n], v2, &mut out);
                         // The answers already waiting go in the same write.
                         for _ in 1..BATCH {
                             let Some(n) = recv_waiting(&reader, &mut buf) else {
                                 break;
                             };
-                            encode_answer(&buf[..n], user, v2, &mut out);
+                            encode_answer(&mut answer, &buf[..n], v2, &mut out);
                         }
                         if write(&w, &out).is_err() {
                             break;
