@@ -51,6 +51,25 @@ pub fn draining_file(pid: u32) -> String {
     format!("draining-{pid}.lock")
 }
 
+/// What the fastpath writes into [`LOCK_FILE`] once it holds it: its pid
+/// and how many workers it runs, so that a reader waiting for every
+/// worker's ring knows how many to wait for ([`fastpath_lock_workers`]).
+pub fn fastpath_lock_note(pid: u32, workers: usize) -> String {
+    format!("pid {pid} fastpath workers {workers}")
+}
+
+/// The worker count a [`fastpath_lock_note`] names (None for any other
+/// text, such as the empty file between taking the lock and writing it).
+pub fn fastpath_lock_workers(note: &str) -> Option<u32> {
+    let mut words = note.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("pid"), Some(_), Some("fastpath"), Some("workers")) => {}
+        _ => return None,
+    }
+    let n = words.next()?.parse().ok()?;
+    words.next().is_none().then_some(n)
+}
+
 /// The worker id of an event ring's file name (None for any other file,
 /// including a ring being written aside).
 pub fn ring_worker(name: &str) -> Option<u32> {
@@ -69,5 +88,15 @@ mod tests {
         assert_eq!(ring_worker("events-7.ring.tmp-1-2"), None);
         assert_eq!(ring_worker("events-x.ring"), None);
         assert_eq!(ring_worker(TABLE_FILE), None);
+    }
+
+    #[test]
+    fn lock_notes_name_the_worker_count() {
+        assert_eq!(fastpath_lock_workers(&fastpath_lock_note(42, 16)), Some(16));
+        assert_eq!(fastpath_lock_workers(""), None);
+        assert_eq!(fastpath_lock_workers("pid 42 fastpath"), None);
+        assert_eq!(fastpath_lock_workers("pid 42 fastpath workers x"), None);
+        assert_eq!(fastpath_lock_workers("pid 42 fastpath workers 2 3"), None);
+        assert_eq!(fastpath_lock_workers("pid 42 slowpath workers 2"), None);
     }
 }

@@ -66,8 +66,8 @@ pub mod table;
 
 pub use dir::{owner_only_umask, Held, InstanceDir, LockError, ShmDir};
 pub use layout::{
-    draining_file, instance_path, ring_file, ring_worker, CERTS_FILE, KEY_FILE, LOCK_FILE,
-    REFUSED_FILE, SLOWPATH_LOCK_FILE, TABLE_FILE,
+    draining_file, fastpath_lock_note, fastpath_lock_workers, instance_path, ring_file,
+    ring_worker, CERTS_FILE, KEY_FILE, LOCK_FILE, REFUSED_FILE, SLOWPATH_LOCK_FILE, TABLE_FILE,
 };
 pub use ring::{MappedRing, RingHeader};
 pub use table::{read_table_header, LoadError, LoadedTable};

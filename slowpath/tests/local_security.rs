@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{each_backend, instance_fastpath, wait_until, Backend, Slowpath};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const ATTACKER: &str = "totoro-attacker";
 
@@ -431,6 +431,40 @@ fn a_second_slowpath_cannot_take_a_live_instance() {
     });
 }
 
+/// Creates an invite (201), stops the instance's fastpath with SIGSTOP,
+/// runs `while_stopped` on the shm directory, revokes the invite, lets the
+/// fastpath go on, and returns the revoke's answer.
+fn revoke_while_the_fastpath_is_stopped(
+    sp: &Slowpath,
+    while_stopped: impl FnOnce(&Path),
+) -> (u16, Value) {
+    let (status, inv) = create_invite(sp);
+    assert_eq!(status, 201, "{inv}");
+    let id = inv["id"].as_str().unwrap().to_owned();
+    let fp = instance_fastpath(&sp.shm).unwrap();
+    // SAFETY: kill(2) touches no memory of ours; `fp` is the test's own
+    // grandchild, which the kernel just named as the lock's holder.
+    unsafe {
+        libc::kill(fp, libc::SIGSTOP);
+    }
+    while_stopped(&sp.shm);
+    let answer = sp.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
+    // SAFETY: as above; stopped since, it cannot have exited, so the pid is
+    // still its.
+    unsafe {
+        libc::kill(fp, libc::SIGCONT);
+    }
+    answer
+}
+
+fn create_invite(sp: &Slowpath) -> (u16, Value) {
+    sp.admin_call(
+        "POST",
+        &format!("/api/v1/admin/nodes/{}/invites", sp.local_node),
+        Some(json!({ "max_uses": 1 })),
+    )
+}
+
 /// The publisher notices a fastpath that does not enforce what it
 /// published: policy-changing calls then fail with 503 and a reason, and
 /// answer 200 again once it catches up.
@@ -439,36 +473,43 @@ fn changes_the_fastpath_does_not_apply_fail_with_503() {
     each_backend("unenforced", |b| {
         let sp = Slowpath::up(&b, &[]);
         wait_until("the fastpath", || instance_fastpath(&sp.shm).is_some());
-        let node = sp.local_node.clone();
-        let create = |sp: &Slowpath| {
-            sp.admin_call(
-                "POST",
-                &format!("/api/v1/admin/nodes/{node}/invites"),
-                Some(json!({ "max_uses": 1 })),
-            )
-        };
-        let (status, inv) = create(&sp);
-        assert_eq!(status, 201, "{inv}");
-        let id = inv["id"].as_str().unwrap().to_owned();
-        let fp = instance_fastpath(&sp.shm).unwrap();
-        // SAFETY: kill(2) touches no memory of ours; `fp` is the test's own
-        // grandchild, which the kernel just named as the lock's holder.
-        unsafe {
-            libc::kill(fp, libc::SIGSTOP);
-        }
-        let (status, body) =
-            sp.admin_call("POST", &format!("/api/v1/admin/invites/{id}/revoke"), None);
-        // SAFETY: as above; stopped since, it cannot have exited, so the
-        // pid is still its.
-        unsafe {
-            libc::kill(fp, libc::SIGCONT);
-        }
+        let (status, body) = revoke_while_the_fastpath_is_stopped(&sp, |_| {});
         assert_eq!(status, 503, "{body}");
         let error = body["error"].as_str().unwrap_or_default();
         assert!(error.contains("not in force"), "{body}");
         // Caught up: the next change is enforced and answered 200/201.
         std::thread::sleep(Duration::from_millis(200));
-        let (status, inv) = create(&sp);
+        let (status, inv) = create_invite(&sp);
         assert_eq!(status, 201, "{inv}");
+    });
+}
+
+/// A fastpath holds its lock before its workers make their rings: a change
+/// published in between is not known to be in force, and must not be
+/// answered as if it were. Removing the rings of a stopped fastpath puts
+/// it back in that state.
+#[test]
+fn a_fastpath_whose_workers_have_no_rings_yet_enforces_nothing() {
+    each_backend("no_rings", |b| {
+        let sp = Slowpath::up(&b, &[]);
+        wait_until("the fastpath", || instance_fastpath(&sp.shm).is_some());
+        let (status, body) = revoke_while_the_fastpath_is_stopped(&sp, |shm| {
+            let mut rings = 0;
+            for entry in std::fs::read_dir(shm).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                if shm::ring_worker(&name).is_some() {
+                    std::fs::remove_file(&path).unwrap();
+                    rings += 1;
+                }
+            }
+            assert!(rings > 0, "the fastpath made no rings");
+        });
+        assert_eq!(status, 503, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("not in force") && error.contains("have not reported"),
+            "{body}"
+        );
     });
 }

@@ -124,12 +124,15 @@ impl Server {
             inherited: launch.takeover,
             keep: Vec::new(),
         };
+        let workers = config.worker_count(crate::config::available_cores());
         let governed = if config.fastpath.policy_dir.is_empty() {
             None
         } else {
             let path = std::path::Path::new(&config.fastpath.policy_dir);
             let dir = ShmDir::open(path).context("fastpath.policyDir")?;
-            let note = format!("pid {} fastpath", std::process::id());
+            // The worker count tells the publisher how many rings to wait
+            // for before a change counts as in force.
+            let note = shm::fastpath_lock_note(std::process::id(), workers);
             // A successor takes the lock once its predecessor let it go.
             if !taking_over {
                 instance_lock =
@@ -153,7 +156,6 @@ impl Server {
                 }
             }
         }
-        let workers = config.worker_count(crate::config::available_cores());
         let ip: IpAddr = config.bind_addr.parse().context("bindAddr")?;
         let addr = SocketAddr::new(ip, config.bind_port);
         let tls = crate::transport::tls::server_config(&config.transport.tls)?;
@@ -412,7 +414,7 @@ impl Server {
 
     /// After a takeover: the lock the predecessor let go.
     fn take_instance_lock(&self, dir: &ShmDir) -> anyhow::Result<()> {
-        let note = format!("pid {} fastpath", std::process::id());
+        let note = shm::fastpath_lock_note(std::process::id(), self.shared.stats.len());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match dir.lock(LOCK_FILE, &note) {

@@ -39,12 +39,24 @@ pub async fn wait_applied(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
-    let enforced = lagging.iter().map(|(_, g)| *g).min().unwrap_or(0);
+    let reporting: Vec<u64> = lagging.iter().filter_map(|l| l.enforces).collect();
+    let silent = lagging.len() - reporting.len();
+    let mut how_far = Vec::new();
+    if let Some(enforced) = reporting.iter().min() {
+        how_far.push(format!(
+            "{} worker(s) still enforce generation {enforced}",
+            reporting.len()
+        ));
+    }
+    if silent > 0 {
+        how_far.push(format!("{silent} worker(s) have not reported one yet"));
+    }
+    let enforced = reporting.iter().min().copied().unwrap_or(0);
     let mut reason = format!(
         "the change is recorded but not in force: the fastpath did not apply policy \
-         generation {generation} within {} ms ({} worker(s) still enforce generation {enforced})",
+         generation {generation} within {} ms ({})",
         ENFORCE_WAIT.as_millis(),
-        lagging.len()
+        how_far.join(", ")
     );
     if let Some(why) = refusal_since(shm, started) {
         reason.push_str(&format!("; it refused the table: {why}"));
@@ -63,17 +75,38 @@ fn refusal_since(shm: &InstanceDir, since: Instant) -> Option<String> {
     (ms >= since_ms).then(|| why.to_owned())
 }
 
-/// The workers of the live fastpath whose ring in the directory reports a
-/// policy generation older than `generation`, with the one each reports.
+/// A worker of the live fastpath that does not enforce a generation yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lagging {
+    /// The worker's id.
+    pub worker: u32,
+    /// The generation its ring reports; None while it has no ring (the
+    /// fastpath is starting, or could not make one).
+    pub enforces: Option<u64>,
+}
+
+/// The workers of the live fastpath that do not report `generation` (or a
+/// later one) in their rings in the directory.
+///
 /// The live fastpath is the holder of `fastpath.lock` as the kernel names
-/// it; rings of any other producer (a stopped fastpath's leftovers) do not
-/// count, and with no fastpath at all there is nothing to wait for (a
-/// `serve` without a local fastpath).
-pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<(u32, u64)> {
+/// it; rings of any other producer (a stopped fastpath's leftovers, a
+/// predecessor's that drains) do not count, and with no fastpath at all
+/// there is nothing to wait for (a `serve` without a local fastpath). The
+/// holder's note says how many workers it runs: each of them without a
+/// ring of its own counts as lagging, for a fastpath holds the lock before
+/// its workers make their rings, and a change published in between is not
+/// yet known to be in force. Without a readable count (the instant between
+/// taking the lock and writing the note), at least one ring is expected.
+pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<Lagging> {
     let Some(live) = shm.dir.holder(shm::LOCK_FILE) else {
         return Vec::new();
     };
-    let mut lagging = Vec::new();
+    let workers = shm
+        .dir
+        .read(shm::LOCK_FILE)
+        .ok()
+        .and_then(|note| shm::fastpath_lock_workers(&String::from_utf8_lossy(&note)));
+    let mut reported = std::collections::BTreeMap::new();
     for name in shm.dir.names().unwrap_or_default() {
         let Some(worker) = shm::ring_worker(&name) else {
             continue;
@@ -84,9 +117,29 @@ pub fn lagging_workers(shm: &InstanceDir, generation: u64) -> Vec<(u32, u64)> {
         let Some(header) = shm::RingHeader::read(&file) else {
             continue;
         };
-        if header.producer_pid == live && header.applied_generation < generation {
-            lagging.push((worker, header.applied_generation));
+        if header.producer_pid == live {
+            reported.insert(worker, header.applied_generation);
         }
     }
+    let expected = match workers {
+        Some(n) => n,
+        None if reported.is_empty() => 1,
+        None => 0,
+    };
+    let silent = (0..expected)
+        .filter(|w| !reported.contains_key(w))
+        .map(|worker| Lagging {
+            worker,
+            enforces: None,
+        });
+    let behind = reported
+        .iter()
+        .filter(|&(_, &g)| g < generation)
+        .map(|(&worker, &g)| Lagging {
+            worker,
+            enforces: Some(g),
+        });
+    let mut lagging: Vec<Lagging> = silent.chain(behind).collect();
+    lagging.sort_by_key(|l| l.worker);
     lagging
 }
