@@ -8,9 +8,15 @@
 //! - Users → frpc: one io_uring receive waits for a datagram, then
 //!   recvmmsg(2) takes what else the socket holds, 32 per call; each
 //!   datagram (cut at `udpPacketSize`) is queued for the
-//!   work connection, at most `fastpath.udpQueue` of them (frps: 1024);
-//!   past that, new ones are dropped and counted (`udp_dropped`), so a
-//!   flood at a proxy whose frpc is slow costs a bounded queue.
+//!   work connection, at most `fastpath.udpQueue` of them (frps: 1024).
+//!   A full queue stops the receiving until the writer has taken from it:
+//!   meanwhile the kernel's socket buffer takes the flood and drops what
+//!   overflows it, which costs this process nothing (frps reads each
+//!   datagram and then drops it). The kernel's drops at the socket
+//!   (`SO_MEMINFO`, looked at while the queue is full, every 64 receives
+//!   and at the end) are counted with the few dropped here
+//!   (`udp_dropped`), so a flood at a proxy whose frpc is slow costs a
+//!   bounded queue and is seen.
 //! - The writer takes everything queued at once and writes it as one
 //!   buffer (frps writes each message on its own).
 //! - frpc → users: each `UDPPacket` is sent to the address it names; the
@@ -103,6 +109,8 @@ struct Queue {
     items: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
     cap: usize,
     waker: Cell<Option<Waker>>,
+    /// The receiver, waiting for room in a full queue.
+    room_waker: Cell<Option<Waker>>,
     /// The proxy's socket is done receiving: the writer ends.
     closed: Cell<bool>,
 }
@@ -113,8 +121,38 @@ impl Queue {
             items: RefCell::new(VecDeque::new()),
             cap,
             waker: Cell::new(None),
+            room_waker: Cell::new(None),
             closed: Cell::new(false),
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.items.borrow().len() >= self.cap
+    }
+
+    /// The oldest datagram, taken out (and the receiver woken, should it
+    /// wait for room).
+    fn pop(&self) -> Option<(Vec<u8>, SocketAddr)> {
+        let item = self.items.borrow_mut().pop_front();
+        if item.is_some() {
+            if let Some(w) = self.room_waker.take() {
+                w.wake();
+            }
+        }
+        item
+    }
+
+    /// Wait until the queue has room.
+    async fn room(&self) {
+        poll_fn(|cx| {
+            if self.is_full() {
+                self.room_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 
     /// Queue one datagram; false (dropped) when the queue is full.
@@ -197,7 +235,24 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
     let mut buf = vec![0u8; size];
     let mut burst = Burst::new(size);
     let mut dropped = 0u64;
+    let mut kernel = KernelDrops::new(sock.as_raw_fd());
+    let mut wakes = 0u32;
     while !proxy.is_closed() {
+        if queue.is_full() {
+            // Leave the flood to the kernel until the writer takes some
+            // (looking again now and then: the proxy may have closed).
+            let _ = monoio::time::timeout(ROOM_WAIT, queue.room()).await;
+            let n = kernel.since_last(sock.as_raw_fd());
+            count_drops(proxy, stats, queue, n, &mut dropped, QUEUE_FULL);
+            continue;
+        }
+        // What the kernel dropped while this worker was busy elsewhere,
+        // looked at every so often.
+        wakes = wakes.wrapping_add(1);
+        if wakes.is_multiple_of(KERNEL_DROPS_EVERY) {
+            let n = kernel.since_last(sock.as_raw_fd());
+            count_drops(proxy, stats, queue, n, &mut dropped, SOCKET_FULL);
+        }
         let (r, b) = sock.cancelable_recv_from(buf, handle.clone()).await;
         buf = b;
         match r {
@@ -224,6 +279,8 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
             }
         }
     }
+    let n = kernel.since_last(sock.as_raw_fd());
+    count_drops(proxy, stats, queue, n, &mut dropped, SOCKET_FULL);
 }
 
 /// One user datagram into the queue, or dropped and counted when it is
@@ -241,13 +298,86 @@ async fn take_in<O: Owner>(
         WorkerStats::bump(&stats.udp_datagrams_in, 1);
         proxy.meter(stats, true, n).await;
     } else {
-        WorkerStats::bump(&stats.udp_dropped, 1);
-        if dropped.is_multiple_of(1024) {
-            tracing::info!(proxy_name = %proxy.name(), queued = queue.cap,
-                "udp datagrams dropped: the queue for frpc is full (fastpath.udpQueue)");
-        }
-        *dropped += 1;
+        count_drops(proxy, stats, queue, 1, dropped, QUEUE_FULL);
     }
+}
+
+/// Why datagrams were dropped: the queue for frpc was full (and the
+/// receiving stopped, or a burst already read did not fit).
+const QUEUE_FULL: &str = "the queue for frpc is full (fastpath.udpQueue)";
+/// Why datagrams were dropped: the socket's buffer overflowed while the
+/// worker was busy.
+const SOCKET_FULL: &str = "the proxy's socket buffer overflowed (the worker was busy)";
+
+/// Receives between two looks at the kernel's drop count.
+const KERNEL_DROPS_EVERY: u32 = 64;
+
+/// Count `n` datagrams dropped, here or in the kernel's socket buffer
+/// (a log line for the first and then one per 1024).
+fn count_drops<O: Owner>(
+    proxy: &O,
+    stats: &WorkerStats,
+    queue: &Queue,
+    n: u64,
+    dropped: &mut u64,
+    why: &str,
+) {
+    if n == 0 {
+        return;
+    }
+    WorkerStats::bump(&stats.udp_dropped, n);
+    if *dropped / 1024 != (*dropped + n) / 1024 || *dropped == 0 {
+        tracing::info!(proxy_name = %proxy.name(), queued = queue.cap, total = *dropped + n,
+            "udp datagrams dropped: {why}");
+    }
+    *dropped += n;
+}
+
+/// How long the receiver waits for room in a full queue before it looks
+/// whether the proxy closed.
+const ROOM_WAIT: Duration = Duration::from_millis(100);
+
+/// The kernel's count of datagrams a socket dropped (`SK_MEMINFO_DROPS`,
+/// what `/proc/net/udp` shows as drops), read with `SO_MEMINFO`.
+struct KernelDrops {
+    seen: u32,
+}
+
+impl KernelDrops {
+    fn new(fd: std::os::fd::RawFd) -> KernelDrops {
+        KernelDrops {
+            seen: kernel_drops(fd).unwrap_or(0),
+        }
+    }
+
+    /// Drops since the last call (0 where the kernel does not say).
+    fn since_last(&mut self, fd: std::os::fd::RawFd) -> u64 {
+        let Some(now) = kernel_drops(fd) else {
+            return 0;
+        };
+        let n = now.wrapping_sub(self.seen);
+        self.seen = now;
+        u64::from(n)
+    }
+}
+
+/// `SK_MEMINFO_DROPS` of a socket.
+fn kernel_drops(fd: std::os::fd::RawFd) -> Option<u32> {
+    const DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info` and the
+    // length it wrote into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize > DROPS * 4).then(|| info[DROPS])
 }
 
 /// Datagrams per recvmmsg(2).
@@ -574,7 +704,7 @@ async fn write_loop<O: Owner>(
     while queue.ready(&stop).await {
         out.clear();
         while out.len() < BATCH {
-            let Some((data, from)) = queue.items.borrow_mut().pop_front() else {
+            let Some((data, from)) = queue.pop() else {
                 break;
             };
             framer.push(
@@ -766,6 +896,62 @@ mod tests {
         assert!(q.push(vec![2], from));
         assert!(!q.push(vec![3], from));
         assert_eq!(q.items.borrow().len(), 2);
+    }
+
+    #[test]
+    fn the_writer_taking_from_a_full_queue_wakes_the_receiver() {
+        let q = Rc::new(Queue::new(1));
+        let from: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        assert!(q.push(vec![1], from));
+        assert!(q.is_full());
+        let woken = Rc::new(Cell::new(false));
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let waiter = {
+                let (q, woken) = (q.clone(), woken.clone());
+                monoio::spawn(async move {
+                    q.room().await;
+                    woken.set(true);
+                })
+            };
+            monoio::time::sleep(Duration::from_millis(0)).await;
+            assert!(!woken.get(), "a full queue has no room");
+            assert_eq!(q.pop().map(|(d, _)| d), Some(vec![1]));
+            waiter.await;
+            assert!(woken.get());
+        });
+    }
+
+    #[test]
+    fn the_kernel_says_what_a_full_socket_buffer_dropped() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let fd = rx.as_raw_fd();
+        let mut drops = KernelDrops::new(fd);
+        assert_eq!(drops.since_last(fd), 0);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0u64;
+        for _ in 0..200 {
+            if tx.send_to(&[7u8; 1000], rx.local_addr().unwrap()).is_ok() {
+                sent += 1;
+            }
+        }
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2000];
+        let mut read = 0u64;
+        while rx.recv(&mut buf).is_ok() {
+            read += 1;
+        }
+        let n = drops.since_last(fd);
+        assert!(read > 0 && read < 50, "{read} of {sent} fit in 4 KiB");
+        assert_eq!(read + n, sent, "{read} read, {n} dropped, {sent} sent");
+        assert_eq!(drops.since_last(fd), 0);
+        assert_eq!(kernel_drops(-1), None);
     }
 
     #[test]

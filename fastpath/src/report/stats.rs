@@ -98,7 +98,9 @@ pub struct WorkerStats {
     /// Datagrams frpc sent back that `udp` proxies sent to their users.
     pub udp_datagrams_out: AtomicU64,
     /// Datagrams a `udp` proxy dropped: its queue for frpc was full
-    /// (`fastpath.udpQueue`), or frpc's answer named no user address.
+    /// (`fastpath.udpQueue`), the kernel dropped them at the proxy's socket
+    /// (its buffer full: the queue was, or the worker was busy), or frpc's
+    /// answer named no user address.
     pub udp_dropped: AtomicU64,
     /// Visitor connections joined to their secret proxy (`stcp`, `sudp`).
     pub visitors: AtomicU64,
