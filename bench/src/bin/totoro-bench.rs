@@ -154,6 +154,12 @@ enum Cmd {
         /// Rounds (systems alternate which goes first).
         #[arg(long, default_value_t = 2)]
         repeats: usize,
+        /// Run the harness's sender and receiver on these CPUs (a list as
+        /// taskset takes it) and the servers, clients and echo service on
+        /// the others, so that an unpaced sender cannot take CPU from the
+        /// system it measures.
+        #[arg(long)]
+        load_cpus: Option<String>,
     },
     /// Rewrite results.md and the plots from a run directory's run.json.
     Report {
@@ -320,7 +326,21 @@ fn main() -> ExitCode {
             rates,
             secs,
             repeats,
+            load_cpus,
         } => (|| -> anyhow::Result<()> {
+            let load_cpus = match load_cpus {
+                Some(list) => bench::proc::parse_cpu_list(&list)
+                    .map_err(|e| anyhow::anyhow!("--load-cpus: {e}"))?,
+                None => Vec::new(),
+            };
+            let system_cpus: Vec<usize> = bench::proc::allowed_cpus()
+                .into_iter()
+                .filter(|c| !load_cpus.contains(c))
+                .collect();
+            anyhow::ensure!(
+                load_cpus.is_empty() || !system_cpus.is_empty(),
+                "--load-cpus leaves no CPU for the systems"
+            );
             let fastpath = fastpath
                 .or_else(|| bench::harness::systems::sibling_binary("fastpath"))
                 .ok_or_else(|| {
@@ -346,6 +366,7 @@ fn main() -> ExitCode {
                 secs,
                 repeats: repeats.max(1),
                 scratch: scratch.clone(),
+                cpus: (!load_cpus.is_empty()).then_some((load_cpus, system_cpus)),
             };
             let cells = bench::load::udp::compare(&c);
             let _ = std::fs::remove_dir_all(&scratch);

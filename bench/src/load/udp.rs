@@ -242,6 +242,9 @@ pub struct Compare {
     pub repeats: usize,
     /// Where configs and logs go.
     pub scratch: PathBuf,
+    /// The CPUs of the harness's sender and receiver, and those of
+    /// everything else (servers, clients, echo); None: not pinned.
+    pub cpus: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 /// Which frp client serves the udp proxy.
@@ -419,6 +422,10 @@ fn path(p: &Path) -> anyhow::Result<&str> {
 
 /// Run the comparison; every cell, in the order run.
 pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
+    if let Some((_, systems)) = &c.cpus {
+        // The echo thread and every process started from here inherit it.
+        crate::proc::pin_this_thread(systems)?;
+    }
     let echo = Echo::start()?;
     let mut cells = Vec::new();
     for repeat in 0..c.repeats {
@@ -442,7 +449,19 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
                         )
                     };
                     let (p0, c0, e0) = drops();
-                    let run = open_loop(target, size, rate, c.secs)?;
+                    let run = match &c.cpus {
+                        None => open_loop(target, size, rate, c.secs)?,
+                        Some((load, _)) => std::thread::scope(|scope| {
+                            scope
+                                .spawn(|| {
+                                    // The receiver it starts inherits it.
+                                    crate::proc::pin_this_thread(load)?;
+                                    open_loop(target, size, rate, c.secs)
+                                })
+                                .join()
+                                .unwrap_or_else(|_| Err(io::Error::other("the sender panicked")))
+                        })?,
+                    };
                     let (s1, f1) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
                     let (p1, c1, e1) = drops();
                     eprintln!(
@@ -566,6 +585,11 @@ pub fn markdown(c: &Compare, cells: &[Cell]) -> String {
             f.peak,
             s.peak,
             f.peak / s.peak
+        ));
+    }
+    if let Some((load, systems)) = &c.cpus {
+        o.push_str(&format!(
+            "- pinned: the harness's sender and receiver on CPUs {load:?}; servers, clients and the echo service on {systems:?}\n"
         ));
     }
     o
