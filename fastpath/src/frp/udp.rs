@@ -65,6 +65,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The most bytes of messages written to frpc in one write.
 const BATCH: usize = 64 * 1024;
 
+/// The most bytes of frpc's messages read in one read.
+const READ_AHEAD: usize = 64 * 1024;
+
 /// What the datagram pump needs of its proxy and the proxy's session
 /// (the proxy implements it; this module knows neither).
 #[allow(async_fn_in_trait)]
@@ -551,14 +554,18 @@ async fn read_loop<O: Owner>(
     compress: bool,
 ) -> String {
     let stats = ctx.stats();
+    // One read takes up to READ_AHEAD of answers (about 40 of 1200 B):
+    // with a few KiB per read, a busy proxy port took the worker 256
+    // datagrams at a time while frpc's answers came in a few per turn,
+    // and the answers waited, in frpc's socket buffers and then dropped.
     let mut src = Unwrap {
         r,
         cipher: key.map(CfbStreamReader::new),
         snappy: compress.then(SnappyDecoder::new),
-        raw: Vec::new(),
+        raw: Vec::with_capacity(READ_AHEAD),
         carry: Vec::new(),
     };
-    let mut reader = MsgReader::new(Vec::new(), wire);
+    let mut reader = MsgReader::new(Vec::with_capacity(READ_AHEAD), wire);
     // frps closes a udp work connection after 60 s without a message
     // (frpc sends a Ping every 30 s): `fastpath.udpIdleSecs`.
     let idle = ctx.shared.config.fastpath.udp_idle_secs;
