@@ -190,11 +190,20 @@ pub enum Bound {
 /// network namespace, for lack of receive buffer (the last column of
 /// `/proc/net/udp` and `udp6`), summed over the sockets.
 pub fn socket_drops(which: Bound) -> u64 {
+    drops_in_tables(&udp_tables(), which)
+}
+
+/// The text of `/proc/net/udp` and `udp6` (those that can be read).
+fn udp_tables() -> Vec<String> {
     ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|text| drops_in(&text, which))
-        .sum()
+        .collect()
+}
+
+/// [`socket_drops`] over tables already read.
+fn drops_in_tables(tables: &[String], which: Bound) -> u64 {
+    tables.iter().map(|text| drops_in(text, which)).sum()
 }
 
 /// [`socket_drops`] over the text of one `/proc/net/udp*` table.
@@ -442,10 +451,11 @@ pub fn compare(c: &Compare) -> anyhow::Result<Vec<Cell>> {
                 for &rate in &c.rates {
                     let (s0, f0) = (cpu_seconds(sys.server_pid), cpu_seconds(sys.client_pid));
                     let drops = || {
+                        let t = udp_tables();
                         (
-                            socket_drops(Bound::Local(sys.port)),
-                            socket_drops(Bound::Remote(echo.addr.port())),
-                            socket_drops(Bound::Local(echo.addr.port())),
+                            drops_in_tables(&t, Bound::Local(sys.port)),
+                            drops_in_tables(&t, Bound::Remote(echo.addr.port())),
+                            drops_in_tables(&t, Bound::Local(echo.addr.port())),
                         )
                     };
                     let (p0, c0, e0) = drops();

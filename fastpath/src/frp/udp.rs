@@ -245,7 +245,7 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
             // Leave the flood to the kernel until the writer takes some
             // (looking again now and then: the proxy may have closed).
             let _ = monoio::time::timeout(ROOM_WAIT, queue.room()).await;
-            let n = kernel.since_last(sock.as_raw_fd());
+            let n = kernel.since_last();
             count_drops(proxy, stats, queue, n, &mut dropped, QUEUE_FULL);
             continue;
         }
@@ -253,7 +253,7 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
         // looked at every so often.
         wakes = wakes.wrapping_add(1);
         if wakes.is_multiple_of(KERNEL_DROPS_EVERY) {
-            let n = kernel.since_last(sock.as_raw_fd());
+            let n = kernel.since_last();
             count_drops(proxy, stats, queue, n, &mut dropped, SOCKET_FULL);
         }
         let (r, b) = sock.cancelable_recv_from(buf, handle.clone()).await;
@@ -282,7 +282,7 @@ async fn receive<O: Owner>(proxy: &O, ctx: &WorkerCtx, sock: &UdpSocket, queue: 
             }
         }
     }
-    let n = kernel.since_last(sock.as_raw_fd());
+    let n = kernel.since_last();
     count_drops(proxy, stats, queue, n, &mut dropped, SOCKET_FULL);
 }
 
@@ -343,19 +343,22 @@ const ROOM_WAIT: Duration = Duration::from_millis(100);
 /// The kernel's count of datagrams a socket dropped (`SK_MEMINFO_DROPS`,
 /// what `/proc/net/udp` shows as drops), read with `SO_MEMINFO`.
 struct KernelDrops {
+    fd: std::os::fd::RawFd,
     seen: u32,
 }
 
 impl KernelDrops {
+    /// For the socket `fd`, which outlives this.
     fn new(fd: std::os::fd::RawFd) -> KernelDrops {
         KernelDrops {
+            fd,
             seen: kernel_drops(fd).unwrap_or(0),
         }
     }
 
     /// Drops since the last call (0 where the kernel does not say).
-    fn since_last(&mut self, fd: std::os::fd::RawFd) -> u64 {
-        let Some(now) = kernel_drops(fd) else {
+    fn since_last(&mut self) -> u64 {
+        let Some(now) = kernel_drops(self.fd) else {
             return 0;
         };
         let n = now.wrapping_sub(self.seen);
@@ -940,7 +943,7 @@ mod tests {
             .unwrap();
         let fd = rx.as_raw_fd();
         let mut drops = KernelDrops::new(fd);
-        assert_eq!(drops.since_last(fd), 0);
+        assert_eq!(drops.since_last(), 0);
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut sent = 0u64;
         for _ in 0..200 {
@@ -954,10 +957,10 @@ mod tests {
         while rx.recv(&mut buf).is_ok() {
             read += 1;
         }
-        let n = drops.since_last(fd);
+        let n = drops.since_last();
         assert!(read > 0 && read < 50, "{read} of {sent} fit in 4 KiB");
         assert_eq!(read + n, sent, "{read} read, {n} dropped, {sent} sent");
-        assert_eq!(drops.since_last(fd), 0);
+        assert_eq!(drops.since_last(), 0);
         assert_eq!(kernel_drops(-1), None);
     }
 

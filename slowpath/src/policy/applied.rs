@@ -41,8 +41,9 @@ pub async fn wait_applied(
     };
     let reporting: Vec<u64> = lagging.iter().filter_map(|l| l.enforces).collect();
     let silent = lagging.len() - reporting.len();
+    let oldest = reporting.iter().min().copied();
     let mut how_far = Vec::new();
-    if let Some(enforced) = reporting.iter().min() {
+    if let Some(enforced) = oldest {
         how_far.push(format!(
             "{} worker(s) still enforce generation {enforced}",
             reporting.len()
@@ -51,7 +52,7 @@ pub async fn wait_applied(
     if silent > 0 {
         how_far.push(format!("{silent} worker(s) have not reported one yet"));
     }
-    let enforced = reporting.iter().min().copied().unwrap_or(0);
+    let enforced = oldest.unwrap_or(0);
     let mut reason = format!(
         "the change is recorded but not in force: the fastpath did not apply policy \
          generation {generation} within {} ms ({})",
