@@ -5,10 +5,13 @@
 //!   encrypts nor compresses: nonblocking syscalls, waiting for readiness
 //!   when a side would block. Towards a remote peer the kernel moves pages
 //!   socket → pipe → socket (splice), the bytes never enter user space.
-//!   Towards a peer on this host each read is copied through a 32 KiB
-//!   buffer per worker instead: that reader then copies bytes that are
-//!   still in cache, where spliced pages were written long before by
-//!   another process (measured: `bench/RESULTS.md`, issue 13 point 7).
+//!   Towards a peer on this host each read is copied through a buffer
+//!   per worker instead: that reader then copies bytes that are still in
+//!   cache, where spliced pages were written long before by another
+//!   process (measured: `bench/RESULTS.md`, issue 13 point 7). A copy
+//!   moves 32 KiB at a time while at most one relay on the worker is
+//!   busy, and up to 128 KiB while several are, in whole segments of the
+//!   destination (see [`Busy::chunk`]).
 //! - **buffered**: anything else (TLS, yamux, `useEncryption`,
 //!   `useCompression`). One buffer per direction, reused for the life of the
 //!   connection; no allocation per chunk in steady state.
@@ -17,7 +20,7 @@
 //! TCP proxy should; an error in either direction aborts both connections
 //! so that the other direction's pending I/O wakes up and the relay ends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -357,15 +360,127 @@ const SMALL_READ: usize = 16 * 1024;
 /// is one readiness poll per MiB.
 const TURN: u32 = 1 << 20;
 
-/// What a copying direct relay reads at once: the size Go's `io.Copy`
-/// uses. Measured on Intel with the bench client, 128 KiB moved less.
+/// What a copying direct relay reads at once while it is the only busy
+/// one on its worker: the size frps reads. Measured on Intel with the
+/// bench client, one stream moved less with 128 KiB: with nothing else to
+/// run, the worker and the reader downstream overlap better on smaller
+/// pieces.
 const COPY_CHUNK: usize = 32 * 1024;
+
+/// Up to what a copying direct relay reads at once while several on its
+/// worker are busy ([`Busy::chunk`]).
+const BUSY_CHUNK: usize = 128 * 1024;
 
 thread_local! {
     /// The worker's copy buffer: a direction holds it only between a read
     /// and the write of what was read, with no wait in between, so one
-    /// serves every relay on the worker.
-    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_CHUNK].into_boxed_slice());
+    /// serves every relay on the worker. [`COPY_CHUNK`] at first, grown
+    /// once to [`BUSY_CHUNK`] when several relays are busy ([`Busy`]).
+    static COPY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; COPY_CHUNK]);
+
+    /// How many copying directions on this worker are busy: their last
+    /// read filled [`COPY_CHUNK`] or more, so their source holds more.
+    static BUSY: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A direction's place in [`BUSY`], given back when the direction ends
+/// however it ends (a relay's task can be dropped at any await), and the
+/// segment size of its destination.
+struct Busy {
+    /// Counted in [`BUSY`].
+    on: bool,
+    /// The destination's segment size ([`segment_size`]), asked the first
+    /// time the direction is busy (0: not yet; a small HTTP exchange never
+    /// asks). u32 to keep the relay's task small.
+    mss: u32,
+}
+
+impl Busy {
+    /// What this direction reads at once now: [`COPY_CHUNK`] while no
+    /// other direction on the worker is busy, [`BUSY_CHUNK`] while one is,
+    /// each cut to whole segments of the destination once its segment
+    /// size is known, so that no write ends in a runt segment.
+    ///
+    /// Why larger steps: with several busy relays the worker is the
+    /// bottleneck, every socket on both sides is full or empty, and each
+    /// step's cost is mostly fixed: waking the reader downstream, and the
+    /// window update that makes the sender upstream transmit, both run in
+    /// the worker's context on loopback. Fewer, larger steps pay them less
+    /// often. Why whole segments: loopback connections here were opened
+    /// with segment sizes of 65,483, 32,768 and 31,744 bytes (the kernel
+    /// bounds it by half the peer's first window), and 32 KiB on the last
+    /// is one segment and a runt of 1,024 bytes, which costs the reader
+    /// downstream a wake-up and the stack a packet of its own.
+    fn chunk(&self) -> usize {
+        let limit = if BUSY.with(Cell::get) < 2 {
+            COPY_CHUNK
+        } else {
+            BUSY_CHUNK
+        };
+        whole_segments(limit, self.mss as usize)
+    }
+
+    /// Marks the direction busy or not; the first time busy, asks `dfd`'s
+    /// segment size.
+    fn set(&mut self, on: bool, dfd: i32) {
+        if on && self.mss == 0 {
+            self.mss = u32::try_from(segment_size(dfd)).unwrap_or(u32::MAX);
+        }
+        self.count(on);
+    }
+
+    fn count(&mut self, on: bool) {
+        if on != self.on {
+            self.on = on;
+            BUSY.with(|b| {
+                b.set(if on {
+                    b.get() + 1
+                } else {
+                    b.get().saturating_sub(1)
+                })
+            });
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.count(false);
+    }
+}
+
+/// The most whole segments of `mss` bytes in `limit`; `limit` itself when
+/// the size is unknown (0) or one segment is larger (a step of one partial
+/// segment has no runt after it).
+fn whole_segments(limit: usize, mss: usize) -> usize {
+    if mss == 0 || mss > limit {
+        limit
+    } else {
+        limit / mss * mss
+    }
+}
+
+/// The segment size of the connected TCP socket `fd` (TCP_MAXSEG: what the
+/// kernel cuts its writes into); `usize::MAX` when it cannot be had, which
+/// [`whole_segments`] reads as larger than any step.
+fn segment_size(fd: i32) -> usize {
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `mss`, which
+    // we own; `fd` is the caller's borrowed socket.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut mss as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    match usize::try_from(mss) {
+        Ok(m) if r == 0 && m > 0 => m,
+        _ => usize::MAX,
+    }
 }
 
 /// Whether the peer of `s` runs on this host: a loopback address, or the
@@ -406,11 +521,12 @@ enum Mover {
 }
 
 impl Mover {
-    /// The most one step reads.
-    fn chunk(&self) -> usize {
+    /// The most one step reads (`busy`: the direction's place among the
+    /// worker's busy copies).
+    fn chunk(&self, busy: &Busy) -> usize {
         match self {
             Mover::Splice(..) => 1 << 20,
-            Mover::Copy(_) => COPY_CHUNK,
+            Mover::Copy(_) => busy.chunk(),
         }
     }
 
@@ -425,7 +541,11 @@ impl Mover {
                 Ok(n)
             }
             Mover::Copy(rest) => COPY_BUF.with(|b| {
-                let buf = &mut b.borrow_mut()[..asked];
+                let mut b = b.borrow_mut();
+                if b.len() < asked {
+                    b.resize(asked, 0);
+                }
+                let buf = &mut b[..asked];
                 // SAFETY: read(2) writes at most `buf.len()` bytes into
                 // `buf`, which we borrow mutably; `sfd` is the caller's
                 // borrowed socket, open.
@@ -513,16 +633,18 @@ fn direct_pump<'a>(
             let mut drained = false;
             // u32: it sits in the task beside `drained` for the relay's life.
             let mut turn = 0u32;
+            let mut busy = Busy { on: false, mss: 0 };
             loop {
                 if drained {
                     src.readable(false).await?;
                 }
-                let asked = counter.chunk(mover.chunk());
+                let asked = counter.chunk(mover.chunk(&busy));
                 let n = match mover.take(sfd, dfd, asked) {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         drained = true;
+                        busy.set(false, dfd);
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -530,6 +652,9 @@ fn direct_pump<'a>(
                 // A paced relay may ask for less than SMALL_READ and get
                 // all of it: that says nothing about what is left.
                 drained = n < asked.min(SMALL_READ);
+                if copy {
+                    busy.set(n >= asked.min(COPY_CHUNK), dfd);
+                }
                 // A direction whose source never runs dry and whose
                 // destination never fills would never suspend, and the
                 // worker's other connections would wait for as long as it
@@ -817,6 +942,156 @@ mod tests {
     use std::rc::Weak;
     use std::time::Duration;
 
+    /// A meter counting into `worker` and `proxy`, with no limits.
+    fn unlimited<'a>(worker: &'a AtomicU64, proxy: &'a AtomicU64) -> Meter<'a> {
+        Meter {
+            worker,
+            proxy,
+            limits: None,
+            report: None,
+            timer: RefCell::new(None),
+        }
+    }
+
+    /// Aborters that reach no connection.
+    fn no_aborters() -> [Aborter; 2] {
+        [Aborter::Socket(Weak::new()), Aborter::Socket(Weak::new())]
+    }
+
+    /// Steps end on segment boundaries: whole segments, or one step shorter
+    /// than a segment; the size unknown, the plain limit.
+    #[test]
+    fn copies_step_in_whole_segments() {
+        assert_eq!(whole_segments(COPY_CHUNK, 31_744), 31_744);
+        assert_eq!(whole_segments(COPY_CHUNK, 32_768), 32_768);
+        assert_eq!(whole_segments(COPY_CHUNK, 65_483), COPY_CHUNK);
+        assert_eq!(whole_segments(BUSY_CHUNK, 65_483), 130_966);
+        assert_eq!(whole_segments(BUSY_CHUNK, 31_744), 126_976);
+        assert_eq!(whole_segments(BUSY_CHUNK, 1_448), 130_320);
+        assert_eq!(whole_segments(BUSY_CHUNK, 0), BUSY_CHUNK);
+        assert_eq!(whole_segments(BUSY_CHUNK, usize::MAX), BUSY_CHUNK);
+        // A real socket's size is what the kernel reports; not a socket
+        // counts as larger than any step.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mss = segment_size(c.as_raw_fd());
+        assert!((536..=65_535).contains(&mss), "{mss}");
+        assert_eq!(segment_size(-1), usize::MAX);
+    }
+
+    /// Large steps only while two or more directions on the worker are
+    /// busy, cut to the destination's segments once it was busy; a
+    /// direction dropped mid-relay gives its place back.
+    #[test]
+    fn copies_step_larger_only_while_several_are_busy() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let fd = c.as_raw_fd();
+        let mss = segment_size(fd);
+        let mut a = Busy { on: false, mss: 0 };
+        let mut b = Busy { on: false, mss: 0 };
+        assert_eq!(a.chunk(), COPY_CHUNK);
+        a.set(true, fd);
+        a.set(true, fd);
+        assert_eq!(BUSY.with(Cell::get), 1, "set twice counts once");
+        assert_eq!(a.mss as usize, mss);
+        assert_eq!(
+            a.chunk(),
+            whole_segments(COPY_CHUNK, mss),
+            "alone on the worker"
+        );
+        b.set(true, fd);
+        assert_eq!(a.chunk(), whole_segments(BUSY_CHUNK, mss));
+        assert!(a.chunk() > COPY_CHUNK);
+        drop(b);
+        assert_eq!(BUSY.with(Cell::get), 1);
+        assert_eq!(a.chunk(), whole_segments(COPY_CHUNK, mss));
+        a.set(false, fd);
+        assert_eq!(BUSY.with(Cell::get), 0);
+        drop(a);
+        assert_eq!(
+            BUSY.with(Cell::get),
+            0,
+            "an idle direction gives nothing back"
+        );
+    }
+
+    /// Two copying relays on one worker whose sources are full both count
+    /// as busy and step larger (the worker's buffer grows past
+    /// [`COPY_CHUNK`]), and every byte arrives in order; when they end,
+    /// both give their places back.
+    #[test]
+    fn two_busy_copies_step_larger_and_move_every_byte() {
+        const LEN: usize = 16 << 20;
+        fn pattern(i: usize) -> u8 {
+            (i % 251) as u8
+        }
+        let pair = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            (c, l.accept().unwrap().0)
+        };
+        let mut relays = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let (mut writer, src) = pair();
+            let (dst, mut reader) = pair();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let data: Vec<u8> = (0..LEN).map(pattern).collect();
+                writer.write_all(&data).unwrap();
+            });
+            readers.push(std::thread::spawn(move || {
+                use std::io::Read;
+                let mut got = Vec::with_capacity(LEN);
+                reader.read_to_end(&mut got).unwrap();
+                got.len() == LEN && got.iter().enumerate().all(|(i, b)| *b == pattern(i))
+            }));
+            relays.push((src, dst));
+        }
+        // Both sources full before the relays start.
+        std::thread::sleep(Duration::from_millis(200));
+        let grown = std::thread::spawn(move || {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let ends: Vec<(TcpStream, TcpStream)> = relays
+                    .into_iter()
+                    .map(|(s, d)| {
+                        (
+                            TcpStream::from_std(s).unwrap(),
+                            TcpStream::from_std(d).unwrap(),
+                        )
+                    })
+                    .collect();
+                let (worker, proxy) = (AtomicU64::new(0), AtomicU64::new(0));
+                let meter = unlimited(&worker, &proxy);
+                let aborters = no_aborters();
+                let a = direct_pump(&ends[0].0, &ends[0].1, true, &meter, &aborters);
+                let b = direct_pump(&ends[1].0, &ends[1].1, true, &meter, &aborters);
+                monoio::join!(a, b);
+                assert_eq!(
+                    worker.load(std::sync::atomic::Ordering::Relaxed),
+                    2 * LEN as u64
+                );
+            });
+            (COPY_BUF.with(|b| b.borrow().len()), BUSY.with(Cell::get))
+        })
+        .join()
+        .unwrap();
+        for r in readers {
+            assert!(r.join().unwrap(), "bytes lost or out of order");
+        }
+        assert!(
+            grown.0 > COPY_CHUNK,
+            "never stepped larger: buffer {}",
+            grown.0
+        );
+        assert_eq!(grown.1, 0, "places not given back");
+    }
+
     /// A direct relay whose source always has bytes (`/dev/zero`) and
     /// whose destination always has room (a UDP socket to a receiver that
     /// never reads: each send is taken whole, and dropped there) never
@@ -853,14 +1128,8 @@ mod tests {
                     TcpStream::from_std(dst).unwrap(),
                 );
                 let (worker, proxy) = (AtomicU64::new(0), AtomicU64::new(0));
-                let meter = Meter {
-                    worker: &worker,
-                    proxy: &proxy,
-                    limits: None,
-                    report: None,
-                    timer: RefCell::new(None),
-                };
-                let aborters = [Aborter::Socket(Weak::new()), Aborter::Socket(Weak::new())];
+                let meter = unlimited(&worker, &proxy);
+                let aborters = no_aborters();
                 let relay = direct_pump(&src, &dst, true, &meter, &aborters);
                 let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = listener.local_addr().unwrap();
