@@ -11,7 +11,7 @@
 //!   process (measured: `bench/RESULTS.md`, issue 13 point 7). A copy
 //!   moves 32 KiB at a time while at most one relay on the worker is
 //!   busy, and up to 128 KiB while several are, in whole segments of the
-//!   destination (see [`Busy::chunk`]).
+//!   destination (`Busy::chunk` says why).
 //! - **buffered**: anything else (TLS, yamux, `useEncryption`,
 //!   `useCompression`). One buffer per direction, reused for the life of the
 //!   connection; no allocation per chunk in steady state.
