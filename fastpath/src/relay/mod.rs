@@ -461,24 +461,18 @@ fn whole_segments(limit: usize, mss: usize) -> usize {
 }
 
 /// The segment size of the connected TCP socket `fd` (TCP_MAXSEG: what the
-/// kernel cuts its writes into); `usize::MAX` when it cannot be had, which
+/// kernel cuts its writes into, asked through socket2); `usize::MAX` when it
+/// cannot be had (no descriptor, not a TCP socket), which
 /// [`whole_segments`] reads as larger than any step.
 fn segment_size(fd: i32) -> usize {
-    let mut mss: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt(2) writes at most `len` bytes into `mss`, which
-    // we own; `fd` is the caller's borrowed socket.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            (&mut mss as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    match usize::try_from(mss) {
-        Ok(m) if r == 0 && m > 0 => m,
+    if fd < 0 {
+        return usize::MAX;
+    }
+    // SAFETY: `fd` is not -1, and it is the caller's borrowed socket, open
+    // for the length of this call, which is all the borrow lives.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match socket2::SockRef::from(&fd).mss() {
+        Ok(m) if m > 0 => m as usize,
         _ => usize::MAX,
     }
 }
@@ -953,6 +947,13 @@ mod tests {
         }
     }
 
+    /// A connected loopback TCP pair: the dialling end and the accepted one.
+    fn loopback_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (c, l.accept().unwrap().0)
+    }
+
     /// Aborters that reach no connection.
     fn no_aborters() -> [Aborter; 2] {
         [Aborter::Socket(Weak::new()), Aborter::Socket(Weak::new())]
@@ -972,8 +973,7 @@ mod tests {
         assert_eq!(whole_segments(BUSY_CHUNK, usize::MAX), BUSY_CHUNK);
         // A real socket's size is what the kernel reports; not a socket
         // counts as larger than any step.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (c, _accepted) = loopback_pair();
         let mss = segment_size(c.as_raw_fd());
         assert!((536..=65_535).contains(&mss), "{mss}");
         assert_eq!(segment_size(-1), usize::MAX);
@@ -984,8 +984,7 @@ mod tests {
     /// direction dropped mid-relay gives its place back.
     #[test]
     fn copies_step_larger_only_while_several_are_busy() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (c, _accepted) = loopback_pair();
         let fd = c.as_raw_fd();
         let mss = segment_size(fd);
         let mut a = Busy { on: false, mss: 0 };
@@ -1026,16 +1025,11 @@ mod tests {
         fn pattern(i: usize) -> u8 {
             (i % 251) as u8
         }
-        let pair = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            (c, l.accept().unwrap().0)
-        };
         let mut relays = Vec::new();
         let mut readers = Vec::new();
         for _ in 0..2 {
-            let (mut writer, src) = pair();
-            let (dst, mut reader) = pair();
+            let (mut writer, src) = loopback_pair();
+            let (dst, mut reader) = loopback_pair();
             std::thread::spawn(move || {
                 use std::io::Write;
                 let data: Vec<u8> = (0..LEN).map(pattern).collect();
