@@ -415,9 +415,10 @@ impl Busy {
     }
 
     /// What this direction reads at once now: [`COPY_CHUNK`] while no
-    /// other direction on the worker is busy, [`BUSY_CHUNK`] doubled
-    /// [`Busy::adapt`]'s number of times while one is, each cut to whole segments of the destination once its segment
-    /// size is known, so that no write ends in a runt segment.
+    /// other direction on the worker is busy, [`BUSY_CHUNK`] doubled as
+    /// many times as [`Busy::adapt`] says while one is, each cut to whole
+    /// segments of the destination once its segment size is known, so
+    /// that no write ends in a runt segment.
     ///
     /// Why larger steps: with several busy relays the worker is the
     /// bottleneck, every socket on both sides is full or empty, and each
