@@ -389,6 +389,12 @@ thread_local! {
     static BUSY: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Whether two or more copying directions on this worker are busy: then
+/// they step larger than [`COPY_CHUNK`] ([`Busy::chunk`], [`Busy::adapt`]).
+fn several_busy() -> bool {
+    BUSY.with(Cell::get) >= 2
+}
+
 /// A direction's place in [`BUSY`], given back when the direction ends
 /// however it ends (a relay's task can be dropped at any await), and the
 /// segment size of its destination.
@@ -431,10 +437,10 @@ impl Busy {
     /// is one segment and a runt of 1,024 bytes, which costs the reader
     /// downstream a wake-up and the stack a packet of its own.
     fn chunk(&self) -> usize {
-        let limit = if BUSY.with(Cell::get) < 2 {
-            COPY_CHUNK
-        } else {
+        let limit = if several_busy() {
             BUSY_CHUNK << self.grow
+        } else {
+            COPY_CHUNK
         };
         whole_segments(limit, self.mss as usize)
     }
@@ -689,7 +695,7 @@ fn direct_pump<'a>(
                 drained = n < asked.min(SMALL_READ);
                 if copy {
                     busy.set(n >= asked.min(COPY_CHUNK), dfd);
-                    if BUSY.with(Cell::get) >= 2 {
+                    if several_busy() {
                         busy.adapt(asked, n, mover.holds());
                     }
                 }
